@@ -1,0 +1,74 @@
+//! The crate's error type: one enum, structured variants that name the file, line and column.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Tributary.
+///
+/// Variants carry the location of bad input (file, 1-based line, column name) so that a user can
+/// find and fix it. Library errors are chained as sources, never flattened into strings.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file could not be read or parsed as YAML.
+    #[error("config {path}: {source}")]
+    ConfigParse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A config field has a value that is not allowed.
+    #[error("config field `{field}`: {constraint}")]
+    InvalidFieldValue { field: String, constraint: String },
+    /// A row of input is malformed.
+    #[error("{file}, line {line}{}: {reason}", column.as_ref().map(|c| format!(", column `{c}`")).unwrap_or_default())]
+    BadRow {
+        file: String,
+        line: u64,
+        column: Option<String>,
+        reason: String,
+    },
+    /// The input location holds nothing Tributary can read.
+    #[error("input {path}: {reason}")]
+    Input { path: PathBuf, reason: String },
+    /// A run was refused by a safety rule (date order, changed input, mass delete).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The lake tables are in a state Tributary cannot continue from.
+    #[error("lake table {table}: {reason}")]
+    Lake { table: String, reason: String },
+    /// Command-line arguments that parse but make no sense (e.g. generator percentages).
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Csv(#[from] csv::Error),
+    #[error(transparent)]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    #[error(transparent)]
+    Parquet(#[from] deltalake::parquet::errors::ParquetError),
+    #[error(transparent)]
+    Delta(#[from] deltalake::DeltaTableError),
+    #[error(transparent)]
+    DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A bug in Tributary: an invariant did not hold.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Process exit code for this error: 2 for bad usage/config, 3 for refused runs, 4 for bad
+    /// input rows, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::ConfigParse { .. } | Error::InvalidFieldValue { .. } | Error::Usage(_) => 2,
+            Error::Refused(_) => 3,
+            Error::BadRow { .. } | Error::Input { .. } => 4,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Writing data files and committing a run to the tables (see the contract in `lake/mod.rs`).
+
+use std::collections::HashMap;
+
+use deltalake::arrow::array::RecordBatch;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Remove, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::DeltaTable;
+
+use super::log::{txn_version, CommitEntry, PendingCommit, RunRecord, COMMIT_INFO_KEY};
+use super::{Lake, HISTORY};
+use crate::error::{Error, Result};
+
+/// The file actions planned for one table.
+#[derive(Debug, Default, Clone)]
+pub struct Planned {
+    pub adds: Vec<Add>,
+    pub removes: Vec<Remove>,
+}
+
+impl Planned {
+    /// Rows added, from the writer's statistics.
+    pub fn rows_added(&self) -> u64 {
+        self.adds
+            .iter()
+            .filter_map(|a| a.get_stats().ok().flatten().map(|s| s.num_records as u64))
+            .sum()
+    }
+
+    /// Bytes of the added files.
+    pub fn bytes_added(&self) -> u64 {
+        self.adds.iter().map(|a| a.size as u64).sum()
+    }
+}
+
+/// Writes `batches` as Parquet data files into `table`'s folder without committing them;
+/// returns their `add` actions (with statistics and partition values).
+///
+/// # Errors
+/// Delta, Parquet and object-store errors.
+pub async fn write_files(table: &DeltaTable, batches: Vec<RecordBatch>) -> Result<Vec<Add>> {
+    let mut writer = RecordBatchWriter::for_table(table)?;
+    for batch in batches {
+        if batch.num_rows() > 0 {
+            writer.write(batch).await?;
+        }
+    }
+    Ok(writer.flush().await?)
+}
+
+/// Test hook: aborts the process at a named point (`TRIBUTARY_CRASH_AT`), to prove that an
+/// interrupted run is completed by the next one. Unset in normal use.
+pub(crate) fn crash_point(name: &str) {
+    if std::env::var("TRIBUTARY_CRASH_AT").is_ok_and(|v| v == name) {
+        eprintln!("TRIBUTARY_CRASH_AT={name}: aborting");
+        std::process::abort();
+    }
+}
+
+fn actions(planned: &Planned) -> Vec<Action> {
+    let mut out: Vec<Action> = planned
+        .removes
+        .iter()
+        .cloned()
+        .map(Action::Remove)
+        .collect();
+    out.extend(planned.adds.iter().cloned().map(Action::Add));
+    out
+}
+
+/// Commits `actions` with `txn(app_id, seq)` and the run's commit-info entry.
+async fn commit_table(
+    table: &mut DeltaTable,
+    role: &str,
+    app_id: &str,
+    actions: Vec<Action>,
+    entry: &CommitEntry,
+    mode: SaveMode,
+) -> Result<u64> {
+    let seq = entry.run.seq;
+    if let Some(done) = txn_version(table, app_id).await? {
+        if done >= seq {
+            return Err(Error::Lake {
+                table: role.to_string(),
+                reason: format!("already records run {done}; refusing to commit run {seq} again"),
+            });
+        }
+    }
+    let properties = CommitProperties::default()
+        .with_application_transaction(Transaction::new(app_id, seq))
+        .with_metadata([(COMMIT_INFO_KEY.to_string(), serde_json::to_value(entry)?)]);
+    let partition_by = table.snapshot()?.metadata().partition_columns().to_vec();
+    let operation = DeltaOperation::Write {
+        mode,
+        partition_by: (!partition_by.is_empty()).then_some(partition_by),
+        predicate: None,
+    };
+    let result = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await;
+    table.update_state().await?;
+    match result {
+        Ok(done) => Ok(done.version() as u64),
+        Err(err) => {
+            // A commit can fail after it landed: believe the log, not the error.
+            if txn_version(table, app_id).await? == Some(seq) {
+                tracing::warn!(table = role, run = seq, error = %err, "commit reported an error but landed");
+                Ok(table.version().unwrap_or_default() as u64)
+            } else {
+                Err(err.into())
+            }
+        }
+    }
+}
+
+/// Commits a follower table's pending actions for `run`, unless it already records the run.
+pub(super) async fn complete(
+    table: &mut DeltaTable,
+    role: &str,
+    app_id: &str,
+    run: &RunRecord,
+    pending: &PendingCommit,
+) -> Result<Option<u64>> {
+    if txn_version(table, app_id)
+        .await?
+        .is_some_and(|v| v >= run.seq)
+    {
+        return Ok(None);
+    }
+    let version = table.version().map(|v| v as u64);
+    if version != pending.read_version {
+        return Err(Error::Lake {
+            table: role.to_string(),
+            reason: format!(
+                "changed since run {} planned its commit (version {:?}, planned against {:?}); \
+                 cannot complete the run safely",
+                run.seq, version, pending.read_version
+            ),
+        });
+    }
+    let entry = CommitEntry {
+        run: run.clone(),
+        pending: HashMap::new(),
+    };
+    let planned = Planned {
+        adds: pending.adds.clone(),
+        removes: pending.removes.clone(),
+    };
+    let mode = if planned.removes.is_empty() {
+        SaveMode::Append
+    } else {
+        SaveMode::Overwrite
+    };
+    commit_table(table, role, app_id, actions(&planned), &entry, mode)
+        .await
+        .map(Some)
+}
+
+pub(super) async fn commit_run(
+    lake: &mut Lake,
+    mut run: RunRecord,
+    history: Planned,
+    followers: Vec<(&'static str, DeltaTable, Planned)>,
+) -> Result<HashMap<&'static str, u64>> {
+    let app_id = lake.app_id().to_string();
+    let pending: HashMap<String, PendingCommit> = followers
+        .iter()
+        .map(|(role, table, planned)| {
+            let pending = PendingCommit {
+                read_version: table.version().map(|v| v as u64),
+                adds: planned.adds.clone(),
+                removes: planned.removes.clone(),
+            };
+            (role.to_string(), pending)
+        })
+        .collect();
+    crash_point("before-history-commit");
+    let entry = CommitEntry {
+        run: run.clone(),
+        pending,
+    };
+    let mode = if history.removes.is_empty() {
+        SaveMode::Append
+    } else {
+        SaveMode::Overwrite
+    };
+    let history_version = commit_table(
+        &mut lake.history,
+        HISTORY,
+        &app_id,
+        actions(&history),
+        &entry,
+        mode,
+    )
+    .await?;
+    let mut versions = HashMap::from([(HISTORY, history_version)]);
+    crash_point("after-history-commit");
+    run.history_version = Some(history_version);
+    for (role, mut table, _) in followers {
+        let pending = &entry.pending[role];
+        if let Some(v) = complete(&mut table, role, &app_id, &run, pending).await? {
+            versions.insert(role, v);
+        }
+        if role == super::CURRENT {
+            lake.current = table;
+        }
+    }
+    Ok(versions)
+}

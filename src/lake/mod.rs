@@ -1,0 +1,184 @@
+//! The lake: the current, history and rejects Delta tables of one configured table.
+//!
+//! # Contract of the applier
+//! - **Atomic per run.** A run's data files are written first, uncommitted. The history table is
+//!   committed first; its commit carries, in `commitInfo.tributary.pending`, every action the
+//!   current (and rejects) table still needs. The other tables are committed next, each with the
+//!   same Delta `txn` version (the run's sequence number). A crash between the commits is
+//!   completed by the next [`Lake::open`] from the pending actions, so a half-applied day is
+//!   never what Tributary reads or diffs against.
+//! - **Idempotent.** Each commit carries `txn(app_id = "tributary:<name>", version = seq)`; a
+//!   table that already records `seq` is never committed to again (delta-rs does not reject a
+//!   repeated `txn` itself). After a commit error the log is re-read to learn whether the commit
+//!   landed (delta-rs can report an error for a commit that landed).
+//! - **What is read.** Diffs read only `keyhash`, `nonkeyhash` and `eff_start_date` of the
+//!   current table; full rows only for keys that left the extract.
+
+mod commit;
+pub mod log;
+mod table;
+
+use std::collections::HashMap;
+
+use deltalake::arrow::array::RecordBatch;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+
+pub use commit::{write_files, Planned};
+use log::{find_run, txn_version};
+pub use log::{CommitEntry, RunRecord};
+
+use crate::config::TableConfig;
+use crate::error::{Error, Result};
+use crate::schema::{table_schema, EFF_START_DATE};
+
+/// Table role names used in messages and in pending-commit records.
+pub const CURRENT: &str = "current";
+pub const HISTORY: &str = "history";
+pub const REJECTS: &str = "rejects";
+
+/// The open tables of one configured table.
+pub struct Lake {
+    pub current: DeltaTable,
+    pub history: DeltaTable,
+    app_id: String,
+    config: TableConfig,
+}
+
+/// What [`Lake::open`] found and did about an interrupted run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Recovery {
+    /// Sequence number of the run whose commits were completed.
+    pub completed_run: i64,
+    pub business_date: String,
+}
+
+impl Lake {
+    /// Opens the current and history tables, creating them if absent, checks that they were
+    /// written under the same hash spec and schema, and completes an interrupted run.
+    ///
+    /// # Errors
+    /// [`Error::Lake`] for a table of another schema or hash spec, or tables out of step that
+    /// cannot be completed; Delta and object-store errors.
+    pub async fn open(config: &TableConfig) -> Result<(Lake, Option<Recovery>)> {
+        let schema = table_schema(&config.typed_columns());
+        let current =
+            table::open_or_create(config, &config.current_url, schema.clone(), &[], CURRENT)
+                .await?;
+        let history = table::open_or_create(
+            config,
+            &config.history_url,
+            schema,
+            &[EFF_START_DATE],
+            HISTORY,
+        )
+        .await?;
+        let mut lake = Lake {
+            current,
+            history,
+            app_id: config.app_id(),
+            config: config.clone(),
+        };
+        let recovery = lake.recover().await?;
+        Ok((lake, recovery))
+    }
+
+    /// The Delta `txn` app id of this table's runs.
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    /// The newest run both tables have recorded, if any.
+    ///
+    /// # Errors
+    /// Delta errors reading the log.
+    pub async fn last_run(&self) -> Result<Option<RunRecord>> {
+        Ok(log::last_run(&self.current).await?.map(|(_, e)| e.run))
+    }
+
+    async fn recover(&mut self) -> Result<Option<Recovery>> {
+        let h = txn_version(&self.history, &self.app_id).await?.unwrap_or(0);
+        let c = txn_version(&self.current, &self.app_id).await?.unwrap_or(0);
+        if h == c {
+            return Ok(None);
+        }
+        if h != c + 1 {
+            return Err(Error::Lake {
+                table: self.config.name.clone(),
+                reason: format!(
+                    "history records run {h} but current records run {c}; the tables were changed \
+                     outside Tributary"
+                ),
+            });
+        }
+        let (history_version, actions) = find_run(&self.history, h, HISTORY).await?;
+        let entry = actions
+            .entry
+            .ok_or_else(|| Error::Internal("run commit without entry".into()))?;
+        tracing::warn!(run = h, date = %entry.run.business_date, "completing a run interrupted between its commits");
+        let mut run = entry.run.clone();
+        run.history_version = Some(history_version);
+        for (role, pending) in &entry.pending {
+            let mut table = self.follower(role).await?;
+            commit::complete(&mut table, role, &self.app_id, &run, pending).await?;
+            if role == CURRENT {
+                self.current = table;
+            }
+        }
+        Ok(Some(Recovery {
+            completed_run: h,
+            business_date: run.business_date,
+        }))
+    }
+
+    /// Opens (or creates) a follower table by role.
+    pub(crate) async fn follower(&self, role: &str) -> Result<DeltaTable> {
+        match role {
+            CURRENT => Ok(self.current.clone()),
+            REJECTS => {
+                table::open_or_create(
+                    &self.config,
+                    &self.config.rejects_url,
+                    crate::rejects::schema(),
+                    &[],
+                    REJECTS,
+                )
+                .await
+            }
+            other => Err(Error::Internal(format!("unknown follower table `{other}`"))),
+        }
+    }
+
+    /// Commits a planned run: history first (carrying the followers' pending actions), then each
+    /// follower. Returns the new version of each table by role.
+    ///
+    /// # Errors
+    /// [`Error::Lake`] when a table already records this run; Delta errors.
+    pub async fn commit_run(
+        &mut self,
+        run: RunRecord,
+        history: Planned,
+        followers: Vec<(&'static str, DeltaTable, Planned)>,
+    ) -> Result<HashMap<&'static str, u64>> {
+        commit::commit_run(self, run, history, followers).await
+    }
+}
+
+/// Reads a table through DataFusion, projecting `columns` (all when None).
+///
+/// # Errors
+/// DataFusion and Delta errors.
+pub async fn scan(table: &DeltaTable, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+    if table.snapshot()?.log_data().num_files() == 0 {
+        return Ok(Vec::new());
+    }
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table.table_provider().await?;
+    let df = ctx.read_table(provider)?;
+    let df = match columns {
+        Some(cols) => df.select_columns(cols)?,
+        None => df,
+    };
+    Ok(df.collect().await?)
+}

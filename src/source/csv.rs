@@ -1,0 +1,230 @@
+//! CSV extracts: the `csv` crate splits records (RFC 4180 quoting), one thread reads while
+//! another validates, casts and hashes, chunk by chunk.
+//!
+//! Field counts are checked here, not by the parser: a row with too many or too few fields is a
+//! bad row naming its line (arrow-csv pads short rows ambiguously; see arrow-rs #10577/#10578).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+use csv::ByteRecord;
+use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder};
+
+use super::cast::cast_column;
+use super::{drop_rows, hash_batch, HashedBatch, InputFile, RowErrors, BATCH_ROWS};
+use crate::config::TableConfig;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::schema::{payload_schema, ColumnType};
+
+/// Reads one CSV file. Returns its batches and the number of data rows read (bad ones included).
+pub(super) fn read(
+    config: &TableConfig,
+    file: &InputFile,
+    index: usize,
+    errors: &mut RowErrors,
+    progress: &Progress,
+) -> Result<(Vec<HashedBatch>, u64)> {
+    let handle = File::open(&file.path).map_err(|e| Error::Input {
+        path: file.path.clone(),
+        reason: format!("cannot open: {e}"),
+    })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(config.delimiter)
+        .quote(config.quote)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(1 << 20, handle));
+    if config.header {
+        check_header(config, file, &mut reader)?;
+    }
+    let parser = ChunkParser {
+        config,
+        file_name: file.display(),
+        index,
+    };
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Vec<ByteRecord>>(4);
+        let worker = scope.spawn(move || -> Result<(Vec<HashedBatch>, RowErrors)> {
+            let mut local = RowErrors::new(config.on_error);
+            let mut batches = Vec::new();
+            for chunk in rx {
+                if let Some(batch) = parser.parse(&chunk, &mut local)? {
+                    batches.push(batch);
+                }
+            }
+            Ok((batches, local))
+        });
+        let mut rows = 0u64;
+        let mut last_byte = 0u64;
+        let read_result: Result<()> = (|| {
+            loop {
+                let mut chunk = Vec::with_capacity(BATCH_ROWS);
+                let mut record = ByteRecord::new();
+                while chunk.len() < BATCH_ROWS && reader.read_byte_record(&mut record)? {
+                    chunk.push(std::mem::take(&mut record));
+                }
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                rows += chunk.len() as u64;
+                let byte = reader.position().byte();
+                progress.inc(byte - last_byte);
+                last_byte = byte;
+                if tx.send(chunk).is_err() {
+                    return Ok(()); // the worker stopped on an error; it reports it below
+                }
+            }
+        })();
+        drop(tx);
+        let worked = worker
+            .join()
+            .map_err(|_| Error::Internal("CSV worker thread panicked".into()))?;
+        let (batches, local) = worked?;
+        read_result?;
+        errors.rejects.extend(local.rejects);
+        Ok((batches, rows))
+    })
+}
+
+fn check_header(
+    config: &TableConfig,
+    file: &InputFile,
+    reader: &mut csv::Reader<BufReader<File>>,
+) -> Result<()> {
+    let mut header = ByteRecord::new();
+    if !reader.read_byte_record(&mut header)? {
+        return Ok(());
+    }
+    let found: Vec<String> = header
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).trim().to_string())
+        .collect();
+    let expected: Vec<&str> = config.columns.iter().map(|c| c.name.as_str()).collect();
+    let same = found.len() == expected.len()
+        && found
+            .iter()
+            .zip(&expected)
+            .all(|(f, e)| f.eq_ignore_ascii_case(e));
+    if !same {
+        return Err(Error::Input {
+            path: file.path.clone(),
+            reason: format!(
+                "header is [{}], config expects [{}]",
+                found.join(", "),
+                expected.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+struct ChunkParser<'a> {
+    config: &'a TableConfig,
+    file_name: String,
+    index: usize,
+}
+
+impl ChunkParser<'_> {
+    fn bad_row(&self, line: u64, column: Option<&str>, reason: String) -> Error {
+        Error::BadRow {
+            file: self.file_name.clone(),
+            line,
+            column: column.map(str::to_string),
+            reason,
+        }
+    }
+
+    fn raw(&self, record: &ByteRecord) -> String {
+        let parts: Vec<_> = record.iter().map(String::from_utf8_lossy).collect();
+        parts.join(&(self.config.delimiter as char).to_string())
+    }
+
+    fn is_null(&self, field: &[u8], ty: ColumnType) -> bool {
+        match &self.config.null_value {
+            Some(nv) => field == nv.as_bytes(),
+            None => field.is_empty() && ty != ColumnType::String,
+        }
+    }
+
+    /// Validates, casts and hashes one chunk of records; bad rows go to `errors`.
+    fn parse(&self, chunk: &[ByteRecord], errors: &mut RowErrors) -> Result<Option<HashedBatch>> {
+        let columns = &self.config.columns;
+        let mut builders: Vec<StringBuilder> = columns
+            .iter()
+            .map(|_| StringBuilder::with_capacity(chunk.len(), chunk.len() * 16))
+            .collect();
+        let mut lines = Vec::with_capacity(chunk.len());
+        'rows: for record in chunk {
+            let line = record.position().map_or(0, |p| p.line());
+            if record.len() != columns.len() {
+                let reason = format!("expected {} fields, found {}", columns.len(), record.len());
+                errors.push(self.bad_row(line, None, reason), || self.raw(record))?;
+                continue;
+            }
+            for (field, column) in record.iter().zip(columns) {
+                if std::str::from_utf8(field).is_err() {
+                    let err = self.bad_row(line, Some(&column.name), "invalid UTF-8".into());
+                    errors.push(err, || self.raw(record))?;
+                    continue 'rows;
+                }
+            }
+            for ((field, column), builder) in record.iter().zip(columns).zip(&mut builders) {
+                if self.is_null(field, column.ty) {
+                    builder.append_null();
+                } else {
+                    // Checked above: every field of this record is valid UTF-8.
+                    builder.append_value(std::str::from_utf8(field).unwrap_or_default());
+                }
+            }
+            lines.push(line);
+        }
+        let raw_columns: Vec<ArrayRef> = builders
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        let mut typed = Vec::with_capacity(columns.len());
+        // (row, column index) of the first unconvertible value of each bad row
+        let mut bad: Vec<(usize, usize)> = Vec::new();
+        for (c, (raw, column)) in raw_columns.iter().zip(columns).enumerate() {
+            let (array, bad_rows) = cast_column(raw, column.ty)?;
+            bad.extend(bad_rows.into_iter().map(|r| (r, c)));
+            typed.push(array);
+        }
+        let schema = payload_schema(&self.config.typed_columns());
+        let mut batch = RecordBatch::try_new(schema, typed)?;
+        if !bad.is_empty() {
+            bad.sort_unstable();
+            bad.dedup_by_key(|(row, _)| *row);
+            let mut keep = vec![true; batch.num_rows()];
+            for &(row, c) in &bad {
+                let value = raw_columns[c]
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .map(|a| a.value(row).to_string())
+                    .unwrap_or_default();
+                let reason = format!("cannot parse `{value}` as {}", columns[c].ty);
+                let err = self.bad_row(lines[row], Some(&columns[c].name), reason);
+                let raw = || {
+                    raw_columns
+                        .iter()
+                        .map(|a| {
+                            let a = a.as_any().downcast_ref::<StringArray>();
+                            a.map(|a| a.value(row).to_string()).unwrap_or_default()
+                        })
+                        .collect::<Vec<_>>()
+                        .join(&(self.config.delimiter as char).to_string())
+                };
+                errors.push(err, raw)?;
+                keep[row] = false;
+            }
+            (batch, lines) = drop_rows(&batch, lines, keep)?;
+        }
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        hash_batch(self.config, batch, self.index, lines).map(Some)
+    }
+}

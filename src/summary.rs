@@ -1,0 +1,112 @@
+//! The run summary printed at the end (human text, or JSON with `--json`).
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::diff::OpCounts;
+use crate::lake::Recovery;
+
+/// What a run did to one table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableSummary {
+    pub path: String,
+    /// Delta version after the run (None: not committed to).
+    pub version: Option<u64>,
+    pub rows_written: u64,
+    /// Bytes of the Parquet files written.
+    pub bytes_written: u64,
+    pub files_written: u64,
+}
+
+/// Seconds spent per stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageTimes {
+    pub read_secs: f64,
+    pub diff_secs: f64,
+    pub write_secs: f64,
+    pub commit_secs: f64,
+}
+
+/// The outcome of `tributary run`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub table: String,
+    pub business_date: String,
+    /// `applied` or `no-op`.
+    pub status: String,
+    pub message: String,
+    pub run_seq: Option<i64>,
+    /// An interrupted earlier run that this run completed first.
+    pub recovered: Option<Recovery>,
+    pub input_files: usize,
+    pub fingerprint: String,
+    pub rows_read: u64,
+    pub rows_rejected: u64,
+    pub counts: OpCounts,
+    pub current: TableSummary,
+    pub history: TableSummary,
+    pub rejects: Option<TableSummary>,
+    pub elapsed_secs: f64,
+    /// Rows read per second of wall time.
+    pub rows_per_sec: f64,
+    pub stages: StageTimes,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl fmt::Display for TableSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.version {
+            Some(v) => write!(
+                f,
+                "{} rows, {} in {} files -> version {v} ({})",
+                self.rows_written,
+                mib(self.bytes_written),
+                self.files_written,
+                self.path
+            ),
+            None => write!(f, "unchanged ({})", self.path),
+        }
+    }
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} {}: {}", self.table, self.business_date, self.message)?;
+        if let Some(r) = &self.recovered {
+            writeln!(
+                f,
+                "  recovered: completed interrupted run {} ({})",
+                r.completed_run, r.business_date
+            )?;
+        }
+        if self.status != "applied" {
+            return Ok(());
+        }
+        let c = &self.counts;
+        writeln!(
+            f,
+            "  rows read:  {} from {} file(s), {} rejected",
+            self.rows_read, self.input_files, self.rows_rejected
+        )?;
+        writeln!(
+            f,
+            "  operations: I {}  U {}  D {}  X {}  N {}",
+            c.inserted, c.updated, c.deleted, c.not_supplied, c.unchanged
+        )?;
+        writeln!(f, "  current:    {}", self.current)?;
+        writeln!(f, "  history:    {}", self.history)?;
+        if let Some(r) = &self.rejects {
+            writeln!(f, "  rejects:    {r}")?;
+        }
+        let s = &self.stages;
+        write!(
+            f,
+            "  elapsed:    {:.2} s ({:.0} rows/s; read {:.2} s, diff {:.2} s, write {:.2} s, commit {:.2} s)",
+            self.elapsed_secs, self.rows_per_sec, s.read_secs, s.diff_secs, s.write_secs, s.commit_secs
+        )
+    }
+}
