@@ -33,7 +33,10 @@ pub struct ConfigFile {
     pub delimiter: Option<String>,
     pub quote: Option<String>,
     pub header: Option<bool>,
-    pub null_value: Option<String>,
+    /// `Some(None)` when the YAML says `null_value: NULL` (or `~`) unquoted: YAML reads that as
+    /// null, not as the text NULL, so it is refused with a hint to quote it.
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub null_value: Option<Option<String>>,
     pub format: Option<InputFormat>,
     pub extract_type: ExtractType,
     pub hash: Option<HashAlgorithm>,
@@ -169,6 +172,13 @@ impl TableConfig {
     }
 }
 
+/// Distinguishes a missing key (None) from an explicit YAML null (Some(None)).
+fn explicit_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
 fn invalid(field: impl Into<String>, constraint: impl Into<String>) -> Error {
     Error::InvalidFieldValue {
         field: field.into(),
@@ -270,6 +280,16 @@ impl ConfigFile {
         if delimiter == quote {
             return Err(invalid("quote", "must differ from the delimiter"));
         }
+        let null_value = match self.null_value {
+            Some(None) => {
+                return Err(invalid(
+                    "null_value",
+                    "is YAML null; quote the text that marks NULL, e.g. null_value: \"NULL\"",
+                ))
+            }
+            Some(Some(text)) => Some(text),
+            None => None,
+        };
         let current_url = table_url("current_table_path", &self.current_table_path, base)?;
         let history_url = table_url("history_table_path", &self.history_table_path, base)?;
         let rejects_url = match &self.rejects_table_path {
@@ -295,7 +315,7 @@ impl ConfigFile {
             delimiter,
             quote,
             header: self.header.unwrap_or(false),
-            null_value: self.null_value,
+            null_value,
             format: self.format,
             extract_type: self.extract_type,
             hash: self.hash.unwrap_or_default(),
@@ -358,6 +378,18 @@ mod tests {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(field), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn unquoted_yaml_null_as_null_value_is_refused() {
+        let text =
+            SEED_CONFIG.replace("extract_type: full", "extract_type: full\nnull_value: NULL");
+        assert!(parse(&text).unwrap_err().to_string().contains("quote"));
+        let text = SEED_CONFIG.replace(
+            "extract_type: full",
+            "extract_type: full\nnull_value: \"NULL\"",
+        );
+        assert_eq!(parse(&text).unwrap().null_value.as_deref(), Some("NULL"));
     }
 
     #[test]

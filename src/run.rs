@@ -60,7 +60,9 @@ pub async fn run(
     let files = list_input_files(input, config.format)?;
     let total_bytes: u64 = files.iter().map(|f| f.size).sum();
     let fingerprint = fingerprint(&files)?;
-    let (mut lake, recovered) = Lake::open(config).await?;
+    // Open without creating: a run that fails on its input leaves no trace in the lake.
+    let existing = Lake::open(config, false).await?;
+    let recovered = existing.as_ref().and_then(|(_, r)| r.clone());
     let mut summary = RunSummary {
         table: config.name.clone(),
         business_date: date_text.clone(),
@@ -77,11 +79,16 @@ pub async fn run(
         },
         ..Default::default()
     };
-    let seq = lake::log::txn_version(&lake.current, lake.app_id())
-        .await?
-        .unwrap_or(0)
-        + 1;
-    let last = lake.last_run().await?;
+    let (seq, last) = match &existing {
+        Some((lake, _)) => (
+            lake::log::txn_version(&lake.current, lake.app_id())
+                .await?
+                .unwrap_or(0)
+                + 1,
+            lake.last_run().await?,
+        ),
+        None => (1, None),
+    };
     let mut replacing = None;
     if let Some(last) = &last {
         if date_text == last.business_date && last.fingerprint == fingerprint {
@@ -122,6 +129,15 @@ pub async fn run(
     let read_secs = started.elapsed().as_secs_f64();
 
     let diffing = Instant::now();
+    let mut lake = match existing {
+        Some((lake, _)) => lake,
+        None => {
+            Lake::open(config, true)
+                .await?
+                .ok_or_else(|| Error::Internal("tables not created".into()))?
+                .0
+        }
+    };
     let base = base_table(&lake, replacing.as_ref()).await?;
     let base_version = base.as_ref().and_then(|t| t.version()).map(|v| v as u64);
     let index = match &base {

@@ -54,25 +54,39 @@ pub struct Recovery {
 }
 
 impl Lake {
-    /// Opens the current and history tables, creating them if absent, checks that they were
-    /// written under the same hash spec and schema, and completes an interrupted run.
+    /// Opens the current and history tables (creating them if absent when `create` is set),
+    /// checks that they were written under this config's hash spec and schema, and completes
+    /// an interrupted run. Returns None when the tables do not exist and `create` is not set.
     ///
     /// # Errors
     /// [`Error::Lake`] for a table of another schema or hash spec, or tables out of step that
     /// cannot be completed; Delta and object-store errors.
-    pub async fn open(config: &TableConfig) -> Result<(Lake, Option<Recovery>)> {
+    pub async fn open(
+        config: &TableConfig,
+        create: bool,
+    ) -> Result<Option<(Lake, Option<Recovery>)>> {
         let schema = table_schema(&config.typed_columns());
-        let current =
-            table::open_or_create(config, &config.current_url, schema.clone(), &[], CURRENT)
-                .await?;
+        let current = table::open_or_create(
+            config,
+            &config.current_url,
+            schema.clone(),
+            &[],
+            CURRENT,
+            create,
+        )
+        .await?;
         let history = table::open_or_create(
             config,
             &config.history_url,
             schema,
             &[EFF_START_DATE],
             HISTORY,
+            create,
         )
         .await?;
+        let (Some(current), Some(history)) = (current, history) else {
+            return Ok(None);
+        };
         let mut lake = Lake {
             current,
             history,
@@ -80,7 +94,7 @@ impl Lake {
             config: config.clone(),
         };
         let recovery = lake.recover().await?;
-        Ok((lake, recovery))
+        Ok(Some((lake, recovery)))
     }
 
     /// The Delta `txn` app id of this table's runs.
@@ -135,16 +149,16 @@ impl Lake {
     pub(crate) async fn follower(&self, role: &str) -> Result<DeltaTable> {
         match role {
             CURRENT => Ok(self.current.clone()),
-            REJECTS => {
-                table::open_or_create(
-                    &self.config,
-                    &self.config.rejects_url,
-                    crate::rejects::schema(),
-                    &[],
-                    REJECTS,
-                )
-                .await
-            }
+            REJECTS => table::open_or_create(
+                &self.config,
+                &self.config.rejects_url,
+                crate::rejects::schema(),
+                &[],
+                REJECTS,
+                true,
+            )
+            .await?
+            .ok_or_else(|| Error::Internal("rejects table not created".into())),
             other => Err(Error::Internal(format!("unknown follower table `{other}`"))),
         }
     }

@@ -24,8 +24,9 @@ fn lake_err(role: &str, reason: String) -> Error {
     }
 }
 
-/// Opens the table at `url`, creating it with `schema`, `partitions` and Tributary's properties
-/// when no table is there. Checks an existing table's hash properties and schema.
+/// Opens the table at `url` and checks its hash properties and schema. Returns None when no
+/// table is there; with `create`, creates it instead (with `schema`, `partitions` and
+/// Tributary's properties).
 ///
 /// # Errors
 /// [`Error::Lake`] for a table of another hash spec, algorithm or schema; Delta errors.
@@ -35,15 +36,22 @@ pub async fn open_or_create(
     schema: SchemaRef,
     partitions: &[&str],
     role: &str,
-) -> Result<DeltaTable> {
+    create: bool,
+) -> Result<Option<DeltaTable>> {
     if url.scheme() == "file" {
         let path = url
             .to_file_path()
             .map_err(|_| lake_err(role, format!("bad file URL {url}")))?;
-        std::fs::create_dir_all(&path)?;
+        if !path.join("_delta_log").exists() {
+            if !create {
+                return Ok(None);
+            }
+            std::fs::create_dir_all(&path)?;
+        }
     }
     let table = match deltalake::open_table(url.clone()).await {
         Ok(table) => table,
+        Err(DeltaTableError::NotATable(_)) if !create => return Ok(None),
         Err(DeltaTableError::NotATable(_)) => {
             let fields: StructType = schema.clone().try_into_kernel()?;
             let mut props: HashMap<String, Option<String>> = HashMap::new();
@@ -70,7 +78,7 @@ pub async fn open_or_create(
         Err(e) => return Err(e.into()),
     };
     check(&table, config, &schema, role)?;
-    Ok(table)
+    Ok(Some(table))
 }
 
 fn check(table: &DeltaTable, config: &TableConfig, schema: &SchemaRef, role: &str) -> Result<()> {

@@ -1,0 +1,163 @@
+//! Bad input fails the run naming file, line and column, and leaves the tables untouched;
+//! with `on_error: reject` it lands in the rejects table instead.
+
+use std::process::Command;
+
+use tributary::Error;
+
+use crate::common::{Fixture, SIMPLE_COLUMNS};
+
+const TYPED: &str =
+    "- {name: id, type: string, key: true}\n- {name: n, type: int}\n- {name: d, type: date}\n";
+
+/// Runs a good day 1, then `bad` as day 2; returns the error and checks nothing changed.
+async fn fails_on(bad: &[u8]) -> Error {
+    let fx = Fixture::new(TYPED, "");
+    fx.run(
+        &fx.input("d1", "good.csv", b"a,1,2024-01-01\n"),
+        "2024-01-01",
+    )
+    .await
+    .unwrap();
+    let before = (fx.version("current").await, fx.version("history").await);
+    let err = fx
+        .run(&fx.input("d2", "bad.csv", bad), "2024-01-02")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (fx.version("current").await, fx.version("history").await),
+        before,
+        "tables untouched"
+    );
+    let rejects = fx.dir.path().join("lake/current_rejects/_delta_log");
+    assert!(!rejects.exists(), "no rejects table under on_error: fail");
+    err
+}
+
+fn assert_names(err: &Error, line: u64, column: Option<&str>) {
+    let text = err.to_string();
+    match err {
+        Error::BadRow {
+            file,
+            line: l,
+            column: c,
+            ..
+        } => {
+            assert!(file.ends_with("bad.csv"), "{text}");
+            assert_eq!(*l, line, "{text}");
+            assert_eq!(c.as_deref(), column, "{text}");
+        }
+        other => panic!("expected a bad-row error, got {other}"),
+    }
+    assert!(
+        text.contains("bad.csv") && text.contains(&format!("line {line}")),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_fields() {
+    let err = fails_on(b"a,1,2024-01-01\nb,2,2024-01-01,extra\n").await;
+    assert_names(&err, 2, None);
+    assert!(err.to_string().contains("expected 3 fields, found 4"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_few_fields() {
+    let err = fails_on(b"a,1,2024-01-01\nb,2\n").await;
+    assert_names(&err, 2, None);
+    assert!(err.to_string().contains("found 2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unparsable_number() {
+    let err = fails_on(b"a,1,2024-01-01\nb,2,2024-01-01\nc,x7,2024-01-01\n").await;
+    assert_names(&err, 3, Some("n"));
+    assert!(err.to_string().contains("`x7`"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unparsable_date() {
+    let err = fails_on(b"a,1,2024-02-30\n").await;
+    assert_names(&err, 1, Some("d"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_utf8() {
+    let err = fails_on(b"a,1,2024-01-01\n\xff\xfe,1,2024-01-01\n").await;
+    assert_names(&err, 2, Some("id"));
+    assert!(err.to_string().contains("UTF-8"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_key_names_both_lines() {
+    let err = fails_on(b"a,1,2024-01-01\nb,1,2024-01-01\na,2,2024-01-01\n").await;
+    assert_names(&err, 3, None);
+    assert!(
+        err.to_string().contains("first seen at") && err.to_string().contains("line 1"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_first_run_creates_no_table() {
+    let fx = Fixture::new(TYPED, "");
+    fx.run(
+        &fx.input("d1", "bad.csv", b"a,zz,2024-01-01\n"),
+        "2024-01-01",
+    )
+    .await
+    .unwrap_err();
+    assert!(!fx.table_path("current").join("_delta_log").exists());
+    assert!(!fx.table_path("history").join("_delta_log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reject_mode_lands_every_bad_row_in_the_rejects_table() {
+    let fx = Fixture::new(TYPED, "on_error: reject");
+    let input = fx.input(
+        "d1",
+        "bad.csv",
+        b"a,1,2024-01-01\nb,x,2024-01-01\nc,3\nd,4,2024-13-01\na,5,2024-01-01\ne,6,2024-01-06\n",
+    );
+    let s = fx.run(&input, "2024-01-01").await.unwrap();
+    assert_eq!(s.rows_read, 6);
+    assert_eq!(s.rows_rejected, 4);
+    assert_eq!(s.counts.inserted, 2);
+    let rejects = crate::common::table_rows(&fx.dir.path().join("lake/current_rejects")).await;
+    let mut seen: Vec<(String, String, String)> = rejects
+        .iter()
+        .map(|r| (r["line"].clone(), r["column"].clone(), r["raw"].clone()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("2".into(), "n".into(), "b,x,2024-01-01".into()),
+            ("3".into(), "<null>".into(), "c,3".into()),
+            ("4".into(), "d".into(), "d,4,2024-13-01".into()),
+            ("5".into(), "<null>".into(), "a,5,2024-01-01".into()),
+        ]
+    );
+    assert!(rejects
+        .iter()
+        .all(|r| r["file"].ends_with("bad.csv") && r["run_seq"] == "1"));
+}
+
+#[test]
+fn the_cli_exits_non_zero_with_the_location() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    let input = fx.input("d1", "bad.csv", b"a,1\nb,one\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args([
+            "run",
+            fx.config_path.to_str().unwrap(),
+            input.to_str().unwrap(),
+            "2024-01-01",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.csv, line 2, column `v`"), "{stderr}");
+}

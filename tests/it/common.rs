@@ -1,0 +1,141 @@
+//! Shared fixtures: a temp folder with a config, input files, and table readers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use deltalake::arrow::array::{Array, AsArray, RecordBatch};
+use deltalake::arrow::datatypes::Date32Type;
+use deltalake::arrow::util::display::array_value_to_string;
+use tributary::config::TableConfig;
+use tributary::run::{run, RunOptions};
+use tributary::summary::RunSummary;
+use tributary::Result;
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+/// Columns `id` (string key) and `v` (float) unless the caller gives others.
+pub const SIMPLE_COLUMNS: &str =
+    "- {name: id, type: string, key: true}\n- {name: v, type: float}\n";
+
+impl Fixture {
+    /// A config named `t` with tables under `lake/`, the given `columns:` list and extra lines.
+    pub fn new(columns: &str, extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("config.yaml");
+        let text = format!(
+            "name: t\ncurrent_table_path: lake/current\nhistory_table_path: lake/history\n\
+             delimiter: \",\"\n{extra}\ncolumns:\n{columns}"
+        );
+        let text = if text.contains("extract_type") {
+            text
+        } else {
+            text.replace("delimiter", "extract_type: full\ndelimiter")
+        };
+        std::fs::write(&config_path, text).unwrap();
+        Fixture { dir, config_path }
+    }
+
+    pub fn config(&self) -> TableConfig {
+        TableConfig::load(&self.config_path).unwrap()
+    }
+
+    /// Writes `day/<name>` and returns the folder.
+    pub fn input(&self, day: &str, name: &str, contents: &[u8]) -> PathBuf {
+        let folder = self.dir.path().join("in").join(day);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join(name), contents).unwrap();
+        folder
+    }
+
+    pub async fn run(&self, input: &Path, date: &str) -> Result<RunSummary> {
+        self.run_with(input, date, RunOptions::default()).await
+    }
+
+    pub async fn run_with(
+        &self,
+        input: &Path,
+        date: &str,
+        options: RunOptions,
+    ) -> Result<RunSummary> {
+        let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
+        run(&self.config(), input, date, options).await
+    }
+
+    pub fn table_path(&self, role: &str) -> PathBuf {
+        self.dir.path().join("lake").join(role)
+    }
+
+    /// Rows of a table as maps column -> displayed value ("" for NULL shown as "<null>").
+    pub async fn rows(&self, role: &str) -> Vec<BTreeMap<String, String>> {
+        table_rows(&self.table_path(role)).await
+    }
+
+    /// Latest Delta version of a table.
+    pub async fn version(&self, role: &str) -> Option<i64> {
+        let url = url::Url::from_directory_path(self.table_path(role)).unwrap();
+        deltalake::open_table(url)
+            .await
+            .ok()
+            .and_then(|t| t.version().map(|v| v as i64))
+    }
+}
+
+pub async fn table_rows(path: &Path) -> Vec<BTreeMap<String, String>> {
+    let url = url::Url::from_directory_path(path).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let batches = tributary::lake::scan(&table, None).await.unwrap();
+    batches.iter().flat_map(batch_rows).collect()
+}
+
+fn batch_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, String>> {
+    let schema = batch.schema();
+    (0..batch.num_rows())
+        .map(|i| {
+            schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(c, f)| {
+                    let col = batch.column(c);
+                    let v = if col.is_null(i) {
+                        "<null>".to_string()
+                    } else if f.name() == "eff_start_date" {
+                        let days = col.as_primitive::<Date32Type>().value(i);
+                        (NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()
+                            + chrono::Duration::days(days as i64))
+                        .to_string()
+                    } else {
+                        array_value_to_string(col, i).unwrap()
+                    };
+                    (f.name().clone(), v)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Count of rows per (operation) in a table.
+pub fn op_counts(rows: &[BTreeMap<String, String>]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in rows {
+        *out.entry(r["operation"].clone()).or_default() += 1;
+    }
+    out
+}
+
+pub fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// The row with `col == value`.
+pub fn find<'a>(
+    rows: &'a [BTreeMap<String, String>],
+    col: &str,
+    value: &str,
+) -> Vec<&'a BTreeMap<String, String>> {
+    rows.iter().filter(|r| r[col] == value).collect()
+}

@@ -1,0 +1,8 @@
+//! Integration tests over real files and real Delta tables.
+
+mod bad_input;
+mod common;
+mod crash;
+mod model;
+mod readers;
+mod snapshot;

@@ -1,0 +1,73 @@
+//! The tables are plain Delta: an independent reader (the Python `deltalake` package, DuckDB
+//! over its Arrow dataset) sees the same rows. Skipped with a message when Python lacks those
+//! packages, unless TRIBUTARY_REQUIRE_READERS=1 (set by .ci/run, which installs them).
+
+use std::process::Command;
+
+use crate::common::{Fixture, SIMPLE_COLUMNS};
+
+const SCRIPT: &str = r#"
+import sys, json, deltalake, duckdb
+cur = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_dataset()
+hist_table = deltalake.DeltaTable(sys.argv[2])
+hist = hist_table.to_pyarrow_dataset()
+out = {
+  "current": duckdb.sql("select operation, count(*) from cur group by 1 order by 1").fetchall(),
+  "history": duckdb.sql("select cast(eff_start_date as varchar), operation, count(*) from hist group by 1, 2 order by 1, 2").fetchall(),
+  "keyhash_bytes": duckdb.sql("select distinct octet_length(keyhash) from cur").fetchall(),
+  "partitions": hist_table.metadata().partition_columns,
+}
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_deltalake_and_duckdb_read_the_tables() {
+    let probe = Command::new("python3")
+        .args(["-c", "import deltalake, duckdb"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var("TRIBUTARY_REQUIRE_READERS").is_err(),
+            "python3 with deltalake and duckdb is required"
+        );
+        eprintln!("SKIPPED: python3 with deltalake and duckdb not available");
+        return;
+    }
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\nc,3\n"), "2024-01-01")
+        .await
+        .unwrap();
+    fx.run(&fx.input("d2", "a.csv", b"a,1\nb,5\nd,4\n"), "2024-01-02")
+        .await
+        .unwrap();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            SCRIPT,
+            fx.table_path("current").to_str().unwrap(),
+            fx.table_path("history").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen["current"],
+        serde_json::json!([["I", 1], ["N", 1], ["U", 1]])
+    );
+    assert_eq!(
+        seen["history"],
+        serde_json::json!([
+            ["2024-01-01", "I", 3],
+            ["2024-01-02", "D", 1],
+            ["2024-01-02", "I", 1],
+            ["2024-01-02", "U", 1]
+        ])
+    );
+    assert_eq!(seen["keyhash_bytes"], serde_json::json!([[16]]));
+    assert_eq!(seen["partitions"], serde_json::json!(["eff_start_date"]));
+}

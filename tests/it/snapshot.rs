@@ -1,0 +1,438 @@
+//! Snapshot CDC behaviour over real CSV/Parquet files and Delta tables.
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::{Float64Array, RecordBatch, StringArray};
+use deltalake::arrow::datatypes::{DataType, Field, Schema};
+use tributary::generate::{generate, GenerateSpec};
+use tributary::run::RunOptions;
+use tributary::Error;
+
+use crate::common::{counts, find, op_counts, Fixture, SIMPLE_COLUMNS};
+
+/// The seed article's example: 10,000 records, 5 keys, 10 non-keys, 0.2/0.4/0.4, run with the
+/// seed repository's config.yaml (only the table paths moved into a temp folder).
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_example_day_two_counts() {
+    let seed_config = include_str!("../fixtures/seed_config.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let root = url::Url::from_directory_path(dir.path()).unwrap();
+    let text = seed_config.replace("file:///tmp/", root.as_str());
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, text).unwrap();
+    let spec = GenerateSpec {
+        init_rows: 10_000,
+        incr_rows: 10_000,
+        keys: 5,
+        nonkeys: 10,
+        pct_del: 0.2,
+        pct_upd: 0.4,
+        pct_unchanged: 0.4,
+        initial_output: dir.path().join("day1"),
+        incremental_output: dir.path().join("day2"),
+        seed: Some(1),
+    };
+    generate(&spec).unwrap();
+    let config = tributary::config::TableConfig::load(&config_path).unwrap();
+    let date = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+    let day1 = tributary::run::run(
+        &config,
+        &spec.initial_output,
+        date("2019-06-18"),
+        RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(day1.counts.inserted, 10_000);
+    let day2 = tributary::run::run(
+        &config,
+        &spec.incremental_output,
+        date("2019-06-19"),
+        RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            day2.counts.inserted,
+            day2.counts.updated,
+            day2.counts.deleted,
+            day2.counts.unchanged
+        ),
+        (2000, 4000, 2000, 4000)
+    );
+
+    let history = crate::common::table_rows(&dir.path().join("sample_data_history")).await;
+    let day2_history: Vec<_> = history
+        .iter()
+        .filter(|r| r["eff_start_date"] == "2019-06-19")
+        .cloned()
+        .collect();
+    assert_eq!(
+        op_counts(&day2_history),
+        counts(&[("D", 2000), ("I", 2000), ("U", 4000)])
+    );
+    assert_eq!(history.len(), 18_000);
+    let current = crate::common::table_rows(&dir.path().join("sample_data_current")).await;
+    assert_eq!(
+        op_counts(&current),
+        counts(&[("I", 2000), ("N", 4000), ("U", 4000)])
+    );
+    // N rows keep their original effective date; I and U rows take the run date.
+    assert!(current
+        .iter()
+        .filter(|r| r["operation"] == "N")
+        .all(|r| r["eff_start_date"] == "2019-06-18"));
+    assert!(current
+        .iter()
+        .filter(|r| r["operation"] != "N")
+        .all(|r| r["eff_start_date"] == "2019-06-19"));
+    // D rows in history carry the deleted row's last payload.
+    let deleted = history.iter().find(|r| r["operation"] == "D").unwrap();
+    let original = history
+        .iter()
+        .find(|r| r["operation"] == "I" && r["keycol1"] == deleted["keycol1"])
+        .unwrap();
+    assert_eq!(deleted["nonkeycol3"], original["nonkeycol3"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delta_extract_keeps_missing_rows_as_x() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "extract_type: delta");
+    fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\nc,3\n"), "2024-01-01")
+        .await
+        .unwrap();
+    let s = fx
+        .run(&fx.input("d2", "a.csv", b"a,10\nd,4\n"), "2024-01-02")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            s.counts.updated,
+            s.counts.inserted,
+            s.counts.not_supplied,
+            s.counts.deleted
+        ),
+        (1, 1, 2, 0)
+    );
+    let current = fx.rows("current").await;
+    assert_eq!(op_counts(&current), counts(&[("I", 1), ("U", 1), ("X", 2)]));
+    let b = find(&current, "id", "b")[0];
+    assert_eq!(
+        (
+            b["operation"].as_str(),
+            b["v"].as_str(),
+            b["eff_start_date"].as_str()
+        ),
+        ("X", "2.0", "2024-01-01")
+    );
+    let history = fx.rows("history").await;
+    assert_eq!(history.len(), 5, "X rows are not history");
+    // An X row that comes back unchanged is N, with its original date.
+    let s = fx
+        .run(&fx.input("d3", "a.csv", b"b,2\n"), "2024-01-03")
+        .await
+        .unwrap();
+    assert_eq!(s.counts.unchanged, 1);
+    let b = find(&fx.rows("current").await, "id", "b")[0].clone();
+    assert_eq!(
+        (b["operation"].as_str(), b["eff_start_date"].as_str()),
+        ("N", "2024-01-01")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn null_and_empty_string_are_different_values() {
+    let columns = "- {name: id, type: string, key: true}\n- {name: s, type: string}\n- {name: n, type: double}\n";
+    let fx = Fixture::new(columns, "null_value: \"NULL\"");
+    fx.run(
+        &fx.input("d1", "a.csv", b"1,NULL,1\n2,,NULL\n"),
+        "2024-01-01",
+    )
+    .await
+    .unwrap();
+    let rows = fx.rows("current").await;
+    assert_eq!(find(&rows, "id", "1")[0]["s"], "<null>");
+    assert_eq!(find(&rows, "id", "2")[0]["s"], "");
+    assert_eq!(find(&rows, "id", "2")[0]["n"], "<null>");
+    let s = fx
+        .run(
+            &fx.input("d2", "a.csv", b"1,,1\n2,NULL,NULL\n"),
+            "2024-01-02",
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.counts.updated, 2, "NULL <-> empty string is a change");
+    let s = fx
+        .run(
+            &fx.input("d3", "a.csv", b"1,,1\n2,NULL,NULL\n"),
+            "2024-01-03",
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.counts.unchanged, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_null_value_empty_is_null_except_for_strings() {
+    let columns = "- {name: id, type: string, key: true}\n- {name: s, type: string}\n- {name: n, type: int}\n";
+    let fx = Fixture::new(columns, "");
+    fx.run(&fx.input("d1", "a.csv", b"1,,\n"), "2024-01-01")
+        .await
+        .unwrap();
+    let row = fx.rows("current").await[0].clone();
+    assert_eq!((row["s"].as_str(), row["n"].as_str()), ("", "<null>"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quoted_fields_hold_delimiters_and_quotes() {
+    let columns = "- {name: id, type: string, key: true}\n- {name: s, type: string}\n- {name: v, type: float}\n";
+    let fx = Fixture::new(columns, "");
+    fx.run(
+        &fx.input(
+            "d1",
+            "a.csv",
+            b"\"a,b\",\"say \"\"hi\"\"\",1.5\nc,\"multi\nline\",2\n",
+        ),
+        "2024-01-01",
+    )
+    .await
+    .unwrap();
+    let rows = fx.rows("current").await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(find(&rows, "id", "a,b")[0]["s"], "say \"hi\"");
+    assert_eq!(find(&rows, "id", "c")[0]["s"], "multi\nline");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ignored_columns_are_stored_but_never_a_change() {
+    let columns = "- {name: id, type: string, key: true}\n- {name: v, type: float}\n- {name: loaded_at, type: string, ignore: true}\n";
+    let fx = Fixture::new(columns, "");
+    fx.run(&fx.input("d1", "a.csv", b"a,1,t1\nb,2,t1\n"), "2024-01-01")
+        .await
+        .unwrap();
+    let s = fx
+        .run(&fx.input("d2", "a.csv", b"a,1,t2\nb,3,t2\n"), "2024-01-02")
+        .await
+        .unwrap();
+    assert_eq!((s.counts.unchanged, s.counts.updated), (1, 1));
+    let a = find(&fx.rows("current").await, "id", "a")[0].clone();
+    assert_eq!(
+        (a["operation"].as_str(), a["loaded_at"].as_str()),
+        ("N", "t2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn composite_keys_whose_concatenations_collide_stay_distinct() {
+    let columns = "- {name: k1, type: string, key: true}\n- {name: k2, type: string, key: true}\n- {name: v, type: string}\n";
+    let fx = Fixture::new(columns, "");
+    let s = fx
+        .run(
+            &fx.input("d1", "a.csv", b"ab,c,x\na,bc,x\n,abc,x\n"),
+            "2024-01-01",
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.counts.inserted, 3);
+    // Non-key values that collide under plain concatenation are a change too.
+    let columns2 = "- {name: k, type: string, key: true}\n- {name: a, type: string}\n- {name: b, type: string}\n";
+    let fx2 = Fixture::new(columns2, "");
+    fx2.run(&fx2.input("d1", "a.csv", b"1,ab,c\n"), "2024-01-01")
+        .await
+        .unwrap();
+    let s = fx2
+        .run(&fx2.input("d2", "a.csv", b"1,a,bc\n"), "2024-01-02")
+        .await
+        .unwrap();
+    assert_eq!(s.counts.updated, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rerunning_the_same_day_is_a_no_op() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    let input = fx.input("d1", "a.csv", b"a,1\nb,2\n");
+    fx.run(&input, "2024-01-01").await.unwrap();
+    let (cv, hv) = (fx.version("current").await, fx.version("history").await);
+    let again = fx.run(&input, "2024-01-01").await.unwrap();
+    assert_eq!(again.status, "no-op");
+    assert!(again.message.contains("already applied"));
+    assert_eq!(
+        (fx.version("current").await, fx.version("history").await),
+        (cv, hv)
+    );
+    assert_eq!(fx.rows("history").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn older_dates_and_changed_input_are_refused_unless_asked() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\n"), "2024-01-02")
+        .await
+        .unwrap();
+    let older = fx.input("d0", "a.csv", b"a,1\nb,3\n");
+    let err = fx.run(&older, "2024-01-01").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Refused(_)) && err.to_string().contains("older"),
+        "{err}"
+    );
+    let changed = fx.input("d1b", "a.csv", b"a,1\nb,5\n");
+    let err = fx.run(&changed, "2024-01-02").await.unwrap_err();
+    assert!(err.to_string().contains("--replace"), "{err}");
+    assert_eq!(fx.version("current").await, Some(1));
+    let forced = fx
+        .run_with(
+            &older,
+            "2024-01-01",
+            RunOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.counts.updated, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replace_redoes_the_latest_day_from_its_base() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\nc,3\n"), "2024-01-01")
+        .await
+        .unwrap();
+    fx.run(&fx.input("d2", "a.csv", b"a,9\nb,2\n"), "2024-01-02")
+        .await
+        .unwrap();
+    let redo = fx.input("d2b", "a.csv", b"a,1\nb,7\nc,3\nd,4\n");
+    let s = fx
+        .run_with(
+            &redo,
+            "2024-01-02",
+            RunOptions {
+                replace: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            s.counts.inserted,
+            s.counts.updated,
+            s.counts.deleted,
+            s.counts.unchanged
+        ),
+        (1, 1, 0, 2)
+    );
+    let history = fx.rows("history").await;
+    let day2: Vec<_> = history
+        .iter()
+        .filter(|r| r["eff_start_date"] == "2024-01-02")
+        .cloned()
+        .collect();
+    assert_eq!(
+        op_counts(&day2),
+        counts(&[("I", 1), ("U", 1)]),
+        "the replaced run's history is gone"
+    );
+    let current = fx.rows("current").await;
+    assert_eq!(op_counts(&current), counts(&[("I", 1), ("N", 2), ("U", 1)]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mass_delete_guard_refuses_truncated_full_extracts() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    let day1: String = (0..10).map(|i| format!("k{i},{i}\n")).collect();
+    fx.run(&fx.input("d1", "a.csv", day1.as_bytes()), "2024-01-01")
+        .await
+        .unwrap();
+    let truncated = fx.input("d2", "a.csv", b"k0,0\nk1,1\n");
+    let err = fx.run(&truncated, "2024-01-02").await.unwrap_err();
+    assert!(err.to_string().contains("max_delete_fraction"), "{err}");
+    assert_eq!(fx.version("history").await, Some(1), "history untouched");
+    let s = fx
+        .run_with(
+            &truncated,
+            "2024-01-02",
+            RunOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.counts.deleted, 8);
+    assert_eq!(fx.rows("current").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parquet_input_gives_the_same_result_as_csv() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\nc,3\n"), "2024-01-01")
+        .await
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("v", DataType::Float64, true),
+        Field::new("id", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Float64Array::from(vec![1.0, 5.0])),
+            Arc::new(StringArray::from(vec!["a", "b"])),
+        ],
+    )
+    .unwrap();
+    let folder = fx.dir.path().join("in/d2");
+    std::fs::create_dir_all(&folder).unwrap();
+    let file = std::fs::File::create(folder.join("part-0.parquet")).unwrap();
+    let mut writer = deltalake::parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let s = fx.run(&folder, "2024-01-02").await.unwrap();
+    assert_eq!(
+        (s.counts.unchanged, s.counts.updated, s.counts.deleted),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_are_checked_against_the_config() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "header: true");
+    let s = fx
+        .run(&fx.input("d1", "a.csv", b"id,v\na,1\n"), "2024-01-01")
+        .await
+        .unwrap();
+    assert_eq!(s.counts.inserted, 1);
+    let err = fx
+        .run(&fx.input("d2", "a.csv", b"id,value\na,1\n"), "2024-01-02")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("header"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_columns_round_trip() {
+    let columns = "- {name: id, type: long, key: true}\n- {name: d, type: date}\n- {name: ts, type: timestamp}\n\
+                   - {name: amount, type: 'decimal(10,2)'}\n- {name: ok, type: boolean}\n- {name: n, type: int}\n";
+    let fx = Fixture::new(columns, "");
+    fx.run(
+        &fx.input(
+            "d1",
+            "a.csv",
+            b"1,2024-02-29,2024-02-29 10:00:00,12.34,true,7\n",
+        ),
+        "2024-03-01",
+    )
+    .await
+    .unwrap();
+    let row = fx.rows("current").await[0].clone();
+    assert_eq!(row["d"], "2024-02-29");
+    assert_eq!(row["amount"], "12.34");
+    assert_eq!(row["ok"], "true");
+    assert!(
+        row["ts"].starts_with("2024-02-29T10:00:00"),
+        "{}",
+        row["ts"]
+    );
+}
