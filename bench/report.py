@@ -44,7 +44,7 @@ def machine():
                 mem_kib = int(line.split()[1])
     return {"nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
             "mem": f"{mem_kib / 1024 / 1024:.1f} GiB", "cpu": cpu,
-            "kernel": platform.release()}
+            "kernel": platform.release(), "load": " ".join(open("/proc/loadavg").read().split()[:3])}
 
 
 def git(*args):
@@ -54,6 +54,9 @@ def git(*args):
 def main():
     rows, out_dir, results_md, command, binary, systems = sys.argv[1:7]
     notes = [n for n in sys.argv[7:] if n]
+    if "/debug/" in binary:
+        notes.insert(0, "**DEBUG build of tributary (`" + os.path.relpath(binary) +
+                     "`): these tributary timings are not representative.**")
     rows = int(rows)
     systems = systems.split(",")
 
@@ -104,7 +107,7 @@ def main():
 - Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}
 - Commit: {commit}
 - Command: `{command}`
-- Machine: nproc {mach['nproc']}, CPU {mach['cpu']}, {mach['mem']} RAM, Linux {mach['kernel']}
+- Machine: nproc {mach['nproc']}, CPU {mach['cpu']}, {mach['mem']} RAM, Linux {mach['kernel']}, load average at report time {mach['load']}
 - Engines: {', '.join(versions)}
 - Data: `tributary generate {rows} {rows} 5 10 0.2 0.4 0.4 ... --seed 42` (headerless CSV, 5 uuid keys + 10 doubles);
   day 1 = 2019-06-18 reads {rows_read['day1']:,} rows, day 2 = 2019-06-19 reads {rows_read['day2']:,} rows

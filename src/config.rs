@@ -136,11 +136,7 @@ impl TableConfig {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let base = std::path::absolute(&base)?;
+        let base = config_folder(path)?;
         file.validate(&base)
     }
 
@@ -170,6 +166,15 @@ impl TableConfig {
     pub fn app_id(&self) -> String {
         format!("tributary:{}", self.name)
     }
+}
+
+/// The absolute folder of a config file (a bare `config.yaml` has the empty path as parent).
+fn config_folder(path: &Path) -> Result<PathBuf> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(std::path::absolute(parent)?)
 }
 
 /// Distinguishes a missing key (None) from an explicit YAML null (Some(None)).
@@ -390,6 +395,16 @@ mod tests {
             "extract_type: full\nnull_value: \"NULL\"",
         );
         assert_eq!(parse(&text).unwrap().null_value.as_deref(), Some("NULL"));
+    }
+
+    #[test]
+    fn a_bare_config_file_name_resolves_against_the_working_folder() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(config_folder(Path::new("config.yaml")).unwrap(), cwd);
+        assert_eq!(
+            config_folder(Path::new("sub/config.yaml")).unwrap(),
+            cwd.join("sub")
+        );
     }
 
     #[test]

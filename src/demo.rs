@@ -20,18 +20,7 @@ pub const DEMO_DATES: [&str; 2] = ["2019-06-18", "2019-06-19"];
 /// # Errors
 /// Any error of [`generate`] or [`run`].
 pub async fn demo(dir: &Path) -> Result<(GenerateSummary, Vec<RunSummary>)> {
-    let spec = GenerateSpec {
-        init_rows: 10_000,
-        incr_rows: 10_000,
-        keys: 5,
-        nonkeys: 10,
-        pct_del: 0.2,
-        pct_upd: 0.4,
-        pct_unchanged: 0.4,
-        initial_output: dir.join("data/day1"),
-        incremental_output: dir.join("data/day2"),
-        seed: Some(20190618),
-    };
+    let spec = GenerateSpec::seed_example(dir.join("data/day1"), dir.join("data/day2"), 20190618);
     let generated = generate(&spec)?;
     let config_path = dir.join("config.yaml");
     std::fs::write(&config_path, config_yaml("sample_data", 5, 10))?;

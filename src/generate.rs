@@ -45,6 +45,23 @@ pub struct GenerateSummary {
 }
 
 impl GenerateSpec {
+    /// The seed article's example: 10,000 records, 5 keys, 10 non-keys, 20% deleted, 40%
+    /// updated, 40% unchanged, 10,000 records on day 2.
+    pub fn seed_example(initial_output: PathBuf, incremental_output: PathBuf, seed: u64) -> Self {
+        GenerateSpec {
+            init_rows: 10_000,
+            incr_rows: 10_000,
+            keys: 5,
+            nonkeys: 10,
+            pct_del: 0.2,
+            pct_upd: 0.4,
+            pct_unchanged: 0.4,
+            initial_output,
+            incremental_output,
+            seed: Some(seed),
+        }
+    }
+
     /// Checks the arguments and returns the (deleted, updated, unchanged, inserted) counts.
     ///
     /// # Errors

@@ -41,16 +41,25 @@ fn day_csv(d: u32) -> String {
         .collect()
 }
 
+/// Writes day `d`'s input into `fx` and returns its folder and business date.
+fn day(fx: &Fixture, d: u32) -> (std::path::PathBuf, String) {
+    (
+        fx.input(&format!("d{d}"), "a.csv", day_csv(d).as_bytes()),
+        format!("2024-01-{d:02}"),
+    )
+}
+
+/// Runs day `d` to completion.
+fn apply_day(fx: &Fixture, d: u32) -> serde_json::Value {
+    let (input, date) = day(fx, d);
+    json(&tributary(fx, &input, &date, None))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_between_the_commits_is_completed_by_the_next_run() {
     let fx = Fixture::new(SIMPLE_COLUMNS, "");
-    json(&tributary(
-        &fx,
-        &fx.input("d1", "a.csv", day_csv(1).as_bytes()),
-        "2024-01-01",
-        None,
-    ));
-    let day2 = fx.input("d2", "a.csv", day_csv(2).as_bytes());
+    apply_day(&fx, 1);
+    let (day2, _) = day(&fx, 2);
     let crashed = tributary(&fx, &day2, "2024-01-02", Some("after-history-commit"));
     assert!(!crashed.status.success());
     assert_eq!(
@@ -66,31 +75,16 @@ async fn crash_between_the_commits_is_completed_by_the_next_run() {
     assert_eq!(fx.version("current").await, Some(2));
 
     let reference = Fixture::new(SIMPLE_COLUMNS, "");
-    json(&tributary(
-        &reference,
-        &reference.input("d1", "a.csv", day_csv(1).as_bytes()),
-        "2024-01-01",
-        None,
-    ));
-    json(&tributary(
-        &reference,
-        &reference.input("d2", "a.csv", day_csv(2).as_bytes()),
-        "2024-01-02",
-        None,
-    ));
+    apply_day(&reference, 1);
+    apply_day(&reference, 2);
     assert_same_tables(&fx, &reference).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_before_any_commit_leaves_the_tables_as_they_were() {
     let fx = Fixture::new(SIMPLE_COLUMNS, "");
-    json(&tributary(
-        &fx,
-        &fx.input("d1", "a.csv", day_csv(1).as_bytes()),
-        "2024-01-01",
-        None,
-    ));
-    let day2 = fx.input("d2", "a.csv", day_csv(2).as_bytes());
+    apply_day(&fx, 1);
+    let (day2, _) = day(&fx, 2);
     assert!(
         !tributary(&fx, &day2, "2024-01-02", Some("before-history-commit"))
             .status
@@ -129,14 +123,8 @@ async fn random_kills_with_checkpoints_converge_to_the_uninterrupted_tables() {
     let reference = Fixture::new(SIMPLE_COLUMNS, "checkpoint_interval: 2");
     let mut kills = 0;
     for d in 1..=8u32 {
-        let date = format!("2024-01-{d:02}");
-        let input = fx.input(&format!("d{d}"), "a.csv", day_csv(d).as_bytes());
-        json(&tributary(
-            &reference,
-            &reference.input(&format!("d{d}"), "a.csv", day_csv(d).as_bytes()),
-            &date,
-            None,
-        ));
+        let (input, date) = day(&fx, d);
+        apply_day(&reference, d);
         for _ in 0..2 {
             let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
                 .args([

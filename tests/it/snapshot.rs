@@ -20,18 +20,7 @@ async fn seed_example_day_two_counts() {
     let text = seed_config.replace("file:///tmp/", root.as_str());
     let config_path = dir.path().join("config.yaml");
     std::fs::write(&config_path, text).unwrap();
-    let spec = GenerateSpec {
-        init_rows: 10_000,
-        incr_rows: 10_000,
-        keys: 5,
-        nonkeys: 10,
-        pct_del: 0.2,
-        pct_upd: 0.4,
-        pct_unchanged: 0.4,
-        initial_output: dir.path().join("day1"),
-        incremental_output: dir.path().join("day2"),
-        seed: Some(1),
-    };
+    let spec = GenerateSpec::seed_example(dir.path().join("day1"), dir.path().join("day2"), 1);
     generate(&spec).unwrap();
     let config = tributary::config::TableConfig::load(&config_path).unwrap();
     let date = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
@@ -434,5 +423,44 @@ async fn typed_columns_round_trip() {
         row["ts"].starts_with("2024-02-29T10:00:00"),
         "{}",
         row["ts"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_hashed_under_another_spec_or_algorithm_are_refused() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    fx.run(&fx.input("d1", "a.csv", b"a,1\n"), "2024-01-01")
+        .await
+        .unwrap();
+    // Another algorithm in the config: every row would look updated, so refuse.
+    let text = std::fs::read_to_string(&fx.config_path)
+        .unwrap()
+        .replace("delimiter", "hash: md5\ndelimiter");
+    std::fs::write(&fx.config_path, text).unwrap();
+    let err = fx
+        .run(&fx.input("d2", "a.csv", b"a,1\n"), "2024-01-02")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("hashed with xxh3"), "{err}");
+    // A table written under another hash spec version.
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    fx.run(&fx.input("d1", "a.csv", b"a,1\n"), "2024-01-01")
+        .await
+        .unwrap();
+    let url = url::Url::from_directory_path(fx.table_path("current")).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    table
+        .set_tbl_properties()
+        .with_properties([("tributary.hash.spec".to_string(), "0".to_string())].into())
+        .with_raise_if_not_exists(false)
+        .await
+        .unwrap();
+    let err = fx
+        .run(&fx.input("d2", "a.csv", b"a,1\n"), "2024-01-02")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("spec 0") && err.to_string().contains("refusing"),
+        "{err}"
     );
 }
