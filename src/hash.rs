@@ -156,22 +156,6 @@ pub fn hash_columns(
     Ok(builder.finish())
 }
 
-/// Reads the digest at row `i` of a hash column.
-///
-/// # Errors
-/// [`Error::Lake`] when the stored value is not 16 bytes long (a table not written by Tributary).
-pub fn digest_at(array: &BinaryArray, i: usize) -> Result<Digest> {
-    array.value(i).try_into().map_err(|_| Error::Lake {
-        table: String::new(),
-        reason: format!("hash value of {} bytes, expected 16", array.value(i).len()),
-    })
-}
-
-/// Lower-case hex of a digest, for logs and test vectors.
-pub fn to_hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -180,6 +164,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// Lower-case hex of a digest, for logs and test vectors.
+    fn to_hex(d: &[u8]) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
 
     fn strings(values: &[Option<&str>]) -> ArrayRef {
         Arc::new(StringArray::from(values.to_vec()))

@@ -35,17 +35,6 @@ impl Progress {
         Progress { bar }
     }
 
-    /// A spinner with a message, for stages without a known size.
-    pub fn spinner(label: &str) -> Self {
-        if !std::io::stderr().is_terminal() {
-            return Self::hidden();
-        }
-        let bar = ProgressBar::new_spinner();
-        bar.set_message(label.to_string());
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Progress { bar }
-    }
-
     /// Advances by `n` bytes.
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);

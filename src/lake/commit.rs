@@ -21,14 +21,6 @@ pub struct Planned {
 }
 
 impl Planned {
-    /// Rows added, from the writer's statistics.
-    pub fn rows_added(&self) -> u64 {
-        self.adds
-            .iter()
-            .filter_map(|a| a.get_stats().ok().flatten().map(|s| s.num_records as u64))
-            .sum()
-    }
-
     /// Bytes of the added files.
     pub fn bytes_added(&self) -> u64 {
         self.adds.iter().map(|a| a.size as u64).sum()
