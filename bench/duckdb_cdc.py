@@ -2,9 +2,11 @@
 """Snapshot CDC in DuckDB SQL -- the seed article's hash + full-outer-join pattern.
 
 Usage: duckdb_cdc.py INPUT_DIR OUTPUT_ROOT YYYY-MM-DD NO_KEYS NO_NONKEYS
+                     [--format csv|parquet] [--extract full|delta]
 
-INPUT_DIR holds headerless CSV files (*.csv): NO_KEYS string key columns
-keycol1..N followed by NO_NONKEYS double columns nonkeycol1..M.
+INPUT_DIR holds headerless CSV files (*.csv, the default) or, with --format parquet,
+Parquet files (*.parquet): NO_KEYS string key columns keycol1..N and NO_NONKEYS
+double columns nonkeycol1..M (Parquet columns are picked by name and cast).
 
 Layout under OUTPUT_ROOT (plain Parquet, no table format):
   current/data.parquet                          configured columns + keyhash,
@@ -13,9 +15,10 @@ Layout under OUTPUT_ROOT (plain Parquet, no table format):
                                                 partition; the date is in the path)
 
 First run (no OUTPUT_ROOT/current): every row is I.
-Later runs (full extract): key only in incoming = I; in both with a different
-nonkeyhash = U; same nonkeyhash = N (keeps the old eff_start_date); only in
-current = D (history carries the current's old payload).
+Later runs: key only in incoming = I; in both with a different nonkeyhash = U;
+same nonkeyhash = N (keeps the old eff_start_date); only in current = D with
+--extract full (history carries the current's old payload), X with --extract
+delta (stays in current with its old payload and eff_start_date; not in history).
 
 Hashing: keyhash = md5(concat_ws(chr(31), keycol1, ..., keycolN)) and
 nonkeyhash = md5(concat_ws(chr(31), CAST(nonkeycol1 AS VARCHAR), ...)), both as
@@ -23,15 +26,16 @@ nonkeyhash = md5(concat_ws(chr(31), CAST(nonkeycol1 AS VARCHAR), ...)), both as
 generated data, so ('ab','c') and ('a','bc') hash differently.  Caveat:
 concat_ws skips NULLs (same as Spark), which is irrelevant for this data.
 
-Prints the counts {I,U,D,N} and timings as JSON on stdout.
+Prints the counts {I,U,D,X,N} and timings as JSON on stdout.
 """
 import json
 import os
 import shutil
-import sys
 import time
 
 import duckdb
+
+from cdc_common import column_names, parse_args
 
 
 def q(path):
@@ -39,14 +43,11 @@ def q(path):
 
 
 def main():
-    if len(sys.argv) != 6:
-        sys.exit(__doc__)
-    in_dir, out_root, run_date, nkeys, nnonkeys = sys.argv[1:]
-    nkeys, nnonkeys = int(nkeys), int(nnonkeys)
+    args = parse_args(__doc__)
+    run_date = args.run_date
     t0 = time.perf_counter()
 
-    keys = [f"keycol{i}" for i in range(1, nkeys + 1)]
-    nonkeys = [f"nonkeycol{i}" for i in range(1, nnonkeys + 1)]
+    keys, nonkeys = column_names(args.nkeys, args.nnonkeys)
     cols = keys + nonkeys
     types = {k: "VARCHAR" for k in keys}
     types.update({n: "DOUBLE" for n in nonkeys})
@@ -55,8 +56,15 @@ def main():
     keyhash = f"md5(concat_ws({sep}, {', '.join(keys)}))"
     nonkeyhash = f"md5(concat_ws({sep}, {', '.join(f'CAST({c} AS VARCHAR)' for c in nonkeys)}))"
 
-    csv_glob = os.path.join(os.path.abspath(in_dir), "*.csv")
-    out_root = os.path.abspath(out_root)
+    in_glob = os.path.join(os.path.abspath(args.in_dir), f"*.{args.format}")
+    if args.format == "csv":
+        source = (f"read_csv({q(in_glob)}, header = false, delim = ',', quote = '\"', "
+                  f"columns = {col_spec}, auto_detect = false)")
+        select = ", ".join(cols)
+    else:
+        source = f"read_parquet({q(in_glob)})"
+        select = ", ".join(f"CAST({c} AS {types[c]}) AS {c}" for c in cols)
+    out_root = os.path.abspath(args.out_root)
     cur_dir = os.path.join(out_root, "current")
     cur_file = os.path.join(cur_dir, "data.parquet")
     hist_dir = os.path.join(out_root, "history", f"eff_start_date={run_date}")
@@ -69,9 +77,8 @@ def main():
     # Stage 1: read + hash the incoming extract (materialised once, used by both writes).
     con.execute(f"""
         CREATE TEMP TABLE incoming AS
-        SELECT {', '.join(cols)}, {keyhash} AS keyhash, {nonkeyhash} AS nonkeyhash
-        FROM read_csv({q(csv_glob)}, header = false, delim = ',', quote = '"',
-                      columns = {col_spec}, auto_detect = false)
+        SELECT *, {keyhash} AS keyhash, {nonkeyhash} AS nonkeyhash
+        FROM (SELECT {select} FROM {source})
     """)
     t_read = time.perf_counter()
 
@@ -84,7 +91,11 @@ def main():
     else:
         # Full outer join on keyhash: incoming (payload + hashes) against current
         # (keyhash, nonkeyhash, eff_start_date + the payload, which D rows carry into
-        # history).  One pass over each side.
+        # history and X rows keep in current).  One pass over each side.
+        if args.extract == "full":
+            gone_op, gone_date = "'D'", date
+        else:
+            gone_op, gone_date = "'X'", "c.eff_start_date"
         payload = ",\n".join(
             f"CASE WHEN i.keyhash IS NULL THEN c.{c} ELSE i.{c} END AS {c}" for c in cols)
         con.execute(f"""
@@ -93,12 +104,13 @@ def main():
                    coalesce(i.keyhash, c.keyhash) AS keyhash,
                    coalesce(i.nonkeyhash, c.nonkeyhash) AS nonkeyhash,
                    CASE WHEN c.keyhash IS NULL THEN 'I'
-                        WHEN i.keyhash IS NULL THEN 'D'
+                        WHEN i.keyhash IS NULL THEN {gone_op}
                         WHEN i.nonkeyhash <> c.nonkeyhash THEN 'U'
                         ELSE 'N' END AS operation,
-                   CASE WHEN i.keyhash IS NOT NULL AND c.keyhash IS NOT NULL
-                             AND i.nonkeyhash = c.nonkeyhash
-                        THEN c.eff_start_date ELSE {date} END AS eff_start_date
+                   CASE WHEN c.keyhash IS NULL THEN {date}
+                        WHEN i.keyhash IS NULL THEN {gone_date}
+                        WHEN i.nonkeyhash <> c.nonkeyhash THEN {date}
+                        ELSE c.eff_start_date END AS eff_start_date
             FROM incoming i
             FULL OUTER JOIN read_parquet({q(cur_file)}) c ON i.keyhash = c.keyhash
         """)
@@ -129,7 +141,7 @@ def main():
     shutil.rmtree(old_cur, ignore_errors=True)
     t_write = time.perf_counter()
 
-    counts = {k: 0 for k in "IUDN"}
+    counts = {k: 0 for k in "IUDXN"}
     for op, n in con.execute("SELECT operation, count(*) FROM classified GROUP BY 1").fetchall():
         counts[op] = n
     rows_read = counts["I"] + counts["U"] + counts["N"]
@@ -138,6 +150,8 @@ def main():
         "duckdb_version": duckdb.__version__,
         "business_date": run_date,
         "first_run": first_run,
+        "input_format": args.format,
+        "extract_type": args.extract,
         "rows_read": rows_read,
         "counts": counts,
         "elapsed_secs": round(time.perf_counter() - t0, 3),

@@ -3,7 +3,7 @@
 
 Usage: measure.py RESULT_JSON STDOUT_FILE STDERR_FILE -- CMD [ARG...]
 
-RESULT_JSON gets {"exit_code", "wall_secs", "maxrss_kib", "tree_peak_rss_kib"}:
+RESULT_JSON gets {"exit_code", "wall_secs", "maxrss_kib", "tree_peak_rss_kib", "precise_wall_secs"}:
   wall_secs, maxrss_kib  from `/usr/bin/time -f '%e %M'` (%M = ru_maxrss of the
                          command: largest single process, counting only
                          descendants it reaped itself)
@@ -11,6 +11,8 @@ RESULT_JSON gets {"exit_code", "wall_secs", "maxrss_kib", "tree_peak_rss_kib"}:
                          sampled every 50 ms from /proc (needed for PySpark,
                          whose JVM is a child the Python driver never reaps, so
                          %M only sees the Python process)
+  precise_wall_secs      wall time from time.perf_counter() around the process
+                         (for runs shorter than %e's 10 ms resolution matters)
 Exit status: the command's.
 """
 import json
@@ -55,19 +57,25 @@ def main():
     fd, tfile = tempfile.mkstemp(prefix="measure-time-")
     os.close(fd)
     with open(out_file, "wb") as out, open(err_file, "wb") as err:
+        started = time.perf_counter()
         proc = subprocess.Popen(["/usr/bin/time", "-o", tfile, "-f", "%e %M", *cmd],
                                 stdout=out, stderr=err)
         peak = 0
-        while proc.poll() is None:
+        while True:
             peak = max(peak, tree_rss_kib(proc.pid))
-            time.sleep(0.05)
+            try:
+                proc.wait(timeout=0.05)  # returns as soon as the process exits
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        precise = time.perf_counter() - started
     with open(tfile) as f:
         lines = [l for l in f.read().splitlines() if l.strip()]
     os.unlink(tfile)
     # GNU time prefixes "Command exited with non-zero status N" on failure.
     wall, maxrss = lines[-1].split()
     res = {"exit_code": proc.returncode, "wall_secs": float(wall), "maxrss_kib": int(maxrss),
-           "tree_peak_rss_kib": peak}
+           "tree_peak_rss_kib": peak, "precise_wall_secs": round(precise, 4)}
     with open(result_json, "w") as f:
         json.dump(res, f)
     sys.exit(proc.returncode)

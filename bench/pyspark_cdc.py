@@ -2,8 +2,9 @@
 """Snapshot CDC in PySpark (local[2]) -- the seed article's hash + full-outer-join pattern.
 
 Usage: pyspark_cdc.py INPUT_DIR OUTPUT_ROOT YYYY-MM-DD NO_KEYS NO_NONKEYS
+                      [--format csv|parquet] [--extract full|delta]
 
-Same semantics and output layout as duckdb_cdc.py (plain Parquet):
+Same inputs, options, semantics and output layout as duckdb_cdc.py (plain Parquet):
   OUTPUT_ROOT/current/part-*.parquet
   OUTPUT_ROOT/history/eff_start_date=YYYY-MM-DD/part-*.parquet
 
@@ -17,7 +18,6 @@ last stdout line.
 import json
 import os
 import shutil
-import sys
 import time
 
 t_start = time.perf_counter()
@@ -27,14 +27,14 @@ from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType  # noqa: E402
 
+from cdc_common import column_names, parse_args  # noqa: E402
+
 
 def main():
-    if len(sys.argv) != 6:
-        sys.exit(__doc__)
-    in_dir, out_root, run_date, nkeys, nnonkeys = sys.argv[1:]
-    nkeys, nnonkeys = int(nkeys), int(nnonkeys)
-    in_dir = os.path.abspath(in_dir)
-    out_root = os.path.abspath(out_root)
+    args = parse_args(__doc__)
+    run_date = args.run_date
+    in_dir = os.path.abspath(args.in_dir)
+    out_root = os.path.abspath(args.out_root)
     cur_dir = os.path.join(out_root, "current")
     hist_dir = os.path.join(out_root, "history", f"eff_start_date={run_date}")
     first_run = not os.path.exists(os.path.join(cur_dir, "_SUCCESS"))
@@ -48,14 +48,19 @@ def main():
     spark.sparkContext.setLogLevel("ERROR")
     t0 = time.perf_counter()
 
-    keys = [f"keycol{i}" for i in range(1, nkeys + 1)]
-    nonkeys = [f"nonkeycol{i}" for i in range(1, nnonkeys + 1)]
+    keys, nonkeys = column_names(args.nkeys, args.nnonkeys)
     cols = keys + nonkeys
     schema = StructType([StructField(k, StringType()) for k in keys] +
                         [StructField(n, DoubleType()) for n in nonkeys])
     sep = "\x1f"
-    incoming = (spark.read.schema(schema).option("header", "false").option("sep", ",")
-                .option("mode", "FAILFAST").csv(os.path.join(in_dir, "*.csv"))
+    in_glob = os.path.join(in_dir, f"*.{args.format}")
+    if args.format == "csv":
+        raw = (spark.read.schema(schema).option("header", "false").option("sep", ",")
+               .option("mode", "FAILFAST").csv(in_glob))
+    else:
+        raw = spark.read.parquet(in_glob).select(
+            *[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+    incoming = (raw
                 .withColumn("keyhash", F.md5(F.concat_ws(sep, *[F.col(k) for k in keys])))
                 .withColumn("nonkeyhash", F.md5(F.concat_ws(
                     sep, *[F.col(n).cast("string") for n in nonkeys]))))
@@ -69,14 +74,16 @@ def main():
         i_missing = F.col("i.keyhash").isNull()
         c_missing = F.col("c.keyhash").isNull()
         same = F.col("i.nonkeyhash") == F.col("c.nonkeyhash")
+        gone_op, gone_date = (("D", date) if args.extract == "full"
+                              else ("X", F.col("c.eff_start_date")))
         classified = i.join(c, F.col("i.keyhash") == F.col("c.keyhash"), "full_outer").select(
             *[F.when(i_missing, F.col(f"c.{x}")).otherwise(F.col(f"i.{x}")).alias(x) for x in cols],
             F.coalesce(F.col("i.keyhash"), F.col("c.keyhash")).alias("keyhash"),
             F.coalesce(F.col("i.nonkeyhash"), F.col("c.nonkeyhash")).alias("nonkeyhash"),
-            F.when(c_missing, "I").when(i_missing, "D").when(~same, "U").otherwise("N")
+            F.when(c_missing, "I").when(i_missing, gone_op).when(~same, "U").otherwise("N")
              .alias("operation"),
-            F.when(~i_missing & ~c_missing & same, F.col("c.eff_start_date")).otherwise(date)
-             .alias("eff_start_date"))
+            F.when(c_missing, date).when(i_missing, gone_date).when(~same, date)
+             .otherwise(F.col("c.eff_start_date")).alias("eff_start_date"))
     # The classified frame feeds two writes and the counts: compute it once.
     classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
 
@@ -90,7 +97,7 @@ def main():
     (classified.where(F.col("operation").isin("I", "U", "D"))
      .select(*cols, "keyhash", "nonkeyhash", "operation")
      .write.mode("overwrite").parquet(hist_dir))
-    counts = {k: 0 for k in "IUDN"}
+    counts = {k: 0 for k in "IUDXN"}
     for row in classified.groupBy("operation").count().collect():
         counts[row["operation"]] = row["count"]
     classified.unpersist()
@@ -107,6 +114,8 @@ def main():
         "spark_version": spark.version,
         "business_date": run_date,
         "first_run": first_run,
+        "input_format": args.format,
+        "extract_type": args.extract,
         "rows_read": counts["I"] + counts["U"] + counts["N"],
         "counts": counts,
         "elapsed_secs": round(time.perf_counter() - t_start, 3),

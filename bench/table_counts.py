@@ -12,8 +12,11 @@ ROOT/history/eff_start_date=DATE/*.parquet).  A label may precede: label@KIND=RO
 Counts are derived from the tables, not from a tool's own summary:
   I, U = rows of the current table with that operation and eff_start_date = DATE
   N    = rows of the current table with operation N
+  X    = rows of the current table with operation X (delta extract: not supplied,
+         kept with an earlier eff_start_date)
   D    = rows of the history partition eff_start_date = DATE with operation D
-and the history partition's I and U must match the current's.
+and the history partition's I and U must match the current's.  A full-extract run
+has X = 0 and a delta-extract run D = 0; the caller checks which applies.
 
 The first system is the reference; every other one is compared with it as
 multisets of (configured columns, operation, eff_start_date) over the current
@@ -104,12 +107,12 @@ def main():
         hist_counts = dict(con.execute(
             f"SELECT operation, count(*) FROM {hist_sql} GROUP BY 1").fetchall())
         counts = {"I": cur_counts.get("I", 0), "U": cur_counts.get("U", 0),
-                  "D": hist_counts.get("D", 0),
+                  "D": hist_counts.get("D", 0), "X": cur_counts.get("X_old", 0),
                   "N": cur_counts.get("N", 0) + cur_counts.get("N_old", 0)}
         entry = {"counts": counts, "current_rows": sum(cur_counts.values()),
                  "history_rows": sum(hist_counts.values())}
         # Internal consistency of the two tables.
-        odd = {k: v for k, v in cur_counts.items() if k not in ("I", "U", "N", "N_old")}
+        odd = {k: v for k, v in cur_counts.items() if k not in ("I", "U", "N", "N_old", "X_old")}
         if odd:
             result["mismatches"].append(f"{label}: unexpected current rows {odd}")
         for op in ("I", "U"):

@@ -18,6 +18,10 @@ use crate::schema::{ColumnType, SYSTEM_COLUMNS};
 pub const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.5;
 /// Default Delta checkpoint interval, in commits (the Delta default).
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 100;
+/// Default `memory_limit`: 1 GiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
+/// Smallest accepted `memory_limit`: 16 MiB.
+pub const MIN_MEMORY_LIMIT: u64 = 16 << 20;
 
 /// The YAML file as written. Unknown keys are an error that names the key.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,7 +47,45 @@ pub struct ConfigFile {
     pub max_delete_fraction: Option<f64>,
     pub on_error: Option<OnError>,
     pub checkpoint_interval: Option<u64>,
+    /// Memory the diff may hold (e.g. `1GiB`, `512MiB`, or a byte count); past it, partitions
+    /// spill to `spill_dir`. Default [`DEFAULT_MEMORY_LIMIT`].
+    pub memory_limit: Option<ByteSizeText>,
+    /// Folder for spill files; default the system temporary folder (`TMPDIR`).
+    pub spill_dir: Option<String>,
+    /// Parquet compression of the written data files: `snappy` (default), `zstd` or `none`.
+    pub compression: Option<Compression>,
     pub columns: Vec<ColumnFile>,
+}
+
+/// A byte size as written: a number of bytes or a text such as `1GiB` or `500 MB`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSizeText {
+    Bytes(u64),
+    Text(String),
+}
+
+impl ByteSizeText {
+    fn bytes(&self, field: &str) -> Result<u64> {
+        match self {
+            ByteSizeText::Bytes(n) => Ok(*n),
+            ByteSizeText::Text(t) => t
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| invalid(field, format!("`{t}` is not a size such as 1GiB or 512MiB: {e}"))),
+        }
+    }
+}
+
+/// Parquet compression codec of written data files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Snappy,
+    Zstd,
+    None,
 }
 
 /// One entry of `columns:` as written.
@@ -116,6 +158,11 @@ pub struct TableConfig {
     pub max_delete_fraction: f64,
     pub on_error: OnError,
     pub checkpoint_interval: u64,
+    /// Bytes the diff may hold in memory before spilling (see `plan`).
+    pub memory_limit: u64,
+    /// Folder under which each run makes its own spill folder.
+    pub spill_dir: PathBuf,
+    pub compression: Compression,
     pub columns: Vec<Column>,
 }
 
@@ -280,6 +327,18 @@ impl ConfigFile {
         if checkpoint_interval == 0 {
             return Err(invalid("checkpoint_interval", "must be greater than 0"));
         }
+        let memory_limit = match &self.memory_limit {
+            Some(size) => size.bytes("memory_limit")?,
+            None => DEFAULT_MEMORY_LIMIT,
+        };
+        if memory_limit < MIN_MEMORY_LIMIT {
+            return Err(invalid("memory_limit", "must be at least 16MiB"));
+        }
+        let spill_dir = match &self.spill_dir {
+            Some(dir) if dir.trim().is_empty() => return Err(invalid("spill_dir", "must not be empty")),
+            Some(dir) => base.join(dir),
+            None => std::env::temp_dir(),
+        };
         let delimiter = single_byte("delimiter", self.delimiter.as_deref(), b',')?;
         let quote = single_byte("quote", self.quote.as_deref(), b'"')?;
         if delimiter == quote {
@@ -327,6 +386,9 @@ impl ConfigFile {
             max_delete_fraction,
             on_error: self.on_error.unwrap_or(OnError::Fail),
             checkpoint_interval,
+            memory_limit,
+            spill_dir,
+            compression: self.compression.unwrap_or_default(),
             columns,
         })
     }
@@ -377,12 +439,34 @@ mod tests {
             ("max_delete_fraction: 1.5", "max_delete_fraction"),
             ("checkpoint_interval: 0", "checkpoint_interval"),
             ("delimiter: \";;\"", "delimiter"),
+            ("memory_limit: 1MiB", "memory_limit"),
+            ("memory_limit: lots", "memory_limit"),
+            ("compression: lz77", "compression"),
         ];
         for (line, field) in cases {
             let text = SEED_CONFIG.replace("delimiter: \",\"", line);
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(field), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn memory_limit_spill_dir_and_compression() {
+        let cfg = parse(SEED_CONFIG).unwrap();
+        assert_eq!(cfg.memory_limit, DEFAULT_MEMORY_LIMIT);
+        assert_eq!(cfg.spill_dir, std::env::temp_dir());
+        assert_eq!(cfg.compression, Compression::Snappy);
+        for (text, bytes) in [("1GiB", 1u64 << 30), ("512 MiB", 512 << 20), ("100000000", 100_000_000), ("2GB", 2_000_000_000)] {
+            let cfg = parse(&SEED_CONFIG.replace("extract_type: full", &format!("extract_type: full\nmemory_limit: {text}"))).unwrap();
+            assert_eq!(cfg.memory_limit, bytes, "{text}");
+        }
+        let cfg = parse(&SEED_CONFIG.replace(
+            "extract_type: full",
+            "extract_type: full\nspill_dir: spill\ncompression: zstd",
+        ))
+        .unwrap();
+        assert_eq!(cfg.spill_dir, Path::new("/base/spill"));
+        assert_eq!(cfg.compression, Compression::Zstd);
     }
 
     #[test]

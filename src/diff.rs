@@ -1,5 +1,5 @@
 //! Snapshot diff: classify incoming rows against the current table by keyhash and nonkeyhash
-//! (the seed article's stages 2-4, as one hash join).
+//! (the seed article's stages 2-4, as one hash join per keyhash partition; see `join`).
 //!
 //! | key in incoming | key in current | nonkeyhash | operation | eff_start_date | goes to          |
 //! |-----------------|----------------|------------|-----------|----------------|------------------|
@@ -106,10 +106,11 @@ impl OpCounts {
     }
 }
 
-/// The current table's hashes: keyhash to (nonkeyhash, eff_start_date as days since epoch).
+/// One partition of the current table, indexed by keyhash: (nonkeyhash, eff_start_date as days
+/// since the epoch, row number). Rows are numbered in the order they are given, across parts.
 #[derive(Debug, Default)]
 pub struct CurrentIndex {
-    map: DigestMap<(Key, i32)>,
+    map: DigestMap<(Key, i32, u32)>,
 }
 
 impl CurrentIndex {
@@ -118,35 +119,41 @@ impl CurrentIndex {
         parts: impl IntoIterator<Item = (&'a BinaryArray, &'a BinaryArray, &'a Date32Array)>,
     ) -> Self {
         let mut map = DigestMap::default();
+        let mut row = 0u32;
         for (keys, nonkeys, effs) in parts {
             map.reserve(keys.len());
             for i in 0..keys.len() {
-                map.insert(key(keys.value(i)), (key(nonkeys.value(i)), effs.value(i)));
+                map.insert(
+                    key(keys.value(i)),
+                    (key(nonkeys.value(i)), effs.value(i), row),
+                );
+                row += 1;
             }
         }
         CurrentIndex { map }
     }
 
-    /// Rows in the current table.
+    /// Rows in the index.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
-    /// Whether the current table is empty.
+    /// Whether the index is empty.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 }
 
-/// The diff of one run.
+/// The diff of one partition.
 #[derive(Debug, Default)]
 pub struct Diff {
     /// Per incoming batch, per row: operation and eff_start_date (days since epoch).
     pub incoming: Vec<Vec<(Op, i32)>>,
-    /// Current keys absent from the incoming extract, with their stored eff_start_date; they
-    /// become D (full extract, dated the run date) or X (delta extract, date kept).
-    pub gone: DigestMap<i32>,
-    /// Operation of the gone keys.
+    /// Current rows (numbered as in [`CurrentIndex::build`]) whose key is absent from the
+    /// incoming extract, ascending; they become D (full extract, dated the run date) or X (delta
+    /// extract, date kept).
+    pub gone: Vec<u32>,
+    /// Operation of the gone rows.
     pub gone_op: Option<Op>,
     pub counts: OpCounts,
 }
@@ -166,7 +173,7 @@ pub fn classify<'a>(
         for i in 0..keys.len() {
             let (op, eff) = match map.remove(&key(keys.value(i))) {
                 None => (Op::Insert, run_date),
-                Some((old, eff)) if old == key(nonkeys.value(i)) => (Op::NoChange, eff),
+                Some((old, eff, _)) if old == key(nonkeys.value(i)) => (Op::NoChange, eff),
                 Some(_) => (Op::Update, run_date),
             };
             diff.counts.add(op, 1);
@@ -180,7 +187,8 @@ pub fn classify<'a>(
     };
     diff.counts.add(gone_op, map.len() as u64);
     diff.gone_op = (!map.is_empty()).then_some(gone_op);
-    diff.gone = map.into_iter().map(|(k, (_, eff))| (k, eff)).collect();
+    diff.gone = map.into_values().map(|(_, _, row)| row).collect();
+    diff.gone.sort_unstable();
     diff
 }
 
@@ -252,7 +260,9 @@ mod tests {
             let (expected_ops, expected_gone) = model(&current, &incoming, 1000);
             let got_ops: Vec<(Op, i32)> = diff.incoming.concat();
             prop_assert_eq!(got_ops, expected_ops);
-            let got_gone: BTreeMap<u8, i32> = diff.gone.iter().map(|(k, e)| ((*k & 0xff) as u8, *e)).collect();
+            // Gone rows are numbered in the current index's order: the BTreeMap's key order.
+            let got_gone: BTreeMap<u8, i32> = diff.gone.iter().map(|&row| (ck[row as usize], cn[row as usize].1)).collect();
+            prop_assert!(diff.gone.windows(2).all(|w| w[0] < w[1]), "gone rows ascending");
             prop_assert_eq!(&got_gone, &expected_gone);
             let gone_op = if full { Op::Delete } else { Op::NotSupplied };
             prop_assert_eq!(diff.gone_op, (!expected_gone.is_empty()).then_some(gone_op));

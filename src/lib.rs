@@ -1,21 +1,26 @@
 //! Tributary: change-data-capture into Delta Lake tables.
 //!
-//! Data flows one way: `source` (extract files to typed, hashed batches) → `diff` (operations
-//! per row) → `lake` (current and history Delta tables, committed together). `run` ties the
-//! stages together for one business day; `generate` makes synthetic data.
+//! Data flows one way: `source` (extract files to typed, hashed batches) → `spill` (both sides
+//! partitioned by keyhash, within the memory `plan`) → `join`/`diff` (operations per row, one
+//! partition at a time) → `lake` (current and history Delta tables, committed together). `run`
+//! ties the stages together for one business day; `generate` makes synthetic data.
 
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod diff;
 pub mod error;
 pub mod generate;
 pub mod hash;
+pub mod join;
 pub mod lake;
+pub mod plan;
 pub mod progress;
 pub mod rejects;
 pub mod run;
 pub mod schema;
 pub mod source;
+pub mod spill;
 pub mod summary;
 
 pub use error::{Error, Result};

@@ -60,6 +60,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read, cast and hash an extract without touching the lake: reports bad rows, and times
+    /// the read-and-hash floor of a run.
+    Check {
+        config: PathBuf,
+        /// An extract file, or a folder of *.csv or *.parquet files.
+        incoming: PathBuf,
+        /// Print the summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a table config without touching any data.
     Validate { config: PathBuf },
     /// Generate the seed example and run both days into DIR (default ./tributary-demo).
@@ -146,6 +156,37 @@ async fn execute(command: Command) -> Result<()> {
                     s.inserted,
                     s.incremental_file.display()
                 );
+            }
+        }
+        Command::Check {
+            config,
+            incoming,
+            json,
+        } => {
+            let config = TableConfig::load(&config)?;
+            let s = tributary::check::check(&config, &incoming)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!(
+                    "{}: {} rows in {} file(s), {} bad; {:.2} s ({:.0} rows/s, {:.1} MiB/s)",
+                    incoming.display(),
+                    s.rows_read,
+                    s.input_files,
+                    s.rejects.len(),
+                    s.elapsed_secs,
+                    s.rows_per_sec,
+                    s.bytes_per_sec / (1024.0 * 1024.0)
+                );
+                for r in s.rejects.iter().take(20) {
+                    println!(
+                        "  {}, line {}{}: {}",
+                        r.file,
+                        r.line,
+                        r.column.as_deref().map(|c| format!(", column {c}")).unwrap_or_default(),
+                        r.reason
+                    );
+                }
             }
         }
         Command::Validate { config } => {

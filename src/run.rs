@@ -2,25 +2,30 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use deltalake::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray,
-};
-use deltalake::arrow::compute::{cast, filter_record_batch};
+use deltalake::arrow::array::{Array, ArrayRef, RecordBatch};
+use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::kernel::Add;
 use deltalake::DeltaTable;
+use futures::StreamExt;
+use tokio::runtime::RuntimeFlavor;
+use tokio::sync::mpsc::Sender;
 
 use crate::config::{ExtractType, TableConfig};
-use crate::diff::{classify, key, CurrentIndex, Diff, Op};
+use crate::diff::OpCounts;
 use crate::error::{Error, Result};
-use crate::lake::{self, scan, write_files, Lake, Planned, RunRecord, CURRENT, HISTORY, REJECTS};
+use crate::join::{self, JoinContext};
+use crate::lake::{self, write_files, write_stream, writer_properties, Lake, Planned, RunRecord, CURRENT, HISTORY, REJECTS};
+use crate::plan::{self, MemoryPlan};
 use crate::progress::Progress;
-use crate::schema::{table_schema, EFF_START_DATE, KEYHASH, NONKEYHASH, OPERATION};
-use crate::source::{self, fingerprint, list_input_files, reject_duplicate_keys, Incoming};
-use crate::summary::{RunSummary, StageTimes, TableSummary};
+use crate::schema::{table_schema, KEYHASH};
+use crate::source::{self, fingerprint, list_input_files, Reject};
+use crate::spill::{Partitioner, SharedStore, SpillStore};
+use crate::summary::{MemorySummary, RunSummary, StageTimes, TableSummary};
 
 /// Flags of `tributary run`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,6 +45,10 @@ pub fn epoch_days(date: NaiveDate) -> i32 {
 /// Runs one business day: reads `input`, diffs it against the current table, and commits the
 /// current and history tables (see `lake` for the commit contract).
 ///
+/// Memory stays within about `memory_limit` (see `plan`): both sides are partitioned by
+/// keyhash, partitions past the budget spill to `spill_dir`, and data files are written as the
+/// diff produces rows. Needs a multi-threaded tokio runtime.
+///
 /// # Errors
 /// [`Error::Refused`] for a repeated date with other input, an older date or a mass delete
 /// (unless forced); [`Error::BadRow`] for bad input under `on_error: fail`; config, lake and I/O
@@ -52,6 +61,11 @@ pub async fn run(
     options: RunOptions,
 ) -> Result<RunSummary> {
     let started = Instant::now();
+    if tokio::runtime::Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
+        return Err(Error::Internal(
+            "tributary::run needs a multi-threaded tokio runtime (its writers run beside the diff)".into(),
+        ));
+    }
     if config.has_temp_current_path {
         tracing::info!("temp_current_table_path is not used: Delta commits replace the current table atomically");
     }
@@ -122,15 +136,74 @@ pub async fn run(
         )));
     }
 
-    let progress = Progress::bytes("reading", total_bytes);
-    let mut incoming = source::read_all(config, files, &progress)?;
-    progress.finish();
-    reject_duplicate_keys(config, &mut incoming)?;
-    let read_secs = started.elapsed().as_secs_f64();
+    let (base, lake) = match existing {
+        Some((lake, _)) => (base_table(&lake, replacing.as_ref()).await?, Some(lake)),
+        None => (None, None),
+    };
+    let base_version = base.as_ref().and_then(|t| t.version()).map(|v| v as u64);
+    let base_bytes: u64 = match &base {
+        Some(t) => t.snapshot()?.log_data().iter().map(|f| f.size() as u64).sum(),
+        None => 0,
+    };
+    let input_estimate: u64 = files
+        .iter()
+        .map(|f| plan::input_estimate(f.format, f.size))
+        .sum();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let memory = MemoryPlan::new(config.memory_limit, input_estimate, base_bytes, cores);
+    tracing::debug!(?memory, "memory plan");
+    let partitioner = Partitioner::new(memory.partitions);
+    let incoming_schema = join::incoming_schema(config);
+    let schema = table_schema(&config.typed_columns());
+    let mut store = SpillStore::new(
+        vec![incoming_schema.clone(), schema.clone()],
+        memory.partitions,
+        memory.store_budget_bytes as usize,
+        &config.spill_dir,
+    )?;
 
+    // Stage 1: read, cast and hash the input, partitioned by keyhash.
+    let reading = Instant::now();
+    let progress = Progress::bytes("reading", total_bytes);
+    let read_stats = {
+        let _span = tracing::info_span!("read", files = files.len(), bytes = total_bytes).entered();
+        let keyhash_at = incoming_schema.index_of(KEYHASH)?;
+        let mut sink = |batch| -> Result<()> {
+            let batch = join::incoming_batch(&incoming_schema, batch)?;
+            for (p, piece) in partitioner.split(&batch, keyhash_at)? {
+                store.push(INCOMING, p, piece)?;
+            }
+            Ok(())
+        };
+        tokio::task::block_in_place(|| source::read(config, &files, &progress, &mut sink))?
+    };
+    progress.finish();
+    let read_secs = reading.elapsed().as_secs_f64();
+
+    // Stage 2: stream the current table (the run's base), partitioned the same way.
+    let scanning = Instant::now();
+    if let Some(table) = &base {
+        let _span = tracing::info_span!("scan", bytes = base_bytes).entered();
+        let keyhash_at = schema.index_of(KEYHASH)?;
+        if let Some(mut stream) = lake::scan_stream(table).await? {
+            while let Some(batch) = stream.next().await {
+                let batch = conform(&batch?, &schema)?;
+                tokio::task::block_in_place(|| -> Result<()> {
+                    for (p, piece) in partitioner.split(&batch, keyhash_at)? {
+                        store.push(CURRENT_SIDE, p, piece)?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+    }
+    let current_rows = store.rows(CURRENT_SIDE);
+    let scan_secs = scanning.elapsed().as_secs_f64();
+
+    // Stage 3: diff partition by partition; write current and history as rows come out.
     let diffing = Instant::now();
-    let mut lake = match existing {
-        Some((lake, _)) => lake,
+    let mut lake = match lake {
+        Some(lake) => lake,
         None => {
             Lake::open(config, true)
                 .await?
@@ -138,51 +211,65 @@ pub async fn run(
                 .0
         }
     };
-    let base = base_table(&lake, replacing.as_ref()).await?;
-    let base_version = base.as_ref().and_then(|t| t.version()).map(|v| v as u64);
-    let index = match &base {
-        Some(table) => current_index(table).await?,
-        None => CurrentIndex::default(),
+    let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
+    let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
+    let properties = writer_properties(config.compression, memory.row_group_bytes as usize);
+    let current_writer = tokio::spawn(write_stream(lake.current.clone(), current_rx, properties.clone()));
+    let history_writer = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
+    let store = store.into_shared();
+    let joined = {
+        let _span = tracing::info_span!("diff", partitions = memory.partitions).entered();
+        let context = JoinContext {
+            config,
+            files: &files,
+            incoming_schema: incoming_schema.clone(),
+            table_schema: schema.clone(),
+            run_date: date,
+        };
+        tokio::task::block_in_place(|| {
+            diff_partitions(&context, &store, memory, current_tx, history_tx)
+        })
     };
-    let current_rows = index.len();
-    let diff = classify(
-        incoming.batches.iter().map(|b| (&b.keyhash, &b.nonkeyhash)),
-        index,
-        config.extract_type,
-        date,
-    );
-    if config.extract_type == ExtractType::Full && current_rows > 0 && !options.force {
-        let fraction = diff.counts.deleted as f64 / current_rows as f64;
-        if fraction > config.max_delete_fraction {
-            return Err(Error::Refused(format!(
-                "this full extract deletes {} of {current_rows} rows ({:.1}%), more than max_delete_fraction {}; \
-                 is the extract truncated? pass --force to apply it",
-                diff.counts.deleted,
-                fraction * 100.0,
-                config.max_delete_fraction
-            )));
-        }
-    }
-    let schema = table_schema(&config.typed_columns());
-    let gone = match (&base, diff.gone.is_empty()) {
-        (Some(table), false) => gone_rows(table, &diff, &schema, date).await?,
-        _ => Vec::new(),
-    };
-    let (current_batches, history_batches) = output_batches(&incoming, &diff, gone, &schema)?;
     let diff_secs = diffing.elapsed().as_secs_f64();
+    let flushing = Instant::now();
+    let current_adds = join_writer(current_writer).await;
+    let history_adds = join_writer(history_writer).await;
+    let write_secs = flushing.elapsed().as_secs_f64();
+    let spill = store.stats();
+    drop(store);
+    let outcome = check_outcome(config, options, joined, current_rows);
+    let (diffed, current_adds, history_adds) = match (outcome, current_adds, history_adds) {
+        (Ok(d), Ok(c), Ok(h)) => (d, c, h),
+        (outcome, c, h) => {
+            for (table, adds) in [(&lake.current, &c), (&lake.history, &h)] {
+                if let Ok(adds) = adds {
+                    lake::discard_files(table, adds).await;
+                }
+            }
+            // The diff's own error first, unless it only saw a writer stop: then the writer's.
+            if let Err(e) = outcome {
+                if !matches!(&e, Error::Internal(m) if m == WRITER_GONE) {
+                    return Err(e);
+                }
+                c?;
+                h?;
+                return Err(e);
+            }
+            c?;
+            h?;
+            return Err(Error::Internal("run failed without an error".into()));
+        }
+    };
+    let mut rejects = read_stats.rejects;
+    rejects.extend(diffed.rejects);
+    rejects.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
 
     let writing = Instant::now();
-    let rejects_table = if incoming.rejects.is_empty() {
+    let rejects_table = if rejects.is_empty() {
         None
     } else {
         Some(lake.follower(REJECTS).await?)
     };
-    let current_rows_written: u64 = current_batches.iter().map(|b| b.num_rows() as u64).sum();
-    let history_rows_written: u64 = history_batches.iter().map(|b| b.num_rows() as u64).sum();
-    let (current_adds, history_adds) = tokio::try_join!(
-        spawn_write(lake.current.clone(), current_batches),
-        spawn_write(lake.history.clone(), history_batches),
-    )?;
     let mut followers = vec![(
         CURRENT,
         lake.current.clone(),
@@ -192,7 +279,7 @@ pub async fn run(
         },
     )];
     if let Some(table) = rejects_table {
-        let batch = crate::rejects::batch(&incoming.rejects, date, seq)?;
+        let batch = crate::rejects::batch(&rejects, date, seq)?;
         let adds = write_files(&table, vec![batch]).await?;
         followers.push((
             REJECTS,
@@ -211,7 +298,7 @@ pub async fn run(
         adds: history_adds,
         removes: history_removes,
     };
-    let write_secs = writing.elapsed().as_secs_f64();
+    let write_secs = write_secs + writing.elapsed().as_secs_f64();
 
     let committing = Instant::now();
     let record = RunRecord {
@@ -221,17 +308,20 @@ pub async fn run(
         current_base_version: base_version,
         history_version: None,
     };
-    fill_table_summary(&mut summary.current, &followers[0].2, current_rows_written);
-    fill_table_summary(&mut summary.history, &history_plan, history_rows_written);
+    fill_table_summary(&mut summary.current, &followers[0].2, diffed.current_rows_written);
+    fill_table_summary(&mut summary.history, &history_plan, diffed.history_rows_written);
     if let Some((_, _, planned)) = followers.get(1) {
         let mut t = TableSummary {
             path: config.rejects_url.to_string(),
             ..Default::default()
         };
-        fill_table_summary(&mut t, planned, incoming.rejects.len() as u64);
+        fill_table_summary(&mut t, planned, rejects.len() as u64);
         summary.rejects = Some(t);
     }
-    let versions = lake.commit_run(record, history_plan, followers).await?;
+    let versions = {
+        let _span = tracing::info_span!("commit", run = seq).entered();
+        lake.commit_run(record, history_plan, followers).await?
+    };
     summary.current.version = versions.get(CURRENT).copied();
     summary.history.version = versions.get(HISTORY).copied();
     if let Some(r) = summary.rejects.as_mut() {
@@ -245,33 +335,194 @@ pub async fn run(
         Some(r) => format!("applied as run {seq}, replacing run {}", r.seq),
         None => format!("applied as run {seq}"),
     };
-    summary.rows_read = incoming.rows_read;
-    summary.rows_rejected = incoming.rejects.len() as u64;
-    summary.counts = diff.counts;
+    summary.rows_read = read_stats.rows_read;
+    summary.rows_rejected = rejects.len() as u64;
+    summary.counts = diffed.counts;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
-    summary.rows_per_sec = incoming.rows_read as f64 / summary.elapsed_secs.max(1e-9);
+    summary.rows_per_sec = read_stats.rows_read as f64 / summary.elapsed_secs.max(1e-9);
     summary.stages = StageTimes {
         read_secs,
+        scan_secs,
         diff_secs,
         write_secs,
         commit_secs,
     };
+    summary.memory = Some(MemorySummary {
+        plan: memory,
+        spill,
+        peak_rss_bytes: peak_rss_bytes(),
+    });
     Ok(summary)
+}
+
+/// Side indices of the run's [`SpillStore`].
+const INCOMING: usize = 0;
+const CURRENT_SIDE: usize = 1;
+
+/// Totals of a run's diff over all partitions.
+#[derive(Debug, Default)]
+struct Diffed {
+    counts: OpCounts,
+    rejects: Vec<Reject>,
+    current_rows_written: u64,
+    history_rows_written: u64,
+}
+
+/// Diffs every partition on `plan.workers` threads, sending output rows to the writers.
+/// The channels close when this returns, which ends the writers.
+///
+/// Under `on_error: fail`, a duplicate key stops the workers; the error of the earliest row
+/// (file, line) among those found is returned.
+fn diff_partitions(
+    context: &JoinContext<'_>,
+    store: &SharedStore,
+    plan: MemoryPlan,
+    current_tx: Sender<RecordBatch>,
+    history_tx: Sender<RecordBatch>,
+) -> Result<Diffed> {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let results: Vec<Result<Diffed>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..plan.workers)
+            .map(|_| {
+                let (current_tx, history_tx) = (current_tx.clone(), history_tx.clone());
+                let (next, stop) = (&next, &stop);
+                scope.spawn(move || -> Result<Diffed> {
+                    let mut total = Diffed::default();
+                    let result = (|| {
+                        while !stop.load(Ordering::SeqCst) {
+                            let p = next.fetch_add(1, Ordering::SeqCst);
+                            if p >= plan.partitions {
+                                break;
+                            }
+                            let sides = store.take_all(p)?;
+                            let out = context.diff(&sides[INCOMING], &sides[CURRENT_SIDE])?;
+                            drop(sides);
+                            add_counts(&mut total.counts, &out.counts);
+                            total.rejects.extend(out.rejects);
+                            total.current_rows_written += send(&current_tx, out.current)?;
+                            total.history_rows_written += send(&history_tx, out.history)?;
+                        }
+                        Ok(())
+                    })();
+                    if result.is_err() {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    result.map(|()| total)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("diff worker panicked".into())))
+            })
+            .collect()
+    });
+    drop((current_tx, history_tx));
+    let mut total = Diffed::default();
+    let mut first_error: Option<Error> = None;
+    for result in results {
+        match result {
+            Ok(part) => {
+                add_counts(&mut total.counts, &part.counts);
+                total.rejects.extend(part.rejects);
+                total.current_rows_written += part.current_rows_written;
+                total.history_rows_written += part.history_rows_written;
+            }
+            Err(e) => {
+                let earlier = match (&first_error, &e) {
+                    (None, _) => true,
+                    (Some(Error::BadRow { file: f0, line: l0, .. }), Error::BadRow { file, line, .. }) => {
+                        (file, line) < (f0, l0)
+                    }
+                    (Some(Error::BadRow { .. }), _) => false,
+                    (Some(_), Error::BadRow { .. }) => true,
+                    (Some(_), _) => false,
+                };
+                if earlier {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// Sends batches to a writer in slices of at most [`source::BATCH_ROWS`] rows (zero-copy), so
+/// the writer's own copies (partition split, encoding buffers) stay small. Returns the rows sent.
+fn send(tx: &Sender<RecordBatch>, batches: Vec<RecordBatch>) -> Result<u64> {
+    let mut rows = 0;
+    for batch in batches {
+        let n = batch.num_rows();
+        rows += n as u64;
+        for offset in (0..n).step_by(source::BATCH_ROWS) {
+            let slice = batch.slice(offset, source::BATCH_ROWS.min(n - offset));
+            tx.blocking_send(slice).map_err(|_| writer_gone())?;
+        }
+    }
+    Ok(rows)
+}
+
+const WRITER_GONE: &str = "a table writer stopped early";
+
+fn writer_gone() -> Error {
+    Error::Internal(WRITER_GONE.into())
+}
+
+fn add_counts(total: &mut OpCounts, part: &OpCounts) {
+    total.inserted += part.inserted;
+    total.updated += part.updated;
+    total.deleted += part.deleted;
+    total.not_supplied += part.not_supplied;
+    total.unchanged += part.unchanged;
+}
+
+async fn join_writer(handle: tokio::task::JoinHandle<Result<Vec<Add>>>) -> Result<Vec<Add>> {
+    handle
+        .await
+        .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?
+}
+
+/// Applies the mass-delete guard to a finished diff.
+fn check_outcome(
+    config: &TableConfig,
+    options: RunOptions,
+    joined: Result<Diffed>,
+    current_rows: u64,
+) -> Result<Diffed> {
+    let diffed = joined?;
+    if config.extract_type == ExtractType::Full && current_rows > 0 && !options.force {
+        let fraction = diffed.counts.deleted as f64 / current_rows as f64;
+        if fraction > config.max_delete_fraction {
+            return Err(Error::Refused(format!(
+                "this full extract deletes {} of {current_rows} rows ({:.1}%), more than max_delete_fraction {}; \
+                 is the extract truncated? pass --force to apply it",
+                diffed.counts.deleted,
+                fraction * 100.0,
+                config.max_delete_fraction
+            )));
+        }
+    }
+    Ok(diffed)
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), bytes; None elsewhere.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn fill_table_summary(t: &mut TableSummary, planned: &Planned, rows: u64) {
     t.rows_written = rows;
     t.bytes_written = planned.bytes_added();
     t.files_written = planned.adds.len() as u64;
-}
-
-async fn spawn_write(
-    table: DeltaTable,
-    batches: Vec<RecordBatch>,
-) -> Result<Vec<deltalake::kernel::Add>> {
-    tokio::spawn(async move { write_files(&table, batches).await })
-        .await
-        .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?
 }
 
 /// The current table state the diff runs against: the latest one, or for `--replace` the one
@@ -308,102 +559,6 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         })
         .collect::<Result<Vec<ArrayRef>>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
-
-async fn current_index(table: &DeltaTable) -> Result<CurrentIndex> {
-    let projected = Arc::new(deltalake::arrow::datatypes::Schema::new(
-        table_schema(&[])
-            .fields()
-            .iter()
-            .filter(|f| [KEYHASH, NONKEYHASH, EFF_START_DATE].contains(&f.name().as_str()))
-            .map(|f| f.as_ref().clone())
-            .collect::<Vec<_>>(),
-    ));
-    let batches = scan(table, Some(&[KEYHASH, NONKEYHASH, EFF_START_DATE])).await?;
-    let batches = batches
-        .iter()
-        .map(|b| conform(b, &projected))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(CurrentIndex::build(batches.iter().map(|b| {
-        (
-            b.column(0).as_binary::<i32>(),
-            b.column(1).as_binary::<i32>(),
-            b.column(2)
-                .as_primitive::<deltalake::arrow::datatypes::Date32Type>(),
-        )
-    })))
-}
-
-/// Full current rows of the keys that left the extract, marked D (dated `date`) or X (date kept).
-async fn gone_rows(
-    table: &DeltaTable,
-    diff: &Diff,
-    schema: &SchemaRef,
-    date: i32,
-) -> Result<Vec<RecordBatch>> {
-    let op = diff.gone_op.unwrap_or(Op::Delete);
-    let mut out = Vec::new();
-    for batch in scan(table, None).await? {
-        let batch = conform(&batch, schema)?;
-        let keys = batch
-            .column_by_name(KEYHASH)
-            .map(|c| c.as_binary::<i32>().clone());
-        let Some(keys) = keys else { continue };
-        let mask: BooleanArray = (0..keys.len())
-            .map(|i| Some(diff.gone.contains_key(&key(keys.value(i)))))
-            .collect();
-        let picked = filter_record_batch(&batch, &mask)?;
-        if picked.num_rows() == 0 {
-            continue;
-        }
-        let n = picked.num_rows();
-        let mut columns = picked.columns().to_vec();
-        let op_idx = schema.index_of(OPERATION)?;
-        columns[op_idx] = Arc::new(StringArray::from(vec![op.code(); n]));
-        if op == Op::Delete {
-            columns[schema.index_of(EFF_START_DATE)?] = Arc::new(Date32Array::from(vec![date; n]));
-        }
-        out.push(RecordBatch::try_new(schema.clone(), columns)?);
-    }
-    Ok(out)
-}
-
-/// The new current table (I, U, N rows and X rows) and the history rows (I, U, D).
-fn output_batches(
-    incoming: &Incoming,
-    diff: &Diff,
-    gone: Vec<RecordBatch>,
-    schema: &SchemaRef,
-) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
-    let mut current = Vec::with_capacity(incoming.batches.len() + gone.len());
-    let mut history = Vec::new();
-    for (batch, ops) in incoming.batches.iter().zip(&diff.incoming) {
-        let mut columns = batch.payload.columns().to_vec();
-        columns.push(Arc::new(batch.keyhash.clone()) as ArrayRef);
-        columns.push(Arc::new(batch.nonkeyhash.clone()) as ArrayRef);
-        columns.push(Arc::new(StringArray::from_iter_values(
-            ops.iter().map(|(op, _)| op.code()),
-        )));
-        columns.push(Arc::new(Date32Array::from_iter_values(
-            ops.iter().map(|(_, eff)| *eff),
-        )));
-        let full = RecordBatch::try_new(schema.clone(), columns)?;
-        let changed: BooleanArray = ops.iter().map(|(op, _)| Some(op.in_history())).collect();
-        if changed.true_count() == full.num_rows() {
-            history.push(full.clone());
-        } else if changed.true_count() > 0 {
-            history.push(filter_record_batch(&full, &changed)?);
-        }
-        current.push(full);
-    }
-    for batch in gone {
-        if diff.gone_op == Some(Op::Delete) {
-            history.push(batch);
-        } else {
-            current.push(batch);
-        }
-    }
-    Ok((current, history))
 }
 
 fn all_files_removed(table: &DeltaTable) -> Result<Vec<deltalake::kernel::Remove>> {

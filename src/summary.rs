@@ -6,6 +6,8 @@ use serde::Serialize;
 
 use crate::diff::OpCounts;
 use crate::lake::Recovery;
+use crate::plan::MemoryPlan;
+use crate::spill::SpillStats;
 
 /// What a run did to one table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -22,10 +24,25 @@ pub struct TableSummary {
 /// Seconds spent per stage.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StageTimes {
+    /// Reading, casting, hashing and partitioning the input.
     pub read_secs: f64,
+    /// Streaming and partitioning the current table.
+    pub scan_secs: f64,
+    /// Diffing the partitions, with the data files written as rows come out.
     pub diff_secs: f64,
+    /// Finishing the data files after the diff, and writing rejects.
     pub write_secs: f64,
+    /// Committing the tables.
     pub commit_secs: f64,
+}
+
+/// Memory use of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemorySummary {
+    pub plan: MemoryPlan,
+    pub spill: SpillStats,
+    /// Peak resident set size of the process (Linux `VmHWM`), bytes.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// The outcome of `tributary run`.
@@ -51,6 +68,8 @@ pub struct RunSummary {
     /// Rows read per second of wall time.
     pub rows_per_sec: f64,
     pub stages: StageTimes,
+    /// None for a no-op run.
+    pub memory: Option<MemorySummary>,
 }
 
 fn mib(bytes: u64) -> String {
@@ -102,11 +121,27 @@ impl fmt::Display for RunSummary {
         if let Some(r) = &self.rejects {
             writeln!(f, "  rejects:    {r}")?;
         }
+        if let Some(m) = &self.memory {
+            writeln!(
+                f,
+                "  memory:     limit {}, {} partition(s), {} spilled, peak RSS {}",
+                mib(m.plan.limit_bytes),
+                m.plan.partitions,
+                mib(m.spill.spilled_bytes),
+                m.peak_rss_bytes.map_or("?".into(), mib)
+            )?;
+        }
         let s = &self.stages;
         write!(
             f,
-            "  elapsed:    {:.2} s ({:.0} rows/s; read {:.2} s, diff {:.2} s, write {:.2} s, commit {:.2} s)",
-            self.elapsed_secs, self.rows_per_sec, s.read_secs, s.diff_secs, s.write_secs, s.commit_secs
+            "  elapsed:    {:.2} s ({:.0} rows/s; read {:.2} s, scan {:.2} s, diff {:.2} s, write {:.2} s, commit {:.2} s)",
+            self.elapsed_secs,
+            self.rows_per_sec,
+            s.read_secs,
+            s.scan_secs,
+            s.diff_secs,
+            s.write_secs,
+            s.commit_secs
         )
     }
 }

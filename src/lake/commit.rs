@@ -11,7 +11,11 @@ use deltalake::DeltaTable;
 
 use super::log::{txn_version, CommitEntry, PendingCommit, RunRecord, COMMIT_INFO_KEY};
 use super::{Lake, HISTORY};
+use crate::config::Compression;
 use crate::error::{Error, Result};
+use crate::schema::{KEYHASH, NONKEYHASH};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 
 /// The file actions planned for one table.
 #[derive(Debug, Default, Clone)]
@@ -40,6 +44,72 @@ pub async fn write_files(table: &DeltaTable, batches: Vec<RecordBatch>) -> Resul
         }
     }
     Ok(writer.flush().await?)
+}
+
+/// Size at which a data file is finished and the next one started, in Parquet bytes.
+pub const TARGET_FILE_BYTES: u64 = 256 << 20;
+
+/// Parquet writer settings of Tributary's data files: the configured codec, row groups of at
+/// most 1Mi rows and `row_group_bytes` (a row group is buffered while written, and read whole
+/// by the next run's scan), and no dictionary for the digest columns (every value is unique).
+pub fn writer_properties(compression: Compression, row_group_bytes: usize) -> WriterProperties {
+    let codec = match compression {
+        Compression::Snappy => deltalake::parquet::basic::Compression::SNAPPY,
+        Compression::Zstd => deltalake::parquet::basic::Compression::ZSTD(Default::default()),
+        Compression::None => deltalake::parquet::basic::Compression::UNCOMPRESSED,
+    };
+    WriterProperties::builder()
+        .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(codec)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_max_row_group_bytes(Some(row_group_bytes.max(1 << 20)))
+        .set_column_dictionary_enabled(ColumnPath::from(KEYHASH), false)
+        .set_column_dictionary_enabled(ColumnPath::from(NONKEYHASH), false)
+        .build()
+}
+
+/// Streams the batches received on `rx` into Parquet data files of `table` (files roll at
+/// [`TARGET_FILE_BYTES`]) without committing them; returns their `add` actions once `rx` is
+/// closed. Memory stays bounded: files are written as batches arrive.
+///
+/// # Errors
+/// Delta, Parquet and object-store errors; the files written so far are left unreferenced.
+pub async fn write_stream(
+    table: DeltaTable,
+    mut rx: tokio::sync::mpsc::Receiver<RecordBatch>,
+    properties: WriterProperties,
+) -> Result<Vec<Add>> {
+    let mut writer = RecordBatchWriter::for_table(&table)?
+        .with_writer_properties(properties)
+        .with_target_file_size(TARGET_FILE_BYTES);
+    while let Some(batch) = rx.recv().await {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        if let Err(e) = writer.write(batch).await {
+            writer.reset();
+            return Err(e.into());
+        }
+    }
+    Ok(writer.flush().await?)
+}
+
+/// Deletes data files that were written but will not be committed (a refused or failed run).
+/// Best effort: a file that cannot be deleted is only unreferenced, and `VACUUM` removes it.
+pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
+    use futures::StreamExt;
+    let paths: Vec<std::result::Result<deltalake::Path, deltalake::ObjectStoreError>> = adds
+        .iter()
+        .map(|a| Ok(deltalake::Path::from(a.path.as_str())))
+        .collect();
+    let mut results = table
+        .object_store()
+        .delete_stream(futures::stream::iter(paths).boxed());
+    while let Some(result) = results.next().await {
+        if let Err(e) = result {
+            tracing::warn!("could not delete an uncommitted data file: {e}");
+        }
+    }
 }
 
 /// Test hook: aborts the process at a named point (`TRIBUTARY_CRASH_AT`), to prove that an

@@ -11,8 +11,8 @@
 //!   table that already records `seq` is never committed to again (delta-rs does not reject a
 //!   repeated `txn` itself). After a commit error the log is re-read to learn whether the commit
 //!   landed (delta-rs can report an error for a commit that landed).
-//! - **What is read.** Diffs read only `keyhash`, `nonkeyhash` and `eff_start_date` of the
-//!   current table; full rows only for keys that left the extract.
+//! - **What is read.** A diff streams the current table once (all columns: the rows of keys
+//!   that left the extract keep their stored values), partitioned by keyhash (see `spill`).
 
 mod commit;
 pub mod log;
@@ -24,7 +24,7 @@ use deltalake::arrow::array::RecordBatch;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 
-pub use commit::{write_files, Planned};
+pub use commit::{discard_files, write_files, write_stream, writer_properties, Planned, TARGET_FILE_BYTES};
 use log::{find_run, txn_version};
 pub use log::{CommitEntry, RunRecord};
 
@@ -176,6 +176,22 @@ impl Lake {
     ) -> Result<HashMap<&'static str, u64>> {
         commit::commit_run(self, run, history, followers).await
     }
+}
+
+/// Streams a table's rows through DataFusion (None: the table has no data files).
+///
+/// # Errors
+/// DataFusion and Delta errors.
+pub async fn scan_stream(
+    table: &DeltaTable,
+) -> Result<Option<deltalake::datafusion::physical_plan::SendableRecordBatchStream>> {
+    if table.snapshot()?.log_data().num_files() == 0 {
+        return Ok(None);
+    }
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table.table_provider().await?;
+    Ok(Some(ctx.read_table(provider)?.execute_stream().await?))
 }
 
 /// Reads a table through DataFusion, projecting `columns` (all when None).

@@ -1,13 +1,14 @@
-//! CSV extracts: the `csv` crate splits records (RFC 4180 quoting), one thread reads while
-//! another validates, casts and hashes, chunk by chunk.
+//! CSV extracts: the `csv` crate splits records (RFC 4180 quoting) on one thread while one
+//! worker per core validates, casts and hashes chunks of them.
 //!
 //! Field counts are checked here, not by the parser: a row with too many or too few fields is a
 //! bad row naming its line (arrow-csv pads short rows ambiguously; see arrow-rs #10577/#10578).
 
 use std::fs::File;
 use std::io::BufReader;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use csv::ByteRecord;
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder};
@@ -19,14 +20,25 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::schema::{payload_schema, ColumnType};
 
-/// Reads one CSV file. Returns its batches and the number of data rows read (bad ones included).
+/// Most field bytes in one chunk of records: with at most two chunks per worker in flight,
+/// the reader holds a few tens of MiB whatever the row width.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Reads one CSV file: this thread's helper splits records, `workers` threads validate, cast and
+/// hash chunks of them, and the calling thread hands the batches to `sink`. Returns the number
+/// of data rows read (bad ones included).
+///
+/// Under `on_error: fail` the reported error is the first bad row in file order: a worker that
+/// hits one stops the reader, and the chunks before it (all taken earlier from the queue) are
+/// still finished, so the earliest error among them is the file's first.
 pub(super) fn read(
     config: &TableConfig,
     file: &InputFile,
     index: usize,
     errors: &mut RowErrors,
     progress: &Progress,
-) -> Result<(Vec<HashedBatch>, u64)> {
+    sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
+) -> Result<u64> {
     let handle = File::open(&file.path).map_err(|e| Error::Input {
         path: file.path.clone(),
         reason: format!("cannot open: {e}"),
@@ -45,47 +57,103 @@ pub(super) fn read(
         file_name: file.display(),
         index,
     };
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let stop = AtomicBool::new(false);
+    let stop = &stop;
+    let (chunk_tx, chunk_rx) = sync_channel::<Vec<ByteRecord>>(workers);
+    let chunk_rx = Mutex::new(chunk_rx);
+    let chunk_rx = &chunk_rx;
+    let parser = &parser;
     std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<Vec<ByteRecord>>(4);
-        let worker = scope.spawn(move || -> Result<(Vec<HashedBatch>, RowErrors)> {
-            let mut local = RowErrors::new(config.on_error);
-            let mut batches = Vec::new();
-            for chunk in rx {
-                if let Some(batch) = parser.parse(&chunk, &mut local)? {
-                    batches.push(batch);
+        let (batch_tx, batch_rx) = sync_channel::<HashedBatch>(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let batch_tx = batch_tx.clone();
+            handles.push(scope.spawn(move || -> (RowErrors, Option<(u64, Error)>) {
+                let mut local = RowErrors::new(config.on_error);
+                let mut failed = None;
+                loop {
+                    let next = chunk_rx.lock().ok().and_then(|rx| rx.recv().ok());
+                    let Some(chunk) = next else {
+                        return (local, failed);
+                    };
+                    // After a failure, queued chunks (all later in the file) are only drained.
+                    if stop.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    match parser.parse(&chunk, &mut local) {
+                        Ok(None) => {}
+                        Ok(Some(batch)) => {
+                            if batch_tx.send(batch).is_err() {
+                                stop.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        Err(e) => {
+                            stop.store(true, Ordering::SeqCst);
+                            let line = match &e {
+                                Error::BadRow { line, .. } => *line,
+                                _ => chunk.first().and_then(|r| r.position()).map_or(0, |p| p.line()),
+                            };
+                            failed = Some((line, e));
+                        }
+                    }
                 }
-            }
-            Ok((batches, local))
-        });
-        let mut rows = 0u64;
-        let mut last_byte = 0u64;
-        let read_result: Result<()> = (|| {
-            loop {
+            }));
+        }
+        drop(batch_tx);
+        let feeder = scope.spawn(move || -> Result<u64> {
+            let mut rows = 0u64;
+            let mut last_byte = 0u64;
+            while !stop.load(Ordering::SeqCst) {
                 let mut chunk = Vec::with_capacity(BATCH_ROWS);
                 let mut record = ByteRecord::new();
-                while chunk.len() < BATCH_ROWS && reader.read_byte_record(&mut record)? {
+                let mut bytes = 0;
+                while chunk.len() < BATCH_ROWS
+                    && bytes < CHUNK_BYTES
+                    && reader.read_byte_record(&mut record)?
+                {
+                    bytes += record.as_slice().len();
                     chunk.push(std::mem::take(&mut record));
                 }
                 if chunk.is_empty() {
-                    return Ok(());
+                    break;
                 }
                 rows += chunk.len() as u64;
                 let byte = reader.position().byte();
                 progress.inc(byte - last_byte);
                 last_byte = byte;
-                if tx.send(chunk).is_err() {
-                    return Ok(()); // the worker stopped on an error; it reports it below
+                if chunk_tx.send(chunk).is_err() {
+                    break;
                 }
             }
-        })();
-        drop(tx);
-        let worked = worker
-            .join()
-            .map_err(|_| Error::Internal("CSV worker thread panicked".into()))?;
-        let (batches, local) = worked?;
-        read_result?;
-        errors.rejects.extend(local.rejects);
-        Ok((batches, rows))
+            Ok(rows)
+        });
+        let mut sink_result = Ok(());
+        for batch in batch_rx {
+            if sink_result.is_ok() {
+                sink_result = sink(batch);
+                if sink_result.is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        let panicked = || Error::Internal("CSV reader thread panicked".into());
+        let rows = feeder.join().map_err(|_| panicked())?;
+        let mut first_error: Option<(u64, Error)> = None;
+        for handle in handles {
+            let (local, failed) = handle.join().map_err(|_| panicked())?;
+            errors.rejects.extend(local.rejects);
+            if let Some((line, e)) = failed {
+                if first_error.as_ref().is_none_or(|(l, _)| line < *l) {
+                    first_error = Some((line, e));
+                }
+            }
+        }
+        if let Some((_, e)) = first_error {
+            return Err(e);
+        }
+        sink_result?;
+        rows
     })
 }
 

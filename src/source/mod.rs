@@ -35,7 +35,7 @@ pub struct HashedBatch {
 }
 
 /// A row set aside under `on_error: reject`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Reject {
     pub file: String,
     pub line: u64,
@@ -65,21 +65,13 @@ impl Reject {
     }
 }
 
-/// Everything read from one run's input.
+/// What reading one run's input produced besides its batches.
 #[derive(Debug, Default)]
-pub struct Incoming {
-    pub files: Vec<InputFile>,
-    pub batches: Vec<HashedBatch>,
-    pub rejects: Vec<Reject>,
+pub struct ReadStats {
     /// Rows read, rejected ones included.
     pub rows_read: u64,
-}
-
-impl Incoming {
-    /// Rows accepted (read minus rejected).
-    pub fn row_count(&self) -> usize {
-        self.batches.iter().map(|b| b.payload.num_rows()).sum()
-    }
+    /// Bad rows set aside under `on_error: reject`, in file and line order.
+    pub rejects: Vec<Reject>,
 }
 
 /// Collects bad rows: the first one fails the read under `on_error: fail`.
@@ -129,29 +121,34 @@ pub(crate) fn hash_batch(
     })
 }
 
-/// Reads every input file into typed, hashed batches.
+/// Reads every input file into typed, hashed batches, handing each to `sink` as it is ready
+/// (batches of one CSV file may arrive out of file order: each row carries its line).
 ///
 /// # Errors
 /// [`Error::BadRow`] for the first bad row under `on_error: fail`; [`Error::Input`] for files
-/// that cannot be opened or have the wrong header/columns; I/O, CSV and Parquet errors.
-pub fn read_all(
+/// that cannot be opened or have the wrong header/columns; I/O, CSV and Parquet errors; any
+/// error of `sink`.
+pub fn read(
     config: &TableConfig,
-    files: Vec<InputFile>,
+    files: &[InputFile],
     progress: &Progress,
-) -> Result<Incoming> {
-    let mut incoming = Incoming::default();
+    sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
+) -> Result<ReadStats> {
+    let mut stats = ReadStats::default();
     let mut errors = RowErrors::new(config.on_error);
     for (index, file) in files.iter().enumerate() {
-        let (batches, rows) = match file.format {
-            InputFormat::Csv => csv::read(config, file, index, &mut errors, progress)?,
-            InputFormat::Parquet => parquet::read(config, file, index, &mut errors, progress)?,
+        stats.rows_read += match file.format {
+            InputFormat::Csv => csv::read(config, file, index, &mut errors, progress, sink)?,
+            InputFormat::Parquet => {
+                parquet::read(config, file, index, &mut errors, progress, sink)?
+            }
         };
-        incoming.batches.extend(batches);
-        incoming.rows_read += rows;
     }
-    incoming.rejects = errors.rejects;
-    incoming.files = files;
-    Ok(incoming)
+    stats.rejects = errors.rejects;
+    stats
+        .rejects
+        .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    Ok(stats)
 }
 
 /// Drops the rows whose `keep` flag is false from a batch and its line numbers.
@@ -170,81 +167,3 @@ pub(crate) fn drop_rows(
     Ok((batch, lines))
 }
 
-impl HashedBatch {
-    /// Keeps the rows whose flag is true.
-    ///
-    /// # Errors
-    /// Arrow errors (none expected: `keep` has one flag per row).
-    pub fn retain(&self, keep: &[bool]) -> Result<HashedBatch> {
-        let mask = deltalake::arrow::array::BooleanArray::from(keep.to_vec());
-        let filter = deltalake::arrow::compute::filter;
-        let binary = |a: &BinaryArray| -> Result<BinaryArray> {
-            let out = filter(a, &mask)?;
-            Ok(out
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .cloned()
-                .unwrap_or_else(|| BinaryArray::from_iter_values(Vec::<Vec<u8>>::new())))
-        };
-        Ok(HashedBatch {
-            payload: deltalake::arrow::compute::filter_record_batch(&self.payload, &mask)?,
-            keyhash: binary(&self.keyhash)?,
-            nonkeyhash: binary(&self.nonkeyhash)?,
-            file: self.file,
-            lines: self
-                .lines
-                .iter()
-                .zip(keep)
-                .filter_map(|(l, k)| k.then_some(*l))
-                .collect(),
-        })
-    }
-
-    /// The row's values as text, joined by `delimiter` (for rejects).
-    pub fn row_text(&self, row: usize, delimiter: u8) -> String {
-        self.payload
-            .columns()
-            .iter()
-            .map(|c| {
-                deltalake::arrow::util::display::array_value_to_string(c, row).unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join(&(delimiter as char).to_string())
-    }
-}
-
-/// Rejects (or, under `on_error: fail`, errors on) every row whose key was already seen in this
-/// input; the first occurrence is kept.
-///
-/// # Errors
-/// [`Error::BadRow`] naming both places under `on_error: fail`.
-pub fn reject_duplicate_keys(config: &TableConfig, incoming: &mut Incoming) -> Result<()> {
-    let mut seen: crate::diff::DigestMap<(usize, u64)> = Default::default();
-    seen.reserve(incoming.row_count());
-    let mut errors = RowErrors::new(config.on_error);
-    for batch in incoming.batches.iter_mut() {
-        let mut keep = vec![true; batch.payload.num_rows()];
-        for (i, flag) in keep.iter_mut().enumerate() {
-            let key = crate::diff::key(batch.keyhash.value(i));
-            let here = (batch.file, batch.lines[i]);
-            if let Some(&(file, line)) = seen.get(&key) {
-                let first = incoming.files[file].display();
-                let err = Error::BadRow {
-                    file: incoming.files[batch.file].display(),
-                    line: here.1,
-                    column: None,
-                    reason: format!("duplicate key: first seen at {first}, line {line}"),
-                };
-                errors.push(err, || batch.row_text(i, config.delimiter))?;
-                *flag = false;
-            } else {
-                seen.insert(key, here);
-            }
-        }
-        if keep.iter().any(|k| !k) {
-            *batch = batch.retain(&keep)?;
-        }
-    }
-    incoming.rejects.extend(errors.rejects);
-    Ok(())
-}

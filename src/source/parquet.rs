@@ -21,7 +21,8 @@ pub(super) fn read(
     index: usize,
     errors: &mut RowErrors,
     progress: &Progress,
-) -> Result<(Vec<HashedBatch>, u64)> {
+    sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
+) -> Result<u64> {
     let input_err = |reason: String| Error::Input {
         path: file.path.clone(),
         reason,
@@ -48,7 +49,6 @@ pub(super) fn read(
         .map(|p| sorted.binary_search(p).unwrap_or(0))
         .collect();
     let schema = payload_schema(&config.typed_columns());
-    let mut batches = Vec::new();
     let mut row_offset = 0u64;
     for raw in reader {
         let raw = raw?;
@@ -89,9 +89,9 @@ pub(super) fn read(
         }
         row_offset += n as u64;
         if batch.num_rows() > 0 {
-            batches.push(hash_batch(config, batch, index, lines)?);
+            sink(hash_batch(config, batch, index, lines)?)?;
         }
     }
     progress.inc(file.size);
-    Ok((batches, row_offset))
+    Ok(row_offset)
 }

@@ -6,3 +6,4 @@ mod crash;
 mod model;
 mod readers;
 mod snapshot;
+mod spill;

@@ -1,0 +1,151 @@
+//! Bounded memory: a run under a small `memory_limit` partitions, spills to disk, and commits
+//! exactly the tables an unlimited run commits.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use tributary::generate::{config_yaml, generate, GenerateSpec};
+
+use crate::common::table_rows;
+
+fn spec(dir: &Path, rows: u64) -> GenerateSpec {
+    GenerateSpec {
+        init_rows: rows,
+        incr_rows: rows,
+        keys: 5,
+        nonkeys: 10,
+        pct_del: 0.2,
+        pct_upd: 0.4,
+        pct_unchanged: 0.4,
+        initial_output: dir.join("day1"),
+        incremental_output: dir.join("day2"),
+        seed: Some(11),
+    }
+}
+
+/// Writes `<dir>/<name>/config.yaml` for the generated shape, with `extra` config lines.
+fn config_in(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    let path = folder.join("config.yaml");
+    let yaml = config_yaml("t", 5, 10).replace("columns:", &format!("{extra}\ncolumns:"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Table rows as sorted lines, for comparing two runs' tables regardless of file order.
+async fn sorted_rows(path: &Path) -> Vec<String> {
+    let mut rows: Vec<String> = table_rows(path)
+        .await
+        .into_iter()
+        .map(|r: BTreeMap<String, String>| format!("{r:?}"))
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spilling_run_commits_the_same_tables_as_an_in_memory_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 40_000);
+    generate(&spec).unwrap();
+    // A delta extract for day 3: the first 5,000 lines of day 2 (some changed, some not).
+    let day2_file = std::fs::read_dir(&spec.incremental_output).unwrap().next().unwrap().unwrap().path();
+    let day2 = std::fs::read_to_string(&day2_file).unwrap();
+    let day3: String = day2.lines().take(5_000).map(|l| format!("{l}\n")).collect();
+    let day3_dir = dir.path().join("day3");
+    std::fs::create_dir_all(&day3_dir).unwrap();
+    std::fs::write(day3_dir.join("part-0.csv"), day3).unwrap();
+
+    let roomy = config_in(dir.path(), "roomy", "");
+    let tight = config_in(dir.path(), "tight", "memory_limit: 16MiB\nspill_dir: spill");
+    let date = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+    let days = [
+        (&spec.initial_output, "2024-01-01", false),
+        (&spec.incremental_output, "2024-01-02", false),
+        (&day3_dir, "2024-01-03", true),
+    ];
+    for config_path in [&roomy, &tight] {
+        let folder = config_path.parent().unwrap();
+        for (input, day, delta) in &days {
+            if *delta {
+                let text = std::fs::read_to_string(config_path).unwrap();
+                std::fs::write(config_path, text.replace("extract_type: full", "extract_type: delta")).unwrap();
+            }
+            let config = tributary::config::TableConfig::load(config_path).unwrap();
+            let s = tributary::run::run(&config, input, date(day), Default::default()).await.unwrap();
+            let memory = s.memory.clone().unwrap();
+            if config_path == &tight {
+                assert!(memory.plan.partitions > 1, "{day}: {memory:?}");
+                if *day != "2024-01-03" {
+                    assert!(memory.spill.spilled_bytes > 0, "{day}: {memory:?}");
+                }
+                assert!(
+                    memory.spill.peak_memory_bytes <= memory.plan.store_budget_bytes + (2 << 20),
+                    "{day}: the store held more than its budget: {memory:?}"
+                );
+            } else {
+                assert_eq!(memory.plan.partitions, 1, "{day}: {memory:?}");
+                assert_eq!(memory.spill.spilled_bytes, 0, "{day}: {memory:?}");
+            }
+        }
+        // The spill folder is removed when the run ends.
+        if let Ok(entries) = std::fs::read_dir(folder.join("spill")) {
+            assert_eq!(entries.count(), 0, "spill files left behind");
+        }
+    }
+    for table in ["t_current", "t_history"] {
+        let a = sorted_rows(&dir.path().join("roomy/lake").join(table)).await;
+        let b = sorted_rows(&dir.path().join("tight/lake").join(table)).await;
+        assert!(!a.is_empty());
+        assert_eq!(a.len(), b.len(), "{table}");
+        assert!(a == b, "{table}: tables differ between the in-memory and the spilling run");
+    }
+}
+
+/// The CI guard on memory: a 300,000-row day (about 110 MB of CSV, several hundred MB as
+/// Arrow on both sides) under `memory_limit: 32MiB` must spill and keep the process's peak RSS
+/// far below what holding both sides takes. Measured in a debug build: 289 and 213 MiB peak RSS
+/// for days 1 and 2 under 32 MiB (the rest is the process, the reader's chunks in flight and
+/// the table writers' upload buffers), against 560 and 810 MiB under the default 1 GiB limit,
+/// which holds both sides in memory. Asserts on memory, never on time.
+#[test]
+fn peak_memory_stays_bounded_under_a_small_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 200_000);
+    generate(&spec).unwrap();
+    let config = config_in(dir.path(), "t", "memory_limit: 32MiB");
+    let bin = env!("CARGO_BIN_EXE_tributary");
+    let mut last = serde_json::Value::Null;
+    let mut peak = 0;
+    for (input, day) in [(&spec.initial_output, "2024-01-01"), (&spec.incremental_output, "2024-01-02")] {
+        let out = Command::new(bin)
+            .arg("run")
+            .arg(&config)
+            .arg(input)
+            .arg(day)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        last = serde_json::from_slice(&out.stdout).unwrap();
+        peak = peak.max(last["memory"]["peak_rss_bytes"].as_u64().unwrap());
+    }
+    let memory = &last["memory"];
+    let input_bytes: u64 = std::fs::read_dir(&spec.incremental_output)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let spilled = memory["spill"]["spilled_bytes"].as_u64().unwrap();
+    eprintln!("peak RSS over both days: {} MiB; day 2: {memory}", peak >> 20);
+    assert!(memory["plan"]["partitions"].as_u64().unwrap() > 1, "{memory}");
+    assert!(spilled > input_bytes / 2, "spilled only {spilled} bytes: {memory}");
+    assert!(
+        peak < 384 << 20,
+        "peak RSS {} MiB under a 32 MiB limit (input {} MiB): {memory}",
+        peak >> 20,
+        input_bytes >> 20
+    );
+    assert_eq!(last["counts"]["U"], 80_000);
+}
