@@ -52,6 +52,8 @@ pub struct ConfigFile {
     pub memory_limit: Option<ByteSizeText>,
     /// Folder for spill files; default the system temporary folder (`TMPDIR`).
     pub spill_dir: Option<String>,
+    /// Keyhash partitions of the diff, overriding the memory plan's choice (tuning and tests).
+    pub partitions: Option<usize>,
     /// Parquet compression of the written data files: `snappy` (default), `zstd` or `none`.
     pub compression: Option<Compression>,
     pub columns: Vec<ColumnFile>,
@@ -162,6 +164,8 @@ pub struct TableConfig {
     pub memory_limit: u64,
     /// Folder under which each run makes its own spill folder.
     pub spill_dir: PathBuf,
+    /// Forced keyhash partition count (None: planned from `memory_limit`).
+    pub partitions: Option<usize>,
     pub compression: Compression,
     pub columns: Vec<Column>,
 }
@@ -339,6 +343,11 @@ impl ConfigFile {
             Some(dir) => base.join(dir),
             None => std::env::temp_dir(),
         };
+        if let Some(p) = self.partitions {
+            if !(1..=crate::plan::MAX_PARTITIONS).contains(&p) {
+                return Err(invalid("partitions", format!("must be in 1..={}", crate::plan::MAX_PARTITIONS)));
+            }
+        }
         let delimiter = single_byte("delimiter", self.delimiter.as_deref(), b',')?;
         let quote = single_byte("quote", self.quote.as_deref(), b'"')?;
         if delimiter == quote {
@@ -388,6 +397,7 @@ impl ConfigFile {
             checkpoint_interval,
             memory_limit,
             spill_dir,
+            partitions: self.partitions,
             compression: self.compression.unwrap_or_default(),
             columns,
         })
@@ -442,6 +452,7 @@ mod tests {
             ("memory_limit: 1MiB", "memory_limit"),
             ("memory_limit: lots", "memory_limit"),
             ("compression: lz77", "compression"),
+            ("partitions: 0", "partitions"),
         ];
         for (line, field) in cases {
             let text = SEED_CONFIG.replace("delimiter: \",\"", line);

@@ -58,12 +58,23 @@ impl MemoryPlan {
     /// Plans a run of `input_bytes` (estimated Arrow bytes) against a current table of
     /// `current_parquet_bytes`, within `limit` bytes, with up to `cores` workers.
     pub fn new(limit: u64, input_bytes: u64, current_parquet_bytes: u64, cores: usize) -> Self {
+        Self::with_partitions(limit, input_bytes, current_parquet_bytes, cores, None)
+    }
+
+    /// As [`MemoryPlan::new`], with the partition count forced when `partitions` is set.
+    pub fn with_partitions(
+        limit: u64,
+        input_bytes: u64,
+        current_parquet_bytes: u64,
+        cores: usize,
+        partitions: Option<usize>,
+    ) -> Self {
         let estimated = input_bytes + (current_parquet_bytes as f64 * CURRENT_EXPANSION) as u64;
         let store_budget = (limit as f64 * STORE_SHARE) as u64;
         let work_budget = (limit - store_budget) as f64;
         let workers = cores.max(1);
         let needed = estimated as f64 * WORKING_SET_FACTOR * workers as f64 / work_budget;
-        let partitions = (needed.ceil() as usize).clamp(1, MAX_PARTITIONS);
+        let partitions = partitions.unwrap_or((needed.ceil() as usize).clamp(1, MAX_PARTITIONS));
         MemoryPlan {
             limit_bytes: limit,
             store_budget_bytes: store_budget,

@@ -150,7 +150,13 @@ pub async fn run(
         .map(|f| plan::input_estimate(f.format, f.size))
         .sum();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let memory = MemoryPlan::new(config.memory_limit, input_estimate, base_bytes, cores);
+    let memory = MemoryPlan::with_partitions(
+        config.memory_limit,
+        input_estimate,
+        base_bytes,
+        cores,
+        config.partitions,
+    );
     tracing::debug!(?memory, "memory plan");
     let partitioner = Partitioner::new(memory.partitions);
     let incoming_schema = join::incoming_schema(config);
@@ -202,6 +208,11 @@ pub async fn run(
 
     // Stage 3: diff partition by partition; write current and history as rows come out.
     let diffing = Instant::now();
+    // Tables this run creates (and removes again if it fails).
+    let created = match &lake {
+        Some(_) => Vec::new(),
+        None => lake::missing_tables(config),
+    };
     let mut lake = match lake {
         Some(lake) => lake,
         None => {
@@ -213,7 +224,13 @@ pub async fn run(
     };
     let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
     let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
-    let properties = writer_properties(config.compression, memory.row_group_bytes as usize);
+    // A single key column is unique in both tables' files (history: per business date).
+    let keys = config.key_indices();
+    let unique: Vec<&str> = match keys.as_slice() {
+        [only] => vec![config.columns[*only].name.as_str()],
+        _ => Vec::new(),
+    };
+    let properties = writer_properties(config.compression, memory.row_group_bytes as usize, &unique);
     let current_writer = tokio::spawn(write_stream(lake.current.clone(), current_rx, properties.clone()));
     let history_writer = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
     let store = store.into_shared();
@@ -246,6 +263,8 @@ pub async fn run(
                     lake::discard_files(table, adds).await;
                 }
             }
+            // A failed first run leaves no tables behind (as when it fails on reading).
+            lake::remove_tables(&created);
             // The diff's own error first, unless it only saw a writer stop: then the writer's.
             if let Err(e) = outcome {
                 if !matches!(&e, Error::Internal(m) if m == WRITER_GONE) {

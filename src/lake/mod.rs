@@ -178,6 +178,26 @@ impl Lake {
     }
 }
 
+/// The local folders of the current and history tables that do not exist yet. Folders that
+/// exist (even without a table) and tables elsewhere are not listed: a failed first run leaves
+/// an empty table there, which the next run uses as it is.
+pub fn missing_tables(config: &TableConfig) -> Vec<std::path::PathBuf> {
+    [&config.current_url, &config.history_url]
+        .into_iter()
+        .filter_map(|url| url.to_file_path().ok())
+        .filter(|path| !path.exists())
+        .collect()
+}
+
+/// Removes table folders listed by [`missing_tables`] before a failed first run created them.
+pub fn remove_tables(paths: &[std::path::PathBuf]) {
+    for path in paths {
+        if let Err(e) = std::fs::remove_dir_all(path) {
+            tracing::warn!(path = %path.display(), "could not remove a table created by a failed first run: {e}");
+        }
+    }
+}
+
 /// Streams a table's rows through DataFusion (None: the table has no data files).
 ///
 /// # Errors

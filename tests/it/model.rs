@@ -102,14 +102,15 @@ fn multi_day_runs_match_the_reference_model() {
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
     );
     let extract = proptest::collection::btree_map(0u8..12, proptest::option::of(0u8..3), 0..12);
-    let strategy = (proptest::collection::vec(extract, 1..5), any::<bool>());
+    // Keyhash partitions: 1 (everything in one join) or several (the grace join's path).
+    let strategy = (proptest::collection::vec(extract, 1..5), any::<bool>(), prop_oneof![Just(1usize), Just(3), Just(8)]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runner
-        .run(&strategy, |(days, full)| {
+        .run(&strategy, |(days, full, partitions)| {
             let extract_type = if full { "full" } else { "delta" };
             let fx = Fixture::new(
                 SIMPLE_COLUMNS,
-                &format!("extract_type: {extract_type}\nmax_delete_fraction: 1.0"),
+                &format!("extract_type: {extract_type}\nmax_delete_fraction: 1.0\npartitions: {partitions}"),
             );
             let (mut expected_current, mut expected_history) = model(&days, full);
             expected_current.sort();
