@@ -14,6 +14,7 @@ use deltalake::DeltaTable;
 use futures::StreamExt;
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::mpsc::Sender;
+use tracing::Instrument;
 
 use crate::config::{ExtractType, TableConfig};
 use crate::diff::OpCounts;
@@ -189,19 +190,23 @@ pub async fn run(
     // Stage 2: stream the current table (the run's base), partitioned the same way.
     let scanning = Instant::now();
     if let Some(table) = &base {
-        let _span = tracing::info_span!("scan", bytes = base_bytes).entered();
         let keyhash_at = schema.index_of(KEYHASH)?;
-        if let Some(mut stream) = lake::scan_stream(table).await? {
-            while let Some(batch) = stream.next().await {
-                let batch = conform(&batch?, &schema)?;
-                tokio::task::block_in_place(|| -> Result<()> {
-                    for (p, piece) in partitioner.split(&batch, keyhash_at)? {
-                        store.push(CURRENT_SIDE, p, piece)?;
-                    }
-                    Ok(())
-                })?;
+        let scan = async {
+            if let Some(mut stream) = lake::scan_stream(table).await? {
+                while let Some(batch) = stream.next().await {
+                    let batch = conform(&batch?, &schema)?;
+                    tokio::task::block_in_place(|| -> Result<()> {
+                        for (p, piece) in partitioner.split(&batch, keyhash_at)? {
+                            store.push(CURRENT_SIDE, p, piece)?;
+                        }
+                        Ok(())
+                    })?;
+                }
             }
-        }
+            Ok::<(), Error>(())
+        };
+        scan.instrument(tracing::info_span!("scan", bytes = base_bytes))
+            .await?;
     }
     let current_rows = store.rows(CURRENT_SIDE);
     let scan_secs = scanning.elapsed().as_secs_f64();
@@ -337,10 +342,10 @@ pub async fn run(
         fill_table_summary(&mut t, planned, rejects.len() as u64);
         summary.rejects = Some(t);
     }
-    let versions = {
-        let _span = tracing::info_span!("commit", run = seq).entered();
-        lake.commit_run(record, history_plan, followers).await?
-    };
+    let versions = lake
+        .commit_run(record, history_plan, followers)
+        .instrument(tracing::info_span!("commit", run = seq))
+        .await?;
     summary.current.version = versions.get(CURRENT).copied();
     summary.history.version = versions.get(HISTORY).copied();
     if let Some(r) = summary.rejects.as_mut() {
