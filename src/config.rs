@@ -75,7 +75,12 @@ impl ByteSizeText {
                 .trim()
                 .parse::<bytesize::ByteSize>()
                 .map(|b| b.as_u64())
-                .map_err(|e| invalid(field, format!("`{t}` is not a size such as 1GiB or 512MiB: {e}"))),
+                .map_err(|e| {
+                    invalid(
+                        field,
+                        format!("`{t}` is not a size such as 1GiB or 512MiB: {e}"),
+                    )
+                }),
         }
     }
 }
@@ -339,13 +344,18 @@ impl ConfigFile {
             return Err(invalid("memory_limit", "must be at least 16MiB"));
         }
         let spill_dir = match &self.spill_dir {
-            Some(dir) if dir.trim().is_empty() => return Err(invalid("spill_dir", "must not be empty")),
+            Some(dir) if dir.trim().is_empty() => {
+                return Err(invalid("spill_dir", "must not be empty"))
+            }
             Some(dir) => base.join(dir),
             None => std::env::temp_dir(),
         };
         if let Some(p) = self.partitions {
             if !(1..=crate::plan::MAX_PARTITIONS).contains(&p) {
-                return Err(invalid("partitions", format!("must be in 1..={}", crate::plan::MAX_PARTITIONS)));
+                return Err(invalid(
+                    "partitions",
+                    format!("must be in 1..={}", crate::plan::MAX_PARTITIONS),
+                ));
             }
         }
         let delimiter = single_byte("delimiter", self.delimiter.as_deref(), b',')?;
@@ -467,8 +477,17 @@ mod tests {
         assert_eq!(cfg.memory_limit, DEFAULT_MEMORY_LIMIT);
         assert_eq!(cfg.spill_dir, std::env::temp_dir());
         assert_eq!(cfg.compression, Compression::Snappy);
-        for (text, bytes) in [("1GiB", 1u64 << 30), ("512 MiB", 512 << 20), ("100000000", 100_000_000), ("2GB", 2_000_000_000)] {
-            let cfg = parse(&SEED_CONFIG.replace("extract_type: full", &format!("extract_type: full\nmemory_limit: {text}"))).unwrap();
+        for (text, bytes) in [
+            ("1GiB", 1u64 << 30),
+            ("512 MiB", 512 << 20),
+            ("100000000", 100_000_000),
+            ("2GB", 2_000_000_000),
+        ] {
+            let cfg = parse(&SEED_CONFIG.replace(
+                "extract_type: full",
+                &format!("extract_type: full\nmemory_limit: {text}"),
+            ))
+            .unwrap();
             assert_eq!(cfg.memory_limit, bytes, "{text}");
         }
         let cfg = parse(&SEED_CONFIG.replace(

@@ -12,7 +12,9 @@ use deltalake::arrow::array::{
     UInt64Array,
 };
 use deltalake::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
-use deltalake::arrow::datatypes::{DataType, Date32Type, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
+use deltalake::arrow::datatypes::{
+    DataType, Date32Type, Field, Schema, SchemaRef, UInt32Type, UInt64Type,
+};
 
 use crate::config::TableConfig;
 use crate::diff::{classify, key, CurrentIndex, DigestMap, Op, OpCounts};
@@ -87,7 +89,10 @@ impl JoinContext<'_> {
         let current = concat_batches(&self.table_schema, current)?;
         let (incoming, rejects) = self.drop_duplicate_keys(incoming)?;
         let column = |batch: &RecordBatch, name: &str| -> Result<ArrayRef> {
-            batch.column_by_name(name).cloned().ok_or_else(|| Error::Internal(format!("no column {name}")))
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| Error::Internal(format!("no column {name}")))
         };
         let (in_keys, in_nonkeys) = (column(&incoming, KEYHASH)?, column(&incoming, NONKEYHASH)?);
         let (cur_keys, cur_nonkeys, cur_effs) = (
@@ -119,8 +124,12 @@ impl JoinContext<'_> {
             let mut columns: Vec<ArrayRef> = incoming.columns()[..payload_width].to_vec();
             columns.push(in_keys);
             columns.push(in_nonkeys);
-            columns.push(Arc::new(StringArray::from_iter_values(ops.iter().map(|(op, _)| op.code()))));
-            columns.push(Arc::new(Date32Array::from_iter_values(ops.iter().map(|(_, eff)| *eff))));
+            columns.push(Arc::new(StringArray::from_iter_values(
+                ops.iter().map(|(op, _)| op.code()),
+            )));
+            columns.push(Arc::new(Date32Array::from_iter_values(
+                ops.iter().map(|(_, eff)| *eff),
+            )));
             let full = RecordBatch::try_new(self.table_schema.clone(), columns)?;
             let changed: BooleanArray = ops.iter().map(|(op, _)| Some(op.in_history())).collect();
             match changed.true_count() {
@@ -134,13 +143,16 @@ impl JoinContext<'_> {
             let gone = take_record_batch(&current, &UInt32Array::from(diff.gone))?;
             let n = gone.num_rows();
             let mut columns = gone.columns().to_vec();
-            columns[self.table_schema.index_of(OPERATION)?] = Arc::new(StringArray::from(vec![op.code(); n]));
+            columns[self.table_schema.index_of(OPERATION)?] =
+                Arc::new(StringArray::from(vec![op.code(); n]));
             if op == Op::Delete {
                 columns[self.table_schema.index_of(EFF_START_DATE)?] =
                     Arc::new(Date32Array::from(vec![self.run_date; n]));
-                out.history.push(RecordBatch::try_new(self.table_schema.clone(), columns)?);
+                out.history
+                    .push(RecordBatch::try_new(self.table_schema.clone(), columns)?);
             } else {
-                out.current.push(RecordBatch::try_new(self.table_schema.clone(), columns)?);
+                out.current
+                    .push(RecordBatch::try_new(self.table_schema.clone(), columns)?);
             }
         }
         Ok(out)
@@ -203,7 +215,9 @@ impl JoinContext<'_> {
                     self.files[first_file as usize].display()
                 ),
             };
-            errors.push(err, || row_text(&incoming, payload_width, row, self.config.delimiter))?;
+            errors.push(err, || {
+                row_text(&incoming, payload_width, row, self.config.delimiter)
+            })?;
             keep[row] = false;
         }
         let kept = filter_record_batch(&incoming, &BooleanArray::from(keep))?;

@@ -183,7 +183,10 @@ async fn execute(command: Command) -> Result<()> {
                         "  {}, line {}{}: {}",
                         r.file,
                         r.line,
-                        r.column.as_deref().map(|c| format!(", column {c}")).unwrap_or_default(),
+                        r.column
+                            .as_deref()
+                            .map(|c| format!(", column {c}"))
+                            .unwrap_or_default(),
                         r.reason
                     );
                 }

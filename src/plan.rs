@@ -108,7 +108,10 @@ mod tests {
         for plan in [small, big, roomy] {
             let per_partition = plan.estimated_bytes as f64 / plan.partitions as f64;
             let working = per_partition * WORKING_SET_FACTOR * plan.workers as f64;
-            assert!(working + plan.store_budget_bytes as f64 <= plan.limit_bytes as f64 * 1.0001, "{plan:?}");
+            assert!(
+                working + plan.store_budget_bytes as f64 <= plan.limit_bytes as f64 * 1.0001,
+                "{plan:?}"
+            );
         }
     }
 }

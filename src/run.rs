@@ -20,7 +20,10 @@ use crate::config::{ExtractType, TableConfig};
 use crate::diff::OpCounts;
 use crate::error::{Error, Result};
 use crate::join::{self, JoinContext};
-use crate::lake::{self, write_files, write_stream, writer_properties, Lake, Planned, RunRecord, CURRENT, HISTORY, REJECTS};
+use crate::lake::{
+    self, write_files, write_stream, writer_properties, Lake, Planned, RunRecord, CURRENT, HISTORY,
+    REJECTS,
+};
 use crate::plan::{self, MemoryPlan};
 use crate::progress::Progress;
 use crate::schema::{table_schema, KEYHASH};
@@ -64,7 +67,8 @@ pub async fn run(
     let started = Instant::now();
     if tokio::runtime::Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
         return Err(Error::Internal(
-            "tributary::run needs a multi-threaded tokio runtime (its writers run beside the diff)".into(),
+            "tributary::run needs a multi-threaded tokio runtime (its writers run beside the diff)"
+                .into(),
         ));
     }
     if config.has_temp_current_path {
@@ -141,9 +145,14 @@ pub async fn run(
         Some((lake, _)) => (base_table(&lake, replacing.as_ref()).await?, Some(lake)),
         None => (None, None),
     };
-    let base_version = base.as_ref().and_then(|t| t.version()).map(|v| v as u64);
+    let base_version = base.as_ref().and_then(|t| t.version());
     let base_bytes: u64 = match &base {
-        Some(t) => t.snapshot()?.log_data().iter().map(|f| f.size() as u64).sum(),
+        Some(t) => t
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|f| f.size() as u64)
+            .sum(),
         None => 0,
     };
     let input_estimate: u64 = files
@@ -235,8 +244,13 @@ pub async fn run(
         [only] => vec![config.columns[*only].name.as_str()],
         _ => Vec::new(),
     };
-    let properties = writer_properties(config.compression, memory.row_group_bytes as usize, &unique);
-    let current_writer = tokio::spawn(write_stream(lake.current.clone(), current_rx, properties.clone()));
+    let properties =
+        writer_properties(config.compression, memory.row_group_bytes as usize, &unique);
+    let current_writer = tokio::spawn(write_stream(
+        lake.current.clone(),
+        current_rx,
+        properties.clone(),
+    ));
     let history_writer = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
     let store = store.into_shared();
     let joined = {
@@ -332,8 +346,16 @@ pub async fn run(
         current_base_version: base_version,
         history_version: None,
     };
-    fill_table_summary(&mut summary.current, &followers[0].2, diffed.current_rows_written);
-    fill_table_summary(&mut summary.history, &history_plan, diffed.history_rows_written);
+    fill_table_summary(
+        &mut summary.current,
+        &followers[0].2,
+        diffed.current_rows_written,
+    );
+    fill_table_summary(
+        &mut summary.history,
+        &history_plan,
+        diffed.history_rows_written,
+    );
     if let Some((_, _, planned)) = followers.get(1) {
         let mut t = TableSummary {
             path: config.rejects_url.to_string(),
@@ -458,9 +480,12 @@ fn diff_partitions(
             Err(e) => {
                 let earlier = match (&first_error, &e) {
                     (None, _) => true,
-                    (Some(Error::BadRow { file: f0, line: l0, .. }), Error::BadRow { file, line, .. }) => {
-                        (file, line) < (f0, l0)
-                    }
+                    (
+                        Some(Error::BadRow {
+                            file: f0, line: l0, ..
+                        }),
+                        Error::BadRow { file, line, .. },
+                    ) => (file, line) < (f0, l0),
                     (Some(Error::BadRow { .. }), _) => false,
                     (Some(_), Error::BadRow { .. }) => true,
                     (Some(_), _) => false,

@@ -342,7 +342,8 @@ mod tests {
         let keys: Vec<[u8; 16]> = (from..to)
             .map(|i| {
                 let mut d = [0u8; 16];
-                d[..8].copy_from_slice(&(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+                d[..8]
+                    .copy_from_slice(&(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
                 d
             })
             .collect();
@@ -392,7 +393,9 @@ mod tests {
         let one = batch(0, 1000).get_array_memory_size();
         let mut store = SpillStore::new(vec![schema(), schema()], 2, one * 3, dir.path()).unwrap();
         for i in 0..10 {
-            store.push(i % 2, 0, batch(i as i64 * 1000, i as i64 * 1000 + 1000)).unwrap();
+            store
+                .push(i % 2, 0, batch(i as i64 * 1000, i as i64 * 1000 + 1000))
+                .unwrap();
         }
         store.push(1, 1, batch(50_000, 50_010)).unwrap();
         let stats = store.stats();
@@ -424,7 +427,9 @@ mod tests {
         assert_eq!(store.stats().spilled_bytes, 0);
         let spill_files = std::fs::read_dir(store.dir.path()).unwrap().count();
         assert_eq!(spill_files, 0);
-        let mut all: Vec<i64> = (0..4).flat_map(|p| values(&store.take(0, p).unwrap())).collect();
+        let mut all: Vec<i64> = (0..4)
+            .flat_map(|p| values(&store.take(0, p).unwrap()))
+            .collect();
         all.sort_unstable();
         assert_eq!(all, (0..5000).collect::<Vec<_>>());
     }

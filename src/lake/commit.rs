@@ -179,12 +179,12 @@ async fn commit_table(
         .await;
     table.update_state().await?;
     match result {
-        Ok(done) => Ok(done.version() as u64),
+        Ok(done) => Ok(done.version()),
         Err(err) => {
             // A commit can fail after it landed: believe the log, not the error.
             if txn_version(table, app_id).await? == Some(seq) {
                 tracing::warn!(table = role, run = seq, error = %err, "commit reported an error but landed");
-                Ok(table.version().unwrap_or_default() as u64)
+                Ok(table.version().unwrap_or_default())
             } else {
                 Err(err.into())
             }
@@ -206,7 +206,7 @@ pub(super) async fn complete(
     {
         return Ok(None);
     }
-    let version = table.version().map(|v| v as u64);
+    let version = table.version();
     if version != pending.read_version {
         return Err(Error::Lake {
             table: role.to_string(),
@@ -246,7 +246,7 @@ pub(super) async fn commit_run(
         .iter()
         .map(|(role, table, planned)| {
             let pending = PendingCommit {
-                read_version: table.version().map(|v| v as u64),
+                read_version: table.version(),
                 adds: planned.adds.clone(),
                 removes: planned.removes.clone(),
             };

@@ -89,7 +89,6 @@ pub async fn last_run(table: &DeltaTable) -> Result<Option<(u64, CommitEntry)>> 
     let Some(latest) = table.version() else {
         return Ok(None);
     };
-    let latest = latest as u64;
     let oldest = latest.saturating_sub(MAX_LOG_WALK);
     let mut version = latest;
     loop {
@@ -112,7 +111,7 @@ pub async fn last_run(table: &DeltaTable) -> Result<Option<(u64, CommitEntry)>> 
 /// # Errors
 /// [`Error::Lake`] when no such commit is found.
 pub async fn find_run(table: &DeltaTable, seq: i64, role: &str) -> Result<(u64, CommitActions)> {
-    let latest = table.version().map(|v| v as u64).unwrap_or(0);
+    let latest = table.version().unwrap_or(0);
     let mut version = latest;
     loop {
         if let Some(actions) = read_commit(table, version).await? {

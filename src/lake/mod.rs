@@ -24,7 +24,9 @@ use deltalake::arrow::array::RecordBatch;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 
-pub use commit::{discard_files, write_files, write_stream, writer_properties, Planned, TARGET_FILE_BYTES};
+pub use commit::{
+    discard_files, write_files, write_stream, writer_properties, Planned, TARGET_FILE_BYTES,
+};
 use log::{find_run, txn_version};
 pub use log::{CommitEntry, RunRecord};
 

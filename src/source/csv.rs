@@ -92,7 +92,10 @@ pub(super) fn read(
                             stop.store(true, Ordering::SeqCst);
                             let line = match &e {
                                 Error::BadRow { line, .. } => *line,
-                                _ => chunk.first().and_then(|r| r.position()).map_or(0, |p| p.line()),
+                                _ => chunk
+                                    .first()
+                                    .and_then(|r| r.position())
+                                    .map_or(0, |p| p.line()),
                             };
                             failed = Some((line, e));
                         }

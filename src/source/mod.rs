@@ -166,4 +166,3 @@ pub(crate) fn drop_rows(
         .collect();
     Ok((batch, lines))
 }
-

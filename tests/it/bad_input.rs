@@ -103,15 +103,23 @@ async fn duplicate_key_names_both_lines() {
 async fn a_first_run_failing_in_the_diff_creates_no_table() {
     // Duplicate keys are found while diffing, after the tables were created for the writers.
     let fx = Fixture::new(TYPED, "");
-    let input = fx.input("d1", "dup.csv", b"a,1,2024-01-01
+    let input = fx.input(
+        "d1",
+        "dup.csv",
+        b"a,1,2024-01-01
 a,2,2024-01-01
-");
+",
+    );
     fx.run(&input, "2024-01-01").await.unwrap_err();
     assert!(!fx.table_path("current").exists());
     assert!(!fx.table_path("history").exists());
     // The next, good run starts from nothing.
-    let good = fx.input("d2", "ok.csv", b"a,1,2024-01-01
-");
+    let good = fx.input(
+        "d2",
+        "ok.csv",
+        b"a,1,2024-01-01
+",
+    );
     assert_eq!(fx.run(&good, "2024-01-01").await.unwrap().run_seq, Some(1));
 }
 

@@ -103,7 +103,11 @@ fn multi_day_runs_match_the_reference_model() {
     );
     let extract = proptest::collection::btree_map(0u8..12, proptest::option::of(0u8..3), 0..12);
     // Keyhash partitions: 1 (everything in one join) or several (the grace join's path).
-    let strategy = (proptest::collection::vec(extract, 1..5), any::<bool>(), prop_oneof![Just(1usize), Just(3), Just(8)]);
+    let strategy = (
+        proptest::collection::vec(extract, 1..5),
+        any::<bool>(),
+        prop_oneof![Just(1usize), Just(3), Just(8)],
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runner
         .run(&strategy, |(days, full, partitions)| {

@@ -51,7 +51,12 @@ async fn a_spilling_run_commits_the_same_tables_as_an_in_memory_run() {
     let spec = spec(dir.path(), 40_000);
     generate(&spec).unwrap();
     // A delta extract for day 3: the first 5,000 lines of day 2 (some changed, some not).
-    let day2_file = std::fs::read_dir(&spec.incremental_output).unwrap().next().unwrap().unwrap().path();
+    let day2_file = std::fs::read_dir(&spec.incremental_output)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let day2 = std::fs::read_to_string(&day2_file).unwrap();
     let day3: String = day2.lines().take(5_000).map(|l| format!("{l}\n")).collect();
     let day3_dir = dir.path().join("day3");
@@ -71,10 +76,16 @@ async fn a_spilling_run_commits_the_same_tables_as_an_in_memory_run() {
         for (input, day, delta) in &days {
             if *delta {
                 let text = std::fs::read_to_string(config_path).unwrap();
-                std::fs::write(config_path, text.replace("extract_type: full", "extract_type: delta")).unwrap();
+                std::fs::write(
+                    config_path,
+                    text.replace("extract_type: full", "extract_type: delta"),
+                )
+                .unwrap();
             }
             let config = tributary::config::TableConfig::load(config_path).unwrap();
-            let s = tributary::run::run(&config, input, date(day), Default::default()).await.unwrap();
+            let s = tributary::run::run(&config, input, date(day), Default::default())
+                .await
+                .unwrap();
             let memory = s.memory.clone().unwrap();
             if config_path == &tight {
                 assert!(memory.plan.partitions > 1, "{day}: {memory:?}");
@@ -100,7 +111,10 @@ async fn a_spilling_run_commits_the_same_tables_as_an_in_memory_run() {
         let b = sorted_rows(&dir.path().join("tight/lake").join(table)).await;
         assert!(!a.is_empty());
         assert_eq!(a.len(), b.len(), "{table}");
-        assert!(a == b, "{table}: tables differ between the in-memory and the spilling run");
+        assert!(
+            a == b,
+            "{table}: tables differ between the in-memory and the spilling run"
+        );
     }
 }
 
@@ -119,7 +133,10 @@ fn peak_memory_stays_bounded_under_a_small_limit() {
     let bin = env!("CARGO_BIN_EXE_tributary");
     let mut last = serde_json::Value::Null;
     let mut peak = 0;
-    for (input, day) in [(&spec.initial_output, "2024-01-01"), (&spec.incremental_output, "2024-01-02")] {
+    for (input, day) in [
+        (&spec.initial_output, "2024-01-01"),
+        (&spec.incremental_output, "2024-01-02"),
+    ] {
         let out = Command::new(bin)
             .arg("run")
             .arg(&config)
@@ -128,7 +145,11 @@ fn peak_memory_stays_bounded_under_a_small_limit() {
             .arg("--json")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         last = serde_json::from_slice(&out.stdout).unwrap();
         peak = peak.max(last["memory"]["peak_rss_bytes"].as_u64().unwrap());
     }
@@ -138,9 +159,18 @@ fn peak_memory_stays_bounded_under_a_small_limit() {
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
     let spilled = memory["spill"]["spilled_bytes"].as_u64().unwrap();
-    eprintln!("peak RSS over both days: {} MiB; day 2: {memory}", peak >> 20);
-    assert!(memory["plan"]["partitions"].as_u64().unwrap() > 1, "{memory}");
-    assert!(spilled > input_bytes / 2, "spilled only {spilled} bytes: {memory}");
+    eprintln!(
+        "peak RSS over both days: {} MiB; day 2: {memory}",
+        peak >> 20
+    );
+    assert!(
+        memory["plan"]["partitions"].as_u64().unwrap() > 1,
+        "{memory}"
+    );
+    assert!(
+        spilled > input_bytes / 2,
+        "spilled only {spilled} bytes: {memory}"
+    );
     assert!(
         peak < 384 << 20,
         "peak RSS {} MiB under a 32 MiB limit (input {} MiB): {memory}",
