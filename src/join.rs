@@ -19,7 +19,7 @@ use deltalake::arrow::datatypes::{
 use crate::config::TableConfig;
 use crate::diff::{classify, key, CurrentIndex, DigestMap, Op, OpCounts};
 use crate::error::{Error, Result};
-use crate::schema::{payload_schema, table_schema, EFF_START_DATE, KEYHASH, NONKEYHASH, OPERATION};
+use crate::schema::{payload_schema, EFF_START_DATE, KEYHASH, NONKEYHASH, OPERATION};
 use crate::source::{HashedBatch, InputFile, Reject, RowErrors};
 
 /// Column holding the index of a row's input file (into the run's file list).
@@ -62,8 +62,6 @@ pub struct PartitionDiff {
     pub current: Vec<RecordBatch>,
     pub history: Vec<RecordBatch>,
     pub counts: OpCounts,
-    /// Rows of the current side (the base the run diffs against).
-    pub current_rows: u64,
     /// Duplicate-key rows set aside under `on_error: reject`.
     pub rejects: Vec<Reject>,
 }
@@ -115,7 +113,6 @@ impl JoinContext<'_> {
 
         let mut out = PartitionDiff {
             counts: diff.counts,
-            current_rows: current.num_rows() as u64,
             rejects,
             ..PartitionDiff::default()
         };
@@ -232,9 +229,4 @@ fn row_text(batch: &RecordBatch, width: usize, row: usize, delimiter: u8) -> Str
         .map(|c| deltalake::arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
         .collect::<Vec<_>>()
         .join(&(delimiter as char).to_string())
-}
-
-/// The table schema of a config (payload then system columns).
-pub fn output_schema(config: &TableConfig) -> SchemaRef {
-    table_schema(&config.typed_columns())
 }

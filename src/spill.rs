@@ -38,16 +38,6 @@ impl Partitioner {
         }
     }
 
-    /// Number of partitions.
-    pub fn len(&self) -> usize {
-        self.partitions
-    }
-
-    /// Whether there is a single partition (always false: there is at least one).
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// The partition of one digest.
     pub fn of(&self, digest: &[u8]) -> usize {
         let mut b = [0u8; 4];
