@@ -95,6 +95,15 @@ pub struct OpCounts {
 }
 
 impl OpCounts {
+    /// Adds another count (e.g. of another partition) to this one.
+    pub fn merge(&mut self, other: &OpCounts) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.not_supplied += other.not_supplied;
+        self.unchanged += other.unchanged;
+    }
+
     fn add(&mut self, op: Op, n: u64) {
         match op {
             Op::Insert => self.inserted += n,

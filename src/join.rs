@@ -12,14 +12,12 @@ use deltalake::arrow::array::{
     UInt64Array,
 };
 use deltalake::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
-use deltalake::arrow::datatypes::{
-    DataType, Date32Type, Field, Schema, SchemaRef, UInt32Type, UInt64Type,
-};
+use deltalake::arrow::datatypes::{DataType, Date32Type, Field, SchemaRef, UInt32Type, UInt64Type};
 
 use crate::config::TableConfig;
 use crate::diff::{classify, key, CurrentIndex, DigestMap, Op, OpCounts};
 use crate::error::{Error, Result};
-use crate::schema::{payload_schema, EFF_START_DATE, KEYHASH, NONKEYHASH, OPERATION};
+use crate::schema::{hashed_schema, EFF_START_DATE, KEYHASH, NONKEYHASH, OPERATION};
 use crate::source::{HashedBatch, InputFile, Reject, RowErrors};
 
 /// Column holding the index of a row's input file (into the run's file list).
@@ -30,16 +28,13 @@ const LINE: &str = "__tributary_line";
 /// Schema of incoming rows while partitioned: payload columns, `keyhash`, `nonkeyhash`, and
 /// where each row came from.
 pub fn incoming_schema(config: &TableConfig) -> SchemaRef {
-    let mut fields: Vec<Field> = payload_schema(&config.typed_columns())
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new(KEYHASH, DataType::Binary, false));
-    fields.push(Field::new(NONKEYHASH, DataType::Binary, false));
-    fields.push(Field::new(FILE_INDEX, DataType::UInt32, false));
-    fields.push(Field::new(LINE, DataType::UInt64, false));
-    Arc::new(Schema::new(fields))
+    hashed_schema(
+        &config.typed_columns(),
+        [
+            Field::new(FILE_INDEX, DataType::UInt32, false),
+            Field::new(LINE, DataType::UInt64, false),
+        ],
+    )
 }
 
 /// A hashed source batch as one record batch of [`incoming_schema`].

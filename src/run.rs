@@ -444,7 +444,7 @@ fn diff_partitions(
                             let sides = store.take_all(p)?;
                             let out = context.diff(&sides[INCOMING], &sides[CURRENT_SIDE])?;
                             drop(sides);
-                            add_counts(&mut total.counts, &out.counts);
+                            total.counts.merge(&out.counts);
                             total.rejects.extend(out.rejects);
                             total.current_rows_written += send(&current_tx, out.current)?;
                             total.history_rows_written += send(&history_tx, out.history)?;
@@ -472,7 +472,7 @@ fn diff_partitions(
     for result in results {
         match result {
             Ok(part) => {
-                add_counts(&mut total.counts, &part.counts);
+                total.counts.merge(&part.counts);
                 total.rejects.extend(part.rejects);
                 total.current_rows_written += part.current_rows_written;
                 total.history_rows_written += part.history_rows_written;
@@ -521,14 +521,6 @@ const WRITER_GONE: &str = "a table writer stopped early";
 
 fn writer_gone() -> Error {
     Error::Internal(WRITER_GONE.into())
-}
-
-fn add_counts(total: &mut OpCounts, part: &OpCounts) {
-    total.inserted += part.inserted;
-    total.updated += part.updated;
-    total.deleted += part.deleted;
-    total.not_supplied += part.not_supplied;
-    total.unchanged += part.unchanged;
 }
 
 async fn join_writer(handle: tokio::task::JoinHandle<Result<Vec<Add>>>) -> Result<Vec<Add>> {

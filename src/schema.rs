@@ -129,6 +129,20 @@ pub fn payload_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
 /// Arrow schema of a current or history table: the configured columns, then `keyhash` and
 /// `nonkeyhash` (binary, 16 bytes), `operation` (string, one letter) and `eff_start_date` (date).
 pub fn table_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
+    hashed_schema(
+        columns,
+        [
+            Field::new(OPERATION, DataType::Utf8, false),
+            Field::new(EFF_START_DATE, DataType::Date32, false),
+        ],
+    )
+}
+
+/// The configured columns, then `keyhash` and `nonkeyhash` (binary), then `trailing`.
+pub fn hashed_schema(
+    columns: &[(String, ColumnType)],
+    trailing: impl IntoIterator<Item = Field>,
+) -> SchemaRef {
     let mut fields: Vec<Field> = payload_schema(columns)
         .fields()
         .iter()
@@ -136,8 +150,7 @@ pub fn table_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
         .collect();
     fields.push(Field::new(KEYHASH, DataType::Binary, false));
     fields.push(Field::new(NONKEYHASH, DataType::Binary, false));
-    fields.push(Field::new(OPERATION, DataType::Utf8, false));
-    fields.push(Field::new(EFF_START_DATE, DataType::Date32, false));
+    fields.extend(trailing);
     Arc::new(Schema::new(fields))
 }
 

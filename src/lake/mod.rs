@@ -216,21 +216,14 @@ pub async fn scan_stream(
     Ok(Some(ctx.read_table(provider)?.execute_stream().await?))
 }
 
-/// Reads a table through DataFusion, projecting `columns` (all when None).
+/// Reads a whole table through DataFusion ([`scan_stream`], collected).
 ///
 /// # Errors
 /// DataFusion and Delta errors.
-pub async fn scan(table: &DeltaTable, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
-    if table.snapshot()?.log_data().num_files() == 0 {
-        return Ok(Vec::new());
+pub async fn scan(table: &DeltaTable) -> Result<Vec<RecordBatch>> {
+    use futures::TryStreamExt;
+    match scan_stream(table).await? {
+        Some(stream) => Ok(stream.try_collect().await?),
+        None => Ok(Vec::new()),
     }
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state())?;
-    let provider = table.table_provider().await?;
-    let df = ctx.read_table(provider)?;
-    let df = match columns {
-        Some(cols) => df.select_columns(cols)?,
-        None => df,
-    };
-    Ok(df.collect().await?)
 }

@@ -87,7 +87,7 @@ impl Fixture {
 pub async fn table_rows(path: &Path) -> Vec<BTreeMap<String, String>> {
     let url = url::Url::from_directory_path(path).unwrap();
     let table = deltalake::open_table(url).await.unwrap();
-    let batches = tributary::lake::scan(&table, None).await.unwrap();
+    let batches = tributary::lake::scan(&table).await.unwrap();
     batches.iter().flat_map(batch_rows).collect()
 }
 
