@@ -56,6 +56,12 @@ pub struct ConfigFile {
     pub partitions: Option<usize>,
     /// Parquet compression of the written data files: `snappy` (default), `zstd` or `none`.
     pub compression: Option<Compression>,
+    /// Columns the current table is partitioned by (hive-style folders, Delta partition
+    /// columns); default none.
+    pub partition_by: Option<Vec<String>>,
+    /// Where a change-log table records the input files it applied; default
+    /// `<current_table_path>_applied`.
+    pub applied_table_path: Option<String>,
     pub columns: Vec<ColumnFile>,
 }
 
@@ -86,7 +92,7 @@ impl ByteSizeText {
 }
 
 /// Parquet compression codec of written data files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     #[default]
@@ -96,16 +102,20 @@ pub enum Compression {
 }
 
 /// One entry of `columns:` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnFile {
     pub name: String,
     #[serde(rename = "type")]
     pub ty: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub key: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub ignore: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `extract_type`: a full extract holds every live row (missing keys are deletes); a delta
@@ -150,6 +160,10 @@ pub struct TableConfig {
     pub current_url: Url,
     pub history_url: Url,
     pub rejects_url: Url,
+    /// The applied-files table of change-log tables (see `lake::applied`).
+    pub applied_url: Url,
+    /// Partition columns of the current table, in order.
+    pub partition_by: Vec<String>,
     /// Set when the file named `temp_current_table_path` (logged once as unused).
     pub has_temp_current_path: bool,
     pub delimiter: u8,
@@ -272,6 +286,14 @@ pub fn table_url(field: &str, text: &str, base: &Path) -> Result<Url> {
     Url::from_directory_path(&path).map_err(|_| invalid(field, "not an absolute path"))
 }
 
+/// The folder URL next to `url` whose name ends in `suffix` (`.../orders/` -> `.../orders_applied/`).
+fn sibling_url(url: &Url, suffix: &str) -> Result<Url> {
+    let mut s = url.as_str().trim_end_matches('/').to_string();
+    s.push_str(suffix);
+    s.push('/');
+    Url::parse(&s).map_err(|e| invalid("current_table_path", e.to_string()))
+}
+
 impl ConfigFile {
     /// Checks every field and returns the runtime config. Pure: no I/O.
     ///
@@ -377,23 +399,41 @@ impl ConfigFile {
         let history_url = table_url("history_table_path", &self.history_table_path, base)?;
         let rejects_url = match &self.rejects_table_path {
             Some(p) => table_url("rejects_table_path", p, base)?,
-            None => {
-                let mut s = current_url.as_str().trim_end_matches('/').to_string();
-                s.push_str("_rejects/");
-                Url::parse(&s).map_err(|e| invalid("current_table_path", e.to_string()))?
-            }
+            None => sibling_url(&current_url, "_rejects")?,
         };
-        if current_url == history_url || current_url == rejects_url || history_url == rejects_url {
+        let applied_url = match &self.applied_table_path {
+            Some(p) => table_url("applied_table_path", p, base)?,
+            None => sibling_url(&current_url, "_applied")?,
+        };
+        let urls = [&current_url, &history_url, &rejects_url, &applied_url];
+        if (1..urls.len()).any(|i| urls[..i].contains(&urls[i])) {
             return Err(invalid(
                 "history_table_path",
-                "current, history and rejects tables need three different paths",
+                "current, history, rejects and applied tables need different paths",
             ));
+        }
+        let partition_by = self.partition_by.unwrap_or_default();
+        for (i, name) in partition_by.iter().enumerate() {
+            if !columns.iter().any(|c| &c.name == name) {
+                return Err(invalid(
+                    format!("partition_by[{i}]"),
+                    format!("`{name}` is not a configured column"),
+                ));
+            }
+            if partition_by[..i].contains(name) {
+                return Err(invalid(
+                    format!("partition_by[{i}]"),
+                    format!("`{name}` is listed twice"),
+                ));
+            }
         }
         Ok(TableConfig {
             name: self.name,
             current_url,
             history_url,
             rejects_url,
+            applied_url,
+            partition_by,
             has_temp_current_path: self.temp_current_table_path.is_some(),
             delimiter,
             quote,

@@ -5,8 +5,11 @@
 //! partition at a time) → `lake` (current and history Delta tables, committed together). `run`
 //! ties the stages together for one business day; `generate` makes synthetic data.
 
+pub mod apply;
+pub mod change;
 pub mod check;
 pub mod config;
+pub mod controller;
 pub mod demo;
 pub mod diff;
 pub mod error;
@@ -22,5 +25,6 @@ pub mod schema;
 pub mod source;
 pub mod spill;
 pub mod summary;
+pub mod tables;
 
 pub use error::{Error, Result};

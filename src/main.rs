@@ -74,6 +74,89 @@ enum Command {
     Validate { config: PathBuf },
     /// Generate the seed example and run both days into DIR (default ./tributary-demo).
     Demo { dir: Option<PathBuf> },
+    /// Load change files (AWS DMS, Debezium JSON) from a landing zone into lake tables.
+    ///
+    /// Exit code 5 when some tables failed (the others are still applied).
+    Sync {
+        /// Landing root: one folder per <schema>/<table>.
+        landing_root: PathBuf,
+        /// Lake root: tables go to <lake>/<schema>/<table>/{current,history,applied}.
+        #[arg(long)]
+        lake: PathBuf,
+        /// Tables file (default <landing_root>/tables.yaml); see `tributary tables`.
+        #[arg(long)]
+        tables: Option<PathBuf>,
+        /// Tables loaded at the same time.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Business date for changes without a commit time (default: today, UTC).
+        #[arg(long)]
+        date: Option<String>,
+        /// Keep syncing every INTERVAL (e.g. 30s, 5m, 1h) until interrupted.
+        #[arg(long)]
+        watch: Option<String>,
+        /// Print the summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the landing zone's tables and whether they are active; adds new folders to the
+    /// tables file as inactive entries and (de)activates tables.
+    Tables {
+        /// Landing root: one folder per <schema>/<table>.
+        landing_root: PathBuf,
+        /// Tables file (default <landing_root>/tables.yaml).
+        #[arg(long)]
+        tables: Option<PathBuf>,
+        /// Set `active: true` for these <schema>/<table> names.
+        #[arg(long)]
+        activate: Vec<String>,
+        /// Set `active: false` for these <schema>/<table> names.
+        #[arg(long)]
+        deactivate: Vec<String>,
+    },
+}
+
+/// Exit code of a sync pass in which some tables failed.
+const EXIT_SOME_TABLES_FAILED: u8 = 5;
+
+/// Parses an interval: seconds, or a number with `s`, `m` or `h`.
+fn parse_interval(text: &str) -> Result<std::time::Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&text[..i], &text[i..]),
+        None => (text, "s"),
+    };
+    let factor = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(Error::Usage(format!("--watch `{text}`: use seconds, or 30s, 5m, 1h"))),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(n) if n > 0.0 => Ok(std::time::Duration::from_secs_f64(n * factor)),
+        _ => Err(Error::Usage(format!("--watch `{text}`: use seconds, or 30s, 5m, 1h"))),
+    }
+}
+
+fn print_sync(summary: &tributary::controller::SyncSummary) {
+    for t in &summary.tables {
+        println!("{:<32} {:<10} {}", t.table, t.status, t.message);
+    }
+    if !summary.inactive.is_empty() {
+        println!(
+            "not active (enable with `tributary tables --activate`): {}",
+            summary.inactive.join(", ")
+        );
+    }
+    if !summary.missing.is_empty() {
+        println!("active but no landing folder: {}", summary.missing.join(", "));
+    }
+    println!(
+        "{} tables, {} failed, {:.2} s",
+        summary.tables.len(),
+        summary.failed,
+        summary.elapsed_secs
+    );
 }
 
 /// Logs when RUST_LOG is unset: Tributary at info; libraries only on errors (delta-kernel logs an
@@ -94,7 +177,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-async fn execute(command: Command) -> Result<()> {
+async fn execute(command: Command) -> Result<u8> {
     match command {
         Command::Run {
             config,
@@ -230,8 +313,75 @@ async fn execute(command: Command) -> Result<()> {
                 std::path::absolute(&dir).unwrap_or(dir.clone()).display()
             );
         }
+        Command::Sync {
+            landing_root,
+            lake,
+            tables,
+            jobs,
+            date,
+            watch,
+            json,
+        } => {
+            let run_date = match date {
+                Some(d) => parse_date(&d)?,
+                None => chrono::Utc::now().date_naive(),
+            };
+            let interval = watch.as_deref().map(parse_interval).transpose()?;
+            let options = tributary::controller::SyncOptions {
+                tables_file: tables.unwrap_or_else(|| landing_root.join("tables.yaml")),
+                landing: landing_root,
+                lake,
+                jobs,
+                run_date,
+                progress: !json,
+            };
+            loop {
+                let summary = tributary::controller::sync(&options).await?;
+                if json {
+                    print_json(&summary)?;
+                } else {
+                    print_sync(&summary);
+                }
+                let Some(interval) = interval else {
+                    return Ok(if summary.failed > 0 { EXIT_SOME_TABLES_FAILED } else { 0 });
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(0),
+                }
+            }
+        }
+        Command::Tables {
+            landing_root,
+            tables,
+            activate,
+            deactivate,
+        } => {
+            let path = tables.unwrap_or_else(|| landing_root.join("tables.yaml"));
+            let file = tributary::tables::TablesFile::load(&path)?;
+            let (file, added) =
+                tributary::controller::refresh_tables(&landing_root, file, &activate, &deactivate)?;
+            file.save(&path)?;
+            for t in &file.tables {
+                let state = if t.active { "active" } else { "inactive" };
+                let key = if t.primary_key.is_empty() {
+                    "no primary key: inserts only".to_string()
+                } else {
+                    format!("primary key {}", t.primary_key.join(", "))
+                };
+                let new = if added.contains(&t.source) { " (new)" } else { "" };
+                println!(
+                    "{:<32} {:<8} {:?}, {} columns, {key}{new}",
+                    t.source,
+                    state,
+                    t.layout,
+                    t.columns.len()
+                );
+            }
+            println!("tables file: {}", path.display());
+        }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() -> ExitCode {
@@ -254,7 +404,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(execute(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err}");
             let mut source = std::error::Error::source(&err);

@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use deltalake::arrow::array::{Array, ArrayRef, RecordBatch};
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::array::RecordBatch;
 use deltalake::kernel::Add;
 use deltalake::DeltaTable;
 use futures::StreamExt;
@@ -203,7 +201,7 @@ pub async fn run(
         let scan = async {
             if let Some(mut stream) = lake::scan_stream(table).await? {
                 while let Some(batch) = stream.next().await {
-                    let batch = conform(&batch?, &schema)?;
+                    let batch = lake::conform(&batch?, &schema)?;
                     tokio::task::block_in_place(|| -> Result<()> {
                         for (p, piece) in partitioner.split(&batch, keyhash_at)? {
                             store.push(CURRENT_SIDE, p, piece)?;
@@ -313,7 +311,7 @@ pub async fn run(
         lake.current.clone(),
         Planned {
             adds: current_adds,
-            removes: all_files_removed(&lake.current)?,
+            removes: lake::all_files_removed(&lake.current)?,
         },
     )];
     if let Some(table) = rejects_table {
@@ -578,37 +576,6 @@ async fn base_table(lake: &Lake, replacing: Option<&RunRecord>) -> Result<Option
     let mut table = lake.current.clone();
     table.load_version(version as _).await?;
     Ok(Some(table))
-}
-
-/// Casts scanned columns to the table schema (readers may return view or dictionary types).
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|field| {
-            let column = batch
-                .column_by_name(field.name())
-                .ok_or_else(|| Error::Lake {
-                    table: CURRENT.into(),
-                    reason: format!("scan returned no column `{}`", field.name()),
-                })?;
-            Ok(if column.data_type() == field.data_type() {
-                column.clone()
-            } else {
-                cast(column, field.data_type())?
-            })
-        })
-        .collect::<Result<Vec<ArrayRef>>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
-
-fn all_files_removed(table: &DeltaTable) -> Result<Vec<deltalake::kernel::Remove>> {
-    Ok(table
-        .snapshot()?
-        .log_data()
-        .iter()
-        .map(|f| f.remove_action(true))
-        .collect())
 }
 
 /// Remove actions for the history files a replaced run added.

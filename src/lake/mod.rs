@@ -14,13 +14,16 @@
 //! - **What is read.** A diff streams the current table once (all columns: the rows of keys
 //!   that left the extract keep their stored values), partitioned by keyhash (see `spill`).
 
+pub mod applied;
 mod commit;
 pub mod log;
 mod table;
 
 use std::collections::HashMap;
 
-use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::array::{ArrayRef, RecordBatch};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 
@@ -38,6 +41,7 @@ use crate::schema::{table_schema, EFF_START_DATE};
 pub const CURRENT: &str = "current";
 pub const HISTORY: &str = "history";
 pub const REJECTS: &str = "rejects";
+pub const APPLIED: &str = "applied";
 
 /// The open tables of one configured table.
 pub struct Lake {
@@ -68,11 +72,12 @@ impl Lake {
         create: bool,
     ) -> Result<Option<(Lake, Option<Recovery>)>> {
         let schema = table_schema(&config.typed_columns());
+        let partition_by: Vec<&str> = config.partition_by.iter().map(String::as_str).collect();
         let current = table::open_or_create(
             config,
             &config.current_url,
             schema.clone(),
-            &[],
+            &partition_by,
             CURRENT,
             create,
         )
@@ -147,6 +152,22 @@ impl Lake {
         }))
     }
 
+    /// Opens the applied-files table if it exists (change-log tables only).
+    ///
+    /// # Errors
+    /// [`Error::Lake`] for a table of another schema; Delta errors.
+    pub async fn applied_table(&self) -> Result<Option<DeltaTable>> {
+        table::open_or_create(
+            &self.config,
+            &self.config.applied_url,
+            applied::schema(),
+            &[],
+            APPLIED,
+            false,
+        )
+        .await
+    }
+
     /// Opens (or creates) a follower table by role.
     pub(crate) async fn follower(&self, role: &str) -> Result<DeltaTable> {
         match role {
@@ -161,6 +182,16 @@ impl Lake {
             )
             .await?
             .ok_or_else(|| Error::Internal("rejects table not created".into())),
+            APPLIED => table::open_or_create(
+                &self.config,
+                &self.config.applied_url,
+                applied::schema(),
+                &[],
+                APPLIED,
+                true,
+            )
+            .await?
+            .ok_or_else(|| Error::Internal("applied table not created".into())),
             other => Err(Error::Internal(format!("unknown follower table `{other}`"))),
         }
     }
@@ -227,3 +258,36 @@ pub async fn scan(table: &DeltaTable) -> Result<Vec<RecordBatch>> {
         None => Ok(Vec::new()),
     }
 }
+
+/// Casts scanned columns to the table schema (readers may return view or dictionary types).
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let column = batch
+                .column_by_name(field.name())
+                .ok_or_else(|| Error::Lake {
+                    table: CURRENT.into(),
+                    reason: format!("scan returned no column `{}`", field.name()),
+                })?;
+            Ok(if column.data_type() == field.data_type() {
+                column.clone()
+            } else {
+                cast(column, field.data_type())?
+            })
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Remove actions for every data file of a table (a whole-table rewrite).
+pub fn all_files_removed(table: &DeltaTable) -> Result<Vec<deltalake::kernel::Remove>> {
+    Ok(table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| f.remove_action(true))
+        .collect())
+}
+

@@ -78,6 +78,17 @@ pub async fn open_or_create(
         Err(e) => return Err(e.into()),
     };
     check(&table, config, &schema, role)?;
+    let found = table.snapshot()?.metadata().partition_columns().to_vec();
+    if found.iter().map(String::as_str).ne(partitions.iter().copied()) {
+        return Err(lake_err(
+            role,
+            format!(
+                "is partitioned by [{}], the config gives [{}]",
+                found.join(", "),
+                partitions.join(", ")
+            ),
+        ));
+    }
     Ok(Some(table))
 }
 

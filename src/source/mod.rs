@@ -5,7 +5,10 @@
 //! `on_error: reject`, are set aside as [`Reject`]s; none is dropped silently.
 
 mod cast;
+pub mod changes;
 mod csv;
+mod debezium;
+mod dms;
 mod files;
 mod parquet;
 

@@ -7,3 +7,4 @@ mod model;
 mod readers;
 mod snapshot;
 mod spill;
+mod sync;

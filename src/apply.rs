@@ -1,0 +1,448 @@
+//! Applying change-log batches to a table's current and history tables in one run.
+//!
+//! 1. Keep the last change per key by source order ([`last_per_key`]).
+//! 2. Find the data files of the current table that hold a changed key: one scan of `keyhash`,
+//!    `operation` and the file path (the DMS walkthrough's "impacted files").
+//! 3. Rewrite only those files: their unchanged rows are copied, changed keys get their new row
+//!    (upsert), deleted keys are dropped (hard) or kept with `operation = D` (soft). Rows that
+//!    move to another `partition_by` value leave their old file, so no duplicate remains.
+//! 4. History gets one row per applied change: I and U rows carry the change's values, D rows the
+//!    last stored values of the deleted key; `eff_start_date` is the change's commit date, or the
+//!    run date when the source has none.
+//! 5. One run commit (`lake` contract): history first, then current and the applied-files table.
+//!
+//! Tables without a primary key only take inserts, appended without a scan (the DMS
+//! walkthrough's rule); their updates and deletes are counted and skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use deltalake::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray,
+};
+use deltalake::arrow::compute::{cast, filter_record_batch, interleave_record_batch};
+use deltalake::arrow::datatypes::{DataType, SchemaRef};
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::Remove;
+use deltalake::DeltaTable;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::change::{last_per_key, ChangeBatch, ChangeOp, Outcome};
+use crate::config::TableConfig;
+use crate::diff::{key, DigestMap};
+use crate::error::{Error, Result};
+use crate::lake::applied::AppliedFile;
+use crate::lake::{
+    self, write_files, write_stream, writer_properties, Lake, Planned, RunRecord, APPLIED,
+    CURRENT, HISTORY,
+};
+use crate::run::epoch_days;
+use crate::schema::{table_schema, EFF_START_DATE, KEYHASH, OPERATION};
+use crate::tables::DeleteMode;
+
+/// Name of the file-path column of the impacted-files scan.
+const FILE_COLUMN: &str = "__tributary_file";
+
+/// One run of changes for [`apply`].
+pub struct ApplyRequest<'a> {
+    pub config: &'a TableConfig,
+    pub delete_mode: DeleteMode,
+    /// Load inserts only (no primary key configured).
+    pub insert_only: bool,
+    pub changes: Vec<ChangeBatch>,
+    /// Replace the whole current table (a new DMS full load) instead of merging into it.
+    pub reload: bool,
+    /// Input files this run consumes, recorded in the applied-files table.
+    pub applied: Vec<AppliedFile>,
+    pub run_date: NaiveDate,
+    pub fingerprint: String,
+}
+
+/// What a run applied.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ApplySummary {
+    pub run_seq: i64,
+    /// Change rows read.
+    pub changes_read: u64,
+    /// Keys left after keeping the last change per key.
+    pub keys_changed: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Deletes of keys that are not in the table.
+    pub ignored_deletes: u64,
+    /// Updates and deletes of a table without primary key (not loaded).
+    pub skipped_without_key: u64,
+    /// Data files of the current table before the run.
+    pub current_files: u64,
+    /// Of those, the files rewritten because they hold a changed key.
+    pub files_rewritten: u64,
+    /// Unchanged rows copied from rewritten files.
+    pub rows_copied: u64,
+    pub current_version: Option<u64>,
+    pub history_version: Option<u64>,
+    pub elapsed_secs: f64,
+}
+
+/// Applies one run of changes and commits it (see the module docs).
+///
+/// # Errors
+/// Delta, DataFusion and Parquet errors; [`Error::Lake`] when the tables already record this
+/// run. Data files written before a failure are deleted; nothing is committed.
+pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySummary> {
+    let started = Instant::now();
+    let config = request.config;
+    let seq = lake::log::txn_version(&lake.current, lake.app_id())
+        .await?
+        .unwrap_or(0)
+        + 1;
+    let run_days = epoch_days(request.run_date);
+    let schema = table_schema(&config.typed_columns());
+    let mut summary = ApplySummary {
+        run_seq: seq,
+        changes_read: request.changes.iter().map(|b| b.len() as u64).sum(),
+        current_files: lake.current.snapshot()?.log_data().num_files() as u64,
+        ..Default::default()
+    };
+    let sources: Vec<RecordBatch> = request
+        .changes
+        .iter()
+        .map(|b| change_rows(&schema, b, run_days))
+        .collect::<Result<_>>()?;
+
+    let keys = config.key_indices();
+    let unique: Vec<&str> = match keys.as_slice() {
+        [only] => vec![config.columns[*only].name.as_str()],
+        _ => Vec::new(),
+    };
+    let properties = writer_properties(config.compression, 32 << 20, &unique);
+    let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
+    let current_writer = tokio::spawn(write_stream(
+        lake.current.clone(),
+        current_rx,
+        properties.clone(),
+    ));
+
+    let merged = async {
+        let mut history = Vec::new();
+        let mut removes = Vec::new();
+        if request.insert_only {
+            let mut picked = Vec::new();
+            for (b, batch) in request.changes.iter().enumerate() {
+                for (row, op) in batch.ops.iter().enumerate() {
+                    if *op == ChangeOp::Insert {
+                        picked.push((b, row));
+                    } else {
+                        summary.skipped_without_key += 1;
+                    }
+                }
+            }
+            summary.inserted = picked.len() as u64;
+            summary.keys_changed = picked.len() as u64;
+            let rows = match picked.is_empty() {
+                true => RecordBatch::new_empty(schema.clone()),
+                false => with_operations(&sources, &picked, &vec!["I"; picked.len()])?,
+            };
+            if request.reload {
+                removes = lake::all_files_removed(&lake.current)?;
+                summary.files_rewritten = summary.current_files;
+            }
+            send(&current_tx, rows.clone()).await?;
+            history.push(rows);
+            return Ok::<_, Error>((history, removes));
+        }
+        let winners = last_per_key(&request.changes);
+        summary.keys_changed = winners.len() as u64;
+        let mut changed: DigestMap<usize> = DigestMap::default();
+        for (w, p) in winners.iter().enumerate() {
+            changed.insert(key(request.changes[p.batch].rows.keyhash.value(p.row)), w);
+        }
+        // Stored rows of changed keys (for history D rows and ignored deletes).
+        let mut old_rows: Vec<RecordBatch> = Vec::new();
+        let mut old_at: DigestMap<(usize, usize)> = DigestMap::default();
+        let mut live: HashSet<crate::diff::Key> = HashSet::new();
+        if request.reload {
+            removes = lake::all_files_removed(&lake.current)?;
+            summary.files_rewritten = summary.current_files;
+        } else if summary.current_files > 0 {
+            let impacted = impacted_files(&lake.current, &changed).await?;
+            summary.files_rewritten = impacted.len() as u64;
+            removes = impacted.values().cloned().collect();
+            if !impacted.is_empty() {
+                let mut stream = scan_files(&lake.current, impacted.keys().cloned()).await?;
+                while let Some(batch) = stream.next().await {
+                    let batch = lake::conform(&batch?, &schema)?;
+                    let keyhash = batch.column_by_name(KEYHASH).ok_or_else(no_keyhash)?;
+                    let keyhash = keyhash.as_binary::<i32>();
+                    let hit: BooleanArray = (0..batch.num_rows())
+                        .map(|i| Some(changed.contains_key(&key(keyhash.value(i)))))
+                        .collect();
+                    let kept = filter_record_batch(&batch, &deltalake::arrow::compute::not(&hit)?)?;
+                    summary.rows_copied += kept.num_rows() as u64;
+                    send(&current_tx, kept).await?;
+                    let old = filter_record_batch(&batch, &hit)?;
+                    if old.num_rows() > 0 {
+                        let keyhash = old.column_by_name(KEYHASH).ok_or_else(no_keyhash)?;
+                        let keyhash = keyhash.as_binary::<i32>();
+                        let ops = old.column_by_name(OPERATION).ok_or_else(no_keyhash)?;
+                        let ops = cast(ops, &DataType::Utf8)?;
+                        let ops = ops.as_string::<i32>();
+                        for i in 0..old.num_rows() {
+                            let k = key(keyhash.value(i));
+                            old_at.insert(k, (old_rows.len(), i));
+                            if ops.value(i) != "D" {
+                                live.insert(k);
+                            }
+                        }
+                        old_rows.push(old);
+                    }
+                }
+            }
+        }
+
+        // Resolve each key's last change against the stored state.
+        let mut new_picks = Vec::new();
+        let mut new_codes = Vec::new();
+        let mut deleted = Vec::new();
+        let mut kept_old = Vec::new();
+        for p in &winners {
+            let batch = &request.changes[p.batch];
+            let k = key(batch.rows.keyhash.value(p.row));
+            match Outcome::resolve(batch.ops[p.row], live.contains(&k)) {
+                Outcome::Insert => {
+                    summary.inserted += 1;
+                    new_picks.push((p.batch, p.row));
+                    new_codes.push("I");
+                }
+                Outcome::Update => {
+                    summary.updated += 1;
+                    new_picks.push((p.batch, p.row));
+                    new_codes.push("U");
+                }
+                Outcome::Delete => {
+                    summary.deleted += 1;
+                    let at = old_at.get(&k).copied().ok_or_else(|| {
+                        Error::Internal("a live key has no stored row".into())
+                    })?;
+                    let day = sources[p.batch]
+                        .column_by_name(EFF_START_DATE)
+                        .and_then(|c| c.as_any().downcast_ref::<Date32Array>().map(|d| d.value(p.row)))
+                        .unwrap_or(run_days);
+                    deleted.push((at, day));
+                }
+                Outcome::IgnoredDelete => {
+                    summary.ignored_deletes += 1;
+                    if let Some(at) = old_at.get(&k) {
+                        kept_old.push(*at);
+                    }
+                }
+            }
+        }
+        if !new_picks.is_empty() {
+            let upserts = with_operations(&sources, &new_picks, &new_codes)?;
+            send(&current_tx, upserts.clone()).await?;
+            history.push(upserts);
+        }
+        if !kept_old.is_empty() {
+            send(&current_tx, interleave_record_batch(&old_rows.iter().collect::<Vec<_>>(), &kept_old)?).await?;
+        }
+        if !deleted.is_empty() {
+            let at: Vec<(usize, usize)> = deleted.iter().map(|(a, _)| *a).collect();
+            let rows = interleave_record_batch(&old_rows.iter().collect::<Vec<_>>(), &at)?;
+            let days = Date32Array::from_iter_values(deleted.iter().map(|(_, d)| *d));
+            let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
+            if request.delete_mode == DeleteMode::Soft {
+                send(&current_tx, rows.clone()).await?;
+            }
+            history.push(rows);
+        }
+        Ok((history, removes))
+    }
+    .await;
+    drop(current_tx);
+    let current_adds = current_writer
+        .await
+        .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?;
+    let (history_rows, current_removes) = match merged {
+        Ok(m) => m,
+        Err(e) => {
+            if let Ok(adds) = &current_adds {
+                lake::discard_files(&lake.current, adds).await;
+            }
+            return Err(e);
+        }
+    };
+    let current_adds = current_adds?;
+    let written = async {
+        let history_adds = write_files(&lake.history, history_rows).await?;
+        let applied_table = lake.follower(APPLIED).await?;
+        let batch = lake::applied::batch(&request.applied, seq)?;
+        let applied_adds = write_files(&applied_table, vec![batch]).await?;
+        Ok::<_, Error>((history_adds, applied_table, applied_adds))
+    }
+    .await;
+    let (history_adds, applied_table, applied_adds) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            lake::discard_files(&lake.current, &current_adds).await;
+            return Err(e);
+        }
+    };
+    let record = RunRecord {
+        seq,
+        business_date: request.run_date.format("%Y-%m-%d").to_string(),
+        fingerprint: request.fingerprint.clone(),
+        current_base_version: lake.current.version(),
+        history_version: None,
+    };
+    let followers = vec![
+        (
+            CURRENT,
+            lake.current.clone(),
+            Planned {
+                adds: current_adds,
+                removes: current_removes,
+            },
+        ),
+        (
+            APPLIED,
+            applied_table,
+            Planned {
+                adds: applied_adds,
+                removes: Vec::new(),
+            },
+        ),
+    ];
+    let history_plan = Planned {
+        adds: history_adds,
+        removes: Vec::new(),
+    };
+    let versions = lake.commit_run(record, history_plan, followers).await?;
+    summary.current_version = versions.get(CURRENT).copied();
+    summary.history_version = versions.get(HISTORY).copied();
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The rows of a change batch in the table schema: payload, digests, an `operation` column
+/// (filled per output row later) and `eff_start_date` (commit date, else the run date).
+fn change_rows(schema: &SchemaRef, batch: &ChangeBatch, run_days: i32) -> Result<RecordBatch> {
+    let rows = &batch.rows;
+    let mut columns: Vec<ArrayRef> = rows.payload.columns().to_vec();
+    columns.push(Arc::new(rows.keyhash.clone()));
+    columns.push(Arc::new(rows.nonkeyhash.clone()));
+    columns.push(Arc::new(StringArray::from_iter_values(
+        batch.ops.iter().map(|_| "I"),
+    )));
+    columns.push(Arc::new(Date32Array::from_iter_values(
+        batch.commit_days.iter().map(|d| d.unwrap_or(run_days)),
+    )));
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The picked rows of `sources` (batch, row), with their `operation` codes.
+fn with_operations(
+    sources: &[RecordBatch],
+    picks: &[(usize, usize)],
+    codes: &[&str],
+) -> Result<RecordBatch> {
+    let rows = interleave_record_batch(&sources.iter().collect::<Vec<_>>(), picks)?;
+    let days = rows
+        .column_by_name(EFF_START_DATE)
+        .ok_or_else(|| Error::Internal("change rows without eff_start_date".into()))?
+        .clone();
+    replace_columns(&rows, codes.to_vec(), days)
+}
+
+/// `rows` with its `operation` and `eff_start_date` columns replaced.
+fn replace_columns(rows: &RecordBatch, codes: Vec<&str>, days: impl Array + 'static) -> Result<RecordBatch> {
+    let schema = rows.schema();
+    let mut columns = rows.columns().to_vec();
+    columns[schema.index_of(OPERATION)?] = Arc::new(StringArray::from(codes));
+    columns[schema.index_of(EFF_START_DATE)?] = Arc::new(days);
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+async fn send(tx: &tokio::sync::mpsc::Sender<RecordBatch>, batch: RecordBatch) -> Result<()> {
+    if batch.num_rows() == 0 {
+        return Ok(());
+    }
+    tx.send(batch)
+        .await
+        .map_err(|_| Error::Internal("the current table writer stopped early".into()))
+}
+
+/// The data files of `table` holding a key of `changed`, by file id (the scan's file URL),
+/// with their remove actions.
+async fn impacted_files(
+    table: &DeltaTable,
+    changed: &DigestMap<usize>,
+) -> Result<HashMap<String, Remove>> {
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
+    let mut stream = ctx
+        .read_table(provider)?
+        .select_columns(&[KEYHASH, FILE_COLUMN])?
+        .execute_stream()
+        .await?;
+    let mut hit: HashSet<String> = HashSet::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let keyhash = cast(batch.column(0), &DataType::Binary)?;
+        let keyhash = keyhash.as_binary::<i32>();
+        let files = cast(batch.column(1), &DataType::Utf8)?;
+        let files = files.as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            if changed.contains_key(&key(keyhash.value(i))) && !hit.contains(files.value(i)) {
+                hit.insert(files.value(i).to_string());
+            }
+        }
+    }
+    let root = table.table_url().clone();
+    let mut by_path: HashMap<String, Remove> = HashMap::new();
+    for file in table.snapshot()?.log_data().iter() {
+        by_path.insert(file.path().into_owned(), file.remove_action(true));
+    }
+    hit.into_iter()
+        .map(|id| {
+            let path = relative_path(&id, &root);
+            let remove = by_path.get(&path).cloned().ok_or_else(|| Error::Lake {
+                table: CURRENT.into(),
+                reason: format!("scanned file {id} is not in the table's log"),
+            })?;
+            Ok((id, remove))
+        })
+        .collect()
+}
+
+/// The decoded path of a file id (URL) relative to the table root.
+fn relative_path(id: &str, root: &url::Url) -> String {
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let root_path = decode(root.path().trim_end_matches('/'));
+    let path = url::Url::parse(id).map_or_else(|_| decode(id), |u| decode(u.path()));
+    path.strip_prefix(&root_path)
+        .map(|p| p.trim_start_matches('/').to_string())
+        .unwrap_or(path)
+}
+
+/// Streams every column of the given files of `table`.
+async fn scan_files(
+    table: &DeltaTable,
+    files: impl Iterator<Item = String>,
+) -> Result<deltalake::datafusion::physical_plan::SendableRecordBatchStream> {
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table.table_provider().with_file_paths(files).await?;
+    Ok(ctx.read_table(provider)?.execute_stream().await?)
+}
+
+fn no_keyhash() -> Error {
+    Error::Lake {
+        table: CURRENT.into(),
+        reason: "scan returned no keyhash/operation column".into(),
+    }
+}

@@ -1,0 +1,259 @@
+//! Change logs: a batch of source changes (insert, update, delete) with their source order, the
+//! "last change per key" de-duplication, and how a change resolves against the current table.
+//!
+//! Source order (DESIGN.md, issue 4): the file order (hexadecimal counter of DMS `LOAD` files,
+//! then the timestamp names of DMS change files, or the name order of event files), then the row
+//! order inside a file; for Debezium events the LSN, or the source `ts_ms` when there is no LSN,
+//! comes first, and file and row break ties (several events can share one LSN or millisecond).
+
+use serde::Serialize;
+
+use crate::diff::{key, DigestMap};
+use crate::source::HashedBatch;
+
+/// A source operation, mapped onto Tributary's: DMS `I`/`U`/`D`; Debezium `c` and `r` (create,
+/// snapshot read) are inserts, `u` an update, `d` a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum ChangeOp {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl ChangeOp {
+    /// Parses a DMS `Op` value (`I`, `U`, `D`; case-insensitive).
+    pub fn from_dms(text: &str) -> Option<Self> {
+        match text.trim() {
+            "I" | "i" => Some(ChangeOp::Insert),
+            "U" | "u" => Some(ChangeOp::Update),
+            "D" | "d" => Some(ChangeOp::Delete),
+            _ => None,
+        }
+    }
+
+    /// Parses a Debezium `op` / `__op` value (`c`, `r`, `u`, `d`).
+    pub fn from_debezium(text: &str) -> Option<Self> {
+        match text {
+            "c" | "r" => Some(ChangeOp::Insert),
+            "u" => Some(ChangeOp::Update),
+            "d" => Some(ChangeOp::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// Where a change sits in its source. Compared field by field: `position` (LSN or `ts_ms`; 0
+/// for sources ordered by file and row alone), then `file` (index in the run's ordered file
+/// list), then `row` (1-based line or row in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+pub struct SourceOrder {
+    pub position: u64,
+    pub file: u32,
+    pub row: u64,
+}
+
+/// Changes read from one source file: typed, hashed rows with one operation, source order and
+/// commit date per row.
+#[derive(Debug, Clone)]
+pub struct ChangeBatch {
+    pub rows: HashedBatch,
+    pub ops: Vec<ChangeOp>,
+    pub order: Vec<SourceOrder>,
+    /// Commit date of each change (days since 1970-01-01), when the source carries one
+    /// (DMS `TimestampColumnName`, Debezium `source.ts_ms`).
+    pub commit_days: Vec<Option<i32>>,
+}
+
+impl ChangeBatch {
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A change picked by [`last_per_key`]: its batch and row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Picked {
+    pub batch: usize,
+    pub row: usize,
+}
+
+/// The last change of each key by source order, returned in source order. Two changes of one
+/// key with equal [`SourceOrder`] cannot happen within one run (file and row differ); if they
+/// do, the one in the later batch wins.
+pub fn last_per_key(batches: &[ChangeBatch]) -> Vec<Picked> {
+    let mut best: DigestMap<(SourceOrder, Picked)> = DigestMap::with_capacity_and_hasher(
+        batches.iter().map(ChangeBatch::len).sum(),
+        Default::default(),
+    );
+    for (b, batch) in batches.iter().enumerate() {
+        for (row, order) in batch.order.iter().enumerate() {
+            let k = key(batch.rows.keyhash.value(row));
+            let picked = Picked { batch: b, row };
+            best.entry(k)
+                .and_modify(|slot| {
+                    if *order >= slot.0 {
+                        *slot = (*order, picked);
+                    }
+                })
+                .or_insert((*order, picked));
+        }
+    }
+    let mut out: Vec<(SourceOrder, Picked)> = best.into_values().collect();
+    out.sort_unstable_by_key(|(order, p)| (*order, p.batch, p.row));
+    out.into_iter().map(|(_, p)| p).collect()
+}
+
+/// What the last change of a key does to the current table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// The key is not live: the row is added (an update of an unknown key is an insert).
+    Insert,
+    /// The key is live: its row is replaced (an insert of a live key is an upsert).
+    Update,
+    /// The key is live: its row is removed (or kept with `operation = D` under soft deletes).
+    Delete,
+    /// A delete of a key that is not live: counted and ignored.
+    IgnoredDelete,
+}
+
+impl Outcome {
+    /// Resolves a change against whether its key is live in the current table (a soft-deleted
+    /// key is not live).
+    pub fn resolve(op: ChangeOp, live: bool) -> Self {
+        match (op, live) {
+            (ChangeOp::Insert | ChangeOp::Update, false) => Outcome::Insert,
+            (ChangeOp::Insert | ChangeOp::Update, true) => Outcome::Update,
+            (ChangeOp::Delete, true) => Outcome::Delete,
+            (ChangeOp::Delete, false) => Outcome::IgnoredDelete,
+        }
+    }
+
+    /// The `operation` code written for this outcome (None: nothing is written).
+    pub fn code(self) -> Option<&'static str> {
+        match self {
+            Outcome::Insert => Some("I"),
+            Outcome::Update => Some("U"),
+            Outcome::Delete => Some("D"),
+            Outcome::IgnoredDelete => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::{BinaryArray, RecordBatch};
+    use deltalake::arrow::datatypes::Schema;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn digest(k: u8) -> [u8; 16] {
+        let mut d = [0u8; 16];
+        d[0] = k;
+        d[15] = k.wrapping_mul(31);
+        d
+    }
+
+    /// A batch of changes of `keys`, with the given orders.
+    fn batch(file: usize, changes: &[(u8, ChangeOp, SourceOrder)]) -> ChangeBatch {
+        let digests: Vec<[u8; 16]> = changes.iter().map(|(k, _, _)| digest(*k)).collect();
+        let keyhash = BinaryArray::from_iter_values(digests.iter());
+        ChangeBatch {
+            rows: HashedBatch {
+                payload: RecordBatch::new_empty(Arc::new(Schema::empty())),
+                keyhash: keyhash.clone(),
+                nonkeyhash: keyhash,
+                file,
+                lines: changes.iter().map(|c| c.2.row).collect(),
+            },
+            ops: changes.iter().map(|c| c.1).collect(),
+            order: changes.iter().map(|c| c.2).collect(),
+            commit_days: vec![None; changes.len()],
+        }
+    }
+
+    #[test]
+    fn parses_source_op_codes() {
+        assert_eq!(ChangeOp::from_dms("U"), Some(ChangeOp::Update));
+        assert_eq!(ChangeOp::from_dms("x"), None);
+        assert_eq!(ChangeOp::from_debezium("r"), Some(ChangeOp::Insert));
+        assert_eq!(ChangeOp::from_debezium("d"), Some(ChangeOp::Delete));
+        assert_eq!(ChangeOp::from_debezium("t"), None, "truncate is not a row change");
+    }
+
+    #[test]
+    fn resolves_changes_against_liveness() {
+        use ChangeOp::*;
+        assert_eq!(Outcome::resolve(Update, false), Outcome::Insert);
+        assert_eq!(Outcome::resolve(Insert, true), Outcome::Update);
+        assert_eq!(Outcome::resolve(Delete, true), Outcome::Delete);
+        assert_eq!(Outcome::resolve(Delete, false), Outcome::IgnoredDelete);
+        assert_eq!(Outcome::IgnoredDelete.code(), None);
+    }
+
+    #[test]
+    fn a_later_position_wins_over_a_later_file() {
+        let o = |position, file, row| SourceOrder {
+            position,
+            file,
+            row,
+        };
+        let batches = [
+            batch(0, &[(1, ChangeOp::Update, o(20, 0, 1))]),
+            batch(1, &[(1, ChangeOp::Delete, o(10, 1, 1))]),
+        ];
+        let picked = last_per_key(&batches);
+        assert_eq!(picked, vec![Picked { batch: 0, row: 0 }]);
+    }
+
+    fn op() -> impl Strategy<Value = ChangeOp> {
+        prop_oneof![
+            Just(ChangeOp::Insert),
+            Just(ChangeOp::Update),
+            Just(ChangeOp::Delete)
+        ]
+    }
+
+    proptest! {
+        /// Against a reference model: sort every change by its order and replay them into a map,
+        /// so that the last write of each key stays. Positions are drawn from a small range so
+        /// that ties (several events at one LSN) are common; file and row break them.
+        #[test]
+        fn last_per_key_matches_a_replay_in_source_order(
+            changes in prop::collection::vec((0u8..12, op(), 0u64..4), 0..80),
+            files in 1usize..4,
+        ) {
+            // Deal the changes over `files` files; each row gets its file and line.
+            let mut per_file: Vec<Vec<(u8, ChangeOp, SourceOrder)>> = vec![Vec::new(); files];
+            for (i, (k, op, position)) in changes.iter().enumerate() {
+                let f = i % files;
+                let row = per_file[f].len() as u64 + 1;
+                per_file[f].push((*k, *op, SourceOrder { position: *position, file: f as u32, row }));
+            }
+            // Batches are handed over in reverse file order: the order must not come from it.
+            let batches: Vec<ChangeBatch> =
+                per_file.iter().enumerate().rev().map(|(f, c)| batch(f, c)).collect();
+            let picked = last_per_key(&batches);
+
+            let mut all: Vec<(u8, ChangeOp, SourceOrder)> = per_file.concat();
+            all.sort_by_key(|c| c.2);
+            let mut model: std::collections::BTreeMap<u8, (ChangeOp, SourceOrder)> = Default::default();
+            for (k, op, order) in &all {
+                model.insert(*k, (*op, *order));
+            }
+            let mut expected: Vec<(ChangeOp, SourceOrder)> = model.into_values().collect();
+            expected.sort_by_key(|e| e.1);
+            let got: Vec<(ChangeOp, SourceOrder)> = picked
+                .iter()
+                .map(|p| (batches[p.batch].ops[p.row], batches[p.batch].order[p.row]))
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! AWS DMS S3 target files (CSV without header, and Parquet).
+//!
+//! Layout followed (AWS DMS "Using Amazon S3 as a target"): a change file's first column is `Op`
+//! (`I`, `U`, `D`), followed by the commit timestamp column when the task sets
+//! `TimestampColumnName`, then the table's columns in source order. Full-load (`LOAD*`) files
+//! have the same columns, except that `Op` is absent unless the task sets
+//! `includeOpForFullLoad`; every full-load row is an insert. Parquet files name their columns,
+//! so `Op` and the timestamp column are found by name.
+
+use std::fs::File;
+use std::io::BufReader;
+
+use deltalake::arrow::array::{Array, AsArray, StringArray, StringBuilder};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::DataType;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::changes::{timestamp_days, typed_batch, ChangeFile, FileKind};
+use super::BATCH_ROWS;
+use crate::change::{ChangeBatch, ChangeOp, SourceOrder};
+use crate::config::TableConfig;
+use crate::error::{Error, Result};
+use crate::schema::ColumnType;
+use crate::tables::TableEntry;
+
+/// Where `Op` and the timestamp sit in a CSV record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CsvLayout {
+    op: Option<usize>,
+    timestamp: Option<usize>,
+    first_data: usize,
+}
+
+/// Works out the layout of a record with `fields` fields for a table of `columns` columns.
+fn csv_layout(
+    fields: usize,
+    columns: usize,
+    has_timestamp: bool,
+    first_field: &[u8],
+    kind: FileKind,
+) -> Option<CsvLayout> {
+    let looks_like_op = std::str::from_utf8(first_field)
+        .ok()
+        .and_then(ChangeOp::from_dms)
+        .is_some();
+    let layout = |op, timestamp, first_data| {
+        Some(CsvLayout {
+            op,
+            timestamp,
+            first_data,
+        })
+    };
+    if fields == columns + 2 && has_timestamp {
+        layout(Some(0), Some(1), 2)
+    } else if fields == columns + 1 && (looks_like_op || !has_timestamp) {
+        layout(Some(0), None, 1)
+    } else if fields == columns + 1 && kind == FileKind::Load {
+        layout(None, Some(0), 1)
+    } else if fields == columns && kind == FileKind::Load {
+        layout(None, None, 0)
+    } else {
+        None
+    }
+}
+
+fn bad_row(file: &ChangeFile, line: u64, column: Option<&str>, reason: String) -> Error {
+    Error::BadRow {
+        file: file.path.display().to_string(),
+        line,
+        column: column.map(str::to_string),
+        reason,
+    }
+}
+
+/// Reads a DMS CSV file (no header) into change batches of at most [`BATCH_ROWS`] rows.
+///
+/// # Errors
+/// [`Error::BadRow`] for a record with the wrong field count, an unknown `Op`, a bad
+/// timestamp or a value that does not convert; I/O and CSV errors.
+pub(super) fn read_csv(
+    config: &TableConfig,
+    entry: &TableEntry,
+    file: &ChangeFile,
+    index: usize,
+) -> Result<Vec<ChangeBatch>> {
+    let handle = File::open(&file.path).map_err(|e| Error::Input {
+        path: file.path.clone(),
+        reason: format!("cannot open: {e}"),
+    })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(config.delimiter)
+        .quote(config.quote)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(1 << 20, handle));
+    let columns = &config.columns;
+    let timestamp_name = entry.timestamp_column.as_deref();
+    let is_null = |field: &[u8], ty: ColumnType| match &config.null_value {
+        Some(nv) => field == nv.as_bytes(),
+        None => field.is_empty() && ty != ColumnType::String,
+    };
+    let mut out = Vec::new();
+    let mut record = csv::ByteRecord::new();
+    let mut layout: Option<CsvLayout> = None;
+    loop {
+        let mut builders: Vec<StringBuilder> = columns.iter().map(|_| StringBuilder::new()).collect();
+        let mut ops = Vec::new();
+        let mut order = Vec::new();
+        let mut days = Vec::new();
+        let mut lines = Vec::new();
+        let mut more = false;
+        while reader.read_byte_record(&mut record)? {
+            let line = record.position().map_or(0, |p| p.line());
+            let found = csv_layout(
+                record.len(),
+                columns.len(),
+                timestamp_name.is_some(),
+                record.get(0).unwrap_or_default(),
+                file.kind,
+            );
+            let this = match (found, layout) {
+                (Some(f), None) => {
+                    layout = Some(f);
+                    f
+                }
+                (Some(f), Some(l)) if f == l => l,
+                _ => {
+                    let extra = match (file.kind, timestamp_name) {
+                        (FileKind::Load, Some(_)) => "[Op,] [timestamp,] ",
+                        (FileKind::Load, None) => "[Op,] ",
+                        (FileKind::Change, Some(_)) => "Op, timestamp, ",
+                        (FileKind::Change, None) => "Op, ",
+                    };
+                    let reason = format!(
+                        "expected {extra}then {} table columns, found {} fields{}",
+                        columns.len(),
+                        record.len(),
+                        if layout.is_some() {
+                            " (or a layout that differs from the file's first row)"
+                        } else {
+                            ""
+                        }
+                    );
+                    return Err(bad_row(file, line, None, reason));
+                }
+            };
+            let text = |i: usize, name: &str| -> Result<&str> {
+                std::str::from_utf8(&record[i])
+                    .map_err(|_| bad_row(file, line, Some(name), "invalid UTF-8".into()))
+            };
+            let op = match (this.op, file.kind) {
+                (Some(i), _) => {
+                    let value = text(i, "Op")?;
+                    ChangeOp::from_dms(value).ok_or_else(|| {
+                        bad_row(
+                            file,
+                            line,
+                            Some("Op"),
+                            format!("`{value}` is not an operation (I, U or D)"),
+                        )
+                    })?
+                }
+                (None, _) => ChangeOp::Insert,
+            };
+            let op = if file.kind == FileKind::Load {
+                ChangeOp::Insert
+            } else {
+                op
+            };
+            let day = match (this.timestamp, timestamp_name) {
+                (Some(i), Some(name)) => {
+                    let value = text(i, name)?;
+                    Some(timestamp_days(value).ok_or_else(|| {
+                        bad_row(
+                            file,
+                            line,
+                            Some(name),
+                            format!("cannot parse `{value}` as a commit timestamp"),
+                        )
+                    })?)
+                }
+                _ => None,
+            };
+            for (c, column) in columns.iter().enumerate() {
+                let field = &record[this.first_data + c];
+                if is_null(field, column.ty) {
+                    builders[c].append_null();
+                } else {
+                    builders[c].append_value(text(this.first_data + c, &column.name)?);
+                }
+            }
+            ops.push(op);
+            order.push(SourceOrder {
+                position: 0,
+                file: index as u32,
+                row: line,
+            });
+            days.push(day);
+            lines.push(line);
+            if ops.len() >= BATCH_ROWS {
+                more = true;
+                break;
+            }
+        }
+        if !ops.is_empty() {
+            let raw = builders.iter_mut().map(|b| b.finish()).collect();
+            out.push(ChangeBatch {
+                rows: typed_batch(config, file, index, raw, lines)?,
+                ops,
+                order,
+                commit_days: days,
+            });
+        }
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
+/// Reads a DMS Parquet file: the configured columns, `Op` and the timestamp column by name
+/// (case-insensitive). Rows are numbered from 1.
+///
+/// # Errors
+/// [`Error::Input`] for a missing column (or a change file without `Op`); [`Error::BadRow`] for
+/// an unknown `Op`, a bad timestamp or a value that does not convert; Parquet errors.
+pub(super) fn read_parquet(
+    config: &TableConfig,
+    entry: &TableEntry,
+    file: &ChangeFile,
+    index: usize,
+) -> Result<Vec<ChangeBatch>> {
+    let input_err = |reason: String| Error::Input {
+        path: file.path.clone(),
+        reason,
+    };
+    let handle = File::open(&file.path).map_err(|e| input_err(format!("cannot open: {e}")))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(handle)?.with_batch_size(BATCH_ROWS);
+    let schema = builder.schema().clone();
+    let find = |name: &str| {
+        schema
+            .fields()
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(name))
+    };
+    let op_at = find("Op");
+    if op_at.is_none() && file.kind == FileKind::Change {
+        return Err(input_err("a change file needs an `Op` column".into()));
+    }
+    let timestamp_at = match entry.timestamp_column.as_deref() {
+        Some(name) => find(name),
+        None => None,
+    };
+    if timestamp_at.is_none() && file.kind == FileKind::Change {
+        if let Some(name) = &entry.timestamp_column {
+            return Err(input_err(format!("has no timestamp column `{name}`")));
+        }
+    }
+    let positions = config
+        .columns
+        .iter()
+        .map(|c| find(&c.name).ok_or_else(|| input_err(format!("has no column `{}`", c.name))))
+        .collect::<Result<Vec<usize>>>()?;
+    let mut out = Vec::new();
+    let mut row = 0u64;
+    for batch in builder.build()? {
+        let batch = batch?;
+        let n = batch.num_rows();
+        let lines: Vec<u64> = (row + 1..=row + n as u64).collect();
+        row += n as u64;
+        let text = |at: usize| -> Result<StringArray> {
+            Ok(cast(batch.column(at), &DataType::Utf8)?
+                .as_string::<i32>()
+                .clone())
+        };
+        let ops = match op_at {
+            Some(at) if file.kind == FileKind::Change => {
+                let values = text(at)?;
+                (0..n)
+                    .map(|i| {
+                        let value = if values.is_null(i) { "" } else { values.value(i) };
+                        ChangeOp::from_dms(value).ok_or_else(|| {
+                            bad_row(
+                                file,
+                                lines[i],
+                                Some("Op"),
+                                format!("`{value}` is not an operation (I, U or D)"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            _ => vec![ChangeOp::Insert; n],
+        };
+        let days = match timestamp_at {
+            Some(at) => day_column(batch.column(at), file, &lines, entry)?,
+            None => vec![None; n],
+        };
+        let raw = positions
+            .iter()
+            .map(|&at| text(at))
+            .collect::<Result<Vec<_>>>()?;
+        out.push(ChangeBatch {
+            rows: typed_batch(config, file, index, raw, lines.clone())?,
+            ops,
+            order: lines
+                .iter()
+                .map(|&l| SourceOrder {
+                    position: 0,
+                    file: index as u32,
+                    row: l,
+                })
+                .collect(),
+            commit_days: days,
+        });
+    }
+    Ok(out)
+}
+
+/// Commit days of a Parquet timestamp column (a timestamp type, or text).
+fn day_column(
+    column: &deltalake::arrow::array::ArrayRef,
+    file: &ChangeFile,
+    lines: &[u64],
+    entry: &TableEntry,
+) -> Result<Vec<Option<i32>>> {
+    let name = entry.timestamp_column.as_deref().unwrap_or("timestamp");
+    if let DataType::Timestamp(_, _) = column.data_type() {
+        let micros = cast(
+            column,
+            &DataType::Timestamp(deltalake::arrow::datatypes::TimeUnit::Microsecond, None),
+        )?;
+        let micros = micros.as_primitive::<deltalake::arrow::datatypes::TimestampMicrosecondType>();
+        return Ok((0..micros.len())
+            .map(|i| {
+                (!micros.is_null(i)).then(|| micros.value(i).div_euclid(86_400_000_000) as i32)
+            })
+            .collect());
+    }
+    let text = cast(column, &DataType::Utf8)?;
+    let text = text.as_string::<i32>();
+    (0..text.len())
+        .map(|i| {
+            if text.is_null(i) {
+                return Ok(None);
+            }
+            timestamp_days(text.value(i)).map(Some).ok_or_else(|| {
+                bad_row(
+                    file,
+                    lines[i],
+                    Some(name),
+                    format!("cannot parse `{}` as a commit timestamp", text.value(i)),
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn works_out_the_csv_layout_from_the_field_count() {
+        let l = |op, timestamp, first_data| {
+            Some(CsvLayout {
+                op,
+                timestamp,
+                first_data,
+            })
+        };
+        // change files: Op first, then the timestamp when configured
+        assert_eq!(csv_layout(4, 3, false, b"U", FileKind::Change), l(Some(0), None, 1));
+        assert_eq!(
+            csv_layout(5, 3, true, b"D", FileKind::Change),
+            l(Some(0), Some(1), 2)
+        );
+        assert_eq!(csv_layout(3, 3, false, b"1", FileKind::Change), None);
+        // full-load files: Op optional
+        assert_eq!(csv_layout(3, 3, false, b"1", FileKind::Load), l(None, None, 0));
+        assert_eq!(csv_layout(4, 3, false, b"I", FileKind::Load), l(Some(0), None, 1));
+        assert_eq!(
+            csv_layout(4, 3, true, b"2020-01-01 00:00:00", FileKind::Load),
+            l(None, Some(0), 1)
+        );
+        assert_eq!(csv_layout(7, 3, true, b"I", FileKind::Load), None);
+    }
+}

@@ -1,0 +1,457 @@
+//! `tributary sync` over landing folders in the DMS layout (CSV and Parquet) and Debezium JSON.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use tributary::controller::{sync, SyncOptions, SyncSummary, TableSync};
+
+use crate::common::table_rows;
+
+type Row = BTreeMap<String, String>;
+
+struct Landing {
+    dir: tempfile::TempDir,
+}
+
+const ORDERS: &str = "\
+- source: sales/orders
+  active: true
+  primary_key: [id]
+  partition_by: [region]
+  timestamp_column: ts
+  columns:
+  - {name: id, type: long}
+  - {name: region, type: string}
+  - {name: amount, type: double}
+";
+
+impl Landing {
+    fn new(tables: &str) -> Landing {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("landing")).unwrap();
+        let l = Landing { dir };
+        std::fs::write(l.root().join("tables.yaml"), format!("tables:\n{tables}")).unwrap();
+        l
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("landing")
+    }
+
+    fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+
+    fn file(&self, table: &str, name: &str, contents: &str) -> PathBuf {
+        let path = self.root().join(table).join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn options(&self) -> SyncOptions {
+        SyncOptions {
+            landing: self.root(),
+            lake: self.lake(),
+            tables_file: self.root().join("tables.yaml"),
+            jobs: 2,
+            run_date: NaiveDate::from_ymd_opt(2024, 3, 9).unwrap(),
+            progress: false,
+        }
+    }
+
+    async fn sync(&self) -> SyncSummary {
+        sync(&self.options()).await.unwrap()
+    }
+
+    /// Syncs and returns the one table's result, which must not have failed.
+    async fn sync_one(&self) -> TableSync {
+        let s = self.sync().await;
+        assert_eq!(s.tables.len(), 1, "{s:?}");
+        let t = s.tables[0].clone();
+        assert_ne!(t.status, "failed", "{t:?}");
+        t
+    }
+
+    async fn table(&self, table: &str, role: &str) -> Vec<Row> {
+        table_rows(&self.lake().join(table).join(role)).await
+    }
+
+    /// Current rows by `id`.
+    async fn current(&self, table: &str) -> BTreeMap<String, Row> {
+        let rows = self.table(table, "current").await;
+        let by_id: BTreeMap<String, Row> = rows.iter().map(|r| (r["id"].clone(), r.clone())).collect();
+        assert_eq!(by_id.len(), rows.len(), "a key is in current twice: {rows:?}");
+        by_id
+    }
+}
+
+/// (id, region, amount, operation, eff_start_date) of current rows.
+fn shape(current: &BTreeMap<String, Row>) -> Vec<(String, String, String, String, String)> {
+    current
+        .values()
+        .map(|r| {
+            (
+                r["id"].clone(),
+                r["region"].clone(),
+                r["amount"].clone(),
+                r["operation"].clone(),
+                r["eff_start_date"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn s(v: &[(&str, &str, &str, &str, &str)]) -> Vec<(String, String, String, String, String)> {
+    v.iter()
+        .map(|(a, b, c, d, e)| (a.to_string(), b.to_string(), c.to_string(), d.to_string(), e.to_string()))
+        .collect()
+}
+
+/// The first DMS day of `sales/orders`: a full load and one change file.
+fn orders_day1(l: &Landing) {
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
+    l.file("sales/orders", "LOAD00000002.csv", "3,west,30\n");
+    l.file(
+        "sales/orders",
+        "20240301-1000000000.csv",
+        "U,2024-03-01 10:00:00.000000,2,west,21\n\
+         D,2024-03-01 10:00:01.000000,3,west,30\n\
+         I,2024-03-01 10:00:02.000000,4,east,40\n\
+         U,2024-03-01 10:00:03.000000,4,east,41\n\
+         I,2024-03-01 10:00:04.000000,9,east,1\n\
+         D,2024-03-01 10:00:05.000000,9,east,1\n\
+         D,2024-03-01 10:00:06.000000,99,east,0\n",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dms_load_and_changes_upsert_delete_and_move_partitions() {
+    let l = Landing::new(ORDERS);
+    orders_day1(&l);
+    let t = l.sync_one().await;
+    let a = t.apply.clone().unwrap();
+    assert_eq!((t.status.as_str(), t.files, t.reload), ("applied", 3, true));
+    assert_eq!(a.changes_read, 10);
+    // Within one run only the last change per key counts, resolved against the table before
+    // the run (empty): 1, 2 and 4 are inserted; the deletes of 3, 9 and 99 find no live key.
+    assert_eq!((a.inserted, a.updated, a.deleted, a.ignored_deletes), (3, 0, 0, 3));
+    assert_eq!(
+        shape(&l.current("sales/orders").await),
+        s(&[
+            ("1", "east", "10.0", "I", "2024-03-09"),
+            ("2", "west", "21.0", "I", "2024-03-01"),
+            ("4", "east", "41.0", "I", "2024-03-01"),
+        ])
+    );
+
+    // Day 2: key 3 comes back (a re-insert after a delete), key 2 moves back east, 1 is deleted.
+    l.file(
+        "sales/orders",
+        "20240302-0900000000.csv",
+        "I,2024-03-02 09:00:00.000000,3,east,33\n\
+         U,2024-03-02 09:00:01.000000,2,east,22\n\
+         D,2024-03-02 09:00:02.000000,1,east,10\n",
+    );
+    let t = l.sync_one().await;
+    let a = t.apply.clone().unwrap();
+    assert!(!t.reload);
+    assert_eq!((a.inserted, a.updated, a.deleted, a.ignored_deletes), (1, 1, 1, 0));
+    assert_eq!(
+        shape(&l.current("sales/orders").await),
+        s(&[
+            ("2", "east", "22.0", "U", "2024-03-02"),
+            ("3", "east", "33.0", "I", "2024-03-02"),
+            ("4", "east", "41.0", "I", "2024-03-01"),
+        ])
+    );
+    // The row of key 2 left the region=west partition: no data file is left there.
+    let west = l.lake().join("sales/orders/current/region=west");
+    let live_west: Vec<Row> = l
+        .table("sales/orders", "current")
+        .await
+        .into_iter()
+        .filter(|r| r["region"] == "west")
+        .collect();
+    assert!(live_west.is_empty(), "{live_west:?} (folder {})", west.display());
+
+    // History: every applied change; the deleted key's D row carries its last stored values.
+    let history = l.table("sales/orders", "history").await;
+    let mut h: Vec<(String, String, String)> = history
+        .iter()
+        .map(|r| (r["id"].clone(), r["operation"].clone(), r["amount"].clone()))
+        .collect();
+    h.sort();
+    let expected: Vec<(String, String, String)> = [
+        ("1", "D", "10.0"),
+        ("1", "I", "10.0"),
+        ("2", "I", "21.0"),
+        ("2", "U", "22.0"),
+        ("3", "I", "33.0"),
+        ("4", "I", "41.0"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(h, expected);
+
+    // Re-running applies nothing and commits nothing.
+    let version = l.table("sales/orders", "history").await.len();
+    let t = l.sync_one().await;
+    assert_eq!(t.status, "up-to-date");
+    assert_eq!(l.table("sales/orders", "history").await.len(), version);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soft_deletes_keep_the_key_with_operation_d_until_it_returns() {
+    let l = Landing::new(&ORDERS.replace("  timestamp_column: ts\n", "  delete_mode: soft\n"));
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
+    l.sync_one().await;
+    l.file("sales/orders", "20240301-1000000000.csv", "D,1,east,10\n");
+    l.sync_one().await;
+    let current = l.current("sales/orders").await;
+    assert_eq!(current["1"]["operation"], "D");
+    assert_eq!(current["1"]["amount"], "10.0");
+    // A second delete of a soft-deleted key is ignored and keeps the row.
+    l.file("sales/orders", "20240302-1000000000.csv", "D,1,east,10\n");
+    let t = l.sync_one().await;
+    assert_eq!(t.apply.unwrap().ignored_deletes, 1);
+    assert_eq!(l.current("sales/orders").await["1"]["operation"], "D");
+    l.file("sales/orders", "20240303-1000000000.csv", "I,1,west,11\n");
+    let t = l.sync_one().await;
+    assert_eq!(t.apply.unwrap().inserted, 1, "a soft-deleted key is not live");
+    let current = l.current("sales/orders").await;
+    assert_eq!(current["1"]["operation"], "I");
+    assert_eq!(current["1"]["region"], "west");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_files_holding_a_changed_key_are_rewritten() {
+    let tables = ORDERS
+        .replace("  partition_by: [region]\n", "")
+        .replace("  timestamp_column: ts\n", "");
+    let l = Landing::new(&tables);
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
+    l.sync_one().await;
+    l.file("sales/orders", "20240301-1000000000.csv", "I,3,east,30\nI,4,east,40\n");
+    let t = l.sync_one().await.apply.unwrap();
+    assert_eq!((t.current_files, t.files_rewritten), (1, 0), "inserts of new keys rewrite nothing");
+    l.file("sales/orders", "20240302-1000000000.csv", "U,4,east,41\n");
+    let t = l.sync_one().await.apply.unwrap();
+    assert_eq!((t.current_files, t.files_rewritten, t.rows_copied), (2, 1, 1));
+    let current = l.current("sales/orders").await;
+    assert_eq!(current.len(), 4);
+    assert_eq!(current["4"]["amount"], "41.0");
+    assert_eq!(current["1"]["amount"], "10.0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_primary_key_only_inserts_are_loaded() {
+    let tables = ORDERS
+        .replace("  primary_key: [id]\n", "")
+        .replace("  partition_by: [region]\n", "")
+        .replace("  timestamp_column: ts\n", "");
+    let l = Landing::new(&tables);
+    l.file("sales/orders", "20240301-1000000000.csv", "I,1,east,10\nI,1,east,10\nU,1,east,11\nD,1,east,10\n");
+    let t = l.sync_one().await;
+    let a = t.apply.clone().unwrap();
+    assert_eq!((a.inserted, a.skipped_without_key), (2, 2));
+    assert!(t.message.contains("inserts only"), "{}", t.message);
+    assert_eq!(l.table("sales/orders", "current").await.len(), 2, "identical inserts are both kept");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rewritten_full_load_replaces_the_table() {
+    let tables = ORDERS.replace("  timestamp_column: ts\n", "");
+    let l = Landing::new(&tables);
+    let load = l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
+    l.sync_one().await;
+    l.file("sales/orders", "20240301-1000000000.csv", "U,1,east,11\n");
+    l.sync_one().await;
+    std::fs::write(&load, "1,east,12\n5,west,50\n").unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    std::fs::File::options().write(true).open(&load).unwrap().set_modified(later).unwrap();
+    let t = l.sync_one().await;
+    assert!(t.reload, "{t:?}");
+    let current = l.current("sales/orders").await;
+    assert_eq!(current.keys().collect::<Vec<_>>(), ["1", "5"]);
+    assert_eq!(current["1"]["amount"], "12.0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_envelope_wrapped_and_flattened_events_apply_in_lsn_order() {
+    let tables = "\
+- source: inventory/customers
+  active: true
+  layout: debezium
+  primary_key: [id]
+  columns:
+  - {name: id, type: long}
+  - {name: name, type: string}
+  - {name: born, type: date}
+";
+    let l = Landing::new(tables);
+    let day = 19_783i64 * 86_400_000; // 2024-03-01 in ms
+    let events = [
+        // line order differs from LSN order: the LSN decides
+        format!(r#"{{"before":{{"id":1,"name":"a","born":0}},"after":{{"id":1,"name":"b","born":0}},"source":{{"lsn":200,"ts_ms":{day}}},"op":"u","ts_ms":{day}}}"#),
+        format!(r#"{{"before":null,"after":{{"id":1,"name":"a","born":0}},"source":{{"lsn":100,"ts_ms":{day}}},"op":"c","ts_ms":{day}}}"#),
+        "null".to_string(),
+        format!(r#"{{"schema":{{"type":"struct"}},"payload":{{"before":null,"after":{{"id":2,"name":"x","born":19783}},"source":{{"lsn":150,"ts_ms":{day}}},"op":"r"}}}}"#),
+        format!(r#"{{"schema":{{"type":"struct"}},"payload":null}}"#),
+        format!(r#"{{"id":3,"name":"z","born":null,"__op":"c","__lsn":160,"__source_ts_ms":{day}}}"#),
+        format!(r#"{{"id":3,"name":null,"born":null,"__op":"d","__deleted":"true","__lsn":170,"__source_ts_ms":{}}}"#, day + 86_400_000),
+        format!(r#"{{"id":4,"name":"w","born":null,"__op":"c","__deleted":"false","__lsn":180,"__source_ts_ms":{day}}}"#),
+    ];
+    l.file("inventory/customers", "events-0001.json", &(events.join("\n") + "\n"));
+    let t = l.sync_one().await;
+    let a = t.apply.unwrap();
+    assert_eq!(a.changes_read, 6, "two tombstones skipped");
+    let current = l.current("inventory/customers").await;
+    assert_eq!(current.keys().collect::<Vec<_>>(), ["1", "2", "4"]);
+    assert_eq!(current["1"]["name"], "b");
+    assert_eq!(current["2"]["born"], "2024-03-01");
+    assert_eq!(current["1"]["eff_start_date"], "2024-03-01");
+
+    // Key 3 is live after a later file; its delete event (flattened, NULL non-keys) removes it and
+    // history keeps its last stored name.
+    l.file(
+        "inventory/customers",
+        "events-0002.json",
+        &format!("{}\n", r#"{"id":3,"name":"z","born":null,"__op":"c","__lsn":300}"#),
+    );
+    l.sync_one().await;
+    l.file(
+        "inventory/customers",
+        "events-0003.json",
+        &format!("{}\n", r#"{"id":3,"name":null,"born":null,"__op":"d","__deleted":"true","__lsn":400,"__source_ts_ms":1710000000000}"#),
+    );
+    l.sync_one().await;
+    assert!(!l.current("inventory/customers").await.contains_key("3"));
+    let history = l.table("inventory/customers", "history").await;
+    let d: Vec<&Row> = history.iter().filter(|r| r["id"] == "3" && r["operation"] == "D").collect();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0]["name"], "z");
+    assert_eq!(d[0]["eff_start_date"], "2024-03-09");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dms_parquet_files_are_read_by_column_name() {
+    use deltalake::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    let tables = ORDERS.replace("  partition_by: [region]\n", "");
+    let l = Landing::new(&tables);
+    let write = |name: &str, ops: Option<Vec<&str>>, ids: Vec<i64>, amounts: Vec<f64>| {
+        let mut fields = Vec::new();
+        let mut columns: Vec<Arc<dyn deltalake::arrow::array::Array>> = Vec::new();
+        if let Some(ops) = ops {
+            fields.push(Field::new("Op", DataType::Utf8, false));
+            columns.push(Arc::new(StringArray::from(ops)));
+            fields.push(Field::new("ts", DataType::Utf8, false));
+            columns.push(Arc::new(StringArray::from(vec!["2024-03-05 01:02:03"; ids.len()])));
+        }
+        // columns in another order than the config: matched by name
+        fields.push(Field::new("amount", DataType::Float64, true));
+        columns.push(Arc::new(Float64Array::from(amounts)));
+        fields.push(Field::new("id", DataType::Int64, false));
+        columns.push(Arc::new(Int64Array::from(ids.clone())));
+        fields.push(Field::new("region", DataType::Utf8, false));
+        columns.push(Arc::new(StringArray::from(vec!["east"; ids.len()])));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let path = l.root().join("sales/orders").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut w = deltalake::parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(path).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    };
+    write("LOAD00000001.parquet", None, vec![1, 2], vec![10.0, 20.0]);
+    write("20240305-0102030000.parquet", Some(vec!["U", "D"]), vec![1, 2], vec![11.0, 20.0]);
+    let t = l.sync_one().await;
+    assert_eq!(t.files, 2);
+    let current = l.current("sales/orders").await;
+    assert_eq!(current.keys().collect::<Vec<_>>(), ["1"]);
+    assert_eq!(current["1"]["amount"], "11.0");
+    assert_eq!(current["1"]["eff_start_date"], "2024-03-05");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_table_does_not_stop_the_others_and_creates_nothing() {
+    let tables = format!(
+        "{}{}",
+        ORDERS.replace("  timestamp_column: ts\n", ""),
+        ORDERS
+            .replace("sales/orders", "sales/returns")
+            .replace("  timestamp_column: ts\n", "")
+    );
+    let l = Landing::new(&tables);
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n");
+    l.file("sales/returns", "LOAD00000001.csv", "1,east,10\n2,east,lots\n");
+    l.file("hr/people", "LOAD00000001.csv", "1\n");
+    let s = l.sync().await;
+    assert_eq!(s.failed, 1);
+    assert_eq!(s.inactive, vec!["hr/people".to_string()]);
+    let failed = s.tables.iter().find(|t| t.table == "sales.returns").unwrap();
+    let err = failed.error.clone().unwrap();
+    assert!(err.contains("LOAD00000001.csv") && err.contains("line 2") && err.contains("amount"), "{err}");
+    assert!(!l.lake().join("sales/returns/current").exists(), "a failed first run leaves no table");
+    let ok = s.tables.iter().find(|t| t.table == "sales.orders").unwrap();
+    assert_eq!(ok.status, "applied");
+
+    l.file("sales/returns", "LOAD00000001.csv", "1,east,10\n2,east,5\n");
+    let s = l.sync().await;
+    assert_eq!(s.failed, 0, "{s:?}");
+    assert_eq!(l.current("sales/returns").await.len(), 2);
+}
+
+/// Runs `tributary sync` as a process, optionally aborting at a crash point.
+fn sync_process(l: &Landing, crash_at: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
+    cmd.args([
+        "sync",
+        l.root().to_str().unwrap(),
+        "--lake",
+        l.lake().to_str().unwrap(),
+        "--date",
+        "2024-03-09",
+        "--json",
+    ]);
+    if let Some(point) = crash_at {
+        cmd.env("TRIBUTARY_CRASH_AT", point);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_killed_at_any_commit_point_ends_like_an_uninterrupted_one() {
+    let clean = Landing::new(ORDERS);
+    orders_day1(&clean);
+    clean.sync_one().await;
+    let expected_current = shape(&clean.current("sales/orders").await);
+    let expected_history = clean.table("sales/orders", "history").await.len();
+
+    for point in ["before-history-commit", "after-history-commit"] {
+        let l = Landing::new(ORDERS);
+        orders_day1(&l);
+        let out = sync_process(&l, Some(point));
+        assert!(!out.status.success(), "{point}: the process should have aborted");
+        let out = sync_process(&l, None);
+        assert!(out.status.success(), "{point}: {}", String::from_utf8_lossy(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let status = summary["tables"][0]["status"].as_str().unwrap().to_string();
+        let want = if point == "before-history-commit" { "applied" } else { "up-to-date" };
+        assert_eq!(status, want, "{point}: {summary}");
+        assert_eq!(shape(&l.current("sales/orders").await), expected_current, "{point}");
+        assert_eq!(l.table("sales/orders", "history").await.len(), expected_history, "{point}");
+        // and once more: nothing left to do
+        let again: serde_json::Value = serde_json::from_slice(&sync_process(&l, None).stdout).unwrap();
+        assert_eq!(again["tables"][0]["status"], "up-to-date", "{point}");
+    }
+}
