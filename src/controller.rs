@@ -4,9 +4,10 @@
 //! controller lists the change files, subtracts those the table's applied-files table already
 //! records (by name; `LOAD` files by name and modification time), reads the rest in source order
 //! and applies them in one run (see `apply`). A `LOAD` file that was not applied (a new or
-//! reloaded full load) replaces the current table; change files not yet applied whose
-//! modification time is older than that load are recorded as superseded instead of applied
-//! (the load already holds their effect).
+//! reloaded full load) replaces the current table. On a reload (a table that had applied a full
+//! load before), change files not yet applied whose modification time is older than the new
+//! load are recorded as superseded instead of applied: the load already holds their effect. A
+//! first load applies every change file after it.
 //!
 //! Tables run in parallel, at most `jobs` at a time. A failing table does not stop the others;
 //! its error is in its summary and [`SyncSummary::failed`] counts it. Re-running is always safe:
@@ -176,7 +177,9 @@ fn pending(files: Vec<ChangeFile>, done: &applied::AppliedSet) -> Pending {
         reload,
         ..Default::default()
     };
-    if reload {
+    if reload && done.has_load() {
+        // A reload: change files from before it are already in the new load; applied after
+        // it they would bring back old values. (A first load takes every change file.)
         let load_time = loads.iter().map(|f| f.modified_ms).min().unwrap_or(0);
         let (old, new): (Vec<ChangeFile>, Vec<ChangeFile>) =
             new_changes.partition(|f| f.modified_ms < load_time);
@@ -184,7 +187,10 @@ fn pending(files: Vec<ChangeFile>, done: &applied::AppliedSet) -> Pending {
         out.read = loads;
         out.read.extend(new);
     } else {
-        out.read = new_changes.collect();
+        if reload {
+            out.read = loads;
+        }
+        out.read.extend(new_changes);
     }
     out
 }
@@ -441,6 +447,18 @@ mod tests {
         assert!(!p.reload);
         let names: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["20240101-0000000000-b.csv"]);
+    }
+
+    #[test]
+    fn a_first_load_applies_every_change_file_after_it() {
+        let files = vec![
+            file("LOAD00000001.csv", FileKind::Load, 100),
+            file("20240101-0000000000.csv", FileKind::Change, 50),
+        ];
+        let p = pending(files, &applied::AppliedSet::default());
+        assert!(p.reload);
+        assert_eq!(p.read.len(), 2);
+        assert!(p.superseded.is_empty());
     }
 
     #[test]
