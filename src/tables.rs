@@ -7,7 +7,7 @@
 //! tables:
 //! - source: sales/orders        # folder under the landing root
 //!   active: true                # loaded only when true
-//!   layout: dms                 # dms (LOAD*/timestamped csv|parquet) or debezium (*.json[l])
+//!   layout: dms                 # dms (LOAD*/timestamped csv|parquet) or debezium (json[l], avro)
 //!   primary_key: [id]           # empty: only inserts are loaded
 //!   partition_by: [region]      # partition columns of the current table
 //!   delete_mode: hard           # hard, or soft (keeps the key with operation D)
@@ -43,8 +43,9 @@ pub enum Layout {
     /// `<yyyymmdd-hhmmssfff>.csv|parquet` change files with an `Op` column.
     #[default]
     Dms,
-    /// Debezium change events as JSON lines (`*.json`, `*.jsonl`): envelope, wrapped in
-    /// `schema`/`payload`, or flattened by `ExtractNewRecordState`.
+    /// Debezium change events as JSON lines (`*.json`, `*.jsonl`) or Avro container files
+    /// (`*.avro`, Kafka Connect S3 sink): envelope, wrapped in `schema`/`payload`, or flattened
+    /// by `ExtractNewRecordState`.
     Debezium,
 }
 

@@ -32,6 +32,8 @@ pub enum ChangeFormat {
     Csv,
     Parquet,
     JsonLines,
+    /// Avro container files (Kafka Connect S3 sink) of Debezium events.
+    Avro,
 }
 
 /// One change file of a table's landing folder.
@@ -124,6 +126,7 @@ fn classify(file_name: &str, layout: Layout) -> Option<(FileKind, ChangeFormat, 
         (Layout::Dms, "csv") => ChangeFormat::Csv,
         (Layout::Dms, "parquet") => ChangeFormat::Parquet,
         (Layout::Debezium, "json" | "jsonl") => ChangeFormat::JsonLines,
+        (Layout::Debezium, "avro") => ChangeFormat::Avro,
         _ => return None,
     };
     if layout == Layout::Dms {
@@ -150,7 +153,7 @@ pub fn read(
     match file.format {
         ChangeFormat::Csv => super::dms::read_csv(config, entry, file, index),
         ChangeFormat::Parquet => super::dms::read_parquet(config, entry, file, index),
-        ChangeFormat::JsonLines => super::debezium::read(config, file, index),
+        ChangeFormat::JsonLines | ChangeFormat::Avro => super::debezium::read(config, file, index),
     }
     .map(|batches| {
         batches

@@ -1,4 +1,5 @@
-//! Debezium change events as JSON lines, one event value per line.
+//! Debezium change events: JSON lines (one event value per line), or Avro container files as
+//! the Kafka Connect S3 sink writes them (read with the `apache-avro` crate).
 //!
 //! Accepted forms (Debezium documentation, "Change event values"):
 //! - the **envelope**: `{"before": {...}, "after": {...}, "source": {...}, "op": "c|r|u|d",
@@ -25,7 +26,7 @@ use std::io::{BufRead, BufReader};
 use deltalake::arrow::array::StringBuilder;
 use serde_json::{Map, Value};
 
-use super::changes::{millis_days, typed_batch, ChangeFile};
+use super::changes::{millis_days, typed_batch, ChangeFile, ChangeFormat};
 use super::BATCH_ROWS;
 use crate::change::{ChangeBatch, ChangeOp, SourceOrder};
 use crate::config::TableConfig;
@@ -173,10 +174,13 @@ fn value_text(value: &Value, ty: ColumnType) -> std::result::Result<Option<Strin
     })
 }
 
-/// Reads a JSON-lines event file into change batches.
+/// Reads an event file (JSON lines, or an Avro container file as written by the Kafka Connect
+/// S3 sink, whose records are converted to JSON values) into change batches. Rows are numbered
+/// by line (JSON) or record (Avro), from 1.
 ///
 /// # Errors
-/// [`Error::BadRow`] naming file, line (and column) for malformed events and values.
+/// [`Error::BadRow`] naming file, line (and column) for malformed events and values;
+/// [`Error::Input`] for a file that cannot be opened or is not an Avro container file.
 pub(super) fn read(config: &TableConfig, file: &ChangeFile, index: usize) -> Result<Vec<ChangeBatch>> {
     let handle = File::open(&file.path).map_err(|e| Error::Input {
         path: file.path.clone(),
@@ -188,22 +192,43 @@ pub(super) fn read(config: &TableConfig, file: &ChangeFile, index: usize) -> Res
         column: column.map(str::to_string),
         reason,
     };
+    let reader = BufReader::with_capacity(1 << 20, handle);
+    let mut values: Box<dyn Iterator<Item = Result<(u64, Value)>>> = match file.format {
+        ChangeFormat::Avro => {
+            let avro = apache_avro::Reader::new(reader).map_err(|e| Error::Input {
+                path: file.path.clone(),
+                reason: format!("not an Avro container file: {e}"),
+            })?;
+            Box::new(avro.enumerate().map(move |(i, record)| {
+                let line = i as u64 + 1;
+                let record = record.map_err(|e| bad(line, None, format!("bad Avro record: {e}")))?;
+                let value = Value::try_from(record)
+                    .map_err(|e| bad(line, None, format!("Avro record not convertible: {e}")))?;
+                Ok((line, value))
+            }))
+        }
+        _ => Box::new(
+            reader
+                .lines()
+                .enumerate()
+                .map(|(i, line)| Ok::<_, Error>((i as u64 + 1, line?)))
+                .filter(|l| !matches!(l, Ok((_, text)) if text.trim().is_empty()))
+                .map(move |l| {
+                    let (line, text) = l?;
+                    let value = serde_json::from_str(&text)
+                        .map_err(|e| bad(line, None, format!("not JSON: {e}")))?;
+                    Ok((line, value))
+                }),
+        ),
+    };
     let columns = &config.columns;
     let mut out = Vec::new();
-    let mut lines = BufReader::with_capacity(1 << 20, handle).lines();
-    let mut line_no = 0u64;
     loop {
         let mut builders: Vec<StringBuilder> = columns.iter().map(|_| StringBuilder::new()).collect();
         let (mut ops, mut order, mut days, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut done = true;
-        for line in lines.by_ref() {
-            let line = line?;
-            line_no += 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let value: Value = serde_json::from_str(&line)
-                .map_err(|e| bad(line_no, None, format!("not JSON: {e}")))?;
+        for next in values.by_ref() {
+            let (line_no, value) = next?;
             let Some(event) = parse_event(value).map_err(|e| bad(line_no, None, e))? else {
                 continue;
             };

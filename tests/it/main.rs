@@ -8,3 +8,4 @@ mod readers;
 mod snapshot;
 mod spill;
 mod sync;
+mod sync_model;

@@ -455,3 +455,134 @@ async fn a_sync_killed_at_any_commit_point_ends_like_an_uninterrupted_one() {
         assert_eq!(again["tables"][0]["status"], "up-to-date", "{point}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn avro_files_of_the_kafka_connect_s3_sink_are_read() {
+    use apache_avro::types::{Record, Value};
+    let tables = "\
+- source: inventory/customers
+  active: true
+  layout: debezium
+  primary_key: [id]
+  columns:
+  - {name: id, type: long}
+  - {name: name, type: string}
+";
+    let l = Landing::new(tables);
+    let schema = apache_avro::Schema::parse_str(
+        r#"{"type":"record","name":"customers","fields":[
+            {"name":"id","type":"long"},
+            {"name":"name","type":["null","string"]},
+            {"name":"__op","type":"string"},
+            {"name":"__deleted","type":"string"},
+            {"name":"__lsn","type":"long"}]}"#,
+    )
+    .unwrap();
+    let mut writer = apache_avro::Writer::new(&schema, Vec::new()).unwrap();
+    for (id, name, op, lsn) in [(1i64, Some("a"), "c", 10i64), (2, Some("b"), "c", 11), (1, Some("c"), "u", 12), (2, None, "d", 13)] {
+        let mut r = Record::new(writer.schema()).unwrap();
+        r.put("id", id);
+        r.put(
+            "name",
+            match name {
+                Some(n) => Value::Union(1, Box::new(Value::String(n.into()))),
+                None => Value::Union(0, Box::new(Value::Null)),
+            },
+        );
+        r.put("__op", op);
+        r.put("__deleted", if op == "d" { "true" } else { "false" });
+        r.put("__lsn", lsn);
+        writer.append_value(r).unwrap();
+    }
+    let bytes = writer.into_inner().unwrap();
+    let path = l.root().join("inventory/customers/customers+0+0000000000.avro");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let t = l.sync_one().await;
+    assert_eq!(t.apply.unwrap().changes_read, 4);
+    let current = l.current("inventory/customers").await;
+    assert_eq!(current.keys().collect::<Vec<_>>(), ["1"]);
+    assert_eq!(current["1"]["name"], "c");
+
+    std::fs::write(l.root().join("inventory/customers/broken.avro"), b"not avro").unwrap();
+    let s = l.sync().await;
+    let err = s.tables[0].error.clone().unwrap_or_default();
+    assert!(err.contains("broken.avro") && err.contains("Avro"), "{s:?}");
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tributary")).args(args).output().unwrap()
+}
+
+#[test]
+fn tables_lists_new_folders_as_inactive_and_activates_them() {
+    let l = Landing::new(ORDERS);
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n");
+    l.file("hr/people", "20240101-0000000000.csv", "I,1\n");
+    l.file("app/events", "e-1.json", "null\n");
+    let root = l.root();
+    let root = root.to_str().unwrap();
+    let out = cli(&["tables", root]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hr/people") && text.contains("inactive") && text.contains("(new)"), "{text}");
+    let file = tributary::tables::TablesFile::load(&l.root().join("tables.yaml")).unwrap();
+    assert!(file.find("sales/orders").unwrap().active, "existing entries are kept");
+    assert!(!file.find("hr/people").unwrap().active);
+    assert_eq!(
+        file.find("app/events").unwrap().layout,
+        tributary::tables::Layout::Debezium
+    );
+
+    let out = cli(&["tables", root, "--activate", "hr/people", "--deactivate", "sales/orders"]);
+    assert!(out.status.success());
+    let file = tributary::tables::TablesFile::load(&l.root().join("tables.yaml")).unwrap();
+    assert!(file.find("hr/people").unwrap().active);
+    assert!(!file.find("sales/orders").unwrap().active);
+    let out = cli(&["tables", root, "--activate", "no/such"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // hr/people is active without columns: sync says which field to fill, and exits 5.
+    let lake = l.lake();
+    let out = cli(&["sync", root, "--lake", lake.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hr.people") && text.contains("columns"), "{text}");
+}
+
+#[test]
+fn watch_picks_up_files_as_they_land() {
+    let l = Landing::new(&ORDERS.replace("  timestamp_column: ts\n", ""));
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args([
+            "sync",
+            l.root().to_str().unwrap(),
+            "--lake",
+            l.lake().to_str().unwrap(),
+            "--watch",
+            "0.2s",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let current = |l: &Landing| runtime.block_on(async { l.current("sales/orders").await });
+    let wait_for = |want: usize| {
+        for _ in 0..150 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if l.lake().join("sales/orders/current/_delta_log").exists() && current(&l).len() == want {
+                return true;
+            }
+        }
+        false
+    };
+    let first = wait_for(1);
+    l.file("sales/orders", "20240301-1000000000.csv", "I,2,west,20\n");
+    let second = first && wait_for(2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first && second, "the watching sync did not load the files in 30 s");
+}
