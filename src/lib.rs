@@ -4,6 +4,11 @@
 //! partitioned by keyhash, within the memory `plan`) → `join`/`diff` (operations per row, one
 //! partition at a time) → `lake` (current and history Delta tables, committed together). `run`
 //! ties the stages together for one business day; `generate` makes synthetic data.
+//!
+//! Change logs take a shorter path: `source::changes` (DMS and Debezium files to
+//! [`change::ChangeBatch`]es) → `change` (last change per key) → `apply` (impacted files of
+//! current, history, applied files; one run commit). `controller` runs it per landing-zone table
+//! listed in the `tables` file.
 
 pub mod apply;
 pub mod change;
