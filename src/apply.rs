@@ -266,29 +266,41 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
     let current_adds = current_writer
         .await
         .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?;
-    let (history_rows, current_removes) = match merged {
-        Ok(m) => m,
-        Err(e) => {
-            if let Ok(adds) = &current_adds {
-                lake::discard_files(&lake.current, adds).await;
-            }
-            return Err(e);
+    let ((history_rows, current_removes), current_adds) = match (merged, current_adds) {
+        (Ok(m), Ok(adds)) => (m, adds),
+        (merged, adds) => {
+            // The writer's own error (disk full, ...) explains a failed send: report it first.
+            return match (adds, merged) {
+                (Err(e), _) => Err(e),
+                (Ok(adds), Err(e)) => {
+                    lake::discard_files(&lake.current, &adds).await;
+                    Err(e)
+                }
+                (Ok(_), Ok(_)) => Err(Error::Internal("apply failed without an error".into())),
+            };
         }
     };
-    let current_adds = current_adds?;
+    let mut history_adds = Vec::new();
+    let mut applied_files: Option<(DeltaTable, Vec<deltalake::kernel::Add>)> = None;
     let written = async {
-        let history_adds = write_files(&lake.history, history_rows).await?;
+        history_adds = write_files(&lake.history, history_rows, properties.clone()).await?;
         let applied_table = lake.follower(APPLIED).await?;
         let batch = lake::applied::batch(&request.applied, seq)?;
-        let applied_adds = write_files(&applied_table, vec![batch]).await?;
-        Ok::<_, Error>((history_adds, applied_table, applied_adds))
+        let adds = write_files(&applied_table, vec![batch], properties.clone()).await?;
+        applied_files = Some((applied_table, adds));
+        Ok::<_, Error>(())
     }
     .await;
-    let (history_adds, applied_table, applied_adds) = match written {
-        Ok(w) => w,
-        Err(e) => {
+    let (applied_table, applied_adds) = match (written, applied_files) {
+        (Ok(()), Some(done)) => done,
+        (result, applied) => {
             lake::discard_files(&lake.current, &current_adds).await;
-            return Err(e);
+            lake::discard_files(&lake.history, &history_adds).await;
+            if let Some((table, adds)) = applied {
+                lake::discard_files(&table, &adds).await;
+            }
+            result?;
+            return Err(Error::Internal("applied files not written".into()));
         }
     };
     let record = RunRecord {

@@ -165,32 +165,53 @@ struct Pending {
 }
 
 fn pending(files: Vec<ChangeFile>, done: &applied::AppliedSet) -> Pending {
+    for f in &files {
+        if let Some(&size) = done.change_sizes.get(&f.name) {
+            if size != f.size as i64 {
+                tracing::warn!(file = %f.path.display(), applied_bytes = size, now_bytes = f.size,
+                    "a change file changed size after it was applied; its new rows are not applied \
+                     (land files atomically: write, then rename)");
+            }
+        }
+    }
     let (loads, changes): (Vec<ChangeFile>, Vec<ChangeFile>) =
         files.into_iter().partition(|f| f.kind == FileKind::Load);
-    let reload = loads
-        .iter()
-        .any(|f| !done.loads.contains(&(f.name.clone(), f.modified_ms)));
-    let new_changes = changes
-        .into_iter()
-        .filter(|f| !done.changes.contains(&f.name));
-    let mut out = Pending {
-        reload,
-        ..Default::default()
+    let is_new = |f: &ChangeFile| !done.loads.contains(&(f.name.clone(), f.modified_ms));
+    let Some(load_time) = loads.iter().filter(|f| is_new(f)).map(|f| f.modified_ms).min() else {
+        return Pending {
+            reload: false,
+            read: changes
+                .into_iter()
+                .filter(|f| !done.changes.contains(&f.name))
+                .collect(),
+            superseded: Vec::new(),
+        };
     };
-    if reload && done.has_load() {
-        // A reload: change files from before it are already in the new load; applied after
-        // it they would bring back old values. (A first load takes every change file.)
-        let load_time = loads.iter().map(|f| f.modified_ms).min().unwrap_or(0);
-        let (old, new): (Vec<ChangeFile>, Vec<ChangeFile>) =
-            new_changes.partition(|f| f.modified_ms < load_time);
-        out.superseded = old;
-        out.read = loads;
-        out.read.extend(new);
-    } else {
-        if reload {
-            out.read = loads;
+    // A full load: the LOAD files written with or after the first new one (older LOAD files
+    // left from an earlier load are not part of it), then the change files from its time on,
+    // applied before or not (the table is replaced, so their effect must be redone).
+    let mut out = Pending {
+        reload: true,
+        read: loads
+            .into_iter()
+            .filter(|f| f.modified_ms >= load_time)
+            .collect(),
+        superseded: Vec::new(),
+    };
+    for f in changes {
+        let applied = done.changes.contains(&f.name);
+        if f.modified_ms >= load_time {
+            out.read.push(f);
+        } else if applied {
+            // already applied, and older than the load: the load holds its effect
+        } else if done.has_load() {
+            // A reload: an older change file is in the new load already; applied after it,
+            // it would bring back old values.
+            out.superseded.push(f);
+        } else {
+            // A first load takes every change file after it.
+            out.read.push(f);
         }
-        out.read.extend(new_changes);
     }
     out
 }
@@ -266,6 +287,10 @@ async fn sync_table(
             .map(|f| applied_record(f, applied::SUPERSEDED, 0)),
     );
     bar.set_message(format!("applying {} changes", batches.iter().map(|b| b.len()).sum::<usize>()));
+    let created = match &existing {
+        Some(_) => Vec::new(),
+        None => crate::lake::missing_tables(&config),
+    };
     let mut lake = match existing {
         Some((lake, _)) => lake,
         None => {
@@ -290,7 +315,8 @@ async fn sync_table(
             fingerprint,
         },
     )
-    .await?;
+    .await
+    .inspect_err(|_| crate::lake::remove_tables(&created))?;
     result.status = "applied".into();
     result.files = files;
     result.message = format!(
@@ -355,11 +381,7 @@ pub fn refresh_tables(
             continue;
         }
         let folder = landing.join(&source);
-        let layout = if changes::list(&folder, Layout::Debezium)?.is_empty() {
-            Layout::Dms
-        } else {
-            Layout::Debezium
-        };
+        let layout = changes::guess_layout(&folder);
         let columns = infer_columns(&folder, layout).unwrap_or_default();
         file.tables
             .push(TableEntry::discovered(source.clone(), columns, layout));
@@ -367,7 +389,7 @@ pub fn refresh_tables(
     }
     for (names, value) in [(activate, true), (deactivate, false)] {
         for name in names {
-            let wanted = name.trim_matches('/').replace('/', ".");
+            let wanted = crate::tables::table_name(name);
             let entry = file
                 .tables
                 .iter_mut()
@@ -447,6 +469,32 @@ mod tests {
         assert!(!p.reload);
         let names: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["20240101-0000000000-b.csv"]);
+    }
+
+    #[test]
+    fn a_reload_ignores_stale_load_files_and_redoes_newer_changes() {
+        let mut done = applied::AppliedSet::default();
+        for (name, t) in [("LOAD00000001.csv", 10), ("LOAD00000002.csv", 10), ("LOAD00000003.csv", 10)] {
+            done.loads.insert((name.into(), t));
+        }
+        done.changes.insert("20240101-0000000000.csv".into());
+        done.changes.insert("20240103-0000000000.csv".into());
+        let files = vec![
+            file("LOAD00000001.csv", FileKind::Load, 100),
+            file("LOAD00000002.csv", FileKind::Load, 101),
+            // left over from the earlier, larger load
+            file("LOAD00000003.csv", FileKind::Load, 10),
+            file("20240101-0000000000.csv", FileKind::Change, 50),
+            file("20240102-0000000000.csv", FileKind::Change, 60),
+            // applied before the reload was seen, but written after it started
+            file("20240103-0000000000.csv", FileKind::Change, 120),
+        ];
+        let p = pending(files, &done);
+        assert!(p.reload);
+        let read: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(read, ["LOAD00000001.csv", "LOAD00000002.csv", "20240103-0000000000.csv"]);
+        let superseded: Vec<&str> = p.superseded.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(superseded, ["20240102-0000000000.csv"]);
     }
 
     #[test]

@@ -132,10 +132,13 @@ fn parse_interval(text: &str) -> Result<std::time::Duration> {
         "h" => 3600.0,
         _ => return Err(Error::Usage(format!("--watch `{text}`: use seconds, or 30s, 5m, 1h"))),
     };
-    match number.trim().parse::<f64>() {
-        Ok(n) if n > 0.0 => Ok(std::time::Duration::from_secs_f64(n * factor)),
-        _ => Err(Error::Usage(format!("--watch `{text}`: use seconds, or 30s, 5m, 1h"))),
-    }
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0)
+        .and_then(|n| std::time::Duration::try_from_secs_f64(n * factor).ok())
+        .ok_or_else(|| Error::Usage(format!("--watch `{text}`: use seconds, or 30s, 5m, 1h")))
 }
 
 fn print_sync(summary: &tributary::controller::SyncSummary) {
@@ -336,15 +339,23 @@ async fn execute(command: Command) -> Result<u8> {
                 progress: !json,
             };
             loop {
-                let summary = tributary::controller::sync(&options).await?;
-                if json {
-                    print_json(&summary)?;
-                } else {
-                    print_sync(&summary);
-                }
+                let pass = tributary::controller::sync(&options).await;
                 let Some(interval) = interval else {
+                    let summary = pass?;
+                    if json {
+                        print_json(&summary)?;
+                    } else {
+                        print_sync(&summary);
+                    }
                     return Ok(if summary.failed > 0 { EXIT_SOME_TABLES_FAILED } else { 0 });
                 };
+                // Watching: a pass that fails as a whole (a bad edit of the tables file) is
+                // reported and retried at the next interval.
+                match pass {
+                    Ok(summary) if json => print_json(&summary)?,
+                    Ok(summary) => print_sync(&summary),
+                    Err(e) => eprintln!("error: {e} (retrying in {interval:?})"),
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
                     _ = tokio::signal::ctrl_c() => return Ok(0),

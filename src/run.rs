@@ -316,7 +316,9 @@ pub async fn run(
     )];
     if let Some(table) = rejects_table {
         let batch = crate::rejects::batch(&rejects, date, seq)?;
-        let adds = write_files(&table, vec![batch]).await?;
+        let properties =
+            writer_properties(config.compression, memory.row_group_bytes as usize, &[]);
+        let adds = write_files(&table, vec![batch], properties).await?;
         followers.push((
             REJECTS,
             table,

@@ -13,6 +13,7 @@
 //!   delete_mode: hard           # hard, or soft (keeps the key with operation D)
 //!   timestamp_column: commit_ts # DMS TimestampColumnName, if the task sets one
 //!   eff_start: commit           # history date: commit (the change's commit time) or run
+//!   timestamp_precision: micros # debezium: numbers in timestamp columns (micros or millis)
 //!   columns:
 //!   - {name: id, type: long}
 //!   - {name: region, type: string}
@@ -72,6 +73,18 @@ pub enum EffStart {
     Run,
 }
 
+/// Unit of numbers in `timestamp` columns of Debezium events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampPrecision {
+    /// Microseconds since the epoch (`io.debezium.time.MicroTimestamp`, Avro `timestamp-micros`).
+    #[default]
+    Micros,
+    /// Milliseconds since the epoch (`io.debezium.time.Timestamp`, MySQL `DATETIME` in the
+    /// default adaptive mode, Avro `timestamp-millis`).
+    Millis,
+}
+
 /// One table of the tables file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +105,9 @@ pub struct TableEntry {
     pub timestamp_column: Option<String>,
     #[serde(default)]
     pub eff_start: EffStart,
+    /// Debezium only: unit of numbers in `timestamp` columns.
+    #[serde(default)]
+    pub timestamp_precision: TimestampPrecision,
     /// CSV field delimiter (default `,`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delimiter: Option<String>,
@@ -118,6 +134,7 @@ impl TableEntry {
             delete_mode: DeleteMode::Hard,
             timestamp_column: None,
             eff_start: EffStart::Commit,
+            timestamp_precision: TimestampPrecision::Micros,
             delimiter: None,
             null_value: None,
             compression: None,
@@ -127,7 +144,7 @@ impl TableEntry {
 
     /// The table's name in the lake and in messages: `<schema>.<table>`.
     pub fn name(&self) -> String {
-        self.source.trim_matches('/').replace('/', ".")
+        table_name(&self.source)
     }
 
     /// Whether only inserts are loaded (no primary key configured).
@@ -265,9 +282,14 @@ impl TablesFile {
 
     /// The entry of `source` (`<schema>/<table>`), if listed.
     pub fn find(&self, source: &str) -> Option<&TableEntry> {
-        let name = source.trim_matches('/').replace('/', ".");
+        let name = table_name(source);
         self.tables.iter().find(|t| t.name() == name)
     }
+}
+
+/// The name of a `<schema>/<table>` source: `<schema>.<table>`.
+pub fn table_name(source: &str) -> String {
+    source.trim_matches('/').replace('/', ".")
 }
 
 /// The `<schema>/<table>` folders under a landing root, sorted.

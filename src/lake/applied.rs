@@ -82,6 +82,8 @@ pub fn batch(files: &[AppliedFile], run: i64) -> Result<RecordBatch> {
 pub struct AppliedSet {
     /// Change files by name.
     pub changes: HashSet<String>,
+    /// Size of each applied change file when it was applied, bytes.
+    pub change_sizes: std::collections::HashMap<String, i64>,
     /// Full-load files by (name, modification time).
     pub loads: HashSet<(String, i64)>,
 }
@@ -113,15 +115,26 @@ pub async fn read(table: Option<&DeltaTable>) -> Result<AppliedSet> {
             .column_by_name("modified_ms")
             .ok_or_else(|| missing("modified_ms"))?;
         let modified = modified.as_primitive::<deltalake::arrow::datatypes::Int64Type>();
+        let size = batch
+            .column_by_name("size_bytes")
+            .ok_or_else(|| missing("size_bytes"))?;
+        let size = size.as_primitive::<deltalake::arrow::datatypes::Int64Type>();
         for i in 0..batch.num_rows() {
             if file.is_null(i) {
                 continue;
             }
             let name = file.value(i).to_string();
-            if kind.value(i) == LOAD {
-                set.loads.insert((name, modified.value(i)));
-            } else {
-                set.changes.insert(name);
+            match kind.value(i) {
+                LOAD => {
+                    set.loads.insert((name, modified.value(i)));
+                }
+                CHANGE => {
+                    set.change_sizes.insert(name.clone(), size.value(i));
+                    set.changes.insert(name);
+                }
+                _ => {
+                    set.changes.insert(name);
+                }
             }
         }
     }

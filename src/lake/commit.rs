@@ -36,8 +36,12 @@ impl Planned {
 ///
 /// # Errors
 /// Delta, Parquet and object-store errors.
-pub async fn write_files(table: &DeltaTable, batches: Vec<RecordBatch>) -> Result<Vec<Add>> {
-    let mut writer = RecordBatchWriter::for_table(table)?;
+pub async fn write_files(
+    table: &DeltaTable,
+    batches: Vec<RecordBatch>,
+    properties: WriterProperties,
+) -> Result<Vec<Add>> {
+    let mut writer = RecordBatchWriter::for_table(table)?.with_writer_properties(properties);
     for batch in batches {
         if batch.num_rows() > 0 {
             writer.write(batch).await?;
@@ -275,7 +279,10 @@ pub(super) async fn commit_run(
     let mut versions = HashMap::from([(HISTORY, history_version)]);
     crash_point("after-history-commit");
     run.history_version = Some(history_version);
-    for (role, mut table, _) in followers {
+    for (i, (role, mut table, _)) in followers.into_iter().enumerate() {
+        if i > 0 {
+            crash_point("between-follower-commits");
+        }
         let pending = &entry.pending[role];
         if let Some(v) = complete(&mut table, role, &app_id, &run, pending).await? {
             versions.insert(role, v);

@@ -117,13 +117,16 @@ impl Lake {
         Ok(log::last_run(&self.current).await?.map(|(_, e)| e.run))
     }
 
+    /// Completes the newest run's follower commits (current, rejects, applied) that a crash or
+    /// a failed commit left out: history's commit is the run's commit point, and it lists what
+    /// each follower still needs.
     async fn recover(&mut self) -> Result<Option<Recovery>> {
         let h = txn_version(&self.history, &self.app_id).await?.unwrap_or(0);
         let c = txn_version(&self.current, &self.app_id).await?.unwrap_or(0);
-        if h == c {
+        if h == 0 {
             return Ok(None);
         }
-        if h != c + 1 {
+        if h != c && h != c + 1 {
             return Err(Error::Lake {
                 table: self.config.name.clone(),
                 reason: format!(
@@ -136,17 +139,24 @@ impl Lake {
         let entry = actions
             .entry
             .ok_or_else(|| Error::Internal("run commit without entry".into()))?;
-        tracing::warn!(run = h, date = %entry.run.business_date, "completing a run interrupted between its commits");
         let mut run = entry.run.clone();
         run.history_version = Some(history_version);
-        for (role, pending) in &entry.pending {
+        let mut completed = false;
+        let mut roles: Vec<&String> = entry.pending.keys().collect();
+        // current first: the order of the original commits
+        roles.sort_by_key(|r| (r.as_str() != CURRENT, r.as_str()));
+        for role in roles {
             let mut table = self.follower(role).await?;
-            commit::complete(&mut table, role, &self.app_id, &run, pending).await?;
+            let done = commit::complete(&mut table, role, &self.app_id, &run, &entry.pending[role]).await?;
+            if done.is_some() {
+                tracing::warn!(run = h, table = %role, date = %run.business_date, "completed a run interrupted between its commits");
+                completed = true;
+            }
             if role == CURRENT {
                 self.current = table;
             }
         }
-        Ok(Some(Recovery {
+        Ok(completed.then(|| Recovery {
             completed_run: h,
             business_date: run.business_date,
         }))
@@ -211,20 +221,21 @@ impl Lake {
     }
 }
 
-/// The local folders of the current and history tables that do not exist yet. Folders that
-/// exist (even without a table) and tables elsewhere are not listed: a failed first run leaves
-/// an empty table there, which the next run uses as it is.
+/// The local folders of the current, history and applied-files tables that do not exist yet.
+/// Folders that exist (even without a table) and tables elsewhere are not listed: a failed first
+/// run leaves an empty table there, which the next run uses as it is.
 pub fn missing_tables(config: &TableConfig) -> Vec<std::path::PathBuf> {
-    [&config.current_url, &config.history_url]
+    [&config.current_url, &config.history_url, &config.applied_url]
         .into_iter()
         .filter_map(|url| url.to_file_path().ok())
         .filter(|path| !path.exists())
         .collect()
 }
 
-/// Removes table folders listed by [`missing_tables`] before a failed first run created them.
+/// Removes table folders listed by [`missing_tables`] before a failed first run created them
+/// (those it did not get to create are skipped).
 pub fn remove_tables(paths: &[std::path::PathBuf]) {
-    for path in paths {
+    for path in paths.iter().filter(|p| p.exists()) {
         if let Err(e) = std::fs::remove_dir_all(path) {
             tracing::warn!(path = %path.display(), "could not remove a table created by a failed first run: {e}");
         }

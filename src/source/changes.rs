@@ -53,8 +53,10 @@ pub struct ChangeFile {
 
 /// Lists the change files under `folder` (sub-folders included, for DMS date partitions) in
 /// source order: `LOAD` files by their hexadecimal counter (`LOAD00000009` before
-/// `LOAD0000000A`), then change files by file name (DMS names them by timestamp), then by path.
-/// Files that are not change files of the layout (`_SUCCESS`, `.crc`, ...) are skipped.
+/// `LOAD0000000A`), then change files by file name without its extension (DMS names them by
+/// timestamp), then by path. Files that are not change files of the layout are skipped with a
+/// warning (`.gz` files: compressed change files are not read); names starting with `.` or `_`
+/// (`_SUCCESS`, `.crc`) silently.
 ///
 /// # Errors
 /// [`Error::Input`] when the folder cannot be listed.
@@ -62,7 +64,10 @@ pub fn list(folder: &Path, layout: Layout) -> Result<Vec<ChangeFile>> {
     let mut out = Vec::new();
     walk(folder, folder, layout, &mut out)?;
     out.sort_by(|a, b| {
-        let file_name = |f: &ChangeFile| f.name.rsplit('/').next().unwrap_or("").to_string();
+        let file_name = |f: &ChangeFile| {
+            let name = f.name.rsplit('/').next().unwrap_or("");
+            name.rsplit_once('.').map_or(name, |(stem, _)| stem).to_string()
+        };
         (a.kind, a.load_counter, file_name(a), &a.name).cmp(&(
             b.kind,
             b.load_counter,
@@ -91,7 +96,7 @@ fn walk(root: &Path, dir: &Path, layout: Layout, out: &mut Vec<ChangeFile>) -> R
             continue;
         }
         let Some((kind, format, load_counter)) = classify(&file_name, layout) else {
-            tracing::debug!(file = %path.display(), "not a change file; skipped");
+            tracing::warn!(file = %path.display(), ?layout, "not a change file of this layout (csv or parquet for dms, json, jsonl or avro for debezium; compressed files are not read); skipped");
             continue;
         };
         let modified_ms = meta
@@ -117,6 +122,28 @@ fn walk(root: &Path, dir: &Path, layout: Layout, out: &mut Vec<ChangeFile>) -> R
         });
     }
     Ok(())
+}
+
+/// The layout a table folder's files suggest: Debezium when it holds JSON or Avro files.
+pub fn guess_layout(folder: &Path) -> Layout {
+    fn has_events(dir: &Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                return has_events(&path);
+            }
+            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+            [".json", ".jsonl", ".avro"].iter().any(|ext| name.ends_with(ext))
+        })
+    }
+    if has_events(folder) {
+        Layout::Debezium
+    } else {
+        Layout::Dms
+    }
 }
 
 /// Kind, format and `LOAD` counter of a file name, or None when it is not a change file.
@@ -153,8 +180,18 @@ pub fn read(
     match file.format {
         ChangeFormat::Csv => super::dms::read_csv(config, entry, file, index),
         ChangeFormat::Parquet => super::dms::read_parquet(config, entry, file, index),
-        ChangeFormat::JsonLines | ChangeFormat::Avro => super::debezium::read(config, file, index),
+        ChangeFormat::JsonLines | ChangeFormat::Avro => {
+            super::debezium::read(config, entry, file, index)
+        }
     }
+    .map_err(|e| match e {
+        e @ (Error::BadRow { .. } | Error::Input { .. }) => e,
+        // CSV, Parquet, I/O and Arrow errors: name the file
+        other => Error::Input {
+            path: file.path.clone(),
+            reason: other.to_string(),
+        },
+    })
     .map(|batches| {
         batches
             .into_iter()
@@ -252,8 +289,8 @@ mod tests {
                 "LOAD0000000A.csv",
                 "LOAD00000010.csv",
                 "2014/10/28/20141028-0900000000.csv",
-                "20141029-1134010000-2.csv",
                 "20141029-1134010000.csv",
+                "20141029-1134010000-2.csv",
             ]
         );
         assert_eq!(files[0].kind, FileKind::Load);

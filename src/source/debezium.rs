@@ -32,6 +32,7 @@ use crate::change::{ChangeBatch, ChangeOp, SourceOrder};
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
 use crate::schema::ColumnType;
+use crate::tables::{TableEntry, TimestampPrecision};
 
 /// One parsed event: operation, row values, source position and commit time.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,20 +151,29 @@ fn op_letter(op: ChangeOp) -> &'static str {
 }
 
 /// The text a JSON value is cast from, for a column of type `ty` (None: NULL).
-fn value_text(value: &Value, ty: ColumnType) -> std::result::Result<Option<String>, String> {
+fn value_text(
+    value: &Value,
+    ty: ColumnType,
+    precision: TimestampPrecision,
+) -> std::result::Result<Option<String>, String> {
     Ok(match value {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => match (ty, n.as_i64()) {
             (ColumnType::Date, Some(days)) => {
-                let date = chrono::DateTime::from_timestamp(days * 86_400, 0)
+                let date = days
+                    .checked_mul(86_400)
+                    .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
                     .ok_or_else(|| format!("{days} days is out of range"))?;
                 Some(date.format("%Y-%m-%d").to_string())
             }
-            (ColumnType::Timestamp, Some(micros)) => {
-                let ts = chrono::DateTime::from_timestamp_micros(micros)
-                    .ok_or_else(|| format!("{micros} microseconds is out of range"))?;
+            (ColumnType::Timestamp, Some(n)) => {
+                let ts = match precision {
+                    TimestampPrecision::Micros => chrono::DateTime::from_timestamp_micros(n),
+                    TimestampPrecision::Millis => chrono::DateTime::from_timestamp_millis(n),
+                }
+                .ok_or_else(|| format!("{n} is out of range as {precision:?} since the epoch"))?;
                 Some(ts.format("%Y-%m-%dT%H:%M:%S%.6f").to_string())
             }
             _ => Some(n.to_string()),
@@ -181,7 +191,12 @@ fn value_text(value: &Value, ty: ColumnType) -> std::result::Result<Option<Strin
 /// # Errors
 /// [`Error::BadRow`] naming file, line (and column) for malformed events and values;
 /// [`Error::Input`] for a file that cannot be opened or is not an Avro container file.
-pub(super) fn read(config: &TableConfig, file: &ChangeFile, index: usize) -> Result<Vec<ChangeBatch>> {
+pub(super) fn read(
+    config: &TableConfig,
+    entry: &TableEntry,
+    file: &ChangeFile,
+    index: usize,
+) -> Result<Vec<ChangeBatch>> {
     let handle = File::open(&file.path).map_err(|e| Error::Input {
         path: file.path.clone(),
         reason: format!("cannot open: {e}"),
@@ -234,7 +249,9 @@ pub(super) fn read(config: &TableConfig, file: &ChangeFile, index: usize) -> Res
             };
             for (c, column) in columns.iter().enumerate() {
                 let value = event.row.get(&column.name).unwrap_or(&Value::Null);
-                match value_text(value, column.ty).map_err(|e| bad(line_no, Some(&column.name), e))? {
+                match value_text(value, column.ty, entry.timestamp_precision)
+                    .map_err(|e| bad(line_no, Some(&column.name), e))?
+                {
                     Some(text) => builders[c].append_value(text),
                     None => builders[c].append_null(),
                 }
@@ -333,12 +350,21 @@ mod tests {
 
     #[test]
     fn dates_and_timestamps_arrive_as_epoch_numbers() {
-        assert_eq!(value_text(&json!(18065), ColumnType::Date).unwrap().as_deref(), Some("2019-06-18"));
+        let micros = TimestampPrecision::Micros;
+        let text = |v: Value, ty| value_text(&v, ty, micros);
+        assert_eq!(text(json!(18065), ColumnType::Date).unwrap().as_deref(), Some("2019-06-18"));
+        assert!(text(json!(i64::MAX), ColumnType::Date).is_err(), "out of range, no overflow");
         assert_eq!(
-            value_text(&json!(1_000_001), ColumnType::Timestamp).unwrap().as_deref(),
+            text(json!(1_000_001), ColumnType::Timestamp).unwrap().as_deref(),
             Some("1970-01-01T00:00:01.000001")
         );
-        assert_eq!(value_text(&json!(2.5), ColumnType::Double).unwrap().as_deref(), Some("2.5"));
-        assert!(value_text(&json!([1]), ColumnType::String).is_err());
+        assert_eq!(
+            value_text(&json!(1_500), ColumnType::Timestamp, TimestampPrecision::Millis)
+                .unwrap()
+                .as_deref(),
+            Some("1970-01-01T00:00:01.500000")
+        );
+        assert_eq!(text(json!(2.5), ColumnType::Double).unwrap().as_deref(), Some("2.5"));
+        assert!(text(json!([1]), ColumnType::String).is_err());
     }
 }

@@ -139,3 +139,28 @@ pub fn find<'a>(
 ) -> Vec<&'a BTreeMap<String, String>> {
     rows.iter().filter(|r| r[col] == value).collect()
 }
+
+/// A proptest runner seeded from PROPERTY_TEST_SEED (default `default_seed`) running
+/// PROPTEST_CASES cases (default 16); prints both so that a failure can be replayed.
+pub fn property_runner(default_seed: u64) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let seed: u64 = std::env::var("PROPERTY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_seed);
+    let cases: u32 = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    eprintln!("PROPERTY_TEST_SEED={seed} PROPTEST_CASES={cases}");
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    TestRunner::new_with_rng(
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    )
+}

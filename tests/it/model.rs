@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 use crate::common::{Fixture, SIMPLE_COLUMNS};
 
@@ -82,25 +81,7 @@ fn csv(extract: &Extract) -> String {
 
 #[test]
 fn multi_day_runs_match_the_reference_model() {
-    let seed: u64 = std::env::var("PROPERTY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
-    let cases: u32 = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(16);
-    eprintln!("PROPERTY_TEST_SEED={seed} PROPTEST_CASES={cases}");
-    let mut seed_bytes = [0u8; 32];
-    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let mut runner = TestRunner::new_with_rng(
-        Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        },
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
-    );
+    let mut runner = crate::common::property_runner(7);
     let extract = proptest::collection::btree_map(0u8..12, proptest::option::of(0u8..3), 0..12);
     // Keyhash partitions: 1 (everything in one join) or several (the grace join's path).
     let strategy = (

@@ -437,7 +437,7 @@ async fn a_sync_killed_at_any_commit_point_ends_like_an_uninterrupted_one() {
     let expected_current = shape(&clean.current("sales/orders").await);
     let expected_history = clean.table("sales/orders", "history").await.len();
 
-    for point in ["before-history-commit", "after-history-commit"] {
+    for point in ["before-history-commit", "after-history-commit", "between-follower-commits"] {
         let l = Landing::new(ORDERS);
         orders_day1(&l);
         let out = sync_process(&l, Some(point));

@@ -8,7 +8,6 @@ use std::path::Path;
 
 use chrono::NaiveDate;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use tributary::controller::{sync, SyncOptions};
 
 use crate::common::table_rows;
@@ -94,25 +93,7 @@ async fn lake_state(lake: &Path) -> (State, usize) {
 
 #[test]
 fn change_logs_match_the_reference_model() {
-    let seed: u64 = std::env::var("PROPERTY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(11);
-    let cases: u32 = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(16);
-    eprintln!("PROPERTY_TEST_SEED={seed} PROPTEST_CASES={cases}");
-    let mut seed_bytes = [0u8; 32];
-    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let mut runner = TestRunner::new_with_rng(
-        Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        },
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
-    );
+    let mut runner = crate::common::property_runner(11);
     let change = (0u8..8, 0u8..3, 0u8..50, any::<bool>());
     let file = proptest::collection::vec(change, 0..10);
     let run = proptest::collection::vec(file, 1..3);
