@@ -24,7 +24,6 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::{cast, filter_record_batch, interleave_record_batch};
 use deltalake::arrow::datatypes::{DataType, SchemaRef};
-use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Remove;
 use deltalake::DeltaTable;
 use futures::StreamExt;
@@ -393,11 +392,8 @@ async fn impacted_files(
     table: &DeltaTable,
     changed: &DigestMap<usize>,
 ) -> Result<HashMap<String, Remove>> {
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state())?;
-    let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
-    let mut stream = ctx
-        .read_table(provider)?
+    let mut stream = lake::dataframe(table, |p| p.with_file_column(FILE_COLUMN))
+        .await?
         .select_columns(&[KEYHASH, FILE_COLUMN])?
         .execute_stream()
         .await?;
@@ -446,10 +442,10 @@ async fn scan_files(
     table: &DeltaTable,
     files: impl Iterator<Item = String>,
 ) -> Result<deltalake::datafusion::physical_plan::SendableRecordBatchStream> {
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state())?;
-    let provider = table.table_provider().with_file_paths(files).await?;
-    Ok(ctx.read_table(provider)?.execute_stream().await?)
+    Ok(lake::dataframe(table, |p| p.with_file_paths(files))
+        .await?
+        .execute_stream()
+        .await?)
 }
 
 fn no_keyhash() -> Error {

@@ -167,13 +167,17 @@ impl Lake {
     /// # Errors
     /// [`Error::Lake`] for a table of another schema; Delta errors.
     pub async fn applied_table(&self) -> Result<Option<DeltaTable>> {
+        self.open_applied(false).await
+    }
+
+    async fn open_applied(&self, create: bool) -> Result<Option<DeltaTable>> {
         table::open_or_create(
             &self.config,
             &self.config.applied_url,
             applied::schema(),
             &[],
             APPLIED,
-            false,
+            create,
         )
         .await
     }
@@ -192,16 +196,10 @@ impl Lake {
             )
             .await?
             .ok_or_else(|| Error::Internal("rejects table not created".into())),
-            APPLIED => table::open_or_create(
-                &self.config,
-                &self.config.applied_url,
-                applied::schema(),
-                &[],
-                APPLIED,
-                true,
-            )
-            .await?
-            .ok_or_else(|| Error::Internal("applied table not created".into())),
+            APPLIED => self
+                .open_applied(true)
+                .await?
+                .ok_or_else(|| Error::Internal("applied table not created".into())),
             other => Err(Error::Internal(format!("unknown follower table `{other}`"))),
         }
     }
@@ -252,10 +250,24 @@ pub async fn scan_stream(
     if table.snapshot()?.log_data().num_files() == 0 {
         return Ok(None);
     }
+    Ok(Some(dataframe(table, |p| p).await?.execute_stream().await?))
+}
+
+/// A DataFusion data frame over `table`, with its provider adjusted by `provider` (a file
+/// column, a file selection).
+///
+/// # Errors
+/// DataFusion and Delta errors.
+pub async fn dataframe(
+    table: &DeltaTable,
+    provider: impl FnOnce(
+        deltalake::delta_datafusion::TableProviderBuilder,
+    ) -> deltalake::delta_datafusion::TableProviderBuilder,
+) -> Result<deltalake::datafusion::dataframe::DataFrame> {
     let ctx = SessionContext::new();
     table.update_datafusion_session(&ctx.state())?;
-    let provider = table.table_provider().await?;
-    Ok(Some(ctx.read_table(provider)?.execute_stream().await?))
+    let provider = provider(table.table_provider()).await?;
+    Ok(ctx.read_table(provider)?)
 }
 
 /// Reads a whole table through DataFusion ([`scan_stream`], collected).

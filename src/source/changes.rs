@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder};
 
 use super::cast::cast_column;
-use super::hash_batch;
-use crate::change::ChangeBatch;
+use super::{hash_batch, BATCH_ROWS};
+use crate::change::{ChangeBatch, ChangeOp, SourceOrder};
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
 use crate::schema::payload_schema;
@@ -203,6 +203,75 @@ pub fn read(
             })
             .collect()
     })
+}
+
+/// Change rows gathered from one file as text per configured column, turned into typed,
+/// hashed [`ChangeBatch`]es of at most [`BATCH_ROWS`] rows.
+pub(super) struct RowsBuilder<'a> {
+    config: &'a TableConfig,
+    file: &'a ChangeFile,
+    index: usize,
+    /// One builder per configured column: append each row's values, then call [`Self::push`].
+    pub columns: Vec<StringBuilder>,
+    ops: Vec<ChangeOp>,
+    order: Vec<SourceOrder>,
+    days: Vec<Option<i32>>,
+    lines: Vec<u64>,
+    done: Vec<ChangeBatch>,
+}
+
+impl<'a> RowsBuilder<'a> {
+    pub fn new(config: &'a TableConfig, file: &'a ChangeFile, index: usize) -> Self {
+        RowsBuilder {
+            config,
+            file,
+            index,
+            columns: config.columns.iter().map(|_| StringBuilder::new()).collect(),
+            ops: Vec::new(),
+            order: Vec::new(),
+            days: Vec::new(),
+            lines: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Records the operation, order position, commit day and line of the row whose values were
+    /// just appended to [`Self::columns`].
+    pub fn push(&mut self, op: ChangeOp, position: u64, day: Option<i32>, line: u64) -> Result<()> {
+        self.ops.push(op);
+        self.order.push(SourceOrder {
+            position,
+            file: self.index as u32,
+            row: line,
+        });
+        self.days.push(day);
+        self.lines.push(line);
+        if self.ops.len() >= BATCH_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let raw = self.columns.iter_mut().map(|b| b.finish()).collect();
+        let lines = std::mem::take(&mut self.lines);
+        self.done.push(ChangeBatch {
+            rows: typed_batch(self.config, self.file, self.index, raw, lines)?,
+            ops: std::mem::take(&mut self.ops),
+            order: std::mem::take(&mut self.order),
+            commit_days: std::mem::take(&mut self.days),
+        });
+        Ok(())
+    }
+
+    /// Every batch gathered.
+    pub fn finish(mut self) -> Result<Vec<ChangeBatch>> {
+        self.flush()?;
+        Ok(self.done)
+    }
 }
 
 /// Casts raw text columns (configured columns, config order) to their types and hashes them.

@@ -24,6 +24,24 @@ use crate::schema::{payload_schema, ColumnType};
 /// the reader holds a few tens of MiB whatever the row width.
 const CHUNK_BYTES: usize = 4 << 20;
 
+/// Opens a CSV file with the config's delimiter and quote; records of any length are returned
+/// (their field count is checked by the caller, which can name the line).
+///
+/// # Errors
+/// [`Error::Input`] when the file cannot be opened.
+pub(super) fn open(config: &TableConfig, path: &std::path::Path) -> Result<csv::Reader<BufReader<File>>> {
+    let handle = File::open(path).map_err(|e| Error::Input {
+        path: path.to_path_buf(),
+        reason: format!("cannot open: {e}"),
+    })?;
+    Ok(csv::ReaderBuilder::new()
+        .delimiter(config.delimiter)
+        .quote(config.quote)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(1 << 20, handle)))
+}
+
 /// Reads one CSV file: this thread's helper splits records, `workers` threads validate, cast and
 /// hash chunks of them, and the calling thread hands the batches to `sink`. Returns the number
 /// of data rows read (bad ones included).
@@ -39,16 +57,7 @@ pub(super) fn read(
     progress: &Progress,
     sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
 ) -> Result<u64> {
-    let handle = File::open(&file.path).map_err(|e| Error::Input {
-        path: file.path.clone(),
-        reason: format!("cannot open: {e}"),
-    })?;
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(config.delimiter)
-        .quote(config.quote)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(BufReader::with_capacity(1 << 20, handle));
+    let mut reader = open(config, &file.path)?;
     if config.header {
         check_header(config, file, &mut reader)?;
     }

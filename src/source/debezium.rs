@@ -23,12 +23,10 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 
-use deltalake::arrow::array::StringBuilder;
 use serde_json::{Map, Value};
 
-use super::changes::{millis_days, typed_batch, ChangeFile, ChangeFormat};
-use super::BATCH_ROWS;
-use crate::change::{ChangeBatch, ChangeOp, SourceOrder};
+use super::changes::{millis_days, ChangeFile, ChangeFormat, RowsBuilder};
+use crate::change::{ChangeBatch, ChangeOp};
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
 use crate::schema::ColumnType;
@@ -208,7 +206,7 @@ pub(super) fn read(
         reason,
     };
     let reader = BufReader::with_capacity(1 << 20, handle);
-    let mut values: Box<dyn Iterator<Item = Result<(u64, Value)>>> = match file.format {
+    let values: Box<dyn Iterator<Item = Result<(u64, Value)>>> = match file.format {
         ChangeFormat::Avro => {
             let avro = apache_avro::Reader::new(reader).map_err(|e| Error::Input {
                 path: file.path.clone(),
@@ -236,52 +234,24 @@ pub(super) fn read(
                 }),
         ),
     };
-    let columns = &config.columns;
-    let mut out = Vec::new();
-    loop {
-        let mut builders: Vec<StringBuilder> = columns.iter().map(|_| StringBuilder::new()).collect();
-        let (mut ops, mut order, mut days, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut done = true;
-        for next in values.by_ref() {
-            let (line_no, value) = next?;
-            let Some(event) = parse_event(value).map_err(|e| bad(line_no, None, e))? else {
-                continue;
-            };
-            for (c, column) in columns.iter().enumerate() {
-                let value = event.row.get(&column.name).unwrap_or(&Value::Null);
-                match value_text(value, column.ty, entry.timestamp_precision)
-                    .map_err(|e| bad(line_no, Some(&column.name), e))?
-                {
-                    Some(text) => builders[c].append_value(text),
-                    None => builders[c].append_null(),
-                }
-            }
-            ops.push(event.op);
-            order.push(SourceOrder {
-                position: event.position,
-                file: index as u32,
-                row: line_no,
-            });
-            days.push(event.commit_ms.map(millis_days));
-            rows.push(line_no);
-            if ops.len() >= BATCH_ROWS {
-                done = false;
-                break;
+    let mut rows = RowsBuilder::new(config, file, index);
+    for next in values {
+        let (line_no, value) = next?;
+        let Some(event) = parse_event(value).map_err(|e| bad(line_no, None, e))? else {
+            continue;
+        };
+        for (c, column) in config.columns.iter().enumerate() {
+            let value = event.row.get(&column.name).unwrap_or(&Value::Null);
+            match value_text(value, column.ty, entry.timestamp_precision)
+                .map_err(|e| bad(line_no, Some(&column.name), e))?
+            {
+                Some(text) => rows.columns[c].append_value(text),
+                None => rows.columns[c].append_null(),
             }
         }
-        if !ops.is_empty() {
-            let raw = builders.iter_mut().map(|b| b.finish()).collect();
-            out.push(ChangeBatch {
-                rows: typed_batch(config, file, index, raw, rows)?,
-                ops,
-                order,
-                commit_days: days,
-            });
-        }
-        if done {
-            return Ok(out);
-        }
+        rows.push(event.op, event.position, event.commit_ms.map(millis_days), line_no)?;
     }
+    rows.finish()
 }
 
 #[cfg(test)]

@@ -8,14 +8,13 @@
 //! so `Op` and the timestamp column are found by name.
 
 use std::fs::File;
-use std::io::BufReader;
 
-use deltalake::arrow::array::{Array, AsArray, StringArray, StringBuilder};
+use deltalake::arrow::array::{Array, AsArray, StringArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::DataType;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::changes::{timestamp_days, typed_batch, ChangeFile, FileKind};
+use super::changes::{timestamp_days, typed_batch, ChangeFile, FileKind, RowsBuilder};
 use super::BATCH_ROWS;
 use crate::change::{ChangeBatch, ChangeOp, SourceOrder};
 use crate::config::TableConfig;
@@ -83,138 +82,105 @@ pub(super) fn read_csv(
     file: &ChangeFile,
     index: usize,
 ) -> Result<Vec<ChangeBatch>> {
-    let handle = File::open(&file.path).map_err(|e| Error::Input {
-        path: file.path.clone(),
-        reason: format!("cannot open: {e}"),
-    })?;
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(config.delimiter)
-        .quote(config.quote)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(BufReader::with_capacity(1 << 20, handle));
+    let mut reader = super::csv::open(config, &file.path)?;
     let columns = &config.columns;
     let timestamp_name = entry.timestamp_column.as_deref();
     let is_null = |field: &[u8], ty: ColumnType| match &config.null_value {
         Some(nv) => field == nv.as_bytes(),
         None => field.is_empty() && ty != ColumnType::String,
     };
-    let mut out = Vec::new();
+    let mut rows = RowsBuilder::new(config, file, index);
     let mut record = csv::ByteRecord::new();
     let mut layout: Option<CsvLayout> = None;
-    loop {
-        let mut builders: Vec<StringBuilder> = columns.iter().map(|_| StringBuilder::new()).collect();
-        let mut ops = Vec::new();
-        let mut order = Vec::new();
-        let mut days = Vec::new();
-        let mut lines = Vec::new();
-        let mut more = false;
-        while reader.read_byte_record(&mut record)? {
-            let line = record.position().map_or(0, |p| p.line());
-            let found = csv_layout(
-                record.len(),
-                columns.len(),
-                timestamp_name.is_some(),
-                record.get(0).unwrap_or_default(),
-                file.kind,
-            );
-            let this = match (found, layout) {
-                (Some(f), None) => {
-                    layout = Some(f);
-                    f
-                }
-                (Some(f), Some(l)) if f == l => l,
-                _ => {
-                    let extra = match (file.kind, timestamp_name) {
-                        (FileKind::Load, Some(_)) => "[Op,] [timestamp,] ",
-                        (FileKind::Load, None) => "[Op,] ",
-                        (FileKind::Change, Some(_)) => "Op, timestamp, ",
-                        (FileKind::Change, None) => "Op, ",
+    while reader.read_byte_record(&mut record)? {
+        let line = record.position().map_or(0, |p| p.line());
+        let found = csv_layout(
+            record.len(),
+            columns.len(),
+            timestamp_name.is_some(),
+            record.get(0).unwrap_or_default(),
+            file.kind,
+        );
+        let this = match (found, layout) {
+            (Some(f), None) => {
+                layout = Some(f);
+                f
+            }
+            (Some(f), Some(l)) if f == l => l,
+            _ => {
+                let extra = match (file.kind, timestamp_name) {
+                    (FileKind::Load, Some(_)) => "[Op,] [timestamp,] ",
+                    (FileKind::Load, None) => "[Op,] ",
+                    (FileKind::Change, Some(_)) => "Op, timestamp, ",
+                    (FileKind::Change, None) => "Op, ",
+                };
+                let reason = format!(
+                    "expected {extra}then {} table columns, found {} fields{}",
+                    columns.len(),
+                    record.len(),
+                    if layout.is_some() {
+                        " (or a layout that differs from the file's first row)"
+                    } else {
+                        ""
+                    }
+                );
+                return Err(bad_row(file, line, None, reason));
+            }
+        };
+        let text = |i: usize, name: &str| -> Result<&str> {
+            std::str::from_utf8(&record[i])
+                .map_err(|_| bad_row(file, line, Some(name), "invalid UTF-8".into()))
+        };
+        let op = match this.op {
+            Some(i) => {
+                let value = text(i, "Op")?;
+                ChangeOp::from_dms(value).ok_or_else(|| {
+                    let hint = if timestamp_name.is_none() {
+                        " (if the task writes a commit timestamp column, set timestamp_column)"
+                    } else {
+                        ""
                     };
-                    let reason = format!(
-                        "expected {extra}then {} table columns, found {} fields{}",
-                        columns.len(),
-                        record.len(),
-                        if layout.is_some() {
-                            " (or a layout that differs from the file's first row)"
-                        } else {
-                            ""
-                        }
-                    );
-                    return Err(bad_row(file, line, None, reason));
-                }
-            };
-            let text = |i: usize, name: &str| -> Result<&str> {
-                std::str::from_utf8(&record[i])
-                    .map_err(|_| bad_row(file, line, Some(name), "invalid UTF-8".into()))
-            };
-            let op = match (this.op, file.kind) {
-                (Some(i), _) => {
-                    let value = text(i, "Op")?;
-                    ChangeOp::from_dms(value).ok_or_else(|| {
-                        bad_row(
-                            file,
-                            line,
-                            Some("Op"),
-                            format!("`{value}` is not an operation (I, U or D)"),
-                        )
-                    })?
-                }
-                (None, _) => ChangeOp::Insert,
-            };
-            let op = if file.kind == FileKind::Load {
-                ChangeOp::Insert
+                    bad_row(
+                        file,
+                        line,
+                        Some("Op"),
+                        format!("`{value}` is not an operation (I, U or D){hint}"),
+                    )
+                })?
+            }
+            None => ChangeOp::Insert,
+        };
+        // Every full-load row is an insert, whatever its Op says.
+        let op = if file.kind == FileKind::Load {
+            ChangeOp::Insert
+        } else {
+            op
+        };
+        let day = match (this.timestamp, timestamp_name) {
+            (Some(i), Some(name)) => {
+                let value = text(i, name)?;
+                Some(timestamp_days(value).ok_or_else(|| {
+                    bad_row(
+                        file,
+                        line,
+                        Some(name),
+                        format!("cannot parse `{value}` as a commit timestamp"),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        for (c, column) in columns.iter().enumerate() {
+            let field = &record[this.first_data + c];
+            if is_null(field, column.ty) {
+                rows.columns[c].append_null();
             } else {
-                op
-            };
-            let day = match (this.timestamp, timestamp_name) {
-                (Some(i), Some(name)) => {
-                    let value = text(i, name)?;
-                    Some(timestamp_days(value).ok_or_else(|| {
-                        bad_row(
-                            file,
-                            line,
-                            Some(name),
-                            format!("cannot parse `{value}` as a commit timestamp"),
-                        )
-                    })?)
-                }
-                _ => None,
-            };
-            for (c, column) in columns.iter().enumerate() {
-                let field = &record[this.first_data + c];
-                if is_null(field, column.ty) {
-                    builders[c].append_null();
-                } else {
-                    builders[c].append_value(text(this.first_data + c, &column.name)?);
-                }
-            }
-            ops.push(op);
-            order.push(SourceOrder {
-                position: 0,
-                file: index as u32,
-                row: line,
-            });
-            days.push(day);
-            lines.push(line);
-            if ops.len() >= BATCH_ROWS {
-                more = true;
-                break;
+                rows.columns[c].append_value(text(this.first_data + c, &column.name)?);
             }
         }
-        if !ops.is_empty() {
-            let raw = builders.iter_mut().map(|b| b.finish()).collect();
-            out.push(ChangeBatch {
-                rows: typed_batch(config, file, index, raw, lines)?,
-                ops,
-                order,
-                commit_days: days,
-            });
-        }
-        if !more {
-            return Ok(out);
-        }
+        rows.push(op, 0, day, line)?;
     }
+    rows.finish()
 }
 
 /// Reads a DMS Parquet file: the configured columns, `Op` and the timestamp column by name
