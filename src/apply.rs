@@ -40,6 +40,7 @@ use crate::lake::{
 };
 use crate::run::epoch_days;
 use crate::schema::{table_schema, EFF_START_DATE, KEYHASH, OPERATION};
+use crate::source::BATCH_ROWS;
 use crate::tables::DeleteMode;
 
 /// Name of the file-path column of the impacted-files scan.
@@ -119,15 +120,30 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
     };
     let properties = writer_properties(config.compression, 32 << 20, &unique);
     let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
+    let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
     let current_writer = tokio::spawn(write_stream(
         lake.current.clone(),
         current_rx,
         properties.clone(),
     ));
+    let history_writer = tokio::spawn(write_stream(
+        lake.history.clone(),
+        history_rx,
+        properties.clone(),
+    ));
+    // Rows go to the writers in slices of at most BATCH_ROWS picks, as they are resolved.
+    let out = Outputs {
+        sources: &sources,
+        current: &current_tx,
+        history: &history_tx,
+    };
 
     let merged = async {
-        let mut history = Vec::new();
         let mut removes = Vec::new();
+        if request.reload {
+            removes = lake::all_files_removed(&lake.current)?;
+            summary.files_rewritten = summary.current_files;
+        }
         if request.insert_only {
             let mut picked = Vec::new();
             for (b, batch) in request.changes.iter().enumerate() {
@@ -141,32 +157,22 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
             }
             summary.inserted = picked.len() as u64;
             summary.keys_changed = picked.len() as u64;
-            let rows = match picked.is_empty() {
-                true => RecordBatch::new_empty(schema.clone()),
-                false => with_operations(&sources, &picked, &vec!["I"; picked.len()])?,
-            };
-            if request.reload {
-                removes = lake::all_files_removed(&lake.current)?;
-                summary.files_rewritten = summary.current_files;
-            }
-            send(&current_tx, rows.clone()).await?;
-            history.push(rows);
-            return Ok::<_, Error>((history, removes));
+            let codes = vec!["I"; picked.len()];
+            out.upserts(&picked, &codes).await?;
+            return Ok::<_, Error>(removes);
         }
         let winners = last_per_key(&request.changes);
         summary.keys_changed = winners.len() as u64;
-        let mut changed: DigestMap<usize> = DigestMap::default();
-        for (w, p) in winners.iter().enumerate() {
-            changed.insert(key(request.changes[p.batch].rows.keyhash.value(p.row)), w);
-        }
         // Stored rows of changed keys (for history D rows and ignored deletes).
         let mut old_rows: Vec<RecordBatch> = Vec::new();
         let mut old_at: DigestMap<(usize, usize)> = DigestMap::default();
         let mut live: HashSet<crate::diff::Key> = HashSet::new();
-        if request.reload {
-            removes = lake::all_files_removed(&lake.current)?;
-            summary.files_rewritten = summary.current_files;
-        } else if summary.current_files > 0 {
+        if !request.reload && summary.current_files > 0 {
+            let mut changed: DigestMap<()> = DigestMap::default();
+            changed.reserve(winners.len());
+            for p in &winners {
+                changed.insert(key(request.changes[p.batch].rows.keyhash.value(p.row)), ());
+            }
             let impacted = impacted_files(&lake.current, &changed).await?;
             summary.files_rewritten = impacted.len() as u64;
             removes = impacted.values().cloned().collect();
@@ -181,7 +187,7 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
                         .collect();
                     let kept = filter_record_batch(&batch, &deltalake::arrow::compute::not(&hit)?)?;
                     summary.rows_copied += kept.num_rows() as u64;
-                    send(&current_tx, kept).await?;
+                    send(out.current, kept).await?;
                     let old = filter_record_batch(&batch, &hit)?;
                     if old.num_rows() > 0 {
                         let keyhash = old.column_by_name(KEYHASH).ok_or_else(no_keyhash)?;
@@ -240,66 +246,56 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
                 }
             }
         }
-        if !new_picks.is_empty() {
-            let upserts = with_operations(&sources, &new_picks, &new_codes)?;
-            send(&current_tx, upserts.clone()).await?;
-            history.push(upserts);
+        drop(winners);
+        out.upserts(&new_picks, &new_codes).await?;
+        let old: Vec<&RecordBatch> = old_rows.iter().collect();
+        for chunk in kept_old.chunks(BATCH_ROWS) {
+            send(out.current, interleave_record_batch(&old, chunk)?).await?;
         }
-        if !kept_old.is_empty() {
-            send(&current_tx, interleave_record_batch(&old_rows.iter().collect::<Vec<_>>(), &kept_old)?).await?;
-        }
-        if !deleted.is_empty() {
-            let at: Vec<(usize, usize)> = deleted.iter().map(|(a, _)| *a).collect();
-            let rows = interleave_record_batch(&old_rows.iter().collect::<Vec<_>>(), &at)?;
-            let days = Date32Array::from_iter_values(deleted.iter().map(|(_, d)| *d));
+        for chunk in deleted.chunks(BATCH_ROWS) {
+            let at: Vec<(usize, usize)> = chunk.iter().map(|(a, _)| *a).collect();
+            let rows = interleave_record_batch(&old, &at)?;
+            let days = Date32Array::from_iter_values(chunk.iter().map(|(_, d)| *d));
             let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
             if request.delete_mode == DeleteMode::Soft {
-                send(&current_tx, rows.clone()).await?;
+                send(out.current, rows.clone()).await?;
             }
-            history.push(rows);
+            send(out.history, rows).await?;
         }
-        Ok((history, removes))
+        Ok(removes)
     }
     .await;
-    drop(current_tx);
-    let current_adds = current_writer
-        .await
-        .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?;
-    let ((history_rows, current_removes), current_adds) = match (merged, current_adds) {
-        (Ok(m), Ok(adds)) => (m, adds),
-        (merged, adds) => {
-            // The writer's own error (disk full, ...) explains a failed send: report it first.
-            return match (adds, merged) {
-                (Err(e), _) => Err(e),
-                (Ok(adds), Err(e)) => {
-                    lake::discard_files(&lake.current, &adds).await;
-                    Err(e)
+    drop((current_tx, history_tx));
+    let current_adds = join_writer(current_writer).await;
+    let history_adds = join_writer(history_writer).await;
+    let (current_removes, current_adds, history_adds) = match (merged, current_adds, history_adds) {
+        (Ok(m), Ok(c), Ok(h)) => (m, c, h),
+        (merged, c, h) => {
+            for (table, adds) in [(&lake.current, &c), (&lake.history, &h)] {
+                if let Ok(adds) = adds {
+                    lake::discard_files(table, adds).await;
                 }
-                (Ok(_), Ok(_)) => Err(Error::Internal("apply failed without an error".into())),
-            };
+            }
+            // A writer's own error (disk full, ...) explains a failed send: report it first.
+            c?;
+            h?;
+            merged?;
+            return Err(Error::Internal("apply failed without an error".into()));
         }
     };
-    let mut history_adds = Vec::new();
-    let mut applied_files: Option<(DeltaTable, Vec<deltalake::kernel::Add>)> = None;
     let written = async {
-        history_adds = write_files(&lake.history, history_rows, properties.clone()).await?;
         let applied_table = lake.follower(APPLIED).await?;
         let batch = lake::applied::batch(&request.applied, seq)?;
         let adds = write_files(&applied_table, vec![batch], properties.clone()).await?;
-        applied_files = Some((applied_table, adds));
-        Ok::<_, Error>(())
+        Ok::<_, Error>((applied_table, adds))
     }
     .await;
-    let (applied_table, applied_adds) = match (written, applied_files) {
-        (Ok(()), Some(done)) => done,
-        (result, applied) => {
+    let (applied_table, applied_adds) = match written {
+        Ok(done) => done,
+        Err(e) => {
             lake::discard_files(&lake.current, &current_adds).await;
             lake::discard_files(&lake.history, &history_adds).await;
-            if let Some((table, adds)) = applied {
-                lake::discard_files(&table, &adds).await;
-            }
-            result?;
-            return Err(Error::Internal("applied files not written".into()));
+            return Err(e);
         }
     };
     let record = RunRecord {
@@ -354,6 +350,33 @@ fn change_rows(schema: &SchemaRef, batch: &ChangeBatch, run_days: i32) -> Result
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+/// Where resolved rows go: the current and history table writers.
+struct Outputs<'a> {
+    sources: &'a [RecordBatch],
+    current: &'a tokio::sync::mpsc::Sender<RecordBatch>,
+    history: &'a tokio::sync::mpsc::Sender<RecordBatch>,
+}
+
+impl Outputs<'_> {
+    /// Sends the picked change rows with their codes to both tables, a slice at a time.
+    async fn upserts(&self, picks: &[(usize, usize)], codes: &[&str]) -> Result<()> {
+        for (picks, codes) in picks.chunks(BATCH_ROWS).zip(codes.chunks(BATCH_ROWS)) {
+            let rows = with_operations(self.sources, picks, codes)?;
+            send(self.current, rows.clone()).await?;
+            send(self.history, rows).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn join_writer(
+    handle: tokio::task::JoinHandle<Result<Vec<deltalake::kernel::Add>>>,
+) -> Result<Vec<deltalake::kernel::Add>> {
+    handle
+        .await
+        .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?
+}
+
 /// The picked rows of `sources` (batch, row), with their `operation` codes.
 fn with_operations(
     sources: &[RecordBatch],
@@ -383,14 +406,14 @@ async fn send(tx: &tokio::sync::mpsc::Sender<RecordBatch>, batch: RecordBatch) -
     }
     tx.send(batch)
         .await
-        .map_err(|_| Error::Internal("the current table writer stopped early".into()))
+        .map_err(|_| Error::Internal("a table writer stopped early".into()))
 }
 
 /// The data files of `table` holding a key of `changed`, by file id (the scan's file URL),
 /// with their remove actions.
 async fn impacted_files(
     table: &DeltaTable,
-    changed: &DigestMap<usize>,
+    changed: &DigestMap<()>,
 ) -> Result<HashMap<String, Remove>> {
     let mut stream = lake::dataframe(table, |p| p.with_file_column(FILE_COLUMN))
         .await?
