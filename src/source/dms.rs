@@ -84,6 +84,16 @@ pub(super) fn read_csv(
 ) -> Result<Vec<ChangeBatch>> {
     let mut reader = super::csv::open(config, &file.path)?;
     let columns = &config.columns;
+    let mut first = csv::ByteRecord::new();
+    if file.kind == FileKind::Load
+        && reader.read_byte_record(&mut first)?
+        && first.len() == columns.len()
+    {
+        // A full load without Op and timestamp columns is a plain extract: parse it on every
+        // core with the snapshot reader.
+        return read_plain_load(config, file, index);
+    }
+    let mut reader = super::csv::open(config, &file.path)?;
     let timestamp_name = entry.timestamp_column.as_deref();
     let is_null = |field: &[u8], ty: ColumnType| match &config.null_value {
         Some(nv) => field == nv.as_bytes(),
@@ -181,6 +191,39 @@ pub(super) fn read_csv(
         rows.push(op, 0, day, line)?;
     }
     rows.finish()
+}
+
+/// Reads a full-load CSV file that has only the table's columns (every row an insert) with the
+/// parallel snapshot reader.
+fn read_plain_load(config: &TableConfig, file: &ChangeFile, index: usize) -> Result<Vec<ChangeBatch>> {
+    let input = super::InputFile {
+        path: file.path.clone(),
+        format: crate::config::InputFormat::Csv,
+        size: file.size,
+    };
+    let mut errors = super::RowErrors::new(crate::config::OnError::Fail);
+    let mut out = Vec::new();
+    let mut sink = |rows: super::HashedBatch| -> Result<()> {
+        let n = rows.lines.len();
+        out.push(ChangeBatch {
+            ops: vec![ChangeOp::Insert; n],
+            order: rows
+                .lines
+                .iter()
+                .map(|&line| SourceOrder {
+                    position: 0,
+                    file: index as u32,
+                    row: line,
+                })
+                .collect(),
+            commit_days: vec![None; n],
+            rows,
+        });
+        Ok(())
+    };
+    let progress = crate::progress::Progress::hidden();
+    super::csv::read(config, &input, index, &mut errors, &progress, &mut sink)?;
+    Ok(out)
 }
 
 /// Reads a DMS Parquet file: the configured columns, `Op` and the timestamp column by name

@@ -271,7 +271,8 @@ async fn a_rewritten_full_load_replaces_the_table() {
     l.sync_one().await;
     l.file("sales/orders", "20240301-1000000000.csv", "U,1,east,11\n");
     l.sync_one().await;
-    std::fs::write(&load, "1,east,12\n5,west,50\n").unwrap();
+    // DMS with includeOpForFullLoad: the reload's rows carry Op = I
+    std::fs::write(&load, "I,1,east,12\nI,5,west,50\n").unwrap();
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
     std::fs::File::options().write(true).open(&load).unwrap().set_modified(later).unwrap();
     let t = l.sync_one().await;
