@@ -49,7 +49,7 @@ def log(msg):
     print(f"[dms_merge_bench] {msg}", file=sys.stderr, flush=True)
 
 
-def generate(rows, changes, folder):
+def generate(rows, changes, folder, hot):
     """Writes LOAD00000001.csv and one change file with DuckDB; returns the change file."""
     import duckdb
 
@@ -70,7 +70,8 @@ def generate(rows, changes, folder):
     con.execute(
         f"""CREATE TABLE picked AS
             SELECT id, row_number() OVER () AS n FROM
-              (SELECT i AS id FROM range({rows}) t(i) ORDER BY hash(i + 7) LIMIT {upd + dele})"""
+              (SELECT i AS id FROM range({rows - int(rows * hot)}, {rows}) t(i)
+               ORDER BY hash(i + 7) LIMIT {upd + dele})"""
     )
     con.execute(
         f"""COPY (
@@ -147,6 +148,11 @@ def compare(tributary_current, delta_current):
     return rows, diff
 
 
+def stages(table):
+    st = table["apply"]["stages"]
+    return ", ".join(f"{k.removesuffix('_secs').replace('_', ' ')} {v:.2f}" for k, v in st.items())
+
+
 def commit():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -160,6 +166,9 @@ def main():
     p.add_argument("--changes", type=int, default=1_000_000)
     p.add_argument("--bin", default=str(ROOT / "target" / "release" / "tributary"))
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--hot", type=float, default=1.0,
+                   help="share of the id range (the newest ids) that updates and deletes touch; "
+                        "1.0 spreads them over the whole table")
     args = p.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
     landing, lake = OUT / "landing", OUT / "lake"
@@ -168,16 +177,19 @@ def main():
     (landing / "tables.yaml").write_text(TABLES)
     log(f"generating {args.rows:,} rows and {args.changes:,} change rows")
     staging = OUT / "staging"
-    change = generate(args.rows, args.changes, staging)
+    change = generate(args.rows, args.changes, staging, args.hot)
     folder.mkdir(parents=True)
     shutil.copy(staging / "LOAD00000001.csv", folder / "LOAD00000001.csv")
 
     sync = [args.bin, "sync", str(landing), "--lake", str(lake), "--date", "2024-03-01", "--json"]
     log("tributary: full load")
-    load_secs, load_rss, _ = timed(sync)
+    load_secs, load_rss, out = timed(sync)
+    (OUT / "tributary_load.json").write_text(out)
+    load_apply = json.loads(out)["tables"][0]
     shutil.copy(change, folder / change.name)
     log("tributary: change file")
     t_secs, t_rss, out = timed(sync)
+    (OUT / "tributary_changes.json").write_text(out)
     summary = json.loads(out)["tables"][0]
     apply = summary["apply"]
 
@@ -192,11 +204,13 @@ def main():
         raise SystemExit(f"the two current tables differ in {diff} rows")
 
     mib = lambda b: f"{b / 2**20:,.0f} MiB"
+    hot_title = "" if args.hot >= 1.0 else f", updates and deletes on the newest {args.hot:.0%} of keys"
+    hot_flag = "" if args.hot >= 1.0 else f" --hot {args.hot}"
     section = f"""
-## Change-log apply: {args.changes:,} DMS change rows into {args.rows:,} rows
+## Change-log apply: {args.changes:,} DMS change rows into {args.rows:,} rows{hot_title}
 
 Date {time.strftime('%Y-%m-%d')}, commit {commit()}, {platform.machine()} {os.cpu_count()} cores.
-Command: `python3 bench/dms_merge_bench.py --rows {args.rows} --changes {args.changes}`.
+Command: `python3 bench/dms_merge_bench.py --rows {args.rows} --changes {args.changes}{hot_flag}`.
 Changes: 60% updates, 20% inserts, 20% deletes, ~10% of changed keys changed twice
 ({apply['changes_read']:,} rows, {apply['keys_changed']:,} keys). Both current tables compared
 row for row after the runs: {rows:,} rows, 0 differences.
@@ -207,6 +221,9 @@ row for row after the runs: {rows:,} rows, 0 differences.
 | full load | delta-rs `write_deltalake` | {dl_secs:.2f} | {mib(dl_rss)} | current table only |
 | apply changes | Tributary `sync` | {t_secs:.2f} | {mib(t_rss)} | {apply['inserted']:,} I, {apply['updated']:,} U, {apply['deleted']:,} D; files rewritten {apply['files_rewritten']} of {apply['current_files']}; {apply['rows_copied']:,} rows copied |
 | apply changes | delta-rs MERGE (Python) | {d_secs:.2f} | {mib(d_rss)} | files removed {metrics.get('num_target_files_removed')}, added {metrics.get('num_target_files_added')}; rows copied {metrics.get('num_target_rows_copied')} |
+
+Tributary stages (seconds): load: read {load_apply['read_secs']:.2f}, {stages(load_apply)};
+changes: read {summary['read_secs']:.2f}, {stages(summary)}.
 
 Ratio (apply): delta-rs / Tributary = {d_secs / t_secs:.2f}x wall time. Tributary also writes the
 history table ({apply['inserted'] + apply['updated'] + apply['deleted']:,} rows) and the applied-files

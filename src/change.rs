@@ -81,30 +81,73 @@ pub struct Picked {
     pub row: usize,
 }
 
-/// The last change of each key by source order, returned in source order. Two changes of one
-/// key with equal [`SourceOrder`] cannot happen within one run (file and row differ); if they
-/// do, the one in the later batch wins.
+/// Rows below which [`last_per_key`] runs on one thread.
+const PARALLEL_ROWS: usize = 100_000;
+
+/// The last change of each key by source order, returned in batch and row order. Two changes of
+/// one key with equal [`SourceOrder`] cannot happen within one run (file and row differ); if
+/// they do, the one in the later batch (or row) wins.
+///
+/// Large runs are split over the cores by key: each thread keeps the keys whose upper digest
+/// bits select it, so no two threads see one key.
 pub fn last_per_key(batches: &[ChangeBatch]) -> Vec<Picked> {
-    let mut best: DigestMap<(SourceOrder, Picked)> = DigestMap::with_capacity_and_hasher(
-        batches.iter().map(ChangeBatch::len).sum(),
-        Default::default(),
-    );
+    let total: usize = batches.iter().map(ChangeBatch::len).sum();
+    let threads = if total < PARALLEL_ROWS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    };
+    let winners: Vec<Vec<(u32, u32)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|part| scope.spawn(move || last_in_part(batches, part, threads, total / threads)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut marks: Vec<Vec<bool>> = batches.iter().map(|b| vec![false; b.len()]).collect();
+    for (batch, row) in winners.into_iter().flatten() {
+        marks[batch as usize][row as usize] = true;
+    }
+    marks
+        .iter()
+        .enumerate()
+        .flat_map(|(batch, m)| {
+            m.iter()
+                .enumerate()
+                .filter(|(_, won)| **won)
+                .map(move |(row, _)| Picked { batch, row })
+        })
+        .collect()
+}
+
+/// The winning (batch, row) of each key of partition `part` of `parts`.
+fn last_in_part(
+    batches: &[ChangeBatch],
+    part: usize,
+    parts: usize,
+    capacity: usize,
+) -> Vec<(u32, u32)> {
+    let mut best: DigestMap<(SourceOrder, u32, u32)> =
+        DigestMap::with_capacity_and_hasher(capacity, Default::default());
     for (b, batch) in batches.iter().enumerate() {
         for (row, order) in batch.order.iter().enumerate() {
             let k = key(batch.rows.keyhash.value(row));
-            let picked = Picked { batch: b, row };
+            if parts > 1 && ((k >> 64) as u64 % parts as u64) as usize != part {
+                continue;
+            }
+            let candidate = (*order, b as u32, row as u32);
             best.entry(k)
                 .and_modify(|slot| {
-                    if *order >= slot.0 {
-                        *slot = (*order, picked);
+                    if candidate >= *slot {
+                        *slot = candidate;
                     }
                 })
-                .or_insert((*order, picked));
+                .or_insert(candidate);
         }
     }
-    let mut out: Vec<(SourceOrder, Picked)> = best.into_values().collect();
-    out.sort_unstable_by_key(|(order, p)| (*order, p.batch, p.row));
-    out.into_iter().map(|(_, p)| p).collect()
+    best.into_values().map(|(_, b, r)| (b, r)).collect()
 }
 
 /// What the last change of a key does to the current table.
@@ -184,7 +227,11 @@ mod tests {
         assert_eq!(ChangeOp::from_dms("x"), None);
         assert_eq!(ChangeOp::from_debezium("r"), Some(ChangeOp::Insert));
         assert_eq!(ChangeOp::from_debezium("d"), Some(ChangeOp::Delete));
-        assert_eq!(ChangeOp::from_debezium("t"), None, "truncate is not a row change");
+        assert_eq!(
+            ChangeOp::from_debezium("t"),
+            None,
+            "truncate is not a row change"
+        );
     }
 
     #[test]
@@ -195,6 +242,29 @@ mod tests {
         assert_eq!(Outcome::resolve(Delete, true), Outcome::Delete);
         assert_eq!(Outcome::resolve(Delete, false), Outcome::IgnoredDelete);
         assert_eq!(Outcome::IgnoredDelete.code(), None);
+    }
+
+    #[test]
+    fn a_large_run_split_over_threads_keeps_the_last_change_of_every_key() {
+        // 250,000 changes of 1,000 keys in 4 batches: above PARALLEL_ROWS.
+        let o = |file: usize, row: u64| SourceOrder {
+            position: 0,
+            file: file as u32,
+            row,
+        };
+        let batches: Vec<ChangeBatch> = (0..4usize)
+            .map(|f| {
+                let changes: Vec<(u8, ChangeOp, SourceOrder)> = (0..62_500u64)
+                    .map(|r| ((r % 250) as u8, ChangeOp::Update, o(f, r + 1)))
+                    .collect();
+                batch(f, &changes)
+            })
+            .collect();
+        let picked = last_per_key(&batches);
+        // 250 distinct digests (u8 keys): each one's last change is in the last batch, at the
+        // last of its rows.
+        assert_eq!(picked.len(), 250);
+        assert!(picked.iter().all(|p| p.batch == 3 && p.row >= 62_500 - 250));
     }
 
     #[test]
@@ -249,10 +319,13 @@ mod tests {
             }
             let mut expected: Vec<(ChangeOp, SourceOrder)> = model.into_values().collect();
             expected.sort_by_key(|e| e.1);
-            let got: Vec<(ChangeOp, SourceOrder)> = picked
+            let mut got: Vec<(ChangeOp, SourceOrder)> = picked
                 .iter()
                 .map(|p| (batches[p.batch].ops[p.row], batches[p.batch].order[p.row]))
                 .collect();
+            // returned in batch and row order
+            prop_assert!(picked.windows(2).all(|w| (w[0].batch, w[0].row) < (w[1].batch, w[1].row)));
+            got.sort_by_key(|e| e.1);
             prop_assert_eq!(got, expected);
         }
     }

@@ -55,6 +55,8 @@ pub struct TableSync {
     /// Files applied (or recorded as superseded) by this run.
     pub files: usize,
     pub reload: bool,
+    /// Seconds spent reading (parsing, casting, hashing) the files.
+    pub read_secs: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apply: Option<ApplySummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,7 +101,11 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
         .collect();
     let missing: Vec<String> = active
         .iter()
-        .filter(|(_, e)| !found.iter().any(|f| tables.find(f).is_some_and(|x| x.name() == e.name())))
+        .filter(|(_, e)| {
+            !found
+                .iter()
+                .any(|f| tables.find(f).is_some_and(|x| x.name() == e.name()))
+        })
         .map(|(_, e)| e.source.clone())
         .collect();
     for name in &inactive {
@@ -132,6 +138,7 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
                         message: e.to_string(),
                         files: 0,
                         reload: false,
+                        read_secs: 0.0,
                         apply: None,
                         error: Some(e.to_string()),
                         exit_code: e.exit_code(),
@@ -177,7 +184,12 @@ fn pending(files: Vec<ChangeFile>, done: &applied::AppliedSet) -> Pending {
     let (loads, changes): (Vec<ChangeFile>, Vec<ChangeFile>) =
         files.into_iter().partition(|f| f.kind == FileKind::Load);
     let is_new = |f: &ChangeFile| !done.loads.contains(&(f.name.clone(), f.modified_ms));
-    let Some(load_time) = loads.iter().filter(|f| is_new(f)).map(|f| f.modified_ms).min() else {
+    let Some(load_time) = loads
+        .iter()
+        .filter(|f| is_new(f))
+        .map(|f| f.modified_ms)
+        .min()
+    else {
         return Pending {
             reload: false,
             read: changes
@@ -248,6 +260,7 @@ async fn sync_table(
         message: "no new files".into(),
         files: 0,
         reload: todo.reload,
+        read_secs: 0.0,
         apply: None,
         error: None,
         exit_code: 0,
@@ -258,6 +271,7 @@ async fn sync_table(
     let total = todo.read.len();
     bar.set_message(format!("reading {total} files"));
     let run_days = crate::run::epoch_days(options.run_date);
+    let reading = Instant::now();
     let (batches, records) = {
         let (config, entry, bar) = (config.clone(), entry.clone(), bar.clone());
         let read = todo.read;
@@ -280,13 +294,17 @@ async fn sync_table(
         .await
         .map_err(|e| Error::Internal(format!("reader task failed: {e}")))??
     };
+    result.read_secs = reading.elapsed().as_secs_f64();
     let mut records = records;
     records.extend(
         todo.superseded
             .iter()
             .map(|f| applied_record(f, applied::SUPERSEDED, 0)),
     );
-    bar.set_message(format!("applying {} changes", batches.iter().map(|b| b.len()).sum::<usize>()));
+    bar.set_message(format!(
+        "applying {} changes",
+        batches.iter().map(|b| b.len()).sum::<usize>()
+    ));
     let created = match &existing {
         Some(_) => Vec::new(),
         None => crate::lake::missing_tables(&config),
@@ -354,7 +372,11 @@ async fn sync_table(
 fn fingerprint(records: &[AppliedFile]) -> String {
     let mut bytes = Vec::new();
     for r in records {
-        for part in [r.file.as_bytes(), &r.size_bytes.to_le_bytes(), &r.modified_ms.to_le_bytes()] {
+        for part in [
+            r.file.as_bytes(),
+            &r.size_bytes.to_le_bytes(),
+            &r.modified_ms.to_le_bytes(),
+        ] {
             bytes.extend_from_slice(&(part.len() as u32).to_le_bytes());
             bytes.extend_from_slice(part);
         }
@@ -474,7 +496,11 @@ mod tests {
     #[test]
     fn a_reload_ignores_stale_load_files_and_redoes_newer_changes() {
         let mut done = applied::AppliedSet::default();
-        for (name, t) in [("LOAD00000001.csv", 10), ("LOAD00000002.csv", 10), ("LOAD00000003.csv", 10)] {
+        for (name, t) in [
+            ("LOAD00000001.csv", 10),
+            ("LOAD00000002.csv", 10),
+            ("LOAD00000003.csv", 10),
+        ] {
             done.loads.insert((name.into(), t));
         }
         done.changes.insert("20240101-0000000000.csv".into());
@@ -492,7 +518,14 @@ mod tests {
         let p = pending(files, &done);
         assert!(p.reload);
         let read: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(read, ["LOAD00000001.csv", "LOAD00000002.csv", "20240103-0000000000.csv"]);
+        assert_eq!(
+            read,
+            [
+                "LOAD00000001.csv",
+                "LOAD00000002.csv",
+                "20240103-0000000000.csv"
+            ]
+        );
         let superseded: Vec<&str> = p.superseded.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(superseded, ["20240102-0000000000.csv"]);
     }

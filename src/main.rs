@@ -130,7 +130,11 @@ fn parse_interval(text: &str) -> Result<std::time::Duration> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(Error::Usage(format!("--watch `{text}`: use seconds, or 30s, 5m, 1h"))),
+        _ => {
+            return Err(Error::Usage(format!(
+                "--watch `{text}`: use seconds, or 30s, 5m, 1h"
+            )))
+        }
     };
     number
         .trim()
@@ -152,7 +156,10 @@ fn print_sync(summary: &tributary::controller::SyncSummary) {
         );
     }
     if !summary.missing.is_empty() {
-        println!("active but no landing folder: {}", summary.missing.join(", "));
+        println!(
+            "active but no landing folder: {}",
+            summary.missing.join(", ")
+        );
     }
     println!(
         "{} tables, {} failed, {:.2} s",
@@ -347,7 +354,11 @@ async fn execute(command: Command) -> Result<u8> {
                     } else {
                         print_sync(&summary);
                     }
-                    return Ok(if summary.failed > 0 { EXIT_SOME_TABLES_FAILED } else { 0 });
+                    return Ok(if summary.failed > 0 {
+                        EXIT_SOME_TABLES_FAILED
+                    } else {
+                        0
+                    });
                 };
                 // Watching: a pass that fails as a whole (a bad edit of the tables file) is
                 // reported and retried at the next interval.
@@ -380,7 +391,11 @@ async fn execute(command: Command) -> Result<u8> {
                 } else {
                     format!("primary key {}", t.primary_key.join(", "))
                 };
-                let new = if added.contains(&t.source) { " (new)" } else { "" };
+                let new = if added.contains(&t.source) {
+                    " (new)"
+                } else {
+                    ""
+                };
                 println!(
                     "{:<32} {:<8} {:?}, {} columns, {key}{new}",
                     t.source,

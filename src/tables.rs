@@ -192,6 +192,7 @@ impl TableEntry {
                 ignore: false,
             })
             .collect();
+        let lake = std::path::absolute(lake)?;
         let folder = lake.join(parts[0]).join(parts[1]);
         let path = |name: &str| folder.join(name).to_string_lossy().into_owned();
         let file = ConfigFile {
@@ -218,7 +219,7 @@ impl TableEntry {
             partition_by: Some(self.partition_by.clone()),
             columns,
         };
-        file.validate(lake).map_err(|e| match e {
+        file.validate(&lake).map_err(|e| match e {
             Error::InvalidFieldValue {
                 field: f,
                 constraint,
@@ -357,7 +358,8 @@ mod tests {
 
     #[test]
     fn without_a_primary_key_every_column_is_the_key() {
-        let e = entry("source: s/t\ncolumns:\n- {name: a, type: long}\n- {name: b, type: string}\n");
+        let e =
+            entry("source: s/t\ncolumns:\n- {name: a, type: long}\n- {name: b, type: string}\n");
         assert!(e.insert_only());
         let config = e.table_config(0, Path::new("/lake")).unwrap();
         assert_eq!(config.key_indices(), vec![0, 1]);
@@ -366,7 +368,10 @@ mod tests {
     #[test]
     fn bad_entries_name_the_table_and_field() {
         let cases = [
-            ("source: onlyone\ncolumns:\n- {name: a, type: long}\n", "source"),
+            (
+                "source: onlyone\ncolumns:\n- {name: a, type: long}\n",
+                "source",
+            ),
             ("source: s/t\n", "columns"),
             (
                 "source: s/t\nprimary_key: [b]\ncolumns:\n- {name: a, type: long}\n",
@@ -382,7 +387,10 @@ mod tests {
                 .table_config(3, Path::new("/lake"))
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("tables[3]") && err.contains(field), "{yaml}: {err}");
+            assert!(
+                err.contains("tables[3]") && err.contains(field),
+                "{yaml}: {err}"
+            );
         }
     }
 
@@ -400,7 +408,11 @@ mod tests {
         let path = dir.path().join("tables.yaml");
         assert!(TablesFile::load(&path).unwrap().tables.is_empty());
         let file = TablesFile {
-            tables: vec![TableEntry::discovered("hr/people".into(), Vec::new(), Layout::Dms)],
+            tables: vec![TableEntry::discovered(
+                "hr/people".into(),
+                Vec::new(),
+                Layout::Dms,
+            )],
         };
         file.save(&path).unwrap();
         let back = TablesFile::load(&path).unwrap();

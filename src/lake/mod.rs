@@ -147,7 +147,8 @@ impl Lake {
         roles.sort_by_key(|r| (r.as_str() != CURRENT, r.as_str()));
         for role in roles {
             let mut table = self.follower(role).await?;
-            let done = commit::complete(&mut table, role, &self.app_id, &run, &entry.pending[role]).await?;
+            let done = commit::complete(&mut table, role, &self.app_id, &run, &entry.pending[role])
+                .await?;
             if done.is_some() {
                 tracing::warn!(run = h, table = %role, date = %run.business_date, "completed a run interrupted between its commits");
                 completed = true;
@@ -223,11 +224,15 @@ impl Lake {
 /// Folders that exist (even without a table) and tables elsewhere are not listed: a failed first
 /// run leaves an empty table there, which the next run uses as it is.
 pub fn missing_tables(config: &TableConfig) -> Vec<std::path::PathBuf> {
-    [&config.current_url, &config.history_url, &config.applied_url]
-        .into_iter()
-        .filter_map(|url| url.to_file_path().ok())
-        .filter(|path| !path.exists())
-        .collect()
+    [
+        &config.current_url,
+        &config.history_url,
+        &config.applied_url,
+    ]
+    .into_iter()
+    .filter_map(|url| url.to_file_path().ok())
+    .filter(|path| !path.exists())
+    .collect()
 }
 
 /// Removes table folders listed by [`missing_tables`] before a failed first run created them
@@ -264,9 +269,18 @@ pub async fn dataframe(
         deltalake::delta_datafusion::TableProviderBuilder,
     ) -> deltalake::delta_datafusion::TableProviderBuilder,
 ) -> Result<deltalake::datafusion::dataframe::DataFrame> {
-    let ctx = SessionContext::new();
+    // Plain Utf8/Binary arrays, as the table schema has them: view types would be cast back,
+    // a copy of every string and digest scanned.
+    let mut config = deltalake::datafusion::prelude::SessionConfig::new();
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    let ctx = SessionContext::new_with_config(config);
     table.update_datafusion_session(&ctx.state())?;
-    let provider = provider(table.table_provider()).await?;
+    let session = std::sync::Arc::new(ctx.state());
+    let provider = provider(table.table_provider().with_session(session)).await?;
     Ok(ctx.read_table(provider)?)
 }
 
@@ -313,4 +327,3 @@ pub fn all_files_removed(table: &DeltaTable) -> Result<Vec<deltalake::kernel::Re
         .map(|f| f.remove_action(true))
         .collect())
 }
-

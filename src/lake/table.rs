@@ -79,7 +79,11 @@ pub async fn open_or_create(
     };
     check(&table, config, &schema, role)?;
     let found = table.snapshot()?.metadata().partition_columns().to_vec();
-    if found.iter().map(String::as_str).ne(partitions.iter().copied()) {
+    if found
+        .iter()
+        .map(String::as_str)
+        .ne(partitions.iter().copied())
+    {
         return Err(lake_err(
             role,
             format!(

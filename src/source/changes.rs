@@ -66,7 +66,9 @@ pub fn list(folder: &Path, layout: Layout) -> Result<Vec<ChangeFile>> {
     out.sort_by(|a, b| {
         let file_name = |f: &ChangeFile| {
             let name = f.name.rsplit('/').next().unwrap_or("");
-            name.rsplit_once('.').map_or(name, |(stem, _)| stem).to_string()
+            name.rsplit_once('.')
+                .map_or(name, |(stem, _)| stem)
+                .to_string()
         };
         (a.kind, a.load_counter, file_name(a), &a.name).cmp(&(
             b.kind,
@@ -136,7 +138,9 @@ pub fn guess_layout(folder: &Path) -> Layout {
                 return has_events(&path);
             }
             let name = e.file_name().to_string_lossy().to_ascii_lowercase();
-            [".json", ".jsonl", ".avro"].iter().any(|ext| name.ends_with(ext))
+            [".json", ".jsonl", ".avro"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
         })
     }
     if has_events(folder) {
@@ -226,7 +230,11 @@ impl<'a> RowsBuilder<'a> {
             config,
             file,
             index,
-            columns: config.columns.iter().map(|_| StringBuilder::new()).collect(),
+            columns: config
+                .columns
+                .iter()
+                .map(|_| StringBuilder::new())
+                .collect(),
             ops: Vec::new(),
             order: Vec::new(),
             days: Vec::new(),

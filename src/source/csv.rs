@@ -29,7 +29,10 @@ const CHUNK_BYTES: usize = 4 << 20;
 ///
 /// # Errors
 /// [`Error::Input`] when the file cannot be opened.
-pub(super) fn open(config: &TableConfig, path: &std::path::Path) -> Result<csv::Reader<BufReader<File>>> {
+pub(super) fn open(
+    config: &TableConfig,
+    path: &std::path::Path,
+) -> Result<csv::Reader<BufReader<File>>> {
     let handle = File::open(path).map_err(|e| Error::Input {
         path: path.to_path_buf(),
         reason: format!("cannot open: {e}"),

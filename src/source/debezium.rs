@@ -69,7 +69,9 @@ fn position(source: &Map<String, Value>, prefix: &str) -> u64 {
         return lsn;
     }
     if let (Some(file), Some(pos)) = (
-        get("file").and_then(Value::as_str).and_then(binlog_sequence),
+        get("file")
+            .and_then(Value::as_str)
+            .and_then(binlog_sequence),
         as_u64(get("pos")),
     ) {
         return (file << 40) | (pos & ((1 << 40) - 1));
@@ -128,7 +130,8 @@ pub(crate) fn parse_event(value: Value) -> std::result::Result<Option<Event>, St
             None => ChangeOp::Insert,
         };
         let position = position(&object, "__");
-        let commit_ms = as_i64(object.get("__source_ts_ms")).or_else(|| as_i64(object.get("__ts_ms")));
+        let commit_ms =
+            as_i64(object.get("__source_ts_ms")).or_else(|| as_i64(object.get("__ts_ms")));
         object.retain(|k, _| !k.starts_with("__"));
         return Ok(Some(Event {
             op,
@@ -214,7 +217,8 @@ pub(super) fn read(
             })?;
             Box::new(avro.enumerate().map(move |(i, record)| {
                 let line = i as u64 + 1;
-                let record = record.map_err(|e| bad(line, None, format!("bad Avro record: {e}")))?;
+                let record =
+                    record.map_err(|e| bad(line, None, format!("bad Avro record: {e}")))?;
                 let value = Value::try_from(record)
                     .map_err(|e| bad(line, None, format!("Avro record not convertible: {e}")))?;
                 Ok((line, value))
@@ -249,7 +253,12 @@ pub(super) fn read(
                 None => rows.columns[c].append_null(),
             }
         }
-        rows.push(event.op, event.position, event.commit_ms.map(millis_days), line_no)?;
+        rows.push(
+            event.op,
+            event.position,
+            event.commit_ms.map(millis_days),
+            line_no,
+        )?;
     }
     rows.finish()
 }
@@ -292,7 +301,9 @@ mod tests {
 
     #[test]
     fn reads_the_flattened_form_and_drops_its_metadata_fields() {
-        let e = parse(json!({"id": 4, "name": null, "__op": "d", "__deleted": "true", "__lsn": 77, "__source_ts_ms": 86_400_000}));
+        let e = parse(
+            json!({"id": 4, "name": null, "__op": "d", "__deleted": "true", "__lsn": 77, "__source_ts_ms": 86_400_000}),
+        );
         assert_eq!(e.op, ChangeOp::Delete);
         assert_eq!(e.position, 77);
         assert_eq!(e.commit_ms, Some(86_400_000));
@@ -304,7 +315,10 @@ mod tests {
     #[test]
     fn tombstones_are_skipped_and_unknown_shapes_refused() {
         assert_eq!(parse_event(Value::Null).unwrap(), None);
-        assert_eq!(parse_event(json!({"schema": null, "payload": null})).unwrap(), None);
+        assert_eq!(
+            parse_event(json!({"schema": null, "payload": null})).unwrap(),
+            None
+        );
         assert!(parse_event(json!({"id": 1})).is_err());
         assert!(parse_event(json!({"op": "t", "after": {}})).is_err());
     }
@@ -322,19 +336,34 @@ mod tests {
     fn dates_and_timestamps_arrive_as_epoch_numbers() {
         let micros = TimestampPrecision::Micros;
         let text = |v: Value, ty| value_text(&v, ty, micros);
-        assert_eq!(text(json!(18065), ColumnType::Date).unwrap().as_deref(), Some("2019-06-18"));
-        assert!(text(json!(i64::MAX), ColumnType::Date).is_err(), "out of range, no overflow");
         assert_eq!(
-            text(json!(1_000_001), ColumnType::Timestamp).unwrap().as_deref(),
+            text(json!(18065), ColumnType::Date).unwrap().as_deref(),
+            Some("2019-06-18")
+        );
+        assert!(
+            text(json!(i64::MAX), ColumnType::Date).is_err(),
+            "out of range, no overflow"
+        );
+        assert_eq!(
+            text(json!(1_000_001), ColumnType::Timestamp)
+                .unwrap()
+                .as_deref(),
             Some("1970-01-01T00:00:01.000001")
         );
         assert_eq!(
-            value_text(&json!(1_500), ColumnType::Timestamp, TimestampPrecision::Millis)
-                .unwrap()
-                .as_deref(),
+            value_text(
+                &json!(1_500),
+                ColumnType::Timestamp,
+                TimestampPrecision::Millis
+            )
+            .unwrap()
+            .as_deref(),
             Some("1970-01-01T00:00:01.500000")
         );
-        assert_eq!(text(json!(2.5), ColumnType::Double).unwrap().as_deref(), Some("2.5"));
+        assert_eq!(
+            text(json!(2.5), ColumnType::Double).unwrap().as_deref(),
+            Some("2.5")
+        );
         assert!(text(json!([1]), ColumnType::String).is_err());
     }
 }

@@ -195,7 +195,11 @@ pub(super) fn read_csv(
 
 /// Reads a full-load CSV file that has only the table's columns (every row an insert) with the
 /// parallel snapshot reader.
-fn read_plain_load(config: &TableConfig, file: &ChangeFile, index: usize) -> Result<Vec<ChangeBatch>> {
+fn read_plain_load(
+    config: &TableConfig,
+    file: &ChangeFile,
+    index: usize,
+) -> Result<Vec<ChangeBatch>> {
     let input = super::InputFile {
         path: file.path.clone(),
         format: crate::config::InputFormat::Csv,
@@ -286,7 +290,11 @@ pub(super) fn read_parquet(
                 let values = text(at)?;
                 (0..n)
                     .map(|i| {
-                        let value = if values.is_null(i) { "" } else { values.value(i) };
+                        let value = if values.is_null(i) {
+                            ""
+                        } else {
+                            values.value(i)
+                        };
                         ChangeOp::from_dms(value).ok_or_else(|| {
                             bad_row(
                                 file,
@@ -378,15 +386,24 @@ mod tests {
             })
         };
         // change files: Op first, then the timestamp when configured
-        assert_eq!(csv_layout(4, 3, false, b"U", FileKind::Change), l(Some(0), None, 1));
+        assert_eq!(
+            csv_layout(4, 3, false, b"U", FileKind::Change),
+            l(Some(0), None, 1)
+        );
         assert_eq!(
             csv_layout(5, 3, true, b"D", FileKind::Change),
             l(Some(0), Some(1), 2)
         );
         assert_eq!(csv_layout(3, 3, false, b"1", FileKind::Change), None);
         // full-load files: Op optional
-        assert_eq!(csv_layout(3, 3, false, b"1", FileKind::Load), l(None, None, 0));
-        assert_eq!(csv_layout(4, 3, false, b"I", FileKind::Load), l(Some(0), None, 1));
+        assert_eq!(
+            csv_layout(3, 3, false, b"1", FileKind::Load),
+            l(None, None, 0)
+        );
+        assert_eq!(
+            csv_layout(4, 3, false, b"I", FileKind::Load),
+            l(Some(0), None, 1)
+        );
         assert_eq!(
             csv_layout(4, 3, true, b"2020-01-01 00:00:00", FileKind::Load),
             l(None, Some(0), 1)

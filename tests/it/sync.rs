@@ -83,8 +83,13 @@ impl Landing {
     /// Current rows by `id`.
     async fn current(&self, table: &str) -> BTreeMap<String, Row> {
         let rows = self.table(table, "current").await;
-        let by_id: BTreeMap<String, Row> = rows.iter().map(|r| (r["id"].clone(), r.clone())).collect();
-        assert_eq!(by_id.len(), rows.len(), "a key is in current twice: {rows:?}");
+        let by_id: BTreeMap<String, Row> =
+            rows.iter().map(|r| (r["id"].clone(), r.clone())).collect();
+        assert_eq!(
+            by_id.len(),
+            rows.len(),
+            "a key is in current twice: {rows:?}"
+        );
         by_id
     }
 }
@@ -107,7 +112,15 @@ fn shape(current: &BTreeMap<String, Row>) -> Vec<(String, String, String, String
 
 fn s(v: &[(&str, &str, &str, &str, &str)]) -> Vec<(String, String, String, String, String)> {
     v.iter()
-        .map(|(a, b, c, d, e)| (a.to_string(), b.to_string(), c.to_string(), d.to_string(), e.to_string()))
+        .map(|(a, b, c, d, e)| {
+            (
+                a.to_string(),
+                b.to_string(),
+                c.to_string(),
+                d.to_string(),
+                e.to_string(),
+            )
+        })
         .collect()
 }
 
@@ -138,7 +151,10 @@ async fn dms_load_and_changes_upsert_delete_and_move_partitions() {
     assert_eq!(a.changes_read, 10);
     // Within one run only the last change per key counts, resolved against the table before
     // the run (empty): 1, 2 and 4 are inserted; the deletes of 3, 9 and 99 find no live key.
-    assert_eq!((a.inserted, a.updated, a.deleted, a.ignored_deletes), (3, 0, 0, 3));
+    assert_eq!(
+        (a.inserted, a.updated, a.deleted, a.ignored_deletes),
+        (3, 0, 0, 3)
+    );
     assert_eq!(
         shape(&l.current("sales/orders").await),
         s(&[
@@ -159,7 +175,10 @@ async fn dms_load_and_changes_upsert_delete_and_move_partitions() {
     let t = l.sync_one().await;
     let a = t.apply.clone().unwrap();
     assert!(!t.reload);
-    assert_eq!((a.inserted, a.updated, a.deleted, a.ignored_deletes), (1, 1, 1, 0));
+    assert_eq!(
+        (a.inserted, a.updated, a.deleted, a.ignored_deletes),
+        (1, 1, 1, 0)
+    );
     assert_eq!(
         shape(&l.current("sales/orders").await),
         s(&[
@@ -176,7 +195,11 @@ async fn dms_load_and_changes_upsert_delete_and_move_partitions() {
         .into_iter()
         .filter(|r| r["region"] == "west")
         .collect();
-    assert!(live_west.is_empty(), "{live_west:?} (folder {})", west.display());
+    assert!(
+        live_west.is_empty(),
+        "{live_west:?} (folder {})",
+        west.display()
+    );
 
     // History: every applied change; the deleted key's D row carries its last stored values.
     let history = l.table("sales/orders", "history").await;
@@ -222,7 +245,11 @@ async fn soft_deletes_keep_the_key_with_operation_d_until_it_returns() {
     assert_eq!(l.current("sales/orders").await["1"]["operation"], "D");
     l.file("sales/orders", "20240303-1000000000.csv", "I,1,west,11\n");
     let t = l.sync_one().await;
-    assert_eq!(t.apply.unwrap().inserted, 1, "a soft-deleted key is not live");
+    assert_eq!(
+        t.apply.unwrap().inserted,
+        1,
+        "a soft-deleted key is not live"
+    );
     let current = l.current("sales/orders").await;
     assert_eq!(current["1"]["operation"], "I");
     assert_eq!(current["1"]["region"], "west");
@@ -236,12 +263,23 @@ async fn only_files_holding_a_changed_key_are_rewritten() {
     let l = Landing::new(&tables);
     l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
     l.sync_one().await;
-    l.file("sales/orders", "20240301-1000000000.csv", "I,3,east,30\nI,4,east,40\n");
+    l.file(
+        "sales/orders",
+        "20240301-1000000000.csv",
+        "I,3,east,30\nI,4,east,40\n",
+    );
     let t = l.sync_one().await.apply.unwrap();
-    assert_eq!((t.current_files, t.files_rewritten), (1, 0), "inserts of new keys rewrite nothing");
+    assert_eq!(
+        (t.current_files, t.files_rewritten),
+        (1, 0),
+        "inserts of new keys rewrite nothing"
+    );
     l.file("sales/orders", "20240302-1000000000.csv", "U,4,east,41\n");
     let t = l.sync_one().await.apply.unwrap();
-    assert_eq!((t.current_files, t.files_rewritten, t.rows_copied), (2, 1, 1));
+    assert_eq!(
+        (t.current_files, t.files_rewritten, t.rows_copied),
+        (2, 1, 1)
+    );
     let current = l.current("sales/orders").await;
     assert_eq!(current.len(), 4);
     assert_eq!(current["4"]["amount"], "41.0");
@@ -255,12 +293,20 @@ async fn without_a_primary_key_only_inserts_are_loaded() {
         .replace("  partition_by: [region]\n", "")
         .replace("  timestamp_column: ts\n", "");
     let l = Landing::new(&tables);
-    l.file("sales/orders", "20240301-1000000000.csv", "I,1,east,10\nI,1,east,10\nU,1,east,11\nD,1,east,10\n");
+    l.file(
+        "sales/orders",
+        "20240301-1000000000.csv",
+        "I,1,east,10\nI,1,east,10\nU,1,east,11\nD,1,east,10\n",
+    );
     let t = l.sync_one().await;
     let a = t.apply.clone().unwrap();
     assert_eq!((a.inserted, a.skipped_without_key), (2, 2));
     assert!(t.message.contains("inserts only"), "{}", t.message);
-    assert_eq!(l.table("sales/orders", "current").await.len(), 2, "identical inserts are both kept");
+    assert_eq!(
+        l.table("sales/orders", "current").await.len(),
+        2,
+        "identical inserts are both kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -274,7 +320,12 @@ async fn a_rewritten_full_load_replaces_the_table() {
     // DMS with includeOpForFullLoad: the reload's rows carry Op = I
     std::fs::write(&load, "I,1,east,12\nI,5,west,50\n").unwrap();
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
-    std::fs::File::options().write(true).open(&load).unwrap().set_modified(later).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&load)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
     let t = l.sync_one().await;
     assert!(t.reload, "{t:?}");
     let current = l.current("sales/orders").await;
@@ -298,16 +349,33 @@ async fn debezium_envelope_wrapped_and_flattened_events_apply_in_lsn_order() {
     let day = 19_783i64 * 86_400_000; // 2024-03-01 in ms
     let events = [
         // line order differs from LSN order: the LSN decides
-        format!(r#"{{"before":{{"id":1,"name":"a","born":0}},"after":{{"id":1,"name":"b","born":0}},"source":{{"lsn":200,"ts_ms":{day}}},"op":"u","ts_ms":{day}}}"#),
-        format!(r#"{{"before":null,"after":{{"id":1,"name":"a","born":0}},"source":{{"lsn":100,"ts_ms":{day}}},"op":"c","ts_ms":{day}}}"#),
+        format!(
+            r#"{{"before":{{"id":1,"name":"a","born":0}},"after":{{"id":1,"name":"b","born":0}},"source":{{"lsn":200,"ts_ms":{day}}},"op":"u","ts_ms":{day}}}"#
+        ),
+        format!(
+            r#"{{"before":null,"after":{{"id":1,"name":"a","born":0}},"source":{{"lsn":100,"ts_ms":{day}}},"op":"c","ts_ms":{day}}}"#
+        ),
         "null".to_string(),
-        format!(r#"{{"schema":{{"type":"struct"}},"payload":{{"before":null,"after":{{"id":2,"name":"x","born":19783}},"source":{{"lsn":150,"ts_ms":{day}}},"op":"r"}}}}"#),
+        format!(
+            r#"{{"schema":{{"type":"struct"}},"payload":{{"before":null,"after":{{"id":2,"name":"x","born":19783}},"source":{{"lsn":150,"ts_ms":{day}}},"op":"r"}}}}"#
+        ),
         format!(r#"{{"schema":{{"type":"struct"}},"payload":null}}"#),
-        format!(r#"{{"id":3,"name":"z","born":null,"__op":"c","__lsn":160,"__source_ts_ms":{day}}}"#),
-        format!(r#"{{"id":3,"name":null,"born":null,"__op":"d","__deleted":"true","__lsn":170,"__source_ts_ms":{}}}"#, day + 86_400_000),
-        format!(r#"{{"id":4,"name":"w","born":null,"__op":"c","__deleted":"false","__lsn":180,"__source_ts_ms":{day}}}"#),
+        format!(
+            r#"{{"id":3,"name":"z","born":null,"__op":"c","__lsn":160,"__source_ts_ms":{day}}}"#
+        ),
+        format!(
+            r#"{{"id":3,"name":null,"born":null,"__op":"d","__deleted":"true","__lsn":170,"__source_ts_ms":{}}}"#,
+            day + 86_400_000
+        ),
+        format!(
+            r#"{{"id":4,"name":"w","born":null,"__op":"c","__deleted":"false","__lsn":180,"__source_ts_ms":{day}}}"#
+        ),
     ];
-    l.file("inventory/customers", "events-0001.json", &(events.join("\n") + "\n"));
+    l.file(
+        "inventory/customers",
+        "events-0001.json",
+        &(events.join("\n") + "\n"),
+    );
     let t = l.sync_one().await;
     let a = t.apply.unwrap();
     assert_eq!(a.changes_read, 6, "two tombstones skipped");
@@ -322,7 +390,10 @@ async fn debezium_envelope_wrapped_and_flattened_events_apply_in_lsn_order() {
     l.file(
         "inventory/customers",
         "events-0002.json",
-        &format!("{}\n", r#"{"id":3,"name":"z","born":null,"__op":"c","__lsn":300}"#),
+        &format!(
+            "{}\n",
+            r#"{"id":3,"name":"z","born":null,"__op":"c","__lsn":300}"#
+        ),
     );
     l.sync_one().await;
     l.file(
@@ -333,7 +404,10 @@ async fn debezium_envelope_wrapped_and_flattened_events_apply_in_lsn_order() {
     l.sync_one().await;
     assert!(!l.current("inventory/customers").await.contains_key("3"));
     let history = l.table("inventory/customers", "history").await;
-    let d: Vec<&Row> = history.iter().filter(|r| r["id"] == "3" && r["operation"] == "D").collect();
+    let d: Vec<&Row> = history
+        .iter()
+        .filter(|r| r["id"] == "3" && r["operation"] == "D")
+        .collect();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0]["name"], "z");
     assert_eq!(d[0]["eff_start_date"], "2024-03-09");
@@ -352,7 +426,10 @@ async fn dms_parquet_files_are_read_by_column_name() {
             fields.push(Field::new("Op", DataType::Utf8, false));
             columns.push(Arc::new(StringArray::from(ops)));
             fields.push(Field::new("ts", DataType::Utf8, false));
-            columns.push(Arc::new(StringArray::from(vec!["2024-03-05 01:02:03"; ids.len()])));
+            columns.push(Arc::new(StringArray::from(vec![
+                "2024-03-05 01:02:03";
+                ids.len()
+            ])));
         }
         // columns in another order than the config: matched by name
         fields.push(Field::new("amount", DataType::Float64, true));
@@ -374,7 +451,12 @@ async fn dms_parquet_files_are_read_by_column_name() {
         w.close().unwrap();
     };
     write("LOAD00000001.parquet", None, vec![1, 2], vec![10.0, 20.0]);
-    write("20240305-0102030000.parquet", Some(vec!["U", "D"]), vec![1, 2], vec![11.0, 20.0]);
+    write(
+        "20240305-0102030000.parquet",
+        Some(vec!["U", "D"]),
+        vec![1, 2],
+        vec![11.0, 20.0],
+    );
     let t = l.sync_one().await;
     assert_eq!(t.files, 2);
     let current = l.current("sales/orders").await;
@@ -394,15 +476,29 @@ async fn a_failing_table_does_not_stop_the_others_and_creates_nothing() {
     );
     let l = Landing::new(&tables);
     l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n");
-    l.file("sales/returns", "LOAD00000001.csv", "1,east,10\n2,east,lots\n");
+    l.file(
+        "sales/returns",
+        "LOAD00000001.csv",
+        "1,east,10\n2,east,lots\n",
+    );
     l.file("hr/people", "LOAD00000001.csv", "1\n");
     let s = l.sync().await;
     assert_eq!(s.failed, 1);
     assert_eq!(s.inactive, vec!["hr/people".to_string()]);
-    let failed = s.tables.iter().find(|t| t.table == "sales.returns").unwrap();
+    let failed = s
+        .tables
+        .iter()
+        .find(|t| t.table == "sales.returns")
+        .unwrap();
     let err = failed.error.clone().unwrap();
-    assert!(err.contains("LOAD00000001.csv") && err.contains("line 2") && err.contains("amount"), "{err}");
-    assert!(!l.lake().join("sales/returns/current").exists(), "a failed first run leaves no table");
+    assert!(
+        err.contains("LOAD00000001.csv") && err.contains("line 2") && err.contains("amount"),
+        "{err}"
+    );
+    assert!(
+        !l.lake().join("sales/returns/current").exists(),
+        "a failed first run leaves no table"
+    );
     let ok = s.tables.iter().find(|t| t.table == "sales.orders").unwrap();
     assert_eq!(ok.status, "applied");
 
@@ -438,21 +534,45 @@ async fn a_sync_killed_at_any_commit_point_ends_like_an_uninterrupted_one() {
     let expected_current = shape(&clean.current("sales/orders").await);
     let expected_history = clean.table("sales/orders", "history").await.len();
 
-    for point in ["before-history-commit", "after-history-commit", "between-follower-commits"] {
+    for point in [
+        "before-history-commit",
+        "after-history-commit",
+        "between-follower-commits",
+    ] {
         let l = Landing::new(ORDERS);
         orders_day1(&l);
         let out = sync_process(&l, Some(point));
-        assert!(!out.status.success(), "{point}: the process should have aborted");
+        assert!(
+            !out.status.success(),
+            "{point}: the process should have aborted"
+        );
         let out = sync_process(&l, None);
-        assert!(out.status.success(), "{point}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let status = summary["tables"][0]["status"].as_str().unwrap().to_string();
-        let want = if point == "before-history-commit" { "applied" } else { "up-to-date" };
+        let want = if point == "before-history-commit" {
+            "applied"
+        } else {
+            "up-to-date"
+        };
         assert_eq!(status, want, "{point}: {summary}");
-        assert_eq!(shape(&l.current("sales/orders").await), expected_current, "{point}");
-        assert_eq!(l.table("sales/orders", "history").await.len(), expected_history, "{point}");
+        assert_eq!(
+            shape(&l.current("sales/orders").await),
+            expected_current,
+            "{point}"
+        );
+        assert_eq!(
+            l.table("sales/orders", "history").await.len(),
+            expected_history,
+            "{point}"
+        );
         // and once more: nothing left to do
-        let again: serde_json::Value = serde_json::from_slice(&sync_process(&l, None).stdout).unwrap();
+        let again: serde_json::Value =
+            serde_json::from_slice(&sync_process(&l, None).stdout).unwrap();
         assert_eq!(again["tables"][0]["status"], "up-to-date", "{point}");
     }
 }
@@ -480,7 +600,12 @@ async fn avro_files_of_the_kafka_connect_s3_sink_are_read() {
     )
     .unwrap();
     let mut writer = apache_avro::Writer::new(&schema, Vec::new()).unwrap();
-    for (id, name, op, lsn) in [(1i64, Some("a"), "c", 10i64), (2, Some("b"), "c", 11), (1, Some("c"), "u", 12), (2, None, "d", 13)] {
+    for (id, name, op, lsn) in [
+        (1i64, Some("a"), "c", 10i64),
+        (2, Some("b"), "c", 11),
+        (1, Some("c"), "u", 12),
+        (2, None, "d", 13),
+    ] {
         let mut r = Record::new(writer.schema()).unwrap();
         r.put("id", id);
         r.put(
@@ -496,7 +621,9 @@ async fn avro_files_of_the_kafka_connect_s3_sink_are_read() {
         writer.append_value(r).unwrap();
     }
     let bytes = writer.into_inner().unwrap();
-    let path = l.root().join("inventory/customers/customers+0+0000000000.avro");
+    let path = l
+        .root()
+        .join("inventory/customers/customers+0+0000000000.avro");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, bytes).unwrap();
     let t = l.sync_one().await;
@@ -505,14 +632,21 @@ async fn avro_files_of_the_kafka_connect_s3_sink_are_read() {
     assert_eq!(current.keys().collect::<Vec<_>>(), ["1"]);
     assert_eq!(current["1"]["name"], "c");
 
-    std::fs::write(l.root().join("inventory/customers/broken.avro"), b"not avro").unwrap();
+    std::fs::write(
+        l.root().join("inventory/customers/broken.avro"),
+        b"not avro",
+    )
+    .unwrap();
     let s = l.sync().await;
     let err = s.tables[0].error.clone().unwrap_or_default();
     assert!(err.contains("broken.avro") && err.contains("Avro"), "{s:?}");
 }
 
 fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tributary")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -524,18 +658,35 @@ fn tables_lists_new_folders_as_inactive_and_activates_them() {
     let root = l.root();
     let root = root.to_str().unwrap();
     let out = cli(&["tables", root]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("hr/people") && text.contains("inactive") && text.contains("(new)"), "{text}");
+    assert!(
+        text.contains("hr/people") && text.contains("inactive") && text.contains("(new)"),
+        "{text}"
+    );
     let file = tributary::tables::TablesFile::load(&l.root().join("tables.yaml")).unwrap();
-    assert!(file.find("sales/orders").unwrap().active, "existing entries are kept");
+    assert!(
+        file.find("sales/orders").unwrap().active,
+        "existing entries are kept"
+    );
     assert!(!file.find("hr/people").unwrap().active);
     assert_eq!(
         file.find("app/events").unwrap().layout,
         tributary::tables::Layout::Debezium
     );
 
-    let out = cli(&["tables", root, "--activate", "hr/people", "--deactivate", "sales/orders"]);
+    let out = cli(&[
+        "tables",
+        root,
+        "--activate",
+        "hr/people",
+        "--deactivate",
+        "sales/orders",
+    ]);
     assert!(out.status.success());
     let file = tributary::tables::TablesFile::load(&l.root().join("tables.yaml")).unwrap();
     assert!(file.find("hr/people").unwrap().active);
@@ -543,12 +694,32 @@ fn tables_lists_new_folders_as_inactive_and_activates_them() {
     let out = cli(&["tables", root, "--activate", "no/such"]);
     assert_eq!(out.status.code(), Some(2));
 
-    // hr/people is active without columns: sync says which field to fill, and exits 5.
-    let lake = l.lake();
-    let out = cli(&["sync", root, "--lake", lake.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stdout));
+    // hr/people is active without columns: sync says which field to fill, and exits 5, while
+    // sales/orders loads (into a --lake given relative to the working folder).
+    assert!(cli(&["tables", root, "--activate", "sales/orders"])
+        .status
+        .success());
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["sync", root, "--lake", "lake"])
+        .current_dir(l.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("hr.people") && text.contains("columns"), "{text}");
+    assert!(
+        text.contains("hr.people") && text.contains("columns"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sales.orders") && text.contains("applied"),
+        "{text}"
+    );
+    assert!(l.lake().join("sales/orders/current/_delta_log").exists());
 }
 
 #[test]
@@ -574,7 +745,9 @@ fn watch_picks_up_files_as_they_land() {
     let wait_for = |want: usize| {
         for _ in 0..150 {
             std::thread::sleep(std::time::Duration::from_millis(200));
-            if l.lake().join("sales/orders/current/_delta_log").exists() && current(&l).len() == want {
+            if l.lake().join("sales/orders/current/_delta_log").exists()
+                && current(&l).len() == want
+            {
                 return true;
             }
         }
@@ -585,5 +758,8 @@ fn watch_picks_up_files_as_they_land() {
     let second = first && wait_for(2);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(first && second, "the watching sync did not load the files in 30 s");
+    assert!(
+        first && second,
+        "the watching sync did not load the files in 30 s"
+    );
 }

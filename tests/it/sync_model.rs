@@ -83,8 +83,15 @@ async fn lake_state(lake: &Path) -> (State, usize) {
             "D" => "D",
             other => panic!("operation {other}"),
         };
-        let reg = if r["region"] == "west" { "west" } else { "east" };
-        let prev = state.insert(r["id"].parse().unwrap(), (r["amount"].parse().unwrap(), reg, op));
+        let reg = if r["region"] == "west" {
+            "west"
+        } else {
+            "east"
+        };
+        let prev = state.insert(
+            r["id"].parse().unwrap(),
+            (r["amount"].parse().unwrap(), reg, op),
+        );
         assert!(prev.is_none(), "key {} twice in current", r["id"]);
     }
     let history = table_rows(&lake.join("m/t/history")).await.len();
