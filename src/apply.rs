@@ -293,7 +293,6 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
         Ok(removes)
     }
     .await;
-    drop(out);
     drop((current_out, history_out));
     let writing = Instant::now();
     summary.stages.merge_secs = (writing - merging).as_secs_f64()

@@ -157,7 +157,7 @@ impl Lake {
                 self.current = table;
             }
         }
-        Ok(completed.then(|| Recovery {
+        Ok(completed.then_some(Recovery {
             completed_run: h,
             business_date: run.business_date,
         }))

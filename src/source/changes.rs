@@ -335,6 +335,20 @@ pub(super) fn millis_days(ms: i64) -> i32 {
     ms.div_euclid(86_400_000) as i32
 }
 
+/// A change file entry for tests of the controller's bookkeeping (no file behind it).
+#[cfg(test)]
+pub(crate) fn test_file(name: &str, kind: FileKind) -> ChangeFile {
+    ChangeFile {
+        path: PathBuf::from(name),
+        name: name.to_string(),
+        kind,
+        format: ChangeFormat::Csv,
+        size: 0,
+        modified_ms: 0,
+        load_counter: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,19 +396,5 @@ mod tests {
         assert_eq!(timestamp_days("yesterday"), None);
         assert_eq!(millis_days(86_400_000 * 3 + 5), 3);
         assert_eq!(millis_days(-1), -1);
-    }
-}
-
-/// A change file entry for tests of the controller's bookkeeping (no file behind it).
-#[cfg(test)]
-pub(crate) fn test_file(name: &str, kind: FileKind) -> ChangeFile {
-    ChangeFile {
-        path: PathBuf::from(name),
-        name: name.to_string(),
-        kind,
-        format: ChangeFormat::Csv,
-        size: 0,
-        modified_ms: 0,
-        load_counter: 0,
     }
 }

@@ -359,7 +359,7 @@ async fn debezium_envelope_wrapped_and_flattened_events_apply_in_lsn_order() {
         format!(
             r#"{{"schema":{{"type":"struct"}},"payload":{{"before":null,"after":{{"id":2,"name":"x","born":19783}},"source":{{"lsn":150,"ts_ms":{day}}},"op":"r"}}}}"#
         ),
-        format!(r#"{{"schema":{{"type":"struct"}},"payload":null}}"#),
+        r#"{"schema":{"type":"struct"},"payload":null}"#.to_string(),
         format!(
             r#"{{"id":3,"name":"z","born":null,"__op":"c","__lsn":160,"__source_ts_ms":{day}}}"#
         ),
