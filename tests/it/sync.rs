@@ -763,3 +763,38 @@ fn watch_picks_up_files_as_they_land() {
         "the watching sync did not load the files in 30 s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_composite_primary_key_keeps_one_row_per_key_pair() {
+    let tables = "\
+- source: sales/lines
+  active: true
+  primary_key: [order_id, line]
+  columns:
+  - {name: order_id, type: long}
+  - {name: line, type: int}
+  - {name: qty, type: int}
+";
+    let l = Landing::new(tables);
+    // (1,1) and (1,2) share an order id, (11,1) and (1,11) would collide if the key parts were
+    // concatenated without a separator.
+    l.file(
+        "sales/lines",
+        "20240301-0000000000.csv",
+        "I,1,1,5\nI,1,2,6\nI,11,1,7\nI,1,11,8\nU,1,2,9\nD,11,1,7\n",
+    );
+    let t = l.sync_one().await.apply.unwrap();
+    assert_eq!((t.keys_changed, t.inserted, t.ignored_deletes), (4, 3, 1));
+    let mut rows: Vec<(String, String, String)> = l
+        .table("sales/lines", "current")
+        .await
+        .into_iter()
+        .map(|r| (r["order_id"].clone(), r["line"].clone(), r["qty"].clone()))
+        .collect();
+    rows.sort();
+    let want: Vec<(String, String, String)> = [("1", "1", "5"), ("1", "11", "8"), ("1", "2", "9")]
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(rows, want);
+}
