@@ -122,14 +122,24 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
         .into_iter()
         .filter(|(_, e)| !missing.contains(&e.source))
         .collect();
+    let shared = Arc::new(options.clone());
     let mut results: Vec<TableSync> = futures::stream::iter(runnable)
         .map(|(index, entry)| {
             let bar = bars.add(ProgressBar::new_spinner());
             bar.set_style(style.clone());
             bar.set_prefix(entry.name());
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let options = shared.clone();
             async move {
-                let outcome = sync_table(options, index, &entry, &bar).await;
+                // Each table on its own task: the CPU-bound steps of one table do not hold up
+                // the others.
+                let task = {
+                    let (entry, bar) = (entry.clone(), bar.clone());
+                    tokio::spawn(async move { sync_table(&options, index, &entry, &bar).await })
+                };
+                let outcome = task
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Internal(format!("table task failed: {e}"))));
                 let result = match outcome {
                     Ok(done) => done,
                     Err(e) => TableSync {

@@ -30,7 +30,7 @@ use deltalake::DeltaTable;
 pub use commit::{
     discard_files, write_files, write_stream, writer_properties, Planned, TARGET_FILE_BYTES,
 };
-use log::{find_run, txn_version};
+use log::{find_run, txn_version, CommitActions};
 pub use log::{CommitEntry, RunRecord};
 
 use crate::config::TableConfig;
@@ -135,10 +135,26 @@ impl Lake {
                 ),
             });
         }
-        let (history_version, actions) = find_run(&self.history, h, HISTORY).await?;
-        let entry = actions
-            .entry
-            .ok_or_else(|| Error::Internal("run commit without entry".into()))?;
+        let (history_version, entry) = if h == c + 1 {
+            // current is behind: the run's history commit must be found
+            let (version, actions) = find_run(&self.history, h, HISTORY).await?;
+            let entry = actions
+                .entry
+                .ok_or_else(|| Error::Internal("run commit without entry".into()))?;
+            (version, entry)
+        } else {
+            // Level: only another follower (rejects, applied) can be behind. Current's last
+            // commit names the run's history version; a log cleaned since means nothing to do.
+            let Some(version) = self.last_run().await?.and_then(|r| r.history_version) else {
+                return Ok(None);
+            };
+            match log::read_commit(&self.history, version).await? {
+                Some(CommitActions {
+                    entry: Some(entry), ..
+                }) if entry.run.seq == h => (version, entry),
+                _ => return Ok(None),
+            }
+        };
         let mut run = entry.run.clone();
         run.history_version = Some(history_version);
         let mut completed = false;
@@ -146,7 +162,12 @@ impl Lake {
         // current first: the order of the original commits
         roles.sort_by_key(|r| (r.as_str() != CURRENT, r.as_str()));
         for role in roles {
-            let mut table = self.follower(role).await?;
+            // Followers are created before the history commit: one that is gone was removed by
+            // hand, and is not made again to receive files that may be gone too.
+            let Some(mut table) = self.open_follower(role, false).await? else {
+                tracing::warn!(run = h, table = %role, "a table of the newest run is missing; not completed");
+                continue;
+            };
             let done = commit::complete(&mut table, role, &self.app_id, &run, &entry.pending[role])
                 .await?;
             if done.is_some() {
@@ -185,22 +206,27 @@ impl Lake {
 
     /// Opens (or creates) a follower table by role.
     pub(crate) async fn follower(&self, role: &str) -> Result<DeltaTable> {
-        match role {
-            CURRENT => Ok(self.current.clone()),
-            REJECTS => table::open_or_create(
-                &self.config,
-                &self.config.rejects_url,
-                crate::rejects::schema(),
-                &[],
-                REJECTS,
-                true,
-            )
+        self.open_follower(role, true)
             .await?
-            .ok_or_else(|| Error::Internal("rejects table not created".into())),
-            APPLIED => self
-                .open_applied(true)
-                .await?
-                .ok_or_else(|| Error::Internal("applied table not created".into())),
+            .ok_or_else(|| Error::Internal(format!("{role} table not created")))
+    }
+
+    /// Opens a follower table by role; with `create`, creates it when absent.
+    async fn open_follower(&self, role: &str, create: bool) -> Result<Option<DeltaTable>> {
+        match role {
+            CURRENT => Ok(Some(self.current.clone())),
+            REJECTS => {
+                table::open_or_create(
+                    &self.config,
+                    &self.config.rejects_url,
+                    crate::rejects::schema(),
+                    &[],
+                    REJECTS,
+                    create,
+                )
+                .await
+            }
+            APPLIED => self.open_applied(create).await,
             other => Err(Error::Internal(format!("unknown follower table `{other}`"))),
         }
     }

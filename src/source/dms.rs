@@ -205,7 +205,8 @@ fn read_plain_load(
         format: crate::config::InputFormat::Csv,
         size: file.size,
     };
-    let mut errors = super::RowErrors::new(crate::config::OnError::Fail);
+    // Tables-file configs never reject rows (`on_error` is always `fail` for change logs).
+    let mut errors = super::RowErrors::new(config.on_error);
     let mut out = Vec::new();
     let mut sink = |rows: super::HashedBatch| -> Result<()> {
         let n = rows.lines.len();
