@@ -1,11 +1,13 @@
 //! Applying change-log batches to a table's current and history tables in one run.
 //!
 //! 1. Keep the last change per key by source order ([`last_per_key`]).
-//! 2. Find the data files of the current table that hold a changed key: one scan of `keyhash`,
-//!    `operation` and the file path (the DMS walkthrough's "impacted files").
-//! 3. Rewrite only those files: their unchanged rows are copied, changed keys get their new row
-//!    (upsert), deleted keys are dropped (hard) or kept with `operation = D` (soft). Rows that
-//!    move to another `partition_by` value leave their old file, so no duplicate remains.
+//! 2. Find the data files of the current table that hold a changed key: one scan of `keyhash`
+//!    and the file path (the DMS walkthrough's "impacted files").
+//! 3. Rewrite only those files: a second scan reads them whole; unchanged rows are copied, the
+//!    stored rows of changed keys tell which keys are live (`operation` other than D), changed
+//!    keys get their new row (upsert), deleted keys are dropped (hard) or kept with
+//!    `operation = D` (soft). Rows that move to another `partition_by` value leave their old
+//!    file, so no duplicate remains. Current and history rows stream to one writer per table.
 //! 4. History gets one row per applied change: I and U rows carry the change's values, D rows the
 //!    last stored values of the deleted key; `eff_start_date` is the change's commit date, or the
 //!    run date when the source has none.
@@ -107,7 +109,9 @@ pub struct ApplyStages {
 ///
 /// # Errors
 /// Delta, DataFusion and Parquet errors; [`Error::Lake`] when the tables already record this
-/// run. Data files written before a failure are deleted; nothing is committed.
+/// run. Data files written before a failure are deleted and nothing is committed; when the
+/// commit itself fails, the written files stay unreferenced (`VACUUM` removes them), or, if the
+/// history commit landed, the next open completes the run.
 pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySummary> {
     let started = Instant::now();
     let config = request.config;

@@ -61,9 +61,6 @@ pub struct TableSync {
     pub apply: Option<ApplySummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Process exit code class of the error (see `Error::exit_code`).
-    #[serde(skip)]
-    pub exit_code: i32,
 }
 
 /// What one `sync` pass did.
@@ -151,7 +148,6 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
                         read_secs: 0.0,
                         apply: None,
                         error: Some(e.to_string()),
-                        exit_code: e.exit_code(),
                     },
                 };
                 bar.finish_with_message(format!("{}: {}", result.status, result.message));
@@ -273,7 +269,6 @@ async fn sync_table(
         read_secs: 0.0,
         apply: None,
         error: None,
-        exit_code: 0,
     };
     if todo.read.is_empty() && todo.superseded.is_empty() {
         return Ok(result);
