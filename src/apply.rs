@@ -302,16 +302,12 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
     summary.stages.merge_secs = (writing - merging).as_secs_f64()
         - summary.stages.dedupe_secs
         - summary.stages.impacted_scan_secs;
-    let current_adds = join_writer(current_writer).await;
-    let history_adds = join_writer(history_writer).await;
+    let current_adds = lake::join_writer(current_writer).await;
+    let history_adds = lake::join_writer(history_writer).await;
     let (current_removes, current_adds, history_adds) = match (merged, current_adds, history_adds) {
         (Ok(m), Ok(c), Ok(h)) => (m, c, h),
         (merged, c, h) => {
-            for (table, adds) in [(&lake.current, &c), (&lake.history, &h)] {
-                if let Ok(adds) = adds {
-                    lake::discard_files(table, adds).await;
-                }
-            }
+            lake::discard_written(&[(&lake.current, &c), (&lake.history, &h)]).await;
             // A writer's own error (disk full, ...) explains a failed send: report it first.
             c?;
             h?;
@@ -406,14 +402,6 @@ impl Outputs<'_> {
         }
         Ok(())
     }
-}
-
-async fn join_writer(
-    handle: tokio::task::JoinHandle<Result<Vec<deltalake::kernel::Add>>>,
-) -> Result<Vec<deltalake::kernel::Add>> {
-    handle
-        .await
-        .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?
 }
 
 /// The picked rows of `sources` (batch, row), with their `operation` codes.

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use chrono::NaiveDate;
 use deltalake::arrow::array::RecordBatch;
-use deltalake::kernel::Add;
 use deltalake::DeltaTable;
 use futures::StreamExt;
 use tokio::runtime::RuntimeFlavor;
@@ -266,8 +265,8 @@ pub async fn run(
     };
     let diff_secs = diffing.elapsed().as_secs_f64();
     let flushing = Instant::now();
-    let current_adds = join_writer(current_writer).await;
-    let history_adds = join_writer(history_writer).await;
+    let current_adds = lake::join_writer(current_writer).await;
+    let history_adds = lake::join_writer(history_writer).await;
     let write_secs = flushing.elapsed().as_secs_f64();
     let spill = store.stats();
     drop(store);
@@ -275,11 +274,7 @@ pub async fn run(
     let (diffed, current_adds, history_adds) = match (outcome, current_adds, history_adds) {
         (Ok(d), Ok(c), Ok(h)) => (d, c, h),
         (outcome, c, h) => {
-            for (table, adds) in [(&lake.current, &c), (&lake.history, &h)] {
-                if let Ok(adds) = adds {
-                    lake::discard_files(table, adds).await;
-                }
-            }
+            lake::discard_written(&[(&lake.current, &c), (&lake.history, &h)]).await;
             // A failed first run leaves no tables behind (as when it fails on reading).
             lake::remove_tables(&created);
             // The diff's own error first, unless it only saw a writer stop: then the writer's.
@@ -521,12 +516,6 @@ const WRITER_GONE: &str = "a table writer stopped early";
 
 fn writer_gone() -> Error {
     Error::Internal(WRITER_GONE.into())
-}
-
-async fn join_writer(handle: tokio::task::JoinHandle<Result<Vec<Add>>>) -> Result<Vec<Add>> {
-    handle
-        .await
-        .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?
 }
 
 /// Applies the mass-delete guard to a finished diff.

@@ -130,6 +130,25 @@ pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
     }
 }
 
+/// Waits for a writer task of [`write_stream`].
+///
+/// # Errors
+/// The writer's error, or [`Error::Internal`] when its task panicked.
+pub async fn join_writer(handle: tokio::task::JoinHandle<Result<Vec<Add>>>) -> Result<Vec<Add>> {
+    handle
+        .await
+        .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?
+}
+
+/// Deletes the files of every writer that finished ([`discard_files`]), after a failed run.
+pub async fn discard_written(written: &[(&DeltaTable, &Result<Vec<Add>>)]) {
+    for (table, adds) in written {
+        if let Ok(adds) = adds {
+            discard_files(table, adds).await;
+        }
+    }
+}
+
 /// Test hook: aborts the process at a named point (`TRIBUTARY_CRASH_AT`), to prove that an
 /// interrupted run is completed by the next one. Unset in normal use.
 pub(crate) fn crash_point(name: &str) {
