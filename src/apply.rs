@@ -133,12 +133,7 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
         .map(|b| change_rows(&schema, b, run_days))
         .collect::<Result<_>>()?;
 
-    let keys = config.key_indices();
-    let unique: Vec<&str> = match keys.as_slice() {
-        [only] => vec![config.columns[*only].name.as_str()],
-        _ => Vec::new(),
-    };
-    let properties = writer_properties(config.compression, 32 << 20, &unique);
+    let properties = writer_properties(config.compression, 32 << 20, &config.unique_columns());
     // One writer per table: more writers measured no faster on 2 cores, and one keeps the rows
     // of a file contiguous in input order (fewer files touched by later changes).
     let (current_out, current_rx) = tokio::sync::mpsc::channel(2);
@@ -204,11 +199,13 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
             summary.files_rewritten = impacted.len() as u64;
             removes = impacted.values().cloned().collect();
             if !impacted.is_empty() {
+                // conformed batches have the table schema: columns by position
+                let (keyhash_at, operation_at) =
+                    (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
                 let mut stream = scan_files(&lake.current, impacted.keys().cloned()).await?;
                 while let Some(batch) = stream.next().await {
                     let batch = lake::conform(&batch?, &schema)?;
-                    let keyhash = batch.column_by_name(KEYHASH).ok_or_else(no_keyhash)?;
-                    let keyhash = keyhash.as_binary::<i32>();
+                    let keyhash = batch.column(keyhash_at).as_binary::<i32>();
                     let hit: BooleanArray = (0..batch.num_rows())
                         .map(|i| Some(changed.contains_key(&key(keyhash.value(i)))))
                         .collect();
@@ -217,11 +214,8 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
                     send(out.current, kept).await?;
                     let old = filter_record_batch(&batch, &hit)?;
                     if old.num_rows() > 0 {
-                        let keyhash = old.column_by_name(KEYHASH).ok_or_else(no_keyhash)?;
-                        let keyhash = keyhash.as_binary::<i32>();
-                        let ops = old.column_by_name(OPERATION).ok_or_else(no_keyhash)?;
-                        let ops = cast(ops, &DataType::Utf8)?;
-                        let ops = ops.as_string::<i32>();
+                        let keyhash = old.column(keyhash_at).as_binary::<i32>();
+                        let ops = old.column(operation_at).as_string::<i32>();
                         for i in 0..old.num_rows() {
                             let k = key(keyhash.value(i));
                             old_at.insert(k, (old_rows.len(), i));
@@ -260,14 +254,7 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
                         .get(&k)
                         .copied()
                         .ok_or_else(|| Error::Internal("a live key has no stored row".into()))?;
-                    let day = sources[p.batch]
-                        .column_by_name(EFF_START_DATE)
-                        .and_then(|c| {
-                            c.as_any()
-                                .downcast_ref::<Date32Array>()
-                                .map(|d| d.value(p.row))
-                        })
-                        .unwrap_or(run_days);
+                    let day = batch.commit_days[p.row].unwrap_or(run_days);
                     deleted.push((at, day));
                 }
                 Outcome::IgnoredDelete => {
@@ -504,11 +491,4 @@ async fn scan_files(
         .await?
         .execute_stream()
         .await?)
-}
-
-fn no_keyhash() -> Error {
-    Error::Lake {
-        table: CURRENT.into(),
-        reason: "scan returned no keyhash/operation column".into(),
-    }
 }

@@ -232,6 +232,15 @@ impl TableConfig {
             .collect()
     }
 
+    /// Columns whose every value is distinct in a table: the key when it is a single column
+    /// (written without a Parquet dictionary, see `lake::writer_properties`).
+    pub fn unique_columns(&self) -> Vec<&str> {
+        match self.key_indices().as_slice() {
+            [only] => vec![self.columns[*only].name.as_str()],
+            _ => Vec::new(),
+        }
+    }
+
     /// The Delta `txn` application id under which this table's runs are recorded.
     pub fn app_id(&self) -> String {
         format!("tributary:{}", self.name)

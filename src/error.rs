@@ -61,6 +61,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// A [`Error::BadRow`]: `file` as shown in messages, 1-based `line` (or row), the column
+    /// when one value is at fault.
+    pub fn bad_row(
+        file: impl std::fmt::Display,
+        line: u64,
+        column: Option<&str>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::BadRow {
+            file: file.to_string(),
+            line,
+            column: column.map(str::to_string),
+            reason: reason.into(),
+        }
+    }
+
     /// Process exit code for this error: 2 for bad usage/config, 3 for refused runs, 4 for bad
     /// input rows, 1 for everything else.
     pub fn exit_code(&self) -> i32 {

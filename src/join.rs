@@ -198,15 +198,15 @@ impl JoinContext<'_> {
         for row in duplicates {
             let (file, line) = place(row);
             let (first_file, first_line) = place(winner(row));
-            let err = Error::BadRow {
-                file: self.files[file as usize].display(),
+            let err = Error::bad_row(
+                self.files[file as usize].display(),
                 line,
-                column: None,
-                reason: format!(
+                None,
+                format!(
                     "duplicate key: first seen at {}, line {first_line}",
                     self.files[first_file as usize].display()
                 ),
-            };
+            );
             errors.push(err, || {
                 row_text(&incoming, payload_width, row, self.config.delimiter)
             })?;

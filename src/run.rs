@@ -236,13 +236,11 @@ pub async fn run(
     let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
     let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
     // A single key column is unique in both tables' files (history: per business date).
-    let keys = config.key_indices();
-    let unique: Vec<&str> = match keys.as_slice() {
-        [only] => vec![config.columns[*only].name.as_str()],
-        _ => Vec::new(),
-    };
-    let properties =
-        writer_properties(config.compression, memory.row_group_bytes as usize, &unique);
+    let properties = writer_properties(
+        config.compression,
+        memory.row_group_bytes as usize,
+        &config.unique_columns(),
+    );
     let current_writer = tokio::spawn(write_stream(
         lake.current.clone(),
         current_rx,

@@ -309,12 +309,12 @@ pub(super) fn typed_batch(
             .downcast_ref::<StringArray>()
             .map(|a| a.value(row).to_string())
             .unwrap_or_default();
-        return Err(Error::BadRow {
-            file: file.path.display().to_string(),
-            line: lines[row],
-            column: Some(config.columns[c].name.clone()),
-            reason: format!("cannot parse `{value}` as {}", config.columns[c].ty),
-        });
+        return Err(Error::bad_row(
+            file.path.display(),
+            lines[row],
+            Some(&config.columns[c].name),
+            format!("cannot parse `{value}` as {}", config.columns[c].ty),
+        ));
     }
     let batch = RecordBatch::try_new(payload_schema(&config.typed_columns()), typed)?;
     hash_batch(config, batch, index, lines)

@@ -204,6 +204,15 @@ fn check_header(
     Ok(())
 }
 
+/// Whether a CSV field is NULL: the config's `null_value`, or, without one, an empty field in a
+/// non-string column.
+pub(super) fn is_null(config: &TableConfig, field: &[u8], ty: ColumnType) -> bool {
+    match &config.null_value {
+        Some(nv) => field == nv.as_bytes(),
+        None => field.is_empty() && ty != ColumnType::String,
+    }
+}
+
 struct ChunkParser<'a> {
     config: &'a TableConfig,
     file_name: String,
@@ -212,24 +221,12 @@ struct ChunkParser<'a> {
 
 impl ChunkParser<'_> {
     fn bad_row(&self, line: u64, column: Option<&str>, reason: String) -> Error {
-        Error::BadRow {
-            file: self.file_name.clone(),
-            line,
-            column: column.map(str::to_string),
-            reason,
-        }
+        Error::bad_row(&self.file_name, line, column, reason)
     }
 
     fn raw(&self, record: &ByteRecord) -> String {
         let parts: Vec<_> = record.iter().map(String::from_utf8_lossy).collect();
         parts.join(&(self.config.delimiter as char).to_string())
-    }
-
-    fn is_null(&self, field: &[u8], ty: ColumnType) -> bool {
-        match &self.config.null_value {
-            Some(nv) => field == nv.as_bytes(),
-            None => field.is_empty() && ty != ColumnType::String,
-        }
     }
 
     /// Validates, casts and hashes one chunk of records; bad rows go to `errors`.
@@ -255,7 +252,7 @@ impl ChunkParser<'_> {
                 }
             }
             for ((field, column), builder) in record.iter().zip(columns).zip(&mut builders) {
-                if self.is_null(field, column.ty) {
+                if is_null(self.config, field, column.ty) {
                     builder.append_null();
                 } else {
                     // Checked above: every field of this record is valid UTF-8.

@@ -202,11 +202,8 @@ pub(super) fn read(
         path: file.path.clone(),
         reason: format!("cannot open: {e}"),
     })?;
-    let bad = |line: u64, column: Option<&str>, reason: String| Error::BadRow {
-        file: file.path.display().to_string(),
-        line,
-        column: column.map(str::to_string),
-        reason,
+    let bad = |line: u64, column: Option<&str>, reason: String| {
+        Error::bad_row(file.path.display(), line, column, reason)
     };
     let reader = BufReader::with_capacity(1 << 20, handle);
     let values: Box<dyn Iterator<Item = Result<(u64, Value)>>> = match file.format {

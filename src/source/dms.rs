@@ -7,19 +7,14 @@
 //! `includeOpForFullLoad`; every full-load row is an insert. Parquet files name their columns,
 //! so `Op` and the timestamp column are found by name.
 
-use std::fs::File;
-
 use deltalake::arrow::array::{Array, AsArray, StringArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::DataType;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::changes::{timestamp_days, typed_batch, ChangeFile, FileKind, RowsBuilder};
-use super::BATCH_ROWS;
 use crate::change::{ChangeBatch, ChangeOp, SourceOrder};
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
-use crate::schema::ColumnType;
 use crate::tables::TableEntry;
 
 /// Where `Op` and the timestamp sit in a CSV record.
@@ -63,12 +58,7 @@ fn csv_layout(
 }
 
 fn bad_row(file: &ChangeFile, line: u64, column: Option<&str>, reason: String) -> Error {
-    Error::BadRow {
-        file: file.path.display().to_string(),
-        line,
-        column: column.map(str::to_string),
-        reason,
-    }
+    Error::bad_row(file.path.display(), line, column, reason)
 }
 
 /// Reads a DMS CSV file (no header) into change batches of at most [`BATCH_ROWS`] rows.
@@ -95,10 +85,6 @@ pub(super) fn read_csv(
     }
     let mut reader = super::csv::open(config, &file.path)?;
     let timestamp_name = entry.timestamp_column.as_deref();
-    let is_null = |field: &[u8], ty: ColumnType| match &config.null_value {
-        Some(nv) => field == nv.as_bytes(),
-        None => field.is_empty() && ty != ColumnType::String,
-    };
     let mut rows = RowsBuilder::new(config, file, index);
     let mut record = csv::ByteRecord::new();
     let mut layout: Option<CsvLayout> = None;
@@ -182,7 +168,7 @@ pub(super) fn read_csv(
         };
         for (c, column) in columns.iter().enumerate() {
             let field = &record[this.first_data + c];
-            if is_null(field, column.ty) {
+            if super::csv::is_null(config, field, column.ty) {
                 rows.columns[c].append_null();
             } else {
                 rows.columns[c].append_value(text(this.first_data + c, &column.name)?);
@@ -247,15 +233,9 @@ pub(super) fn read_parquet(
         path: file.path.clone(),
         reason,
     };
-    let handle = File::open(&file.path).map_err(|e| input_err(format!("cannot open: {e}")))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(handle)?.with_batch_size(BATCH_ROWS);
+    let builder = super::parquet::open(&file.path)?;
     let schema = builder.schema().clone();
-    let find = |name: &str| {
-        schema
-            .fields()
-            .iter()
-            .position(|f| f.name().eq_ignore_ascii_case(name))
-    };
+    let find = |name: &str| super::parquet::column_position(&schema, name);
     let op_at = find("Op");
     if op_at.is_none() && file.kind == FileKind::Change {
         return Err(input_err("a change file needs an `Op` column".into()));

@@ -14,6 +14,29 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::schema::payload_schema;
 
+/// Opens a Parquet file for reading in batches of [`BATCH_ROWS`] rows.
+///
+/// # Errors
+/// [`Error::Input`] when the file cannot be opened; Parquet errors for a file that is not one.
+pub(super) fn open(path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let handle = File::open(path).map_err(|e| Error::Input {
+        path: path.to_path_buf(),
+        reason: format!("cannot open: {e}"),
+    })?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(handle)?.with_batch_size(BATCH_ROWS))
+}
+
+/// The position of a column in a file schema, by name, ignoring ASCII case.
+pub(super) fn column_position(
+    schema: &deltalake::arrow::datatypes::Schema,
+    name: &str,
+) -> Option<usize> {
+    schema
+        .fields()
+        .iter()
+        .position(|f| f.name().eq_ignore_ascii_case(name))
+}
+
 /// Reads one Parquet file. Rows are numbered from 1 in file order for error messages.
 pub(super) fn read(
     config: &TableConfig,
@@ -27,15 +50,11 @@ pub(super) fn read(
         path: file.path.clone(),
         reason,
     };
-    let handle = File::open(&file.path).map_err(|e| input_err(format!("cannot open: {e}")))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(handle)?.with_batch_size(BATCH_ROWS);
+    let builder = open(&file.path)?;
     let file_schema = builder.schema().clone();
     let mut positions = Vec::with_capacity(config.columns.len());
     for column in &config.columns {
-        let pos = file_schema
-            .fields()
-            .iter()
-            .position(|f| f.name().eq_ignore_ascii_case(&column.name))
+        let pos = column_position(&file_schema, &column.name)
             .ok_or_else(|| input_err(format!("has no column `{}`", column.name)))?;
         positions.push(pos);
     }
@@ -69,12 +88,12 @@ pub(super) fn read(
             for &(row, c) in &bad {
                 let source = raw.column(order[c]);
                 let value = array_value_to_string(source, row).unwrap_or_default();
-                let err = Error::BadRow {
-                    file: file.display(),
-                    line: lines[row],
-                    column: Some(config.columns[c].name.clone()),
-                    reason: format!("cannot convert `{value}` to {}", config.columns[c].ty),
-                };
+                let err = Error::bad_row(
+                    file.display(),
+                    lines[row],
+                    Some(&config.columns[c].name),
+                    format!("cannot convert `{value}` to {}", config.columns[c].ty),
+                );
                 let raw_row = || {
                     order
                         .iter()

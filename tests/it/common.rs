@@ -164,3 +164,14 @@ pub fn property_runner(default_seed: u64) -> proptest::test_runner::TestRunner {
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
     )
 }
+
+/// The JSON a process (`tributary --json`, a Python reader) printed on stdout; the process
+/// must have succeeded (its stderr is shown otherwise).
+pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 
-use crate::common::{Fixture, SIMPLE_COLUMNS};
+use crate::common::{json_stdout as json, Fixture, SIMPLE_COLUMNS};
 
 fn tributary(fx: &Fixture, input: &Path, date: &str, crash_at: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
@@ -22,15 +22,6 @@ fn tributary(fx: &Fixture, input: &Path, date: &str, crash_at: Option<&str>) -> 
         cmd.env("TRIBUTARY_CRASH_AT", point);
     }
     cmd.output().unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Day `d` of a small changing table: keys drop out, come back and change value over the days.

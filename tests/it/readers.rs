@@ -49,12 +49,7 @@ async fn python_deltalake_and_duckdb_read_the_tables() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = crate::common::json_stdout(&out);
     assert_eq!(
         seen["current"],
         serde_json::json!([["I", 1], ["N", 1], ["U", 1]])

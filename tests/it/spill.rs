@@ -145,12 +145,7 @@ fn peak_memory_stays_bounded_under_a_small_limit() {
             .arg("--json")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        last = serde_json::from_slice(&out.stdout).unwrap();
+        last = crate::common::json_stdout(&out);
         peak = peak.max(last["memory"]["peak_rss_bytes"].as_u64().unwrap());
     }
     let memory = &last["memory"];

@@ -546,13 +546,7 @@ async fn a_sync_killed_at_any_commit_point_ends_like_an_uninterrupted_one() {
             !out.status.success(),
             "{point}: the process should have aborted"
         );
-        let out = sync_process(&l, None);
-        assert!(
-            out.status.success(),
-            "{point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let summary = crate::common::json_stdout(&sync_process(&l, None));
         let status = summary["tables"][0]["status"].as_str().unwrap().to_string();
         let want = if point == "before-history-commit" {
             "applied"
