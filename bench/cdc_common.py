@@ -11,7 +11,8 @@ def column_names(nkeys, nnonkeys):
 
 
 def parse_args(doc):
-    """INPUT_DIR OUTPUT_ROOT YYYY-MM-DD NO_KEYS NO_NONKEYS [--format F] [--extract E]."""
+    """INPUT_DIR OUTPUT_ROOT YYYY-MM-DD NO_KEYS NO_NONKEYS [--format F] [--extract E]
+    [--compression C]."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("in_dir", metavar="INPUT_DIR")
     p.add_argument("out_root", metavar="OUTPUT_ROOT")
@@ -23,4 +24,6 @@ def parse_args(doc):
     p.add_argument("--extract", choices=("full", "delta"), default="full",
                    help="full (default): keys missing from the input are deleted (D); "
                         "delta: they stay in current as X with their old eff_start_date")
+    p.add_argument("--compression", choices=("zstd", "snappy", "none"), default="zstd",
+                   help="Parquet codec of the written tables (default zstd, as tributary's)")
     return p.parse_args()

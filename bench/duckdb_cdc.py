@@ -3,6 +3,7 @@
 
 Usage: duckdb_cdc.py INPUT_DIR OUTPUT_ROOT YYYY-MM-DD NO_KEYS NO_NONKEYS
                      [--format csv|parquet] [--extract full|delta]
+                     [--compression zstd|snappy|none]
 
 INPUT_DIR holds headerless CSV files (*.csv, the default) or, with --format parquet,
 Parquet files (*.parquet): NO_KEYS string key columns keycol1..N and NO_NONKEYS
@@ -71,6 +72,7 @@ def main():
     os.makedirs(out_root, exist_ok=True)
     first_run = not os.path.exists(cur_file)
 
+    codec = {"none": "uncompressed"}.get(args.compression, args.compression)
     con = duckdb.connect()
     date = f"DATE '{run_date}'"
 
@@ -125,14 +127,14 @@ def main():
     all_cols = ", ".join(cols + ["keyhash", "nonkeyhash", "operation", "eff_start_date"])
     con.execute(f"""
         COPY (SELECT {all_cols} FROM classified WHERE operation <> 'D')
-        TO {q(os.path.join(new_cur, 'data.parquet'))} (FORMAT parquet, COMPRESSION snappy)
+        TO {q(os.path.join(new_cur, 'data.parquet'))} (FORMAT parquet, COMPRESSION {codec})
     """)
     shutil.rmtree(hist_dir, ignore_errors=True)
     os.makedirs(hist_dir)
     hist_cols = ", ".join(cols + ["keyhash", "nonkeyhash", "operation"])
     con.execute(f"""
         COPY (SELECT {hist_cols} FROM classified WHERE operation IN ('I', 'U', 'D'))
-        TO {q(os.path.join(hist_dir, 'data.parquet'))} (FORMAT parquet, COMPRESSION snappy)
+        TO {q(os.path.join(hist_dir, 'data.parquet'))} (FORMAT parquet, COMPRESSION {codec})
     """)
     old_cur = cur_dir + ".old"
     if os.path.exists(cur_dir):

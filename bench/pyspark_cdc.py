@@ -43,7 +43,8 @@ def main():
              .config("spark.driver.memory", os.environ.get("SPARK_DRIVER_MEMORY", "4g"))
              .config("spark.sql.shuffle.partitions", "4")
              .config("spark.ui.enabled", "false")
-             .config("spark.sql.parquet.compression.codec", "snappy")
+             .config("spark.sql.parquet.compression.codec",
+                     {"none": "uncompressed"}.get(args.compression, args.compression))
              .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     t0 = time.perf_counter()

@@ -18,7 +18,9 @@
 #                    (default unset: tributary's default)
 #   SPILL_DIR        -> `spill_dir:` (a relative path is taken from the current directory;
 #                    default unset: tributary spills under TMPDIR)
-#   COMPRESSION      snappy | zstd | none -> `compression:` (default unset: snappy)
+#   COMPRESSION      snappy | zstd | none -> `compression:` of tributary's config, and the codec
+#                    DuckDB and PySpark write with (default unset: tributary's default, zstd,
+#                    for all three)
 #   SKIP_DUCKDB=1    leave DuckDB out
 #   SKIP_SPARK=1     leave PySpark out
 #   DELETE_DATA=1    at exit, delete the generated data and the output tables (keeps the
@@ -257,7 +259,7 @@ run() {
         tributary) cmd=("$BIN" run "$TCONFIG" "$input" "$date" --json) ;;
         duckdb | pyspark)
             cmd=(python3 "$BENCH_DIR/${sys}_cdc.py" "$input" "$dir" "$date" "$KEYS" "$NONKEYS"
-                 --format "$FORMAT" --extract "$EXTRACT") ;;
+                 --format "$FORMAT" --extract "$EXTRACT" --compression "${COMPRESSION:-zstd}") ;;
     esac
     timed "$sys $tag" "$dir/$tag" "$dir/$tag.json" "${cmd[@]}"
 }

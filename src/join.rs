@@ -1,9 +1,15 @@
 //! The diff of one keyhash partition: duplicate keys, classification and the output rows.
 //!
 //! Input: the partition's incoming rows ([`incoming_schema`]: the typed payload, `keyhash`,
-//! `nonkeyhash`, and the row's file index and line) and its current rows (the table schema).
-//! Output: the partition's rows of the new current table (I, U, N and X rows) and of the
-//! history table (I, U and D rows), in the table schema; see the table in `diff`.
+//! `nonkeyhash`, and the row's file index and line) and its current rows ([`current_schema`]:
+//! the join columns and each row's position in the table's data files).
+//! Output: the partition's I, U and N rows for the new current table and its I and U rows for
+//! the history table, in the table schema, and the positions of the current rows whose key left
+//! the extract, which the run reads back whole as D (history) or X (current) rows
+//! ([`gone_rows`]); see the table in `diff`.
+//!
+//! [`DataFiles`]: crate::lake::current::DataFiles
+//! [`DataFiles::scan_keys`]: crate::lake::current::DataFiles::scan_keys
 
 use std::sync::Arc;
 
@@ -11,8 +17,10 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray, UInt32Array,
     UInt64Array,
 };
-use deltalake::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
-use deltalake::arrow::datatypes::{DataType, Date32Type, Field, SchemaRef, UInt32Type, UInt64Type};
+use deltalake::arrow::compute::{concat_batches, filter_record_batch};
+use deltalake::arrow::datatypes::{
+    DataType, Date32Type, Field, Schema, SchemaRef, UInt32Type, UInt64Type,
+};
 
 use crate::config::TableConfig;
 use crate::diff::{classify, key, CurrentIndex, DigestMap, Op, OpCounts};
@@ -24,6 +32,42 @@ use crate::source::{HashedBatch, InputFile, Reject, RowErrors};
 const FILE_INDEX: &str = "__tributary_file";
 /// Column holding a row's 1-based line (CSV) or row (Parquet) number.
 const LINE: &str = "__tributary_line";
+/// Column holding a current row's data file (index into the run's [`DataFiles`]).
+const CURRENT_FILE: &str = "__tributary_data_file";
+/// Column holding a current row's 0-based row in its data file.
+const CURRENT_ROW: &str = "__tributary_data_row";
+
+/// Schema of current rows while partitioned: the join columns of the table schema (`keyhash`,
+/// `nonkeyhash`, `eff_start_date`, in this order, as [`DataFiles::scan_keys`] expects) and the
+/// row's position, `UInt32` data file index and row in that file.
+///
+/// # Errors
+/// [`Error::Arrow`] when `table_schema` lacks a join column.
+pub fn current_schema(table_schema: &SchemaRef) -> Result<SchemaRef> {
+    let mut fields = Vec::new();
+    for name in [KEYHASH, NONKEYHASH, EFF_START_DATE] {
+        fields.push(table_schema.field_with_name(name)?.clone());
+    }
+    fields.push(Field::new(CURRENT_FILE, DataType::UInt32, false));
+    fields.push(Field::new(CURRENT_ROW, DataType::UInt32, false));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Whole current rows of keys absent from the extract (read back by position) as output rows:
+/// `operation` set to `op` (D or X) and, for D, `eff_start_date` set to `run_date`.
+///
+/// # Errors
+/// [`Error::Arrow`] when `batch` lacks the system columns.
+pub fn gone_rows(batch: RecordBatch, op: Op, run_date: i32) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let n = batch.num_rows();
+    let mut columns = batch.columns().to_vec();
+    columns[schema.index_of(OPERATION)?] = Arc::new(StringArray::from(vec![op.code(); n]));
+    if op == Op::Delete {
+        columns[schema.index_of(EFF_START_DATE)?] = Arc::new(Date32Array::from(vec![run_date; n]));
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
 
 /// Schema of incoming rows while partitioned: payload columns, `keyhash`, `nonkeyhash`, and
 /// where each row came from.
@@ -59,6 +103,9 @@ pub struct PartitionDiff {
     pub counts: OpCounts,
     /// Duplicate-key rows set aside under `on_error: reject`.
     pub rejects: Vec<Reject>,
+    /// Positions (data file, row) of the current rows whose key is absent from the extract:
+    /// D rows of a full extract, X rows of a delta extract; read back whole by the run.
+    pub gone: Vec<(u32, u32)>,
 }
 
 /// Inputs shared by every partition of a run.
@@ -67,27 +114,31 @@ pub struct JoinContext<'a> {
     pub files: &'a [InputFile],
     pub incoming_schema: SchemaRef,
     pub table_schema: SchemaRef,
+    /// Schema of the current side ([`current_schema`]).
+    pub current_schema: SchemaRef,
     /// The business date, in days since the Unix epoch.
     pub run_date: i32,
 }
 
 impl JoinContext<'_> {
-    /// Diffs one partition.
+    /// Diffs one partition. The incoming batches are diffed as they are (no concatenation:
+    /// the current-table rows go out as slices of them); the current side, join columns only,
+    /// is concatenated.
     ///
     /// # Errors
     /// [`Error::BadRow`] for a duplicate key under `on_error: fail` (the later occurrence, in
     /// file and line order, is the bad row); Arrow errors.
-    pub fn diff(&self, incoming: &[RecordBatch], current: &[RecordBatch]) -> Result<PartitionDiff> {
-        let incoming = concat_batches(&self.incoming_schema, incoming)?;
-        let current = concat_batches(&self.table_schema, current)?;
+    pub fn diff(
+        &self,
+        incoming: Vec<RecordBatch>,
+        current: Vec<RecordBatch>,
+    ) -> Result<PartitionDiff> {
+        let current = concat_batches(&self.current_schema, &current)?;
         let (incoming, rejects) = self.drop_duplicate_keys(incoming)?;
-        let column = |batch: &RecordBatch, name: &str| -> Result<ArrayRef> {
-            batch
-                .column_by_name(name)
-                .cloned()
-                .ok_or_else(|| Error::Internal(format!("no column {name}")))
-        };
-        let (in_keys, in_nonkeys) = (column(&incoming, KEYHASH)?, column(&incoming, NONKEYHASH)?);
+        let in_digests = incoming
+            .iter()
+            .map(|b| Ok((column(b, KEYHASH)?, column(b, NONKEYHASH)?)))
+            .collect::<Result<Vec<_>>>()?;
         let (cur_keys, cur_nonkeys, cur_effs) = (
             column(&current, KEYHASH)?,
             column(&current, NONKEYHASH)?,
@@ -99,23 +150,26 @@ impl JoinContext<'_> {
             cur_effs.as_primitive::<Date32Type>(),
         )]);
         let diff = classify(
-            [(in_keys.as_binary::<i32>(), in_nonkeys.as_binary::<i32>())],
+            in_digests
+                .iter()
+                .map(|(k, n)| (k.as_binary::<i32>(), n.as_binary::<i32>())),
             index,
             self.config.extract_type,
             self.run_date,
         );
-        let ops = diff.incoming.into_iter().next().unwrap_or_default();
-
         let mut out = PartitionDiff {
             counts: diff.counts,
             rejects,
             ..PartitionDiff::default()
         };
-        if incoming.num_rows() > 0 {
-            let payload_width = self.table_schema.fields().len() - 4;
-            let mut columns: Vec<ArrayRef> = incoming.columns()[..payload_width].to_vec();
-            columns.push(in_keys);
-            columns.push(in_nonkeys);
+        let payload_width = self.table_schema.fields().len() - 4;
+        for ((batch, (keys, nonkeys)), ops) in incoming.iter().zip(in_digests).zip(diff.incoming) {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let mut columns: Vec<ArrayRef> = batch.columns()[..payload_width].to_vec();
+            columns.push(keys);
+            columns.push(nonkeys);
             columns.push(Arc::new(StringArray::from_iter_values(
                 ops.iter().map(|(op, _)| op.code()),
             )));
@@ -131,73 +185,72 @@ impl JoinContext<'_> {
             }
             out.current.push(full);
         }
-        if let (Some(op), false) = (diff.gone_op, diff.gone.is_empty()) {
-            let gone = take_record_batch(&current, &UInt32Array::from(diff.gone))?;
-            let n = gone.num_rows();
-            let mut columns = gone.columns().to_vec();
-            columns[self.table_schema.index_of(OPERATION)?] =
-                Arc::new(StringArray::from(vec![op.code(); n]));
-            if op == Op::Delete {
-                columns[self.table_schema.index_of(EFF_START_DATE)?] =
-                    Arc::new(Date32Array::from(vec![self.run_date; n]));
-                out.history
-                    .push(RecordBatch::try_new(self.table_schema.clone(), columns)?);
-            } else {
-                out.current
-                    .push(RecordBatch::try_new(self.table_schema.clone(), columns)?);
-            }
+        if !diff.gone.is_empty() {
+            let files = column(&current, CURRENT_FILE)?;
+            let rows = column(&current, CURRENT_ROW)?;
+            let (files, rows) = (
+                files.as_primitive::<UInt32Type>(),
+                rows.as_primitive::<UInt32Type>(),
+            );
+            out.gone = diff
+                .gone
+                .iter()
+                .map(|&i| (files.value(i as usize), rows.value(i as usize)))
+                .collect();
         }
         Ok(out)
     }
 
     /// Keeps the first row of each key in file and line order; the others are bad rows
     /// ("duplicate key"), failing the run or set aside as rejects.
-    fn drop_duplicate_keys(&self, incoming: RecordBatch) -> Result<(RecordBatch, Vec<Reject>)> {
-        let keys = incoming
-            .column_by_name(KEYHASH)
-            .ok_or_else(|| Error::Internal("no keyhash".into()))?
-            .as_binary::<i32>()
-            .clone();
-        let file_of = incoming
-            .column_by_name(FILE_INDEX)
-            .ok_or_else(|| Error::Internal("no file index".into()))?
-            .as_primitive::<UInt32Type>()
-            .clone();
-        let line_of = incoming
-            .column_by_name(LINE)
-            .ok_or_else(|| Error::Internal("no line".into()))?
-            .as_primitive::<UInt64Type>()
-            .clone();
-        let place = |row: usize| (file_of.value(row), line_of.value(row));
-        let mut first: DigestMap<usize> = DigestMap::default();
-        first.reserve(keys.len());
+    fn drop_duplicate_keys(
+        &self,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(Vec<RecordBatch>, Vec<Reject>)> {
+        let mut keys = Vec::with_capacity(batches.len());
+        let mut places = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            keys.push(column(batch, KEYHASH)?.as_binary::<i32>().clone());
+            places.push((
+                column(batch, FILE_INDEX)?
+                    .as_primitive::<UInt32Type>()
+                    .clone(),
+                column(batch, LINE)?.as_primitive::<UInt64Type>().clone(),
+            ));
+        }
+        // A row is (batch, row in batch); its place is (file index, line).
+        let place = |(b, row): (usize, usize)| (places[b].0.value(row), places[b].1.value(row));
+        let mut first: DigestMap<(usize, usize)> = DigestMap::default();
+        first.reserve(keys.iter().map(Array::len).sum());
         // Rows that are not their key's first occurrence.
-        let mut duplicates: Vec<usize> = Vec::new();
-        for row in 0..keys.len() {
-            let k = key(keys.value(row));
-            match first.get_mut(&k) {
-                None => {
-                    first.insert(k, row);
+        let mut duplicates: Vec<(usize, usize)> = Vec::new();
+        for (b, batch_keys) in keys.iter().enumerate() {
+            for row in 0..batch_keys.len() {
+                let at = (b, row);
+                match first.get_mut(&key(batch_keys.value(row))) {
+                    None => {
+                        first.insert(key(batch_keys.value(row)), at);
+                    }
+                    // Batches of one file can arrive out of order: the earlier place wins.
+                    Some(seen) if place(at) < place(*seen) => {
+                        duplicates.push(*seen);
+                        *seen = at;
+                    }
+                    Some(_) => duplicates.push(at),
                 }
-                // Batches of one file can arrive out of order: the earlier place wins.
-                Some(seen) if place(row) < place(*seen) => {
-                    duplicates.push(*seen);
-                    *seen = row;
-                }
-                Some(_) => duplicates.push(row),
             }
         }
         if duplicates.is_empty() {
-            return Ok((incoming, Vec::new()));
+            return Ok((batches, Vec::new()));
         }
-        let winner = |row: usize| first[&key(keys.value(row))];
-        duplicates.sort_by_key(|row| place(*row));
+        let winner = |(b, row): (usize, usize)| first[&key(keys[b].value(row))];
+        duplicates.sort_by_key(|at| place(*at));
         let mut errors = RowErrors::new(self.config.on_error);
-        let mut keep = vec![true; incoming.num_rows()];
+        let mut keep: Vec<Vec<bool>> = batches.iter().map(|b| vec![true; b.num_rows()]).collect();
         let payload_width = self.table_schema.fields().len() - 4;
-        for row in duplicates {
-            let (file, line) = place(row);
-            let (first_file, first_line) = place(winner(row));
+        for at in duplicates {
+            let (file, line) = place(at);
+            let (first_file, first_line) = place(winner(at));
             let err = Error::bad_row(
                 self.files[file as usize].display(),
                 line,
@@ -208,13 +261,31 @@ impl JoinContext<'_> {
                 ),
             );
             errors.push(err, || {
-                row_text(&incoming, payload_width, row, self.config.delimiter)
+                row_text(&batches[at.0], payload_width, at.1, self.config.delimiter)
             })?;
-            keep[row] = false;
+            keep[at.0][at.1] = false;
         }
-        let kept = filter_record_batch(&incoming, &BooleanArray::from(keep))?;
+        let kept = batches
+            .iter()
+            .zip(keep)
+            .map(|(batch, keep)| {
+                if keep.iter().all(|&k| k) {
+                    Ok(batch.clone())
+                } else {
+                    Ok(filter_record_batch(batch, &BooleanArray::from(keep))?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok((kept, errors.rejects))
     }
+}
+
+/// A column of `batch` by name.
+fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+    batch
+        .column_by_name(name)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("no column {name}")))
 }
 
 /// A row's first `width` values as text, joined by `delimiter` (for rejects).

@@ -2,26 +2,35 @@
 //! `memory_limit` is shared between holding partitions and diffing them.
 //!
 //! While the input and the current table are read, partitions are held in a
-//! [`SpillStore`](crate::spill::SpillStore) of `store_budget` bytes; the rest of the limit is
-//! for the diff workers, each holding about [`WORKING_SET_FACTOR`] times one partition (both
-//! sides, their concatenation and the output rows in flight). The partition count is chosen
-//! so that `workers` partitions fit in that rest. Sizes are estimates made before reading:
-//! Arrow bytes per input byte differ by format, and the current table's size is the sum of
-//! its Parquet files' sizes from the Delta log, times [`CURRENT_EXPANSION`].
+//! [`SpillStore`](crate::spill::SpillStore) of `store_budget` bytes ([`STORE_SHARE`] of the
+//! limit); [`WORK_SHARE`] of the limit is for the diff workers, each holding about
+//! [`WORKING_SET_FACTOR`] times one partition (its two sides concatenated, the join index and
+//! the output rows in flight); the rest is headroom for memory the plan does not count. The
+//! partition count is chosen so that `workers` partitions fit in the workers' share. Sizes are
+//! estimates made before reading: Arrow bytes per input byte differ by format, and the current
+//! table is held as its join columns only: its row count (from the data files' footers) times
+//! [`CURRENT_ROW_BYTES`].
 
 use crate::config::InputFormat;
 
-/// Share of the memory limit for holding partitions while reading (the rest is for diffing).
-pub const STORE_SHARE: f64 = 0.5;
+/// Share of the memory limit for holding partitions while reading.
+pub const STORE_SHARE: f64 = 0.35;
+/// Share of the memory limit for the diff workers' partitions. The rest of the limit
+/// (`1 - STORE_SHARE - WORK_SHARE`) is left for what the plan does not count: the reader's
+/// chunks in flight, the scan's row groups, the two table writers' encoders and uploads, and
+/// the allocator's slack (measured at 10M rows of the seed shape: about 600 MiB beyond a
+/// 1 GiB plan that counted only the store and the workers).
+pub const WORK_SHARE: f64 = 0.35;
 /// Memory of a diff worker, in multiples of one partition's Arrow size.
 pub const WORKING_SET_FACTOR: f64 = 3.0;
 /// Arrow bytes per CSV byte (text floats shrink to 8 bytes; digests and offsets are added).
 pub const CSV_EXPANSION: f64 = 1.2;
 /// Arrow bytes per Parquet byte of an input file (compressed, dictionary- and run-length-encoded).
 pub const PARQUET_EXPANSION: f64 = 4.0;
-/// Arrow bytes per Parquet byte of the current table (Tributary's files: the digests and most
-/// keys are unique and compress little; measured about 1.1 on the seed shape).
-pub const CURRENT_EXPANSION: f64 = 1.5;
+/// Arrow bytes per current-table row held for the join: `keyhash` and `nonkeyhash` (16 bytes
+/// and a 4-byte offset each), `eff_start_date` (4), the row's data file and row (4 each), and
+/// validity and slack.
+pub const CURRENT_ROW_BYTES: u64 = 64;
 /// Row groups are at most this fraction of the limit (and 32 MiB).
 pub const ROW_GROUP_DIVISOR: u64 = 32;
 /// Most partitions a run uses (a few files per partition are kept while spilling).
@@ -55,23 +64,24 @@ pub fn input_estimate(format: InputFormat, file_bytes: u64) -> u64 {
 }
 
 impl MemoryPlan {
-    /// Plans a run of `input_bytes` (estimated Arrow bytes) against a current table of
-    /// `current_parquet_bytes`, within `limit` bytes, with up to `cores` workers.
-    pub fn new(limit: u64, input_bytes: u64, current_parquet_bytes: u64, cores: usize) -> Self {
-        Self::with_partitions(limit, input_bytes, current_parquet_bytes, cores, None)
+    /// Plans a run of `input_bytes` against a current table whose join columns take
+    /// `current_bytes` (both estimated Arrow bytes; see [`CURRENT_ROW_BYTES`]), within `limit`
+    /// bytes, with up to `cores` workers.
+    pub fn new(limit: u64, input_bytes: u64, current_bytes: u64, cores: usize) -> Self {
+        Self::with_partitions(limit, input_bytes, current_bytes, cores, None)
     }
 
     /// As [`MemoryPlan::new`], with the partition count forced when `partitions` is set.
     pub fn with_partitions(
         limit: u64,
         input_bytes: u64,
-        current_parquet_bytes: u64,
+        current_bytes: u64,
         cores: usize,
         partitions: Option<usize>,
     ) -> Self {
-        let estimated = input_bytes + (current_parquet_bytes as f64 * CURRENT_EXPANSION) as u64;
+        let estimated = input_bytes + current_bytes;
         let store_budget = (limit as f64 * STORE_SHARE) as u64;
-        let work_budget = (limit - store_budget) as f64;
+        let work_budget = limit as f64 * WORK_SHARE;
         let workers = cores.max(1);
         let needed = estimated as f64 * WORKING_SET_FACTOR * workers as f64 / work_budget;
         let partitions = partitions.unwrap_or((needed.ceil() as usize).clamp(1, MAX_PARTITIONS));
@@ -104,12 +114,13 @@ mod tests {
         let roomy = MemoryPlan::new(8 * gib, 40 * gib, 10 * gib, 2);
         assert!(small.partitions > 1 && big.partitions > small.partitions);
         assert!(roomy.partitions < big.partitions);
-        // Each worker's share of one partition fits beside the store budget.
+        // The workers' partitions fit beside the store budget, leaving the headroom free.
         for plan in [small, big, roomy] {
             let per_partition = plan.estimated_bytes as f64 / plan.partitions as f64;
             let working = per_partition * WORKING_SET_FACTOR * plan.workers as f64;
             assert!(
-                working + plan.store_budget_bytes as f64 <= plan.limit_bytes as f64 * 1.0001,
+                working + plan.store_budget_bytes as f64
+                    <= plan.limit_bytes as f64 * (STORE_SHARE + WORK_SHARE) * 1.0001,
                 "{plan:?}"
             );
         }

@@ -3,20 +3,21 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use chrono::NaiveDate;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::DeltaTable;
-use futures::StreamExt;
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::mpsc::Sender;
 use tracing::Instrument;
 
 use crate::config::{ExtractType, TableConfig};
-use crate::diff::OpCounts;
+use crate::diff::{Op, OpCounts};
 use crate::error::{Error, Result};
 use crate::join::{self, JoinContext};
+use crate::lake::current::{self, DataFiles, Picks};
 use crate::lake::{
     self, write_files, write_stream, writer_properties, Lake, Planned, RunRecord, CURRENT, HISTORY,
     REJECTS,
@@ -143,15 +144,12 @@ pub async fn run(
         None => (None, None),
     };
     let base_version = base.as_ref().and_then(|t| t.version());
-    let base_bytes: u64 = match &base {
-        Some(t) => t
-            .snapshot()?
-            .log_data()
-            .iter()
-            .map(|f| f.size() as u64)
-            .sum(),
-        None => 0,
+    // The base's data files, footers read: their row counts size the plan.
+    let data_files = match &base {
+        Some(table) => Some(DataFiles::open(table).await?),
+        None => None,
     };
+    let base_rows = data_files.as_ref().map_or(0, DataFiles::rows);
     let input_estimate: u64 = files
         .iter()
         .map(|f| plan::input_estimate(f.format, f.size))
@@ -160,7 +158,7 @@ pub async fn run(
     let memory = MemoryPlan::with_partitions(
         config.memory_limit,
         input_estimate,
-        base_bytes,
+        base_rows * plan::CURRENT_ROW_BYTES,
         cores,
         config.partitions,
     );
@@ -168,8 +166,9 @@ pub async fn run(
     let partitioner = Partitioner::new(memory.partitions);
     let incoming_schema = join::incoming_schema(config);
     let schema = table_schema(&config.typed_columns());
+    let current_schema = join::current_schema(&schema)?;
     let mut store = SpillStore::new(
-        vec![incoming_schema.clone(), schema.clone()],
+        vec![incoming_schema.clone(), current_schema.clone()],
         memory.partitions,
         memory.store_budget_bytes as usize,
         &config.spill_dir,
@@ -193,26 +192,29 @@ pub async fn run(
     progress.finish();
     let read_secs = reading.elapsed().as_secs_f64();
 
-    // Stage 2: stream the current table (the run's base), partitioned the same way.
+    // Stage 2: the current table's join columns and row positions, partitioned the same way.
     let scanning = Instant::now();
-    if let Some(table) = &base {
-        let keyhash_at = schema.index_of(KEYHASH)?;
-        let scan = async {
-            if let Some(mut stream) = lake::scan_stream(table).await? {
-                while let Some(batch) = stream.next().await {
-                    let batch = lake::conform(&batch?, &schema)?;
-                    tokio::task::block_in_place(|| -> Result<()> {
-                        for (p, piece) in partitioner.split(&batch, keyhash_at)? {
-                            store.push(CURRENT_SIDE, p, piece)?;
-                        }
-                        Ok(())
-                    })?;
-                }
+    if let Some(files) = &data_files {
+        let keyhash_at = current_schema.index_of(KEYHASH)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2 * cores);
+        let producer = files.scan_keys(current_schema.clone(), cores, tx);
+        let consumer = async {
+            while let Some(batch) = rx.recv().await {
+                tokio::task::block_in_place(|| -> Result<()> {
+                    for (p, piece) in partitioner.split(&batch, keyhash_at)? {
+                        store.push(CURRENT_SIDE, p, piece)?;
+                    }
+                    Ok(())
+                })?;
             }
             Ok::<(), Error>(())
         };
-        scan.instrument(tracing::info_span!("scan", bytes = base_bytes))
-            .await?;
+        let (produced, consumed) = async { tokio::join!(producer, consumer) }
+            .instrument(tracing::info_span!("scan", rows = base_rows))
+            .await;
+        // The consumer's error first: the producer only sees its receiver gone.
+        consumed?;
+        produced?;
     }
     let current_rows = store.rows(CURRENT_SIDE);
     let scan_secs = scanning.elapsed().as_secs_f64();
@@ -248,6 +250,11 @@ pub async fn run(
     ));
     let history_writer = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
     let store = store.into_shared();
+    let picks = Mutex::new(Picks::new(
+        &data_files
+            .as_ref()
+            .map_or_else(Vec::new, DataFiles::rows_per_file),
+    ));
     let joined = {
         let _span = tracing::info_span!("diff", partitions = memory.partitions).entered();
         let context = JoinContext {
@@ -255,12 +262,51 @@ pub async fn run(
             files: &files,
             incoming_schema: incoming_schema.clone(),
             table_schema: schema.clone(),
+            current_schema: current_schema.clone(),
             run_date: date,
         };
         tokio::task::block_in_place(|| {
-            diff_partitions(&context, &store, memory, current_tx, history_tx)
+            diff_partitions(
+                &context,
+                &store,
+                memory,
+                &picks,
+                current_tx.clone(),
+                history_tx.clone(),
+            )
         })
     };
+    let outcome = check_outcome(config, options, joined, current_rows);
+    // Stage 3b: whole rows of the keys that left the extract, read back by position: D rows
+    // into history (full extract), X rows into current (delta extract).
+    let picks = picks
+        .into_inner()
+        .map_err(|_| Error::Internal("picks poisoned".into()))?;
+    let outcome = match (outcome, &data_files) {
+        (Ok(mut diffed), Some(files)) if picks.count() > 0 => {
+            let (tx, op) = match config.extract_type {
+                ExtractType::Full => (history_tx.clone(), Op::Delete),
+                ExtractType::Delta => (current_tx.clone(), Op::NotSupplied),
+            };
+            match op {
+                Op::Delete => diffed.history_rows_written += picks.count(),
+                _ => diffed.current_rows_written += picks.count(),
+            }
+            files
+                .read_picked(&picks, schema.clone(), cores, tx, move |batch| {
+                    join::gone_rows(batch, op, date)
+                })
+                .instrument(tracing::info_span!("gone", rows = picks.count()))
+                .await
+                .map_err(|e| match e {
+                    Error::Internal(m) if m == current::RECEIVER_GONE => writer_gone(),
+                    e => e,
+                })
+                .map(|()| diffed)
+        }
+        (outcome, _) => outcome,
+    };
+    drop((current_tx, history_tx));
     let diff_secs = diffing.elapsed().as_secs_f64();
     let flushing = Instant::now();
     let current_adds = lake::join_writer(current_writer).await;
@@ -268,7 +314,6 @@ pub async fn run(
     let write_secs = flushing.elapsed().as_secs_f64();
     let spill = store.stats();
     drop(store);
-    let outcome = check_outcome(config, options, joined, current_rows);
     let (diffed, current_adds, history_adds) = match (outcome, current_adds, history_adds) {
         (Ok(d), Ok(c), Ok(h)) => (d, c, h),
         (outcome, c, h) => {
@@ -407,8 +452,8 @@ struct Diffed {
     history_rows_written: u64,
 }
 
-/// Diffs every partition on `plan.workers` threads, sending output rows to the writers.
-/// The channels close when this returns, which ends the writers.
+/// Diffs every partition on `plan.workers` threads, sending output rows to the writers and
+/// marking the current rows of keys that left the extract in `picks`.
 ///
 /// Under `on_error: fail`, a duplicate key stops the workers; the error of the earliest row
 /// (file, line) among those found is returned.
@@ -416,6 +461,7 @@ fn diff_partitions(
     context: &JoinContext<'_>,
     store: &SharedStore,
     plan: MemoryPlan,
+    picks: &Mutex<Picks>,
     current_tx: Sender<RecordBatch>,
     history_tx: Sender<RecordBatch>,
 ) -> Result<Diffed> {
@@ -434,11 +480,20 @@ fn diff_partitions(
                             if p >= plan.partitions {
                                 break;
                             }
-                            let sides = store.take_all(p)?;
-                            let out = context.diff(&sides[INCOMING], &sides[CURRENT_SIDE])?;
-                            drop(sides);
+                            let mut sides = store.take_all(p)?;
+                            let current = std::mem::take(&mut sides[CURRENT_SIDE]);
+                            let incoming = std::mem::take(&mut sides[INCOMING]);
+                            let out = context.diff(incoming, current)?;
                             total.counts.merge(&out.counts);
                             total.rejects.extend(out.rejects);
+                            if !out.gone.is_empty() {
+                                let mut picks = picks.lock().map_err(|_| {
+                                    Error::Internal("another diff worker panicked".into())
+                                })?;
+                                for &(file, row) in &out.gone {
+                                    picks.pick(file, row)?;
+                                }
+                            }
                             total.current_rows_written += send(&current_tx, out.current)?;
                             total.history_rows_written += send(&history_tx, out.history)?;
                         }

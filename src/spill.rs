@@ -9,13 +9,14 @@
 //! diffed. The folder is removed when the store is dropped.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Cursor, Read, Seek, SeekFrom};
+use std::io::{BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use deltalake::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use deltalake::arrow::buffer::Buffer;
 use deltalake::arrow::compute::{concat_batches, take_record_batch};
 use deltalake::arrow::datatypes::SchemaRef;
-use deltalake::arrow::ipc::reader::StreamReader;
+use deltalake::arrow::ipc::reader::StreamDecoder;
 use deltalake::arrow::ipc::writer::StreamWriter;
 
 use crate::error::{Error, Result};
@@ -263,13 +264,19 @@ impl SpillStore {
                     reason: format!("cannot read spill file: {e}"),
                 })?;
             let _ = std::fs::remove_file(&path);
+            // Decoded arrays point into the file's bytes (no second copy of the partition).
+            let bytes = Buffer::from_vec(bytes);
             let mut bounds = part.segments.clone();
             bounds.push(part.file_len);
             for w in bounds.windows(2) {
-                let segment = Cursor::new(&bytes[w[0] as usize..w[1] as usize]);
-                for batch in StreamReader::try_new(segment, None)? {
-                    out.push(batch?);
+                let mut segment = bytes.slice_with_length(w[0] as usize, (w[1] - w[0]) as usize);
+                let mut decoder = StreamDecoder::new();
+                while !segment.is_empty() {
+                    if let Some(batch) = decoder.decode(&mut segment)? {
+                        out.push(batch);
+                    }
                 }
+                decoder.finish()?;
             }
         }
         out.extend(part.memory);

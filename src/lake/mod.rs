@@ -11,11 +11,13 @@
 //!   table that already records `seq` is never committed to again (delta-rs does not reject a
 //!   repeated `txn` itself). After a commit error the log is re-read to learn whether the commit
 //!   landed (delta-rs can report an error for a commit that landed).
-//! - **What is read.** A diff streams the current table once (all columns: the rows of keys
-//!   that left the extract keep their stored values), partitioned by keyhash (see `spill`).
+//! - **What is read.** A diff reads the current table's join columns (`keyhash`, `nonkeyhash`,
+//!   `eff_start_date`) with each row's position, partitioned by keyhash (see `spill`); then
+//!   whole rows only for the keys that left the extract (see [`current`]).
 
 pub mod applied;
 mod commit;
+pub mod current;
 pub mod log;
 mod table;
 

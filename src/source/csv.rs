@@ -73,6 +73,9 @@ pub(super) fn read(
     let stop = AtomicBool::new(false);
     let stop = &stop;
     let (chunk_tx, chunk_rx) = sync_channel::<Vec<ByteRecord>>(workers);
+    // Parsed chunks go back to the splitter, whose records reuse their buffers (no allocation
+    // per record).
+    let (recycle_tx, recycle_rx) = sync_channel::<Vec<ByteRecord>>(2 * workers + 1);
     let chunk_rx = Mutex::new(chunk_rx);
     let chunk_rx = &chunk_rx;
     let parser = &parser;
@@ -81,6 +84,7 @@ pub(super) fn read(
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
             let batch_tx = batch_tx.clone();
+            let recycle_tx = recycle_tx.clone();
             handles.push(scope.spawn(move || -> (RowErrors, Option<(u64, Error)>) {
                 let mut local = RowErrors::new(config.on_error);
                 let mut failed = None;
@@ -93,7 +97,13 @@ pub(super) fn read(
                     if stop.load(Ordering::SeqCst) {
                         continue;
                     }
-                    match parser.parse(&chunk, &mut local) {
+                    let parsed = parser.parse(&chunk, &mut local);
+                    let first_line = chunk
+                        .first()
+                        .and_then(|r| r.position())
+                        .map_or(0, |p| p.line());
+                    let _ = recycle_tx.try_send(chunk);
+                    match parsed {
                         Ok(None) => {}
                         Ok(Some(batch)) => {
                             if batch_tx.send(batch).is_err() {
@@ -104,10 +114,7 @@ pub(super) fn read(
                             stop.store(true, Ordering::SeqCst);
                             let line = match &e {
                                 Error::BadRow { line, .. } => *line,
-                                _ => chunk
-                                    .first()
-                                    .and_then(|r| r.position())
-                                    .map_or(0, |p| p.line()),
+                                _ => first_line,
                             };
                             failed = Some((line, e));
                         }
@@ -115,21 +122,26 @@ pub(super) fn read(
                 }
             }));
         }
-        drop(batch_tx);
+        drop((batch_tx, recycle_tx));
         let feeder = scope.spawn(move || -> Result<u64> {
             let mut rows = 0u64;
             let mut last_byte = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                let mut chunk = Vec::with_capacity(BATCH_ROWS);
-                let mut record = ByteRecord::new();
-                let mut bytes = 0;
-                while chunk.len() < BATCH_ROWS
-                    && bytes < CHUNK_BYTES
-                    && reader.read_byte_record(&mut record)?
-                {
-                    bytes += record.as_slice().len();
-                    chunk.push(std::mem::take(&mut record));
+                let mut chunk = recycle_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(BATCH_ROWS));
+                let (mut filled, mut bytes) = (0, 0);
+                while filled < BATCH_ROWS && bytes < CHUNK_BYTES {
+                    if filled == chunk.len() {
+                        chunk.push(ByteRecord::new());
+                    }
+                    if !reader.read_byte_record(&mut chunk[filled])? {
+                        break;
+                    }
+                    bytes += chunk[filled].as_slice().len();
+                    filled += 1;
                 }
+                chunk.truncate(filled);
                 if chunk.is_empty() {
                     break;
                 }
@@ -237,26 +249,36 @@ impl ChunkParser<'_> {
             .map(|_| StringBuilder::with_capacity(chunk.len(), chunk.len() * 16))
             .collect();
         let mut lines = Vec::with_capacity(chunk.len());
-        'rows: for record in chunk {
+        // One record's fields, each checked as UTF-8 once (the buffer is reused across rows).
+        let mut fields: Vec<&str> = Vec::with_capacity(columns.len());
+        for record in chunk {
             let line = record.position().map_or(0, |p| p.line());
             if record.len() != columns.len() {
                 let reason = format!("expected {} fields, found {}", columns.len(), record.len());
                 errors.push(self.bad_row(line, None, reason), || self.raw(record))?;
                 continue;
             }
+            fields.clear();
+            let mut invalid = None;
             for (field, column) in record.iter().zip(columns) {
-                if std::str::from_utf8(field).is_err() {
-                    let err = self.bad_row(line, Some(&column.name), "invalid UTF-8".into());
-                    errors.push(err, || self.raw(record))?;
-                    continue 'rows;
+                match std::str::from_utf8(field) {
+                    Ok(text) => fields.push(text),
+                    Err(_) => {
+                        invalid = Some(column);
+                        break;
+                    }
                 }
             }
-            for ((field, column), builder) in record.iter().zip(columns).zip(&mut builders) {
-                if is_null(self.config, field, column.ty) {
+            if let Some(column) = invalid {
+                let err = self.bad_row(line, Some(&column.name), "invalid UTF-8".into());
+                errors.push(err, || self.raw(record))?;
+                continue;
+            }
+            for ((text, column), builder) in fields.iter().zip(columns).zip(&mut builders) {
+                if is_null(self.config, text.as_bytes(), column.ty) {
                     builder.append_null();
                 } else {
-                    // Checked above: every field of this record is valid UTF-8.
-                    builder.append_value(std::str::from_utf8(field).unwrap_or_default());
+                    builder.append_value(text);
                 }
             }
             lines.push(line);

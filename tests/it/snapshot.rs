@@ -464,3 +464,83 @@ async fn tables_hashed_under_another_spec_or_algorithm_are_refused() {
         "{err}"
     );
 }
+
+/// A current table partitioned by a column: its values are not in the data files (Delta
+/// partition values), and the rows read back by position for D and X carry them.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitioned_current_tables_keep_partition_values_of_gone_rows() {
+    let columns = "- {name: id, type: string, key: true}\n- {name: region, type: string}\n\
+                   - {name: day, type: date}\n- {name: v, type: float}\n";
+    for (extract, gone_op) in [("full", "D"), ("delta", "X")] {
+        let fx = Fixture::new(
+            columns,
+            &format!("extract_type: {extract}\npartition_by: [region, day]"),
+        );
+        let day1 = b"a,eu,2024-01-01,1\nb,eu,2024-01-02,2\nc,us,2024-01-01,3\nd,us,2024-01-02,4\n\
+                     e,ap,2024-01-03,5\n";
+        fx.run(&fx.input("d1", "a.csv", day1), "2024-01-01")
+            .await
+            .unwrap();
+        // b and d leave the extract; a changes; e moves to another partition.
+        let day2 = b"a,eu,2024-01-01,10\nc,us,2024-01-01,3\ne,eu,2024-01-03,5\n";
+        let s = fx
+            .run_with(
+                &fx.input("d2", "a.csv", day2),
+                "2024-01-02",
+                RunOptions {
+                    force: true,
+                    ..RunOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.counts.updated, 2, "{extract}");
+        let gone_rows = if extract == "full" {
+            assert_eq!(s.counts.deleted, 2);
+            fx.rows("history").await
+        } else {
+            assert_eq!(s.counts.not_supplied, 2);
+            fx.rows("current").await
+        };
+        let mut gone: Vec<(String, String, String, String, String)> = gone_rows
+            .iter()
+            .filter(|r| r["operation"] == gone_op)
+            .map(|r| {
+                [
+                    &r["id"],
+                    &r["region"],
+                    &r["day"],
+                    &r["v"],
+                    &r["eff_start_date"],
+                ]
+                .map(String::clone)
+                .into()
+            })
+            .collect();
+        gone.sort();
+        let eff = if extract == "full" {
+            "2024-01-02"
+        } else {
+            "2024-01-01"
+        };
+        let expected: Vec<(String, String, String, String, String)> = [
+            ("b", "eu", "2024-01-02", "2.0", eff),
+            ("d", "us", "2024-01-02", "4.0", eff),
+        ]
+        .iter()
+        .map(|(a, b, c, d, e)| {
+            (
+                a.to_string(),
+                b.to_string(),
+                c.to_string(),
+                d.to_string(),
+                e.to_string(),
+            )
+        })
+        .collect();
+        assert_eq!(gone, expected, "{extract}");
+        let current = fx.rows("current").await;
+        let e = find(&current, "id", "e")[0];
+        assert_eq!((e["region"].as_str(), e["operation"].as_str()), ("eu", "U"));
+    }
+}
