@@ -17,7 +17,7 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray, UInt32Array,
     UInt64Array,
 };
-use deltalake::arrow::compute::{concat_batches, filter_record_batch};
+use deltalake::arrow::compute::{concat_batches, filter_record_batch, BatchCoalescer};
 use deltalake::arrow::datatypes::{
     DataType, Date32Type, Field, Schema, SchemaRef, UInt32Type, UInt64Type,
 };
@@ -26,7 +26,7 @@ use crate::config::TableConfig;
 use crate::diff::{classify, key, CurrentIndex, DigestMap, Op, OpCounts};
 use crate::error::{Error, Result};
 use crate::schema::{hashed_schema, EFF_START_DATE, KEYHASH, NONKEYHASH, OPERATION};
-use crate::source::{HashedBatch, InputFile, Reject, RowErrors};
+use crate::source::{HashedBatch, InputFile, Reject, RowErrors, BATCH_ROWS};
 
 /// Column holding the index of a row's input file (into the run's file list).
 const FILE_INDEX: &str = "__tributary_file";
@@ -134,6 +134,7 @@ impl JoinContext<'_> {
         current: Vec<RecordBatch>,
     ) -> Result<PartitionDiff> {
         let current = concat_batches(&self.current_schema, &current)?;
+        let incoming = coalesce(&self.incoming_schema, incoming)?;
         let (incoming, rejects) = self.drop_duplicate_keys(incoming)?;
         let in_digests = incoming
             .iter()
@@ -280,6 +281,30 @@ impl JoinContext<'_> {
     }
 }
 
+/// Merges runs of small batches (under an eighth of [`BATCH_ROWS`]: the pieces a batch leaves in
+/// each of many partitions) into batches of up to [`BATCH_ROWS`] rows (arrow's
+/// `BatchCoalescer`); a larger batch arriving with no small rows pending passes through
+/// uncopied. The writers downstream pay per batch.
+fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    if batches.len() < 2 {
+        return Ok(batches);
+    }
+    let mut coalescer = BatchCoalescer::new(schema.clone(), BATCH_ROWS)
+        .with_biggest_coalesce_batch_size(Some(BATCH_ROWS / 8));
+    let mut out = Vec::new();
+    for batch in batches {
+        coalescer.push_batch(batch)?;
+        while let Some(done) = coalescer.next_completed_batch() {
+            out.push(done);
+        }
+    }
+    coalescer.finish_buffered_batch()?;
+    while let Some(done) = coalescer.next_completed_batch() {
+        out.push(done);
+    }
+    Ok(out)
+}
+
 /// A column of `batch` by name.
 fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
     batch
@@ -295,4 +320,49 @@ fn row_text(batch: &RecordBatch, width: usize, row: usize, delimiter: u8) -> Str
         .map(|c| deltalake::arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
         .collect::<Vec<_>>()
         .join(&(delimiter as char).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use deltalake::arrow::array::Int64Array;
+    use deltalake::arrow::datatypes::Int64Type;
+
+    use super::*;
+
+    fn batch(schema: &SchemaRef, from: i64, rows: i64) -> RecordBatch {
+        let values = Int64Array::from_iter_values(from..from + rows);
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).unwrap()
+    }
+
+    #[test]
+    fn coalesce_merges_small_pieces_in_order_and_passes_large_batches_through() {
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let big = BATCH_ROWS as i64 / 4;
+        let mut batches = Vec::new();
+        let mut next = 0;
+        for rows in [big, 10, 20, 30, 5] {
+            batches.push(batch(&schema, next, rows));
+            next += rows;
+        }
+        let big_buffer = batches[0].column(0).to_data().buffers()[0].as_ptr();
+        let out = coalesce(&schema, batches).unwrap();
+        let sizes: Vec<usize> = out.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(sizes, vec![big as usize, 65]);
+        // The large batch is the same memory, not a copy.
+        assert_eq!(out[0].column(0).to_data().buffers()[0].as_ptr(), big_buffer);
+        let values: Vec<i64> = out
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(values, (0..next).collect::<Vec<_>>());
+        // Many small pieces become full batches.
+        let pieces: Vec<RecordBatch> = (0..100).map(|i| batch(&schema, i * 1000, 1000)).collect();
+        let sizes: Vec<usize> = coalesce(&schema, pieces)
+            .unwrap()
+            .iter()
+            .map(RecordBatch::num_rows)
+            .collect();
+        assert_eq!(sizes, vec![BATCH_ROWS, 100_000 - BATCH_ROWS]);
+    }
 }

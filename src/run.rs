@@ -280,7 +280,9 @@ pub async fn run(
     // Stage 3b: whole rows of the keys that left the extract, read back by position: D rows
     // into history (full extract), X rows into current (delta extract).
     // Poisoned only by a panicked worker, whose error `outcome` already holds.
-    let picks = picks.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let picks = picks
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let outcome = match (outcome, &data_files) {
         (Ok(mut diffed), Some(files)) if picks.count() > 0 => {
             let (tx, op) = match config.extract_type {

@@ -1,10 +1,15 @@
-//! Parquet extracts: the configured columns are picked by name and cast to their types.
+//! Parquet extracts: the configured columns are picked by name and cast to their types; row
+//! groups are decoded in parallel.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::sync_channel;
 
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::util::display::array_value_to_string;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ParquetRecordBatchReaderBuilder,
+};
 use deltalake::parquet::arrow::ProjectionMask;
 
 use super::cast::cast_column;
@@ -37,7 +42,13 @@ pub(super) fn column_position(
         .position(|f| f.name().eq_ignore_ascii_case(name))
 }
 
-/// Reads one Parquet file. Rows are numbered from 1 in file order for error messages.
+/// Reads one Parquet file: `workers` threads (one per core) decode, cast and hash one row group
+/// at a time, and the calling thread hands the batches to `sink`. Rows are numbered from 1 in
+/// file order for error messages. Returns the number of rows read (bad ones included).
+///
+/// Under `on_error: fail` the reported error is the first bad row in file order: a worker that
+/// hits one stops the others from taking further row groups, and the row groups before it (all
+/// taken earlier) are still finished, so the earliest error among them is the file's first.
 pub(super) fn read(
     config: &TableConfig,
     file: &InputFile,
@@ -59,43 +70,173 @@ pub(super) fn read(
         positions.push(pos);
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), positions.clone());
-    let reader = builder.with_projection(mask).build()?;
-    // The projected batch keeps file order; map each config column to its place in it.
-    let mut sorted = positions.clone();
-    sorted.sort_unstable();
-    let order: Vec<usize> = positions
-        .iter()
-        .map(|p| sorted.binary_search(p).unwrap_or(0))
-        .collect();
-    let schema = payload_schema(&config.typed_columns());
-    let mut row_offset = 0u64;
-    for raw in reader {
-        let raw = raw?;
+    let metadata = ArrowReaderMetadata::try_new(builder.metadata().clone(), Default::default())?;
+    // (row group, its first row's 0-based position in the file, its compressed bytes)
+    let mut groups = Vec::new();
+    let mut first_row = 0u64;
+    for (g, rg) in builder.metadata().row_groups().iter().enumerate() {
+        groups.push((g, first_row, rg.compressed_size().max(0) as u64));
+        first_row += rg.num_rows().max(0) as u64;
+    }
+    let total_rows = first_row;
+    drop(builder);
+    let converter = Converter::new(config, file, index, &positions);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (next, stop, groups, converter) = (&next, &stop, &groups, &converter);
+    let (mask, metadata) = (&mask, &metadata);
+    std::thread::scope(|scope| {
+        let (batch_tx, batch_rx) = sync_channel::<HashedBatch>(workers);
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let batch_tx = batch_tx.clone();
+                scope.spawn(move || -> (RowErrors, Option<(u64, Error)>) {
+                    let mut local = RowErrors::new(config.on_error);
+                    while !stop.load(Ordering::SeqCst) {
+                        let Some(&(group, first_row, bytes)) =
+                            groups.get(next.fetch_add(1, Ordering::SeqCst))
+                        else {
+                            break;
+                        };
+                        let result = (|| -> Result<()> {
+                            let handle = File::open(&file.path).map_err(|e| Error::Input {
+                                path: file.path.clone(),
+                                reason: format!("cannot open: {e}"),
+                            })?;
+                            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                                handle,
+                                metadata.clone(),
+                            )
+                            .with_batch_size(BATCH_ROWS)
+                            .with_projection(mask.clone())
+                            .with_row_groups(vec![group])
+                            .build()?;
+                            let mut row_offset = first_row;
+                            for raw in reader {
+                                let raw = raw?;
+                                let rows = raw.num_rows() as u64;
+                                if let Some(batch) =
+                                    converter.convert(&raw, row_offset, &mut local)?
+                                {
+                                    if batch_tx.send(batch).is_err() {
+                                        stop.store(true, Ordering::SeqCst);
+                                    }
+                                }
+                                row_offset += rows;
+                            }
+                            progress.inc(bytes);
+                            Ok(())
+                        })();
+                        if let Err(e) = result {
+                            stop.store(true, Ordering::SeqCst);
+                            let line = match &e {
+                                Error::BadRow { line, .. } => *line,
+                                _ => first_row + 1,
+                            };
+                            return (local, Some((line, e)));
+                        }
+                    }
+                    (local, None)
+                })
+            })
+            .collect();
+        drop(batch_tx);
+        let mut sink_result = Ok(());
+        for batch in batch_rx {
+            if sink_result.is_ok() {
+                sink_result = sink(batch);
+                if sink_result.is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        let mut first_error: Option<(u64, Error)> = None;
+        for handle in handles {
+            let (local, failed) = handle
+                .join()
+                .map_err(|_| Error::Internal("Parquet reader thread panicked".into()))?;
+            errors.rejects.extend(local.rejects);
+            if let Some((line, e)) = failed {
+                if first_error.as_ref().is_none_or(|(l, _)| line < *l) {
+                    first_error = Some((line, e));
+                }
+            }
+        }
+        if let Some((_, e)) = first_error {
+            return Err(e);
+        }
+        sink_result?;
+        Ok(total_rows)
+    })
+}
+
+/// Casts the configured columns of decoded batches of one file and hashes them.
+struct Converter<'a> {
+    config: &'a TableConfig,
+    file: &'a InputFile,
+    index: usize,
+    /// For each configured column, its place in the projected batch (which keeps file order).
+    order: Vec<usize>,
+    schema: deltalake::arrow::datatypes::SchemaRef,
+}
+
+impl<'a> Converter<'a> {
+    fn new(
+        config: &'a TableConfig,
+        file: &'a InputFile,
+        index: usize,
+        positions: &[usize],
+    ) -> Self {
+        let mut sorted = positions.to_vec();
+        sorted.sort_unstable();
+        let order = positions
+            .iter()
+            .map(|p| sorted.binary_search(p).unwrap_or(0))
+            .collect();
+        Converter {
+            config,
+            file,
+            index,
+            order,
+            schema: payload_schema(&config.typed_columns()),
+        }
+    }
+
+    /// The typed, hashed rows of `raw`, whose first row is the file's row `row_offset + 1`;
+    /// values that do not convert make bad rows (into `errors`).
+    fn convert(
+        &self,
+        raw: &RecordBatch,
+        row_offset: u64,
+        errors: &mut RowErrors,
+    ) -> Result<Option<HashedBatch>> {
+        let config = self.config;
         let n = raw.num_rows();
-        let mut typed = Vec::with_capacity(order.len());
+        let mut typed = Vec::with_capacity(self.order.len());
         let mut bad: Vec<(usize, usize)> = Vec::new();
-        for (c, &src) in order.iter().enumerate() {
+        for (c, &src) in self.order.iter().enumerate() {
             let (array, rows) = cast_column(raw.column(src), config.columns[c].ty)?;
             bad.extend(rows.into_iter().map(|r| (r, c)));
             typed.push(array);
         }
         let mut lines: Vec<u64> = (1..=n as u64).map(|i| row_offset + i).collect();
-        let mut batch = RecordBatch::try_new(schema.clone(), typed)?;
+        let mut batch = RecordBatch::try_new(self.schema.clone(), typed)?;
         if !bad.is_empty() {
             bad.sort_unstable();
             bad.dedup_by_key(|(row, _)| *row);
             let mut keep = vec![true; n];
             for &(row, c) in &bad {
-                let source = raw.column(order[c]);
+                let source = raw.column(self.order[c]);
                 let value = array_value_to_string(source, row).unwrap_or_default();
                 let err = Error::bad_row(
-                    file.display(),
+                    self.file.display(),
                     lines[row],
                     Some(&config.columns[c].name),
                     format!("cannot convert `{value}` to {}", config.columns[c].ty),
                 );
                 let raw_row = || {
-                    order
+                    self.order
                         .iter()
                         .map(|&s| array_value_to_string(raw.column(s), row).unwrap_or_default())
                         .collect::<Vec<_>>()
@@ -106,11 +247,9 @@ pub(super) fn read(
             }
             (batch, lines) = drop_rows(&batch, lines, keep)?;
         }
-        row_offset += n as u64;
-        if batch.num_rows() > 0 {
-            sink(hash_batch(config, batch, index, lines)?)?;
+        if batch.num_rows() == 0 {
+            return Ok(None);
         }
+        hash_batch(config, batch, self.index, lines).map(Some)
     }
-    progress.inc(file.size);
-    Ok(row_offset)
 }
