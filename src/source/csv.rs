@@ -14,7 +14,10 @@ use csv::ByteRecord;
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder};
 
 use super::cast::cast_column;
-use super::{drop_rows, hash_batch, HashedBatch, InputFile, RowErrors, BATCH_ROWS};
+use super::{
+    drain_into, drop_rows, hash_batch, join_workers, HashedBatch, InputFile, RowErrors,
+    WorkerResult, BATCH_ROWS,
+};
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -85,7 +88,7 @@ pub(super) fn read(
         for _ in 0..workers {
             let batch_tx = batch_tx.clone();
             let recycle_tx = recycle_tx.clone();
-            handles.push(scope.spawn(move || -> (RowErrors, Option<(u64, Error)>) {
+            handles.push(scope.spawn(move || -> WorkerResult {
                 let mut local = RowErrors::new(config.on_error);
                 let mut failed = None;
                 loop {
@@ -155,31 +158,12 @@ pub(super) fn read(
             }
             Ok(rows)
         });
-        let mut sink_result = Ok(());
-        for batch in batch_rx {
-            if sink_result.is_ok() {
-                sink_result = sink(batch);
-                if sink_result.is_err() {
-                    stop.store(true, Ordering::SeqCst);
-                }
-            }
-        }
-        let panicked = || Error::Internal("CSV reader thread panicked".into());
-        let rows = feeder.join().map_err(|_| panicked())?;
-        let mut first_error: Option<(u64, Error)> = None;
-        for handle in handles {
-            let (local, failed) = handle.join().map_err(|_| panicked())?;
-            errors.rejects.extend(local.rejects);
-            if let Some((line, e)) = failed {
-                if first_error.as_ref().is_none_or(|(l, _)| line < *l) {
-                    first_error = Some((line, e));
-                }
-            }
-        }
-        if let Some((_, e)) = first_error {
-            return Err(e);
-        }
-        sink_result?;
+        let sunk = drain_into(batch_rx, sink, stop);
+        let rows = feeder
+            .join()
+            .map_err(|_| Error::Internal("CSV reader thread panicked".into()))?;
+        join_workers(handles, errors, "CSV")?;
+        sunk?;
         rows
     })
 }

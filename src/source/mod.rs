@@ -154,6 +154,50 @@ pub fn read(
     Ok(stats)
 }
 
+/// What a reader's worker thread returns: its rejects, and the line and error that stopped it.
+pub(crate) type WorkerResult = (RowErrors, Option<(u64, Error)>);
+
+/// Hands every batch received to `sink` on the calling thread; after a sink error, sets `stop`
+/// (so the workers take no more work) and only drains the channel until the workers are done.
+pub(crate) fn drain_into(
+    batches: std::sync::mpsc::Receiver<HashedBatch>,
+    sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    let mut result = Ok(());
+    for batch in batches {
+        if result.is_ok() {
+            result = sink(batch);
+            if result.is_err() {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+    result
+}
+
+/// Joins a reader's worker threads: their rejects go to `errors`, and the error of the earliest
+/// line among those that stopped a worker is returned (the file's first bad row).
+pub(crate) fn join_workers(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, WorkerResult>>,
+    errors: &mut RowErrors,
+    reader: &str,
+) -> Result<()> {
+    let mut first_error: Option<(u64, Error)> = None;
+    for handle in handles {
+        let (local, failed) = handle
+            .join()
+            .map_err(|_| Error::Internal(format!("{reader} reader thread panicked")))?;
+        errors.rejects.extend(local.rejects);
+        if let Some((line, e)) = failed {
+            if first_error.as_ref().is_none_or(|(l, _)| line < *l) {
+                first_error = Some((line, e));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), |(_, e)| Err(e))
+}
+
 /// Drops the rows whose `keep` flag is false from a batch and its line numbers.
 pub(crate) fn drop_rows(
     batch: &RecordBatch,

@@ -13,7 +13,10 @@ use deltalake::parquet::arrow::arrow_reader::{
 use deltalake::parquet::arrow::ProjectionMask;
 
 use super::cast::cast_column;
-use super::{drop_rows, hash_batch, HashedBatch, InputFile, RowErrors, BATCH_ROWS};
+use super::{
+    drain_into, drop_rows, hash_batch, join_workers, HashedBatch, InputFile, RowErrors,
+    WorkerResult, BATCH_ROWS,
+};
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -91,7 +94,7 @@ pub(super) fn read(
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 let batch_tx = batch_tx.clone();
-                scope.spawn(move || -> (RowErrors, Option<(u64, Error)>) {
+                scope.spawn(move || -> WorkerResult {
                     let mut local = RowErrors::new(config.on_error);
                     while !stop.load(Ordering::SeqCst) {
                         let Some(&(group, first_row, bytes)) =
@@ -142,31 +145,9 @@ pub(super) fn read(
             })
             .collect();
         drop(batch_tx);
-        let mut sink_result = Ok(());
-        for batch in batch_rx {
-            if sink_result.is_ok() {
-                sink_result = sink(batch);
-                if sink_result.is_err() {
-                    stop.store(true, Ordering::SeqCst);
-                }
-            }
-        }
-        let mut first_error: Option<(u64, Error)> = None;
-        for handle in handles {
-            let (local, failed) = handle
-                .join()
-                .map_err(|_| Error::Internal("Parquet reader thread panicked".into()))?;
-            errors.rejects.extend(local.rejects);
-            if let Some((line, e)) = failed {
-                if first_error.as_ref().is_none_or(|(l, _)| line < *l) {
-                    first_error = Some((line, e));
-                }
-            }
-        }
-        if let Some((_, e)) = first_error {
-            return Err(e);
-        }
-        sink_result?;
+        let sunk = drain_into(batch_rx, sink, stop);
+        join_workers(handles, errors, "Parquet")?;
+        sunk?;
         Ok(total_rows)
     })
 }

@@ -185,3 +185,88 @@ fn the_cli_exits_non_zero_with_the_location() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.csv, line 2, column `v`"), "{stderr}");
 }
+
+/// A Parquet extract of 40 row groups, decoded in parallel, with unconvertible `n` values at
+/// rows 1,234 and 1,750 (1-based): under `on_error: fail` the error names row 1,234 every
+/// time; under `on_error: reject` both rows are rejected with their file row numbers.
+#[tokio::test(flavor = "multi_thread")]
+async fn parquet_row_groups_read_in_parallel_keep_file_row_numbers() {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::{RecordBatch, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    use deltalake::parquet::file::properties::WriterProperties;
+
+    let write = |folder: &std::path::Path| {
+        std::fs::create_dir_all(folder).unwrap();
+        let schema = Arc::new(Schema::new(
+            ["id", "n", "d"]
+                .map(|c| Field::new(c, DataType::Utf8, false))
+                .to_vec(),
+        ));
+        let ids: Vec<String> = (1..=2_000).map(|i| format!("k{i}")).collect();
+        let ns: Vec<String> = (1..=2_000)
+            .map(|i| {
+                if i == 1_234 || i == 1_750 {
+                    "x".into()
+                } else {
+                    i.to_string()
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(StringArray::from(ns)),
+                Arc::new(StringArray::from(vec!["2024-01-01"; 2_000])),
+            ],
+        )
+        .unwrap();
+        let properties = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(50))
+            .build();
+        let file = std::fs::File::create(folder.join("bad.parquet")).unwrap();
+        let mut writer =
+            deltalake::parquet::arrow::ArrowWriter::try_new(file, schema, Some(properties))
+                .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    };
+    let fx = Fixture::new(TYPED, "");
+    let input = fx.dir.path().join("in/d1");
+    write(&input);
+    for _ in 0..5 {
+        let err = fx.run(&input, "2024-01-01").await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("bad.parquet, line 1234, column `n`"),
+            "{text}"
+        );
+        assert!(
+            fx.version("current").await.is_none(),
+            "no table after a failed first run"
+        );
+    }
+    let fx = Fixture::new(TYPED, "on_error: reject");
+    let input = fx.dir.path().join("in/d1");
+    write(&input);
+    let s = fx.run(&input, "2024-01-01").await.unwrap();
+    assert_eq!(
+        (s.rows_read, s.rows_rejected, s.counts.inserted),
+        (2_000, 2, 1_998)
+    );
+    let rejects = crate::common::table_rows(&fx.dir.path().join("lake/current_rejects")).await;
+    let mut lines: Vec<(String, String, String)> = rejects
+        .iter()
+        .map(|r| (r["line"].clone(), r["column"].clone(), r["raw"].clone()))
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![
+            ("1234".into(), "n".into(), "k1234,x,2024-01-01".into()),
+            ("1750".into(), "n".into(), "k1750,x,2024-01-01".into()),
+        ]
+    );
+}
