@@ -7,9 +7,6 @@
 //! the history table, in the table schema, and the positions of the current rows whose key left
 //! the extract, which the run reads back whole as D (history) or X (current) rows
 //! ([`gone_rows`]); see the table in `diff`.
-//!
-//! [`DataFiles`]: crate::lake::current::DataFiles
-//! [`DataFiles::scan_keys`]: crate::lake::current::DataFiles::scan_keys
 
 use std::sync::Arc;
 
@@ -32,13 +29,15 @@ use crate::source::{HashedBatch, InputFile, Reject, RowErrors, BATCH_ROWS};
 const FILE_INDEX: &str = "__tributary_file";
 /// Column holding a row's 1-based line (CSV) or row (Parquet) number.
 const LINE: &str = "__tributary_line";
-/// Column holding a current row's data file (index into the run's [`DataFiles`]).
+/// Column holding a current row's data file (index into the run's
+/// [`DataFiles`](crate::lake::current::DataFiles)).
 const CURRENT_FILE: &str = "__tributary_data_file";
 /// Column holding a current row's 0-based row in its data file.
 const CURRENT_ROW: &str = "__tributary_data_row";
 
 /// Schema of current rows while partitioned: the join columns of the table schema (`keyhash`,
-/// `nonkeyhash`, `eff_start_date`, in this order, as [`DataFiles::scan_keys`] expects) and the
+/// `nonkeyhash`, `eff_start_date`, in this order, as
+/// [`DataFiles::scan_keys`](crate::lake::current::DataFiles::scan_keys) expects) and the
 /// row's position, `UInt32` data file index and row in that file.
 ///
 /// # Errors
@@ -121,9 +120,9 @@ pub struct JoinContext<'a> {
 }
 
 impl JoinContext<'_> {
-    /// Diffs one partition. The incoming batches are diffed as they are (no concatenation:
-    /// the current-table rows go out as slices of them); the current side, join columns only,
-    /// is concatenated.
+    /// Diffs one partition. The incoming batches are not concatenated: large ones go out to the
+    /// writers as they are, runs of small ones are merged first (`coalesce`); the current
+    /// side, join columns only, is concatenated.
     ///
     /// # Errors
     /// [`Error::BadRow`] for a duplicate key under `on_error: fail` (the later occurrence, in

@@ -21,7 +21,7 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::buffer::BooleanBuffer;
 use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use deltalake::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection,
 };
@@ -31,7 +31,7 @@ use deltalake::parquet::arrow::arrow_reader::{
 use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
 use deltalake::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use deltalake::{DeltaTable, ObjectStore, Path};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::sync::mpsc::Sender;
 
 use super::CURRENT;
@@ -142,11 +142,14 @@ impl DataFiles {
         Ok(DataFiles { store, files })
     }
 
-    /// Rows of each data file, in file order.
+    /// Rows of each data file, in file order (the sum of its row groups' rows, as read).
     pub fn rows_per_file(&self) -> Vec<u64> {
         self.files
             .iter()
-            .map(|f| f.metadata.metadata().file_metadata().num_rows() as u64)
+            .map(|f| {
+                let groups = f.metadata.metadata().row_groups();
+                groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum()
+            })
             .collect()
     }
 
@@ -160,7 +163,7 @@ impl DataFiles {
         for (file, f) in self.files.iter().enumerate() {
             let mut first_row = 0;
             for (row_group, rg) in f.metadata.metadata().row_groups().iter().enumerate() {
-                let rows = rg.num_rows() as u64;
+                let rows = rg.num_rows().max(0) as u64;
                 units.push(Unit {
                     file,
                     row_group,
@@ -185,16 +188,28 @@ impl DataFiles {
         workers: usize,
         tx: Sender<RecordBatch>,
     ) -> Result<()> {
-        let names: Vec<String> = schema.fields()[..3]
+        let join_schema: SchemaRef = Arc::new(Schema::new(schema.fields()[..3].to_vec()));
+        let names: Vec<String> = join_schema
+            .fields()
             .iter()
             .map(|f| f.name().clone())
             .collect();
         let jobs = self.units().into_iter().map(|unit| (unit, None));
+        let no_partition_values = HashMap::new();
+        let paths: Vec<Path> = self.files.iter().map(|f| f.path.clone()).collect();
         let map = Arc::new(move |unit: &Unit, offset: u64, batch: RecordBatch| {
             let n = batch.num_rows();
-            let first = u32::try_from(unit.first_row + offset)
-                .map_err(|_| Error::Internal("a data file of more than 2^32 rows".into()))?;
-            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            let first = unit.first_row + offset;
+            if first + n as u64 > u64::from(u32::MAX) {
+                return Err(read_error(
+                    &paths[unit.file],
+                    "has 2^32 rows or more; row positions are 32-bit",
+                ));
+            }
+            let first = first as u32;
+            // By name, cast where the file's type differs (a file written by another tool).
+            let joined = complete(&batch, &join_schema, &no_partition_values)?;
+            let mut columns: Vec<ArrayRef> = joined.columns().to_vec();
             columns.push(Arc::new(UInt32Array::from(vec![unit.file as u32; n])));
             columns.push(Arc::new(UInt32Array::from_iter_values(
                 first..first + n as u32,
@@ -251,7 +266,7 @@ impl DataFiles {
     where
         M: Fn(&Unit, u64, RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
     {
-        let tasks = jobs.map(|(unit, selection)| {
+        let mut tasks = jobs.map(|(unit, selection)| {
             let file = &self.files[unit.file];
             let path = file.path.clone();
             let reader = ParquetObjectReader::new(self.store.clone(), path.clone())
@@ -265,7 +280,7 @@ impl DataFiles {
                 Some(names) => projection(&file.metadata, names, &path).map(Some),
             };
             let (tx, map) = (tx.clone(), map.clone());
-            tokio::spawn(async move {
+            async move {
                 if let Some(mask) = projection? {
                     builder = builder.with_projection(mask);
                 }
@@ -284,17 +299,27 @@ impl DataFiles {
                         .map_err(|_| Error::Internal(RECEIVER_GONE.into()))?;
                 }
                 Ok::<(), Error>(())
-            })
+            }
         });
-        futures::stream::iter(tasks)
-            .buffer_unordered(workers.max(1))
-            .map(|joined| {
-                joined
-                    .map_err(|e| Error::Internal(format!("current-table read task failed: {e}")))?
-            })
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        // At most `workers` tasks at once; an error returns at once, and dropping the set
+        // aborts the tasks still reading.
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < workers.max(1) {
+                match tasks.next() {
+                    Some(task) => {
+                        running.spawn(task);
+                    }
+                    None => break,
+                }
+            }
+            match running.join_next().await {
+                None => return Ok(()),
+                Some(joined) => joined.map_err(|e| {
+                    Error::Internal(format!("current-table read task failed: {e}"))
+                })??,
+            }
+        }
     }
 }
 

@@ -81,7 +81,7 @@ pub async fn read_commit(table: &DeltaTable, version: u64) -> Result<Option<Comm
 }
 
 /// The newest Tributary commit of a table with its version, looking back at most
-/// [`MAX_LOG_WALK`] versions.
+/// `MAX_LOG_WALK` (1,000) versions.
 ///
 /// # Errors
 /// See [`read_commit`].

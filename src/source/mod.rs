@@ -31,7 +31,7 @@ pub struct HashedBatch {
     pub payload: RecordBatch,
     pub keyhash: BinaryArray,
     pub nonkeyhash: BinaryArray,
-    /// Index into [`Incoming::files`].
+    /// Index into the run's list of input files.
     pub file: usize,
     /// 1-based line (CSV) or row (Parquet) number of each row in its file.
     pub lines: Vec<u64>,
@@ -125,7 +125,7 @@ pub(crate) fn hash_batch(
 }
 
 /// Reads every input file into typed, hashed batches, handing each to `sink` as it is ready
-/// (batches of one CSV file may arrive out of file order: each row carries its line).
+/// (batches of one file may arrive out of file order: each row carries its line).
 ///
 /// # Errors
 /// [`Error::BadRow`] for the first bad row under `on_error: fail`; [`Error::Input`] for files

@@ -148,6 +148,9 @@ pub(super) fn read(
         let sunk = drain_into(batch_rx, sink, stop);
         join_workers(handles, errors, "Parquet")?;
         sunk?;
+        // The footer and page headers: the rest of the file beyond its row groups' data.
+        let data: u64 = groups.iter().map(|&(_, _, bytes)| bytes).sum();
+        progress.inc(file.size.saturating_sub(data));
         Ok(total_rows)
     })
 }

@@ -186,9 +186,10 @@ fn the_cli_exits_non_zero_with_the_location() {
     assert!(stderr.contains("bad.csv, line 2, column `v`"), "{stderr}");
 }
 
-/// A Parquet extract of 40 row groups, decoded in parallel, with unconvertible `n` values at
-/// rows 1,234 and 1,750 (1-based): under `on_error: fail` the error names row 1,234 every
-/// time; under `on_error: reject` both rows are rejected with their file row numbers.
+/// A Parquet extract of 40 row groups of 50 rows, decoded in parallel, with unconvertible `n`
+/// values at rows 1,234 and 1,260 (1-based; adjacent row groups, so two workers can fail at
+/// once): under `on_error: fail` the error names row 1,234 every time; under
+/// `on_error: reject` both rows are rejected with their file row numbers.
 #[tokio::test(flavor = "multi_thread")]
 async fn parquet_row_groups_read_in_parallel_keep_file_row_numbers() {
     use std::sync::Arc;
@@ -207,7 +208,7 @@ async fn parquet_row_groups_read_in_parallel_keep_file_row_numbers() {
         let ids: Vec<String> = (1..=2_000).map(|i| format!("k{i}")).collect();
         let ns: Vec<String> = (1..=2_000)
             .map(|i| {
-                if i == 1_234 || i == 1_750 {
+                if i == 1_234 || i == 1_260 {
                     "x".into()
                 } else {
                     i.to_string()
@@ -236,7 +237,7 @@ async fn parquet_row_groups_read_in_parallel_keep_file_row_numbers() {
     let fx = Fixture::new(TYPED, "");
     let input = fx.dir.path().join("in/d1");
     write(&input);
-    for _ in 0..5 {
+    for _ in 0..10 {
         let err = fx.run(&input, "2024-01-01").await.unwrap_err();
         let text = err.to_string();
         assert!(
@@ -266,7 +267,7 @@ async fn parquet_row_groups_read_in_parallel_keep_file_row_numbers() {
         lines,
         vec![
             ("1234".into(), "n".into(), "k1234,x,2024-01-01".into()),
-            ("1750".into(), "n".into(), "k1750,x,2024-01-01".into()),
+            ("1260".into(), "n".into(), "k1260,x,2024-01-01".into()),
         ]
     );
 }

@@ -465,8 +465,9 @@ async fn tables_hashed_under_another_spec_or_algorithm_are_refused() {
     );
 }
 
-/// A current table partitioned by a column: its values are not in the data files (Delta
-/// partition values), and the rows read back by position for D and X carry them.
+/// A current table partitioned by two columns: their values are not in the data files (Delta
+/// partition values), and the rows read back by position for D and X carry them, with the
+/// payload of the right row of a file of several rows.
 #[tokio::test(flavor = "multi_thread")]
 async fn partitioned_current_tables_keep_partition_values_of_gone_rows() {
     let columns = "- {name: id, type: string, key: true}\n- {name: region, type: string}\n\
@@ -476,13 +477,17 @@ async fn partitioned_current_tables_keep_partition_values_of_gone_rows() {
             columns,
             &format!("extract_type: {extract}\npartition_by: [region, day]"),
         );
-        let day1 = b"a,eu,2024-01-01,1\nb,eu,2024-01-02,2\nc,us,2024-01-01,3\nd,us,2024-01-02,4\n\
-                     e,ap,2024-01-03,5\n";
+        // Partitions (eu, 2024-01-02) and (us, 2024-01-02) hold several rows each.
+        let day1 = b"a,eu,2024-01-01,1\nf,eu,2024-01-02,6\nb,eu,2024-01-02,2\ng,eu,2024-01-02,7\n\
+                     h,eu,2024-01-02,8\nc,us,2024-01-01,3\nj,us,2024-01-02,9\nd,us,2024-01-02,4\n\
+                     k,us,2024-01-02,11\ne,ap,2024-01-03,5\n";
         fx.run(&fx.input("d1", "a.csv", day1), "2024-01-01")
             .await
             .unwrap();
         // b and d leave the extract; a changes; e moves to another partition.
-        let day2 = b"a,eu,2024-01-01,10\nc,us,2024-01-01,3\ne,eu,2024-01-03,5\n";
+        let day2 = b"a,eu,2024-01-01,10\nc,us,2024-01-01,3\ne,eu,2024-01-03,5\n\
+                     f,eu,2024-01-02,6\ng,eu,2024-01-02,7\nh,eu,2024-01-02,8\nj,us,2024-01-02,9\n\
+                     k,us,2024-01-02,11\n";
         let s = fx
             .run_with(
                 &fx.input("d2", "a.csv", day2),
