@@ -204,7 +204,7 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
                     (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
                 let mut stream = scan_files(&lake.current, impacted.keys().cloned()).await?;
                 while let Some(batch) = stream.next().await {
-                    let batch = lake::conform(&batch?, &schema)?;
+                    let batch = lake::conform(&batch?, &schema, &HashMap::new())?;
                     let keyhash = batch.column(keyhash_at).as_binary::<i32>();
                     let hit: BooleanArray = (0..batch.num_rows())
                         .map(|i| Some(changed.contains_key(&key(keyhash.value(i)))))

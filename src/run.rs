@@ -149,7 +149,10 @@ pub async fn run(
         Some(table) => Some(DataFiles::open(table).await?),
         None => None,
     };
-    let base_rows = data_files.as_ref().map_or(0, DataFiles::rows);
+    let rows_per_file = data_files
+        .as_ref()
+        .map_or_else(Vec::new, DataFiles::rows_per_file);
+    let base_rows: u64 = rows_per_file.iter().sum();
     let input_estimate: u64 = files
         .iter()
         .map(|f| plan::input_estimate(f.format, f.size))
@@ -250,11 +253,7 @@ pub async fn run(
     ));
     let history_writer = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
     let store = store.into_shared();
-    let picks = Mutex::new(Picks::new(
-        &data_files
-            .as_ref()
-            .map_or_else(Vec::new, DataFiles::rows_per_file),
-    ));
+    let picks = Mutex::new(Picks::new(&rows_per_file));
     let joined = {
         let _span = tracing::info_span!("diff", partitions = memory.partitions).entered();
         let context = JoinContext {
@@ -285,19 +284,25 @@ pub async fn run(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let outcome = match (outcome, &data_files) {
         (Ok(mut diffed), Some(files)) if picks.count() > 0 => {
-            let (tx, op) = match config.extract_type {
-                ExtractType::Full => (history_tx.clone(), Op::Delete),
-                ExtractType::Delta => (current_tx.clone(), Op::NotSupplied),
+            let (tx, op, written) = match config.extract_type {
+                ExtractType::Full => (
+                    history_tx.clone(),
+                    Op::Delete,
+                    &mut diffed.history_rows_written,
+                ),
+                ExtractType::Delta => (
+                    current_tx.clone(),
+                    Op::NotSupplied,
+                    &mut diffed.current_rows_written,
+                ),
             };
-            match op {
-                Op::Delete => diffed.history_rows_written += picks.count(),
-                _ => diffed.current_rows_written += picks.count(),
-            }
+            *written += picks.count();
+            let span = tracing::info_span!("gone", rows = picks.count());
             files
-                .read_picked(&picks, schema.clone(), cores, tx, move |batch| {
+                .read_picked(picks, schema.clone(), cores, tx, move |batch| {
                     join::gone_rows(batch, op, date)
                 })
-                .instrument(tracing::info_span!("gone", rows = picks.count()))
+                .instrument(span)
                 .await
                 .map_err(|e| match e {
                     Error::Internal(m) if m == current::RECEIVER_GONE => writer_gone(),

@@ -16,11 +16,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    new_null_array, Array, ArrayRef, BooleanArray, BooleanBufferBuilder, RecordBatch, StringArray,
-    UInt32Array,
+    ArrayRef, BooleanArray, BooleanBufferBuilder, RecordBatch, UInt32Array,
 };
 use deltalake::arrow::buffer::BooleanBuffer;
-use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use deltalake::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection,
@@ -34,7 +32,7 @@ use deltalake::{DeltaTable, ObjectStore, Path};
 use futures::StreamExt;
 use tokio::sync::mpsc::Sender;
 
-use super::CURRENT;
+use super::{conform, CURRENT};
 use crate::error::{Error, Result};
 use crate::source::BATCH_ROWS;
 
@@ -132,6 +130,14 @@ impl DataFiles {
             let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
                 .await
                 .map_err(|e| read_error(&path, e))?;
+            let groups = metadata.metadata().row_groups();
+            let rows: u64 = groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum();
+            if rows > u64::from(u32::MAX) {
+                return Err(read_error(
+                    &path,
+                    "has 2^32 rows or more; row positions are 32-bit",
+                ));
+            }
             files.push(DataFile {
                 path,
                 size,
@@ -142,7 +148,8 @@ impl DataFiles {
         Ok(DataFiles { store, files })
     }
 
-    /// Rows of each data file, in file order (the sum of its row groups' rows, as read).
+    /// Rows of each data file, in file order (the sum of its row groups' rows, as read; each
+    /// under 2^32, checked by [`DataFiles::open`]).
     pub fn rows_per_file(&self) -> Vec<u64> {
         self.files
             .iter()
@@ -151,11 +158,6 @@ impl DataFiles {
                 groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum()
             })
             .collect()
-    }
-
-    /// Rows of all data files.
-    pub fn rows(&self) -> u64 {
-        self.rows_per_file().iter().sum()
     }
 
     fn units(&self) -> Vec<Unit> {
@@ -196,19 +198,12 @@ impl DataFiles {
             .collect();
         let jobs = self.units().into_iter().map(|unit| (unit, None));
         let no_partition_values = HashMap::new();
-        let paths: Vec<Path> = self.files.iter().map(|f| f.path.clone()).collect();
         let map = Arc::new(move |unit: &Unit, offset: u64, batch: RecordBatch| {
             let n = batch.num_rows();
-            let first = unit.first_row + offset;
-            if first + n as u64 > u64::from(u32::MAX) {
-                return Err(read_error(
-                    &paths[unit.file],
-                    "has 2^32 rows or more; row positions are 32-bit",
-                ));
-            }
-            let first = first as u32;
+            // Below 2^32: checked per file by `open`.
+            let first = (unit.first_row + offset) as u32;
             // By name, cast where the file's type differs (a file written by another tool).
-            let joined = complete(&batch, &join_schema, &no_partition_values)?;
+            let joined = conform(&batch, &join_schema, &no_partition_values)?;
             let mut columns: Vec<ArrayRef> = joined.columns().to_vec();
             columns.push(Arc::new(UInt32Array::from(vec![unit.file as u32; n])));
             columns.push(Arc::new(UInt32Array::from_iter_values(
@@ -226,13 +221,13 @@ impl DataFiles {
     /// [`Error::Lake`] naming the file that cannot be read; errors of `finish`; a closed `tx`.
     pub async fn read_picked(
         &self,
-        picks: &Picks,
+        picks: Picks,
         schema: SchemaRef,
         workers: usize,
         tx: Sender<RecordBatch>,
         finish: impl Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
     ) -> Result<()> {
-        let bits: Vec<BooleanBuffer> = picks.files.iter().map(|b| b.finish_cloned()).collect();
+        let bits: Vec<BooleanBuffer> = picks.files.into_iter().map(|mut b| b.finish()).collect();
         let mut jobs = Vec::new();
         for unit in self.units() {
             let filter = BooleanArray::from(
@@ -248,7 +243,7 @@ impl DataFiles {
             .map(|f| f.partition_values.clone())
             .collect();
         let map = Arc::new(move |unit: &Unit, _offset: u64, batch: RecordBatch| {
-            finish(complete(&batch, &schema, &partition_values[unit.file])?)
+            finish(conform(&batch, &schema, &partition_values[unit.file])?)
         });
         self.read(jobs.into_iter(), None, workers, tx, map).await
     }
@@ -348,44 +343,6 @@ fn projection(
     Ok(ProjectionMask::roots(metadata.parquet_schema(), indices))
 }
 
-/// A batch read from a data file in the table `schema`: columns found by name and cast where
-/// the file's type differs; partition columns, absent from the files, from `partition_values`.
-fn complete(
-    batch: &RecordBatch,
-    schema: &SchemaRef,
-    partition_values: &HashMap<String, Option<String>>,
-) -> Result<RecordBatch> {
-    let rows = batch.num_rows();
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|field| {
-            let column = match (
-                batch.column_by_name(field.name()),
-                partition_values.get(field.name()),
-            ) {
-                (Some(column), _) => column.clone(),
-                (None, Some(Some(value))) => {
-                    Arc::new(StringArray::from(vec![value.as_str(); rows])) as ArrayRef
-                }
-                (None, Some(None)) => new_null_array(field.data_type(), rows),
-                (None, None) => {
-                    return Err(Error::Lake {
-                        table: CURRENT.into(),
-                        reason: format!("a data file has no column `{}`", field.name()),
-                    })
-                }
-            };
-            Ok(if column.data_type() == field.data_type() {
-                column
-            } else {
-                cast(&column, field.data_type())?
-            })
-        })
-        .collect::<Result<Vec<ArrayRef>>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,11 +387,11 @@ mod tests {
             ("day".to_string(), Some("2024-01-02".to_string())),
             ("region".to_string(), None),
         ]);
-        let out = complete(&batch, &schema, &values).unwrap();
+        let out = conform(&batch, &schema, &values).unwrap();
         assert_eq!(out.schema(), schema);
         assert_eq!(out.column(1).as_primitive::<Date32Type>().value(1), 19724);
         assert_eq!(out.column(2).null_count(), 2);
-        let missing = complete(&batch, &schema, &HashMap::new()).unwrap_err();
+        let missing = conform(&batch, &schema, &HashMap::new()).unwrap_err();
         assert!(missing.to_string().contains("no column `day`"), "{missing}");
     }
 }

@@ -23,7 +23,9 @@ mod table;
 
 use std::collections::HashMap;
 
-use deltalake::arrow::array::{ArrayRef, RecordBatch};
+use std::sync::Arc;
+
+use deltalake::arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::datafusion::prelude::SessionContext;
@@ -325,22 +327,43 @@ pub async fn scan(table: &DeltaTable) -> Result<Vec<RecordBatch>> {
     }
 }
 
-/// Casts scanned columns to the table schema (readers may return view or dictionary types).
-pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+/// Puts read columns in `schema`: found by name and cast where their type differs (readers
+/// may return view or dictionary types). A column absent from the batch is taken from
+/// `partition_values` (a data file's Delta `partitionValues`, which the file itself does not
+/// hold: the text is cast, a missing value is NULL).
+///
+/// # Errors
+/// [`Error::Lake`] for a column neither read nor a partition value; Arrow cast errors.
+pub fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    partition_values: &HashMap<String, Option<String>>,
+) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
     let columns = schema
         .fields()
         .iter()
         .map(|field| {
-            let column = batch
-                .column_by_name(field.name())
-                .ok_or_else(|| Error::Lake {
-                    table: CURRENT.into(),
-                    reason: format!("scan returned no column `{}`", field.name()),
-                })?;
+            let column = match (
+                batch.column_by_name(field.name()),
+                partition_values.get(field.name()),
+            ) {
+                (Some(column), _) => column.clone(),
+                (None, Some(Some(value))) => {
+                    Arc::new(StringArray::from(vec![value.as_str(); rows])) as ArrayRef
+                }
+                (None, Some(None)) => new_null_array(field.data_type(), rows),
+                (None, None) => {
+                    return Err(Error::Lake {
+                        table: CURRENT.into(),
+                        reason: format!("scan returned no column `{}`", field.name()),
+                    })
+                }
+            };
             Ok(if column.data_type() == field.data_type() {
-                column.clone()
+                column
             } else {
-                cast(column, field.data_type())?
+                cast(&column, field.data_type())?
             })
         })
         .collect::<Result<Vec<ArrayRef>>>()?;

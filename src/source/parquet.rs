@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, SyncSender};
 
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::util::display::array_value_to_string;
@@ -27,11 +27,15 @@ use crate::schema::payload_schema;
 /// # Errors
 /// [`Error::Input`] when the file cannot be opened; Parquet errors for a file that is not one.
 pub(super) fn open(path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let handle = File::open(path).map_err(|e| Error::Input {
+    Ok(ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)?.with_batch_size(BATCH_ROWS))
+}
+
+/// Opens a file for reading, naming it in the error.
+fn open_file(path: &std::path::Path) -> Result<File> {
+    File::open(path).map_err(|e| Error::Input {
         path: path.to_path_buf(),
         reason: format!("cannot open: {e}"),
-    })?;
-    Ok(ParquetRecordBatchReaderBuilder::try_new(handle)?.with_batch_size(BATCH_ROWS))
+    })
 }
 
 /// The position of a column in a file schema, by name, ignoring ASCII case.
@@ -102,42 +106,21 @@ pub(super) fn read(
                         else {
                             break;
                         };
-                        let result = (|| -> Result<()> {
-                            let handle = File::open(&file.path).map_err(|e| Error::Input {
-                                path: file.path.clone(),
-                                reason: format!("cannot open: {e}"),
-                            })?;
-                            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                                handle,
-                                metadata.clone(),
-                            )
-                            .with_batch_size(BATCH_ROWS)
-                            .with_projection(mask.clone())
-                            .with_row_groups(vec![group])
-                            .build()?;
-                            let mut row_offset = first_row;
-                            for raw in reader {
-                                let raw = raw?;
-                                let rows = raw.num_rows() as u64;
-                                if let Some(batch) =
-                                    converter.convert(&raw, row_offset, &mut local)?
-                                {
-                                    if batch_tx.send(batch).is_err() {
-                                        stop.store(true, Ordering::SeqCst);
-                                    }
-                                }
-                                row_offset += rows;
+                        let result = converter
+                            .read_group(metadata, mask, group, first_row, &mut local, &batch_tx);
+                        progress.inc(bytes);
+                        match result {
+                            Ok(true) => {}
+                            // The calling thread stopped taking batches (its sink failed).
+                            Ok(false) => stop.store(true, Ordering::SeqCst),
+                            Err(e) => {
+                                stop.store(true, Ordering::SeqCst);
+                                let line = match &e {
+                                    Error::BadRow { line, .. } => *line,
+                                    _ => first_row + 1,
+                                };
+                                return (local, Some((line, e)));
                             }
-                            progress.inc(bytes);
-                            Ok(())
-                        })();
-                        if let Err(e) = result {
-                            stop.store(true, Ordering::SeqCst);
-                            let line = match &e {
-                                Error::BadRow { line, .. } => *line,
-                                _ => first_row + 1,
-                            };
-                            return (local, Some((line, e)));
                         }
                     }
                     (local, None)
@@ -185,6 +168,40 @@ impl<'a> Converter<'a> {
             order,
             schema: payload_schema(&config.typed_columns()),
         }
+    }
+
+    /// Decodes, casts and hashes one row group (`mask` columns), whose first row is the file's
+    /// row `first_row + 1`, sending its batches to `out`; bad rows go to `errors`. Returns false
+    /// when `out`'s receiver is gone.
+    fn read_group(
+        &self,
+        metadata: &ArrowReaderMetadata,
+        mask: &ProjectionMask,
+        group: usize,
+        first_row: u64,
+        errors: &mut RowErrors,
+        out: &SyncSender<HashedBatch>,
+    ) -> Result<bool> {
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            open_file(&self.file.path)?,
+            metadata.clone(),
+        )
+        .with_batch_size(BATCH_ROWS)
+        .with_projection(mask.clone())
+        .with_row_groups(vec![group])
+        .build()?;
+        let mut row_offset = first_row;
+        for raw in reader {
+            let raw = raw?;
+            let rows = raw.num_rows() as u64;
+            if let Some(batch) = self.convert(&raw, row_offset, errors)? {
+                if out.send(batch).is_err() {
+                    return Ok(false);
+                }
+            }
+            row_offset += rows;
+        }
+        Ok(true)
     }
 
     /// The typed, hashed rows of `raw`, whose first row is the file's row `row_offset + 1`;
