@@ -34,6 +34,18 @@ async fn fails_on(bad: &[u8]) -> Error {
     err
 }
 
+/// The (line, column, raw) of each rejects-table row, sorted.
+fn line_column_raw(
+    rejects: &[std::collections::BTreeMap<String, String>],
+) -> Vec<(String, String, String)> {
+    let mut seen: Vec<(String, String, String)> = rejects
+        .iter()
+        .map(|r| (r["line"].clone(), r["column"].clone(), r["raw"].clone()))
+        .collect();
+    seen.sort();
+    seen
+}
+
 fn assert_names(err: &Error, line: u64, column: Option<&str>) {
     let text = err.to_string();
     match err {
@@ -149,11 +161,7 @@ async fn reject_mode_lands_every_bad_row_in_the_rejects_table() {
     assert_eq!(s.rows_rejected, 4);
     assert_eq!(s.counts.inserted, 2);
     let rejects = crate::common::table_rows(&fx.dir.path().join("lake/current_rejects")).await;
-    let mut seen: Vec<(String, String, String)> = rejects
-        .iter()
-        .map(|r| (r["line"].clone(), r["column"].clone(), r["raw"].clone()))
-        .collect();
-    seen.sort();
+    let seen = line_column_raw(&rejects);
     assert_eq!(
         seen,
         vec![
@@ -258,11 +266,7 @@ async fn parquet_row_groups_read_in_parallel_keep_file_row_numbers() {
         (2_000, 2, 1_998)
     );
     let rejects = crate::common::table_rows(&fx.dir.path().join("lake/current_rejects")).await;
-    let mut lines: Vec<(String, String, String)> = rejects
-        .iter()
-        .map(|r| (r["line"].clone(), r["column"].clone(), r["raw"].clone()))
-        .collect();
-    lines.sort();
+    let lines = line_column_raw(&rejects);
     assert_eq!(
         lines,
         vec![
