@@ -10,6 +10,7 @@
 //! current, history, applied files; one run commit). `controller` runs it per landing-zone table
 //! listed in the `tables` file.
 
+pub mod allocator;
 pub mod apply;
 pub mod change;
 pub mod check;

@@ -411,6 +411,7 @@ async fn execute(command: Command) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
+    let allocator_tuned = tributary::allocator::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -418,6 +419,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if !allocator_tuned {
+        tracing::debug!("allocator settings not applied (not glibc, or refused)");
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,7 +6,10 @@
 //! limit); [`WORK_SHARE`] of the limit is for the diff workers, each holding about
 //! [`WORKING_SET_FACTOR`] times one partition (its two sides concatenated, the join index and
 //! the output rows in flight); the rest is headroom for memory the plan does not count. The
-//! partition count is chosen so that `workers` partitions fit in the workers' share. Sizes are
+//! partition count is chosen so that `workers` partitions fit in the workers' share. A run
+//! small enough to be held whole within both shares, beside what its workers hold beyond the
+//! partitions they take from the store, is not spilled: it gets enough partitions for that,
+//! and the store gets both shares less the workers' part. Sizes are
 //! estimates made before reading: Arrow bytes per input byte differ by format, and the current
 //! table is held as its join columns only: its row count (from the data files' footers) times
 //! [`CURRENT_ROW_BYTES`].
@@ -80,16 +83,35 @@ impl MemoryPlan {
         partitions: Option<usize>,
     ) -> Self {
         let estimated = input_bytes + current_bytes;
-        let store_budget = (limit as f64 * STORE_SHARE) as u64;
         let work_budget = limit as f64 * WORK_SHARE;
+        let shared = limit as f64 * (STORE_SHARE + WORK_SHARE);
         let workers = cores.max(1);
         let needed = estimated as f64 * WORKING_SET_FACTOR * workers as f64 / work_budget;
-        let partitions = partitions.unwrap_or((needed.ceil() as usize).clamp(1, MAX_PARTITIONS));
+        // Beyond the partition it takes out of the store, a worker holds (factor - 1) times
+        // its size. When everything fits beside that, enough partitions are planned that the
+        // run need not spill.
+        let beyond = (WORKING_SET_FACTOR - 1.0) * workers as f64;
+        let in_memory = match shared - estimated as f64 {
+            room if room > 0.0 => (beyond * estimated as f64 / room).ceil(),
+            _ => 0.0,
+        };
+        let partitions =
+            partitions.unwrap_or((needed.max(in_memory).ceil() as usize).clamp(1, MAX_PARTITIONS));
+        let workers = workers.min(partitions);
+        // The store may use the workers' share too when all partitions fit in it beside the
+        // workers' memory beyond them; otherwise it has its own share.
+        let beyond_bytes =
+            (WORKING_SET_FACTOR - 1.0) * workers as f64 * estimated as f64 / partitions as f64;
+        let store_budget = if estimated as f64 + beyond_bytes <= shared {
+            shared - beyond_bytes
+        } else {
+            limit as f64 * STORE_SHARE
+        };
         MemoryPlan {
             limit_bytes: limit,
-            store_budget_bytes: store_budget,
+            store_budget_bytes: store_budget as u64,
             partitions,
-            workers: workers.min(partitions),
+            workers,
             estimated_bytes: estimated,
             row_group_bytes: (limit / ROW_GROUP_DIVISOR).clamp(1 << 20, 32 << 20),
         }
@@ -104,6 +126,29 @@ mod tests {
     fn small_runs_use_one_partition() {
         let plan = MemoryPlan::new(1 << 30, 10 << 20, 10 << 20, 2);
         assert_eq!((plan.partitions, plan.workers), (1, 1));
+    }
+
+    #[test]
+    fn a_run_that_fits_both_shares_is_held_whole() {
+        let gib = 1u64 << 30;
+        let shared = gib as f64 * (STORE_SHARE + WORK_SHARE);
+        // 1M rows of the seed shape: 450 MiB of input estimate, 61 MiB of current join columns.
+        let fits = MemoryPlan::new(gib, 450 << 20, 61 << 20, 2);
+        let alone = MemoryPlan::new(gib, 4 * gib, gib, 2);
+        for plan in [fits, alone] {
+            // The store and what the workers hold beyond their partitions stay in both shares.
+            let per_partition = plan.estimated_bytes as f64 / plan.partitions as f64;
+            let beyond = per_partition * (WORKING_SET_FACTOR - 1.0) * plan.workers as f64;
+            assert!(
+                plan.store_budget_bytes as f64 + beyond <= shared * 1.0001,
+                "{plan:?}"
+            );
+        }
+        assert!(fits.store_budget_bytes >= fits.estimated_bytes, "{fits:?}");
+        assert!(fits.store_budget_bytes as f64 > gib as f64 * STORE_SHARE);
+        // More partitions than the workers' share alone needs (9), so that it fits.
+        assert!(fits.partitions > 9, "{fits:?}");
+        assert_eq!(alone.store_budget_bytes, (gib as f64 * STORE_SHARE) as u64);
     }
 
     #[test]

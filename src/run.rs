@@ -25,7 +25,7 @@ use crate::lake::{
 use crate::plan::{self, MemoryPlan};
 use crate::progress::Progress;
 use crate::schema::{table_schema, KEYHASH};
-use crate::source::{self, fingerprint, list_input_files, Reject};
+use crate::source::{self, list_input_files, PendingFingerprint, Reject};
 use crate::spill::{Partitioner, SharedStore, SpillStore};
 use crate::summary::{MemorySummary, RunSummary, StageTimes, TableSummary};
 
@@ -76,7 +76,8 @@ pub async fn run(
     let date_text = business_date.format("%Y-%m-%d").to_string();
     let files = list_input_files(input, config.format)?;
     let total_bytes: u64 = files.iter().map(|f| f.size).sum();
-    let fingerprint = fingerprint(&files)?;
+    // Read on its own thread beside the run; needed first when this date was applied before.
+    let mut fingerprint = PendingFingerprint::start(&files);
     // Open without creating: a run that fails on its input leaves no trace in the lake.
     let existing = Lake::open(config, false).await?;
     let recovered = existing.as_ref().and_then(|(_, r)| r.clone());
@@ -85,7 +86,6 @@ pub async fn run(
         business_date: date_text.clone(),
         recovered,
         input_files: files.len(),
-        fingerprint: fingerprint.clone(),
         current: TableSummary {
             path: config.current_url.to_string(),
             ..Default::default()
@@ -108,7 +108,11 @@ pub async fn run(
     };
     let mut replacing = None;
     if let Some(last) = &last {
-        if date_text == last.business_date && last.fingerprint == fingerprint {
+        let same_input = date_text == last.business_date && {
+            summary.fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
+            last.fingerprint == summary.fingerprint
+        };
+        if same_input {
             summary.status = "no-op".into();
             summary.run_seq = Some(last.seq);
             summary.message = format!(
@@ -345,44 +349,57 @@ pub async fn run(
     rejects.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
 
     let writing = Instant::now();
-    let rejects_table = if rejects.is_empty() {
-        None
-    } else {
-        Some(lake.follower(REJECTS).await?)
-    };
-    let mut followers = vec![(
-        CURRENT,
-        lake.current.clone(),
-        Planned {
-            adds: current_adds,
-            removes: lake::all_files_removed(&lake.current)?,
-        },
-    )];
-    if let Some(table) = rejects_table {
-        let batch = crate::rejects::batch(&rejects, date, seq)?;
-        let properties =
-            writer_properties(config.compression, memory.row_group_bytes as usize, &[]);
-        let adds = write_files(&table, vec![batch], properties).await?;
-        followers.push((
-            REJECTS,
-            table,
+    // Everything before the commit that can still fail: its error discards the data files
+    // written so far (none of them is referenced yet) and the tables a first run created.
+    let prepared = async {
+        let fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
+        let history_removes = match &replacing {
+            Some(run) => replaced_history_files(&lake.history, run).await?,
+            None => Vec::new(),
+        };
+        let mut followers = vec![(
+            CURRENT,
+            lake.current.clone(),
             Planned {
-                adds,
-                removes: Vec::new(),
+                adds: current_adds.clone(),
+                removes: lake::all_files_removed(&lake.current)?,
             },
-        ));
+        )];
+        if !rejects.is_empty() {
+            let table = lake.follower(REJECTS).await?;
+            let batch = crate::rejects::batch(&rejects, date, seq)?;
+            let properties =
+                writer_properties(config.compression, memory.row_group_bytes as usize, &[]);
+            let adds = write_files(&table, vec![batch], properties).await?;
+            followers.push((
+                REJECTS,
+                table,
+                Planned {
+                    adds,
+                    removes: Vec::new(),
+                },
+            ));
+        }
+        let history_plan = Planned {
+            adds: history_adds.clone(),
+            removes: history_removes,
+        };
+        Ok::<_, Error>((fingerprint, followers, history_plan))
     }
-    let history_removes = match &replacing {
-        Some(run) => replaced_history_files(&lake.history, run).await?,
-        None => Vec::new(),
-    };
-    let history_plan = Planned {
-        adds: history_adds,
-        removes: history_removes,
+    .await;
+    let (fingerprint, followers, history_plan) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            lake::discard_files(&lake.current, &current_adds).await;
+            lake::discard_files(&lake.history, &history_adds).await;
+            lake::remove_tables(&created);
+            return Err(e);
+        }
     };
     let write_secs = write_secs + writing.elapsed().as_secs_f64();
 
     let committing = Instant::now();
+    summary.fingerprint = fingerprint.clone();
     let record = RunRecord {
         seq,
         business_date: date_text.clone(),

@@ -96,9 +96,53 @@ pub fn writer_properties(
         .build()
 }
 
+/// Least share of a column's bytes that its codec must save on a sample of them; a column
+/// that saves less is stored uncompressed (see [`skip_incompressible`]).
+pub const MIN_CODEC_SAVING: f64 = 0.1;
+/// Most bytes of a column's values compressed to decide on its codec.
+pub const CODEC_SAMPLE_BYTES: usize = 256 << 10;
+/// Fewest sampled bytes on which a column's codec is decided; below, it keeps its codec.
+const MIN_CODEC_SAMPLE_BYTES: usize = 4 << 10;
+
+/// `properties` with the codec turned off for the columns of `sample` whose values do not
+/// compress: zstd level 1 saves less than [`MIN_CODEC_SAVING`] of the first
+/// [`CODEC_SAMPLE_BYTES`] of the column's value buffer (for strings and binaries, their
+/// bytes without the offsets). Random doubles (which save about 6%) and digests are such
+/// columns: compressing them costs the writer and every reader time for next to no space.
+/// Columns already uncompressed, and those with fewer than 4 KiB of values in `sample`, keep
+/// their settings.
+pub fn skip_incompressible(properties: WriterProperties, sample: &RecordBatch) -> WriterProperties {
+    let mut builder = None;
+    for (field, array) in sample.schema().fields().iter().zip(sample.columns()) {
+        let path = ColumnPath::from(field.name().as_str());
+        if properties.compression(&path) == UNCOMPRESSED {
+            continue;
+        }
+        let data = array.to_data();
+        let Some(values) = data.buffers().last() else {
+            continue;
+        };
+        let bytes = &values.as_slice()[..values.len().min(CODEC_SAMPLE_BYTES)];
+        if bytes.len() < MIN_CODEC_SAMPLE_BYTES {
+            continue;
+        }
+        let compressed = zstd::bulk::compress(bytes, 1).map_or(bytes.len(), |c| c.len());
+        if compressed as f64 > bytes.len() as f64 * (1.0 - MIN_CODEC_SAVING) {
+            tracing::debug!(column = %field.name(), compressed, sampled = bytes.len(), "stored uncompressed");
+            builder = Some(
+                builder
+                    .unwrap_or_else(|| properties.clone().into_builder())
+                    .set_column_compression(path, UNCOMPRESSED),
+            );
+        }
+    }
+    builder.map_or(properties, |b| b.build())
+}
+
 /// Streams the batches received on `rx` into Parquet data files of `table` (files roll at
 /// [`TARGET_FILE_BYTES`]) without committing them; returns their `add` actions once `rx` is
-/// closed. Memory stays bounded: files are written as batches arrive.
+/// closed. Memory stays bounded: files are written as batches arrive. The first batch
+/// decides which columns are stored uncompressed ([`skip_incompressible`]).
 ///
 /// # Errors
 /// Delta, Parquet and object-store errors; the files written so far are left unreferenced.
@@ -109,12 +153,19 @@ pub async fn write_stream(
 ) -> Result<Vec<Add>> {
     // Files are rolled here rather than with the writer's target file size, which makes it
     // write in 1,024-row slices (several times slower on wide rows).
-    let mut writer = RecordBatchWriter::for_table(&table)?.with_writer_properties(properties);
+    let mut writer: Option<RecordBatchWriter> = None;
     let mut adds = Vec::new();
     while let Some(batch) = rx.recv().await {
         if batch.num_rows() == 0 {
             continue;
         }
+        let writer = match &mut writer {
+            Some(writer) => writer,
+            None => writer.insert(
+                RecordBatchWriter::for_table(&table)?
+                    .with_writer_properties(skip_incompressible(properties.clone(), &batch)),
+            ),
+        };
         if let Err(e) = writer.write(batch).await {
             writer.reset();
             return Err(e.into());
@@ -123,7 +174,9 @@ pub async fn write_stream(
             adds.extend(writer.flush().await?);
         }
     }
-    adds.extend(writer.flush().await?);
+    if let Some(mut writer) = writer {
+        adds.extend(writer.flush().await?);
+    }
     Ok(adds)
 }
 
@@ -326,4 +379,61 @@ pub(super) async fn commit_run(
         }
     }
     Ok(versions)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::{ArrayRef, BinaryArray, Float64Array, StringArray};
+    use deltalake::parquet::basic::Compression as Codec;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn codec(properties: &WriterProperties, column: &str) -> Codec {
+        properties.compression(&ColumnPath::from(column))
+    }
+
+    #[test]
+    fn incompressible_columns_are_stored_uncompressed() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let rows = 8192;
+        let random: Vec<f64> = (0..rows).map(|_| rng.gen::<f64>()).collect();
+        let prices: Vec<f64> = (0..rows).map(|i| (i % 500) as f64 + 0.99).collect();
+        let words: Vec<String> = (0..rows).map(|i| format!("customer-{}", i % 40)).collect();
+        let digests: Vec<[u8; 16]> = (0..rows).map(|_| rng.gen()).collect();
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("random", Arc::new(Float64Array::from(random))),
+            ("prices", Arc::new(Float64Array::from(prices))),
+            ("words", Arc::new(StringArray::from(words))),
+            (
+                KEYHASH,
+                Arc::new(BinaryArray::from_iter_values(digests.iter())),
+            ),
+            ("small", Arc::new(Float64Array::from(vec![0.5f64; 100]))),
+        ];
+        let small = RecordBatch::try_from_iter(columns[4..].to_vec()).unwrap();
+        let batch = RecordBatch::try_from_iter(columns[..4].to_vec()).unwrap();
+        let zstd = writer_properties(Compression::Zstd, 1 << 20, &[]);
+        let chosen = skip_incompressible(zstd.clone(), &batch);
+        assert_eq!(codec(&chosen, "random"), UNCOMPRESSED);
+        assert_eq!(codec(&chosen, "prices"), codec(&zstd, "prices"));
+        assert_eq!(codec(&chosen, "words"), codec(&zstd, "words"));
+        assert_eq!(codec(&chosen, KEYHASH), UNCOMPRESSED);
+        assert!(matches!(codec(&chosen, "prices"), Codec::ZSTD(_)));
+        // Too few bytes to judge: the codec stays.
+        let kept = skip_incompressible(zstd.clone(), &small);
+        assert_eq!(codec(&kept, "small"), codec(&zstd, "small"));
+        // Snappy columns are judged the same way; no codec stays none.
+        let snappy = writer_properties(Compression::Snappy, 1 << 20, &[]);
+        let chosen = skip_incompressible(snappy, &batch);
+        assert_eq!(codec(&chosen, "random"), UNCOMPRESSED);
+        assert_eq!(codec(&chosen, "words"), Codec::SNAPPY);
+        let none = writer_properties(Compression::None, 1 << 20, &[]);
+        assert_eq!(
+            codec(&skip_incompressible(none, &batch), "words"),
+            UNCOMPRESSED
+        );
+    }
 }

@@ -14,7 +14,7 @@ mod parquet;
 
 use deltalake::arrow::array::{ArrayRef, BinaryArray, RecordBatch};
 
-pub use files::{fingerprint, list_input_files, InputFile};
+pub use files::{fingerprint, list_input_files, InputFile, PendingFingerprint};
 
 use crate::config::{InputFormat, OnError, TableConfig};
 use crate::error::{Error, Result};

@@ -148,6 +148,74 @@ async fn a_failed_first_run_creates_no_table() {
     assert!(!fx.table_path("history").join("_delta_log").exists());
 }
 
+/// Parquet data files under a table folder (any depth), sorted.
+fn data_files(table: &std::path::Path) -> Vec<String> {
+    let mut found: Vec<String> = walk(table)
+        .into_iter()
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    found.sort();
+    found
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&e.path()),
+            _ => vec![e.path().display().to_string()],
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_failing_after_its_writers_leaves_no_data_files_behind() {
+    // A plain file where the rejects table goes: the run fails when it opens that table, after
+    // the current and history data files were written and before the commit.
+    let fx = Fixture::new(TYPED, "on_error: reject\nrejects_table_path: lake/blocked");
+    std::fs::create_dir_all(fx.dir.path().join("lake")).unwrap();
+    std::fs::write(fx.dir.path().join("lake/blocked"), b"not a table").unwrap();
+    let bad = b"a,1,2024-01-01\nb,x,2024-01-01\n";
+    // A first run: the tables it created are removed again.
+    fx.run(&fx.input("d1", "bad.csv", bad), "2024-01-01")
+        .await
+        .unwrap_err();
+    assert!(!fx.table_path("current").exists());
+    assert!(!fx.table_path("history").exists());
+    // A later run: the tables keep their versions and exactly their committed files.
+    let good = fx.input("d2", "good.csv", b"a,1,2024-01-01\nc,2,2024-01-01\n");
+    fx.run(&good, "2024-01-01").await.unwrap();
+    let before = [
+        (
+            fx.version("current").await,
+            data_files(&fx.table_path("current")),
+        ),
+        (
+            fx.version("history").await,
+            data_files(&fx.table_path("history")),
+        ),
+    ];
+    assert!(before.iter().all(|(_, files)| !files.is_empty()));
+    let err = fx
+        .run(&fx.input("d3", "bad.csv", bad), "2024-01-02")
+        .await
+        .unwrap_err();
+    let after = [
+        (
+            fx.version("current").await,
+            data_files(&fx.table_path("current")),
+        ),
+        (
+            fx.version("history").await,
+            data_files(&fx.table_path("history")),
+        ),
+    ];
+    assert_eq!(after, before, "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_mode_lands_every_bad_row_in_the_rejects_table() {
     let fx = Fixture::new(TYPED, "on_error: reject");
