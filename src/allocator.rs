@@ -30,11 +30,13 @@ pub fn tune() -> bool {
         (libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
         (libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
     ];
-    settings.into_iter().all(|(parameter, value)| {
+    // Every setting is applied, whether or not an earlier one was refused.
+    let accepted = settings.map(|(parameter, value)| {
         // SAFETY: mallopt only sets a parameter of glibc's malloc (under its own lock); it
         // takes no pointers and touches no memory of ours.
         unsafe { libc::mallopt(parameter, value) == 1 }
-    })
+    });
+    accepted.into_iter().all(|ok| ok)
 }
 
 /// Applies the settings above (glibc only; elsewhere the system allocator is left as it is).

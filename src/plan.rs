@@ -8,8 +8,11 @@
 //! the output rows in flight); the rest is headroom for memory the plan does not count. The
 //! partition count is chosen so that `workers` partitions fit in the workers' share. A run
 //! small enough to be held whole within both shares, beside what its workers hold beyond the
-//! partitions they take from the store, is not spilled: it gets enough partitions for that,
-//! and the store gets both shares less the workers' part. Sizes are
+//! partitions they take from the store, is not spilled: it gets enough partitions for that
+//! (at most twice the workers' count, or [`MAX_IN_MEMORY_PARTITIONS`]), and the store gets
+//! both shares less the workers' part. That plan leans on the estimate: a run larger than
+//! estimated spills past the store's budget as any other, but its workers then hold more than
+//! planned beside a full store. Sizes are
 //! estimates made before reading: Arrow bytes per input byte differ by format, and the current
 //! table is held as its join columns only: its row count (from the data files' footers) times
 //! [`CURRENT_ROW_BYTES`].
@@ -38,6 +41,8 @@ pub const CURRENT_ROW_BYTES: u64 = 64;
 pub const ROW_GROUP_DIVISOR: u64 = 32;
 /// Most partitions a run uses (a few files per partition are kept while spilling).
 pub const MAX_PARTITIONS: usize = 1 << 14;
+/// Most partitions planned to hold a run whole, unless twice the workers' count is more.
+pub const MAX_IN_MEMORY_PARTITIONS: f64 = 16.0;
 
 /// The plan of one run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -87,22 +92,22 @@ impl MemoryPlan {
         let shared = limit as f64 * (STORE_SHARE + WORK_SHARE);
         let workers = cores.max(1);
         let needed = estimated as f64 * WORKING_SET_FACTOR * workers as f64 / work_budget;
-        // Beyond the partition it takes out of the store, a worker holds (factor - 1) times
-        // its size. When everything fits beside that, enough partitions are planned that the
-        // run need not spill.
+        // Partitions for holding the run whole (see the module docs), unless that takes more
+        // than twice the workers' count (or 16): near the shared budget it grows without bound.
         let beyond = (WORKING_SET_FACTOR - 1.0) * workers as f64;
         let in_memory = match shared - estimated as f64 {
             room if room > 0.0 => (beyond * estimated as f64 / room).ceil(),
-            _ => 0.0,
+            _ => f64::INFINITY,
         };
-        let partitions =
-            partitions.unwrap_or((needed.max(in_memory).ceil() as usize).clamp(1, MAX_PARTITIONS));
+        let in_memory =
+            (in_memory <= (2.0 * needed).max(MAX_IN_MEMORY_PARTITIONS)).then_some(in_memory);
+        let partitions = partitions.unwrap_or_else(|| {
+            (needed.max(in_memory.unwrap_or(0.0)).ceil() as usize).clamp(1, MAX_PARTITIONS)
+        });
         let workers = workers.min(partitions);
-        // The store may use the workers' share too when all partitions fit in it beside the
-        // workers' memory beyond them; otherwise it has its own share.
         let beyond_bytes =
             (WORKING_SET_FACTOR - 1.0) * workers as f64 * estimated as f64 / partitions as f64;
-        let store_budget = if estimated as f64 + beyond_bytes <= shared {
+        let store_budget = if in_memory.is_some() && estimated as f64 + beyond_bytes <= shared {
             shared - beyond_bytes
         } else {
             limit as f64 * STORE_SHARE
@@ -132,10 +137,13 @@ mod tests {
     fn a_run_that_fits_both_shares_is_held_whole() {
         let gib = 1u64 << 30;
         let shared = gib as f64 * (STORE_SHARE + WORK_SHARE);
-        // 1M rows of the seed shape: 450 MiB of input estimate, 61 MiB of current join columns.
-        let fits = MemoryPlan::new(gib, 450 << 20, 61 << 20, 2);
+        // 1M rows of the seed shape: 432 MiB of input estimate (360 MiB of CSV), 61 MiB of
+        // current join columns: 9 partitions would do for the workers alone, and do here.
+        let fits = MemoryPlan::new(gib, 432 << 20, 61 << 20, 2);
+        // Closer to both shares it takes more partitions (10 against 9).
+        let tight = MemoryPlan::new(gib, 450 << 20, 61 << 20, 2);
         let alone = MemoryPlan::new(gib, 4 * gib, gib, 2);
-        for plan in [fits, alone] {
+        for plan in [fits, tight, alone] {
             // The store and what the workers hold beyond their partitions stay in both shares.
             let per_partition = plan.estimated_bytes as f64 / plan.partitions as f64;
             let beyond = per_partition * (WORKING_SET_FACTOR - 1.0) * plan.workers as f64;
@@ -144,11 +152,24 @@ mod tests {
                 "{plan:?}"
             );
         }
-        assert!(fits.store_budget_bytes >= fits.estimated_bytes, "{fits:?}");
-        assert!(fits.store_budget_bytes as f64 > gib as f64 * STORE_SHARE);
-        // More partitions than the workers' share alone needs (9), so that it fits.
-        assert!(fits.partitions > 9, "{fits:?}");
+        for plan in [fits, tight] {
+            assert!(plan.store_budget_bytes >= plan.estimated_bytes, "{plan:?}");
+        }
+        assert_eq!(fits.partitions, 9, "{fits:?}");
+        assert_eq!(tight.partitions, 10, "{tight:?}");
         assert_eq!(alone.store_budget_bytes, (gib as f64 * STORE_SHARE) as u64);
+    }
+
+    #[test]
+    fn a_run_just_under_both_shares_keeps_the_spilling_plan() {
+        // Holding it whole would take hundreds of partitions: the plan spills instead.
+        let gib = 1u64 << 30;
+        let estimated = (gib as f64 * (STORE_SHARE + WORK_SHARE) * 0.995) as u64;
+        let plan = MemoryPlan::new(gib, estimated, 0, 2);
+        let needed = (estimated as f64 * WORKING_SET_FACTOR * 2.0 / (gib as f64 * WORK_SHARE))
+            .ceil() as usize;
+        assert_eq!(plan.partitions, needed, "{plan:?}");
+        assert_eq!(plan.store_budget_bytes, (gib as f64 * STORE_SHARE) as u64);
     }
 
     #[test]

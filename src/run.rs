@@ -1,7 +1,7 @@
 //! `tributary run`: one business day of snapshot CDC, from extract files to committed tables.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -77,7 +77,7 @@ pub async fn run(
     let files = list_input_files(input, config.format)?;
     let total_bytes: u64 = files.iter().map(|f| f.size).sum();
     // Read on its own thread beside the run; needed first when this date was applied before.
-    let mut fingerprint = PendingFingerprint::start(&files);
+    let mut fingerprint = PendingFingerprint::start(&files)?;
     // Open without creating: a run that fails on its input leaves no trace in the lake.
     let existing = Lake::open(config, false).await?;
     let recovered = existing.as_ref().and_then(|(_, r)| r.clone());
@@ -228,11 +228,9 @@ pub async fn run(
 
     // Stage 3: diff partition by partition; write current and history as rows come out.
     let diffing = Instant::now();
-    // Tables this run creates (and removes again if it fails).
-    let created = match &lake {
-        Some(_) => Vec::new(),
-        None => lake::missing_tables(config),
-    };
+    // Tables this run creates (and removes again if it fails): all of them on a first run,
+    // the rejects table on a later one.
+    let created = lake::missing_tables(config);
     let mut lake = match lake {
         Some(lake) => lake,
         None => {
@@ -327,9 +325,8 @@ pub async fn run(
     let (diffed, current_adds, history_adds) = match (outcome, current_adds, history_adds) {
         (Ok(d), Ok(c), Ok(h)) => (d, c, h),
         (outcome, c, h) => {
-            lake::discard_written(&[(&lake.current, &c), (&lake.history, &h)]).await;
-            // A failed first run leaves no tables behind (as when it fails on reading).
-            lake::remove_tables(&created);
+            let written = [c.as_deref(), h.as_deref()].map(|adds| adds.unwrap_or_default());
+            abandon(&lake, written, &created).await;
             // The diff's own error first, unless it only saw a writer stop: then the writer's.
             if let Err(e) = outcome {
                 if !matches!(&e, Error::Internal(m) if m == WRITER_GONE) {
@@ -353,48 +350,55 @@ pub async fn run(
     // written so far (none of them is referenced yet) and the tables a first run created.
     let prepared = async {
         let fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
+        let current_removes = lake::all_files_removed(&lake.current)?;
         let history_removes = match &replacing {
             Some(run) => replaced_history_files(&lake.history, run).await?,
             None => Vec::new(),
         };
-        let mut followers = vec![(
-            CURRENT,
-            lake.current.clone(),
-            Planned {
-                adds: current_adds.clone(),
-                removes: lake::all_files_removed(&lake.current)?,
-            },
-        )];
-        if !rejects.is_empty() {
-            let table = lake.follower(REJECTS).await?;
-            let batch = crate::rejects::batch(&rejects, date, seq)?;
-            let properties =
-                writer_properties(config.compression, memory.row_group_bytes as usize, &[]);
-            let adds = write_files(&table, vec![batch], properties).await?;
-            followers.push((
-                REJECTS,
-                table,
-                Planned {
-                    adds,
-                    removes: Vec::new(),
-                },
-            ));
-        }
-        let history_plan = Planned {
-            adds: history_adds.clone(),
-            removes: history_removes,
+        let rejects_written = match rejects.is_empty() {
+            true => None,
+            false => {
+                let table = lake.follower(REJECTS).await?;
+                let batch = crate::rejects::batch(&rejects, date, seq)?;
+                let properties =
+                    writer_properties(config.compression, memory.row_group_bytes as usize, &[]);
+                let adds = write_files(&table, vec![batch], properties).await?;
+                Some((table, adds))
+            }
         };
-        Ok::<_, Error>((fingerprint, followers, history_plan))
+        Ok::<_, Error>((
+            fingerprint,
+            current_removes,
+            history_removes,
+            rejects_written,
+        ))
     }
     .await;
-    let (fingerprint, followers, history_plan) = match prepared {
+    let (fingerprint, current_removes, history_removes, rejects_written) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {
-            lake::discard_files(&lake.current, &current_adds).await;
-            lake::discard_files(&lake.history, &history_adds).await;
-            lake::remove_tables(&created);
+            abandon(&lake, [&current_adds, &history_adds], &created).await;
             return Err(e);
         }
+    };
+    let mut followers = vec![(
+        CURRENT,
+        lake.current.clone(),
+        Planned {
+            adds: current_adds,
+            removes: current_removes,
+        },
+    )];
+    if let Some((table, adds)) = rejects_written {
+        let planned = Planned {
+            adds,
+            removes: Vec::new(),
+        };
+        followers.push((REJECTS, table, planned));
+    }
+    let history_plan = Planned {
+        adds: history_adds,
+        removes: history_removes,
     };
     let write_secs = write_secs + writing.elapsed().as_secs_f64();
 
@@ -643,6 +647,14 @@ async fn base_table(lake: &Lake, replacing: Option<&RunRecord>) -> Result<Option
     let mut table = lake.current.clone();
     table.load_version(version as _).await?;
     Ok(Some(table))
+}
+
+/// Undoes a run that failed before its commit: deletes the data files its current and
+/// history writers finished (none is referenced yet) and the tables it created.
+async fn abandon(lake: &Lake, written: [&[deltalake::kernel::Add]; 2], created: &[PathBuf]) {
+    lake::discard_files(&lake.current, written[0]).await;
+    lake::discard_files(&lake.history, written[1]).await;
+    lake::remove_tables(created);
 }
 
 /// Remove actions for the history files a replaced run added.

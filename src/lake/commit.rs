@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::array::{Array, AsArray, RecordBatch};
+use deltalake::arrow::datatypes::DataType;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -105,12 +106,13 @@ pub const CODEC_SAMPLE_BYTES: usize = 256 << 10;
 const MIN_CODEC_SAMPLE_BYTES: usize = 4 << 10;
 
 /// `properties` with the codec turned off for the columns of `sample` whose values do not
-/// compress: zstd level 1 saves less than [`MIN_CODEC_SAVING`] of the first
-/// [`CODEC_SAMPLE_BYTES`] of the column's value buffer (for strings and binaries, their
-/// bytes without the offsets). Random doubles (which save about 6%) and digests are such
-/// columns: compressing them costs the writer and every reader time for next to no space.
-/// Columns already uncompressed, and those with fewer than 4 KiB of values in `sample`, keep
-/// their settings.
+/// compress: zstd level 1 (whatever the configured codec: what it cannot shrink, snappy
+/// cannot either) saves less than [`MIN_CODEC_SAVING`] of their first [`CODEC_SAMPLE_BYTES`]
+/// (for strings and binaries, their bytes without the offsets). Random doubles (about 6%
+/// saved) are such columns: compressing them costs the writer and every reader time for
+/// next to no space. Columns already uncompressed (the digests), columns of other types
+/// (booleans, dictionaries, nested) and those with fewer than 4 KiB of values in `sample`
+/// keep their settings.
 pub fn skip_incompressible(properties: WriterProperties, sample: &RecordBatch) -> WriterProperties {
     let mut builder = None;
     for (field, array) in sample.schema().fields().iter().zip(sample.columns()) {
@@ -118,17 +120,11 @@ pub fn skip_incompressible(properties: WriterProperties, sample: &RecordBatch) -
         if properties.compression(&path) == UNCOMPRESSED {
             continue;
         }
-        let data = array.to_data();
-        let Some(values) = data.buffers().last() else {
+        let Some((compressed, sampled)) = sample_compression(array.as_ref()) else {
             continue;
         };
-        let bytes = &values.as_slice()[..values.len().min(CODEC_SAMPLE_BYTES)];
-        if bytes.len() < MIN_CODEC_SAMPLE_BYTES {
-            continue;
-        }
-        let compressed = zstd::bulk::compress(bytes, 1).map_or(bytes.len(), |c| c.len());
-        if compressed as f64 > bytes.len() as f64 * (1.0 - MIN_CODEC_SAVING) {
-            tracing::debug!(column = %field.name(), compressed, sampled = bytes.len(), "stored uncompressed");
+        if compressed as f64 > sampled as f64 * (1.0 - MIN_CODEC_SAVING) {
+            tracing::debug!(column = %field.name(), compressed, sampled, "stored uncompressed");
             builder = Some(
                 builder
                     .unwrap_or_else(|| properties.clone().into_builder())
@@ -137,6 +133,38 @@ pub fn skip_incompressible(properties: WriterProperties, sample: &RecordBatch) -
         }
     }
     builder.map_or(properties, |b| b.build())
+}
+
+/// zstd level 1 size and length of the first [`CODEC_SAMPLE_BYTES`] of an array's values
+/// (None: not a fixed-width primitive, string or binary array, or under 4 KiB of values).
+fn sample_compression(array: &dyn Array) -> Option<(usize, usize)> {
+    let data = array.to_data();
+    let values: &[u8] = match array.data_type() {
+        DataType::Utf8 => {
+            let strings = array.as_string::<i32>();
+            let offsets = strings.value_offsets();
+            &strings.value_data()[offsets[0] as usize..offsets[offsets.len() - 1] as usize]
+        }
+        DataType::Binary => {
+            let binaries = array.as_binary::<i32>();
+            let offsets = binaries.value_offsets();
+            &binaries.value_data()[offsets[0] as usize..offsets[offsets.len() - 1] as usize]
+        }
+        ty if ty.is_primitive() => {
+            let width = ty.primitive_width()?;
+            let buffer = data.buffers().first()?;
+            buffer
+                .as_slice()
+                .get(data.offset() * width..(data.offset() + data.len()) * width)?
+        }
+        _ => return None,
+    };
+    let sample = &values[..values.len().min(CODEC_SAMPLE_BYTES)];
+    if sample.len() < MIN_CODEC_SAMPLE_BYTES {
+        return None;
+    }
+    let compressed = zstd::bulk::compress(sample, 1).map_or(sample.len(), |c| c.len());
+    Some((compressed, sample.len()))
 }
 
 /// Streams the batches received on `rx` into Parquet data files of `table` (files roll at
@@ -408,7 +436,7 @@ mod tests {
             ("prices", Arc::new(Float64Array::from(prices))),
             ("words", Arc::new(StringArray::from(words))),
             (
-                KEYHASH,
+                "blob",
                 Arc::new(BinaryArray::from_iter_values(digests.iter())),
             ),
             ("small", Arc::new(Float64Array::from(vec![0.5f64; 100]))),
@@ -420,8 +448,25 @@ mod tests {
         assert_eq!(codec(&chosen, "random"), UNCOMPRESSED);
         assert_eq!(codec(&chosen, "prices"), codec(&zstd, "prices"));
         assert_eq!(codec(&chosen, "words"), codec(&zstd, "words"));
-        assert_eq!(codec(&chosen, KEYHASH), UNCOMPRESSED);
+        assert_eq!(codec(&chosen, "blob"), UNCOMPRESSED);
         assert!(matches!(codec(&chosen, "prices"), Codec::ZSTD(_)));
+        // A slice is judged on its own values: random bytes, then zeros.
+        let halves: Vec<Vec<u8>> = (0..2 * rows)
+            .map(|i| match i < rows {
+                true => (0..32).map(|_| rng.gen()).collect(),
+                false => vec![0; 32],
+            })
+            .collect();
+        let halves: ArrayRef = Arc::new(BinaryArray::from_iter_values(halves.iter()));
+        for (from, compressed) in [(0, false), (rows, true)] {
+            let slice = RecordBatch::try_from_iter([("half", halves.slice(from, rows))]).unwrap();
+            let chosen = skip_incompressible(zstd.clone(), &slice);
+            assert_eq!(
+                codec(&chosen, "half") != UNCOMPRESSED,
+                compressed,
+                "from {from}"
+            );
+        }
         // Too few bytes to judge: the codec stays.
         let kept = skip_incompressible(zstd.clone(), &small);
         assert_eq!(codec(&kept, "small"), codec(&zstd, "small"));

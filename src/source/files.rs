@@ -109,16 +109,21 @@ pub struct PendingFingerprint {
 
 impl PendingFingerprint {
     /// Starts fingerprinting `files`.
-    pub fn start(files: &[InputFile]) -> Self {
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the thread cannot be started.
+    pub fn start(files: &[InputFile]) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let cancel = Arc::new(AtomicBool::new(false));
         let (files, stop) = (files.to_vec(), cancel.clone());
-        std::thread::spawn(move || tx.send(fingerprint_unless(&files, &stop)));
-        PendingFingerprint {
+        std::thread::Builder::new()
+            .name("fingerprint".into())
+            .spawn(move || tx.send(fingerprint_unless(&files, &stop)))?;
+        Ok(PendingFingerprint {
             result: Some(rx),
             value: None,
             cancel,
-        }
+        })
     }
 
     /// The fingerprint, waiting for it the first time (the calling thread blocks: call it
@@ -183,12 +188,12 @@ mod tests {
         std::fs::write(dir.path().join("a.csv"), vec![b'x'; 3 << 20]).unwrap();
         std::fs::write(dir.path().join("b.csv"), "y").unwrap();
         let files = list_input_files(dir.path(), None).unwrap();
-        let mut pending = PendingFingerprint::start(&files);
+        let mut pending = PendingFingerprint::start(&files).unwrap();
         let expected = fingerprint(&files).unwrap();
         assert_eq!(pending.get().unwrap(), expected);
         assert_eq!(pending.get().unwrap(), expected, "asked twice");
         std::fs::remove_file(dir.path().join("b.csv")).unwrap();
-        let mut gone = PendingFingerprint::start(&files);
+        let mut gone = PendingFingerprint::start(&files).unwrap();
         assert!(
             matches!(gone.get(), Err(Error::Io(_))),
             "a missing file is an I/O error"

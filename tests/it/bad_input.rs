@@ -5,7 +5,7 @@ use std::process::Command;
 
 use tributary::Error;
 
-use crate::common::{Fixture, SIMPLE_COLUMNS};
+use crate::common::{data_files, Fixture, SIMPLE_COLUMNS};
 
 const TYPED: &str =
     "- {name: id, type: string, key: true}\n- {name: n, type: int}\n- {name: d, type: date}\n";
@@ -146,29 +146,6 @@ async fn a_failed_first_run_creates_no_table() {
     .unwrap_err();
     assert!(!fx.table_path("current").join("_delta_log").exists());
     assert!(!fx.table_path("history").join("_delta_log").exists());
-}
-
-/// Parquet data files under a table folder (any depth), sorted.
-fn data_files(table: &std::path::Path) -> Vec<String> {
-    let mut found: Vec<String> = walk(table)
-        .into_iter()
-        .filter(|p| p.ends_with(".parquet"))
-        .collect();
-    found.sort();
-    found
-}
-
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => walk(&e.path()),
-            _ => vec![e.path().display().to_string()],
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -175,3 +175,26 @@ pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Parquet data files under a table folder (any depth), sorted.
+pub fn data_files(table: &std::path::Path) -> Vec<String> {
+    let mut found: Vec<String> = walk(table)
+        .into_iter()
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    found.sort();
+    found
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&e.path()),
+            _ => vec![e.path().display().to_string()],
+        })
+        .collect()
+}

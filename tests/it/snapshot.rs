@@ -8,7 +8,7 @@ use tributary::generate::{generate, GenerateSpec};
 use tributary::run::RunOptions;
 use tributary::Error;
 
-use crate::common::{counts, find, op_counts, Fixture, SIMPLE_COLUMNS};
+use crate::common::{counts, data_files, find, op_counts, Fixture, SIMPLE_COLUMNS};
 
 /// The seed article's example: 10,000 records, 5 keys, 10 non-keys, 0.2/0.4/0.4, run with the
 /// seed repository's config.yaml (only the table paths moved into a temp folder).
@@ -530,5 +530,36 @@ async fn partitioned_current_tables_keep_partition_values_of_gone_rows() {
         let current = fx.rows("current").await;
         let e = find(&current, "id", "e")[0];
         assert_eq!((e["region"].as_str(), e["operation"].as_str()), ("eu", "U"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn columns_that_do_not_compress_are_written_uncompressed() {
+    use deltalake::parquet::basic::Compression as Codec;
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    use rand::{Rng, SeedableRng};
+    // `v` holds random doubles (zstd saves about 6%); `id` repeats a long prefix.
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+    let rows: String = (0..4000)
+        .map(|i| format!("customer-account-{i:08},{}\n", rng.gen::<f64>()))
+        .collect();
+    let input = fx.input("d1", "day1.csv", rows.as_bytes());
+    fx.run(&input, "2024-01-01").await.unwrap();
+    for role in ["current", "history"] {
+        let files = data_files(&fx.table_path(role));
+        assert_eq!(files.len(), 1, "{role}: {files:?}");
+        let reader = SerializedFileReader::new(std::fs::File::open(&files[0]).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let codec = |name: &str| {
+            group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .map(|c| c.compression())
+                .unwrap()
+        };
+        assert_eq!(codec("v"), Codec::UNCOMPRESSED, "{role}");
+        assert!(matches!(codec("id"), Codec::ZSTD(_)), "{role}");
     }
 }
