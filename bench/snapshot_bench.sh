@@ -39,7 +39,8 @@
 # estimate of what the run writes; generate the data; time the read floor of the day-2
 # input (`cat FILES > /dev/null`, then `tributary check CONFIG DIR --json`); for every
 # system run day 1 (2019-06-18, initial load) and day 2 (2019-06-19), each timed with
-# /usr/bin/time -f '%e %M' (via bench/measure.py). Then the day-2 output tables of every
+# /usr/bin/time -f '%e %M' (via bench/measure.py), after a `sync` (dirty pages of the step
+# before are written back first). Then the day-2 output tables of every
 # system are counted and compared row by row with tributary's (bench/table_counts.py)
 # and with the generator's split; any mismatch fails the script. Prints a Markdown
 # table and rewrites this configuration's section of bench/RESULTS.md (bench/report.py).
@@ -229,6 +230,10 @@ extra=$extra awk '/^extract_type:/ { printf "%s", ENVIRON["extra"]; next } { pri
 timed() {
     local label=$1 prefix=$2 stdout=$3
     shift 3
+    # The previous step's output is written back to disk first, so that no timed run pays
+    # (in kernel writeback on the same 2 cores) for the one before it: a daily job's day 1
+    # was written back long before its day 2.
+    sync
     if ! python3 "$BENCH_DIR/measure.py" "$prefix.measure.json" "$stdout" "$prefix.log" -- "$@"; then
         echo "error: $label failed: $*" >&2
         tail -n 30 "$prefix.log" >&2
