@@ -9,7 +9,7 @@
 //! partition count is chosen so that `workers` partitions fit in the workers' share. A run
 //! small enough to be held whole within both shares, beside what its workers hold beyond the
 //! partitions they take from the store, is not spilled: it gets enough partitions for that
-//! (at most twice the workers' count, or [`MAX_IN_MEMORY_PARTITIONS`]), and the store gets
+//! (at most twice what the workers' share needs, or [`MAX_IN_MEMORY_PARTITIONS`]), and the store gets
 //! both shares less the workers' part. That plan leans on the estimate: a run larger than
 //! estimated spills past the store's budget as any other, but its workers then hold more than
 //! planned beside a full store. Sizes are
@@ -41,7 +41,8 @@ pub const CURRENT_ROW_BYTES: u64 = 64;
 pub const ROW_GROUP_DIVISOR: u64 = 32;
 /// Most partitions a run uses (a few files per partition are kept while spilling).
 pub const MAX_PARTITIONS: usize = 1 << 14;
-/// Most partitions planned to hold a run whole, unless twice the workers' count is more.
+/// Most partitions planned to hold a run whole, unless twice what the workers' share needs is
+/// more.
 pub const MAX_IN_MEMORY_PARTITIONS: f64 = 16.0;
 
 /// The plan of one run.
@@ -93,7 +94,8 @@ impl MemoryPlan {
         let workers = cores.max(1);
         let needed = estimated as f64 * WORKING_SET_FACTOR * workers as f64 / work_budget;
         // Partitions for holding the run whole (see the module docs), unless that takes more
-        // than twice the workers' count (or 16): near the shared budget it grows without bound.
+        // than twice what the workers' share needs (or 16): near the shared budget it grows
+        // without bound.
         let beyond = (WORKING_SET_FACTOR - 1.0) * workers as f64;
         let in_memory = match shared - estimated as f64 {
             room if room > 0.0 => (beyond * estimated as f64 / room).ceil(),

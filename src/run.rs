@@ -228,14 +228,18 @@ pub async fn run(
 
     // Stage 3: diff partition by partition; write current and history as rows come out.
     let diffing = Instant::now();
-    // Tables this run creates (and removes again if it fails): all of them on a first run,
-    // the rejects table on a later one.
-    let created = lake::missing_tables(config);
+    // Tables this run creates (and removes again if it fails): those of a first run here,
+    // a new rejects table just before it is created.
+    let mut created = match &lake {
+        Some(_) => Vec::new(),
+        None => lake::missing_tables(config),
+    };
     let mut lake = match lake {
         Some(lake) => lake,
         None => {
             Lake::open(config, true)
-                .await?
+                .await
+                .inspect_err(|_| lake::remove_tables(&created))?
                 .ok_or_else(|| Error::Internal("tables not created".into()))?
                 .0
         }
@@ -346,6 +350,10 @@ pub async fn run(
     rejects.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
 
     let writing = Instant::now();
+    if !rejects.is_empty() {
+        let path = config.rejects_url.to_file_path().ok();
+        created.extend(path.filter(|p| !p.exists()));
+    }
     // Everything before the commit that can still fail: its error discards the data files
     // written so far (none of them is referenced yet) and the tables a first run created.
     let prepared = async {

@@ -173,16 +173,33 @@ fn sample_compression(array: &dyn Array) -> Option<(usize, usize)> {
 /// decides which columns are stored uncompressed ([`skip_incompressible`]).
 ///
 /// # Errors
-/// Delta, Parquet and object-store errors; the files written so far are left unreferenced.
+/// Delta, Parquet and object-store errors; the files finished so far are deleted again.
 pub async fn write_stream(
     table: DeltaTable,
     mut rx: tokio::sync::mpsc::Receiver<RecordBatch>,
     properties: WriterProperties,
 ) -> Result<Vec<Add>> {
+    let mut adds = Vec::new();
+    match stream_into(&table, &mut rx, properties, &mut adds).await {
+        Ok(()) => Ok(adds),
+        Err(e) => {
+            // Files already rolled are this writer's to delete: its caller never sees them.
+            discard_files(&table, &adds).await;
+            Err(e)
+        }
+    }
+}
+
+/// The body of [`write_stream`]: each finished file's `add` goes to `adds` as it is rolled.
+async fn stream_into(
+    table: &DeltaTable,
+    rx: &mut tokio::sync::mpsc::Receiver<RecordBatch>,
+    properties: WriterProperties,
+    adds: &mut Vec<Add>,
+) -> Result<()> {
     // Files are rolled here rather than with the writer's target file size, which makes it
     // write in 1,024-row slices (several times slower on wide rows).
     let mut writer: Option<RecordBatchWriter> = None;
-    let mut adds = Vec::new();
     while let Some(batch) = rx.recv().await {
         if batch.num_rows() == 0 {
             continue;
@@ -190,7 +207,7 @@ pub async fn write_stream(
         let writer = match &mut writer {
             Some(writer) => writer,
             None => writer.insert(
-                RecordBatchWriter::for_table(&table)?
+                RecordBatchWriter::for_table(table)?
                     .with_writer_properties(skip_incompressible(properties.clone(), &batch)),
             ),
         };
@@ -205,7 +222,7 @@ pub async fn write_stream(
     if let Some(mut writer) = writer {
         adds.extend(writer.flush().await?);
     }
-    Ok(adds)
+    Ok(())
 }
 
 /// Deletes data files that were written but will not be committed (a refused or failed run).
@@ -467,6 +484,14 @@ mod tests {
                 "from {from}"
             );
         }
+        // Empty arrays and empty slices keep their codec (and do not panic).
+        let empty = RecordBatch::try_from_iter([("half", halves.slice(rows, 0))]).unwrap();
+        let kept = skip_incompressible(zstd.clone(), &empty);
+        assert_eq!(codec(&kept, "half"), codec(&zstd, "half"));
+        let none_yet: ArrayRef = Arc::new(Float64Array::from(Vec::<f64>::new()));
+        let empty = RecordBatch::try_from_iter([("random", none_yet)]).unwrap();
+        let kept = skip_incompressible(zstd.clone(), &empty);
+        assert_eq!(codec(&kept, "random"), codec(&zstd, "random"));
         // Too few bytes to judge: the codec stays.
         let kept = skip_incompressible(zstd.clone(), &small);
         assert_eq!(codec(&kept, "small"), codec(&zstd, "small"));

@@ -251,8 +251,7 @@ impl Lake {
     }
 }
 
-/// The local folders of the current, history, applied-files and rejects tables that do not
-/// exist yet.
+/// The local folders of the current, history and applied-files tables that do not exist yet.
 /// Folders that exist (even without a table) and tables elsewhere are not listed: a failed first
 /// run leaves an empty table there, which the next run uses as it is.
 pub fn missing_tables(config: &TableConfig) -> Vec<std::path::PathBuf> {
@@ -260,7 +259,6 @@ pub fn missing_tables(config: &TableConfig) -> Vec<std::path::PathBuf> {
         &config.current_url,
         &config.history_url,
         &config.applied_url,
-        &config.rejects_url,
     ]
     .into_iter()
     .filter_map(|url| url.to_file_path().ok())
