@@ -97,9 +97,9 @@ impl ByteSizeText {
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Snappy,
-    /// Level 1 (the default): on the seed shape at 1M rows it wrote a current table 29% smaller
-    /// than snappy (206 against 290 MiB) in 9% less time (`bench/RESULTS.md`), as hex keys
-    /// entropy-code and random floats compress under neither.
+    /// Level 1 (the default): on the seed shape at 1M rows it writes a current table 27%
+    /// smaller than snappy (221 against 304 MB) in about the same time (`bench/RESULTS.md`),
+    /// as hex keys entropy-code under zstd and barely shrink under snappy.
     #[default]
     Zstd,
     None,
