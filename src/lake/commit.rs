@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use deltalake::arrow::array::{Array, AsArray, RecordBatch};
-use deltalake::arrow::datatypes::DataType;
+use deltalake::arrow::array::{Array, AsArray, GenericByteArray, RecordBatch};
+use deltalake::arrow::datatypes::{ByteArrayType, DataType};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -140,16 +140,8 @@ pub fn skip_incompressible(properties: WriterProperties, sample: &RecordBatch) -
 fn sample_compression(array: &dyn Array) -> Option<(usize, usize)> {
     let data = array.to_data();
     let values: &[u8] = match array.data_type() {
-        DataType::Utf8 => {
-            let strings = array.as_string::<i32>();
-            let offsets = strings.value_offsets();
-            &strings.value_data()[offsets[0] as usize..offsets[offsets.len() - 1] as usize]
-        }
-        DataType::Binary => {
-            let binaries = array.as_binary::<i32>();
-            let offsets = binaries.value_offsets();
-            &binaries.value_data()[offsets[0] as usize..offsets[offsets.len() - 1] as usize]
-        }
+        DataType::Utf8 => byte_values(array.as_string::<i32>()),
+        DataType::Binary => byte_values(array.as_binary::<i32>()),
         ty if ty.is_primitive() => {
             let width = ty.primitive_width()?;
             let buffer = data.buffers().first()?;
@@ -165,6 +157,12 @@ fn sample_compression(array: &dyn Array) -> Option<(usize, usize)> {
     }
     let compressed = zstd::bulk::compress(sample, 1).map_or(sample.len(), |c| c.len());
     Some((compressed, sample.len()))
+}
+
+/// The value bytes of a string or binary array, without offsets (a slice's own only).
+fn byte_values<T: ByteArrayType<Offset = i32>>(array: &GenericByteArray<T>) -> &[u8] {
+    let offsets = array.value_offsets();
+    &array.value_data()[offsets[0] as usize..offsets[offsets.len() - 1] as usize]
 }
 
 /// Streams the batches received on `rx` into Parquet data files of `table` (files roll at

@@ -102,7 +102,7 @@ pub fn fingerprint(files: &[InputFile]) -> Result<String> {
 /// every byte of the input once more, which takes a core about 0.1 s per 400 MB). Dropping it
 /// stops the thread at its next read.
 pub struct PendingFingerprint {
-    result: Option<std::sync::mpsc::Receiver<Result<String>>>,
+    task: Option<std::thread::JoinHandle<Result<String>>>,
     value: Option<String>,
     cancel: Arc<AtomicBool>,
 }
@@ -113,14 +113,13 @@ impl PendingFingerprint {
     /// # Errors
     /// [`Error::Io`] when the thread cannot be started.
     pub fn start(files: &[InputFile]) -> Result<Self> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let cancel = Arc::new(AtomicBool::new(false));
         let (files, stop) = (files.to_vec(), cancel.clone());
-        std::thread::Builder::new()
+        let task = std::thread::Builder::new()
             .name("fingerprint".into())
-            .spawn(move || tx.send(fingerprint_unless(&files, &stop)))?;
+            .spawn(move || fingerprint_unless(&files, &stop))?;
         Ok(PendingFingerprint {
-            result: Some(rx),
+            task: Some(task),
             value: None,
             cancel,
         })
@@ -130,12 +129,12 @@ impl PendingFingerprint {
     /// inside `block_in_place` on a tokio runtime).
     ///
     /// # Errors
-    /// I/O errors reading the files; [`Error::Internal`] if the thread died.
+    /// I/O errors reading the files; [`Error::Internal`] if the thread panicked.
     pub fn get(&mut self) -> Result<String> {
-        if let Some(rx) = self.result.take() {
-            let value = rx
-                .recv()
-                .map_err(|_| Error::Internal("the fingerprint thread died".into()))??;
+        if let Some(task) = self.task.take() {
+            let value = task
+                .join()
+                .map_err(|_| Error::Internal("the fingerprint thread panicked".into()))??;
             self.value = Some(value);
         }
         self.value
