@@ -110,9 +110,12 @@ def tributary_table(summ):
         plan, spill = mem.get("plan") or {}, mem.get("spill") or {}
         stages = " | ".join(f"{st[k]:.2f}" if k in st else "-" for k in
                             ("read_secs", "scan_secs", "diff_secs", "write_secs", "commit_secs"))
+        # A streamed run has no partitions nor workers: its diff probes an in-memory index.
+        partitions = "streamed" if plan.get("streamed") else plan.get("partitions", "-")
+        workers = "-" if plan.get("streamed") else plan.get("workers", "-")
         lines.append(f"| day {d[-1]} | {stages} | {j['elapsed_secs']:.2f} | "
-                     f"{mib(plan.get('limit_bytes'))} | {plan.get('partitions', '-')} | "
-                     f"{plan.get('workers', '-')} | {mib(spill.get('spilled_bytes'))} | "
+                     f"{mib(plan.get('limit_bytes'))} | {partitions} | "
+                     f"{workers} | {mib(spill.get('spilled_bytes'))} | "
                      f"{spill.get('spills', '-')} | {mib(mem.get('peak_rss_bytes'))} |")
     return "\n".join(lines)
 
@@ -224,7 +227,10 @@ interpreter/JVM start-up); peak RSS is the larger of `%M` and the process tree's
 RSS sampled every 50 ms (the latter is what counts for PySpark, whose JVM the Python driver
 does not reap). rows/s = rows read / wall s. in-process s = the engine's own timer
 (tributary `elapsed_secs`, DuckDB script `elapsed_secs`, PySpark `job_secs` = after session start-up).
-tributary's stage times, memory plan and spill figures are from its `run --json` summary.
+tributary's stage times, memory plan and spill figures are from its `run --json` summary; a
+"streamed" day diffs each batch against an in-memory index of the current table as it is read
+(docs/memory.md): its read s include the diff and the writing, its scan s overlap them, and its
+diff s are the gone rows' read-back alone.
 Read floor: timed after generating the data and before any system ran, `cat` first (so it
 also pulls the files into the page cache if they fit), then `tributary check`; its wall s
 come from a ms-resolution timer around the process; "full run / this" = tributary's day-2

@@ -52,7 +52,8 @@ pub struct ConfigFile {
     pub memory_limit: Option<ByteSizeText>,
     /// Folder for spill files; default the system temporary folder (`TMPDIR`).
     pub spill_dir: Option<String>,
-    /// Keyhash partitions of the diff, overriding the memory plan's choice (tuning and tests).
+    /// Keyhash partitions of the diff, overriding the memory plan's choice (tuning and tests);
+    /// set, the run is never streamed past an in-memory index (docs/memory.md).
     pub partitions: Option<usize>,
     /// Parquet compression of the written data files: `zstd` (level 1, the default), `snappy`
     /// or `none`.

@@ -104,7 +104,7 @@ impl OpCounts {
         self.unchanged += other.unchanged;
     }
 
-    fn add(&mut self, op: Op, n: u64) {
+    pub(crate) fn add(&mut self, op: Op, n: u64) {
         match op {
             Op::Insert => self.inserted += n,
             Op::Update => self.updated += n,
@@ -167,6 +167,26 @@ pub struct Diff {
     pub counts: OpCounts,
 }
 
+/// The operation and `eff_start_date` of an incoming row with nonkeyhash `supplied`, given the
+/// current row of its key (nonkeyhash, eff_start_date), if any: the first three rows of the
+/// table in the module docs.
+pub fn outcome(current: Option<(Key, i32)>, supplied: Key, run_date: i32) -> (Op, i32) {
+    match current {
+        None => (Op::Insert, run_date),
+        Some((old, eff)) if old == supplied => (Op::NoChange, eff),
+        Some(_) => (Op::Update, run_date),
+    }
+}
+
+/// The operation of current rows whose key an extract does not supply: D for a full extract,
+/// X for a delta extract (the last two rows of the table in the module docs).
+pub fn gone_op(extract: ExtractType) -> Op {
+    match extract {
+        ExtractType::Full => Op::Delete,
+        ExtractType::Delta => Op::NotSupplied,
+    }
+}
+
 /// Classifies incoming rows (given as per-batch keyhash/nonkeyhash columns, keys unique) against
 /// the current index. `run_date` is the business date in days since the Unix epoch.
 pub fn classify<'a>(
@@ -180,20 +200,16 @@ pub fn classify<'a>(
     for (keys, nonkeys) in incoming {
         let mut ops = Vec::with_capacity(keys.len());
         for i in 0..keys.len() {
-            let (op, eff) = match map.remove(&key(keys.value(i))) {
-                None => (Op::Insert, run_date),
-                Some((old, eff, _)) if old == key(nonkeys.value(i)) => (Op::NoChange, eff),
-                Some(_) => (Op::Update, run_date),
-            };
+            let found = map
+                .remove(&key(keys.value(i)))
+                .map(|(old, eff, _)| (old, eff));
+            let (op, eff) = outcome(found, key(nonkeys.value(i)), run_date);
             diff.counts.add(op, 1);
             ops.push((op, eff));
         }
         diff.incoming.push(ops);
     }
-    let gone_op = match extract {
-        ExtractType::Full => Op::Delete,
-        ExtractType::Delta => Op::NotSupplied,
-    };
+    let gone_op = gone_op(extract);
     diff.counts.add(gone_op, map.len() as u64);
     diff.gone_op = (!map.is_empty()).then_some(gone_op);
     diff.gone = map.into_values().map(|(_, _, row)| row).collect();

@@ -1,4 +1,6 @@
-//! The diff of one keyhash partition: duplicate keys, classification and the output rows.
+//! The diff of one keyhash partition: duplicate keys, classification and the output rows; and of
+//! one incoming batch of a run streamed past an in-memory index of the current table
+//! ([`JoinContext::probe`], [`index_current`]).
 //!
 //! Input: the partition's incoming rows ([`incoming_schema`]: the typed payload, `keyhash`,
 //! `nonkeyhash`, and the row's file index and line) and its current rows ([`current_schema`]:
@@ -14,7 +16,7 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray, UInt32Array,
     UInt64Array,
 };
-use deltalake::arrow::compute::{concat_batches, filter_record_batch, BatchCoalescer};
+use deltalake::arrow::compute::{concat_batches, filter, filter_record_batch, BatchCoalescer};
 use deltalake::arrow::datatypes::{
     DataType, Date32Type, Field, Schema, SchemaRef, UInt32Type, UInt64Type,
 };
@@ -22,6 +24,7 @@ use deltalake::arrow::datatypes::{
 use crate::config::TableConfig;
 use crate::diff::{classify, key, CurrentIndex, DigestMap, Op, OpCounts};
 use crate::error::{Error, Result};
+use crate::probe::Probe;
 use crate::schema::{hashed_schema, EFF_START_DATE, KEYHASH, NONKEYHASH, OPERATION};
 use crate::source::{HashedBatch, InputFile, Reject, RowErrors, BATCH_ROWS};
 
@@ -66,6 +69,27 @@ pub fn gone_rows(batch: RecordBatch, op: Op, run_date: i32) -> Result<RecordBatc
         columns[schema.index_of(EFF_START_DATE)?] = Arc::new(Date32Array::from(vec![run_date; n]));
     }
     Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// Adds scanned current rows ([`current_schema`]) to the in-memory index of a streamed run.
+///
+/// # Errors
+/// [`Error::Arrow`] when `batch` lacks a column of [`current_schema`].
+pub fn index_current(probe: &mut Probe, batch: &RecordBatch) -> Result<()> {
+    let (keys, nonkeys, effs) = (
+        column(batch, KEYHASH)?,
+        column(batch, NONKEYHASH)?,
+        column(batch, EFF_START_DATE)?,
+    );
+    let (files, rows) = (column(batch, CURRENT_FILE)?, column(batch, CURRENT_ROW)?);
+    probe.add_current(
+        keys.as_binary::<i32>(),
+        nonkeys.as_binary::<i32>(),
+        effs.as_primitive::<Date32Type>(),
+        files.as_primitive::<UInt32Type>(),
+        rows.as_primitive::<UInt32Type>(),
+    );
+    Ok(())
 }
 
 /// Schema of incoming rows while partitioned: payload columns, `keyhash`, `nonkeyhash`, and
@@ -164,26 +188,8 @@ impl JoinContext<'_> {
         };
         let payload_width = self.table_schema.fields().len() - 4;
         for ((batch, (keys, nonkeys)), ops) in incoming.iter().zip(in_digests).zip(diff.incoming) {
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let mut columns: Vec<ArrayRef> = batch.columns()[..payload_width].to_vec();
-            columns.push(keys);
-            columns.push(nonkeys);
-            columns.push(Arc::new(StringArray::from_iter_values(
-                ops.iter().map(|(op, _)| op.code()),
-            )));
-            columns.push(Arc::new(Date32Array::from_iter_values(
-                ops.iter().map(|(_, eff)| *eff),
-            )));
-            let full = RecordBatch::try_new(self.table_schema.clone(), columns)?;
-            let changed: BooleanArray = ops.iter().map(|(op, _)| Some(op.in_history())).collect();
-            match changed.true_count() {
-                0 => {}
-                n if n == full.num_rows() => out.history.push(full.clone()),
-                _ => out.history.push(filter_record_batch(&full, &changed)?),
-            }
-            out.current.push(full);
+            let payload = &batch.columns()[..payload_width];
+            self.output(payload, keys, nonkeys, &ops, &mut out)?;
         }
         if !diff.gone.is_empty() {
             let files = column(&current, CURRENT_FILE)?;
@@ -199,6 +205,95 @@ impl JoinContext<'_> {
                 .collect();
         }
         Ok(out)
+    }
+
+    /// Adds classified incoming rows (payload columns, digests, and each row's operation and
+    /// `eff_start_date`) to `out` in the table schema: all to the current table, the changed
+    /// ones (I, U) to the history table.
+    fn output(
+        &self,
+        payload: &[ArrayRef],
+        keys: ArrayRef,
+        nonkeys: ArrayRef,
+        ops: &[(Op, i32)],
+        out: &mut PartitionDiff,
+    ) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = payload.to_vec();
+        columns.push(keys);
+        columns.push(nonkeys);
+        columns.push(Arc::new(StringArray::from_iter_values(
+            ops.iter().map(|(op, _)| op.code()),
+        )));
+        columns.push(Arc::new(Date32Array::from_iter_values(
+            ops.iter().map(|(_, eff)| *eff),
+        )));
+        let full = RecordBatch::try_new(self.table_schema.clone(), columns)?;
+        let changed: BooleanArray = ops.iter().map(|(op, _)| Some(op.in_history())).collect();
+        match changed.true_count() {
+            0 => {}
+            n if n == full.num_rows() => out.history.push(full.clone()),
+            _ => out.history.push(filter_record_batch(&full, &changed)?),
+        }
+        out.current.push(full);
+        Ok(())
+    }
+
+    /// Diffs one incoming batch, read in file and line order, against the in-memory index of
+    /// the current table: its rows classified, a key already supplied set aside as a
+    /// duplicate (a bad row naming the first), output rows in `out` ([`Self::output`]).
+    ///
+    /// # Errors
+    /// [`Error::BadRow`] for a duplicate key under `on_error: fail`; Arrow errors.
+    pub(crate) fn probe(
+        &self,
+        probe: &mut Probe,
+        batch: HashedBatch,
+        errors: &mut RowErrors,
+        out: &mut PartitionDiff,
+    ) -> Result<()> {
+        let file = u32::try_from(batch.file)
+            .map_err(|_| Error::Internal("more than 2^32 input files".into()))?;
+        let probed = probe.probe(&batch.keyhash, &batch.nonkeyhash, file, &batch.lines);
+        let (mut payload, mut keys, mut nonkeys) = (batch.payload, batch.keyhash, batch.nonkeyhash);
+        if !probed.duplicates.is_empty() {
+            let payload_width = self.table_schema.fields().len() - 4;
+            let mut keep = vec![true; payload.num_rows()];
+            for duplicate in &probed.duplicates {
+                let err = Error::bad_row(
+                    self.files[batch.file].display(),
+                    batch.lines[duplicate.row],
+                    None,
+                    format!(
+                        "duplicate key: first seen at {}, line {}",
+                        self.files[duplicate.first_file as usize].display(),
+                        duplicate.first_line
+                    ),
+                );
+                errors.push(err, || {
+                    row_text(
+                        &payload,
+                        payload_width,
+                        duplicate.row,
+                        self.config.delimiter,
+                    )
+                })?;
+                keep[duplicate.row] = false;
+            }
+            let keep = BooleanArray::from(keep);
+            payload = filter_record_batch(&payload, &keep)?;
+            keys = filter(&keys, &keep)?.as_binary::<i32>().clone();
+            nonkeys = filter(&nonkeys, &keep)?.as_binary::<i32>().clone();
+        }
+        self.output(
+            payload.columns(),
+            Arc::new(keys),
+            Arc::new(nonkeys),
+            &probed.ops,
+            out,
+        )
     }
 
     /// Keeps the first row of each key in file and line order; the others are bad rows

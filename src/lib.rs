@@ -2,8 +2,10 @@
 //!
 //! Data flows one way: `source` (extract files to typed, hashed batches) → `spill` (both sides
 //! partitioned by keyhash, within the memory `plan`) → `join`/`diff` (operations per row, one
-//! partition at a time) → `lake` (current and history Delta tables, committed together). `run`
-//! ties the stages together for one business day; `generate` makes synthetic data.
+//! partition at a time) → `lake` (current and history Delta tables, committed together). A run
+//! whose current table fits in memory as an index skips the partitions: `source` → `probe`
+//! (each batch classified as it is read) → `join` (output rows) → `lake`. `run` ties the stages
+//! together for one business day; `generate` makes synthetic data.
 //!
 //! Change logs take a shorter path: `source::changes` (DMS and Debezium files to
 //! [`change::ChangeBatch`]es) → `change` (last change per key) → `apply` (impacted files of
@@ -24,6 +26,7 @@ pub mod hash;
 pub mod join;
 pub mod lake;
 pub mod plan;
+pub mod probe;
 pub mod progress;
 pub mod rejects;
 pub mod run;

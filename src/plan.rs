@@ -16,6 +16,10 @@
 //! estimates made before reading: Arrow bytes per input byte differ by format, and the current
 //! table is held as its join columns only: its row count (from the data files' footers) times
 //! [`CURRENT_ROW_BYTES`].
+//!
+//! A later run whose current table and new keys fit in both shares as an in-memory index
+//! ([`probe_fits`]) is not partitioned at all: each incoming batch probes the index as it is
+//! read (`probe`), and the plan is marked `streamed` (no partitions, workers nor store).
 
 use crate::config::InputFormat;
 
@@ -45,6 +49,21 @@ pub const MAX_PARTITIONS: usize = 1 << 14;
 /// more.
 pub const MAX_IN_MEMORY_PARTITIONS: f64 = 16.0;
 
+/// Bytes per entry of the in-memory index of a streamed run ([`probe::ENTRY_BYTES`]).
+///
+/// [`probe::ENTRY_BYTES`]: crate::probe::ENTRY_BYTES
+pub const PROBE_ENTRY_BYTES: u64 = crate::probe::ENTRY_BYTES;
+
+/// Whether a later run can be streamed past an in-memory index ([`crate::probe`]) within
+/// `limit` bytes: an entry for each of the `current_rows` and for up to twice the
+/// `incoming_rows` estimated (each could be a new key) fits in both shares of the limit,
+/// the rest being left for the batches in flight and the table writers as in a partitioned
+/// run.
+pub fn probe_fits(limit: u64, current_rows: u64, incoming_rows: u64) -> bool {
+    let entries = current_rows.saturating_add(incoming_rows.saturating_mul(2));
+    entries.saturating_mul(PROBE_ENTRY_BYTES) as f64 <= limit as f64 * (STORE_SHARE + WORK_SHARE)
+}
+
 /// The plan of one run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct MemoryPlan {
@@ -52,6 +71,9 @@ pub struct MemoryPlan {
     pub limit_bytes: u64,
     /// Bytes of partitions held in memory while reading; past it they spill.
     pub store_budget_bytes: u64,
+    /// Whether the run is streamed past an in-memory index of the current table
+    /// ([`probe_fits`]): then it has no partitions, workers nor store.
+    pub streamed: bool,
     /// Keyhash partitions of the diff.
     pub partitions: usize,
     /// Partitions diffed at once.
@@ -116,6 +138,7 @@ impl MemoryPlan {
         };
         MemoryPlan {
             limit_bytes: limit,
+            streamed: false,
             store_budget_bytes: store_budget as u64,
             partitions,
             workers,
@@ -125,9 +148,37 @@ impl MemoryPlan {
     }
 }
 
+impl MemoryPlan {
+    /// This plan for a streamed run: no partitions, workers nor store.
+    pub fn streamed(self) -> Self {
+        MemoryPlan {
+            streamed: true,
+            store_budget_bytes: 0,
+            partitions: 0,
+            workers: 0,
+            ..self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_are_streamed_while_the_index_fits_both_shares() {
+        let gib = 1u64 << 30;
+        // 1M rows of the seed shape against 1M current rows: 3M entries, 336 MB.
+        assert!(probe_fits(gib, 1_000_000, 1_000_000));
+        // 10M rows against 10M: 3.4 GB.
+        assert!(!probe_fits(gib, 10_000_000, 10_000_000));
+        // The bound: entries * bytes within 70% of the limit.
+        let entries = (gib as f64 * (STORE_SHARE + WORK_SHARE)) as u64 / PROBE_ENTRY_BYTES;
+        assert!(probe_fits(gib, entries, 0));
+        assert!(!probe_fits(gib, entries + 1, 0));
+        assert!(!probe_fits(gib, entries - 1, 1));
+        assert!(!probe_fits(gib, 0, u64::MAX));
+    }
 
     #[test]
     fn small_runs_use_one_partition() {

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use chrono::NaiveDate;
 use deltalake::arrow::array::RecordBatch;
+use deltalake::kernel::Add;
+use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::DeltaTable;
 use tokio::runtime::RuntimeFlavor;
 use tokio::sync::mpsc::Sender;
@@ -16,17 +18,18 @@ use tracing::Instrument;
 use crate::config::{ExtractType, TableConfig};
 use crate::diff::{Op, OpCounts};
 use crate::error::{Error, Result};
-use crate::join::{self, JoinContext};
+use crate::join::{self, JoinContext, PartitionDiff};
 use crate::lake::current::{self, DataFiles, Picks};
 use crate::lake::{
     self, write_files, write_stream, writer_properties, Lake, Planned, RunRecord, CURRENT, HISTORY,
     REJECTS,
 };
 use crate::plan::{self, MemoryPlan};
+use crate::probe::Probe;
 use crate::progress::Progress;
 use crate::schema::{table_schema, KEYHASH};
-use crate::source::{self, list_input_files, PendingFingerprint, Reject};
-use crate::spill::{Partitioner, SharedStore, SpillStore};
+use crate::source::{self, list_input_files, PendingFingerprint, ReadStats, Reject, RowErrors};
+use crate::spill::{Partitioner, SharedStore, SpillStats, SpillStore};
 use crate::summary::{MemorySummary, RunSummary, StageTimes, TableSummary};
 
 /// Flags of `tributary run`.
@@ -49,7 +52,9 @@ pub fn epoch_days(date: NaiveDate) -> i32 {
 ///
 /// Memory stays within about `memory_limit` (see `plan`): both sides are partitioned by
 /// keyhash, partitions past the budget spill to `spill_dir`, and data files are written as the
-/// diff produces rows. Needs a multi-threaded tokio runtime.
+/// diff produces rows. A later run of CSV input whose current table fits in memory as an index
+/// (`plan::probe_fits`; no `partitions` in the config) is streamed instead: each batch is
+/// diffed as it is read, in file order (`probe`). Needs a multi-threaded tokio runtime.
 ///
 /// # Errors
 /// [`Error::Refused`] for a repeated date with other input, an older date or a mass delete
@@ -169,135 +174,88 @@ pub async fn run(
         cores,
         config.partitions,
     );
-    tracing::debug!(?memory, "memory plan");
-    let partitioner = Partitioner::new(memory.partitions);
-    let incoming_schema = join::incoming_schema(config);
+    // A later run whose current table fits in memory as an index is streamed past it.
+    let incoming_rows = match (&lake, &data_files, config.partitions) {
+        (Some(_), Some(_), None) => source::estimate_csv_rows(&files)?,
+        _ => None,
+    };
+    let memory = match incoming_rows {
+        Some(rows) if plan::probe_fits(config.memory_limit, base_rows, rows) => memory.streamed(),
+        _ => memory,
+    };
+    tracing::debug!(?memory, ?incoming_rows, "memory plan");
     let schema = table_schema(&config.typed_columns());
-    let current_schema = join::current_schema(&schema)?;
-    let mut store = SpillStore::new(
-        vec![incoming_schema.clone(), current_schema.clone()],
-        memory.partitions,
-        memory.store_budget_bytes as usize,
-        &config.spill_dir,
-    )?;
-
-    // Stage 1: read, cast and hash the input, partitioned by keyhash.
-    let reading = Instant::now();
-    let progress = Progress::bytes("reading", total_bytes);
-    let read_stats = {
-        let _span = tracing::info_span!("read", files = files.len(), bytes = total_bytes).entered();
-        let keyhash_at = incoming_schema.index_of(KEYHASH)?;
-        let mut sink = |batch| -> Result<()> {
-            let batch = join::incoming_batch(&incoming_schema, batch)?;
-            for (p, piece) in partitioner.split(&batch, keyhash_at)? {
-                store.push(INCOMING, p, piece)?;
-            }
-            Ok(())
-        };
-        tokio::task::block_in_place(|| source::read(config, &files, &progress, &mut sink))?
+    let context = JoinContext {
+        config,
+        files: &files,
+        incoming_schema: join::incoming_schema(config),
+        table_schema: schema.clone(),
+        current_schema: join::current_schema(&schema)?,
+        run_date: date,
     };
-    progress.finish();
-    let read_secs = reading.elapsed().as_secs_f64();
-
-    // Stage 2: the current table's join columns and row positions, partitioned the same way.
-    let scanning = Instant::now();
-    if let Some(files) = &data_files {
-        let keyhash_at = current_schema.index_of(KEYHASH)?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel(2 * cores);
-        let producer = files.scan_keys(current_schema.clone(), cores, tx);
-        let consumer = async {
-            while let Some(batch) = rx.recv().await {
-                tokio::task::block_in_place(|| -> Result<()> {
-                    for (p, piece) in partitioner.split(&batch, keyhash_at)? {
-                        store.push(CURRENT_SIDE, p, piece)?;
-                    }
-                    Ok(())
-                })?;
-            }
-            Ok::<(), Error>(())
-        };
-        let (produced, consumed) = async { tokio::join!(producer, consumer) }
-            .instrument(tracing::info_span!("scan", rows = base_rows))
-            .await;
-        // The consumer's error first: the producer only sees its receiver gone.
-        consumed?;
-        produced?;
-    }
-    let current_rows = store.rows(CURRENT_SIDE);
-    let scan_secs = scanning.elapsed().as_secs_f64();
-
-    // Stage 3: diff partition by partition; write current and history as rows come out.
-    let diffing = Instant::now();
-    // Tables this run creates (and removes again if it fails): those of a first run here,
-    // a new rejects table just before it is created.
-    let mut created = match &lake {
-        Some(_) => Vec::new(),
-        None => lake::missing_tables(config),
-    };
-    let mut lake = match lake {
-        Some(lake) => lake,
-        None => {
-            Lake::open(config, true)
-                .await
-                .inspect_err(|_| lake::remove_tables(&created))?
-                .ok_or_else(|| Error::Internal("tables not created".into()))?
-                .0
-        }
-    };
-    let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
-    let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
     // A single key column is unique in both tables' files (history: per business date).
     let properties = writer_properties(
         config.compression,
         memory.row_group_bytes as usize,
         &config.unique_columns(),
     );
-    let current_writer = tokio::spawn(write_stream(
-        lake.current.clone(),
-        current_rx,
-        properties.clone(),
-    ));
-    let history_writer = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
-    let store = store.into_shared();
-    let picks = Mutex::new(Picks::new(&rows_per_file));
-    let joined = {
-        let _span = tracing::info_span!("diff", partitions = memory.partitions).entered();
-        let context = JoinContext {
-            config,
-            files: &files,
-            incoming_schema: incoming_schema.clone(),
-            table_schema: schema.clone(),
-            current_schema: current_schema.clone(),
-            run_date: date,
-        };
-        tokio::task::block_in_place(|| {
-            diff_partitions(
-                &context,
-                &store,
-                memory,
-                &picks,
-                current_tx.clone(),
-                history_tx.clone(),
-            )
-        })
+    let progress = Progress::bytes("reading", total_bytes);
+    let stages = Stages {
+        context: &context,
+        progress: &progress,
+        rows_per_file: &rows_per_file,
+        cores,
     };
-    let outcome = check_outcome(config, options, joined, current_rows);
-    // Stage 3b: whole rows of the keys that left the extract, read back by position: D rows
-    // into history (full extract), X rows into current (delta extract).
-    // Poisoned only by a panicked worker, whose error `outcome` already holds.
-    let picks = picks
-        .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Tables this run creates (and removes again if it fails): those of a first run here,
+    // a new rejects table just before it is created.
+    let mut created = Vec::new();
+    let (mut lake, writers, joined) = match (lake, &data_files) {
+        (Some(lake), Some(data_files)) if memory.streamed => {
+            let writers = Writers::start(&lake, properties);
+            let joined = stages.streamed(data_files, &writers).await;
+            (lake, writers, joined)
+        }
+        (lake, data_files) => {
+            // Read before the tables are created: a run failing on its input leaves no trace.
+            let partitioned = stages.partition(data_files.as_ref(), memory).await?;
+            let lake = match lake {
+                Some(lake) => lake,
+                None => {
+                    created = lake::missing_tables(config);
+                    Lake::open(config, true)
+                        .await
+                        .inspect_err(|_| lake::remove_tables(&created))?
+                        .ok_or_else(|| Error::Internal("tables not created".into()))?
+                        .0
+                }
+            };
+            let writers = Writers::start(&lake, properties);
+            let joined = stages.diff(partitioned, memory, &writers);
+            (lake, writers, joined)
+        }
+    };
+    let Joined {
+        read_stats,
+        diffed,
+        picks,
+        current_rows,
+        spill,
+        mut times,
+    } = joined;
+    let outcome = check_outcome(config, options, diffed, current_rows);
+    // Whole rows of the keys that left the extract, read back by position: D rows into
+    // history (full extract), X rows into current (delta extract).
+    let gone = Instant::now();
     let outcome = match (outcome, &data_files) {
         (Ok(mut diffed), Some(files)) if picks.count() > 0 => {
             let (tx, op, written) = match config.extract_type {
                 ExtractType::Full => (
-                    history_tx.clone(),
+                    writers.history_tx.clone(),
                     Op::Delete,
                     &mut diffed.history_rows_written,
                 ),
                 ExtractType::Delta => (
-                    current_tx.clone(),
+                    writers.current_tx.clone(),
                     Op::NotSupplied,
                     &mut diffed.current_rows_written,
                 ),
@@ -318,14 +276,10 @@ pub async fn run(
         }
         (outcome, _) => outcome,
     };
-    drop((current_tx, history_tx));
-    let diff_secs = diffing.elapsed().as_secs_f64();
+    times.diff_secs += gone.elapsed().as_secs_f64();
     let flushing = Instant::now();
-    let current_adds = lake::join_writer(current_writer).await;
-    let history_adds = lake::join_writer(history_writer).await;
-    let write_secs = flushing.elapsed().as_secs_f64();
-    let spill = store.stats();
-    drop(store);
+    let (current_adds, history_adds) = writers.finish().await;
+    times.write_secs = flushing.elapsed().as_secs_f64();
     let (diffed, current_adds, history_adds) = match (outcome, current_adds, history_adds) {
         (Ok(d), Ok(c), Ok(h)) => (d, c, h),
         (outcome, c, h) => {
@@ -408,7 +362,7 @@ pub async fn run(
         adds: history_adds,
         removes: history_removes,
     };
-    let write_secs = write_secs + writing.elapsed().as_secs_f64();
+    times.write_secs += writing.elapsed().as_secs_f64();
 
     let committing = Instant::now();
     summary.fingerprint = fingerprint.clone();
@@ -459,13 +413,8 @@ pub async fn run(
     summary.counts = diffed.counts;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     summary.rows_per_sec = read_stats.rows_read as f64 / summary.elapsed_secs.max(1e-9);
-    summary.stages = StageTimes {
-        read_secs,
-        scan_secs,
-        diff_secs,
-        write_secs,
-        commit_secs,
-    };
+    times.commit_secs = commit_secs;
+    summary.stages = times;
     summary.memory = Some(MemorySummary {
         plan: memory,
         spill,
@@ -477,6 +426,260 @@ pub async fn run(
 /// Side indices of the run's [`SpillStore`].
 const INCOMING: usize = 0;
 const CURRENT_SIDE: usize = 1;
+
+/// The two table writers of a run: the channel into each and its task ([`write_stream`]).
+struct Writers {
+    current_tx: Sender<RecordBatch>,
+    history_tx: Sender<RecordBatch>,
+    current: tokio::task::JoinHandle<Result<Vec<Add>>>,
+    history: tokio::task::JoinHandle<Result<Vec<Add>>>,
+}
+
+impl Writers {
+    fn start(lake: &Lake, properties: WriterProperties) -> Self {
+        let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
+        let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
+        let current = tokio::spawn(write_stream(
+            lake.current.clone(),
+            current_rx,
+            properties.clone(),
+        ));
+        let history = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
+        Writers {
+            current_tx,
+            history_tx,
+            current,
+            history,
+        }
+    }
+
+    /// Closes both channels and waits for the writers: the `add` actions of their files.
+    async fn finish(self) -> (Result<Vec<Add>>, Result<Vec<Add>>) {
+        drop((self.current_tx, self.history_tx));
+        (
+            lake::join_writer(self.current).await,
+            lake::join_writer(self.history).await,
+        )
+    }
+}
+
+/// What the diff of either kind (partitioned or streamed) leaves for the rest of the run.
+struct Joined {
+    /// Under a streamed run's failure: empty (the error is in `diffed`).
+    read_stats: ReadStats,
+    diffed: Result<Diffed>,
+    /// Current rows of keys absent from the extract, to be read back whole.
+    picks: Picks,
+    /// Rows of the current table scanned.
+    current_rows: u64,
+    spill: SpillStats,
+    /// Read, scan and diff times.
+    times: StageTimes,
+}
+
+/// Both sides of a partitioned run, held in (or spilled from) the store.
+struct Partitioned {
+    store: SpillStore,
+    read_stats: ReadStats,
+    current_rows: u64,
+    times: StageTimes,
+}
+
+/// What the read, scan and diff stages of a run share.
+struct Stages<'a> {
+    context: &'a JoinContext<'a>,
+    progress: &'a Progress,
+    rows_per_file: &'a [u64],
+    cores: usize,
+}
+
+impl Stages<'_> {
+    /// Reads the input (stage 1) and scans the current table's join columns and row positions
+    /// (stage 2), both partitioned by keyhash into a store of `memory`'s plan.
+    ///
+    /// # Errors
+    /// Input errors (bad rows under `on_error: fail`), lake and spill I/O errors.
+    async fn partition(
+        &self,
+        data_files: Option<&DataFiles>,
+        memory: MemoryPlan,
+    ) -> Result<Partitioned> {
+        let context = self.context;
+        let config = context.config;
+        let partitioner = Partitioner::new(memory.partitions);
+        let mut store = SpillStore::new(
+            vec![
+                context.incoming_schema.clone(),
+                context.current_schema.clone(),
+            ],
+            memory.partitions,
+            memory.store_budget_bytes as usize,
+            &config.spill_dir,
+        )?;
+        let mut times = StageTimes::default();
+        let reading = Instant::now();
+        let read_stats = {
+            let bytes: u64 = context.files.iter().map(|f| f.size).sum();
+            let files = context.files.len();
+            let _span = tracing::info_span!("read", files, bytes).entered();
+            let keyhash_at = context.incoming_schema.index_of(KEYHASH)?;
+            let mut sink = |batch| -> Result<()> {
+                let batch = join::incoming_batch(&context.incoming_schema, batch)?;
+                for (p, piece) in partitioner.split(&batch, keyhash_at)? {
+                    store.push(INCOMING, p, piece)?;
+                }
+                Ok(())
+            };
+            tokio::task::block_in_place(|| {
+                source::read(config, context.files, self.progress, &mut sink)
+            })?
+        };
+        self.progress.finish();
+        times.read_secs = reading.elapsed().as_secs_f64();
+        let scanning = Instant::now();
+        if let Some(files) = data_files {
+            let keyhash_at = context.current_schema.index_of(KEYHASH)?;
+            self.scan(files, |batch| {
+                for (p, piece) in partitioner.split(&batch, keyhash_at)? {
+                    store.push(CURRENT_SIDE, p, piece)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        times.scan_secs = scanning.elapsed().as_secs_f64();
+        Ok(Partitioned {
+            current_rows: store.rows(CURRENT_SIDE),
+            store,
+            read_stats,
+            times,
+        })
+    }
+
+    /// Stage 3 of a partitioned run: diffs the partitions, sending rows to `writers`.
+    fn diff(&self, partitioned: Partitioned, memory: MemoryPlan, writers: &Writers) -> Joined {
+        let diffing = Instant::now();
+        let store = partitioned.store.into_shared();
+        let picks = Mutex::new(Picks::new(self.rows_per_file));
+        let diffed = {
+            let _span = tracing::info_span!("diff", partitions = memory.partitions).entered();
+            tokio::task::block_in_place(|| {
+                diff_partitions(
+                    self.context,
+                    &store,
+                    memory,
+                    &picks,
+                    writers.current_tx.clone(),
+                    writers.history_tx.clone(),
+                )
+            })
+        };
+        // Poisoned only by a panicked worker, whose error `diffed` already holds.
+        let picks = picks
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut times = partitioned.times;
+        times.diff_secs = diffing.elapsed().as_secs_f64();
+        Joined {
+            read_stats: partitioned.read_stats,
+            diffed,
+            picks,
+            current_rows: partitioned.current_rows,
+            spill: store.stats(),
+            times,
+        }
+    }
+
+    /// A streamed run's stages: the current table's join columns and row positions into an
+    /// in-memory index (the scan), then each incoming batch, as it is read in file order,
+    /// probed against it and its rows sent to `writers` (read and diff at once: the diff time
+    /// is the gone rows' alone). A failure of either is in the result's `diffed`.
+    async fn streamed(&self, data_files: &DataFiles, writers: &Writers) -> Joined {
+        let context = self.context;
+        let config = context.config;
+        let rows: u64 = self.rows_per_file.iter().sum();
+        let mut times = StageTimes::default();
+        let mut probe = Probe::new(config.extract_type, context.run_date, rows as usize);
+        let mut current_rows = 0u64;
+        let scanning = Instant::now();
+        let scanned = self
+            .scan(data_files, |batch| {
+                current_rows += batch.num_rows() as u64;
+                join::index_current(&mut probe, &batch)
+            })
+            .await;
+        times.scan_secs = scanning.elapsed().as_secs_f64();
+        let reading = Instant::now();
+        let mut diffed = Diffed::default();
+        let mut errors = RowErrors::new(config.on_error);
+        let read = scanned.and_then(|()| {
+            let bytes: u64 = context.files.iter().map(|f| f.size).sum();
+            let files = context.files.len();
+            let _span = tracing::info_span!("read", files, bytes, streamed = true).entered();
+            let mut sink = |batch| -> Result<()> {
+                let mut out = PartitionDiff::default();
+                context.probe(&mut probe, batch, &mut errors, &mut out)?;
+                diffed.current_rows_written += send(&writers.current_tx, out.current)?;
+                diffed.history_rows_written += send(&writers.history_tx, out.history)?;
+                Ok(())
+            };
+            tokio::task::block_in_place(|| {
+                source::read(config, context.files, self.progress, &mut sink)
+            })
+        });
+        self.progress.finish();
+        times.read_secs = reading.elapsed().as_secs_f64();
+        let mut picks = Picks::new(self.rows_per_file);
+        let (read_stats, diffed) = match read {
+            Ok(read_stats) => {
+                let finished = probe.finish();
+                diffed.counts = finished.counts;
+                diffed.rejects = errors.rejects;
+                let picked = finished
+                    .gone
+                    .iter()
+                    .try_for_each(|&(file, row)| picks.pick(file, row));
+                (read_stats, picked.map(|()| diffed))
+            }
+            Err(e) => (ReadStats::default(), Err(e)),
+        };
+        Joined {
+            read_stats,
+            diffed,
+            picks,
+            current_rows,
+            spill: SpillStats::default(),
+            times,
+        }
+    }
+
+    /// Streams the current table's join columns and row positions
+    /// ([`DataFiles::scan_keys`]) into `consume`, decoding a row group per core.
+    ///
+    /// # Errors
+    /// Lake errors of the scan; errors of `consume`.
+    async fn scan(
+        &self,
+        files: &DataFiles,
+        mut consume: impl FnMut(RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2 * self.cores);
+        let producer = files.scan_keys(self.context.current_schema.clone(), self.cores, tx);
+        let consumer = async {
+            while let Some(batch) = rx.recv().await {
+                tokio::task::block_in_place(|| consume(batch))?;
+            }
+            Ok::<(), Error>(())
+        };
+        let rows: u64 = self.rows_per_file.iter().sum();
+        let (produced, consumed) = async { tokio::join!(producer, consumer) }
+            .instrument(tracing::info_span!("scan", rows))
+            .await;
+        // The consumer's error first: the producer only sees its receiver gone.
+        consumed?;
+        produced
+    }
+}
 
 /// Totals of a run's diff over all partitions.
 #[derive(Debug, Default)]

@@ -24,11 +24,14 @@ pub struct TableSummary {
 /// Seconds spent per stage.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StageTimes {
-    /// Reading, casting, hashing and partitioning the input.
+    /// Reading, casting, hashing and partitioning the input. A streamed run (see `plan`)
+    /// diffs each batch as it is read, its data files written as rows come out: that is here.
     pub read_secs: f64,
-    /// Streaming and partitioning the current table.
+    /// Streaming the current table's join columns into partitions (streamed run: into the
+    /// in-memory index, before the read).
     pub scan_secs: f64,
-    /// Diffing the partitions, with the data files written as rows come out.
+    /// Diffing the partitions, with the data files written as rows come out, then reading
+    /// back the rows of keys absent from the extract (streamed run: only the latter).
     pub diff_secs: f64,
     /// Finishing the data files after the diff, and writing rejects.
     pub write_secs: f64,

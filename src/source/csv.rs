@@ -15,7 +15,7 @@ use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder}
 
 use super::cast::cast_column;
 use super::{
-    drain_into, drop_rows, hash_batch, join_workers, HashedBatch, InputFile, RowErrors,
+    drain_in_order, drop_rows, hash_batch, join_workers, HashedBatch, InputFile, RowErrors,
     WorkerResult, BATCH_ROWS,
 };
 use crate::config::TableConfig;
@@ -26,6 +26,33 @@ use crate::schema::{payload_schema, ColumnType};
 /// Most field bytes in one chunk of records: with at most two chunks per worker in flight,
 /// the reader holds a few tens of MiB whatever the row width.
 const CHUNK_BYTES: usize = 4 << 20;
+
+/// Bytes read from the start of a CSV file to estimate its rows ([`estimate_rows`]).
+const ROW_SAMPLE_BYTES: usize = 1 << 20;
+
+/// Estimated lines of a CSV file of `size` bytes: the size over the mean length of the lines
+/// in its first MiB (a sample without a line break counts as one line).
+///
+/// # Errors
+/// [`Error::Input`] when the file cannot be opened or read.
+pub(super) fn estimate_rows(path: &std::path::Path, size: u64) -> Result<u64> {
+    use std::io::Read;
+    let input_err = |e: std::io::Error| Error::Input {
+        path: path.to_path_buf(),
+        reason: format!("cannot read: {e}"),
+    };
+    let mut sample = Vec::with_capacity(ROW_SAMPLE_BYTES);
+    File::open(path)
+        .map_err(input_err)?
+        .take(ROW_SAMPLE_BYTES as u64)
+        .read_to_end(&mut sample)
+        .map_err(input_err)?;
+    if sample.is_empty() {
+        return Ok(0);
+    }
+    let lines = sample.iter().filter(|&&b| b == b'\n').count().max(1) as u64;
+    Ok((size as u128 * lines as u128).div_ceil(sample.len() as u128) as u64)
+}
 
 /// Opens a CSV file with the config's delimiter and quote; records of any length are returned
 /// (their field count is checked by the caller, which can name the line).
@@ -75,7 +102,8 @@ pub(super) fn read(
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let stop = AtomicBool::new(false);
     let stop = &stop;
-    let (chunk_tx, chunk_rx) = sync_channel::<Vec<ByteRecord>>(workers);
+    // Chunks are numbered in file order; their batches are handed to `sink` in that order.
+    let (chunk_tx, chunk_rx) = sync_channel::<(u64, Vec<ByteRecord>)>(workers);
     // Parsed chunks go back to the splitter, whose records reuse their buffers (no allocation
     // per record).
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<ByteRecord>>(2 * workers + 1);
@@ -83,7 +111,7 @@ pub(super) fn read(
     let chunk_rx = &chunk_rx;
     let parser = &parser;
     std::thread::scope(|scope| {
-        let (batch_tx, batch_rx) = sync_channel::<HashedBatch>(workers);
+        let (batch_tx, batch_rx) = sync_channel::<(u64, Option<HashedBatch>)>(workers);
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
             let batch_tx = batch_tx.clone();
@@ -93,7 +121,7 @@ pub(super) fn read(
                 let mut failed = None;
                 loop {
                     let next = chunk_rx.lock().ok().and_then(|rx| rx.recv().ok());
-                    let Some(chunk) = next else {
+                    let Some((seq, chunk)) = next else {
                         return (local, failed);
                     };
                     // After a failure, queued chunks (all later in the file) are only drained.
@@ -107,9 +135,8 @@ pub(super) fn read(
                         .map_or(0, |p| p.line());
                     let _ = recycle_tx.try_send(chunk);
                     match parsed {
-                        Ok(None) => {}
-                        Ok(Some(batch)) => {
-                            if batch_tx.send(batch).is_err() {
+                        Ok(batch) => {
+                            if batch_tx.send((seq, batch)).is_err() {
                                 stop.store(true, Ordering::SeqCst);
                             }
                         }
@@ -129,6 +156,7 @@ pub(super) fn read(
         let feeder = scope.spawn(move || -> Result<u64> {
             let mut rows = 0u64;
             let mut last_byte = 0u64;
+            let mut seq = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let mut chunk = recycle_rx
                     .try_recv()
@@ -152,13 +180,14 @@ pub(super) fn read(
                 let byte = reader.position().byte();
                 progress.inc(byte - last_byte);
                 last_byte = byte;
-                if chunk_tx.send(chunk).is_err() {
+                if chunk_tx.send((seq, chunk)).is_err() {
                     break;
                 }
+                seq += 1;
             }
             Ok(rows)
         });
-        let sunk = drain_into(batch_rx, sink, stop);
+        let sunk = drain_in_order(batch_rx, sink, stop);
         let rows = feeder
             .join()
             .map_err(|_| Error::Internal("CSV reader thread panicked".into()))?;

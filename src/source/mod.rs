@@ -68,6 +68,23 @@ impl Reject {
     }
 }
 
+/// Estimated rows of a run's input when every file is CSV (sampled, see `csv::estimate_rows`);
+/// None when some file is Parquet: its row groups reach the sink out of order, so the run
+/// cannot be streamed past an in-memory index (`probe`) anyway.
+///
+/// # Errors
+/// [`Error::Input`] when a file cannot be read.
+pub fn estimate_csv_rows(files: &[InputFile]) -> Result<Option<u64>> {
+    let mut rows = 0u64;
+    for file in files {
+        match file.format {
+            InputFormat::Csv => rows += csv::estimate_rows(&file.path, file.size)?,
+            InputFormat::Parquet => return Ok(None),
+        }
+    }
+    Ok(Some(rows))
+}
+
 /// What reading one run's input produced besides its batches.
 #[derive(Debug, Default)]
 pub struct ReadStats {
@@ -124,8 +141,9 @@ pub(crate) fn hash_batch(
     })
 }
 
-/// Reads every input file into typed, hashed batches, handing each to `sink` as it is ready
-/// (batches of one file may arrive out of file order: each row carries its line).
+/// Reads every input file into typed, hashed batches, handing each to `sink` as it is ready:
+/// CSV files in file order, Parquet files in any order of their row groups (each row carries
+/// its line).
 ///
 /// # Errors
 /// [`Error::BadRow`] for the first bad row under `on_error: fail`; [`Error::Input`] for files
@@ -176,6 +194,36 @@ pub(crate) fn drain_into(
     result
 }
 
+/// As [`drain_into`], for batches numbered in file order (a reader's chunks, each giving a batch
+/// or none): they are handed to `sink` in that order. Batches after a missing number (its
+/// worker failed, and the read with it) are never handed over.
+pub(crate) fn drain_in_order(
+    batches: std::sync::mpsc::Receiver<(u64, Option<HashedBatch>)>,
+    sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    let mut waiting = std::collections::BTreeMap::new();
+    let mut next = 0u64;
+    let mut result = Ok(());
+    for (seq, batch) in batches {
+        if result.is_err() {
+            continue;
+        }
+        waiting.insert(seq, batch);
+        while let Some(batch) = waiting.remove(&next) {
+            next += 1;
+            if let Some(batch) = batch {
+                result = sink(batch);
+                if result.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
+            }
+        }
+    }
+    result
+}
+
 /// Joins a reader's worker threads: their rejects go to `errors`, and the error of the earliest
 /// line among those that stopped a worker is returned (the file's first bad row).
 pub(crate) fn join_workers(
@@ -212,4 +260,96 @@ pub(crate) fn drop_rows(
         .filter_map(|(l, k)| k.then_some(l))
         .collect();
     Ok((batch, lines))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::Int64Array;
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(first_line: u64) -> HashedBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let payload =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
+        HashedBatch {
+            payload,
+            keyhash: BinaryArray::from_iter_values([[0u8; 16]]),
+            nonkeyhash: BinaryArray::from_iter_values([[0u8; 16]]),
+            file: 0,
+            lines: vec![first_line],
+        }
+    }
+
+    #[test]
+    fn numbered_batches_reach_the_sink_in_order_and_none_past_a_gap() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Chunk 2 gave no batch; chunk 6 never came (its worker failed).
+        for (seq, line) in [(3, 30), (1, 10), (0, 0), (4, 40), (7, 70), (5, 50)] {
+            tx.send((seq, Some(batch(line)))).unwrap();
+        }
+        tx.send((2, None)).unwrap();
+        drop(tx);
+        let mut seen = Vec::new();
+        let stop = AtomicBool::new(false);
+        let mut sink = |b: HashedBatch| {
+            seen.push(b.lines[0]);
+            Ok(())
+        };
+        drain_in_order(rx, &mut sink, &stop).unwrap();
+        assert_eq!(seen, vec![0, 10, 30, 40, 50]);
+        assert!(!stop.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_workers_and_takes_no_more() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for seq in [1, 0, 2] {
+            tx.send((seq, Some(batch(seq)))).unwrap();
+        }
+        drop(tx);
+        let (mut calls, stop) = (0, AtomicBool::new(false));
+        let result = drain_in_order(
+            rx,
+            &mut |_| {
+                calls += 1;
+                Err(Error::Internal("sink".into()))
+            },
+            &stop,
+        );
+        assert!(result.is_err() && calls == 1);
+        assert!(stop.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn csv_rows_are_estimated_from_the_first_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            InputFile {
+                path,
+                size: text.len() as u64,
+                format: InputFormat::Csv,
+            }
+        };
+        // 3 MiB of 64-byte lines: 49,152 lines, estimated from the first MiB alone.
+        let line = format!("{}\n", "x".repeat(63));
+        let big = file("big.csv", &line.repeat(3 << 14));
+        let one = file("one.csv", "no line break");
+        let empty = file("empty.csv", "");
+        assert_eq!(estimate_csv_rows(&[big]).unwrap(), Some(3 << 14));
+        let both = [file("a.csv", "1\n2\n3\n"), file("b.csv", "1,2\n")];
+        assert_eq!(estimate_csv_rows(&both).unwrap(), Some(4));
+        assert_eq!(estimate_csv_rows(&[one, empty]).unwrap(), Some(1));
+        let parquet = InputFile {
+            format: InputFormat::Parquet,
+            ..file("c.parquet", "PAR1")
+        };
+        assert_eq!(estimate_csv_rows(&[parquet]).unwrap(), None);
+    }
 }

@@ -193,6 +193,87 @@ async fn a_run_failing_after_its_writers_leaves_no_data_files_behind() {
     assert_eq!(after, before, "{err}");
 }
 
+/// `rows` good lines `k<i>,<i>,2024-01-01` from `from` on, as CSV.
+fn good_lines(from: usize, rows: usize) -> String {
+    (from..from + rows)
+        .map(|i| format!("k{i},{i},2024-01-01\n"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_run_failing_mid_read_leaves_no_data_files_behind() {
+    let fx = Fixture::new(TYPED, "");
+    let day1 = fx.input("d1", "good.csv", good_lines(0, 100).as_bytes());
+    fx.run(&day1, "2024-01-01").await.unwrap();
+    let committed = || ["current", "history"].map(|role| data_files(&fx.table_path(role)));
+    let before = committed();
+    // More than one chunk of rows (64Ki) reaches the writers before the bad row is read.
+    let bad = format!("{}k-bad,x,2024-01-01\n", good_lines(0, 80_000));
+    let err = fx
+        .run(&fx.input("d2", "bad.csv", bad.as_bytes()), "2024-01-02")
+        .await
+        .unwrap_err();
+    assert_names(&err, 80_001, Some("n"));
+    assert_eq!(committed(), before, "{err}");
+    // The same day without the bad row is streamed, and its files are committed.
+    let good = fx.input("d3", "good.csv", good_lines(0, 80_000).as_bytes());
+    let s = fx.run(&good, "2024-01-02").await.unwrap();
+    assert!(s.memory.unwrap().plan.streamed);
+    assert_eq!((s.counts.unchanged, s.counts.inserted), (100, 79_900));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_run_keeps_the_first_row_of_a_key_in_file_order() {
+    for on_error in ["reject", "fail"] {
+        let fx = Fixture::new(TYPED, &format!("on_error: {on_error}"));
+        let day1 = fx.input("d1", "good.csv", good_lines(0, 10).as_bytes());
+        fx.run(&day1, "2024-01-01").await.unwrap();
+        // k5 again at the end, two chunks later; x (new) twice within the first chunk.
+        let rows = format!(
+            "x,1,2024-01-02\nx,2,2024-01-02\n{}k5,77,2024-01-02\n",
+            good_lines(0, 70_000)
+        );
+        let result = fx
+            .run(&fx.input("d2", "bad.csv", rows.as_bytes()), "2024-01-02")
+            .await;
+        if on_error == "fail" {
+            // The first duplicate in file order is reported: line 2.
+            assert_names(&result.unwrap_err(), 2, None);
+            continue;
+        }
+        let s = result.unwrap();
+        assert!(s.memory.unwrap().plan.streamed);
+        assert_eq!(s.rows_rejected, 2);
+        let rejects = crate::common::table_rows(&fx.dir.path().join("lake/current_rejects")).await;
+        let mut seen: Vec<(String, String)> = rejects
+            .iter()
+            .map(|r| (r["line"].clone(), r["reason"].clone()))
+            .collect();
+        seen.sort();
+        let reason = |line| format!("/bad.csv, line {line}");
+        assert!(seen
+            .iter()
+            .all(|(_, r)| r.starts_with("duplicate key: first seen at ")));
+        assert_eq!(seen.len(), 2);
+        assert!(
+            seen[0].0 == "2" && seen[0].1.ends_with(&reason(1)),
+            "{seen:?}"
+        );
+        // k5 is first at line 8 (after the two x lines).
+        assert!(
+            seen[1].0 == "70003" && seen[1].1.ends_with(&reason(8)),
+            "{seen:?}"
+        );
+        let current = fx.rows("current").await;
+        let value = |id: &str| {
+            let row = current.iter().find(|r| r["id"] == id).unwrap();
+            (row["n"].clone(), row["operation"].clone())
+        };
+        assert_eq!(value("x"), ("1".into(), "I".into()));
+        assert_eq!(value("k5"), ("5".into(), "N".into()));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_mode_lands_every_bad_row_in_the_rejects_table() {
     let fx = Fixture::new(TYPED, "on_error: reject");

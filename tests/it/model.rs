@@ -83,19 +83,21 @@ fn csv(extract: &Extract) -> String {
 fn multi_day_runs_match_the_reference_model() {
     let mut runner = crate::common::property_runner(7);
     let extract = proptest::collection::btree_map(0u8..12, proptest::option::of(0u8..3), 0..12);
-    // Keyhash partitions: 1 (everything in one join) or several (the grace join's path).
+    // Keyhash partitions: 1 (everything in one join) or several (the grace join's path); none
+    // set: later runs are streamed past the in-memory index.
     let strategy = (
         proptest::collection::vec(extract, 1..5),
         any::<bool>(),
-        prop_oneof![Just(1usize), Just(3), Just(8)],
+        prop_oneof![Just(None), Just(Some(1usize)), Just(Some(3)), Just(Some(8))],
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runner
         .run(&strategy, |(days, full, partitions)| {
             let extract_type = if full { "full" } else { "delta" };
+            let partitions = partitions.map_or(String::new(), |p| format!("partitions: {p}"));
             let fx = Fixture::new(
                 SIMPLE_COLUMNS,
-                &format!("extract_type: {extract_type}\nmax_delete_fraction: 1.0\npartitions: {partitions}"),
+                &format!("extract_type: {extract_type}\nmax_delete_fraction: 1.0\n{partitions}"),
             );
             let (mut expected_current, mut expected_history) = model(&days, full);
             expected_current.sort();
@@ -103,7 +105,9 @@ fn multi_day_runs_match_the_reference_model() {
             runtime.block_on(async {
                 for (d, extract) in days.iter().enumerate() {
                     let input = fx.input(&format!("d{d}"), "a.csv", csv(extract).as_bytes());
-                    fx.run(&input, &date(d)).await.unwrap();
+                    let summary = fx.run(&input, &date(d)).await.unwrap();
+                    let streamed = summary.memory.map(|m| m.plan.streamed);
+                    prop_assert_eq!(streamed, Some(d > 0 && partitions.is_empty()), "day {}", d);
                 }
                 prop_assert_eq!(rows(fx.rows("current").await), expected_current);
                 prop_assert_eq!(rows(fx.rows("history").await), expected_history);

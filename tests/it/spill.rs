@@ -1,5 +1,6 @@
 //! Bounded memory: a run under a small `memory_limit` partitions, spills to disk, and commits
-//! exactly the tables an unlimited run commits.
+//! exactly the tables an unlimited run commits (whose later runs are streamed past an
+//! in-memory index instead).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,7 +47,7 @@ async fn sorted_rows(path: &Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_spilling_run_commits_the_same_tables_as_an_in_memory_run() {
+async fn spilling_partitioned_and_streamed_runs_commit_the_same_tables() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), 40_000);
     generate(&spec).unwrap();
@@ -65,13 +66,15 @@ async fn a_spilling_run_commits_the_same_tables_as_an_in_memory_run() {
 
     let roomy = config_in(dir.path(), "roomy", "");
     let tight = config_in(dir.path(), "tight", "memory_limit: 16MiB\nspill_dir: spill");
+    // Partitioned although it fits (a set partition count turns streaming off), held whole.
+    let held = config_in(dir.path(), "held", "partitions: 1");
     let date = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
     let days = [
         (&spec.initial_output, "2024-01-01", false),
         (&spec.incremental_output, "2024-01-02", false),
         (&day3_dir, "2024-01-03", true),
     ];
-    for config_path in [&roomy, &tight] {
+    for config_path in [&roomy, &tight, &held] {
         let folder = config_path.parent().unwrap();
         let mut day1_peak = 0;
         for (input, day, delta) in &days {
@@ -88,16 +91,18 @@ async fn a_spilling_run_commits_the_same_tables_as_an_in_memory_run() {
                 .await
                 .unwrap();
             let memory = s.memory.clone().unwrap();
-            if config_path == &tight {
+            if config_path == &tight && *day == "2024-01-03" {
+                // 40,000 current rows and a 5,000-row delta: the index fits even 16 MiB.
+                assert!(memory.plan.streamed, "{day}: {memory:?}");
+            } else if config_path == &tight {
                 assert!(memory.plan.partitions > 1, "{day}: {memory:?}");
-                if *day != "2024-01-03" {
-                    assert!(memory.spill.spilled_bytes > 0, "{day}: {memory:?}");
-                }
+                assert!(memory.spill.spilled_bytes > 0, "{day}: {memory:?}");
                 assert!(
                     memory.spill.peak_memory_bytes <= memory.plan.store_budget_bytes + (2 << 20),
                     "{day}: the store held more than its budget: {memory:?}"
                 );
-            } else {
+            } else if config_path == &held {
+                assert!(!memory.plan.streamed, "{day}: {memory:?}");
                 assert_eq!(memory.plan.partitions, 1, "{day}: {memory:?}");
                 assert_eq!(memory.spill.spilled_bytes, 0, "{day}: {memory:?}");
                 // Day 2 reads as many rows as day 1 and holds the current table too, as its
@@ -111,6 +116,16 @@ async fn a_spilling_run_commits_the_same_tables_as_an_in_memory_run() {
                     ),
                     _ => {}
                 }
+            } else if *day == "2024-01-01" {
+                // A first run is never streamed: one partition, held whole.
+                assert!(!memory.plan.streamed, "{day}: {memory:?}");
+                assert_eq!(memory.plan.partitions, 1, "{day}: {memory:?}");
+                assert_eq!(memory.spill.spilled_bytes, 0, "{day}: {memory:?}");
+            } else {
+                // Later runs are streamed past the in-memory index: nothing partitioned.
+                assert!(memory.plan.streamed, "{day}: {memory:?}");
+                assert_eq!(memory.plan.partitions, 0, "{day}: {memory:?}");
+                assert_eq!(memory.spill.peak_memory_bytes, 0, "{day}: {memory:?}");
             }
         }
         // The spill folder is removed when the run ends.
@@ -120,13 +135,15 @@ async fn a_spilling_run_commits_the_same_tables_as_an_in_memory_run() {
     }
     for table in ["t_current", "t_history"] {
         let a = sorted_rows(&dir.path().join("roomy/lake").join(table)).await;
-        let b = sorted_rows(&dir.path().join("tight/lake").join(table)).await;
         assert!(!a.is_empty());
-        assert_eq!(a.len(), b.len(), "{table}");
-        assert!(
-            a == b,
-            "{table}: tables differ between the in-memory and the spilling run"
-        );
+        for other in ["tight", "held"] {
+            let b = sorted_rows(&dir.path().join(other).join("lake").join(table)).await;
+            assert_eq!(a.len(), b.len(), "{table}");
+            assert!(
+                a == b,
+                "{table}: tables differ between the streamed and the {other} run"
+            );
+        }
     }
 }
 
