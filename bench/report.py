@@ -229,8 +229,8 @@ does not reap). rows/s = rows read / wall s. in-process s = the engine's own tim
 (tributary `elapsed_secs`, DuckDB script `elapsed_secs`, PySpark `job_secs` = after session start-up).
 tributary's stage times, memory plan and spill figures are from its `run --json` summary; a
 "streamed" day diffs each batch against an in-memory index of the current table as it is read
-(docs/memory.md): its read s include the diff and the writing, its scan s overlap them, and its
-diff s are the gone rows' read-back alone.
+(docs/memory.md): its scan s come first (the index), its read s include the diff and the
+writing, and its diff s are the gone rows' read-back alone.
 Read floor: timed after generating the data and before any system ran, `cat` first (so it
 also pulls the files into the page cache if they fit), then `tributary check`; its wall s
 come from a ms-resolution timer around the process; "full run / this" = tributary's day-2

@@ -259,28 +259,11 @@ impl JoinContext<'_> {
         let probed = probe.probe(&batch.keyhash, &batch.nonkeyhash, file, &batch.lines);
         let (mut payload, mut keys, mut nonkeys) = (batch.payload, batch.keyhash, batch.nonkeyhash);
         if !probed.duplicates.is_empty() {
-            let payload_width = self.table_schema.fields().len() - 4;
             let mut keep = vec![true; payload.num_rows()];
-            for duplicate in &probed.duplicates {
-                let err = Error::bad_row(
-                    self.files[batch.file].display(),
-                    batch.lines[duplicate.row],
-                    None,
-                    format!(
-                        "duplicate key: first seen at {}, line {}",
-                        self.files[duplicate.first_file as usize].display(),
-                        duplicate.first_line
-                    ),
-                );
-                errors.push(err, || {
-                    row_text(
-                        &payload,
-                        payload_width,
-                        duplicate.row,
-                        self.config.delimiter,
-                    )
-                })?;
-                keep[duplicate.row] = false;
+            for d in &probed.duplicates {
+                let at = (file, batch.lines[d.row]);
+                self.duplicate(errors, at, (d.first_file, d.first_line), &payload, d.row)?;
+                keep[d.row] = false;
             }
             let keep = BooleanArray::from(keep);
             payload = filter_record_batch(&payload, &keep)?;
@@ -294,6 +277,34 @@ impl JoinContext<'_> {
             &probed.ops,
             out,
         )
+    }
+
+    /// Records the duplicate key of row `row` of `batch` (payload first), at (file index,
+    /// line) `at`, first seen at `first`: a bad row failing the run or set aside as a reject.
+    ///
+    /// # Errors
+    /// [`Error::BadRow`] under `on_error: fail`.
+    fn duplicate(
+        &self,
+        errors: &mut RowErrors,
+        (file, line): (u32, u64),
+        (first_file, first_line): (u32, u64),
+        batch: &RecordBatch,
+        row: usize,
+    ) -> Result<()> {
+        let err = Error::bad_row(
+            self.files[file as usize].display(),
+            line,
+            None,
+            format!(
+                "duplicate key: first seen at {}, line {first_line}",
+                self.files[first_file as usize].display()
+            ),
+        );
+        let payload_width = self.table_schema.fields().len() - 4;
+        errors.push(err, || {
+            row_text(batch, payload_width, row, self.config.delimiter)
+        })
     }
 
     /// Keeps the first row of each key in file and line order; the others are bad rows
@@ -342,22 +353,14 @@ impl JoinContext<'_> {
         duplicates.sort_by_key(|at| place(*at));
         let mut errors = RowErrors::new(self.config.on_error);
         let mut keep: Vec<Vec<bool>> = batches.iter().map(|b| vec![true; b.num_rows()]).collect();
-        let payload_width = self.table_schema.fields().len() - 4;
         for at in duplicates {
-            let (file, line) = place(at);
-            let (first_file, first_line) = place(winner(at));
-            let err = Error::bad_row(
-                self.files[file as usize].display(),
-                line,
-                None,
-                format!(
-                    "duplicate key: first seen at {}, line {first_line}",
-                    self.files[first_file as usize].display()
-                ),
-            );
-            errors.push(err, || {
-                row_text(&batches[at.0], payload_width, at.1, self.config.delimiter)
-            })?;
+            self.duplicate(
+                &mut errors,
+                place(at),
+                place(winner(at)),
+                &batches[at.0],
+                at.1,
+            )?;
             keep[at.0][at.1] = false;
         }
         let kept = batches

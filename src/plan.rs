@@ -55,10 +55,10 @@ pub const MAX_IN_MEMORY_PARTITIONS: f64 = 16.0;
 pub const PROBE_ENTRY_BYTES: u64 = crate::probe::ENTRY_BYTES;
 
 /// Whether a later run can be streamed past an in-memory index ([`crate::probe`]) within
-/// `limit` bytes: an entry for each of the `current_rows` and for up to twice the
-/// `incoming_rows` estimated (each could be a new key) fits in both shares of the limit,
-/// the rest being left for the batches in flight and the table writers as in a partitioned
-/// run.
+/// `limit` bytes: an entry for each of the `current_rows` and for each incoming row (each
+/// could be a new key), the `incoming_rows` estimate taken twice over (it is sampled from a
+/// file's first MiB), fits in both shares of the limit; the rest is left, as in a partitioned
+/// run, for the batches in flight and the table writers.
 pub fn probe_fits(limit: u64, current_rows: u64, incoming_rows: u64) -> bool {
     let entries = current_rows.saturating_add(incoming_rows.saturating_mul(2));
     entries.saturating_mul(PROBE_ENTRY_BYTES) as f64 <= limit as f64 * (STORE_SHARE + WORK_SHARE)
@@ -168,9 +168,9 @@ mod tests {
     #[test]
     fn runs_are_streamed_while_the_index_fits_both_shares() {
         let gib = 1u64 << 30;
-        // 1M rows of the seed shape against 1M current rows: 3M entries, 336 MB.
+        // 1M rows of the seed shape against 1M current rows: 3M entries, 504 MB.
         assert!(probe_fits(gib, 1_000_000, 1_000_000));
-        // 10M rows against 10M: 3.4 GB.
+        // 10M rows against 10M: 5 GB.
         assert!(!probe_fits(gib, 10_000_000, 10_000_000));
         // The bound: entries * bytes within 70% of the limit.
         let entries = (gib as f64 * (STORE_SHARE + WORK_SHARE)) as u64 / PROBE_ENTRY_BYTES;

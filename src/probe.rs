@@ -15,9 +15,10 @@ use deltalake::arrow::array::{Array, BinaryArray, Date32Array, UInt32Array};
 use crate::config::ExtractType;
 use crate::diff::{gone_op, key, outcome, DigestMap, Key, Op, OpCounts};
 
-/// Bytes of memory per index entry planned for: the map's key and [`Slot`] (48 bytes), at the
-/// lowest load the map keeps after growing (7/16), rounded up.
-pub const ENTRY_BYTES: u64 = 112;
+/// Bytes of memory per index entry planned for: the map's key and [`Slot`] (48 bytes, and a
+/// control byte) at the lowest load the map keeps after growing (7/16), 112 bytes, and half
+/// again for the old table, still held while the map grows into a new one.
+pub const ENTRY_BYTES: u64 = 168;
 
 #[derive(Clone, Copy)]
 enum Slot {

@@ -40,6 +40,12 @@ impl Progress {
         self.bar.inc(n);
     }
 
+    /// Starts the count and the clock (rate, ETA) again, for a stage that begins later than the
+    /// bar was made.
+    pub fn restart(&self) {
+        self.bar.reset();
+    }
+
     /// Removes the bar from the terminal.
     pub fn finish(&self) {
         self.bar.finish_and_clear();

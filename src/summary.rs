@@ -125,11 +125,14 @@ impl fmt::Display for RunSummary {
             writeln!(f, "  rejects:    {r}")?;
         }
         if let Some(m) = &self.memory {
+            let diff = match m.plan.streamed {
+                true => "streamed (no partitions)".to_string(),
+                false => format!("{} partition(s)", m.plan.partitions),
+            };
             writeln!(
                 f,
-                "  memory:     limit {}, {} partition(s), {} spilled, peak RSS {}",
+                "  memory:     limit {}, {diff}, {} spilled, peak RSS {}",
                 mib(m.plan.limit_bytes),
-                m.plan.partitions,
                 mib(m.spill.spilled_bytes),
                 m.peak_rss_bytes.map_or("?".into(), mib)
             )?;
@@ -146,5 +149,31 @@ impl fmt::Display for RunSummary {
             s.write_secs,
             s.commit_secs
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_line_says_whether_the_run_was_streamed() {
+        let plan = MemoryPlan::new(1 << 30, 1 << 20, 1 << 20, 2);
+        let mut summary = RunSummary {
+            status: "applied".into(),
+            memory: Some(MemorySummary {
+                plan,
+                spill: Default::default(),
+                peak_rss_bytes: None,
+            }),
+            ..Default::default()
+        };
+        let text = summary.to_string();
+        assert!(text.contains("1 partition(s)"), "{text}");
+        if let Some(m) = summary.memory.as_mut() {
+            m.plan = plan.streamed();
+        }
+        let text = summary.to_string();
+        assert!(text.contains("streamed (no partitions)"), "{text}");
     }
 }

@@ -15,8 +15,8 @@ use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder}
 
 use super::cast::cast_column;
 use super::{
-    drain_in_order, drop_rows, hash_batch, join_workers, HashedBatch, InputFile, RowErrors,
-    WorkerResult, BATCH_ROWS,
+    drain_in_order, drop_rows, first_bad_row, hash_batch, join_workers, HashedBatch, InputFile,
+    RowErrors, Window, WorkerResult, BATCH_ROWS,
 };
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
@@ -79,9 +79,13 @@ pub(super) fn open(
 /// hash chunks of them, and the calling thread hands the batches to `sink`. Returns the number
 /// of data rows read (bad ones included).
 ///
+/// Batches reach `sink` in file order (chunks are numbered as split), and the splitter stays
+/// at most `3 * workers` chunks ahead of the last one handed over.
+///
 /// Under `on_error: fail` the reported error is the first bad row in file order: a worker that
 /// hits one stops the reader, and the chunks before it (all taken earlier from the queue) are
-/// still finished, so the earliest error among them is the file's first.
+/// still finished, so the earliest error among them is the file's first (or the sink's, when it
+/// failed on an earlier row: a duplicate key of a streamed run).
 pub(super) fn read(
     config: &TableConfig,
     file: &InputFile,
@@ -107,6 +111,9 @@ pub(super) fn read(
     // Parsed chunks go back to the splitter, whose records reuse their buffers (no allocation
     // per record).
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<ByteRecord>>(2 * workers + 1);
+    // Chunks split but not yet handed to `sink` (queued, parsing, or waiting for an earlier
+    // one): as many as the queues and workers hold, so a slow chunk bounds the others.
+    let window = &Window::new(3 * workers as u64);
     let chunk_rx = Mutex::new(chunk_rx);
     let chunk_rx = &chunk_rx;
     let parser = &parser;
@@ -158,6 +165,8 @@ pub(super) fn read(
             let mut last_byte = 0u64;
             let mut seq = 0u64;
             while !stop.load(Ordering::SeqCst) {
+                // A slow chunk holds up the ones after it: the splitter waits for it.
+                window.wait_for(seq, stop);
                 let mut chunk = recycle_rx
                     .try_recv()
                     .unwrap_or_else(|_| Vec::with_capacity(BATCH_ROWS));
@@ -187,12 +196,11 @@ pub(super) fn read(
             }
             Ok(rows)
         });
-        let sunk = drain_in_order(batch_rx, sink, stop);
+        let sunk = drain_in_order(batch_rx, sink, stop, window);
         let rows = feeder
             .join()
             .map_err(|_| Error::Internal("CSV reader thread panicked".into()))?;
-        join_workers(handles, errors, "CSV")?;
-        sunk?;
+        first_bad_row(join_workers(handles, errors, "CSV"), sunk)?;
         rows
     })
 }

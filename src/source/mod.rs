@@ -12,6 +12,8 @@ mod dms;
 mod files;
 mod parquet;
 
+use std::time::Duration;
+
 use deltalake::arrow::array::{ArrayRef, BinaryArray, RecordBatch};
 
 pub use files::{fingerprint, list_input_files, InputFile, PendingFingerprint};
@@ -194,13 +196,55 @@ pub(crate) fn drain_into(
     result
 }
 
+/// How far a reader may split chunks ahead of the batches handed to its sink: chunk `seq` is
+/// split only once fewer than `size` chunks lie between it and the next one to hand over, so
+/// the batches waiting for a slow earlier one stay bounded.
+pub(crate) struct Window {
+    next: std::sync::Mutex<u64>,
+    advanced: std::sync::Condvar,
+    size: u64,
+}
+
+impl Window {
+    pub(crate) fn new(size: u64) -> Self {
+        Window {
+            next: std::sync::Mutex::new(0),
+            advanced: std::sync::Condvar::new(),
+            size: size.max(1),
+        }
+    }
+
+    /// Blocks until chunk `seq` is in the window or `stop` is set (checked every 10 ms: the
+    /// workers that set it on failure do not signal).
+    pub(crate) fn wait_for(&self, seq: u64, stop: &std::sync::atomic::AtomicBool) {
+        let Ok(mut next) = self.next.lock() else {
+            return;
+        };
+        while seq >= *next + self.size && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            next = match self.advanced.wait_timeout(next, Duration::from_millis(10)) {
+                Ok((next, _)) => next,
+                Err(_) => return,
+            };
+        }
+    }
+
+    fn advance(&self, to: u64) {
+        if let Ok(mut next) = self.next.lock() {
+            *next = to;
+        }
+        self.advanced.notify_all();
+    }
+}
+
 /// As [`drain_into`], for batches numbered in file order (a reader's chunks, each giving a batch
-/// or none): they are handed to `sink` in that order. Batches after a missing number (its
-/// worker failed, and the read with it) are never handed over.
+/// or none): they are handed to `sink` in that order, and `window` follows the next number to
+/// hand over. Batches after a missing number (its worker failed, and the read with it) are
+/// never handed over.
 pub(crate) fn drain_in_order(
     batches: std::sync::mpsc::Receiver<(u64, Option<HashedBatch>)>,
     sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
     stop: &std::sync::atomic::AtomicBool,
+    window: &Window,
 ) -> Result<()> {
     let mut waiting = std::collections::BTreeMap::new();
     let mut next = 0u64;
@@ -220,8 +264,22 @@ pub(crate) fn drain_in_order(
                 }
             }
         }
+        window.advance(next);
     }
     result
+}
+
+/// The outcome of reading one file, from its workers' (`read`) and its sink's (`sunk`): when
+/// both failed on a bad row, the one earlier in the file (a worker's unparsable value or the
+/// sink's duplicate key, whichever came first in time), otherwise the workers' error first.
+pub(crate) fn first_bad_row(read: Result<()>, sunk: Result<()>) -> Result<()> {
+    match (read, sunk) {
+        (Err(read @ Error::BadRow { line: at, .. }), Err(sunk @ Error::BadRow { line, .. })) => {
+            Err(if line < at { sunk } else { read })
+        }
+        (Err(read), _) => Err(read),
+        (Ok(()), sunk) => sunk,
+    }
 }
 
 /// Joins a reader's worker threads: their rejects go to `errors`, and the error of the earliest
@@ -300,8 +358,11 @@ mod tests {
             seen.push(b.lines[0]);
             Ok(())
         };
-        drain_in_order(rx, &mut sink, &stop).unwrap();
+        let window = Window::new(4);
+        drain_in_order(rx, &mut sink, &stop, &window).unwrap();
         assert_eq!(seen, vec![0, 10, 30, 40, 50]);
+        // Chunks 0 to 5 were handed over (or gave nothing): 6 to 9 may be split.
+        assert_eq!(*window.next.lock().unwrap(), 6);
         assert!(!stop.load(std::sync::atomic::Ordering::SeqCst));
     }
 
@@ -320,9 +381,52 @@ mod tests {
                 Err(Error::Internal("sink".into()))
             },
             &stop,
+            &Window::new(4),
         );
         assert!(result.is_err() && calls == 1);
         assert!(stop.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn the_splitter_waits_for_the_window_or_a_stop() {
+        let window = Window::new(2);
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let (window, stop) = (&window, &stop);
+            scope.spawn(move || {
+                for seq in 0..5 {
+                    window.wait_for(seq, stop);
+                    tx.send(seq).unwrap();
+                }
+            });
+            // Chunks 0 and 1 are in the window; 2 waits until chunk 0 is handed over.
+            let wait = Duration::from_millis(200);
+            assert_eq!((rx.recv().unwrap(), rx.recv().unwrap()), (0, 1));
+            assert!(rx.recv_timeout(wait).is_err(), "split past the window");
+            window.advance(1);
+            assert_eq!(rx.recv().unwrap(), 2);
+            assert!(rx.recv_timeout(wait).is_err(), "split past the window");
+            // A failed read stops waiting without the window moving.
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!((rx.recv().unwrap(), rx.recv().unwrap()), (3, 4));
+        });
+    }
+
+    #[test]
+    fn a_sink_error_on_an_earlier_row_than_the_workers_is_reported() {
+        let bad = |line| Error::bad_row("f.csv", line, None, "bad");
+        let line = |r: Result<()>| match r {
+            Err(Error::BadRow { line, .. }) => line,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(line(first_bad_row(Err(bad(9)), Err(bad(2)))), 2);
+        assert_eq!(line(first_bad_row(Err(bad(2)), Err(bad(9)))), 2);
+        assert_eq!(line(first_bad_row(Ok(()), Err(bad(9)))), 9);
+        assert_eq!(line(first_bad_row(Err(bad(4)), Ok(()))), 4);
+        let io = Error::Internal("writer".into());
+        assert_eq!(line(first_bad_row(Err(bad(4)), Err(io))), 4);
+        assert!(first_bad_row(Ok(()), Ok(())).is_ok());
     }
 
     #[test]

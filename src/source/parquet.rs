@@ -14,8 +14,8 @@ use deltalake::parquet::arrow::ProjectionMask;
 
 use super::cast::cast_column;
 use super::{
-    drain_into, drop_rows, hash_batch, join_workers, HashedBatch, InputFile, RowErrors,
-    WorkerResult, BATCH_ROWS,
+    drain_into, drop_rows, first_bad_row, hash_batch, join_workers, HashedBatch, InputFile,
+    RowErrors, WorkerResult, BATCH_ROWS,
 };
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
@@ -129,8 +129,7 @@ pub(super) fn read(
             .collect();
         drop(batch_tx);
         let sunk = drain_into(batch_rx, sink, stop);
-        join_workers(handles, errors, "Parquet")?;
-        sunk?;
+        first_bad_row(join_workers(handles, errors, "Parquet"), sunk)?;
         // The footer and page headers: the rest of the file beyond its row groups' data.
         let data: u64 = groups.iter().map(|&(_, _, bytes)| bytes).sum();
         progress.inc(file.size.saturating_sub(data));

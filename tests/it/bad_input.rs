@@ -19,16 +19,21 @@ async fn fails_on(bad: &[u8]) -> Error {
     )
     .await
     .unwrap();
-    let before = (fx.version("current").await, fx.version("history").await);
+    // Day 2 is streamed (it fails before its summary would say so; the next test checks).
+    let state = || async {
+        (
+            fx.version("current").await,
+            fx.version("history").await,
+            data_files(&fx.table_path("current")),
+            data_files(&fx.table_path("history")),
+        )
+    };
+    let before = state().await;
     let err = fx
         .run(&fx.input("d2", "bad.csv", bad), "2024-01-02")
         .await
         .unwrap_err();
-    assert_eq!(
-        (fx.version("current").await, fx.version("history").await),
-        before,
-        "tables untouched"
-    );
+    assert_eq!(state().await, before, "tables and their files untouched");
     let rejects = fx.dir.path().join("lake/current_rejects/_delta_log");
     assert!(!rejects.exists(), "no rejects table under on_error: fail");
     err
@@ -207,7 +212,8 @@ async fn a_streamed_run_failing_mid_read_leaves_no_data_files_behind() {
     fx.run(&day1, "2024-01-01").await.unwrap();
     let committed = || ["current", "history"].map(|role| data_files(&fx.table_path(role)));
     let before = committed();
-    // More than one chunk of rows (64Ki) reaches the writers before the bad row is read.
+    // The first chunk of rows (64Ki) reaches the writers before the next one, holding the bad
+    // row, fails.
     let bad = format!("{}k-bad,x,2024-01-01\n", good_lines(0, 80_000));
     let err = fx
         .run(&fx.input("d2", "bad.csv", bad.as_bytes()), "2024-01-02")
@@ -228,7 +234,7 @@ async fn a_streamed_run_keeps_the_first_row_of_a_key_in_file_order() {
         let fx = Fixture::new(TYPED, &format!("on_error: {on_error}"));
         let day1 = fx.input("d1", "good.csv", good_lines(0, 10).as_bytes());
         fx.run(&day1, "2024-01-01").await.unwrap();
-        // k5 again at the end, two chunks later; x (new) twice within the first chunk.
+        // k5 again at the end, in the next chunk; x (new) twice within the first chunk.
         let rows = format!(
             "x,1,2024-01-02\nx,2,2024-01-02\n{}k5,77,2024-01-02\n",
             good_lines(0, 70_000)
@@ -272,6 +278,49 @@ async fn a_streamed_run_keeps_the_first_row_of_a_key_in_file_order() {
         assert_eq!(value("x"), ("1".into(), "I".into()));
         assert_eq!(value("k5"), ("5".into(), "N".into()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_key_before_an_unparsable_value_is_the_error_reported() {
+    // The duplicate (line 2) is found by the streamed diff, the bad value (line 70,002, in the
+    // next chunk) by a reader worker, possibly first: the earlier line is reported either way.
+    let bad = format!(
+        "a,1,2024-01-01\na,2,2024-01-01\n{}k-bad,x,2024-01-01\n",
+        good_lines(0, 69_999)
+    );
+    let err = fails_on(bad.as_bytes()).await;
+    assert_names(&err, 2, None);
+    assert!(err.to_string().contains("duplicate key"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_run_finds_a_key_repeated_in_a_later_file() {
+    let fx = Fixture::new(TYPED, "on_error: reject");
+    let day1 = fx.input("d1", "a.csv", b"a,1,2024-01-01\nb,2,2024-01-01\n");
+    fx.run(&day1, "2024-01-01").await.unwrap();
+    // Files are read in name order: a.csv, then b.csv.
+    fx.input("d2", "a.csv", b"a,1,2024-01-01\nc,3,2024-01-02\n");
+    let day2 = fx.input(
+        "d2",
+        "b.csv",
+        b"d,4,2024-01-02\nc,9,2024-01-02\nb,5,2024-01-02\n",
+    );
+    let s = fx.run(&day2, "2024-01-02").await.unwrap();
+    assert!(s.memory.unwrap().plan.streamed);
+    assert_eq!((s.input_files, s.rows_read, s.rows_rejected), (2, 5, 1));
+    let c = s.counts;
+    let counts = (c.inserted, c.updated, c.unchanged, c.deleted);
+    assert_eq!(counts, (2, 1, 1, 0), "c and d new, b updated, a unchanged");
+    let rejects = crate::common::table_rows(&fx.dir.path().join("lake/current_rejects")).await;
+    assert_eq!(rejects.len(), 1);
+    assert!(rejects[0]["file"].ends_with("b.csv") && rejects[0]["line"] == "2");
+    assert!(
+        rejects[0]["reason"].ends_with("/a.csv, line 2"),
+        "{rejects:?}"
+    );
+    let current = fx.rows("current").await;
+    let c = current.iter().find(|r| r["id"] == "c").unwrap();
+    assert_eq!(c["n"], "3");
 }
 
 #[tokio::test(flavor = "multi_thread")]
