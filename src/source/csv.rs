@@ -11,7 +11,11 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
 use csv::ByteRecord;
-use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder};
+use deltalake::arrow::array::{
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, PrimitiveBuilder, RecordBatch,
+    StringBuilder,
+};
+use deltalake::arrow::compute::kernels::cast_utils::Parser;
 
 use super::cast::cast_column;
 use super::{
@@ -246,6 +250,65 @@ pub(super) fn is_null(config: &TableConfig, field: &[u8], ty: ColumnType) -> boo
     }
 }
 
+/// One column of a chunk being parsed: numbers are parsed as they are appended, with the
+/// parsers Arrow's cast from text uses (so a value converts exactly as a cast would); other
+/// types are kept as text and cast when the chunk is done ([`cast_column`]).
+enum ColumnBuilder {
+    Text(StringBuilder),
+    Int(Int32Builder),
+    Long(Int64Builder),
+    Double(Float64Builder),
+}
+
+impl ColumnBuilder {
+    fn new(ty: ColumnType, rows: usize) -> Self {
+        match ty {
+            ColumnType::Int => ColumnBuilder::Int(Int32Builder::with_capacity(rows)),
+            ColumnType::Long => ColumnBuilder::Long(Int64Builder::with_capacity(rows)),
+            ColumnType::Double => ColumnBuilder::Double(Float64Builder::with_capacity(rows)),
+            _ => ColumnBuilder::Text(StringBuilder::with_capacity(rows, rows * 16)),
+        }
+    }
+
+    /// Appends a value; false (and a NULL appended) when a number does not parse.
+    fn append(&mut self, text: &str) -> bool {
+        fn parsed<T: Parser>(builder: &mut PrimitiveBuilder<T>, text: &str) -> bool {
+            let value = T::parse(text);
+            builder.append_option(value);
+            value.is_some()
+        }
+        match self {
+            ColumnBuilder::Text(b) => {
+                b.append_value(text);
+                true
+            }
+            ColumnBuilder::Int(b) => parsed(b, text),
+            ColumnBuilder::Long(b) => parsed(b, text),
+            ColumnBuilder::Double(b) => parsed(b, text),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            ColumnBuilder::Text(b) => b.append_null(),
+            ColumnBuilder::Int(b) => b.append_null(),
+            ColumnBuilder::Long(b) => b.append_null(),
+            ColumnBuilder::Double(b) => b.append_null(),
+        }
+    }
+
+    /// The column as `ty`, and the rows whose text did not cast (numbers reported on
+    /// [`Self::append`] already).
+    fn finish(&mut self, ty: ColumnType) -> Result<(ArrayRef, Vec<usize>)> {
+        Ok(match self {
+            ColumnBuilder::Text(b) => return cast_column(&(Arc::new(b.finish()) as ArrayRef), ty),
+            ColumnBuilder::Int(b) => (Arc::new(b.finish()), Vec::new()),
+            ColumnBuilder::Long(b) => (Arc::new(b.finish()), Vec::new()),
+            ColumnBuilder::Double(b) => (Arc::new(b.finish()), Vec::new()),
+        })
+    }
+}
+
 struct ChunkParser<'a> {
     config: &'a TableConfig,
     file_name: String,
@@ -262,17 +325,37 @@ impl ChunkParser<'_> {
         parts.join(&(self.config.delimiter as char).to_string())
     }
 
+    /// A record's values as read, NULLs empty (the raw text of a row with a bad value).
+    fn raw_values(&self, record: &ByteRecord) -> String {
+        let parts: Vec<_> = record
+            .iter()
+            .zip(&self.config.columns)
+            .map(
+                |(field, column)| match is_null(self.config, field, column.ty) {
+                    true => "".into(),
+                    false => String::from_utf8_lossy(field),
+                },
+            )
+            .collect();
+        parts.join(&(self.config.delimiter as char).to_string())
+    }
+
     /// Validates, casts and hashes one chunk of records; bad rows go to `errors`.
     fn parse(&self, chunk: &[ByteRecord], errors: &mut RowErrors) -> Result<Option<HashedBatch>> {
         let columns = &self.config.columns;
-        let mut builders: Vec<StringBuilder> = columns
+        let mut builders: Vec<ColumnBuilder> = columns
             .iter()
-            .map(|_| StringBuilder::with_capacity(chunk.len(), chunk.len() * 16))
+            .map(|c| ColumnBuilder::new(c.ty, chunk.len()))
             .collect();
         let mut lines = Vec::with_capacity(chunk.len());
+        // The record of each row of the batch (rows with a bad field count or bad UTF-8 have
+        // none), for the text of bad values.
+        let mut records = Vec::with_capacity(chunk.len());
+        // (row, column index) of the first unconvertible value of each bad row
+        let mut bad: Vec<(usize, usize)> = Vec::new();
         // One record's fields, each checked as UTF-8 once (the buffer is reused across rows).
         let mut fields: Vec<&str> = Vec::with_capacity(columns.len());
-        for record in chunk {
+        for (r, record) in chunk.iter().enumerate() {
             let line = record.position().map_or(0, |p| p.line());
             if record.len() != columns.len() {
                 let reason = format!("expected {} fields, found {}", columns.len(), record.len());
@@ -295,24 +378,22 @@ impl ChunkParser<'_> {
                 errors.push(err, || self.raw(record))?;
                 continue;
             }
-            for ((text, column), builder) in fields.iter().zip(columns).zip(&mut builders) {
+            let row = lines.len();
+            for (c, ((text, column), builder)) in
+                fields.iter().zip(columns).zip(&mut builders).enumerate()
+            {
                 if is_null(self.config, text.as_bytes(), column.ty) {
                     builder.append_null();
-                } else {
-                    builder.append_value(text);
+                } else if !builder.append(text) {
+                    bad.push((row, c));
                 }
             }
             lines.push(line);
+            records.push(r);
         }
-        let raw_columns: Vec<ArrayRef> = builders
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef)
-            .collect();
         let mut typed = Vec::with_capacity(columns.len());
-        // (row, column index) of the first unconvertible value of each bad row
-        let mut bad: Vec<(usize, usize)> = Vec::new();
-        for (c, (raw, column)) in raw_columns.iter().zip(columns).enumerate() {
-            let (array, bad_rows) = cast_column(raw, column.ty)?;
+        for (c, (builder, column)) in builders.iter_mut().zip(columns).enumerate() {
+            let (array, bad_rows) = builder.finish(column.ty)?;
             bad.extend(bad_rows.into_iter().map(|r| (r, c)));
             typed.push(array);
         }
@@ -323,24 +404,11 @@ impl ChunkParser<'_> {
             bad.dedup_by_key(|(row, _)| *row);
             let mut keep = vec![true; batch.num_rows()];
             for &(row, c) in &bad {
-                let value = raw_columns[c]
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .map(|a| a.value(row).to_string())
-                    .unwrap_or_default();
+                let record = &chunk[records[row]];
+                let value = String::from_utf8_lossy(&record[c]);
                 let reason = format!("cannot parse `{value}` as {}", columns[c].ty);
                 let err = self.bad_row(lines[row], Some(&columns[c].name), reason);
-                let raw = || {
-                    raw_columns
-                        .iter()
-                        .map(|a| {
-                            let a = a.as_any().downcast_ref::<StringArray>();
-                            a.map(|a| a.value(row).to_string()).unwrap_or_default()
-                        })
-                        .collect::<Vec<_>>()
-                        .join(&(self.config.delimiter as char).to_string())
-                };
-                errors.push(err, raw)?;
+                errors.push(err, || self.raw_values(record))?;
                 keep[row] = false;
             }
             (batch, lines) = drop_rows(&batch, lines, keep)?;
@@ -349,5 +417,81 @@ impl ChunkParser<'_> {
             return Ok(None);
         }
         hash_batch(self.config, batch, self.index, lines).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use deltalake::arrow::array::{Array, StringArray};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Texts numbers are written as, or misspelt as.
+    const SAMPLES: &[&str] = &[
+        "0",
+        "-0",
+        "+1",
+        "1.5",
+        "-2.25e-3",
+        "1e308",
+        "1e309",
+        "-1e309",
+        ".5",
+        "5.",
+        "1_000",
+        "0x10",
+        " 1",
+        "1 ",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "infinity",
+        "2147483647",
+        "2147483648",
+        "-2147483649",
+        "9223372036854775807",
+        "9223372036854775808",
+        "12abc",
+        "",
+        "-",
+        "1e",
+        "00042",
+        "3.000000000000000000001",
+    ];
+
+    proptest! {
+        #[test]
+        fn numbers_parse_as_arrows_cast_from_text_would(
+            picks in proptest::collection::vec(0..SAMPLES.len(), 0..40),
+            ty in prop_oneof![Just(ColumnType::Int), Just(ColumnType::Long), Just(ColumnType::Double)],
+        ) {
+            let texts: Vec<&str> = picks.iter().map(|&i| SAMPLES[i]).collect();
+            let mut builder = ColumnBuilder::new(ty, texts.len());
+            let mut bad = Vec::new();
+            for (row, text) in texts.iter().enumerate() {
+                if !builder.append(text) {
+                    bad.push(row);
+                }
+            }
+            let (array, later) = builder.finish(ty).unwrap();
+            bad.extend(later);
+            let text: ArrayRef = Arc::new(StringArray::from(texts.clone()));
+            let (expected, expected_bad) = cast_column(&text, ty).unwrap();
+            prop_assert_eq!(array.to_data(), expected.to_data());
+            prop_assert_eq!(bad, expected_bad);
+        }
+    }
+
+    #[test]
+    fn text_columns_are_cast_when_the_chunk_is_done() {
+        let mut builder = ColumnBuilder::new(ColumnType::Date, 3);
+        assert!(builder.append("2024-01-31"));
+        builder.append_null();
+        assert!(builder.append("2024-13-01"), "text is checked when cast");
+        let (array, bad) = builder.finish(ColumnType::Date).unwrap();
+        assert_eq!(array.data_type(), &ColumnType::Date.arrow_type());
+        assert_eq!((array.null_count(), bad), (2, vec![2]));
     }
 }
