@@ -68,13 +68,19 @@ async fn spilling_partitioned_and_streamed_runs_commit_the_same_tables() {
     let tight = config_in(dir.path(), "tight", "memory_limit: 16MiB\nspill_dir: spill");
     // Partitioned although it fits (a set partition count turns streaming off), held whole.
     let held = config_in(dir.path(), "held", "partitions: 1");
+    // Partitioned in 8 on every day, the delta extract of day 3 included; spilling on days 1-2.
+    let forced = config_in(
+        dir.path(),
+        "forced",
+        "memory_limit: 16MiB\nspill_dir: spill\npartitions: 8",
+    );
     let date = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
     let days = [
         (&spec.initial_output, "2024-01-01", false),
         (&spec.incremental_output, "2024-01-02", false),
         (&day3_dir, "2024-01-03", true),
     ];
-    for config_path in [&roomy, &tight, &held] {
+    for config_path in [&roomy, &tight, &held, &forced] {
         let folder = config_path.parent().unwrap();
         let mut day1_peak = 0;
         for (input, day, delta) in &days {
@@ -94,6 +100,13 @@ async fn spilling_partitioned_and_streamed_runs_commit_the_same_tables() {
             if config_path == &tight && *day == "2024-01-03" {
                 // 40,000 current rows and a 5,000-row delta: the index fits even 16 MiB.
                 assert!(memory.plan.streamed, "{day}: {memory:?}");
+            } else if config_path == &forced {
+                assert!(!memory.plan.streamed, "{day}: {memory:?}");
+                assert_eq!(memory.plan.partitions, 8, "{day}: {memory:?}");
+                // Day 3's 5,000 rows fit the store.
+                if *day != "2024-01-03" {
+                    assert!(memory.spill.spilled_bytes > 0, "{day}: {memory:?}");
+                }
             } else if config_path == &tight {
                 assert!(memory.plan.partitions > 1, "{day}: {memory:?}");
                 assert!(memory.spill.spilled_bytes > 0, "{day}: {memory:?}");
@@ -136,7 +149,7 @@ async fn spilling_partitioned_and_streamed_runs_commit_the_same_tables() {
     for table in ["t_current", "t_history"] {
         let a = sorted_rows(&dir.path().join("roomy/lake").join(table)).await;
         assert!(!a.is_empty());
-        for other in ["tight", "held"] {
+        for other in ["tight", "held", "forced"] {
             let b = sorted_rows(&dir.path().join(other).join("lake").join(table)).await;
             assert_eq!(a.len(), b.len(), "{table}");
             assert!(
