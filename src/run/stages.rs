@@ -223,7 +223,7 @@ impl Stages<'_> {
         let mut picks = Picks::new(self.rows_per_file);
         let (read_stats, diffed) = match read {
             Ok(read_stats) => {
-                let finished = probe.finish();
+                let finished = tokio::task::block_in_place(|| probe.finish());
                 diffed.counts = finished.counts;
                 diffed.rejects = errors.rejects;
                 let picked = finished
