@@ -17,8 +17,9 @@ use crate::diff::{gone_op, key, outcome, DigestMap, Key, Op, OpCounts};
 
 /// Bytes of memory per index entry planned for: the map's key and [`Slot`] (48 bytes, and a
 /// control byte) at the lowest load the map keeps after growing (7/16), 112 bytes, and half
-/// again for the current rows staged before the shards are built (48 bytes each), or the old
-/// table a shard still holds while it grows into a new one.
+/// again for the current rows staged before the shards are built (48 bytes each, and a few
+/// percent of spare capacity), or the old table a shard (1/16 of the index) still holds while
+/// it grows into a new one.
 pub const ENTRY_BYTES: u64 = 168;
 
 #[derive(Clone, Copy)]
@@ -65,6 +66,8 @@ pub struct Finished {
 /// missed the cache on nearly every insert).
 const SHARDS: usize = 16;
 
+const _: () = assert!(SHARDS.is_power_of_two() && SHARDS > 1);
+
 /// The shard of a key.
 fn shard(key: Key) -> usize {
     (key >> (128 - SHARDS.trailing_zeros())) as usize
@@ -86,8 +89,10 @@ impl Probe {
     pub fn new(extract: ExtractType, run_date: i32, capacity: usize) -> Self {
         Probe {
             shards: (0..SHARDS).map(|_| DigestMap::default()).collect(),
+            // Shards hold their share of the rows give or take a few hundred: 1/32 more
+            // spares nearly every one a doubling.
             pending: (0..SHARDS)
-                .map(|_| Vec::with_capacity(capacity.div_ceil(SHARDS)))
+                .map(|_| Vec::with_capacity(capacity.div_ceil(SHARDS) * 33 / 32 + 64))
                 .collect(),
             extract,
             run_date,
@@ -117,8 +122,9 @@ impl Probe {
         }
     }
 
-    /// Moves the pending current rows into their shards, a share of the shards per core.
-    fn build(&mut self) {
+    /// Builds the index from the current rows added so far: each shard whole, a share of
+    /// the shards per core. Probing builds it too, if need be (later rows added are built then).
+    pub fn build(&mut self) {
         if self.pending.iter().all(Vec::is_empty) {
             return;
         }

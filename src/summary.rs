@@ -28,7 +28,7 @@ pub struct StageTimes {
     /// diffs each batch as it is read, its data files written as rows come out: that is here.
     pub read_secs: f64,
     /// Streaming the current table's join columns into partitions (streamed run: into the
-    /// in-memory index, before the read).
+    /// in-memory index, built before the read).
     pub scan_secs: f64,
     /// Diffing the partitions, with the data files written as rows come out, then reading
     /// back the rows of keys absent from the extract (streamed run: only the latter).

@@ -204,7 +204,8 @@ impl Stages<'_> {
                 current_rows += batch.num_rows() as u64;
                 join::index_current(&mut probe, &batch)
             })
-            .await;
+            .await
+            .map(|()| tokio::task::block_in_place(|| probe.build()));
         times.scan_secs = scanning.elapsed().as_secs_f64();
         self.progress.restart();
         let reading = Instant::now();

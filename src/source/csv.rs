@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
@@ -20,9 +20,9 @@ use deltalake::arrow::compute::kernels::cast_utils::Parser;
 use super::cast::cast_column;
 use super::{
     drain_in_order, drop_rows, first_bad_row, hash_batch, join_workers, HashedBatch, InputFile,
-    RowErrors, Window, WorkerResult, BATCH_ROWS,
+    RowErrors, StopOnPanic, Window, WorkerResult, BATCH_ROWS,
 };
-use crate::config::TableConfig;
+use crate::config::{OnError, TableConfig};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::schema::{payload_schema, ColumnType};
@@ -118,6 +118,8 @@ pub(super) fn read(
     // Chunks split but not yet handed to `sink` (queued, parsing, or waiting for an earlier
     // one): as many as the queues and workers hold, so a slow chunk bounds the others.
     let window = &Window::new(3 * workers as u64);
+    // The first chunk (in file order) a worker failed on.
+    let failed_at = &AtomicU64::new(u64::MAX);
     let chunk_rx = Mutex::new(chunk_rx);
     let chunk_rx = &chunk_rx;
     let parser = &parser;
@@ -128,6 +130,7 @@ pub(super) fn read(
             let batch_tx = batch_tx.clone();
             let recycle_tx = recycle_tx.clone();
             handles.push(scope.spawn(move || -> WorkerResult {
+                let _stop_on_panic = StopOnPanic(stop);
                 let mut local = RowErrors::new(config.on_error);
                 let mut failed = None;
                 loop {
@@ -135,8 +138,13 @@ pub(super) fn read(
                     let Some((seq, chunk)) = next else {
                         return (local, failed);
                     };
-                    // After a failure, queued chunks (all later in the file) are only drained.
-                    if stop.load(Ordering::SeqCst) {
+                    // After a worker's failure, chunks later in the file are only drained (an
+                    // earlier one, taken before the failure, is still parsed: it may hold the
+                    // file's first bad row); after the sink's, every chunk is.
+                    let first_failed = failed_at.load(Ordering::SeqCst);
+                    if seq > first_failed
+                        || (first_failed == u64::MAX && stop.load(Ordering::SeqCst))
+                    {
                         continue;
                     }
                     let parsed = parser.parse(&chunk, &mut local);
@@ -152,6 +160,7 @@ pub(super) fn read(
                             }
                         }
                         Err(e) => {
+                            failed_at.fetch_min(seq, Ordering::SeqCst);
                             stop.store(true, Ordering::SeqCst);
                             let line = match &e {
                                 Error::BadRow { line, .. } => *line,
@@ -171,6 +180,9 @@ pub(super) fn read(
             while !stop.load(Ordering::SeqCst) {
                 // A slow chunk holds up the ones after it: the splitter waits for it.
                 window.wait_for(seq, stop);
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
                 let mut chunk = recycle_rx
                     .try_recv()
                     .unwrap_or_else(|_| Vec::with_capacity(BATCH_ROWS));
@@ -355,11 +367,20 @@ impl ChunkParser<'_> {
         let mut bad: Vec<(usize, usize)> = Vec::new();
         // One record's fields, each checked as UTF-8 once (the buffer is reused across rows).
         let mut fields: Vec<&str> = Vec::with_capacity(columns.len());
+        // Under `on_error: fail`, a record with a bad field count or bad UTF-8 ends the chunk:
+        // a bad value on an earlier line, found once the columns are built, is the one reported.
+        let fail = self.config.on_error == OnError::Fail;
+        let mut ended = None;
         for (r, record) in chunk.iter().enumerate() {
             let line = record.position().map_or(0, |p| p.line());
             if record.len() != columns.len() {
                 let reason = format!("expected {} fields, found {}", columns.len(), record.len());
-                errors.push(self.bad_row(line, None, reason), || self.raw(record))?;
+                let err = self.bad_row(line, None, reason);
+                if fail {
+                    ended = Some(err);
+                    break;
+                }
+                errors.push(err, || self.raw(record))?;
                 continue;
             }
             fields.clear();
@@ -375,6 +396,10 @@ impl ChunkParser<'_> {
             }
             if let Some(column) = invalid {
                 let err = self.bad_row(line, Some(&column.name), "invalid UTF-8".into());
+                if fail {
+                    ended = Some(err);
+                    break;
+                }
                 errors.push(err, || self.raw(record))?;
                 continue;
             }
@@ -412,6 +437,9 @@ impl ChunkParser<'_> {
                 keep[row] = false;
             }
             (batch, lines) = drop_rows(&batch, lines, keep)?;
+        }
+        if let Some(err) = ended {
+            return Err(err);
         }
         if batch.num_rows() == 0 {
             return Ok(None);

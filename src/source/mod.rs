@@ -46,7 +46,8 @@ pub struct Reject {
     pub line: u64,
     pub column: Option<String>,
     pub reason: String,
-    /// The raw line as read (lossy UTF-8), or the row's values for Parquet.
+    /// The raw line as read (lossy UTF-8); for a CSV value that does not convert, the row's
+    /// values joined by the delimiter, NULLs empty; for Parquet, the row's values.
     pub raw: String,
 }
 
@@ -236,6 +237,18 @@ impl Window {
     }
 }
 
+/// Sets a reader's `stop` flag when dropped by a thread unwinding from a panic, so that the
+/// reader's other threads end (its splitter would otherwise wait for the window for ever).
+pub(crate) struct StopOnPanic<'a>(pub(crate) &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 /// As [`drain_into`], for batches numbered in file order (a reader's chunks, each giving a batch
 /// or none): they are handed to `sink` in that order, and `window` follows the next number to
 /// hand over. Batches after a missing number (its worker failed, and the read with it) are
@@ -246,6 +259,7 @@ pub(crate) fn drain_in_order(
     stop: &std::sync::atomic::AtomicBool,
     window: &Window,
 ) -> Result<()> {
+    let _stop_on_panic = StopOnPanic(stop);
     let mut waiting = std::collections::BTreeMap::new();
     let mut next = 0u64;
     let mut result = Ok(());
@@ -270,8 +284,9 @@ pub(crate) fn drain_in_order(
 }
 
 /// The outcome of reading one file, from its workers' (`read`) and its sink's (`sunk`): when
-/// both failed on a bad row, the one earlier in the file (a worker's unparsable value or the
-/// sink's duplicate key, whichever came first in time), otherwise the workers' error first.
+/// both failed on a bad row, the one on the earlier line (a worker's unparsable value or the
+/// sink's duplicate key), otherwise the workers' error first (a bad row the workers found is
+/// reported over a sink's other error, a table writer's say).
 pub(crate) fn first_bad_row(read: Result<()>, sunk: Result<()>) -> Result<()> {
     match (read, sunk) {
         (Err(read @ Error::BadRow { line: at, .. }), Err(sunk @ Error::BadRow { line, .. })) => {
@@ -384,6 +399,19 @@ mod tests {
             &Window::new(4),
         );
         assert!(result.is_err() && calls == 1);
+        assert!(stop.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_panicking_sink_stops_the_reader() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send((0, Some(batch(1)))).unwrap();
+        drop(tx);
+        let stop = AtomicBool::new(false);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drain_in_order(rx, &mut |_| panic!("sink"), &stop, &Window::new(2))
+        }));
+        assert!(panicked.is_err());
         assert!(stop.load(std::sync::atomic::Ordering::SeqCst));
     }
 

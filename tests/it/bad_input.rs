@@ -107,6 +107,19 @@ async fn invalid_utf8() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_first_bad_row_is_reported_whatever_its_kind() {
+    // A bad number (line 2) before a row with too few fields (line 3), in one chunk.
+    let err = fails_on(b"a,1,2024-01-01\nb,x,2024-01-01\nc,3\n").await;
+    assert_names(&err, 2, Some("n"));
+    // A bad date (line 2) before a row of invalid UTF-8 (line 3).
+    let err = fails_on(b"a,1,2024-01-01\nb,1,2024-13-01\n\xff,1,2024-01-01\n").await;
+    assert_names(&err, 2, Some("d"));
+    // The row of too few fields first: it is the one.
+    let err = fails_on(b"a,1\nb,x,2024-01-01\n").await;
+    assert_names(&err, 1, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn duplicate_key_names_both_lines() {
     let err = fails_on(b"a,1,2024-01-01\nb,1,2024-01-01\na,2,2024-01-01\n").await;
     assert_names(&err, 3, None);
