@@ -218,14 +218,16 @@ pub fn classify<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use proptest::prelude::*;
 
     use super::*;
 
-    fn digest(n: u8) -> Vec<u8> {
+    /// A 16-byte digest standing for `n`: distinct for distinct `n`, with varied first and
+    /// last bytes (map buckets, index shards).
+    pub(crate) fn digest(n: u8) -> Vec<u8> {
         let mut d = vec![0u8; 16];
         d[0] = n;
         d[15] = n.wrapping_mul(7);

@@ -221,13 +221,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn digest(n: u8) -> Vec<u8> {
-        let mut d = vec![0u8; 16];
-        d[0] = n;
-        d[15] = n.wrapping_mul(7);
-        d
-    }
+    use crate::diff::tests::digest;
 
     fn binary(values: impl IntoIterator<Item = u8>) -> BinaryArray {
         BinaryArray::from_iter_values(values.into_iter().map(digest))
