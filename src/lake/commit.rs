@@ -165,6 +165,45 @@ fn byte_values<T: ByteArrayType<Offset = i32>>(array: &GenericByteArray<T>) -> &
     &array.value_data()[offsets[0] as usize..offsets[offsets.len() - 1] as usize]
 }
 
+/// The writers of a run's current and history tables ([`write_stream`], one task each): the
+/// channel into each, and its task.
+pub struct TableWriters {
+    pub current_tx: tokio::sync::mpsc::Sender<RecordBatch>,
+    pub history_tx: tokio::sync::mpsc::Sender<RecordBatch>,
+    current: tokio::task::JoinHandle<Result<Vec<Add>>>,
+    history: tokio::task::JoinHandle<Result<Vec<Add>>>,
+}
+
+impl TableWriters {
+    /// Starts both writers, each taking up to two batches ahead.
+    pub fn start(lake: &Lake, properties: WriterProperties) -> Self {
+        let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
+        let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
+        let current = tokio::spawn(write_stream(
+            lake.current.clone(),
+            current_rx,
+            properties.clone(),
+        ));
+        let history = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
+        TableWriters {
+            current_tx,
+            history_tx,
+            current,
+            history,
+        }
+    }
+
+    /// Closes both channels and waits for the writers: the `add` actions of their files
+    /// (current, history).
+    pub async fn finish(self) -> (Result<Vec<Add>>, Result<Vec<Add>>) {
+        drop((self.current_tx, self.history_tx));
+        (
+            join_writer(self.current).await,
+            join_writer(self.history).await,
+        )
+    }
+}
+
 /// Streams the batches received on `rx` into Parquet data files of `table` (files roll at
 /// [`TARGET_FILE_BYTES`]) without committing them; returns their `add` actions once `rx` is
 /// closed. Memory stays bounded: files are written as batches arrive. The first batch
@@ -172,7 +211,7 @@ fn byte_values<T: ByteArrayType<Offset = i32>>(array: &GenericByteArray<T>) -> &
 ///
 /// # Errors
 /// Delta, Parquet and object-store errors; the files finished so far are deleted again.
-pub async fn write_stream(
+async fn write_stream(
     table: DeltaTable,
     mut rx: tokio::sync::mpsc::Receiver<RecordBatch>,
     properties: WriterProperties,
@@ -245,7 +284,7 @@ pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
 ///
 /// # Errors
 /// The writer's error, or [`Error::Internal`] when its task panicked.
-pub async fn join_writer(handle: tokio::task::JoinHandle<Result<Vec<Add>>>) -> Result<Vec<Add>> {
+async fn join_writer(handle: tokio::task::JoinHandle<Result<Vec<Add>>>) -> Result<Vec<Add>> {
     handle
         .await
         .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?

@@ -32,8 +32,8 @@ use deltalake::datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 
 pub use commit::{
-    discard_files, discard_written, join_writer, write_files, write_stream, writer_properties,
-    Planned, TARGET_FILE_BYTES,
+    discard_files, discard_written, write_files, writer_properties, Planned, TableWriters,
+    TARGET_FILE_BYTES,
 };
 use log::{find_run, txn_version, CommitActions};
 pub use log::{CommitEntry, RunRecord};

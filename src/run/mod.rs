@@ -2,7 +2,7 @@
 
 mod stages;
 
-use stages::{writer_gone, Diffed, Joined, Stages, Writers, WRITER_GONE};
+use stages::{writer_gone, Diffed, Joined, Stages, WRITER_GONE};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::join::{self, JoinContext};
 use crate::lake::current::{self, DataFiles};
 use crate::lake::{
-    self, write_files, writer_properties, Lake, Planned, RunRecord, CURRENT, HISTORY, REJECTS,
+    self, write_files, writer_properties, Lake, Planned, RunRecord, TableWriters, CURRENT, HISTORY,
+    REJECTS,
 };
 use crate::plan::{self, MemoryPlan};
 use crate::progress::Progress;
@@ -206,7 +207,7 @@ pub async fn run(
     let mut created = Vec::new();
     let (mut lake, writers, joined) = match (lake, &data_files) {
         (Some(lake), Some(data_files)) if memory.streamed => {
-            let writers = Writers::start(&lake, properties);
+            let writers = TableWriters::start(&lake, properties);
             let joined = stages.streamed(data_files, &writers).await;
             (lake, writers, joined)
         }
@@ -224,7 +225,7 @@ pub async fn run(
                         .0
                 }
             };
-            let writers = Writers::start(&lake, properties);
+            let writers = TableWriters::start(&lake, properties);
             let joined = stages.diff(partitioned, memory, &writers);
             (lake, writers, joined)
         }

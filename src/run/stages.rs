@@ -6,8 +6,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use deltalake::arrow::array::RecordBatch;
-use deltalake::kernel::Add;
-use deltalake::parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc::Sender;
 use tracing::Instrument;
 
@@ -15,7 +13,7 @@ use crate::diff::OpCounts;
 use crate::error::{Error, Result};
 use crate::join::{self, JoinContext, PartitionDiff};
 use crate::lake::current::{DataFiles, Picks};
-use crate::lake::{self, write_stream, Lake};
+use crate::lake::TableWriters;
 use crate::plan::MemoryPlan;
 use crate::probe::Probe;
 use crate::progress::Progress;
@@ -27,42 +25,6 @@ use crate::summary::StageTimes;
 /// Side indices of the run's [`SpillStore`].
 pub(super) const INCOMING: usize = 0;
 pub(super) const CURRENT_SIDE: usize = 1;
-
-/// The two table writers of a run: the channel into each and its task ([`write_stream`]).
-pub(super) struct Writers {
-    pub(super) current_tx: Sender<RecordBatch>,
-    pub(super) history_tx: Sender<RecordBatch>,
-    pub(super) current: tokio::task::JoinHandle<Result<Vec<Add>>>,
-    pub(super) history: tokio::task::JoinHandle<Result<Vec<Add>>>,
-}
-
-impl Writers {
-    pub(super) fn start(lake: &Lake, properties: WriterProperties) -> Self {
-        let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
-        let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
-        let current = tokio::spawn(write_stream(
-            lake.current.clone(),
-            current_rx,
-            properties.clone(),
-        ));
-        let history = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
-        Writers {
-            current_tx,
-            history_tx,
-            current,
-            history,
-        }
-    }
-
-    /// Closes both channels and waits for the writers: the `add` actions of their files.
-    pub(super) async fn finish(self) -> (Result<Vec<Add>>, Result<Vec<Add>>) {
-        drop((self.current_tx, self.history_tx));
-        (
-            lake::join_writer(self.current).await,
-            lake::join_writer(self.history).await,
-        )
-    }
-}
 
 /// What the diff of either kind (partitioned or streamed) leaves for the rest of the run.
 pub(super) struct Joined {
@@ -153,7 +115,7 @@ impl Stages<'_> {
         &self,
         partitioned: Partitioned,
         memory: MemoryPlan,
-        writers: &Writers,
+        writers: &TableWriters,
     ) -> Joined {
         let diffing = Instant::now();
         let store = partitioned.store.into_shared();
@@ -191,19 +153,15 @@ impl Stages<'_> {
     /// in-memory index (the scan), then each incoming batch, as it is read in file order,
     /// probed against it and its rows sent to `writers` (read and diff at once: the diff time
     /// is the gone rows' alone). A failure of either is in the result's `diffed`.
-    pub(super) async fn streamed(&self, data_files: &DataFiles, writers: &Writers) -> Joined {
+    pub(super) async fn streamed(&self, data_files: &DataFiles, writers: &TableWriters) -> Joined {
         let context = self.context;
         let config = context.config;
         let rows: u64 = self.rows_per_file.iter().sum();
         let mut times = StageTimes::default();
         let mut probe = Probe::new(config.extract_type, context.run_date, rows as usize);
-        let mut current_rows = 0u64;
         let scanning = Instant::now();
         let scanned = self
-            .scan(data_files, |batch| {
-                current_rows += batch.num_rows() as u64;
-                join::index_current(&mut probe, &batch)
-            })
+            .scan(data_files, |batch| join::index_current(&mut probe, &batch))
             .await
             .map(|()| tokio::task::block_in_place(|| probe.build()));
         times.scan_secs = scanning.elapsed().as_secs_f64();
@@ -239,7 +197,8 @@ impl Stages<'_> {
             read_stats,
             diffed,
             picks,
-            current_rows,
+            // The scan reads every row the footers count.
+            current_rows: rows,
             spill: SpillStats::default(),
             times,
         }
