@@ -60,7 +60,9 @@ def sql_list(files):
 
 def sources(kind, root, date):
     """Return (current_sql, history_sql): FROM-clauses of the current table and of
-    the DATE history partition (the latter without an eff_start_date column)."""
+    the DATE history partition. The latter's files are read by column name: Tributary's
+    history files of I and U rows are shared with current and hold eff_start_date, the
+    others do not (their partition value is in the Delta log)."""
     if kind == "tributary":
         root, _, name = root.partition(":")
         name = name or "sample_data"
@@ -77,7 +79,7 @@ def sources(kind, root, date):
         raise SystemExit(f"{root}: no current files")
     cur_sql = f"read_parquet({sql_list(cur)}, hive_partitioning = false)"
     if hist:
-        hist_sql = f"read_parquet({sql_list(hist)}, hive_partitioning = false)"
+        hist_sql = f"read_parquet({sql_list(hist)}, hive_partitioning = false, union_by_name = true)"
     else:  # no history rows for that date: an empty relation with the right columns
         hist_sql = f"(SELECT * EXCLUDE (eff_start_date) FROM {cur_sql} LIMIT 0)"
     return cur_sql, hist_sql

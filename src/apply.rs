@@ -140,8 +140,8 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
     // Rows go to the writers in slices of at most BATCH_ROWS picks, as they are resolved.
     let out = Outputs {
         sources: &sources,
-        current: &writers.current_tx,
-        history: &writers.history_tx,
+        current: &writers.tx.current,
+        history: &writers.tx.history,
     };
 
     let merging = Instant::now();

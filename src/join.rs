@@ -16,7 +16,7 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray, UInt32Array,
     UInt64Array,
 };
-use deltalake::arrow::compute::{concat_batches, filter, filter_record_batch, BatchCoalescer};
+use deltalake::arrow::compute::{concat_batches, filter, filter_record_batch, not, BatchCoalescer};
 use deltalake::arrow::datatypes::{
     DataType, Date32Type, Field, Schema, SchemaRef, UInt32Type, UInt64Type,
 };
@@ -121,8 +121,12 @@ pub fn incoming_batch(schema: &SchemaRef, batch: HashedBatch) -> Result<RecordBa
 /// What diffing one partition produced.
 #[derive(Debug, Default)]
 pub struct PartitionDiff {
+    /// Rows of the current table alone (N).
     pub current: Vec<RecordBatch>,
+    /// Rows of the history table alone (none from the incoming side: D rows are read back).
     pub history: Vec<RecordBatch>,
+    /// Rows of both tables (I, U), written once and shared (see `lake::Senders`).
+    pub both: Vec<RecordBatch>,
     pub counts: OpCounts,
     /// Duplicate-key rows set aside under `on_error: reject`.
     pub rejects: Vec<Reject>,
@@ -208,8 +212,8 @@ impl JoinContext<'_> {
     }
 
     /// Adds classified incoming rows (payload columns, digests, and each row's operation and
-    /// `eff_start_date`) to `out` in the table schema: all to the current table, the changed
-    /// ones (I, U) to the history table.
+    /// `eff_start_date`) to `out` in the table schema: the changed ones (I, U) to both tables,
+    /// the others (N) to the current table alone.
     fn output(
         &self,
         payload: &[ArrayRef],
@@ -233,11 +237,14 @@ impl JoinContext<'_> {
         let full = RecordBatch::try_new(self.table_schema.clone(), columns)?;
         let changed: BooleanArray = ops.iter().map(|(op, _)| Some(op.in_history())).collect();
         match changed.true_count() {
-            0 => {}
-            n if n == full.num_rows() => out.history.push(full.clone()),
-            _ => out.history.push(filter_record_batch(&full, &changed)?),
+            0 => out.current.push(full),
+            n if n == full.num_rows() => out.both.push(full),
+            _ => {
+                out.both.push(filter_record_batch(&full, &changed)?);
+                out.current
+                    .push(filter_record_batch(&full, &not(&changed)?)?);
+            }
         }
-        out.current.push(full);
         Ok(())
     }
 

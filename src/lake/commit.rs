@@ -11,6 +11,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 
 use super::log::{txn_version, CommitEntry, PendingCommit, RunRecord, COMMIT_INFO_KEY};
+use super::shared::{write_shared, SharedFiles};
 use super::{Lake, HISTORY};
 use crate::config::Compression;
 use crate::error::{Error, Result};
@@ -18,6 +19,8 @@ use crate::schema::{KEYHASH, NONKEYHASH};
 use deltalake::parquet::basic::Compression::UNCOMPRESSED;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
+use tokio::sync::mpsc::Sender;
+use tokio::task::JoinHandle;
 
 /// The file actions planned for one table.
 #[derive(Debug, Default, Clone)]
@@ -165,42 +168,134 @@ fn byte_values<T: ByteArrayType<Offset = i32>>(array: &GenericByteArray<T>) -> &
     &array.value_data()[offsets[0] as usize..offsets[offsets.len() - 1] as usize]
 }
 
-/// The writers of a run's current and history tables ([`write_stream`], one task each): the
-/// channel into each, and its task.
+/// The channels into a run's table writers ([`TableWriters`]), each taking up to two batches
+/// ahead.
+#[derive(Clone)]
+pub struct Senders {
+    /// Rows of the current table alone.
+    pub current: Sender<RecordBatch>,
+    /// Rows of the history table alone.
+    pub history: Sender<RecordBatch>,
+    /// Rows of both tables, all of one `eff_start_date` (a snapshot run's I and U rows):
+    /// written once and shared ([`shared`](super::shared)). None when the tables cannot share
+    /// files (a partitioned current table): such rows go to both channels above.
+    both: Option<Sender<RecordBatch>>,
+}
+
+impl Senders {
+    /// Sends a batch of rows of both tables (see [`Senders::both`]), blocking while the
+    /// writers are busy.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when a writer has stopped (its own error explains why).
+    pub fn blocking_send_both(&self, batch: RecordBatch) -> Result<()> {
+        let sent = match &self.both {
+            Some(both) => both.blocking_send(batch).is_ok(),
+            None => {
+                self.current.blocking_send(batch.clone()).is_ok()
+                    && self.history.blocking_send(batch).is_ok()
+            }
+        };
+        sent.then_some(())
+            .ok_or_else(|| Error::Internal(WRITER_GONE.into()))
+    }
+}
+
+/// What [`Senders::blocking_send_both`] returns once a writer is gone.
+pub const WRITER_GONE: &str = "a table writer stopped early";
+
+/// The writers of a run's current and history tables: one task each ([`write_stream`]), and a
+/// third for the rows of both ([`write_shared`]) when the tables can share files.
 pub struct TableWriters {
-    pub current_tx: tokio::sync::mpsc::Sender<RecordBatch>,
-    pub history_tx: tokio::sync::mpsc::Sender<RecordBatch>,
-    current: tokio::task::JoinHandle<Result<Vec<Add>>>,
-    history: tokio::task::JoinHandle<Result<Vec<Add>>>,
+    pub tx: Senders,
+    tables: (DeltaTable, DeltaTable),
+    current: JoinHandle<Result<Vec<Add>>>,
+    history: JoinHandle<Result<Vec<Add>>>,
+    shared: Option<JoinHandle<Result<SharedFiles>>>,
 }
 
 impl TableWriters {
-    /// Starts both writers, each taking up to two batches ahead.
+    /// Starts the writers.
     pub fn start(lake: &Lake, properties: WriterProperties) -> Self {
         let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
         let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
+        let tables = (lake.current.clone(), lake.history.clone());
+        let partitioned = lake
+            .current
+            .snapshot()
+            .map_or(true, |s| !s.metadata().partition_columns().is_empty());
+        let (both, shared) = match partitioned {
+            true => (None, None),
+            false => {
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                let task = tokio::spawn(write_shared(
+                    tables.0.clone(),
+                    tables.1.clone(),
+                    rx,
+                    properties.clone(),
+                ));
+                (Some(tx), Some(task))
+            }
+        };
         let current = tokio::spawn(write_stream(
-            lake.current.clone(),
+            tables.0.clone(),
             current_rx,
             properties.clone(),
         ));
-        let history = tokio::spawn(write_stream(lake.history.clone(), history_rx, properties));
+        let history = tokio::spawn(write_stream(tables.1.clone(), history_rx, properties));
         TableWriters {
-            current_tx,
-            history_tx,
+            tx: Senders {
+                current: current_tx,
+                history: history_tx,
+                both,
+            },
+            tables,
             current,
             history,
+            shared,
         }
     }
 
-    /// Closes both channels and waits for the writers: the `add` actions of their files
-    /// (current, history).
+    /// Closes the channels and waits for the writers: the `add` actions of the files of each
+    /// table (current, history), shared ones included. A writer's error is its table's result;
+    /// the shared writer's is current's. Files written but not in a result (the other files of
+    /// a table whose result is an error) are deleted.
     pub async fn finish(self) -> (Result<Vec<Add>>, Result<Vec<Add>>) {
-        drop((self.current_tx, self.history_tx));
+        drop(self.tx);
+        let current = join_writer(self.current).await;
+        let history = join_writer(self.history).await;
+        let (current_shared, history_shared) = match self.shared {
+            None => (Ok(Vec::new()), Vec::new()),
+            Some(task) => match join_writer(task).await {
+                Ok(files) => (Ok(files.current), files.history),
+                Err(e) => (Err(e), Vec::new()),
+            },
+        };
+        let (current_table, history_table) = &self.tables;
         (
-            join_writer(self.current).await,
-            join_writer(self.history).await,
+            merge_files(current_table, current, current_shared).await,
+            merge_files(history_table, history, Ok(history_shared)).await,
         )
+    }
+}
+
+/// One table's written files from two writers: all of them, or the first error (the other
+/// writer's files deleted).
+async fn merge_files(
+    table: &DeltaTable,
+    own: Result<Vec<Add>>,
+    shared: Result<Vec<Add>>,
+) -> Result<Vec<Add>> {
+    match (own, shared) {
+        (Ok(mut own), Ok(shared)) => {
+            own.extend(shared);
+            Ok(own)
+        }
+        (Err(e), Ok(written)) | (Ok(written), Err(e)) => {
+            discard_files(table, &written).await;
+            Err(e)
+        }
+        (Err(e), Err(_)) => Err(e),
     }
 }
 
@@ -217,7 +312,7 @@ async fn write_stream(
     properties: WriterProperties,
 ) -> Result<Vec<Add>> {
     let mut adds = Vec::new();
-    match stream_into(&table, &mut rx, properties, &mut adds).await {
+    match stream_into(&table, &mut rx, properties, &mut adds, &mut |_| Ok(())).await {
         Ok(()) => Ok(adds),
         Err(e) => {
             // Files already rolled are this writer's to delete: its caller never sees them.
@@ -227,12 +322,14 @@ async fn write_stream(
     }
 }
 
-/// The body of [`write_stream`]: each finished file's `add` goes to `adds` as it is rolled.
-async fn stream_into(
+/// The body of [`write_stream`]: each finished file's `add` goes to `adds` as it is rolled;
+/// each batch is first passed to `check`, whose error stops the writer.
+pub(super) async fn stream_into(
     table: &DeltaTable,
     rx: &mut tokio::sync::mpsc::Receiver<RecordBatch>,
     properties: WriterProperties,
     adds: &mut Vec<Add>,
+    check: &mut (dyn FnMut(&RecordBatch) -> Result<()> + Send),
 ) -> Result<()> {
     // Files are rolled here rather than with the writer's target file size, which makes it
     // write in 1,024-row slices (several times slower on wide rows).
@@ -241,6 +338,7 @@ async fn stream_into(
         if batch.num_rows() == 0 {
             continue;
         }
+        check(&batch)?;
         let writer = match &mut writer {
             Some(writer) => writer,
             None => writer.insert(
@@ -280,11 +378,11 @@ pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
     }
 }
 
-/// Waits for a writer task of [`write_stream`].
+/// Waits for a writer task.
 ///
 /// # Errors
 /// The writer's error, or [`Error::Internal`] when its task panicked.
-async fn join_writer(handle: tokio::task::JoinHandle<Result<Vec<Add>>>) -> Result<Vec<Add>> {
+async fn join_writer<T>(handle: JoinHandle<Result<T>>) -> Result<T> {
     handle
         .await
         .map_err(|e| Error::Internal(format!("writer task failed: {e}")))?

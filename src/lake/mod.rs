@@ -19,6 +19,7 @@ pub mod applied;
 mod commit;
 pub mod current;
 pub mod log;
+mod shared;
 mod table;
 
 use std::collections::HashMap;
@@ -32,8 +33,8 @@ use deltalake::datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 
 pub use commit::{
-    discard_files, discard_written, write_files, writer_properties, Planned, TableWriters,
-    TARGET_FILE_BYTES,
+    discard_files, discard_written, write_files, writer_properties, Planned, Senders, TableWriters,
+    TARGET_FILE_BYTES, WRITER_GONE,
 };
 use log::{find_run, txn_version, CommitActions};
 pub use log::{CommitEntry, RunRecord};

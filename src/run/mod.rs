@@ -2,7 +2,7 @@
 
 mod stages;
 
-use stages::{writer_gone, Diffed, Joined, Stages, WRITER_GONE};
+use stages::{writer_gone, Diffed, Joined, Stages};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -246,12 +246,12 @@ pub async fn run(
         (Ok(mut diffed), Some(files)) if picks.count() > 0 => {
             let (tx, op, written) = match config.extract_type {
                 ExtractType::Full => (
-                    writers.history_tx.clone(),
+                    writers.tx.history.clone(),
                     Op::Delete,
                     &mut diffed.history_rows_written,
                 ),
                 ExtractType::Delta => (
-                    writers.current_tx.clone(),
+                    writers.tx.current.clone(),
                     Op::NotSupplied,
                     &mut diffed.current_rows_written,
                 ),
@@ -283,7 +283,7 @@ pub async fn run(
             abandon(&lake, written, &created).await;
             // The diff's own error first, unless it only saw a writer stop: then the writer's.
             if let Err(e) = outcome {
-                if !matches!(&e, Error::Internal(m) if m == WRITER_GONE) {
+                if !matches!(&e, Error::Internal(m) if m == lake::WRITER_GONE) {
                     return Err(e);
                 }
                 c?;

@@ -1,4 +1,4 @@
-//! The read, scan and diff stages of a run, partitioned or streamed, and the two table writers
+//! The read, scan and diff stages of a run, partitioned or streamed, and the table writers
 //! they feed (see `run` for the whole run and `docs/memory.md` for both kinds).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -6,14 +6,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use deltalake::arrow::array::RecordBatch;
-use tokio::sync::mpsc::Sender;
 use tracing::Instrument;
 
 use crate::diff::OpCounts;
 use crate::error::{Error, Result};
 use crate::join::{self, JoinContext, PartitionDiff};
 use crate::lake::current::{DataFiles, Picks};
-use crate::lake::TableWriters;
+use crate::lake::{Senders, TableWriters, WRITER_GONE};
 use crate::plan::MemoryPlan;
 use crate::probe::Probe;
 use crate::progress::Progress;
@@ -123,14 +122,7 @@ impl Stages<'_> {
         let diffed = {
             let _span = tracing::info_span!("diff", partitions = memory.partitions).entered();
             tokio::task::block_in_place(|| {
-                diff_partitions(
-                    self.context,
-                    &store,
-                    memory,
-                    &picks,
-                    writers.current_tx.clone(),
-                    writers.history_tx.clone(),
-                )
+                diff_partitions(self.context, &store, memory, &picks, writers.tx.clone())
             })
         };
         // Poisoned only by a panicked worker, whose error `diffed` already holds.
@@ -173,9 +165,7 @@ impl Stages<'_> {
             self.read(true, &mut |batch| {
                 let mut out = PartitionDiff::default();
                 context.probe(&mut probe, batch, &mut errors, &mut out)?;
-                diffed.current_rows_written += send(&writers.current_tx, out.current)?;
-                diffed.history_rows_written += send(&writers.history_tx, out.history)?;
-                Ok(())
+                diffed.send(&writers.tx, out)
             })
         });
         times.read_secs = reading.elapsed().as_secs_f64();
@@ -270,15 +260,14 @@ pub(super) fn diff_partitions(
     store: &SharedStore,
     plan: MemoryPlan,
     picks: &Mutex<Picks>,
-    current_tx: Sender<RecordBatch>,
-    history_tx: Sender<RecordBatch>,
+    tx: Senders,
 ) -> Result<Diffed> {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let results: Vec<Result<Diffed>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..plan.workers)
             .map(|_| {
-                let (current_tx, history_tx) = (current_tx.clone(), history_tx.clone());
+                let tx = tx.clone();
                 let (next, stop) = (&next, &stop);
                 scope.spawn(move || -> Result<Diffed> {
                     let mut total = Diffed::default();
@@ -291,9 +280,9 @@ pub(super) fn diff_partitions(
                             let mut sides = store.take_all(p)?;
                             let current = std::mem::take(&mut sides[CURRENT_SIDE]);
                             let incoming = std::mem::take(&mut sides[INCOMING]);
-                            let out = context.diff(incoming, current)?;
+                            let mut out = context.diff(incoming, current)?;
                             total.counts.merge(&out.counts);
-                            total.rejects.extend(out.rejects);
+                            total.rejects.extend(std::mem::take(&mut out.rejects));
                             if !out.gone.is_empty() {
                                 let mut picks = picks.lock().map_err(|_| {
                                     Error::Internal("another diff worker panicked".into())
@@ -302,8 +291,7 @@ pub(super) fn diff_partitions(
                                     picks.pick(file, row)?;
                                 }
                             }
-                            total.current_rows_written += send(&current_tx, out.current)?;
-                            total.history_rows_written += send(&history_tx, out.history)?;
+                            total.send(&tx, out)?;
                         }
                         Ok(())
                     })();
@@ -322,7 +310,7 @@ pub(super) fn diff_partitions(
             })
             .collect()
     });
-    drop((current_tx, history_tx));
+    drop(tx);
     let mut total = Diffed::default();
     let mut first_error: Option<Error> = None;
     for result in results {
@@ -358,22 +346,36 @@ pub(super) fn diff_partitions(
     }
 }
 
-/// Sends batches to a writer in slices of at most [`source::BATCH_ROWS`] rows (zero-copy), so
-/// the writer's own copies (partition split, encoding buffers) stay small. Returns the rows sent.
-pub(super) fn send(tx: &Sender<RecordBatch>, batches: Vec<RecordBatch>) -> Result<u64> {
+impl Diffed {
+    /// Sends a diff's output rows to the writers ([`send`]) and counts them: the rows of
+    /// both tables count in each.
+    fn send(&mut self, tx: &Senders, out: PartitionDiff) -> Result<()> {
+        let blocking = |tx: &tokio::sync::mpsc::Sender<RecordBatch>, slice| {
+            tx.blocking_send(slice).map_err(|_| writer_gone())
+        };
+        self.current_rows_written += send(out.current, |s| blocking(&tx.current, s))?;
+        self.history_rows_written += send(out.history, |s| blocking(&tx.history, s))?;
+        let both = send(out.both, |slice| tx.blocking_send_both(slice))?;
+        self.current_rows_written += both;
+        self.history_rows_written += both;
+        Ok(())
+    }
+}
+
+/// Passes batches to a writer's `sink` in slices of at most [`source::BATCH_ROWS`] rows
+/// (zero-copy), so the writer's own copies (partition split, encoding buffers) stay small.
+/// Returns the rows sent.
+fn send(batches: Vec<RecordBatch>, mut sink: impl FnMut(RecordBatch) -> Result<()>) -> Result<u64> {
     let mut rows = 0;
     for batch in batches {
         let n = batch.num_rows();
         rows += n as u64;
         for offset in (0..n).step_by(source::BATCH_ROWS) {
-            let slice = batch.slice(offset, source::BATCH_ROWS.min(n - offset));
-            tx.blocking_send(slice).map_err(|_| writer_gone())?;
+            sink(batch.slice(offset, source::BATCH_ROWS.min(n - offset)))?;
         }
     }
     Ok(rows)
 }
-
-pub(super) const WRITER_GONE: &str = "a table writer stopped early";
 
 pub(super) fn writer_gone() -> Error {
     Error::Internal(WRITER_GONE.into())

@@ -5,6 +5,7 @@ mod common;
 mod crash;
 mod model;
 mod readers;
+mod shared;
 mod snapshot;
 mod spill;
 mod sync;

@@ -1,0 +1,135 @@
+//! A run's I and U rows are written once: data files of the current table that the history
+//! table adds as well, under its partition folder (see `lake::shared`).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::common::{counts, data_files, op_counts, Fixture, SIMPLE_COLUMNS};
+
+/// File name -> inode of a table's data files.
+fn inodes(table: &Path) -> BTreeMap<String, u64> {
+    data_files(table)
+        .into_iter()
+        .map(|f| {
+            let name = Path::new(&f)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (name, std::fs::metadata(&f).unwrap().ino())
+        })
+        .collect()
+}
+
+/// Data files of the history partition `day`.
+fn history_files(fx: &Fixture, day: &str) -> BTreeMap<String, u64> {
+    inodes(
+        &fx.table_path("history")
+            .join(format!("eff_start_date={day}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_rows_are_one_file_named_in_both_tables() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\nc,3\n"), "2024-01-01")
+        .await
+        .unwrap();
+    // Day 2: a kept (N), b updated (U), c deleted (D), d inserted (I).
+    fx.run(&fx.input("d2", "a.csv", b"a,1\nb,5\nd,4\n"), "2024-01-02")
+        .await
+        .unwrap();
+    let current = inodes(&fx.table_path("current"));
+    let day2 = history_files(&fx, "2024-01-02");
+    let shared: Vec<_> = day2
+        .iter()
+        .filter(|(name, ino)| current.get(*name) == Some(*ino))
+        .collect();
+    assert_eq!(shared.len(), 1, "one shared file: {day2:?} / {current:?}");
+    // The history partition's other file is the D row, written for history alone.
+    assert_eq!(day2.len(), 2, "{day2:?}");
+
+    let history = fx.rows("history").await;
+    let day2_rows: Vec<_> = history
+        .iter()
+        .filter(|r| r["eff_start_date"] == "2024-01-02")
+        .map(|r| (r["id"].as_str(), r["v"].as_str(), r["operation"].as_str()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        day2_rows,
+        [("b", "5.0", "U"), ("c", "3.0", "D"), ("d", "4.0", "I")]
+    );
+    assert_eq!(op_counts(&history), counts(&[("D", 1), ("I", 4), ("U", 1)]));
+    let current_rows = fx.rows("current").await;
+    assert_eq!(
+        op_counts(&current_rows),
+        counts(&[("I", 1), ("N", 1), ("U", 1)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_keeps_shared_rows_after_current_is_vacuumed() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    let days = [
+        ("2024-01-01", &b"a,1\nb,2\n"[..]),
+        ("2024-01-02", &b"a,1\nb,3\nc,4\n"[..]),
+        ("2024-01-03", &b"a,2\nb,3\nc,4\n"[..]),
+    ];
+    for (day, rows) in days {
+        fx.run(&fx.input(day, "a.csv", rows), day).await.unwrap();
+    }
+    let before = fx.rows("history").await;
+    let url = url::Url::from_directory_path(fx.table_path("current")).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let (_, metrics) = table
+        .vacuum()
+        .with_retention_period(chrono::Duration::zero())
+        .with_enforce_retention_duration(false)
+        .await
+        .unwrap();
+    // Days 1 and 2 wrote current files that day 3 replaced: their current names are gone.
+    assert!(metrics.files_deleted.len() >= 2, "{metrics:?}");
+    let after = fx.rows("history").await;
+    // Day 1: I a, I b; day 2: U b, I c; day 3: U a.
+    assert_eq!(after.len(), 5, "{after:?}");
+    let sorted = |mut rows: Vec<BTreeMap<String, String>>| {
+        rows.sort();
+        rows
+    };
+    assert_eq!(sorted(after), sorted(before));
+    assert_eq!(fx.rows("current").await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_current_table_shares_no_file() {
+    let fx = Fixture::new(
+        "- {name: id, type: string, key: true}\n- {name: region, type: string}\n- {name: v, type: float}\n",
+        "partition_by: [region]",
+    );
+    fx.run(&fx.input("d1", "a.csv", b"a,eu,1\nb,us,2\n"), "2024-01-01")
+        .await
+        .unwrap();
+    fx.run(
+        &fx.input("d2", "a.csv", b"a,eu,1\nb,us,5\nc,eu,4\n"),
+        "2024-01-02",
+    )
+    .await
+    .unwrap();
+    let current: Vec<u64> = inodes(&fx.table_path("current")).into_values().collect();
+    for day in ["2024-01-01", "2024-01-02"] {
+        let history = history_files(&fx, day);
+        assert!(!history.is_empty(), "{day}");
+        assert!(
+            history.values().all(|ino| !current.contains(ino)),
+            "{day}: {history:?}"
+        );
+    }
+    let history = fx.rows("history").await;
+    assert_eq!(op_counts(&history), counts(&[("I", 3), ("U", 1)]));
+    assert!(history
+        .iter()
+        .all(|r| !r["region"].is_empty() && r["region"] != "<null>"));
+}
