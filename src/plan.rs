@@ -27,7 +27,7 @@ use crate::config::InputFormat;
 pub const STORE_SHARE: f64 = 0.35;
 /// Share of the memory limit for the diff workers' partitions. The rest of the limit
 /// (`1 - STORE_SHARE - WORK_SHARE`) is left for what the plan does not count: the reader's
-/// chunks in flight, the scan's row groups, the two table writers' encoders and uploads, and
+/// chunks in flight, the scan's row groups, the three table writers' encoders and uploads, and
 /// the allocator's slack (measured at 10M rows of the seed shape: about 600 MiB beyond a
 /// 1 GiB plan that counted only the store and the workers).
 pub const WORK_SHARE: f64 = 0.35;

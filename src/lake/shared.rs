@@ -3,9 +3,9 @@
 //! A run's changed rows (I and U of a snapshot diff) are the same rows, column for column, in
 //! both tables. They are encoded once, as data files of the current table, and the history
 //! table adds each of those files as well, under its own `eff_start_date=YYYY-MM-DD/` folder:
-//! a second name for the same bytes (a hard link on a local file system, a server-side copy on
-//! an object store; see [`copy_file`]). The two names are independent: deleting one (`VACUUM`
-//! of current after a later run) leaves the other whole.
+//! a second name for the same bytes (a hard link; a copy of the bytes when the tables are on
+//! different file systems or in other stores, see [`copy_file`]). The two names are
+//! independent: deleting one (`VACUUM` of current after a later run) leaves the other whole.
 //!
 //! The history table is partitioned by `eff_start_date`, so its other files do not hold that
 //! column; a shared file does, as a current file must. The Delta protocol allows a data file to
@@ -151,11 +151,14 @@ fn history_add(add: &Add, path: String, value: &str) -> Result<Add> {
     })
 }
 
+/// Most 5 MiB parts of a streamed copy ([`copy_file`]) uploading at once.
+const COPY_PARTS_IN_FLIGHT: usize = 4;
+
 /// Gives the data file `from` of table `source` the second name `to` in table `target` (paths
-/// relative to each table's root). Tables in one store (the same scheme and authority: one file
-/// system, one bucket) use the store's copy: a hard link on a local file system, a server-side
-/// copy on an object store. Otherwise, or when that copy fails (a hard link across file
-/// systems), the bytes are streamed from one store into the other.
+/// relative to each table's root). Tables on the local file system are linked by the store's
+/// copy (a hard link: no bytes written). Otherwise, or when the link fails (the tables are on
+/// different file systems), the bytes are streamed from one store into the other, at most
+/// [`COPY_PARTS_IN_FLIGHT`] parts buffered.
 ///
 /// # Errors
 /// Object-store errors.
@@ -166,18 +169,18 @@ pub async fn copy_file(
     to: &str,
 ) -> Result<()> {
     let (source_url, target_url) = (source.table_url(), target.table_url());
-    if source_url.scheme() == target_url.scheme()
-        && source_url.authority() == target_url.authority()
-    {
+    // Only `file` URLs name one namespace whatever the store instance: two `memory` tables
+    // are two stores, and a bucket may be a host or a path segment.
+    if source_url.scheme() == "file" && target_url.scheme() == "file" {
         let store = source.log_store().root_object_store(None);
         let (root_from, root_to) = (in_store(source_url, from)?, in_store(target_url, to)?);
         match store.copy(&root_from, &root_to).await {
             Ok(()) => return Ok(()),
-            Err(e) => tracing::debug!(%root_from, %root_to, "store copy failed, streaming: {e}"),
+            Err(e) => tracing::debug!(%root_from, %root_to, "link failed, copying bytes: {e}"),
         }
     }
-    let source_store = source.object_store();
-    let mut bytes = source_store
+    let mut bytes = source
+        .object_store()
         .get(&Path::from(from))
         .await
         .map_err(store_error)?
@@ -188,17 +191,21 @@ pub async fn copy_file(
         .await
         .map_err(store_error)?;
     let mut writer = WriteMultipart::new(upload);
-    while let Some(chunk) = bytes.next().await {
-        match chunk {
-            Ok(chunk) => writer.write(&chunk),
-            Err(e) => {
-                writer.abort().await.ok();
-                return Err(store_error(e));
-            }
+    let copied = async {
+        while let Some(chunk) = bytes.next().await {
+            writer.wait_for_capacity(COPY_PARTS_IN_FLIGHT).await?;
+            writer.put(chunk?);
+        }
+        Ok::<(), ObjectStoreError>(())
+    }
+    .await;
+    match copied {
+        Ok(()) => writer.finish().await.map(|_| ()).map_err(store_error),
+        Err(e) => {
+            writer.abort().await.ok();
+            Err(store_error(e))
         }
     }
-    writer.finish().await.map_err(store_error)?;
-    Ok(())
 }
 
 fn store_error(e: ObjectStoreError) -> Error {
@@ -277,6 +284,45 @@ mod tests {
             stats,
             serde_json::json!({"numRecords":2,"minValues":{"id":1},"maxValues":{"id":2},"nullCount":{"id":0}})
         );
+    }
+
+    #[tokio::test]
+    async fn copy_file_streams_between_stores_in_parts() {
+        use deltalake::logstore::object_store::PutPayload;
+        // Two `memory` tables are two stores: the bytes must land in history's.
+        let table = |name: &str| {
+            let url = url::Url::parse(&format!("memory:///lake/{name}/")).unwrap();
+            DeltaTable::try_from_url(url)
+        };
+        let (current, history) = (
+            table("current").await.unwrap(),
+            table("history").await.unwrap(),
+        );
+        // 12 MiB and a bit: three 5 MiB parts.
+        let bytes: Vec<u8> = (0..(12 << 20) + 7).map(|i: u32| (i % 251) as u8).collect();
+        current
+            .object_store()
+            .put(
+                &Path::from("part-1.parquet"),
+                PutPayload::from(bytes.clone()),
+            )
+            .await
+            .unwrap();
+        let to = "eff_start_date=2024-01-01/part-1.parquet";
+        copy_file(&current, "part-1.parquet", &history, to)
+            .await
+            .unwrap();
+        let copied = history
+            .object_store()
+            .get(&Path::from(to))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(copied.as_ref(), bytes.as_slice());
+        let missing = copy_file(&current, "part-2.parquet", &history, "x/part-2.parquet").await;
+        assert!(missing.is_err());
     }
 
     #[test]

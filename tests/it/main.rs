@@ -5,6 +5,7 @@ mod common;
 mod crash;
 mod model;
 mod readers;
+#[cfg(unix)]
 mod shared;
 mod snapshot;
 mod spill;

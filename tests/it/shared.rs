@@ -40,7 +40,16 @@ async fn changed_rows_are_one_file_named_in_both_tables() {
     fx.run(&fx.input("d2", "a.csv", b"a,1\nb,5\nd,4\n"), "2024-01-02")
         .await
         .unwrap();
+    // Day 1 is all I: its one current file (no longer in the table, still in the folder) is
+    // history's too.
+    let day1 = history_files(&fx, "2024-01-01");
     let current = inodes(&fx.table_path("current"));
+    assert_eq!(day1.len(), 1, "{day1:?}");
+    assert!(
+        day1.iter()
+            .all(|(name, ino)| current.get(name) == Some(ino)),
+        "{day1:?} / {current:?}"
+    );
     let day2 = history_files(&fx, "2024-01-02");
     let shared: Vec<_> = day2
         .iter()
