@@ -65,6 +65,19 @@ impl Fixture {
         run(&self.config(), input, date, options).await
     }
 
+    /// Two days of [`SIMPLE_COLUMNS`] with every operation: day 1 (2024-01-01) inserts a, b
+    /// and c; day 2 (2024-01-02) keeps a (N), updates b (U), deletes c (D), inserts d (I).
+    pub async fn every_operation() -> Fixture {
+        let fx = Fixture::new(SIMPLE_COLUMNS, "");
+        fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\nc,3\n"), "2024-01-01")
+            .await
+            .unwrap();
+        fx.run(&fx.input("d2", "a.csv", b"a,1\nb,5\nd,4\n"), "2024-01-02")
+            .await
+            .unwrap();
+        fx
+    }
+
     pub fn table_path(&self, role: &str) -> PathBuf {
         self.dir.path().join("lake").join(role)
     }

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::common::{Fixture, SIMPLE_COLUMNS};
+use crate::common::Fixture;
 
 const SCRIPT: &str = r#"
 import sys, json, deltalake, duckdb
@@ -33,13 +33,7 @@ async fn python_deltalake_and_duckdb_read_the_tables() {
         eprintln!("SKIPPED: python3 with deltalake and duckdb not available");
         return;
     }
-    let fx = Fixture::new(SIMPLE_COLUMNS, "");
-    fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\nc,3\n"), "2024-01-01")
-        .await
-        .unwrap();
-    fx.run(&fx.input("d2", "a.csv", b"a,1\nb,5\nd,4\n"), "2024-01-02")
-        .await
-        .unwrap();
+    let fx = Fixture::every_operation().await;
     let out = Command::new("python3")
         .args([
             "-c",

@@ -32,14 +32,8 @@ fn history_files(fx: &Fixture, day: &str) -> BTreeMap<String, u64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn changed_rows_are_one_file_named_in_both_tables() {
-    let fx = Fixture::new(SIMPLE_COLUMNS, "");
-    fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\nc,3\n"), "2024-01-01")
-        .await
-        .unwrap();
     // Day 2: a kept (N), b updated (U), c deleted (D), d inserted (I).
-    fx.run(&fx.input("d2", "a.csv", b"a,1\nb,5\nd,4\n"), "2024-01-02")
-        .await
-        .unwrap();
+    let fx = Fixture::every_operation().await;
     // Day 1 is all I: its one current file (no longer in the table, still in the folder) is
     // history's too.
     let day1 = history_files(&fx, "2024-01-01");
