@@ -66,7 +66,7 @@ pub async fn write_shared(
             history: links,
         }),
         Err(e) => {
-            // Drain the channel so that no sender waits on a writer that is gone.
+            // Closed: a sender waiting for room fails now instead of waiting for the deletes.
             rx.close();
             discard_files(&current, &files).await;
             Err(e)
