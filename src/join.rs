@@ -123,8 +123,6 @@ pub fn incoming_batch(schema: &SchemaRef, batch: HashedBatch) -> Result<RecordBa
 pub struct PartitionDiff {
     /// Rows of the current table alone (N).
     pub current: Vec<RecordBatch>,
-    /// Rows of the history table alone (none from the incoming side: D rows are read back).
-    pub history: Vec<RecordBatch>,
     /// Rows of both tables (I, U), written once and shared (see `lake::Senders`).
     pub both: Vec<RecordBatch>,
     pub counts: OpCounts,

@@ -116,6 +116,17 @@ impl fmt::Display for ColumnType {
     }
 }
 
+/// The `YYYY-MM-DD` text of a date stored as days since the Unix epoch (Arrow `Date32`, Delta
+/// `date`); None when out of range.
+pub fn date_text(days: i64) -> Option<String> {
+    let secs = days.checked_mul(86_400)?;
+    Some(
+        chrono::DateTime::from_timestamp(secs, 0)?
+            .format("%Y-%m-%d")
+            .to_string(),
+    )
+}
+
 /// Arrow schema of the configured columns only (all nullable), in config order.
 pub fn payload_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
     Arc::new(Schema::new(

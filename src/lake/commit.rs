@@ -196,13 +196,17 @@ impl Senders {
                     && self.history.blocking_send(batch).is_ok()
             }
         };
-        sent.then_some(())
-            .ok_or_else(|| Error::Internal(WRITER_GONE.into()))
+        sent.then_some(()).ok_or_else(writer_gone)
     }
 }
 
-/// What [`Senders::blocking_send_both`] returns once a writer is gone.
+/// The message of [`writer_gone`].
 pub const WRITER_GONE: &str = "a table writer stopped early";
+
+/// The error of a send to a writer that has stopped (its own error explains why).
+pub fn writer_gone() -> Error {
+    Error::Internal(WRITER_GONE.into())
+}
 
 /// The writers of a run's current and history tables: one task each ([`write_stream`]), and a
 /// third for the rows of both ([`write_shared`]) when the tables can share files.

@@ -33,8 +33,8 @@ use deltalake::datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 
 pub use commit::{
-    discard_files, discard_written, write_files, writer_properties, Planned, Senders, TableWriters,
-    TARGET_FILE_BYTES, WRITER_GONE,
+    discard_files, discard_written, write_files, writer_gone, writer_properties, Planned, Senders,
+    TableWriters, TARGET_FILE_BYTES, WRITER_GONE,
 };
 use log::{find_run, txn_version, CommitActions};
 pub use log::{CommitEntry, RunRecord};

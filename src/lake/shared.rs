@@ -29,7 +29,7 @@ use futures::StreamExt;
 
 use super::commit::{discard_files, stream_into};
 use crate::error::{Error, Result};
-use crate::schema::EFF_START_DATE;
+use crate::schema::{date_text, EFF_START_DATE};
 
 /// The files written by [`write_shared`]: their `add` actions in the current table and in the
 /// history table, in the same order.
@@ -110,10 +110,8 @@ async fn share(
     files: &[Add],
     day: i32,
 ) -> Result<Vec<Add>> {
-    let value = chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
-        .ok_or_else(|| Error::Internal(format!("{EFF_START_DATE} {day} out of range")))?
-        .format("%Y-%m-%d")
-        .to_string();
+    let value = date_text(i64::from(day))
+        .ok_or_else(|| Error::Internal(format!("{EFF_START_DATE} {day} out of range")))?;
     let mut links = Vec::with_capacity(files.len());
     for add in files {
         let name = add.path.rsplit('/').next().unwrap_or(&add.path);

@@ -2,7 +2,7 @@
 
 mod stages;
 
-use stages::{writer_gone, Diffed, Joined, Stages};
+use stages::{Diffed, Joined, Stages};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -265,7 +265,7 @@ pub async fn run(
                 .instrument(span)
                 .await
                 .map_err(|e| match e {
-                    Error::Internal(m) if m == current::RECEIVER_GONE => writer_gone(),
+                    Error::Internal(m) if m == current::RECEIVER_GONE => lake::writer_gone(),
                     e => e,
                 })
                 .map(|()| diffed)

@@ -12,7 +12,7 @@ use crate::diff::OpCounts;
 use crate::error::{Error, Result};
 use crate::join::{self, JoinContext, PartitionDiff};
 use crate::lake::current::{DataFiles, Picks};
-use crate::lake::{Senders, TableWriters, WRITER_GONE};
+use crate::lake::{writer_gone, Senders, TableWriters};
 use crate::plan::MemoryPlan;
 use crate::probe::Probe;
 use crate::progress::Progress;
@@ -350,11 +350,9 @@ impl Diffed {
     /// Sends a diff's output rows to the writers ([`send`]) and counts them: the rows of
     /// both tables count in each.
     fn send(&mut self, tx: &Senders, out: PartitionDiff) -> Result<()> {
-        let blocking = |tx: &tokio::sync::mpsc::Sender<RecordBatch>, slice| {
-            tx.blocking_send(slice).map_err(|_| writer_gone())
-        };
-        self.current_rows_written += send(out.current, |s| blocking(&tx.current, s))?;
-        self.history_rows_written += send(out.history, |s| blocking(&tx.history, s))?;
+        self.current_rows_written += send(out.current, |slice| {
+            tx.current.blocking_send(slice).map_err(|_| writer_gone())
+        })?;
         let both = send(out.both, |slice| tx.blocking_send_both(slice))?;
         self.current_rows_written += both;
         self.history_rows_written += both;
@@ -375,8 +373,4 @@ fn send(batches: Vec<RecordBatch>, mut sink: impl FnMut(RecordBatch) -> Result<(
         }
     }
     Ok(rows)
-}
-
-pub(super) fn writer_gone() -> Error {
-    Error::Internal(WRITER_GONE.into())
 }

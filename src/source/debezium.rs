@@ -162,13 +162,10 @@ fn value_text(
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => match (ty, n.as_i64()) {
-            (ColumnType::Date, Some(days)) => {
-                let date = days
-                    .checked_mul(86_400)
-                    .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
-                    .ok_or_else(|| format!("{days} days is out of range"))?;
-                Some(date.format("%Y-%m-%d").to_string())
-            }
+            (ColumnType::Date, Some(days)) => Some(
+                crate::schema::date_text(days)
+                    .ok_or_else(|| format!("{days} days is out of range"))?,
+            ),
             (ColumnType::Timestamp, Some(n)) => {
                 let ts = match precision {
                     TimestampPrecision::Micros => chrono::DateTime::from_timestamp_micros(n),
