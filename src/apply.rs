@@ -136,7 +136,7 @@ pub async fn apply(lake: &mut Lake, request: ApplyRequest<'_>) -> Result<ApplySu
     let properties = writer_properties(config.compression, 32 << 20, &config.unique_columns());
     // One writer per table: more writers measured no faster on 2 cores, and one keeps the rows
     // of a file contiguous in input order (fewer files touched by later changes).
-    let writers = TableWriters::start(lake, properties.clone());
+    let writers = TableWriters::start(lake, properties.clone(), 1);
     // Rows go to the writers in slices of at most BATCH_ROWS picks, as they are resolved.
     let out = Outputs {
         sources: &sources,

@@ -27,7 +27,8 @@ use crate::config::InputFormat;
 pub const STORE_SHARE: f64 = 0.35;
 /// Share of the memory limit for the diff workers' partitions. The rest of the limit
 /// (`1 - STORE_SHARE - WORK_SHARE`) is left for what the plan does not count: the reader's
-/// chunks in flight, the scan's row groups, the three table writers' encoders and uploads, and
+/// chunks in flight, the scan's row groups, the table writers' encoders and uploads (three
+/// writers, one task per core each), and
 /// the allocator's slack (measured at 10M rows of the seed shape: about 600 MiB beyond a
 /// 1 GiB plan that counted only the store and the workers).
 pub const WORK_SHARE: f64 = 0.35;
@@ -80,7 +81,7 @@ pub struct MemoryPlan {
     pub workers: usize,
     /// Estimated Arrow bytes of the input and of the current table.
     pub estimated_bytes: u64,
-    /// Largest Parquet row group written, bytes: one is buffered per table writer, and the
+    /// Largest Parquet row group written, bytes: one is buffered per writer task, and the
     /// next run's scan reads row groups whole.
     pub row_group_bytes: u64,
 }

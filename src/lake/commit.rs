@@ -1,6 +1,7 @@
 //! Writing data files and committing a run to the tables (see the contract in `lake/mod.rs`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, AsArray, GenericByteArray, RecordBatch};
 use deltalake::arrow::datatypes::{ByteArrayType, DataType};
@@ -19,7 +20,7 @@ use crate::schema::{KEYHASH, NONKEYHASH};
 use deltalake::parquet::basic::Compression::UNCOMPRESSED;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
-use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::{Receiver, Sender};
 use tokio::task::JoinHandle;
 
 /// The file actions planned for one table.
@@ -208,45 +209,53 @@ pub fn writer_gone() -> Error {
     Error::Internal(WRITER_GONE.into())
 }
 
-/// The writers of a run's current and history tables: one task each ([`write_stream`]), and a
-/// third for the rows of both ([`write_shared`]) when the tables can share files.
+/// The writers of a run's current and history tables: `per_table` tasks each
+/// ([`write_stream`]), and as many for the rows of both ([`write_shared`]) when the tables can
+/// share files. The tasks of a table take batches from one channel ([`Batches`]), each writing
+/// its own files, so one table's rows are encoded on several cores.
 pub struct TableWriters {
     pub tx: Senders,
     tables: (DeltaTable, DeltaTable),
-    current: JoinHandle<Result<Vec<Add>>>,
-    history: JoinHandle<Result<Vec<Add>>>,
-    shared: Option<JoinHandle<Result<SharedFiles>>>,
+    current: Vec<JoinHandle<Result<Vec<Add>>>>,
+    history: Vec<JoinHandle<Result<Vec<Add>>>>,
+    shared: Vec<JoinHandle<Result<SharedFiles>>>,
 }
 
 impl TableWriters {
-    /// Starts the writers.
-    pub fn start(lake: &Lake, properties: WriterProperties) -> Self {
-        let (current_tx, current_rx) = tokio::sync::mpsc::channel(2);
-        let (history_tx, history_rx) = tokio::sync::mpsc::channel(2);
+    /// Starts the writers, `per_table` (at least one) for each channel.
+    pub fn start(lake: &Lake, properties: WriterProperties, per_table: usize) -> Self {
+        let per_table = per_table.max(1);
         let tables = (lake.current.clone(), lake.history.clone());
         let partitioned = lake
             .current
             .snapshot()
             .map_or(true, |s| !s.metadata().partition_columns().is_empty());
+        let pool = |table: &DeltaTable| {
+            let (tx, rx) = Batches::channel();
+            let tasks = (0..per_table)
+                .map(|_| tokio::spawn(write_stream(table.clone(), rx.clone(), properties.clone())))
+                .collect();
+            (tx, tasks)
+        };
+        let (current_tx, current) = pool(&tables.0);
+        let (history_tx, history) = pool(&tables.1);
         let (both, shared) = match partitioned {
-            true => (None, None),
+            true => (None, Vec::new()),
             false => {
-                let (tx, rx) = tokio::sync::mpsc::channel(2);
-                let task = tokio::spawn(write_shared(
-                    tables.0.clone(),
-                    tables.1.clone(),
-                    rx,
-                    properties.clone(),
-                ));
-                (Some(tx), Some(task))
+                let (tx, rx) = Batches::channel();
+                let tasks = (0..per_table)
+                    .map(|_| {
+                        tokio::spawn(write_shared(
+                            tables.0.clone(),
+                            tables.1.clone(),
+                            rx.clone(),
+                            properties.clone(),
+                        ))
+                    })
+                    .collect();
+                (Some(tx), tasks)
             }
         };
-        let current = tokio::spawn(write_stream(
-            tables.0.clone(),
-            current_rx,
-            properties.clone(),
-        ));
-        let history = tokio::spawn(write_stream(tables.1.clone(), history_rx, properties));
         TableWriters {
             tx: Senders {
                 current: current_tx,
@@ -262,29 +271,67 @@ impl TableWriters {
 
     /// Closes the channels and waits for the writers: the `add` actions of the files of each
     /// table (current, history), shared ones included. A writer's error is its table's result;
-    /// the shared writer's is current's. Files written but not in a result (the other files of
+    /// a shared writer's is current's. Files written but not in a result (the other files of
     /// a table whose result is an error) are deleted.
     pub async fn finish(self) -> (Result<Vec<Add>>, Result<Vec<Add>>) {
         drop(self.tx);
-        let current = join_writer(self.current).await;
-        let history = join_writer(self.history).await;
-        let (current_shared, history_shared) = match self.shared {
-            None => (Ok(Vec::new()), Vec::new()),
-            Some(task) => match join_writer(task).await {
-                Ok(files) => (Ok(files.current), files.history),
-                Err(e) => (Err(e), Vec::new()),
-            },
-        };
         let (current_table, history_table) = &self.tables;
+        let current = join_pool(current_table, self.current).await;
+        let history = join_pool(history_table, self.history).await;
+        let (mut shared, mut shared_error) = (SharedFiles::default(), None);
+        for task in self.shared {
+            match join_writer(task).await {
+                Ok(files) => {
+                    shared.current.extend(files.current);
+                    shared.history.extend(files.history);
+                }
+                Err(e) => {
+                    shared_error.get_or_insert(e);
+                }
+            }
+        }
+        let current_shared = match shared_error {
+            None => Ok(shared.current),
+            Some(e) => {
+                discard_files(current_table, &shared.current).await;
+                discard_files(history_table, &shared.history).await;
+                shared.history.clear();
+                Err(e)
+            }
+        };
         (
             merge_files(current_table, current, current_shared).await,
-            merge_files(history_table, history, Ok(history_shared)).await,
+            merge_files(history_table, history, Ok(shared.history)).await,
         )
     }
 }
 
-/// One table's written files from two writers: all of them, or the first error (the other
-/// writer's files deleted).
+/// The receiving end of a writer channel, shared by the writer tasks of one table: each task
+/// takes the next batch when it is ready for one.
+#[derive(Clone)]
+pub(super) struct Batches(Arc<tokio::sync::Mutex<Receiver<RecordBatch>>>);
+
+impl Batches {
+    /// A channel taking up to two batches ahead, and its shared receiving end.
+    fn channel() -> (Sender<RecordBatch>, Self) {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        (tx, Batches(Arc::new(tokio::sync::Mutex::new(rx))))
+    }
+
+    /// The next batch; None once every sender is dropped or the channel is closed.
+    pub(super) async fn next(&self) -> Option<RecordBatch> {
+        self.0.lock().await.recv().await
+    }
+
+    /// Closes the channel after a writer's error: a sender waiting for room fails now instead
+    /// of feeding the table's other writers (their files are deleted anyway).
+    pub(super) async fn close(&self) {
+        self.0.lock().await.close();
+    }
+}
+
+/// One table's written files from two sources: all of them, or the first error (the other
+/// source's files deleted).
 async fn merge_files(
     table: &DeltaTable,
     own: Result<Vec<Add>>,
@@ -303,22 +350,49 @@ async fn merge_files(
     }
 }
 
-/// Streams the batches received on `rx` into Parquet data files of `table` (files roll at
-/// [`TARGET_FILE_BYTES`]) without committing them; returns their `add` actions once `rx` is
-/// closed. Memory stays bounded: files are written as batches arrive. The first batch
-/// decides which columns are stored uncompressed ([`skip_incompressible`]).
+/// The files of a table's writer tasks: all of them, or the first error (the files of the
+/// tasks that finished deleted).
+async fn join_pool(
+    table: &DeltaTable,
+    tasks: Vec<JoinHandle<Result<Vec<Add>>>>,
+) -> Result<Vec<Add>> {
+    let (mut adds, mut error) = (Vec::new(), None);
+    for task in tasks {
+        match join_writer(task).await {
+            Ok(files) => adds.extend(files),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    match error {
+        None => Ok(adds),
+        Some(e) => {
+            discard_files(table, &adds).await;
+            Err(e)
+        }
+    }
+}
+
+/// Streams the batches it takes from `rx` (beside the table's other writer tasks) into Parquet
+/// data files of `table` (files roll at [`TARGET_FILE_BYTES`]) without committing them;
+/// returns their `add` actions once every sender is dropped. Memory stays bounded: files are
+/// written as batches arrive. The first batch decides which columns are stored uncompressed
+/// ([`skip_incompressible`]).
 ///
 /// # Errors
-/// Delta, Parquet and object-store errors; the files finished so far are deleted again.
+/// Delta, Parquet and object-store errors; `rx` is closed and the files finished so far are
+/// deleted again.
 async fn write_stream(
     table: DeltaTable,
-    mut rx: tokio::sync::mpsc::Receiver<RecordBatch>,
+    rx: Batches,
     properties: WriterProperties,
 ) -> Result<Vec<Add>> {
     let mut adds = Vec::new();
-    match stream_into(&table, &mut rx, properties, &mut adds, &mut |_| Ok(())).await {
+    match stream_into(&table, &rx, properties, &mut adds, &mut |_| Ok(())).await {
         Ok(()) => Ok(adds),
         Err(e) => {
+            rx.close().await;
             // Files already rolled are this writer's to delete: its caller never sees them.
             discard_files(&table, &adds).await;
             Err(e)
@@ -330,7 +404,7 @@ async fn write_stream(
 /// each batch is first passed to `check`, whose error stops the writer.
 pub(super) async fn stream_into(
     table: &DeltaTable,
-    rx: &mut tokio::sync::mpsc::Receiver<RecordBatch>,
+    rx: &Batches,
     properties: WriterProperties,
     adds: &mut Vec<Add>,
     check: &mut (dyn FnMut(&RecordBatch) -> Result<()> + Send),
@@ -338,7 +412,7 @@ pub(super) async fn stream_into(
     // Files are rolled here rather than with the writer's target file size, which makes it
     // write in 1,024-row slices (several times slower on wide rows).
     let mut writer: Option<RecordBatchWriter> = None;
-    while let Some(batch) = rx.recv().await {
+    while let Some(batch) = rx.next().await {
         if batch.num_rows() == 0 {
             continue;
         }
@@ -577,6 +651,51 @@ mod tests {
 
     fn codec(properties: &WriterProperties, column: &str) -> Codec {
         properties.compression(&ColumnPath::from(column))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_go_each_to_one_of_the_writer_tasks() {
+        let (tx, rx) = Batches::channel();
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let mut taken = Vec::new();
+                    while let Some(batch) = rx.next().await {
+                        taken.push(batch.num_rows());
+                        // A writer busy encoding: the other task takes the next batch.
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    taken
+                })
+            })
+            .collect();
+        drop(rx);
+        for rows in 1..=20 {
+            let column: ArrayRef = Arc::new(Float64Array::from(vec![0.0; rows]));
+            tx.send(RecordBatch::try_from_iter([("v", column)]).unwrap())
+                .await
+                .unwrap();
+        }
+        drop(tx);
+        let mut all = Vec::new();
+        for task in tasks {
+            let taken = task.await.unwrap();
+            assert!(!taken.is_empty(), "each task took some batches");
+            all.extend(taken);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_closed_batch_channel_refuses_senders() {
+        let (tx, rx) = Batches::channel();
+        rx.close().await;
+        let column: ArrayRef = Arc::new(Float64Array::from(vec![0.0]));
+        let batch = RecordBatch::try_from_iter([("v", column)]).unwrap();
+        assert!(tx.send(batch).await.is_err());
+        assert!(rx.next().await.is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::{DeltaTable, DeltaTableError, ObjectStoreError, Path};
 use futures::StreamExt;
 
-use super::commit::{discard_files, stream_into};
+use super::commit::{discard_files, stream_into, Batches};
 use crate::error::{Error, Result};
 use crate::schema::{date_text, EFF_START_DATE};
 
@@ -39,22 +39,24 @@ pub struct SharedFiles {
     pub history: Vec<Add>,
 }
 
-/// Streams the rows received on `rx` (each batch of one `eff_start_date`, the same for all)
-/// into data files of `current`, then adds each file to `history` as well ([`share`]).
+/// Streams the rows it takes from `rx` (beside the other shared writer tasks; each batch of one
+/// `eff_start_date`, the same for all) into data files of `current`, then adds each file to
+/// `history` as well ([`share`]).
 ///
 /// # Errors
 /// [`Error::Internal`] for batches of several `eff_start_date`s or a null one; Delta, Parquet
-/// and object-store errors. On error, the files and links made so far are deleted again.
+/// and object-store errors. On error, `rx` is closed and the files and links made so far are
+/// deleted again.
 pub async fn write_shared(
     current: DeltaTable,
     history: DeltaTable,
-    mut rx: tokio::sync::mpsc::Receiver<RecordBatch>,
+    rx: Batches,
     properties: WriterProperties,
 ) -> Result<SharedFiles> {
     let mut day = None;
     let mut files = Vec::new();
     let mut check = |batch: &RecordBatch| one_day(batch, &mut day);
-    let written = stream_into(&current, &mut rx, properties, &mut files, &mut check).await;
+    let written = stream_into(&current, &rx, properties, &mut files, &mut check).await;
     let shared = match (written, day) {
         (Ok(()), Some(day)) => share(&current, &history, &files, day).await,
         (Ok(()), None) => Ok(Vec::new()),
@@ -67,7 +69,7 @@ pub async fn write_shared(
         }),
         Err(e) => {
             // Closed: a sender waiting for room fails now instead of waiting for the deletes.
-            rx.close();
+            rx.close().await;
             discard_files(&current, &files).await;
             Err(e)
         }

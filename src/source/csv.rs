@@ -321,6 +321,25 @@ impl ColumnBuilder {
     }
 }
 
+/// The fields of `record` as text, pushed to `fields`: the record's bytes are checked as UTF-8
+/// once, and each field's ends as character boundaries (a field is valid UTF-8 exactly when
+/// both hold). False, with `fields` partly filled, when a field is not valid UTF-8.
+fn record_fields<'r>(record: &'r ByteRecord, fields: &mut Vec<&'r str>) -> bool {
+    let Ok(text) = std::str::from_utf8(record.as_slice()) else {
+        return false;
+    };
+    for i in 0..record.len() {
+        let Some(range) = record.range(i) else {
+            return false;
+        };
+        match text.get(range) {
+            Some(field) => fields.push(field),
+            None => return false,
+        }
+    }
+    true
+}
+
 struct ChunkParser<'a> {
     config: &'a TableConfig,
     file_name: String,
@@ -365,7 +384,7 @@ impl ChunkParser<'_> {
         let mut records = Vec::with_capacity(chunk.len());
         // (row, column index) of the first unconvertible value of each bad row
         let mut bad: Vec<(usize, usize)> = Vec::new();
-        // One record's fields, each checked as UTF-8 once (the buffer is reused across rows).
+        // One record's fields, checked as UTF-8 once (the buffer is reused across rows).
         let mut fields: Vec<&str> = Vec::with_capacity(columns.len());
         // Under `on_error: fail`, a record with a bad field count or bad UTF-8 ends the chunk:
         // a bad value on an earlier line, found once the columns are built, is the one reported.
@@ -385,12 +404,15 @@ impl ChunkParser<'_> {
             }
             fields.clear();
             let mut invalid = None;
-            for (field, column) in record.iter().zip(columns) {
-                match std::str::from_utf8(field) {
-                    Ok(text) => fields.push(text),
-                    Err(_) => {
-                        invalid = Some(column);
-                        break;
+            if !record_fields(record, &mut fields) {
+                fields.clear();
+                for (field, column) in record.iter().zip(columns) {
+                    match std::str::from_utf8(field) {
+                        Ok(text) => fields.push(text),
+                        Err(_) => {
+                            invalid = Some(column);
+                            break;
+                        }
                     }
                 }
             }
@@ -454,6 +476,39 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        /// Checking the record's bytes once and the fields' ends as character boundaries
+        /// accepts exactly the records whose every field is valid UTF-8 (a multi-byte character
+        /// split between two fields is valid in the record's bytes, not in either field).
+        #[test]
+        fn record_fields_accepts_exactly_records_of_valid_fields(
+            fields in proptest::collection::vec(
+                proptest::collection::vec(
+                    prop_oneof![Just(b'a'), Just(0xC3u8), Just(0xA9u8), Just(0xE2u8), Just(0x82u8), Just(0xACu8)],
+                    0..6,
+                ),
+                1..5,
+            )
+        ) {
+            let record = ByteRecord::from(fields.clone());
+            let mut got = Vec::new();
+            let accepted = record_fields(&record, &mut got);
+            let each: Option<Vec<&str>> =
+                fields.iter().map(|f| std::str::from_utf8(f).ok()).collect();
+            prop_assert_eq!(accepted, each.is_some());
+            if let Some(each) = each {
+                prop_assert_eq!(got, each);
+            }
+        }
+    }
+
+    #[test]
+    fn record_fields_refuses_a_character_split_between_fields() {
+        let record = ByteRecord::from(vec![&b"caf\xC3"[..], &b"\xA9"[..]]);
+        assert!(std::str::from_utf8(record.as_slice()).is_ok());
+        assert!(!record_fields(&record, &mut Vec::new()));
+    }
 
     /// Texts numbers are written as, or misspelt as.
     const SAMPLES: &[&str] = &[

@@ -136,3 +136,69 @@ async fn a_partitioned_current_table_shares_no_file() {
         .iter()
         .all(|r| !r["region"].is_empty() && r["region"] != "<null>"));
 }
+
+/// Values of the `operation` column in a Parquet data file, with their row counts.
+fn operations_in(file: &str) -> BTreeMap<String, usize> {
+    use deltalake::arrow::array::{Array, AsArray};
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut found = BTreeMap::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ops = deltalake::arrow::compute::cast(
+            batch.column_by_name("operation").unwrap(),
+            &deltalake::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        for i in 0..ops.len() {
+            *found
+                .entry(ops.as_string::<i32>().value(i).to_string())
+                .or_default() += 1;
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tables_rows_are_split_over_its_writer_tasks_without_loss() {
+    // 300,000 rows arrive in several 64Ki-row batches; each table has a writer task per core,
+    // each taking the next batch.
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    let rows = 300_000;
+    let day = |changed: fn(usize) -> bool| -> Vec<u8> {
+        (0..rows)
+            .map(|i| format!("k{i},{}\n", if changed(i) { i + 1 } else { i }))
+            .collect::<String>()
+            .into_bytes()
+    };
+    fx.run(&fx.input("d1", "a.csv", &day(|_| false)), "2024-01-01")
+        .await
+        .unwrap();
+    let summary = fx
+        .run(
+            &fx.input("d2", "a.csv", &day(|i| i % 10 == 0)),
+            "2024-01-02",
+        )
+        .await
+        .unwrap();
+    let current = fx.rows("current").await;
+    assert_eq!(current.len(), rows);
+    let ids: std::collections::BTreeSet<_> = current.iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(ids.len(), rows);
+    assert_eq!(
+        op_counts(&current),
+        counts(&[("N", rows - rows / 10), ("U", rows / 10)])
+    );
+    // The N rows (about four batches) went to the current table's writer tasks: on two or
+    // more cores, to more than one file.
+    let files: Vec<String> = data_files(&fx.table_path("current"))
+        .into_iter()
+        .filter(|f| operations_in(f).contains_key("N"))
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(files.len() >= cores.min(2), "{files:?}");
+    assert_eq!(summary.current.rows_written, rows as u64);
+}
