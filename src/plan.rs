@@ -32,6 +32,10 @@ pub const STORE_SHARE: f64 = 0.35;
 /// the allocator's slack (measured at 10M rows of the seed shape: about 600 MiB beyond a
 /// 1 GiB plan that counted only the store and the workers).
 pub const WORK_SHARE: f64 = 0.35;
+/// Most of the limit that the table writers' open row groups may take, within the share the
+/// plan leaves uncounted (`1 - STORE_SHARE - WORK_SHARE`): it bounds their task count
+/// ([`MemoryPlan::writer_tasks`]).
+pub const WRITER_SHARE: f64 = 0.2;
 /// Memory of a diff worker, in multiples of one partition's Arrow size.
 pub const WORKING_SET_FACTOR: f64 = 3.0;
 /// Arrow bytes per CSV byte (text floats shrink to 8 bytes; digests and offsets are added).
@@ -150,6 +154,14 @@ impl MemoryPlan {
 }
 
 impl MemoryPlan {
+    /// Tasks per table writer (see `lake::TableWriters`): one per core, as long as the row
+    /// groups the three writers' tasks hold open (one each, `row_group_bytes`) stay within
+    /// [`WRITER_SHARE`] of the limit; at least one. At 1 GiB (32 MiB row groups) that is 2.
+    pub fn writer_tasks(&self, cores: usize) -> usize {
+        let fit = (self.limit_bytes as f64 * WRITER_SHARE) / (3 * self.row_group_bytes) as f64;
+        (fit as usize).clamp(1, cores.max(1))
+    }
+
     /// This plan for a streamed run: no partitions, workers nor store.
     pub fn streamed(self) -> Self {
         MemoryPlan {
@@ -165,6 +177,20 @@ impl MemoryPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writer_tasks_are_bounded_by_the_limit_and_the_cores() {
+        let plan = |limit: u64| MemoryPlan::new(limit, 1 << 30, 1 << 30, 2);
+        // 1 GiB: 32 MiB row groups, 3 writers x 2 tasks = 192 MiB, under 20% of the limit.
+        assert_eq!(plan(1 << 30).writer_tasks(2), 2);
+        assert_eq!(plan(1 << 30).writer_tasks(8), 2);
+        assert_eq!(plan(1 << 30).writer_tasks(1), 1);
+        // 8 GiB: row groups stay 32 MiB, so every core gets a task.
+        assert_eq!(plan(8 << 30).writer_tasks(8), 8);
+        // 16 MiB: 1 MiB row groups (the floor): 3.2 MiB fit, one task per writer.
+        assert_eq!(plan(16 << 20).writer_tasks(4), 1);
+        assert_eq!(plan(1 << 30).writer_tasks(0), 1);
+    }
 
     #[test]
     fn runs_are_streamed_while_the_index_fits_both_shares() {

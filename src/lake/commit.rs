@@ -270,9 +270,10 @@ impl TableWriters {
     }
 
     /// Closes the channels and waits for the writers: the `add` actions of the files of each
-    /// table (current, history), shared ones included. A writer's error is its table's result;
-    /// a shared writer's is current's. Files written but not in a result (the other files of
-    /// a table whose result is an error) are deleted.
+    /// table (current, history), shared ones included. A writer task's error is its table's
+    /// result; a shared writer task's is current's. Files written but not in a result (the
+    /// other files of a table whose result is an error) are deleted, except those of a task
+    /// that panicked (unreferenced: `VACUUM` removes them).
     pub async fn finish(self) -> (Result<Vec<Add>>, Result<Vec<Add>>) {
         drop(self.tx);
         let (current_table, history_table) = &self.tables;
@@ -318,13 +319,16 @@ impl Batches {
         (tx, Batches(Arc::new(tokio::sync::Mutex::new(rx))))
     }
 
-    /// The next batch; None once every sender is dropped or the channel is closed.
+    /// The next batch; None once every sender is dropped or the channel is closed (and the
+    /// batches already in it are taken).
     pub(super) async fn next(&self) -> Option<RecordBatch> {
         self.0.lock().await.recv().await
     }
 
-    /// Closes the channel after a writer's error: a sender waiting for room fails now instead
-    /// of feeding the table's other writers (their files are deleted anyway).
+    /// Closes the channel after a writer task's error, so that later sends fail instead of
+    /// feeding the table's other tasks (their files are deleted anyway). It waits for the lock:
+    /// a sibling task waiting in [`Batches::next`] holds it until a batch comes or every sender
+    /// is dropped (at the latest in [`TableWriters::finish`]).
     pub(super) async fn close(&self) {
         self.0.lock().await.close();
     }
@@ -376,7 +380,8 @@ async fn join_pool(
 
 /// Streams the batches it takes from `rx` (beside the table's other writer tasks) into Parquet
 /// data files of `table` (files roll at [`TARGET_FILE_BYTES`]) without committing them;
-/// returns their `add` actions once every sender is dropped. Memory stays bounded: files are
+/// returns their `add` actions once the channel ends (every sender dropped, or a sibling task
+/// closed it after its error). Memory stays bounded: files are
 /// written as batches arrive. The first batch decides which columns are stored uncompressed
 /// ([`skip_incompressible`]).
 ///
@@ -696,6 +701,49 @@ mod tests {
         let batch = RecordBatch::try_from_iter([("v", column)]).unwrap();
         assert!(tx.send(batch).await.is_err());
         assert!(rx.next().await.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_beside_a_waiting_task_ends_the_channel_after_the_next_batch() {
+        use std::time::Duration;
+        let (tx, rx) = Batches::channel();
+        let waiting = tokio::spawn({
+            let rx = rx.clone();
+            async move {
+                let mut taken = 0;
+                while rx.next().await.is_some() {
+                    taken += 1;
+                }
+                taken
+            }
+        });
+        // Until the waiting task holds the lock.
+        while rx.0.try_lock().is_ok() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The close waits for the next batch.
+        let closing = tokio::spawn({
+            let rx = rx.clone();
+            async move { rx.close().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!closing.is_finished());
+        let column: ArrayRef = Arc::new(Float64Array::from(vec![0.0]));
+        let batch = RecordBatch::try_from_iter([("v", column)]).unwrap();
+        tx.send(batch.clone()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), closing)
+            .await
+            .expect("the close ends once the batch is taken")
+            .unwrap();
+        assert!(
+            tx.send(batch).await.is_err(),
+            "a send after the close fails"
+        );
+        let taken = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting task ends with the channel")
+            .unwrap();
+        assert_eq!(taken, 1);
     }
 
     #[test]

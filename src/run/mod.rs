@@ -207,7 +207,7 @@ pub async fn run(
     let mut created = Vec::new();
     let (mut lake, writers, joined) = match (lake, &data_files) {
         (Some(lake), Some(data_files)) if memory.streamed => {
-            let writers = TableWriters::start(&lake, properties, cores);
+            let writers = TableWriters::start(&lake, properties, memory.writer_tasks(cores));
             let joined = stages.streamed(data_files, &writers).await;
             (lake, writers, joined)
         }
@@ -225,7 +225,7 @@ pub async fn run(
                         .0
                 }
             };
-            let writers = TableWriters::start(&lake, properties, cores);
+            let writers = TableWriters::start(&lake, properties, memory.writer_tasks(cores));
             let joined = stages.diff(partitioned, memory, &writers);
             (lake, writers, joined)
         }

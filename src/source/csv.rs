@@ -488,7 +488,7 @@ mod tests {
                     prop_oneof![Just(b'a'), Just(0xC3u8), Just(0xA9u8), Just(0xE2u8), Just(0x82u8), Just(0xACu8)],
                     0..6,
                 ),
-                1..5,
+                0..5,
             )
         ) {
             let record = ByteRecord::from(fields.clone());
