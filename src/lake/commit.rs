@@ -224,35 +224,24 @@ pub struct TableWriters {
 impl TableWriters {
     /// Starts the writers, `per_table` (at least one) for each channel.
     pub fn start(lake: &Lake, properties: WriterProperties, per_table: usize) -> Self {
-        let per_table = per_table.max(1);
         let tables = (lake.current.clone(), lake.history.clone());
         let partitioned = lake
             .current
             .snapshot()
             .map_or(true, |s| !s.metadata().partition_columns().is_empty());
         let pool = |table: &DeltaTable| {
-            let (tx, rx) = Batches::channel();
-            let tasks = (0..per_table)
-                .map(|_| tokio::spawn(write_stream(table.clone(), rx.clone(), properties.clone())))
-                .collect();
-            (tx, tasks)
+            Batches::pool(per_table, |rx| {
+                write_stream(table.clone(), rx, properties.clone())
+            })
         };
         let (current_tx, current) = pool(&tables.0);
         let (history_tx, history) = pool(&tables.1);
         let (both, shared) = match partitioned {
             true => (None, Vec::new()),
             false => {
-                let (tx, rx) = Batches::channel();
-                let tasks = (0..per_table)
-                    .map(|_| {
-                        tokio::spawn(write_shared(
-                            tables.0.clone(),
-                            tables.1.clone(),
-                            rx.clone(),
-                            properties.clone(),
-                        ))
-                    })
-                    .collect();
+                let (tx, tasks) = Batches::pool(per_table, |rx| {
+                    write_shared(tables.0.clone(), tables.1.clone(), rx, properties.clone())
+                });
                 (Some(tx), tasks)
             }
         };
@@ -279,30 +268,24 @@ impl TableWriters {
         let (current_table, history_table) = &self.tables;
         let current = join_pool(current_table, self.current).await;
         let history = join_pool(history_table, self.history).await;
-        let (mut shared, mut shared_error) = (SharedFiles::default(), None);
-        for task in self.shared {
-            match join_writer(task).await {
-                Ok(files) => {
-                    shared.current.extend(files.current);
-                    shared.history.extend(files.history);
-                }
-                Err(e) => {
-                    shared_error.get_or_insert(e);
-                }
-            }
+        let (shared, shared_error) = join_all(self.shared).await;
+        let (mut shared_current, mut shared_history) = (Vec::new(), Vec::new());
+        for files in shared {
+            shared_current.extend(files.current);
+            shared_history.extend(files.history);
         }
         let current_shared = match shared_error {
-            None => Ok(shared.current),
+            None => Ok(shared_current),
             Some(e) => {
-                discard_files(current_table, &shared.current).await;
-                discard_files(history_table, &shared.history).await;
-                shared.history.clear();
+                discard_files(current_table, &shared_current).await;
+                discard_files(history_table, &shared_history).await;
+                shared_history.clear();
                 Err(e)
             }
         };
         (
             merge_files(current_table, current, current_shared).await,
-            merge_files(history_table, history, Ok(shared.history)).await,
+            merge_files(history_table, history, Ok(shared_history)).await,
         )
     }
 }
@@ -317,6 +300,23 @@ impl Batches {
     fn channel() -> (Sender<RecordBatch>, Self) {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         (tx, Batches(Arc::new(tokio::sync::Mutex::new(rx))))
+    }
+
+    /// A channel and `tasks` (at least one) spawned from `task`, each given the shared
+    /// receiving end.
+    fn pool<T, F>(
+        tasks: usize,
+        task: impl Fn(Batches) -> F,
+    ) -> (Sender<RecordBatch>, Vec<JoinHandle<T>>)
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = Self::channel();
+        let handles = (0..tasks.max(1))
+            .map(|_| tokio::spawn(task(rx.clone())))
+            .collect();
+        (tx, handles)
     }
 
     /// The next batch; None once every sender is dropped or the channel is closed (and the
@@ -360,15 +360,8 @@ async fn join_pool(
     table: &DeltaTable,
     tasks: Vec<JoinHandle<Result<Vec<Add>>>>,
 ) -> Result<Vec<Add>> {
-    let (mut adds, mut error) = (Vec::new(), None);
-    for task in tasks {
-        match join_writer(task).await {
-            Ok(files) => adds.extend(files),
-            Err(e) => {
-                error.get_or_insert(e);
-            }
-        }
-    }
+    let (files, error) = join_all(tasks).await;
+    let adds = files.concat();
     match error {
         None => Ok(adds),
         Some(e) => {
@@ -376,6 +369,21 @@ async fn join_pool(
             Err(e)
         }
     }
+}
+
+/// Waits for every task ([`join_writer`]): the results of those that succeeded, and the
+/// first error.
+async fn join_all<T>(tasks: Vec<JoinHandle<Result<T>>>) -> (Vec<T>, Option<Error>) {
+    let (mut done, mut error) = (Vec::new(), None);
+    for task in tasks {
+        match join_writer(task).await {
+            Ok(t) => done.push(t),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    (done, error)
 }
 
 /// Streams the batches it takes from `rx` (beside the table's other writer tasks) into Parquet
