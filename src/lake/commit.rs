@@ -17,6 +17,7 @@ use super::{Lake, HISTORY};
 use crate::config::Compression;
 use crate::error::{Error, Result};
 use crate::schema::{KEYHASH, NONKEYHASH};
+use deltalake::parquet::basic::Compression as Codec;
 use deltalake::parquet::basic::Compression::UNCOMPRESSED;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
@@ -110,21 +111,21 @@ pub const CODEC_SAMPLE_BYTES: usize = 256 << 10;
 const MIN_CODEC_SAMPLE_BYTES: usize = 4 << 10;
 
 /// `properties` with the codec turned off for the columns of `sample` whose values do not
-/// compress: zstd level 1 (whatever the configured codec: what it cannot shrink, snappy
-/// cannot either) saves less than [`MIN_CODEC_SAVING`] of their first [`CODEC_SAMPLE_BYTES`]
-/// (for strings and binaries, their bytes without the offsets). Random doubles (about 6%
-/// saved) are such columns: compressing them costs the writer and every reader time for
-/// next to no space. Columns already uncompressed (the digests), columns of other types
-/// (booleans, dictionaries, nested) and those with fewer than 4 KiB of values in `sample`
-/// keep their settings.
+/// compress: the column's own codec (zstd at its level, or snappy) saves less than
+/// [`MIN_CODEC_SAVING`] of their first [`CODEC_SAMPLE_BYTES`] (for strings and binaries, their
+/// bytes without the offsets). Random doubles (about 6% saved by zstd, less by snappy) are such
+/// columns, and so, under snappy alone, are hex text keys such as UUIDs: snappy only finds
+/// repeats, while zstd also entropy-codes the 16 symbols (about half saved). Compressing such
+/// columns costs the writer and every reader time for next to no space. Columns already uncompressed (the
+/// digests), columns of other types (booleans, dictionaries, nested), columns of other codecs
+/// (Tributary writes none) and those with fewer than 4 KiB of values in `sample` keep their
+/// settings.
 pub fn skip_incompressible(properties: WriterProperties, sample: &RecordBatch) -> WriterProperties {
     let mut builder = None;
     for (field, array) in sample.schema().fields().iter().zip(sample.columns()) {
         let path = ColumnPath::from(field.name().as_str());
-        if properties.compression(&path) == UNCOMPRESSED {
-            continue;
-        }
-        let Some((compressed, sampled)) = sample_compression(array.as_ref()) else {
+        let codec = properties.compression(&path);
+        let Some((compressed, sampled)) = sample_compression(array.as_ref(), codec) else {
             continue;
         };
         if compressed as f64 > sampled as f64 * (1.0 - MIN_CODEC_SAVING) {
@@ -139,9 +140,13 @@ pub fn skip_incompressible(properties: WriterProperties, sample: &RecordBatch) -
     builder.map_or(properties, |b| b.build())
 }
 
-/// zstd level 1 size and length of the first [`CODEC_SAMPLE_BYTES`] of an array's values
-/// (None: not a fixed-width primitive, string or binary array, or under 4 KiB of values).
-fn sample_compression(array: &dyn Array) -> Option<(usize, usize)> {
+/// Size under `codec` and length of the first [`CODEC_SAMPLE_BYTES`] of an array's values
+/// (None: a codec other than zstd and snappy, not a fixed-width primitive, string or binary
+/// array, or under 4 KiB of values).
+fn sample_compression(array: &dyn Array, codec: Codec) -> Option<(usize, usize)> {
+    if !matches!(codec, Codec::ZSTD(_) | Codec::SNAPPY) {
+        return None;
+    }
     let data = array.to_data();
     let values: &[u8] = match array.data_type() {
         DataType::Utf8 => byte_values(array.as_string::<i32>()),
@@ -159,8 +164,13 @@ fn sample_compression(array: &dyn Array) -> Option<(usize, usize)> {
     if sample.len() < MIN_CODEC_SAMPLE_BYTES {
         return None;
     }
-    let compressed = zstd::bulk::compress(sample, 1).map_or(sample.len(), |c| c.len());
-    Some((compressed, sample.len()))
+    let compressed = match codec {
+        Codec::ZSTD(level) => zstd::bulk::compress(sample, level.compression_level()),
+        _ => snap::raw::Encoder::new()
+            .compress_vec(sample)
+            .map_err(std::io::Error::other),
+    };
+    Some((compressed.map_or(sample.len(), |c| c.len()), sample.len()))
 }
 
 /// The value bytes of a string or binary array, without offsets (a slice's own only).
@@ -657,7 +667,6 @@ mod tests {
     use std::sync::Arc;
 
     use deltalake::arrow::array::{ArrayRef, BinaryArray, Float64Array, StringArray};
-    use deltalake::parquet::basic::Compression as Codec;
     use rand::{Rng, SeedableRng};
 
     use super::*;
@@ -809,7 +818,7 @@ mod tests {
         // Too few bytes to judge: the codec stays.
         let kept = skip_incompressible(zstd.clone(), &small);
         assert_eq!(codec(&kept, "small"), codec(&zstd, "small"));
-        // Snappy columns are judged the same way; no codec stays none.
+        // Snappy columns are judged by snappy; no codec stays none.
         let snappy = writer_properties(Compression::Snappy, 1 << 20, &[]);
         let chosen = skip_incompressible(snappy, &batch);
         assert_eq!(codec(&chosen, "random"), UNCOMPRESSED);
@@ -818,6 +827,42 @@ mod tests {
         assert_eq!(
             codec(&skip_incompressible(none, &batch), "words"),
             UNCOMPRESSED
+        );
+    }
+
+    /// Hex text (UUID keys) is judged by the column's own codec: zstd entropy-codes its 16
+    /// symbols and keeps it, snappy finds no repeats in it and leaves it uncompressed.
+    #[test]
+    fn hex_keys_keep_zstd_and_drop_snappy() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let keys: Vec<String> = (0..4096)
+            .map(|_| {
+                uuid::Builder::from_random_bytes(rng.gen())
+                    .into_uuid()
+                    .to_string()
+            })
+            .collect();
+        let batch =
+            RecordBatch::try_from_iter([("key", Arc::new(StringArray::from(keys)) as ArrayRef)])
+                .unwrap();
+        let zstd = writer_properties(Compression::Zstd, 1 << 20, &[]);
+        assert!(matches!(
+            codec(&skip_incompressible(zstd, &batch), "key"),
+            Codec::ZSTD(_)
+        ));
+        let snappy = writer_properties(Compression::Snappy, 1 << 20, &[]);
+        assert_eq!(
+            codec(&skip_incompressible(snappy, &batch), "key"),
+            UNCOMPRESSED
+        );
+        // The level configured is the level sampled (a higher level saves at least as much).
+        let level = deltalake::parquet::basic::ZstdLevel::try_new(9).unwrap();
+        let zstd9 = WriterProperties::builder()
+            .set_compression(Codec::ZSTD(level))
+            .build();
+        assert_eq!(
+            codec(&skip_incompressible(zstd9, &batch), "key"),
+            Codec::ZSTD(level)
         );
     }
 }
