@@ -79,8 +79,8 @@ pub fn writer_properties(
     unique_columns: &[&str],
 ) -> WriterProperties {
     let codec = match compression {
-        Compression::Snappy => deltalake::parquet::basic::Compression::SNAPPY,
-        Compression::Zstd => deltalake::parquet::basic::Compression::ZSTD(Default::default()),
+        Compression::Snappy => Codec::SNAPPY,
+        Compression::Zstd => Codec::ZSTD(Default::default()),
         Compression::None => UNCOMPRESSED,
     };
     let mut builder = WriterProperties::builder();
@@ -116,10 +116,10 @@ const MIN_CODEC_SAMPLE_BYTES: usize = 4 << 10;
 /// bytes without the offsets). Random doubles (about 6% saved by zstd, less by snappy) are such
 /// columns, and so, under snappy alone, are hex text keys such as UUIDs: snappy only finds
 /// repeats, while zstd also entropy-codes the 16 symbols (about half saved). Compressing such
-/// columns costs the writer and every reader time for next to no space. Columns already uncompressed (the
-/// digests), columns of other types (booleans, dictionaries, nested), columns of other codecs
-/// (Tributary writes none) and those with fewer than 4 KiB of values in `sample` keep their
-/// settings.
+/// columns costs the writer and every reader time for next to no space. Columns already
+/// uncompressed (the digests), columns of other types (booleans, dictionaries, nested), columns
+/// of other codecs (Tributary writes none) and those with fewer than 4 KiB of values in
+/// `sample` keep their settings.
 pub fn skip_incompressible(properties: WriterProperties, sample: &RecordBatch) -> WriterProperties {
     let mut builder = None;
     for (field, array) in sample.schema().fields().iter().zip(sample.columns()) {
