@@ -46,8 +46,14 @@ pub const PARQUET_EXPANSION: f64 = 4.0;
 /// and a 4-byte offset each), `eff_start_date` (4), the row's data file and row (4 each), and
 /// validity and slack.
 pub const CURRENT_ROW_BYTES: u64 = 64;
-/// Row groups are at most this fraction of the limit (and 32 MiB).
+/// Row groups are at most this fraction of the limit (and [`MAX_ROW_GROUP_BYTES`]).
 pub const ROW_GROUP_DIVISOR: u64 = 32;
+/// Largest row group, bytes. A finished row group is gathered into one buffer grown by
+/// doubling (Parquet's `ArrowWriter` under delta-rs's writer), freed once uploaded; at 32 MiB
+/// it crossed glibc's largest mmap threshold (32 MiB), so every row group's buffer was freshly
+/// mapped, page-faulted and unmapped again. At 16 MiB day 2 of 1M rows took 1.90 to 2.00 s
+/// against 1.90 to 2.36 s, with less system time and about 80 MiB less peak RSS.
+pub const MAX_ROW_GROUP_BYTES: u64 = 16 << 20;
 /// Most partitions a run uses (a few files per partition are kept while spilling).
 pub const MAX_PARTITIONS: usize = 1 << 14;
 /// Most partitions planned to hold a run whole, unless twice what the workers' share needs is
@@ -148,7 +154,7 @@ impl MemoryPlan {
             partitions,
             workers,
             estimated_bytes: estimated,
-            row_group_bytes: (limit / ROW_GROUP_DIVISOR).clamp(1 << 20, 32 << 20),
+            row_group_bytes: (limit / ROW_GROUP_DIVISOR).clamp(1 << 20, MAX_ROW_GROUP_BYTES),
         }
     }
 }
@@ -156,7 +162,7 @@ impl MemoryPlan {
 impl MemoryPlan {
     /// Tasks per table writer (see `lake::TableWriters`): one per core, as long as the row
     /// groups the three writers' tasks hold open (one each, `row_group_bytes`) stay within
-    /// [`WRITER_SHARE`] of the limit; at least one. At 1 GiB (32 MiB row groups) that is 2.
+    /// [`WRITER_SHARE`] of the limit; at least one. At 1 GiB (16 MiB row groups) that is 4.
     pub fn writer_tasks(&self, cores: usize) -> usize {
         let fit = (self.limit_bytes as f64 * WRITER_SHARE) / (3 * self.row_group_bytes) as f64;
         (fit as usize).clamp(1, cores.max(1))
@@ -181,11 +187,13 @@ mod tests {
     #[test]
     fn writer_tasks_are_bounded_by_the_limit_and_the_cores() {
         let plan = |limit: u64| MemoryPlan::new(limit, 1 << 30, 1 << 30, 2);
-        // 1 GiB: 32 MiB row groups, 3 writers x 2 tasks = 192 MiB, under 20% of the limit.
+        // 1 GiB: 16 MiB row groups, 3 writers x 4 tasks = 192 MiB, under 20% of the limit.
         assert_eq!(plan(1 << 30).writer_tasks(2), 2);
-        assert_eq!(plan(1 << 30).writer_tasks(8), 2);
+        assert_eq!(plan(1 << 30).writer_tasks(8), 4);
         assert_eq!(plan(1 << 30).writer_tasks(1), 1);
-        // 8 GiB: row groups stay 32 MiB, so every core gets a task.
+        // 512 MiB: 16 MiB row groups, 2 tasks (102 MiB fit).
+        assert_eq!(plan(512 << 20).writer_tasks(8), 2);
+        // 8 GiB: row groups stay 16 MiB, so every core gets a task.
         assert_eq!(plan(8 << 30).writer_tasks(8), 8);
         // 16 MiB: 1 MiB row groups (the floor): 3.2 MiB fit, one task per writer.
         assert_eq!(plan(16 << 20).writer_tasks(4), 1);

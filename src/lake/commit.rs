@@ -61,7 +61,7 @@ pub async fn write_files(
 pub const TARGET_FILE_BYTES: u64 = 256 << 20;
 
 /// Largest dictionary of a column chunk, bytes; past it the column falls back to plain
-/// encoding. The Parquet default (1 MiB) holds 128Ki doubles, all of a 32 MiB row group of the
+/// encoding. The Parquet default (1 MiB) holds 128Ki doubles, all of a 16 MiB row group of the
 /// seed shape: unique values were interned, dictionary-encoded and then written plain
 /// anyway (8% of a run's CPU time). 128 KiB still dictionary-encodes columns of up to 16Ki
 /// distinct doubles per row group.
@@ -208,6 +208,19 @@ impl Senders {
             }
         };
         sent.then_some(()).ok_or_else(writer_gone)
+    }
+
+    /// Ends the channel of the rows of both tables and, with `current`, the current table's:
+    /// their writers take the batches already sent, then finish their last files while the
+    /// run goes on (reading back the gone rows, say) instead of in [`TableWriters::finish`].
+    /// A later send to an ended channel fails ([`writer_gone`]). The channels end once every
+    /// clone of these senders is dropped too.
+    pub fn end(&mut self, current: bool) {
+        self.both = None;
+        if current {
+            // A sender whose receiver is gone: the writers' channel loses this sender.
+            self.current = tokio::sync::mpsc::channel(1).0;
+        }
     }
 }
 
@@ -518,6 +531,22 @@ fn actions(planned: &Planned) -> Vec<Action> {
     out
 }
 
+/// A commit that failed, and whether it is known not to have landed.
+enum Failed {
+    /// Nothing was committed: refused before the attempt, or the log does not show it after.
+    NotLanded(Error),
+    /// The log could not be read after the attempt: the commit may have landed.
+    Unknown(Error),
+}
+
+impl From<Failed> for Error {
+    fn from(failed: Failed) -> Error {
+        match failed {
+            Failed::NotLanded(e) | Failed::Unknown(e) => e,
+        }
+    }
+}
+
 /// Commits `actions` with `txn(app_id, seq)` and the run's commit-info entry.
 async fn commit_table(
     table: &mut DeltaTable,
@@ -526,20 +555,23 @@ async fn commit_table(
     actions: Vec<Action>,
     entry: &CommitEntry,
     mode: SaveMode,
-) -> Result<u64> {
+) -> std::result::Result<u64, Failed> {
     let seq = entry.run.seq;
-    if let Some(done) = txn_version(table, app_id).await? {
+    let not_landed = |e: Error| Failed::NotLanded(e);
+    if let Some(done) = txn_version(table, app_id).await.map_err(not_landed)? {
         if done >= seq {
-            return Err(Error::Lake {
+            return Err(Failed::NotLanded(Error::Lake {
                 table: role.to_string(),
                 reason: format!("already records run {done}; refusing to commit run {seq} again"),
-            });
+            }));
         }
     }
+    let metadata = serde_json::to_value(entry).map_err(|e| not_landed(e.into()))?;
     let properties = CommitProperties::default()
         .with_application_transaction(Transaction::new(app_id, seq))
-        .with_metadata([(COMMIT_INFO_KEY.to_string(), serde_json::to_value(entry)?)]);
-    let partition_by = table.snapshot()?.metadata().partition_columns().to_vec();
+        .with_metadata([(COMMIT_INFO_KEY.to_string(), metadata)]);
+    let snapshot = table.snapshot().map_err(|e| not_landed(e.into()))?;
+    let partition_by = snapshot.metadata().partition_columns().to_vec();
     let operation = DeltaOperation::Write {
         mode,
         partition_by: (!partition_by.is_empty()).then_some(partition_by),
@@ -547,18 +579,19 @@ async fn commit_table(
     };
     let result = CommitBuilder::from(properties)
         .with_actions(actions)
-        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .build(Some(snapshot), table.log_store(), operation)
         .await;
-    table.update_state().await?;
+    let unknown = |e: Error| Failed::Unknown(e);
+    table.update_state().await.map_err(|e| unknown(e.into()))?;
     match result {
         Ok(done) => Ok(done.version()),
         Err(err) => {
             // A commit can fail after it landed: believe the log, not the error.
-            if txn_version(table, app_id).await? == Some(seq) {
+            if txn_version(table, app_id).await.map_err(unknown)? == Some(seq) {
                 tracing::warn!(table = role, run = seq, error = %err, "commit reported an error but landed");
                 Ok(table.version().unwrap_or_default())
             } else {
-                Err(err.into())
+                Err(Failed::NotLanded(err.into()))
             }
         }
     }
@@ -602,9 +635,9 @@ pub(super) async fn complete(
     } else {
         SaveMode::Overwrite
     };
-    commit_table(table, role, app_id, actions(&planned), &entry, mode)
-        .await
-        .map(Some)
+    Ok(Some(
+        commit_table(table, role, app_id, actions(&planned), &entry, mode).await?,
+    ))
 }
 
 pub(super) async fn commit_run(
@@ -635,7 +668,7 @@ pub(super) async fn commit_run(
     } else {
         SaveMode::Overwrite
     };
-    let history_version = commit_table(
+    let committed = commit_table(
         &mut lake.history,
         HISTORY,
         &app_id,
@@ -643,7 +676,20 @@ pub(super) async fn commit_run(
         &entry,
         mode,
     )
-    .await?;
+    .await;
+    let history_version = match committed {
+        Ok(version) => version,
+        // No table refers to the run's files: delete them. (Once history has committed, the
+        // followers' files are its pending actions, which the next run completes.)
+        Err(Failed::NotLanded(e)) => {
+            discard_files(&lake.history, &history.adds).await;
+            for (_, table, planned) in &followers {
+                discard_files(table, &planned.adds).await;
+            }
+            return Err(e);
+        }
+        Err(Failed::Unknown(e)) => return Err(e),
+    };
     let mut versions = HashMap::from([(HISTORY, history_version)]);
     crash_point("after-history-commit");
     run.history_version = Some(history_version);

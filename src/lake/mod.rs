@@ -10,7 +10,8 @@
 //! - **Idempotent.** Each commit carries `txn(app_id = "tributary:<name>", version = seq)`; a
 //!   table that already records `seq` is never committed to again (delta-rs does not reject a
 //!   repeated `txn` itself). After a commit error the log is re-read to learn whether the commit
-//!   landed (delta-rs can report an error for a commit that landed).
+//!   landed (delta-rs can report an error for a commit that landed). A history commit that
+//!   did not land deletes the run's data files, so a failed commit leaves no unreferenced files.
 //! - **What is read.** A diff reads the current table's join columns (`keyhash`, `nonkeyhash`,
 //!   `eff_start_date`) with each row's position, partitioned by keyhash (see `spill`); then
 //!   whole rows only for the keys that left the extract (see [`current`]).
@@ -239,6 +240,11 @@ impl Lake {
 
     /// Commits a planned run: history first (carrying the followers' pending actions), then each
     /// follower. Returns the new version of each table by role.
+    ///
+    /// When the history commit fails and the log shows it did not land, the data files of
+    /// every table's planned `add` actions are deleted before the error returns (nothing refers
+    /// to them). Once history has committed they are kept: a follower's failed commit is
+    /// completed by the next run ([`Lake::open`]).
     ///
     /// # Errors
     /// [`Error::Lake`] when a table already records this run; Delta errors.

@@ -205,7 +205,7 @@ pub async fn run(
     // Tables this run creates (and removes again if it fails): those of a first run here,
     // a new rejects table just before it is created.
     let mut created = Vec::new();
-    let (mut lake, writers, joined) = match (lake, &data_files) {
+    let (mut lake, mut writers, joined) = match (lake, &data_files) {
         (Some(lake), Some(data_files)) if memory.streamed => {
             let writers = TableWriters::start(&lake, properties, memory.writer_tasks(cores));
             let joined = stages.streamed(data_files, &writers).await;
@@ -239,6 +239,9 @@ pub async fn run(
         mut times,
     } = joined;
     let outcome = check_outcome(config, options, diffed, current_rows);
+    // Only the gone rows are left to send: the writers of the tables they do not go to finish
+    // their last files meanwhile.
+    writers.tx.end(config.extract_type == ExtractType::Full);
     // Whole rows of the keys that left the extract, read back by position: D rows into
     // history (full extract), X rows into current (delta extract).
     let gone = Instant::now();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 
-use crate::common::{json_stdout as json, Fixture, SIMPLE_COLUMNS};
+use crate::common::{data_files, json_stdout as json, Fixture, SIMPLE_COLUMNS};
 
 fn tributary(fx: &Fixture, input: &Path, date: &str, crash_at: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
@@ -163,5 +163,60 @@ async fn assert_same_tables(a: &Fixture, b: &Fixture) {
     assert!(
         !a.rows("current").await.is_empty(),
         "the comparison is over real rows"
+    );
+}
+
+/// A history commit that does not land (here refused: both tables already record the run)
+/// deletes the data files the run wrote, in every table, and leaves the tables as they were.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_commit_that_does_not_land_deletes_the_runs_files() {
+    use std::collections::HashMap;
+    use tributary::config::Compression;
+    use tributary::lake::{self, Lake, Planned, CURRENT};
+
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    apply_day(&fx, 1);
+    let tables = [fx.table_path("current"), fx.table_path("history")];
+    let before = tables.clone().map(|t| data_files(&t));
+    let config = fx.config();
+    let (mut lake, _) = Lake::open(&config, false).await.unwrap().unwrap();
+    let recorded = lake.last_run().await.unwrap().unwrap();
+    let schema = tributary::schema::table_schema(&config.typed_columns());
+    let rows: Vec<_> = lake::scan(&lake.current)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| lake::conform(b, &schema, &HashMap::new()).unwrap())
+        .collect();
+    let properties = lake::writer_properties(Compression::Zstd, 1 << 20, &[]);
+    let current_adds = lake::write_files(&lake.current, rows.clone(), properties.clone())
+        .await
+        .unwrap();
+    let history_adds = lake::write_files(&lake.history, rows, properties)
+        .await
+        .unwrap();
+    let during = tables.clone().map(|t| data_files(&t));
+    assert!(during[0].len() > before[0].len() && during[1].len() > before[1].len());
+
+    let current = lake.current.clone();
+    let followers = vec![(
+        CURRENT,
+        current,
+        Planned {
+            adds: current_adds,
+            removes: Vec::new(),
+        },
+    )];
+    let history = Planned {
+        adds: history_adds,
+        removes: Vec::new(),
+    };
+    let refused = lake.commit_run(recorded.clone(), history, followers).await;
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("already records run"), "{message}");
+    assert_eq!(tables.clone().map(|t| data_files(&t)), before);
+    assert_eq!(
+        (fx.version("history").await, fx.version("current").await),
+        (Some(1), Some(1))
     );
 }
