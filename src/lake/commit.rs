@@ -533,9 +533,11 @@ fn actions(planned: &Planned) -> Vec<Action> {
 
 /// A commit that failed, and whether it is known not to have landed.
 enum Failed {
-    /// Nothing was committed: refused before the attempt, or the log does not show it after.
+    /// Nothing was committed: refused before the attempt, or the log shows an earlier run (or
+    /// none) after it.
     NotLanded(Error),
-    /// The log could not be read after the attempt: the commit may have landed.
+    /// The commit may have landed: the log could not be read after the attempt, or it records
+    /// a later run.
     Unknown(Error),
 }
 
@@ -587,13 +589,28 @@ async fn commit_table(
         Ok(done) => Ok(done.version()),
         Err(err) => {
             // A commit can fail after it landed: believe the log, not the error.
-            if txn_version(table, app_id).await.map_err(unknown)? == Some(seq) {
-                tracing::warn!(table = role, run = seq, error = %err, "commit reported an error but landed");
-                Ok(table.version().unwrap_or_default())
-            } else {
-                Err(Failed::NotLanded(err.into()))
+            let recorded = txn_version(table, app_id).await.map_err(unknown)?;
+            match after_error(recorded, seq) {
+                Some(true) => {
+                    tracing::warn!(table = role, run = seq, error = %err, "commit reported an error but landed");
+                    Ok(table.version().unwrap_or_default())
+                }
+                Some(false) => Err(Failed::NotLanded(err.into())),
+                None => Err(Failed::Unknown(err.into())),
             }
         }
+    }
+}
+
+/// Whether a commit of run `seq` that reported an error landed, from the run the table's log
+/// records after it (`recorded`): yes when it records `seq`, no when it records an earlier run
+/// or none, unknown (None) when it records a later one: another process may have completed
+/// this run and committed the next since, so its files may be referenced.
+fn after_error(recorded: Option<i64>, seq: i64) -> Option<bool> {
+    match recorded {
+        Some(done) if done == seq => Some(true),
+        Some(done) if done > seq => None,
+        _ => Some(false),
     }
 }
 
@@ -719,6 +736,15 @@ mod tests {
 
     fn codec(properties: &WriterProperties, column: &str) -> Codec {
         properties.compression(&ColumnPath::from(column))
+    }
+
+    #[test]
+    fn a_failed_commit_landed_only_if_the_log_records_its_run() {
+        assert_eq!(after_error(Some(5), 5), Some(true));
+        assert_eq!(after_error(Some(4), 5), Some(false));
+        assert_eq!(after_error(None, 5), Some(false));
+        // A later run recorded: this one may have landed and been built on; keep its files.
+        assert_eq!(after_error(Some(6), 5), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
