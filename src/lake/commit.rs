@@ -559,8 +559,10 @@ async fn commit_table(
     mode: SaveMode,
 ) -> std::result::Result<u64, Failed> {
     let seq = entry.run.seq;
-    let not_landed = |e: Error| Failed::NotLanded(e);
-    if let Some(done) = txn_version(table, app_id).await.map_err(not_landed)? {
+    if let Some(done) = txn_version(table, app_id)
+        .await
+        .map_err(Failed::NotLanded)?
+    {
         if done >= seq {
             return Err(Failed::NotLanded(Error::Lake {
                 table: role.to_string(),
@@ -568,11 +570,11 @@ async fn commit_table(
             }));
         }
     }
-    let metadata = serde_json::to_value(entry).map_err(|e| not_landed(e.into()))?;
+    let metadata = serde_json::to_value(entry).map_err(|e| Failed::NotLanded(e.into()))?;
     let properties = CommitProperties::default()
         .with_application_transaction(Transaction::new(app_id, seq))
         .with_metadata([(COMMIT_INFO_KEY.to_string(), metadata)]);
-    let snapshot = table.snapshot().map_err(|e| not_landed(e.into()))?;
+    let snapshot = table.snapshot().map_err(|e| Failed::NotLanded(e.into()))?;
     let partition_by = snapshot.metadata().partition_columns().to_vec();
     let operation = DeltaOperation::Write {
         mode,
@@ -583,13 +585,15 @@ async fn commit_table(
         .with_actions(actions)
         .build(Some(snapshot), table.log_store(), operation)
         .await;
-    let unknown = |e: Error| Failed::Unknown(e);
-    table.update_state().await.map_err(|e| unknown(e.into()))?;
+    table
+        .update_state()
+        .await
+        .map_err(|e| Failed::Unknown(e.into()))?;
     match result {
         Ok(done) => Ok(done.version()),
         Err(err) => {
             // A commit can fail after it landed: believe the log, not the error.
-            let recorded = txn_version(table, app_id).await.map_err(unknown)?;
+            let recorded = txn_version(table, app_id).await.map_err(Failed::Unknown)?;
             match after_error(recorded, seq) {
                 Some(true) => {
                     tracing::warn!(table = role, run = seq, error = %err, "commit reported an error but landed");

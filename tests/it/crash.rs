@@ -177,7 +177,7 @@ async fn a_history_commit_that_does_not_land_deletes_the_runs_files() {
     let fx = Fixture::new(SIMPLE_COLUMNS, "");
     apply_day(&fx, 1);
     let tables = [fx.table_path("current"), fx.table_path("history")];
-    let before = tables.clone().map(|t| data_files(&t));
+    let before = tables.each_ref().map(|t| data_files(t));
     let config = fx.config();
     let (mut lake, _) = Lake::open(&config, false).await.unwrap().unwrap();
     let recorded = lake.last_run().await.unwrap().unwrap();
@@ -195,13 +195,12 @@ async fn a_history_commit_that_does_not_land_deletes_the_runs_files() {
     let history_adds = lake::write_files(&lake.history, rows, properties)
         .await
         .unwrap();
-    let during = tables.clone().map(|t| data_files(&t));
+    let during = tables.each_ref().map(|t| data_files(t));
     assert!(during[0].len() > before[0].len() && during[1].len() > before[1].len());
 
-    let current = lake.current.clone();
     let followers = vec![(
         CURRENT,
-        current,
+        lake.current.clone(),
         Planned {
             adds: current_adds,
             removes: Vec::new(),
@@ -211,10 +210,10 @@ async fn a_history_commit_that_does_not_land_deletes_the_runs_files() {
         adds: history_adds,
         removes: Vec::new(),
     };
-    let refused = lake.commit_run(recorded.clone(), history, followers).await;
+    let refused = lake.commit_run(recorded, history, followers).await;
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("already records run"), "{message}");
-    assert_eq!(tables.clone().map(|t| data_files(&t)), before);
+    assert_eq!(tables.each_ref().map(|t| data_files(t)), before);
     assert_eq!(
         (fx.version("history").await, fx.version("current").await),
         (Some(1), Some(1))
