@@ -23,7 +23,9 @@
 
 use crate::config::InputFormat;
 
-/// Share of the memory limit for holding partitions while reading.
+/// Share of the memory limit for holding partitions while reading. A spill being written
+/// holds up to as much again (about half of it; see `spill`), out of [`WORK_SHARE`], which is
+/// unused until the diff starts, once the last spill is written.
 pub const STORE_SHARE: f64 = 0.35;
 /// Share of the memory limit for the diff workers' partitions. The rest of the limit
 /// (`1 - STORE_SHARE - WORK_SHARE`) is left for what the plan does not count: the reader's

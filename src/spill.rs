@@ -7,10 +7,20 @@
 //! partitions are appended to files in a temporary folder as Arrow IPC streams (one file per
 //! side and partition, one stream segment per spill), and read back when the partition is
 //! diffed. The folder is removed when the store is dropped.
+//!
+//! A spill is written on a thread of its own while the store goes on taking batches, so the
+//! reader feeding the store does not wait for the disk: the batches of one spill (about half
+//! the budget) stay in memory until written, and a store over budget again first waits for
+//! them. The store therefore holds about one and a half times its budget at once, at most
+//! twice (a spill of partitions larger than half the budget); `plan` gives the share of the
+//! memory limit that covers it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use deltalake::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use deltalake::arrow::buffer::Buffer;
@@ -91,6 +101,20 @@ struct Part {
     file_len: u64,
 }
 
+/// A partition's batches (`bytes` of them) handed to a spill thread: written to `path` from
+/// byte `start`.
+struct SpillJob {
+    side: usize,
+    partition: usize,
+    path: PathBuf,
+    start: u64,
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+}
+
+/// The thread writing a spill: it returns, per job, (side, partition, start, end).
+type Flight = JoinHandle<Result<Vec<(usize, usize, u64, u64)>>>;
+
 /// Counters of a store, for the run summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SpillStats {
@@ -98,7 +122,8 @@ pub struct SpillStats {
     pub spilled_bytes: u64,
     /// Times the store spilled to get back under its budget.
     pub spills: u64,
-    /// Largest number of bytes the store held in memory at once (Arrow buffer sizes).
+    /// Largest number of bytes the store held in memory at once (Arrow buffer sizes), the
+    /// batches of a spill still being written included.
     pub peak_memory_bytes: u64,
 }
 
@@ -108,7 +133,14 @@ pub struct SpillStore {
     /// `parts[side][partition]`
     parts: Vec<Vec<Part>>,
     budget: usize,
+    /// Bytes of the batches held in partitions (not handed to a spill).
     memory_bytes: usize,
+    /// The spill being written, if any.
+    flight: Option<Flight>,
+    /// Bytes of its batches not yet written (its thread counts them down).
+    in_flight: Arc<AtomicUsize>,
+    /// Whether a spill failed: its partitions lost rows, so nothing more is taken.
+    spill_failed: bool,
     dir: tempfile::TempDir,
     stats: SpillStats,
 }
@@ -145,6 +177,9 @@ impl SpillStore {
             parts,
             budget,
             memory_bytes: 0,
+            flight: None,
+            in_flight: Arc::default(),
+            spill_failed: false,
             dir,
             stats: SpillStats::default(),
         })
@@ -178,15 +213,45 @@ impl SpillStore {
         part.memory_bytes += bytes;
         part.memory.push(batch);
         self.memory_bytes += bytes;
-        self.stats.peak_memory_bytes = self.stats.peak_memory_bytes.max(self.memory_bytes as u64);
+        let held = self.memory_bytes + self.in_flight.load(Ordering::Relaxed);
+        self.stats.peak_memory_bytes = self.stats.peak_memory_bytes.max(held as u64);
         if self.memory_bytes > self.budget {
             self.spill_until(self.budget / 2)?;
         }
         Ok(())
     }
 
-    /// Spills the largest in-memory partitions until at most `target` bytes stay in memory.
+    /// Waits for the spill being written, if any, and records its segments.
+    ///
+    /// # Errors
+    /// The spill's I/O and Arrow IPC errors; [`Error::Internal`] once a spill has failed.
+    pub fn land(&mut self) -> Result<()> {
+        if self.spill_failed {
+            return Err(Error::Internal("a spill failed earlier".into()));
+        }
+        let Some(flight) = self.flight.take() else {
+            return Ok(());
+        };
+        let written = flight.join();
+        // A failed spill leaves its unwritten batches uncounted down; they are gone now.
+        self.in_flight.store(0, Ordering::Relaxed);
+        let written = written
+            .map_err(|_| Error::Internal("spill thread panicked".into()))
+            .and_then(|w| w)
+            .inspect_err(|_| self.spill_failed = true)?;
+        for (side, partition, start, end) in written {
+            let part = &mut self.parts[side][partition];
+            part.segments.push(start);
+            part.file_len = end;
+            self.stats.spilled_bytes += end - start;
+        }
+        Ok(())
+    }
+
+    /// Hands the largest in-memory partitions to a spill thread until at most `target` bytes
+    /// stay in memory, once the spill before (if any) is written.
     fn spill_until(&mut self, target: usize) -> Result<()> {
+        self.land()?;
         self.stats.spills += 1;
         let mut sizes: Vec<(usize, usize, usize)> = self
             .parts
@@ -201,47 +266,40 @@ impl SpillStore {
             .filter(|(bytes, _, _)| *bytes > 0)
             .collect();
         sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let mut jobs = Vec::new();
         for (_, side, partition) in sizes {
             if self.memory_bytes <= target {
                 break;
             }
-            self.spill(side, partition)?;
+            let path = self.path(side, partition);
+            let part = &mut self.parts[side][partition];
+            let freed = std::mem::take(&mut part.memory_bytes);
+            self.memory_bytes -= freed;
+            self.in_flight.fetch_add(freed, Ordering::Relaxed);
+            jobs.push(SpillJob {
+                side,
+                partition,
+                path,
+                start: part.file_len,
+                batches: std::mem::take(&mut part.memory),
+                bytes: freed,
+            });
         }
-        Ok(())
-    }
-
-    /// Appends one partition's in-memory batches to its file as one IPC stream segment.
-    fn spill(&mut self, side: usize, partition: usize) -> Result<()> {
-        let path = self.path(side, partition);
-        let schema = self.schemas[side].clone();
-        let part = &mut self.parts[side][partition];
-        let batches = std::mem::take(&mut part.memory);
-        let freed = std::mem::take(&mut part.memory_bytes);
-        let io_err = |e: std::io::Error| Error::Input {
-            path: path.clone(),
-            reason: format!("cannot write spill file: {e}"),
-        };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err)?;
-        let start = part.file_len;
-        let mut writer = StreamWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)?;
-        // One batch per segment: partitions receive many small pieces.
-        let merged = concat_batches(&schema, &batches)?;
-        drop(batches);
-        writer.write(&merged)?;
-        writer.finish()?;
-        let mut file = writer
-            .into_inner()?
-            .into_inner()
-            .map_err(|e| io_err(e.into_error()))?;
-        let end = file.seek(SeekFrom::End(0)).map_err(io_err)?;
-        part.segments.push(start);
-        part.file_len = end;
-        self.stats.spilled_bytes += end - start;
-        self.memory_bytes -= freed;
+        let schemas = self.schemas.clone();
+        let in_flight = self.in_flight.clone();
+        let flight = std::thread::Builder::new()
+            .name("spill".into())
+            .spawn(move || {
+                jobs.into_iter()
+                    .map(|job| {
+                        let end = write_segment(&job.path, &schemas[job.side], job.batches)?;
+                        in_flight.fetch_sub(job.bytes, Ordering::Relaxed);
+                        Ok((job.side, job.partition, job.start, end))
+                    })
+                    .collect()
+            })
+            .map_err(|e| Error::Internal(format!("cannot start a spill thread: {e}")))?;
+        self.flight = Some(flight);
         Ok(())
     }
 
@@ -251,6 +309,7 @@ impl SpillStore {
     /// # Errors
     /// I/O and Arrow IPC errors reading spill files.
     pub fn take(&mut self, side: usize, partition: usize) -> Result<Vec<RecordBatch>> {
+        self.land()?;
         let path = self.path(side, partition);
         let part = std::mem::take(&mut self.parts[side][partition]);
         self.memory_bytes -= part.memory_bytes;
@@ -290,6 +349,40 @@ impl SpillStore {
             inner: std::sync::Mutex::new(self),
         }
     }
+}
+
+impl Drop for SpillStore {
+    /// Waits for a spill being written, so its thread is done with the folder before it is
+    /// removed (its result is of no use by now).
+    fn drop(&mut self) {
+        if let Some(flight) = self.flight.take() {
+            let _ = flight.join();
+        }
+    }
+}
+
+/// Appends `batches` to the file at `path` as one IPC stream segment (one batch: partitions
+/// receive many small pieces) and returns the file's length after it.
+fn write_segment(path: &Path, schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<u64> {
+    let io_err = |e: std::io::Error| Error::Input {
+        path: path.to_path_buf(),
+        reason: format!("cannot write spill file: {e}"),
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err)?;
+    let mut writer = StreamWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema)?;
+    let merged = concat_batches(schema, &batches)?;
+    drop(batches);
+    writer.write(&merged)?;
+    writer.finish()?;
+    let mut file = writer
+        .into_inner()?
+        .into_inner()
+        .map_err(|e| io_err(e.into_error()))?;
+    file.seek(SeekFrom::End(0)).map_err(io_err)
 }
 
 /// A [`SpillStore`] behind a lock, for diffing partitions on several threads.
@@ -395,9 +488,15 @@ mod tests {
                 .unwrap();
         }
         store.push(1, 1, batch(50_000, 50_010)).unwrap();
+        store.land().unwrap();
         let stats = store.stats();
         assert!(stats.spills > 0 && stats.spilled_bytes > 0, "{stats:?}");
-        assert!(stats.peak_memory_bytes <= (one * 4) as u64, "{stats:?}");
+        // While a spill is written: its batches (at most the budget and the batch that went
+        // over it) and as much again.
+        assert!(
+            stats.peak_memory_bytes <= (2 * (one * 3 + one)) as u64,
+            "{stats:?}"
+        );
         assert_eq!(store.rows(0), 5000);
         assert_eq!(store.rows(1), 5010);
         let side0 = values(&store.take(0, 0).unwrap());
@@ -412,6 +511,39 @@ mod tests {
         assert!(all[0].is_empty());
         // Taken partitions are gone.
         assert!(shared.take_all(0).unwrap()[0].is_empty());
+    }
+
+    #[test]
+    fn a_spill_that_cannot_be_written_fails_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = batch(0, 1000).get_array_memory_size();
+        let mut store = SpillStore::new(vec![schema()], 2, one, dir.path()).unwrap();
+        // The spill thread finds its folder gone.
+        std::fs::remove_dir_all(store.dir.path()).unwrap();
+        store.push(0, 0, batch(0, 1000)).unwrap();
+        store.push(0, 1, batch(1000, 2000)).unwrap();
+        assert_eq!(store.stats().spills, 1);
+        let err = store.take(0, 0).unwrap_err().to_string();
+        assert!(err.contains("cannot write spill file"), "{err}");
+        // The partitions of the failed spill lost rows: nothing more is taken.
+        let err = store.take(0, 1).unwrap_err().to_string();
+        assert!(err.contains("a spill failed earlier"), "{err}");
+    }
+
+    #[test]
+    fn batches_pushed_while_a_spill_is_written_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = batch(0, 100).get_array_memory_size();
+        // Every other push spills: spills are in flight while the next batches arrive.
+        let mut store = SpillStore::new(vec![schema()], 1, one, dir.path()).unwrap();
+        for i in 0..50 {
+            store.push(0, 0, batch(i * 100, i * 100 + 100)).unwrap();
+        }
+        assert!(store.stats().spills >= 20, "{:?}", store.stats());
+        assert_eq!(
+            values(&store.take(0, 0).unwrap()),
+            (0..5000).collect::<Vec<_>>()
+        );
     }
 
     #[test]

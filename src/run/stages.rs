@@ -100,6 +100,8 @@ impl Stages<'_> {
             })
             .await?;
         }
+        // The last spill is written before the diff workers take their share of the limit.
+        store.land()?;
         times.scan_secs = scanning.elapsed().as_secs_f64();
         Ok(Partitioned {
             current_rows: store.rows(CURRENT_SIDE),
