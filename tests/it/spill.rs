@@ -110,9 +110,12 @@ async fn spilling_partitioned_and_streamed_runs_commit_the_same_tables() {
             } else if config_path == &tight {
                 assert!(memory.plan.partitions > 1, "{day}: {memory:?}");
                 assert!(memory.spill.spilled_bytes > 0, "{day}: {memory:?}");
+                // The store's batches and, while a spill is written, its batches (at most the
+                // budget and the batch that went over it).
                 assert!(
-                    memory.spill.peak_memory_bytes <= memory.plan.store_budget_bytes + (2 << 20),
-                    "{day}: the store held more than its budget: {memory:?}"
+                    memory.spill.peak_memory_bytes
+                        <= 2 * memory.plan.store_budget_bytes + (2 << 20),
+                    "{day}: the store held more than twice its budget: {memory:?}"
                 );
             } else if config_path == &held {
                 assert!(!memory.plan.streamed, "{day}: {memory:?}");
