@@ -101,19 +101,18 @@ struct Part {
     file_len: u64,
 }
 
-/// A partition's batches (`bytes` of them) handed to a spill thread: written to `path` from
-/// byte `start`.
+/// A partition's batches (`bytes` of them) handed to a spill thread, to be appended to `path`.
 struct SpillJob {
     side: usize,
     partition: usize,
     path: PathBuf,
-    start: u64,
     batches: Vec<RecordBatch>,
     bytes: usize,
 }
 
-/// The thread writing a spill: it returns, per job, (side, partition, start, end).
-type Flight = JoinHandle<Result<Vec<(usize, usize, u64, u64)>>>;
+/// The thread writing a spill: it returns, per job, (side, partition, the file's new length).
+/// Each segment starts at its partition's `file_len`, which only landing a spill moves.
+type Flight = JoinHandle<Result<Vec<(usize, usize, u64)>>>;
 
 /// Counters of a store, for the run summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -239,11 +238,11 @@ impl SpillStore {
             .map_err(|_| Error::Internal("spill thread panicked".into()))
             .and_then(|w| w)
             .inspect_err(|_| self.spill_failed = true)?;
-        for (side, partition, start, end) in written {
+        for (side, partition, end) in written {
             let part = &mut self.parts[side][partition];
-            part.segments.push(start);
+            part.segments.push(part.file_len);
+            self.stats.spilled_bytes += end - part.file_len;
             part.file_len = end;
-            self.stats.spilled_bytes += end - start;
         }
         Ok(())
     }
@@ -280,7 +279,6 @@ impl SpillStore {
                 side,
                 partition,
                 path,
-                start: part.file_len,
                 batches: std::mem::take(&mut part.memory),
                 bytes: freed,
             });
@@ -294,7 +292,7 @@ impl SpillStore {
                     .map(|job| {
                         let end = write_segment(&job.path, &schemas[job.side], job.batches)?;
                         in_flight.fetch_sub(job.bytes, Ordering::Relaxed);
-                        Ok((job.side, job.partition, job.start, end))
+                        Ok((job.side, job.partition, end))
                     })
                     .collect()
             })
