@@ -1,7 +1,7 @@
 //! The read, scan and diff stages of a run, partitioned or streamed, and the table writers
 //! they feed (see `run` for the whole run and `docs/memory.md` for both kinds).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -253,7 +253,10 @@ pub(super) struct Diffed {
 }
 
 /// Diffs every partition on `plan.workers` threads, sending output rows to the writers and
-/// marking the current rows of keys that left the extract in `picks`.
+/// marking the current rows of keys that left the extract in `picks`. The partitions come from
+/// a read-ahead thread ([`SharedStore::read_ahead`]), so a worker's diff overlaps the reading
+/// of the next partition's spill files: one partition read ahead at most, beside those being
+/// diffed.
 ///
 /// Under `on_error: fail`, a duplicate key stops the workers; the error of the earliest row
 /// (file, line) among those found is returned.
@@ -264,22 +267,20 @@ pub(super) fn diff_partitions(
     picks: &Mutex<Picks>,
     tx: Senders,
 ) -> Result<Diffed> {
-    let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let results: Vec<Result<Diffed>> = std::thread::scope(|scope| {
+        // Each worker holds a clone: once all have ended, the read-ahead thread stops.
+        let ahead = store.read_ahead(scope, plan.partitions);
         let handles: Vec<_> = (0..plan.workers)
             .map(|_| {
                 let tx = tx.clone();
-                let (next, stop) = (&next, &stop);
+                let (ahead, stop) = (ahead.clone(), &stop);
                 scope.spawn(move || -> Result<Diffed> {
                     let mut total = Diffed::default();
                     let result = (|| {
                         while !stop.load(Ordering::SeqCst) {
-                            let p = next.fetch_add(1, Ordering::SeqCst);
-                            if p >= plan.partitions {
-                                break;
-                            }
-                            let mut sides = store.take_all(p)?;
+                            let Some(sides) = ahead.next() else { break };
+                            let mut sides = sides?;
                             let current = std::mem::take(&mut sides[CURRENT_SIDE]);
                             let incoming = std::mem::take(&mut sides[INCOMING]);
                             let mut out = context.diff(incoming, current)?;
@@ -304,6 +305,7 @@ pub(super) fn diff_partitions(
                 })
             })
             .collect();
+        drop(ahead);
         handles
             .into_iter()
             .map(|h| {

@@ -6,7 +6,8 @@
 //! while the [`SpillStore`] stays under its byte budget; past it, the largest in-memory
 //! partitions are appended to files in a temporary folder as Arrow IPC streams (one file per
 //! side and partition, one stream segment per spill), and read back when the partition is
-//! diffed. The folder is removed when the store is dropped.
+//! diffed. The folder is removed when the store is dropped. Spill files bypass the page cache
+//! (direct I/O) where the folder's file system allows it ([`segment`]).
 //!
 //! A spill is written on a thread of its own while the store goes on taking batches, so the
 //! reader feeding the store does not wait for the disk: the batches of one spill (about half
@@ -15,21 +16,22 @@
 //! twice (a spill of partitions larger than half the budget); `plan` gives the share of the
 //! memory limit that covers it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom};
+mod segment;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, Scope};
 
 use deltalake::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use deltalake::arrow::buffer::Buffer;
-use deltalake::arrow::compute::{concat_batches, take_record_batch};
+use deltalake::arrow::compute::take_record_batch;
 use deltalake::arrow::datatypes::SchemaRef;
-use deltalake::arrow::ipc::reader::StreamDecoder;
-use deltalake::arrow::ipc::writer::StreamWriter;
 
 use crate::error::{Error, Result};
+
+use segment::{Scratch, Segment};
+pub use segment::{SpillIo, BLOCK};
 
 /// Maps keyhash digests to partitions.
 ///
@@ -96,8 +98,8 @@ struct Part {
     memory: Vec<RecordBatch>,
     memory_bytes: usize,
     rows: u64,
-    /// Byte offsets where each spilled IPC stream segment starts, and the file's length.
-    segments: Vec<u64>,
+    /// The spilled IPC stream segments, and the file's length.
+    segments: Vec<Segment>,
     file_len: u64,
 }
 
@@ -110,15 +112,18 @@ struct SpillJob {
     bytes: usize,
 }
 
-/// The thread writing a spill: it returns, per job, (side, partition, the file's new length).
-/// Each segment starts at its partition's `file_len`, which only landing a spill moves.
-type Flight = JoinHandle<Result<Vec<(usize, usize, u64)>>>;
+/// The thread writing a spill: it returns, per job, (side, partition, the segment's IPC length,
+/// the file's new length). Each segment starts at its partition's `file_len`, which only
+/// landing a spill moves.
+type Flight = JoinHandle<Result<Vec<(usize, usize, u64, u64)>>>;
 
 /// Counters of a store, for the run summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SpillStats {
-    /// Bytes written to spill files (Arrow IPC).
+    /// Bytes written to spill files (Arrow IPC, with direct I/O's padding).
     pub spilled_bytes: u64,
+    /// Whether spill files bypass the page cache (direct I/O; see [`SpillIo`]).
+    pub direct_io: bool,
     /// Times the store spilled to get back under its budget.
     pub spills: u64,
     /// Largest number of bytes the store held in memory at once (Arrow buffer sizes), the
@@ -140,13 +145,15 @@ pub struct SpillStore {
     in_flight: Arc<AtomicUsize>,
     /// Whether a spill failed: its partitions lost rows, so nothing more is taken.
     spill_failed: bool,
+    io: SpillIo,
     dir: tempfile::TempDir,
     stats: SpillStats,
 }
 
 impl SpillStore {
     /// A store with one schema per side, `partitions` partitions each, holding at most
-    /// `budget` bytes in memory; spill files go to a new folder under `spill_dir`.
+    /// `budget` bytes in memory; spill files go to a new folder under `spill_dir`, with direct
+    /// I/O if a probe file there takes it ([`SpillIo::probe`]).
     ///
     /// # Errors
     /// [`Error::Input`] when the temporary folder cannot be created.
@@ -171,6 +178,7 @@ impl SpillStore {
             .iter()
             .map(|_| (0..partitions.max(1)).map(|_| Part::default()).collect())
             .collect();
+        let io = SpillIo::probe(dir.path());
         Ok(SpillStore {
             schemas,
             parts,
@@ -179,8 +187,12 @@ impl SpillStore {
             flight: None,
             in_flight: Arc::default(),
             spill_failed: false,
+            io,
             dir,
-            stats: SpillStats::default(),
+            stats: SpillStats {
+                direct_io: io == SpillIo::Direct,
+                ..SpillStats::default()
+            },
         })
     }
 
@@ -238,9 +250,12 @@ impl SpillStore {
             .map_err(|_| Error::Internal("spill thread panicked".into()))
             .and_then(|w| w)
             .inspect_err(|_| self.spill_failed = true)?;
-        for (side, partition, end) in written {
+        for (side, partition, len, end) in written {
             let part = &mut self.parts[side][partition];
-            part.segments.push(part.file_len);
+            part.segments.push(Segment {
+                start: part.file_len,
+                len,
+            });
             self.stats.spilled_bytes += end - part.file_len;
             part.file_len = end;
         }
@@ -283,16 +298,19 @@ impl SpillStore {
                 bytes: freed,
             });
         }
-        let schemas = self.schemas.clone();
+        let (schemas, io) = (self.schemas.clone(), self.io);
         let in_flight = self.in_flight.clone();
         let flight = std::thread::Builder::new()
             .name("spill".into())
             .spawn(move || {
+                let mut scratch = Scratch::default();
                 jobs.into_iter()
                     .map(|job| {
-                        let end = write_segment(&job.path, &schemas[job.side], job.batches)?;
+                        let schema = &schemas[job.side];
+                        let (len, end) =
+                            segment::append(io, &job.path, schema, job.batches, &mut scratch)?;
                         in_flight.fetch_sub(job.bytes, Ordering::Relaxed);
-                        Ok((job.side, job.partition, end))
+                        Ok((job.side, job.partition, len, end))
                     })
                     .collect()
             })
@@ -313,28 +331,8 @@ impl SpillStore {
         self.memory_bytes -= part.memory_bytes;
         let mut out = Vec::new();
         if !part.segments.is_empty() {
-            let mut bytes = Vec::with_capacity(part.file_len as usize);
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| Error::Input {
-                    path: path.clone(),
-                    reason: format!("cannot read spill file: {e}"),
-                })?;
+            out = segment::read(self.io, &path, &part.segments)?;
             let _ = std::fs::remove_file(&path);
-            // Decoded arrays point into the file's bytes (no second copy of the partition).
-            let bytes = Buffer::from_vec(bytes);
-            let mut bounds = part.segments.clone();
-            bounds.push(part.file_len);
-            for w in bounds.windows(2) {
-                let mut segment = bytes.slice_with_length(w[0] as usize, (w[1] - w[0]) as usize);
-                let mut decoder = StreamDecoder::new();
-                while !segment.is_empty() {
-                    if let Some(batch) = decoder.decode(&mut segment)? {
-                        out.push(batch);
-                    }
-                }
-                decoder.finish()?;
-            }
         }
         out.extend(part.memory);
         Ok(out)
@@ -357,30 +355,6 @@ impl Drop for SpillStore {
             let _ = flight.join();
         }
     }
-}
-
-/// Appends `batches` to the file at `path` as one IPC stream segment (one batch: partitions
-/// receive many small pieces) and returns the file's length after it.
-fn write_segment(path: &Path, schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<u64> {
-    let io_err = |e: std::io::Error| Error::Input {
-        path: path.to_path_buf(),
-        reason: format!("cannot write spill file: {e}"),
-    };
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err)?;
-    let mut writer = StreamWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema)?;
-    let merged = concat_batches(schema, &batches)?;
-    drop(batches);
-    writer.write(&merged)?;
-    writer.finish()?;
-    let mut file = writer
-        .into_inner()?
-        .into_inner()
-        .map_err(|e| io_err(e.into_error()))?;
-    file.seek(SeekFrom::End(0)).map_err(io_err)
 }
 
 /// A [`SpillStore`] behind a lock, for diffing partitions on several threads.
@@ -407,6 +381,71 @@ impl SharedStore {
     /// Counters of the store.
     pub fn stats(&self) -> SpillStats {
         self.inner.lock().map(|s| s.stats()).unwrap_or_default()
+    }
+
+    /// Starts a thread in `scope` that takes partitions `0..partitions` out of the store in
+    /// order ([`SharedStore::take_all`]) and hands each to the next caller of
+    /// [`ReadAhead::next`] on the returned handle, holding at most one partition read ahead.
+    /// Reading a partition's spill files thus overlaps the work on the one before. The thread
+    /// ends after the last partition, after a failed take (handed out as the error), or once
+    /// every clone of the handle is dropped.
+    pub fn read_ahead<'scope, 'env>(
+        &'env self,
+        scope: &'scope Scope<'scope, 'env>,
+        partitions: usize,
+    ) -> Arc<ReadAhead> {
+        // A rendezvous channel: the thread holds one partition until it is asked for.
+        let (ahead, taken) = sync_channel(0);
+        let ended = Arc::new(AtomicBool::new(false));
+        let thread_ended = ended.clone();
+        scope.spawn(move || {
+            for partition in 0..partitions {
+                let sides = self.take_all(partition);
+                let failed = sides.is_err();
+                if ahead.send(sides).is_err() || failed {
+                    break;
+                }
+            }
+            thread_ended.store(true, Ordering::SeqCst);
+        });
+        Arc::new(ReadAhead {
+            taken: Mutex::new(taken),
+            ended,
+        })
+    }
+}
+
+/// Every side of one partition, as taken from the store.
+pub type Sides = Vec<Vec<RecordBatch>>;
+
+/// The handle of a read-ahead thread ([`SharedStore::read_ahead`]), shared by the threads
+/// that ask it for partitions.
+pub struct ReadAhead {
+    taken: Mutex<Receiver<Result<Sides>>>,
+    /// Set by the thread when it ends other than by a panic.
+    ended: Arc<AtomicBool>,
+}
+
+impl ReadAhead {
+    /// The next partition's sides, waiting for it to be read; `None` once every partition
+    /// has been handed out (or a failed take, to its caller).
+    ///
+    /// # Errors
+    /// Those of [`SharedStore::take_all`]; [`Error::Internal`] when the read-ahead thread
+    /// panicked (its partitions are not all handed out) or a caller panicked while waiting.
+    pub fn next(&self) -> Option<Result<Sides>> {
+        let Ok(taken) = self.taken.lock() else {
+            return Some(Err(Error::Internal(
+                "a thread waiting for a partition panicked".into(),
+            )));
+        };
+        match taken.recv() {
+            Ok(sides) => Some(sides),
+            Err(_) if self.ended.load(Ordering::SeqCst) => None,
+            Err(_) => Some(Err(Error::Internal(
+                "the thread reading partitions ahead panicked".into(),
+            ))),
+        }
     }
 }
 
@@ -542,6 +581,89 @@ mod tests {
             values(&store.take(0, 0).unwrap()),
             (0..5000).collect::<Vec<_>>()
         );
+    }
+
+    /// A store of `partitions` partitions of one side, 1,000 rows each (partition `p` holds
+    /// `p * 1000..p * 1000 + 1000`), spilled past a budget of two of them.
+    fn spilled_store(dir: &Path, partitions: usize) -> SpillStore {
+        let one = batch(0, 1000).get_array_memory_size();
+        let mut store = SpillStore::new(vec![schema()], partitions, 2 * one, dir).unwrap();
+        for p in 0..partitions {
+            let from = p as i64 * 1000;
+            store.push(0, p, batch(from, from + 1000)).unwrap();
+        }
+        store.land().unwrap();
+        assert!(store.stats().spills > 0, "{:?}", store.stats());
+        store
+    }
+
+    #[test]
+    fn read_ahead_hands_out_every_partition_in_order_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = spilled_store(dir.path(), 5).into_shared();
+        std::thread::scope(|scope| {
+            let ahead = store.read_ahead(scope, 5);
+            // Two threads ask at once; each partition reaches exactly one of them.
+            let askers: Vec<_> = (0..2)
+                .map(|_| {
+                    let ahead = ahead.clone();
+                    scope.spawn(move || {
+                        let mut got = Vec::new();
+                        while let Some(sides) = ahead.next() {
+                            got.push(values(&sides.unwrap()[0]));
+                        }
+                        got
+                    })
+                })
+                .collect();
+            let mut got: Vec<Vec<i64>> =
+                askers.into_iter().flat_map(|a| a.join().unwrap()).collect();
+            got.sort();
+            let want: Vec<Vec<i64>> = (0..5)
+                .map(|p| (p * 1000..p * 1000 + 1000).collect())
+                .collect();
+            assert_eq!(got, want);
+            assert!(ahead.next().is_none(), "nothing after the last partition");
+        });
+    }
+
+    #[test]
+    fn read_ahead_stops_once_its_handles_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = spilled_store(dir.path(), 6).into_shared();
+        // The scope ends only if the thread does: it must not wait on a partition nobody takes.
+        std::thread::scope(|scope| {
+            let ahead = store.read_ahead(scope, 6);
+            assert_eq!(
+                values(&ahead.next().unwrap().unwrap()[0]),
+                (0..1000).collect::<Vec<_>>()
+            );
+        });
+        // The thread took the next partition (read ahead) at most: the rest are still there.
+        let left = (2..6)
+            .filter(|&p| !store.take_all(p).unwrap()[0].is_empty())
+            .count();
+        assert_eq!(left, 4);
+    }
+
+    #[test]
+    fn a_failed_take_is_handed_out_and_ends_the_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = spilled_store(dir.path(), 3);
+        // Spill files gone from under the store: the first take fails.
+        std::fs::remove_dir_all(store.dir.path()).unwrap();
+        let store = store.into_shared();
+        std::thread::scope(|scope| {
+            let ahead = store.read_ahead(scope, 3);
+            // Partition 0 stayed in memory; the next one's spill file is gone.
+            assert_eq!(
+                values(&ahead.next().unwrap().unwrap()[0]),
+                (0..1000).collect::<Vec<_>>()
+            );
+            let err = ahead.next().unwrap().unwrap_err().to_string();
+            assert!(err.contains("cannot read spill file"), "{err}");
+            assert!(ahead.next().is_none(), "no partition after a failed take");
+        });
     }
 
     #[test]
