@@ -30,8 +30,8 @@ use deltalake::arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
 
+pub use segment::SpillIo;
 use segment::{Scratch, Segment};
-pub use segment::{SpillIo, BLOCK};
 
 /// Maps keyhash digests to partitions.
 ///

@@ -32,8 +32,7 @@ use crate::error::{Error, Result};
 pub const BLOCK: usize = 4096;
 
 /// How spill files are read and written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpillIo {
     /// `O_DIRECT`: segments padded to [`BLOCK`] bytes, bypassing the page cache.
     Direct,
