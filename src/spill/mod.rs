@@ -13,11 +13,12 @@
 //! reader feeding the store does not wait for the disk: the batches of one spill (about half
 //! the budget) stay in memory until written, and a store over budget again first waits for
 //! them. The store therefore holds about one and a half times its budget at once, at most
-//! twice (a spill of partitions larger than half the budget); `plan` gives the share of the
-//! memory limit that covers it.
+//! twice (a spill of partitions larger than half the budget), plus the one segment being
+//! encoded; `plan` gives the share of the memory limit that covers it.
 
 mod segment;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -399,14 +400,18 @@ impl SharedStore {
         let ended = Arc::new(AtomicBool::new(false));
         let thread_ended = ended.clone();
         scope.spawn(move || {
-            for partition in 0..partitions {
-                let sides = self.take_all(partition);
-                let failed = sides.is_err();
-                if ahead.send(sides).is_err() || failed {
-                    break;
+            // A panic ends the thread without `ended` set (the callers get an error), not the
+            // scope: `std::thread::scope` would panic on joining a panicked thread.
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                for partition in 0..partitions {
+                    let sides = self.take_all(partition);
+                    let failed = sides.is_err();
+                    if ahead.send(sides).is_err() || failed {
+                        break;
+                    }
                 }
-            }
-            thread_ended.store(true, Ordering::SeqCst);
+                thread_ended.store(true, Ordering::SeqCst);
+            }));
         });
         Arc::new(ReadAhead {
             taken: Mutex::new(taken),
@@ -598,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn read_ahead_hands_out_every_partition_in_order_once() {
+    fn read_ahead_hands_out_every_partition_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = spilled_store(dir.path(), 5).into_shared();
         std::thread::scope(|scope| {
@@ -664,6 +669,19 @@ mod tests {
             assert!(err.contains("cannot read spill file"), "{err}");
             assert!(ahead.next().is_none(), "no partition after a failed take");
         });
+    }
+
+    #[test]
+    fn the_store_uses_direct_io_where_the_probe_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = spilled_store(dir.path(), 3);
+        let direct = SpillIo::probe(dir.path()) == SpillIo::Direct;
+        let stats = store.stats();
+        assert_eq!(stats.direct_io, direct, "{stats:?}");
+        if direct {
+            // Every segment is padded to whole blocks.
+            assert_eq!(stats.spilled_bytes % segment::BLOCK as u64, 0, "{stats:?}");
+        }
     }
 
     #[test]
