@@ -114,8 +114,8 @@ struct SpillJob {
 }
 
 /// The thread writing a spill: it returns, per job, (side, partition, the segment's IPC length,
-/// the file's new length). Each segment starts at its partition's `file_len`, which only
-/// landing a spill moves.
+/// the bytes appended). Each segment starts at its partition's `file_len`, which only landing
+/// a spill moves.
 type Flight = JoinHandle<Result<Vec<(usize, usize, u64, u64)>>>;
 
 /// Counters of a store, for the run summary.
@@ -251,14 +251,14 @@ impl SpillStore {
             .map_err(|_| Error::Internal("spill thread panicked".into()))
             .and_then(|w| w)
             .inspect_err(|_| self.spill_failed = true)?;
-        for (side, partition, len, end) in written {
+        for (side, partition, len, appended) in written {
             let part = &mut self.parts[side][partition];
             part.segments.push(Segment {
                 start: part.file_len,
                 len,
             });
-            self.stats.spilled_bytes += end - part.file_len;
-            part.file_len = end;
+            self.stats.spilled_bytes += appended;
+            part.file_len += appended;
         }
         Ok(())
     }
@@ -308,10 +308,10 @@ impl SpillStore {
                 jobs.into_iter()
                     .map(|job| {
                         let schema = &schemas[job.side];
-                        let (len, end) =
+                        let (len, appended) =
                             segment::append(io, &job.path, schema, job.batches, &mut scratch)?;
                         in_flight.fetch_sub(job.bytes, Ordering::Relaxed);
-                        Ok((job.side, job.partition, len, end))
+                        Ok((job.side, job.partition, len, appended))
                     })
                     .collect()
             })

@@ -13,7 +13,7 @@
 //! or a probe block does not round-trip, the store falls back to buffered I/O.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -110,7 +110,8 @@ pub struct Scratch {
 }
 
 /// Appends `batches` to the file at `path` as one IPC stream segment (one batch: partitions
-/// receive many small pieces). Returns the segment's IPC length and the file's new length.
+/// receive many small pieces). Returns the segment's IPC length and the bytes appended (the
+/// length padded to blocks under direct I/O).
 ///
 /// # Errors
 /// [`Error::Input`] naming the file when it cannot be written; Arrow IPC errors.
@@ -153,8 +154,7 @@ pub fn append(
     }
     let mut file = io.open(path, true).map_err(io_err)?;
     file.write_all(bytes).map_err(io_err)?;
-    let end = file.seek(SeekFrom::End(0)).map_err(io_err)?;
-    Ok((len as u64, end))
+    Ok((len as u64, bytes.len() as u64))
 }
 
 /// Reads the `segments` of the file at `path` back as batches, in order. Each segment is read
@@ -235,13 +235,13 @@ mod tests {
             vec![batch(10, 500), batch(500, 501)],
             vec![batch(501, 2000)],
         ] {
-            let (len, end) = append(io, &path, &schema, pieces, &mut scratch).unwrap();
+            let (len, written) = append(io, &path, &schema, pieces, &mut scratch).unwrap();
             segments.push(Segment {
                 start: file_len,
                 len,
             });
-            assert_eq!(end - file_len, io.padded(len as usize) as u64);
-            file_len = end;
+            assert_eq!(written, io.padded(len as usize) as u64);
+            file_len += written;
         }
         assert_eq!(std::fs::metadata(&path).unwrap().len(), file_len);
         if io == SpillIo::Direct {
