@@ -14,47 +14,80 @@ pub enum Error {
     /// The config file could not be read or parsed as YAML.
     #[error("config {path}: {source}")]
     ConfigParse {
+        /// The config file.
         path: PathBuf,
+        /// The YAML error (line and column).
         #[source]
         source: serde_yaml::Error,
     },
     /// A config field has a value that is not allowed.
     #[error("config field `{field}`: {constraint}")]
-    InvalidFieldValue { field: String, constraint: String },
+    InvalidFieldValue {
+        /// The field, as a path (`columns[2].type`, `tables[0] (s/t).primary_key[0]`).
+        field: String,
+        /// What its value must be.
+        constraint: String,
+    },
     /// A row of input is malformed.
     #[error("{file}, line {line}{}: {reason}", column.as_ref().map(|c| format!(", column `{c}`")).unwrap_or_default())]
     BadRow {
+        /// The file, as shown in messages.
         file: String,
+        /// 1-based line (CSV) or row (Parquet, JSON lines).
         line: u64,
+        /// The column at fault, when one value is.
         column: Option<String>,
+        /// What is wrong.
         reason: String,
     },
     /// The input location holds nothing Tributary can read.
     #[error("input {path}: {reason}")]
-    Input { path: PathBuf, reason: String },
+    Input {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A run was refused by a safety rule (date order, changed input, mass delete).
     #[error("refused: {0}")]
     Refused(String),
     /// The lake tables are in a state Tributary cannot continue from.
     #[error("lake table {table}: {reason}")]
-    Lake { table: String, reason: String },
+    Lake {
+        /// The table (its role or name).
+        table: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Command-line arguments that parse but make no sense (e.g. generator percentages).
     #[error("{0}")]
     Usage(String),
+    /// An I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A CSV reader error.
     #[error(transparent)]
     Csv(#[from] csv::Error),
+    /// An Arrow error.
     #[error(transparent)]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
+    /// A Parquet error.
     #[error(transparent)]
     Parquet(#[from] deltalake::parquet::errors::ParquetError),
+    /// A delta-rs error.
     #[error(transparent)]
     Delta(#[from] deltalake::DeltaTableError),
+    /// A DataFusion error.
     #[error(transparent)]
     DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
+    /// A JSON error.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    /// A table writer of a run stopped before the run sent its last rows: its own error (disk
+    /// full, say) is the one to report, and the run transaction reports it instead
+    /// (`sink::RunTransaction::finish_writes`).
+    #[error("internal error (please report): a table writer stopped early")]
+    WriterGone,
     /// A bug in Tributary: an invariant did not hold.
     #[error("internal error (please report): {0}")]
     Internal(String),

@@ -18,15 +18,23 @@ use crate::error::{Error, Result};
 /// Generator arguments (the seed's positional arguments plus a seed).
 #[derive(Debug, Clone)]
 pub struct GenerateSpec {
+    /// Rows of day 1.
     pub init_rows: u64,
+    /// Rows inserted on day 2.
     pub incr_rows: u64,
+    /// Key columns.
     pub keys: usize,
+    /// Non-key columns.
     pub nonkeys: usize,
     /// Shares in the `[0.0, 1.0]` interval; their sum must be 1.0.
     pub pct_del: f64,
+    /// Percent of day-1 rows updated on day 2.
     pub pct_upd: f64,
+    /// Percent of day-1 rows unchanged on day 2.
     pub pct_unchanged: f64,
+    /// Day-1 CSV file.
     pub initial_output: PathBuf,
+    /// Day-2 CSV file.
     pub incremental_output: PathBuf,
     /// Random seed; the same seed gives byte-identical files.
     pub seed: Option<u64>,
@@ -35,12 +43,19 @@ pub struct GenerateSpec {
 /// What was generated.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct GenerateSummary {
+    /// Rows written on day 1.
     pub initial_rows: u64,
+    /// Day-1 rows left out of day 2.
     pub deleted: u64,
+    /// Day-1 rows changed on day 2.
     pub updated: u64,
+    /// Day-1 rows copied unchanged to day 2.
     pub unchanged: u64,
+    /// New rows of day 2.
     pub inserted: u64,
+    /// The day-1 file written.
     pub initial_file: PathBuf,
+    /// The day-2 file written.
     pub incremental_file: PathBuf,
 }
 

@@ -1,39 +1,38 @@
 //! Tributary: change-data-capture into Delta Lake tables.
 //!
-//! Data flows one way: `source` (extract files to typed, hashed batches) → `spill` (both sides
-//! partitioned by keyhash, within the memory `plan`) → `join`/`diff` (operations per row, one
-//! partition at a time) → `lake` (current and history Delta tables, committed together). A run
-//! whose current table fits in memory as an index skips the partitions: `source` → `probe`
-//! (each batch classified as it is read) → `join` (output rows) → `lake`. `run` ties the stages
-//! together for one business day; `generate` makes synthetic data.
+//! Data flows one way, and the folders follow it (`docs/architecture.md` draws it):
 //!
-//! Change logs take a shorter path: `source::changes` (DMS and Debezium files to
-//! [`change::ChangeBatch`]es) → `change` (last change per key) → `apply` (impacted files of
-//! current, history, applied files; one run commit). `controller` runs it per landing-zone table
-//! listed in the `tables` file.
+//! ```text
+//! source ──▶ snapshot (diff) ──┐
+//!   extract/ csv, parquet      ├──▶ sink: one run transaction ──▶ delta/ current, history,
+//!   changelog/ dms, debezium ──┴─▶ changelog (last change per key, merge)      rejects, applied
+//! ```
+//!
+//! - [`core`]: the vocabulary every stage shares (hashing, column types, operations, change
+//!   batches, checkpoints, digest keys, dates); imports no other module.
+//! - [`config`]: the YAML files, validated into sections (table, lake, source, snapshot).
+//! - [`report`]: progress and memory figures.
+//! - [`source`]: extract files into hashed batches; change logs into change batches, behind the
+//!   [`source::ChangeSource`] trait.
+//! - [`sink`]: the [`sink::Sink`] contract and the run transaction; Delta tables in
+//!   [`sink::delta`].
+//! - [`snapshot`]: `tributary run`: a business day's extract diffed against the current table.
+//! - [`changelog`]: `tributary sync`: the last change per key merged into the tables, driven by
+//!   a controller over any change source.
+//! - [`generate`]: the synthetic data generator.
+//! - [`cli`]: one file per command, with its output.
+//!
+//! A module imports only from the modules listed before it (`core` first, `cli` last).
 
-pub mod allocator;
-pub mod apply;
-pub mod change;
-pub mod check;
+pub mod changelog;
+pub mod cli;
 pub mod config;
-pub mod controller;
-pub mod demo;
-pub mod diff;
+pub mod core;
 pub mod error;
 pub mod generate;
-pub mod hash;
-pub mod join;
-pub mod lake;
-pub mod plan;
-pub mod probe;
-pub mod progress;
-pub mod rejects;
-pub mod run;
-pub mod schema;
+pub mod report;
+pub mod sink;
+pub mod snapshot;
 pub mod source;
-pub mod spill;
-pub mod summary;
-pub mod tables;
 
 pub use error::{Error, Result};

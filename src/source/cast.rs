@@ -4,8 +4,8 @@ use deltalake::arrow::array::{Array, ArrayRef};
 use deltalake::arrow::compute::{cast_with_options, CastOptions};
 use deltalake::arrow::util::display::FormatOptions;
 
+use crate::core::schema::ColumnType;
 use crate::error::Result;
-use crate::schema::ColumnType;
 
 /// Casts `array` to `ty`. Returns the cast column (bad values as NULL) and the row indices whose
 /// non-NULL input did not convert (unparsable number, date, or a value out of range).

@@ -8,8 +8,8 @@ use deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use deltalake::arrow::datatypes::Date32Type;
 use deltalake::arrow::util::display::array_value_to_string;
 use tributary::config::TableConfig;
-use tributary::run::{run, RunOptions};
-use tributary::summary::RunSummary;
+use tributary::snapshot::summary::RunSummary;
+use tributary::snapshot::{run, RunOptions};
 use tributary::Result;
 
 pub struct Fixture {
@@ -100,7 +100,7 @@ impl Fixture {
 pub async fn table_rows(path: &Path) -> Vec<BTreeMap<String, String>> {
     let url = url::Url::from_directory_path(path).unwrap();
     let table = deltalake::open_table(url).await.unwrap();
-    let batches = tributary::lake::scan(&table).await.unwrap();
+    let batches = tributary::sink::delta::scan(&table).await.unwrap();
     batches.iter().flat_map(batch_rows).collect()
 }
 

@@ -166,56 +166,77 @@ async fn assert_same_tables(a: &Fixture, b: &Fixture) {
     );
 }
 
-/// A history commit that does not land (here refused: both tables already record the run)
-/// deletes the data files the run wrote, in every table, and leaves the tables as they were.
+/// A history commit that does not land (here refused: both tables already record the run,
+/// committed by a transaction begun beside it) deletes the data files the run wrote, in every
+/// table, and leaves the tables as the other run left them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_history_commit_that_does_not_land_deletes_the_runs_files() {
     use std::collections::HashMap;
     use tributary::config::Compression;
-    use tributary::lake::{self, Lake, Planned, CURRENT};
+    use tributary::sink::delta::{self, DeltaLake, RunCommit};
+    use tributary::sink::{Sink, TableRole};
 
     let fx = Fixture::new(SIMPLE_COLUMNS, "");
     apply_day(&fx, 1);
     let tables = [fx.table_path("current"), fx.table_path("history")];
     let before = tables.each_ref().map(|t| data_files(t));
     let config = fx.config();
-    let (mut lake, _) = Lake::open(&config, false).await.unwrap().unwrap();
+    let (mut lake, _) = DeltaLake::open(&config.table, false)
+        .await
+        .unwrap()
+        .unwrap();
     let recorded = lake.last_run().await.unwrap().unwrap();
-    let schema = tributary::schema::table_schema(&config.typed_columns());
-    let rows: Vec<_> = lake::scan(&lake.current)
+    let schema = tributary::core::schema::table_schema(&config.table.typed_columns());
+    let rows: Vec<_> = delta::scan(&lake.current)
         .await
         .unwrap()
         .iter()
-        .map(|b| lake::conform(b, &schema, &HashMap::new()).unwrap())
+        .map(|b| delta::conform(b, &schema, &HashMap::new()).unwrap())
         .collect();
-    let properties = lake::writer_properties(Compression::Zstd, 1 << 20, &[]);
-    let current_adds = lake::write_files(&lake.current, rows.clone(), properties.clone())
-        .await
-        .unwrap();
-    let history_adds = lake::write_files(&lake.history, rows, properties)
-        .await
-        .unwrap();
+    let properties = delta::writer_properties(Compression::Zstd, 1 << 20, &[]);
+    // Two runs begun on the same state take the same sequence number.
+    let mut winner = lake.begin(properties.clone(), 1).await.unwrap();
+    let mut loser = lake.begin(properties, 1).await.unwrap();
+    assert_eq!(winner.seq(), recorded.seq + 1);
+    assert_eq!(loser.seq(), winner.seq());
+    for run in [&mut winner, &mut loser] {
+        let tx = run.senders().unwrap().clone();
+        for batch in &rows {
+            tx.current.send(batch.clone()).await.unwrap();
+            tx.history.send(batch.clone()).await.unwrap();
+        }
+        drop(tx);
+        run.finish_writes(Ok(())).await.unwrap();
+    }
+    let name = |path: &str| path.rsplit('/').next().unwrap_or(path).to_string();
+    let lost: Vec<String> = [TableRole::Current, TableRole::History]
+        .iter()
+        .flat_map(|role| loser.written(*role).iter().map(|a| name(&a.path)))
+        .collect();
+    assert!(!lost.is_empty());
+    let commit = |lake: &DeltaLake| RunCommit {
+        business_date: recorded.business_date.clone(),
+        fingerprint: "two runs of one date".into(),
+        current_base_version: lake.current.version(),
+        current_removes: delta::all_files_removed(&lake.current).unwrap(),
+        ..Default::default()
+    };
+    let first = commit(&lake);
+    lake.commit(winner, first).await.unwrap();
     let during = tables.each_ref().map(|t| data_files(t));
     assert!(during[0].len() > before[0].len() && during[1].len() > before[1].len());
 
-    let followers = vec![(
-        CURRENT,
-        lake.current.clone(),
-        Planned {
-            adds: current_adds,
-            removes: Vec::new(),
-        },
-    )];
-    let history = Planned {
-        adds: history_adds,
-        removes: Vec::new(),
-    };
-    let refused = lake.commit_run(recorded, history, followers).await;
+    let second = commit(&lake);
+    let refused = lake.commit(loser, second).await;
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("already records run"), "{message}");
-    assert_eq!(tables.each_ref().map(|t| data_files(t)), before);
+    let after = tables.each_ref().map(|t| data_files(t));
+    for (during, after) in during.iter().zip(&after) {
+        let kept: Vec<&String> = during.iter().filter(|p| !lost.contains(&name(p))).collect();
+        assert_eq!(after.iter().collect::<Vec<_>>(), kept);
+    }
     assert_eq!(
         (fx.version("history").await, fx.version("current").await),
-        (Some(1), Some(1))
+        (Some(2), Some(2))
     );
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use deltalake::arrow::array::{Float64Array, RecordBatch, StringArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use tributary::generate::{generate, GenerateSpec};
-use tributary::run::RunOptions;
+use tributary::snapshot::RunOptions;
 use tributary::Error;
 
 use crate::common::{counts, data_files, find, op_counts, Fixture, SIMPLE_COLUMNS};
@@ -24,7 +24,7 @@ async fn seed_example_day_two_counts() {
     generate(&spec).unwrap();
     let config = tributary::config::TableConfig::load(&config_path).unwrap();
     let date = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
-    let day1 = tributary::run::run(
+    let day1 = tributary::snapshot::run(
         &config,
         &spec.initial_output,
         date("2019-06-18"),
@@ -33,7 +33,7 @@ async fn seed_example_day_two_counts() {
     .await
     .unwrap();
     assert_eq!(day1.counts.inserted, 10_000);
-    let day2 = tributary::run::run(
+    let day2 = tributary::snapshot::run(
         &config,
         &spec.incremental_output,
         date("2019-06-19"),

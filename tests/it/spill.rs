@@ -93,7 +93,7 @@ async fn spilling_partitioned_and_streamed_runs_commit_the_same_tables() {
                 .unwrap();
             }
             let config = tributary::config::TableConfig::load(config_path).unwrap();
-            let s = tributary::run::run(&config, input, date(day), Default::default())
+            let s = tributary::snapshot::run(&config, input, date(day), Default::default())
                 .await
                 .unwrap();
             let memory = s.memory.clone().unwrap();

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use tributary::controller::{sync, SyncOptions, SyncSummary, TableSync};
+use tributary::changelog::sync::{sync, SyncOptions, SyncSummary, TableSync};
 
 use crate::common::table_rows;
 
@@ -662,7 +662,7 @@ fn tables_lists_new_folders_as_inactive_and_activates_them() {
         text.contains("hr/people") && text.contains("inactive") && text.contains("(new)"),
         "{text}"
     );
-    let file = tributary::tables::TablesFile::load(&l.root().join("tables.yaml")).unwrap();
+    let file = tributary::config::tables::TablesFile::load(&l.root().join("tables.yaml")).unwrap();
     assert!(
         file.find("sales/orders").unwrap().active,
         "existing entries are kept"
@@ -670,7 +670,7 @@ fn tables_lists_new_folders_as_inactive_and_activates_them() {
     assert!(!file.find("hr/people").unwrap().active);
     assert_eq!(
         file.find("app/events").unwrap().layout,
-        tributary::tables::Layout::Debezium
+        tributary::config::tables::Layout::Debezium
     );
 
     let out = cli(&[
@@ -682,7 +682,7 @@ fn tables_lists_new_folders_as_inactive_and_activates_them() {
         "sales/orders",
     ]);
     assert!(out.status.success());
-    let file = tributary::tables::TablesFile::load(&l.root().join("tables.yaml")).unwrap();
+    let file = tributary::config::tables::TablesFile::load(&l.root().join("tables.yaml")).unwrap();
     assert!(file.find("hr/people").unwrap().active);
     assert!(!file.find("sales/orders").unwrap().active);
     let out = cli(&["tables", root, "--activate", "no/such"]);

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use chrono::NaiveDate;
 use proptest::prelude::*;
-use tributary::controller::{sync, SyncOptions};
+use tributary::changelog::sync::{sync, SyncOptions};
 
 use crate::common::table_rows;
 

@@ -1,0 +1,11 @@
+//! Change-log CDC: runs of changes (from any [`ChangeSource`](crate::source::ChangeSource))
+//! applied to a table's current and history tables.
+//!
+//! - [`dedupe`]: the last change per key by source order.
+//! - [`merge`]: that change resolved against the current table and merged into it (only the
+//!   data files that hold a changed key are rewritten), committed through the run transaction.
+//! - [`sync`]: the controller: one run per source, tables in parallel (`tributary sync`).
+
+pub mod dedupe;
+pub mod merge;
+pub mod sync;

@@ -1,0 +1,312 @@
+//! `tributary sync`: the controller that loads change sources into lake tables.
+//!
+//! For each `<schema>/<table>` folder that is active in the tables file (see
+//! `config::tables`), the controller opens the folder as a [`LandingZone`] and drives it like
+//! any [`ChangeSource`] ([`run_source`]): it asks the source what is pending past the
+//! checkpoint the lake has committed, reads the pending changes in source order and applies
+//! them in one run (see `merge`), whose commit records the source's new checkpoint. What a
+//! landing zone counts as pending (new files, reloads, superseded files) is told in
+//! `source::changelog::landing`.
+//!
+//! Tables run in parallel, at most `jobs` at a time. A failing table does not stop the others;
+//! its error is in its summary and [`SyncSummary::failed`] counts it. Re-running is always safe:
+//! applied files are never applied again, and an interrupted run is completed first.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use super::merge::{apply, ApplyRequest, ApplySummary};
+use crate::config::tables::{TableEntry, TablesFile};
+use crate::config::ChangelogTable;
+use crate::core::change::ChangeBatch;
+use crate::core::checkpoint::Committed;
+use crate::core::time::epoch_days;
+use crate::error::{Error, Result};
+use crate::sink::delta::DeltaLake;
+use crate::sink::Sink;
+use crate::source::changelog::landing::{discover, LandingZone};
+use crate::source::{ChangeSource, Pending};
+
+/// Flags of `tributary sync`.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Landing root: one folder per `<schema>/<table>`.
+    pub landing: PathBuf,
+    /// Lake root: each table lands in `<lake>/<schema>/<table>/`.
+    pub lake: PathBuf,
+    /// The tables file (see `config::tables`).
+    pub tables_file: PathBuf,
+    /// Tables loaded at the same time (at least 1).
+    pub jobs: usize,
+    /// Business date of the run: `eff_start_date` of changes without a commit time.
+    pub run_date: NaiveDate,
+    /// Draw a progress line per table on the terminal.
+    pub progress: bool,
+}
+
+/// What happened to one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableSync {
+    /// `<schema>.<table>`.
+    pub table: String,
+    /// `applied`, `up-to-date` or `failed`.
+    pub status: String,
+    /// One line for people: what the run did, or why it failed.
+    pub message: String,
+    /// Files applied (or recorded as superseded) by this run.
+    pub files: usize,
+    /// The run began with a full load that replaced the current table.
+    pub reload: bool,
+    /// Seconds spent reading (parsing, casting, hashing) the files.
+    pub read_secs: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the applied run did (None: nothing to apply, or failed).
+    pub apply: Option<ApplySummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The error that failed the table.
+    pub error: Option<String>,
+}
+
+/// What one `sync` pass did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncSummary {
+    /// One entry per table synced, in name order.
+    pub tables: Vec<TableSync>,
+    /// Landing folders not active in the tables file: set `active: true` to load them.
+    pub inactive: Vec<String>,
+    /// Active tables whose landing folder does not exist.
+    pub missing: Vec<String>,
+    /// Tables that failed (their error is in their entry).
+    pub failed: usize,
+    /// Wall time of the pass, seconds.
+    pub elapsed_secs: f64,
+}
+
+/// Runs one sync pass over the landing zone.
+///
+/// # Errors
+/// Only errors that concern the whole pass: an unreadable landing root or tables file. Errors
+/// of one table are reported in its [`TableSync`].
+pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
+    let started = Instant::now();
+    let tables = TablesFile::load(&options.tables_file)?;
+    let found = discover(&options.landing)?;
+    let inactive: Vec<String> = found
+        .iter()
+        .filter(|s| !tables.find(s).is_some_and(|e| e.active))
+        .cloned()
+        .collect();
+    let active: Vec<(usize, TableEntry)> = tables
+        .tables
+        .iter()
+        .cloned()
+        .enumerate()
+        .filter(|(_, e)| e.active)
+        .collect();
+    let missing: Vec<String> = active
+        .iter()
+        .filter(|(_, e)| {
+            !found
+                .iter()
+                .any(|f| tables.find(f).is_some_and(|x| x.name() == e.name()))
+        })
+        .map(|(_, e)| e.source.clone())
+        .collect();
+    for name in &inactive {
+        tracing::info!(table = %name, "landing folder is not active in the tables file; skipped");
+    }
+    let bars = MultiProgress::with_draw_target(if options.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let style = ProgressStyle::with_template("{spinner} {prefix:<28} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let runnable: Vec<(usize, TableEntry)> = active
+        .into_iter()
+        .filter(|(_, e)| !missing.contains(&e.source))
+        .collect();
+    let shared = Arc::new(options.clone());
+    let mut results: Vec<TableSync> = futures::stream::iter(runnable)
+        .map(|(index, entry)| {
+            let bar = bars.add(ProgressBar::new_spinner());
+            bar.set_style(style.clone());
+            bar.set_prefix(entry.name());
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let options = shared.clone();
+            async move {
+                // Each table on its own task: the CPU-bound steps of one table do not hold up
+                // the others.
+                let task = {
+                    let (entry, bar) = (entry.clone(), bar.clone());
+                    tokio::spawn(async move { sync_table(&options, index, &entry, &bar).await })
+                };
+                let outcome = task
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Internal(format!("table task failed: {e}"))));
+                let result = match outcome {
+                    Ok(done) => done,
+                    Err(e) => TableSync {
+                        table: entry.name(),
+                        status: "failed".into(),
+                        message: e.to_string(),
+                        files: 0,
+                        reload: false,
+                        read_secs: 0.0,
+                        apply: None,
+                        error: Some(e.to_string()),
+                    },
+                };
+                bar.finish_with_message(format!("{}: {}", result.status, result.message));
+                result
+            }
+        })
+        .buffer_unordered(options.jobs.max(1))
+        .collect()
+        .await;
+    results.sort_by(|a, b| a.table.cmp(&b.table));
+    Ok(SyncSummary {
+        failed: results.iter().filter(|r| r.status == "failed").count(),
+        tables: results,
+        inactive,
+        missing,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What [`run_source`] did: what the source had pending, how long reading took, and the
+/// applied run (None: nothing was pending).
+#[derive(Debug, Clone)]
+pub struct SourceRun {
+    /// What the source had pending.
+    pub pending: Pending,
+    /// Seconds spent reading (parsing, casting, hashing) the changes.
+    pub read_secs: f64,
+    /// The run, when one was applied.
+    pub applied: Option<ApplySummary>,
+}
+
+/// Runs one change source into its table once: asks `source` what is pending past the
+/// checkpoint the lake has committed, streams the pending changes, applies them in one run
+/// whose commit records the source's checkpoint, then confirms the checkpoint to the source.
+/// The tables are created by the first run that has changes. `bar` shows the step.
+///
+/// # Errors
+/// The source's errors (a bad row names its file, line and column), lake errors; on any error
+/// nothing is committed (see `merge::apply`).
+pub async fn run_source<S: ChangeSource>(
+    source: &mut S,
+    config: &ChangelogTable,
+    run_date: NaiveDate,
+    bar: &ProgressBar,
+) -> Result<SourceRun> {
+    let existing = DeltaLake::open(&config.table, false).await?;
+    let committed = match &existing {
+        Some((lake, _)) => lake.committed().await?,
+        None => Committed::default(),
+    };
+    let pending = source.plan(&committed)?;
+    let mut done = SourceRun {
+        pending,
+        read_secs: 0.0,
+        applied: None,
+    };
+    if pending.is_empty() {
+        return Ok(done);
+    }
+    bar.set_message(format!("reading {} files", pending.units));
+    let reading = Instant::now();
+    let batches: Vec<ChangeBatch> = source.changes().try_collect().await?;
+    done.read_secs = reading.elapsed().as_secs_f64();
+    let checkpoint = source.checkpoint();
+    bar.set_message(format!(
+        "applying {} changes",
+        batches.iter().map(|b| b.len()).sum::<usize>()
+    ));
+    let mut lake = match existing {
+        Some((lake, _)) => lake,
+        None => DeltaLake::create(&config.table).await?.0,
+    };
+    let summary = apply(
+        &mut lake,
+        ApplyRequest {
+            config,
+            changes: batches,
+            reload: pending.reload,
+            checkpoint: checkpoint.clone(),
+            run_date,
+        },
+    )
+    .await?;
+    source.confirm(&checkpoint).await?;
+    done.applied = Some(summary);
+    Ok(done)
+}
+
+async fn sync_table(
+    options: &SyncOptions,
+    index: usize,
+    entry: &TableEntry,
+    bar: &ProgressBar,
+) -> Result<TableSync> {
+    let config = entry.changelog_table(index, &options.lake)?;
+    bar.set_message("listing files");
+    let mut source = LandingZone::open(
+        &options.landing.join(&entry.source),
+        &config,
+        epoch_days(options.run_date),
+        bar.clone(),
+    )?;
+    let done = run_source(&mut source, &config, options.run_date, bar).await?;
+    let mut result = TableSync {
+        table: entry.name(),
+        status: "up-to-date".into(),
+        message: "no new files".into(),
+        files: 0,
+        reload: done.pending.reload,
+        read_secs: done.read_secs,
+        apply: None,
+        error: None,
+    };
+    let Some(summary) = done.applied else {
+        return Ok(result);
+    };
+    let files = done.pending.units + done.pending.skipped;
+    result.status = "applied".into();
+    result.files = files;
+    result.message = format!(
+        "run {}: {} files, {} changes: {} inserted, {} updated, {} deleted{}{}; {} of {} files rewritten",
+        summary.run_seq,
+        files,
+        summary.changes_read,
+        summary.inserted,
+        summary.updated,
+        summary.deleted,
+        if summary.ignored_deletes > 0 {
+            format!(", {} deletes of unknown keys ignored", summary.ignored_deletes)
+        } else {
+            String::new()
+        },
+        if config.insert_only {
+            format!(
+                " (no primary key: inserts only, {} updates/deletes skipped)",
+                summary.skipped_without_key
+            )
+        } else {
+            String::new()
+        },
+        summary.files_rewritten,
+        summary.current_files,
+    );
+    if done.pending.reload {
+        result.message.push_str(" (full load: table replaced)");
+    }
+    result.apply = Some(summary);
+    Ok(result)
+}

@@ -1,0 +1,56 @@
+//! `tributary check CONFIG INCOMING`: read, cast and hash an extract without touching the lake.
+
+use std::path::PathBuf;
+
+use super::print_json;
+use crate::config::TableConfig;
+use crate::error::Result;
+use crate::snapshot::check::check;
+
+/// Arguments of `tributary check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Table config (YAML).
+    pub config: PathBuf,
+    /// An extract file, or a folder of *.csv or *.parquet files.
+    pub incoming: PathBuf,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `tributary check` and prints its summary (the first 20 bad rows).
+///
+/// # Errors
+/// Those of [`check`].
+pub async fn execute(args: CheckArgs) -> Result<u8> {
+    let config = TableConfig::load(&args.config)?;
+    let s = check(&config, &args.incoming)?;
+    if args.json {
+        print_json(&s)?;
+        return Ok(0);
+    }
+    println!(
+        "{}: {} rows in {} file(s), {} bad; {:.2} s ({:.0} rows/s, {:.1} MiB/s)",
+        args.incoming.display(),
+        s.rows_read,
+        s.input_files,
+        s.rejects.len(),
+        s.elapsed_secs,
+        s.rows_per_sec,
+        s.bytes_per_sec / (1024.0 * 1024.0)
+    );
+    for r in s.rejects.iter().take(20) {
+        println!(
+            "  {}, line {}{}: {}",
+            r.file,
+            r.line,
+            r.column
+                .as_deref()
+                .map(|c| format!(", column {c}"))
+                .unwrap_or_default(),
+            r.reason
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,140 @@
+//! `tributary sync LANDING_ROOT --lake LAKE`: load a landing zone of change files into lake
+//! tables, once or every `--watch` interval.
+
+use std::path::PathBuf;
+
+use super::{parse_date, print_json};
+use crate::changelog::sync::{sync, SyncOptions, SyncSummary};
+use crate::error::{Error, Result};
+
+/// Exit code of a sync pass in which some tables failed.
+pub const EXIT_SOME_TABLES_FAILED: u8 = 5;
+
+/// Arguments of `tributary sync`.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// Landing root: one folder per <schema>/<table>.
+    pub landing_root: PathBuf,
+    /// Lake root: tables go to <lake>/<schema>/<table>/{current,history,applied}.
+    #[arg(long)]
+    pub lake: PathBuf,
+    /// Tables file (default <landing_root>/tables.yaml); see `tributary tables`.
+    #[arg(long)]
+    pub tables: Option<PathBuf>,
+    /// Tables loaded at the same time.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Business date for changes without a commit time (default: today, UTC).
+    #[arg(long)]
+    pub date: Option<String>,
+    /// Keep syncing every INTERVAL (e.g. 30s, 5m, 1h) until interrupted.
+    #[arg(long)]
+    pub watch: Option<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses an interval: seconds, or a number with `s`, `m` or `h`.
+///
+/// # Errors
+/// [`Error::Usage`] naming the text.
+pub fn parse_interval(text: &str) -> Result<std::time::Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&text[..i], &text[i..]),
+        None => (text, "s"),
+    };
+    let factor = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(Error::Usage(format!(
+                "--watch `{text}`: use seconds, or 30s, 5m, 1h"
+            )))
+        }
+    };
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0)
+        .and_then(|n| std::time::Duration::try_from_secs_f64(n * factor).ok())
+        .ok_or_else(|| Error::Usage(format!("--watch `{text}`: use seconds, or 30s, 5m, 1h")))
+}
+
+fn print_sync(summary: &SyncSummary) {
+    for t in &summary.tables {
+        println!("{:<32} {:<10} {}", t.table, t.status, t.message);
+    }
+    if !summary.inactive.is_empty() {
+        println!(
+            "not active (enable with `tributary tables --activate`): {}",
+            summary.inactive.join(", ")
+        );
+    }
+    if !summary.missing.is_empty() {
+        println!(
+            "active but no landing folder: {}",
+            summary.missing.join(", ")
+        );
+    }
+    println!(
+        "{} tables, {} failed, {:.2} s",
+        summary.tables.len(),
+        summary.failed,
+        summary.elapsed_secs
+    );
+}
+
+/// Runs `tributary sync`: one pass, or passes every `--watch` interval until interrupted
+/// (a pass that fails as a whole is reported and retried). Returns
+/// [`EXIT_SOME_TABLES_FAILED`] when a single pass had failed tables.
+///
+/// # Errors
+/// Bad arguments; errors of a single pass that concern the whole pass.
+pub async fn execute(args: SyncArgs) -> Result<u8> {
+    let run_date = match args.date {
+        Some(d) => parse_date(&d)?,
+        None => chrono::Utc::now().date_naive(),
+    };
+    let interval = args.watch.as_deref().map(parse_interval).transpose()?;
+    let options = SyncOptions {
+        tables_file: args
+            .tables
+            .unwrap_or_else(|| args.landing_root.join("tables.yaml")),
+        landing: args.landing_root,
+        lake: args.lake,
+        jobs: args.jobs,
+        run_date,
+        progress: !args.json,
+    };
+    loop {
+        let pass = sync(&options).await;
+        let Some(interval) = interval else {
+            let summary = pass?;
+            if args.json {
+                print_json(&summary)?;
+            } else {
+                print_sync(&summary);
+            }
+            return Ok(if summary.failed > 0 {
+                EXIT_SOME_TABLES_FAILED
+            } else {
+                0
+            });
+        };
+        // Watching: a pass that fails as a whole (a bad edit of the tables file) is
+        // reported and retried at the next interval.
+        match pass {
+            Ok(summary) if args.json => print_json(&summary)?,
+            Ok(summary) => print_sync(&summary),
+            Err(e) => eprintln!("error: {e} (retrying in {interval:?})"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+        }
+    }
+}

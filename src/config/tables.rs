@@ -1,0 +1,445 @@
+//! The tables file of `tributary sync`: which landing-zone tables are loaded, and how.
+//!
+//! The DMS walkthrough keeps one DynamoDB item per table (`ActiveFlag`, `PrimaryKey`,
+//! `PartitionKey`); Tributary keeps one YAML entry per `<schema>/<table>` folder:
+//!
+//! ```yaml
+//! tables:
+//! - source: sales/orders        # folder under the landing root
+//!   active: true                # loaded only when true
+//!   layout: dms                 # dms (LOAD*/timestamped csv|parquet) or debezium (json[l], avro)
+//!   primary_key: [id]           # empty: only inserts are loaded
+//!   partition_by: [region]      # partition columns of the current table
+//!   delete_mode: hard           # hard, or soft (keeps the key with operation D)
+//!   timestamp_column: commit_ts # DMS TimestampColumnName, if the task sets one
+//!   eff_start: commit           # history date: commit (the change's commit time) or run
+//!   timestamp_precision: micros # debezium: numbers in timestamp columns (micros or millis)
+//!   columns:
+//!   - {name: id, type: long}
+//!   - {name: region, type: string}
+//! ```
+//!
+//! Each table lands in `<lake>/<schema>/<table>/{current,history,applied,rejects}`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    invalid, single_byte, validate_columns, ColumnFile, Compression, LakeConfig, LakePaths,
+    OnError, SourceOptions, TableSpec, DEFAULT_CHECKPOINT_INTERVAL,
+};
+use crate::error::{Error, Result};
+
+/// The tables file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesFile {
+    #[serde(default)]
+    /// One entry per landing-zone table.
+    pub tables: Vec<TableEntry>,
+}
+
+/// How a table's change files are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// AWS DMS S3 target: `LOAD<hex>.csv|parquet` full-load files and
+    /// `<yyyymmdd-hhmmssfff>.csv|parquet` change files with an `Op` column.
+    #[default]
+    Dms,
+    /// Debezium change events as JSON lines (`*.json`, `*.jsonl`) or Avro container files
+    /// (`*.avro`, Kafka Connect S3 sink): envelope, wrapped in `schema`/`payload`, or flattened
+    /// by `ExtractNewRecordState`.
+    Debezium,
+}
+
+/// What a delete does to the current table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// The row is removed.
+    #[default]
+    Hard,
+    /// The row stays, with `operation = D` and the delete's date.
+    Soft,
+}
+
+/// Which date a change is recorded under in `eff_start_date`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EffStart {
+    /// The change's commit time (DMS timestamp column, Debezium `source.ts_ms`), or the run's
+    /// date when the source has none.
+    #[default]
+    Commit,
+    /// Always the run's date.
+    Run,
+}
+
+/// Unit of numbers in `timestamp` columns of Debezium events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampPrecision {
+    /// Microseconds since the epoch (`io.debezium.time.MicroTimestamp`, Avro `timestamp-micros`).
+    #[default]
+    Micros,
+    /// Milliseconds since the epoch (`io.debezium.time.Timestamp`, MySQL `DATETIME` in the
+    /// default adaptive mode, Avro `timestamp-millis`).
+    Millis,
+}
+
+/// One table of the tables file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableEntry {
+    /// `<schema>/<table>`: the folder under the landing root.
+    pub source: String,
+    #[serde(default)]
+    /// Loaded only when true.
+    pub active: bool,
+    #[serde(default)]
+    /// How the change files are laid out.
+    pub layout: Layout,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Key columns; empty: only inserts are loaded.
+    pub primary_key: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Partition columns of the current table.
+    pub partition_by: Vec<String>,
+    #[serde(default)]
+    /// What a delete does to the current table.
+    pub delete_mode: DeleteMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// DMS `TimestampColumnName`, if the task sets one.
+    pub timestamp_column: Option<String>,
+    #[serde(default)]
+    /// Which date a change is recorded under in `eff_start_date`.
+    pub eff_start: EffStart,
+    /// Debezium only: unit of numbers in `timestamp` columns.
+    #[serde(default)]
+    pub timestamp_precision: TimestampPrecision,
+    /// CSV field delimiter (default `,`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+    /// CSV text read as NULL (default: an empty field is NULL in non-string columns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Parquet codec of the written data files (default zstd).
+    pub compression: Option<Compression>,
+    /// Columns in source order (CSV files have no header). `key` and `ignore` are not used
+    /// here: keys come from `primary_key`.
+    #[serde(default)]
+    pub columns: Vec<ColumnFile>,
+}
+
+impl TableEntry {
+    /// An inactive entry for a newly discovered folder.
+    pub fn discovered(source: String, columns: Vec<ColumnFile>, layout: Layout) -> Self {
+        TableEntry {
+            source,
+            active: false,
+            layout,
+            primary_key: Vec::new(),
+            partition_by: Vec::new(),
+            delete_mode: DeleteMode::Hard,
+            timestamp_column: None,
+            eff_start: EffStart::Commit,
+            timestamp_precision: TimestampPrecision::Micros,
+            delimiter: None,
+            null_value: None,
+            compression: None,
+            columns,
+        }
+    }
+
+    /// The table's name in the lake and in messages: `<schema>.<table>`.
+    pub fn name(&self) -> String {
+        table_name(&self.source)
+    }
+
+    /// Whether only inserts are loaded (no primary key configured).
+    pub fn insert_only(&self) -> bool {
+        self.primary_key.is_empty()
+    }
+
+    /// The validated change-log table of this entry, with its tables under
+    /// `lake/<schema>/<table>/{current,history,applied,rejects}`.
+    ///
+    /// Without a primary key every column is hashed as the key (rows are only appended). CSV
+    /// change files are read with the entry's delimiter and NULL text, without a header (DMS
+    /// writes none), and a bad row always fails the read: skipping one change of a log would
+    /// leave the table wrong with no trace.
+    ///
+    /// # Errors
+    /// [`Error::InvalidFieldValue`] naming `tables[i]` and the field.
+    pub fn changelog_table(&self, index: usize, lake: &Path) -> Result<ChangelogTable> {
+        let field = |name: &str| format!("tables[{index}] ({}).{name}", self.source);
+        let parts: Vec<&str> = self.source.trim_matches('/').split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || *p == "..") {
+            return Err(Error::InvalidFieldValue {
+                field: field("source"),
+                constraint: "must be <schema>/<table>".into(),
+            });
+        }
+        if self.columns.is_empty() {
+            return Err(Error::InvalidFieldValue {
+                field: field("columns"),
+                constraint: "list the table's columns in source order".into(),
+            });
+        }
+        for (i, name) in self.primary_key.iter().enumerate() {
+            if !self.columns.iter().any(|c| &c.name == name) {
+                return Err(Error::InvalidFieldValue {
+                    field: field(&format!("primary_key[{i}]")),
+                    constraint: format!("`{name}` is not a listed column"),
+                });
+            }
+        }
+        let insert_only = self.insert_only();
+        let columns: Vec<ColumnFile> = self
+            .columns
+            .iter()
+            .map(|c| ColumnFile {
+                name: c.name.clone(),
+                ty: c.ty.clone(),
+                key: insert_only || self.primary_key.contains(&c.name),
+                ignore: false,
+            })
+            .collect();
+        let lake = std::path::absolute(lake)?;
+        let folder = lake.join(parts[0]).join(parts[1]);
+        let path = |name: &str| folder.join(name).to_string_lossy().into_owned();
+        let (current, history, rejects, applied) = (
+            path("current"),
+            path("history"),
+            path("rejects"),
+            path("applied"),
+        );
+        let validated = (|| {
+            let columns = validate_columns(&columns)?;
+            let delimiter = single_byte("delimiter", self.delimiter.as_deref(), b',')?;
+            if delimiter == b'"' {
+                return Err(invalid("quote", "must differ from the delimiter"));
+            }
+            let lake = LakeConfig::validate(
+                LakePaths {
+                    current: &current,
+                    history: &history,
+                    rejects: Some(&rejects),
+                    applied: Some(&applied),
+                },
+                &lake,
+                &columns,
+                self.partition_by.clone(),
+                self.compression.unwrap_or_default(),
+                DEFAULT_CHECKPOINT_INTERVAL,
+            )?;
+            Ok((columns, delimiter, lake))
+        })();
+        let (columns, delimiter, lake) = validated.map_err(|e| match e {
+            Error::InvalidFieldValue {
+                field: f,
+                constraint,
+            } => Error::InvalidFieldValue {
+                field: field(&f),
+                constraint,
+            },
+            other => other,
+        })?;
+        Ok(ChangelogTable {
+            folder: self.source.clone(),
+            table: TableSpec {
+                name: self.name(),
+                columns,
+                hash: Default::default(),
+                lake,
+            },
+            source: SourceOptions {
+                format: None,
+                delimiter,
+                quote: b'"',
+                header: false,
+                null_value: self.null_value.clone(),
+                on_error: OnError::Fail,
+            },
+            layout: self.layout,
+            delete_mode: self.delete_mode,
+            insert_only,
+            timestamp_column: self.timestamp_column.clone(),
+            eff_start: self.eff_start,
+            timestamp_precision: self.timestamp_precision,
+        })
+    }
+}
+
+/// A tables-file entry, validated: how `sync` reads one landing folder and writes its tables.
+#[derive(Debug, Clone)]
+pub struct ChangelogTable {
+    /// `<schema>/<table>`: the folder under the landing root.
+    pub folder: String,
+    /// Name (`<schema>.<table>`), columns and key, lake tables.
+    pub table: TableSpec,
+    /// How CSV and Parquet change files are read.
+    pub source: SourceOptions,
+    /// DMS or Debezium files.
+    pub layout: Layout,
+    /// What a delete does to the current table.
+    pub delete_mode: DeleteMode,
+    /// No primary key: only inserts are loaded.
+    pub insert_only: bool,
+    /// DMS `TimestampColumnName`, if the task sets one.
+    pub timestamp_column: Option<String>,
+    /// Which date a change is recorded under.
+    pub eff_start: EffStart,
+    /// Debezium: unit of numbers in `timestamp` columns.
+    pub timestamp_precision: TimestampPrecision,
+}
+
+impl TablesFile {
+    /// Reads a tables file; a missing file is an empty list.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when it cannot be read, [`Error::ConfigParse`] for bad YAML and unknown
+    /// keys.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => {
+                return Err(Error::Input {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot read the tables file: {e}"),
+                })
+            }
+        };
+        let file: TablesFile =
+            serde_yaml::from_str(&text).map_err(|source| Error::ConfigParse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut seen = std::collections::HashSet::new();
+        for entry in &file.tables {
+            if !seen.insert(entry.name()) {
+                return Err(Error::InvalidFieldValue {
+                    field: format!("tables ({})", entry.source),
+                    constraint: "is listed twice".into(),
+                });
+            }
+        }
+        Ok(file)
+    }
+
+    /// Writes the file (atomically: a temporary file renamed over it).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_yaml::to_string(self)
+            .map_err(|e| Error::Internal(format!("cannot serialise the tables file: {e}")))?;
+        let header = "# Tributary sync tables: set `active: true`, `primary_key` and `columns` to \
+                      load a table (see docs/sync.md).\n";
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, format!("{header}{text}"))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// The entry of `source` (`<schema>/<table>`), if listed.
+    pub fn find(&self, source: &str) -> Option<&TableEntry> {
+        let name = table_name(source);
+        self.tables.iter().find(|t| t.name() == name)
+    }
+}
+
+/// The name of a `<schema>/<table>` source: `<schema>.<table>`.
+pub fn table_name(source: &str) -> String {
+    source.trim_matches('/').replace('/', ".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(yaml: &str) -> TableEntry {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_table_entry_becomes_a_config_under_the_lake() {
+        let e = entry(
+            "source: sales/orders\nactive: true\nprimary_key: [id]\npartition_by: [region]\n\
+             columns:\n- {name: id, type: long}\n- {name: region, type: string}\n",
+        );
+        let config = e.changelog_table(0, Path::new("/lake")).unwrap();
+        assert_eq!(config.table.name, "sales.orders");
+        assert_eq!(
+            config.table.lake.current_url.as_str(),
+            "file:///lake/sales/orders/current/"
+        );
+        assert_eq!(
+            config.table.lake.applied_url.as_str(),
+            "file:///lake/sales/orders/applied/"
+        );
+        assert_eq!(config.table.key_indices(), vec![0]);
+        assert_eq!(config.table.lake.partition_by, vec!["region".to_string()]);
+    }
+
+    #[test]
+    fn without_a_primary_key_every_column_is_the_key() {
+        let e =
+            entry("source: s/t\ncolumns:\n- {name: a, type: long}\n- {name: b, type: string}\n");
+        assert!(e.insert_only());
+        let config = e.changelog_table(0, Path::new("/lake")).unwrap();
+        assert_eq!(config.table.key_indices(), vec![0, 1]);
+    }
+
+    #[test]
+    fn bad_entries_name_the_table_and_field() {
+        let cases = [
+            (
+                "source: onlyone\ncolumns:\n- {name: a, type: long}\n",
+                "source",
+            ),
+            ("source: s/t\n", "columns"),
+            (
+                "source: s/t\nprimary_key: [b]\ncolumns:\n- {name: a, type: long}\n",
+                "primary_key[0]",
+            ),
+            (
+                "source: s/t\npartition_by: [b]\ncolumns:\n- {name: a, type: long}\n",
+                "partition_by[0]",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let err = entry(yaml)
+                .changelog_table(3, Path::new("/lake"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("tables[3]") && err.contains(field),
+                "{yaml}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_tables_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tables.yaml");
+        assert!(TablesFile::load(&path).unwrap().tables.is_empty());
+        let file = TablesFile {
+            tables: vec![TableEntry::discovered(
+                "hr/people".into(),
+                Vec::new(),
+                Layout::Dms,
+            )],
+        };
+        file.save(&path).unwrap();
+        let back = TablesFile::load(&path).unwrap();
+        assert_eq!(back.tables.len(), 1);
+        assert!(!back.tables[0].active);
+        assert!(back.find("hr/people").is_some());
+    }
+}

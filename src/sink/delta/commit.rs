@@ -1,0 +1,279 @@
+//! Committing a run to the tables: the protocol of the sink's contract (`sink/mod.rs`), history
+//! first, carrying what each follower table still needs, then each follower.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Remove, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::DeltaTable;
+
+use super::log::{txn_version, CommitEntry, PendingCommit, RunRecord, COMMIT_INFO_KEY};
+use super::write::discard_files;
+use super::{remove_tables, DeltaLake};
+use crate::error::{Error, Result};
+use crate::sink::{TableRole, Versions};
+
+/// The file actions planned for one table.
+#[derive(Debug, Default, Clone)]
+pub struct Planned {
+    /// Data files to add.
+    pub adds: Vec<Add>,
+    /// Data files to remove.
+    pub removes: Vec<Remove>,
+}
+
+impl Planned {
+    /// Bytes of the added files.
+    pub fn bytes_added(&self) -> u64 {
+        self.adds.iter().map(|a| a.size as u64).sum()
+    }
+}
+
+/// Test hook: aborts the process at a named point (`TRIBUTARY_CRASH_AT`), to prove that an
+/// interrupted run is completed by the next one. Unset in normal use.
+pub(crate) fn crash_point(name: &str) {
+    if std::env::var("TRIBUTARY_CRASH_AT").is_ok_and(|v| v == name) {
+        eprintln!("TRIBUTARY_CRASH_AT={name}: aborting");
+        std::process::abort();
+    }
+}
+
+fn actions(planned: &Planned) -> Vec<Action> {
+    let mut out: Vec<Action> = planned
+        .removes
+        .iter()
+        .cloned()
+        .map(Action::Remove)
+        .collect();
+    out.extend(planned.adds.iter().cloned().map(Action::Add));
+    out
+}
+
+/// A commit that failed, and whether it is known not to have landed.
+enum Failed {
+    /// Nothing was committed: refused before the attempt, or the log shows an earlier run (or
+    /// none) after it.
+    NotLanded(Error),
+    /// The commit may have landed: the log could not be read after the attempt, or it records
+    /// a later run.
+    Unknown(Error),
+}
+
+impl From<Failed> for Error {
+    fn from(failed: Failed) -> Error {
+        match failed {
+            Failed::NotLanded(e) | Failed::Unknown(e) => e,
+        }
+    }
+}
+
+/// Commits `actions` with `txn(app_id, seq)` and the run's commit-info entry.
+async fn commit_table(
+    table: &mut DeltaTable,
+    role: &str,
+    app_id: &str,
+    actions: Vec<Action>,
+    entry: &CommitEntry,
+    mode: SaveMode,
+) -> std::result::Result<u64, Failed> {
+    let seq = entry.run.seq;
+    if let Some(done) = txn_version(table, app_id)
+        .await
+        .map_err(Failed::NotLanded)?
+    {
+        if done >= seq {
+            return Err(Failed::NotLanded(Error::Lake {
+                table: role.to_string(),
+                reason: format!("already records run {done}; refusing to commit run {seq} again"),
+            }));
+        }
+    }
+    let metadata = serde_json::to_value(entry).map_err(|e| Failed::NotLanded(e.into()))?;
+    let properties = CommitProperties::default()
+        .with_application_transaction(Transaction::new(app_id, seq))
+        .with_metadata([(COMMIT_INFO_KEY.to_string(), metadata)]);
+    let snapshot = table.snapshot().map_err(|e| Failed::NotLanded(e.into()))?;
+    let partition_by = snapshot.metadata().partition_columns().to_vec();
+    let operation = DeltaOperation::Write {
+        mode,
+        partition_by: (!partition_by.is_empty()).then_some(partition_by),
+        predicate: None,
+    };
+    let result = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await;
+    table
+        .update_state()
+        .await
+        .map_err(|e| Failed::Unknown(e.into()))?;
+    match result {
+        Ok(done) => Ok(done.version()),
+        Err(err) => {
+            // A commit can fail after it landed: believe the log, not the error.
+            let recorded = txn_version(table, app_id).await.map_err(Failed::Unknown)?;
+            match after_error(recorded, seq) {
+                Some(true) => {
+                    tracing::warn!(table = role, run = seq, error = %err, "commit reported an error but landed");
+                    Ok(table.version().unwrap_or_default())
+                }
+                Some(false) => Err(Failed::NotLanded(err.into())),
+                None => Err(Failed::Unknown(err.into())),
+            }
+        }
+    }
+}
+
+/// Whether a commit of run `seq` that reported an error landed, from the run the table's log
+/// records after it (`recorded`): yes when it records `seq`, no when it records an earlier run
+/// or none, unknown (None) when it records a later one: another process may have completed
+/// this run and committed the next since, so its files may be referenced.
+fn after_error(recorded: Option<i64>, seq: i64) -> Option<bool> {
+    match recorded {
+        Some(done) if done == seq => Some(true),
+        Some(done) if done > seq => None,
+        _ => Some(false),
+    }
+}
+
+/// Commits a follower table's pending actions for `run`, unless it already records the run.
+pub(super) async fn complete(
+    table: &mut DeltaTable,
+    role: &str,
+    app_id: &str,
+    run: &RunRecord,
+    pending: &PendingCommit,
+) -> Result<Option<u64>> {
+    if txn_version(table, app_id)
+        .await?
+        .is_some_and(|v| v >= run.seq)
+    {
+        return Ok(None);
+    }
+    let version = table.version();
+    if version != pending.read_version {
+        return Err(Error::Lake {
+            table: role.to_string(),
+            reason: format!(
+                "changed since run {} planned its commit (version {:?}, planned against {:?}); \
+                 cannot complete the run safely",
+                run.seq, version, pending.read_version
+            ),
+        });
+    }
+    let entry = CommitEntry {
+        run: run.clone(),
+        pending: HashMap::new(),
+    };
+    let planned = Planned {
+        adds: pending.adds.clone(),
+        removes: pending.removes.clone(),
+    };
+    let mode = if planned.removes.is_empty() {
+        SaveMode::Append
+    } else {
+        SaveMode::Overwrite
+    };
+    Ok(Some(
+        commit_table(table, role, app_id, actions(&planned), &entry, mode).await?,
+    ))
+}
+
+/// Commits a planned run: history first, its commit carrying every follower's pending actions,
+/// then each follower in the order given (current first). Returns the new version of each
+/// table committed.
+///
+/// When the history commit fails and the log shows it did not land, the data files of every
+/// table's planned `add` actions and the table folders of `created` (made for this run) are
+/// deleted before the error returns (nothing refers to them).
+/// Once history has committed they are kept: a follower's failed commit is completed by the
+/// next open ([`DeltaLake::open`]).
+///
+/// # Errors
+/// [`Error::Lake`] when a table already records this run; Delta errors.
+pub(super) async fn commit_run(
+    lake: &mut DeltaLake,
+    mut run: RunRecord,
+    history: Planned,
+    followers: Vec<(TableRole, DeltaTable, Planned)>,
+    created: &[PathBuf],
+) -> Result<Versions> {
+    let app_id = lake.app_id().to_string();
+    let pending: HashMap<String, PendingCommit> = followers
+        .iter()
+        .map(|(role, table, planned)| {
+            let pending = PendingCommit {
+                read_version: table.version(),
+                adds: planned.adds.clone(),
+                removes: planned.removes.clone(),
+            };
+            (role.as_str().to_string(), pending)
+        })
+        .collect();
+    crash_point("before-history-commit");
+    let entry = CommitEntry {
+        run: run.clone(),
+        pending,
+    };
+    let mode = if history.removes.is_empty() {
+        SaveMode::Append
+    } else {
+        SaveMode::Overwrite
+    };
+    let committed = commit_table(
+        &mut lake.history,
+        TableRole::History.as_str(),
+        &app_id,
+        actions(&history),
+        &entry,
+        mode,
+    )
+    .await;
+    let history_version = match committed {
+        Ok(version) => version,
+        // No table refers to the run's files: delete them. (Once history has committed, the
+        // followers' files are its pending actions, which the next run completes.)
+        Err(Failed::NotLanded(e)) => {
+            discard_files(&lake.history, &history.adds).await;
+            for (_, table, planned) in &followers {
+                discard_files(table, &planned.adds).await;
+            }
+            remove_tables(created);
+            return Err(e);
+        }
+        Err(Failed::Unknown(e)) => return Err(e),
+    };
+    let mut versions = Versions::default();
+    versions.set(TableRole::History, history_version);
+    crash_point("after-history-commit");
+    run.history_version = Some(history_version);
+    for (i, (role, mut table, _)) in followers.into_iter().enumerate() {
+        if i > 0 {
+            crash_point("between-follower-commits");
+        }
+        let pending = &entry.pending[role.as_str()];
+        if let Some(v) = complete(&mut table, role.as_str(), &app_id, &run, pending).await? {
+            versions.set(role, v);
+        }
+        if role == TableRole::Current {
+            lake.current = table;
+        }
+    }
+    Ok(versions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_commit_landed_only_if_the_log_records_its_run() {
+        assert_eq!(after_error(Some(5), 5), Some(true));
+        assert_eq!(after_error(Some(4), 5), Some(false));
+        assert_eq!(after_error(None, 5), Some(false));
+        // A later run recorded: this one may have landed and been built on; keep its files.
+        assert_eq!(after_error(Some(6), 5), None);
+    }
+}

@@ -1,0 +1,391 @@
+//! Reads of the current table's data files for a snapshot run, in two passes.
+//!
+//! 1. [`DataFiles::scan_keys`]: the join columns of every row (`keyhash`, `nonkeyhash`,
+//!    `eff_start_date`) with each row's position (data file, row in file). Parquet column
+//!    projection: the payload columns are not decoded.
+//! 2. [`DataFiles::read_picked`]: whole rows, only those picked by position after the diff
+//!    (the rows of keys that left a full extract, or were not supplied in a delta extract),
+//!    through a Parquet row selection.
+//!
+//! The unit of work is one row group of one file; `workers` row groups are decoded at once.
+//! Files are read through the table's object store, as delta-rs lays them out (the table's
+//! partition columns are not in the files: they are filled from the `add` action's
+//! `partitionValues`, Delta protocol "Partition Value Serialization").
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    ArrayRef, BooleanArray, BooleanBufferBuilder, RecordBatch, UInt32Array,
+};
+use deltalake::arrow::buffer::BooleanBuffer;
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
+use deltalake::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection,
+};
+// Deprecated in parquet 59 in favour of each caller writing its own `AsyncFileReader` over
+// object_store (arrow-rs #10308); this is that reader, kept by the library, until then.
+#[allow(deprecated)]
+use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
+use deltalake::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use deltalake::{DeltaTable, ObjectStore, Path};
+use futures::StreamExt;
+use tokio::sync::mpsc::Sender;
+
+use super::conform;
+use crate::core::batch::BATCH_ROWS;
+use crate::error::{Error, Result};
+
+/// One data file of the table's snapshot.
+struct DataFile {
+    path: Path,
+    size: u64,
+    partition_values: HashMap<String, Option<String>>,
+    metadata: ArrowReaderMetadata,
+}
+
+/// One row group of one file: the unit of parallel reads.
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    file: usize,
+    row_group: usize,
+    /// Position of the row group's first row in its file.
+    first_row: u64,
+    rows: u64,
+}
+
+/// The data files of one version of a table, with their Parquet footers read.
+pub struct DataFiles {
+    store: Arc<dyn ObjectStore>,
+    files: Vec<DataFile>,
+}
+
+/// Rows picked by position in each data file (one bit per row).
+pub struct Picks {
+    files: Vec<BooleanBufferBuilder>,
+    count: u64,
+}
+
+impl Picks {
+    /// No row picked yet, for files of these row counts.
+    pub fn new(rows_per_file: &[u64]) -> Self {
+        let files = rows_per_file
+            .iter()
+            .map(|&rows| {
+                let mut bits = BooleanBufferBuilder::new(rows as usize);
+                bits.append_n(rows as usize, false);
+                bits
+            })
+            .collect();
+        Picks { files, count: 0 }
+    }
+
+    /// Picks `row` of `file` (positions from [`DataFiles::scan_keys`]).
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for a position outside the files.
+    pub fn pick(&mut self, file: u32, row: u32) -> Result<()> {
+        let bits = self
+            .files
+            .get_mut(file as usize)
+            .filter(|bits| (row as usize) < bits.len())
+            .ok_or_else(|| Error::Internal(format!("no row {row} in data file {file}")))?;
+        if !bits.get_bit(row as usize) {
+            bits.set_bit(row as usize, true);
+            self.count += 1;
+        }
+        Ok(())
+    }
+
+    /// Rows picked.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+#[allow(deprecated)] // ParquetObjectReader, see its import
+impl DataFiles {
+    /// The data files of `table`'s loaded version, with their footers (one read per file).
+    ///
+    /// # Errors
+    /// [`Error::Lake`] naming a file whose footer cannot be read; Delta errors.
+    pub async fn open(table: &DeltaTable) -> Result<Self> {
+        let store = table.object_store();
+        let mut files = Vec::new();
+        for view in table.snapshot()?.log_data().iter() {
+            if view.deletion_vector_descriptor().is_some() {
+                return Err(read_error(
+                    &view.object_store_path(),
+                    "has a deletion vector, which Tributary does not read",
+                ));
+            }
+            let path = view.object_store_path();
+            let size = view.size() as u64;
+            let mut reader =
+                ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(size);
+            let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+                .await
+                .map_err(|e| read_error(&path, e))?;
+            let groups = metadata.metadata().row_groups();
+            let rows: u64 = groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum();
+            if rows > u64::from(u32::MAX) {
+                return Err(read_error(
+                    &path,
+                    "has 2^32 rows or more; row positions are 32-bit",
+                ));
+            }
+            files.push(DataFile {
+                path,
+                size,
+                partition_values: view.partition_values_map(),
+                metadata,
+            });
+        }
+        Ok(DataFiles { store, files })
+    }
+
+    /// Rows of each data file, in file order (the sum of its row groups' rows, as read; each
+    /// under 2^32, checked by [`DataFiles::open`]).
+    pub fn rows_per_file(&self) -> Vec<u64> {
+        self.files
+            .iter()
+            .map(|f| {
+                let groups = f.metadata.metadata().row_groups();
+                groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum()
+            })
+            .collect()
+    }
+
+    fn units(&self) -> Vec<Unit> {
+        let mut units = Vec::new();
+        for (file, f) in self.files.iter().enumerate() {
+            let mut first_row = 0;
+            for (row_group, rg) in f.metadata.metadata().row_groups().iter().enumerate() {
+                let rows = rg.num_rows().max(0) as u64;
+                units.push(Unit {
+                    file,
+                    row_group,
+                    first_row,
+                    rows,
+                });
+                first_row += rows;
+            }
+        }
+        units
+    }
+
+    /// Sends the join columns of every row to `tx`, in `schema` (`keyhash`, `nonkeyhash`,
+    /// `eff_start_date`, then the row's file index and its row in that file, both `UInt32`),
+    /// decoding `workers` row groups at once. Batches arrive in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::Lake`] naming the file that cannot be read or lacks a column; a closed `tx`.
+    pub async fn scan_keys(
+        &self,
+        schema: SchemaRef,
+        workers: usize,
+        tx: Sender<RecordBatch>,
+    ) -> Result<()> {
+        let join_schema: SchemaRef = Arc::new(Schema::new(schema.fields()[..3].to_vec()));
+        let names: Vec<String> = join_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let jobs = self.units().into_iter().map(|unit| (unit, None));
+        let no_partition_values = HashMap::new();
+        let map = Arc::new(move |unit: &Unit, offset: u64, batch: RecordBatch| {
+            let n = batch.num_rows();
+            // Below 2^32: checked per file by `open`.
+            let first = (unit.first_row + offset) as u32;
+            // By name, cast where the file's type differs (a file written by another tool).
+            let joined = conform(&batch, &join_schema, &no_partition_values)?;
+            let mut columns: Vec<ArrayRef> = joined.columns().to_vec();
+            columns.push(Arc::new(UInt32Array::from(vec![unit.file as u32; n])));
+            columns.push(Arc::new(UInt32Array::from_iter_values(
+                first..first + n as u32,
+            )));
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        });
+        self.read(jobs, Some(names), workers, tx, map).await
+    }
+
+    /// Sends every column of the picked rows to `tx`, as batches of `schema` (the table schema;
+    /// partition columns filled from the files' partition values) passed through `finish`.
+    ///
+    /// # Errors
+    /// [`Error::Lake`] naming the file that cannot be read; errors of `finish`; a closed `tx`.
+    pub async fn read_picked(
+        &self,
+        picks: Picks,
+        schema: SchemaRef,
+        workers: usize,
+        tx: Sender<RecordBatch>,
+        finish: impl Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
+    ) -> Result<()> {
+        let bits: Vec<BooleanBuffer> = picks.files.into_iter().map(|mut b| b.finish()).collect();
+        let mut jobs = Vec::new();
+        for unit in self.units() {
+            let filter = BooleanArray::from(
+                bits[unit.file].slice(unit.first_row as usize, unit.rows as usize),
+            );
+            if filter.true_count() > 0 {
+                jobs.push((unit, Some(RowSelection::from_filters(&[filter]))));
+            }
+        }
+        let partition_values: Vec<HashMap<String, Option<String>>> = self
+            .files
+            .iter()
+            .map(|f| f.partition_values.clone())
+            .collect();
+        let map = Arc::new(move |unit: &Unit, _offset: u64, batch: RecordBatch| {
+            finish(conform(&batch, &schema, &partition_values[unit.file])?)
+        });
+        self.read(jobs.into_iter(), None, workers, tx, map).await
+    }
+
+    /// Reads the given units (`columns` by name, or all), `workers` at once, each on its own
+    /// task, sending `map(unit, offset of the batch's first row in the unit, batch)` to `tx`.
+    async fn read<M>(
+        &self,
+        jobs: impl Iterator<Item = (Unit, Option<RowSelection>)>,
+        columns: Option<Vec<String>>,
+        workers: usize,
+        tx: Sender<RecordBatch>,
+        map: Arc<M>,
+    ) -> Result<()>
+    where
+        M: Fn(&Unit, u64, RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
+    {
+        let mut tasks = jobs.map(|(unit, selection)| {
+            let file = &self.files[unit.file];
+            let path = file.path.clone();
+            let reader = ParquetObjectReader::new(self.store.clone(), path.clone())
+                .with_file_size(file.size);
+            let mut builder =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone())
+                    .with_row_groups(vec![unit.row_group])
+                    .with_batch_size(BATCH_ROWS);
+            let projection = match &columns {
+                None => Ok(None),
+                Some(names) => projection(&file.metadata, names, &path).map(Some),
+            };
+            let (tx, map) = (tx.clone(), map.clone());
+            async move {
+                if let Some(mask) = projection? {
+                    builder = builder.with_projection(mask);
+                }
+                if let Some(selection) = selection {
+                    builder = builder.with_row_selection(selection);
+                }
+                let mut stream = builder.build().map_err(|e| read_error(&path, e))?;
+                let mut offset = 0;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(|e| read_error(&path, e))?;
+                    let rows = batch.num_rows() as u64;
+                    let out = map(&unit, offset, batch)?;
+                    offset += rows;
+                    tx.send(out).await.map_err(|_| Error::WriterGone)?;
+                }
+                Ok::<(), Error>(())
+            }
+        });
+        // At most `workers` tasks at once; an error returns at once, and dropping the set
+        // aborts the tasks still reading.
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < workers.max(1) {
+                match tasks.next() {
+                    Some(task) => {
+                        running.spawn(task);
+                    }
+                    None => break,
+                }
+            }
+            match running.join_next().await {
+                None => return Ok(()),
+                Some(joined) => joined.map_err(|e| {
+                    Error::Internal(format!("current-table read task failed: {e}"))
+                })??,
+            }
+        }
+    }
+}
+
+fn read_error(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Lake {
+        table: crate::sink::TableRole::Current.as_str().into(),
+        reason: format!("data file {path}: {reason}"),
+    }
+}
+
+/// The projection of `names` (root columns) in a file.
+fn projection(
+    metadata: &ArrowReaderMetadata,
+    names: &[String],
+    path: &Path,
+) -> Result<ProjectionMask> {
+    let schema = metadata.schema();
+    let indices = names
+        .iter()
+        .map(|name| {
+            schema
+                .index_of(name)
+                .map_err(|_| read_error(path, format!("has no column `{name}`")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ProjectionMask::roots(metadata.parquet_schema(), indices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_count_each_row_once_and_refuse_positions_outside_the_files() {
+        let mut picks = Picks::new(&[3, 0, 70]);
+        picks.pick(0, 2).unwrap();
+        picks.pick(2, 69).unwrap();
+        picks.pick(2, 69).unwrap();
+        assert_eq!(picks.count(), 2);
+        let bits: Vec<Vec<bool>> = picks
+            .files
+            .iter()
+            .map(|b| (0..b.len()).map(|i| b.get_bit(i)).collect())
+            .collect();
+        assert_eq!(bits[0], vec![false, false, true]);
+        assert!(bits[1].is_empty());
+        assert_eq!(bits[2].iter().filter(|&&b| b).count(), 1);
+        assert!(bits[2][69]);
+        assert!(picks.pick(0, 3).is_err());
+        assert!(picks.pick(1, 0).is_err());
+        assert!(picks.pick(3, 0).is_err());
+    }
+
+    #[test]
+    fn partition_columns_are_filled_from_partition_values_and_cast() {
+        use deltalake::arrow::array::{AsArray, Float64Array};
+        use deltalake::arrow::datatypes::{DataType, Date32Type, Field, Schema};
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Float64, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("region", DataType::Utf8, true),
+        ]));
+        let file_schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Float64, true)]));
+        let batch = RecordBatch::try_new(
+            file_schema,
+            vec![Arc::new(Float64Array::from(vec![1.0, 2.0]))],
+        )
+        .unwrap();
+        let values = HashMap::from([
+            ("day".to_string(), Some("2024-01-02".to_string())),
+            ("region".to_string(), None),
+        ]);
+        let out = conform(&batch, &schema, &values).unwrap();
+        assert_eq!(out.schema(), schema);
+        assert_eq!(out.column(1).as_primitive::<Date32Type>().value(1), 19724);
+        assert_eq!(out.column(2).null_count(), 2);
+        let missing = conform(&batch, &schema, &HashMap::new()).unwrap_err();
+        assert!(missing.to_string().contains("no column `day`"), "{missing}");
+    }
+}

@@ -1,0 +1,149 @@
+//! What each run recorded in the Delta log: a `txn` action (app id, run sequence number) and a
+//! `tributary` entry in the commit's `commitInfo` (business date, input fingerprint, and in the
+//! history commit, the actions still to be committed to the other tables).
+
+use std::collections::HashMap;
+
+use deltalake::kernel::{Add, Remove};
+use deltalake::DeltaTable;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Key of Tributary's entry in a Delta `commitInfo`.
+pub const COMMIT_INFO_KEY: &str = "tributary";
+
+/// How far back [`last_run`] looks for a Tributary commit (other writers may commit too).
+const MAX_LOG_WALK: u64 = 1000;
+
+/// What one run applied, stored in the commit info of each table it committed to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Run sequence number: also the Delta `txn` version under the table's app id.
+    pub seq: i64,
+    /// Business effective date (`YYYY-MM-DD`).
+    pub business_date: String,
+    /// Input fingerprint: of the extract files (snapshot runs), or of the checkpoint
+    /// (change-log runs).
+    pub fingerprint: String,
+    /// Current table version the run diffed against (None: no earlier run).
+    pub current_base_version: Option<u64>,
+    /// History table version of this run's history commit (set in the other tables' commits).
+    pub history_version: Option<u64>,
+}
+
+/// Actions one table still needs, written into the history commit so that a crash between the
+/// commits can be completed by the next run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingCommit {
+    /// Table version the actions were planned against (None: planned against a new table).
+    pub read_version: Option<u64>,
+    /// Data files to add.
+    pub adds: Vec<Add>,
+    /// Data files to remove.
+    pub removes: Vec<Remove>,
+}
+
+/// The `tributary` commit-info entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitEntry {
+    #[serde(flatten)]
+    /// The run.
+    pub run: RunRecord,
+    /// Follower table role (`current`, `rejects`) to its pending actions; history commits only.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub pending: HashMap<String, PendingCommit>,
+}
+
+/// The actions of one commit, as read back from `_delta_log/<version>.json`.
+#[derive(Debug, Default)]
+pub struct CommitActions {
+    /// Tributary's entry of the commit info, if any.
+    pub entry: Option<CommitEntry>,
+    /// The commit's `add` actions.
+    pub adds: Vec<Add>,
+}
+
+/// Reads and parses one commit file. Returns None when the file is gone (log clean-up).
+///
+/// # Errors
+/// Object-store errors and malformed JSON.
+pub async fn read_commit(table: &DeltaTable, version: u64) -> Result<Option<CommitActions>> {
+    let Some(bytes) = table.log_store().read_commit_entry(version as _).await? else {
+        return Ok(None);
+    };
+    let mut out = CommitActions::default();
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let value: serde_json::Value = serde_json::from_slice(line)?;
+        if let Some(info) = value.get("commitInfo") {
+            if let Some(entry) = info.get(COMMIT_INFO_KEY) {
+                out.entry = Some(serde_json::from_value(entry.clone())?);
+            }
+        } else if let Some(add) = value.get("add") {
+            out.adds.push(serde_json::from_value(add.clone())?);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The newest Tributary commit of a table with its version, looking back at most
+/// `MAX_LOG_WALK` (1,000) versions.
+///
+/// # Errors
+/// See [`read_commit`].
+pub async fn last_run(table: &DeltaTable) -> Result<Option<(u64, CommitEntry)>> {
+    let Some(latest) = table.version() else {
+        return Ok(None);
+    };
+    let oldest = latest.saturating_sub(MAX_LOG_WALK);
+    let mut version = latest;
+    loop {
+        match read_commit(table, version).await? {
+            Some(CommitActions {
+                entry: Some(entry), ..
+            }) => return Ok(Some((version, entry))),
+            Some(_) => {}
+            None => return Ok(None),
+        }
+        if version == oldest {
+            return Ok(None);
+        }
+        version -= 1;
+    }
+}
+
+/// The newest commit of `table` whose entry has run sequence number `seq`.
+///
+/// # Errors
+/// [`Error::Lake`] when no such commit is found.
+pub async fn find_run(table: &DeltaTable, seq: i64, role: &str) -> Result<(u64, CommitActions)> {
+    let latest = table.version().unwrap_or(0);
+    let mut version = latest;
+    loop {
+        if let Some(actions) = read_commit(table, version).await? {
+            if actions.entry.as_ref().is_some_and(|e| e.run.seq == seq) {
+                return Ok((version, actions));
+            }
+        }
+        if version == 0 || latest - version >= MAX_LOG_WALK {
+            return Err(Error::Lake {
+                table: role.to_string(),
+                reason: format!("no commit of run {seq} found in the log"),
+            });
+        }
+        version -= 1;
+    }
+}
+
+/// The run sequence number a table has recorded under `app_id` (its Delta `txn` version).
+///
+/// # Errors
+/// Delta errors reading the log.
+pub async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+    let Ok(state) = table.snapshot() else {
+        return Ok(None);
+    };
+    Ok(state
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?)
+}

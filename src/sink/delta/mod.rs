@@ -1,0 +1,445 @@
+//! The Delta Lake sink: the current, history, rejects and applied-files Delta tables of one
+//! configured table, through delta-rs, and the commit protocol of the sink contract
+//! (`sink/mod.rs`).
+//!
+//! What a diff reads of the current table: its join columns (`keyhash`, `nonkeyhash`,
+//! `eff_start_date`) with each row's position, partitioned by keyhash (see
+//! `snapshot::spill`); then whole rows only for the keys that left the extract (see
+//! [`current`]).
+
+pub mod applied;
+mod commit;
+pub mod current;
+pub mod log;
+pub mod rejects;
+mod shared;
+mod table;
+mod transaction;
+mod write;
+mod writers;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deltalake::arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::DeltaTable;
+
+pub use commit::Planned;
+pub use log::{CommitEntry, RunRecord};
+pub use transaction::{RunCommit, RunTransaction};
+pub use write::{
+    skip_incompressible, write_files, writer_properties, CODEC_SAMPLE_BYTES, DICTIONARY_PAGE_BYTES,
+    MIN_CODEC_SAVING, TARGET_FILE_BYTES,
+};
+pub use writers::{Senders, TableWriters};
+
+use log::{find_run, txn_version, CommitActions};
+
+use super::{Sink, TableRole, Versions};
+use crate::config::TableSpec;
+use crate::core::checkpoint::Committed;
+use crate::core::schema::{table_schema, EFF_START_DATE};
+use crate::error::{Error, Result};
+
+/// The open Delta tables of one configured table.
+pub struct DeltaLake {
+    /// The current table: one row per live key (plus X rows in delta mode).
+    pub current: DeltaTable,
+    /// The history table: every I/U/D, partitioned by `eff_start_date`.
+    pub history: DeltaTable,
+    app_id: String,
+    spec: TableSpec,
+    /// Local table folders this open created (see [`DeltaLake::open`]); a run that fails before
+    /// its commit removes them again.
+    created: Vec<PathBuf>,
+}
+
+/// What [`DeltaLake::open`] found and did about an interrupted run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Recovery {
+    /// Sequence number of the run whose commits were completed.
+    pub completed_run: i64,
+    /// Business date of that run (`YYYY-MM-DD`).
+    pub business_date: String,
+}
+
+impl DeltaLake {
+    /// Opens the current and history tables (creating them if absent when `create` is set),
+    /// checks that they were written under this config's hash spec and schema, and completes
+    /// an interrupted run. Returns None when the tables do not exist and `create` is not set.
+    ///
+    /// With `create`, the local table folders it makes are remembered: the first run's
+    /// transaction ([`DeltaLake::begin`]) removes them if it fails, and a failed open removes
+    /// them itself, so a first run that fails leaves no tables behind.
+    ///
+    /// # Errors
+    /// [`Error::Lake`] for a table of another schema or hash spec, or tables out of step that
+    /// cannot be completed; Delta and object-store errors.
+    pub async fn open(
+        spec: &TableSpec,
+        create: bool,
+    ) -> Result<Option<(DeltaLake, Option<Recovery>)>> {
+        let created = match create {
+            true => missing_tables(spec),
+            false => Vec::new(),
+        };
+        Self::open_tables(spec, create, created.clone())
+            .await
+            .inspect_err(|_| remove_tables(&created))
+    }
+
+    async fn open_tables(
+        spec: &TableSpec,
+        create: bool,
+        created: Vec<PathBuf>,
+    ) -> Result<Option<(DeltaLake, Option<Recovery>)>> {
+        let schema = table_schema(&spec.typed_columns());
+        let partition_by: Vec<&str> = spec.lake.partition_by.iter().map(String::as_str).collect();
+        let current = table::open_or_create(
+            spec,
+            &spec.lake.current_url,
+            schema.clone(),
+            &partition_by,
+            TableRole::Current,
+            create,
+        )
+        .await?;
+        let history = table::open_or_create(
+            spec,
+            &spec.lake.history_url,
+            schema,
+            &[EFF_START_DATE],
+            TableRole::History,
+            create,
+        )
+        .await?;
+        let (Some(current), Some(history)) = (current, history) else {
+            return Ok(None);
+        };
+        let mut lake = DeltaLake {
+            current,
+            history,
+            app_id: spec.app_id(),
+            spec: spec.clone(),
+            created,
+        };
+        let recovery = lake.recover().await?;
+        Ok(Some((lake, recovery)))
+    }
+
+    /// Opens the tables, creating those that are absent ([`DeltaLake::open`] with `create`).
+    ///
+    /// # Errors
+    /// See [`DeltaLake::open`].
+    pub async fn create(spec: &TableSpec) -> Result<(DeltaLake, Option<Recovery>)> {
+        Self::open(spec, true)
+            .await?
+            .ok_or_else(|| Error::Internal("tables not created".into()))
+    }
+
+    /// The table configuration the tables were opened with.
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// The Delta `txn` app id of this table's runs.
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
+    /// The newest run both tables have recorded, if any.
+    ///
+    /// # Errors
+    /// Delta errors reading the log.
+    pub async fn last_run(&self) -> Result<Option<RunRecord>> {
+        Ok(log::last_run(&self.current).await?.map(|(_, e)| e.run))
+    }
+
+    /// Completes the newest run's follower commits (current, rejects, applied) that a crash or
+    /// a failed commit left out: history's commit is the run's commit point, and it lists what
+    /// each follower still needs.
+    async fn recover(&mut self) -> Result<Option<Recovery>> {
+        let h = txn_version(&self.history, &self.app_id).await?.unwrap_or(0);
+        let c = txn_version(&self.current, &self.app_id).await?.unwrap_or(0);
+        if h == 0 {
+            return Ok(None);
+        }
+        if h != c && h != c + 1 {
+            return Err(Error::Lake {
+                table: self.spec.name.clone(),
+                reason: format!(
+                    "history records run {h} but current records run {c}; the tables were changed \
+                     outside Tributary"
+                ),
+            });
+        }
+        let (history_version, entry) = if h == c + 1 {
+            // current is behind: the run's history commit must be found
+            let (version, actions) =
+                find_run(&self.history, h, TableRole::History.as_str()).await?;
+            let entry = actions
+                .entry
+                .ok_or_else(|| Error::Internal("run commit without entry".into()))?;
+            (version, entry)
+        } else {
+            // Level: only another follower (rejects, applied) can be behind. Current's last
+            // commit names the run's history version; a log cleaned since means nothing to do.
+            let Some(version) = self.last_run().await?.and_then(|r| r.history_version) else {
+                return Ok(None);
+            };
+            match log::read_commit(&self.history, version).await? {
+                Some(CommitActions {
+                    entry: Some(entry), ..
+                }) if entry.run.seq == h => (version, entry),
+                _ => return Ok(None),
+            }
+        };
+        let mut run = entry.run.clone();
+        run.history_version = Some(history_version);
+        let mut completed = false;
+        let mut roles = entry
+            .pending
+            .keys()
+            .map(|name| {
+                TableRole::follower(name).ok_or_else(|| Error::Lake {
+                    table: TableRole::History.as_str().into(),
+                    reason: format!("run {h} lists actions for an unknown table `{name}`"),
+                })
+            })
+            .collect::<Result<Vec<TableRole>>>()?;
+        // current first: the order of the original commits
+        roles.sort_by_key(|r| (*r != TableRole::Current, r.as_str()));
+        for role in roles {
+            // Followers are created before the history commit: one that is gone was removed by
+            // hand, and is not made again to receive files that may be gone too.
+            let Some(mut table) = self.open_follower(role, false).await? else {
+                tracing::warn!(run = h, table = %role.as_str(), "a table of the newest run is missing; not completed");
+                continue;
+            };
+            let pending = &entry.pending[role.as_str()];
+            let done =
+                commit::complete(&mut table, role.as_str(), &self.app_id, &run, pending).await?;
+            if done.is_some() {
+                tracing::warn!(run = h, table = %role.as_str(), date = %run.business_date, "completed a run interrupted between its commits");
+                completed = true;
+            }
+            if role == TableRole::Current {
+                self.current = table;
+            }
+        }
+        Ok(completed.then_some(Recovery {
+            completed_run: h,
+            business_date: run.business_date,
+        }))
+    }
+
+    /// Opens the applied-files table if it exists (change-log tables only).
+    ///
+    /// # Errors
+    /// [`Error::Lake`] for a table of another schema; Delta errors.
+    pub async fn applied_table(&self) -> Result<Option<DeltaTable>> {
+        self.open_follower(TableRole::Applied, false).await
+    }
+
+    /// Opens a follower table (current, rejects, applied); with `create`, creates it when
+    /// absent.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for history, which is no follower; [`Error::Lake`] for a table of
+    /// another schema; Delta errors.
+    pub(crate) async fn open_follower(
+        &self,
+        role: TableRole,
+        create: bool,
+    ) -> Result<Option<DeltaTable>> {
+        let (url, schema) = match role {
+            TableRole::Current => return Ok(Some(self.current.clone())),
+            TableRole::History => {
+                return Err(Error::Internal("history is not a follower table".into()))
+            }
+            TableRole::Rejects => (&self.spec.lake.rejects_url, rejects::schema()),
+            TableRole::Applied => (&self.spec.lake.applied_url, applied::schema()),
+        };
+        table::open_or_create(&self.spec, url, schema, &[], role, create).await
+    }
+
+    /// Commits a planned run (see `commit::commit_run`).
+    pub(crate) async fn commit_run(
+        &mut self,
+        run: RunRecord,
+        history: Planned,
+        followers: Vec<(TableRole, DeltaTable, Planned)>,
+        created: &[PathBuf],
+    ) -> Result<Versions> {
+        commit::commit_run(self, run, history, followers, created).await
+    }
+}
+
+impl Sink for DeltaLake {
+    type Run = RunTransaction;
+
+    async fn last_run(&self) -> Result<Option<RunRecord>> {
+        DeltaLake::last_run(self).await
+    }
+
+    async fn committed(&self) -> Result<Committed> {
+        let table = self.applied_table().await?;
+        Ok(Committed {
+            files: applied::read(table.as_ref()).await?,
+        })
+    }
+
+    async fn begin(
+        &mut self,
+        properties: WriterProperties,
+        writer_tasks: usize,
+    ) -> Result<RunTransaction> {
+        RunTransaction::begin(self, properties, writer_tasks).await
+    }
+
+    async fn commit(&mut self, run: RunTransaction, commit: RunCommit) -> Result<Versions> {
+        run.commit(self, commit).await
+    }
+
+    async fn abandon(&mut self, run: RunTransaction) {
+        run.abandon().await
+    }
+}
+
+/// The local folders of a table's lake tables (current, history, applied) that do not exist
+/// yet. Folders that exist (even without a table) and tables elsewhere are not listed: a failed
+/// first run leaves an empty table there, which the next run uses as it is.
+fn missing_tables(spec: &TableSpec) -> Vec<PathBuf> {
+    [
+        &spec.lake.current_url,
+        &spec.lake.history_url,
+        &spec.lake.applied_url,
+    ]
+    .into_iter()
+    .filter_map(missing_folder)
+    .collect()
+}
+
+/// The local folder of a table URL, when it does not exist yet.
+fn missing_folder(url: &url::Url) -> Option<PathBuf> {
+    url.to_file_path().ok().filter(|path| !path.exists())
+}
+
+/// Removes table folders listed by [`missing_tables`] before a failed first run created them
+/// (those it did not get to create are skipped).
+fn remove_tables(paths: &[PathBuf]) {
+    for path in paths.iter().filter(|p| p.exists()) {
+        if let Err(e) = std::fs::remove_dir_all(path) {
+            tracing::warn!(path = %path.display(), "could not remove a table created by a failed first run: {e}");
+        }
+    }
+}
+
+/// Streams a table's rows through DataFusion (None: the table has no data files).
+///
+/// # Errors
+/// DataFusion and Delta errors.
+pub async fn scan_stream(
+    table: &DeltaTable,
+) -> Result<Option<deltalake::datafusion::physical_plan::SendableRecordBatchStream>> {
+    if table.snapshot()?.log_data().num_files() == 0 {
+        return Ok(None);
+    }
+    Ok(Some(dataframe(table, |p| p).await?.execute_stream().await?))
+}
+
+/// A DataFusion data frame over `table`, with its provider adjusted by `provider` (a file
+/// column, a file selection).
+///
+/// # Errors
+/// DataFusion and Delta errors.
+pub async fn dataframe(
+    table: &DeltaTable,
+    provider: impl FnOnce(
+        deltalake::delta_datafusion::TableProviderBuilder,
+    ) -> deltalake::delta_datafusion::TableProviderBuilder,
+) -> Result<deltalake::datafusion::dataframe::DataFrame> {
+    // Plain Utf8/Binary arrays, as the table schema has them: view types would be cast back,
+    // a copy of every string and digest scanned.
+    let mut config = deltalake::datafusion::prelude::SessionConfig::new();
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    let ctx = SessionContext::new_with_config(config);
+    table.update_datafusion_session(&ctx.state())?;
+    let session = std::sync::Arc::new(ctx.state());
+    let provider = provider(table.table_provider().with_session(session)).await?;
+    Ok(ctx.read_table(provider)?)
+}
+
+/// Reads a whole table through DataFusion ([`scan_stream`], collected).
+///
+/// # Errors
+/// DataFusion and Delta errors.
+pub async fn scan(table: &DeltaTable) -> Result<Vec<RecordBatch>> {
+    use futures::TryStreamExt;
+    match scan_stream(table).await? {
+        Some(stream) => Ok(stream.try_collect().await?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Puts read columns in `schema`: found by name and cast where their type differs (readers
+/// may return view or dictionary types). A column absent from the batch is taken from
+/// `partition_values` (a data file's Delta `partitionValues`, which the file itself does not
+/// hold: the text is cast, a missing value is NULL).
+///
+/// # Errors
+/// [`Error::Lake`] for a column neither read nor a partition value; Arrow cast errors.
+pub fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    partition_values: &HashMap<String, Option<String>>,
+) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let column = match (
+                batch.column_by_name(field.name()),
+                partition_values.get(field.name()),
+            ) {
+                (Some(column), _) => column.clone(),
+                (None, Some(Some(value))) => {
+                    Arc::new(StringArray::from(vec![value.as_str(); rows])) as ArrayRef
+                }
+                (None, Some(None)) => new_null_array(field.data_type(), rows),
+                (None, None) => {
+                    return Err(Error::Lake {
+                        table: TableRole::Current.as_str().into(),
+                        reason: format!("scan returned no column `{}`", field.name()),
+                    })
+                }
+            };
+            Ok(if column.data_type() == field.data_type() {
+                column
+            } else {
+                cast(&column, field.data_type())?
+            })
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Remove actions for every data file of a table (a whole-table rewrite).
+pub fn all_files_removed(table: &DeltaTable) -> Result<Vec<deltalake::kernel::Remove>> {
+    Ok(table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| f.remove_action(true))
+        .collect())
+}

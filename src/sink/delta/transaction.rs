@@ -1,0 +1,303 @@
+//! The run transaction: the one type that owns a run of `run`, `sync` and `capture` from its
+//! first row to its commit (the contract is on [`Sink`](crate::sink::Sink)).
+//!
+//! 1. [`RunTransaction::begin`]: the run's sequence number (the next Delta `txn` version of the
+//!    table's app id) and its table writers.
+//! 2. The pipeline sends rows to [`RunTransaction::senders`] as it produces them.
+//! 3. [`RunTransaction::finish_writes`]: the writers finish their files; the pipeline's own
+//!    result and the writers' decide together whether the run goes on.
+//! 4. Follower tables are written ([`RunTransaction::write_follower`]: rejects), then
+//!    [`RunTransaction::commit`] writes the checkpoint (applied files) and commits every table,
+//!    history first.
+//!
+//! Any error on the way abandons the run: the files its writers finished and the tables its
+//! first open created are deleted, and the error is returned ([`RunTransaction::guard`] does this
+//! for the pipeline's own steps). Error precedence: the pipeline's error, unless it only saw a
+//! writer stop ([`Error::WriterGone`]): then the writer's own error (disk full, say).
+
+use std::path::PathBuf;
+
+use deltalake::arrow::array::RecordBatch;
+use deltalake::kernel::{Add, Remove};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::DeltaTable;
+
+use super::log::{txn_version, RunRecord};
+use super::write::{discard_files, write_files};
+use super::{applied, missing_folder, remove_tables, DeltaLake, Planned, Senders, TableWriters};
+use crate::core::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::sink::{TableRole, Versions};
+
+/// What a run commits besides its rows.
+#[derive(Debug, Clone, Default)]
+pub struct RunCommit {
+    /// Business effective date, `YYYY-MM-DD`.
+    pub business_date: String,
+    /// Input fingerprint (snapshot runs: of the extract files; change-log runs: of the
+    /// checkpoint, [`Checkpoint::fingerprint`]).
+    pub fingerprint: String,
+    /// Current table version the run read as its base (None: no earlier run).
+    pub current_base_version: Option<u64>,
+    /// Current table files the run replaces.
+    pub current_removes: Vec<Remove>,
+    /// History table files the run replaces (`run --replace`).
+    pub history_removes: Vec<Remove>,
+    /// The source position the run's rows reach, committed with them.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A run in flight: its sequence number, its table writers, the files written so far and the
+/// tables created for it (see the module docs).
+pub struct RunTransaction {
+    seq: i64,
+    current: DeltaTable,
+    history: DeltaTable,
+    properties: WriterProperties,
+    writers: Option<TableWriters>,
+    current_adds: Vec<Add>,
+    history_adds: Vec<Add>,
+    followers: Vec<(TableRole, DeltaTable, Vec<Add>)>,
+    created: Vec<PathBuf>,
+    /// Committed or abandoned: nothing is left for [`Drop`] to report.
+    ended: bool,
+}
+
+impl RunTransaction {
+    /// Begins a run on `lake`: the next sequence number, and `writer_tasks` writers per table
+    /// (at least one). Takes over the tables `lake`'s open created.
+    ///
+    /// # Errors
+    /// Delta errors reading the log (the created tables are removed).
+    pub(super) async fn begin(
+        lake: &mut DeltaLake,
+        properties: WriterProperties,
+        writer_tasks: usize,
+    ) -> Result<Self> {
+        let created = std::mem::take(&mut lake.created);
+        let seq = match txn_version(&lake.current, lake.app_id()).await {
+            Ok(done) => done.unwrap_or(0) + 1,
+            Err(e) => {
+                remove_tables(&created);
+                return Err(e);
+            }
+        };
+        let writers = TableWriters::start(lake, properties.clone(), writer_tasks);
+        Ok(RunTransaction {
+            seq,
+            current: lake.current.clone(),
+            history: lake.history.clone(),
+            properties,
+            writers: Some(writers),
+            current_adds: Vec::new(),
+            history_adds: Vec::new(),
+            followers: Vec::new(),
+            created,
+            ended: false,
+        })
+    }
+
+    /// The run's sequence number.
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    /// The writers' channels, until [`RunTransaction::finish_writes`].
+    ///
+    /// # Errors
+    /// [`Error::WriterGone`] once the writers have finished.
+    pub fn senders(&mut self) -> Result<&mut Senders> {
+        self.writers
+            .as_mut()
+            .map(|w| &mut w.tx)
+            .ok_or(Error::WriterGone)
+    }
+
+    /// The data files written so far for a table (current and history: once the writers have
+    /// finished; followers: once written).
+    pub fn written(&self, role: TableRole) -> &[Add] {
+        match role {
+            TableRole::Current => &self.current_adds,
+            TableRole::History => &self.history_adds,
+            TableRole::Rejects | TableRole::Applied => self
+                .followers
+                .iter()
+                .find(|(r, _, _)| *r == role)
+                .map_or(&[], |(_, _, adds)| adds.as_slice()),
+        }
+    }
+
+    /// Closes the writers' channels and waits for their files. `produced` is the pipeline's
+    /// result: when it or a writer failed, the run is abandoned and the error returned (the
+    /// pipeline's own, unless it is [`Error::WriterGone`]: then the writer's).
+    ///
+    /// # Errors
+    /// As said; [`Error::Internal`] when called twice.
+    pub async fn finish_writes<T>(&mut self, produced: Result<T>) -> Result<T> {
+        let Some(writers) = self.writers.take() else {
+            return Err(Error::Internal("the run's writers finished twice".into()));
+        };
+        let (current, history) = writers.finish().await;
+        if let Ok(adds) = &current {
+            self.current_adds.extend(adds.iter().cloned());
+        }
+        if let Ok(adds) = &history {
+            self.history_adds.extend(adds.iter().cloned());
+        }
+        let writer_error = current.err().or(history.err());
+        match (produced, writer_error) {
+            (Ok(done), None) => Ok(done),
+            (produced, writer_error) => {
+                self.abandon_files().await;
+                Err(match (produced, writer_error) {
+                    (Err(Error::WriterGone), Some(e)) => e,
+                    (Err(e), _) => e,
+                    (Ok(_), Some(e)) => e,
+                    (Ok(_), None) => Error::Internal("run failed without an error".into()),
+                })
+            }
+        }
+    }
+
+    /// Passes a step's result through; on its error the run is abandoned first.
+    ///
+    /// # Errors
+    /// The step's error.
+    pub async fn guard<T>(&mut self, step: Result<T>) -> Result<T> {
+        if step.is_err() {
+            self.abandon_files().await;
+        }
+        step
+    }
+
+    /// Writes `batches` as data files of a follower table (rejects, applied), creating the
+    /// table if it is absent (and removing it again if the run fails).
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for current and history (written through the writers); Delta and
+    /// Parquet errors. The run is abandoned.
+    pub async fn write_follower(
+        &mut self,
+        lake: &DeltaLake,
+        role: TableRole,
+        batches: Vec<RecordBatch>,
+        properties: WriterProperties,
+    ) -> Result<()> {
+        let url = match role {
+            TableRole::Rejects => &lake.spec().lake.rejects_url,
+            TableRole::Applied => &lake.spec().lake.applied_url,
+            TableRole::Current | TableRole::History => {
+                let e = Error::Internal(format!("{} is not written as a follower", role.as_str()));
+                return self.guard(Err(e)).await;
+            }
+        };
+        self.created.extend(missing_folder(url));
+        let written = async {
+            let table = lake
+                .open_follower(role, true)
+                .await?
+                .ok_or_else(|| Error::Internal(format!("{} table not created", role.as_str())))?;
+            let adds = write_files(&table, batches, properties).await?;
+            Ok((table, adds))
+        }
+        .await;
+        let (table, adds) = self.guard(written).await?;
+        self.followers.push((role, table, adds));
+        Ok(())
+    }
+
+    /// Commits the run: writes its checkpoint, then commits history (the commit point) and
+    /// every follower (current first), each with the run's `txn`. Returns the new versions.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the writers have not finished; errors writing the checkpoint;
+    /// commit errors (see `commit::commit_run`: before the commit point the run's files and
+    /// created tables are deleted, after it the next open completes the run).
+    pub async fn commit(mut self, lake: &mut DeltaLake, commit: RunCommit) -> Result<Versions> {
+        if self.writers.is_some() {
+            let e = Error::Internal("a run committed before its writers finished".into());
+            return self.guard(Err(e)).await;
+        }
+        match &commit.checkpoint {
+            Some(Checkpoint::Files(files)) => {
+                let batch = applied::batch(files, self.seq);
+                let batch = self.guard(batch).await?;
+                let properties = self.properties.clone();
+                self.write_follower(lake, TableRole::Applied, vec![batch], properties)
+                    .await?;
+            }
+            None => {}
+        }
+        let record = RunRecord {
+            seq: self.seq,
+            business_date: commit.business_date,
+            fingerprint: commit.fingerprint,
+            current_base_version: commit.current_base_version,
+            history_version: None,
+        };
+        let history = Planned {
+            adds: std::mem::take(&mut self.history_adds),
+            removes: commit.history_removes,
+        };
+        let mut followers = vec![(
+            TableRole::Current,
+            self.current.clone(),
+            Planned {
+                adds: std::mem::take(&mut self.current_adds),
+                removes: commit.current_removes,
+            },
+        )];
+        for (role, table, adds) in std::mem::take(&mut self.followers) {
+            let planned = Planned {
+                adds,
+                removes: Vec::new(),
+            };
+            followers.push((role, table, planned));
+        }
+        // From here the commit protocol owns the files (and deletes them if nothing lands).
+        self.ended = true;
+        let created = std::mem::take(&mut self.created);
+        lake.commit_run(record, history, followers, &created).await
+    }
+
+    /// Gives the run up: deletes its files and the tables created for it.
+    pub async fn abandon(mut self) {
+        self.abandon_files().await;
+    }
+
+    /// Waits for writers still running, then deletes every file written and the created
+    /// tables. Best effort: a file that cannot be deleted is only unreferenced (`VACUUM`).
+    async fn abandon_files(&mut self) {
+        if let Some(writers) = self.writers.take() {
+            let (current, history) = writers.finish().await;
+            self.current_adds.extend(current.unwrap_or_default());
+            self.history_adds.extend(history.unwrap_or_default());
+        }
+        discard_files(&self.current, &std::mem::take(&mut self.current_adds)).await;
+        discard_files(&self.history, &std::mem::take(&mut self.history_adds)).await;
+        for (_, table, adds) in std::mem::take(&mut self.followers) {
+            discard_files(&table, &adds).await;
+        }
+        remove_tables(&std::mem::take(&mut self.created));
+        self.ended = true;
+    }
+}
+
+impl Drop for RunTransaction {
+    fn drop(&mut self) {
+        let files = self.current_adds.len()
+            + self.history_adds.len()
+            + self
+                .followers
+                .iter()
+                .map(|(_, _, a)| a.len())
+                .sum::<usize>();
+        if !self.ended && (files > 0 || self.writers.is_some()) {
+            tracing::warn!(
+                run = self.seq,
+                files,
+                "a run was dropped before its commit; its data files are unreferenced (VACUUM removes them)"
+            );
+        }
+    }
+}

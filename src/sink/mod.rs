@@ -1,0 +1,160 @@
+//! The sink: where every pipeline ends. A run's rows go to the sink's writers while the run
+//! produces them, and the run commits them together with its checkpoint, or leaves no trace.
+//!
+//! [`Sink`] states the contract every sink keeps; [`delta`] keeps it with Delta Lake tables
+//! through delta-rs ([`DeltaLake`]), and [`RunTransaction`] is the one type that owns a run of
+//! `tributary run`, `sync` and (next) `capture`: its sequence number, its table writers, the
+//! follower tables it writes, the cleanup of its files on any error, and its commit.
+
+pub mod delta;
+
+use std::future::Future;
+
+use deltalake::parquet::file::properties::WriterProperties;
+use serde::Serialize;
+
+pub use delta::{DeltaLake, RunCommit, RunRecord, RunTransaction, Senders};
+
+use crate::core::checkpoint::Committed;
+use crate::error::Result;
+
+/// The tables of one configured table. History is the run's commit point; the others follow it
+/// (the "followers" of the commit protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableRole {
+    /// One row per live key.
+    Current,
+    /// Every I/U/D a run produced, partitioned by `eff_start_date`.
+    History,
+    /// Rows set aside under `on_error: reject`.
+    Rejects,
+    /// The input files a change-log table has applied (its checkpoint).
+    Applied,
+}
+
+impl TableRole {
+    /// The role's name in messages and in the pending actions of a history commit (`current`,
+    /// `history`, `rejects`, `applied`; stored in the Delta log, so never renamed).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableRole::Current => "current",
+            TableRole::History => "history",
+            TableRole::Rejects => "rejects",
+            TableRole::Applied => "applied",
+        }
+    }
+
+    /// The follower table of a name written by [`TableRole::as_str`] (None: history, or a name
+    /// this version does not know).
+    pub fn follower(name: &str) -> Option<Self> {
+        match name {
+            "current" => Some(TableRole::Current),
+            "rejects" => Some(TableRole::Rejects),
+            "applied" => Some(TableRole::Applied),
+            _ => None,
+        }
+    }
+}
+
+/// The table versions a run's commits produced (None: the run did not commit to that table).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Versions {
+    /// Version of the current table after the run.
+    pub current: Option<u64>,
+    /// Version of the history table after the run: the run's commit point.
+    pub history: Option<u64>,
+    /// Version of the rejects table after the run.
+    pub rejects: Option<u64>,
+    /// Version of the applied-files table after the run.
+    pub applied: Option<u64>,
+}
+
+impl Versions {
+    /// The version of one table.
+    pub fn get(&self, role: TableRole) -> Option<u64> {
+        match role {
+            TableRole::Current => self.current,
+            TableRole::History => self.history,
+            TableRole::Rejects => self.rejects,
+            TableRole::Applied => self.applied,
+        }
+    }
+
+    pub(crate) fn set(&mut self, role: TableRole, version: u64) {
+        let slot = match role {
+            TableRole::Current => &mut self.current,
+            TableRole::History => &mut self.history,
+            TableRole::Rejects => &mut self.rejects,
+            TableRole::Applied => &mut self.applied,
+        };
+        *slot = Some(version);
+    }
+}
+
+/// The lake side of every pipeline: the tables of one configured table, taking runs.
+///
+/// A run is [`begin`](Sink::begin)-ed, rows go to its writers as the run produces them, and it
+/// is either [`commit`](Sink::commit)-ted with its checkpoint or [`abandon`](Sink::abandon)-ed.
+///
+/// # Contract
+/// - **Atomic per run.** A run's data files are written first, uncommitted, and no reader sees
+///   them. The run then commits to every table it touches (current, history, and the followers
+///   it wrote: rejects, the applied-files checkpoint) or to none, as one step: the history
+///   table is committed first and its commit carries every action the other tables still need,
+///   so it is the run's commit point. A crash after it is completed by the next open of the
+///   tables; a half-applied run is never what a later run reads or diffs against.
+/// - **Checkpoint with the data.** The checkpoint a change source hands back (files applied;
+///   next an LSN or a binlog position) is committed in the same run as the rows it produced, so
+///   a crash never loses a change nor applies one twice: after a restart, [`Sink::committed`]
+///   says where the source stands.
+/// - **Idempotent.** Each run has a sequence number, recorded in every table it commits to (a
+///   Delta `txn` action under the table's app id); a table that already records a run is never
+///   committed to again for it, and a repeated commit is refused, never applied twice.
+/// - **Nothing left behind.** A run that fails before its commit point deletes the data files
+///   it wrote and the tables it created; a commit that fails and did not land does the same.
+///   Only a crash (SIGKILL) leaves unreferenced data files, which `VACUUM` removes.
+/// - **What it does not do.** It does not order runs of several processes: two writers of one
+///   table must be kept apart by the caller (the trust issue makes this a conflict check).
+pub trait Sink {
+    /// A run in flight: its writers and the files they wrote.
+    type Run;
+
+    /// The newest run the tables record (business date, input fingerprint, base version), if
+    /// any.
+    ///
+    /// # Errors
+    /// Errors reading the tables' logs.
+    fn last_run(&self) -> impl Future<Output = Result<Option<RunRecord>>> + Send;
+
+    /// The checkpoints committed so far: what the table's change sources have delivered.
+    ///
+    /// # Errors
+    /// Errors reading the checkpoint table.
+    fn committed(&self) -> impl Future<Output = Result<Committed>> + Send;
+
+    /// Starts a run: takes its sequence number and starts `writer_tasks` writers per table
+    /// (at least one) that write rows with `properties` as they arrive.
+    ///
+    /// # Errors
+    /// Errors reading the tables' logs (the tables this open created are removed).
+    fn begin(
+        &mut self,
+        properties: WriterProperties,
+        writer_tasks: usize,
+    ) -> impl Future<Output = Result<Self::Run>> + Send;
+
+    /// Commits a run whose writers have finished, with its checkpoint (see the contract).
+    ///
+    /// # Errors
+    /// Errors writing the followers or committing; before the commit point the run's files
+    /// are deleted.
+    fn commit(
+        &mut self,
+        run: Self::Run,
+        commit: RunCommit,
+    ) -> impl Future<Output = Result<Versions>> + Send;
+
+    /// Gives a run up: deletes the files it wrote and the tables it created.
+    fn abandon(&mut self, run: Self::Run) -> impl Future<Output = ()> + Send;
+}

@@ -1,0 +1,424 @@
+//! `tributary run`: one business day of snapshot CDC, from extract files to committed tables.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use deltalake::kernel::Add;
+use deltalake::DeltaTable;
+use tokio::runtime::RuntimeFlavor;
+use tracing::Instrument;
+
+use super::join::{self, JoinContext};
+use super::plan::{self, MemoryPlan};
+use super::stages::{Diffed, Joined, Stages};
+use super::summary::{MemorySummary, RunSummary, TableSummary};
+use crate::config::{ExtractType, TableConfig};
+use crate::core::op::Op;
+use crate::core::schema::table_schema;
+use crate::core::time::epoch_days;
+use crate::error::{Error, Result};
+use crate::report::memory::peak_rss_bytes;
+use crate::report::progress::Progress;
+use crate::sink::delta::current::DataFiles;
+use crate::sink::delta::{self, rejects, writer_properties, DeltaLake, RunCommit, RunRecord};
+use crate::sink::{Sink, TableRole};
+use crate::source::extract::{self, list_input_files, PendingFingerprint};
+
+/// Flags of `tributary run`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Allow a date older than the latest applied one, and a full extract that deletes more
+    /// than `max_delete_fraction` of the table.
+    pub force: bool,
+    /// Replace the latest run (same business date, different input).
+    pub replace: bool,
+}
+
+/// Runs one business day: reads `input`, diffs it against the current table, and commits the
+/// current and history tables through one run transaction (the sink contract, `sink/mod.rs`).
+///
+/// Memory stays within about `memory_limit` (see `plan`): both sides are partitioned by
+/// keyhash, partitions past the budget spill to `spill_dir`, and data files are written as the
+/// diff produces rows. A later run of CSV input whose current table fits in memory as an index
+/// (`plan::probe_fits`; no `partitions` in the config) is streamed instead: each batch is
+/// diffed as it is read, in file order (`probe`). Needs a multi-threaded tokio runtime.
+///
+/// # Errors
+/// [`Error::Refused`] for a repeated date with other input, an older date or a mass delete
+/// (unless forced); [`Error::BadRow`] for bad input under `on_error: fail`; config, lake and I/O
+/// errors. On any error no table has been changed (a crash between commits is completed by the
+/// next run).
+pub async fn run(
+    config: &TableConfig,
+    input: &Path,
+    business_date: NaiveDate,
+    options: RunOptions,
+) -> Result<RunSummary> {
+    let started = Instant::now();
+    if tokio::runtime::Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
+        return Err(Error::Internal(
+            "tributary::run needs a multi-threaded tokio runtime (its writers run beside the diff)"
+                .into(),
+        ));
+    }
+    if config.has_temp_current_path {
+        tracing::info!("temp_current_table_path is not used: Delta commits replace the current table atomically");
+    }
+    let spec = &config.table;
+    let date = epoch_days(business_date);
+    let date_text = business_date.format("%Y-%m-%d").to_string();
+    let files = list_input_files(input, config.source.format)?;
+    let total_bytes: u64 = files.iter().map(|f| f.size).sum();
+    // Read on its own thread beside the run; needed first when this date was applied before.
+    let mut fingerprint = PendingFingerprint::start(&files)?;
+    // Open without creating: a run that fails on its input leaves no trace in the lake.
+    let existing = DeltaLake::open(spec, false).await?;
+    let recovered = existing.as_ref().and_then(|(_, r)| r.clone());
+    let mut summary = RunSummary {
+        table: spec.name.clone(),
+        business_date: date_text.clone(),
+        recovered,
+        input_files: files.len(),
+        current: TableSummary {
+            path: spec.lake.current_url.to_string(),
+            ..Default::default()
+        },
+        history: TableSummary {
+            path: spec.lake.history_url.to_string(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let last = match &existing {
+        Some((lake, _)) => lake.last_run().await?,
+        None => None,
+    };
+    let mut replacing = None;
+    if let Some(last) = &last {
+        let same_input = date_text == last.business_date && {
+            summary.fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
+            last.fingerprint == summary.fingerprint
+        };
+        if same_input {
+            summary.status = "no-op".into();
+            summary.run_seq = Some(last.seq);
+            summary.message = format!(
+                "already applied from the same input (run {}); nothing to do",
+                last.seq
+            );
+            summary.elapsed_secs = started.elapsed().as_secs_f64();
+            return Ok(summary);
+        }
+        if date_text == last.business_date {
+            if !options.replace {
+                return Err(Error::Refused(format!(
+                    "{date_text} was already applied (run {}) from different input; pass --replace to replace that run",
+                    last.seq
+                )));
+            }
+            replacing = Some(last.clone());
+        } else if date_text < last.business_date && !options.force {
+            return Err(Error::Refused(format!(
+                "{date_text} is older than the latest applied date {}; pass --force to apply it anyway",
+                last.business_date
+            )));
+        }
+    }
+    if options.replace && replacing.is_none() {
+        return Err(Error::Refused(format!(
+            "--replace: {date_text} is not the latest applied date, nothing to replace"
+        )));
+    }
+
+    let (base, lake) = match existing {
+        Some((lake, _)) => (base_table(&lake, replacing.as_ref()).await?, Some(lake)),
+        None => (None, None),
+    };
+    let base_version = base.as_ref().and_then(|t| t.version());
+    // The base's data files, footers read: their row counts size the plan.
+    let data_files = match &base {
+        Some(table) => Some(DataFiles::open(table).await?),
+        None => None,
+    };
+    let rows_per_file = data_files
+        .as_ref()
+        .map_or_else(Vec::new, DataFiles::rows_per_file);
+    let base_rows: u64 = rows_per_file.iter().sum();
+    let input_estimate: u64 = files
+        .iter()
+        .map(|f| plan::input_estimate(f.format, f.size))
+        .sum();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let snapshot = &config.snapshot;
+    let memory = MemoryPlan::with_partitions(
+        snapshot.memory_limit,
+        input_estimate,
+        base_rows * plan::CURRENT_ROW_BYTES,
+        cores,
+        snapshot.partitions,
+    );
+    // A later run whose current table fits in memory as an index is streamed past it.
+    let incoming_rows = match (&lake, &data_files, snapshot.partitions) {
+        (Some(_), Some(_), None) => extract::estimate_csv_rows(&files)?,
+        _ => None,
+    };
+    let memory = match incoming_rows {
+        Some(rows) if plan::probe_fits(snapshot.memory_limit, base_rows, rows) => memory.streamed(),
+        _ => memory,
+    };
+    tracing::debug!(?memory, ?incoming_rows, "memory plan");
+    let schema = table_schema(&spec.typed_columns());
+    let context = JoinContext {
+        config,
+        files: &files,
+        incoming_schema: join::incoming_schema(config),
+        table_schema: schema.clone(),
+        current_schema: join::current_schema(&schema)?,
+        run_date: date,
+    };
+    // A single key column is unique in both tables' files (history: per business date).
+    let properties = writer_properties(
+        spec.lake.compression,
+        memory.row_group_bytes as usize,
+        &spec.unique_columns(),
+    );
+    let progress = Progress::bytes("reading", total_bytes);
+    let stages = Stages {
+        context: &context,
+        progress: &progress,
+        rows_per_file: &rows_per_file,
+        cores,
+    };
+    let writer_tasks = memory.writer_tasks(cores);
+    let (mut lake, mut run, joined) = match (lake, &data_files) {
+        (Some(mut lake), Some(data_files)) if memory.streamed => {
+            let mut run = lake.begin(properties, writer_tasks).await?;
+            let joined = stages.streamed(data_files, run.senders()?).await;
+            (lake, run, joined)
+        }
+        (lake, data_files) => {
+            // Read before the tables are created: a run failing on its input leaves no trace.
+            let partitioned = stages.partition(data_files.as_ref(), memory).await?;
+            let mut lake = match lake {
+                Some(lake) => lake,
+                None => DeltaLake::create(spec).await?.0,
+            };
+            let mut run = lake.begin(properties, writer_tasks).await?;
+            let joined = stages.diff(partitioned, memory, run.senders()?);
+            (lake, run, joined)
+        }
+    };
+    let seq = run.seq();
+    let Joined {
+        read_stats,
+        diffed,
+        picks,
+        current_rows,
+        spill,
+        mut times,
+    } = joined;
+    let outcome = check_outcome(config, options, diffed, current_rows);
+    // Only the gone rows are left to send: the writers of the tables they do not go to finish
+    // their last files meanwhile.
+    let senders = run.senders()?;
+    senders.end(snapshot.extract_type == ExtractType::Full);
+    // Whole rows of the keys that left the extract, read back by position: D rows into
+    // history (full extract), X rows into current (delta extract).
+    let gone = Instant::now();
+    let outcome = match (outcome, &data_files) {
+        (Ok(mut diffed), Some(files)) if picks.count() > 0 => {
+            let (tx, op, written) = match snapshot.extract_type {
+                ExtractType::Full => (
+                    senders.history.clone(),
+                    Op::Delete,
+                    &mut diffed.history_rows_written,
+                ),
+                ExtractType::Delta => (
+                    senders.current.clone(),
+                    Op::NotSupplied,
+                    &mut diffed.current_rows_written,
+                ),
+            };
+            *written += picks.count();
+            let span = tracing::info_span!("gone", rows = picks.count());
+            files
+                .read_picked(picks, schema.clone(), cores, tx, move |batch| {
+                    join::gone_rows(batch, op, date)
+                })
+                .instrument(span)
+                .await
+                .map(|()| diffed)
+        }
+        (outcome, _) => outcome,
+    };
+    times.diff_secs += gone.elapsed().as_secs_f64();
+    let flushing = Instant::now();
+    let diffed = run.finish_writes(outcome).await?;
+    times.write_secs = flushing.elapsed().as_secs_f64();
+    let mut rejects = read_stats.rejects;
+    rejects.extend(diffed.rejects);
+    rejects.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+
+    let writing = Instant::now();
+    // Everything before the commit that can still fail: its error abandons the run (the data
+    // files written so far and the tables a first run created are deleted).
+    let prepared = async {
+        let fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
+        let current_removes = delta::all_files_removed(&lake.current)?;
+        let history_removes = match &replacing {
+            Some(run) => replaced_history_files(&lake.history, run).await?,
+            None => Vec::new(),
+        };
+        Ok::<_, Error>((fingerprint, current_removes, history_removes))
+    }
+    .await;
+    let (fingerprint, current_removes, history_removes) = run.guard(prepared).await?;
+    if !rejects.is_empty() {
+        let batch = run.guard(rejects::batch(&rejects, date, seq)).await?;
+        let properties =
+            writer_properties(spec.lake.compression, memory.row_group_bytes as usize, &[]);
+        run.write_follower(&lake, TableRole::Rejects, vec![batch], properties)
+            .await?;
+    }
+    fill_table_summary(
+        &mut summary.current,
+        run.written(TableRole::Current),
+        diffed.current_rows_written,
+    );
+    fill_table_summary(
+        &mut summary.history,
+        run.written(TableRole::History),
+        diffed.history_rows_written,
+    );
+    if !rejects.is_empty() {
+        let mut t = TableSummary {
+            path: spec.lake.rejects_url.to_string(),
+            ..Default::default()
+        };
+        fill_table_summary(
+            &mut t,
+            run.written(TableRole::Rejects),
+            rejects.len() as u64,
+        );
+        summary.rejects = Some(t);
+    }
+    times.write_secs += writing.elapsed().as_secs_f64();
+
+    let committing = Instant::now();
+    summary.fingerprint = fingerprint.clone();
+    let commit = RunCommit {
+        business_date: date_text.clone(),
+        fingerprint,
+        current_base_version: base_version,
+        current_removes,
+        history_removes,
+        checkpoint: None,
+    };
+    let versions = lake
+        .commit(run, commit)
+        .instrument(tracing::info_span!("commit", run = seq))
+        .await?;
+    summary.current.version = versions.current;
+    summary.history.version = versions.history;
+    if let Some(r) = summary.rejects.as_mut() {
+        r.version = versions.rejects;
+    }
+    let commit_secs = committing.elapsed().as_secs_f64();
+
+    summary.status = "applied".into();
+    summary.run_seq = Some(seq);
+    summary.message = match &replacing {
+        Some(r) => format!("applied as run {seq}, replacing run {}", r.seq),
+        None => format!("applied as run {seq}"),
+    };
+    summary.rows_read = read_stats.rows_read;
+    summary.rows_rejected = rejects.len() as u64;
+    summary.counts = diffed.counts;
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    summary.rows_per_sec = read_stats.rows_read as f64 / summary.elapsed_secs.max(1e-9);
+    times.commit_secs = commit_secs;
+    summary.stages = times;
+    summary.memory = Some(MemorySummary {
+        plan: memory,
+        spill,
+        peak_rss_bytes: peak_rss_bytes(),
+    });
+    Ok(summary)
+}
+
+/// Applies the mass-delete guard to a finished diff.
+fn check_outcome(
+    config: &TableConfig,
+    options: RunOptions,
+    joined: Result<Diffed>,
+    current_rows: u64,
+) -> Result<Diffed> {
+    let diffed = joined?;
+    let snapshot = &config.snapshot;
+    if snapshot.extract_type == ExtractType::Full && current_rows > 0 && !options.force {
+        let fraction = diffed.counts.deleted as f64 / current_rows as f64;
+        if fraction > snapshot.max_delete_fraction {
+            return Err(Error::Refused(format!(
+                "this full extract deletes {} of {current_rows} rows ({:.1}%), more than max_delete_fraction {}; \
+                 is the extract truncated? pass --force to apply it",
+                diffed.counts.deleted,
+                fraction * 100.0,
+                snapshot.max_delete_fraction
+            )));
+        }
+    }
+    Ok(diffed)
+}
+
+fn fill_table_summary(t: &mut TableSummary, adds: &[Add], rows: u64) {
+    t.rows_written = rows;
+    t.bytes_written = adds.iter().map(|a| a.size as u64).sum();
+    t.files_written = adds.len() as u64;
+}
+
+/// The current table state the diff runs against: the latest one, or for `--replace` the one
+/// the replaced run diffed against (None: empty).
+async fn base_table(lake: &DeltaLake, replacing: Option<&RunRecord>) -> Result<Option<DeltaTable>> {
+    let Some(run) = replacing else {
+        return Ok(Some(lake.current.clone()));
+    };
+    let Some(version) = run.current_base_version else {
+        return Ok(None);
+    };
+    let mut table = lake.current.clone();
+    table.load_version(version as _).await?;
+    Ok(Some(table))
+}
+
+/// Remove actions for the history files a replaced run added.
+async fn replaced_history_files(
+    history: &DeltaTable,
+    run: &RunRecord,
+) -> Result<Vec<deltalake::kernel::Remove>> {
+    let version = run.history_version.ok_or_else(|| Error::Lake {
+        table: TableRole::History.as_str().into(),
+        reason: format!(
+            "run {} did not record its history version; cannot replace it",
+            run.seq
+        ),
+    })?;
+    let commit = delta::log::read_commit(history, version)
+        .await?
+        .ok_or_else(|| Error::Lake {
+            table: TableRole::History.as_str().into(),
+            reason: format!(
+                "the log of version {version} (run {}) is gone; cannot replace it",
+                run.seq
+            ),
+        })?;
+    let added: HashSet<String> = commit.adds.into_iter().map(|a| a.path).collect();
+    Ok(history
+        .snapshot()?
+        .log_data()
+        .iter()
+        .filter(|f| added.contains(f.path().as_ref()))
+        .map(|f| f.remove_action(true))
+        .collect())
+}

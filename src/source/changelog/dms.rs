@@ -1,0 +1,423 @@
+//! AWS DMS S3 target files (CSV without header, and Parquet).
+//!
+//! Layout followed (AWS DMS "Using Amazon S3 as a target"): a change file's first column is `Op`
+//! (`I`, `U`, `D`), followed by the commit timestamp column when the task sets
+//! `TimestampColumnName`, then the table's columns in source order. Full-load (`LOAD*`) files
+//! have the same columns, except that `Op` is absent unless the task sets
+//! `includeOpForFullLoad`; every full-load row is an insert. Parquet files name their columns,
+//! so `Op` and the timestamp column are found by name.
+
+use deltalake::arrow::array::{Array, AsArray, StringArray};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::DataType;
+
+use super::{typed_batch, ChangeFile, FileKind, RowsBuilder};
+use crate::config::{ChangelogTable, InputFormat};
+use crate::core::batch::HashedBatch;
+use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
+use crate::core::time::timestamp_days;
+use crate::error::{Error, Result};
+use crate::report::progress::Progress;
+use crate::source::extract::{
+    csv as extract_csv, parquet as extract_parquet, InputFile, RowErrors,
+};
+
+/// Where `Op` and the timestamp sit in a CSV record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CsvLayout {
+    op: Option<usize>,
+    timestamp: Option<usize>,
+    first_data: usize,
+}
+
+/// Works out the layout of a record with `fields` fields for a table of `columns` columns.
+fn csv_layout(
+    fields: usize,
+    columns: usize,
+    has_timestamp: bool,
+    first_field: &[u8],
+    kind: FileKind,
+) -> Option<CsvLayout> {
+    let looks_like_op = std::str::from_utf8(first_field)
+        .ok()
+        .and_then(op_code)
+        .is_some();
+    let layout = |op, timestamp, first_data| {
+        Some(CsvLayout {
+            op,
+            timestamp,
+            first_data,
+        })
+    };
+    if fields == columns + 2 && has_timestamp {
+        layout(Some(0), Some(1), 2)
+    } else if fields == columns + 1 && (looks_like_op || !has_timestamp) {
+        layout(Some(0), None, 1)
+    } else if fields == columns + 1 && kind == FileKind::Load {
+        layout(None, Some(0), 1)
+    } else if fields == columns && kind == FileKind::Load {
+        layout(None, None, 0)
+    } else {
+        None
+    }
+}
+
+fn bad_row(file: &ChangeFile, line: u64, column: Option<&str>, reason: String) -> Error {
+    Error::bad_row(file.path.display(), line, column, reason)
+}
+
+/// Reads a DMS CSV file (no header) into change batches of at most [`BATCH_ROWS`] rows.
+///
+/// # Errors
+/// [`Error::BadRow`] for a record with the wrong field count, an unknown `Op`, a bad
+/// timestamp or a value that does not convert; I/O and CSV errors.
+pub(super) fn read_csv(
+    config: &ChangelogTable,
+    file: &ChangeFile,
+    index: usize,
+) -> Result<Vec<ChangeBatch>> {
+    let mut reader = extract_csv::open(&config.source, &file.path)?;
+    let columns = &config.table.columns;
+    let mut first = csv::ByteRecord::new();
+    if file.kind == FileKind::Load
+        && reader.read_byte_record(&mut first)?
+        && first.len() == columns.len()
+    {
+        // A full load without Op and timestamp columns is a plain extract: parse it on every
+        // core with the snapshot reader.
+        return read_plain_load(config, file, index);
+    }
+    let mut reader = extract_csv::open(&config.source, &file.path)?;
+    let timestamp_name = config.timestamp_column.as_deref();
+    let mut rows = RowsBuilder::new(config, file, index);
+    let mut record = csv::ByteRecord::new();
+    let mut layout: Option<CsvLayout> = None;
+    while reader.read_byte_record(&mut record)? {
+        let line = record.position().map_or(0, |p| p.line());
+        let found = csv_layout(
+            record.len(),
+            columns.len(),
+            timestamp_name.is_some(),
+            record.get(0).unwrap_or_default(),
+            file.kind,
+        );
+        let this = match (found, layout) {
+            (Some(f), None) => {
+                layout = Some(f);
+                f
+            }
+            (Some(f), Some(l)) if f == l => l,
+            _ => {
+                let extra = match (file.kind, timestamp_name) {
+                    (FileKind::Load, Some(_)) => "[Op,] [timestamp,] ",
+                    (FileKind::Load, None) => "[Op,] ",
+                    (FileKind::Change, Some(_)) => "Op, timestamp, ",
+                    (FileKind::Change, None) => "Op, ",
+                };
+                let reason = format!(
+                    "expected {extra}then {} table columns, found {} fields{}",
+                    columns.len(),
+                    record.len(),
+                    if layout.is_some() {
+                        " (or a layout that differs from the file's first row)"
+                    } else {
+                        ""
+                    }
+                );
+                return Err(bad_row(file, line, None, reason));
+            }
+        };
+        let text = |i: usize, name: &str| -> Result<&str> {
+            std::str::from_utf8(&record[i])
+                .map_err(|_| bad_row(file, line, Some(name), "invalid UTF-8".into()))
+        };
+        let op = match this.op {
+            Some(i) => {
+                let value = text(i, "Op")?;
+                op_code(value).ok_or_else(|| {
+                    let hint = if timestamp_name.is_none() {
+                        " (if the task writes a commit timestamp column, set timestamp_column)"
+                    } else {
+                        ""
+                    };
+                    bad_row(
+                        file,
+                        line,
+                        Some("Op"),
+                        format!("`{value}` is not an operation (I, U or D){hint}"),
+                    )
+                })?
+            }
+            None => ChangeOp::Insert,
+        };
+        // Every full-load row is an insert, whatever its Op says.
+        let op = if file.kind == FileKind::Load {
+            ChangeOp::Insert
+        } else {
+            op
+        };
+        let day = match (this.timestamp, timestamp_name) {
+            (Some(i), Some(name)) => {
+                let value = text(i, name)?;
+                Some(timestamp_days(value).ok_or_else(|| {
+                    bad_row(
+                        file,
+                        line,
+                        Some(name),
+                        format!("cannot parse `{value}` as a commit timestamp"),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        for (c, column) in columns.iter().enumerate() {
+            let field = &record[this.first_data + c];
+            if extract_csv::is_null(&config.source, field, column.ty) {
+                rows.columns[c].append_null();
+            } else {
+                rows.columns[c].append_value(text(this.first_data + c, &column.name)?);
+            }
+        }
+        rows.push(op, 0, day, line)?;
+    }
+    rows.finish()
+}
+
+/// Reads a full-load CSV file that has only the table's columns (every row an insert) with the
+/// parallel snapshot reader.
+fn read_plain_load(
+    config: &ChangelogTable,
+    file: &ChangeFile,
+    index: usize,
+) -> Result<Vec<ChangeBatch>> {
+    let input = InputFile {
+        path: file.path.clone(),
+        format: InputFormat::Csv,
+        size: file.size,
+    };
+    // Tables-file configs never reject rows (`on_error` is always `fail` for change logs).
+    let mut errors = RowErrors::new(config.source.on_error);
+    let mut out = Vec::new();
+    let mut sink = |rows: HashedBatch| -> Result<()> {
+        let n = rows.lines.len();
+        out.push(ChangeBatch {
+            ops: vec![ChangeOp::Insert; n],
+            order: rows
+                .lines
+                .iter()
+                .map(|&line| SourceOrder {
+                    position: 0,
+                    file: index as u32,
+                    row: line,
+                })
+                .collect(),
+            commit_days: vec![None; n],
+            rows,
+        });
+        Ok(())
+    };
+    let progress = Progress::hidden();
+    extract_csv::read(
+        &config.table,
+        &config.source,
+        &input,
+        index,
+        &mut errors,
+        &progress,
+        &mut sink,
+    )?;
+    Ok(out)
+}
+
+/// Reads a DMS Parquet file: the configured columns, `Op` and the timestamp column by name
+/// (case-insensitive). Rows are numbered from 1.
+///
+/// # Errors
+/// [`Error::Input`] for a missing column (or a change file without `Op`); [`Error::BadRow`] for
+/// an unknown `Op`, a bad timestamp or a value that does not convert; Parquet errors.
+pub(super) fn read_parquet(
+    config: &ChangelogTable,
+    file: &ChangeFile,
+    index: usize,
+) -> Result<Vec<ChangeBatch>> {
+    let input_err = |reason: String| Error::Input {
+        path: file.path.clone(),
+        reason,
+    };
+    let builder = extract_parquet::open(&file.path)?;
+    let schema = builder.schema().clone();
+    let find = |name: &str| extract_parquet::column_position(&schema, name);
+    let op_at = find("Op");
+    if op_at.is_none() && file.kind == FileKind::Change {
+        return Err(input_err("a change file needs an `Op` column".into()));
+    }
+    let timestamp_at = match config.timestamp_column.as_deref() {
+        Some(name) => find(name),
+        None => None,
+    };
+    if timestamp_at.is_none() && file.kind == FileKind::Change {
+        if let Some(name) = &config.timestamp_column {
+            return Err(input_err(format!("has no timestamp column `{name}`")));
+        }
+    }
+    let positions = config
+        .table
+        .columns
+        .iter()
+        .map(|c| find(&c.name).ok_or_else(|| input_err(format!("has no column `{}`", c.name))))
+        .collect::<Result<Vec<usize>>>()?;
+    let mut out = Vec::new();
+    let mut row = 0u64;
+    for batch in builder.build()? {
+        let batch = batch?;
+        let n = batch.num_rows();
+        let lines: Vec<u64> = (row + 1..=row + n as u64).collect();
+        row += n as u64;
+        let text = |at: usize| -> Result<StringArray> {
+            Ok(cast(batch.column(at), &DataType::Utf8)?
+                .as_string::<i32>()
+                .clone())
+        };
+        let ops = match op_at {
+            Some(at) if file.kind == FileKind::Change => {
+                let values = text(at)?;
+                (0..n)
+                    .map(|i| {
+                        let value = if values.is_null(i) {
+                            ""
+                        } else {
+                            values.value(i)
+                        };
+                        op_code(value).ok_or_else(|| {
+                            bad_row(
+                                file,
+                                lines[i],
+                                Some("Op"),
+                                format!("`{value}` is not an operation (I, U or D)"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            _ => vec![ChangeOp::Insert; n],
+        };
+        let days = match timestamp_at {
+            Some(at) => day_column(batch.column(at), file, &lines, config)?,
+            None => vec![None; n],
+        };
+        let raw = positions
+            .iter()
+            .map(|&at| text(at))
+            .collect::<Result<Vec<_>>>()?;
+        out.push(ChangeBatch {
+            rows: typed_batch(config, file, index, raw, lines.clone())?,
+            ops,
+            order: lines
+                .iter()
+                .map(|&l| SourceOrder {
+                    position: 0,
+                    file: index as u32,
+                    row: l,
+                })
+                .collect(),
+            commit_days: days,
+        });
+    }
+    Ok(out)
+}
+
+/// Commit days of a Parquet timestamp column (a timestamp type, or text).
+fn day_column(
+    column: &deltalake::arrow::array::ArrayRef,
+    file: &ChangeFile,
+    lines: &[u64],
+    config: &ChangelogTable,
+) -> Result<Vec<Option<i32>>> {
+    let name = config.timestamp_column.as_deref().unwrap_or("timestamp");
+    if let DataType::Timestamp(_, _) = column.data_type() {
+        let micros = cast(
+            column,
+            &DataType::Timestamp(deltalake::arrow::datatypes::TimeUnit::Microsecond, None),
+        )?;
+        let micros = micros.as_primitive::<deltalake::arrow::datatypes::TimestampMicrosecondType>();
+        return Ok((0..micros.len())
+            .map(|i| {
+                (!micros.is_null(i)).then(|| micros.value(i).div_euclid(86_400_000_000) as i32)
+            })
+            .collect());
+    }
+    let text = cast(column, &DataType::Utf8)?;
+    let text = text.as_string::<i32>();
+    (0..text.len())
+        .map(|i| {
+            if text.is_null(i) {
+                return Ok(None);
+            }
+            timestamp_days(text.value(i)).map(Some).ok_or_else(|| {
+                bad_row(
+                    file,
+                    lines[i],
+                    Some(name),
+                    format!("cannot parse `{}` as a commit timestamp", text.value(i)),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Parses a DMS `Op` value (`I`, `U`, `D`; case-insensitive).
+fn op_code(text: &str) -> Option<ChangeOp> {
+    match text.trim() {
+        "I" | "i" => Some(ChangeOp::Insert),
+        "U" | "u" => Some(ChangeOp::Update),
+        "D" | "d" => Some(ChangeOp::Delete),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_dms_op_codes() {
+        assert_eq!(op_code("U"), Some(ChangeOp::Update));
+        assert_eq!(op_code(" d"), Some(ChangeOp::Delete));
+        assert_eq!(op_code("x"), None);
+    }
+
+    #[test]
+    fn works_out_the_csv_layout_from_the_field_count() {
+        let l = |op, timestamp, first_data| {
+            Some(CsvLayout {
+                op,
+                timestamp,
+                first_data,
+            })
+        };
+        // change files: Op first, then the timestamp when configured
+        assert_eq!(
+            csv_layout(4, 3, false, b"U", FileKind::Change),
+            l(Some(0), None, 1)
+        );
+        assert_eq!(
+            csv_layout(5, 3, true, b"D", FileKind::Change),
+            l(Some(0), Some(1), 2)
+        );
+        assert_eq!(csv_layout(3, 3, false, b"1", FileKind::Change), None);
+        // full-load files: Op optional
+        assert_eq!(
+            csv_layout(3, 3, false, b"1", FileKind::Load),
+            l(None, None, 0)
+        );
+        assert_eq!(
+            csv_layout(4, 3, false, b"I", FileKind::Load),
+            l(Some(0), None, 1)
+        );
+        assert_eq!(
+            csv_layout(4, 3, true, b"2020-01-01 00:00:00", FileKind::Load),
+            l(None, Some(0), 1)
+        );
+        assert_eq!(csv_layout(7, 3, true, b"I", FileKind::Load), None);
+    }
+}

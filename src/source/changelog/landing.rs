@@ -1,0 +1,692 @@
+//! A landing zone: the change files of one `<schema>/<table>` folder, as a [`ChangeSource`].
+//!
+//! Files are listed in source order ([`list`]), the ones the table's checkpoint (the
+//! applied-files table) already records are left out by name (`LOAD` files by name and
+//! modification time), and the rest are read in order into change batches. A `LOAD` file that
+//! was not applied (a new or reloaded full load) makes the run a reload that replaces the
+//! current table. On a reload (a table that had applied a full load before), change files not
+//! yet applied whose modification time is older than the new load are recorded as superseded
+//! instead of applied: the load already holds their effect. A first load applies every change
+//! file after it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use indicatif::ProgressBar;
+
+use super::{read, ChangeFile, ChangeFormat, FileKind};
+use crate::config::tables::{table_name, Layout, TableEntry, TablesFile};
+use crate::config::{ChangelogTable, ColumnFile};
+use crate::core::change::ChangeBatch;
+use crate::core::checkpoint::{
+    AppliedFile, AppliedSet, Checkpoint, Committed, CHANGE, LOAD, SUPERSEDED,
+};
+use crate::error::{Error, Result};
+use crate::source::{ChangeSource, Pending};
+
+/// Batches read ahead of the consumer.
+const READ_AHEAD_BATCHES: usize = 4;
+
+/// The change files of one landing-zone table folder, read in source order.
+pub struct LandingZone {
+    config: ChangelogTable,
+    files: Vec<ChangeFile>,
+    run_days: i32,
+    bar: ProgressBar,
+    /// Planned by [`ChangeSource::plan`]: the files to read, and those only recorded.
+    read: Vec<ChangeFile>,
+    superseded: Vec<ChangeFile>,
+    /// Checkpoint records of the files read so far, in order.
+    done: Vec<AppliedFile>,
+}
+
+impl LandingZone {
+    /// Lists the change files of `folder` for the table `config`. `run_days` is the run's
+    /// business date (days since 1970-01-01) for changes that carry no commit time (or all of
+    /// them, with `eff_start: run`); `bar` shows which file is being read.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when the folder cannot be listed.
+    pub fn open(
+        folder: &Path,
+        config: &ChangelogTable,
+        run_days: i32,
+        bar: ProgressBar,
+    ) -> Result<Self> {
+        Ok(LandingZone {
+            config: config.clone(),
+            files: list(folder, config.layout)?,
+            run_days,
+            bar,
+            read: Vec::new(),
+            superseded: Vec::new(),
+            done: Vec::new(),
+        })
+    }
+}
+
+/// What a reader thread hands the stream: a batch, a file finished, or the end.
+enum Read {
+    Batch(Box<ChangeBatch>),
+    File(AppliedFile),
+    End,
+}
+
+impl ChangeSource for LandingZone {
+    fn plan(&mut self, committed: &Committed) -> Result<Pending> {
+        let todo = pending(std::mem::take(&mut self.files), &committed.files);
+        self.read = todo.read;
+        self.superseded = todo.superseded;
+        self.done.clear();
+        Ok(Pending {
+            reload: todo.reload,
+            units: self.read.len(),
+            skipped: self.superseded.len(),
+        })
+    }
+
+    /// Reads the planned files on a thread of their own (parsing is CPU-bound), a few batches
+    /// ahead of the consumer, in file order. A file's error ends the stream with it.
+    fn changes(&mut self) -> BoxStream<'_, Result<ChangeBatch>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Read>>(READ_AHEAD_BATCHES);
+        let files = std::mem::take(&mut self.read);
+        let (config, bar, run_days) = (
+            Arc::new(self.config.clone()),
+            self.bar.clone(),
+            self.run_days,
+        );
+        let total = files.len();
+        let reader = tokio::task::spawn_blocking(move || {
+            for (i, file) in files.iter().enumerate() {
+                bar.set_message(format!("reading {}/{total}: {}", i + 1, file.name));
+                let batches = match read(&config, file, i, run_days) {
+                    Ok(batches) => batches,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                let rows: u64 = batches.iter().map(|b| b.len() as u64).sum();
+                for batch in batches {
+                    if tx.blocking_send(Ok(Read::Batch(Box::new(batch)))).is_err() {
+                        return;
+                    }
+                }
+                let kind = match file.kind {
+                    FileKind::Load => LOAD,
+                    FileKind::Change => CHANGE,
+                };
+                if tx
+                    .blocking_send(Ok(Read::File(applied_record(file, kind, rows))))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = tx.blocking_send(Ok(Read::End));
+        });
+        let done = &mut self.done;
+        futures::stream::unfold(
+            (rx, Some(reader), done),
+            |(mut rx, reader, done)| async move {
+                reader.as_ref()?;
+                loop {
+                    match rx.recv().await {
+                        Some(Ok(Read::Batch(batch))) => {
+                            return Some((Ok(*batch), (rx, reader, done)))
+                        }
+                        Some(Ok(Read::File(record))) => done.push(record),
+                        Some(Ok(Read::End)) => return None,
+                        Some(Err(e)) => return Some((Err(e), (rx, None, done))),
+                        // The reader ended without `End`: it panicked.
+                        None => {
+                            let e = match reader?.await {
+                                Err(e) => Error::Internal(format!("reader task failed: {e}")),
+                                Ok(()) => Error::Internal("reader stopped early".into()),
+                            };
+                            return Some((Err(e), (rx, None, done)));
+                        }
+                    }
+                }
+            },
+        )
+        .boxed()
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        let mut files = self.done.clone();
+        files.extend(
+            self.superseded
+                .iter()
+                .map(|f| applied_record(f, SUPERSEDED, 0)),
+        );
+        Checkpoint::Files(files)
+    }
+}
+
+/// Lists the change files under `folder` (sub-folders included, for DMS date partitions) in
+/// source order: `LOAD` files by their hexadecimal counter (`LOAD00000009` before
+/// `LOAD0000000A`), then change files by file name without its extension (DMS names them by
+/// timestamp), then by path. Files that are not change files of the layout are skipped with a
+/// warning (`.gz` files: compressed change files are not read); names starting with `.` or `_`
+/// (`_SUCCESS`, `.crc`) silently.
+///
+/// # Errors
+/// [`Error::Input`] when the folder cannot be listed.
+pub fn list(folder: &Path, layout: Layout) -> Result<Vec<ChangeFile>> {
+    let mut out = Vec::new();
+    walk(folder, folder, layout, &mut out)?;
+    out.sort_by(|a, b| {
+        let file_name = |f: &ChangeFile| {
+            let name = f.name.rsplit('/').next().unwrap_or("");
+            name.rsplit_once('.')
+                .map_or(name, |(stem, _)| stem)
+                .to_string()
+        };
+        (a.kind, a.load_counter, file_name(a), &a.name).cmp(&(
+            b.kind,
+            b.load_counter,
+            file_name(b),
+            &b.name,
+        ))
+    });
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, layout: Layout, out: &mut Vec<ChangeFile>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Input {
+        path: dir.to_path_buf(),
+        reason: format!("cannot list: {e}"),
+    })?;
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name.starts_with(['.', '_']) {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            walk(root, &path, layout, out)?;
+            continue;
+        }
+        let Some((kind, format, load_counter)) = classify(&file_name, layout) else {
+            tracing::warn!(file = %path.display(), ?layout, "not a change file of this layout (csv or parquet for dms, json, jsonl or avro for debezium; compressed files are not read); skipped");
+            continue;
+        };
+        let modified_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        let name = path
+            .strip_prefix(root)
+            .unwrap_or(&path)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        out.push(ChangeFile {
+            path,
+            name,
+            kind,
+            format,
+            size: meta.len(),
+            modified_ms,
+            load_counter,
+        });
+    }
+    Ok(())
+}
+
+/// The layout a table folder's files suggest: Debezium when it holds JSON or Avro files.
+pub fn guess_layout(folder: &Path) -> Layout {
+    fn has_events(dir: &Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                return has_events(&path);
+            }
+            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+            [".json", ".jsonl", ".avro"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+        })
+    }
+    if has_events(folder) {
+        Layout::Debezium
+    } else {
+        Layout::Dms
+    }
+}
+
+/// Kind, format and `LOAD` counter of a file name, or None when it is not a change file.
+fn classify(file_name: &str, layout: Layout) -> Option<(FileKind, ChangeFormat, u64)> {
+    let (stem, ext) = file_name.rsplit_once('.')?;
+    let format = match (layout, ext.to_ascii_lowercase().as_str()) {
+        (Layout::Dms, "csv") => ChangeFormat::Csv,
+        (Layout::Dms, "parquet") => ChangeFormat::Parquet,
+        (Layout::Debezium, "json" | "jsonl") => ChangeFormat::JsonLines,
+        (Layout::Debezium, "avro") => ChangeFormat::Avro,
+        _ => return None,
+    };
+    if layout == Layout::Dms {
+        if let Some(hex) = stem.strip_prefix("LOAD") {
+            let counter = u64::from_str_radix(hex, 16).ok()?;
+            return Some((FileKind::Load, format, counter));
+        }
+    }
+    Some((FileKind::Change, format, 0))
+}
+
+/// The files a table still has to take, and whether they start with a full load.
+#[derive(Debug, Default)]
+struct PendingFiles {
+    reload: bool,
+    /// Files to read, in source order.
+    read: Vec<ChangeFile>,
+    /// Change files older than the reload: recorded, not applied.
+    superseded: Vec<ChangeFile>,
+}
+
+fn pending(files: Vec<ChangeFile>, done: &AppliedSet) -> PendingFiles {
+    for f in &files {
+        if let Some(&size) = done.change_sizes.get(&f.name) {
+            if size != f.size as i64 {
+                tracing::warn!(file = %f.path.display(), applied_bytes = size, now_bytes = f.size,
+                    "a change file changed size after it was applied; its new rows are not applied \
+                     (land files atomically: write, then rename)");
+            }
+        }
+    }
+    let (loads, changes): (Vec<ChangeFile>, Vec<ChangeFile>) =
+        files.into_iter().partition(|f| f.kind == FileKind::Load);
+    let is_new = |f: &ChangeFile| !done.loads.contains(&(f.name.clone(), f.modified_ms));
+    let Some(load_time) = loads
+        .iter()
+        .filter(|f| is_new(f))
+        .map(|f| f.modified_ms)
+        .min()
+    else {
+        return PendingFiles {
+            reload: false,
+            read: changes
+                .into_iter()
+                .filter(|f| !done.changes.contains(&f.name))
+                .collect(),
+            superseded: Vec::new(),
+        };
+    };
+    // A full load: the LOAD files written with or after the first new one (older LOAD files
+    // left from an earlier load are not part of it), then the change files from its time on,
+    // applied before or not (the table is replaced, so their effect must be redone).
+    let mut out = PendingFiles {
+        reload: true,
+        read: loads
+            .into_iter()
+            .filter(|f| f.modified_ms >= load_time)
+            .collect(),
+        superseded: Vec::new(),
+    };
+    for f in changes {
+        let applied = done.changes.contains(&f.name);
+        if f.modified_ms >= load_time {
+            out.read.push(f);
+        } else if applied {
+            // already applied, and older than the load: the load holds its effect
+        } else if done.has_load() {
+            // A reload: an older change file is in the new load already; applied after it,
+            // it would bring back old values.
+            out.superseded.push(f);
+        } else {
+            // A first load takes every change file after it.
+            out.read.push(f);
+        }
+    }
+    out
+}
+
+/// The checkpoint record of a file read (or superseded) with `rows` change rows.
+fn applied_record(file: &ChangeFile, kind: &'static str, rows: u64) -> AppliedFile {
+    AppliedFile {
+        file: file.name.clone(),
+        kind,
+        size_bytes: file.size as i64,
+        modified_ms: file.modified_ms,
+        rows: rows as i64,
+    }
+}
+
+/// The `<schema>/<table>` folders under a landing root, sorted.
+///
+/// # Errors
+/// [`Error::Input`] when the root cannot be listed.
+pub fn discover(landing: &Path) -> Result<Vec<String>> {
+    let list = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::Input {
+            path: dir.to_path_buf(),
+            reason: format!("cannot list: {e}"),
+        })?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']));
+            if path.is_dir() && !hidden {
+                out.push(path);
+            }
+        }
+        Ok(out)
+    };
+    let mut found = Vec::new();
+    for schema in list(landing)? {
+        for table in list(&schema)? {
+            let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+            if let (Some(s), Some(t)) = (name(&schema), name(&table)) {
+                found.push(format!("{s}/{t}"));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Adds the landing folders the tables file does not list yet, as inactive entries (columns
+/// taken from a Parquet file when there is one), and applies `activate`/`deactivate`
+/// (`<schema>/<table>` names). Returns the updated file and the sources it added.
+///
+/// # Errors
+/// [`Error::Usage`] for an activate/deactivate name that is not listed; listing and Parquet
+/// errors.
+pub fn refresh_tables(
+    landing: &Path,
+    mut file: TablesFile,
+    activate: &[String],
+    deactivate: &[String],
+) -> Result<(TablesFile, Vec<String>)> {
+    let mut added = Vec::new();
+    for source in discover(landing)? {
+        if file.find(&source).is_some() {
+            continue;
+        }
+        let folder = landing.join(&source);
+        let layout = guess_layout(&folder);
+        let columns = infer_columns(&folder, layout).unwrap_or_default();
+        file.tables
+            .push(TableEntry::discovered(source.clone(), columns, layout));
+        added.push(source);
+    }
+    for (names, value) in [(activate, true), (deactivate, false)] {
+        for name in names {
+            let wanted = table_name(name);
+            let entry = file
+                .tables
+                .iter_mut()
+                .find(|t| t.name() == wanted)
+                .ok_or_else(|| Error::Usage(format!("`{name}` is not in the tables file")))?;
+            entry.active = value;
+        }
+    }
+    file.tables.sort_by(|a, b| a.source.cmp(&b.source));
+    Ok((file, added))
+}
+
+/// Columns of the first Parquet change file of a DMS folder (without `Op`).
+fn infer_columns(folder: &Path, layout: Layout) -> Option<Vec<ColumnFile>> {
+    use deltalake::arrow::datatypes::DataType;
+    if layout != Layout::Dms {
+        return None;
+    }
+    let files = list(folder, layout).ok()?;
+    let parquet = files.iter().find(|f| f.format == ChangeFormat::Parquet)?;
+    let handle = std::fs::File::open(&parquet.path).ok()?;
+    let builder =
+        deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)
+            .ok()?;
+    let schema: Arc<deltalake::arrow::datatypes::Schema> = builder.schema().clone();
+    Some(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| !f.name().eq_ignore_ascii_case("Op"))
+            .map(|f| {
+                let ty = match f.data_type() {
+                    DataType::Int8 | DataType::Int16 | DataType::Int32 => "int".to_string(),
+                    DataType::Int64 | DataType::UInt32 => "long".into(),
+                    DataType::Float32 | DataType::Float64 => "double".into(),
+                    DataType::Boolean => "boolean".into(),
+                    DataType::Date32 | DataType::Date64 => "date".into(),
+                    DataType::Timestamp(_, _) => "timestamp".into(),
+                    DataType::Decimal128(p, s) => format!("decimal({p},{s})"),
+                    _ => "string".into(),
+                };
+                ColumnFile {
+                    name: f.name().clone(),
+                    ty,
+                    key: false,
+                    ignore: false,
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::core::change::ChangeOp;
+    use crate::source::changelog::tests::test_file;
+
+    fn file(name: &str, kind: FileKind, modified_ms: i64) -> ChangeFile {
+        let mut f = test_file(name, kind);
+        f.modified_ms = modified_ms;
+        f
+    }
+
+    #[test]
+    fn applied_files_are_skipped_by_name_not_by_time() {
+        let mut done = AppliedSet::default();
+        done.loads.insert(("LOAD00000001.csv".into(), 10));
+        done.changes.insert("20240101-0000000000.csv".into());
+        let files = vec![
+            file("LOAD00000001.csv", FileKind::Load, 10),
+            file("20240101-0000000000.csv", FileKind::Change, 20),
+            // same timestamp in the name as an applied file, older modification time
+            file("20240101-0000000000-b.csv", FileKind::Change, 5),
+        ];
+        let p = pending(files, &done);
+        assert!(!p.reload);
+        let names: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["20240101-0000000000-b.csv"]);
+    }
+
+    #[test]
+    fn a_reload_ignores_stale_load_files_and_redoes_newer_changes() {
+        let mut done = AppliedSet::default();
+        for (name, t) in [
+            ("LOAD00000001.csv", 10),
+            ("LOAD00000002.csv", 10),
+            ("LOAD00000003.csv", 10),
+        ] {
+            done.loads.insert((name.into(), t));
+        }
+        done.changes.insert("20240101-0000000000.csv".into());
+        done.changes.insert("20240103-0000000000.csv".into());
+        let files = vec![
+            file("LOAD00000001.csv", FileKind::Load, 100),
+            file("LOAD00000002.csv", FileKind::Load, 101),
+            // left over from the earlier, larger load
+            file("LOAD00000003.csv", FileKind::Load, 10),
+            file("20240101-0000000000.csv", FileKind::Change, 50),
+            file("20240102-0000000000.csv", FileKind::Change, 60),
+            // applied before the reload was seen, but written after it started
+            file("20240103-0000000000.csv", FileKind::Change, 120),
+        ];
+        let p = pending(files, &done);
+        assert!(p.reload);
+        let read: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            read,
+            [
+                "LOAD00000001.csv",
+                "LOAD00000002.csv",
+                "20240103-0000000000.csv"
+            ]
+        );
+        let superseded: Vec<&str> = p.superseded.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(superseded, ["20240102-0000000000.csv"]);
+    }
+
+    #[test]
+    fn a_first_load_applies_every_change_file_after_it() {
+        let files = vec![
+            file("LOAD00000001.csv", FileKind::Load, 100),
+            file("20240101-0000000000.csv", FileKind::Change, 50),
+        ];
+        let p = pending(files, &AppliedSet::default());
+        assert!(p.reload);
+        assert_eq!(p.read.len(), 2);
+        assert!(p.superseded.is_empty());
+    }
+
+    #[test]
+    fn a_rewritten_load_file_reloads_and_supersedes_older_changes() {
+        let mut done = AppliedSet::default();
+        done.loads.insert(("LOAD00000001.csv".into(), 10));
+        let files = vec![
+            file("LOAD00000001.csv", FileKind::Load, 100),
+            file("20240101-0000000000.csv", FileKind::Change, 50),
+            file("20240102-0000000000.csv", FileKind::Change, 150),
+        ];
+        let p = pending(files, &done);
+        assert!(p.reload);
+        let read: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(read, ["LOAD00000001.csv", "20240102-0000000000.csv"]);
+        assert_eq!(p.superseded.len(), 1);
+    }
+
+    #[test]
+    fn load_files_order_by_hex_counter_then_changes_by_timestamp_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "20141029-1134010000.csv",
+            "LOAD0000000A.csv",
+            "LOAD00000009.csv",
+            "2014/10/28/20141028-0900000000.csv",
+            "20141029-1134010000-2.csv",
+            "_SUCCESS",
+            "notes.txt",
+            "LOAD00000010.csv",
+        ];
+        for n in names {
+            let p = dir.path().join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "").unwrap();
+        }
+        let files = list(dir.path(), Layout::Dms).unwrap();
+        let got: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "LOAD00000009.csv",
+                "LOAD0000000A.csv",
+                "LOAD00000010.csv",
+                "2014/10/28/20141028-0900000000.csv",
+                "20141029-1134010000.csv",
+                "20141029-1134010000-2.csv",
+            ]
+        );
+        assert_eq!(files[0].kind, FileKind::Load);
+        assert_eq!(files[3].kind, FileKind::Change);
+        assert!(list(dir.path(), Layout::Debezium).unwrap().is_empty());
+    }
+
+    #[test]
+    fn discovers_schema_table_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        for p in ["sales/orders", "sales/items", "hr/people", "_tmp/x"] {
+            std::fs::create_dir_all(dir.path().join(p)).unwrap();
+        }
+        std::fs::write(dir.path().join("sales/README"), "not a table").unwrap();
+        assert_eq!(
+            discover(dir.path()).unwrap(),
+            vec!["hr/people", "sales/items", "sales/orders"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_landing_zone_streams_every_pending_file_and_checkpoints_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("sales/orders");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("LOAD00000001.csv"), "1,a\n2,b\n").unwrap();
+        std::fs::write(folder.join("20240101-000000000.csv"), "U,1,c\nD,2,b\n").unwrap();
+        let entry: crate::config::TableEntry = serde_yaml::from_str(
+            "source: sales/orders\nprimary_key: [id]\ncolumns:\n- {name: id, type: long}\n- {name: v, type: string}\n",
+        )
+        .unwrap();
+        let config = entry.changelog_table(0, &dir.path().join("lake")).unwrap();
+        let mut zone = LandingZone::open(&folder, &config, 0, ProgressBar::hidden()).unwrap();
+        let pending = zone.plan(&Committed::default()).unwrap();
+        assert!(pending.reload);
+        assert_eq!((pending.units, pending.skipped), (2, 0));
+        let batches: Vec<ChangeBatch> = zone.changes().try_collect().await.unwrap();
+        let ops: Vec<ChangeOp> = batches.iter().flat_map(|b| b.ops.clone()).collect();
+        use ChangeOp::*;
+        assert_eq!(ops, [Insert, Insert, Update, Delete]);
+        let Checkpoint::Files(files) = zone.checkpoint();
+        let names: Vec<(&str, &str, i64)> = files
+            .iter()
+            .map(|f| (f.file.as_str(), f.kind, f.rows))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("LOAD00000001.csv", LOAD, 2),
+                ("20240101-000000000.csv", CHANGE, 2)
+            ]
+        );
+        // Everything applied: nothing pending.
+        let mut committed = Committed::default();
+        committed
+            .files
+            .loads
+            .insert(("LOAD00000001.csv".into(), files[0].modified_ms));
+        committed
+            .files
+            .changes
+            .insert("20240101-000000000.csv".into());
+        let mut zone = LandingZone::open(&folder, &config, 0, ProgressBar::hidden()).unwrap();
+        assert!(zone.plan(&committed).unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_file_ends_the_stream_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("s/t");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("20240101-000000000.csv"), "I,1\nI,x\n").unwrap();
+        let entry: crate::config::TableEntry = serde_yaml::from_str(
+            "source: s/t\nprimary_key: [id]\ncolumns:\n- {name: id, type: long}\n",
+        )
+        .unwrap();
+        let config = entry.changelog_table(0, &dir.path().join("lake")).unwrap();
+        let mut zone = LandingZone::open(&folder, &config, 0, ProgressBar::hidden()).unwrap();
+        zone.plan(&Committed::default()).unwrap();
+        let err = zone
+            .changes()
+            .try_collect::<Vec<ChangeBatch>>()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("`id`"), "{err}");
+    }
+}

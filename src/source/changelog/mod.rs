@@ -1,0 +1,238 @@
+//! Change logs: the files of one landing-zone table ([`landing`], a [`ChangeSource`]), each
+//! read into [`ChangeBatch`]es by its format's reader (DMS CSV and Parquet in [`dms`], Debezium
+//! JSON lines and Avro in [`debezium`]), with each reader's operation codes mapped onto
+//! [`ChangeOp`].
+//!
+//! A bad change row always fails the read, naming file, line and column: skipping one change of
+//! a log would leave the table wrong with no trace, so `on_error: reject` does not apply here.
+//!
+//! [`ChangeSource`]: super::ChangeSource
+
+mod debezium;
+mod dms;
+pub mod landing;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder};
+
+use super::cast::cast_column;
+use super::hash_batch;
+use crate::config::tables::EffStart;
+use crate::config::ChangelogTable;
+use crate::core::batch::{HashedBatch, BATCH_ROWS};
+use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
+use crate::core::schema::payload_schema;
+use crate::error::{Error, Result};
+
+pub use landing::LandingZone;
+
+/// Whether a file is part of a full load or a change log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FileKind {
+    /// DMS full load (`LOAD<hex counter>`): rows are inserts, `Op` may be absent.
+    Load,
+    /// DMS change file (timestamp name) or Debezium event file.
+    Change,
+}
+
+/// File formats of change files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeFormat {
+    /// DMS CSV (no header).
+    Csv,
+    /// DMS Parquet.
+    Parquet,
+    /// Debezium events, one JSON object per line.
+    JsonLines,
+    /// Avro container files (Kafka Connect S3 sink) of Debezium events.
+    Avro,
+}
+
+/// One change file of a table's landing folder.
+#[derive(Debug, Clone)]
+pub struct ChangeFile {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// Path relative to the table folder, with `/` separators: the file's identity.
+    pub name: String,
+    /// Full load or change log.
+    pub kind: FileKind,
+    /// How it is read.
+    pub format: ChangeFormat,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+    /// DMS `LOAD` counter (hexadecimal in the name).
+    load_counter: u64,
+}
+
+/// Reads one change file; `index` is its place in the run's file list (the source order).
+///
+/// # Errors
+/// [`Error::BadRow`] naming file, line and column; [`Error::Input`] for unreadable files or
+/// missing columns; Arrow, Parquet and JSON errors.
+pub fn read(
+    config: &ChangelogTable,
+    file: &ChangeFile,
+    index: usize,
+    run_days: i32,
+) -> Result<Vec<ChangeBatch>> {
+    match file.format {
+        ChangeFormat::Csv => dms::read_csv(config, file, index),
+        ChangeFormat::Parquet => dms::read_parquet(config, file, index),
+        ChangeFormat::JsonLines | ChangeFormat::Avro => debezium::read(config, file, index),
+    }
+    .map_err(|e| match e {
+        e @ (Error::BadRow { .. } | Error::Input { .. }) => e,
+        // CSV, Parquet, I/O and Arrow errors: name the file
+        other => Error::Input {
+            path: file.path.clone(),
+            reason: other.to_string(),
+        },
+    })
+    .map(|batches| {
+        batches
+            .into_iter()
+            .map(|mut b| {
+                if config.eff_start == EffStart::Run {
+                    b.commit_days.iter_mut().for_each(|d| *d = Some(run_days));
+                }
+                b
+            })
+            .collect()
+    })
+}
+
+/// Change rows gathered from one file as text per configured column, turned into typed,
+/// hashed [`ChangeBatch`]es of at most [`BATCH_ROWS`] rows.
+pub(super) struct RowsBuilder<'a> {
+    config: &'a ChangelogTable,
+    file: &'a ChangeFile,
+    index: usize,
+    /// One builder per configured column: append each row's values, then call [`Self::push`].
+    pub columns: Vec<StringBuilder>,
+    ops: Vec<ChangeOp>,
+    order: Vec<SourceOrder>,
+    days: Vec<Option<i32>>,
+    lines: Vec<u64>,
+    done: Vec<ChangeBatch>,
+}
+
+impl<'a> RowsBuilder<'a> {
+    pub fn new(config: &'a ChangelogTable, file: &'a ChangeFile, index: usize) -> Self {
+        RowsBuilder {
+            config,
+            file,
+            index,
+            columns: config
+                .table
+                .columns
+                .iter()
+                .map(|_| StringBuilder::new())
+                .collect(),
+            ops: Vec::new(),
+            order: Vec::new(),
+            days: Vec::new(),
+            lines: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Records the operation, order position, commit day and line of the row whose values were
+    /// just appended to [`Self::columns`].
+    pub fn push(&mut self, op: ChangeOp, position: u64, day: Option<i32>, line: u64) -> Result<()> {
+        self.ops.push(op);
+        self.order.push(SourceOrder {
+            position,
+            file: self.index as u32,
+            row: line,
+        });
+        self.days.push(day);
+        self.lines.push(line);
+        if self.ops.len() >= BATCH_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let raw = self.columns.iter_mut().map(|b| b.finish()).collect();
+        let lines = std::mem::take(&mut self.lines);
+        self.done.push(ChangeBatch {
+            rows: typed_batch(self.config, self.file, self.index, raw, lines)?,
+            ops: std::mem::take(&mut self.ops),
+            order: std::mem::take(&mut self.order),
+            commit_days: std::mem::take(&mut self.days),
+        });
+        Ok(())
+    }
+
+    /// Every batch gathered.
+    pub fn finish(mut self) -> Result<Vec<ChangeBatch>> {
+        self.flush()?;
+        Ok(self.done)
+    }
+}
+
+/// Casts raw text columns (configured columns, config order) to their types and hashes them.
+/// The first value that does not convert fails the read, naming its line and column.
+pub(super) fn typed_batch(
+    config: &ChangelogTable,
+    file: &ChangeFile,
+    index: usize,
+    raw: Vec<StringArray>,
+    lines: Vec<u64>,
+) -> Result<HashedBatch> {
+    let config = &config.table;
+    let mut typed: Vec<ArrayRef> = Vec::with_capacity(raw.len());
+    let mut first_bad: Option<(usize, usize)> = None;
+    for (c, column) in raw.into_iter().enumerate() {
+        let column: ArrayRef = Arc::new(column);
+        let (array, bad) = cast_column(&column, config.columns[c].ty)?;
+        if let Some(&row) = bad.first() {
+            if first_bad.is_none_or(|(r, _)| row < r) {
+                first_bad = Some((row, c));
+            }
+        }
+        typed.push(if first_bad.is_some() { column } else { array });
+    }
+    if let Some((row, c)) = first_bad {
+        let value = typed[c]
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .map(|a| a.value(row).to_string())
+            .unwrap_or_default();
+        return Err(Error::bad_row(
+            file.path.display(),
+            lines[row],
+            Some(&config.columns[c].name),
+            format!("cannot parse `{value}` as {}", config.columns[c].ty),
+        ));
+    }
+    let batch = RecordBatch::try_new(payload_schema(&config.typed_columns()), typed)?;
+    hash_batch(config, batch, index, lines)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A change file entry for tests of the controller's bookkeeping (no file behind it).
+    pub(crate) fn test_file(name: &str, kind: FileKind) -> ChangeFile {
+        ChangeFile {
+            path: PathBuf::from(name),
+            name: name.to_string(),
+            kind,
+            format: ChangeFormat::Csv,
+            size: 0,
+            modified_ms: 0,
+            load_counter: 0,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Input discovery (a file or a folder of files) and the input fingerprint.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::config::InputFormat;
+use crate::error::{Error, Result};
+
+/// One input file and its format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputFile {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// How it is read.
+    pub format: InputFormat,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl InputFile {
+    /// The path as shown in messages.
+    pub fn display(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+fn format_of(path: &Path) -> Option<InputFormat> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "csv" | "txt" | "dat" => Some(InputFormat::Csv),
+        "parquet" | "parq" => Some(InputFormat::Parquet),
+        _ => None,
+    }
+}
+
+/// Lists the files of `input`: the file itself, or every `*.csv` (or `*.parquet`) file of a folder,
+/// sorted by name; names starting with `_` or `.` (Spark's `_SUCCESS`, `.crc` files) are skipped.
+/// `format` forces the format; otherwise it is taken from the extension.
+///
+/// # Errors
+/// [`Error::Input`] when the input does not exist, a folder holds no input file or a mix of
+/// formats, or a single file's format cannot be told.
+pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Vec<InputFile>> {
+    let err = |reason: String| Error::Input {
+        path: input.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(input).map_err(|e| err(format!("cannot read: {e}")))?;
+    if meta.is_file() {
+        let format = format.or_else(|| format_of(input)).ok_or_else(|| {
+            err("cannot tell the format from the extension; set `format:` in the config".into())
+        })?;
+        return Ok(vec![InputFile {
+            path: input.to_path_buf(),
+            format,
+            size: meta.len(),
+        }]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(input)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('_') || name.starts_with('.') || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let path = entry.path();
+        let Some(file_format) = format_of(&path) else {
+            continue;
+        };
+        if format.is_some_and(|f| f != file_format) {
+            continue;
+        }
+        files.push(InputFile {
+            size: entry.metadata()?.len(),
+            path,
+            format: file_format,
+        });
+    }
+    if files.is_empty() {
+        return Err(err("no *.csv or *.parquet file in this folder".into()));
+    }
+    if files.iter().any(|f| f.format != files[0].format) {
+        return Err(err(
+            "holds both CSV and Parquet files; set `format:` in the config".into(),
+        ));
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// A 128-bit fingerprint of the input: XXH3-128 over each file's name, size and content, in
+/// listing order. The same files give the same fingerprint wherever they are stored.
+///
+/// # Errors
+/// I/O errors reading the files.
+pub fn fingerprint(files: &[InputFile]) -> Result<String> {
+    fingerprint_unless(files, &AtomicBool::new(false))
+}
+
+/// The input's [`fingerprint`], computed on its own thread while the caller goes on (it reads
+/// every byte of the input once more, which takes a core about 0.1 s per 400 MB). Dropping it
+/// stops the thread at its next read.
+pub struct PendingFingerprint {
+    task: Option<std::thread::JoinHandle<Result<String>>>,
+    value: Option<String>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl PendingFingerprint {
+    /// Starts fingerprinting `files`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the thread cannot be started.
+    pub fn start(files: &[InputFile]) -> Result<Self> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (files, stop) = (files.to_vec(), cancel.clone());
+        let task = std::thread::Builder::new()
+            .name("fingerprint".into())
+            .spawn(move || fingerprint_unless(&files, &stop))?;
+        Ok(PendingFingerprint {
+            task: Some(task),
+            value: None,
+            cancel,
+        })
+    }
+
+    /// The fingerprint, waiting for it the first time (the calling thread blocks: call it
+    /// inside `block_in_place` on a tokio runtime).
+    ///
+    /// # Errors
+    /// I/O errors reading the files; [`Error::Internal`] if the thread panicked.
+    pub fn get(&mut self) -> Result<String> {
+        if let Some(task) = self.task.take() {
+            let value = task
+                .join()
+                .map_err(|_| Error::Internal("the fingerprint thread panicked".into()))??;
+            self.value = Some(value);
+        }
+        self.value
+            .clone()
+            .ok_or_else(|| Error::Internal("fingerprint failed earlier".into()))
+    }
+}
+
+impl Drop for PendingFingerprint {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// [`fingerprint`], giving up with [`Error::Internal`] once `cancel` is set.
+fn fingerprint_unless(files: &[InputFile], cancel: &AtomicBool) -> Result<String> {
+    let mut all = Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for file in files {
+        let name = file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        all.update(&(name.len() as u64).to_le_bytes());
+        all.update(name.as_bytes());
+        all.update(&file.size.to_le_bytes());
+        let mut f = std::fs::File::open(&file.path)?;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Internal("fingerprint cancelled".into()));
+            }
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            all.update(&buf[..n]);
+        }
+    }
+    Ok(format!("{:032x}", all.digest128()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_fingerprint_is_the_fingerprint_and_io_errors_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), vec![b'x'; 3 << 20]).unwrap();
+        std::fs::write(dir.path().join("b.csv"), "y").unwrap();
+        let files = list_input_files(dir.path(), None).unwrap();
+        let mut pending = PendingFingerprint::start(&files).unwrap();
+        let expected = fingerprint(&files).unwrap();
+        assert_eq!(pending.get().unwrap(), expected);
+        assert_eq!(pending.get().unwrap(), expected, "asked twice");
+        std::fs::remove_file(dir.path().join("b.csv")).unwrap();
+        let mut gone = PendingFingerprint::start(&files).unwrap();
+        assert!(
+            matches!(gone.get(), Err(Error::Io(_))),
+            "a missing file is an I/O error"
+        );
+    }
+
+    #[test]
+    fn folder_listing_skips_markers_and_sorts() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.csv", "a.csv", "_SUCCESS", ".a.csv.crc", "notes.md"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let files = list_input_files(dir.path(), None).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a.csv", "b.csv"]);
+    }
+
+    #[test]
+    fn empty_or_mixed_folders_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(list_input_files(dir.path(), None).is_err());
+        std::fs::write(dir.path().join("a.csv"), "x").unwrap();
+        std::fs::write(dir.path().join("b.parquet"), "x").unwrap();
+        assert!(list_input_files(dir.path(), None)
+            .unwrap_err()
+            .to_string()
+            .contains("both"));
+        assert_eq!(
+            list_input_files(dir.path(), Some(InputFormat::Csv))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn fingerprint_follows_content_not_location() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(a.path().join("d.csv"), "1,2\n").unwrap();
+        std::fs::write(b.path().join("d.csv"), "1,2\n").unwrap();
+        let fa = fingerprint(&list_input_files(a.path(), None).unwrap()).unwrap();
+        let fb = fingerprint(&list_input_files(b.path(), None).unwrap()).unwrap();
+        assert_eq!(fa, fb);
+        std::fs::write(b.path().join("d.csv"), "1,3\n").unwrap();
+        let fc = fingerprint(&list_input_files(b.path(), None).unwrap()).unwrap();
+        assert_ne!(fa, fc);
+    }
+}
