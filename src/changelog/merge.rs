@@ -32,7 +32,7 @@ use deltalake::DeltaTable;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::dedupe::last_per_key;
+use super::dedupe::{last_per_key, Picked};
 use crate::config::tables::DeleteMode;
 use crate::config::ChangelogTable;
 use crate::core::batch::BATCH_ROWS;
@@ -155,134 +155,14 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     };
 
     let merging = Instant::now();
-    let merged = async {
-        let mut removes = Vec::new();
-        if request.reload {
-            removes = delta::all_files_removed(&lake.current)?;
-            summary.files_rewritten = summary.current_files;
-        }
-        if config.insert_only {
-            let mut picked = Vec::new();
-            for (b, batch) in request.changes.iter().enumerate() {
-                for (row, op) in batch.ops.iter().enumerate() {
-                    if *op == ChangeOp::Insert {
-                        picked.push((b, row));
-                    } else {
-                        summary.skipped_without_key += 1;
-                    }
-                }
-            }
-            summary.inserted = picked.len() as u64;
-            summary.keys_changed = picked.len() as u64;
-            let codes = vec!["I"; picked.len()];
-            out.upserts(&picked, &codes).await?;
-            return Ok::<_, Error>(removes);
-        }
-        let dedupe = Instant::now();
-        let winners = last_per_key(&request.changes);
-        summary.stages.dedupe_secs = dedupe.elapsed().as_secs_f64();
-        summary.keys_changed = winners.len() as u64;
-        // Stored rows of changed keys (for history D rows and ignored deletes).
-        let mut old_rows: Vec<RecordBatch> = Vec::new();
-        let mut old_at: DigestMap<(usize, usize)> = DigestMap::default();
-        let mut live: HashSet<Key> = HashSet::new();
-        if !request.reload && summary.current_files > 0 {
-            let mut changed: DigestMap<()> = DigestMap::default();
-            changed.reserve(winners.len());
-            for p in &winners {
-                changed.insert(key(request.changes[p.batch].rows.keyhash.value(p.row)), ());
-            }
-            let scan = Instant::now();
-            let impacted = impacted_files(&lake.current, &changed).await?;
-            summary.stages.impacted_scan_secs = scan.elapsed().as_secs_f64();
-            summary.files_rewritten = impacted.len() as u64;
-            removes = impacted.values().cloned().collect();
-            if !impacted.is_empty() {
-                // conformed batches have the table schema: columns by position
-                let (keyhash_at, operation_at) =
-                    (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
-                let mut stream = scan_files(&lake.current, impacted.keys().cloned()).await?;
-                while let Some(batch) = stream.next().await {
-                    let batch = delta::conform(&batch?, &schema, &HashMap::new())?;
-                    let keyhash = batch.column(keyhash_at).as_binary::<i32>();
-                    let hit: BooleanArray = (0..batch.num_rows())
-                        .map(|i| Some(changed.contains_key(&key(keyhash.value(i)))))
-                        .collect();
-                    let kept = filter_record_batch(&batch, &deltalake::arrow::compute::not(&hit)?)?;
-                    summary.rows_copied += kept.num_rows() as u64;
-                    send(out.current, kept).await?;
-                    let old = filter_record_batch(&batch, &hit)?;
-                    if old.num_rows() > 0 {
-                        let keyhash = old.column(keyhash_at).as_binary::<i32>();
-                        let ops = old.column(operation_at).as_string::<i32>();
-                        for i in 0..old.num_rows() {
-                            let k = key(keyhash.value(i));
-                            old_at.insert(k, (old_rows.len(), i));
-                            if ops.value(i) != "D" {
-                                live.insert(k);
-                            }
-                        }
-                        old_rows.push(old);
-                    }
-                }
-            }
-        }
-
-        // Resolve each key's last change against the stored state.
-        let mut new_picks = Vec::new();
-        let mut new_codes = Vec::new();
-        let mut deleted = Vec::new();
-        let mut kept_old = Vec::new();
-        for p in &winners {
-            let batch = &request.changes[p.batch];
-            let k = key(batch.rows.keyhash.value(p.row));
-            match Outcome::resolve(batch.ops[p.row], live.contains(&k)) {
-                Outcome::Insert => {
-                    summary.inserted += 1;
-                    new_picks.push((p.batch, p.row));
-                    new_codes.push("I");
-                }
-                Outcome::Update => {
-                    summary.updated += 1;
-                    new_picks.push((p.batch, p.row));
-                    new_codes.push("U");
-                }
-                Outcome::Delete => {
-                    summary.deleted += 1;
-                    let at = old_at
-                        .get(&k)
-                        .copied()
-                        .ok_or_else(|| Error::Internal("a live key has no stored row".into()))?;
-                    let day = batch.commit_days[p.row].unwrap_or(run_days);
-                    deleted.push((at, day));
-                }
-                Outcome::IgnoredDelete => {
-                    summary.ignored_deletes += 1;
-                    if let Some(at) = old_at.get(&k) {
-                        kept_old.push(*at);
-                    }
-                }
-            }
-        }
-        drop(winners);
-        out.upserts(&new_picks, &new_codes).await?;
-        let old: Vec<&RecordBatch> = old_rows.iter().collect();
-        for chunk in kept_old.chunks(BATCH_ROWS) {
-            send(out.current, interleave_record_batch(&old, chunk)?).await?;
-        }
-        for chunk in deleted.chunks(BATCH_ROWS) {
-            let at: Vec<(usize, usize)> = chunk.iter().map(|(a, _)| *a).collect();
-            let rows = interleave_record_batch(&old, &at)?;
-            let days = Date32Array::from_iter_values(chunk.iter().map(|(_, d)| *d));
-            let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
-            if config.delete_mode == DeleteMode::Soft {
-                send(out.current, rows.clone()).await?;
-            }
-            send(out.history, rows).await?;
-        }
-        Ok(removes)
-    }
-    .await;
+    let merge = Merge {
+        lake,
+        request: &request,
+        schema: &schema,
+        run_days,
+        out: &out,
+    };
+    let merged = merge.run(&mut summary).await;
     // The writers finish once every sender is dropped.
     drop(senders);
     let writing = Instant::now();
@@ -306,6 +186,189 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     summary.history_version = versions.history;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The stored rows of the changed keys, read from the files that hold them.
+#[derive(Default)]
+struct Stored {
+    rows: Vec<RecordBatch>,
+    /// (batch, row) in `rows` of each changed key's stored row.
+    at: DigestMap<(usize, usize)>,
+    /// Changed keys that are live (their stored `operation` is not D).
+    live: HashSet<Key>,
+    /// Remove actions of the files read (their unchanged rows are copied to current).
+    removes: Vec<Remove>,
+}
+
+/// One merge of a run's changes into the current table (steps 1 to 4 of the module docs).
+struct Merge<'a> {
+    lake: &'a DeltaLake,
+    request: &'a ApplyRequest<'a>,
+    schema: &'a SchemaRef,
+    /// The run's business date, days since 1970-01-01.
+    run_days: i32,
+    out: &'a Outputs<'a>,
+}
+
+impl Merge<'_> {
+    /// Sends every output row to the writers; returns the remove actions of the current files
+    /// the run replaces.
+    async fn run(&self, summary: &mut ApplySummary) -> Result<Vec<Remove>> {
+        let request = self.request;
+        let mut removes = Vec::new();
+        if request.reload {
+            removes = delta::all_files_removed(&self.lake.current)?;
+            summary.files_rewritten = summary.current_files;
+        }
+        if request.config.insert_only {
+            self.inserts_only(summary).await?;
+            return Ok(removes);
+        }
+        let dedupe = Instant::now();
+        let winners = last_per_key(&request.changes);
+        summary.stages.dedupe_secs = dedupe.elapsed().as_secs_f64();
+        summary.keys_changed = winners.len() as u64;
+        // Stored rows of changed keys (for history D rows and ignored deletes).
+        let mut stored = match !request.reload && summary.current_files > 0 {
+            true => self.stored_rows(&winners, summary).await?,
+            false => Stored::default(),
+        };
+        if !request.reload {
+            removes = std::mem::take(&mut stored.removes);
+        }
+        self.resolve(&winners, &stored, summary).await?;
+        Ok(removes)
+    }
+
+    /// A table without a primary key: its inserts are appended, its other changes counted
+    /// and skipped.
+    async fn inserts_only(&self, summary: &mut ApplySummary) -> Result<()> {
+        let mut picked = Vec::new();
+        for (b, batch) in self.request.changes.iter().enumerate() {
+            for (row, op) in batch.ops.iter().enumerate() {
+                if *op == ChangeOp::Insert {
+                    picked.push((b, row));
+                } else {
+                    summary.skipped_without_key += 1;
+                }
+            }
+        }
+        summary.inserted = picked.len() as u64;
+        summary.keys_changed = picked.len() as u64;
+        let codes = vec!["I"; picked.len()];
+        self.out.upserts(&picked, &codes).await
+    }
+
+    /// Reads the current files that hold a changed key: their other rows are copied to the
+    /// current writer, the changed keys' rows are kept as [`Stored`].
+    async fn stored_rows(&self, winners: &[Picked], summary: &mut ApplySummary) -> Result<Stored> {
+        let (changes, schema) = (&self.request.changes, self.schema);
+        let mut changed: DigestMap<()> = DigestMap::default();
+        changed.reserve(winners.len());
+        for p in winners {
+            changed.insert(key(changes[p.batch].rows.keyhash.value(p.row)), ());
+        }
+        let scan = Instant::now();
+        let impacted = impacted_files(&self.lake.current, &changed).await?;
+        summary.stages.impacted_scan_secs = scan.elapsed().as_secs_f64();
+        summary.files_rewritten = impacted.len() as u64;
+        let mut stored = Stored {
+            removes: impacted.values().cloned().collect(),
+            ..Default::default()
+        };
+        if impacted.is_empty() {
+            return Ok(stored);
+        }
+        // conformed batches have the table schema: columns by position
+        let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
+        let mut stream = scan_files(&self.lake.current, impacted.keys().cloned()).await?;
+        while let Some(batch) = stream.next().await {
+            let batch = delta::conform(&batch?, schema, &HashMap::new())?;
+            let keyhash = batch.column(keyhash_at).as_binary::<i32>();
+            let hit: BooleanArray = (0..batch.num_rows())
+                .map(|i| Some(changed.contains_key(&key(keyhash.value(i)))))
+                .collect();
+            let kept = filter_record_batch(&batch, &deltalake::arrow::compute::not(&hit)?)?;
+            summary.rows_copied += kept.num_rows() as u64;
+            send(self.out.current, kept).await?;
+            let old = filter_record_batch(&batch, &hit)?;
+            if old.num_rows() > 0 {
+                let keyhash = old.column(keyhash_at).as_binary::<i32>();
+                let ops = old.column(operation_at).as_string::<i32>();
+                for i in 0..old.num_rows() {
+                    let k = key(keyhash.value(i));
+                    stored.at.insert(k, (stored.rows.len(), i));
+                    if ops.value(i) != "D" {
+                        stored.live.insert(k);
+                    }
+                }
+                stored.rows.push(old);
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Resolves each key's last change against its stored state and sends the rows: upserts
+    /// to both tables, D rows to history (and current, under soft deletes), the stored rows of
+    /// ignored deletes back to current.
+    async fn resolve(
+        &self,
+        winners: &[Picked],
+        stored: &Stored,
+        summary: &mut ApplySummary,
+    ) -> Result<()> {
+        let mut new_picks = Vec::new();
+        let mut new_codes = Vec::new();
+        let mut deleted = Vec::new();
+        let mut kept_old = Vec::new();
+        for p in winners {
+            let batch = &self.request.changes[p.batch];
+            let k = key(batch.rows.keyhash.value(p.row));
+            match Outcome::resolve(batch.ops[p.row], stored.live.contains(&k)) {
+                Outcome::Insert => {
+                    summary.inserted += 1;
+                    new_picks.push((p.batch, p.row));
+                    new_codes.push("I");
+                }
+                Outcome::Update => {
+                    summary.updated += 1;
+                    new_picks.push((p.batch, p.row));
+                    new_codes.push("U");
+                }
+                Outcome::Delete => {
+                    summary.deleted += 1;
+                    let at =
+                        stored.at.get(&k).copied().ok_or_else(|| {
+                            Error::Internal("a live key has no stored row".into())
+                        })?;
+                    let day = batch.commit_days[p.row].unwrap_or(self.run_days);
+                    deleted.push((at, day));
+                }
+                Outcome::IgnoredDelete => {
+                    summary.ignored_deletes += 1;
+                    if let Some(at) = stored.at.get(&k) {
+                        kept_old.push(*at);
+                    }
+                }
+            }
+        }
+        self.out.upserts(&new_picks, &new_codes).await?;
+        let old: Vec<&RecordBatch> = stored.rows.iter().collect();
+        for chunk in kept_old.chunks(BATCH_ROWS) {
+            send(self.out.current, interleave_record_batch(&old, chunk)?).await?;
+        }
+        for chunk in deleted.chunks(BATCH_ROWS) {
+            let at: Vec<(usize, usize)> = chunk.iter().map(|(a, _)| *a).collect();
+            let rows = interleave_record_batch(&old, &at)?;
+            let days = Date32Array::from_iter_values(chunk.iter().map(|(_, d)| *d));
+            let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
+            if self.request.config.delete_mode == DeleteMode::Soft {
+                send(self.out.current, rows.clone()).await?;
+            }
+            send(self.out.history, rows).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The rows of a change batch in the table schema: payload, digests, an `operation` column

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use chrono::NaiveDate;
+use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::kernel::Add;
 use deltalake::DeltaTable;
 use tokio::runtime::RuntimeFlavor;
@@ -12,19 +13,22 @@ use tracing::Instrument;
 
 use super::join::{self, JoinContext};
 use super::plan::{self, MemoryPlan};
+use super::spill::SpillStats;
 use super::stages::{Diffed, Joined, Stages};
-use super::summary::{MemorySummary, RunSummary, TableSummary};
-use crate::config::{ExtractType, TableConfig};
+use super::summary::{MemorySummary, RunSummary, StageTimes, TableSummary};
+use crate::config::{ExtractType, SnapshotOptions, TableConfig, TableSpec};
 use crate::core::op::Op;
 use crate::core::schema::table_schema;
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
 use crate::report::memory::peak_rss_bytes;
 use crate::report::progress::Progress;
-use crate::sink::delta::current::DataFiles;
-use crate::sink::delta::{self, rejects, writer_properties, DeltaLake, RunCommit, RunRecord};
+use crate::sink::delta::current::{DataFiles, Picks};
+use crate::sink::delta::{
+    self, rejects, writer_properties, DeltaLake, RunCommit, RunRecord, RunTransaction, Senders,
+};
 use crate::sink::{Sink, TableRole};
-use crate::source::extract::{self, list_input_files, PendingFingerprint};
+use crate::source::extract::{self, list_input_files, InputFile, PendingFingerprint, ReadStats};
 
 /// Flags of `tributary run`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -70,48 +74,306 @@ pub async fn run(
     let date = epoch_days(business_date);
     let date_text = business_date.format("%Y-%m-%d").to_string();
     let files = list_input_files(input, config.source.format)?;
-    let total_bytes: u64 = files.iter().map(|f| f.size).sum();
     // Read on its own thread beside the run; needed first when this date was applied before.
     let mut fingerprint = PendingFingerprint::start(&files)?;
     // Open without creating: a run that fails on its input leaves no trace in the lake.
     let existing = DeltaLake::open(spec, false).await?;
     let recovered = existing.as_ref().and_then(|(_, r)| r.clone());
-    let mut summary = RunSummary {
-        table: spec.name.clone(),
-        business_date: date_text.clone(),
-        recovered,
-        input_files: files.len(),
-        current: TableSummary {
-            path: spec.lake.current_url.to_string(),
-            ..Default::default()
-        },
-        history: TableSummary {
-            path: spec.lake.history_url.to_string(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let mut summary = RunSummary::new(spec, &date_text, recovered, files.len());
     let last = match &existing {
         Some((lake, _)) => lake.last_run().await?,
         None => None,
     };
-    let mut replacing = None;
-    if let Some(last) = &last {
-        let same_input = date_text == last.business_date && {
-            summary.fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
-            last.fingerprint == summary.fingerprint
-        };
-        if same_input {
+    let mut input_fingerprint = || tokio::task::block_in_place(|| fingerprint.get());
+    let replacing = match decide(last.as_ref(), &date_text, options, &mut input_fingerprint)? {
+        Decision::NoOp { seq, fingerprint } => {
+            summary.fingerprint = fingerprint;
             summary.status = "no-op".into();
-            summary.run_seq = Some(last.seq);
-            summary.message = format!(
-                "already applied from the same input (run {}); nothing to do",
-                last.seq
-            );
+            summary.run_seq = Some(seq);
+            summary.message =
+                format!("already applied from the same input (run {seq}); nothing to do");
             summary.elapsed_secs = started.elapsed().as_secs_f64();
             return Ok(summary);
         }
+        Decision::Apply { replacing } => replacing,
+    };
+
+    let day = Day {
+        config,
+        options,
+        files: &files,
+        date,
+        date_text,
+        replacing,
+        started,
+        cores: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    day.apply(existing.map(|(lake, _)| lake), fingerprint, summary)
+        .await
+}
+
+/// A business day to apply: what [`run`] decided, for the stages and the commit.
+struct Day<'a> {
+    config: &'a TableConfig,
+    options: RunOptions,
+    files: &'a [InputFile],
+    /// Business date, days since 1970-01-01.
+    date: i32,
+    date_text: String,
+    /// The run `--replace` replaces.
+    replacing: Option<RunRecord>,
+    started: Instant,
+    cores: usize,
+}
+
+/// What the stages of a day leave for its commit.
+struct Staged {
+    diffed: Diffed,
+    read_stats: ReadStats,
+    spill: SpillStats,
+    times: StageTimes,
+    memory: MemoryPlan,
+    base_version: Option<u64>,
+}
+
+impl Day<'_> {
+    /// Diffs the input against the base (the current table, or the replaced run's) and sends
+    /// the output rows to the run transaction's writers, then commits.
+    async fn apply(
+        self,
+        lake: Option<DeltaLake>,
+        fingerprint: PendingFingerprint,
+        summary: RunSummary,
+    ) -> Result<RunSummary> {
+        let (config, files, date, cores) = (self.config, self.files, self.date, self.cores);
+        let spec = &config.table;
+        let snapshot = &config.snapshot;
+        let (base, lake) = match lake {
+            Some(lake) => (
+                base_table(&lake, self.replacing.as_ref()).await?,
+                Some(lake),
+            ),
+            None => (None, None),
+        };
+        let base_version = base.as_ref().and_then(|t| t.version());
+        // The base's data files, footers read: their row counts size the plan.
+        let data_files = match &base {
+            Some(table) => Some(DataFiles::open(table).await?),
+            None => None,
+        };
+        let rows_per_file = data_files
+            .as_ref()
+            .map_or_else(Vec::new, DataFiles::rows_per_file);
+        let base_rows: u64 = rows_per_file.iter().sum();
+        let streamable = lake.is_some() && data_files.is_some();
+        let memory = memory_plan(snapshot, files, base_rows, streamable, cores)?;
+        let schema = table_schema(&spec.typed_columns());
+        let context = JoinContext {
+            config,
+            files,
+            incoming_schema: join::incoming_schema(config),
+            table_schema: schema.clone(),
+            current_schema: join::current_schema(&schema)?,
+            run_date: date,
+        };
+        // A single key column is unique in both tables' files (history: per business date).
+        let properties = writer_properties(
+            spec.lake.compression,
+            memory.row_group_bytes as usize,
+            &spec.unique_columns(),
+        );
+        let total_bytes: u64 = files.iter().map(|f| f.size).sum();
+        let progress = Progress::bytes("reading", total_bytes);
+        let stages = Stages {
+            context: &context,
+            progress: &progress,
+            rows_per_file: &rows_per_file,
+            cores,
+        };
+        let writer_tasks = memory.writer_tasks(cores);
+        let (lake, mut run, joined) = match (lake, &data_files) {
+            (Some(mut lake), Some(data_files)) if memory.streamed => {
+                let mut run = lake.begin(properties, writer_tasks).await?;
+                let joined = stages.streamed(data_files, run.senders()?).await;
+                (lake, run, joined)
+            }
+            (lake, data_files) => {
+                // Read before the tables are created: a run failing on its input leaves no trace.
+                let partitioned = stages.partition(data_files.as_ref(), memory).await?;
+                let mut lake = match lake {
+                    Some(lake) => lake,
+                    None => DeltaLake::create(spec).await?.0,
+                };
+                let mut run = lake.begin(properties, writer_tasks).await?;
+                let joined = stages.diff(partitioned, memory, run.senders()?);
+                (lake, run, joined)
+            }
+        };
+        let Joined {
+            read_stats,
+            diffed,
+            picks,
+            current_rows,
+            spill,
+            mut times,
+        } = joined;
+        let outcome = check_outcome(config, self.options, diffed, current_rows);
+        // Only the gone rows are left to send: the writers of the tables they do not go to finish
+        // their last files meanwhile.
+        let senders = run.senders()?;
+        senders.end(snapshot.extract_type == ExtractType::Full);
+        let gone = Instant::now();
+        let outcome = match (outcome, &data_files) {
+            (Ok(diffed), Some(files)) if picks.count() > 0 => {
+                let read_back = GoneRows {
+                    files,
+                    picks,
+                    schema: &schema,
+                    extract: snapshot.extract_type,
+                    date,
+                    cores,
+                };
+                read_back.send(senders, diffed).await
+            }
+            (outcome, _) => outcome,
+        };
+        times.diff_secs += gone.elapsed().as_secs_f64();
+        let flushing = Instant::now();
+        let diffed = run.finish_writes(outcome).await?;
+        times.write_secs = flushing.elapsed().as_secs_f64();
+        let staged = Staged {
+            diffed,
+            read_stats,
+            spill,
+            times,
+            memory,
+            base_version,
+        };
+        self.commit(lake, run, fingerprint, staged, summary).await
+    }
+
+    /// Writes the rejects, then commits the run with its fingerprint and the files it replaces,
+    /// and completes the summary.
+    async fn commit(
+        &self,
+        mut lake: DeltaLake,
+        mut run: RunTransaction,
+        fingerprint: PendingFingerprint,
+        staged: Staged,
+        mut summary: RunSummary,
+    ) -> Result<RunSummary> {
+        let Staged {
+            mut diffed,
+            read_stats,
+            spill,
+            mut times,
+            memory,
+            base_version,
+        } = staged;
+        let (spec, date, seq) = (&self.config.table, self.date, run.seq());
+        let mut fingerprint = fingerprint;
+        let mut rejects = read_stats.rejects;
+        rejects.extend(std::mem::take(&mut diffed.rejects));
+        rejects.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+
+        let writing = Instant::now();
+        // Everything before the commit that can still fail: its error abandons the run (the data
+        // files written so far and the tables a first run created are deleted).
+        let prepared = async {
+            let fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
+            let current_removes = delta::all_files_removed(&lake.current)?;
+            let history_removes = match &self.replacing {
+                Some(run) => replaced_history_files(&lake.history, run).await?,
+                None => Vec::new(),
+            };
+            Ok::<_, Error>((fingerprint, current_removes, history_removes))
+        }
+        .await;
+        let (fingerprint, current_removes, history_removes) = run.guard(prepared).await?;
+        if !rejects.is_empty() {
+            let batch = run.guard(rejects::batch(&rejects, date, seq)).await?;
+            let properties =
+                writer_properties(spec.lake.compression, memory.row_group_bytes as usize, &[]);
+            run.write_follower(&lake, TableRole::Rejects, vec![batch], properties)
+                .await?;
+        }
+        fill_table_summaries(&mut summary, &run, &diffed, rejects.len() as u64, spec);
+        times.write_secs += writing.elapsed().as_secs_f64();
+
+        let committing = Instant::now();
+        summary.fingerprint = fingerprint.clone();
+        let commit = RunCommit {
+            business_date: self.date_text.clone(),
+            fingerprint,
+            current_base_version: base_version,
+            current_removes,
+            history_removes,
+            checkpoint: None,
+        };
+        let versions = lake
+            .commit(run, commit)
+            .instrument(tracing::info_span!("commit", run = seq))
+            .await?;
+        summary.current.version = versions.current;
+        summary.history.version = versions.history;
+        if let Some(r) = summary.rejects.as_mut() {
+            r.version = versions.rejects;
+        }
+        let commit_secs = committing.elapsed().as_secs_f64();
+
+        summary.status = "applied".into();
+        summary.run_seq = Some(seq);
+        summary.message = match &self.replacing {
+            Some(r) => format!("applied as run {seq}, replacing run {}", r.seq),
+            None => format!("applied as run {seq}"),
+        };
+        summary.rows_read = read_stats.rows_read;
+        summary.rows_rejected = rejects.len() as u64;
+        summary.counts = diffed.counts;
+        summary.elapsed_secs = self.started.elapsed().as_secs_f64();
+        summary.rows_per_sec = read_stats.rows_read as f64 / summary.elapsed_secs.max(1e-9);
+        times.commit_secs = commit_secs;
+        summary.stages = times;
+        summary.memory = Some(MemorySummary {
+            plan: memory,
+            spill,
+            peak_rss_bytes: peak_rss_bytes(),
+        });
+        Ok(summary)
+    }
+}
+
+/// What the date and idempotence rules decide for a run (DESIGN.md, "Idempotence").
+#[derive(Debug, Clone, PartialEq)]
+enum Decision {
+    /// The same input was applied for this date by run `seq`: nothing to do.
+    NoOp { seq: i64, fingerprint: String },
+    /// Apply the run, replacing the latest run (`--replace`) or not.
+    Apply { replacing: Option<RunRecord> },
+}
+
+/// The date and idempotence rules: the same date with the same input (by `fingerprint`, read
+/// only when the date is the latest one) is a no-op; the same date with other input needs
+/// `--replace`; an older date needs `--force`; `--replace` needs the latest date.
+///
+/// # Errors
+/// [`Error::Refused`] naming the rule; the fingerprint's errors.
+fn decide(
+    last: Option<&RunRecord>,
+    date_text: &str,
+    options: RunOptions,
+    fingerprint: &mut dyn FnMut() -> Result<String>,
+) -> Result<Decision> {
+    let mut replacing = None;
+    if let Some(last) = last {
         if date_text == last.business_date {
+            let fingerprint = fingerprint()?;
+            if last.fingerprint == fingerprint {
+                return Ok(Decision::NoOp {
+                    seq: last.seq,
+                    fingerprint,
+                });
+            }
             if !options.replace {
                 return Err(Error::Refused(format!(
                     "{date_text} was already applied (run {}) from different input; pass --replace to replace that run",
@@ -119,7 +381,7 @@ pub async fn run(
                 )));
             }
             replacing = Some(last.clone());
-        } else if date_text < last.business_date && !options.force {
+        } else if date_text < last.business_date.as_str() && !options.force {
             return Err(Error::Refused(format!(
                 "{date_text} is older than the latest applied date {}; pass --force to apply it anyway",
                 last.business_date
@@ -131,27 +393,26 @@ pub async fn run(
             "--replace: {date_text} is not the latest applied date, nothing to replace"
         )));
     }
+    Ok(Decision::Apply { replacing })
+}
 
-    let (base, lake) = match existing {
-        Some((lake, _)) => (base_table(&lake, replacing.as_ref()).await?, Some(lake)),
-        None => (None, None),
-    };
-    let base_version = base.as_ref().and_then(|t| t.version());
-    // The base's data files, footers read: their row counts size the plan.
-    let data_files = match &base {
-        Some(table) => Some(DataFiles::open(table).await?),
-        None => None,
-    };
-    let rows_per_file = data_files
-        .as_ref()
-        .map_or_else(Vec::new, DataFiles::rows_per_file);
-    let base_rows: u64 = rows_per_file.iter().sum();
+/// The run's memory plan (see `plan`): partitions sized from the input and the base, or, for a
+/// later run (`streamable`) of CSV input whose current table fits in memory as an index,
+/// streamed past it.
+///
+/// # Errors
+/// [`Error::Input`] when a file cannot be sampled.
+fn memory_plan(
+    snapshot: &SnapshotOptions,
+    files: &[InputFile],
+    base_rows: u64,
+    streamable: bool,
+    cores: usize,
+) -> Result<MemoryPlan> {
     let input_estimate: u64 = files
         .iter()
         .map(|f| plan::input_estimate(f.format, f.size))
         .sum();
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let snapshot = &config.snapshot;
     let memory = MemoryPlan::with_partitions(
         snapshot.memory_limit,
         input_estimate,
@@ -159,9 +420,8 @@ pub async fn run(
         cores,
         snapshot.partitions,
     );
-    // A later run whose current table fits in memory as an index is streamed past it.
-    let incoming_rows = match (&lake, &data_files, snapshot.partitions) {
-        (Some(_), Some(_), None) => extract::estimate_csv_rows(&files)?,
+    let incoming_rows = match (streamable, snapshot.partitions) {
+        (true, None) => extract::estimate_csv_rows(files)?,
         _ => None,
     };
     let memory = match incoming_rows {
@@ -169,183 +429,51 @@ pub async fn run(
         _ => memory,
     };
     tracing::debug!(?memory, ?incoming_rows, "memory plan");
-    let schema = table_schema(&spec.typed_columns());
-    let context = JoinContext {
-        config,
-        files: &files,
-        incoming_schema: join::incoming_schema(config),
-        table_schema: schema.clone(),
-        current_schema: join::current_schema(&schema)?,
-        run_date: date,
-    };
-    // A single key column is unique in both tables' files (history: per business date).
-    let properties = writer_properties(
-        spec.lake.compression,
-        memory.row_group_bytes as usize,
-        &spec.unique_columns(),
-    );
-    let progress = Progress::bytes("reading", total_bytes);
-    let stages = Stages {
-        context: &context,
-        progress: &progress,
-        rows_per_file: &rows_per_file,
-        cores,
-    };
-    let writer_tasks = memory.writer_tasks(cores);
-    let (mut lake, mut run, joined) = match (lake, &data_files) {
-        (Some(mut lake), Some(data_files)) if memory.streamed => {
-            let mut run = lake.begin(properties, writer_tasks).await?;
-            let joined = stages.streamed(data_files, run.senders()?).await;
-            (lake, run, joined)
-        }
-        (lake, data_files) => {
-            // Read before the tables are created: a run failing on its input leaves no trace.
-            let partitioned = stages.partition(data_files.as_ref(), memory).await?;
-            let mut lake = match lake {
-                Some(lake) => lake,
-                None => DeltaLake::create(spec).await?.0,
-            };
-            let mut run = lake.begin(properties, writer_tasks).await?;
-            let joined = stages.diff(partitioned, memory, run.senders()?);
-            (lake, run, joined)
-        }
-    };
-    let seq = run.seq();
-    let Joined {
-        read_stats,
-        diffed,
-        picks,
-        current_rows,
-        spill,
-        mut times,
-    } = joined;
-    let outcome = check_outcome(config, options, diffed, current_rows);
-    // Only the gone rows are left to send: the writers of the tables they do not go to finish
-    // their last files meanwhile.
-    let senders = run.senders()?;
-    senders.end(snapshot.extract_type == ExtractType::Full);
-    // Whole rows of the keys that left the extract, read back by position: D rows into
-    // history (full extract), X rows into current (delta extract).
-    let gone = Instant::now();
-    let outcome = match (outcome, &data_files) {
-        (Ok(mut diffed), Some(files)) if picks.count() > 0 => {
-            let (tx, op, written) = match snapshot.extract_type {
-                ExtractType::Full => (
-                    senders.history.clone(),
-                    Op::Delete,
-                    &mut diffed.history_rows_written,
-                ),
-                ExtractType::Delta => (
-                    senders.current.clone(),
-                    Op::NotSupplied,
-                    &mut diffed.current_rows_written,
-                ),
-            };
-            *written += picks.count();
-            let span = tracing::info_span!("gone", rows = picks.count());
-            files
-                .read_picked(picks, schema.clone(), cores, tx, move |batch| {
-                    join::gone_rows(batch, op, date)
-                })
-                .instrument(span)
-                .await
-                .map(|()| diffed)
-        }
-        (outcome, _) => outcome,
-    };
-    times.diff_secs += gone.elapsed().as_secs_f64();
-    let flushing = Instant::now();
-    let diffed = run.finish_writes(outcome).await?;
-    times.write_secs = flushing.elapsed().as_secs_f64();
-    let mut rejects = read_stats.rejects;
-    rejects.extend(diffed.rejects);
-    rejects.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    Ok(memory)
+}
 
-    let writing = Instant::now();
-    // Everything before the commit that can still fail: its error abandons the run (the data
-    // files written so far and the tables a first run created are deleted).
-    let prepared = async {
-        let fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
-        let current_removes = delta::all_files_removed(&lake.current)?;
-        let history_removes = match &replacing {
-            Some(run) => replaced_history_files(&lake.history, run).await?,
-            None => Vec::new(),
+/// The rows of keys that left the extract, read back whole by position from the base's data
+/// files: D rows into history (full extract), X rows into current (delta extract).
+struct GoneRows<'a> {
+    files: &'a DataFiles,
+    picks: Picks,
+    schema: &'a SchemaRef,
+    extract: ExtractType,
+    /// The run's business date, days since 1970-01-01.
+    date: i32,
+    cores: usize,
+}
+
+impl GoneRows<'_> {
+    /// Sends the rows to their writer and counts them in `diffed`.
+    async fn send(self, senders: &Senders, mut diffed: Diffed) -> Result<Diffed> {
+        let (tx, op, written) = match self.extract {
+            ExtractType::Full => (
+                senders.history.clone(),
+                Op::Delete,
+                &mut diffed.history_rows_written,
+            ),
+            ExtractType::Delta => (
+                senders.current.clone(),
+                Op::NotSupplied,
+                &mut diffed.current_rows_written,
+            ),
         };
-        Ok::<_, Error>((fingerprint, current_removes, history_removes))
-    }
-    .await;
-    let (fingerprint, current_removes, history_removes) = run.guard(prepared).await?;
-    if !rejects.is_empty() {
-        let batch = run.guard(rejects::batch(&rejects, date, seq)).await?;
-        let properties =
-            writer_properties(spec.lake.compression, memory.row_group_bytes as usize, &[]);
-        run.write_follower(&lake, TableRole::Rejects, vec![batch], properties)
+        *written += self.picks.count();
+        let span = tracing::info_span!("gone", rows = self.picks.count());
+        let date = self.date;
+        self.files
+            .read_picked(
+                self.picks,
+                self.schema.clone(),
+                self.cores,
+                tx,
+                move |batch| join::gone_rows(batch, op, date),
+            )
+            .instrument(span)
             .await?;
+        Ok(diffed)
     }
-    fill_table_summary(
-        &mut summary.current,
-        run.written(TableRole::Current),
-        diffed.current_rows_written,
-    );
-    fill_table_summary(
-        &mut summary.history,
-        run.written(TableRole::History),
-        diffed.history_rows_written,
-    );
-    if !rejects.is_empty() {
-        let mut t = TableSummary {
-            path: spec.lake.rejects_url.to_string(),
-            ..Default::default()
-        };
-        fill_table_summary(
-            &mut t,
-            run.written(TableRole::Rejects),
-            rejects.len() as u64,
-        );
-        summary.rejects = Some(t);
-    }
-    times.write_secs += writing.elapsed().as_secs_f64();
-
-    let committing = Instant::now();
-    summary.fingerprint = fingerprint.clone();
-    let commit = RunCommit {
-        business_date: date_text.clone(),
-        fingerprint,
-        current_base_version: base_version,
-        current_removes,
-        history_removes,
-        checkpoint: None,
-    };
-    let versions = lake
-        .commit(run, commit)
-        .instrument(tracing::info_span!("commit", run = seq))
-        .await?;
-    summary.current.version = versions.current;
-    summary.history.version = versions.history;
-    if let Some(r) = summary.rejects.as_mut() {
-        r.version = versions.rejects;
-    }
-    let commit_secs = committing.elapsed().as_secs_f64();
-
-    summary.status = "applied".into();
-    summary.run_seq = Some(seq);
-    summary.message = match &replacing {
-        Some(r) => format!("applied as run {seq}, replacing run {}", r.seq),
-        None => format!("applied as run {seq}"),
-    };
-    summary.rows_read = read_stats.rows_read;
-    summary.rows_rejected = rejects.len() as u64;
-    summary.counts = diffed.counts;
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
-    summary.rows_per_sec = read_stats.rows_read as f64 / summary.elapsed_secs.max(1e-9);
-    times.commit_secs = commit_secs;
-    summary.stages = times;
-    summary.memory = Some(MemorySummary {
-        plan: memory,
-        spill,
-        peak_rss_bytes: peak_rss_bytes(),
-    });
-    Ok(summary)
 }
 
 /// Applies the mass-delete guard to a finished diff.
@@ -370,6 +498,34 @@ fn check_outcome(
         }
     }
     Ok(diffed)
+}
+
+/// The rows, files and bytes each table gets from the run.
+fn fill_table_summaries(
+    summary: &mut RunSummary,
+    run: &RunTransaction,
+    diffed: &Diffed,
+    rejects: u64,
+    spec: &TableSpec,
+) {
+    fill_table_summary(
+        &mut summary.current,
+        run.written(TableRole::Current),
+        diffed.current_rows_written,
+    );
+    fill_table_summary(
+        &mut summary.history,
+        run.written(TableRole::History),
+        diffed.history_rows_written,
+    );
+    if rejects > 0 {
+        let mut t = TableSummary {
+            path: spec.lake.rejects_url.to_string(),
+            ..Default::default()
+        };
+        fill_table_summary(&mut t, run.written(TableRole::Rejects), rejects);
+        summary.rejects = Some(t);
+    }
 }
 
 fn fill_table_summary(t: &mut TableSummary, adds: &[Add], rows: u64) {
@@ -421,4 +577,69 @@ async fn replaced_history_files(
         .filter(|f| added.contains(f.path().as_ref()))
         .map(|f| f.remove_action(true))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: i64, date: &str, fingerprint: &str) -> RunRecord {
+        RunRecord {
+            seq,
+            business_date: date.into(),
+            fingerprint: fingerprint.into(),
+            current_base_version: None,
+            history_version: None,
+        }
+    }
+
+    fn options(force: bool, replace: bool) -> RunOptions {
+        RunOptions { force, replace }
+    }
+
+    #[test]
+    fn the_date_and_idempotence_rules() {
+        let last = record(4, "2019-06-19", "abc");
+        let mut reads = 0;
+        let mut same = || {
+            reads += 1;
+            Ok("abc".to_string())
+        };
+        // The same date and input: a no-op naming the run that applied it.
+        let d = decide(Some(&last), "2019-06-19", options(false, false), &mut same).unwrap();
+        assert_eq!(
+            d,
+            Decision::NoOp {
+                seq: 4,
+                fingerprint: "abc".into()
+            }
+        );
+        // A later date: applied; the input is not read for it.
+        let d = decide(Some(&last), "2019-06-20", options(false, false), &mut same).unwrap();
+        assert_eq!(d, Decision::Apply { replacing: None });
+        assert_eq!(reads, 1);
+        let mut other = || Ok("xyz".to_string());
+        // The same date, other input: refused, or replaced with --replace.
+        let err = decide(Some(&last), "2019-06-19", options(false, false), &mut other);
+        assert!(matches!(err, Err(Error::Refused(m)) if m.contains("--replace")));
+        let d = decide(Some(&last), "2019-06-19", options(false, true), &mut other).unwrap();
+        assert_eq!(
+            d,
+            Decision::Apply {
+                replacing: Some(last.clone())
+            }
+        );
+        // An older date: refused unless forced.
+        let err = decide(Some(&last), "2019-06-18", options(false, false), &mut other);
+        assert!(matches!(err, Err(Error::Refused(m)) if m.contains("--force")));
+        let d = decide(Some(&last), "2019-06-18", options(true, false), &mut other).unwrap();
+        assert_eq!(d, Decision::Apply { replacing: None });
+        // --replace needs the latest date; a first run has none.
+        for last in [Some(&last), None] {
+            let err = decide(last, "2019-06-20", options(false, true), &mut other);
+            assert!(matches!(err, Err(Error::Refused(m)) if m.contains("nothing to replace")));
+        }
+        let d = decide(None, "2019-06-18", options(false, false), &mut other).unwrap();
+        assert_eq!(d, Decision::Apply { replacing: None });
+    }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::config::TableSpec;
 use crate::core::op::OpCounts;
 use crate::sink::delta::Recovery;
 use crate::snapshot::plan::MemoryPlan;
@@ -92,6 +93,33 @@ pub struct RunSummary {
     pub stages: StageTimes,
     /// None for a no-op run.
     pub memory: Option<MemorySummary>,
+}
+
+impl RunSummary {
+    /// The summary of a run of `table` for `business_date` (`YYYY-MM-DD`) over `input_files`
+    /// files, before anything is known of its outcome.
+    pub fn new(
+        table: &TableSpec,
+        business_date: &str,
+        recovered: Option<Recovery>,
+        input_files: usize,
+    ) -> Self {
+        RunSummary {
+            table: table.name.clone(),
+            business_date: business_date.to_string(),
+            recovered,
+            input_files,
+            current: TableSummary {
+                path: table.lake.current_url.to_string(),
+                ..Default::default()
+            },
+            history: TableSummary {
+                path: table.lake.history_url.to_string(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
 }
 
 fn mib(bytes: u64) -> String {
