@@ -20,21 +20,22 @@ use crate::error::{Error, Result};
 pub struct GenerateSpec {
     /// Rows of day 1.
     pub init_rows: u64,
-    /// Rows inserted on day 2.
+    /// Rows of day 2: the day-1 rows kept (updated or unchanged) plus inserts.
     pub incr_rows: u64,
     /// Key columns.
     pub keys: usize,
     /// Non-key columns.
     pub nonkeys: usize,
-    /// Shares in the `[0.0, 1.0]` interval; their sum must be 1.0.
+    /// Share of day-1 rows deleted on day 2. The three shares are in the `[0.0, 1.0]`
+    /// interval and sum to 1.0.
     pub pct_del: f64,
-    /// Percent of day-1 rows updated on day 2.
+    /// Share of day-1 rows updated on day 2.
     pub pct_upd: f64,
-    /// Percent of day-1 rows unchanged on day 2.
+    /// Share of day-1 rows unchanged on day 2.
     pub pct_unchanged: f64,
-    /// Day-1 CSV file.
+    /// Folder of day 1's extract (`part-00000.csv`).
     pub initial_output: PathBuf,
-    /// Day-2 CSV file.
+    /// Folder of day 2's extract (`part-00000.csv`).
     pub incremental_output: PathBuf,
     /// Random seed; the same seed gives byte-identical files.
     pub seed: Option<u64>,

@@ -236,7 +236,7 @@ impl Merge<'_> {
         if !request.reload {
             removes = std::mem::take(&mut stored.removes);
         }
-        self.resolve(&winners, &stored, summary).await?;
+        self.resolve(winners, &stored, summary).await?;
         Ok(removes)
     }
 
@@ -313,7 +313,7 @@ impl Merge<'_> {
     /// ignored deletes back to current.
     async fn resolve(
         &self,
-        winners: &[Picked],
+        winners: Vec<Picked>,
         stored: &Stored,
         summary: &mut ApplySummary,
     ) -> Result<()> {
@@ -321,7 +321,7 @@ impl Merge<'_> {
         let mut new_codes = Vec::new();
         let mut deleted = Vec::new();
         let mut kept_old = Vec::new();
-        for p in winners {
+        for p in &winners {
             let batch = &self.request.changes[p.batch];
             let k = key(batch.rows.keyhash.value(p.row));
             match Outcome::resolve(batch.ops[p.row], stored.live.contains(&k)) {
@@ -352,6 +352,7 @@ impl Merge<'_> {
                 }
             }
         }
+        drop(winners);
         self.out.upserts(&new_picks, &new_codes).await?;
         let old: Vec<&RecordBatch> = stored.rows.iter().collect();
         for chunk in kept_old.chunks(BATCH_ROWS) {

@@ -11,21 +11,21 @@ use crate::generate::{config_yaml, generate, GenerateSpec};
 pub struct GenerateArgs {
     /// Rows of day 1 (the initial full extract).
     pub no_init_recs: u64,
-    /// Rows inserted on day 2.
+    /// Rows of day 2: the day-1 rows kept plus inserts.
     pub no_incr_recs: u64,
     /// Key columns.
     pub no_keys: usize,
     /// Non-key columns.
     pub no_nonkeys: usize,
-    /// Percent of day-1 rows deleted on day 2.
+    /// Share of day-1 rows deleted on day 2 (0.2 = 20%).
     pub pct_del: f64,
-    /// Percent of day-1 rows updated on day 2.
+    /// Share of day-1 rows updated on day 2.
     pub pct_upd: f64,
-    /// Percent of day-1 rows unchanged on day 2.
+    /// Share of day-1 rows unchanged on day 2 (the three shares sum to 1).
     pub pct_unchanged: f64,
-    /// Day-1 CSV file to write.
+    /// Folder for day 1's extract (part-00000.csv).
     pub initial_output: PathBuf,
-    /// Day-2 CSV file to write.
+    /// Folder for day 2's extract (part-00000.csv).
     pub incremental_output: PathBuf,
     /// Random seed for reproducible output.
     #[arg(long)]

@@ -89,26 +89,12 @@ pub fn read(
     let mut stats = ReadStats::default();
     let mut errors = RowErrors::new(config.source.on_error);
     for (index, file) in files.iter().enumerate() {
-        stats.rows_read += match file.format {
-            InputFormat::Csv => csv::read(
-                &config.table,
-                &config.source,
-                file,
-                index,
-                &mut errors,
-                progress,
-                sink,
-            )?,
-            InputFormat::Parquet => parquet::read(
-                &config.table,
-                &config.source,
-                file,
-                index,
-                &mut errors,
-                progress,
-                sink,
-            )?,
+        let read = match file.format {
+            InputFormat::Csv => csv::read,
+            InputFormat::Parquet => parquet::read,
         };
+        let (table, source) = (&config.table, &config.source);
+        stats.rows_read += read(table, source, file, index, &mut errors, progress, sink)?;
     }
     stats.rejects = errors.rejects;
     stats
