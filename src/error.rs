@@ -51,6 +51,17 @@ pub enum Error {
     /// A run was refused by a safety rule (date order, changed input, mass delete).
     #[error("refused: {0}")]
     Refused(String),
+    /// Another run committed to the table first (two writers at once): this run committed
+    /// nothing and deleted its files. Re-running re-plans on top of the other run.
+    #[error("conflict: {table} was committed by another run first ({other}); this run (run {seq}) committed nothing")]
+    Conflict {
+        /// The table whose commit lost.
+        table: String,
+        /// The sequence number this run had taken.
+        seq: i64,
+        /// The other run: its sequence number, id and business date.
+        other: String,
+    },
     /// The lake tables are in a state Tributary cannot continue from.
     #[error("lake table {table}: {reason}")]
     Lake {
@@ -110,12 +121,12 @@ impl Error {
         }
     }
 
-    /// Process exit code for this error: 2 for bad usage/config, 3 for refused runs, 4 for bad
-    /// input rows, 1 for everything else.
+    /// Process exit code for this error: 2 for bad usage/config, 3 for refused runs (a safety
+    /// rule, or a conflict with another writer), 4 for bad input rows, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::ConfigParse { .. } | Error::InvalidFieldValue { .. } | Error::Usage(_) => 2,
-            Error::Refused(_) => 3,
+            Error::Refused(_) | Error::Conflict { .. } => 3,
             Error::BadRow { .. } | Error::Input { .. } => 4,
             _ => 1,
         }

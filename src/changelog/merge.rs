@@ -60,6 +60,8 @@ pub struct ApplyRequest<'a> {
     pub checkpoint: Checkpoint,
     /// Business date of the run: `eff_start_date` of changes without a commit time.
     pub run_date: NaiveDate,
+    /// The run the tables recorded when the source was planned against them (0: no tables).
+    pub base_run: i64,
 }
 
 /// What a run applied.
@@ -67,6 +69,8 @@ pub struct ApplyRequest<'a> {
 pub struct ApplySummary {
     /// The run's sequence number.
     pub run_seq: i64,
+    /// The run's id (a UUID), recorded in its commits.
+    pub run_id: String,
     /// Change rows read.
     pub changes_read: u64,
     /// Keys left after keeping the last change per key.
@@ -126,7 +130,7 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     let properties = writer_properties(spec.lake.compression, 32 << 20, &spec.unique_columns());
     // One writer per table: more writers measured no faster on 2 cores, and one keeps the rows
     // of a file contiguous in input order (fewer files touched by later changes).
-    let mut run = lake.begin(properties, 1).await?;
+    let mut run = lake.begin(request.base_run, properties, 1).await?;
     let run_days = epoch_days(request.run_date);
     let schema = table_schema(&spec.typed_columns());
     let current_files = lake
@@ -136,6 +140,7 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
         .map_err(Error::from);
     let mut summary = ApplySummary {
         run_seq: run.seq(),
+        run_id: run.id().to_string(),
         changes_read: request.changes.iter().map(|b| b.len() as u64).sum(),
         current_files: run.guard(current_files).await?,
         ..Default::default()

@@ -29,7 +29,7 @@ use crate::core::checkpoint::Committed;
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
 use crate::sink::delta::DeltaLake;
-use crate::sink::Sink;
+use crate::sink::{conflict_pause, Sink, CONFLICT_ATTEMPTS};
 use crate::source::changelog::landing::{discover, LandingZone};
 use crate::source::{ChangeSource, Pending};
 
@@ -197,19 +197,44 @@ pub struct SourceRun {
 /// whose commit records the source's checkpoint, then confirms the checkpoint to the source.
 /// The tables are created by the first run that has changes. `bar` shows the step.
 ///
+/// A run that loses its commit to another writer of the table (two syncs at once) asks the
+/// source again what is pending past the winner's checkpoint, up to
+/// [`CONFLICT_ATTEMPTS`] times.
+///
 /// # Errors
-/// The source's errors (a bad row names its file, line and column), lake errors; on any error
-/// nothing is committed (see `merge::apply`).
+/// The source's errors (a bad row names its file, line and column), lake errors,
+/// [`Error::Conflict`] after the last attempt; on any error nothing is committed (see
+/// `merge::apply`).
 pub async fn run_source<S: ChangeSource>(
     source: &mut S,
     config: &ChangelogTable,
     run_date: NaiveDate,
     bar: &ProgressBar,
 ) -> Result<SourceRun> {
+    let mut attempt = 1;
+    loop {
+        match run_source_once(source, config, run_date, bar).await {
+            Err(Error::Conflict { table, seq, other }) if attempt < CONFLICT_ATTEMPTS => {
+                tracing::warn!(%table, run = seq, %other, attempt, "another run committed first; re-planning on top of it");
+                conflict_pause(attempt).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// One attempt of [`run_source`].
+async fn run_source_once<S: ChangeSource>(
+    source: &mut S,
+    config: &ChangelogTable,
+    run_date: NaiveDate,
+    bar: &ProgressBar,
+) -> Result<SourceRun> {
     let existing = DeltaLake::open(&config.table, false).await?;
-    let committed = match &existing {
-        Some((lake, _)) => lake.committed().await?,
-        None => Committed::default(),
+    let (committed, base_run) = match &existing {
+        Some((lake, _)) => (lake.committed().await?, lake.opened_run()),
+        None => (Committed::default(), 0),
     };
     let pending = source.plan(&committed)?;
     let mut done = SourceRun {
@@ -241,6 +266,7 @@ pub async fn run_source<S: ChangeSource>(
             reload: pending.reload,
             checkpoint: checkpoint.clone(),
             run_date,
+            base_run,
         },
     )
     .await?;

@@ -145,6 +145,9 @@ impl ConfigFile {
                 "must be in the interval [0.0, 1.0]",
             ));
         }
+        if self.checkpoint_interval == Some(0) {
+            return Err(invalid("checkpoint_interval", "must be greater than 0"));
+        }
         let memory_limit = match &self.memory_limit {
             Some(size) => size.bytes("memory_limit")?,
             None => DEFAULT_MEMORY_LIMIT,

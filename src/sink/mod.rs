@@ -18,6 +18,17 @@ pub use delta::{DeltaLake, RunCommit, RunRecord, RunTransaction, Senders};
 use crate::core::checkpoint::Committed;
 use crate::error::Result;
 
+/// Attempts of a run that loses commit races to other writers before it gives up.
+pub const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// Sleeps before attempt `attempt + 1` of a run that lost a commit race: 50 ms to 100 ms,
+/// random, times the attempt, so that writers racing each other spread out.
+pub async fn conflict_pause(attempt: u32) {
+    use rand::Rng;
+    let millis = rand::thread_rng().gen_range(50..100) * u64::from(attempt);
+    tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+}
+
 /// The tables of one configured table. History is the run's commit point; the others follow it
 /// (the "followers" of the commit protocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -114,8 +125,16 @@ impl Versions {
 /// - **Nothing left behind.** A run that fails before its commit point deletes the data files
 ///   it wrote and the tables it created; a commit that fails and did not land does the same.
 ///   Only a crash (SIGKILL) leaves unreferenced data files, which `VACUUM` removes.
-/// - **What it does not do.** It does not order runs of several processes: two writers of one
-///   table must be kept apart by the caller (the trust issue makes this a conflict check).
+/// - **Many writers.** Two runs of one table may start at once (an overlapping cron, a retried
+///   task): both may take the same sequence number, but only one commit of it can land
+///   (optimistic concurrency, the Delta protocol's: a table that records the number already, or
+///   a commit in between with the same `txn` app id, fails the other). The loser commits
+///   nothing, deletes its own files, never another run's, and gets [`Error::Conflict`]
+///   naming the winner; each run has an id of its own, so a commit is counted as landed only
+///   when the log holds it (or another process's completion of it), never because the log
+///   holds the same number.
+///
+/// [`Error::Conflict`]: crate::Error::Conflict
 pub trait Sink {
     /// A run in flight: its writers and the files they wrote.
     type Run;
@@ -133,13 +152,16 @@ pub trait Sink {
     /// Errors reading the checkpoint table.
     fn committed(&self) -> impl Future<Output = Result<Committed>> + Send;
 
-    /// Starts a run: takes its sequence number and starts `writer_tasks` writers per table
-    /// (at least one) that write rows with `properties` as they arrive.
+    /// Starts a run whose reads reflect run `base_run` (what the tables recorded when the
+    /// pipeline read them, 0 for none): its sequence number is `base_run + 1`, and a commit
+    /// finding that number taken is a conflict. Starts `writer_tasks` writers per table (at
+    /// least one) that write rows with `properties` as they arrive.
     ///
     /// # Errors
-    /// Errors reading the tables' logs (the tables this open created are removed).
+    /// Errors of the sink.
     fn begin(
         &mut self,
+        base_run: i64,
         properties: WriterProperties,
         writer_tasks: usize,
     ) -> impl Future<Output = Result<Self::Run>> + Send;

@@ -27,7 +27,7 @@ use crate::sink::delta::current::{DataFiles, Picks};
 use crate::sink::delta::{
     self, rejects, writer_properties, DeltaLake, RunCommit, RunRecord, RunTransaction, Senders,
 };
-use crate::sink::{Sink, TableRole};
+use crate::sink::{conflict_pause, Sink, TableRole, CONFLICT_ATTEMPTS};
 use crate::source::extract::{self, list_input_files, InputFile, PendingFingerprint, ReadStats};
 
 /// Flags of `tributary run`.
@@ -54,13 +54,17 @@ pub struct RunOptions {
 /// (unless forced); [`Error::BadRow`] for bad input under `on_error: fail`; config, lake and I/O
 /// errors. On any error no table has been changed (a crash between commits is completed by the
 /// next run).
+///
+/// Two writers of one table at once (an overlapping cron): the one whose commit loses the race
+/// re-plans on top of the winner, up to [`CONFLICT_ATTEMPTS`] times (re-reading the tables,
+/// re-checking the date rules and idempotence: the same input already applied is then a
+/// no-op), and otherwise fails with [`Error::Conflict`] naming the other run.
 pub async fn run(
     config: &TableConfig,
     input: &Path,
     business_date: NaiveDate,
     options: RunOptions,
 ) -> Result<RunSummary> {
-    let started = Instant::now();
     if tokio::runtime::Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
         return Err(Error::Internal(
             "tributary::run needs a multi-threaded tokio runtime (its writers run beside the diff)"
@@ -70,6 +74,27 @@ pub async fn run(
     if config.has_temp_current_path {
         tracing::info!("temp_current_table_path is not used: Delta commits replace the current table atomically");
     }
+    let mut attempt = 1;
+    loop {
+        match run_once(config, input, business_date, options).await {
+            Err(Error::Conflict { table, seq, other }) if attempt < CONFLICT_ATTEMPTS => {
+                tracing::warn!(%table, run = seq, %other, attempt, "another run committed first; re-planning on top of it");
+                conflict_pause(attempt).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// One attempt of [`run`].
+async fn run_once(
+    config: &TableConfig,
+    input: &Path,
+    business_date: NaiveDate,
+    options: RunOptions,
+) -> Result<RunSummary> {
+    let started = Instant::now();
     let spec = &config.table;
     let date = epoch_days(business_date);
     let date_text = business_date.format("%Y-%m-%d").to_string();
@@ -88,6 +113,7 @@ pub async fn run(
     let replacing = match decide(last.as_ref(), &date_text, options, &mut input_fingerprint)? {
         Decision::NoOp { seq, fingerprint } => {
             summary.fingerprint = fingerprint;
+            summary.run_id = last.map(|r| r.run_id).unwrap_or_default();
             summary.status = "no-op".into();
             summary.run_seq = Some(seq);
             summary.message =
@@ -101,6 +127,7 @@ pub async fn run(
     let day = Day {
         config,
         options,
+        base_run: existing.as_ref().map_or(0, |(lake, _)| lake.opened_run()),
         files: &files,
         date,
         date_text,
@@ -116,6 +143,8 @@ pub async fn run(
 struct Day<'a> {
     config: &'a TableConfig,
     options: RunOptions,
+    /// The run the tables recorded when opened (0: no tables): the run's base.
+    base_run: i64,
     files: &'a [InputFile],
     /// Business date, days since 1970-01-01.
     date: i32,
@@ -193,7 +222,7 @@ impl Day<'_> {
         let writer_tasks = memory.writer_tasks(cores);
         let (lake, mut run, joined) = match (lake, &data_files) {
             (Some(mut lake), Some(data_files)) if memory.streamed => {
-                let mut run = lake.begin(properties, writer_tasks).await?;
+                let mut run = lake.begin(self.base_run, properties, writer_tasks).await?;
                 let joined = stages.streamed(data_files, run.senders()?).await;
                 (lake, run, joined)
             }
@@ -204,7 +233,7 @@ impl Day<'_> {
                     Some(lake) => lake,
                     None => DeltaLake::create(spec).await?.0,
                 };
-                let mut run = lake.begin(properties, writer_tasks).await?;
+                let mut run = lake.begin(self.base_run, properties, writer_tasks).await?;
                 let joined = stages.diff(partitioned, memory, run.senders()?);
                 (lake, run, joined)
             }
@@ -271,6 +300,7 @@ impl Day<'_> {
             base_version,
         } = staged;
         let (spec, date, seq) = (&self.config.table, self.date, run.seq());
+        let run_id = run.id().to_string();
         let mut fingerprint = fingerprint;
         let mut rejects = read_stats.rejects;
         rejects.extend(std::mem::take(&mut diffed.rejects));
@@ -323,6 +353,7 @@ impl Day<'_> {
 
         summary.status = "applied".into();
         summary.run_seq = Some(seq);
+        summary.run_id = run_id;
         summary.message = match &self.replacing {
             Some(r) => format!("applied as run {seq}, replacing run {}", r.seq),
             None => format!("applied as run {seq}"),
@@ -586,6 +617,7 @@ mod tests {
     fn record(seq: i64, date: &str, fingerprint: &str) -> RunRecord {
         RunRecord {
             seq,
+            run_id: String::new(),
             business_date: date.into(),
             fingerprint: fingerprint.into(),
             current_base_version: None,

@@ -67,6 +67,10 @@ pub struct RunSummary {
     pub message: String,
     /// The run's sequence number (no-op: the run that applied the same input).
     pub run_seq: Option<i64>,
+    /// The run's id (no-op: the id of the run that applied the same input; empty for runs of
+    /// earlier versions).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub run_id: String,
     /// An interrupted earlier run that this run completed first.
     pub recovered: Option<Recovery>,
     /// Extract files read.

@@ -130,8 +130,10 @@ async fn duplicate_key_names_both_lines() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_first_run_failing_in_the_diff_creates_no_table() {
+async fn a_first_run_failing_in_the_diff_leaves_empty_tables() {
     // Duplicate keys are found while diffing, after the tables were created for the writers.
+    // The tables stay, empty (another process may have opened them; nothing is deleted that
+    // another process could be using), and hold no run.
     let fx = Fixture::new(TYPED, "");
     let input = fx.input(
         "d1",
@@ -141,8 +143,14 @@ a,2,2024-01-01
 ",
     );
     fx.run(&input, "2024-01-01").await.unwrap_err();
-    assert!(!fx.table_path("current").exists());
-    assert!(!fx.table_path("history").exists());
+    for role in ["current", "history"] {
+        assert_eq!(
+            fx.version(role).await,
+            Some(0),
+            "{role}: created, nothing committed"
+        );
+        assert!(data_files(&fx.table_path(role)).is_empty(), "{role}");
+    }
     // The next, good run starts from nothing.
     let good = fx.input(
         "d2",
@@ -174,12 +182,24 @@ async fn a_run_failing_after_its_writers_leaves_no_data_files_behind() {
     std::fs::create_dir_all(fx.dir.path().join("lake")).unwrap();
     std::fs::write(fx.dir.path().join("lake/blocked"), b"not a table").unwrap();
     let bad = b"a,1,2024-01-01\nb,x,2024-01-01\n";
-    // A first run: the tables it created are removed again.
+    // A first run: the tables it created hold no data file and no run, not even an empty
+    // partition folder (another process may have opened them: they are not removed).
     fx.run(&fx.input("d1", "bad.csv", bad), "2024-01-01")
         .await
         .unwrap_err();
-    assert!(!fx.table_path("current").exists());
-    assert!(!fx.table_path("history").exists());
+    for role in ["current", "history"] {
+        assert_eq!(
+            fx.version(role).await,
+            Some(0),
+            "{role}: created, nothing committed"
+        );
+        assert!(data_files(&fx.table_path(role)).is_empty(), "{role}");
+        let entries: Vec<String> = std::fs::read_dir(fx.table_path(role))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(entries, ["_delta_log"], "{role}");
+    }
     // A later run: the tables keep their versions and exactly their committed files.
     let good = fx.input("d2", "good.csv", b"a,1,2024-01-01\nc,2,2024-01-01\n");
     fx.run(&good, "2024-01-01").await.unwrap();

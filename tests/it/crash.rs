@@ -195,8 +195,9 @@ async fn a_history_commit_that_does_not_land_deletes_the_runs_files() {
         .collect();
     let properties = delta::writer_properties(Compression::Zstd, 1 << 20, &[]);
     // Two runs begun on the same state take the same sequence number.
-    let mut winner = lake.begin(properties.clone(), 1).await.unwrap();
-    let mut loser = lake.begin(properties, 1).await.unwrap();
+    let base = lake.opened_run();
+    let mut winner = lake.begin(base, properties.clone(), 1).await.unwrap();
+    let mut loser = lake.begin(base, properties, 1).await.unwrap();
     assert_eq!(winner.seq(), recorded.seq + 1);
     assert_eq!(loser.seq(), winner.seq());
     for run in [&mut winner, &mut loser] {

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod common;
+mod concurrency;
 mod crash;
 mod model;
 mod readers;

@@ -2,7 +2,6 @@
 //! first, carrying what each follower table still needs, then each follower.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, Transaction};
@@ -11,7 +10,7 @@ use deltalake::DeltaTable;
 
 use super::log::{txn_version, CommitEntry, PendingCommit, RunRecord, COMMIT_INFO_KEY};
 use super::write::discard_files;
-use super::{remove_tables, DeltaLake};
+use super::{CreatedTables, DeltaLake};
 use crate::error::{Error, Result};
 use crate::sink::{TableRole, Versions};
 
@@ -53,11 +52,10 @@ fn actions(planned: &Planned) -> Vec<Action> {
 
 /// A commit that failed, and whether it is known not to have landed.
 enum Failed {
-    /// Nothing was committed: refused before the attempt, or the log shows an earlier run (or
-    /// none) after it.
+    /// Nothing of this run was committed: refused before the attempt, or the log after it holds
+    /// no commit of this run (by its id).
     NotLanded(Error),
-    /// The commit may have landed: the log could not be read after the attempt, or it records
-    /// a later run.
+    /// The commit may have landed: the log could not be read after the attempt.
     Unknown(Error),
 }
 
@@ -69,7 +67,39 @@ impl From<Failed> for Error {
     }
 }
 
-/// Commits `actions` with `txn(app_id, seq)` and the run's commit-info entry.
+/// The conflict of run `seq` with the run the table records now (another writer's).
+async fn conflict(table: &DeltaTable, role: &str, seq: i64) -> Error {
+    let other = match super::log::last_run(table).await {
+        Ok(Some((version, entry))) => {
+            let run = entry.run;
+            let id = match run.run_id.is_empty() {
+                true => String::new(),
+                false => format!(", id {}", run.run_id),
+            };
+            format!(
+                "it already records run {}{id}, business date {}, at version {version}",
+                run.seq, run.business_date
+            )
+        }
+        _ => "it already records a later run".to_string(),
+    };
+    Error::Conflict {
+        table: role.to_string(),
+        seq,
+        other,
+    }
+}
+
+/// Commits `actions` with `txn(app_id, seq)` and the run's commit-info entry, on the table's
+/// latest state.
+///
+/// Optimistic concurrency (Delta protocol): a table that already records run `seq` or a later
+/// one was committed by another writer that took the same or a later sequence number: a
+/// [`Error::Conflict`], nothing committed. A writer that commits between this read and the
+/// commit makes delta-rs's conflict check fail the commit (both commits carry the same `txn`
+/// app id). After any error the log decides, not the error: the commit landed only if a
+/// commit after the read carries this run's id (delta-rs can report an error for a commit
+/// that landed, and another process may have completed this run meanwhile).
 async fn commit_table(
     table: &mut DeltaTable,
     role: &str,
@@ -79,17 +109,27 @@ async fn commit_table(
     mode: SaveMode,
 ) -> std::result::Result<u64, Failed> {
     let seq = entry.run.seq;
+    let known = table.version();
+    table
+        .update_state()
+        .await
+        .map_err(|e| Failed::NotLanded(e.into()))?;
     if let Some(done) = txn_version(table, app_id)
         .await
         .map_err(Failed::NotLanded)?
     {
         if done >= seq {
-            return Err(Failed::NotLanded(Error::Lake {
-                table: role.to_string(),
-                reason: format!("already records run {done}; refusing to commit run {seq} again"),
-            }));
+            // Another process may have completed this very run since (a follower commit).
+            let ours = super::log::find_run_id(table, known, &entry.run.run_id)
+                .await
+                .map_err(Failed::NotLanded)?;
+            return match ours {
+                Some(version) => Ok(version),
+                None => Err(Failed::NotLanded(conflict(table, role, seq).await)),
+            };
         }
     }
+    let read_version = table.version();
     let metadata = serde_json::to_value(entry).map_err(|e| Failed::NotLanded(e.into()))?;
     let properties = CommitProperties::default()
         .with_application_transaction(Transaction::new(app_id, seq))
@@ -113,28 +153,42 @@ async fn commit_table(
         Ok(done) => Ok(done.version()),
         Err(err) => {
             // A commit can fail after it landed: believe the log, not the error.
+            let landed = super::log::find_run_id(table, read_version, &entry.run.run_id)
+                .await
+                .map_err(Failed::Unknown)?;
             let recorded = txn_version(table, app_id).await.map_err(Failed::Unknown)?;
-            match after_error(recorded, seq) {
-                Some(true) => {
+            match after_error(landed, recorded, seq) {
+                AfterError::Landed(version) => {
                     tracing::warn!(table = role, run = seq, error = %err, "commit reported an error but landed");
-                    Ok(table.version().unwrap_or_default())
+                    Ok(version)
                 }
-                Some(false) => Err(Failed::NotLanded(err.into())),
-                None => Err(Failed::Unknown(err.into())),
+                AfterError::Conflict => Err(Failed::NotLanded(conflict(table, role, seq).await)),
+                AfterError::NotLanded => Err(Failed::NotLanded(err.into())),
             }
         }
     }
 }
 
-/// Whether a commit of run `seq` that reported an error landed, from the run the table's log
-/// records after it (`recorded`): yes when it records `seq`, no when it records an earlier run
-/// or none, unknown (None) when it records a later one: another process may have completed
-/// this run and committed the next since, so its files may be referenced.
-fn after_error(recorded: Option<i64>, seq: i64) -> Option<bool> {
-    match recorded {
-        Some(done) if done == seq => Some(true),
-        Some(done) if done > seq => None,
-        _ => Some(false),
+/// What a commit that reported an error did.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterError {
+    /// A commit of this run (by id) is in the log, at this version.
+    Landed(u64),
+    /// Not in the log, and the table records this run's number or a later one: another
+    /// writer's run.
+    Conflict,
+    /// Not in the log; no other run either.
+    NotLanded,
+}
+
+/// Decides [`AfterError`] from the log after a failed commit of run `seq`: the version of a
+/// commit carrying this run's id (`landed`), and the run number the table records
+/// (`recorded`).
+fn after_error(landed: Option<u64>, recorded: Option<i64>, seq: i64) -> AfterError {
+    match (landed, recorded) {
+        (Some(version), _) => AfterError::Landed(version),
+        (None, Some(done)) if done >= seq => AfterError::Conflict,
+        (None, _) => AfterError::NotLanded,
     }
 }
 
@@ -146,6 +200,8 @@ pub(super) async fn complete(
     run: &RunRecord,
     pending: &PendingCommit,
 ) -> Result<Option<u64>> {
+    // The latest state: another process may have completed the run since this one read it.
+    table.update_state().await?;
     if txn_version(table, app_id)
         .await?
         .is_some_and(|v| v >= run.seq)
@@ -198,7 +254,7 @@ pub(super) async fn commit_run(
     mut run: RunRecord,
     history: Planned,
     followers: Vec<(TableRole, DeltaTable, Planned)>,
-    created: &[PathBuf],
+    created: &mut CreatedTables,
 ) -> Result<Versions> {
     let app_id = lake.app_id().to_string();
     let pending: HashMap<String, PendingCommit> = followers
@@ -240,7 +296,7 @@ pub(super) async fn commit_run(
             for (_, table, planned) in &followers {
                 discard_files(table, &planned.adds).await;
             }
-            remove_tables(created);
+            created.remove();
             return Err(e);
         }
         Err(Failed::Unknown(e)) => return Err(e),
@@ -269,11 +325,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failed_commit_landed_only_if_the_log_records_its_run() {
-        assert_eq!(after_error(Some(5), 5), Some(true));
-        assert_eq!(after_error(Some(4), 5), Some(false));
-        assert_eq!(after_error(None, 5), Some(false));
-        // A later run recorded: this one may have landed and been built on; keep its files.
-        assert_eq!(after_error(Some(6), 5), None);
+    fn a_failed_commit_landed_only_if_the_log_holds_its_run_id() {
+        // Its own commit, or another process completing it (same id), landed.
+        assert_eq!(after_error(Some(7), Some(5), 5), AfterError::Landed(7));
+        assert_eq!(after_error(Some(7), Some(6), 5), AfterError::Landed(7));
+        // The table records run 5 (or later) without this run's id: another writer's run.
+        assert_eq!(after_error(None, Some(5), 5), AfterError::Conflict);
+        assert_eq!(after_error(None, Some(6), 5), AfterError::Conflict);
+        // Nothing of this run, nothing newer: the commit did not land.
+        assert_eq!(after_error(None, Some(4), 5), AfterError::NotLanded);
+        assert_eq!(after_error(None, None, 5), AfterError::NotLanded);
     }
 }

@@ -21,6 +21,10 @@ const MAX_LOG_WALK: u64 = 1000;
 pub struct RunRecord {
     /// Run sequence number: also the Delta `txn` version under the table's app id.
     pub seq: i64,
+    /// This run's own id (a UUID): two runs that took the same sequence number from the same
+    /// base (two writers at once) are told apart by it. Empty in runs of earlier versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub run_id: String,
     /// Business effective date (`YYYY-MM-DD`).
     pub business_date: String,
     /// Input fingerprint: of the extract files (snapshot runs), or of the checkpoint
@@ -133,6 +137,33 @@ pub async fn find_run(table: &DeltaTable, seq: i64, role: &str) -> Result<(u64, 
         }
         version -= 1;
     }
+}
+
+/// The version of the first commit after `after` whose Tributary entry belongs to the run
+/// `run_id` (its own commit, or another process completing it), if the log holds one.
+///
+/// # Errors
+/// See [`read_commit`].
+pub async fn find_run_id(
+    table: &DeltaTable,
+    after: Option<u64>,
+    run_id: &str,
+) -> Result<Option<u64>> {
+    let Some(latest) = table.version() else {
+        return Ok(None);
+    };
+    let first = after.map_or(0, |v| v + 1);
+    for version in first..=latest {
+        if let Some(CommitActions {
+            entry: Some(entry), ..
+        }) = read_commit(table, version).await?
+        {
+            if !run_id.is_empty() && entry.run.run_id == run_id {
+                return Ok(Some(version));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The run sequence number a table has recorded under `app_id` (its Delta `txn` version).

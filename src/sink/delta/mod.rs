@@ -19,7 +19,6 @@ mod write;
 mod writers;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
@@ -31,6 +30,7 @@ use deltalake::DeltaTable;
 
 pub use commit::Planned;
 pub use log::{CommitEntry, RunRecord};
+pub use table::CreatedTables;
 pub use transaction::{RunCommit, RunTransaction};
 pub use write::{
     skip_incompressible, write_files, writer_properties, CODEC_SAMPLE_BYTES, DICTIONARY_PAGE_BYTES,
@@ -56,7 +56,9 @@ pub struct DeltaLake {
     spec: TableSpec,
     /// Local table folders this open created (see [`DeltaLake::open`]); a run that fails before
     /// its commit removes them again.
-    created: Vec<PathBuf>,
+    created: CreatedTables,
+    /// The run the tables recorded when opened (after completing an interrupted one; 0: none).
+    opened_run: i64,
 }
 
 /// What [`DeltaLake::open`] found and did about an interrupted run.
@@ -73,9 +75,10 @@ impl DeltaLake {
     /// checks that they were written under this config's hash spec and schema, and completes
     /// an interrupted run. Returns None when the tables do not exist and `create` is not set.
     ///
-    /// With `create`, the local table folders it makes are remembered: the first run's
-    /// transaction ([`DeltaLake::begin`]) removes them if it fails, and a failed open removes
-    /// them itself, so a first run that fails leaves no tables behind.
+    /// With `create`, the local table folders it makes are remembered: if the first run fails
+    /// before any table exists in them (a create that failed), they are removed again. A table
+    /// that exists is never removed: another process may have opened it (two first runs at
+    /// once), so a first run that fails after creating its tables leaves them empty.
     ///
     /// # Errors
     /// [`Error::Lake`] for a table of another schema or hash spec, or tables out of step that
@@ -84,20 +87,46 @@ impl DeltaLake {
         spec: &TableSpec,
         create: bool,
     ) -> Result<Option<(DeltaLake, Option<Recovery>)>> {
-        let created = match create {
-            true => missing_tables(spec),
-            false => Vec::new(),
+        let mut created = CreatedTables::default();
+        let opened = Self::open_tables(spec, create.then_some(&mut created)).await;
+        let (current, history) = match opened {
+            Ok(Some(tables)) => tables,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                created.remove();
+                return Err(e);
+            }
         };
-        Self::open_tables(spec, create, created.clone())
-            .await
-            .inspect_err(|_| remove_tables(&created))
+        let mut lake = DeltaLake {
+            current,
+            history,
+            app_id: spec.app_id(),
+            spec: spec.clone(),
+            created,
+            opened_run: 0,
+        };
+        let recovered = match lake.recover().await {
+            Ok(recovery) => txn_version(&lake.current, &lake.app_id)
+                .await
+                .map(|run| (recovery, run.unwrap_or(0))),
+            Err(e) => Err(e),
+        };
+        match recovered {
+            Ok((recovery, run)) => {
+                lake.opened_run = run;
+                Ok(Some((lake, recovery)))
+            }
+            Err(e) => {
+                lake.created.remove();
+                Err(e)
+            }
+        }
     }
 
     async fn open_tables(
         spec: &TableSpec,
-        create: bool,
-        created: Vec<PathBuf>,
-    ) -> Result<Option<(DeltaLake, Option<Recovery>)>> {
+        mut create: Option<&mut CreatedTables>,
+    ) -> Result<Option<(DeltaTable, DeltaTable)>> {
         let schema = table_schema(&spec.typed_columns());
         let partition_by: Vec<&str> = spec.lake.partition_by.iter().map(String::as_str).collect();
         let current = table::open_or_create(
@@ -106,7 +135,7 @@ impl DeltaLake {
             schema.clone(),
             &partition_by,
             TableRole::Current,
-            create,
+            create.as_deref_mut(),
         )
         .await?;
         let history = table::open_or_create(
@@ -118,18 +147,7 @@ impl DeltaLake {
             create,
         )
         .await?;
-        let (Some(current), Some(history)) = (current, history) else {
-            return Ok(None);
-        };
-        let mut lake = DeltaLake {
-            current,
-            history,
-            app_id: spec.app_id(),
-            spec: spec.clone(),
-            created,
-        };
-        let recovery = lake.recover().await?;
-        Ok(Some((lake, recovery)))
+        Ok(current.zip(history))
     }
 
     /// Opens the tables, creating those that are absent ([`DeltaLake::open`] with `create`).
@@ -140,6 +158,12 @@ impl DeltaLake {
         Self::open(spec, true)
             .await?
             .ok_or_else(|| Error::Internal("tables not created".into()))
+    }
+
+    /// The run the tables recorded when they were opened (0: none): what a run that reads
+    /// them reads, and the base its sequence number follows ([`Sink::begin`]).
+    pub fn opened_run(&self) -> i64 {
+        self.opened_run
     }
 
     /// The table configuration the tables were opened with.
@@ -217,7 +241,7 @@ impl DeltaLake {
         for role in roles {
             // Followers are created before the history commit: one that is gone was removed by
             // hand, and is not made again to receive files that may be gone too.
-            let Some(mut table) = self.open_follower(role, false).await? else {
+            let Some(mut table) = self.open_follower(role, None).await? else {
                 tracing::warn!(run = h, table = %role.as_str(), "a table of the newest run is missing; not completed");
                 continue;
             };
@@ -243,11 +267,11 @@ impl DeltaLake {
     /// # Errors
     /// [`Error::Lake`] for a table of another schema; Delta errors.
     pub async fn applied_table(&self) -> Result<Option<DeltaTable>> {
-        self.open_follower(TableRole::Applied, false).await
+        self.open_follower(TableRole::Applied, None).await
     }
 
     /// Opens a follower table (current, rejects, applied); with `create`, creates it when
-    /// absent.
+    /// absent and records that there.
     ///
     /// # Errors
     /// [`Error::Internal`] for history, which is no follower; [`Error::Lake`] for a table of
@@ -255,7 +279,7 @@ impl DeltaLake {
     pub(crate) async fn open_follower(
         &self,
         role: TableRole,
-        create: bool,
+        create: Option<&mut CreatedTables>,
     ) -> Result<Option<DeltaTable>> {
         let (url, schema) = match role {
             TableRole::Current => return Ok(Some(self.current.clone())),
@@ -274,7 +298,7 @@ impl DeltaLake {
         run: RunRecord,
         history: Planned,
         followers: Vec<(TableRole, DeltaTable, Planned)>,
-        created: &[PathBuf],
+        created: &mut CreatedTables,
     ) -> Result<Versions> {
         commit::commit_run(self, run, history, followers, created).await
     }
@@ -296,10 +320,16 @@ impl Sink for DeltaLake {
 
     async fn begin(
         &mut self,
+        base_run: i64,
         properties: WriterProperties,
         writer_tasks: usize,
     ) -> Result<RunTransaction> {
-        RunTransaction::begin(self, properties, writer_tasks).await
+        Ok(RunTransaction::begin(
+            self,
+            base_run,
+            properties,
+            writer_tasks,
+        ))
     }
 
     async fn commit(&mut self, run: RunTransaction, commit: RunCommit) -> Result<Versions> {
@@ -308,35 +338,6 @@ impl Sink for DeltaLake {
 
     async fn abandon(&mut self, run: RunTransaction) {
         run.abandon().await
-    }
-}
-
-/// The local folders of a table's lake tables (current, history, applied) that do not exist
-/// yet. Folders that exist (even without a table) and tables elsewhere are not listed: a failed
-/// first run leaves an empty table there, which the next run uses as it is.
-fn missing_tables(spec: &TableSpec) -> Vec<PathBuf> {
-    [
-        &spec.lake.current_url,
-        &spec.lake.history_url,
-        &spec.lake.applied_url,
-    ]
-    .into_iter()
-    .filter_map(missing_folder)
-    .collect()
-}
-
-/// The local folder of a table URL, when it does not exist yet.
-fn missing_folder(url: &url::Url) -> Option<PathBuf> {
-    url.to_file_path().ok().filter(|path| !path.exists())
-}
-
-/// Removes table folders listed by [`missing_tables`] before a failed first run created them
-/// (those it did not get to create are skipped).
-fn remove_tables(paths: &[PathBuf]) {
-    for path in paths.iter().filter(|p| p.exists()) {
-        if let Err(e) = std::fs::remove_dir_all(path) {
-            tracing::warn!(path = %path.display(), "could not remove a table created by a failed first run: {e}");
-        }
     }
 }
 

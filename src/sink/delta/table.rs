@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::StructType;
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
@@ -27,7 +28,8 @@ fn lake_err(role: &str, reason: String) -> Error {
 
 /// Opens the table at `url` and checks its hash properties and schema. Returns None when no
 /// table is there; with `create`, creates it instead (with `schema`, `partitions` and
-/// Tributary's properties).
+/// Tributary's properties) and records the folder it made there. Two processes creating one
+/// table at once: the one whose create fails opens the other's.
 ///
 /// # Errors
 /// [`Error::Lake`] for a table of another hash spec, algorithm or schema; Delta errors.
@@ -37,7 +39,7 @@ pub async fn open_or_create(
     schema: SchemaRef,
     partitions: &[&str],
     role: TableRole,
-    create: bool,
+    mut create: Option<&mut CreatedTables>,
 ) -> Result<Option<DeltaTable>> {
     let role = role.as_str();
     if url.scheme() == "file" {
@@ -45,16 +47,21 @@ pub async fn open_or_create(
             .to_file_path()
             .map_err(|_| lake_err(role, format!("bad file URL {url}")))?;
         if !path.join("_delta_log").exists() {
-            if !create {
+            let Some(created) = create.as_deref_mut() else {
                 return Ok(None);
+            };
+            if !path.exists() {
+                std::fs::create_dir_all(&path)?;
+                created.push(url);
             }
-            std::fs::create_dir_all(&path)?;
         }
     }
-    let table = match deltalake::open_table(url.clone()).await {
+    let table = match open_table(url).await {
         Ok(table) => table,
-        Err(DeltaTableError::NotATable(_)) if !create => return Ok(None),
         Err(DeltaTableError::NotATable(_)) => {
+            if create.is_none() {
+                return Ok(None);
+            }
             let fields: StructType = schema.clone().try_into_kernel()?;
             let mut props: HashMap<String, Option<String>> = HashMap::new();
             props.insert(PROP_HASH_SPEC.into(), Some(HASH_SPEC_VERSION.to_string()));
@@ -67,7 +74,10 @@ pub async fn open_or_create(
                 Some(config.lake.checkpoint_interval.to_string()),
             );
             tracing::info!(table = role, %url, "creating Delta table");
-            DeltaTable::try_from_url(url.clone())
+            // No retries: delta-rs would otherwise resolve a race with another creator by
+            // committing a second CREATE TABLE on top of the first.
+            let once = CommitProperties::default().with_max_retries(0);
+            let made = DeltaTable::try_from_url(url.clone())
                 .await?
                 .create()
                 .with_table_name(format!("{}_{role}", config.name))
@@ -75,7 +85,19 @@ pub async fn open_or_create(
                 .with_partition_columns(partitions.iter().map(|p| p.to_string()))
                 .with_configuration(props)
                 .with_raise_if_key_not_exists(false)
-                .await?
+                .with_commit_properties(once)
+                .await;
+            match made {
+                Ok(table) => table,
+                // Another process created it meanwhile: use theirs.
+                Err(e) => match open_table(url).await {
+                    Ok(table) => {
+                        tracing::info!(table = role, %url, "another process created the table first; using it");
+                        table
+                    }
+                    Err(_) => return Err(e.into()),
+                },
+            }
         }
         Err(e) => return Err(e.into()),
     };
@@ -96,6 +118,66 @@ pub async fn open_or_create(
         ));
     }
     Ok(Some(table))
+}
+
+/// How often [`open_table`] tries a table whose log cannot be read, 100 ms apart.
+const OPEN_ATTEMPTS: u32 = 5;
+
+/// Opens the table at `url`. A log that cannot be read (another process creating the table:
+/// its first commit is being written) is tried again, up to [`OPEN_ATTEMPTS`] times; "not a
+/// table" is returned at once.
+async fn open_table(url: &Url) -> std::result::Result<DeltaTable, DeltaTableError> {
+    let mut attempt = 1;
+    loop {
+        match deltalake::open_table(url.clone()).await {
+            Err(DeltaTableError::NotATable(m)) => return Err(DeltaTableError::NotATable(m)),
+            Err(e) if attempt < OPEN_ATTEMPTS => {
+                tracing::debug!(%url, attempt, "cannot read the table's log yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The local table folders one process made for tables it was to create. A run that fails
+/// removes those that hold no table (the create itself failed); a table that exists is never
+/// removed, whoever created it: another process may have opened it and be writing into it
+/// (two first runs at once). A failed first run thus leaves an empty table (version 0: no
+/// data, no run), which the next run uses as it is.
+#[derive(Debug, Clone, Default)]
+pub struct CreatedTables {
+    /// Folders made.
+    pub paths: Vec<std::path::PathBuf>,
+}
+
+impl CreatedTables {
+    /// Records the local folder of `url` (object stores have no folders to remove).
+    pub fn push(&mut self, url: &Url) {
+        if let Ok(path) = url.to_file_path() {
+            self.paths.push(path);
+        }
+    }
+
+    /// Takes the folders over (this record forgets them).
+    pub fn take(&mut self) -> CreatedTables {
+        CreatedTables {
+            paths: std::mem::take(&mut self.paths),
+        }
+    }
+
+    /// Removes the folders that are still empty. Best effort: failures are logged.
+    pub fn remove(&mut self) {
+        for path in std::mem::take(&mut self.paths) {
+            let empty = std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none());
+            if empty {
+                if let Err(e) = std::fs::remove_dir(&path) {
+                    tracing::warn!(path = %path.display(), "could not remove an empty table folder: {e}");
+                }
+            }
+        }
+    }
 }
 
 fn check(table: &DeltaTable, config: &TableSpec, schema: &SchemaRef, role: &str) -> Result<()> {

@@ -15,16 +15,14 @@
 //! for the pipeline's own steps). Error precedence: the pipeline's error, unless it only saw a
 //! writer stop ([`Error::WriterGone`]): then the writer's own error (disk full, say).
 
-use std::path::PathBuf;
-
 use deltalake::arrow::array::RecordBatch;
 use deltalake::kernel::{Add, Remove};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::DeltaTable;
 
-use super::log::{txn_version, RunRecord};
+use super::log::RunRecord;
 use super::write::{discard_files, write_files};
-use super::{applied, missing_folder, remove_tables, DeltaLake, Planned, Senders, TableWriters};
+use super::{applied, CreatedTables, DeltaLake, Planned, Senders, TableWriters};
 use crate::core::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::sink::{TableRole, Versions};
@@ -51,6 +49,9 @@ pub struct RunCommit {
 /// tables created for it (see the module docs).
 pub struct RunTransaction {
     seq: i64,
+    /// This run's id (a UUID), recorded in every commit: told apart from another writer's run
+    /// of the same sequence number.
+    id: String,
     current: DeltaTable,
     history: DeltaTable,
     properties: WriterProperties,
@@ -58,33 +59,28 @@ pub struct RunTransaction {
     current_adds: Vec<Add>,
     history_adds: Vec<Add>,
     followers: Vec<(TableRole, DeltaTable, Vec<Add>)>,
-    created: Vec<PathBuf>,
+    created: CreatedTables,
     /// Committed or abandoned: nothing is left for [`Drop`] to report.
     ended: bool,
 }
 
 impl RunTransaction {
-    /// Begins a run on `lake`: the next sequence number, and `writer_tasks` writers per table
-    /// (at least one). Takes over the tables `lake`'s open created.
-    ///
-    /// # Errors
-    /// Delta errors reading the log (the created tables are removed).
-    pub(super) async fn begin(
+    /// Begins a run on `lake` whose reads reflect run `base_run` (0: an empty lake): its
+    /// sequence number is `base_run + 1`, which only one run can commit (a run that finds it
+    /// taken at its commit is a conflict). Starts `writer_tasks` writers per table (at least
+    /// one) and takes over the folders `lake`'s open made.
+    pub(super) fn begin(
         lake: &mut DeltaLake,
+        base_run: i64,
         properties: WriterProperties,
         writer_tasks: usize,
-    ) -> Result<Self> {
-        let created = std::mem::take(&mut lake.created);
-        let seq = match txn_version(&lake.current, lake.app_id()).await {
-            Ok(done) => done.unwrap_or(0) + 1,
-            Err(e) => {
-                remove_tables(&created);
-                return Err(e);
-            }
-        };
+    ) -> Self {
+        let created = lake.created.take();
+        let seq = base_run + 1;
         let writers = TableWriters::start(lake, properties.clone(), writer_tasks);
-        Ok(RunTransaction {
+        RunTransaction {
             seq,
+            id: uuid::Uuid::new_v4().to_string(),
             current: lake.current.clone(),
             history: lake.history.clone(),
             properties,
@@ -94,12 +90,17 @@ impl RunTransaction {
             followers: Vec::new(),
             created,
             ended: false,
-        })
+        }
     }
 
     /// The run's sequence number.
     pub fn seq(&self) -> i64 {
         self.seq
+    }
+
+    /// The run's id (a UUID).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The writers' channels, until [`RunTransaction::finish_writes`].
@@ -183,24 +184,22 @@ impl RunTransaction {
         batches: Vec<RecordBatch>,
         properties: WriterProperties,
     ) -> Result<()> {
-        let url = match role {
-            TableRole::Rejects => &lake.spec().lake.rejects_url,
-            TableRole::Applied => &lake.spec().lake.applied_url,
-            TableRole::Current | TableRole::History => {
-                let e = Error::Internal(format!("{} is not written as a follower", role.as_str()));
-                return self.guard(Err(e)).await;
-            }
-        };
-        self.created.extend(missing_folder(url));
-        let written = async {
-            let table = lake
-                .open_follower(role, true)
-                .await?
-                .ok_or_else(|| Error::Internal(format!("{} table not created", role.as_str())))?;
-            let adds = write_files(&table, batches, properties).await?;
-            Ok((table, adds))
+        if matches!(role, TableRole::Current | TableRole::History) {
+            let e = Error::Internal(format!("{} is not written as a follower", role.as_str()));
+            return self.guard(Err(e)).await;
         }
-        .await;
+        let opened = match lake.open_follower(role, Some(&mut self.created)).await {
+            Ok(Some(table)) => Ok(table),
+            Ok(None) => Err(Error::Internal(format!(
+                "{} table not created",
+                role.as_str()
+            ))),
+            Err(e) => Err(e),
+        };
+        let table = self.guard(opened).await?;
+        let written = write_files(&table, batches, properties)
+            .await
+            .map(|adds| (table, adds));
         let (table, adds) = self.guard(written).await?;
         self.followers.push((role, table, adds));
         Ok(())
@@ -230,6 +229,7 @@ impl RunTransaction {
         }
         let record = RunRecord {
             seq: self.seq,
+            run_id: self.id.clone(),
             business_date: commit.business_date,
             fingerprint: commit.fingerprint,
             current_base_version: commit.current_base_version,
@@ -256,8 +256,9 @@ impl RunTransaction {
         }
         // From here the commit protocol owns the files (and deletes them if nothing lands).
         self.ended = true;
-        let created = std::mem::take(&mut self.created);
-        lake.commit_run(record, history, followers, &created).await
+        let mut created = self.created.take();
+        lake.commit_run(record, history, followers, &mut created)
+            .await
     }
 
     /// Gives the run up: deletes its files and the tables created for it.
@@ -278,7 +279,7 @@ impl RunTransaction {
         for (_, table, adds) in std::mem::take(&mut self.followers) {
             discard_files(&table, &adds).await;
         }
-        remove_tables(&std::mem::take(&mut self.created));
+        self.created.remove();
         self.ended = true;
     }
 }

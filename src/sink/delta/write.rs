@@ -243,7 +243,8 @@ pub(super) async fn stream_into(
     Ok(())
 }
 
-/// Deletes data files that were written but will not be committed (a refused or failed run).
+/// Deletes data files that were written but will not be committed (a refused or failed run),
+/// then, in a local table, the partition folders (`eff_start_date=.../`) they leave empty.
 /// Best effort: a file that cannot be deleted is only unreferenced, and `VACUUM` removes it.
 pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
     use futures::StreamExt;
@@ -257,6 +258,30 @@ pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
     while let Some(result) = results.next().await {
         if let Err(e) = result {
             tracing::warn!("could not delete an uncommitted data file: {e}");
+        }
+    }
+    if let Ok(root) = table.table_url().to_file_path() {
+        remove_empty_folders(&root, adds);
+    }
+}
+
+/// Removes the folders between `root` and each file of `adds` that are empty, deepest first;
+/// `root` itself stays. A folder another writer has put a file in since is not empty, and
+/// stays too.
+fn remove_empty_folders(root: &std::path::Path, adds: &[Add]) {
+    let mut folders = std::collections::BTreeSet::new();
+    for add in adds {
+        let relative = percent_encoding::percent_decode_str(&add.path).decode_utf8_lossy();
+        let mut folder = std::path::Path::new(relative.as_ref()).parent();
+        while let Some(f) = folder.filter(|f| !f.as_os_str().is_empty()) {
+            folders.insert(root.join(f));
+            folder = f.parent();
+        }
+    }
+    // Deepest first: a child sorts after its parent.
+    for folder in folders.iter().rev() {
+        if std::fs::read_dir(folder).is_ok_and(|mut d| d.next().is_none()) {
+            let _ = std::fs::remove_dir(folder);
         }
     }
 }

@@ -32,7 +32,7 @@ const READ_AHEAD_BATCHES: usize = 4;
 /// The change files of one landing-zone table folder, read in source order.
 pub struct LandingZone {
     config: ChangelogTable,
-    files: Vec<ChangeFile>,
+    folder: PathBuf,
     run_days: i32,
     bar: ProgressBar,
     /// Planned by [`ChangeSource::plan`]: the files to read, and those only recorded.
@@ -43,9 +43,10 @@ pub struct LandingZone {
 }
 
 impl LandingZone {
-    /// Lists the change files of `folder` for the table `config`. `run_days` is the run's
-    /// business date (days since 1970-01-01) for changes that carry no commit time (or all of
-    /// them, with `eff_start: run`); `bar` shows which file is being read.
+    /// The change files of `folder` for the table `config`. `run_days` is the run's business
+    /// date (days since 1970-01-01) for changes that carry no commit time (or all of them,
+    /// with `eff_start: run`); `bar` shows which file is being read. Each
+    /// [`plan`](ChangeSource::plan) lists the folder afresh.
     ///
     /// # Errors
     /// [`Error::Input`] when the folder cannot be listed.
@@ -55,9 +56,10 @@ impl LandingZone {
         run_days: i32,
         bar: ProgressBar,
     ) -> Result<Self> {
+        list(folder, config.layout)?;
         Ok(LandingZone {
             config: config.clone(),
-            files: list(folder, config.layout)?,
+            folder: folder.to_path_buf(),
             run_days,
             bar,
             read: Vec::new(),
@@ -75,8 +77,10 @@ enum Read {
 }
 
 impl ChangeSource for LandingZone {
+    /// Lists the folder and leaves out what `committed` records (see the module docs). Every
+    /// call plans afresh: a run that lost its commit to another writer plans again.
     fn plan(&mut self, committed: &Committed) -> Result<Pending> {
-        let todo = pending(std::mem::take(&mut self.files), &committed.files);
+        let todo = pending(list(&self.folder, self.config.layout)?, &committed.files);
         self.read = todo.read;
         self.superseded = todo.superseded;
         self.done.clear();
@@ -88,7 +92,8 @@ impl ChangeSource for LandingZone {
     }
 
     /// Reads the planned files on a thread of their own (parsing is CPU-bound), a few batches
-    /// ahead of the consumer, in file order. A file's error ends the stream with it.
+    /// ahead of the consumer, in file order. A file's error ends the stream with it. The plan
+    /// is streamed once: a second call without a new plan streams nothing.
     fn changes(&mut self) -> BoxStream<'_, Result<ChangeBatch>> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Read>>(READ_AHEAD_BATCHES);
         let files = std::mem::take(&mut self.read);
@@ -643,6 +648,8 @@ mod tests {
         use ChangeOp::*;
         assert_eq!(ops, [Insert, Insert, Update, Delete]);
         let Checkpoint::Files(files) = zone.checkpoint();
+        // A run that lost its commit to another writer plans again: the same files.
+        assert_eq!(zone.plan(&Committed::default()).unwrap(), pending);
         let names: Vec<(&str, &str, i64)> = files
             .iter()
             .map(|f| (f.file.as_str(), f.kind, f.rows))
