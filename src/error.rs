@@ -62,6 +62,18 @@ pub enum Error {
         /// The other run: its sequence number, id and business date.
         other: String,
     },
+    /// A file or folder could not be written or read (a full disk, a missing folder, no
+    /// permission): the environment, not the input. Names the path; a full disk says so.
+    #[error("{action} {}: {source}{}", path.display(), if is_no_space(source) { "; the device is full: free some space, or point `spill_dir` or the tables elsewhere" } else { "" })]
+    Storage {
+        /// What was being done (`cannot write spill file`, `cannot write data files of`).
+        action: String,
+        /// The file, folder or table being written or read.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The lake tables are in a state Tributary cannot continue from.
     #[error("lake table {table}: {reason}")]
     Lake {
@@ -104,6 +116,26 @@ pub enum Error {
     Internal(String),
 }
 
+/// Whether an I/O error is a full device (`ENOSPC`).
+pub fn is_no_space(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::StorageFull || err.raw_os_error() == Some(28)
+}
+
+/// Whether an error or one of its sources says the device is full (`ENOSPC`, or the text
+/// "No space left on device" that libraries wrapping it keep).
+pub fn chain_has_no_space(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>().is_some_and(is_no_space)
+            || e.to_string().contains("No space left on device")
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 impl Error {
     /// A [`Error::BadRow`]: `file` as shown in messages, 1-based `line` (or row), the column
     /// when one value is at fault.
@@ -130,5 +162,36 @@ impl Error {
             Error::BadRow { .. } | Error::Input { .. } => 4,
             _ => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library's error wrapping `ENOSPC` (delta-rs: "Failed to parse parquet: ... No space
+    /// left on device") is recognised through the chain, or by its text.
+    #[test]
+    fn a_full_device_is_found_in_an_error_chain() {
+        let full = std::io::Error::from_raw_os_error(28);
+        assert!(is_no_space(&full));
+        let wrapped = Error::Storage {
+            action: "cannot write".into(),
+            path: "/x".into(),
+            source: full,
+        };
+        assert!(chain_has_no_space(&wrapped));
+        assert!(wrapped.to_string().contains("the device is full"));
+        let text =
+            std::io::Error::other("Failed to parse parquet: No space left on device (os error 28)");
+        assert!(chain_has_no_space(&text));
+        let other = std::io::Error::from_raw_os_error(13);
+        assert!(!chain_has_no_space(&other));
+        let denied = Error::Storage {
+            action: "cannot write".into(),
+            path: "/x".into(),
+            source: other,
+        };
+        assert!(!denied.to_string().contains("no space"), "{denied}");
     }
 }

@@ -72,7 +72,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(execute(cli.command)) {
+    cli::panics::quiet();
+    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(execute(cli.command))
+    }));
+    // Tasks still running as the runtime shuts down may panic ("already shut down"): not news.
+    cli::panics::shutting_down();
+    let done = match done {
+        Ok(done) => done,
+        Err(_) => Err(tributary::Error::Internal(cli::panics::last())),
+    };
+    match done {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err}");

@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod check;
 pub mod demo;
 pub mod generate;
+pub mod panics;
 pub mod run;
 pub mod sync;
 pub mod tables;

@@ -163,6 +163,9 @@ pub struct TableSpec {
     pub columns: Vec<Column>,
     /// Digest of `keyhash` and `nonkeyhash` (docs/hashing.md).
     pub hash: HashAlgorithm,
+    /// Whether a key column may hold NULL: only in change-log tables without a primary key,
+    /// whose every column is hashed as the key. Elsewhere a NULL key part is a bad row.
+    pub key_nullable: bool,
     /// The lake tables (the sink section).
     pub lake: LakeConfig,
 }

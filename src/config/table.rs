@@ -204,6 +204,7 @@ impl ConfigFile {
                 name: self.name,
                 columns,
                 hash: self.hash.unwrap_or_default(),
+                key_nullable: false,
                 lake,
             },
             source: SourceOptions {

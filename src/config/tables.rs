@@ -254,6 +254,7 @@ impl TableEntry {
                 name: self.name(),
                 columns,
                 hash: Default::default(),
+                key_nullable: insert_only,
                 lake,
             },
             source: SourceOptions {

@@ -14,7 +14,7 @@ use crate::core::batch::Reject;
 use crate::error::Result;
 use crate::report::memory::peak_rss_bytes;
 use crate::report::progress::Progress;
-use crate::source::extract::{self, list_input_files};
+use crate::source::extract::{self, list_input_files, SkippedFile};
 
 /// The outcome of `tributary check`.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +23,9 @@ pub struct CheckSummary {
     pub input_files: usize,
     /// Their size, bytes.
     pub input_bytes: u64,
+    /// Entries of the input folder not read, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<SkippedFile>,
     /// Rows read, rejected ones included.
     pub rows_read: u64,
     /// Bad rows (only under `on_error: reject`; under `fail` the first one is the error).
@@ -43,7 +46,8 @@ pub struct CheckSummary {
 /// As [`source::read`]: the first bad row under `on_error: fail`, unreadable files.
 pub fn check(config: &TableConfig, input: &Path) -> Result<CheckSummary> {
     let started = Instant::now();
-    let files = list_input_files(input, config.source.format)?;
+    let listing = list_input_files(input, config.source.format)?;
+    let files = listing.files;
     let input_bytes: u64 = files.iter().map(|f| f.size).sum();
     let progress = Progress::bytes("checking", input_bytes);
     let stats = extract::read(config, &files, &progress, &mut |batch| {
@@ -54,6 +58,7 @@ pub fn check(config: &TableConfig, input: &Path) -> Result<CheckSummary> {
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     Ok(CheckSummary {
         input_files: files.len(),
+        skipped_files: listing.skipped,
         input_bytes,
         rows_read: stats.rows_read,
         rejects: stats.rejects,

@@ -98,13 +98,15 @@ async fn run_once(
     let spec = &config.table;
     let date = epoch_days(business_date);
     let date_text = business_date.format("%Y-%m-%d").to_string();
-    let files = list_input_files(input, config.source.format)?;
+    let listing = list_input_files(input, config.source.format)?;
+    let files = listing.files;
     // Read on its own thread beside the run; needed first when this date was applied before.
     let mut fingerprint = PendingFingerprint::start(&files)?;
     // Open without creating: a run that fails on its input leaves no trace in the lake.
     let existing = DeltaLake::open(spec, false).await?;
     let recovered = existing.as_ref().and_then(|(_, r)| r.clone());
     let mut summary = RunSummary::new(spec, &date_text, recovered, files.len());
+    summary.skipped_files = listing.skipped;
     let last = match &existing {
         Some((lake, _)) => lake.last_run().await?,
         None => None,

@@ -9,6 +9,7 @@ use crate::core::op::OpCounts;
 use crate::sink::delta::Recovery;
 use crate::snapshot::plan::MemoryPlan;
 use crate::snapshot::spill::SpillStats;
+use crate::source::extract::SkippedFile;
 
 /// What a run did to one table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -75,6 +76,9 @@ pub struct RunSummary {
     pub recovered: Option<Recovery>,
     /// Extract files read.
     pub input_files: usize,
+    /// Entries of the input folder not read, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<SkippedFile>,
     /// Input fingerprint (docs/hashing.md).
     pub fingerprint: String,
     /// Rows read, rejected ones included.
@@ -155,6 +159,9 @@ impl fmt::Display for RunSummary {
                 "  recovered: completed interrupted run {} ({})",
                 r.completed_run, r.business_date
             )?;
+        }
+        for s in &self.skipped_files {
+            writeln!(f, "  not read:   {} ({})", s.name, s.reason)?;
         }
         if self.status != "applied" {
             return Ok(());

@@ -16,7 +16,7 @@ pub mod extract;
 
 use std::future::Future;
 
-use deltalake::arrow::array::{ArrayRef, RecordBatch};
+use deltalake::arrow::array::{Array, ArrayRef, RecordBatch};
 use futures::stream::BoxStream;
 
 use crate::config::TableSpec;
@@ -83,6 +83,33 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.units == 0 && self.skipped == 0
     }
+}
+
+/// Why a row with a NULL key part is bad (a key identifies a row: every part needs a value).
+pub(crate) const NULL_KEY: &str = "NULL in a key column (every key column needs a value)";
+
+/// The rows of typed `columns` (configured columns, config order) whose key columns hold a
+/// NULL: (row, column index of the first such key column), in row order; none when the table's
+/// keys may be NULL ([`TableSpec::key_nullable`]).
+pub(crate) fn null_keys(table: &TableSpec, columns: &[ArrayRef]) -> Vec<(usize, usize)> {
+    if table.key_nullable {
+        return Vec::new();
+    }
+    let keys = table.key_indices();
+    let mut out = Vec::new();
+    for &c in &keys {
+        if columns[c].null_count() == 0 {
+            continue;
+        }
+        out.extend(
+            (0..columns[c].len())
+                .filter(|&r| columns[c].is_null(r))
+                .map(|r| (r, c)),
+        );
+    }
+    out.sort_unstable();
+    out.dedup_by_key(|(row, _)| *row);
+    out
 }
 
 /// Hashes a typed payload batch into a [`HashedBatch`].

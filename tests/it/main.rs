@@ -4,11 +4,13 @@ mod bad_input;
 mod common;
 mod concurrency;
 mod crash;
+mod hostile_input;
 mod model;
 mod readers;
 #[cfg(unix)]
 mod shared;
 mod snapshot;
 mod spill;
+mod stats;
 mod sync;
 mod sync_model;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, Transaction};
-use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 use deltalake::DeltaTable;
 
 use super::log::{txn_version, CommitEntry, PendingCommit, RunRecord, COMMIT_INFO_KEY};
@@ -90,6 +90,40 @@ async fn conflict(table: &DeltaTable, role: &str, seq: i64) -> Error {
     }
 }
 
+/// The `engineInfo` of Tributary's commits.
+pub const ENGINE_INFO: &str = concat!("tributary/", env!("CARGO_PKG_VERSION"));
+
+/// The operation a commit performs, named as Delta writers name it (`commitInfo.operation`):
+/// adding files only is a `WRITE` append; replacing every file a `WRITE` overwrite (a snapshot
+/// run's current table, a full reload); replacing some of the current table's files (a change-log
+/// merge: rows updated, deleted, inserted) a `MERGE`; replacing some history files (`run
+/// --replace`) a `WRITE` overwrite of those.
+fn operation(role: &str, removes: usize, files: usize, partition_by: &[String]) -> DeltaOperation {
+    let partition_by = (!partition_by.is_empty()).then(|| partition_by.to_vec());
+    let write = |mode| DeltaOperation::Write {
+        mode,
+        partition_by: partition_by.clone(),
+        predicate: None,
+    };
+    if removes == 0 {
+        return write(SaveMode::Append);
+    }
+    if removes >= files || role != TableRole::Current.as_str() {
+        return write(SaveMode::Overwrite);
+    }
+    let action = |kind: &str| MergePredicate {
+        action_type: kind.to_string(),
+        predicate: None,
+    };
+    DeltaOperation::Merge {
+        predicate: None,
+        merge_predicate: Some("target.keyhash = source.keyhash".to_string()),
+        matched_predicates: vec![action("update"), action("delete")],
+        not_matched_predicates: vec![action("insert")],
+        not_matched_by_source_predicates: Vec::new(),
+    }
+}
+
 /// Commits `actions` with `txn(app_id, seq)` and the run's commit-info entry, on the table's
 /// latest state.
 ///
@@ -106,7 +140,6 @@ async fn commit_table(
     app_id: &str,
     actions: Vec<Action>,
     entry: &CommitEntry,
-    mode: SaveMode,
 ) -> std::result::Result<u64, Failed> {
     let seq = entry.run.seq;
     let known = table.version();
@@ -135,12 +168,22 @@ async fn commit_table(
         .with_application_transaction(Transaction::new(app_id, seq))
         .with_metadata([(COMMIT_INFO_KEY.to_string(), metadata)]);
     let snapshot = table.snapshot().map_err(|e| Failed::NotLanded(e.into()))?;
-    let partition_by = snapshot.metadata().partition_columns().to_vec();
-    let operation = DeltaOperation::Write {
-        mode,
-        partition_by: (!partition_by.is_empty()).then_some(partition_by),
-        predicate: None,
-    };
+    let removes = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Remove(_)))
+        .count();
+    let operation = operation(
+        role,
+        removes,
+        snapshot.log_data().num_files(),
+        snapshot.metadata().partition_columns(),
+    );
+    // Tributary's own commit info (a caller's CommitInfo action keeps its engineInfo).
+    let mut info = operation.get_commit_info();
+    info.timestamp = Some(chrono::Utc::now().timestamp_millis());
+    info.engine_info = Some(ENGINE_INFO.to_string());
+    let mut actions = actions;
+    actions.insert(0, Action::CommitInfo(info));
     let result = CommitBuilder::from(properties)
         .with_actions(actions)
         .build(Some(snapshot), table.log_store(), operation)
@@ -227,13 +270,8 @@ pub(super) async fn complete(
         adds: pending.adds.clone(),
         removes: pending.removes.clone(),
     };
-    let mode = if planned.removes.is_empty() {
-        SaveMode::Append
-    } else {
-        SaveMode::Overwrite
-    };
     Ok(Some(
-        commit_table(table, role, app_id, actions(&planned), &entry, mode).await?,
+        commit_table(table, role, app_id, actions(&planned), &entry).await?,
     ))
 }
 
@@ -273,18 +311,12 @@ pub(super) async fn commit_run(
         run: run.clone(),
         pending,
     };
-    let mode = if history.removes.is_empty() {
-        SaveMode::Append
-    } else {
-        SaveMode::Overwrite
-    };
     let committed = commit_table(
         &mut lake.history,
         TableRole::History.as_str(),
         &app_id,
         actions(&history),
         &entry,
-        mode,
     )
     .await;
     let history_version = match committed {
@@ -323,6 +355,29 @@ pub(super) async fn commit_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operations_are_named_as_delta_writers_name_them() {
+        let name =
+            |role: &str, removes, files| operation(role, removes, files, &[]).name().to_string();
+        assert_eq!(name("history", 0, 9), "WRITE");
+        assert_eq!(name("current", 9, 9), "WRITE");
+        assert_eq!(name("current", 2, 9), "MERGE");
+        assert_eq!(name("history", 2, 9), "WRITE");
+        let mode =
+            |removes, files| match operation("current", removes, files, &["region".to_string()]) {
+                DeltaOperation::Write {
+                    mode, partition_by, ..
+                } => {
+                    assert_eq!(partition_by, Some(vec!["region".to_string()]));
+                    Some(mode)
+                }
+                _ => None,
+            };
+        assert_eq!(mode(0, 3), Some(SaveMode::Append));
+        assert_eq!(mode(3, 3), Some(SaveMode::Overwrite));
+        assert_eq!(mode(1, 3), None);
+    }
 
     #[test]
     fn a_failed_commit_landed_only_if_the_log_holds_its_run_id() {

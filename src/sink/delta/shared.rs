@@ -287,6 +287,30 @@ mod tests {
         );
     }
 
+    /// Statistics keep every digit: `0.9988592456160441` parsed without serde_json's
+    /// `float_roundtrip` came back as `0.998859245616044`, a max below the real one, and readers
+    /// skipping files by it lost the row.
+    #[test]
+    fn history_add_keeps_float_statistics_exact() {
+        let text = r#"{"numRecords":1,"minValues":{"v":0.9988592456160441,"w":1.0000000000000002e-300},"maxValues":{"v":0.9988592456160441,"w":5.000000000000001},"nullCount":{"v":0,"w":0}}"#;
+        let add = Add {
+            path: "p.parquet".into(),
+            stats: Some(text.into()),
+            ..Add::default()
+        };
+        let link = history_add(
+            &add,
+            "eff_start_date=2019-06-19/p.parquet".into(),
+            "2019-06-19",
+        )
+        .unwrap();
+        let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        let kept = parse(link.stats.as_deref().unwrap());
+        assert_eq!(kept, parse(text));
+        assert_eq!(kept["maxValues"]["v"].as_f64(), Some(0.9988592456160441));
+        assert!(link.stats.unwrap().contains("0.9988592456160441"));
+    }
+
     #[tokio::test]
     async fn copy_file_streams_between_stores_in_parts() {
         use deltalake::logstore::object_store::PutPayload;

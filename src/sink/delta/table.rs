@@ -18,6 +18,19 @@ use crate::sink::TableRole;
 pub const PROP_HASH_SPEC: &str = "tributary.hash.spec";
 /// Table property holding the hash algorithm (`xxh3` or `md5`).
 pub const PROP_HASH_ALGORITHM: &str = "tributary.hash.algorithm";
+/// Table property holding the key columns, as a JSON array of names in config order: a
+/// `keyhash` means nothing under other key columns, so a config with others is refused.
+pub const PROP_KEY_COLUMNS: &str = "tributary.key.columns";
+
+/// The key column names of `config` as [`PROP_KEY_COLUMNS`] stores them.
+fn key_columns(config: &TableSpec) -> String {
+    let names: Vec<&str> = config
+        .key_indices()
+        .iter()
+        .map(|&i| config.columns[i].name.as_str())
+        .collect();
+    serde_json::to_string(&names).unwrap_or_default()
+}
 
 fn lake_err(role: &str, reason: String) -> Error {
     Error::Lake {
@@ -69,6 +82,7 @@ pub async fn open_or_create(
                 PROP_HASH_ALGORITHM.into(),
                 Some(config.hash.as_str().into()),
             );
+            props.insert(PROP_KEY_COLUMNS.into(), Some(key_columns(config)));
             props.insert(
                 "delta.checkpointInterval".into(),
                 Some(config.lake.checkpoint_interval.to_string()),
@@ -206,6 +220,22 @@ fn check(table: &DeltaTable, config: &TableSpec, schema: &SchemaRef, role: &str)
                 config.hash.as_str()
             ),
         ));
+    }
+    // Tables created before the property was written do not hold it: not checked.
+    if let Some(stored) = props.get(PROP_KEY_COLUMNS) {
+        let wanted = key_columns(config);
+        if *stored != wanted {
+            return Err(Error::InvalidFieldValue {
+                field: "columns".into(),
+                constraint: format!(
+                    "the key columns are {wanted}, but the {role} table at {} was created with \
+                     key {stored}: its keyhash values mean nothing under another key. Keep the \
+                     table's key, or start a new table (new current_table_path and \
+                     history_table_path) and load it from a full extract",
+                    table.table_url()
+                ),
+            });
+        }
     }
     let found = state.snapshot().arrow_schema();
     let same = found.fields().len() == schema.fields().len()

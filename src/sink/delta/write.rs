@@ -18,13 +18,13 @@ use tokio::task::JoinHandle;
 
 use crate::config::Compression;
 use crate::core::schema::{KEYHASH, NONKEYHASH};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Writes `batches` as Parquet data files into `table`'s folder without committing them;
 /// returns their `add` actions (with statistics and partition values).
 ///
 /// # Errors
-/// Delta, Parquet and object-store errors.
+/// [`Error::Storage`] for a full device; Delta, Parquet and object-store errors.
 pub async fn write_files(
     table: &DeltaTable,
     batches: Vec<RecordBatch>,
@@ -33,10 +33,13 @@ pub async fn write_files(
     let mut writer = RecordBatchWriter::for_table(table)?.with_writer_properties(properties);
     for batch in batches {
         if batch.num_rows() > 0 {
-            writer.write(batch).await?;
+            writer
+                .write(batch)
+                .await
+                .map_err(|e| write_error(table, e))?;
         }
     }
-    Ok(writer.flush().await?)
+    writer.flush().await.map_err(|e| write_error(table, e))
 }
 
 /// Size at which a data file is finished and the next one started, in Parquet bytes.
@@ -231,16 +234,37 @@ pub(super) async fn stream_into(
         };
         if let Err(e) = writer.write(batch).await {
             writer.reset();
-            return Err(e.into());
+            return Err(write_error(table, e));
         }
         if writer.buffer_len() as u64 >= TARGET_FILE_BYTES {
-            adds.extend(writer.flush().await?);
+            adds.extend(writer.flush().await.map_err(|e| write_error(table, e))?);
         }
     }
     if let Some(mut writer) = writer {
-        adds.extend(writer.flush().await?);
+        adds.extend(writer.flush().await.map_err(|e| write_error(table, e))?);
     }
     Ok(())
+}
+
+/// A data-file write error of `table`: a full device is [`Error::Storage`] naming the table (the
+/// library's own words would be "Failed to parse parquet"); others stay delta-rs errors.
+pub(super) fn write_error(table: &DeltaTable, err: deltalake::DeltaTableError) -> Error {
+    if !crate::error::chain_has_no_space(&err) {
+        return err.into();
+    }
+    // The innermost error says it best ("No space left on device (os error 28)").
+    let mut innermost: &dyn std::error::Error = &err;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    let url = table.table_url();
+    Error::Storage {
+        action: "cannot write data files of".into(),
+        path: url
+            .to_file_path()
+            .unwrap_or_else(|_| std::path::PathBuf::from(url.as_str())),
+        source: std::io::Error::new(std::io::ErrorKind::StorageFull, innermost.to_string()),
+    }
 }
 
 /// Deletes data files that were written but will not be committed (a refused or failed run),

@@ -151,30 +151,106 @@ pub struct SpillStore {
     stats: SpillStats,
 }
 
+/// Name prefix of each run's spill folder.
+const SPILL_PREFIX: &str = "tributary-spill-";
+
+/// Removes the spill folders under `spill_dir` that a process left when it was killed
+/// (SIGKILL, a crash: its destructor never ran): those whose owner file names a process that
+/// is gone. Folders of live processes, and folders without an owner file (of other programs,
+/// or of versions before owner files), are left alone. Best effort: failures are logged.
+pub fn reclaim_abandoned(spill_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(spill_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(SPILL_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(text) = std::fs::read_to_string(path.join(owner::FILE)) else {
+            continue;
+        };
+        if owner::is_gone(&text) {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed the spill folder of a run that is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "cannot remove the spill folder of a run that is gone: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// The process that owns a spill folder: its pid and its start time (since boot, in clock
+/// ticks, from Linux `/proc/<pid>/stat`), so that a reused pid is not mistaken for the owner.
+mod owner {
+    /// The owner file in each spill folder.
+    pub(super) const FILE: &str = "owner";
+
+    /// This process, as written in the owner file (None where `/proc` is missing).
+    pub(super) fn current() -> Option<String> {
+        let pid = std::process::id();
+        Some(format!("{pid} {}", start_time(pid)?))
+    }
+
+    /// Whether the owner `text` names a process that no longer runs (None-safe: an owner file
+    /// that does not parse, or a system without `/proc`, counts as alive).
+    pub(super) fn is_gone(text: &str) -> bool {
+        let mut parts = text.split_whitespace();
+        let (Some(pid), Some(started)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            return false;
+        };
+        if !std::path::Path::new("/proc/self/stat").exists() {
+            return false;
+        }
+        start_time(pid).is_none_or(|now| now != started)
+    }
+
+    /// Field 22 of `/proc/<pid>/stat` (after the command name, which may hold spaces).
+    fn start_time(pid: u32) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        after_name.split_whitespace().nth(19).map(str::to_string)
+    }
+}
+
 impl SpillStore {
     /// A store with one schema per side, `partitions` partitions each, holding at most
     /// `budget` bytes in memory; spill files go to a new folder under `spill_dir`, with direct
     /// I/O if a probe file there takes it ([`SpillIo::probe`]).
     ///
     /// # Errors
-    /// [`Error::Input`] when the temporary folder cannot be created.
+    /// [`Error::Storage`] when the temporary folder cannot be created.
     pub fn new(
         schemas: Vec<SchemaRef>,
         partitions: usize,
         budget: usize,
         spill_dir: &Path,
     ) -> Result<Self> {
-        std::fs::create_dir_all(spill_dir).map_err(|e| Error::Input {
+        std::fs::create_dir_all(spill_dir).map_err(|e| Error::Storage {
+            action: "cannot create the spill folder".into(),
             path: spill_dir.to_path_buf(),
-            reason: format!("cannot create the spill folder: {e}"),
+            source: e,
         })?;
+        reclaim_abandoned(spill_dir);
         let dir = tempfile::Builder::new()
-            .prefix("tributary-spill-")
+            .prefix(SPILL_PREFIX)
             .tempdir_in(spill_dir)
-            .map_err(|e| Error::Input {
+            .map_err(|e| Error::Storage {
+                action: "cannot create a spill folder in".into(),
                 path: spill_dir.to_path_buf(),
-                reason: format!("cannot create a spill folder: {e}"),
+                source: e,
             })?;
+        // Which process this folder is: a later run removes it once that process is gone.
+        if let Some(owner) = owner::current() {
+            let _ = std::fs::write(dir.path().join(owner::FILE), owner);
+        }
         let parts = schemas
             .iter()
             .map(|_| (0..partitions.max(1)).map(|_| Part::default()).collect())
@@ -455,6 +531,42 @@ impl ReadAhead {
 }
 
 #[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn folders_of_processes_that_are_gone_are_removed_and_live_ones_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = |name: &str, owner: Option<String>| {
+            let path = root.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            std::fs::write(path.join("p0.arrow"), b"spilled").unwrap();
+            if let Some(owner) = owner {
+                std::fs::write(path.join(owner::FILE), owner).unwrap();
+            }
+            path
+        };
+        let mine = folder("tributary-spill-live", owner::current());
+        // A pid that exists (this one) but started at another time: a reused pid.
+        let reused = folder(
+            "tributary-spill-reused",
+            Some(format!("{} 1", std::process::id())),
+        );
+        let gone = folder("tributary-spill-gone", Some("4194303 12345".into()));
+        let old = folder("tributary-spill-old", None);
+        let other = folder("not-ours", Some("4194303 12345".into()));
+        reclaim_abandoned(root.path());
+        assert!(mine.exists() && old.exists() && other.exists());
+        assert!(!gone.exists() && !reused.exists());
+        // A store writes its owner file.
+        let schema = Arc::new(deltalake::arrow::datatypes::Schema::empty());
+        let store = SpillStore::new(vec![schema], 1, 1 << 20, root.path()).unwrap();
+        let text = std::fs::read_to_string(store.dir.path().join(owner::FILE)).unwrap();
+        assert!(!owner::is_gone(&text), "{text}");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
@@ -692,8 +804,11 @@ mod tests {
             store.push(0, p, piece).unwrap();
         }
         assert_eq!(store.stats().spilled_bytes, 0);
-        let spill_files = std::fs::read_dir(store.dir.path()).unwrap().count();
-        assert_eq!(spill_files, 0);
+        let spill_files = std::fs::read_dir(store.dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != owner::FILE)
+            .count();
+        assert_eq!(spill_files, 0, "no spill file besides the owner file");
         let mut all: Vec<i64> = (0..4)
             .flat_map(|p| values(&store.take(0, p).unwrap()))
             .collect();

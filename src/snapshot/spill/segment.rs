@@ -114,7 +114,7 @@ pub struct Scratch {
 /// length padded to blocks under direct I/O).
 ///
 /// # Errors
-/// [`Error::Input`] naming the file when it cannot be written; Arrow IPC errors.
+/// [`Error::Storage`] naming the file when it cannot be written; Arrow IPC errors.
 pub fn append(
     io: SpillIo,
     path: &Path,
@@ -122,9 +122,10 @@ pub fn append(
     batches: Vec<RecordBatch>,
     scratch: &mut Scratch,
 ) -> Result<(u64, u64)> {
-    let io_err = |e: std::io::Error| Error::Input {
+    let io_err = |e: std::io::Error| Error::Storage {
+        action: "cannot write spill file".into(),
         path: path.to_path_buf(),
-        reason: format!("cannot write spill file: {e}"),
+        source: e,
     };
     let merged = concat_batches(schema, &batches)?;
     drop(batches);
@@ -161,11 +162,12 @@ pub fn append(
 /// into a buffer of its own, which its decoded arrays point into (no second copy).
 ///
 /// # Errors
-/// [`Error::Input`] naming the file when it cannot be read; Arrow IPC errors.
+/// [`Error::Storage`] naming the file when it cannot be read; Arrow IPC errors.
 pub fn read(io: SpillIo, path: &Path, segments: &[Segment]) -> Result<Vec<RecordBatch>> {
-    let io_err = |e: std::io::Error| Error::Input {
+    let io_err = |e: std::io::Error| Error::Storage {
+        action: "cannot read spill file".into(),
         path: path.to_path_buf(),
-        reason: format!("cannot read spill file: {e}"),
+        source: e,
     };
     let file = io.open(path, false).map_err(io_err)?;
     let mut out = Vec::new();
@@ -220,6 +222,32 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// A full spill disk is the environment's failure, not bad input (exit 1, not 4), and says
+    /// so: `/dev/full` answers every write with `ENOSPC`.
+    #[test]
+    fn a_full_disk_names_the_file_and_says_no_space() {
+        let path = Path::new("/dev/full");
+        if !path.exists() {
+            return;
+        }
+        let schema = batch(0, 0).schema();
+        let err = append(
+            SpillIo::Buffered,
+            path,
+            &schema,
+            vec![batch(0, 10)],
+            &mut Scratch::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Storage { .. }), "{err}");
+        assert_eq!(err.exit_code(), 1);
+        let text = err.to_string();
+        assert!(
+            text.contains("/dev/full") && text.contains("the device is full"),
+            "{text}"
+        );
     }
 
     /// Appends three segments (one of two batches) and reads them back in each mode.

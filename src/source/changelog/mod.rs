@@ -18,7 +18,7 @@ use std::sync::Arc;
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder};
 
 use super::cast::cast_column;
-use super::hash_batch;
+use super::{hash_batch, null_keys, NULL_KEY};
 use crate::config::tables::EffStart;
 use crate::config::ChangelogTable;
 use crate::core::batch::{HashedBatch, BATCH_ROWS};
@@ -201,6 +201,18 @@ pub(super) fn typed_batch(
             }
         }
         typed.push(if first_bad.is_some() { column } else { array });
+    }
+    // A key needs a value (a table without a primary key hashes every column as its key,
+    // NULLs included: its keys are nullable).
+    if let Some(&(row, c)) = null_keys(config, &typed).first() {
+        if first_bad.is_none_or(|(r, _)| row < r) {
+            return Err(Error::bad_row(
+                file.path.display(),
+                lines[row],
+                Some(&config.columns[c].name),
+                NULL_KEY,
+            ));
+        }
     }
     if let Some((row, c)) = first_bad {
         let value = typed[c]

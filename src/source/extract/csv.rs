@@ -27,7 +27,7 @@ use crate::core::schema::{payload_schema, ColumnType};
 use crate::error::{Error, Result};
 use crate::report::progress::Progress;
 use crate::source::cast::cast_column;
-use crate::source::hash_batch;
+use crate::source::{hash_batch, null_keys, NULL_KEY};
 
 /// Most field bytes in one chunk of records: with at most two chunks per worker in flight,
 /// the reader holds a few tens of MiB whatever the row width.
@@ -450,6 +450,8 @@ impl ChunkParser<'_> {
             bad.extend(bad_rows.into_iter().map(|r| (r, c)));
             typed.push(array);
         }
+        let null_keys = null_keys(self.table, &typed);
+        bad.extend(&null_keys);
         let schema = payload_schema(&self.table.typed_columns());
         let mut batch = RecordBatch::try_new(schema, typed)?;
         if !bad.is_empty() {
@@ -459,7 +461,10 @@ impl ChunkParser<'_> {
             for &(row, c) in &bad {
                 let record = &chunk[records[row]];
                 let value = String::from_utf8_lossy(&record[c]);
-                let reason = format!("cannot parse `{value}` as {}", columns[c].ty);
+                let reason = match null_keys.contains(&(row, c)) {
+                    true => NULL_KEY.to_string(),
+                    false => format!("cannot parse `{value}` as {}", columns[c].ty),
+                };
                 let err = self.bad_row(lines[row], Some(&columns[c].name), reason);
                 errors.push(err, || self.raw_values(record))?;
                 keep[row] = false;

@@ -36,14 +36,34 @@ fn format_of(path: &Path) -> Option<InputFormat> {
     }
 }
 
+/// A folder entry of an extract that is not read, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedFile {
+    /// The entry's name in the folder.
+    pub name: String,
+    /// Why it is not read.
+    pub reason: String,
+}
+
+/// The files of an extract to read, and the other entries of its folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputListing {
+    /// Files to read, sorted by name.
+    pub files: Vec<InputFile>,
+    /// Entries not read, sorted by name (reported in the run summary, never dropped silently).
+    pub skipped: Vec<SkippedFile>,
+}
+
 /// Lists the files of `input`: the file itself, or every `*.csv` (or `*.parquet`) file of a folder,
 /// sorted by name; names starting with `_` or `.` (Spark's `_SUCCESS`, `.crc` files) are skipped.
-/// `format` forces the format; otherwise it is taken from the extension.
+/// `format` forces the format; otherwise it is taken from the extension. Symbolic links are
+/// followed (a linked part file is read like any other); every entry not read is listed in
+/// [`InputListing::skipped`] with the reason.
 ///
 /// # Errors
 /// [`Error::Input`] when the input does not exist, a folder holds no input file or a mix of
-/// formats, or a single file's format cannot be told.
-pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Vec<InputFile>> {
+/// formats, a single file's format cannot be told, or a link in the folder is broken.
+pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<InputListing> {
     let err = |reason: String| Error::Input {
         path: input.to_path_buf(),
         reason,
@@ -53,28 +73,50 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Vec
         let format = format.or_else(|| format_of(input)).ok_or_else(|| {
             err("cannot tell the format from the extension; set `format:` in the config".into())
         })?;
-        return Ok(vec![InputFile {
-            path: input.to_path_buf(),
-            format,
-            size: meta.len(),
-        }]);
+        return Ok(InputListing {
+            files: vec![InputFile {
+                path: input.to_path_buf(),
+                format,
+                size: meta.len(),
+            }],
+            skipped: Vec::new(),
+        });
     }
     let mut files = Vec::new();
+    let mut skipped = Vec::new();
     for entry in std::fs::read_dir(input)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with('_') || name.starts_with('.') || !entry.file_type()?.is_file() {
+        let path = entry.path();
+        let mut skip = |reason: &str| {
+            skipped.push(SkippedFile {
+                name: name.clone(),
+                reason: reason.to_string(),
+            })
+        };
+        if name.starts_with('_') || name.starts_with('.') {
+            skip("name starts with `_` or `.` (a marker or hidden file)");
             continue;
         }
-        let path = entry.path();
+        // Follows symbolic links: a linked part file is an input file.
+        let meta = std::fs::metadata(&path).map_err(|e| Error::Input {
+            path: path.clone(),
+            reason: format!("cannot read (a broken link?): {e}"),
+        })?;
+        if !meta.is_file() {
+            skip("a folder (sub-folders are not read)");
+            continue;
+        }
         let Some(file_format) = format_of(&path) else {
+            skip("not a .csv, .txt, .dat, .parquet or .parq file");
             continue;
         };
         if format.is_some_and(|f| f != file_format) {
+            skip("its extension is not the configured `format:`");
             continue;
         }
         files.push(InputFile {
-            size: entry.metadata()?.len(),
+            size: meta.len(),
             path,
             format: file_format,
         });
@@ -88,7 +130,11 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Vec
         ));
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(files)
+    skipped.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in &skipped {
+        tracing::info!(file = %input.join(&s.name).display(), reason = %s.reason, "not read");
+    }
+    Ok(InputListing { files, skipped })
 }
 
 /// A 128-bit fingerprint of the input: XXH3-128 over each file's name, size and content, in
@@ -188,7 +234,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.csv"), vec![b'x'; 3 << 20]).unwrap();
         std::fs::write(dir.path().join("b.csv"), "y").unwrap();
-        let files = list_input_files(dir.path(), None).unwrap();
+        let files = list_input_files(dir.path(), None).unwrap().files;
         let mut pending = PendingFingerprint::start(&files).unwrap();
         let expected = fingerprint(&files).unwrap();
         assert_eq!(pending.get().unwrap(), expected);
@@ -207,12 +253,40 @@ mod tests {
         for name in ["b.csv", "a.csv", "_SUCCESS", ".a.csv.crc", "notes.md"] {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }
-        let files = list_input_files(dir.path(), None).unwrap();
-        let names: Vec<_> = files
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let listing = list_input_files(dir.path(), None).unwrap();
+        let names: Vec<_> = listing
+            .files
             .iter()
             .map(|f| f.path.file_name().unwrap().to_str().unwrap())
             .collect();
         assert_eq!(names, ["a.csv", "b.csv"]);
+        // Nothing is skipped silently: every other entry is listed with its reason.
+        let skipped: Vec<&str> = listing.skipped.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(skipped, [".a.csv.crc", "_SUCCESS", "notes.md", "sub"]);
+        assert!(listing.skipped[3].reason.contains("folder"));
+    }
+
+    #[test]
+    fn symlinked_part_files_are_read_and_broken_links_are_errors() {
+        let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(dir.path().join("part-0.csv"), "1,a\n").unwrap();
+        std::fs::write(elsewhere.path().join("part-1.csv"), "2,b\n").unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.path().join("part-1.csv"),
+            dir.path().join("part-1.csv"),
+        )
+        .unwrap();
+        let listing = list_input_files(dir.path(), None).unwrap();
+        assert_eq!(listing.files.len(), 2, "{listing:?}");
+        assert_eq!(listing.files[1].size, 4, "the link's target size");
+        std::os::unix::fs::symlink("/nonexistent/part-2.csv", dir.path().join("part-2.csv"))
+            .unwrap();
+        let err = list_input_files(dir.path(), None).unwrap_err().to_string();
+        assert!(
+            err.contains("part-2.csv") && err.contains("broken link"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -228,6 +302,7 @@ mod tests {
         assert_eq!(
             list_input_files(dir.path(), Some(InputFormat::Csv))
                 .unwrap()
+                .files
                 .len(),
             1
         );
@@ -238,11 +313,11 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         std::fs::write(a.path().join("d.csv"), "1,2\n").unwrap();
         std::fs::write(b.path().join("d.csv"), "1,2\n").unwrap();
-        let fa = fingerprint(&list_input_files(a.path(), None).unwrap()).unwrap();
-        let fb = fingerprint(&list_input_files(b.path(), None).unwrap()).unwrap();
+        let fa = fingerprint(&list_input_files(a.path(), None).unwrap().files).unwrap();
+        let fb = fingerprint(&list_input_files(b.path(), None).unwrap().files).unwrap();
         assert_eq!(fa, fb);
         std::fs::write(b.path().join("d.csv"), "1,3\n").unwrap();
-        let fc = fingerprint(&list_input_files(b.path(), None).unwrap()).unwrap();
+        let fc = fingerprint(&list_input_files(b.path(), None).unwrap().files).unwrap();
         assert_ne!(fa, fc);
     }
 }

@@ -13,12 +13,28 @@ use std::time::Duration;
 
 use deltalake::arrow::array::RecordBatch;
 
-pub use files::{fingerprint, list_input_files, InputFile, PendingFingerprint};
+pub use files::{
+    fingerprint, list_input_files, InputFile, InputListing, PendingFingerprint, SkippedFile,
+};
 
 use crate::config::{InputFormat, OnError, TableConfig};
 use crate::core::batch::{HashedBatch, Reject};
 use crate::error::{Error, Result};
 use crate::report::progress::Progress;
+
+/// A reader's error with the file it was reading named: a file the CSV or Parquet reader
+/// cannot read (a truncated or empty Parquet file: "corrupt footer") is bad input
+/// ([`Error::Input`], exit 4). Row errors name their file already; errors of the sink (a full
+/// spill disk, a duplicate key) are the sink's own: I/O and Arrow errors are not renamed.
+fn name_the_file(err: Error, file: &InputFile) -> Error {
+    match err {
+        Error::Parquet(_) | Error::Csv(_) => Error::Input {
+            path: file.path.clone(),
+            reason: err.to_string(),
+        },
+        other => other,
+    }
+}
 
 /// Estimated rows of a run's input when every file is CSV (sampled, see `csv::estimate_rows`);
 /// None when some file is Parquet: its row groups reach the sink out of order, so the run
@@ -94,7 +110,8 @@ pub fn read(
             InputFormat::Parquet => parquet::read,
         };
         let (table, source) = (&config.table, &config.source);
-        stats.rows_read += read(table, source, file, index, &mut errors, progress, sink)?;
+        stats.rows_read += read(table, source, file, index, &mut errors, progress, sink)
+            .map_err(|e| name_the_file(e, file))?;
     }
     stats.rejects = errors.rejects;
     stats

@@ -21,7 +21,7 @@ use crate::core::schema::payload_schema;
 use crate::error::{Error, Result};
 use crate::report::progress::Progress;
 use crate::source::cast::cast_column;
-use crate::source::hash_batch;
+use crate::source::{hash_batch, null_keys, NULL_KEY};
 
 /// Opens a Parquet file for reading in batches of [`BATCH_ROWS`] rows.
 ///
@@ -217,6 +217,8 @@ impl<'a> Converter<'a> {
             bad.extend(rows.into_iter().map(|r| (r, c)));
             typed.push(array);
         }
+        let null_keys = null_keys(config, &typed);
+        bad.extend(&null_keys);
         let mut lines: Vec<u64> = (1..=n as u64).map(|i| row_offset + i).collect();
         let mut batch = RecordBatch::try_new(self.schema.clone(), typed)?;
         if !bad.is_empty() {
@@ -226,11 +228,15 @@ impl<'a> Converter<'a> {
             for &(row, c) in &bad {
                 let source = raw.column(self.order[c]);
                 let value = array_value_to_string(source, row).unwrap_or_default();
+                let reason = match null_keys.contains(&(row, c)) {
+                    true => NULL_KEY.to_string(),
+                    false => format!("cannot convert `{value}` to {}", config.columns[c].ty),
+                };
                 let err = Error::bad_row(
                     self.file.display(),
                     lines[row],
                     Some(&config.columns[c].name),
-                    format!("cannot convert `{value}` to {}", config.columns[c].ty),
+                    reason,
                 );
                 let raw_row = || {
                     self.order
