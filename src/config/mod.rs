@@ -238,6 +238,9 @@ pub struct SourceOptions {
     pub quote: u8,
     /// Whether CSV files start with a header line (checked against the columns, then skipped).
     pub header: bool,
+    /// Whether a quoted CSV field may span lines (Spark's `multiLine`). Off, a line break
+    /// inside quotes is a bad row at its line: an unclosed quote fails where it is.
+    pub multiline: bool,
     /// Field text read as NULL in every column. When unset, an empty field is NULL in non-string
     /// columns and the empty string in string columns.
     pub null_value: Option<String>,

@@ -38,6 +38,9 @@ pub struct ConfigFile {
     pub quote: Option<String>,
     /// Whether CSV files start with a header line (checked, then skipped); default false.
     pub header: Option<bool>,
+    /// Whether a quoted CSV field may hold line breaks; default false (a line break inside
+    /// quotes is then a bad row: an unclosed quote).
+    pub multiline: Option<bool>,
     /// `Some(None)` when the YAML says `null_value: NULL` (or `~`) unquoted: YAML reads that as
     /// null, not as the text NULL, so it is refused with a hint to quote it.
     #[serde(default, deserialize_with = "explicit_null")]
@@ -212,6 +215,7 @@ impl ConfigFile {
                 delimiter,
                 quote,
                 header: self.header.unwrap_or(false),
+                multiline: self.multiline.unwrap_or(false),
                 null_value,
                 on_error: self.on_error.unwrap_or(OnError::Fail),
             },

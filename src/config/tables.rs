@@ -262,6 +262,7 @@ impl TableEntry {
                 delimiter,
                 quote: b'"',
                 header: false,
+                multiline: false,
                 null_value: self.null_value.clone(),
                 on_error: OnError::Fail,
             },

@@ -197,3 +197,42 @@ fn a_full_disk_is_reported_plainly() {
     );
     assert_eq!(files, 0, "the run's data files are deleted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stray_quote_fails_at_its_own_line() {
+    let columns = "- {name: id, type: string, key: true}\n- {name: s, type: string}\n";
+    let fx = Fixture::new(columns, "");
+    let good: String = (1..=2000).map(|i| format!("k{i},v{i}\n")).collect();
+    fx.run(&fx.input("d1", "a.csv", good.as_bytes()), "2024-01-01")
+        .await
+        .unwrap();
+    // Line 1000 opens a quote that a later line closes: ten records would become one field.
+    let mut lines: Vec<String> = good.lines().map(str::to_string).collect();
+    lines[999] = "k1000,\"open".into();
+    lines[1009] = "k1010,close\"".into();
+    let stray = lines.join("\n") + "\n";
+    let err = fx
+        .run(&fx.input("d2", "a.csv", stray.as_bytes()), "2024-01-02")
+        .await
+        .unwrap_err();
+    match &err {
+        Error::BadRow { line, reason, .. } => {
+            assert_eq!(*line, 1000, "{err}");
+            assert!(reason.contains("unclosed quote"), "{err}");
+        }
+        other => panic!("{other}"),
+    }
+    // Text after a closing quote.
+    lines[999] = "k1000,\"v\"1000".into();
+    lines[1009] = "k1010,v1010".into();
+    let after = lines.join("\n") + "\n";
+    let err = fx
+        .run(&fx.input("d3", "a.csv", after.as_bytes()), "2024-01-02")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::BadRow { line: 1000, reason, .. } if reason.contains("after a closing quote")),
+        "{err}"
+    );
+    assert_eq!(fx.version("current").await, Some(1), "nothing committed");
+}

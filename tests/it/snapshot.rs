@@ -176,17 +176,19 @@ async fn without_null_value_empty_is_null_except_for_strings() {
 #[tokio::test(flavor = "multi_thread")]
 async fn quoted_fields_hold_delimiters_and_quotes() {
     let columns = "- {name: id, type: string, key: true}\n- {name: s, type: string}\n- {name: v, type: float}\n";
-    let fx = Fixture::new(columns, "");
-    fx.run(
-        &fx.input(
-            "d1",
-            "a.csv",
-            b"\"a,b\",\"say \"\"hi\"\"\",1.5\nc,\"multi\nline\",2\n",
-        ),
-        "2024-01-01",
-    )
-    .await
-    .unwrap();
+    let text = b"\"a,b\",\"say \"\"hi\"\"\",1.5\nc,\"multi\nline\",2\n";
+    // A line break inside quotes is refused unless the config says fields hold them.
+    let strict = Fixture::new(columns, "");
+    let err = strict
+        .run(&strict.input("d1", "a.csv", text), "2024-01-01")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 2") && err.contains("multiline"), "{err}");
+    let fx = Fixture::new(columns, "multiline: true");
+    fx.run(&fx.input("d1", "a.csv", text), "2024-01-01")
+        .await
+        .unwrap();
     let rows = fx.rows("current").await;
     assert_eq!(rows.len(), 2);
     assert_eq!(find(&rows, "id", "a,b")[0]["s"], "say \"hi\"");

@@ -18,6 +18,7 @@ use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
 use crate::core::time::timestamp_days;
 use crate::error::{Error, Result};
 use crate::report::progress::Progress;
+use crate::source::extract::strict::CsvFile;
 use crate::source::extract::{
     csv as extract_csv, parquet as extract_parquet, InputFile, RowErrors,
 };
@@ -76,24 +77,27 @@ pub(super) fn read_csv(
     file: &ChangeFile,
     index: usize,
 ) -> Result<Vec<ChangeBatch>> {
-    let mut reader = extract_csv::open(&config.source, &file.path)?;
+    let mut reader = CsvFile::open(&config.source, &file.path)?;
     let columns = &config.table.columns;
     let mut first = csv::ByteRecord::new();
     if file.kind == FileKind::Load
-        && reader.read_byte_record(&mut first)?
+        && reader.read(&mut first)?.is_some()
         && first.len() == columns.len()
     {
         // A full load without Op and timestamp columns is a plain extract: parse it on every
         // core with the snapshot reader.
         return read_plain_load(config, file, index);
     }
-    let mut reader = extract_csv::open(&config.source, &file.path)?;
+    let mut reader = CsvFile::open(&config.source, &file.path)?;
     let timestamp_name = config.timestamp_column.as_deref();
     let mut rows = RowsBuilder::new(config, file, index);
     let mut record = csv::ByteRecord::new();
     let mut layout: Option<CsvLayout> = None;
-    while reader.read_byte_record(&mut record)? {
+    while let Some(quoting) = reader.read(&mut record)? {
         let line = record.position().map_or(0, |p| p.line());
+        if let Some(reason) = quoting {
+            return Err(bad_row(file, line, None, reason.into()));
+        }
         let found = csv_layout(
             record.len(),
             columns.len(),

@@ -1,11 +1,11 @@
-//! CSV extracts: the `csv` crate splits records (RFC 4180 quoting) on one thread while one
-//! worker per core validates, casts and hashes chunks of them.
+//! CSV extracts: the `csv` crate splits records (RFC 4180 quoting, checked against the strict
+//! rule of [`strict`](super::strict)) on one thread while one worker per core validates, casts
+//! and hashes chunks of them.
 //!
 //! Field counts are checked here, not by the parser: a row with too many or too few fields is a
 //! bad row naming its line (arrow-csv pads short rows ambiguously; see arrow-rs #10577/#10578).
 
 use std::fs::File;
-use std::io::BufReader;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::kernels::cast_utils::Parser;
 
+use super::strict::CsvFile;
 use super::{
     drain_in_order, drop_rows, first_bad_row, join_workers, InputFile, RowErrors, StopOnPanic,
     Window, WorkerResult,
@@ -28,6 +29,9 @@ use crate::error::{Error, Result};
 use crate::report::progress::Progress;
 use crate::source::cast::cast_column;
 use crate::source::{hash_batch, null_keys, NULL_KEY};
+
+/// The records of a chunk (by index, ascending) that break the quoting rule, and why.
+type Quoting = Vec<(usize, &'static str)>;
 
 /// Most field bytes in one chunk of records: with at most two chunks per worker in flight,
 /// the reader holds a few tens of MiB whatever the row width.
@@ -60,27 +64,6 @@ pub(super) fn estimate_rows(path: &std::path::Path, size: u64) -> Result<u64> {
     Ok((size as u128 * lines as u128).div_ceil(sample.len() as u128) as u64)
 }
 
-/// Opens a CSV file with the config's delimiter and quote; records of any length are returned
-/// (their field count is checked by the caller, which can name the line).
-///
-/// # Errors
-/// [`Error::Input`] when the file cannot be opened.
-pub(crate) fn open(
-    source: &SourceOptions,
-    path: &std::path::Path,
-) -> Result<csv::Reader<BufReader<File>>> {
-    let handle = File::open(path).map_err(|e| Error::Input {
-        path: path.to_path_buf(),
-        reason: format!("cannot open: {e}"),
-    })?;
-    Ok(csv::ReaderBuilder::new()
-        .delimiter(source.delimiter)
-        .quote(source.quote)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(BufReader::with_capacity(1 << 20, handle)))
-}
-
 /// Reads one CSV file: this thread's helper splits records, `workers` threads validate, cast and
 /// hash chunks of them, and the calling thread hands the batches to `sink`. Returns the number
 /// of data rows read (bad ones included).
@@ -102,7 +85,7 @@ pub(crate) fn read(
     progress: &Progress,
     sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
 ) -> Result<u64> {
-    let mut reader = open(source, &file.path)?;
+    let mut reader = CsvFile::open(source, &file.path)?;
     if source.header {
         check_header(table, file, &mut reader)?;
     }
@@ -116,7 +99,8 @@ pub(crate) fn read(
     let stop = AtomicBool::new(false);
     let stop = &stop;
     // Chunks are numbered in file order; their batches are handed to `sink` in that order.
-    let (chunk_tx, chunk_rx) = sync_channel::<(u64, Vec<ByteRecord>)>(workers);
+    // Each chunk with the records (by index) that break the quoting rule, and why.
+    let (chunk_tx, chunk_rx) = sync_channel::<(u64, Vec<ByteRecord>, Quoting)>(workers);
     // Parsed chunks go back to the splitter, whose records reuse their buffers (no allocation
     // per record).
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<ByteRecord>>(2 * workers + 1);
@@ -140,7 +124,7 @@ pub(crate) fn read(
                 let mut failed = None;
                 loop {
                     let next = chunk_rx.lock().ok().and_then(|rx| rx.recv().ok());
-                    let Some((seq, chunk)) = next else {
+                    let Some((seq, chunk, quoting)) = next else {
                         return (local, failed);
                     };
                     // After a worker's failure, chunks later in the file are only drained (an
@@ -152,7 +136,7 @@ pub(crate) fn read(
                     {
                         continue;
                     }
-                    let parsed = parser.parse(&chunk, &mut local);
+                    let parsed = parser.parse(&chunk, &quoting, &mut local);
                     let first_line = chunk
                         .first()
                         .and_then(|r| r.position())
@@ -192,12 +176,16 @@ pub(crate) fn read(
                     .try_recv()
                     .unwrap_or_else(|_| Vec::with_capacity(BATCH_ROWS));
                 let (mut filled, mut bytes) = (0, 0);
+                let mut quoting = Quoting::new();
                 while filled < BATCH_ROWS && bytes < CHUNK_BYTES {
                     if filled == chunk.len() {
                         chunk.push(ByteRecord::new());
                     }
-                    if !reader.read_byte_record(&mut chunk[filled])? {
+                    let Some(bad) = reader.read(&mut chunk[filled])? else {
                         break;
+                    };
+                    if let Some(reason) = bad {
+                        quoting.push((filled, reason));
                     }
                     bytes += chunk[filled].as_slice().len();
                     filled += 1;
@@ -207,10 +195,10 @@ pub(crate) fn read(
                     break;
                 }
                 rows += chunk.len() as u64;
-                let byte = reader.position().byte();
+                let byte = reader.position();
                 progress.inc(byte - last_byte);
                 last_byte = byte;
-                if chunk_tx.send((seq, chunk)).is_err() {
+                if chunk_tx.send((seq, chunk, quoting)).is_err() {
                     break;
                 }
                 seq += 1;
@@ -226,13 +214,9 @@ pub(crate) fn read(
     })
 }
 
-fn check_header(
-    table: &TableSpec,
-    file: &InputFile,
-    reader: &mut csv::Reader<BufReader<File>>,
-) -> Result<()> {
+fn check_header(table: &TableSpec, file: &InputFile, reader: &mut CsvFile) -> Result<()> {
     let mut header = ByteRecord::new();
-    if !reader.read_byte_record(&mut header)? {
+    if reader.read(&mut header)?.is_none() {
         return Ok(());
     }
     let found: Vec<String> = header
@@ -377,8 +361,14 @@ impl ChunkParser<'_> {
         parts.join(&(self.source.delimiter as char).to_string())
     }
 
-    /// Validates, casts and hashes one chunk of records; bad rows go to `errors`.
-    fn parse(&self, chunk: &[ByteRecord], errors: &mut RowErrors) -> Result<Option<HashedBatch>> {
+    /// Validates, casts and hashes one chunk of records; bad rows go to `errors`. `quoting`
+    /// names the records that break the quoting rule (checked as they were split).
+    fn parse(
+        &self,
+        chunk: &[ByteRecord],
+        quoting: &Quoting,
+        errors: &mut RowErrors,
+    ) -> Result<Option<HashedBatch>> {
         let columns = &self.table.columns;
         let mut builders: Vec<ColumnBuilder> = columns
             .iter()
@@ -396,8 +386,18 @@ impl ChunkParser<'_> {
         // a bad value on an earlier line, found once the columns are built, is the one reported.
         let fail = self.source.on_error == OnError::Fail;
         let mut ended = None;
+        let mut quoting = quoting.iter().peekable();
         for (r, record) in chunk.iter().enumerate() {
             let line = record.position().map_or(0, |p| p.line());
+            if let Some(&(_, reason)) = quoting.next_if(|(at, _)| *at == r) {
+                let err = self.bad_row(line, None, reason.to_string());
+                if fail {
+                    ended = Some(err);
+                    break;
+                }
+                errors.push(err, || self.raw(record))?;
+                continue;
+            }
             if record.len() != columns.len() {
                 let reason = format!("expected {} fields, found {}", columns.len(), record.len());
                 let err = self.bad_row(line, None, reason);

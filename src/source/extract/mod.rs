@@ -8,6 +8,7 @@
 pub(crate) mod csv;
 mod files;
 pub(crate) mod parquet;
+pub(crate) mod strict;
 
 use std::time::Duration;
 
