@@ -125,6 +125,10 @@ pub struct TableEntry {
     /// CSV text read as NULL (default: an empty field is NULL in non-string columns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub null_value: Option<String>,
+    /// Whether a quoted CSV field may hold line breaks (default true: DMS quotes values that
+    /// hold them). `false` makes a line break inside quotes a bad row (an unclosed quote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiline: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Parquet codec of the written data files (default zstd).
     pub compression: Option<Compression>,
@@ -149,6 +153,7 @@ impl TableEntry {
             timestamp_precision: TimestampPrecision::Micros,
             delimiter: None,
             null_value: None,
+            multiline: None,
             compression: None,
             columns,
         }
@@ -262,7 +267,7 @@ impl TableEntry {
                 delimiter,
                 quote: b'"',
                 header: false,
-                multiline: false,
+                multiline: self.multiline.unwrap_or(true),
                 null_value: self.null_value.clone(),
                 on_error: OnError::Fail,
             },

@@ -122,9 +122,11 @@ impl Versions {
 /// - **Idempotent.** Each run has a sequence number, recorded in every table it commits to (a
 ///   Delta `txn` action under the table's app id); a table that already records a run is never
 ///   committed to again for it, and a repeated commit is refused, never applied twice.
-/// - **Nothing left behind.** A run that fails before its commit point deletes the data files
-///   it wrote and the tables it created; a commit that fails and did not land does the same.
-///   Only a crash (SIGKILL) leaves unreferenced data files, which `VACUUM` removes.
+/// - **Nothing left behind, nothing of others touched.** A run that fails before its commit
+///   point deletes the data files it wrote; a commit that fails and did not land does the same.
+///   It never removes a table, even one it created (another process may have opened it): a
+///   first run failing after its create leaves empty tables, which the next run uses. Only a
+///   crash (SIGKILL) leaves unreferenced data files, which `VACUUM` removes.
 /// - **Many writers.** Two runs of one table may start at once (an overlapping cron, a retried
 ///   task): both may take the same sequence number, but only one commit of it can land
 ///   (optimistic concurrency, the Delta protocol's: a table that records the number already, or
@@ -177,6 +179,6 @@ pub trait Sink {
         commit: RunCommit,
     ) -> impl Future<Output = Result<Versions>> + Send;
 
-    /// Gives a run up: deletes the files it wrote and the tables it created.
+    /// Gives a run up: deletes the files it wrote (and folders it made that stayed empty).
     fn abandon(&mut self, run: Self::Run) -> impl Future<Output = ()> + Send;
 }

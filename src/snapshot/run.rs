@@ -310,7 +310,7 @@ impl Day<'_> {
 
         let writing = Instant::now();
         // Everything before the commit that can still fail: its error abandons the run (the data
-        // files written so far and the tables a first run created are deleted).
+        // files written so far are deleted).
         let prepared = async {
             let fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
             let current_removes = delta::all_files_removed(&lake.current)?;

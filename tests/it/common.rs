@@ -211,3 +211,24 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// The commits of a table's log, in version order, each as its JSON actions (read as files:
+/// independent of the code under test).
+pub fn log_commits(table: &Path) -> Vec<Vec<serde_json::Value>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        })
+        .collect()
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 
-use crate::common::{table_rows, Fixture, SIMPLE_COLUMNS};
+use crate::common::{log_commits, table_rows, Fixture, SIMPLE_COLUMNS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
@@ -22,27 +22,6 @@ struct Outcome {
     code: i32,
     json: Option<serde_json::Value>,
     stderr: String,
-}
-
-/// The commits of a table's log, in version order, as JSON lines (read as files: independent
-/// of the code under test).
-fn log_commits(table: &Path) -> Vec<Vec<serde_json::Value>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(table.join("_delta_log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        })
-        .collect()
 }
 
 /// The Tributary entries of a table's log, in version order: (seq, run id, business date).

@@ -9,6 +9,17 @@ use crate::common::{data_files, op_counts, Fixture, SIMPLE_COLUMNS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
+/// `tributary run CONFIG INPUT 2024-01-01` as a process.
+fn cli_run(fx: &Fixture, input: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("run")
+        .arg(&fx.config_path)
+        .arg(input)
+        .arg("2024-01-01")
+        .output()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_symlinked_part_file_is_read_and_other_entries_are_reported() {
     let fx = Fixture::new(SIMPLE_COLUMNS, "");
@@ -46,6 +57,13 @@ async fn a_null_key_part_is_a_bad_row() {
         }
         other => panic!("{other}"),
     }
+    // A key value that does not parse says so (it is not a NULL).
+    let input = fx.input("d0", "a.csv", b"a,1,0.5\nb,x,0.5\n");
+    let err = fx.run(&input, "2024-01-01").await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot parse `x`") && err.contains("line 2"),
+        "{err}"
+    );
     // Under on_error: reject the row is set aside and the others load.
     let fx = Fixture::new(columns, "on_error: reject");
     let input = fx.input("d1", "a.csv", b"a,1,0.5\nb,,0.5\nc,3,0.5\n");
@@ -82,13 +100,7 @@ fn a_truncated_or_empty_parquet_file_is_bad_input_naming_the_file() {
         ("cut.parquet", &b"PAR1\x00\x01"[..]),
     ] {
         let input = fx.input(name, name, bytes);
-        let out = Command::new(BIN)
-            .arg("run")
-            .arg(&fx.config_path)
-            .arg(&input)
-            .arg("2024-01-01")
-            .output()
-            .unwrap();
+        let out = cli_run(&fx, &input);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(4), "{stderr}");
         assert!(stderr.contains(name), "the file is named: {stderr}");
@@ -175,13 +187,7 @@ fn a_full_disk_is_reported_plainly() {
         .map(|i| format!("key-{i:08},{i}.5\n"))
         .collect();
     let input = fx.input("d1", "big.csv", rows.as_bytes());
-    let out = Command::new(BIN)
-        .arg("run")
-        .arg(&fx.config_path)
-        .arg(&input)
-        .arg("2024-01-01")
-        .output()
-        .unwrap();
+    let out = cli_run(&fx, &input);
     let files = data_files(&lake.join("current")).len() + data_files(&lake.join("history")).len();
     let _ = Command::new("umount").arg(&lake).status();
     let stderr = String::from_utf8_lossy(&out.stderr);

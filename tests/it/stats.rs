@@ -45,15 +45,8 @@ fn column_stats(batches: &[RecordBatch], name: &str) -> Option<(Value, Value, u6
 /// Checks every `add` of a table's log against its file; returns the number of values checked.
 fn check_table(table: &Path) -> usize {
     let mut checked = 0;
-    let mut logs: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    logs.sort();
-    for log in logs {
-        for line in std::fs::read_to_string(&log).unwrap().lines() {
-            let action: Value = serde_json::from_str(line).unwrap();
+    for commit in crate::common::log_commits(table) {
+        for action in commit {
             let Some(add) = action.get("add") else {
                 continue;
             };
@@ -127,15 +120,11 @@ async fn log_statistics_equal_the_data_files_values() {
 
 /// The `commitInfo` of a table's last commit.
 fn last_commit_info(table: &Path) -> Value {
-    let mut logs: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+    let commits = crate::common::log_commits(table);
+    commits
+        .last()
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    logs.sort();
-    let text = std::fs::read_to_string(logs.last().unwrap()).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .iter()
         .find_map(|a| a.get("commitInfo").cloned())
         .unwrap()
 }

@@ -235,6 +235,26 @@ fn after_error(landed: Option<u64>, recorded: Option<i64>, seq: i64) -> AfterErr
     }
 }
 
+/// What [`complete`] did for a follower table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Completed {
+    /// It committed the run's actions, at this version.
+    Now(u64),
+    /// The table records the run already (its own commit, or another process's completion),
+    /// at this version when the log still holds that commit.
+    Already(Option<u64>),
+}
+
+impl Completed {
+    /// The version of the run's commit in the table, if known.
+    pub(super) fn version(self) -> Option<u64> {
+        match self {
+            Completed::Now(v) => Some(v),
+            Completed::Already(v) => v,
+        }
+    }
+}
+
 /// Commits a follower table's pending actions for `run`, unless it already records the run.
 pub(super) async fn complete(
     table: &mut DeltaTable,
@@ -242,14 +262,17 @@ pub(super) async fn complete(
     app_id: &str,
     run: &RunRecord,
     pending: &PendingCommit,
-) -> Result<Option<u64>> {
+) -> Result<Completed> {
     // The latest state: another process may have completed the run since this one read it.
+    let known = table.version();
     table.update_state().await?;
     if txn_version(table, app_id)
         .await?
         .is_some_and(|v| v >= run.seq)
     {
-        return Ok(None);
+        let after = known.min(pending.read_version);
+        let found = super::log::find_run_id(table, after, &run.run_id).await?;
+        return Ok(Completed::Already(found));
     }
     let version = table.version();
     if version != pending.read_version {
@@ -270,7 +293,7 @@ pub(super) async fn complete(
         adds: pending.adds.clone(),
         removes: pending.removes.clone(),
     };
-    Ok(Some(
+    Ok(Completed::Now(
         commit_table(table, role, app_id, actions(&planned), &entry).await?,
     ))
 }
@@ -342,7 +365,21 @@ pub(super) async fn commit_run(
             crash_point("between-follower-commits");
         }
         let pending = &entry.pending[role.as_str()];
-        if let Some(v) = complete(&mut table, role.as_str(), &app_id, &run, pending).await? {
+        // History has landed: the run is committed, and a follower's failure is the lake's
+        // state to repair (the next open completes it), not a conflict to re-plan.
+        let done = complete(&mut table, role.as_str(), &app_id, &run, pending)
+            .await
+            .map_err(|e| match e {
+                Error::Conflict { table, seq, other } => Error::Lake {
+                    table,
+                    reason: format!(
+                        "run {seq} is committed in history, but completing this table failed: \
+                         {other}; the next run completes it"
+                    ),
+                },
+                e => e,
+            })?;
+        if let Some(v) = done.version() {
             versions.set(role, v);
         }
         if role == TableRole::Current {

@@ -105,8 +105,12 @@ impl DeltaLake {
             created,
             opened_run: 0,
         };
+        // The run the reads reflect at the least: history's as opened (the commit point). The
+        // followers, completed up to it by `recover`, may have moved on since (another writer
+        // commits after this open); a run based on the older number then conflicts at its
+        // commit and plans again, never builds on state it did not read.
         let recovered = match lake.recover().await {
-            Ok(recovery) => txn_version(&lake.current, &lake.app_id)
+            Ok(recovery) => txn_version(&lake.history, &lake.app_id)
                 .await
                 .map(|run| (recovery, run.unwrap_or(0))),
             Err(e) => Err(e),
@@ -189,9 +193,15 @@ impl DeltaLake {
     /// each follower still needs.
     async fn recover(&mut self) -> Result<Option<Recovery>> {
         let h = txn_version(&self.history, &self.app_id).await?.unwrap_or(0);
-        let c = txn_version(&self.current, &self.app_id).await?.unwrap_or(0);
+        let mut c = txn_version(&self.current, &self.app_id).await?.unwrap_or(0);
         if h == 0 {
             return Ok(None);
+        }
+        if h > c + 1 {
+            // Current was opened before history: other writers may have committed whole runs
+            // in between. Read it again.
+            self.current.update_state().await?;
+            c = txn_version(&self.current, &self.app_id).await?.unwrap_or(0);
         }
         if h != c && h != c + 1 {
             return Err(Error::Lake {
@@ -248,7 +258,7 @@ impl DeltaLake {
             let pending = &entry.pending[role.as_str()];
             let done =
                 commit::complete(&mut table, role.as_str(), &self.app_id, &run, pending).await?;
-            if done.is_some() {
+            if matches!(done, commit::Completed::Now(_)) {
                 tracing::warn!(run = h, table = %role.as_str(), date = %run.business_date, "completed a run interrupted between its commits");
                 completed = true;
             }

@@ -10,9 +10,9 @@
 //!    [`RunTransaction::commit`] writes the checkpoint (applied files) and commits every table,
 //!    history first.
 //!
-//! Any error on the way abandons the run: the files its writers finished and the tables its
-//! first open created are deleted, and the error is returned ([`RunTransaction::guard`] does this
-//! for the pipeline's own steps). Error precedence: the pipeline's error, unless it only saw a
+//! Any error on the way abandons the run: the files its writers finished are deleted (tables
+//! are never removed, see [`CreatedTables`]), and the error is returned
+//! ([`RunTransaction::guard`] does this for the pipeline's own steps). Error precedence: the pipeline's error, unless it only saw a
 //! writer stop ([`Error::WriterGone`]): then the writer's own error (disk full, say).
 
 use deltalake::arrow::array::RecordBatch;
@@ -172,7 +172,7 @@ impl RunTransaction {
     }
 
     /// Writes `batches` as data files of a follower table (rejects, applied), creating the
-    /// table if it is absent (and removing it again if the run fails).
+    /// table if it is absent (a table is never removed again: see [`CreatedTables`]).
     ///
     /// # Errors
     /// [`Error::Internal`] for current and history (written through the writers); Delta and
@@ -211,7 +211,7 @@ impl RunTransaction {
     /// # Errors
     /// [`Error::Internal`] when the writers have not finished; errors writing the checkpoint;
     /// commit errors (see `commit::commit_run`: before the commit point the run's files and
-    /// created tables are deleted, after it the next open completes the run).
+    /// the empty folders it made are deleted, after it the next open completes the run).
     pub async fn commit(mut self, lake: &mut DeltaLake, commit: RunCommit) -> Result<Versions> {
         if self.writers.is_some() {
             let e = Error::Internal("a run committed before its writers finished".into());
@@ -266,8 +266,9 @@ impl RunTransaction {
         self.abandon_files().await;
     }
 
-    /// Waits for writers still running, then deletes every file written and the created
-    /// tables. Best effort: a file that cannot be deleted is only unreferenced (`VACUUM`).
+    /// Waits for writers still running, then deletes every file written and the folders made
+    /// that stayed empty. Best effort: a file that cannot be deleted is only unreferenced
+    /// (`VACUUM`).
     async fn abandon_files(&mut self) {
         if let Some(writers) = self.writers.take() {
             let (current, history) = writers.finish().await;

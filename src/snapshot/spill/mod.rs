@@ -184,8 +184,10 @@ pub fn reclaim_abandoned(spill_dir: &Path) {
     }
 }
 
-/// The process that owns a spill folder: its pid and its start time (since boot, in clock
-/// ticks, from Linux `/proc/<pid>/stat`), so that a reused pid is not mistaken for the owner.
+/// The process that owns a spill folder: its pid and start time (since boot, in clock ticks,
+/// from Linux `/proc/<pid>/stat`: a reused pid is not mistaken for the owner), the boot it ran
+/// in and its pid namespace. Only an owner of this boot and namespace can be judged gone: a
+/// process of another container, host or boot sharing the folder is left alone.
 mod owner {
     /// The owner file in each spill folder.
     pub(super) const FILE: &str = "owner";
@@ -193,20 +195,28 @@ mod owner {
     /// This process, as written in the owner file (None where `/proc` is missing).
     pub(super) fn current() -> Option<String> {
         let pid = std::process::id();
-        Some(format!("{pid} {}", start_time(pid)?))
+        Some(format!("{pid} {} {}", start_time(pid)?, world()?))
     }
 
-    /// Whether the owner `text` names a process that no longer runs (None-safe: an owner file
-    /// that does not parse, or a system without `/proc`, counts as alive).
+    /// This boot and pid namespace, as one word.
+    fn world() -> Option<String> {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        Some(format!("{}/{}", boot.trim(), namespace.display()).replace(' ', "_"))
+    }
+
+    /// Whether the owner `text` names a process of this boot and namespace that no longer
+    /// runs. An owner file that does not parse, of an older format, or of another boot or
+    /// namespace, counts as alive.
     pub(super) fn is_gone(text: &str) -> bool {
-        let mut parts = text.split_whitespace();
-        let (Some(pid), Some(started)) = (parts.next(), parts.next()) else {
+        let parts: Vec<&str> = text.split_whitespace().collect();
+        let [pid, started, their_world] = parts[..] else {
             return false;
         };
         let Ok(pid) = pid.parse::<u32>() else {
             return false;
         };
-        if !std::path::Path::new("/proc/self/stat").exists() {
+        if world().as_deref() != Some(their_world) {
             return false;
         }
         start_time(pid).is_none_or(|now| now != started)
@@ -546,17 +556,29 @@ mod owner_tests {
             }
             path
         };
-        let mine = folder("tributary-spill-live", owner::current());
+        let me = owner::current().unwrap();
+        let world = me.split_whitespace().nth(2).unwrap().to_string();
+        let mine = folder("tributary-spill-live", Some(me.clone()));
         // A pid that exists (this one) but started at another time: a reused pid.
         let reused = folder(
             "tributary-spill-reused",
-            Some(format!("{} 1", std::process::id())),
+            Some(format!("{} 1 {world}", std::process::id())),
         );
-        let gone = folder("tributary-spill-gone", Some("4194303 12345".into()));
+        let gone = folder(
+            "tributary-spill-gone",
+            Some(format!("4194303 12345 {world}")),
+        );
+        // Another container or boot: not ours to judge.
+        let elsewhere = folder(
+            "tributary-spill-elsewhere",
+            Some("4194303 12345 x/y".into()),
+        );
+        let older = folder("tributary-spill-2-fields", Some("4194303 12345".into()));
         let old = folder("tributary-spill-old", None);
-        let other = folder("not-ours", Some("4194303 12345".into()));
+        let other = folder("not-ours", Some(format!("4194303 12345 {world}")));
         reclaim_abandoned(root.path());
         assert!(mine.exists() && old.exists() && other.exists());
+        assert!(elsewhere.exists() && older.exists());
         assert!(!gone.exists() && !reused.exists());
         // A store writes its owner file.
         let schema = Arc::new(deltalake::arrow::datatypes::Schema::empty());

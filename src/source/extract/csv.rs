@@ -450,7 +450,12 @@ impl ChunkParser<'_> {
             bad.extend(bad_rows.into_iter().map(|r| (r, c)));
             typed.push(array);
         }
-        let null_keys = null_keys(self.table, &typed);
+        // A key that did not parse is NULL in `typed` too: its parse error is the one to say.
+        let unparsed: std::collections::HashSet<(usize, usize)> = bad.iter().copied().collect();
+        let null_keys: std::collections::HashSet<(usize, usize)> = null_keys(self.table, &typed)
+            .into_iter()
+            .filter(|at| !unparsed.contains(at))
+            .collect();
         bad.extend(&null_keys);
         let schema = payload_schema(&self.table.typed_columns());
         let mut batch = RecordBatch::try_new(schema, typed)?;

@@ -98,21 +98,24 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Inp
             skip("name starts with `_` or `.` (a marker or hidden file)");
             continue;
         }
-        // Follows symbolic links: a linked part file is an input file.
+        let Some(file_format) = format_of(&path) else {
+            match entry.file_type()?.is_dir() {
+                true => skip("a folder (sub-folders are not read)"),
+                false => skip("not a .csv, .txt, .dat, .parquet or .parq file"),
+            }
+            continue;
+        };
+        if format.is_some_and(|f| f != file_format) {
+            skip("its extension is not the configured `format:`");
+            continue;
+        }
+        // Follows symbolic links: a linked part file is an input file, a broken one an error.
         let meta = std::fs::metadata(&path).map_err(|e| Error::Input {
             path: path.clone(),
             reason: format!("cannot read (a broken link?): {e}"),
         })?;
         if !meta.is_file() {
             skip("a folder (sub-folders are not read)");
-            continue;
-        }
-        let Some(file_format) = format_of(&path) else {
-            skip("not a .csv, .txt, .dat, .parquet or .parq file");
-            continue;
-        };
-        if format.is_some_and(|f| f != file_format) {
-            skip("its extension is not the configured `format:`");
             continue;
         }
         files.push(InputFile {
@@ -280,6 +283,10 @@ mod tests {
         let listing = list_input_files(dir.path(), None).unwrap();
         assert_eq!(listing.files.len(), 2, "{listing:?}");
         assert_eq!(listing.files[1].size, 4, "the link's target size");
+        // A broken link that is not an input file is only listed.
+        std::os::unix::fs::symlink("/nonexistent/notes.md", dir.path().join("notes.md")).unwrap();
+        let listing = list_input_files(dir.path(), None).unwrap();
+        assert_eq!(listing.skipped[0].name, "notes.md");
         std::os::unix::fs::symlink("/nonexistent/part-2.csv", dir.path().join("part-2.csv"))
             .unwrap();
         let err = list_input_files(dir.path(), None).unwrap_err().to_string();

@@ -217,7 +217,12 @@ impl<'a> Converter<'a> {
             bad.extend(rows.into_iter().map(|r| (r, c)));
             typed.push(array);
         }
-        let null_keys = null_keys(config, &typed);
+        // A key that did not parse is NULL in `typed` too: its parse error is the one to say.
+        let unparsed: std::collections::HashSet<(usize, usize)> = bad.iter().copied().collect();
+        let null_keys: std::collections::HashSet<(usize, usize)> = null_keys(config, &typed)
+            .into_iter()
+            .filter(|at| !unparsed.contains(at))
+            .collect();
         bad.extend(&null_keys);
         let mut lines: Vec<u64> = (1..=n as u64).map(|i| row_offset + i).collect();
         let mut batch = RecordBatch::try_new(self.schema.clone(), typed)?;

@@ -143,6 +143,14 @@ pub(crate) fn check_quotes(
     if !raw.contains(&quote) {
         return None;
     }
+    // The parser ends a record at its `\r` and takes the `\n` (and blank lines) with the next
+    // one, whose bytes then start with them; a file may start with a UTF-8 byte order mark.
+    let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+    let start = raw
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(raw.len());
+    let raw = &raw[start..];
     #[derive(Clone, Copy, PartialEq)]
     enum State {
         FieldStart,
@@ -203,12 +211,54 @@ mod tests {
         assert_eq!(check("a,\"b\nc\",d\n", true), None);
         assert_eq!(check("a,\"open", false), Some(UNCLOSED_QUOTE));
         assert_eq!(check("a,\"open\nb,2\n", true), Some(UNCLOSED_QUOTE));
+        // CRLF files and blank lines: the terminator of the record before, then this one.
+        assert_eq!(check("\n1,\"a\"b\r", false), Some(TEXT_AFTER_QUOTE));
+        assert_eq!(check("\n\n1,\"a\"b\n", false), Some(TEXT_AFTER_QUOTE));
+        assert_eq!(check("\n2,\"x\r\ny\"\r", false), Some(QUOTE_SPANS_LINES));
+        assert_eq!(check("\r\n3,\"ok\"\r", false), None);
+        // A byte order mark before the first record.
+        assert_eq!(check("\u{feff}\"a,\"\"b\",c\n", false), None);
+        assert_eq!(check("\u{feff}\"a\"b,c\n", false), Some(TEXT_AFTER_QUOTE));
         // Other delimiters and quotes.
         assert_eq!(
             check_quotes(b"a;'b'c\n", b';', b'\'', false),
             Some(TEXT_AFTER_QUOTE)
         );
         assert_eq!(check_quotes(b"a;'b;c'\n", b';', b'\'', false), None);
+    }
+
+    /// Each record's raw bytes as the reader slices them, CRLF and blank lines included.
+    #[test]
+    fn crlf_files_are_checked_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.csv");
+        std::fs::write(
+            &path,
+            "id,v\r\n1,\"a\"b\r\n\r\n2,\"x\r\ny\"\r\n3,\"ok\"\r\n",
+        )
+        .unwrap();
+        let mut file = CsvFile::open(&source(), &path).unwrap();
+        let mut record = ByteRecord::new();
+        let mut got = Vec::new();
+        while let Some(quoting) = file.read(&mut record).unwrap() {
+            got.push(quoting);
+        }
+        assert_eq!(
+            got,
+            [None, Some(TEXT_AFTER_QUOTE), Some(QUOTE_SPANS_LINES), None]
+        );
+    }
+
+    fn source() -> SourceOptions {
+        SourceOptions {
+            format: None,
+            delimiter: b',',
+            quote: b'"',
+            header: false,
+            null_value: None,
+            on_error: crate::config::OnError::Fail,
+            multiline: false,
+        }
     }
 
     #[test]
@@ -224,16 +274,7 @@ mod tests {
         text.push_str("after,1\n");
         text.push_str("open,\"never\nclosed,2\n");
         std::fs::write(&path, text).unwrap();
-        let source = SourceOptions {
-            format: None,
-            delimiter: b',',
-            quote: b'"',
-            header: false,
-            null_value: None,
-            on_error: crate::config::OnError::Fail,
-            multiline: false,
-        };
-        let mut file = CsvFile::open(&source, &path).unwrap();
+        let mut file = CsvFile::open(&source(), &path).unwrap();
         let mut record = ByteRecord::new();
         let mut bad = Vec::new();
         let mut rows = 0;
