@@ -63,6 +63,12 @@ pub struct TableSync {
     pub files: usize,
     /// The run began with a full load that replaced the current table.
     pub reload: bool,
+    /// Under a reload: change files applied by earlier runs whose effect the new full load
+    /// replaces (they are older than it).
+    pub replaced_files: usize,
+    /// Under a reload: change files older than the new full load, recorded as superseded
+    /// without being applied.
+    pub superseded_files: usize,
     /// Seconds spent reading (parsing, casting, hashing) the files.
     pub read_secs: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,6 +164,8 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
                         message: e.to_string(),
                         files: 0,
                         reload: false,
+                        replaced_files: 0,
+                        superseded_files: 0,
                         read_secs: 0.0,
                         apply: None,
                         error: Some(e.to_string()),
@@ -296,6 +304,8 @@ async fn sync_table(
         message: "no new files".into(),
         files: 0,
         reload: done.pending.reload,
+        replaced_files: done.pending.replaced,
+        superseded_files: done.pending.skipped,
         read_secs: done.read_secs,
         apply: None,
         error: None,
@@ -331,7 +341,14 @@ async fn sync_table(
         summary.current_files,
     );
     if done.pending.reload {
-        result.message.push_str(" (full load: table replaced)");
+        result.message.push_str(" (full load: table replaced");
+        if done.pending.replaced + done.pending.skipped > 0 {
+            result.message.push_str(&format!(
+                "; it supersedes {} change files applied before and {} not yet applied",
+                done.pending.replaced, done.pending.skipped
+            ));
+        }
+        result.message.push(')');
     }
     result.apply = Some(summary);
     Ok(result)

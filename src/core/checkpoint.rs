@@ -29,6 +29,28 @@ pub struct AppliedFile {
     pub modified_ms: i64,
     /// Change rows read from the file.
     pub rows: i64,
+    /// Digest of the file's bytes ([`content_digest`]), recorded for `LOAD` files: a load
+    /// copied again with new modification times is recognised by it (None: not recorded).
+    pub digest: Option<String>,
+}
+
+/// The digest of a file's bytes: 32 hex digits of XXH3-128, read in 1 MiB blocks.
+///
+/// # Errors
+/// I/O errors opening or reading the file.
+pub fn content_digest(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(format!("{:032x}", hasher.digest128()))
 }
 
 /// The source position a run's change batches reach: what the run consumed.
@@ -82,14 +104,37 @@ pub struct AppliedSet {
     pub changes: HashSet<String>,
     /// Size of each applied change file when it was applied, bytes.
     pub change_sizes: HashMap<String, i64>,
-    /// Full-load files by (name, modification time).
-    pub loads: HashSet<(String, i64)>,
+    /// Full-load files applied, by name (a reload applies a name again).
+    pub loads: HashMap<String, Vec<AppliedLoad>>,
+}
+
+/// One applied full-load file, as the applied-files table records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedLoad {
+    /// The run that applied it.
+    pub run: i64,
+    /// Size when applied, bytes.
+    pub size_bytes: i64,
+    /// Modification time when applied, milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+    /// Digest of its bytes ([`content_digest`]; None in tables written before it was kept).
+    pub digest: Option<String>,
 }
 
 impl AppliedSet {
     /// Whether any full-load file was applied.
     pub fn has_load(&self) -> bool {
         !self.loads.is_empty()
+    }
+
+    /// Records an applied full-load file.
+    pub fn add_load(&mut self, name: impl Into<String>, load: AppliedLoad) {
+        self.loads.entry(name.into()).or_default().push(load);
+    }
+
+    /// The latest application of the full-load file `name` (None: never applied).
+    pub fn last_load(&self, name: &str) -> Option<&AppliedLoad> {
+        self.loads.get(name)?.iter().max_by_key(|l| l.run)
     }
 }
 
@@ -105,6 +150,27 @@ pub struct Committed {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_content_digest_follows_the_bytes_not_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        // more than one 1 MiB block, differing only in the last byte
+        let mut bytes = vec![7u8; (1 << 20) + 5];
+        std::fs::write(&a, &bytes).unwrap();
+        std::fs::write(&b, &bytes).unwrap();
+        *bytes.last_mut().unwrap() = 8;
+        std::fs::write(&c, &bytes).unwrap();
+        let digest = |p| content_digest(p).unwrap();
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&c));
+        assert_eq!(digest(&a).len(), 32);
+        assert!(content_digest(&dir.path().join("missing")).is_err());
+    }
+
     fn file(name: &str, size: i64, modified_ms: i64) -> AppliedFile {
         AppliedFile {
             file: name.into(),
@@ -112,6 +178,7 @@ mod tests {
             size_bytes: size,
             modified_ms,
             rows: 1,
+            digest: None,
         }
     }
 

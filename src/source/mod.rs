@@ -76,6 +76,9 @@ pub struct Pending {
     pub units: usize,
     /// Units recorded as consumed without being read (change files older than a reload).
     pub skipped: usize,
+    /// Units applied by earlier runs whose effect the reload replaces (change files older
+    /// than a new full load); 0 without a reload.
+    pub replaced: usize,
 }
 
 impl Pending {

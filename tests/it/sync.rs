@@ -328,9 +328,64 @@ async fn a_rewritten_full_load_replaces_the_table() {
         .unwrap();
     let t = l.sync_one().await;
     assert!(t.reload, "{t:?}");
+    // the change file applied before is older than the new load: its effect is replaced
+    assert_eq!((t.replaced_files, t.superseded_files), (1, 0), "{t:?}");
+    assert!(
+        t.message
+            .contains("supersedes 1 change files applied before"),
+        "{t:?}"
+    );
     let current = l.current("sales/orders").await;
     assert_eq!(current.keys().collect::<Vec<_>>(), ["1", "5"]);
     assert_eq!(current["1"]["amount"], "12.0");
+}
+
+/// Sets a file's modification time `secs` seconds from now.
+fn touch(path: &std::path::Path, secs: u64) {
+    let at = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(at)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_landing_zone_copied_again_is_not_a_reload() {
+    let l = Landing::new(ORDERS);
+    orders_day1(&l);
+    l.sync_one().await;
+    l.file(
+        "sales/orders",
+        "20240302-1000000000.csv",
+        "U,2024-03-02 10:00:00.000000,1,east,15\n",
+    );
+    l.sync_one().await;
+    let before = shape(&l.current("sales/orders").await);
+    let history = l.table("sales/orders", "history").await.len();
+    // `cp -r` or `aws s3 sync` of the same files: every modification time is new, the change
+    // files (copied first, in name order) older than the LOAD files
+    let folder = l.root().join("sales/orders");
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        touch(&path, if name.starts_with("LOAD") { 120 } else { 60 });
+    }
+    let t = l.sync_one().await;
+    assert_eq!(
+        (t.status.as_str(), t.reload),
+        ("up-to-date", false),
+        "{t:?}"
+    );
+    assert_eq!(shape(&l.current("sales/orders").await), before);
+    assert_eq!(l.table("sales/orders", "history").await.len(), history);
+    // A LOAD file with the same name and size but other bytes is a real reload.
+    l.file("sales/orders", "LOAD00000002.csv", "3,west,31\n");
+    touch(&folder.join("LOAD00000002.csv"), 180);
+    let t = l.sync_one().await;
+    assert!(t.reload, "{t:?}");
+    assert_eq!(l.current("sales/orders").await["3"]["amount"], "31.0");
 }
 
 #[tokio::test(flavor = "multi_thread")]

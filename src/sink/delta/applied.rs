@@ -3,8 +3,8 @@
 //! Its rows are committed as a follower of the run's history commit (see the sink contract, `sink/mod.rs`), so the
 //! data and the record of the files that produced it land together: a crash never applies a
 //! file twice nor loses one. Files are remembered by name (and, for DMS `LOAD` files, which a
-//! reload rewrites under the same names, by modification time), not by a high-water mark, so
-//! files that share a timestamp are never skipped.
+//! reload rewrites under the same names, by size, modification time and content digest), not by
+//! a high-water mark, so files that share a timestamp are never skipped.
 //!
 //! | column        | type   | meaning                                                        |
 //! |---------------|--------|----------------------------------------------------------------|
@@ -15,6 +15,8 @@
 //! | `modified_ms` | long   | file modification time, milliseconds since the Unix epoch      |
 //! | `rows`        | long   | change rows read from the file                                 |
 //! | `run`         | long   | run sequence number that applied it                            |
+//! | `digest`      | string | XXH3-128 of the file's bytes, 32 hex digits (`load` files;     |
+//! |               |        | NULL otherwise, and absent in tables made before it was kept)  |
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::DeltaTable;
 
-use crate::core::checkpoint::{AppliedFile, AppliedSet, CHANGE, LOAD};
+use crate::core::checkpoint::{AppliedFile, AppliedLoad, AppliedSet, CHANGE, LOAD};
 use crate::error::Result;
 
 /// Arrow schema of the applied-files table.
@@ -35,6 +37,7 @@ pub fn schema() -> SchemaRef {
         Field::new("modified_ms", DataType::Int64, false),
         Field::new("rows", DataType::Int64, false),
         Field::new("run", DataType::Int64, false),
+        Field::new("digest", DataType::Utf8, true),
     ]))
 }
 
@@ -58,6 +61,9 @@ pub fn batch(files: &[AppliedFile], run: i64) -> Result<RecordBatch> {
             )),
             Arc::new(Int64Array::from_iter_values(files.iter().map(|f| f.rows))),
             Arc::new(Int64Array::from_iter_values(files.iter().map(|_| run))),
+            Arc::new(StringArray::from_iter(
+                files.iter().map(|f| f.digest.as_deref()),
+            )),
         ],
     )?)
 }
@@ -86,15 +92,31 @@ pub async fn read(table: Option<&DeltaTable>) -> Result<AppliedSet> {
             .column_by_name("size_bytes")
             .ok_or_else(|| missing("size_bytes"))?;
         let size = size.as_primitive::<deltalake::arrow::datatypes::Int64Type>();
+        let run = batch.column_by_name("run").ok_or_else(|| missing("run"))?;
+        let run = run.as_primitive::<deltalake::arrow::datatypes::Int64Type>();
+        // absent in tables written before digests were kept
+        let digest = match batch.column_by_name("digest") {
+            Some(_) => Some(text("digest")?),
+            None => None,
+        };
         for i in 0..batch.num_rows() {
             if file.is_null(i) {
                 continue;
             }
             let name = file.value(i).to_string();
             match kind.value(i) {
-                LOAD => {
-                    set.loads.insert((name, modified.value(i)));
-                }
+                LOAD => set.add_load(
+                    name,
+                    AppliedLoad {
+                        run: run.value(i),
+                        size_bytes: size.value(i),
+                        modified_ms: modified.value(i),
+                        digest: digest
+                            .as_ref()
+                            .filter(|d| d.is_valid(i))
+                            .map(|d| d.value(i).to_string()),
+                    },
+                ),
                 CHANGE => {
                     set.change_sizes.insert(name.clone(), size.value(i));
                     set.changes.insert(name);

@@ -238,12 +238,19 @@ fn check(table: &DeltaTable, config: &TableSpec, schema: &SchemaRef, role: &str)
         }
     }
     let found = state.snapshot().arrow_schema();
-    let same = found.fields().len() == schema.fields().len()
-        && found
-            .fields()
+    let prefix = found
+        .fields()
+        .iter()
+        .zip(schema.fields())
+        .all(|(f, e)| f.name() == e.name() && f.data_type() == e.data_type());
+    // An applied-files table made before its trailing nullable columns existed (`digest`) is
+    // written without them (see `transaction::write_follower`).
+    let legacy = role == TableRole::Applied.as_str()
+        && found.fields().len() < schema.fields().len()
+        && schema.fields()[found.fields().len()..]
             .iter()
-            .zip(schema.fields())
-            .all(|(f, e)| f.name() == e.name() && f.data_type() == e.data_type());
+            .all(|f| f.is_nullable());
+    let same = prefix && (found.fields().len() == schema.fields().len() || legacy);
     if !same {
         let show = |s: &SchemaRef| {
             s.fields()

@@ -197,6 +197,20 @@ impl RunTransaction {
             Err(e) => Err(e),
         };
         let table = self.guard(opened).await?;
+        // A table of an older layout (fewer trailing columns, accepted by `table::check`) is
+        // written in its own layout.
+        let columns = match table.snapshot() {
+            Ok(state) => state.snapshot().arrow_schema().fields().len(),
+            Err(e) => return self.guard(Err(e.into())).await,
+        };
+        let projected: std::result::Result<Vec<RecordBatch>, _> = batches
+            .into_iter()
+            .map(|b| match b.num_columns() > columns {
+                true => b.project(&(0..columns).collect::<Vec<_>>()),
+                false => Ok(b),
+            })
+            .collect();
+        let batches = self.guard(projected.map_err(Error::from)).await?;
         let written = write_files(&table, batches, properties)
             .await
             .map(|adds| (table, adds));

@@ -1,13 +1,16 @@
 //! A landing zone: the change files of one `<schema>/<table>` folder, as a [`ChangeSource`].
 //!
 //! Files are listed in source order ([`list`]), the ones the table's checkpoint (the
-//! applied-files table) already records are left out by name (`LOAD` files by name and
-//! modification time), and the rest are read in order into change batches. A `LOAD` file that
-//! was not applied (a new or reloaded full load) makes the run a reload that replaces the
-//! current table. On a reload (a table that had applied a full load before), change files not
-//! yet applied whose modification time is older than the new load are recorded as superseded
-//! instead of applied: the load already holds their effect. A first load applies every change
-//! file after it.
+//! applied-files table) already records are left out by name, and the rest are read in order
+//! into change batches. A `LOAD` file is the one applied before when its name and size are the
+//! same and either its modification time or its content digest (XXH3-128 of its bytes, recorded
+//! when it was applied) is: a landing zone copied again (`cp`, `aws s3 sync`) is not a new
+//! load. A `LOAD` file that is new by that rule (a new or reloaded full load) makes the run a
+//! reload that replaces the current table. On a reload (a table that had applied a full load
+//! before), change files not yet applied whose modification time is older than the new load
+//! are recorded as superseded instead of applied, and those applied before are counted as
+//! replaced: the load already holds their effect. A first load applies every change file after
+//! it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use crate::config::tables::{table_name, Layout, TableEntry, TablesFile};
 use crate::config::{ChangelogTable, ColumnFile};
 use crate::core::change::ChangeBatch;
 use crate::core::checkpoint::{
-    AppliedFile, AppliedSet, Checkpoint, Committed, CHANGE, LOAD, SUPERSEDED,
+    content_digest, AppliedFile, AppliedSet, Checkpoint, Committed, CHANGE, LOAD, SUPERSEDED,
 };
 use crate::error::{Error, Result};
 use crate::source::{ChangeSource, Pending};
@@ -80,7 +83,12 @@ impl ChangeSource for LandingZone {
     /// Lists the folder and leaves out what `committed` records (see the module docs). Every
     /// call plans afresh: a run that lost its commit to another writer plans again.
     fn plan(&mut self, committed: &Committed) -> Result<Pending> {
-        let todo = pending(list(&self.folder, self.config.layout)?, &committed.files);
+        let mut digest = |f: &ChangeFile| load_digest(f);
+        let todo = pending(
+            list(&self.folder, self.config.layout)?,
+            &committed.files,
+            &mut digest,
+        )?;
         self.read = todo.read;
         self.superseded = todo.superseded;
         self.done.clear();
@@ -88,6 +96,7 @@ impl ChangeSource for LandingZone {
             reload: todo.reload,
             units: self.read.len(),
             skipped: self.superseded.len(),
+            replaced: todo.replaced,
         })
     }
 
@@ -119,14 +128,20 @@ impl ChangeSource for LandingZone {
                         return;
                     }
                 }
-                let kind = match file.kind {
-                    FileKind::Load => LOAD,
-                    FileKind::Change => CHANGE,
+                let mut record = match file.kind {
+                    FileKind::Load => applied_record(file, LOAD, rows),
+                    FileKind::Change => applied_record(file, CHANGE, rows),
                 };
-                if tx
-                    .blocking_send(Ok(Read::File(applied_record(file, kind, rows))))
-                    .is_err()
-                {
+                if file.kind == FileKind::Load {
+                    match load_digest(file) {
+                        Ok(d) => record.digest = Some(d),
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if tx.blocking_send(Ok(Read::File(record))).is_err() {
                     return;
                 }
             }
@@ -297,9 +312,44 @@ struct PendingFiles {
     read: Vec<ChangeFile>,
     /// Change files older than the reload: recorded, not applied.
     superseded: Vec<ChangeFile>,
+    /// Change files applied before, older than the reload: the new load replaces their effect.
+    replaced: usize,
 }
 
-fn pending(files: Vec<ChangeFile>, done: &AppliedSet) -> PendingFiles {
+/// Whether a `LOAD` file is not the one the table applied last under its name: a new name, or
+/// another size, or (same size, other modification time: a touch or a copy) other bytes.
+/// `digest` is asked only in that last case, and only where the table recorded a digest.
+fn is_new_load(
+    f: &ChangeFile,
+    done: &AppliedSet,
+    digest: &mut dyn FnMut(&ChangeFile) -> Result<String>,
+) -> Result<bool> {
+    let Some(last) = done.last_load(&f.name) else {
+        return Ok(true);
+    };
+    if last.size_bytes != f.size as i64 {
+        return Ok(true);
+    }
+    if last.modified_ms == f.modified_ms {
+        return Ok(false);
+    }
+    match &last.digest {
+        Some(recorded) => Ok(*recorded != digest(f)?),
+        // tables written before digests were kept: by modification time, as then
+        None => Ok(true),
+    }
+}
+
+/// Plans the files a table still has to take (see the module docs). `digest` reads a file's
+/// content digest ([`content_digest`]) for `LOAD` files whose modification time changed.
+///
+/// # Errors
+/// Errors of `digest` (a `LOAD` file that cannot be read).
+fn pending(
+    files: Vec<ChangeFile>,
+    done: &AppliedSet,
+    digest: &mut dyn FnMut(&ChangeFile) -> Result<String>,
+) -> Result<PendingFiles> {
     for f in &files {
         if let Some(&size) = done.change_sizes.get(&f.name) {
             if size != f.size as i64 {
@@ -311,21 +361,20 @@ fn pending(files: Vec<ChangeFile>, done: &AppliedSet) -> PendingFiles {
     }
     let (loads, changes): (Vec<ChangeFile>, Vec<ChangeFile>) =
         files.into_iter().partition(|f| f.kind == FileKind::Load);
-    let is_new = |f: &ChangeFile| !done.loads.contains(&(f.name.clone(), f.modified_ms));
-    let Some(load_time) = loads
-        .iter()
-        .filter(|f| is_new(f))
-        .map(|f| f.modified_ms)
-        .min()
-    else {
-        return PendingFiles {
-            reload: false,
+    let mut load_time: Option<i64> = None;
+    for f in &loads {
+        if is_new_load(f, done, digest)? {
+            load_time = Some(load_time.map_or(f.modified_ms, |t| t.min(f.modified_ms)));
+        }
+    }
+    let Some(load_time) = load_time else {
+        return Ok(PendingFiles {
             read: changes
                 .into_iter()
                 .filter(|f| !done.changes.contains(&f.name))
                 .collect(),
-            superseded: Vec::new(),
-        };
+            ..Default::default()
+        });
     };
     // A full load: the LOAD files written with or after the first new one (older LOAD files
     // left from an earlier load are not part of it), then the change files from its time on,
@@ -336,7 +385,7 @@ fn pending(files: Vec<ChangeFile>, done: &AppliedSet) -> PendingFiles {
             .into_iter()
             .filter(|f| f.modified_ms >= load_time)
             .collect(),
-        superseded: Vec::new(),
+        ..Default::default()
     };
     for f in changes {
         let applied = done.changes.contains(&f.name);
@@ -344,6 +393,7 @@ fn pending(files: Vec<ChangeFile>, done: &AppliedSet) -> PendingFiles {
             out.read.push(f);
         } else if applied {
             // already applied, and older than the load: the load holds its effect
+            out.replaced += 1;
         } else if done.has_load() {
             // A reload: an older change file is in the new load already; applied after it,
             // it would bring back old values.
@@ -353,7 +403,15 @@ fn pending(files: Vec<ChangeFile>, done: &AppliedSet) -> PendingFiles {
             out.read.push(f);
         }
     }
-    out
+    if done.has_load() {
+        tracing::warn!(
+            replaced = out.replaced,
+            superseded = out.superseded.len(),
+            "a new full load replaces the current table: change files applied before it are \
+             superseded by it, and older pending ones are recorded without being applied"
+        );
+    }
+    Ok(out)
 }
 
 /// The checkpoint record of a file read (or superseded) with `rows` change rows.
@@ -364,7 +422,16 @@ fn applied_record(file: &ChangeFile, kind: &'static str, rows: u64) -> AppliedFi
         size_bytes: file.size as i64,
         modified_ms: file.modified_ms,
         rows: rows as i64,
+        digest: None,
     }
+}
+
+/// The content digest of a `LOAD` file, naming the file when it cannot be read.
+fn load_digest(file: &ChangeFile) -> Result<String> {
+    content_digest(&file.path).map_err(|e| Error::Input {
+        path: file.path.clone(),
+        reason: format!("cannot read: {e}"),
+    })
 }
 
 /// The `<schema>/<table>` folders under a landing root, sorted.
@@ -496,10 +563,26 @@ mod tests {
         f
     }
 
+    /// Records an applied `LOAD` file of size 0 (as [`test_file`]s are) at `modified_ms`.
+    fn applied_load(done: &mut AppliedSet, name: &str, modified_ms: i64, digest: Option<&str>) {
+        let load = crate::core::checkpoint::AppliedLoad {
+            run: 1,
+            size_bytes: 0,
+            modified_ms,
+            digest: digest.map(String::from),
+        };
+        done.add_load(name, load);
+    }
+
+    /// Plans with a digest that is the file name (so every file's content is "unchanged").
+    fn plan(files: Vec<ChangeFile>, done: &AppliedSet) -> PendingFiles {
+        pending(files, done, &mut |f| Ok(format!("digest of {}", f.name))).unwrap()
+    }
+
     #[test]
     fn applied_files_are_skipped_by_name_not_by_time() {
         let mut done = AppliedSet::default();
-        done.loads.insert(("LOAD00000001.csv".into(), 10));
+        applied_load(&mut done, "LOAD00000001.csv", 10, None);
         done.changes.insert("20240101-0000000000.csv".into());
         let files = vec![
             file("LOAD00000001.csv", FileKind::Load, 10),
@@ -507,7 +590,7 @@ mod tests {
             // same timestamp in the name as an applied file, older modification time
             file("20240101-0000000000-b.csv", FileKind::Change, 5),
         ];
-        let p = pending(files, &done);
+        let p = plan(files, &done);
         assert!(!p.reload);
         let names: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["20240101-0000000000-b.csv"]);
@@ -521,7 +604,7 @@ mod tests {
             ("LOAD00000002.csv", 10),
             ("LOAD00000003.csv", 10),
         ] {
-            done.loads.insert((name.into(), t));
+            applied_load(&mut done, name, t, None);
         }
         done.changes.insert("20240101-0000000000.csv".into());
         done.changes.insert("20240103-0000000000.csv".into());
@@ -535,7 +618,7 @@ mod tests {
             // applied before the reload was seen, but written after it started
             file("20240103-0000000000.csv", FileKind::Change, 120),
         ];
-        let p = pending(files, &done);
+        let p = plan(files, &done);
         assert!(p.reload);
         let read: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(
@@ -556,7 +639,7 @@ mod tests {
             file("LOAD00000001.csv", FileKind::Load, 100),
             file("20240101-0000000000.csv", FileKind::Change, 50),
         ];
-        let p = pending(files, &AppliedSet::default());
+        let p = plan(files, &AppliedSet::default());
         assert!(p.reload);
         assert_eq!(p.read.len(), 2);
         assert!(p.superseded.is_empty());
@@ -565,17 +648,98 @@ mod tests {
     #[test]
     fn a_rewritten_load_file_reloads_and_supersedes_older_changes() {
         let mut done = AppliedSet::default();
-        done.loads.insert(("LOAD00000001.csv".into(), 10));
+        applied_load(&mut done, "LOAD00000001.csv", 10, None);
         let files = vec![
             file("LOAD00000001.csv", FileKind::Load, 100),
             file("20240101-0000000000.csv", FileKind::Change, 50),
             file("20240102-0000000000.csv", FileKind::Change, 150),
         ];
-        let p = pending(files, &done);
+        let p = plan(files, &done);
         assert!(p.reload);
         let read: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(read, ["LOAD00000001.csv", "20240102-0000000000.csv"]);
         assert_eq!(p.superseded.len(), 1);
+    }
+
+    #[test]
+    fn a_load_copied_again_with_the_same_bytes_is_not_a_reload() {
+        let mut done = AppliedSet::default();
+        applied_load(
+            &mut done,
+            "LOAD00000001.csv",
+            10,
+            Some("digest of LOAD00000001.csv"),
+        );
+        done.changes.insert("20240101-0000000000.csv".into());
+        // `cp -r` of the landing zone: every modification time is new
+        let files = vec![
+            file("LOAD00000001.csv", FileKind::Load, 500),
+            file("20240101-0000000000.csv", FileKind::Change, 501),
+            file("20240102-0000000000.csv", FileKind::Change, 502),
+        ];
+        let mut asked = Vec::new();
+        let p = pending(files.clone(), &done, &mut |f| {
+            asked.push(f.name.clone());
+            Ok(format!("digest of {}", f.name))
+        })
+        .unwrap();
+        assert!(!p.reload);
+        assert_eq!(asked, ["LOAD00000001.csv"]);
+        let read: Vec<&str> = p.read.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(read, ["20240102-0000000000.csv"]);
+        // the same name and size with other bytes is a reload that replaces the applied file
+        let p = pending(files.clone(), &done, &mut |_| Ok("other bytes".into())).unwrap();
+        assert!(p.reload);
+        // the applied change file was written after the new load: redone on top of it
+        assert_eq!((p.replaced, p.read.len()), (0, 3));
+        // another size is a reload without reading the file
+        let mut bigger = files;
+        bigger[0].size = 7;
+        let p = pending(bigger, &done, &mut |_| panic!("not read")).unwrap();
+        assert!(p.reload);
+        // unchanged modification time: not read either
+        let same = vec![file("LOAD00000001.csv", FileKind::Load, 10)];
+        assert!(
+            !pending(same, &done, &mut |_| panic!("not read"))
+                .unwrap()
+                .reload
+        );
+    }
+
+    #[test]
+    fn a_reload_counts_the_applied_change_files_it_replaces() {
+        let mut done = AppliedSet::default();
+        applied_load(&mut done, "LOAD00000001.csv", 10, Some("old"));
+        done.changes.insert("20240101-0000000000.csv".into());
+        let files = vec![
+            file("LOAD00000001.csv", FileKind::Load, 100),
+            file("20240101-0000000000.csv", FileKind::Change, 50),
+            file("20240102-0000000000.csv", FileKind::Change, 60),
+        ];
+        let p = plan(files, &done);
+        assert!(p.reload);
+        assert_eq!((p.replaced, p.superseded.len()), (1, 1));
+    }
+
+    #[test]
+    fn the_latest_application_of_a_load_name_decides() {
+        let mut done = AppliedSet::default();
+        applied_load(&mut done, "LOAD00000001.csv", 10, Some("first"));
+        let mut second = done.loads["LOAD00000001.csv"][0].clone();
+        (second.run, second.modified_ms, second.digest) = (2, 20, Some("second".into()));
+        done.add_load("LOAD00000001.csv", second);
+        let files = || vec![file("LOAD00000001.csv", FileKind::Load, 30)];
+        // the first load's bytes copied back are a reload: the table holds the second
+        assert!(
+            pending(files(), &done, &mut |_| Ok("first".into()))
+                .unwrap()
+                .reload
+        );
+        assert!(
+            !pending(files(), &done, &mut |_| Ok("second".into()))
+                .unwrap()
+                .reload
+        );
     }
 
     #[test]
@@ -663,10 +827,16 @@ mod tests {
         );
         // Everything applied: nothing pending.
         let mut committed = Committed::default();
-        committed
-            .files
-            .loads
-            .insert(("LOAD00000001.csv".into(), files[0].modified_ms));
+        committed.files.add_load(
+            "LOAD00000001.csv",
+            crate::core::checkpoint::AppliedLoad {
+                run: 1,
+                size_bytes: files[0].size_bytes,
+                modified_ms: files[0].modified_ms,
+                digest: files[0].digest.clone(),
+            },
+        );
+        assert!(files[0].digest.is_some() && files[1].digest.is_none());
         committed
             .files
             .changes
