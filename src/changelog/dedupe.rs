@@ -116,6 +116,7 @@ mod tests {
             ops: changes.iter().map(|c| c.1).collect(),
             order: changes.iter().map(|c| c.2).collect(),
             commit_days: vec![None; changes.len()],
+            positions: vec![None; changes.len()],
         }
     }
 

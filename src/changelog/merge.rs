@@ -8,6 +8,11 @@
 //!    keys get their new row (upsert), deleted keys are dropped (hard) or kept with
 //!    `operation = D` (soft). Rows that move to another `partition_by` value leave their old
 //!    file, so no duplicate remains. Current and history rows stream to one writer per table.
+//!    A change older than its key's stored row by source position (`source_position`: LSN,
+//!    binlog position, commit time; see `ChangeBatch::positions`) is stale: a late file's
+//!    change never overwrites a newer one, nor brings back a key soft-deleted by a newer
+//!    delete. It is skipped, counted per file, and the stored row stays. Equal positions, and
+//!    rows or changes without one, are applied in source order as before.
 //! 4. History gets one row per applied change: I and U rows carry the change's values, D rows the
 //!    last stored values of the deleted key; `eff_start_date` is the change's commit date, or the
 //!    run date when the source has none.
@@ -17,7 +22,7 @@
 //! Tables without a primary key only take inserts, appended without a scan (the DMS
 //! walkthrough's rule); their updates and deletes are counted and skipped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,11 +44,14 @@ use crate::core::batch::BATCH_ROWS;
 use crate::core::change::{ChangeBatch, ChangeOp};
 use crate::core::checkpoint::Checkpoint;
 use crate::core::key::{key, DigestMap, Key};
-use crate::core::schema::{table_schema, EFF_START_DATE, KEYHASH, OPERATION};
+use crate::core::schema::{table_schema, EFF_START_DATE, KEYHASH, OPERATION, SOURCE_POSITION};
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
+use crate::sink::delta::tombstones::{self, Tombstone};
 use crate::sink::delta::{self, writer_properties, DeltaLake, RunCommit};
 use crate::sink::{Sink, TableRole};
+use deltalake::arrow::array::Int64Array;
+use deltalake::arrow::datatypes::Int64Type;
 
 /// Name of the file-path column of the impacted-files scan.
 const FILE_COLUMN: &str = "__tributary_file";
@@ -83,6 +91,16 @@ pub struct ApplySummary {
     pub deleted: u64,
     /// Deletes of keys that are not in the table.
     pub ignored_deletes: u64,
+    /// Changes skipped as stale: older, by source position, than their key's stored row.
+    pub stale: u64,
+    /// Stale changes per change file (name relative to the table's landing folder).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub stale_files: BTreeMap<String, u64>,
+    /// Rows written to the tombstones table (the run's new tombstones, or every one kept by a
+    /// compaction).
+    pub tombstones_written: u64,
+    /// Whether the run rewrote the tombstones table as one file.
+    pub tombstones_compacted: bool,
     /// Updates and deletes of a table without primary key (not loaded).
     pub skipped_without_key: u64,
     /// Data files of the current table before the run.
@@ -128,11 +146,20 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     let config = request.config;
     let spec = &config.table;
     let properties = writer_properties(spec.lake.compression, 32 << 20, &spec.unique_columns());
+    let follower_properties = properties.clone();
     // One writer per table: more writers measured no faster on 2 cores, and one keeps the rows
     // of a file contiguous in input order (fewer files touched by later changes).
     let mut run = lake.begin(request.base_run, properties, 1).await?;
     let run_days = epoch_days(request.run_date);
-    let schema = table_schema(&spec.typed_columns());
+    let schema = match lake.keeps_positions() {
+        true => spec.table_schema(),
+        false => {
+            if spec.source_positions {
+                tracing::warn!(table = %spec.name, "the tables were made before source positions were kept: late changes are applied, not skipped as stale (start new tables to keep them)");
+            }
+            table_schema(&spec.typed_columns())
+        }
+    };
     let current_files = lake
         .current
         .snapshot()
@@ -174,7 +201,16 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     summary.stages.merge_secs = (writing - merging).as_secs_f64()
         - summary.stages.dedupe_secs
         - summary.stages.impacted_scan_secs;
-    let current_removes = run.finish_writes(merged).await?;
+    let merged = run.finish_writes(merged).await?;
+    if let Some(write) = merged.tombstones {
+        summary.tombstones_written = write.rows.len() as u64;
+        summary.tombstones_compacted = !write.removes.is_empty();
+        let batch = run.guard(tombstones::batch(&write.rows)).await?;
+        let role = TableRole::Tombstones;
+        run.replace_follower(lake, role, vec![batch], follower_properties, write.removes)
+            .await?;
+    }
+    let current_removes = merged.current_removes;
     summary.stages.write_secs = writing.elapsed().as_secs_f64();
     let committing = Instant::now();
     let commit = RunCommit {
@@ -191,6 +227,20 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     summary.history_version = versions.history;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// What [`Merge::run`] hands to the commit besides the rows it sent.
+struct Merged {
+    /// Current table files the run replaces.
+    current_removes: Vec<Remove>,
+    /// Tombstones to write (None: none).
+    tombstones: Option<TombstoneWrite>,
+}
+
+/// Rows of the tombstones table a run writes, and the files they replace (a compaction).
+struct TombstoneWrite {
+    rows: Vec<(Key, Tombstone)>,
+    removes: Vec<Remove>,
 }
 
 /// The stored rows of the changed keys, read from the files that hold them.
@@ -216,9 +266,18 @@ struct Merge<'a> {
 }
 
 impl Merge<'_> {
+    /// The name of the run's file at `index` (its place in the checkpoint's file list).
+    fn file_name(&self, index: usize) -> String {
+        match &self.request.checkpoint {
+            Checkpoint::Files(files) => files
+                .get(index)
+                .map_or_else(|| format!("file {index}"), |f| f.file.clone()),
+        }
+    }
+
     /// Sends every output row to the writers; returns the remove actions of the current files
-    /// the run replaces.
-    async fn run(&self, summary: &mut ApplySummary) -> Result<Vec<Remove>> {
+    /// the run replaces, and the tombstones it writes.
+    async fn run(&self, summary: &mut ApplySummary) -> Result<Merged> {
         let request = self.request;
         let mut removes = Vec::new();
         if request.reload {
@@ -227,7 +286,10 @@ impl Merge<'_> {
         }
         if request.config.insert_only {
             self.inserts_only(summary).await?;
-            return Ok(removes);
+            return Ok(Merged {
+                current_removes: removes,
+                tombstones: None,
+            });
         }
         let dedupe = Instant::now();
         let winners = last_per_key(&request.changes);
@@ -241,8 +303,75 @@ impl Merge<'_> {
         if !request.reload {
             removes = std::mem::take(&mut stored.removes);
         }
-        self.resolve(winners, &stored, summary).await?;
-        Ok(removes)
+        // Tombstones of keys that have no stored row, read when such a key has a change with a
+        // position that is not a delete (a late change could bring a deleted key back).
+        let positions = self.schema.index_of(SOURCE_POSITION).is_ok();
+        let tomb_table = match positions {
+            true => self.lake.open_follower(TableRole::Tombstones, None).await?,
+            false => None,
+        };
+        let needs_tombstones = winners.iter().any(|p| {
+            let batch = &request.changes[p.batch];
+            batch.ops[p.row] != ChangeOp::Delete
+                && batch.positions[p.row].is_some()
+                && !stored
+                    .at
+                    .contains_key(&key(batch.rows.keyhash.value(p.row)))
+        });
+        let mut known = match (&tomb_table, needs_tombstones) {
+            (Some(table), true) => Some(tombstones::read(table).await?),
+            _ => None,
+        };
+        let new = self
+            .resolve(winners, &stored, known.as_ref(), summary)
+            .await?;
+        let tombstones = match positions && !new.is_empty() {
+            true => Some(
+                self.tombstone_write(tomb_table.as_ref(), &mut known, new)
+                    .await?,
+            ),
+            false => None,
+        };
+        Ok(Merged {
+            current_removes: removes,
+            tombstones,
+        })
+    }
+
+    /// The tombstones the run writes: its `new` ones appended to the table, or, once the table
+    /// holds [`tombstones::COMPACT_AT_FILES`] files, the whole table rewritten as one file with
+    /// one tombstone per key and none past the retention.
+    async fn tombstone_write(
+        &self,
+        table: Option<&DeltaTable>,
+        known: &mut Option<DigestMap<Tombstone>>,
+        new: Vec<(Key, Tombstone)>,
+    ) -> Result<TombstoneWrite> {
+        let files = match table {
+            Some(t) => t.snapshot()?.log_data().num_files(),
+            None => 0,
+        };
+        let (Some(table), true) = (table, files + 1 >= tombstones::COMPACT_AT_FILES) else {
+            return Ok(TombstoneWrite {
+                rows: new,
+                removes: Vec::new(),
+            });
+        };
+        let mut all = match known.take() {
+            Some(all) => all,
+            None => tombstones::read(table).await?,
+        };
+        for (k, t) in new {
+            tombstones::keep_latest(&mut all, k, t);
+        }
+        let oldest = self.run_days - self.request.config.tombstone_retention_days as i32;
+        let mut rows: Vec<(Key, Tombstone)> =
+            all.into_iter().filter(|(_, t)| t.days >= oldest).collect();
+        rows.sort_unstable_by_key(|(k, _)| *k);
+        Ok(TombstoneWrite {
+            rows,
+            removes: delta::all_files_removed(table)?,
+        })
     }
 
     /// A table without a primary key: its inserts are appended, its other changes counted
@@ -316,19 +445,65 @@ impl Merge<'_> {
     /// Resolves each key's last change against its stored state and sends the rows: upserts
     /// to both tables, D rows to history (and current, under soft deletes), the stored rows of
     /// ignored deletes back to current.
+    /// Returns the tombstones of the keys it removes from current (hard deletes; deletes of
+    /// keys current does not hold), where their position is known. `tombstones` are those of
+    /// earlier runs (None: not read, as no change needs them).
     async fn resolve(
         &self,
         winners: Vec<Picked>,
         stored: &Stored,
+        tombstones: Option<&DigestMap<Tombstone>>,
         summary: &mut ApplySummary,
-    ) -> Result<()> {
+    ) -> Result<Vec<(Key, Tombstone)>> {
+        let hard = self.request.config.delete_mode == DeleteMode::Hard;
+        let mut new_tombstones = Vec::new();
         let mut new_picks = Vec::new();
         let mut new_codes = Vec::new();
         let mut deleted = Vec::new();
         let mut kept_old = Vec::new();
+        let position_at = self.schema.index_of(SOURCE_POSITION).ok();
+        let stored_position = |at: (usize, usize)| -> Option<i64> {
+            let column = stored.rows[at.0]
+                .column(position_at?)
+                .as_primitive::<Int64Type>();
+            column.is_valid(at.1).then(|| column.value(at.1))
+        };
         for p in &winners {
             let batch = &self.request.changes[p.batch];
             let k = key(batch.rows.keyhash.value(p.row));
+            let position = batch.positions[p.row];
+            if position_at.is_some() {
+                let stale = match stored.at.get(&k) {
+                    Some(&at) => {
+                        let stale = is_stale(position, stored_position(at));
+                        if stale {
+                            kept_old.push(at);
+                        }
+                        stale
+                    }
+                    None => tombstones
+                        .and_then(|t| t.get(&k))
+                        .is_some_and(|t| is_stale(position, Some(t.position))),
+                };
+                if stale {
+                    summary.stale += 1;
+                    *summary
+                        .stale_files
+                        .entry(self.file_name(batch.rows.file))
+                        .or_default() += 1;
+                    continue;
+                }
+            }
+            let day = batch.commit_days[p.row].unwrap_or(self.run_days);
+            let tombstone = position.map(|position| {
+                (
+                    k,
+                    Tombstone {
+                        position,
+                        days: day,
+                    },
+                )
+            });
             match Outcome::resolve(batch.ops[p.row], stored.live.contains(&k)) {
                 Outcome::Insert => {
                     summary.inserted += 1;
@@ -346,13 +521,17 @@ impl Merge<'_> {
                         stored.at.get(&k).copied().ok_or_else(|| {
                             Error::Internal("a live key has no stored row".into())
                         })?;
-                    let day = batch.commit_days[p.row].unwrap_or(self.run_days);
-                    deleted.push((at, day));
+                    deleted.push((at, day, position));
+                    if hard {
+                        new_tombstones.extend(tombstone);
+                    }
                 }
                 Outcome::IgnoredDelete => {
                     summary.ignored_deletes += 1;
-                    if let Some(at) = stored.at.get(&k) {
-                        kept_old.push(*at);
+                    match stored.at.get(&k) {
+                        Some(at) => kept_old.push(*at),
+                        // the key may arrive late: its delete still holds
+                        None => new_tombstones.extend(tombstone),
                     }
                 }
             }
@@ -364,21 +543,35 @@ impl Merge<'_> {
             send(self.out.current, interleave_record_batch(&old, chunk)?).await?;
         }
         for chunk in deleted.chunks(BATCH_ROWS) {
-            let at: Vec<(usize, usize)> = chunk.iter().map(|(a, _)| *a).collect();
+            let at: Vec<(usize, usize)> = chunk.iter().map(|(a, _, _)| *a).collect();
             let rows = interleave_record_batch(&old, &at)?;
-            let days = Date32Array::from_iter_values(chunk.iter().map(|(_, d)| *d));
-            let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
+            let days = Date32Array::from_iter_values(chunk.iter().map(|(_, d, _)| *d));
+            let mut rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
+            // a D row holds the delete's position: a late, older change cannot undo it
+            if let Some(i) = position_at {
+                let mut columns = rows.columns().to_vec();
+                columns[i] = Arc::new(Int64Array::from_iter(chunk.iter().map(|(_, _, p)| *p)));
+                rows = RecordBatch::try_new(rows.schema(), columns)?;
+            }
             if self.request.config.delete_mode == DeleteMode::Soft {
                 send(self.out.current, rows.clone()).await?;
             }
             send(self.out.history, rows).await?;
         }
-        Ok(())
+        Ok(new_tombstones)
     }
 }
 
+/// Whether a change at source position `change` is older than its key's stored row at
+/// `stored`: only when both are known and the change's is lower (equal positions are applied
+/// in source order).
+pub fn is_stale(change: Option<i64>, stored: Option<i64>) -> bool {
+    matches!((change, stored), (Some(c), Some(s)) if c < s)
+}
+
 /// The rows of a change batch in the table schema: payload, digests, an `operation` column
-/// (filled per output row later) and `eff_start_date` (commit date, else the run date).
+/// (filled per output row later), `eff_start_date` (commit date, else the run date) and, where
+/// the schema has it, `source_position`.
 fn change_rows(schema: &SchemaRef, batch: &ChangeBatch, run_days: i32) -> Result<RecordBatch> {
     let rows = &batch.rows;
     let mut columns: Vec<ArrayRef> = rows.payload.columns().to_vec();
@@ -390,6 +583,9 @@ fn change_rows(schema: &SchemaRef, batch: &ChangeBatch, run_days: i32) -> Result
     columns.push(Arc::new(Date32Array::from_iter_values(
         batch.commit_days.iter().map(|d| d.unwrap_or(run_days)),
     )));
+    if schema.index_of(SOURCE_POSITION).is_ok() {
+        columns.push(Arc::new(Int64Array::from(batch.positions.clone())));
+    }
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
@@ -560,5 +756,17 @@ mod tests {
         assert_eq!(Outcome::resolve(Delete, true), Outcome::Delete);
         assert_eq!(Outcome::resolve(Delete, false), Outcome::IgnoredDelete);
         assert_eq!(Outcome::IgnoredDelete.code(), None);
+    }
+
+    #[test]
+    fn only_a_known_lower_position_is_stale() {
+        assert!(is_stale(Some(1), Some(2)));
+        assert!(
+            !is_stale(Some(2), Some(2)),
+            "equal: applied in source order"
+        );
+        assert!(!is_stale(Some(3), Some(2)));
+        assert!(!is_stale(None, Some(2)));
+        assert!(!is_stale(Some(1), None));
     }
 }

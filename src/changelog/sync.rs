@@ -317,7 +317,7 @@ async fn sync_table(
     result.status = "applied".into();
     result.files = files;
     result.message = format!(
-        "run {}: {} files, {} changes: {} inserted, {} updated, {} deleted{}{}; {} of {} files rewritten",
+        "run {}: {} files, {} changes: {} inserted, {} updated, {} deleted{}{}{}; {} of {} files rewritten",
         summary.run_seq,
         files,
         summary.changes_read,
@@ -326,6 +326,20 @@ async fn sync_table(
         summary.deleted,
         if summary.ignored_deletes > 0 {
             format!(", {} deletes of unknown keys ignored", summary.ignored_deletes)
+        } else {
+            String::new()
+        },
+        if summary.stale > 0 {
+            format!(
+                ", {} stale changes skipped (older than their key's stored row; by file: {})",
+                summary.stale,
+                summary
+                    .stale_files
+                    .iter()
+                    .map(|(f, n)| format!("{f} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         } else {
             String::new()
         },

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::core::hash::HashAlgorithm;
-use crate::core::schema::{ColumnType, SYSTEM_COLUMNS};
+use crate::core::schema::{ColumnType, RESERVED_COLUMNS};
 use crate::error::{Error, Result};
 
 pub use table::{ConfigFile, TableConfig};
@@ -168,9 +168,20 @@ pub struct TableSpec {
     pub key_nullable: bool,
     /// The lake tables (the sink section).
     pub lake: LakeConfig,
+    /// Whether current and history keep each row's `source_position` (change-log tables).
+    pub source_positions: bool,
 }
 
 impl TableSpec {
+    /// Arrow schema of the current and history tables: `core::schema::table_schema`, or
+    /// `changelog_schema` with [`Self::source_positions`].
+    pub fn table_schema(&self) -> deltalake::arrow::datatypes::SchemaRef {
+        match self.source_positions {
+            true => crate::core::schema::changelog_schema(&self.typed_columns()),
+            false => crate::core::schema::table_schema(&self.typed_columns()),
+        }
+    }
+
     /// The configured columns as (name, type) pairs, in config order.
     pub fn typed_columns(&self) -> Vec<(String, ColumnType)> {
         self.columns
@@ -219,6 +230,8 @@ pub struct LakeConfig {
     pub rejects_url: Url,
     /// The applied-files table of change-log tables (see `sink::delta::applied`).
     pub applied_url: Url,
+    /// The tombstones of hard-deleted keys of change-log tables (see `sink::delta::tombstones`).
+    pub tombstones_url: Url,
     /// Partition columns of the current table, in order.
     pub partition_by: Vec<String>,
     /// Parquet codec of written data files.
@@ -318,7 +331,7 @@ pub(crate) fn validate_columns(files: &[ColumnFile]) -> Result<Vec<Column>> {
         if c.name.trim().is_empty() {
             return Err(invalid(format!("{field}.name"), "must not be empty"));
         }
-        if SYSTEM_COLUMNS.contains(&c.name.as_str()) {
+        if RESERVED_COLUMNS.contains(&c.name.as_str()) {
             return Err(invalid(
                 format!("{field}.name"),
                 format!("`{}` is a column Tributary adds; rename it", c.name),
@@ -360,6 +373,8 @@ pub(crate) struct LakePaths<'a> {
     pub rejects: Option<&'a str>,
     /// Default `<current>_applied`.
     pub applied: Option<&'a str>,
+    /// Default `<current>_tombstones`.
+    pub tombstones: Option<&'a str>,
 }
 
 impl LakeConfig {
@@ -389,11 +404,21 @@ impl LakeConfig {
             Some(p) => table_url("applied_table_path", p, base)?,
             None => sibling_url(&current_url, "_applied")?,
         };
-        let urls = [&current_url, &history_url, &rejects_url, &applied_url];
+        let tombstones_url = match paths.tombstones {
+            Some(p) => table_url("tombstones_table_path", p, base)?,
+            None => sibling_url(&current_url, "_tombstones")?,
+        };
+        let urls = [
+            &current_url,
+            &history_url,
+            &rejects_url,
+            &applied_url,
+            &tombstones_url,
+        ];
         if (1..urls.len()).any(|i| urls[..i].contains(&urls[i])) {
             return Err(invalid(
                 "history_table_path",
-                "current, history, rejects and applied tables need different paths",
+                "current, history, rejects, applied and tombstones tables need different paths",
             ));
         }
         for (i, name) in partition_by.iter().enumerate() {
@@ -415,6 +440,7 @@ impl LakeConfig {
             history_url,
             rejects_url,
             applied_url,
+            tombstones_url,
             partition_by,
             compression,
             checkpoint_interval,

@@ -194,6 +194,7 @@ impl ConfigFile {
                 history: &self.history_table_path,
                 rejects: self.rejects_table_path.as_deref(),
                 applied: self.applied_table_path.as_deref(),
+                tombstones: None,
             },
             base,
             &columns,
@@ -209,6 +210,7 @@ impl ConfigFile {
                 hash: self.hash.unwrap_or_default(),
                 key_nullable: false,
                 lake,
+                source_positions: false,
             },
             source: SourceOptions {
                 format: self.format,

@@ -14,12 +14,13 @@
 //!   timestamp_column: commit_ts # DMS TimestampColumnName, if the task sets one
 //!   eff_start: commit           # history date: commit (the change's commit time) or run
 //!   timestamp_precision: micros # debezium: numbers in timestamp columns (micros or millis)
+//!   tombstone_retention_days: 7 # how long a deleted key's position is kept (late files)
 //!   columns:
 //!   - {name: id, type: long}
 //!   - {name: region, type: string}
 //! ```
 //!
-//! Each table lands in `<lake>/<schema>/<table>/{current,history,applied,rejects}`.
+//! Each table lands in `<lake>/<schema>/<table>/{current,history,applied,rejects,tombstones}`.
 
 use std::path::Path;
 
@@ -129,6 +130,10 @@ pub struct TableEntry {
     /// hold them). `false` makes a line break inside quotes a bad row (an unclosed quote).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiline: Option<bool>,
+    /// Days a deleted key's source position is kept after its delete (default 7): a late
+    /// change file older than the delete cannot bring the key back within them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tombstone_retention_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Parquet codec of the written data files (default zstd).
     pub compression: Option<Compression>,
@@ -154,6 +159,7 @@ impl TableEntry {
             delimiter: None,
             null_value: None,
             multiline: None,
+            tombstone_retention_days: None,
             compression: None,
             columns,
         }
@@ -216,11 +222,12 @@ impl TableEntry {
         let lake = std::path::absolute(lake)?;
         let folder = lake.join(parts[0]).join(parts[1]);
         let path = |name: &str| folder.join(name).to_string_lossy().into_owned();
-        let (current, history, rejects, applied) = (
+        let (current, history, rejects, applied, tombstones) = (
             path("current"),
             path("history"),
             path("rejects"),
             path("applied"),
+            path("tombstones"),
         );
         let validated = (|| {
             let columns = validate_columns(&columns)?;
@@ -234,6 +241,7 @@ impl TableEntry {
                     history: &history,
                     rejects: Some(&rejects),
                     applied: Some(&applied),
+                    tombstones: Some(&tombstones),
                 },
                 &lake,
                 &columns,
@@ -261,6 +269,7 @@ impl TableEntry {
                 hash: Default::default(),
                 key_nullable: insert_only,
                 lake,
+                source_positions: true,
             },
             source: SourceOptions {
                 format: None,
@@ -277,9 +286,16 @@ impl TableEntry {
             timestamp_column: self.timestamp_column.clone(),
             eff_start: self.eff_start,
             timestamp_precision: self.timestamp_precision,
+            tombstone_retention_days: self
+                .tombstone_retention_days
+                .unwrap_or(DEFAULT_TOMBSTONE_RETENTION_DAYS),
         })
     }
 }
+
+/// Default days a deleted key's tombstone is kept ([`ChangelogTable::tombstone_retention_days`]);
+/// the same as Delta's default `delta.deletedFileRetentionDuration`.
+pub const DEFAULT_TOMBSTONE_RETENTION_DAYS: u32 = 7;
 
 /// A tables-file entry, validated: how `sync` reads one landing folder and writes its tables.
 #[derive(Debug, Clone)]
@@ -302,6 +318,9 @@ pub struct ChangelogTable {
     pub eff_start: EffStart,
     /// Debezium: unit of numbers in `timestamp` columns.
     pub timestamp_precision: TimestampPrecision,
+    /// Days a deleted key's tombstone (its delete's source position) is kept, counted from the
+    /// delete's date to the run's (see `sink::delta::tombstones`).
+    pub tombstone_retention_days: u32,
 }
 
 impl TablesFile {

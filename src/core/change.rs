@@ -49,6 +49,13 @@ pub struct ChangeBatch {
     /// Commit date of each change (days since 1970-01-01), when the source carries one
     /// (DMS `TimestampColumnName`, Debezium `source.ts_ms`).
     pub commit_days: Vec<Option<i32>>,
+    /// Source position of each change that stays comparable across runs: kept per key as
+    /// `source_position` so that a change older than the key's stored one is skipped as stale
+    /// (see `changelog::merge`). Debezium: the LSN, binlog position or `ts_ms` (as
+    /// [`SourceOrder::position`]); DMS: the commit timestamp column in microseconds since the
+    /// epoch, else the change file name's timestamp. None where the source gives none (a DMS
+    /// full load without a timestamp column, files named otherwise).
+    pub positions: Vec<Option<i64>>,
 }
 
 impl ChangeBatch {

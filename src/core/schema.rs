@@ -17,6 +17,17 @@ pub const OPERATION: &str = "operation";
 pub const EFF_START_DATE: &str = "eff_start_date";
 /// Columns Tributary adds after the configured ones, in this order.
 pub const SYSTEM_COLUMNS: [&str; 4] = [KEYHASH, NONKEYHASH, OPERATION, EFF_START_DATE];
+/// Name of the change-log tables' last column: each row's source position (`long`, NULL when
+/// unknown; see `ChangeBatch::positions`).
+pub const SOURCE_POSITION: &str = "source_position";
+/// Names a configured column may not take: the [`SYSTEM_COLUMNS`] and [`SOURCE_POSITION`].
+pub const RESERVED_COLUMNS: [&str; 5] = [
+    KEYHASH,
+    NONKEYHASH,
+    OPERATION,
+    EFF_START_DATE,
+    SOURCE_POSITION,
+];
 
 /// A column type as written in the config (`type:`).
 ///
@@ -147,6 +158,19 @@ pub fn table_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
         [
             Field::new(OPERATION, DataType::Utf8, false),
             Field::new(EFF_START_DATE, DataType::Date32, false),
+        ],
+    )
+}
+
+/// Arrow schema of a change-log table's current or history table: [`table_schema`], then
+/// `source_position` (long, nullable).
+pub fn changelog_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
+    hashed_schema(
+        columns,
+        [
+            Field::new(OPERATION, DataType::Utf8, false),
+            Field::new(EFF_START_DATE, DataType::Date32, false),
+            Field::new(SOURCE_POSITION, DataType::Int64, true),
         ],
     )
 }

@@ -22,11 +22,42 @@ pub fn date_text(days: i64) -> Option<String> {
 /// Days since 1970-01-01 of a commit timestamp text (`2014-10-29 11:34:01.000000`, with a
 /// space or `T`, optional fraction and zone suffix `Z`).
 pub fn timestamp_days(text: &str) -> Option<i32> {
+    timestamp_micros(text).map(micros_days)
+}
+
+/// Microseconds since the Unix epoch (UTC) of a commit timestamp text, in the forms
+/// [`timestamp_days`] takes.
+pub fn timestamp_micros(text: &str) -> Option<i64> {
     let text = text.trim().trim_end_matches('Z');
     let parsed = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
         .or_else(|_| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f"))
         .ok()?;
-    Some(epoch_days(parsed.date()))
+    Some(parsed.and_utc().timestamp_micros())
+}
+
+/// Days since 1970-01-01 of microseconds since the Unix epoch.
+pub fn micros_days(us: i64) -> i32 {
+    us.div_euclid(86_400_000_000) as i32
+}
+
+/// Microseconds since the Unix epoch of a DMS change file name's timestamp: the stem
+/// `YYYYMMDD-HHMMSS` followed by fraction digits (`20141029-1134010000`: 11:34:01.0000), as AWS
+/// DMS names the files it writes to S3; anything after the digits (`-2`, an extension) is
+/// ignored. None for a name of another form.
+pub fn dms_name_micros(stem: &str) -> Option<i64> {
+    let (date, rest) = stem.split_once('-')?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) || digits.len() < 6 {
+        return None;
+    }
+    let (time, fraction) = digits.split_at(6);
+    let fraction: String = fraction.chars().chain("000000".chars()).take(6).collect();
+    let parsed = chrono::NaiveDateTime::parse_from_str(
+        &format!("{date}{time}{fraction}"),
+        "%Y%m%d%H%M%S%6f",
+    )
+    .ok()?;
+    Some(parsed.and_utc().timestamp_micros())
 }
 
 /// Days since 1970-01-01 of milliseconds since the Unix epoch.
@@ -45,6 +76,26 @@ mod tests {
         assert_eq!(timestamp_days("yesterday"), None);
         assert_eq!(millis_days(86_400_000 * 3 + 5), 3);
         assert_eq!(millis_days(-1), -1);
+        assert_eq!(timestamp_micros("1970-01-01 00:00:01.5"), Some(1_500_000));
+        assert_eq!(micros_days(86_400_000_000 * 2 - 1), 1);
+    }
+
+    #[test]
+    fn dms_file_names_give_their_timestamp() {
+        let base = timestamp_micros("2014-10-29 11:34:01").unwrap();
+        assert_eq!(dms_name_micros("20141029-1134010000"), Some(base));
+        assert_eq!(dms_name_micros("20141029-113401250"), Some(base + 250_000));
+        assert_eq!(dms_name_micros("20141029-1134010000-2"), Some(base));
+        assert_eq!(dms_name_micros("20141029-113401"), Some(base));
+        for other in [
+            "LOAD00000001",
+            "changes",
+            "2014-10-29",
+            "20141029-1134",
+            "x-113401",
+        ] {
+            assert_eq!(dms_name_micros(other), None, "{other}");
+        }
     }
 
     #[test]

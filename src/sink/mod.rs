@@ -42,17 +42,21 @@ pub enum TableRole {
     Rejects,
     /// The input files a change-log table has applied (its checkpoint).
     Applied,
+    /// The source positions of keys a change-log table hard-deleted.
+    Tombstones,
 }
 
 impl TableRole {
     /// The role's name in messages and in the pending actions of a history commit (`current`,
-    /// `history`, `rejects`, `applied`; stored in the Delta log, so never renamed).
+    /// `history`, `rejects`, `applied`, `tombstones`; stored in the Delta log, so never
+    /// renamed).
     pub fn as_str(self) -> &'static str {
         match self {
             TableRole::Current => "current",
             TableRole::History => "history",
             TableRole::Rejects => "rejects",
             TableRole::Applied => "applied",
+            TableRole::Tombstones => "tombstones",
         }
     }
 
@@ -63,6 +67,7 @@ impl TableRole {
             "current" => Some(TableRole::Current),
             "rejects" => Some(TableRole::Rejects),
             "applied" => Some(TableRole::Applied),
+            "tombstones" => Some(TableRole::Tombstones),
             _ => None,
         }
     }
@@ -79,6 +84,9 @@ pub struct Versions {
     pub rejects: Option<u64>,
     /// Version of the applied-files table after the run.
     pub applied: Option<u64>,
+    /// Version of the tombstones table after the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tombstones: Option<u64>,
 }
 
 impl Versions {
@@ -89,6 +97,7 @@ impl Versions {
             TableRole::History => self.history,
             TableRole::Rejects => self.rejects,
             TableRole::Applied => self.applied,
+            TableRole::Tombstones => self.tombstones,
         }
     }
 
@@ -98,6 +107,7 @@ impl Versions {
             TableRole::History => &mut self.history,
             TableRole::Rejects => &mut self.rejects,
             TableRole::Applied => &mut self.applied,
+            TableRole::Tombstones => &mut self.tombstones,
         };
         *slot = Some(version);
     }

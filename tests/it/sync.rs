@@ -847,3 +847,180 @@ async fn a_composite_primary_key_keeps_one_row_per_key_pair() {
         .collect();
     assert_eq!(rows, want);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_change_file_never_overwrites_a_newer_change() {
+    // No timestamp column: a change's position is its DMS file name's timestamp.
+    let l = Landing::new(&ORDERS.replace("  timestamp_column: ts\n", ""));
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
+    l.sync_one().await;
+    l.file("sales/orders", "20240302-1000000000.csv", "U,1,east,15\n");
+    l.sync_one().await;
+    let history = l.table("sales/orders", "history").await.len();
+    // a slow upload: written at 09:00 on March 1st, landing after the March 2nd file
+    l.file(
+        "sales/orders",
+        "20240301-0900000000.csv",
+        "U,1,east,11\nU,2,east,21\n",
+    );
+    let t = l.sync_one().await;
+    let a = t.apply.clone().unwrap();
+    assert_eq!((a.stale, a.updated), (1, 1), "{t:?}");
+    assert_eq!(
+        a.stale_files,
+        [("20240301-0900000000.csv".to_string(), 1)].into(),
+        "{t:?}"
+    );
+    assert!(t.message.contains("1 stale"), "{t:?}");
+    let current = l.current("sales/orders").await;
+    assert_eq!(current["1"]["amount"], "15.0", "the newer change stays");
+    assert_eq!(
+        current["2"]["amount"], "21.0",
+        "a full-load row has no position"
+    );
+    let march_2 = "1709373600000000"; // 2024-03-02 10:00:00 UTC, microseconds
+    assert_eq!(current["1"]["source_position"], march_2);
+    assert_eq!(
+        l.table("sales/orders", "history").await.len(),
+        history + 1,
+        "no history row for the stale change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_change_cannot_bring_back_a_key_a_newer_delete_removed() {
+    // Positions from the DMS commit timestamp column; soft deletes keep the delete's position.
+    let l = Landing::new(&ORDERS.replace(
+        "  timestamp_column: ts\n",
+        "  timestamp_column: ts\n  delete_mode: soft\n",
+    ));
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
+    l.sync_one().await;
+    l.file(
+        "sales/orders",
+        "20240302-1000000000.csv",
+        "D,2024-03-02 10:00:00.000000,2,east,20\n",
+    );
+    l.sync_one().await;
+    // re-sent by the source with an older commit time, under a newer file name
+    l.file(
+        "sales/orders",
+        "20240303-1000000000.csv",
+        "U,2024-03-01 08:00:00.000000,2,east,22\nU,2024-03-03 08:00:00.000000,1,east,12\n",
+    );
+    let t = l.sync_one().await;
+    let a = t.apply.unwrap();
+    assert_eq!((a.stale, a.inserted, a.updated), (1, 0, 1));
+    let current = l.current("sales/orders").await;
+    assert_eq!(
+        current["2"]["operation"], "D",
+        "the deleted key stays deleted"
+    );
+    assert_eq!(current["2"]["amount"], "20.0");
+    assert_eq!(current["1"]["amount"], "12.0");
+    // a later insert of the key is applied
+    l.file(
+        "sales/orders",
+        "20240304-1000000000.csv",
+        "I,2024-03-04 08:00:00.000000,2,west,23\n",
+    );
+    let a = l.sync_one().await.apply.unwrap();
+    assert_eq!((a.stale, a.inserted), (0, 1));
+    assert_eq!(l.current("sales/orders").await["2"]["region"], "west");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hard_deletes_keep_tombstones_so_a_late_change_cannot_bring_a_key_back() {
+    // Hard deletes, positions from the DMS file names.
+    let l = Landing::new(&ORDERS.replace("  timestamp_column: ts\n", ""));
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
+    l.sync_one().await;
+    // key 7 is deleted before its (late) insert has arrived: an ignored delete
+    l.file(
+        "sales/orders",
+        "20240302-1000000000.csv",
+        "D,2,east,20\nD,7,east,0\n",
+    );
+    let a = l.sync_one().await.apply.unwrap();
+    assert_eq!(
+        (a.deleted, a.ignored_deletes, a.tombstones_written),
+        (1, 1, 2)
+    );
+    let tombstones = l.table("sales/orders", "tombstones").await;
+    assert_eq!(tombstones.len(), 2, "{tombstones:?}");
+    l.file(
+        "sales/orders",
+        "20240301-0900000000.csv",
+        "U,2,east,21\nI,7,east,70\nU,1,east,11\n",
+    );
+    let t = l.sync_one().await;
+    let a = t.apply.clone().unwrap();
+    assert_eq!((a.stale, a.inserted, a.updated), (2, 0, 1), "{t:?}");
+    let current = l.current("sales/orders").await;
+    assert_eq!(
+        current.keys().collect::<Vec<_>>(),
+        ["1"],
+        "deleted keys stay deleted"
+    );
+    assert_eq!(current["1"]["amount"], "11.0");
+    // a change newer than the delete brings the key back
+    l.file("sales/orders", "20240303-1000000000.csv", "I,2,west,22\n");
+    let a = l.sync_one().await.apply.unwrap();
+    assert_eq!((a.stale, a.inserted), (0, 1));
+    assert_eq!(l.current("sales/orders").await["2"]["region"], "west");
+}
+
+/// Data files of a table's latest version, from its log (adds less removes).
+fn active_files(table: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut files = std::collections::BTreeSet::new();
+    for commit in crate::common::log_commits(table) {
+        for action in commit {
+            if let Some(path) = action["add"]["path"].as_str() {
+                files.insert(path.to_string());
+            }
+            if let Some(path) = action["remove"]["path"].as_str() {
+                files.remove(path);
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tombstones_table_is_compacted_and_keeps_what_its_retention_says() {
+    let tables = ORDERS.replace(
+        "  timestamp_column: ts\n",
+        "  tombstone_retention_days: 3\n",
+    );
+    let l = Landing::new(&tables);
+    // one delete per sync of a key that was never loaded: 16 runs, 16 tombstones
+    for i in 0..16 {
+        l.file(
+            "sales/orders",
+            &format!("20240301-10{i:02}000000.csv"),
+            &format!("D,{},east,0\n", 100 + i),
+        );
+        let a = l.sync_one().await.apply.unwrap();
+        assert_eq!(a.tombstones_compacted, i == 15, "run {i}: {a:?}");
+    }
+    let folder = l.lake().join("sales/orders/tombstones");
+    assert_eq!(active_files(&folder).len(), 1);
+    assert_eq!(l.table("sales/orders", "tombstones").await.len(), 16);
+    // A compaction drops tombstones older than the retention: deletes dated by their run
+    // (2024-03-09 here), compacted by a run dated 2024-03-13 (4 days later).
+    let mut options = l.options();
+    options.run_date = chrono::NaiveDate::from_ymd_opt(2024, 3, 13).unwrap();
+    for i in 16..31 {
+        l.file(
+            "sales/orders",
+            &format!("20240301-11{i:02}000000.csv"),
+            &format!("D,{},east,0\n", 100 + i),
+        );
+        let s = sync(&options).await.unwrap();
+        let a = s.tables[0].apply.clone().unwrap();
+        assert_eq!(a.tombstones_compacted, i == 30, "run {i}: {a:?}");
+    }
+    // the 15 tombstones of the later runs stay, the first 16 are past the retention
+    assert_eq!(active_files(&folder).len(), 1);
+    assert_eq!(l.table("sales/orders", "tombstones").await.len(), 15);
+}

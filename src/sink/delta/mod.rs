@@ -14,6 +14,7 @@ pub mod log;
 pub mod rejects;
 mod shared;
 mod table;
+pub mod tombstones;
 mod transaction;
 mod write;
 mod writers;
@@ -43,7 +44,7 @@ use log::{find_run, txn_version, CommitActions};
 use super::{Sink, TableRole, Versions};
 use crate::config::TableSpec;
 use crate::core::checkpoint::Committed;
-use crate::core::schema::{table_schema, EFF_START_DATE};
+use crate::core::schema::{EFF_START_DATE, SOURCE_POSITION};
 use crate::error::{Error, Result};
 
 /// The open Delta tables of one configured table.
@@ -131,7 +132,7 @@ impl DeltaLake {
         spec: &TableSpec,
         mut create: Option<&mut CreatedTables>,
     ) -> Result<Option<(DeltaTable, DeltaTable)>> {
-        let schema = table_schema(&spec.typed_columns());
+        let schema = spec.table_schema();
         let partition_by: Vec<&str> = spec.lake.partition_by.iter().map(String::as_str).collect();
         let current = table::open_or_create(
             spec,
@@ -173,6 +174,20 @@ impl DeltaLake {
     /// The table configuration the tables were opened with.
     pub fn spec(&self) -> &TableSpec {
         &self.spec
+    }
+
+    /// Whether current and history both keep `source_position` (change-log tables made
+    /// before it was kept do not: their rows are written without it and no change is stale).
+    pub fn keeps_positions(&self) -> bool {
+        let has = |t: &DeltaTable| {
+            t.snapshot().is_ok_and(|s| {
+                s.snapshot()
+                    .arrow_schema()
+                    .field_with_name(SOURCE_POSITION)
+                    .is_ok()
+            })
+        };
+        self.spec.source_positions && has(&self.current) && has(&self.history)
     }
 
     /// The Delta `txn` app id of this table's runs.
@@ -298,6 +313,7 @@ impl DeltaLake {
             }
             TableRole::Rejects => (&self.spec.lake.rejects_url, rejects::schema()),
             TableRole::Applied => (&self.spec.lake.applied_url, applied::schema()),
+            TableRole::Tombstones => (&self.spec.lake.tombstones_url, tombstones::schema()),
         };
         table::open_or_create(&self.spec, url, schema, &[], role, create).await
     }

@@ -243,10 +243,10 @@ fn check(table: &DeltaTable, config: &TableSpec, schema: &SchemaRef, role: &str)
         .iter()
         .zip(schema.fields())
         .all(|(f, e)| f.name() == e.name() && f.data_type() == e.data_type());
-    // An applied-files table made before its trailing nullable columns existed (`digest`) is
-    // written without them (see `transaction::write_follower`).
-    let legacy = role == TableRole::Applied.as_str()
-        && found.fields().len() < schema.fields().len()
+    // A table made before its trailing nullable columns existed (the applied table's `digest`,
+    // a change-log table's `source_position`) is written without them (see
+    // `transaction::write_follower` and `DeltaLake::keeps_positions`).
+    let legacy = found.fields().len() < schema.fields().len()
         && schema.fields()[found.fields().len()..]
             .iter()
             .all(|f| f.is_nullable());

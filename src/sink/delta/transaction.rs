@@ -59,6 +59,8 @@ pub struct RunTransaction {
     current_adds: Vec<Add>,
     history_adds: Vec<Add>,
     followers: Vec<(TableRole, DeltaTable, Vec<Add>)>,
+    /// Files of follower tables that the run's files replace.
+    follower_removes: Vec<(TableRole, Vec<Remove>)>,
     created: CreatedTables,
     /// Committed or abandoned: nothing is left for [`Drop`] to report.
     ended: bool,
@@ -88,6 +90,7 @@ impl RunTransaction {
             current_adds: Vec::new(),
             history_adds: Vec::new(),
             followers: Vec::new(),
+            follower_removes: Vec::new(),
             created,
             ended: false,
         }
@@ -120,7 +123,7 @@ impl RunTransaction {
         match role {
             TableRole::Current => &self.current_adds,
             TableRole::History => &self.history_adds,
-            TableRole::Rejects | TableRole::Applied => self
+            TableRole::Rejects | TableRole::Applied | TableRole::Tombstones => self
                 .followers
                 .iter()
                 .find(|(r, _, _)| *r == role)
@@ -219,6 +222,24 @@ impl RunTransaction {
         Ok(())
     }
 
+    /// Writes `batches` as data files of a follower table that replace its files `removes` (a
+    /// rewrite of the table: compaction), as [`RunTransaction::write_follower`].
+    ///
+    /// # Errors
+    /// As [`RunTransaction::write_follower`].
+    pub async fn replace_follower(
+        &mut self,
+        lake: &DeltaLake,
+        role: TableRole,
+        batches: Vec<RecordBatch>,
+        properties: WriterProperties,
+        removes: Vec<Remove>,
+    ) -> Result<()> {
+        self.write_follower(lake, role, batches, properties).await?;
+        self.follower_removes.push((role, removes));
+        Ok(())
+    }
+
     /// Commits the run: writes its checkpoint, then commits history (the commit point) and
     /// every follower (current first), each with the run's `txn`. Returns the new versions.
     ///
@@ -261,10 +282,15 @@ impl RunTransaction {
                 removes: commit.current_removes,
             },
         )];
+        let mut removes = std::mem::take(&mut self.follower_removes);
         for (role, table, adds) in std::mem::take(&mut self.followers) {
             let planned = Planned {
                 adds,
-                removes: Vec::new(),
+                removes: removes
+                    .iter_mut()
+                    .filter(|(r, _)| *r == role)
+                    .flat_map(|(_, files)| std::mem::take(files))
+                    .collect(),
             };
             followers.push((role, table, planned));
         }

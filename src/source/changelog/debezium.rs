@@ -246,9 +246,12 @@ pub(super) fn read(
                 None => rows.columns[c].append_null(),
             }
         }
+        // LSN, binlog position or ts_ms: comparable across files and runs (0: none)
+        let durable = i64::try_from(event.position).ok().filter(|p| *p > 0);
         rows.push(
             event.op,
             event.position,
+            durable,
             event.commit_ms.map(millis_days),
             line_no,
         )?;

@@ -15,7 +15,7 @@ use super::{typed_batch, ChangeFile, FileKind, RowsBuilder};
 use crate::config::{ChangelogTable, InputFormat};
 use crate::core::batch::HashedBatch;
 use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
-use crate::core::time::timestamp_days;
+use crate::core::time::{micros_days, timestamp_micros};
 use crate::error::{Error, Result};
 use crate::report::progress::Progress;
 use crate::source::extract::strict::CsvFile;
@@ -160,10 +160,10 @@ pub(super) fn read_csv(
         } else {
             op
         };
-        let day = match (this.timestamp, timestamp_name) {
+        let micros = match (this.timestamp, timestamp_name) {
             (Some(i), Some(name)) => {
                 let value = text(i, name)?;
-                Some(timestamp_days(value).ok_or_else(|| {
+                Some(timestamp_micros(value).ok_or_else(|| {
                     bad_row(
                         file,
                         line,
@@ -182,7 +182,7 @@ pub(super) fn read_csv(
                 rows.columns[c].append_value(text(this.first_data + c, &column.name)?);
             }
         }
-        rows.push(op, 0, day, line)?;
+        rows.push(op, 0, micros, micros.map(micros_days), line)?;
     }
     rows.finish()
 }
@@ -216,6 +216,7 @@ fn read_plain_load(
                 })
                 .collect(),
             commit_days: vec![None; n],
+            positions: vec![None; n],
             rows,
         });
         Ok(())
@@ -305,10 +306,11 @@ pub(super) fn read_parquet(
             }
             _ => vec![ChangeOp::Insert; n],
         };
-        let days = match timestamp_at {
-            Some(at) => day_column(batch.column(at), file, &lines, config)?,
+        let micros = match timestamp_at {
+            Some(at) => commit_column(batch.column(at), file, &lines, config)?,
             None => vec![None; n],
         };
+        let file_position = super::file_position(config, file);
         let raw = positions
             .iter()
             .map(|&at| text(at))
@@ -324,19 +326,21 @@ pub(super) fn read_parquet(
                     row: l,
                 })
                 .collect(),
-            commit_days: days,
+            commit_days: micros.iter().map(|m| m.map(micros_days)).collect(),
+            positions: micros.iter().map(|m| m.or(file_position)).collect(),
         });
     }
     Ok(out)
 }
 
-/// Commit days of a Parquet timestamp column (a timestamp type, or text).
-fn day_column(
+/// Commit times (microseconds since the epoch) of a Parquet timestamp column (a timestamp type,
+/// or text).
+fn commit_column(
     column: &deltalake::arrow::array::ArrayRef,
     file: &ChangeFile,
     lines: &[u64],
     config: &ChangelogTable,
-) -> Result<Vec<Option<i32>>> {
+) -> Result<Vec<Option<i64>>> {
     let name = config.timestamp_column.as_deref().unwrap_or("timestamp");
     if let DataType::Timestamp(_, _) = column.data_type() {
         let micros = cast(
@@ -345,9 +349,7 @@ fn day_column(
         )?;
         let micros = micros.as_primitive::<deltalake::arrow::datatypes::TimestampMicrosecondType>();
         return Ok((0..micros.len())
-            .map(|i| {
-                (!micros.is_null(i)).then(|| micros.value(i).div_euclid(86_400_000_000) as i32)
-            })
+            .map(|i| (!micros.is_null(i)).then(|| micros.value(i)))
             .collect());
     }
     let text = cast(column, &DataType::Utf8)?;
@@ -357,7 +359,7 @@ fn day_column(
             if text.is_null(i) {
                 return Ok(None);
             }
-            timestamp_days(text.value(i)).map(Some).ok_or_else(|| {
+            timestamp_micros(text.value(i)).map(Some).ok_or_else(|| {
                 bad_row(
                     file,
                     lines[i],

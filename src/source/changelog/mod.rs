@@ -117,6 +117,9 @@ pub(super) struct RowsBuilder<'a> {
     ops: Vec<ChangeOp>,
     order: Vec<SourceOrder>,
     days: Vec<Option<i32>>,
+    positions: Vec<Option<i64>>,
+    /// Position of the rows that carry none: a DMS change file's name timestamp.
+    file_position: Option<i64>,
     lines: Vec<u64>,
     done: Vec<ChangeBatch>,
 }
@@ -136,15 +139,26 @@ impl<'a> RowsBuilder<'a> {
             ops: Vec::new(),
             order: Vec::new(),
             days: Vec::new(),
+            positions: Vec::new(),
+            file_position: file_position(config, file),
             lines: Vec::new(),
             done: Vec::new(),
         }
     }
 
-    /// Records the operation, order position, commit day and line of the row whose values were
-    /// just appended to [`Self::columns`].
-    pub fn push(&mut self, op: ChangeOp, position: u64, day: Option<i32>, line: u64) -> Result<()> {
+    /// Records the operation, order position, durable source position (None: the file's, see
+    /// [`ChangeBatch::positions`]), commit day and line of the row whose values were just
+    /// appended to [`Self::columns`].
+    pub fn push(
+        &mut self,
+        op: ChangeOp,
+        position: u64,
+        durable: Option<i64>,
+        day: Option<i32>,
+        line: u64,
+    ) -> Result<()> {
         self.ops.push(op);
+        self.positions.push(durable.or(self.file_position));
         self.order.push(SourceOrder {
             position,
             file: self.index as u32,
@@ -169,6 +183,7 @@ impl<'a> RowsBuilder<'a> {
             ops: std::mem::take(&mut self.ops),
             order: std::mem::take(&mut self.order),
             commit_days: std::mem::take(&mut self.days),
+            positions: std::mem::take(&mut self.positions),
         });
         Ok(())
     }
@@ -178,6 +193,18 @@ impl<'a> RowsBuilder<'a> {
         self.flush()?;
         Ok(self.done)
     }
+}
+
+/// The source position of a file's rows that carry none of their own: the timestamp in a DMS
+/// change file's name (`20141029-1134010000.csv`), in microseconds since the epoch. None for
+/// full loads, Debezium files and other names.
+pub(super) fn file_position(config: &ChangelogTable, file: &ChangeFile) -> Option<i64> {
+    if config.layout != crate::config::tables::Layout::Dms || file.kind != FileKind::Change {
+        return None;
+    }
+    let name = file.name.rsplit('/').next().unwrap_or("");
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    crate::core::time::dms_name_micros(stem)
 }
 
 /// Casts raw text columns (configured columns, config order) to their types and hashes them.
