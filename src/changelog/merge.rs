@@ -461,6 +461,7 @@ impl Merge<'_> {
         let mut new_codes = Vec::new();
         let mut deleted = Vec::new();
         let mut kept_old = Vec::new();
+        let mut redeleted: Vec<((usize, usize), i64)> = Vec::new();
         let position_at = self.schema.index_of(SOURCE_POSITION).ok();
         let stored_position = |at: (usize, usize)| -> Option<i64> {
             let column = stored.rows[at.0]
@@ -521,6 +522,17 @@ impl Merge<'_> {
                         stored.at.get(&k).copied().ok_or_else(|| {
                             Error::Internal("a live key has no stored row".into())
                         })?;
+                    // a delete without a position keeps the row's (never NULL over a known one)
+                    let position = position.or_else(|| stored_position(at));
+                    let tombstone = position.map(|position| {
+                        (
+                            k,
+                            Tombstone {
+                                position,
+                                days: day,
+                            },
+                        )
+                    });
                     deleted.push((at, day, position));
                     if hard {
                         new_tombstones.extend(tombstone);
@@ -529,7 +541,13 @@ impl Merge<'_> {
                 Outcome::IgnoredDelete => {
                     summary.ignored_deletes += 1;
                     match stored.at.get(&k) {
-                        Some(at) => kept_old.push(*at),
+                        // a soft-deleted row takes the newer delete's position
+                        Some(&at) => match position {
+                            Some(p) if stored_position(at).is_none_or(|s| p > s) => {
+                                redeleted.push((at, p))
+                            }
+                            _ => kept_old.push(at),
+                        },
                         // the key may arrive late: its delete still holds
                         None => new_tombstones.extend(tombstone),
                     }
@@ -542,17 +560,23 @@ impl Merge<'_> {
         for chunk in kept_old.chunks(BATCH_ROWS) {
             send(self.out.current, interleave_record_batch(&old, chunk)?).await?;
         }
+        for chunk in redeleted.chunks(BATCH_ROWS) {
+            let at: Vec<(usize, usize)> = chunk.iter().map(|(a, _)| *a).collect();
+            let rows = interleave_record_batch(&old, &at)?;
+            let positions = chunk.iter().map(|(_, p)| Some(*p));
+            send(
+                self.out.current,
+                with_positions(&rows, position_at, positions)?,
+            )
+            .await?;
+        }
         for chunk in deleted.chunks(BATCH_ROWS) {
             let at: Vec<(usize, usize)> = chunk.iter().map(|(a, _, _)| *a).collect();
             let rows = interleave_record_batch(&old, &at)?;
             let days = Date32Array::from_iter_values(chunk.iter().map(|(_, d, _)| *d));
-            let mut rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
+            let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
             // a D row holds the delete's position: a late, older change cannot undo it
-            if let Some(i) = position_at {
-                let mut columns = rows.columns().to_vec();
-                columns[i] = Arc::new(Int64Array::from_iter(chunk.iter().map(|(_, _, p)| *p)));
-                rows = RecordBatch::try_new(rows.schema(), columns)?;
-            }
+            let rows = with_positions(&rows, position_at, chunk.iter().map(|(_, _, p)| *p))?;
             if self.request.config.delete_mode == DeleteMode::Soft {
                 send(self.out.current, rows.clone()).await?;
             }
@@ -620,6 +644,20 @@ fn with_operations(
         .ok_or_else(|| Error::Internal("change rows without eff_start_date".into()))?
         .clone();
     replace_columns(&rows, codes.to_vec(), days)
+}
+
+/// `rows` with its `source_position` column (at `at`; None: no such column) replaced.
+fn with_positions(
+    rows: &RecordBatch,
+    at: Option<usize>,
+    positions: impl Iterator<Item = Option<i64>>,
+) -> Result<RecordBatch> {
+    let Some(i) = at else {
+        return Ok(rows.clone());
+    };
+    let mut columns = rows.columns().to_vec();
+    columns[i] = Arc::new(Int64Array::from_iter(positions));
+    Ok(RecordBatch::try_new(rows.schema(), columns)?)
 }
 
 /// `rows` with its `operation` and `eff_start_date` columns replaced.

@@ -16,7 +16,7 @@ pub mod extract;
 
 use std::future::Future;
 
-use deltalake::arrow::array::{Array, ArrayRef, RecordBatch};
+use deltalake::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use futures::stream::BoxStream;
 
 use crate::config::TableSpec;
@@ -91,27 +91,48 @@ impl Pending {
 /// Why a row with a NULL key part is bad (a key identifies a row: every part needs a value).
 pub(crate) const NULL_KEY: &str = "NULL in a key column (every key column needs a value)";
 
-/// The rows of typed `columns` (configured columns, config order) whose key columns hold a
-/// NULL: (row, column index of the first such key column), in row order; none when the table's
-/// keys may be NULL ([`TableSpec::key_nullable`]).
-pub(crate) fn null_keys(table: &TableSpec, columns: &[ArrayRef]) -> Vec<(usize, usize)> {
-    if table.key_nullable {
-        return Vec::new();
-    }
-    let keys = table.key_indices();
+/// Why a row with an empty string in a `partition_by` column is bad: the Delta protocol keeps
+/// partition values as text in the log and reads an empty one as NULL, so readers would not
+/// agree on it and could not tell it from NULL.
+pub(crate) const EMPTY_PARTITION: &str = "empty string in a partition_by column (Delta \
+    reads an empty partition value as NULL, so it cannot be stored as ''; set null_value: \
+    \"\" to load empty fields as NULL, or partition by another column)";
+
+/// The values of typed `columns` (configured columns, config order) that a table cannot
+/// store: a NULL in a key column (unless the table's keys may be NULL,
+/// [`TableSpec::key_nullable`]: [`NULL_KEY`]) and an empty string in a `partition_by` column
+/// ([`EMPTY_PARTITION`]). (row, column index, reason) of the first such column of each row, in
+/// row order.
+pub(crate) fn invalid_values(
+    table: &TableSpec,
+    columns: &[ArrayRef],
+) -> Vec<(usize, usize, &'static str)> {
     let mut out = Vec::new();
-    for &c in &keys {
-        if columns[c].null_count() == 0 {
-            continue;
+    if !table.key_nullable {
+        for c in table.key_indices() {
+            if columns[c].null_count() > 0 {
+                out.extend(
+                    (0..columns[c].len())
+                        .filter(|&r| columns[c].is_null(r))
+                        .map(|r| (r, c, NULL_KEY)),
+                );
+            }
         }
-        out.extend(
-            (0..columns[c].len())
-                .filter(|&r| columns[c].is_null(r))
-                .map(|r| (r, c)),
-        );
+    }
+    for name in &table.lake.partition_by {
+        let Some(c) = table.columns.iter().position(|col| &col.name == name) else {
+            continue;
+        };
+        if let Some(text) = columns[c].as_any().downcast_ref::<StringArray>() {
+            out.extend(
+                (0..text.len())
+                    .filter(|&r| text.is_valid(r) && text.value(r).is_empty())
+                    .map(|r| (r, c, EMPTY_PARTITION)),
+            );
+        }
     }
     out.sort_unstable();
-    out.dedup_by_key(|(row, _)| *row);
+    out.dedup_by_key(|(row, _, _)| *row);
     out
 }
 

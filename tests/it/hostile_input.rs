@@ -74,6 +74,44 @@ async fn a_null_key_part_is_a_bad_row() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_empty_partition_value_is_a_bad_row() {
+    let columns = "- {name: id, type: string, key: true}\n- {name: region, type: string}\n";
+    let fx = Fixture::new(columns, "partition_by: [region]");
+    let input = fx.input("d1", "a.csv", b"a,east\nb,\nc,west\n");
+    let err = fx.run(&input, "2024-01-01").await.unwrap_err();
+    match &err {
+        Error::BadRow {
+            line,
+            column,
+            reason,
+            ..
+        } => {
+            assert_eq!((*line, column.as_deref()), (2, Some("region")), "{err}");
+            assert!(
+                reason.contains("partition_by") && reason.contains("NULL"),
+                "{err}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert!(crate::common::data_files(&fx.dir.path().join("lake")).is_empty());
+    // Under on_error: reject the row is set aside; with null_value "" the field is a NULL
+    // partition value instead.
+    let fx = Fixture::new(columns, "partition_by: [region]\non_error: reject");
+    let s = fx.run(&input, "2024-01-01").await.unwrap();
+    assert_eq!((s.counts.inserted, s.rows_rejected), (2, 1));
+    let fx = Fixture::new(columns, "partition_by: [region]\nnull_value: \"\"");
+    let s = fx.run(&input, "2024-01-01").await.unwrap();
+    assert_eq!(s.counts.inserted, 3);
+    let rows = crate::common::table_rows(&fx.dir.path().join("lake/current")).await;
+    assert!(
+        rows.iter()
+            .any(|r| r["id"] == "b" && r["region"] == "<null>"),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_decimal_with_digits_past_its_scale_is_a_bad_row() {
     let columns =
         "- {name: id, type: string, key: true}\n- {name: amount, type: \"decimal(12,2)\"}\n";

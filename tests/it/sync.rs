@@ -385,7 +385,13 @@ async fn a_landing_zone_copied_again_is_not_a_reload() {
     touch(&folder.join("LOAD00000002.csv"), 180);
     let t = l.sync_one().await;
     assert!(t.reload, "{t:?}");
-    assert_eq!(l.current("sales/orders").await["3"]["amount"], "31.0");
+    // The load is every LOAD file written since it was applied, the unchanged one included;
+    // the change files older than it are replaced by it.
+    let current = l.current("sales/orders").await;
+    assert_eq!(current.keys().collect::<Vec<_>>(), ["1", "2", "3"], "{t:?}");
+    assert_eq!(current["3"]["amount"], "31.0");
+    assert_eq!(current["1"]["amount"], "10.0");
+    assert_eq!(t.replaced_files, 2, "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -927,6 +933,59 @@ async fn a_late_change_cannot_bring_back_a_key_a_newer_delete_removed() {
     let a = l.sync_one().await.apply.unwrap();
     assert_eq!((a.stale, a.inserted), (0, 1));
     assert_eq!(l.current("sales/orders").await["2"]["region"], "west");
+    // Deleted again; then a run whose last change of the key is a newer delete of the
+    // soft-deleted row: the row takes that delete's position, so a change between the two
+    // deletes, landing late, is stale.
+    l.file(
+        "sales/orders",
+        "20240305-1000000000.csv",
+        "D,2024-03-05 08:00:00.000000,2,west,23\n",
+    );
+    l.sync_one().await;
+    l.file(
+        "sales/orders",
+        "20240306-1000000000.csv",
+        "I,2024-03-06 08:00:00.000000,2,east,24\nD,2024-03-07 08:00:00.000000,2,east,24\n",
+    );
+    let a = l.sync_one().await.apply.unwrap();
+    assert_eq!(a.ignored_deletes, 1);
+    l.file(
+        "sales/orders",
+        "20240308-1000000000.csv",
+        "U,2024-03-06 12:00:00.000000,2,east,25\n",
+    );
+    let a = l.sync_one().await.apply.unwrap();
+    assert_eq!((a.stale, a.inserted), (1, 0));
+    assert_eq!(l.current("sales/orders").await["2"]["operation"], "D");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_changes_of_one_run_are_ordered_by_position_before_file_name() {
+    let l = Landing::new(ORDERS);
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n");
+    l.sync_one().await;
+    l.file(
+        "sales/orders",
+        "20240302-1000000000.csv",
+        "U,2024-03-02 10:00:00.000000,1,east,12\n",
+    );
+    l.sync_one().await;
+    // both land before the next sync: the newer change (March 5th) in the earlier-named file,
+    // a re-sent older one (March 1st) in the later-named file
+    l.file(
+        "sales/orders",
+        "20240303-1000000000.csv",
+        "U,2024-03-05 10:00:00.000000,1,east,15\n",
+    );
+    l.file(
+        "sales/orders",
+        "20240304-1000000000.csv",
+        "U,2024-03-01 10:00:00.000000,1,east,11\n",
+    );
+    let t = l.sync_one().await;
+    let a = t.apply.clone().unwrap();
+    assert_eq!((a.stale, a.updated), (0, 1), "{t:?}");
+    assert_eq!(l.current("sales/orders").await["1"]["amount"], "15.0");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1023,4 +1082,66 @@ async fn the_tombstones_table_is_compacted_and_keeps_what_its_retention_says() {
     // the 15 tombstones of the later runs stay, the first 16 are past the retention
     assert_eq!(active_files(&folder).len(), 1);
     assert_eq!(l.table("sales/orders", "tombstones").await.len(), 15);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_partition_value_is_a_bad_row_and_null_reads_as_null_everywhere() {
+    let tables = ORDERS.replace("  timestamp_column: ts\n", "");
+    let l = Landing::new(&tables);
+    l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,,20\n");
+    let s = l.sync().await;
+    let t = &s.tables[0];
+    assert_eq!(t.status, "failed", "{t:?}");
+    let err = t.error.clone().unwrap();
+    assert!(
+        err.contains("LOAD00000001.csv")
+            && err.contains("line 2")
+            && err.contains("`region`")
+            && err.contains("partition"),
+        "{err}"
+    );
+    // With null_value "" the empty field is NULL: stored as a NULL partition value, which
+    // every reader reads as NULL.
+    let tables = tables.replace("  active: true\n", "  active: true\n  null_value: \"\"\n");
+    std::fs::write(l.root().join("tables.yaml"), format!("tables:\n{tables}")).unwrap();
+    l.sync_one().await;
+    let current = l.current("sales/orders").await;
+    assert_eq!(current["2"]["region"], "<null>");
+    let folder = l.lake().join("sales/orders/current");
+    let values: Vec<serde_json::Value> = crate::common::log_commits(&folder)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["add"]["partitionValues"].get("region").cloned())
+        .collect();
+    assert!(values.contains(&serde_json::Value::Null), "{values:?}");
+    assert!(!values.contains(&serde_json::json!("")), "{values:?}");
+    // Independent readers: the Python deltalake package and DuckDB over its dataset.
+    let probe = Command::new("python3")
+        .args(["-c", "import deltalake, duckdb"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var("TRIBUTARY_REQUIRE_READERS").is_err(),
+            "python3 with deltalake and duckdb is required"
+        );
+        return;
+    }
+    let script = r#"
+import sys, json, deltalake, duckdb
+t = deltalake.DeltaTable(sys.argv[1])
+rows = t.to_pyarrow_table().to_pylist()
+ds = t.to_pyarrow_dataset()
+print(json.dumps({
+  "deltalake": sorted([r["id"], r["region"]] for r in rows),
+  "duckdb": duckdb.sql("select id, region from ds order by id").fetchall(),
+}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, folder.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let seen = crate::common::json_stdout(&out);
+    let expected = serde_json::json!([[1, "east"], [2, null]]);
+    assert_eq!(seen["deltalake"], expected);
+    assert_eq!(seen["duckdb"], expected);
 }

@@ -1,13 +1,15 @@
 //! The tombstones table of a change-log table with hard deletes: the source position of each key
 //! a run deleted, kept for `tombstone_retention_days` after the delete so that a late change file
 //! (a slow upload, a re-sent file) holding an older change of the key cannot bring it back
-//! (`changelog::merge`). Soft deletes need no tombstones: the deleted row stays in current with
-//! the delete's position.
+//! (`changelog::merge`). A soft delete of a key current holds needs none: the deleted row stays
+//! in current with the delete's position. A delete of a key current does not hold leaves one
+//! under either delete mode (its insert may be the late change).
 //!
 //! Committed as a follower of the run's history commit (the sink contract, `sink/mod.rs`), like
-//! the applied-files table. Runs append their tombstones; a run that finds
-//! [`COMPACT_AT_FILES`] files or more rewrites the table as one file, without the tombstones past
-//! their retention and with one row per key (the highest position).
+//! the applied-files table. Runs append their tombstones (a key may then have several rows; the
+//! highest position counts); a run whose file would be the [`COMPACT_AT_FILES`]th rewrites the
+//! table as one file instead, without the tombstones past their retention and with one row per
+//! key (the highest position).
 //!
 //! | column            | type   | meaning                                                    |
 //! |-------------------|--------|------------------------------------------------------------|

@@ -315,19 +315,22 @@ pub(super) fn read_parquet(
             .iter()
             .map(|&at| text(at))
             .collect::<Result<Vec<_>>>()?;
+        let positions: Vec<Option<i64>> = micros.iter().map(|m| m.or(file_position)).collect();
         out.push(ChangeBatch {
             rows: typed_batch(config, file, index, raw, lines.clone())?,
             ops,
+            // by durable position first (see `RowsBuilder::push`), then file and row
             order: lines
                 .iter()
-                .map(|&l| SourceOrder {
-                    position: 0,
+                .zip(&positions)
+                .map(|(&l, p)| SourceOrder {
+                    position: p.and_then(|p| u64::try_from(p).ok()).unwrap_or(0),
                     file: index as u32,
                     row: l,
                 })
                 .collect(),
             commit_days: micros.iter().map(|m| m.map(micros_days)).collect(),
-            positions: micros.iter().map(|m| m.or(file_position)).collect(),
+            positions,
         });
     }
     Ok(out)

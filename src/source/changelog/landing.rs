@@ -361,12 +361,25 @@ fn pending(
     }
     let (loads, changes): (Vec<ChangeFile>, Vec<ChangeFile>) =
         files.into_iter().partition(|f| f.kind == FileKind::Load);
-    let mut load_time: Option<i64> = None;
+    let mut reload = false;
     for f in &loads {
         if is_new_load(f, done, digest)? {
-            load_time = Some(load_time.map_or(f.modified_ms, |t| t.min(f.modified_ms)));
+            reload = true;
+            break;
         }
     }
+    // The load starts at the earliest LOAD file written since the table applied it (new
+    // bytes, or the same bytes written again with the others: a DMS reload rewrites every
+    // file, some of them unchanged).
+    let rewritten = |f: &&ChangeFile| {
+        done.last_load(&f.name).is_none_or(|last| {
+            last.modified_ms != f.modified_ms || last.size_bytes != f.size as i64
+        })
+    };
+    let load_time = match reload {
+        true => loads.iter().filter(rewritten).map(|f| f.modified_ms).min(),
+        false => None,
+    };
     let Some(load_time) = load_time else {
         return Ok(PendingFiles {
             read: changes

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray, StringBuilder};
 
 use super::cast::cast_column;
-use super::{hash_batch, null_keys, NULL_KEY};
+use super::{hash_batch, invalid_values};
 use crate::config::tables::EffStart;
 use crate::config::ChangelogTable;
 use crate::core::batch::{HashedBatch, BATCH_ROWS};
@@ -158,9 +158,14 @@ impl<'a> RowsBuilder<'a> {
         line: u64,
     ) -> Result<()> {
         self.ops.push(op);
-        self.positions.push(durable.or(self.file_position));
+        let durable = durable.or(self.file_position);
+        self.positions.push(durable);
         self.order.push(SourceOrder {
-            position,
+            // sources ordered by file and row (DMS) order by their durable position first
+            position: match position {
+                0 => durable.and_then(|d| u64::try_from(d).ok()).unwrap_or(0),
+                p => p,
+            },
             file: self.index as u32,
             row: line,
         });
@@ -230,14 +235,14 @@ pub(super) fn typed_batch(
         typed.push(if first_bad.is_some() { column } else { array });
     }
     // A key needs a value (a table without a primary key hashes every column as its key,
-    // NULLs included: its keys are nullable).
-    if let Some(&(row, c)) = null_keys(config, &typed).first() {
+    // NULLs included: its keys are nullable); a partition value cannot be ''.
+    if let Some(&(row, c, reason)) = invalid_values(config, &typed).first() {
         if first_bad.is_none_or(|(r, _)| row < r) {
             return Err(Error::bad_row(
                 file.path.display(),
                 lines[row],
                 Some(&config.columns[c].name),
-                NULL_KEY,
+                reason,
             ));
         }
     }

@@ -28,7 +28,7 @@ use crate::core::schema::{payload_schema, ColumnType};
 use crate::error::{Error, Result};
 use crate::report::progress::Progress;
 use crate::source::cast::cast_column;
-use crate::source::{hash_batch, null_keys, NULL_KEY};
+use crate::source::{hash_batch, invalid_values};
 
 /// The records of a chunk (by index, ascending) that break the quoting rule, and why.
 type Quoting = Vec<(usize, &'static str)>;
@@ -452,11 +452,13 @@ impl ChunkParser<'_> {
         }
         // A key that did not parse is NULL in `typed` too: its parse error is the one to say.
         let unparsed: std::collections::HashSet<(usize, usize)> = bad.iter().copied().collect();
-        let null_keys: std::collections::HashSet<(usize, usize)> = null_keys(self.table, &typed)
-            .into_iter()
-            .filter(|at| !unparsed.contains(at))
-            .collect();
-        bad.extend(&null_keys);
+        let invalid: std::collections::HashMap<(usize, usize), &str> =
+            invalid_values(self.table, &typed)
+                .into_iter()
+                .filter(|(row, c, _)| !unparsed.contains(&(*row, *c)))
+                .map(|(row, c, reason)| ((row, c), reason))
+                .collect();
+        bad.extend(invalid.keys());
         let schema = payload_schema(&self.table.typed_columns());
         let mut batch = RecordBatch::try_new(schema, typed)?;
         if !bad.is_empty() {
@@ -466,9 +468,9 @@ impl ChunkParser<'_> {
             for &(row, c) in &bad {
                 let record = &chunk[records[row]];
                 let value = String::from_utf8_lossy(&record[c]);
-                let reason = match null_keys.contains(&(row, c)) {
-                    true => NULL_KEY.to_string(),
-                    false => format!("cannot parse `{value}` as {}", columns[c].ty),
+                let reason = match invalid.get(&(row, c)) {
+                    Some(reason) => reason.to_string(),
+                    None => format!("cannot parse `{value}` as {}", columns[c].ty),
                 };
                 let err = self.bad_row(lines[row], Some(&columns[c].name), reason);
                 errors.push(err, || self.raw_values(record))?;

@@ -21,7 +21,7 @@ use crate::core::schema::payload_schema;
 use crate::error::{Error, Result};
 use crate::report::progress::Progress;
 use crate::source::cast::cast_column;
-use crate::source::{hash_batch, null_keys, NULL_KEY};
+use crate::source::{hash_batch, invalid_values};
 
 /// Opens a Parquet file for reading in batches of [`BATCH_ROWS`] rows.
 ///
@@ -219,11 +219,13 @@ impl<'a> Converter<'a> {
         }
         // A key that did not parse is NULL in `typed` too: its parse error is the one to say.
         let unparsed: std::collections::HashSet<(usize, usize)> = bad.iter().copied().collect();
-        let null_keys: std::collections::HashSet<(usize, usize)> = null_keys(config, &typed)
-            .into_iter()
-            .filter(|at| !unparsed.contains(at))
-            .collect();
-        bad.extend(&null_keys);
+        let invalid: std::collections::HashMap<(usize, usize), &str> =
+            invalid_values(config, &typed)
+                .into_iter()
+                .filter(|(row, c, _)| !unparsed.contains(&(*row, *c)))
+                .map(|(row, c, reason)| ((row, c), reason))
+                .collect();
+        bad.extend(invalid.keys());
         let mut lines: Vec<u64> = (1..=n as u64).map(|i| row_offset + i).collect();
         let mut batch = RecordBatch::try_new(self.schema.clone(), typed)?;
         if !bad.is_empty() {
@@ -233,9 +235,9 @@ impl<'a> Converter<'a> {
             for &(row, c) in &bad {
                 let source = raw.column(self.order[c]);
                 let value = array_value_to_string(source, row).unwrap_or_default();
-                let reason = match null_keys.contains(&(row, c)) {
-                    true => NULL_KEY.to_string(),
-                    false => format!("cannot convert `{value}` to {}", config.columns[c].ty),
+                let reason = match invalid.get(&(row, c)) {
+                    Some(reason) => reason.to_string(),
+                    None => format!("cannot convert `{value}` to {}", config.columns[c].ty),
                 };
                 let err = Error::bad_row(
                     self.file.display(),
