@@ -21,6 +21,7 @@
 //!   a controller over any change source.
 //! - [`generate`]: the synthetic data generator.
 //! - [`cli`]: one file per command, with its output.
+//! - `fuzzing` (hidden): the entry points of the `cargo fuzz` targets (docs/fuzzing.md).
 //!
 //! A module imports only from the modules listed before it (`core` first, `cli` last).
 
@@ -29,6 +30,8 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod report;
 pub mod sink;

@@ -136,6 +136,21 @@ pub(crate) fn invalid_values(
     out
 }
 
+/// [`invalid_values`] by (row, column), without the cells in `unparsed` (values that did not
+/// parse are NULL in `columns` too: their parse error is the one to say).
+pub(crate) fn invalid_cells(
+    table: &TableSpec,
+    columns: &[ArrayRef],
+    unparsed: &[(usize, usize)],
+) -> std::collections::HashMap<(usize, usize), &'static str> {
+    let unparsed: std::collections::HashSet<&(usize, usize)> = unparsed.iter().collect();
+    invalid_values(table, columns)
+        .into_iter()
+        .filter(|(row, c, _)| !unparsed.contains(&(*row, *c)))
+        .map(|(row, c, reason)| ((row, c), reason))
+        .collect()
+}
+
 /// Hashes a typed payload batch into a [`HashedBatch`].
 pub(crate) fn hash_batch(
     config: &TableSpec,

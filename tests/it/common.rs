@@ -232,3 +232,21 @@ pub fn log_commits(table: &Path) -> Vec<Vec<serde_json::Value>> {
         })
         .collect()
 }
+
+/// Whether python3 has the `deltalake` and `duckdb` packages (the independent readers). When it
+/// has not, a test skips its reader checks with a message, unless TRIBUTARY_REQUIRE_READERS is
+/// set (by .ci/run, which installs them): then it fails.
+pub fn python_readers() -> bool {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import deltalake, duckdb"])
+        .output();
+    if probe.is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(
+        std::env::var("TRIBUTARY_REQUIRE_READERS").is_err(),
+        "python3 with deltalake and duckdb is required"
+    );
+    eprintln!("SKIPPED: python3 with deltalake and duckdb not available");
+    false
+}

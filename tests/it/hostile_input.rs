@@ -38,6 +38,19 @@ async fn a_symlinked_part_file_is_read_and_other_entries_are_reported() {
     assert_eq!((s.counts.deleted, s.counts.unchanged), (0, 4));
 }
 
+/// Line, column and reason of a bad-row error (panics on any other error).
+fn bad_row(err: &Error) -> (u64, &str, &str) {
+    match err {
+        Error::BadRow {
+            line,
+            column,
+            reason,
+            ..
+        } => (*line, column.as_deref().unwrap_or(""), reason.as_str()),
+        other => panic!("not a bad row: {other}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_null_key_part_is_a_bad_row() {
     let columns = "- {name: k1, type: string, key: true}\n- {name: k2, type: long, key: true}\n\
@@ -45,18 +58,9 @@ async fn a_null_key_part_is_a_bad_row() {
     let fx = Fixture::new(columns, "");
     let input = fx.input("d1", "a.csv", b"a,1,0.5\nb,,0.5\nc,3,0.5\n");
     let err = fx.run(&input, "2024-01-01").await.unwrap_err();
-    match &err {
-        Error::BadRow {
-            line,
-            column,
-            reason,
-            ..
-        } => {
-            assert_eq!((*line, column.as_deref()), (2, Some("k2")), "{err}");
-            assert!(reason.contains("NULL in a key column"), "{err}");
-        }
-        other => panic!("{other}"),
-    }
+    let (line, column, reason) = bad_row(&err);
+    assert_eq!((line, column), (2, "k2"), "{err}");
+    assert!(reason.contains("NULL in a key column"), "{err}");
     // A key value that does not parse says so (it is not a NULL).
     let input = fx.input("d0", "a.csv", b"a,1,0.5\nb,x,0.5\n");
     let err = fx.run(&input, "2024-01-01").await.unwrap_err().to_string();
@@ -79,21 +83,12 @@ async fn an_empty_partition_value_is_a_bad_row() {
     let fx = Fixture::new(columns, "partition_by: [region]");
     let input = fx.input("d1", "a.csv", b"a,east\nb,\nc,west\n");
     let err = fx.run(&input, "2024-01-01").await.unwrap_err();
-    match &err {
-        Error::BadRow {
-            line,
-            column,
-            reason,
-            ..
-        } => {
-            assert_eq!((*line, column.as_deref()), (2, Some("region")), "{err}");
-            assert!(
-                reason.contains("partition_by") && reason.contains("NULL"),
-                "{err}"
-            );
-        }
-        other => panic!("{other}"),
-    }
+    let (line, column, reason) = bad_row(&err);
+    assert_eq!((line, column), (2, "region"), "{err}");
+    assert!(
+        reason.contains("partition_by") && reason.contains("NULL"),
+        "{err}"
+    );
     assert!(crate::common::data_files(&fx.dir.path().join("lake")).is_empty());
     // Under on_error: reject the row is set aside; with null_value "" the field is a NULL
     // partition value instead.

@@ -22,15 +22,7 @@ print(json.dumps(out))
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_deltalake_and_duckdb_read_the_tables() {
-    let probe = Command::new("python3")
-        .args(["-c", "import deltalake, duckdb"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var("TRIBUTARY_REQUIRE_READERS").is_err(),
-            "python3 with deltalake and duckdb is required"
-        );
-        eprintln!("SKIPPED: python3 with deltalake and duckdb not available");
+    if !crate::common::python_readers() {
         return;
     }
     let fx = Fixture::every_operation().await;

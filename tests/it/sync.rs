@@ -1116,14 +1116,7 @@ async fn an_empty_partition_value_is_a_bad_row_and_null_reads_as_null_everywhere
     assert!(values.contains(&serde_json::Value::Null), "{values:?}");
     assert!(!values.contains(&serde_json::json!("")), "{values:?}");
     // Independent readers: the Python deltalake package and DuckDB over its dataset.
-    let probe = Command::new("python3")
-        .args(["-c", "import deltalake, duckdb"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var("TRIBUTARY_REQUIRE_READERS").is_err(),
-            "python3 with deltalake and duckdb is required"
-        );
+    if !crate::common::python_readers() {
         return;
     }
     let script = r#"

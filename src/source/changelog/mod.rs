@@ -69,6 +69,28 @@ pub struct ChangeFile {
     load_counter: u64,
 }
 
+impl ChangeFile {
+    /// A change file at `path`, named `name` (relative to its table folder), of `size` bytes;
+    /// a `LOAD` file's counter is taken from its name.
+    pub fn new(path: PathBuf, name: &str, kind: FileKind, format: ChangeFormat, size: u64) -> Self {
+        let stem = name.rsplit('/').next().unwrap_or(name);
+        let load_counter = stem
+            .strip_prefix("LOAD")
+            .and_then(|s| s.split('.').next())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .unwrap_or(0);
+        ChangeFile {
+            path,
+            name: name.to_string(),
+            kind,
+            format,
+            size,
+            modified_ms: 0,
+            load_counter,
+        }
+    }
+}
+
 /// Reads one change file; `index` is its place in the run's file list (the source order).
 ///
 /// # Errors

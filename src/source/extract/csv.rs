@@ -28,7 +28,7 @@ use crate::core::schema::{payload_schema, ColumnType};
 use crate::error::{Error, Result};
 use crate::report::progress::Progress;
 use crate::source::cast::cast_column;
-use crate::source::{hash_batch, invalid_values};
+use crate::source::{hash_batch, invalid_cells};
 
 /// The records of a chunk (by index, ascending) that break the quoting rule, and why.
 type Quoting = Vec<(usize, &'static str)>;
@@ -450,14 +450,7 @@ impl ChunkParser<'_> {
             bad.extend(bad_rows.into_iter().map(|r| (r, c)));
             typed.push(array);
         }
-        // A key that did not parse is NULL in `typed` too: its parse error is the one to say.
-        let unparsed: std::collections::HashSet<(usize, usize)> = bad.iter().copied().collect();
-        let invalid: std::collections::HashMap<(usize, usize), &str> =
-            invalid_values(self.table, &typed)
-                .into_iter()
-                .filter(|(row, c, _)| !unparsed.contains(&(*row, *c)))
-                .map(|(row, c, reason)| ((row, c), reason))
-                .collect();
+        let invalid = invalid_cells(self.table, &typed, &bad);
         bad.extend(invalid.keys());
         let schema = payload_schema(&self.table.typed_columns());
         let mut batch = RecordBatch::try_new(schema, typed)?;

@@ -21,7 +21,7 @@ use crate::core::schema::payload_schema;
 use crate::error::{Error, Result};
 use crate::report::progress::Progress;
 use crate::source::cast::cast_column;
-use crate::source::{hash_batch, invalid_values};
+use crate::source::{hash_batch, invalid_cells};
 
 /// Opens a Parquet file for reading in batches of [`BATCH_ROWS`] rows.
 ///
@@ -217,14 +217,7 @@ impl<'a> Converter<'a> {
             bad.extend(rows.into_iter().map(|r| (r, c)));
             typed.push(array);
         }
-        // A key that did not parse is NULL in `typed` too: its parse error is the one to say.
-        let unparsed: std::collections::HashSet<(usize, usize)> = bad.iter().copied().collect();
-        let invalid: std::collections::HashMap<(usize, usize), &str> =
-            invalid_values(config, &typed)
-                .into_iter()
-                .filter(|(row, c, _)| !unparsed.contains(&(*row, *c)))
-                .map(|(row, c, reason)| ((row, c), reason))
-                .collect();
+        let invalid = invalid_cells(config, &typed, &bad);
         bad.extend(invalid.keys());
         let mut lines: Vec<u64> = (1..=n as u64).map(|i| row_offset + i).collect();
         let mut batch = RecordBatch::try_new(self.schema.clone(), typed)?;
