@@ -129,6 +129,18 @@ async fn duplicate_key_names_both_lines() {
     );
 }
 
+/// Asserts that current and history were created and hold no commit and no data file.
+async fn assert_created_empty(fx: &Fixture) {
+    for role in ["current", "history"] {
+        assert_eq!(
+            fx.version(role).await,
+            Some(0),
+            "{role}: created, nothing committed"
+        );
+        assert!(data_files(&fx.table_path(role)).is_empty(), "{role}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_run_failing_in_the_diff_leaves_empty_tables() {
     // Duplicate keys are found while diffing, after the tables were created for the writers.
@@ -143,14 +155,7 @@ a,2,2024-01-01
 ",
     );
     fx.run(&input, "2024-01-01").await.unwrap_err();
-    for role in ["current", "history"] {
-        assert_eq!(
-            fx.version(role).await,
-            Some(0),
-            "{role}: created, nothing committed"
-        );
-        assert!(data_files(&fx.table_path(role)).is_empty(), "{role}");
-    }
+    assert_created_empty(&fx).await;
     // The next, good run starts from nothing.
     let good = fx.input(
         "d2",
@@ -187,13 +192,8 @@ async fn a_run_failing_after_its_writers_leaves_no_data_files_behind() {
     fx.run(&fx.input("d1", "bad.csv", bad), "2024-01-01")
         .await
         .unwrap_err();
+    assert_created_empty(&fx).await;
     for role in ["current", "history"] {
-        assert_eq!(
-            fx.version(role).await,
-            Some(0),
-            "{role}: created, nothing committed"
-        );
-        assert!(data_files(&fx.table_path(role)).is_empty(), "{role}");
         let entries: Vec<String> = std::fs::read_dir(fx.table_path(role))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

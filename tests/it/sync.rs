@@ -319,13 +319,7 @@ async fn a_rewritten_full_load_replaces_the_table() {
     l.sync_one().await;
     // DMS with includeOpForFullLoad: the reload's rows carry Op = I
     std::fs::write(&load, "I,1,east,12\nI,5,west,50\n").unwrap();
-    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
-    std::fs::File::options()
-        .write(true)
-        .open(&load)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
+    touch(&load, 60);
     let t = l.sync_one().await;
     assert!(t.reload, "{t:?}");
     // the change file applied before is older than the new load: its effect is replaced
