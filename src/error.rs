@@ -11,7 +11,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// find and fix it. Library errors are chained as sources, never flattened into strings.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The config file could not be read or parsed as YAML.
+    /// The config file (or tables file) could not be read: missing, a folder, no permission.
+    #[error("config {}: cannot read it: {source}", path.display())]
+    ConfigRead {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file could not be parsed as YAML.
     #[error("config {path}: {source}")]
     ConfigParse {
         /// The config file.
@@ -157,7 +166,10 @@ impl Error {
     /// rule, or a conflict with another writer), 4 for bad input rows, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::ConfigParse { .. } | Error::InvalidFieldValue { .. } | Error::Usage(_) => 2,
+            Error::ConfigRead { .. }
+            | Error::ConfigParse { .. }
+            | Error::InvalidFieldValue { .. }
+            | Error::Usage(_) => 2,
             Error::Refused(_) | Error::Conflict { .. } => 3,
             Error::BadRow { .. } | Error::Input { .. } => 4,
             _ => 1,

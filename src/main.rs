@@ -28,7 +28,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Generate the seed example and run both days into DIR (default ./tributary-demo).
     Demo(demo::DemoArgs),
-    /// Load change files (AWS DMS, Debezium JSON) from a landing zone into lake tables.
+    /// Load change files (AWS DMS CSV or Parquet, Debezium JSON or Avro) from a landing zone into
+    /// lake tables.
     ///
     /// Exit code 5 when some tables failed (the others are still applied).
     Sync(sync::SyncArgs),
@@ -51,11 +52,13 @@ async fn execute(command: Command) -> Result<u8> {
 
 fn main() -> ExitCode {
     let allocator_tuned = cli::allocator::tune();
+    let filter = cli::logs::filter(std::env::var("RUST_LOG").ok().as_deref());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new(cli::DEFAULT_LOG_FILTER)),
-        )
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| {
+            eprintln!("warning: RUST_LOG `{filter}` is not a log filter; using the default");
+            EnvFilter::new(cli::logs::DEFAULT_FILTER)
+        }))
+        .with_ansi(cli::logs::colour())
         .with_writer(std::io::stderr)
         .init();
     if !allocator_tuned {
@@ -85,12 +88,7 @@ fn main() -> ExitCode {
     match done {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
+            eprint!("{}", cli::logs::error_text(&err));
             ExitCode::from(err.exit_code() as u8)
         }
     }

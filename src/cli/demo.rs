@@ -1,12 +1,16 @@
 //! `tributary demo`: the seed article's example end to end (10,000 rows, 5 keys, 10 non-keys,
 //! 20% deleted / 40% updated / 40% unchanged), run for 2019-06-18 and 2019-06-19.
+//!
+//! Every demo starts clean: a folder that an earlier demo made is emptied of what the demo
+//! writes (`data/`, `lake/`, `config.yaml`) first, so a second demo prints the same summaries
+//! as the first. A folder holding anything else is refused, never emptied.
 
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
 use crate::config::TableConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generate::{config_yaml, generate, GenerateSpec, GenerateSummary};
 use crate::snapshot::summary::RunSummary;
 use crate::snapshot::{run, RunOptions};
@@ -14,17 +18,31 @@ use crate::snapshot::{run, RunOptions};
 /// Arguments of `tributary demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Folder for the data, config and lake (default ./tributary-demo).
+    /// Folder for the data, config and lake (default ./tributary-demo). A folder an earlier demo
+    /// made is started again from scratch; any other non-empty folder is refused.
     pub dir: Option<PathBuf>,
 }
 
-/// Runs `tributary demo` and prints what it did.
+/// What the demo writes in its folder; all of it is removed when a demo starts again.
+const DEMO_ENTRIES: [&str; 4] = ["data", "lake", "config.yaml", MARKER];
+
+/// The file that marks a folder as a demo's.
+const MARKER: &str = ".tributary-demo";
+
+/// Runs `tributary demo` and prints what it did, then how to read the tables.
 ///
 /// # Errors
 /// Those of [`demo`].
 pub async fn execute(args: DemoArgs) -> Result<u8> {
     let dir = args.dir.unwrap_or_else(|| PathBuf::from("tributary-demo"));
-    let (generated, summaries) = demo(&dir).await?;
+    let demo = demo(&dir).await?;
+    if demo.restarted {
+        println!(
+            "removed the previous demo's data and lake under {}; starting clean\n",
+            dir.display()
+        );
+    }
+    let generated = &demo.generated;
     println!(
         "generated {} rows (day 2: {} deleted, {} updated, {} unchanged, {} inserted) under {}\n",
         generated.initial_rows,
@@ -34,30 +52,59 @@ pub async fn execute(args: DemoArgs) -> Result<u8> {
         generated.inserted,
         dir.join("data").display()
     );
-    for s in &summaries {
+    for s in &demo.summaries {
         println!("{s}\n");
     }
+    let lake = std::path::absolute(dir.join("lake")).unwrap_or(dir.join("lake"));
     println!(
-        "tables: {}/lake (Delta Lake; config {}/config.yaml)",
-        dir.display(),
-        dir.display()
+        "tables: {0}/sample_data_current and {0}/sample_data_history (Delta Lake; config {1})",
+        lake.display(),
+        dir.join("config.yaml").display()
     );
-    println!(
-        "query:  python3 -c \"import duckdb; print(duckdb.sql(\\\"select operation, count(*) from delta_scan('{}/lake/sample_data_history') group by 1\\\"))\"",
-        std::path::absolute(&dir).unwrap_or(dir.clone()).display()
-    );
+    println!("read them (Python, offline; once: pip install deltalake pyarrow):");
+    println!("  {}", read_command(&lake));
     Ok(0)
+}
+
+/// A shell command that prints the count of each operation in the demo's history table, with
+/// the Python `deltalake` and `pyarrow` packages only (no download at run time).
+pub fn read_command(lake: &Path) -> String {
+    format!(
+        "python3 -c \"from deltalake import DeltaTable; \
+         print(DeltaTable('{}/sample_data_history').to_pyarrow_table()\
+         .group_by('operation').aggregate([('operation', 'count')]).to_pylist())\"",
+        lake.display()
+    )
 }
 
 /// Business dates of the two demo days.
 pub const DEMO_DATES: [&str; 2] = ["2019-06-18", "2019-06-19"];
 
-/// Generates the demo data and config under `dir` (idempotent: the same seed gives the same
-/// files, so a second demo is a no-op run) and runs both days.
+/// What [`demo`] did.
+#[derive(Debug)]
+pub struct Demo {
+    /// The generated data.
+    pub generated: GenerateSummary,
+    /// One summary per day.
+    pub summaries: Vec<RunSummary>,
+    /// Whether an earlier demo's files were removed first.
+    pub restarted: bool,
+}
+
+/// Generates the demo data and config under `dir` and runs both days, after removing an
+/// earlier demo's files from `dir` (the same seed gives the same files, so every demo prints
+/// the same summaries).
 ///
 /// # Errors
-/// Any error of [`generate`] or [`run`].
-pub async fn demo(dir: &Path) -> Result<(GenerateSummary, Vec<RunSummary>)> {
+/// [`Error::Usage`] when `dir` is not empty and holds anything a demo does not write; any
+/// error of [`generate`] or [`run`].
+pub async fn demo(dir: &Path) -> Result<Demo> {
+    let restarted = start_clean(dir)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(MARKER),
+        "written by `tributary demo`: a later demo empties this folder\n",
+    )?;
     let spec = GenerateSpec::seed_example(dir.join("data/day1"), dir.join("data/day2"), 20190618);
     let generated = generate(&spec)?;
     let config_path = dir.join("config.yaml");
@@ -69,8 +116,82 @@ pub async fn demo(dir: &Path) -> Result<(GenerateSummary, Vec<RunSummary>)> {
         .zip(DEMO_DATES)
     {
         let date = NaiveDate::parse_from_str(date, "%Y-%m-%d")
-            .map_err(|e| crate::Error::Internal(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         summaries.push(run(&config, input, date, RunOptions::default()).await?);
     }
-    Ok((generated, summaries))
+    Ok(Demo {
+        generated,
+        summaries,
+        restarted,
+    })
+}
+
+/// Removes an earlier demo's files from `dir`; returns whether there were any. A folder with
+/// other entries is refused (and left as it is). Folders of demos made before the marker file
+/// existed hold only `data`, `lake` and `config.yaml`, and are taken as demos too.
+fn start_clean(dir: &Path) -> Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<Vec<String>>>()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(Error::Usage(format!(
+                "demo folder {}: cannot read it: {e}",
+                dir.display()
+            )))
+        }
+    };
+    if entries.is_empty() {
+        return Ok(false);
+    }
+    let foreign: Vec<&String> = entries
+        .iter()
+        .filter(|e| !DEMO_ENTRIES.contains(&e.as_str()))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(Error::Usage(format!(
+            "demo folder {} holds files the demo did not write (such as `{}`): pass a new or \
+             empty folder, e.g. `tributary demo /tmp/tributary-demo`",
+            dir.display(),
+            foreign[0]
+        )));
+    }
+    for entry in &entries {
+        let path = dir.join(entry);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|source| Error::Storage {
+            action: "cannot remove the previous demo's".into(),
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_demo_folder_is_emptied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        assert!(!start_clean(&dir).unwrap(), "a missing folder");
+        std::fs::create_dir_all(dir.join("lake/t")).unwrap();
+        std::fs::write(dir.join("config.yaml"), "x").unwrap();
+        assert!(start_clean(&dir).unwrap());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert!(!start_clean(&dir).unwrap(), "an empty folder");
+        std::fs::create_dir_all(dir.join("lake")).unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let err = start_clean(&dir).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("`notes.txt`"), "{err}");
+        assert!(dir.join("notes.txt").exists() && dir.join("lake").exists());
+    }
 }

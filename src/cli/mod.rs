@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod check;
 pub mod demo;
 pub mod generate;
+pub mod logs;
 pub mod panics;
 pub mod run;
 pub mod sync;
@@ -16,21 +17,14 @@ use chrono::NaiveDate;
 
 use crate::error::{Error, Result};
 
-/// Logs when RUST_LOG is unset: Tributary at info; libraries only on errors (delta-kernel logs an
-/// expected "no files in log segment" error while probing a new table, so it stays off).
-pub const DEFAULT_LOG_FILTER: &str =
-    "warn,tributary=info,deltalake_core=error,buoyant_kernel=off,delta_kernel=off";
-
-/// Parses a business date, `YYYY-MM-DD`.
+/// Parses a date argument, `YYYY-MM-DD`; `what` names it in the error (`BUS_EFF_DATE`,
+/// `--date`).
 ///
 /// # Errors
-/// [`Error::Usage`] naming the text.
-pub fn parse_date(text: &str) -> Result<NaiveDate> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|e| {
-        Error::Usage(format!(
-            "BUS_EFF_DATE `{text}` is not a YYYY-MM-DD date: {e}"
-        ))
-    })
+/// [`Error::Usage`] naming the argument and the text.
+pub fn parse_date(what: &str, text: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|e| Error::Usage(format!("{what} `{text}` is not a YYYY-MM-DD date: {e}")))
 }
 
 /// Prints a summary as pretty JSON on stdout.

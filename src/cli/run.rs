@@ -32,7 +32,7 @@ pub struct RunArgs {
 /// # Errors
 /// Those of [`run`](crate::snapshot::run()).
 pub async fn execute(args: RunArgs) -> Result<u8> {
-    let date = parse_date(&args.bus_eff_date)?;
+    let date = parse_date("BUS_EFF_DATE", &args.bus_eff_date)?;
     let config = TableConfig::load(&args.config)?;
     let options = RunOptions {
         force: args.force,

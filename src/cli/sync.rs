@@ -96,7 +96,7 @@ fn print_sync(summary: &SyncSummary) {
 /// Bad arguments; errors of a single pass that concern the whole pass.
 pub async fn execute(args: SyncArgs) -> Result<u8> {
     let run_date = match args.date {
-        Some(d) => parse_date(&d)?,
+        Some(d) => parse_date("--date", &d)?,
         None => chrono::Utc::now().date_naive(),
     };
     let interval = args.watch.as_deref().map(parse_interval).transpose()?;
@@ -130,7 +130,10 @@ pub async fn execute(args: SyncArgs) -> Result<u8> {
         match pass {
             Ok(summary) if args.json => print_json(&summary)?,
             Ok(summary) => print_sync(&summary),
-            Err(e) => eprintln!("error: {e} (retrying in {interval:?})"),
+            Err(e) => eprintln!(
+                "{}  retrying in {interval:?}",
+                super::logs::error_text(&e)
+            ),
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

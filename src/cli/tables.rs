@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::config::TablesFile;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::source::changelog::landing::refresh_tables;
 
 /// Arguments of `tributary tables`.
@@ -32,7 +32,14 @@ pub async fn execute(args: TablesArgs) -> Result<u8> {
         .tables
         .unwrap_or_else(|| args.landing_root.join("tables.yaml"));
     let file = TablesFile::load(&path)?;
-    let (file, added) = refresh_tables(&args.landing_root, file, &args.activate, &args.deactivate)?;
+    let (file, added) = refresh_tables(&args.landing_root, file, &args.activate, &args.deactivate)
+        .map_err(|e| match e {
+            Error::InvalidFieldValue { .. } => Error::Usage(format!(
+                "cannot activate: {e}; edit {} and run again (nothing was changed)",
+                path.display()
+            )),
+            other => other,
+        })?;
     file.save(&path)?;
     for t in &file.tables {
         let state = if t.active { "active" } else { "inactive" };
@@ -41,13 +48,22 @@ pub async fn execute(args: TablesArgs) -> Result<u8> {
         } else {
             format!("primary key {}", t.primary_key.join(", "))
         };
+        // What `sync` would reject, said now.
+        let key = match t.check() {
+            Ok(()) => key,
+            Err(Error::InvalidFieldValue { field, constraint }) => {
+                let field = field.rsplit(").").next().unwrap_or(&field).to_string();
+                format!("incomplete: `{field}` {constraint}")
+            }
+            Err(e) => format!("incomplete: {e}"),
+        };
         let new = if added.contains(&t.source) {
             " (new)"
         } else {
             ""
         };
         println!(
-            "{:<32} {:<8} {:?}, {} columns, {key}{new}",
+            "{:<32} {:<8} {} layout, {} columns, {key}{new}",
             t.source,
             state,
             t.layout,

@@ -20,7 +20,7 @@ pub async fn execute(args: ValidateArgs) -> Result<u8> {
     let c = TableConfig::load(&args.config)?;
     let table = &c.table;
     println!(
-        "{}: ok ({} columns, {} key, {} ignored; {:?} extract; current {}, history {})",
+        "{}: ok ({} columns, {} key, {} ignored; {} extract; current {}, history {})",
         table.name,
         table.columns.len(),
         table.key_indices().len(),

@@ -120,6 +120,16 @@ pub enum ExtractType {
     Delta,
 }
 
+impl std::fmt::Display for ExtractType {
+    /// The config's spelling: `full`, `delta`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExtractType::Full => "full",
+            ExtractType::Delta => "delta",
+        })
+    }
+}
+
 /// Input file format; when absent it is taken from the file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -96,12 +96,12 @@ impl TableConfig {
     /// file's folder.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be read, [`Error::ConfigParse`] for YAML errors and
+    /// [`Error::ConfigRead`] if the file cannot be read, [`Error::ConfigParse`] for YAML errors and
     /// unknown keys, [`Error::InvalidFieldValue`] for values that fail validation.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Input {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
             path: path.to_path_buf(),
-            reason: format!("cannot read config: {e}"),
+            source,
         })?;
         let file: ConfigFile =
             serde_yaml::from_str(&text).map_err(|source| Error::ConfigParse {

@@ -55,6 +55,16 @@ pub enum Layout {
     Debezium,
 }
 
+impl std::fmt::Display for Layout {
+    /// The tables file's spelling: `dms`, `debezium`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Dms => "dms",
+            Layout::Debezium => "debezium",
+        })
+    }
+}
+
 /// What a delete does to the current table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,6 +178,23 @@ impl TableEntry {
     /// The table's name in the lake and in messages: `<schema>.<table>`.
     pub fn name(&self) -> String {
         table_name(&self.source)
+    }
+
+    /// Checks the entry as `sync` will (columns listed, primary key among them, types and
+    /// options valid), without touching any file.
+    ///
+    /// # Errors
+    /// [`Error::InvalidFieldValue`] naming the entry and the field, as `sync` reports it.
+    pub fn check(&self) -> Result<()> {
+        self.changelog_table(0, Path::new("/"))
+            .map(drop)
+            .map_err(|e| match e {
+                Error::InvalidFieldValue { field, constraint } => Error::InvalidFieldValue {
+                    field: field.replacen("tables[0] (", "tables (", 1),
+                    constraint,
+                },
+                other => other,
+            })
     }
 
     /// Whether only inserts are loaded (no primary key configured).
@@ -327,16 +354,16 @@ impl TablesFile {
     /// Reads a tables file; a missing file is an empty list.
     ///
     /// # Errors
-    /// [`Error::Input`] when it cannot be read, [`Error::ConfigParse`] for bad YAML and unknown
+    /// [`Error::ConfigRead`] when it cannot be read, [`Error::ConfigParse`] for bad YAML and unknown
     /// keys.
     pub fn load(path: &Path) -> Result<Self> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => {
-                return Err(Error::Input {
+            Err(source) => {
+                return Err(Error::ConfigRead {
                     path: path.to_path_buf(),
-                    reason: format!("cannot read the tables file: {e}"),
+                    source,
                 })
             }
         };

@@ -51,3 +51,54 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 }
+
+/// One stage of a run (scan, diff, write, commit): a spinner with the elapsed time while it
+/// runs when stderr is a terminal, and one log line when it ends (`<stage>: <what> in <s> s`),
+/// so that logs written to a file show each stage as it finishes.
+pub struct Stage {
+    name: &'static str,
+    started: std::time::Instant,
+    spinner: ProgressBar,
+}
+
+impl Stage {
+    /// Starts stage `name` (`scan`, `diff`, `write`, `commit`).
+    pub fn start(name: &'static str) -> Self {
+        let spinner = if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg:>10} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_message(name);
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Stage {
+            name,
+            started: std::time::Instant::now(),
+            spinner,
+        }
+    }
+
+    /// Ends the stage: clears the spinner and logs `<stage>: <what> in <s> s`, at info when
+    /// stderr is not a terminal (logs to a file: one line per stage), at debug when it is (the
+    /// spinner showed it, and the summary gives the stage times).
+    pub fn done(self, what: impl std::fmt::Display) {
+        self.spinner.finish_and_clear();
+        let secs = self.started.elapsed().as_secs_f64();
+        if self.spinner.is_hidden() {
+            tracing::info!(target: "tributary::stage", "{}: {what} in {secs:.2} s", self.name);
+        } else {
+            tracing::debug!(target: "tributary::stage", "{}: {what} in {secs:.2} s", self.name);
+        }
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        self.spinner.finish_and_clear();
+    }
+}

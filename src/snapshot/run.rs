@@ -22,7 +22,7 @@ use crate::core::schema::table_schema;
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
 use crate::report::memory::peak_rss_bytes;
-use crate::report::progress::Progress;
+use crate::report::progress::{Progress, Stage};
 use crate::sink::delta::current::{DataFiles, Picks};
 use crate::sink::delta::{
     self, rejects, writer_properties, DeltaLake, RunCommit, RunRecord, RunTransaction, Senders,
@@ -270,8 +270,10 @@ impl Day<'_> {
         };
         times.diff_secs += gone.elapsed().as_secs_f64();
         let flushing = Instant::now();
+        let stage = Stage::start("write");
         let diffed = run.finish_writes(outcome).await?;
         times.write_secs = flushing.elapsed().as_secs_f64();
+        stage.done("data files of current and history");
         let staged = Staged {
             diffed,
             read_stats,
@@ -333,6 +335,7 @@ impl Day<'_> {
         times.write_secs += writing.elapsed().as_secs_f64();
 
         let committing = Instant::now();
+        let stage = Stage::start("commit");
         summary.fingerprint = fingerprint.clone();
         let commit = RunCommit {
             business_date: self.date_text.clone(),
@@ -352,6 +355,12 @@ impl Day<'_> {
             r.version = versions.rejects;
         }
         let commit_secs = committing.elapsed().as_secs_f64();
+        let version = |v: Option<u64>| v.map_or("unchanged".to_string(), |v| v.to_string());
+        stage.done(format_args!(
+            "run {seq}, current version {}, history version {}",
+            version(versions.current),
+            version(versions.history)
+        ));
 
         summary.status = "applied".into();
         summary.run_seq = Some(seq);

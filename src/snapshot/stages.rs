@@ -12,7 +12,7 @@ use crate::core::batch::{HashedBatch, Reject, BATCH_ROWS};
 use crate::core::op::OpCounts;
 use crate::core::schema::KEYHASH;
 use crate::error::{Error, Result};
-use crate::report::progress::Progress;
+use crate::report::progress::{Progress, Stage};
 use crate::sink::delta::current::{DataFiles, Picks};
 use crate::sink::delta::Senders;
 use crate::snapshot::join::{self, JoinContext, PartitionDiff};
@@ -91,6 +91,7 @@ impl Stages<'_> {
         })?;
         times.read_secs = reading.elapsed().as_secs_f64();
         let scanning = Instant::now();
+        let stage = Stage::start("scan");
         if let Some(files) = data_files {
             let keyhash_at = context.current_schema.index_of(KEYHASH)?;
             self.scan(files, |batch| {
@@ -104,6 +105,11 @@ impl Stages<'_> {
         // The last spill is written before the diff workers take their share of the limit.
         store.land()?;
         times.scan_secs = scanning.elapsed().as_secs_f64();
+        stage.done(format_args!(
+            "{} rows of current into {} partition(s)",
+            store.rows(CURRENT_SIDE),
+            memory.partitions
+        ));
         Ok(Partitioned {
             current_rows: store.rows(CURRENT_SIDE),
             store,
@@ -120,6 +126,7 @@ impl Stages<'_> {
         writers: &Senders,
     ) -> Joined {
         let diffing = Instant::now();
+        let stage = Stage::start("diff");
         let store = partitioned.store.into_shared();
         let picks = Mutex::new(Picks::new(self.rows_per_file));
         let diffed = {
@@ -134,6 +141,7 @@ impl Stages<'_> {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut times = partitioned.times;
         times.diff_secs = diffing.elapsed().as_secs_f64();
+        stage.done(format_args!("{} partition(s)", memory.partitions));
         Joined {
             read_stats: partitioned.read_stats,
             diffed,
@@ -159,11 +167,13 @@ impl Stages<'_> {
             rows as usize,
         );
         let scanning = Instant::now();
+        let stage = Stage::start("scan");
         let scanned = self
             .scan(data_files, |batch| join::index_current(&mut probe, &batch))
             .await
             .map(|()| tokio::task::block_in_place(|| probe.build()));
         times.scan_secs = scanning.elapsed().as_secs_f64();
+        stage.done(format_args!("{rows} rows of current indexed"));
         self.progress.restart();
         let reading = Instant::now();
         let mut diffed = Diffed::default();
@@ -215,9 +225,20 @@ impl Stages<'_> {
         let bytes: u64 = files.iter().map(|f| f.size).sum();
         let count = files.len();
         let _span = tracing::info_span!("read", files = count, bytes, streamed).entered();
+        let started = Instant::now();
         let read =
             tokio::task::block_in_place(|| extract::read(config, files, self.progress, sink));
         self.progress.finish();
+        if let Ok(stats) = &read {
+            let also = if streamed { " (and diffed)" } else { "" };
+            let (rows, secs) = (stats.rows_read, started.elapsed().as_secs_f64());
+            // One line per stage in logs to a file; on a terminal the bar showed it.
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                tracing::debug!(target: "tributary::stage", "read: {rows} rows from {count} file(s){also} in {secs:.2} s");
+            } else {
+                tracing::info!(target: "tributary::stage", "read: {rows} rows from {count} file(s){also} in {secs:.2} s");
+            }
+        }
         read
     }
 

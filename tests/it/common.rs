@@ -233,20 +233,27 @@ pub fn log_commits(table: &Path) -> Vec<Vec<serde_json::Value>> {
         .collect()
 }
 
-/// Whether python3 has the `deltalake` and `duckdb` packages (the independent readers). When it
-/// has not, a test skips its reader checks with a message, unless TRIBUTARY_REQUIRE_READERS is
-/// set (by .ci/run, which installs them): then it fails.
-pub fn python_readers() -> bool {
+/// Whether python3 has the `deltalake`, `pyarrow` and `duckdb` packages (the independent
+/// readers). When it has not, `test` skips its reader checks with a `SKIPPED` line written
+/// straight to stderr (the test harness does not capture it, so a skip shows in the output of
+/// `cargo test`), unless TRIBUTARY_REQUIRE_READERS is set (by .ci/run, which installs them):
+/// then it fails.
+pub fn python_readers(test: &str) -> bool {
     let probe = std::process::Command::new("python3")
-        .args(["-c", "import deltalake, duckdb"])
+        .args(["-c", "import deltalake, pyarrow, duckdb"])
         .output();
     if probe.is_ok_and(|o| o.status.success()) {
         return true;
     }
     assert!(
         std::env::var("TRIBUTARY_REQUIRE_READERS").is_err(),
-        "python3 with deltalake and duckdb is required"
+        "python3 with deltalake, pyarrow and duckdb is required (TRIBUTARY_REQUIRE_READERS is set)"
     );
-    eprintln!("SKIPPED: python3 with deltalake and duckdb not available");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: python3 lacks deltalake, pyarrow or duckdb \
+         (pip install deltalake pyarrow duckdb)"
+    );
     false
 }

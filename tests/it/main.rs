@@ -4,6 +4,7 @@ mod bad_input;
 mod common;
 mod concurrency;
 mod crash;
+mod first_hour;
 mod hostile_input;
 mod model;
 mod readers;

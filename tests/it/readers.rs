@@ -22,7 +22,7 @@ print(json.dumps(out))
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_deltalake_and_duckdb_read_the_tables() {
-    if !crate::common::python_readers() {
+    if !crate::common::python_readers("readers::python_deltalake_and_duckdb_read_the_tables") {
         return;
     }
     let fx = Fixture::every_operation().await;

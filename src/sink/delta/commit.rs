@@ -279,9 +279,13 @@ pub(super) async fn complete(
         return Err(Error::Lake {
             table: role.to_string(),
             reason: format!(
-                "changed since run {} planned its commit (version {:?}, planned against {:?}); \
+                "changed since run {} planned its commit (version {}, planned against {}); \
                  cannot complete the run safely",
-                run.seq, version, pending.read_version
+                run.seq,
+                version.map_or("none".to_string(), |v| v.to_string()),
+                pending
+                    .read_version
+                    .map_or("none".to_string(), |v| v.to_string())
             ),
         });
     }

@@ -171,7 +171,13 @@ fn value_text(
                     TimestampPrecision::Micros => chrono::DateTime::from_timestamp_micros(n),
                     TimestampPrecision::Millis => chrono::DateTime::from_timestamp_millis(n),
                 }
-                .ok_or_else(|| format!("{n} is out of range as {precision:?} since the epoch"))?;
+                .ok_or_else(|| {
+                    let unit = match precision {
+                        TimestampPrecision::Micros => "microseconds",
+                        TimestampPrecision::Millis => "milliseconds",
+                    };
+                    format!("{n} is out of range as {unit} since the epoch")
+                })?;
                 Some(ts.format("%Y-%m-%dT%H:%M:%S%.6f").to_string())
             }
             _ => Some(n.to_string()),

@@ -80,13 +80,13 @@ pub(super) fn read_csv(
     let mut reader = CsvFile::open(&config.source, &file.path)?;
     let columns = &config.table.columns;
     let mut first = csv::ByteRecord::new();
-    if file.kind == FileKind::Load
-        && reader.read(&mut first)?.is_some()
-        && first.len() == columns.len()
-    {
+    let has_first = reader.read(&mut first)?.is_some();
+    // DMS writes a header line when the endpoint sets `AddColumnName=true`.
+    let header = has_first && is_header(&first, columns);
+    if file.kind == FileKind::Load && has_first && first.len() == columns.len() {
         // A full load without Op and timestamp columns is a plain extract: parse it on every
         // core with the snapshot reader.
-        return read_plain_load(config, file, index);
+        return read_plain_load(config, file, index, header);
     }
     let mut reader = CsvFile::open(&config.source, &file.path)?;
     let timestamp_name = config.timestamp_column.as_deref();
@@ -97,6 +97,9 @@ pub(super) fn read_csv(
         let line = record.position().map_or(0, |p| p.line());
         if let Some(reason) = quoting {
             return Err(bad_row(file, line, None, reason.into()));
+        }
+        if header && line == 1 {
+            continue;
         }
         let found = csv_layout(
             record.len(),
@@ -187,12 +190,31 @@ pub(super) fn read_csv(
     rows.finish()
 }
 
+/// Whether a DMS CSV record is a header line (`AddColumnName=true`): its last fields are the
+/// table's column names in order (case ignored), after at most two more (`Op`, the commit
+/// timestamp column).
+fn is_header(record: &csv::ByteRecord, columns: &[crate::config::Column]) -> bool {
+    let Some(extra) = record.len().checked_sub(columns.len()) else {
+        return false;
+    };
+    extra <= 2
+        && record
+            .iter()
+            .skip(extra)
+            .zip(columns)
+            .all(|(field, column)| {
+                std::str::from_utf8(field)
+                    .is_ok_and(|f| f.trim().eq_ignore_ascii_case(&column.name))
+            })
+}
+
 /// Reads a full-load CSV file that has only the table's columns (every row an insert) with the
-/// parallel snapshot reader.
+/// parallel snapshot reader; `header`: its first line names the columns.
 fn read_plain_load(
     config: &ChangelogTable,
     file: &ChangeFile,
     index: usize,
+    header: bool,
 ) -> Result<Vec<ChangeBatch>> {
     let input = InputFile {
         path: file.path.clone(),
@@ -222,9 +244,13 @@ fn read_plain_load(
         Ok(())
     };
     let progress = Progress::hidden();
+    let source = crate::config::SourceOptions {
+        header,
+        ..config.source.clone()
+    };
     extract_csv::read(
         &config.table,
-        &config.source,
+        &source,
         &input,
         index,
         &mut errors,

@@ -233,7 +233,16 @@ fn walk(root: &Path, dir: &Path, layout: Layout, out: &mut Vec<ChangeFile>) -> R
             continue;
         }
         let Some((kind, format, load_counter)) = classify(&file_name, layout) else {
-            tracing::warn!(file = %path.display(), ?layout, "not a change file of this layout (csv or parquet for dms, json, jsonl or avro for debezium; compressed files are not read); skipped");
+            match crate::source::extract::files::compressed_extension(&file_name) {
+                Some(ext) => tracing::warn!(
+                    file = %path.display(),
+                    "not read: {}",
+                    crate::source::extract::files::compressed_reason(ext)
+                ),
+                None => {
+                    tracing::warn!(file = %path.display(), %layout, "not a change file of this layout (csv or parquet for dms, json, jsonl or avro for debezium); skipped")
+                }
+            }
             continue;
         };
         let modified_ms = meta
@@ -515,6 +524,10 @@ pub fn refresh_tables(
                 .iter_mut()
                 .find(|t| t.name() == wanted)
                 .ok_or_else(|| Error::Usage(format!("`{name}` is not in the tables file")))?;
+            if value {
+                // `sync` would reject the entry: say what is missing now, not at the next sync.
+                entry.check()?;
+            }
             entry.active = value;
         }
     }
@@ -522,13 +535,16 @@ pub fn refresh_tables(
     Ok((file, added))
 }
 
-/// Columns of the first Parquet change file of a DMS folder (without `Op`).
+/// Columns of a new folder's tables-file entry: those of the first Parquet change file of a DMS
+/// folder (without `Op`), or the row of the first Debezium JSON event (types guessed from its
+/// values: `long`, `double`, `boolean`, else `string`; review them before activating). None
+/// when no file tells them (DMS CSV files have no header).
 fn infer_columns(folder: &Path, layout: Layout) -> Option<Vec<ColumnFile>> {
     use deltalake::arrow::datatypes::DataType;
-    if layout != Layout::Dms {
-        return None;
-    }
     let files = list(folder, layout).ok()?;
+    if layout == Layout::Debezium {
+        return debezium_columns(&files);
+    }
     let parquet = files.iter().find(|f| f.format == ChangeFormat::Parquet)?;
     let handle = std::fs::File::open(&parquet.path).ok()?;
     let builder =
@@ -560,6 +576,40 @@ fn infer_columns(folder: &Path, layout: Layout) -> Option<Vec<ColumnFile>> {
             })
             .collect(),
     )
+}
+
+/// The columns of the first event of the first Debezium JSON-lines file (see [`infer_columns`]).
+fn debezium_columns(files: &[ChangeFile]) -> Option<Vec<ColumnFile>> {
+    use serde_json::Value;
+    use std::io::BufRead;
+    let file = files.iter().find(|f| f.format == ChangeFormat::JsonLines)?;
+    let reader = std::io::BufReader::new(std::fs::File::open(&file.path).ok()?);
+    for line in reader.lines().take(1000) {
+        let Ok(value) = serde_json::from_str::<Value>(&line.ok()?) else {
+            continue;
+        };
+        let Ok(Some(event)) = super::debezium::parse_event(value) else {
+            continue;
+        };
+        let columns = event
+            .row
+            .iter()
+            .map(|(name, value)| ColumnFile {
+                name: name.clone(),
+                ty: match value {
+                    Value::Number(n) if n.is_i64() || n.is_u64() => "long",
+                    Value::Number(_) => "double",
+                    Value::Bool(_) => "boolean",
+                    _ => "string",
+                }
+                .to_string(),
+                key: false,
+                ignore: false,
+            })
+            .collect();
+        return Some(columns);
+    }
+    None
 }
 
 #[cfg(test)]

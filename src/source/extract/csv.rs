@@ -88,6 +88,8 @@ pub(crate) fn read(
     let mut reader = CsvFile::open(source, &file.path)?;
     if source.header {
         check_header(table, file, &mut reader)?;
+    } else {
+        refuse_header_line(table, source, file)?;
     }
     let parser = ChunkParser {
         table,
@@ -214,21 +216,70 @@ pub(crate) fn read(
     })
 }
 
-fn check_header(table: &TableSpec, file: &InputFile, reader: &mut CsvFile) -> Result<()> {
+/// The first record's fields, trimmed, and whether they are the configured column names (in
+/// order, case ignored). None for an empty file.
+fn first_record_names(
+    table: &TableSpec,
+    reader: &mut CsvFile,
+) -> Result<Option<(Vec<String>, bool)>> {
     let mut header = ByteRecord::new();
     if reader.read(&mut header)?.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let found: Vec<String> = header
         .iter()
         .map(|f| String::from_utf8_lossy(f).trim().to_string())
         .collect();
-    let expected: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-    let same = found.len() == expected.len()
+    let same = found.len() == table.columns.len()
         && found
             .iter()
-            .zip(&expected)
-            .all(|(f, e)| f.eq_ignore_ascii_case(e));
+            .zip(&table.columns)
+            .all(|(f, c)| f.eq_ignore_ascii_case(&c.name));
+    Ok(Some((found, same)))
+}
+
+/// Under `header: false`, a first line that holds exactly the column names is a header the
+/// config does not expect: loading it as a row (of an all-string table) would be silently
+/// wrong, so the file is refused before anything is read.
+fn refuse_header_line(table: &TableSpec, source: &SourceOptions, file: &InputFile) -> Result<()> {
+    let mut reader = CsvFile::open(source, &file.path)?;
+    if let Some((_, true)) = first_record_names(table, &mut reader)? {
+        return Err(Error::bad_row(
+            file.display(),
+            1,
+            None,
+            "looks like a header (its fields are the column names), and the config says \
+             `header: false`: set `header: true`, or remove the line",
+        ));
+    }
+    Ok(())
+}
+
+/// A hint for a record of one field where `columns` were expected: the line splits into that
+/// many fields at another common delimiter.
+fn delimiter_hint(source: &SourceOptions, record: &ByteRecord, columns: usize) -> String {
+    if record.len() != 1 || columns < 2 {
+        return String::new();
+    }
+    let line = &record[0];
+    [b';', b'\t', b'|', b',']
+        .into_iter()
+        .filter(|&d| d != source.delimiter)
+        .find(|&d| line.iter().filter(|&&b| b == d).count() + 1 == columns)
+        .map(|d| {
+            let shown = if d == b'\t' { "\\t".to_string() } else { (d as char).to_string() };
+            format!(
+                "; the line has {columns} fields if split at `{shown}`: set `delimiter: \"{shown}\"` in the config"
+            )
+        })
+        .unwrap_or_default()
+}
+
+fn check_header(table: &TableSpec, file: &InputFile, reader: &mut CsvFile) -> Result<()> {
+    let Some((found, same)) = first_record_names(table, reader)? else {
+        return Ok(());
+    };
+    let expected: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
     if !same {
         return Err(Error::Input {
             path: file.path.clone(),
@@ -399,7 +450,12 @@ impl ChunkParser<'_> {
                 continue;
             }
             if record.len() != columns.len() {
-                let reason = format!("expected {} fields, found {}", columns.len(), record.len());
+                let reason = format!(
+                    "expected {} fields, found {}{}",
+                    columns.len(),
+                    record.len(),
+                    delimiter_hint(self.source, record, columns.len())
+                );
                 let err = self.bad_row(line, None, reason);
                 if fail {
                     ended = Some(err);
@@ -463,6 +519,11 @@ impl ChunkParser<'_> {
                 let value = String::from_utf8_lossy(&record[c]);
                 let reason = match invalid.get(&(row, c)) {
                     Some(reason) => reason.to_string(),
+                    None if lines[row] == 1 && !self.source.header => format!(
+                        "cannot parse `{value}` as {} (is line 1 a header? the config says \
+                         `header: false`; set `header: true` if so)",
+                        columns[c].ty
+                    ),
                     None => format!("cannot parse `{value}` as {}", columns[c].ty),
                 };
                 let err = self.bad_row(lines[row], Some(&columns[c].name), reason);

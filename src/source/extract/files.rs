@@ -36,6 +36,23 @@ fn format_of(path: &Path) -> Option<InputFormat> {
     }
 }
 
+/// The compression extension of a file name (`gz`, `bz2`, `zst`, ...), if it has one. Such
+/// files are not read (decompress them first); messages say so rather than "no input file".
+pub fn compressed_extension(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    ["gz", "gzip", "bz2", "zst", "xz", "zip", "snappy", "lz4"]
+        .into_iter()
+        .find(|ext| lower.ends_with(&format!(".{ext}")))
+}
+
+/// The reason given for a compressed file that is not read.
+pub fn compressed_reason(ext: &str) -> String {
+    format!(
+        "compressed (.{ext}): Tributary reads uncompressed CSV and Parquet; decompress it first \
+         (`gunzip` for .gz), or write Parquet (compressed inside) instead"
+    )
+}
+
 /// A folder entry of an extract that is not read, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SkippedFile {
@@ -70,6 +87,10 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Inp
     };
     let meta = std::fs::metadata(input).map_err(|e| err(format!("cannot read: {e}")))?;
     if meta.is_file() {
+        let name = input.file_name().unwrap_or_default().to_string_lossy();
+        if let Some(ext) = compressed_extension(&name) {
+            return Err(err(compressed_reason(ext)));
+        }
         let format = format.or_else(|| format_of(input)).ok_or_else(|| {
             err("cannot tell the format from the extension; set `format:` in the config".into())
         })?;
@@ -96,6 +117,10 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Inp
         };
         if name.starts_with('_') || name.starts_with('.') {
             skip("name starts with `_` or `.` (a marker or hidden file)");
+            continue;
+        }
+        if let Some(ext) = compressed_extension(&name) {
+            skip(&compressed_reason(ext));
             continue;
         }
         let Some(file_format) = format_of(&path) else {
@@ -125,7 +150,21 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Inp
         });
     }
     if files.is_empty() {
-        return Err(err("no *.csv or *.parquet file in this folder".into()));
+        let compressed: Vec<&str> = skipped
+            .iter()
+            .filter(|s| compressed_extension(&s.name).is_some())
+            .map(|s| s.name.as_str())
+            .collect();
+        return Err(err(match compressed.first() {
+            None => "no *.csv or *.parquet file in this folder".into(),
+            Some(first) => format!(
+                "no *.csv or *.parquet file in this folder, but {} compressed file(s) such as \
+                 `{first}` that are not read: decompress them first (`gunzip {}/*.gz`), or \
+                 write Parquet instead",
+                compressed.len(),
+                input.display()
+            ),
+        }));
     }
     if files.iter().any(|f| f.format != files[0].format) {
         return Err(err(

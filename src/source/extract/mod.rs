@@ -6,7 +6,7 @@
 //! `on_error: reject`, are set aside as [`Reject`]s; none is dropped silently.
 
 pub(crate) mod csv;
-mod files;
+pub(crate) mod files;
 pub(crate) mod parquet;
 pub(crate) mod strict;
 

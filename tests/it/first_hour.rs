@@ -1,0 +1,320 @@
+//! The first hour of a new user (issue 25), through the binary: the demo runs twice, what it
+//! prints next works, and each message points to the fix with the documented exit code.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::Fixture;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+/// Runs the binary in `dir` with `args` (stderr to a pipe: not a terminal), RUST_LOG unset.
+fn tributary(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The lines of stderr that start `error:` (the error printed once, not the log lines).
+fn error_lines(out: &Output) -> Vec<String> {
+    text(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("error:") || l.starts_with("  caused by:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_demo_runs_twice_and_its_read_command_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tributary(tmp.path(), &["demo"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let second = tributary(tmp.path(), &["demo"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let (first, second) = (text(&first.stdout), text(&second.stdout));
+    assert!(!first.contains("starting clean"), "{first}");
+    assert!(
+        second.starts_with("removed the previous demo's"),
+        "{second}"
+    );
+    // The same two runs, the same operations.
+    for out in [&first, &second] {
+        assert_eq!(out.matches("applied as run 1").count(), 1, "{out}");
+        assert_eq!(out.matches("applied as run 2").count(), 1, "{out}");
+        assert!(out.contains("I 2000  U 4000  D 2000"), "{out}");
+    }
+    // A folder that is not a demo's is refused and left alone.
+    std::fs::write(tmp.path().join("tributary-demo/mine.txt"), "keep").unwrap();
+    let refused = tributary(tmp.path(), &["demo"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(text(&refused.stderr).contains("`mine.txt`"));
+    assert!(tmp.path().join("tributary-demo/lake").is_dir());
+    // What the demo prints next reads the history table, offline.
+    let command = second.lines().last().unwrap().trim().to_string();
+    assert!(command.starts_with("python3 -c"), "{command}");
+    assert!(
+        !command.contains("delta_scan"),
+        "no extension download: {command}"
+    );
+    if !crate::common::python_readers("first_hour::the_demo_runs_twice_and_its_read_command_works")
+    {
+        return;
+    }
+    let read = Command::new("sh").args(["-c", &command]).output().unwrap();
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    let printed = text(&read.stdout);
+    for (op, count) in [("D", 2000), ("I", 12000), ("U", 4000)] {
+        assert!(
+            printed.contains(&format!("'operation': '{op}', 'operation_count': {count}")),
+            "{printed}"
+        );
+    }
+}
+
+/// Under `header: false`, a header line is refused (exit 4) before anything is written, for an
+/// all-string table (where it would load as a row) and with the fix in the message.
+#[test]
+fn a_header_line_under_header_false_is_refused_with_the_fix() {
+    let fx = Fixture::new(
+        "- {name: id, type: string, key: true}\n- {name: name, type: string}\n",
+        "",
+    );
+    let input = fx.input("d1", "x.csv", b"id,name\n1,a\n");
+    let out = tributary(
+        fx.dir.path(),
+        &["run", "config.yaml", input.to_str().unwrap(), "2024-01-01"],
+    );
+    assert_eq!(out.status.code(), Some(4));
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("x.csv, line 1"), "{errors:?}");
+    assert!(errors[0].contains("looks like a header"), "{errors:?}");
+    assert!(errors[0].contains("set `header: true`"), "{errors:?}");
+    assert!(
+        !fx.dir.path().join("lake").exists(),
+        "the lake is untouched"
+    );
+    // A header with other names, in a typed table: the parse error says it may be a header.
+    let fx = Fixture::new(crate::common::SIMPLE_COLUMNS, "");
+    let input = fx.input("d1", "x.csv", b"ID,value\n1,2.5\n");
+    let out = tributary(
+        fx.dir.path(),
+        &["check", "config.yaml", input.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("line 1, column `v`: cannot parse `value` as double"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("is line 1 a header?"), "{stderr}");
+}
+
+#[test]
+fn another_delimiter_and_compressed_files_are_named() {
+    let fx = Fixture::new(crate::common::SIMPLE_COLUMNS, "");
+    let input = fx.input("semi", "x.csv", b"a;1.5\n");
+    let out = tributary(
+        fx.dir.path(),
+        &["check", "config.yaml", input.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("expected 2 fields, found 1"), "{stderr}");
+    assert!(stderr.contains("set `delimiter: \";\"`"), "{stderr}");
+    // A folder of .csv.gz files: not "no input file" alone, but why.
+    let folder = fx.input("gz", "part-0.csv.gz", b"\x1f\x8b not really gzip");
+    let out = tributary(
+        fx.dir.path(),
+        &["check", "config.yaml", folder.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("compressed file(s) such as `part-0.csv.gz`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("gunzip"), "{stderr}");
+    let out = tributary(
+        fx.dir.path(),
+        &[
+            "check",
+            "config.yaml",
+            folder.join("part-0.csv.gz").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4));
+    assert!(text(&out.stderr).contains("compressed (.gz)"));
+}
+
+/// Config errors: exit 2, printed once, no internal names; date arguments named as typed.
+#[test]
+fn config_and_usage_errors_say_it_once_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tributary(tmp.path(), &["validate", "missing.yaml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing config is a usage error"
+    );
+    assert_eq!(
+        error_lines(&out),
+        ["error: config missing.yaml: cannot read it: No such file or directory (os error 2)"]
+    );
+    std::fs::write(tmp.path().join("bad.yaml"), "columns: [\n").unwrap();
+    let out = tributary(tmp.path(), &["validate", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "the YAML error once: {errors:?}");
+    assert!(
+        errors[0].starts_with("error: config bad.yaml: "),
+        "{errors:?}"
+    );
+    // The demo's config: the extract type in the config's words.
+    let fx = Fixture::new(crate::common::SIMPLE_COLUMNS, "");
+    let out = tributary(fx.dir.path(), &["validate", "config.yaml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("; full extract;"), "{stdout}");
+    // `sync --date` names its own option.
+    std::fs::create_dir_all(tmp.path().join("landing")).unwrap();
+    let out = tributary(
+        tmp.path(),
+        &["sync", "landing", "--lake", "lake", "--date", "2019-13-01"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--date `2019-13-01` is not a YYYY-MM-DD date"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("BUS_EFF_DATE"), "{stderr}");
+}
+
+/// `tables` says what an entry lacks, and `--activate` refuses an entry `sync` would reject;
+/// a Debezium folder's columns come from its first event.
+#[test]
+fn tables_never_activates_an_entry_that_sync_rejects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let landing = tmp.path().join("landing");
+    std::fs::create_dir_all(landing.join("s/dms")).unwrap();
+    std::fs::write(landing.join("s/dms/20240101-000000000.csv"), "I,1,a\n").unwrap();
+    std::fs::create_dir_all(landing.join("s/dbz")).unwrap();
+    std::fs::write(
+        landing.join("s/dbz/events.json"),
+        r#"{"op":"c","after":{"id":1,"name":"x","amount":1.5,"ok":true},"source":{"ts_ms":1}}"#,
+    )
+    .unwrap();
+    let out = tributary(tmp.path(), &["tables", "landing"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let dms = stdout.lines().find(|l| l.starts_with("s/dms")).unwrap();
+    assert!(dms.contains("dms layout"), "no internal names: {dms}");
+    assert!(dms.contains("incomplete: `columns`"), "{dms}");
+    let dbz = stdout.lines().find(|l| l.starts_with("s/dbz")).unwrap();
+    assert!(dbz.contains("debezium layout, 4 columns"), "{dbz}");
+    let file = std::fs::read_to_string(landing.join("tables.yaml")).unwrap();
+    for column in [
+        "name: amount\n    type: double",
+        "name: id\n    type: long",
+        "name: ok\n    type: boolean",
+        "name: name\n    type: string",
+    ] {
+        assert!(file.contains(column), "{column} in {file}");
+    }
+    let out = tributary(tmp.path(), &["tables", "landing", "--activate", "s/dms"]);
+    assert_eq!(out.status.code(), Some(2));
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("cannot activate"), "{errors:?}");
+    assert!(errors[0].contains("(s/dms).columns"), "{errors:?}");
+    assert_eq!(
+        std::fs::read_to_string(landing.join("tables.yaml")).unwrap(),
+        file,
+        "nothing changed"
+    );
+    let out = tributary(tmp.path(), &["tables", "landing", "--activate", "s/dbz"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// DMS writes a header line when the endpoint sets `AddColumnName=true`: it is read as one.
+#[test]
+fn a_dms_header_line_is_taken_as_a_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let landing = tmp.path().join("landing");
+    let folder = landing.join("s/t");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("LOAD00000001.csv"), "id,name\n1,a\n2,b\n").unwrap();
+    std::fs::write(
+        folder.join("20240102-000000000.csv"),
+        "Op,id,name\nU,1,c\nD,2,b\n",
+    )
+    .unwrap();
+    std::fs::write(
+        landing.join("tables.yaml"),
+        "tables:\n- source: s/t\n  active: true\n  primary_key: [id]\n  columns:\n  \
+         - {name: id, type: long}\n  - {name: name, type: string}\n",
+    )
+    .unwrap();
+    let out = tributary(tmp.path(), &["sync", "landing", "--lake", "lake", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = crate::common::json_stdout(&out);
+    let table = &summary["tables"][0];
+    assert_eq!(table["status"], "applied", "{summary}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rows = rt.block_on(crate::common::table_rows(
+        &tmp.path().join("lake/s/t/current"),
+    ));
+    let live: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r["id"].clone(), r["name"].clone()))
+        .collect();
+    assert_eq!(live, [("1".to_string(), "c".to_string())], "{rows:?}");
+}
+
+/// Logs to a file: no colour codes, one line per stage; `RUST_LOG=debug` is Tributary's.
+#[test]
+fn logs_to_a_file_have_no_colour_a_line_per_stage_and_debug_is_scoped() {
+    let fx = Fixture::new(crate::common::SIMPLE_COLUMNS, "");
+    let input = fx.input("d1", "a.csv", b"a,1\nb,2\nc,3\n");
+    let out = tributary(
+        fx.dir.path(),
+        &["run", "config.yaml", input.to_str().unwrap(), "2024-01-01"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI codes when stderr is not a terminal: {stderr}"
+    );
+    for stage in ["read: 3 rows", "scan:", "diff:", "write:", "commit: run 1"] {
+        assert_eq!(
+            stderr.lines().filter(|l| l.contains(stage)).count(),
+            1,
+            "one `{stage}` line: {stderr}"
+        );
+    }
+    let input = fx.input("d2", "a.csv", b"a,1\nb,5\nd,4\n");
+    let out = Command::new(BIN)
+        .current_dir(fx.dir.path())
+        .env("RUST_LOG", "debug")
+        .args(["run", "config.yaml", input.to_str().unwrap(), "2024-01-02"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("DEBUG"), "debug lines are shown: {stderr}");
+    let foreign: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("DEBUG") && !l.contains("tributary::"))
+        .collect();
+    assert!(foreign.is_empty(), "libraries' debug lines: {foreign:?}");
+}
