@@ -28,6 +28,7 @@ use crate::core::change::ChangeBatch;
 use crate::core::checkpoint::Committed;
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
+use crate::report::progress::stage_line;
 use crate::sink::delta::DeltaLake;
 use crate::sink::{conflict_pause, Sink, CONFLICT_ATTEMPTS};
 use crate::source::changelog::landing::{discover, LandingZone};
@@ -172,6 +173,14 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
                     },
                 };
                 bar.finish_with_message(format!("{}: {}", result.status, result.message));
+                if result.status == "failed" {
+                    tracing::warn!(table = %result.table, "failed: {}", result.message);
+                } else {
+                    stage_line(
+                        !bar.is_hidden(),
+                        format_args!("{}: {}: {}", result.table, result.status, result.message),
+                    );
+                }
                 result
             }
         })
@@ -257,6 +266,16 @@ async fn run_source_once<S: ChangeSource>(
     let reading = Instant::now();
     let batches: Vec<ChangeBatch> = source.changes().try_collect().await?;
     done.read_secs = reading.elapsed().as_secs_f64();
+    stage_line(
+        !bar.is_hidden(),
+        format_args!(
+            "{}: read {} changes from {} file(s) in {:.2} s",
+            config.table.name,
+            batches.iter().map(|b| b.len()).sum::<usize>(),
+            pending.units,
+            done.read_secs
+        ),
+    );
     let checkpoint = source.checkpoint();
     bar.set_message(format!(
         "applying {} changes",

@@ -1,9 +1,10 @@
 //! `tributary demo`: the seed article's example end to end (10,000 rows, 5 keys, 10 non-keys,
 //! 20% deleted / 40% updated / 40% unchanged), run for 2019-06-18 and 2019-06-19.
 //!
-//! Every demo starts clean: a folder that an earlier demo made is emptied of what the demo
-//! writes (`data/`, `lake/`, `config.yaml`) first, so a second demo prints the same summaries
-//! as the first. A folder holding anything else is refused, never emptied.
+//! Every demo starts clean: a folder that an earlier demo made (it holds the demo's marker file,
+//! `.tributary-demo`) is emptied of what the demo writes (`data/`, `lake/`, `config.yaml`)
+//! first, so a second demo prints the same summaries as the first. Any other folder that is not
+//! empty is refused, never emptied.
 
 use std::path::{Path, PathBuf};
 
@@ -67,14 +68,21 @@ pub async fn execute(args: DemoArgs) -> Result<u8> {
 }
 
 /// A shell command that prints the count of each operation in the demo's history table, with
-/// the Python `deltalake` and `pyarrow` packages only (no download at run time).
+/// the Python `deltalake` and `pyarrow` packages only (no download at run time). The table's
+/// path is a shell-quoted argument, whatever characters it holds.
 pub fn read_command(lake: &Path) -> String {
+    let table = lake.join("sample_data_history");
     format!(
-        "python3 -c \"from deltalake import DeltaTable; \
-         print(DeltaTable('{}/sample_data_history').to_pyarrow_table()\
-         .group_by('operation').aggregate([('operation', 'count')]).to_pylist())\"",
-        lake.display()
+        "python3 -c \"import sys; from deltalake import DeltaTable; \
+         print(DeltaTable(sys.argv[1]).to_pyarrow_table()\
+         .group_by('operation').aggregate([('operation', 'count')]).to_pylist())\" {}",
+        shell_quote(&table.to_string_lossy())
     )
+}
+
+/// `text` as one POSIX shell word: in single quotes, each `'` written `'\''`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// Business dates of the two demo days.
@@ -126,9 +134,10 @@ pub async fn demo(dir: &Path) -> Result<Demo> {
     })
 }
 
-/// Removes an earlier demo's files from `dir`; returns whether there were any. A folder with
-/// other entries is refused (and left as it is). Folders of demos made before the marker file
-/// existed hold only `data`, `lake` and `config.yaml`, and are taken as demos too.
+/// Removes an earlier demo's files from `dir`; returns whether there were any. Only a folder
+/// with the demo's marker file and nothing but what a demo writes is emptied; any other folder
+/// that is not empty is refused and left as it is (a user's config, data or lake is never
+/// taken for a demo's).
 fn start_clean(dir: &Path) -> Result<bool> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries
@@ -149,12 +158,21 @@ fn start_clean(dir: &Path) -> Result<bool> {
         .iter()
         .filter(|e| !DEMO_ENTRIES.contains(&e.as_str()))
         .collect();
-    if !foreign.is_empty() {
-        return Err(Error::Usage(format!(
-            "demo folder {} holds files the demo did not write (such as `{}`): pass a new or \
-             empty folder, e.g. `tributary demo /tmp/tributary-demo`",
-            dir.display(),
-            foreign[0]
+    let refuse = |why: String| {
+        Error::Usage(format!(
+            "demo folder {} {why}: pass a new or empty folder, e.g. `tributary demo \
+             /tmp/tributary-demo`",
+            dir.display()
+        ))
+    };
+    if let Some(first) = foreign.first() {
+        return Err(refuse(format!(
+            "holds files the demo did not write (such as `{first}`)"
+        )));
+    }
+    if !entries.iter().any(|e| e == MARKER) {
+        return Err(refuse(format!(
+            "is not empty and was not made by `tributary demo` (no {MARKER} file)"
         )));
     }
     for entry in &entries {
@@ -182,16 +200,33 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("d");
         assert!(!start_clean(&dir).unwrap(), "a missing folder");
+        // A user's config and lake, named as the demo names its own: refused, kept.
         std::fs::create_dir_all(dir.join("lake/t")).unwrap();
         std::fs::write(dir.join("config.yaml"), "x").unwrap();
+        let err = start_clean(&dir).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("no .tributary-demo file"), "{err}");
+        assert!(dir.join("lake/t").is_dir() && dir.join("config.yaml").is_file());
+        // With the marker: a demo's, emptied.
+        std::fs::write(dir.join(MARKER), "").unwrap();
         assert!(start_clean(&dir).unwrap());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         assert!(!start_clean(&dir).unwrap(), "an empty folder");
         std::fs::create_dir_all(dir.join("lake")).unwrap();
+        std::fs::write(dir.join(MARKER), "").unwrap();
         std::fs::write(dir.join("notes.txt"), "mine").unwrap();
         let err = start_clean(&dir).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("`notes.txt`"), "{err}");
         assert!(dir.join("notes.txt").exists() && dir.join("lake").exists());
+    }
+
+    #[test]
+    fn the_read_command_quotes_the_path() {
+        let command = read_command(Path::new("/tmp/it's $HOME/lake"));
+        assert!(
+            command.ends_with(" '/tmp/it'\\''s $HOME/lake/sample_data_history'"),
+            "{command}"
+        );
     }
 }

@@ -8,9 +8,10 @@ use std::io::IsTerminal;
 pub const DEFAULT_FILTER: &str =
     "warn,tributary=info,deltalake_core=error,buoyant_kernel=off,delta_kernel=off";
 
-/// The log filter for a `RUST_LOG` value. A bare level (`RUST_LOG=debug`) applies to Tributary
-/// only, the libraries staying at [`DEFAULT_FILTER`]'s levels (a global `debug` gives thousands
-/// of lines of dependency internals per run); anything else (`tributary=trace`,
+/// The log filter for a `RUST_LOG` value. A bare level that shows more than the default
+/// (`RUST_LOG=debug`, `trace`, `info`, `warn`) applies to Tributary only, the libraries staying
+/// at [`DEFAULT_FILTER`]'s levels (a global `debug` gives thousands of lines of dependency
+/// internals per run); `error` and `off` quiet everything; anything else (`tributary=trace`,
 /// `debug,deltalake_core=info`) is taken as `tracing_subscriber`'s `EnvFilter` directives, as
 /// given. Unset or empty: [`DEFAULT_FILTER`].
 pub fn filter(rust_log: Option<&str>) -> String {
@@ -21,6 +22,9 @@ pub fn filter(rust_log: Option<&str>) -> String {
         .iter()
         .find(|level| value.eq_ignore_ascii_case(level));
     match bare {
+        Some(&"off") => "off".to_string(),
+        // delta-kernel's expected "no files in log segment" error stays hidden.
+        Some(&"error") => "error,buoyant_kernel=off,delta_kernel=off".to_string(),
         Some(level) => DEFAULT_FILTER.replacen("tributary=info", &format!("tributary={level}"), 1),
         None => value.to_string(),
     }
@@ -61,6 +65,8 @@ mod tests {
         assert!(debug.starts_with("warn,tributary=debug,"), "{debug}");
         assert!(debug.contains("deltalake_core=error"), "{debug}");
         assert_eq!(filter(Some("DEBUG")), debug);
+        assert_eq!(filter(Some("off")), "off");
+        assert!(filter(Some("error")).starts_with("error,"));
         assert_eq!(filter(Some("tributary=trace")), "tributary=trace");
         assert_eq!(
             filter(Some("debug,deltalake_core=info")),

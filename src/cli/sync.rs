@@ -130,10 +130,7 @@ pub async fn execute(args: SyncArgs) -> Result<u8> {
         match pass {
             Ok(summary) if args.json => print_json(&summary)?,
             Ok(summary) => print_sync(&summary),
-            Err(e) => eprintln!(
-                "{}  retrying in {interval:?}",
-                super::logs::error_text(&e)
-            ),
+            Err(e) => eprintln!("{}  retrying in {interval:?}", super::logs::error_text(&e)),
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -57,10 +57,10 @@ pub async fn execute(args: TablesArgs) -> Result<u8> {
             }
             Err(e) => format!("incomplete: {e}"),
         };
-        let new = if added.contains(&t.source) {
-            " (new)"
-        } else {
-            ""
+        let new = match (added.contains(&t.source), t.columns.is_empty()) {
+            (true, false) => " (new; columns read from its files: review their types)",
+            (true, true) => " (new)",
+            (false, _) => "",
         };
         println!(
             "{:<32} {:<8} {} layout, {} columns, {key}{new}",

@@ -83,17 +83,25 @@ impl Stage {
         }
     }
 
-    /// Ends the stage: clears the spinner and logs `<stage>: <what> in <s> s`, at info when
-    /// stderr is not a terminal (logs to a file: one line per stage), at debug when it is (the
-    /// spinner showed it, and the summary gives the stage times).
+    /// Ends the stage: clears the spinner and logs `<stage>: <what> in <s> s` ([`stage_line`]).
     pub fn done(self, what: impl std::fmt::Display) {
         self.spinner.finish_and_clear();
         let secs = self.started.elapsed().as_secs_f64();
-        if self.spinner.is_hidden() {
-            tracing::info!(target: "tributary::stage", "{}: {what} in {secs:.2} s", self.name);
-        } else {
-            tracing::debug!(target: "tributary::stage", "{}: {what} in {secs:.2} s", self.name);
-        }
+        stage_line(
+            !self.spinner.is_hidden(),
+            format_args!("{}: {what} in {secs:.2} s", self.name),
+        );
+    }
+}
+
+/// Logs the line that ends a stage: at info when nothing showed the stage on a terminal (logs to
+/// a file or a pipe: one line per stage), at debug when a bar or spinner did (`on_terminal`;
+/// the summary gives the stage times too). Target `tributary::stage`.
+pub fn stage_line(on_terminal: bool, line: std::fmt::Arguments<'_>) {
+    if on_terminal {
+        tracing::debug!(target: "tributary::stage", "{line}");
+    } else {
+        tracing::info!(target: "tributary::stage", "{line}");
     }
 }
 

@@ -12,7 +12,7 @@ use crate::core::batch::{HashedBatch, Reject, BATCH_ROWS};
 use crate::core::op::OpCounts;
 use crate::core::schema::KEYHASH;
 use crate::error::{Error, Result};
-use crate::report::progress::{Progress, Stage};
+use crate::report::progress::{stage_line, Progress, Stage};
 use crate::sink::delta::current::{DataFiles, Picks};
 use crate::sink::delta::Senders;
 use crate::snapshot::join::{self, JoinContext, PartitionDiff};
@@ -232,12 +232,10 @@ impl Stages<'_> {
         if let Ok(stats) = &read {
             let also = if streamed { " (and diffed)" } else { "" };
             let (rows, secs) = (stats.rows_read, started.elapsed().as_secs_f64());
-            // One line per stage in logs to a file; on a terminal the bar showed it.
-            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                tracing::debug!(target: "tributary::stage", "read: {rows} rows from {count} file(s){also} in {secs:.2} s");
-            } else {
-                tracing::info!(target: "tributary::stage", "read: {rows} rows from {count} file(s){also} in {secs:.2} s");
-            }
+            stage_line(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                format_args!("read: {rows} rows from {count} file(s){also} in {secs:.2} s"),
+            );
         }
         read
     }

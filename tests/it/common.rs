@@ -239,21 +239,27 @@ pub fn log_commits(table: &Path) -> Vec<Vec<serde_json::Value>> {
 /// `cargo test`), unless TRIBUTARY_REQUIRE_READERS is set (by .ci/run, which installs them):
 /// then it fails.
 pub fn python_readers(test: &str) -> bool {
+    python_has(test, &["deltalake", "pyarrow", "duckdb"])
+}
+
+/// Whether python3 can import every one of `modules`; the skip and the CI rule of
+/// [`python_readers`].
+pub fn python_has(test: &str, modules: &[&str]) -> bool {
     let probe = std::process::Command::new("python3")
-        .args(["-c", "import deltalake, pyarrow, duckdb"])
+        .args(["-c", &format!("import {}", modules.join(", "))])
         .output();
     if probe.is_ok_and(|o| o.status.success()) {
         return true;
     }
+    let list = modules.join(" ");
     assert!(
         std::env::var("TRIBUTARY_REQUIRE_READERS").is_err(),
-        "python3 with deltalake, pyarrow and duckdb is required (TRIBUTARY_REQUIRE_READERS is set)"
+        "python3 with {list} is required (TRIBUTARY_REQUIRE_READERS is set)"
     );
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED {test}: python3 lacks deltalake, pyarrow or duckdb \
-         (pip install deltalake pyarrow duckdb)"
+        "SKIPPED {test}: python3 lacks one of {list} (pip install {list})"
     );
     false
 }

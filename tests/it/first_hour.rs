@@ -64,8 +64,10 @@ fn the_demo_runs_twice_and_its_read_command_works() {
         !command.contains("delta_scan"),
         "no extension download: {command}"
     );
-    if !crate::common::python_readers("first_hour::the_demo_runs_twice_and_its_read_command_works")
-    {
+    if !crate::common::python_has(
+        "first_hour::the_demo_runs_twice_and_its_read_command_works",
+        &["deltalake", "pyarrow"],
+    ) {
         return;
     }
     let read = Command::new("sh").args(["-c", &command]).output().unwrap();
@@ -245,9 +247,34 @@ fn tables_never_activates_an_entry_that_sync_rejects() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
+/// A DMS change row whose values are the column names (`I,id,name`) is a row, not a header.
+#[test]
+fn a_dms_change_row_of_column_names_is_a_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let landing = tmp.path().join("landing");
+    let folder = landing.join("s/names");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("20240101-000000000.csv"), "I,id,name\nI,x,y\n").unwrap();
+    std::fs::write(
+        landing.join("tables.yaml"),
+        "tables:\n- source: s/names\n  active: true\n  primary_key: [id]\n  columns:\n  \
+         - {name: id, type: string}\n  - {name: name, type: string}\n",
+    )
+    .unwrap();
+    let out = tributary(tmp.path(), &["sync", "landing", "--lake", "lake"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rows = rt.block_on(crate::common::table_rows(
+        &tmp.path().join("lake/s/names/current"),
+    ));
+    let mut ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["id", "x"], "both change rows are rows: {rows:?}");
+}
+
 /// DMS writes a header line when the endpoint sets `AddColumnName=true`: it is read as one.
 #[test]
-fn a_dms_header_line_is_taken_as_a_header() {
+fn a_dms_add_column_name_header_is_read_as_a_header() {
     let tmp = tempfile::tempdir().unwrap();
     let landing = tmp.path().join("landing");
     let folder = landing.join("s/t");
@@ -269,6 +296,13 @@ fn a_dms_header_line_is_taken_as_a_header() {
     let summary = crate::common::json_stdout(&out);
     let table = &summary["tables"][0];
     assert_eq!(table["status"], "applied", "{summary}");
+    // Logs to a pipe: a line per stage of each table.
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("s.t: read 4 changes from 2 file(s)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("applied: "), "{stderr}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rows = rt.block_on(crate::common::table_rows(
         &tmp.path().join("lake/s/t/current"),
@@ -317,4 +351,103 @@ fn logs_to_a_file_have_no_colour_a_line_per_stage_and_debug_is_scoped() {
         .filter(|l| l.contains("DEBUG") && !l.contains("tributary::"))
         .collect();
     assert!(foreign.is_empty(), "libraries' debug lines: {foreign:?}");
+}
+
+/// The fenced `sh` blocks of a README section, in order.
+fn readme_blocks(section: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let body = readme
+        .split(&format!("\n## {section}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has a `## {section}` section"));
+    let body = body.split("\n## ").next().unwrap();
+    body.split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .collect()
+}
+
+/// The README's getting-started commands run as written, with `tributary` on PATH, and the
+/// tables hold what the README says.
+#[test]
+fn the_readme_getting_started_runs_as_written() {
+    let blocks = readme_blocks("Getting started with your own CSV");
+    assert_eq!(
+        blocks.len(),
+        2,
+        "the commands, then the Python reads: {blocks:?}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &blocks[0]])
+        .current_dir(tmp.path())
+        .env("PATH", &path)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("customers: ok (4 columns, 1 key"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("operations: I 3  U 0  D 0  X 0  N 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("operations: I 1  U 1  D 1  X 0  N 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2024-01-02: already applied from the same input (run 2); nothing to do"),
+        "the re-run says so: {stdout}"
+    );
+    let quickstart = tmp.path().join("quickstart");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let current = rt.block_on(crate::common::table_rows(
+        &quickstart.join("lake/customers"),
+    ));
+    let mut live: Vec<(String, String, String)> = current
+        .iter()
+        .map(|r| (r["id"].clone(), r["city"].clone(), r["operation"].clone()))
+        .collect();
+    live.sort();
+    let row = |id: &str, city: &str, op: &str| (id.to_string(), city.to_string(), op.to_string());
+    assert_eq!(
+        live,
+        [
+            row("1", "London", "N"),
+            row("2", "Arlington", "U"),
+            row("4", "Boston", "I")
+        ]
+    );
+    if !crate::common::python_has(
+        "first_hour::the_readme_getting_started_runs_as_written",
+        &["deltalake", "pyarrow"],
+    ) {
+        return;
+    }
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &blocks[1]])
+        .current_dir(&quickstart)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(
+        printed.contains("'city': 'Arlington', 'operation': 'U'"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("'id': 3, 'city': 'Austin', 'operation': 'D'"),
+        "Edsger's delete in history: {printed}"
+    );
 }

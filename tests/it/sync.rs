@@ -755,12 +755,13 @@ fn tables_lists_new_folders_as_inactive_and_activates_them() {
     // 5, while sales/orders loads (into a --lake given relative to the working folder).
     let path = l.root().join("tables.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replacen(
+    let edited = text.replacen(
         "- source: hr/people\n  active: false",
         "- source: hr/people\n  active: true",
         1,
     );
-    std::fs::write(&path, text).unwrap();
+    assert_ne!(edited, text, "the entry is made active: {text}");
+    std::fs::write(&path, edited).unwrap();
     assert!(cli(&["tables", root, "--activate", "sales/orders"])
         .status
         .success());

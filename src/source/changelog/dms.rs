@@ -79,26 +79,30 @@ pub(super) fn read_csv(
 ) -> Result<Vec<ChangeBatch>> {
     let mut reader = CsvFile::open(&config.source, &file.path)?;
     let columns = &config.table.columns;
+    let timestamp_name = config.timestamp_column.as_deref();
     let mut first = csv::ByteRecord::new();
     let has_first = reader.read(&mut first)?.is_some();
     // DMS writes a header line when the endpoint sets `AddColumnName=true`.
-    let header = has_first && is_header(&first, columns);
+    let header = has_first && is_header(&first, columns, timestamp_name);
+    if header {
+        tracing::info!(file = %file.path.display(), "line 1 names the columns: read as a header (DMS AddColumnName)");
+    }
     if file.kind == FileKind::Load && has_first && first.len() == columns.len() {
         // A full load without Op and timestamp columns is a plain extract: parse it on every
         // core with the snapshot reader.
         return read_plain_load(config, file, index, header);
     }
     let mut reader = CsvFile::open(&config.source, &file.path)?;
-    let timestamp_name = config.timestamp_column.as_deref();
     let mut rows = RowsBuilder::new(config, file, index);
     let mut record = csv::ByteRecord::new();
     let mut layout: Option<CsvLayout> = None;
+    let mut skip_header = header;
     while let Some(quoting) = reader.read(&mut record)? {
         let line = record.position().map_or(0, |p| p.line());
         if let Some(reason) = quoting {
             return Err(bad_row(file, line, None, reason.into()));
         }
-        if header && line == 1 {
+        if std::mem::take(&mut skip_header) {
             continue;
         }
         let found = csv_layout(
@@ -190,22 +194,41 @@ pub(super) fn read_csv(
     rows.finish()
 }
 
-/// Whether a DMS CSV record is a header line (`AddColumnName=true`): its last fields are the
-/// table's column names in order (case ignored), after at most two more (`Op`, the commit
-/// timestamp column).
-fn is_header(record: &csv::ByteRecord, columns: &[crate::config::Column]) -> bool {
-    let Some(extra) = record.len().checked_sub(columns.len()) else {
+/// Whether a DMS CSV record is a header line (`AddColumnName=true`): its fields are the names,
+/// case ignored, of what DMS writes before the table's columns (`Op`, then the commit timestamp
+/// column when `timestamp_column` is set; either may be absent from a full load), then the
+/// table's columns in order. A change row never reads so: its first field is an operation
+/// (`I`, `U`, `D`), not `Op`.
+fn is_header(
+    record: &csv::ByteRecord,
+    columns: &[crate::config::Column],
+    timestamp: Option<&str>,
+) -> bool {
+    let fields: Vec<&str> = record
+        .iter()
+        .map(|f| std::str::from_utf8(f).map_or("", str::trim))
+        .collect();
+    let Some(extra) = fields.len().checked_sub(columns.len()) else {
         return false;
     };
-    extra <= 2
-        && record
+    let leading: Vec<&str> = ["Op"].into_iter().chain(timestamp).collect();
+    let prefix_ok = match extra {
+        0 => true,
+        1 => leading
             .iter()
-            .skip(extra)
+            .any(|name| fields[0].eq_ignore_ascii_case(name)),
+        2 => {
+            leading.len() == 2
+                && fields[0].eq_ignore_ascii_case(leading[0])
+                && fields[1].eq_ignore_ascii_case(leading[1])
+        }
+        _ => false,
+    };
+    prefix_ok
+        && fields[extra..]
+            .iter()
             .zip(columns)
-            .all(|(field, column)| {
-                std::str::from_utf8(field)
-                    .is_ok_and(|f| f.trim().eq_ignore_ascii_case(&column.name))
-            })
+            .all(|(field, column)| field.eq_ignore_ascii_case(&column.name))
 }
 
 /// Reads a full-load CSV file that has only the table's columns (every row an insert) with the

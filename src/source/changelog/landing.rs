@@ -578,12 +578,18 @@ fn infer_columns(folder: &Path, layout: Layout) -> Option<Vec<ColumnFile>> {
     )
 }
 
-/// The columns of the first event of the first Debezium JSON-lines file (see [`infer_columns`]).
+/// The columns of the events of the first Debezium JSON-lines file (its first 1,000 lines): every
+/// column an event's row has, by name (Debezium rows are matched by name), typed by the first
+/// non-NULL value seen: `long`, `double`, `boolean`, else `string` (a column NULL throughout is
+/// `string`). Debezium's logical types (dates and timestamps as numbers, decimals as base64
+/// text) are not told apart: the types are a draft to review (see [`infer_columns`]).
 fn debezium_columns(files: &[ChangeFile]) -> Option<Vec<ColumnFile>> {
     use serde_json::Value;
+    use std::collections::BTreeMap;
     use std::io::BufRead;
     let file = files.iter().find(|f| f.format == ChangeFormat::JsonLines)?;
     let reader = std::io::BufReader::new(std::fs::File::open(&file.path).ok()?);
+    let mut types: BTreeMap<String, Option<&'static str>> = BTreeMap::new();
     for line in reader.lines().take(1000) {
         let Ok(value) = serde_json::from_str::<Value>(&line.ok()?) else {
             continue;
@@ -591,25 +597,33 @@ fn debezium_columns(files: &[ChangeFile]) -> Option<Vec<ColumnFile>> {
         let Ok(Some(event)) = super::debezium::parse_event(value) else {
             continue;
         };
-        let columns = event
-            .row
-            .iter()
-            .map(|(name, value)| ColumnFile {
-                name: name.clone(),
-                ty: match value {
-                    Value::Number(n) if n.is_i64() || n.is_u64() => "long",
-                    Value::Number(_) => "double",
-                    Value::Bool(_) => "boolean",
-                    _ => "string",
-                }
-                .to_string(),
-                key: false,
-                ignore: false,
-            })
-            .collect();
-        return Some(columns);
+        for (name, value) in &event.row {
+            let ty = match value {
+                Value::Null => None,
+                Value::Number(n) if n.is_i64() || n.is_u64() => Some("long"),
+                Value::Number(_) => Some("double"),
+                Value::Bool(_) => Some("boolean"),
+                _ => Some("string"),
+            };
+            let known = types.entry(name.clone()).or_insert(None);
+            if known.is_none() {
+                *known = ty;
+            }
+        }
     }
-    None
+    if types.is_empty() {
+        return None;
+    }
+    let columns = types
+        .into_iter()
+        .map(|(name, ty)| ColumnFile {
+            name,
+            ty: ty.unwrap_or("string").to_string(),
+            key: false,
+            ignore: false,
+        })
+        .collect();
+    Some(columns)
 }
 
 #[cfg(test)]

@@ -520,8 +520,9 @@ impl ChunkParser<'_> {
                 let reason = match invalid.get(&(row, c)) {
                     Some(reason) => reason.to_string(),
                     None if lines[row] == 1 && !self.source.header => format!(
-                        "cannot parse `{value}` as {} (is line 1 a header? the config says \
-                         `header: false`; set `header: true` if so)",
+                        "cannot parse `{value}` as {} (is line 1 a header? A table config \
+                         reads one with `header: true`; a change file's header must name the \
+                         configured columns)",
                         columns[c].ty
                     ),
                     None => format!("cannot parse `{value}` as {}", columns[c].ty),

@@ -45,11 +45,25 @@ pub fn compressed_extension(name: &str) -> Option<&'static str> {
         .find(|ext| lower.ends_with(&format!(".{ext}")))
 }
 
+/// The command that decompresses files with extension `ext` (from [`compressed_extension`]).
+pub fn decompress_tool(ext: &str) -> &'static str {
+    match ext {
+        "gz" | "gzip" => "gunzip",
+        "bz2" => "bunzip2",
+        "zst" => "unzstd",
+        "xz" => "unxz",
+        "zip" => "unzip",
+        "lz4" => "unlz4",
+        _ => "the tool that wrote them",
+    }
+}
+
 /// The reason given for a compressed file that is not read.
 pub fn compressed_reason(ext: &str) -> String {
     format!(
-        "compressed (.{ext}): Tributary reads uncompressed CSV and Parquet; decompress it first \
-         (`gunzip` for .gz), or write Parquet (compressed inside) instead"
+        "compressed (.{ext}): Tributary reads uncompressed files; decompress it first (with {}), \
+         or have the writer leave files uncompressed",
+        decompress_tool(ext)
     )
 }
 
@@ -159,10 +173,10 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Inp
             None => "no *.csv or *.parquet file in this folder".into(),
             Some(first) => format!(
                 "no *.csv or *.parquet file in this folder, but {} compressed file(s) such as \
-                 `{first}` that are not read: decompress them first (`gunzip {}/*.gz`), or \
-                 write Parquet instead",
+                 `{first}`, which are not read: decompress them first (with {}), or write \
+                 Parquet, which is compressed inside",
                 compressed.len(),
-                input.display()
+                compressed_extension(first).map_or("their tool", decompress_tool),
             ),
         }));
     }
