@@ -20,6 +20,8 @@
 //! - [`changelog`]: `tributary sync`: the last change per key merged into the tables, driven by
 //!   a controller over any change source.
 //! - [`generate`]: the synthetic data generator.
+//! - [`query`]: `tributary sql`: DataFusion over the lake's tables, with time travel, SCD2 views
+//!   and as-of queries.
 //! - [`cli`]: one file per command, with its output.
 //! - `fuzzing` (hidden): the entry points of the `cargo fuzz` targets (docs/fuzzing.md).
 //!
@@ -33,6 +35,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod generate;
+pub mod query;
 pub mod report;
 pub mod sink;
 pub mod snapshot;

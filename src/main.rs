@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use tributary::cli::{self, check, demo, generate, run, sync, tables, validate};
+use tributary::cli::{self, check, demo, generate, run, sql, sync, tables, validate};
 use tributary::Result;
 
 /// Change-data-capture into Delta Lake: snapshot diffs into current and history tables.
@@ -33,6 +33,9 @@ enum Command {
     ///
     /// Exit code 5 when some tables failed (the others are still applied).
     Sync(sync::SyncArgs),
+    /// Query the lake's tables with SQL: time travel (version_as_of, timestamp_as_of), SCD2
+    /// views (<table>_scd2) and as-of queries (as_of).
+    Sql(sql::SqlArgs),
     /// List the landing zone's tables and whether they are active; adds new folders to the
     /// tables file as inactive entries and (de)activates tables.
     Tables(tables::TablesArgs),
@@ -46,6 +49,7 @@ async fn execute(command: Command) -> Result<u8> {
         Command::Validate(args) => validate::execute(args).await,
         Command::Demo(args) => demo::execute(args).await,
         Command::Sync(args) => sync::execute(args).await,
+        Command::Sql(args) => sql::execute(args).await,
         Command::Tables(args) => tables::execute(args).await,
     }
 }

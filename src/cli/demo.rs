@@ -62,26 +62,72 @@ pub async fn execute(args: DemoArgs) -> Result<u8> {
         lake.display(),
         dir.join("config.yaml").display()
     );
-    println!("read them (Python, offline; once: pip install deltalake pyarrow):");
+    println!("query them (offline):");
+    println!("  {}", sql_command(&dir.join("config.yaml")));
+    println!("or with Python (once: pip install deltalake pyarrow):");
     println!("  {}", read_command(&lake));
     Ok(0)
 }
 
+/// A `tributary sql` command that counts each operation in the demo's history table. It names
+/// this binary as the shell finds it: `tributary` when that is this binary on PATH, else its
+/// path (`target/release/tributary` after `cargo run`).
+pub fn sql_command(config: &Path) -> String {
+    let config = std::path::absolute(config).unwrap_or(config.to_path_buf());
+    format!(
+        "{} sql --config {} -e \"SELECT operation, count(*) AS n FROM sample_data_history \
+         GROUP BY 1 ORDER BY 1\"",
+        shell_quote(&this_binary()),
+        shell_quote(&config.to_string_lossy())
+    )
+}
+
+/// How to call this binary from a shell: `tributary` when PATH finds this very file.
+fn this_binary() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "tributary".into();
+    };
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths).any(|dir| {
+                dir.join("tributary")
+                    .canonicalize()
+                    .is_ok_and(|found| found == exe)
+            })
+        })
+        .unwrap_or(false);
+    if on_path {
+        "tributary".into()
+    } else {
+        exe.to_string_lossy().into_owned()
+    }
+}
+
 /// A shell command that prints the count of each operation in the demo's history table, with
 /// the Python `deltalake` and `pyarrow` packages only (no download at run time). The table's
-/// path is a shell-quoted argument, whatever characters it holds.
+/// path is a shell-quoted argument, whatever characters it holds. It reads with one thread:
+/// PyArrow's scanner threads can abort the interpreter at exit ("terminate called without an
+/// active exception", apache/arrow#34314), which `to_pyarrow_table()` hits most times here.
 pub fn read_command(lake: &Path) -> String {
     let table = lake.join("sample_data_history");
     format!(
         "python3 -c \"import sys; from deltalake import DeltaTable; \
-         print(DeltaTable(sys.argv[1]).to_pyarrow_table()\
-         .group_by('operation').aggregate([('operation', 'count')]).to_pylist())\" {}",
+         print(DeltaTable(sys.argv[1]).to_pyarrow_dataset().to_table(use_threads=False)\
+         .group_by('operation', use_threads=False).aggregate([('operation', 'count')]).to_pylist())\" {}",
         shell_quote(&table.to_string_lossy())
     )
 }
 
-/// `text` as one POSIX shell word: in single quotes, each `'` written `'\''`.
+/// `text` as one POSIX shell word: as it is when it holds only characters the shell takes
+/// literally, else in single quotes, each `'` written `'\''`.
 fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c));
+    if plain {
+        return text.to_string();
+    }
     format!("'{}'", text.replace('\'', "'\\''"))
 }
 

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod logs;
 pub mod panics;
 pub mod run;
+pub mod sql;
 pub mod sync;
 pub mod tables;
 pub mod validate;

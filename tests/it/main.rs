@@ -12,6 +12,7 @@ mod readers;
 mod shared;
 mod snapshot;
 mod spill;
+mod sql;
 mod stats;
 mod sync;
 mod sync_model;

@@ -1,0 +1,105 @@
+//! `tributary sql`: queries over the lake's tables (DataFusion SQL), with time travel, SCD2
+//! views and as-of queries (`query`).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::query::catalog::{config_table, lake_tables};
+use crate::query::output::{write, Format};
+use crate::query::Lake;
+
+/// Arguments of `tributary sql`.
+#[derive(Debug, clap::Args)]
+pub struct SqlArgs {
+    /// Lake root of `tributary sync`: its `<schema>/<table>` tables are registered as
+    /// `schema.table`, `schema.table_history` and `schema.table_scd2`.
+    #[arg(long)]
+    pub lake: Option<PathBuf>,
+    /// A snapshot table config (repeatable): its tables are registered as `<name>`,
+    /// `<name>_history` and `<name>_scd2`.
+    #[arg(long = "config", value_name = "FILE")]
+    pub configs: Vec<PathBuf>,
+    /// Statements to run, separated by `;`.
+    #[arg(
+        short = 'e',
+        long = "execute",
+        value_name = "SQL",
+        conflicts_with = "file"
+    )]
+    pub execute: Option<String>,
+    /// A file of statements separated by `;` (`-` for standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Write the rows here instead of standard output.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Runs the statements and prints the rows of each.
+///
+/// # Errors
+/// [`Error::Usage`] without tables or statements, and for statements that cannot be planned
+/// (exit 2); those of [`Lake::open`] and [`Lake::run`].
+pub async fn execute(args: SqlArgs) -> Result<u8> {
+    let mut tables = Vec::new();
+    if let Some(root) = &args.lake {
+        tables.extend(lake_tables(root)?);
+    }
+    for config in &args.configs {
+        tables.push(config_table(config)?);
+    }
+    if tables.is_empty() {
+        return Err(Error::Usage(
+            "no tables: pass --lake LAKE_ROOT (a sync lake) or --config FILE (a table config)"
+                .into(),
+        ));
+    }
+    let sql = match (&args.execute, &args.file) {
+        (Some(sql), _) => sql.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => read_stdin()?,
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| Error::Input {
+            path: path.clone(),
+            reason: format!("cannot read the statements: {e}"),
+        })?,
+        (None, None) if !std::io::stdin().is_terminal() => read_stdin()?,
+        (None, None) => {
+            return Err(Error::Usage(
+                "pass statements with -e 'SELECT ...' or -f FILE (an interactive shell is not \
+                 built yet)"
+                    .into(),
+            ))
+        }
+    };
+    let lake = Lake::open(tables).await?;
+    let started = Instant::now();
+    let results = lake.run(&sql).await?;
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|source| Error::Storage {
+                action: "cannot write the query output to".into(),
+                path: path.clone(),
+                source,
+            })?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    for result in &results {
+        write(result, args.format, &mut out)?;
+    }
+    out.flush()?;
+    if args.format == Format::Table && std::io::stderr().is_terminal() {
+        eprintln!("{:.3} s", started.elapsed().as_secs_f64());
+    }
+    Ok(0)
+}
+
+fn read_stdin() -> Result<String> {
+    let mut sql = String::new();
+    std::io::stdin().read_to_string(&mut sql)?;
+    Ok(sql)
+}

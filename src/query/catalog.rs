@@ -1,0 +1,102 @@
+//! Which Delta tables a query session sees: those of a `sync`/`capture` lake root, or those named
+//! by snapshot table configs.
+
+use std::path::Path;
+
+use url::Url;
+
+use crate::config::TableConfig;
+use crate::error::{Error, Result};
+
+/// One table of the lake: its current and history Delta tables, by SQL name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeTable {
+    /// SQL schema (`sales` for a `sync` table `sales/orders`); None for snapshot tables,
+    /// registered in the default schema.
+    pub schema: Option<String>,
+    /// SQL table name: the config's `name`, or the table folder's name.
+    pub name: String,
+    /// The current table.
+    pub current: Url,
+    /// The history table.
+    pub history: Url,
+}
+
+impl LakeTable {
+    /// The name queries use: `schema.name` or `name`.
+    pub fn qualified(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{schema}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// The tables of a lake root written by `tributary sync`: every `<schema>/<table>/` folder with a
+/// `current/_delta_log` (and `history/`), sorted by name.
+///
+/// # Errors
+/// [`Error::Input`] when the root cannot be read or holds no table.
+pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
+    let list = |dir: &Path| -> Result<Vec<std::path::PathBuf>> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::Input {
+            path: dir.to_path_buf(),
+            reason: format!("cannot list the lake: {e}"),
+        })?;
+        let mut out: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        out.sort();
+        Ok(out)
+    };
+    let mut tables = Vec::new();
+    for schema in list(root)? {
+        for table in list(&schema)? {
+            if !table.join("current/_delta_log").is_dir() {
+                continue;
+            }
+            let name = |p: &Path| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_lowercase()
+            };
+            tables.push(LakeTable {
+                schema: Some(name(&schema)),
+                name: name(&table),
+                current: folder_url(&table.join("current"))?,
+                history: folder_url(&table.join("history"))?,
+            });
+        }
+    }
+    if tables.is_empty() {
+        return Err(Error::Input {
+            path: root.to_path_buf(),
+            reason: "no <schema>/<table>/current Delta table in this lake root".into(),
+        });
+    }
+    Ok(tables)
+}
+
+/// The table a snapshot config names (its `current_table_path` and `history_table_path`).
+///
+/// # Errors
+/// Those of [`TableConfig::load`].
+pub fn config_table(path: &Path) -> Result<LakeTable> {
+    let config = TableConfig::load(path)?;
+    Ok(LakeTable {
+        schema: None,
+        name: config.table.name.to_lowercase(),
+        current: config.table.lake.current_url.clone(),
+        history: config.table.lake.history_url.clone(),
+    })
+}
+
+fn folder_url(path: &Path) -> Result<Url> {
+    let path = std::path::absolute(path)?;
+    Url::from_directory_path(&path).map_err(|()| Error::Input {
+        path,
+        reason: "cannot be written as a file:// URL".into(),
+    })
+}

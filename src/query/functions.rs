@@ -1,0 +1,303 @@
+//! The table functions of `tributary sql`: `version_as_of`, `timestamp_as_of` (Delta time
+//! travel, through delta-rs's versioned loading) and `as_of` (a table's state on a business
+//! date, from its history).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use deltalake::datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
+use deltalake::datafusion::common::ScalarValue;
+use deltalake::datafusion::error::{DataFusionError, Result as DfResult};
+use deltalake::datafusion::logical_expr::Expr;
+
+use super::catalog::LakeTable;
+use super::session::{context, ident};
+
+/// Which time travel a [`TimeTravel`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Travel {
+    /// `version_as_of('t', N)`: Delta version N.
+    Version,
+    /// `timestamp_as_of('t', 'YYYY-MM-DD HH:MM:SS')`: the latest version committed at or
+    /// before that time (UTC, RFC 3339 accepted).
+    Timestamp,
+}
+
+/// `version_as_of` and `timestamp_as_of`: a table (`t` for current, `t_history`) as it was.
+#[derive(Debug)]
+pub struct TimeTravel {
+    travel: Travel,
+    tables: Arc<Vec<LakeTable>>,
+}
+
+impl TimeTravel {
+    /// The function over `tables`.
+    pub fn new(travel: Travel, tables: Arc<Vec<LakeTable>>) -> Self {
+        TimeTravel { travel, tables }
+    }
+}
+
+/// `as_of('t', DATE 'YYYY-MM-DD')`: the state of table `t` after the run of that business date.
+#[derive(Debug)]
+pub struct AsOf {
+    tables: Arc<Vec<LakeTable>>,
+}
+
+impl AsOf {
+    /// The function over `tables`.
+    pub fn new(tables: Arc<Vec<LakeTable>>) -> Self {
+        AsOf { tables }
+    }
+}
+
+fn plan_err(text: String) -> DataFusionError {
+    DataFusionError::Plan(text)
+}
+
+/// Runs `future` to completion from inside DataFusion's (synchronous) planning of a table
+/// function, on the multi-threaded runtime the binary runs on.
+fn block_on<F: Future>(future: F) -> DfResult<F::Output> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|e| DataFusionError::Internal(format!("no async runtime: {e}")))?;
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return Err(DataFusionError::Internal(
+            "table functions need the multi-threaded runtime".into(),
+        ));
+    }
+    Ok(tokio::task::block_in_place(|| handle.block_on(future)))
+}
+
+/// The text of a literal argument (a string, a number, `DATE '...'`), through casts.
+fn literal(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Literal(value, _) => match value {
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => Some(s.clone()),
+            v if v.is_null() => None,
+            v => Some(v.to_string()),
+        },
+        Expr::Cast(cast) => literal(&cast.expr),
+        Expr::TryCast(cast) => literal(&cast.expr),
+        Expr::Alias(alias) => literal(&alias.expr),
+        _ => None,
+    }
+}
+
+/// The two literal arguments of `function('table', value)`.
+fn arguments(function: &str, args: &TableFunctionArgs) -> DfResult<(String, String)> {
+    let exprs = args.exprs();
+    let usage = || {
+        plan_err(format!(
+            "{function} takes two literal arguments: a table name in quotes and a value, e.g. \
+             {function}('orders', ...)"
+        ))
+    };
+    if exprs.len() != 2 {
+        return Err(usage());
+    }
+    let table = literal(&exprs[0]).ok_or_else(usage)?;
+    let value = literal(&exprs[1]).ok_or_else(usage)?;
+    Ok((table.to_lowercase(), value))
+}
+
+/// The table named `name` (`t`, `schema.t`, with `_history` for the history table): the lake
+/// table and whether the history table is meant.
+fn find<'a>(
+    tables: &'a [LakeTable],
+    function: &str,
+    name: &str,
+) -> DfResult<(&'a LakeTable, bool)> {
+    let (base, history) = match name.strip_suffix("_history") {
+        Some(base) => (base, true),
+        None => (name, false),
+    };
+    let found = tables
+        .iter()
+        .find(|t| t.qualified() == base)
+        .or_else(|| {
+            let mut same = tables.iter().filter(|t| t.name == base);
+            match (same.next(), same.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        })
+        .ok_or_else(|| {
+            let known: Vec<String> = tables.iter().map(LakeTable::qualified).collect();
+            plan_err(format!(
+                "{function}: no table `{name}` (tables: {}; add `_history` for a history table)",
+                known.join(", ")
+            ))
+        })?;
+    Ok((found, history))
+}
+
+impl TableFunctionImpl for TimeTravel {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let function = match self.travel {
+            Travel::Version => "version_as_of",
+            Travel::Timestamp => "timestamp_as_of",
+        };
+        let (name, value) = arguments(function, &args)?;
+        let (table, history) = find(&self.tables, function, &name)?;
+        let url = if history {
+            table.history.clone()
+        } else {
+            table.current.clone()
+        };
+        let loaded = match self.travel {
+            Travel::Version => {
+                let version: i64 = value.parse().map_err(|_| {
+                    plan_err(format!("{function}: `{value}` is not a version number"))
+                })?;
+                if version < 0 {
+                    return Err(plan_err(format!("{function}: versions start at 0")));
+                }
+                block_on(deltalake::open_table_with_version(url, version as _))?
+            }
+            Travel::Timestamp => {
+                let at = timestamp(&value).ok_or_else(|| {
+                    plan_err(format!(
+                        "{function}: `{value}` is not a time (YYYY-MM-DD HH:MM:SS, UTC, or RFC 3339)"
+                    ))
+                })?;
+                block_on(deltalake::open_table_with_ds(url, at))?
+            }
+        };
+        let table = loaded.map_err(|e| plan_err(format!("{function}('{name}', {value}): {e}")))?;
+        if self.travel == Travel::Timestamp {
+            // delta-rs loads the first version for a time before it: no table existed then.
+            let target = timestamp(&value)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.timestamp_millis());
+            let first = table
+                .version()
+                .and_then(|v| table.snapshot().ok()?.version_timestamp(v as _));
+            if let (Some(target), Some(first)) = (target, first) {
+                if first > target {
+                    let at = chrono::DateTime::from_timestamp_millis(first)
+                        .map_or(first.to_string(), |t| t.to_rfc3339());
+                    return Err(plan_err(format!(
+                        "{function}('{name}', '{value}'): the table did not exist yet (its \
+                         first version was committed at {at})"
+                    )));
+                }
+            }
+        }
+        table.update_datafusion_session(args.session())?;
+        block_on(async { table.table_provider().await })?
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}
+
+/// `YYYY-MM-DD[ T]HH:MM:SS[.f]` (UTC) or RFC 3339, as RFC 3339 for delta-rs.
+fn timestamp(text: &str) -> Option<String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.to_rfc3339());
+    }
+    let naive = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d"]
+        .iter()
+        .find_map(|f| {
+            chrono::NaiveDateTime::parse_from_str(text, f)
+                .ok()
+                .or_else(|| {
+                    NaiveDate::parse_from_str(text, f)
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                })
+        })?;
+    Some(naive.and_utc().to_rfc3339())
+}
+
+impl TableFunctionImpl for AsOf {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let (name, value) = arguments("as_of", &args)?;
+        let (table, history) = find(&self.tables, "as_of", &name)?;
+        if history {
+            return Err(plan_err(
+                "as_of: name the table (`orders`), not its history".into(),
+            ));
+        }
+        let date = NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
+            plan_err(format!(
+                "as_of: `{value}` is not a date (DATE 'YYYY-MM-DD')"
+            ))
+        })?;
+        let url = table.history.clone();
+        let inner = context();
+        let frame = block_on(async move {
+            let history = deltalake::open_table(url).await?;
+            history.update_datafusion_session(&inner.state())?;
+            let provider = history.table_provider().await?;
+            let schema = provider.schema();
+            let position = schema.field_with_name("source_position").is_ok();
+            inner.register_table("history", provider)?;
+            let columns: Vec<String> = schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|n| n != "operation")
+                .map(|n| ident(&n))
+                .collect();
+            let order = if position {
+                "eff_start_date DESC, source_position DESC"
+            } else {
+                "eff_start_date DESC"
+            };
+            let sql = format!(
+                "SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY keyhash \
+                 ORDER BY {order}) AS tributary_rank FROM history \
+                 WHERE eff_start_date <= DATE '{date}') \
+                 WHERE tributary_rank = 1 AND operation <> 'D'",
+                columns = columns.join(", "),
+            );
+            Ok::<_, crate::Error>(inner.sql(&sql).await?)
+        })?
+        .map_err(|e| plan_err(format!("as_of('{name}', {date}): {e}")))?;
+        Ok(frame.into_view())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_read_as_utc() {
+        assert_eq!(
+            timestamp("2021-12-30 14:00:00").as_deref(),
+            Some("2021-12-30T14:00:00+00:00")
+        );
+        assert_eq!(
+            timestamp("2021-12-30").as_deref(),
+            Some("2021-12-30T00:00:00+00:00")
+        );
+        assert_eq!(
+            timestamp("2021-12-30T14:00:00+02:00").as_deref(),
+            Some("2021-12-30T14:00:00+02:00")
+        );
+        assert_eq!(timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn names_resolve_to_tables_and_history() {
+        let url = url::Url::parse("file:///x/").unwrap();
+        let table = |schema: Option<&str>, name: &str| LakeTable {
+            schema: schema.map(str::to_string),
+            name: name.into(),
+            current: url.clone(),
+            history: url.clone(),
+        };
+        let tables = vec![table(Some("sales"), "orders"), table(None, "customers")];
+        assert!(matches!(find(&tables, "f", "orders"), Ok((t, false)) if t.name == "orders"));
+        assert!(matches!(
+            find(&tables, "f", "sales.orders_history"),
+            Ok((_, true))
+        ));
+        assert!(matches!(find(&tables, "f", "customers"), Ok((t, false)) if t.schema.is_none()));
+        let err = find(&tables, "f", "nope").unwrap_err().to_string();
+        assert!(
+            err.contains("no table `nope`") && err.contains("sales.orders"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! `tributary sql` over real tables: current, history, the SCD2 view, time travel and as-of
+//! queries, against what the runs committed; errors as exit 2 with the statement named.
+
+use std::process::{Command, Output};
+
+use proptest::prelude::*;
+
+use crate::common::{Fixture, SIMPLE_COLUMNS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+fn sql(fx: &Fixture, query: &str) -> Output {
+    Command::new(BIN)
+        .current_dir(fx.dir.path())
+        .args([
+            "sql",
+            "--config",
+            "config.yaml",
+            "--format",
+            "csv",
+            "-e",
+            query,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// The CSV rows of a successful query (header included).
+fn csv(fx: &Fixture, query: &str) -> Vec<String> {
+    let out = sql(fx, query);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Day 1 (2024-01-01) inserts a, b, c; day 2 keeps a, updates b, deletes c, inserts d.
+#[tokio::test(flavor = "multi_thread")]
+async fn current_history_and_the_scd2_view() {
+    let fx = Fixture::every_operation().await;
+    assert_eq!(
+        csv(&fx, "SELECT id, v, operation FROM t ORDER BY id"),
+        ["id,v,operation", "a,1.0,N", "b,5.0,U", "d,4.0,I"]
+    );
+    assert_eq!(
+        csv(&fx, "SELECT count(*) AS n FROM t_history"),
+        ["n", "6"],
+        "3 inserts, then U, D and I"
+    );
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT id, v, operation, eff_start_date, eff_end_date, is_current FROM t_scd2 \
+             ORDER BY id, eff_start_date"
+        ),
+        [
+            "id,v,operation,eff_start_date,eff_end_date,is_current",
+            "a,1.0,I,2024-01-01,,true",
+            "b,2.0,I,2024-01-01,2024-01-02,false",
+            "b,5.0,U,2024-01-02,,true",
+            "c,3.0,I,2024-01-01,2024-01-02,false",
+            "c,3.0,D,2024-01-02,,false",
+            "d,4.0,I,2024-01-02,,true",
+        ]
+    );
+    // Binary digests print as hex.
+    let keyhash = csv(&fx, "SELECT keyhash FROM t WHERE id = 'a'");
+    assert_eq!(keyhash[1].len(), 32, "{keyhash:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn time_travel_by_version_and_time_and_as_of_a_business_date() {
+    let fx = Fixture::every_operation().await;
+    let day1 = ["id,v", "a,1.0", "b,2.0", "c,3.0"];
+    let day2 = ["id,v", "a,1.0", "b,5.0", "d,4.0"];
+    assert_eq!(
+        csv(&fx, "SELECT id, v FROM version_as_of('t', 1) ORDER BY id"),
+        day1
+    );
+    assert_eq!(
+        csv(&fx, "SELECT id, v FROM version_as_of('t', 2) ORDER BY id"),
+        day2
+    );
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT count(*) AS n FROM version_as_of('t_history', 1)"
+        ),
+        ["n", "3"]
+    );
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT id, v FROM timestamp_as_of('t', '2999-01-01 00:00:00') ORDER BY id"
+        ),
+        day2
+    );
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT id, v FROM as_of('t', DATE '2024-01-01') ORDER BY id"
+        ),
+        day1
+    );
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT id, v FROM as_of('t', '2024-01-05') ORDER BY id"
+        ),
+        day2
+    );
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT count(*) AS n FROM as_of('t', DATE '2023-12-31')"
+        ),
+        ["n", "0"],
+        "before the first run"
+    );
+    // Several statements: each one's rows, in order.
+    assert_eq!(
+        csv(&fx, "SELECT 1 AS x; SELECT 2 AS y"),
+        ["x", "1", "y", "2"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_queries_exit_2_naming_the_statement() {
+    let fx = Fixture::every_operation().await;
+    for (query, says) in [
+        ("SELECT * FROM nope", "nope"),
+        ("SELECT nope FROM t", "nope"),
+        ("SELEC 1", "SELEC"),
+        (
+            "SELECT * FROM version_as_of('t', 99)",
+            "version_as_of('t', 99)",
+        ),
+        ("SELECT * FROM version_as_of('x', 1)", "no table `x`"),
+        ("SELECT * FROM as_of('t', 'soon')", "not a date"),
+        (
+            "SELECT * FROM timestamp_as_of('t', '1999-01-01 00:00:00')",
+            "the table did not exist yet",
+        ),
+    ] {
+        let out = sql(&fx, query);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{query}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{query}: {stderr}");
+        assert!(errors[0].contains(says), "{query}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A `sync` lake: tables in their schema.
+#[test]
+fn a_sync_lake_is_queried_by_schema_and_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let landing = tmp.path().join("landing");
+    std::fs::create_dir_all(landing.join("sales/orders")).unwrap();
+    std::fs::write(landing.join("sales/orders/LOAD00000001.csv"), "1,a\n2,b\n").unwrap();
+    std::fs::write(
+        landing.join("tables.yaml"),
+        "tables:\n- source: sales/orders\n  active: true\n  primary_key: [id]\n  columns:\n  \
+         - {name: id, type: long}\n  - {name: name, type: string}\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .current_dir(tmp.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Two runs: the full load, then a change file.
+    let out = run(&["sync", "landing", "--lake", "lake"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        landing.join("sales/orders/20240102-000000000.csv"),
+        "U,1,c\nD,2,b\n",
+    )
+    .unwrap();
+    let out = run(&["sync", "landing", "--lake", "lake"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "sql",
+        "--lake",
+        "lake",
+        "--format",
+        "json",
+        "-e",
+        "SELECT id, name, operation FROM sales.orders; SELECT count(*) AS n FROM sales.orders_history",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"id\":1,\"name\":\"c\",\"operation\":\"U\"}\n{\"n\":4}\n"
+    );
+}
+
+/// For random multi-day histories (full and delta extracts), `as_of(t, day)` holds, for every
+/// day, the rows current held after that day's run (payload and eff_start_date).
+#[test]
+fn as_of_every_day_equals_current_after_that_day() {
+    let mut runner = crate::common::property_runner(11);
+    let extract = proptest::collection::btree_map(0u8..8, proptest::option::of(0u8..3), 0..8);
+    let strategy = (proptest::collection::vec(extract, 1..4), any::<bool>());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runner
+        .run(&strategy, |(days, full)| {
+            let extract_type = if full { "full" } else { "delta" };
+            let fx = Fixture::new(
+                SIMPLE_COLUMNS,
+                &format!("extract_type: {extract_type}\nmax_delete_fraction: 1.0\n"),
+            );
+            let date = |d: usize| format!("2024-01-{:02}", d + 1);
+            let mut after = Vec::new();
+            runtime.block_on(async {
+                for (d, extract) in days.iter().enumerate() {
+                    let text: String = extract
+                        .iter()
+                        .map(|(k, v)| {
+                            format!("k{k},{}\n", v.map(|v| v.to_string()).unwrap_or_default())
+                        })
+                        .collect();
+                    let input = fx.input(&format!("d{d}"), "a.csv", text.as_bytes());
+                    fx.run(&input, &date(d)).await.unwrap();
+                    let mut rows: Vec<String> = fx
+                        .rows("current")
+                        .await
+                        .into_iter()
+                        .map(|r| format!("{},{},{}", r["id"], r["v"], r["eff_start_date"]))
+                        .collect();
+                    rows.sort();
+                    after.push(rows);
+                }
+            });
+            for (d, expected) in after.iter().enumerate() {
+                let query = format!(
+                    "SELECT id, v, eff_start_date FROM as_of('t', DATE '{}') ORDER BY id",
+                    date(d)
+                );
+                let got: Vec<String> = csv(&fx, &query).into_iter().skip(1).collect();
+                // NULL: `<null>` in the test readers, an empty field in CSV.
+                let expected: Vec<String> =
+                    expected.iter().map(|r| r.replace("<null>", "")).collect();
+                prop_assert_eq!(&got, &expected, "day {}", d);
+            }
+            Ok(())
+        })
+        .unwrap();
+}
