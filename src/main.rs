@@ -34,7 +34,8 @@ enum Command {
     /// Exit code 5 when some tables failed (the others are still applied).
     Sync(sync::SyncArgs),
     /// Query the lake's tables with SQL: time travel (version_as_of, timestamp_as_of), SCD2
-    /// views (<table>_scd2) and as-of queries (as_of).
+    /// views (<table>_scd2), as-of (as_of) and incremental (changes) queries, run history
+    /// (runs); an interactive shell without -e or -f.
     Sql(sql::SqlArgs),
     /// List the landing zone's tables and whether they are active; adds new folders to the
     /// tables file as inactive entries and (de)activates tables.

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod generate;
 pub mod logs;
 pub mod panics;
+pub mod repl;
 pub mod run;
 pub mod sql;
 pub mod sync;

@@ -2,6 +2,7 @@
 //! views and as-of queries (`query`).
 
 use std::io::{IsTerminal, Read, Write};
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -29,7 +30,8 @@ pub struct SqlArgs {
         conflicts_with = "file"
     )]
     pub execute: Option<String>,
-    /// A file of statements separated by `;` (`-` for standard input).
+    /// A file of statements separated by `;` (`-` for standard input). Without -e or -f, an
+    /// interactive shell (`\\?` for help).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Output format.
@@ -66,13 +68,9 @@ pub async fn execute(args: SqlArgs) -> Result<u8> {
             path: path.clone(),
             reason: format!("cannot read the statements: {e}"),
         })?,
-        (None, None) if !std::io::stdin().is_terminal() => read_stdin()?,
         (None, None) => {
-            return Err(Error::Usage(
-                "pass statements with -e 'SELECT ...' or -f FILE (an interactive shell is not \
-                 built yet)"
-                    .into(),
-            ))
+            let lake = Lake::open(tables).await?;
+            return super::repl::run(&lake, args.format).await;
         }
     };
     let lake = Lake::open(tables).await?;

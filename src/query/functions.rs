@@ -1,6 +1,7 @@
 //! The table functions of `tributary sql`: `version_as_of`, `timestamp_as_of` (Delta time
-//! travel, through delta-rs's versioned loading) and `as_of` (a table's state on a business
-//! date, from its history).
+//! travel, through delta-rs's versioned loading), `as_of` (a table's state on a business date,
+//! from its history), `changes` (the rows history gained between two versions) and `runs`
+//! (the runs recorded in a table's log).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -83,21 +84,43 @@ fn literal(expr: &Expr) -> Option<String> {
     }
 }
 
-/// The two literal arguments of `function('table', value)`.
-fn arguments(function: &str, args: &TableFunctionArgs) -> DfResult<(String, String)> {
+/// The literal arguments of `function('table', ...)`: `shape` says what they are, e.g.
+/// `('orders', 3, 5)`. The table name is lowercased.
+fn literals(function: &str, args: &TableFunctionArgs, shape: &str) -> DfResult<Vec<String>> {
     let exprs = args.exprs();
+    let count = shape.split(',').count();
     let usage = || {
         plan_err(format!(
-            "{function} takes two literal arguments: a table name in quotes and a value, e.g. \
-             {function}('orders', ...)"
+            "{function} takes {count} literal argument(s), the table's name in quotes first: \
+             {function}{shape}"
         ))
     };
-    if exprs.len() != 2 {
+    if exprs.len() != count {
         return Err(usage());
     }
-    let table = literal(&exprs[0]).ok_or_else(usage)?;
-    let value = literal(&exprs[1]).ok_or_else(usage)?;
-    Ok((table.to_lowercase(), value))
+    let mut values = exprs
+        .iter()
+        .map(|e| literal(e).ok_or_else(usage))
+        .collect::<DfResult<Vec<String>>>()?;
+    values[0] = values[0].to_lowercase();
+    Ok(values)
+}
+
+/// The two literal arguments of `function('table', value)`.
+fn arguments(function: &str, args: &TableFunctionArgs) -> DfResult<(String, String)> {
+    let mut values = literals(function, args, "('orders', ...)")?;
+    let value = values.pop().unwrap_or_default();
+    Ok((values.pop().unwrap_or_default(), value))
+}
+
+/// A version number argument.
+fn version(function: &str, text: &str) -> DfResult<i64> {
+    match text.parse::<i64>() {
+        Ok(v) if v >= 0 => Ok(v),
+        _ => Err(plan_err(format!(
+            "{function}: `{text}` is not a version number (0 or more)"
+        ))),
+    }
 }
 
 /// The table named `name` (`t`, `schema.t`, with `_history` for the history table): the lake
@@ -146,12 +169,7 @@ impl TableFunctionImpl for TimeTravel {
         };
         let loaded = match self.travel {
             Travel::Version => {
-                let version: i64 = value.parse().map_err(|_| {
-                    plan_err(format!("{function}: `{value}` is not a version number"))
-                })?;
-                if version < 0 {
-                    return Err(plan_err(format!("{function}: versions start at 0")));
-                }
+                let version = version(function, &value)?;
                 block_on(deltalake::open_table_with_version(url, version as _))?
             }
             Travel::Timestamp => {
@@ -255,6 +273,180 @@ impl TableFunctionImpl for AsOf {
         .map_err(|e| plan_err(format!("as_of('{name}', {date}): {e}")))?;
         Ok(frame.into_view())
     }
+}
+
+/// `changes('t', FROM, TO)`: the rows the history table of `t` gained from version FROM
+/// (exclusive) to TO (inclusive), with the `commit_version` that added each: the I, U and D
+/// rows of the runs in between (history is append-only), as Delta's change data feed and Hudi's
+/// incremental query give them. Only the new version of an updated key is there; `t_scd2`
+/// joins the one before.
+#[derive(Debug)]
+pub struct Changes {
+    tables: Arc<Vec<LakeTable>>,
+}
+
+impl Changes {
+    /// The function over `tables`.
+    pub fn new(tables: Arc<Vec<LakeTable>>) -> Self {
+        Changes { tables }
+    }
+}
+
+impl TableFunctionImpl for Changes {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let values = literals("changes", &args, "('orders', 3, 5)")?;
+        let (table, _) = find(&self.tables, "changes", &values[0])?;
+        let (from, to) = (
+            version("changes", &values[1])?,
+            version("changes", &values[2])?,
+        );
+        if from > to {
+            return Err(plan_err(format!(
+                "changes: the first version ({from}) is after the second ({to})"
+            )));
+        }
+        let url = table.history.clone();
+        let name = values[0].clone();
+        let inner = context();
+        let frame = block_on(async move {
+            let history = deltalake::open_table_with_version(url, to as _).await?;
+            history.update_datafusion_session(&inner.state())?;
+            let session = Arc::new(inner.state());
+            let mut selects = Vec::new();
+            for v in from + 1..=to {
+                let commit = crate::sink::delta::log::read_commit(&history, v as u64)
+                    .await?
+                    .ok_or_else(|| crate::Error::Lake {
+                        table: format!("{name} history"),
+                        reason: format!("the log of version {v} is gone (log clean-up)"),
+                    })?;
+                if commit.adds.is_empty() {
+                    continue;
+                }
+                let provider = history
+                    .table_provider()
+                    .with_session(session.clone())
+                    .with_adds(commit.adds)
+                    .await?;
+                inner.register_table(format!("v{v}"), provider)?;
+                selects.push(format!(
+                    "SELECT *, CAST({v} AS BIGINT) AS commit_version FROM v{v}"
+                ));
+            }
+            if selects.is_empty() {
+                let provider = history.table_provider().with_session(session).await?;
+                inner.register_table("history", provider)?;
+                selects.push(
+                    "SELECT *, CAST(NULL AS BIGINT) AS commit_version FROM history WHERE false"
+                        .into(),
+                );
+            }
+            Ok::<_, crate::Error>(inner.sql(&selects.join(" UNION ALL ")).await?)
+        })?
+        .map_err(|e| plan_err(format!("changes('{}', {from}, {to}): {e}", values[0])))?;
+        Ok(frame.into_view())
+    }
+}
+
+/// `runs('t')`: the runs recorded in the history table's log, one row per Tributary commit:
+/// `history_version`, `committed_at` (UTC), `run`, `run_id`, `business_date`, `fingerprint`
+/// (of the input files or the change-log checkpoint), and what the commit added to history:
+/// `files_added`, `rows_added`, `bytes_added`. Delta's `DESCRIBE HISTORY` told in Tributary's
+/// terms.
+#[derive(Debug)]
+pub struct Runs {
+    tables: Arc<Vec<LakeTable>>,
+}
+
+impl Runs {
+    /// The function over `tables`.
+    pub fn new(tables: Arc<Vec<LakeTable>>) -> Self {
+        Runs { tables }
+    }
+}
+
+impl TableFunctionImpl for Runs {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let values = literals("runs", &args, "('orders')")?;
+        let (table, _) = find(&self.tables, "runs", &values[0])?;
+        let url = table.history.clone();
+        let batch = block_on(async move {
+            let history = deltalake::open_table(url).await?;
+            runs_batch(&history).await
+        })?
+        .map_err(|e| plan_err(format!("runs('{}'): {e}", values[0])))?;
+        let table = deltalake::datafusion::datasource::MemTable::try_new(
+            batch.schema(),
+            vec![vec![batch]],
+        )?;
+        Ok(Arc::new(table))
+    }
+}
+
+/// One row per Tributary commit of `history` (see [`Runs`]).
+async fn runs_batch(
+    history: &deltalake::DeltaTable,
+) -> crate::Result<deltalake::arrow::record_batch::RecordBatch> {
+    use deltalake::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let latest = history.version().unwrap_or(0);
+    let (mut version, mut at, mut run, mut run_id, mut date, mut fingerprint) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut files, mut rows, mut bytes) = (vec![], vec![], vec![]);
+    for v in 0..=latest {
+        let Some(commit) = crate::sink::delta::log::read_commit(history, v).await? else {
+            continue;
+        };
+        let Some(entry) = commit.entry else {
+            continue;
+        };
+        version.push(v as i64);
+        at.push(commit.timestamp_ms);
+        run.push(entry.run.seq);
+        run_id.push(entry.run.run_id);
+        date.push(entry.run.business_date);
+        fingerprint.push(entry.run.fingerprint);
+        files.push(commit.adds.len() as i64);
+        bytes.push(commit.adds.iter().map(|a| a.size).sum::<i64>());
+        let counted: Option<i64> = commit
+            .adds
+            .iter()
+            .map(|a| {
+                let stats: serde_json::Value = serde_json::from_str(a.stats.as_deref()?).ok()?;
+                stats.get("numRecords")?.as_i64()
+            })
+            .sum();
+        rows.push(counted);
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("history_version", DataType::Int64, false),
+        Field::new(
+            "committed_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("run", DataType::Int64, false),
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("business_date", DataType::Utf8, false),
+        Field::new("fingerprint", DataType::Utf8, false),
+        Field::new("files_added", DataType::Int64, false),
+        Field::new("rows_added", DataType::Int64, true),
+        Field::new("bytes_added", DataType::Int64, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(version)),
+        Arc::new(TimestampMillisecondArray::from(at).with_timezone("UTC")),
+        Arc::new(Int64Array::from(run)),
+        Arc::new(StringArray::from(run_id)),
+        Arc::new(StringArray::from(date)),
+        Arc::new(StringArray::from(fingerprint)),
+        Arc::new(Int64Array::from(files)),
+        Arc::new(Int64Array::from(rows)),
+        Arc::new(Int64Array::from(bytes)),
+    ];
+    Ok(deltalake::arrow::record_batch::RecordBatch::try_new(
+        schema, columns,
+    )?)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use deltalake::DeltaTable;
 use url::Url;
 
 use super::catalog::LakeTable;
-use super::functions::{AsOf, TimeTravel, Travel};
+use super::functions::{AsOf, Changes, Runs, TimeTravel, Travel};
 use crate::error::{Error, Result};
 
 /// A query session over a lake's tables.
@@ -93,8 +93,8 @@ impl Lake {
     /// Registers every table: current as `<name>`, history as `<name>_history`, and the view
     /// `<name>_scd2` (history with `eff_end_date`, the next version's `eff_start_date` of the
     /// same key, NULL for the latest, and `is_current`, true for the latest version of a key
-    /// that is not a delete); plus the functions `version_as_of`, `timestamp_as_of` and
-    /// `as_of` (see the module docs).
+    /// that is not a delete); plus the functions `version_as_of`, `timestamp_as_of`, `as_of`,
+    /// `changes` and `runs` (see the module docs).
     ///
     /// # Errors
     /// [`Error::Input`] for a table that is not there; Delta and DataFusion errors.
@@ -139,7 +139,9 @@ impl Lake {
             "timestamp_as_of",
             Arc::new(TimeTravel::new(Travel::Timestamp, shared.clone())),
         );
-        ctx.register_udtf("as_of", Arc::new(AsOf::new(shared)));
+        ctx.register_udtf("as_of", Arc::new(AsOf::new(shared.clone())));
+        ctx.register_udtf("changes", Arc::new(Changes::new(shared.clone())));
+        ctx.register_udtf("runs", Arc::new(Runs::new(shared)));
         Ok(Lake { ctx, tables })
     }
 

@@ -131,6 +131,47 @@ async fn time_travel_by_version_and_time_and_as_of_a_business_date() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn changes_between_versions_and_the_runs_of_a_table() {
+    let fx = Fixture::every_operation().await;
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT id, v, operation, commit_version FROM changes('t', 1, 2) ORDER BY id"
+        ),
+        [
+            "id,v,operation,commit_version",
+            "b,5.0,U,2",
+            "c,3.0,D,2",
+            "d,4.0,I,2"
+        ]
+    );
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT commit_version, count(*) AS n FROM changes('t', 0, 2) GROUP BY 1 ORDER BY 1"
+        ),
+        ["commit_version,n", "1,3", "2,3"]
+    );
+    assert_eq!(
+        csv(&fx, "SELECT count(*) AS n FROM changes('t', 2, 2)"),
+        ["n", "0"]
+    );
+    // Day 2 adds two history files: the U and I rows (shared with current), the D rows.
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT history_version, run, business_date, files_added, rows_added, \
+             length(fingerprint) AS f, committed_at IS NOT NULL AS timed FROM runs('t') ORDER BY run"
+        ),
+        [
+            "history_version,run,business_date,files_added,rows_added,f,timed",
+            "1,1,2024-01-01,1,3,32,true",
+            "2,2,2024-01-02,2,3,32,true"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_queries_exit_2_naming_the_statement() {
     let fx = Fixture::every_operation().await;
     for (query, says) in [
@@ -143,6 +184,9 @@ async fn bad_queries_exit_2_naming_the_statement() {
         ),
         ("SELECT * FROM version_as_of('x', 1)", "no table `x`"),
         ("SELECT * FROM as_of('t', 'soon')", "not a date"),
+        ("SELECT * FROM changes('t', 2, 1)", "is after the second"),
+        ("SELECT * FROM changes('t', 1, 9)", "changes('t', 1, 9)"),
+        ("SELECT * FROM runs('t', 1)", "runs('orders')"),
         (
             "SELECT * FROM timestamp_as_of('t', '1999-01-01 00:00:00')",
             "the table did not exist yet",
@@ -270,4 +314,59 @@ fn as_of_every_day_equals_current_after_that_day() {
             Ok(())
         })
         .unwrap();
+}
+
+/// The shell, fed through a pipe: meta-commands, a statement over two lines, an error that the
+/// shell survives, and `\q`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shell_runs_meta_commands_and_multi_line_statements() {
+    use std::io::Write;
+    let fx = Fixture::every_operation().await;
+    let mut child = Command::new(BIN)
+        .current_dir(fx.dir.path())
+        .env("HOME", fx.dir.path())
+        .args(["sql", "--config", "config.yaml"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"\\d\nSELECT count(*)\n  AS live FROM t;\nSELECT nope FROM t;\n\\d t_scd2\n\\x\nSELECT 7 AS after_error;\n\\q\nSELECT 8 AS after_quit;\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for table in [
+        "| public       | t          | BASE TABLE |",
+        "| public       | t_history  | BASE TABLE |",
+        "| public       | t_scd2     | VIEW       |",
+    ] {
+        assert!(stdout.contains(table), "{table} in {stdout}");
+    }
+    assert!(
+        stdout.contains("| live |") && stdout.contains("| 3    |"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("| eff_end_date   |"),
+        "\\d t_scd2: {stdout}"
+    );
+    assert!(stdout.contains("| after_error |"), "{stdout}");
+    assert!(!stdout.contains("after_quit"), "{stdout}");
+    assert!(
+        stderr.contains("error: statement 1 (`SELECT nope FROM t`)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown command `\\x`"), "{stderr}");
+    assert!(
+        fx.dir.path().join(".tributary_history").exists(),
+        "history is kept"
+    );
 }

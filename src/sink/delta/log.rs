@@ -66,6 +66,8 @@ pub struct CommitActions {
     pub entry: Option<CommitEntry>,
     /// The commit's `add` actions.
     pub adds: Vec<Add>,
+    /// The commit's time (`commitInfo.timestamp`), milliseconds since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Reads and parses one commit file. Returns None when the file is gone (log clean-up).
@@ -80,6 +82,7 @@ pub async fn read_commit(table: &DeltaTable, version: u64) -> Result<Option<Comm
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let value: serde_json::Value = serde_json::from_slice(line)?;
         if let Some(info) = value.get("commitInfo") {
+            out.timestamp_ms = info.get("timestamp").and_then(serde_json::Value::as_i64);
             if let Some(entry) = info.get(COMMIT_INFO_KEY) {
                 out.entry = Some(serde_json::from_value(entry.clone())?);
             }
