@@ -64,11 +64,18 @@ pub async fn execute(args: SqlArgs) -> Result<u8> {
     let sql = match (&args.execute, &args.file) {
         (Some(sql), _) => sql.clone(),
         (None, Some(path)) if path.as_os_str() == "-" => read_stdin()?,
-        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| Error::Input {
-            path: path.clone(),
-            reason: format!("cannot read the statements: {e}"),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            Error::Usage(format!(
+                "-f {}: cannot read the statements: {e}",
+                path.display()
+            ))
         })?,
         (None, None) => {
+            if args.output.is_some() {
+                return Err(Error::Usage(
+                    "-o writes the rows of -e or -f statements; the shell prints them".into(),
+                ));
+            }
             let lake = Lake::open(tables).await?;
             return super::repl::run(&lake, args.format).await;
         }

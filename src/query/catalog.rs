@@ -36,13 +36,11 @@ impl LakeTable {
 /// `current/_delta_log` (and `history/`), sorted by name.
 ///
 /// # Errors
-/// [`Error::Input`] when the root cannot be read or holds no table.
+/// [`Error::Usage`] when the root cannot be read or holds no table.
 pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
     let list = |dir: &Path| -> Result<Vec<std::path::PathBuf>> {
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::Input {
-            path: dir.to_path_buf(),
-            reason: format!("cannot list the lake: {e}"),
-        })?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::Usage(format!("lake {}: cannot list it: {e}", dir.display())))?;
         let mut out: Vec<_> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_dir())
@@ -71,10 +69,11 @@ pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
         }
     }
     if tables.is_empty() {
-        return Err(Error::Input {
-            path: root.to_path_buf(),
-            reason: "no <schema>/<table>/current Delta table in this lake root".into(),
-        });
+        return Err(Error::Usage(format!(
+            "lake {}: no <schema>/<table>/current Delta table in it (a sync lake root; for \
+             snapshot tables pass --config FILE)",
+            root.display()
+        )));
     }
     Ok(tables)
 }

@@ -56,6 +56,26 @@ fn plan_err(text: String) -> DataFusionError {
     DataFusionError::Plan(text)
 }
 
+/// A delta-rs error of a table function: a version or table that does not exist is the
+/// query's fault (a planning error: exit 2); anything else (I/O, a corrupt log) is not.
+fn delta_err(call: &str, err: deltalake::DeltaTableError) -> DataFusionError {
+    use deltalake::DeltaTableError as E;
+    match err {
+        E::InvalidVersion(_) | E::NotATable(_) => plan_err(format!("{call}: {err}")),
+        other => DataFusionError::External(format!("{call}: {other}").into()),
+    }
+}
+
+/// [`delta_err`] for Tributary's errors: a missing version or table, or a log entry cleaned
+/// up, is a planning error; the rest are not.
+fn crate_err(call: &str, err: crate::Error) -> DataFusionError {
+    match err {
+        crate::Error::Delta(e) => delta_err(call, e),
+        crate::Error::Lake { .. } => plan_err(format!("{call}: {err}")),
+        other => DataFusionError::External(format!("{call}: {other}").into()),
+    }
+}
+
 /// Runs `future` to completion from inside DataFusion's (synchronous) planning of a table
 /// function, on the multi-threaded runtime the binary runs on.
 fn block_on<F: Future>(future: F) -> DfResult<F::Output> {
@@ -113,6 +133,21 @@ fn arguments(function: &str, args: &TableFunctionArgs) -> DfResult<(String, Stri
     Ok((values.pop().unwrap_or_default(), value))
 }
 
+/// Checks that the table at `url` has `version` (delta-rs reports a version past the latest
+/// as a kernel error).
+fn exists(url: &url::Url, call: &str, version: i64) -> DfResult<()> {
+    let latest = block_on(deltalake::open_table(url.clone()))?
+        .map_err(|e| delta_err(call, e))?
+        .version()
+        .unwrap_or(0);
+    if version as u64 > latest {
+        return Err(plan_err(format!(
+            "{call}: no version {version} (the latest is {latest})"
+        )));
+    }
+    Ok(())
+}
+
 /// A version number argument.
 fn version(function: &str, text: &str) -> DfResult<i64> {
     match text.parse::<i64>() {
@@ -130,27 +165,30 @@ fn find<'a>(
     function: &str,
     name: &str,
 ) -> DfResult<(&'a LakeTable, bool)> {
-    let (base, history) = match name.strip_suffix("_history") {
-        Some(base) => (base, true),
-        None => (name, false),
-    };
-    let found = tables
-        .iter()
-        .find(|t| t.qualified() == base)
-        .or_else(|| {
+    // By its own name first: a table may be named `order_history`.
+    let named = |base: &str| {
+        tables.iter().find(|t| t.qualified() == base).or_else(|| {
             let mut same = tables.iter().filter(|t| t.name == base);
             match (same.next(), same.next()) {
                 (Some(only), None) => Some(only),
                 _ => None,
             }
         })
-        .ok_or_else(|| {
-            let known: Vec<String> = tables.iter().map(LakeTable::qualified).collect();
-            plan_err(format!(
-                "{function}: no table `{name}` (tables: {}; add `_history` for a history table)",
-                known.join(", ")
-            ))
-        })?;
+    };
+    if let Some(table) = named(name) {
+        return Ok((table, false));
+    }
+    let (base, history) = match name.strip_suffix("_history") {
+        Some(base) => (base, true),
+        None => (name, false),
+    };
+    let found = named(base).ok_or_else(|| {
+        let known: Vec<String> = tables.iter().map(LakeTable::qualified).collect();
+        plan_err(format!(
+            "{function}: no table `{name}` (tables: {}; add `_history` for a history table)",
+            known.join(", ")
+        ))
+    })?;
     Ok((found, history))
 }
 
@@ -170,6 +208,7 @@ impl TableFunctionImpl for TimeTravel {
         let loaded = match self.travel {
             Travel::Version => {
                 let version = version(function, &value)?;
+                exists(&url, &format!("{function}('{name}', {value})"), version)?;
                 block_on(deltalake::open_table_with_version(url, version as _))?
             }
             Travel::Timestamp => {
@@ -181,7 +220,7 @@ impl TableFunctionImpl for TimeTravel {
                 block_on(deltalake::open_table_with_ds(url, at))?
             }
         };
-        let table = loaded.map_err(|e| plan_err(format!("{function}('{name}', {value}): {e}")))?;
+        let table = loaded.map_err(|e| delta_err(&format!("{function}('{name}', {value})"), e))?;
         if self.travel == Travel::Timestamp {
             // delta-rs loads the first version for a time before it: no table existed then.
             let target = timestamp(&value)
@@ -257,7 +296,7 @@ impl TableFunctionImpl for AsOf {
                 .map(|n| ident(&n))
                 .collect();
             let order = if position {
-                "eff_start_date DESC, source_position DESC"
+                "eff_start_date DESC, source_position DESC NULLS LAST"
             } else {
                 "eff_start_date DESC"
             };
@@ -270,7 +309,7 @@ impl TableFunctionImpl for AsOf {
             );
             Ok::<_, crate::Error>(inner.sql(&sql).await?)
         })?
-        .map_err(|e| plan_err(format!("as_of('{name}', {date}): {e}")))?;
+        .map_err(|e| crate_err(&format!("as_of('{name}', {date})"), e))?;
         Ok(frame.into_view())
     }
 }
@@ -306,6 +345,7 @@ impl TableFunctionImpl for Changes {
             )));
         }
         let url = table.history.clone();
+        exists(&url, &format!("changes('{}', {from}, {to})", values[0]), to)?;
         let name = values[0].clone();
         let inner = context();
         let frame = block_on(async move {
@@ -343,7 +383,7 @@ impl TableFunctionImpl for Changes {
             }
             Ok::<_, crate::Error>(inner.sql(&selects.join(" UNION ALL ")).await?)
         })?
-        .map_err(|e| plan_err(format!("changes('{}', {from}, {to}): {e}", values[0])))?;
+        .map_err(|e| crate_err(&format!("changes('{}', {from}, {to})", values[0]), e))?;
         Ok(frame.into_view())
     }
 }
@@ -374,7 +414,7 @@ impl TableFunctionImpl for Runs {
             let history = deltalake::open_table(url).await?;
             runs_batch(&history).await
         })?
-        .map_err(|e| plan_err(format!("runs('{}'): {e}", values[0])))?;
+        .map_err(|e| crate_err(&format!("runs('{}')", values[0]), e))?;
         let table = deltalake::datafusion::datasource::MemTable::try_new(
             batch.schema(),
             vec![vec![batch]],

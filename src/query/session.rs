@@ -7,6 +7,7 @@ use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::common::TableReference;
 use deltalake::datafusion::error::DataFusionError;
+use deltalake::datafusion::execution::context::SQLOptions;
 use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::datafusion::sql::parser::DFParser;
 use deltalake::DeltaTable;
@@ -55,15 +56,14 @@ pub(crate) fn context() -> SessionContext {
 /// Opens the Delta table at `url` for reading.
 ///
 /// # Errors
-/// [`Error::Input`] naming the table when there is none at `url`; Delta errors.
+/// [`Error::Usage`] naming the table when there is none at `url`; Delta errors.
 pub(crate) async fn open(url: &Url, what: &str) -> Result<DeltaTable> {
     deltalake::open_table(url.clone())
         .await
         .map_err(|e| match e {
-            deltalake::DeltaTableError::NotATable(_) => Error::Input {
-                path: url.to_file_path().unwrap_or_else(|()| url.as_str().into()),
-                reason: format!("no Delta table ({what})"),
-            },
+            deltalake::DeltaTableError::NotATable(_) => Error::Usage(format!(
+                "{what}: no Delta table at {url} (has a run created it yet?)"
+            )),
             other => Error::Delta(other),
         })
 }
@@ -97,8 +97,22 @@ impl Lake {
     /// `changes` and `runs` (see the module docs).
     ///
     /// # Errors
-    /// [`Error::Input`] for a table that is not there; Delta and DataFusion errors.
+    /// [`Error::Usage`] for a table that is not there, or two tables registered under one
+    /// name; Delta and DataFusion errors.
     pub async fn open(tables: Vec<LakeTable>) -> Result<Lake> {
+        let mut names = std::collections::HashMap::new();
+        for table in &tables {
+            for suffix in ["", "_history", "_scd2"] {
+                let name = format!("{}{suffix}", table.qualified());
+                if let Some(other) = names.insert(name.clone(), table.qualified()) {
+                    return Err(Error::Usage(format!(
+                        "two tables would be registered as `{name}` (from `{other}` and `{}`): \
+                         query them in separate sessions",
+                        table.qualified()
+                    )));
+                }
+            }
+        }
         let ctx = context();
         for table in &tables {
             if let Some(schema) = &table.schema {
@@ -114,15 +128,20 @@ impl Lake {
             let provider = history.table_provider().await?;
             let position = provider.schema().field_with_name("source_position").is_ok();
             ctx.register_table(reference(table, "_history"), provider)?;
-            let order = if position {
-                "eff_start_date, source_position"
+            // A key's versions in order: by eff_start_date, then (change-log tables) by
+            // source position, a change without one (a DMS full load) first.
+            let (order, newest_first) = if position {
+                (
+                    "eff_start_date, source_position NULLS FIRST",
+                    "eff_start_date DESC, source_position DESC NULLS LAST",
+                )
             } else {
-                "eff_start_date"
+                ("eff_start_date", "eff_start_date DESC")
             };
             let view = format!(
                 "CREATE VIEW {view} AS SELECT *, \
                  LEAD(eff_start_date) OVER (PARTITION BY keyhash ORDER BY {order}) AS eff_end_date, \
-                 (ROW_NUMBER() OVER (PARTITION BY keyhash ORDER BY {order} DESC) = 1 \
+                 (ROW_NUMBER() OVER (PARTITION BY keyhash ORDER BY {newest_first}) = 1 \
                   AND operation <> 'D') AS is_current \
                  FROM {history}",
                 view = reference_sql(table, "_scd2"),
@@ -166,6 +185,12 @@ impl Lake {
             let plan = state
                 .statement_to_plan(statement)
                 .await
+                .map_err(|e| usage(Some((i, &text)), e))?;
+            // Queries only: INSERT, UPDATE, DELETE and COPY would change the lake (or write
+            // files) outside a run.
+            SQLOptions::new()
+                .with_allow_dml(false)
+                .verify_plan(&plan)
                 .map_err(|e| usage(Some((i, &text)), e))?;
             let frame = self
                 .ctx

@@ -123,6 +123,13 @@ async fn time_travel_by_version_and_time_and_as_of_a_business_date() {
         ["n", "0"],
         "before the first run"
     );
+    // A time between the two runs: history as day 1 left it.
+    let at = csv(&fx, "SELECT committed_at FROM runs('t') WHERE run = 1");
+    let query = format!(
+        "SELECT count(*) AS n FROM timestamp_as_of('t_history', '{}')",
+        at[1]
+    );
+    assert_eq!(csv(&fx, &query), ["n", "3"], "{at:?}");
     // Several statements: each one's rows, in order.
     assert_eq!(
         csv(&fx, "SELECT 1 AS x; SELECT 2 AS y"),
@@ -187,6 +194,11 @@ async fn bad_queries_exit_2_naming_the_statement() {
         ("SELECT * FROM changes('t', 2, 1)", "is after the second"),
         ("SELECT * FROM changes('t', 1, 9)", "changes('t', 1, 9)"),
         ("SELECT * FROM runs('t', 1)", "runs('orders')"),
+        (
+            "INSERT INTO t_history SELECT * FROM t_history",
+            "DML not supported",
+        ),
+        ("COPY t TO 'out.parquet'", "statement 1"),
         (
             "SELECT * FROM timestamp_as_of('t', '1999-01-01 00:00:00')",
             "the table did not exist yet",
@@ -342,7 +354,12 @@ async fn the_shell_runs_meta_commands_and_multi_line_statements() {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Fed from a pipe, a failed statement makes the exit code 2 (after the rest ran).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        !stdout.contains("tributary sql:"),
+        "the banner goes to stderr: {stdout}"
+    );
     for table in [
         "| public       | t          | BASE TABLE |",
         "| public       | t_history  | BASE TABLE |",
@@ -355,7 +372,7 @@ async fn the_shell_runs_meta_commands_and_multi_line_statements() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("| eff_end_date   |"),
+        stdout.contains("| eff_end_date   | Date32"),
         "\\d t_scd2: {stdout}"
     );
     assert!(stdout.contains("| after_error |"), "{stdout}");
@@ -366,7 +383,110 @@ async fn the_shell_runs_meta_commands_and_multi_line_statements() {
     );
     assert!(stderr.contains("unknown command `\\x`"), "{stderr}");
     assert!(
-        fx.dir.path().join(".tributary_history").exists(),
-        "history is kept"
+        !fx.dir.path().join(".tributary_history").exists(),
+        "no history for a script"
+    );
+    // A last statement without `;` runs; a `;` inside a string does not end a statement.
+    let mut child = Command::new(BIN)
+        .current_dir(fx.dir.path())
+        .args(["sql", "--config", "config.yaml", "--format", "csv"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT 'a;\nb' AS s;\nSELECT 9 AS tail")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "s\n\"a;\nb\"\ntail\n9\n"
+    );
+}
+
+/// A change-log table (with `source_position`): the SCD2 view and `as_of` order a key's
+/// versions by date, then source position, and a table named `*_history` is found by its own
+/// name.
+#[test]
+fn a_change_log_table_has_its_versions_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let landing = tmp.path().join("landing");
+    for table in ["s/orders", "s/order_history"] {
+        std::fs::create_dir_all(landing.join(table)).unwrap();
+    }
+    let entry = |source: &str| {
+        format!(
+            "- source: {source}\n  active: true\n  primary_key: [id]\n  columns:\n  \
+             - {{name: id, type: long}}\n  - {{name: name, type: string}}\n"
+        )
+    };
+    std::fs::write(
+        landing.join("tables.yaml"),
+        format!("tables:\n{}{}", entry("s/orders"), entry("s/order_history")),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .current_dir(tmp.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Change files without a commit time: eff_start_date is the sync's --date; the last two
+    // runs share a date, and their source positions (the file names' times) order them.
+    for (file, rows, date) in [
+        ("20240101-000000000.csv", "I,1,a\nI,2,x\n", "2024-01-01"),
+        ("20240102-000000000.csv", "U,1,b\n", "2024-01-02"),
+        ("20240103-000000000.csv", "U,1,c\nD,2,x\n", "2024-01-03"),
+        ("20240104-000000000.csv", "U,1,d\n", "2024-01-03"),
+    ] {
+        std::fs::write(landing.join("s/orders").join(file), rows).unwrap();
+        std::fs::write(landing.join("s/order_history").join(file), rows).unwrap();
+        run(&["sync", "landing", "--lake", "lake", "--date", date]);
+    }
+    let sql = |query: &str| run(&["sql", "--lake", "lake", "--format", "csv", "-e", query]);
+    assert_eq!(
+        sql(
+            "SELECT id, name, operation, eff_start_date, eff_end_date, is_current \
+             FROM s.orders_scd2 ORDER BY id, eff_start_date, source_position"
+        ),
+        "id,name,operation,eff_start_date,eff_end_date,is_current\n\
+         1,a,I,2024-01-01,2024-01-02,false\n\
+         1,b,U,2024-01-02,2024-01-03,false\n\
+         1,c,U,2024-01-03,2024-01-03,false\n\
+         1,d,U,2024-01-03,,true\n\
+         2,x,I,2024-01-01,2024-01-03,false\n\
+         2,x,D,2024-01-03,,false\n"
+    );
+    assert_eq!(
+        sql("SELECT id, name FROM as_of('s.orders', DATE '2024-01-02') ORDER BY id"),
+        "id,name\n1,b\n2,x\n"
+    );
+    // `order_history` is a table of its own (not the history of a table `order`), and
+    // `order_history_history` its history.
+    assert_eq!(
+        sql("SELECT id, name FROM as_of('order_history', DATE '2024-01-03')"),
+        "id,name\n1,d\n"
+    );
+    assert_eq!(
+        sql("SELECT count(*) AS n FROM version_as_of('s.order_history_history', 1)"),
+        "n\n2\n"
     );
 }
