@@ -30,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DUCKDB = r'''
 import sys, duckdb, deltalake, pyarrow.dataset as pads
 lake, query, key = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+duckdb.sql("SET enable_progress_bar = false")
 cur = deltalake.DeltaTable(lake + "/sample_data_current").to_pyarrow_dataset()
 if query == "count":
     rows = duckdb.sql("select count(*) from cur").fetchall()
@@ -109,7 +110,8 @@ def main():
                 else:
                     cmd = [sys.executable, "-c", DUCKDB, lake, name, ",".join(key)]
                 stats, out = measured(work, f"{name}-{system}-{r}", cmd)
-                result = tributary_rows(out) if system == "tributary" else json.loads(out.replace("'", '"'))
+                result = (tributary_rows(out) if system == "tributary"
+                          else json.loads(out.strip().splitlines()[-1].replace("'", '"')))
                 if system not in best or stats["precise_wall_secs"] < best[system][0]["precise_wall_secs"]:
                     best[system] = (stats, result)
         t, d = best["tributary"], best["duckdb"]
