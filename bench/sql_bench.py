@@ -49,6 +49,10 @@ elif query == "changes":
     ds = pads.dataset(new, format="parquet")  # history files hold eff_start_date themselves
     rows = duckdb.sql("select operation, count(*) from ds group by 1 order by 1").fetchall()
 print([list(r) for r in rows])
+# PyArrow's scanner threads can abort the interpreter at exit (apache/arrow#34314): the result
+# is printed, so leave without the interpreter's teardown.
+sys.stdout.flush()
+import os; os._exit(0)
 '''
 
 SQL = {
