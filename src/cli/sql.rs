@@ -31,7 +31,7 @@ pub struct SqlArgs {
     )]
     pub execute: Option<String>,
     /// A file of statements separated by `;` (`-` for standard input). Without -e or -f, an
-    /// interactive shell (`\\?` for help).
+    /// interactive shell (`\?` for help).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Output format.
