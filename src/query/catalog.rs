@@ -5,7 +5,7 @@ use std::path::Path;
 
 use url::Url;
 
-use crate::config::TableConfig;
+use crate::config::{table_url, TableConfig};
 use crate::error::{Error, Result};
 
 /// One table of the lake: its current and history Delta tables, by SQL name.
@@ -38,6 +38,7 @@ impl LakeTable {
 /// # Errors
 /// [`Error::Usage`] when the root cannot be read or holds no table.
 pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
+    let root = &std::path::absolute(root)?;
     let list = |dir: &Path| -> Result<Vec<std::path::PathBuf>> {
         let entries = std::fs::read_dir(dir)
             .map_err(|e| Error::Usage(format!("lake {}: cannot list it: {e}", dir.display())))?;
@@ -63,8 +64,8 @@ pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
             tables.push(LakeTable {
                 schema: Some(name(&schema)),
                 name: name(&table),
-                current: folder_url(&table.join("current"))?,
-                history: folder_url(&table.join("history"))?,
+                current: table_url("--lake", "current", &table)?,
+                history: table_url("--lake", "history", &table)?,
             });
         }
     }
@@ -89,13 +90,5 @@ pub fn config_table(path: &Path) -> Result<LakeTable> {
         name: config.table.name.to_lowercase(),
         current: config.table.lake.current_url.clone(),
         history: config.table.lake.history_url.clone(),
-    })
-}
-
-fn folder_url(path: &Path) -> Result<Url> {
-    let path = std::path::absolute(path)?;
-    Url::from_directory_path(&path).map_err(|()| Error::Input {
-        path,
-        reason: "cannot be written as a file:// URL".into(),
     })
 }

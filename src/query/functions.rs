@@ -15,40 +15,69 @@ use deltalake::datafusion::logical_expr::Expr;
 use super::catalog::LakeTable;
 use super::session::{context, ident};
 
-/// Which time travel a [`TimeTravel`] does.
+/// The table functions of `tributary sql`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Travel {
-    /// `version_as_of('t', N)`: Delta version N.
-    Version,
+pub enum Function {
+    /// `version_as_of('t', N)`: table `t` (or `t_history`) at Delta version N.
+    VersionAsOf,
     /// `timestamp_as_of('t', 'YYYY-MM-DD HH:MM:SS')`: the latest version committed at or
     /// before that time (UTC, RFC 3339 accepted).
-    Timestamp,
+    TimestampAsOf,
+    /// `as_of('t', DATE 'YYYY-MM-DD')`: the state of table `t` after the run of that business
+    /// date.
+    AsOf,
+    /// `changes('t', FROM, TO)`: see [`changes`].
+    Changes,
+    /// `runs('t')`: see [`runs`].
+    Runs,
 }
 
-/// `version_as_of` and `timestamp_as_of`: a table (`t` for current, `t_history`) as it was.
-#[derive(Debug)]
-pub struct TimeTravel {
-    travel: Travel,
-    tables: Arc<Vec<LakeTable>>,
-}
+impl Function {
+    /// Every function, to register.
+    pub const ALL: [Function; 5] = [
+        Function::VersionAsOf,
+        Function::TimestampAsOf,
+        Function::AsOf,
+        Function::Changes,
+        Function::Runs,
+    ];
 
-impl TimeTravel {
-    /// The function over `tables`.
-    pub fn new(travel: Travel, tables: Arc<Vec<LakeTable>>) -> Self {
-        TimeTravel { travel, tables }
+    /// Its name in SQL.
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::VersionAsOf => "version_as_of",
+            Function::TimestampAsOf => "timestamp_as_of",
+            Function::AsOf => "as_of",
+            Function::Changes => "changes",
+            Function::Runs => "runs",
+        }
     }
 }
 
-/// `as_of('t', DATE 'YYYY-MM-DD')`: the state of table `t` after the run of that business date.
+/// One [`Function`] over the lake's tables, as DataFusion calls it.
 #[derive(Debug)]
-pub struct AsOf {
+pub struct LakeFunction {
+    function: Function,
     tables: Arc<Vec<LakeTable>>,
 }
 
-impl AsOf {
-    /// The function over `tables`.
-    pub fn new(tables: Arc<Vec<LakeTable>>) -> Self {
-        AsOf { tables }
+impl LakeFunction {
+    /// `function` over `tables`.
+    pub fn new(function: Function, tables: Arc<Vec<LakeTable>>) -> Self {
+        LakeFunction { function, tables }
+    }
+}
+
+impl TableFunctionImpl for LakeFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        match self.function {
+            Function::VersionAsOf | Function::TimestampAsOf => {
+                time_travel(self.function, &self.tables, args)
+            }
+            Function::AsOf => as_of(&self.tables, args),
+            Function::Changes => changes(&self.tables, args),
+            Function::Runs => runs(&self.tables, args),
+        }
     }
 }
 
@@ -133,19 +162,27 @@ fn arguments(function: &str, args: &TableFunctionArgs) -> DfResult<(String, Stri
     Ok((values.pop().unwrap_or_default(), value))
 }
 
-/// Checks that the table at `url` has `version` (delta-rs reports a version past the latest
-/// as a kernel error).
-fn exists(url: &url::Url, call: &str, version: i64) -> DfResult<()> {
-    let latest = block_on(deltalake::open_table(url.clone()))?
-        .map_err(|e| delta_err(call, e))?
-        .version()
-        .unwrap_or(0);
-    if version as u64 > latest {
-        return Err(plan_err(format!(
-            "{call}: no version {version} (the latest is {latest})"
-        )));
-    }
-    Ok(())
+/// The table at `url` as of `version`: the latest is loaded, so that a version past it is a
+/// planning error naming it (delta-rs reports it as a kernel error), then `version` from it.
+fn open_at(url: &url::Url, call: &str, version: i64) -> DfResult<deltalake::DeltaTable> {
+    block_on(async {
+        let mut table = deltalake::open_table(url.clone())
+            .await
+            .map_err(|e| delta_err(call, e))?;
+        let latest = table.version().unwrap_or(0);
+        if version as u64 > latest {
+            return Err(plan_err(format!(
+                "{call}: no version {version} (the latest is {latest})"
+            )));
+        }
+        if version as u64 != latest {
+            table
+                .load_version(version as _)
+                .await
+                .map_err(|e| delta_err(call, e))?;
+        }
+        Ok(table)
+    })?
 }
 
 /// A version number argument.
@@ -192,64 +229,54 @@ fn find<'a>(
     Ok((found, history))
 }
 
-impl TableFunctionImpl for TimeTravel {
-    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
-        let function = match self.travel {
-            Travel::Version => "version_as_of",
-            Travel::Timestamp => "timestamp_as_of",
-        };
-        let (name, value) = arguments(function, &args)?;
-        let (table, history) = find(&self.tables, function, &name)?;
-        let url = if history {
-            table.history.clone()
-        } else {
-            table.current.clone()
-        };
-        let loaded = match self.travel {
-            Travel::Version => {
-                let version = version(function, &value)?;
-                exists(&url, &format!("{function}('{name}', {value})"), version)?;
-                block_on(deltalake::open_table_with_version(url, version as _))?
-            }
-            Travel::Timestamp => {
-                let at = timestamp(&value).ok_or_else(|| {
-                    plan_err(format!(
-                        "{function}: `{value}` is not a time (YYYY-MM-DD HH:MM:SS, UTC, or RFC 3339)"
-                    ))
-                })?;
-                block_on(deltalake::open_table_with_ds(url, at))?
-            }
-        };
-        let table = loaded.map_err(|e| delta_err(&format!("{function}('{name}', {value})"), e))?;
-        if self.travel == Travel::Timestamp {
-            // delta-rs loads the first version for a time before it: no table existed then.
-            let target = timestamp(&value)
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-                .map(|t| t.timestamp_millis());
-            let first = table
-                .version()
-                .and_then(|v| table.snapshot().ok()?.version_timestamp(v as _));
-            if let (Some(target), Some(first)) = (target, first) {
-                if first > target {
-                    let at = chrono::DateTime::from_timestamp_millis(first)
-                        .map_or(first.to_string(), |t| t.to_rfc3339());
-                    return Err(plan_err(format!(
-                        "{function}('{name}', '{value}'): the table did not exist yet (its \
-                         first version was committed at {at})"
-                    )));
-                }
-            }
+/// `version_as_of` and `timestamp_as_of`: a table (`t` for current, `t_history`) as it was.
+fn time_travel(
+    travel: Function,
+    tables: &[LakeTable],
+    args: TableFunctionArgs,
+) -> DfResult<Arc<dyn TableProvider>> {
+    let function = travel.name();
+    let (name, value) = arguments(function, &args)?;
+    let (table, history) = find(tables, function, &name)?;
+    let url = if history {
+        &table.history
+    } else {
+        &table.current
+    };
+    let call = format!("{function}('{name}', {value})");
+    let table = if travel == Function::VersionAsOf {
+        open_at(url, &call, version(function, &value)?)?
+    } else {
+        let at = timestamp(&value).ok_or_else(|| {
+            plan_err(format!(
+                "{function}: `{value}` is not a time (YYYY-MM-DD HH:MM:SS, UTC, or RFC 3339)"
+            ))
+        })?;
+        let table = block_on(deltalake::open_table_with_ds(url.clone(), at.to_rfc3339()))?
+            .map_err(|e| delta_err(&call, e))?;
+        // delta-rs loads the first version for a time before it: no table existed then.
+        let first = table
+            .version()
+            .and_then(|v| table.snapshot().ok()?.version_timestamp(v as _));
+        if let Some(first) = first.filter(|&first| first > at.timestamp_millis()) {
+            let at = chrono::DateTime::from_timestamp_millis(first)
+                .map_or(first.to_string(), |t| t.to_rfc3339());
+            return Err(plan_err(format!(
+                "{function}('{name}', '{value}'): the table did not exist yet (its \
+                 first version was committed at {at})"
+            )));
         }
-        table.update_datafusion_session(args.session())?;
-        block_on(async { table.table_provider().await })?
-            .map_err(|e| DataFusionError::External(Box::new(e)))
-    }
+        table
+    };
+    table.update_datafusion_session(args.session())?;
+    block_on(async { table.table_provider().await })?
+        .map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
-/// `YYYY-MM-DD[ T]HH:MM:SS[.f]` (UTC) or RFC 3339, as RFC 3339 for delta-rs.
-fn timestamp(text: &str) -> Option<String> {
+/// `YYYY-MM-DD[ T]HH:MM:SS[.f]` (UTC) or RFC 3339.
+fn timestamp(text: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Some(t.to_rfc3339());
+        return Some(t);
     }
     let naive = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d"]
         .iter()
@@ -262,67 +289,66 @@ fn timestamp(text: &str) -> Option<String> {
                         .and_then(|d| d.and_hms_opt(0, 0, 0))
                 })
         })?;
-    Some(naive.and_utc().to_rfc3339())
+    Some(naive.and_utc().fixed_offset())
 }
 
-impl TableFunctionImpl for AsOf {
-    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
-        let (name, value) = arguments("as_of", &args)?;
-        let (table, history) = find(&self.tables, "as_of", &name)?;
-        if history {
-            return Err(plan_err(
-                "as_of: name the table (`orders`), not its history".into(),
-            ));
-        }
-        let date = NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
-            plan_err(format!(
-                "as_of: `{value}` is not a date (DATE 'YYYY-MM-DD')"
-            ))
-        })?;
-        let url = table.history.clone();
-        let inner = context();
-        let frame = block_on(async move {
-            let history = deltalake::open_table(url).await?;
-            history.update_datafusion_session(&inner.state())?;
-            let provider = history.table_provider().await?;
-            let schema = provider.schema();
-            let position = schema.field_with_name("source_position").is_ok();
-            inner.register_table("history", provider)?;
-            let columns: Vec<String> = schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .filter(|n| n != "operation")
-                .map(|n| ident(&n))
-                .collect();
-            let sql = if position {
-                // Change-log tables: several versions of a key may share a date, ordered by
-                // source position (a change without one first).
-                format!(
-                    "SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY keyhash \
-                     ORDER BY eff_start_date DESC, source_position DESC NULLS LAST) \
-                     AS tributary_rank FROM history WHERE eff_start_date <= DATE '{date}') \
-                     WHERE tributary_rank = 1 AND operation <> 'D'",
-                    columns = columns.join(", "),
-                )
-            } else {
-                // Snapshot tables: one version per key and date, so the latest date picks it;
-                // an aggregate and a hash join, about 8x faster than the window at 10M rows.
-                let columns: Vec<String> = columns.iter().map(|c| format!("h.{c}")).collect();
-                format!(
-                    "SELECT {columns} FROM history h JOIN (SELECT keyhash, \
-                     max(eff_start_date) AS latest FROM history \
-                     WHERE eff_start_date <= DATE '{date}' GROUP BY keyhash) l \
-                     ON h.keyhash = l.keyhash AND h.eff_start_date = l.latest \
-                     WHERE h.operation <> 'D'",
-                    columns = columns.join(", "),
-                )
-            };
-            Ok::<_, crate::Error>(inner.sql(&sql).await?)
-        })?
-        .map_err(|e| crate_err(&format!("as_of('{name}', {date})"), e))?;
-        Ok(frame.into_view())
+/// `as_of('t', DATE 'YYYY-MM-DD')`: the state of table `t` after the run of that business date.
+fn as_of(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+    let (name, value) = arguments("as_of", &args)?;
+    let (table, history) = find(tables, "as_of", &name)?;
+    if history {
+        return Err(plan_err(
+            "as_of: name the table (`orders`), not its history".into(),
+        ));
     }
+    let date = NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
+        plan_err(format!(
+            "as_of: `{value}` is not a date (DATE 'YYYY-MM-DD')"
+        ))
+    })?;
+    let url = table.history.clone();
+    let inner = context();
+    let frame = block_on(async move {
+        let history = deltalake::open_table(url).await?;
+        history.update_datafusion_session(&inner.state())?;
+        let provider = history.table_provider().await?;
+        let schema = provider.schema();
+        let position = schema.field_with_name("source_position").is_ok();
+        inner.register_table("history", provider)?;
+        let columns: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != "operation")
+            .map(|n| ident(&n))
+            .collect();
+        let sql = if position {
+            // Change-log tables: several versions of a key may share a date, ordered by
+            // source position (a change without one first).
+            format!(
+                "SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY keyhash \
+                 ORDER BY eff_start_date DESC, source_position DESC NULLS LAST) \
+                 AS tributary_rank FROM history WHERE eff_start_date <= DATE '{date}') \
+                 WHERE tributary_rank = 1 AND operation <> 'D'",
+                columns = columns.join(", "),
+            )
+        } else {
+            // Snapshot tables: one version per key and date, so the latest date picks it;
+            // an aggregate and a hash join, about 8x faster than the window at 10M rows.
+            let columns: Vec<String> = columns.iter().map(|c| format!("h.{c}")).collect();
+            format!(
+                "SELECT {columns} FROM history h JOIN (SELECT keyhash, \
+                 max(eff_start_date) AS latest FROM history \
+                 WHERE eff_start_date <= DATE '{date}' GROUP BY keyhash) l \
+                 ON h.keyhash = l.keyhash AND h.eff_start_date = l.latest \
+                 WHERE h.operation <> 'D'",
+                columns = columns.join(", "),
+            )
+        };
+        Ok::<_, crate::Error>(inner.sql(&sql).await?)
+    })?
+    .map_err(|e| crate_err(&format!("as_of('{name}', {date})"), e))?;
+    Ok(frame.into_view())
 }
 
 /// `changes('t', FROM, TO)`: the rows the history table of `t` gained from version FROM
@@ -330,73 +356,57 @@ impl TableFunctionImpl for AsOf {
 /// rows of the runs in between (history is append-only), as Delta's change data feed and Hudi's
 /// incremental query give them. Only the new version of an updated key is there; `t_scd2`
 /// joins the one before.
-#[derive(Debug)]
-pub struct Changes {
-    tables: Arc<Vec<LakeTable>>,
-}
-
-impl Changes {
-    /// The function over `tables`.
-    pub fn new(tables: Arc<Vec<LakeTable>>) -> Self {
-        Changes { tables }
+pub fn changes(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+    let values = literals("changes", &args, "('orders', 3, 5)")?;
+    let (table, _) = find(tables, "changes", &values[0])?;
+    let (from, to) = (
+        version("changes", &values[1])?,
+        version("changes", &values[2])?,
+    );
+    if from > to {
+        return Err(plan_err(format!(
+            "changes: the first version ({from}) is after the second ({to})"
+        )));
     }
-}
-
-impl TableFunctionImpl for Changes {
-    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
-        let values = literals("changes", &args, "('orders', 3, 5)")?;
-        let (table, _) = find(&self.tables, "changes", &values[0])?;
-        let (from, to) = (
-            version("changes", &values[1])?,
-            version("changes", &values[2])?,
-        );
-        if from > to {
-            return Err(plan_err(format!(
-                "changes: the first version ({from}) is after the second ({to})"
-            )));
+    let call = format!("changes('{}', {from}, {to})", values[0]);
+    let history = open_at(&table.history, &call, to)?;
+    let name = values[0].clone();
+    let inner = context();
+    let frame = block_on(async move {
+        history.update_datafusion_session(&inner.state())?;
+        let session = Arc::new(inner.state());
+        let mut selects = Vec::new();
+        for v in from + 1..=to {
+            let commit = crate::sink::delta::log::read_commit(&history, v as u64)
+                .await?
+                .ok_or_else(|| crate::Error::Lake {
+                    table: format!("{name} history"),
+                    reason: format!("the log of version {v} is gone (log clean-up)"),
+                })?;
+            if commit.adds.is_empty() {
+                continue;
+            }
+            let provider = history
+                .table_provider()
+                .with_session(session.clone())
+                .with_adds(commit.adds)
+                .await?;
+            inner.register_table(format!("v{v}"), provider)?;
+            selects.push(format!(
+                "SELECT *, CAST({v} AS BIGINT) AS commit_version FROM v{v}"
+            ));
         }
-        let url = table.history.clone();
-        exists(&url, &format!("changes('{}', {from}, {to})", values[0]), to)?;
-        let name = values[0].clone();
-        let inner = context();
-        let frame = block_on(async move {
-            let history = deltalake::open_table_with_version(url, to as _).await?;
-            history.update_datafusion_session(&inner.state())?;
-            let session = Arc::new(inner.state());
-            let mut selects = Vec::new();
-            for v in from + 1..=to {
-                let commit = crate::sink::delta::log::read_commit(&history, v as u64)
-                    .await?
-                    .ok_or_else(|| crate::Error::Lake {
-                        table: format!("{name} history"),
-                        reason: format!("the log of version {v} is gone (log clean-up)"),
-                    })?;
-                if commit.adds.is_empty() {
-                    continue;
-                }
-                let provider = history
-                    .table_provider()
-                    .with_session(session.clone())
-                    .with_adds(commit.adds)
-                    .await?;
-                inner.register_table(format!("v{v}"), provider)?;
-                selects.push(format!(
-                    "SELECT *, CAST({v} AS BIGINT) AS commit_version FROM v{v}"
-                ));
-            }
-            if selects.is_empty() {
-                let provider = history.table_provider().with_session(session).await?;
-                inner.register_table("history", provider)?;
-                selects.push(
-                    "SELECT *, CAST(NULL AS BIGINT) AS commit_version FROM history WHERE false"
-                        .into(),
-                );
-            }
-            Ok::<_, crate::Error>(inner.sql(&selects.join(" UNION ALL ")).await?)
-        })?
-        .map_err(|e| crate_err(&format!("changes('{}', {from}, {to})", values[0]), e))?;
-        Ok(frame.into_view())
-    }
+        if selects.is_empty() {
+            let provider = history.table_provider().with_session(session).await?;
+            inner.register_table("history", provider)?;
+            selects.push(
+                "SELECT *, CAST(NULL AS BIGINT) AS commit_version FROM history WHERE false".into(),
+            );
+        }
+        Ok::<_, crate::Error>(inner.sql(&selects.join(" UNION ALL ")).await?)
+    })?
+    .map_err(|e| crate_err(&call, e))?;
+    Ok(frame.into_view())
 }
 
 /// `runs('t')`: the runs recorded in the history table's log, one row per Tributary commit:
@@ -404,34 +414,18 @@ impl TableFunctionImpl for Changes {
 /// (of the input files or the change-log checkpoint), and what the commit added to history:
 /// `files_added`, `rows_added`, `bytes_added`. Delta's `DESCRIBE HISTORY` told in Tributary's
 /// terms.
-#[derive(Debug)]
-pub struct Runs {
-    tables: Arc<Vec<LakeTable>>,
-}
-
-impl Runs {
-    /// The function over `tables`.
-    pub fn new(tables: Arc<Vec<LakeTable>>) -> Self {
-        Runs { tables }
-    }
-}
-
-impl TableFunctionImpl for Runs {
-    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
-        let values = literals("runs", &args, "('orders')")?;
-        let (table, _) = find(&self.tables, "runs", &values[0])?;
-        let url = table.history.clone();
-        let batch = block_on(async move {
-            let history = deltalake::open_table(url).await?;
-            runs_batch(&history).await
-        })?
-        .map_err(|e| crate_err(&format!("runs('{}')", values[0]), e))?;
-        let table = deltalake::datafusion::datasource::MemTable::try_new(
-            batch.schema(),
-            vec![vec![batch]],
-        )?;
-        Ok(Arc::new(table))
-    }
+pub fn runs(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+    let values = literals("runs", &args, "('orders')")?;
+    let (table, _) = find(tables, "runs", &values[0])?;
+    let url = table.history.clone();
+    let batch = block_on(async move {
+        let history = deltalake::open_table(url).await?;
+        runs_batch(&history).await
+    })?
+    .map_err(|e| crate_err(&format!("runs('{}')", values[0]), e))?;
+    let table =
+        deltalake::datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+    Ok(Arc::new(table))
 }
 
 /// One row per Tributary commit of `history` (see [`Runs`]).
@@ -506,6 +500,7 @@ mod tests {
 
     #[test]
     fn times_are_read_as_utc() {
+        let timestamp = |text: &str| super::timestamp(text).map(|t| t.to_rfc3339());
         assert_eq!(
             timestamp("2021-12-30 14:00:00").as_deref(),
             Some("2021-12-30T14:00:00+00:00")

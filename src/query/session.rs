@@ -8,14 +8,15 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::common::TableReference;
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::execution::context::SQLOptions;
-use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::datafusion::prelude::SessionContext;
 use deltalake::datafusion::sql::parser::DFParser;
 use deltalake::DeltaTable;
 use url::Url;
 
 use super::catalog::LakeTable;
-use super::functions::{AsOf, Changes, Runs, TimeTravel, Travel};
+use super::functions::{Function, LakeFunction};
 use crate::error::{Error, Result};
+use crate::sink::delta::session_config;
 
 /// A query session over a lake's tables.
 pub struct Lake {
@@ -41,16 +42,10 @@ impl QueryResult {
     }
 }
 
-/// A session configured as Tributary reads its tables: plain Utf8/Binary arrays (no view types),
+/// A session configured as Tributary reads its tables ([`session_config`]), with
 /// `information_schema` on (`SHOW TABLES`, `SHOW COLUMNS FROM t`).
 pub(crate) fn context() -> SessionContext {
-    let mut config = SessionConfig::new().with_information_schema(true);
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
-    SessionContext::new_with_config(config)
+    SessionContext::new_with_config(session_config().with_information_schema(true))
 }
 
 /// Opens the Delta table at `url` for reading.
@@ -150,17 +145,12 @@ impl Lake {
             ctx.sql(&view).await?;
         }
         let shared = Arc::new(tables.clone());
-        ctx.register_udtf(
-            "version_as_of",
-            Arc::new(TimeTravel::new(Travel::Version, shared.clone())),
-        );
-        ctx.register_udtf(
-            "timestamp_as_of",
-            Arc::new(TimeTravel::new(Travel::Timestamp, shared.clone())),
-        );
-        ctx.register_udtf("as_of", Arc::new(AsOf::new(shared.clone())));
-        ctx.register_udtf("changes", Arc::new(Changes::new(shared.clone())));
-        ctx.register_udtf("runs", Arc::new(Runs::new(shared)));
+        for function in Function::ALL {
+            ctx.register_udtf(
+                function.name(),
+                Arc::new(LakeFunction::new(function, shared.clone())),
+            );
+        }
         Ok(Lake { ctx, tables })
     }
 

@@ -263,3 +263,41 @@ pub fn python_has(test: &str, modules: &[&str]) -> bool {
     );
     false
 }
+
+/// The binary under test, run in `dir` with `args`: stdout and stderr are pipes (not a
+/// terminal), RUST_LOG and NO_COLOR unset. Callers add environment and run it.
+pub fn tributary_command(dir: &Path, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"));
+    command
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .args(args);
+    command
+}
+
+/// Runs `command` with `input` on its stdin (closed after it).
+pub fn output_with_stdin(mut command: std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs the binary in `dir` with `args` ([`tributary_command`]); it must exit 0: its stdout.
+pub fn tributary_ok(dir: &Path, args: &[&str]) -> String {
+    let out = tributary_command(dir, args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -8,13 +8,9 @@ use crate::common::Fixture;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
-/// Runs the binary in `dir` with `args` (stderr to a pipe: not a terminal), RUST_LOG unset.
+/// Runs the binary in `dir` with `args` ([`crate::common::tributary_command`]).
 fn tributary(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .args(args)
+    crate::common::tributary_command(dir, args)
         .output()
         .unwrap()
 }
@@ -359,12 +355,13 @@ fn logs_to_a_file_have_no_colour_a_line_per_stage_and_debug_is_scoped() {
         );
     }
     let input = fx.input("d2", "a.csv", b"a,1\nb,5\nd,4\n");
-    let out = Command::new(BIN)
-        .current_dir(fx.dir.path())
-        .env("RUST_LOG", "debug")
-        .args(["run", "config.yaml", input.to_str().unwrap(), "2024-01-02"])
-        .output()
-        .unwrap();
+    let out = crate::common::tributary_command(
+        fx.dir.path(),
+        &["run", "config.yaml", input.to_str().unwrap(), "2024-01-02"],
+    )
+    .env("RUST_LOG", "debug")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("DEBUG"), "debug lines are shown: {stderr}");

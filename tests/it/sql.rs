@@ -1,28 +1,23 @@
 //! `tributary sql` over real tables: current, history, the SCD2 view, time travel and as-of
 //! queries, against what the runs committed; errors as exit 2 with the statement named.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use proptest::prelude::*;
 
-use crate::common::{Fixture, SIMPLE_COLUMNS};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+use crate::common::{output_with_stdin, tributary_command, tributary_ok, Fixture, SIMPLE_COLUMNS};
 
 fn sql(fx: &Fixture, query: &str) -> Output {
-    Command::new(BIN)
-        .current_dir(fx.dir.path())
-        .args([
-            "sql",
-            "--config",
-            "config.yaml",
-            "--format",
-            "csv",
-            "-e",
-            query,
-        ])
-        .output()
-        .unwrap()
+    let args = [
+        "sql",
+        "--config",
+        "config.yaml",
+        "--format",
+        "csv",
+        "-e",
+        query,
+    ];
+    tributary_command(fx.dir.path(), &args).output().unwrap()
 }
 
 /// The CSV rows of a successful query (header included).
@@ -230,13 +225,7 @@ fn a_sync_lake_is_queried_by_schema_and_table() {
          - {name: id, type: long}\n  - {name: name, type: string}\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        Command::new(BIN)
-            .current_dir(tmp.path())
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| tributary_command(tmp.path(), args).output().unwrap();
     // Two runs: the full load, then a change file.
     let out = run(&["sync", "landing", "--lake", "lake"]);
     assert_eq!(
@@ -335,26 +324,13 @@ fn as_of_every_day_equals_current_after_that_day() {
 /// shell survives, and `\q`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shell_runs_meta_commands_and_multi_line_statements() {
-    use std::io::Write;
     let fx = Fixture::every_operation().await;
-    let mut child = Command::new(BIN)
-        .current_dir(fx.dir.path())
-        .env("HOME", fx.dir.path())
-        .args(["sql", "--config", "config.yaml"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"\\d\nSELECT count(*)\n  AS live FROM t;\nSELECT nope FROM t;\n\\d t_scd2\n\\x\nSELECT 7 AS after_error;\n\\q\nSELECT 8 AS after_quit;\n",
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut shell = tributary_command(fx.dir.path(), &["sql", "--config", "config.yaml"]);
+    shell.env("HOME", fx.dir.path());
+    let out = output_with_stdin(
+        shell,
+        b"\\d\nSELECT count(*)\n  AS live FROM t;\nSELECT nope FROM t;\n\\d t_scd2\n\\x\nSELECT 7 AS after_error;\n\\q\nSELECT 8 AS after_quit;\n",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Fed from a pipe, a failed statement makes the exit code 2 (after the rest ran).
@@ -390,21 +366,13 @@ async fn the_shell_runs_meta_commands_and_multi_line_statements() {
         "no history for a script"
     );
     // A last statement without `;` runs; a `;` inside a string does not end a statement.
-    let mut child = Command::new(BIN)
-        .current_dir(fx.dir.path())
-        .args(["sql", "--config", "config.yaml", "--format", "csv"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"SELECT 'a;\nb' AS s;\nSELECT 9 AS tail")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        tributary_command(
+            fx.dir.path(),
+            &["sql", "--config", "config.yaml", "--format", "csv"],
+        ),
+        b"SELECT 'a;\nb' AS s;\nSELECT 9 AS tail",
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -438,20 +406,7 @@ fn a_change_log_table_has_its_versions_in_order() {
         format!("tables:\n{}{}", entry("s/orders"), entry("s/order_history")),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .current_dir(tmp.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |args: &[&str]| tributary_ok(tmp.path(), args);
     // Change files without a commit time: eff_start_date is the sync's --date; the last two
     // runs share a date, and their source positions (the file names' times) order them.
     for (file, rows, date) in [

@@ -380,6 +380,19 @@ pub async fn scan_stream(
     Ok(Some(dataframe(table, |p| p).await?.execute_stream().await?))
 }
 
+/// The DataFusion settings Tributary reads its tables with: plain Utf8/Binary arrays, as the
+/// table schema has them (view types would be cast back, a copy of every string and digest
+/// scanned).
+pub fn session_config() -> deltalake::datafusion::prelude::SessionConfig {
+    let mut config = deltalake::datafusion::prelude::SessionConfig::new();
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    config
+}
+
 /// A DataFusion data frame over `table`, with its provider adjusted by `provider` (a file
 /// column, a file selection).
 ///
@@ -391,15 +404,7 @@ pub async fn dataframe(
         deltalake::delta_datafusion::TableProviderBuilder,
     ) -> deltalake::delta_datafusion::TableProviderBuilder,
 ) -> Result<deltalake::datafusion::dataframe::DataFrame> {
-    // Plain Utf8/Binary arrays, as the table schema has them: view types would be cast back,
-    // a copy of every string and digest scanned.
-    let mut config = deltalake::datafusion::prelude::SessionConfig::new();
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config(session_config());
     table.update_datafusion_session(&ctx.state())?;
     let session = std::sync::Arc::new(ctx.state());
     let provider = provider(table.table_provider().with_session(session)).await?;
