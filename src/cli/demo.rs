@@ -105,15 +105,17 @@ fn this_binary() -> String {
 
 /// A shell command that prints the count of each operation in the demo's history table, with
 /// the Python `deltalake` and `pyarrow` packages only (no download at run time). The table's
-/// path is a shell-quoted argument, whatever characters it holds. It reads with one thread:
-/// PyArrow's scanner threads can abort the interpreter at exit ("terminate called without an
-/// active exception", apache/arrow#34314), which `to_pyarrow_table()` hits most times here.
+/// path is a shell-quoted argument, whatever characters it holds. It reads with one thread and
+/// leaves with `os._exit` once the rows are printed: PyArrow's threads can abort the
+/// interpreter at exit ("terminate called without an active exception", apache/arrow#34314),
+/// which `to_pyarrow_table()` hits most times here and one thread alone still did under load.
 pub fn read_command(lake: &Path) -> String {
     let table = lake.join("sample_data_history");
     format!(
-        "python3 -c \"import sys; from deltalake import DeltaTable; \
+        "python3 -c \"import os, sys; from deltalake import DeltaTable; \
          print(DeltaTable(sys.argv[1]).to_pyarrow_dataset().to_table(use_threads=False)\
-         .group_by('operation', use_threads=False).aggregate([('operation', 'count')]).to_pylist())\" {}",
+         .group_by('operation', use_threads=False).aggregate([('operation', 'count')]).to_pylist()); \
+         sys.stdout.flush(); os._exit(0)\" {}",
         shell_quote(&table.to_string_lossy())
     )
 }
