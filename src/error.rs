@@ -94,6 +94,16 @@ pub enum Error {
     /// Command-line arguments that parse but make no sense (e.g. generator percentages).
     #[error("{0}")]
     Usage(String),
+
+    /// A change source (a PostgreSQL server) failed: cannot connect, a query or the
+    /// replication stream failed. The message names the server as `host:port/database`.
+    #[error("source {0}")]
+    Source(String),
+
+    /// A change source is not set up for capture (`wal_level`, privileges, a table without
+    /// primary key, a lost slot): nothing was created; the message names the fix.
+    #[error("source {0}")]
+    SourceSetup(String),
     /// An I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -169,7 +179,8 @@ impl Error {
             Error::ConfigRead { .. }
             | Error::ConfigParse { .. }
             | Error::InvalidFieldValue { .. }
-            | Error::Usage(_) => 2,
+            | Error::Usage(_)
+            | Error::SourceSetup(_) => 2,
             Error::Refused(_) | Error::Conflict { .. } => 3,
             Error::BadRow { .. } | Error::Input { .. } => 4,
             _ => 1,

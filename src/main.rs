@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use tributary::cli::{self, check, demo, generate, run, sql, sync, tables, validate};
+use tributary::cli::{self, capture, check, demo, generate, run, sql, sync, tables, validate};
 use tributary::Result;
 
 /// Change-data-capture into Delta Lake: snapshot diffs into current and history tables.
@@ -33,6 +33,12 @@ enum Command {
     ///
     /// Exit code 5 when some tables failed (the others are still applied).
     Sync(sync::SyncArgs),
+    /// Capture a PostgreSQL database from its WAL (logical replication, pgoutput): an initial
+    /// copy of each published table, then every committed change, exactly once, with the
+    /// slot position in the same commit. Runs until SIGINT/SIGTERM, or with --once drains and exits.
+    ///
+    /// Exit code 5 when some tables failed (the others are still captured).
+    Capture(capture::CaptureArgs),
     /// Query the lake's tables with SQL: time travel (version_as_of, timestamp_as_of), SCD2
     /// views (<table>_scd2), as-of (as_of) and incremental (changes) queries, run history
     /// (runs); an interactive shell without -e or -f.
@@ -50,6 +56,7 @@ async fn execute(command: Command) -> Result<u8> {
         Command::Validate(args) => validate::execute(args).await,
         Command::Demo(args) => demo::execute(args).await,
         Command::Sync(args) => sync::execute(args).await,
+        Command::Capture(args) => capture::execute(args).await,
         Command::Sql(args) => sql::execute(args).await,
         Command::Tables(args) => tables::execute(args).await,
     }

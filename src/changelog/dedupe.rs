@@ -117,6 +117,7 @@ mod tests {
             order: changes.iter().map(|c| c.2).collect(),
             commit_days: vec![None; changes.len()],
             positions: vec![None; changes.len()],
+            keep_stored: Default::default(),
         }
     }
 

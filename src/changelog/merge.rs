@@ -41,7 +41,7 @@ use super::dedupe::{last_per_key, Picked};
 use crate::config::tables::DeleteMode;
 use crate::config::ChangelogTable;
 use crate::core::batch::BATCH_ROWS;
-use crate::core::change::{ChangeBatch, ChangeOp};
+use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
 use crate::core::checkpoint::Checkpoint;
 use crate::core::key::{key, DigestMap, Key};
 use crate::core::schema::{table_schema, EFF_START_DATE, KEYHASH, OPERATION, SOURCE_POSITION};
@@ -229,6 +229,32 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     Ok(summary)
 }
 
+/// Where the values of a key's live version are: its stored row (batch, row in
+/// `Stored::rows`) or a change of the run (batch, row in the run's changes).
+#[derive(Debug, Clone, Copy)]
+enum Prev {
+    Stored((usize, usize)),
+    Change((usize, usize)),
+}
+
+/// A delete whose D row holds the values of a change of the run: (that change, the delete's
+/// day and position, whether current gets the row too: soft deletes).
+type ChangeDelete = ((usize, usize), i32, Option<i64>, bool);
+
+/// A change that keeps stored values of some columns (unchanged TOAST values).
+struct KeptValues {
+    /// The change (batch, row).
+    change: (usize, usize),
+    /// The key's stored row (batch, row in `Stored::rows`).
+    stored: (usize, usize),
+    /// The configured columns whose stored value it keeps.
+    columns: Vec<usize>,
+    /// Its operation code.
+    code: &'static str,
+    /// Whether it is the key's last change (also written to current).
+    to_current: bool,
+}
+
 /// What [`Merge::run`] hands to the commit besides the rows it sent.
 struct Merged {
     /// Current table files the run replaces.
@@ -272,6 +298,7 @@ impl Merge<'_> {
             Checkpoint::Files(files) => files
                 .get(index)
                 .map_or_else(|| format!("file {index}"), |f| f.file.clone()),
+            Checkpoint::Lsn(_) => "the replication slot".into(),
         }
     }
 
@@ -442,6 +469,48 @@ impl Merge<'_> {
         Ok(stored)
     }
 
+    /// The changes of each key before its last (`winners`), in source order: what history
+    /// keeps besides the last change under `history_every_change`.
+    fn earlier_changes(&self, winners: &[Picked]) -> DigestMap<Vec<(usize, usize)>> {
+        let won: HashSet<(usize, usize)> = winners.iter().map(|p| (p.batch, p.row)).collect();
+        let mut by_key: DigestMap<Vec<(SourceOrder, usize, usize)>> = DigestMap::default();
+        for (b, batch) in self.request.changes.iter().enumerate() {
+            for row in 0..batch.len() {
+                if !won.contains(&(b, row)) {
+                    by_key
+                        .entry(key(batch.rows.keyhash.value(row)))
+                        .or_default()
+                        .push((batch.order[row], b, row));
+                }
+            }
+        }
+        by_key
+            .into_iter()
+            .map(|(k, mut list)| {
+                list.sort_unstable();
+                (k, list.into_iter().map(|(_, b, r)| (b, r)).collect())
+            })
+            .collect()
+    }
+
+    /// The error of a change that keeps stored values of `columns` (unchanged TOAST values)
+    /// for a key the table does not hold.
+    fn no_stored_row(&self, columns: &[usize]) -> Error {
+        let names = columns
+            .iter()
+            .map(|&c| format!("`{}`", self.request.config.table.columns[c].name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Error::Lake {
+            table: self.request.config.table.name.clone(),
+            reason: format!(
+                "an update keeps the stored value of {names} (unchanged TOAST values), but the \
+                 table holds no live row for its key: the lake is missing changes of this \
+                 table; copy it again (`tributary capture --resnapshot`)"
+            ),
+        }
+    }
+
     /// Resolves each key's last change against its stored state and sends the rows: upserts
     /// to both tables, D rows to history (and current, under soft deletes), the stored rows of
     /// ignored deletes back to current.
@@ -462,6 +531,21 @@ impl Merge<'_> {
         let mut deleted = Vec::new();
         let mut kept_old = Vec::new();
         let mut redeleted: Vec<((usize, usize), i64)> = Vec::new();
+        // updates that keep stored values: (change, stored row, columns kept, code, to current)
+        let mut kept_values: Vec<KeptValues> = Vec::new();
+        // history_every_change: the changes of a key before its last, for history only
+        let earlier = match self.request.config.history_every_change {
+            true => self.earlier_changes(&winners),
+            false => DigestMap::default(),
+        };
+        let mut history_picks: Vec<(usize, usize)> = Vec::new();
+        let mut history_codes: Vec<&str> = Vec::new();
+        // deletes whose last values are a change of this run: (that change, day, position,
+        // to current too)
+        let mut change_deletes: Vec<ChangeDelete> = Vec::new();
+        // deletes of stored rows written to history only (a key deleted, then changed again)
+        let mut history_deleted: Vec<((usize, usize), i32, Option<i64>)> = Vec::new();
+        let soft = self.request.config.delete_mode == DeleteMode::Soft;
         let position_at = self.schema.index_of(SOURCE_POSITION).ok();
         let stored_position = |at: (usize, usize)| -> Option<i64> {
             let column = stored.rows[at.0]
@@ -505,7 +589,98 @@ impl Merge<'_> {
                     },
                 )
             });
-            match Outcome::resolve(batch.ops[p.row], stored.live.contains(&k)) {
+            let keeps = batch.keep_stored.get(&p.row);
+            // the key's state before its last change: as stored, then through its earlier
+            // changes of this run (history_every_change; empty otherwise)
+            let mut live = stored.live.contains(&k);
+            let mut prev: Option<Prev> = match live {
+                true => stored.at.get(&k).map(|&at| Prev::Stored(at)),
+                false => None,
+            };
+            let had_earlier = earlier.contains_key(&k);
+            for &(b, r) in earlier.get(&k).into_iter().flatten() {
+                let change = &self.request.changes[b];
+                let day = change.commit_days[r].unwrap_or(self.run_days);
+                if change.ops[r] == ChangeOp::Delete {
+                    if live {
+                        summary.deleted += 1;
+                        match prev {
+                            Some(Prev::Stored(at)) => {
+                                history_deleted.push((at, day, change.positions[r]))
+                            }
+                            Some(Prev::Change(at)) => {
+                                change_deletes.push((at, day, change.positions[r], false))
+                            }
+                            None => {}
+                        }
+                    }
+                    live = false;
+                    prev = None;
+                    continue;
+                }
+                let code = if live { "U" } else { "I" };
+                match live {
+                    true => summary.updated += 1,
+                    false => summary.inserted += 1,
+                }
+                match (change.keep_stored.get(&r), prev) {
+                    (Some(columns), Some(Prev::Stored(at))) => kept_values.push(KeptValues {
+                        change: (b, r),
+                        stored: at,
+                        columns: columns.clone(),
+                        code,
+                        to_current: false,
+                    }),
+                    (Some(columns), _) => return Err(self.no_stored_row(columns)),
+                    (None, _) => {
+                        history_picks.push((b, r));
+                        history_codes.push(code);
+                    }
+                }
+                live = true;
+                prev = Some(Prev::Change((b, r)));
+            }
+            if let Some(Prev::Change(at)) = prev.filter(|_| batch.ops[p.row] == ChangeOp::Delete) {
+                // the last change deletes a key this run inserted or changed: its D row holds
+                // that change's values
+                summary.deleted += 1;
+                change_deletes.push((at, day, position, soft));
+                if hard {
+                    new_tombstones.extend(tombstone);
+                }
+                continue;
+            }
+            if had_earlier && !live && batch.ops[p.row] == ChangeOp::Delete {
+                // deleted earlier in this run already (a TRUNCATE after a DELETE): nothing more
+                summary.ignored_deletes += 1;
+                continue;
+            }
+            let keeps = match (keeps, prev) {
+                (Some(_), Some(Prev::Change(_))) => {
+                    return Err(Error::Internal(
+                        "a change keeps stored values after a change of the same run".into(),
+                    ))
+                }
+                (keeps, _) => keeps,
+            };
+            match Outcome::resolve(batch.ops[p.row], live) {
+                Outcome::Insert if keeps.is_some() => {
+                    return Err(self.no_stored_row(keeps.map_or(&[][..], Vec::as_slice)));
+                }
+                Outcome::Update if keeps.is_some() => {
+                    summary.updated += 1;
+                    let at =
+                        stored.at.get(&k).copied().ok_or_else(|| {
+                            Error::Internal("a live key has no stored row".into())
+                        })?;
+                    kept_values.push(KeptValues {
+                        change: (p.batch, p.row),
+                        stored: at,
+                        columns: keeps.cloned().unwrap_or_default(),
+                        code: "U",
+                        to_current: true,
+                    });
+                }
                 Outcome::Insert => {
                     summary.inserted += 1;
                     new_picks.push((p.batch, p.row));
@@ -557,6 +732,58 @@ impl Merge<'_> {
         drop(winners);
         self.out.upserts(&new_picks, &new_codes).await?;
         let old: Vec<&RecordBatch> = stored.rows.iter().collect();
+        for to_current in [true, false] {
+            let group: Vec<&KeptValues> = kept_values
+                .iter()
+                .filter(|k| k.to_current == to_current)
+                .collect();
+            for chunk in group.chunks(BATCH_ROWS) {
+                let picks: Vec<(usize, usize)> = chunk.iter().map(|c| c.change).collect();
+                let codes: Vec<&str> = chunk.iter().map(|c| c.code).collect();
+                let rows = with_operations(self.out.sources, &picks, &codes)?;
+                let at: Vec<(usize, usize)> = chunk.iter().map(|c| c.stored).collect();
+                let stored_rows = interleave_record_batch(&old, &at)?;
+                let kept: Vec<&[usize]> = chunk.iter().map(|c| c.columns.as_slice()).collect();
+                let rows =
+                    keep_stored_values(&rows, &stored_rows, &kept, &self.request.config.table)?;
+                if to_current {
+                    send(self.out.current, rows.clone()).await?;
+                }
+                send(self.out.history, rows).await?;
+            }
+        }
+        for (picks, codes) in history_picks
+            .chunks(BATCH_ROWS)
+            .zip(history_codes.chunks(BATCH_ROWS))
+        {
+            send(
+                self.out.history,
+                with_operations(self.out.sources, picks, codes)?,
+            )
+            .await?;
+        }
+        let sources: Vec<&RecordBatch> = self.out.sources.iter().collect();
+        for chunk in change_deletes.chunks(BATCH_ROWS) {
+            let at: Vec<(usize, usize)> = chunk.iter().map(|c| c.0).collect();
+            let rows = interleave_record_batch(&sources, &at)?;
+            let days = Date32Array::from_iter_values(chunk.iter().map(|c| c.1));
+            let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
+            let rows = with_positions(&rows, position_at, chunk.iter().map(|c| c.2))?;
+            let current: Vec<usize> = (0..chunk.len()).filter(|&i| chunk[i].3).collect();
+            if !current.is_empty() {
+                let keep: BooleanArray = (0..chunk.len()).map(|i| Some(chunk[i].3)).collect();
+                send(self.out.current, filter_record_batch(&rows, &keep)?).await?;
+            }
+            send(self.out.history, rows).await?;
+        }
+        for chunk in history_deleted.chunks(BATCH_ROWS) {
+            let at: Vec<(usize, usize)> = chunk.iter().map(|c| c.0).collect();
+            let rows = interleave_record_batch(&old, &at)?;
+            let days = Date32Array::from_iter_values(chunk.iter().map(|c| c.1));
+            let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
+            let rows = with_positions(&rows, position_at, chunk.iter().map(|c| c.2))?;
+            send(self.out.history, rows).await?;
+        }
         for chunk in kept_old.chunks(BATCH_ROWS) {
             send(self.out.current, interleave_record_batch(&old, chunk)?).await?;
         }
@@ -644,6 +871,31 @@ fn with_operations(
         .ok_or_else(|| Error::Internal("change rows without eff_start_date".into()))?
         .clone();
     replace_columns(&rows, codes.to_vec(), days)
+}
+
+/// Change `rows` (table schema) with the values of the columns listed for each row in `kept`
+/// taken from `stored` (the key's stored rows, same schema and order), and `nonkeyhash`
+/// computed again over the resulting values: an update that left TOASTed values unchanged.
+fn keep_stored_values(
+    rows: &RecordBatch,
+    stored: &RecordBatch,
+    kept: &[&[usize]],
+    spec: &crate::config::TableSpec,
+) -> Result<RecordBatch> {
+    let mut columns = rows.columns().to_vec();
+    let mut touched: Vec<usize> = kept.iter().flat_map(|k| k.iter().copied()).collect();
+    touched.sort_unstable();
+    touched.dedup();
+    for c in touched {
+        let mask: BooleanArray = kept.iter().map(|k| Some(k.contains(&c))).collect();
+        columns[c] =
+            deltalake::arrow::compute::kernels::zip::zip(&mask, stored.column(c), rows.column(c))?;
+    }
+    let nonkey: Vec<&ArrayRef> = spec.nonkey_indices().iter().map(|&i| &columns[i]).collect();
+    let hash = crate::core::hash::hash_columns(&nonkey, rows.num_rows(), spec.hash)?;
+    let schema = rows.schema();
+    columns[schema.index_of(crate::core::schema::NONKEYHASH)?] = Arc::new(hash);
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// `rows` with its `source_position` column (at `at`; None: no such column) replaced.

@@ -5,7 +5,9 @@
 //! - [`merge`]: that change resolved against the current table and merged into it (only the
 //!   data files that hold a changed key are rewritten), committed through the run transaction.
 //! - [`sync`]: the controller: one run per source, tables in parallel (`tributary sync`).
+//! - [`capture`]: the controller of a PostgreSQL replication slot (`tributary capture`).
 
+pub mod capture;
 pub mod dedupe;
 pub mod merge;
 pub mod sync;

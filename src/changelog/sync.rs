@@ -262,17 +262,18 @@ async fn run_source_once<S: ChangeSource>(
     if pending.is_empty() {
         return Ok(done);
     }
-    bar.set_message(format!("reading {} files", pending.units));
+    bar.set_message(format!("reading {} {}(s)", pending.units, source.unit()));
     let reading = Instant::now();
     let batches: Vec<ChangeBatch> = source.changes().try_collect().await?;
     done.read_secs = reading.elapsed().as_secs_f64();
     stage_line(
         !bar.is_hidden(),
         format_args!(
-            "{}: read {} changes from {} file(s) in {:.2} s",
+            "{}: read {} changes from {} {}(s) in {:.2} s",
             config.table.name,
             batches.iter().map(|b| b.len()).sum::<usize>(),
             pending.units,
+            source.unit(),
             done.read_secs
         ),
     );

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 /// Logs when RUST_LOG is unset: Tributary at info; libraries only on errors (delta-kernel logs an
 /// expected "no files in log segment" error while probing a new table, so it stays off).
 pub const DEFAULT_FILTER: &str =
-    "warn,tributary=info,deltalake_core=error,buoyant_kernel=off,delta_kernel=off";
+    "warn,tributary=info,deltalake_core=error,buoyant_kernel=off,delta_kernel=off,pg_walstream=error";
 
 /// The log filter for a `RUST_LOG` value. A bare level that shows more than the default
 /// (`RUST_LOG=debug`, `trace`, `info`, `warn`) applies to Tributary only, the libraries staying

@@ -3,6 +3,7 @@
 //! the command line and dispatches here.
 
 pub mod allocator;
+pub mod capture;
 pub mod check;
 pub mod demo;
 pub mod generate;

@@ -316,6 +316,7 @@ impl TableEntry {
             tombstone_retention_days: self
                 .tombstone_retention_days
                 .unwrap_or(DEFAULT_TOMBSTONE_RETENTION_DAYS),
+            history_every_change: false,
         })
     }
 }
@@ -348,6 +349,9 @@ pub struct ChangelogTable {
     /// Days a deleted key's tombstone (its delete's source position) is kept, counted from the
     /// delete's date to the run's (see `sink::delta::tombstones`).
     pub tombstone_retention_days: u32,
+    /// History keeps every change of a run, not only each key's last (`capture`: one version
+    /// per committed change; `sync` keeps the DMS walkthrough's last change per key).
+    pub history_every_change: bool,
 }
 
 impl TablesFile {

@@ -56,6 +56,10 @@ pub struct ChangeBatch {
     /// epoch, else the change file name's timestamp. None where the source gives none (a DMS
     /// full load without a timestamp column, files named otherwise).
     pub positions: Vec<Option<i64>>,
+    /// Columns whose stored value a change keeps, by row (configured column indices): a
+    /// PostgreSQL update that left a TOASTed value unchanged sends no value for it (pgoutput
+    /// `'u'`), and the stored one stays. Empty for every other source.
+    pub keep_stored: std::collections::HashMap<usize, Vec<usize>>,
 }
 
 impl ChangeBatch {

@@ -2,8 +2,9 @@
 //! same Delta commit as the data it produced (the sink contract), so after a crash a source is
 //! asked for what lies past the committed checkpoint and nothing is lost or repeated.
 //!
-//! Today's checkpoint is a set of landing-zone files ([`Checkpoint::Files`]); a replication
-//! slot's LSN or a binlog position is the next kind, committed in the run record.
+//! A landing zone's checkpoint is a set of files ([`Checkpoint::Files`], rows of the
+//! applied-files table); a replication slot's is an LSN ([`Checkpoint::Lsn`], in the run record
+//! of the commit info); a binlog position is the next kind.
 
 use std::collections::{HashMap, HashSet};
 
@@ -59,6 +60,25 @@ pub enum Checkpoint {
     /// Files of a landing zone, each applied (or recorded as superseded) once; committed as
     /// rows of the table's applied-files table (`sink::delta::applied`).
     Files(Vec<AppliedFile>),
+    /// A PostgreSQL replication slot (`tributary capture`): the table holds every transaction
+    /// committed before this LSN (the end LSN of the last transaction applied, or the
+    /// consistent point of the snapshot the table was copied at). A transaction whose commit
+    /// LSN is at or past it is still to apply; one below it is skipped. Committed in the run
+    /// record (`source_lsn`).
+    Lsn(u64),
+}
+
+/// An LSN as PostgreSQL writes it: two hexadecimal halves, `16/B374D848`.
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Parses an LSN written as [`lsn_text`] does (None: not an LSN).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.trim().split_once('/')?;
+    let high = u32::from_str_radix(high, 16).ok()?;
+    let low = u32::from_str_radix(low, 16).ok()?;
+    Some((u64::from(high) << 32) | u64::from(low))
 }
 
 impl Checkpoint {
@@ -80,14 +100,27 @@ impl Checkpoint {
                     }
                 }
             }
+            Checkpoint::Lsn(lsn) => {
+                bytes.extend_from_slice(b"lsn");
+                bytes.extend_from_slice(&lsn.to_le_bytes());
+            }
         }
         format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
     }
 
-    /// Units consumed: files.
+    /// Units consumed: files (one for an LSN).
     pub fn len(&self) -> usize {
         match self {
             Checkpoint::Files(files) => files.len(),
+            Checkpoint::Lsn(_) => 1,
+        }
+    }
+
+    /// The LSN of a replication slot's checkpoint (None: files).
+    pub fn lsn(&self) -> Option<u64> {
+        match self {
+            Checkpoint::Files(_) => None,
+            Checkpoint::Lsn(lsn) => Some(*lsn),
         }
     }
 
@@ -144,6 +177,9 @@ impl AppliedSet {
 pub struct Committed {
     /// Landing-zone files applied so far.
     pub files: AppliedSet,
+    /// The replication slot position the table holds ([`Checkpoint::Lsn`]; None: never
+    /// captured).
+    pub lsn: Option<u64>,
 }
 
 #[cfg(test)]
@@ -180,6 +216,25 @@ mod tests {
             rows: 1,
             digest: None,
         }
+    }
+
+    #[test]
+    fn lsns_read_and_write_as_postgresql_does() {
+        assert_eq!(lsn_text(0x16_B374_D848), "16/B374D848");
+        assert_eq!(lsn_text(0), "0/0");
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn(" 0/1A "), Some(0x1A));
+        for bad in ["", "16", "x/1", "1/", "1/2/3", "100000000/0"] {
+            assert_eq!(parse_lsn(bad), None, "{bad}");
+        }
+        assert_ne!(
+            Checkpoint::Lsn(1).fingerprint(),
+            Checkpoint::Lsn(2).fingerprint()
+        );
+        assert_ne!(
+            Checkpoint::Lsn(0).fingerprint(),
+            Checkpoint::Files(Vec::new()).fingerprint()
+        );
     }
 
     #[test]

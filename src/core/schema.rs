@@ -110,6 +110,25 @@ impl ColumnType {
         })
     }
 
+    /// The column type held in Arrow type `ty` ([`arrow_type`](Self::arrow_type) read back;
+    /// None for a type no column type maps to).
+    pub fn from_arrow(ty: &DataType) -> Option<Self> {
+        Some(match ty {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::String,
+            DataType::Int32 => ColumnType::Int,
+            DataType::Int64 => ColumnType::Long,
+            DataType::Float64 => ColumnType::Double,
+            DataType::Decimal128(precision, scale) => ColumnType::Decimal {
+                precision: *precision,
+                scale: *scale,
+            },
+            DataType::Boolean => ColumnType::Boolean,
+            DataType::Date32 => ColumnType::Date,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => ColumnType::Timestamp,
+            _ => return None,
+        })
+    }
+
     /// The Arrow type a column of this type is held in (and written to Parquet/Delta as).
     pub fn arrow_type(self) -> DataType {
         match self {

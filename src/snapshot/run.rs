@@ -627,6 +627,7 @@ mod tests {
 
     fn record(seq: i64, date: &str, fingerprint: &str) -> RunRecord {
         RunRecord {
+            source_lsn: None,
             seq,
             run_id: String::new(),
             business_date: date.into(),

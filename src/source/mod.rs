@@ -4,6 +4,8 @@
 //!   [`HashedBatch`]es for the diff.
 //! - [`changelog`]: change logs (AWS DMS files, Debezium events) read into [`ChangeBatch`]es; a
 //!   landing-zone folder is one [`ChangeSource`].
+//! - [`postgres`]: a PostgreSQL replication slot (pgoutput) and the initial copy of its
+//!   tables; each table's changes between two lake commits are one [`ChangeSource`].
 //!
 //! Every row is cast to its configured type and hashed once, on arrival (the seed article's
 //! stage 1). Bad rows fail the read with file, line and column named, or, for extracts under
@@ -13,6 +15,7 @@
 mod cast;
 pub mod changelog;
 pub mod extract;
+pub mod postgres;
 
 use std::future::Future;
 
@@ -56,6 +59,11 @@ pub trait ChangeSource: Send {
     /// The position the streamed batches reach: what a run that applied them has consumed.
     fn checkpoint(&self) -> Checkpoint;
 
+    /// What [`Pending::units`] counts, for messages: `file` (a transaction for a slot).
+    fn unit(&self) -> &'static str {
+        "file"
+    }
+
     /// Tells the source that the lake holds everything up to `checkpoint`.
     ///
     /// # Errors
@@ -72,7 +80,7 @@ pub struct Pending {
     /// The changes start with a full load that replaces the current table (DMS `LOAD` files;
     /// a table's initial snapshot).
     pub reload: bool,
-    /// Units to read: files (next: transactions).
+    /// Units to read: files, or transactions of a replication slot.
     pub units: usize,
     /// Units recorded as consumed without being read (change files older than a reload).
     pub skipped: usize,

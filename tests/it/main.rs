@@ -1,6 +1,7 @@
 //! Integration tests over real files and real Delta tables.
 
 mod bad_input;
+mod capture;
 mod common;
 mod concurrency;
 mod crash;

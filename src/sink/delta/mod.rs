@@ -14,6 +14,7 @@ pub mod log;
 pub mod rejects;
 mod shared;
 mod table;
+pub use table::stored_schema;
 pub mod tombstones;
 mod transaction;
 mod write;
@@ -43,7 +44,7 @@ use log::{find_run, txn_version, CommitActions};
 
 use super::{Sink, TableRole, Versions};
 use crate::config::TableSpec;
-use crate::core::checkpoint::Committed;
+use crate::core::checkpoint::{parse_lsn, Committed};
 use crate::core::schema::{EFF_START_DATE, SOURCE_POSITION};
 use crate::error::{Error, Result};
 
@@ -339,8 +340,19 @@ impl Sink for DeltaLake {
 
     async fn committed(&self) -> Result<Committed> {
         let table = self.applied_table().await?;
+        let lsn = match self.last_run().await? {
+            Some(run) => match run.source_lsn {
+                Some(text) => Some(parse_lsn(&text).ok_or_else(|| Error::Lake {
+                    table: self.spec.name.clone(),
+                    reason: format!("run {} records source_lsn `{text}`, not an LSN", run.seq),
+                })?),
+                None => None,
+            },
+            None => None,
+        };
         Ok(Committed {
             files: applied::read(table.as_ref()).await?,
+            lsn,
         })
     }
 

@@ -134,6 +134,27 @@ pub async fn open_or_create(
     Ok(Some(table))
 }
 
+/// The Arrow schema of the Delta table at `url` as its log stores it, without checking it
+/// against any config (None: no table there).
+///
+/// # Errors
+/// Delta errors other than "not a table".
+pub async fn stored_schema(
+    url: &Url,
+) -> crate::error::Result<Option<deltalake::arrow::datatypes::SchemaRef>> {
+    if url
+        .to_file_path()
+        .is_ok_and(|p| !p.join("_delta_log").exists())
+    {
+        return Ok(None);
+    }
+    match open_table(url).await {
+        Ok(table) => Ok(Some(table.snapshot()?.snapshot().arrow_schema())),
+        Err(DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// How often [`open_table`] tries a table whose log cannot be read, 100 ms apart.
 const OPEN_ATTEMPTS: u32 = 5;
 

@@ -260,9 +260,14 @@ impl RunTransaction {
                 self.write_follower(lake, TableRole::Applied, vec![batch], properties)
                     .await?;
             }
-            None => {}
+            Some(Checkpoint::Lsn(_)) | None => {}
         }
         let record = RunRecord {
+            source_lsn: commit
+                .checkpoint
+                .as_ref()
+                .and_then(Checkpoint::lsn)
+                .map(crate::core::checkpoint::lsn_text),
             seq: self.seq,
             run_id: self.id.clone(),
             business_date: commit.business_date,

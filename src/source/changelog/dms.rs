@@ -262,6 +262,7 @@ fn read_plain_load(
                 .collect(),
             commit_days: vec![None; n],
             positions: vec![None; n],
+            keep_stored: Default::default(),
             rows,
         });
         Ok(())
@@ -380,6 +381,7 @@ pub(super) fn read_parquet(
                 .collect(),
             commit_days: micros.iter().map(|m| m.map(micros_days)).collect(),
             positions,
+            keep_stored: Default::default(),
         });
     }
     Ok(out)

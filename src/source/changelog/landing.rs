@@ -888,7 +888,9 @@ mod tests {
         let ops: Vec<ChangeOp> = batches.iter().flat_map(|b| b.ops.clone()).collect();
         use ChangeOp::*;
         assert_eq!(ops, [Insert, Insert, Update, Delete]);
-        let Checkpoint::Files(files) = zone.checkpoint();
+        let Checkpoint::Files(files) = zone.checkpoint() else {
+            panic!("a landing zone's checkpoint is files");
+        };
         // A run that lost its commit to another writer plans again: the same files.
         assert_eq!(zone.plan(&Committed::default()).unwrap(), pending);
         let names: Vec<(&str, &str, i64)> = files

@@ -211,6 +211,7 @@ impl<'a> RowsBuilder<'a> {
             order: std::mem::take(&mut self.order),
             commit_days: std::mem::take(&mut self.days),
             positions: std::mem::take(&mut self.positions),
+            keep_stored: Default::default(),
         });
         Ok(())
     }
@@ -236,7 +237,7 @@ pub(super) fn file_position(config: &ChangelogTable, file: &ChangeFile) -> Optio
 
 /// Casts raw text columns (configured columns, config order) to their types and hashes them.
 /// The first value that does not convert fails the read, naming its line and column.
-pub(super) fn typed_batch(
+pub(crate) fn typed_batch(
     config: &ChangelogTable,
     file: &ChangeFile,
     index: usize,

@@ -1,0 +1,1010 @@
+//! `tributary capture`: the controller that lands a PostgreSQL replication slot in lake tables,
+//! exactly once.
+//!
+//! 1. **Checks before anything is created** (`source::postgres::Server::check`): PostgreSQL 14+,
+//!    `wal_level = logical`, a role that may replicate, a publication (created `FOR TABLE` the
+//!    tables file's active entries when absent), every published table with a primary key or
+//!    `REPLICA IDENTITY FULL` (loaded inserts-only, as `sync` loads tables without key), a slot
+//!    that is not lost nor in use.
+//! 2. **The slot first, then the copies.** The slot is created (no exported snapshot) before
+//!    any table is copied. Each table the lake does not hold yet is copied inside the exported
+//!    snapshot of a side slot made after it, exact at that side slot's consistent point `C`,
+//!    and committed as a full load whose checkpoint is `C` (`Checkpoint::Lsn`). A copy that
+//!    stops leaves no commit, so the next start copies that table again.
+//! 3. **The stream.** Transactions arrive whole and in commit order (pgoutput protocol 1: the
+//!    server spills large ones to disk). A table applies a transaction only when its commit
+//!    LSN is at or past the table's checkpoint: the copy holds everything before its `C`, and
+//!    a run's checkpoint is the end LSN of the last transaction it applied, so after a crash
+//!    nothing is applied twice and nothing is skipped.
+//! 4. **Runs.** Every `--commit-interval` (and at the end of `--once`, and on SIGINT/SIGTERM)
+//!    each table with changes commits one run through `sync::run_source`: the same
+//!    de-duplication, ordering, stale-change rule, history and run transaction as `sync`,
+//!    with the LSN in the same commit. Status updates keep the walsender alive meanwhile.
+//! 5. **Confirming.** After the runs, the slot is told the lake holds everything up to the last
+//!    received commit (its flush LSN), never past a table that failed; when nothing is buffered
+//!    the server's own position (keepalive `wal_end`) is confirmed, so an idle or
+//!    unrelated-write database does not pile up WAL.
+//!
+//! A table that fails (a bad value, a schema change the lake cannot follow) stops; the others
+//! go on, and the slot is not confirmed past the failed table's checkpoint, so its changes stay
+//! in the slot for the next start.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use deltalake::arrow::array::{Array, AsArray};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::DataType;
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use pg_walstream::{
+    CancellationToken, ChangeEvent, EventType, LogicalReplicationStream, ReplicationError,
+};
+use serde::Serialize;
+
+use super::sync::{run_source, SourceRun};
+use crate::config::tables::{Layout, TableEntry, TablesFile};
+use crate::config::ColumnFile;
+use crate::core::change::ChangeOp;
+use crate::core::checkpoint::lsn_text;
+use crate::core::schema::{ColumnType, OPERATION, RESERVED_COLUMNS};
+use crate::core::time::epoch_days;
+use crate::error::{Error, Result};
+use crate::report::progress::stage_line;
+use crate::sink::delta::DeltaLake;
+use crate::sink::Sink;
+use crate::source::postgres::buffer::{CaptureTable, TableChanges, Values};
+use crate::source::postgres::types::{map_type, PgType};
+use crate::source::postgres::{copy_tables, decode_row, ensure_slot, open_stream, PgTable, Server};
+
+/// Flags of `tributary capture`.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// `postgres://user@host:port/database`.
+    pub url: String,
+    /// Lake root: each table lands in `<lake>/<schema>/<table>/`.
+    pub lake: PathBuf,
+    /// Tables file (`sync`'s format): partitioning, delete mode and history date per table,
+    /// and the tables of a publication to create.
+    pub tables_file: Option<PathBuf>,
+    /// Publication to read.
+    pub publication: String,
+    /// Replication slot.
+    pub slot: String,
+    /// How often buffered changes are committed.
+    pub commit_interval: Duration,
+    /// Drain to the server's current WAL position, commit, confirm and exit.
+    pub once: bool,
+    /// Copy every table again (after a lost slot).
+    pub resnapshot: bool,
+    /// Buffered changes (all tables) past which a commit is made before the interval.
+    pub max_buffered: u64,
+    /// Draw progress on the terminal.
+    pub progress: bool,
+}
+
+/// What capture did to one table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableCapture {
+    /// `<schema>.<table>`.
+    pub table: String,
+    /// `captured`, `up-to-date` or `failed`.
+    pub status: String,
+    /// Rows of its initial copy (0: none this time).
+    pub copied_rows: u64,
+    /// Changes applied from the stream.
+    pub changes: u64,
+    /// Keys inserted, updated, deleted (copy and stream).
+    pub inserted: u64,
+    /// Keys updated.
+    pub updated: u64,
+    /// Keys deleted.
+    pub deleted: u64,
+    /// Runs committed.
+    pub runs: u64,
+    /// The LSN the table holds (`16/B374D848`).
+    pub lsn: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What one `capture` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptureSummary {
+    /// One entry per published table, in name order.
+    pub tables: Vec<TableCapture>,
+    /// Tables that failed.
+    pub failed: usize,
+    /// Transactions received from the slot.
+    pub transactions: u64,
+    /// The flush LSN last confirmed to the slot.
+    pub confirmed_lsn: Option<String>,
+    /// Wall time, seconds.
+    pub elapsed_secs: f64,
+}
+
+/// One captured table: its config, what the lake holds, its buffer.
+struct Captured {
+    table: Arc<CaptureTable>,
+    /// The LSN the lake holds (None: not copied yet).
+    lsn: Option<u64>,
+    /// Changes not yet committed.
+    buffer: TableChanges,
+    /// Column names of the table's latest Relation message.
+    relation: Option<Vec<String>>,
+    failed: Option<String>,
+    report: TableCapture,
+}
+
+/// Runs `tributary capture` until `stop` is cancelled (SIGINT/SIGTERM), or, with `--once`,
+/// until the slot is drained to the server's position at start.
+///
+/// # Errors
+/// Set-up errors ([`Error::SourceSetup`], exit 2) before anything is created; connection and
+/// stream errors ([`Error::Source`]). Errors of one table are in its [`TableCapture`].
+pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Result<CaptureSummary> {
+    let started = Instant::now();
+    let server = Server::connect(&options.url).await?;
+    server.check().await?;
+    let entries = match &options.tables_file {
+        Some(path) => TablesFile::load(path)?,
+        None => TablesFile::default(),
+    };
+    if !server.publication_exists(&options.publication).await? {
+        let wanted: Vec<(String, String)> = entries
+            .tables
+            .iter()
+            .filter(|e| e.active)
+            .filter_map(|e| {
+                let (s, t) = e.source.trim_matches('/').split_once('/')?;
+                Some((s.to_string(), t.to_string()))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Err(Error::SourceSetup(format!(
+                "{}: publication `{}` does not exist: create it (CREATE PUBLICATION {} FOR TABLE \
+                 ...) or pass --tables with the tables to publish",
+                server.name(),
+                options.publication,
+                options.publication
+            )));
+        }
+        server
+            .create_publication(&options.publication, &wanted)
+            .await?;
+        tracing::info!(publication = %options.publication, tables = wanted.len(), "publication created");
+    }
+    let published = server.published_tables(&options.publication).await?;
+    if published.is_empty() {
+        return Err(Error::SourceSetup(format!(
+            "{}: publication `{}` has no tables",
+            server.name(),
+            options.publication
+        )));
+    }
+    let mut tables = Vec::new();
+    for (index, pg) in published.iter().enumerate() {
+        let table = Arc::new(capture_table(pg, &entries, index, &options.lake, None)?);
+        let mut failed = None;
+        let (table, lsn) = match lake_columns(&table).await? {
+            None => (table, None),
+            Some(stored) => {
+                // the lake's columns, in its order: a column dropped at the source stays
+                let table = match capture_table(pg, &entries, index, &options.lake, Some(&stored)) {
+                    Ok(t) => Arc::new(t),
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        table
+                    }
+                };
+                let lsn = match failed {
+                    Some(_) => None,
+                    None => match DeltaLake::open(&table.config.table, false).await? {
+                        Some((lake, _)) => lake.committed().await?.lsn,
+                        None => None,
+                    },
+                };
+                (table, lsn)
+            }
+        };
+        if let Some(e) = &failed {
+            tracing::warn!(table = %table.name(), "failed: {e}");
+        }
+        tables.push(Captured {
+            buffer: TableChanges::new(table.clone(), false),
+            report: TableCapture {
+                table: table.name().to_string(),
+                status: if failed.is_some() {
+                    "failed"
+                } else {
+                    "up-to-date"
+                }
+                .into(),
+                lsn: lsn.map(lsn_text),
+                error: failed.clone(),
+                ..Default::default()
+            },
+            table,
+            lsn,
+            relation: None,
+            failed,
+        });
+    }
+    let slot = server
+        .slot_when_free(&options.slot, Duration::from_secs(15))
+        .await?;
+    match &slot {
+        Some(s) if s.plugin.as_deref() != Some("pgoutput") => {
+            return Err(Error::SourceSetup(format!(
+                "{}: slot `{}` uses the output plugin `{}`, not pgoutput: choose another --slot",
+                server.name(),
+                options.slot,
+                s.plugin.as_deref().unwrap_or("none")
+            )))
+        }
+        Some(s) if s.active => {
+            return Err(Error::Source(format!(
+                "{}: slot `{}` is in use by another process (another capture?)",
+                server.name(),
+                options.slot
+            )))
+        }
+        Some(s) if s.wal_status.as_deref() == Some("lost") && !options.resnapshot => {
+            return Err(Error::SourceSetup(format!(
+                "{}: slot `{}` has lost WAL it needs (wal_status = lost): changes were removed \
+                 before the lake got them. Copy every table again with --resnapshot",
+                server.name(),
+                options.slot
+            )))
+        }
+        None if !options.resnapshot && tables.iter().any(|t| t.lsn.is_some()) => {
+            return Err(Error::SourceSetup(format!(
+                "{}: slot `{}` does not exist but the lake holds captured tables: the changes \
+                 since they were captured may be lost. Copy every table again with --resnapshot",
+                server.name(),
+                options.slot
+            )))
+        }
+        _ => {}
+    }
+    if options.resnapshot {
+        if slot.is_some() {
+            server.drop_slot(&options.slot).await?;
+        }
+        for t in &mut tables {
+            t.lsn = None;
+        }
+    }
+    ensure_slot(&options.url, &options.slot, &options.publication).await?;
+    let run_date = chrono::Utc::now().date_naive();
+    let bar = ProgressBar::hidden();
+    let mut run = Run {
+        options,
+        tables,
+        run_date,
+        bar,
+        transactions: 0,
+        confirmed: None,
+    };
+    run.copy(&server).await?;
+    let stop_at = match options.once {
+        true => Some(server.current_lsn().await?),
+        false => None,
+    };
+    let mut stream = open_stream(&options.url, &options.slot, &options.publication).await?;
+    run.stream(&mut stream, &stop, stop_at).await?;
+    let _ = stream.stop().await;
+    let mut reports: Vec<TableCapture> = run.tables.into_iter().map(|t| t.report).collect();
+    reports.sort_by(|a, b| a.table.cmp(&b.table));
+    Ok(CaptureSummary {
+        failed: reports.iter().filter(|r| r.status == "failed").count(),
+        tables: reports,
+        transactions: run.transactions,
+        confirmed_lsn: run.confirmed.map(lsn_text),
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The payload columns of `table`'s current table in the lake, in order (None: not created).
+async fn lake_columns(table: &CaptureTable) -> Result<Option<Vec<(String, ColumnType)>>> {
+    let url = &table.config.table.lake.current_url;
+    let Some(schema) = crate::sink::delta::stored_schema(url).await? else {
+        return Ok(None);
+    };
+    let columns = schema
+        .fields()
+        .iter()
+        .filter(|f| !RESERVED_COLUMNS.contains(&f.name().as_str()))
+        .map(|f| {
+            let ty = ColumnType::from_arrow(f.data_type()).ok_or_else(|| Error::Lake {
+                table: table.name().to_string(),
+                reason: format!(
+                    "column `{}` has type {}, which capture does not write",
+                    f.name(),
+                    f.data_type()
+                ),
+            })?;
+            Ok((f.name().clone(), ty))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(columns))
+}
+
+/// The lake table of published table `pg`: columns and key from the catalog, the rest from
+/// its tables-file entry (`source: <schema>/<table>`) where there is one. With `stored` (the
+/// lake's columns, when the table exists) the columns are the lake's, in its order: a column
+/// the source dropped stays (NULL from then on).
+///
+/// # Errors
+/// [`Error::SourceSetup`] for a table without primary key nor `REPLICA IDENTITY FULL`;
+/// [`Error::Source`] for a column added at the source or whose type no longer maps to the
+/// lake's (the lake tables cannot follow yet).
+fn capture_table(
+    pg: &PgTable,
+    entries: &TablesFile,
+    index: usize,
+    lake: &std::path::Path,
+    stored: Option<&[(String, ColumnType)]>,
+) -> Result<CaptureTable> {
+    let source = format!("{}/{}", pg.schema, pg.name);
+    let mut primary_key: Vec<String> = pg
+        .columns
+        .iter()
+        .filter(|c| c.key)
+        .map(|c| c.name.clone())
+        .collect();
+    if primary_key.is_empty() && pg.replica_identity != 'f' {
+        return Err(Error::SourceSetup(format!(
+            "table {} has no primary key and its REPLICA IDENTITY is not FULL: PostgreSQL cannot \
+             publish its updates and deletes. Add a primary key, or ALTER TABLE {} REPLICA \
+             IDENTITY FULL to load it inserts-only",
+            pg.qualified(),
+            pg.qualified()
+        )));
+    }
+    let mut mapped: Vec<(String, PgType)> = Vec::new();
+    for c in &pg.columns {
+        let (ty, known) = map_type(c.type_oid, c.typmod, &c.type_name, &c.kind, &c.category);
+        if !known && stored.is_none() {
+            tracing::warn!(table = %pg.qualified(), column = %c.name, "type `{}` is loaded as text", c.type_name);
+        }
+        mapped.push((c.name.clone(), ty));
+    }
+    if let Some(stored) = stored {
+        if let Some((added, _)) = mapped
+            .iter()
+            .find(|(n, _)| !stored.iter().any(|(s, _)| s == n))
+        {
+            return Err(Error::Source(format!(
+                "table {}: column `{added}` was added at the source; the lake tables cannot take \
+                 new columns yet (its changes stay in the slot)",
+                pg.qualified()
+            )));
+        }
+        let mut ordered = Vec::new();
+        for (name, lake_type) in stored {
+            let ty = match mapped.iter().find(|(n, _)| n == name) {
+                Some((_, ty)) if ty.lake == *lake_type => *ty,
+                Some((_, ty)) => {
+                    return Err(Error::Source(format!(
+                        "table {}: column `{name}` is now {} at the source but {lake_type} in the \
+                         lake; the lake tables cannot change a column's type (its changes stay \
+                         in the slot)",
+                        pg.qualified(),
+                        ty.lake
+                    )))
+                }
+                None => PgType {
+                    lake: *lake_type,
+                    with_zone: false,
+                },
+            };
+            ordered.push((name.clone(), ty));
+        }
+        mapped = ordered;
+    }
+    let types: Vec<PgType> = mapped.iter().map(|(_, t)| *t).collect();
+    let columns: Vec<ColumnFile> = mapped
+        .iter()
+        .map(|(name, ty)| ColumnFile {
+            name: name.clone(),
+            ty: ty.lake.to_string(),
+            key: false,
+            ignore: false,
+        })
+        .collect();
+    let mut entry = match entries.find(&source) {
+        Some(e) => e.clone(),
+        None => TableEntry::discovered(source, Vec::new(), Layout::Debezium),
+    };
+    if !entry.primary_key.is_empty() && entry.primary_key != primary_key {
+        tracing::warn!(table = %pg.qualified(), "primary_key of the tables file differs from the table's primary key; the table's is used");
+    }
+    std::mem::swap(&mut entry.primary_key, &mut primary_key);
+    entry.active = true;
+    entry.columns = columns;
+    let mut config = entry.changelog_table(index, lake)?;
+    config.history_every_change = true;
+    Ok(CaptureTable::new(config, types))
+}
+
+/// A capture in progress.
+struct Run<'a> {
+    options: &'a CaptureOptions,
+    tables: Vec<Captured>,
+    run_date: NaiveDate,
+    bar: ProgressBar,
+    transactions: u64,
+    confirmed: Option<u64>,
+}
+
+/// The transaction being received.
+struct Txn {
+    commit_lsn: u64,
+    day: i32,
+    seq: u64,
+    commit_micros: i64,
+}
+
+impl Run<'_> {
+    /// Copies the tables the lake does not hold yet, each committed as a full load at the
+    /// copy's consistent point.
+    async fn copy(&mut self, server: &Server) -> Result<()> {
+        let needed: Vec<usize> = (0..self.tables.len())
+            .filter(|&i| self.tables[i].lsn.is_none())
+            .collect();
+        if needed.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let list: Vec<Arc<CaptureTable>> = needed
+            .iter()
+            .map(|&i| self.tables[i].table.clone())
+            .collect();
+        let mut copy = copy_tables(
+            &self.options.url,
+            server,
+            &self.options.slot,
+            &self.options.publication,
+            list,
+        )
+        .await?;
+        let point = copy.consistent_point();
+        stage_line(
+            self.options.progress,
+            format_args!(
+                "copying {} table(s) at LSN {}",
+                needed.len(),
+                lsn_text(point)
+            ),
+        );
+        let day = epoch_days(self.run_date);
+        let mut buffers: Vec<Option<TableChanges>> = needed
+            .iter()
+            .map(|&i| Some(TableChanges::new(self.tables[i].table.clone(), true)))
+            .collect();
+        let mut seq = 0u64;
+        let mut current: Option<usize> = None;
+        while let Some((k, values)) = copy.next().await? {
+            if current.is_some_and(|c| c != k) {
+                self.commit_copy(
+                    needed[current.unwrap_or(0)],
+                    &mut buffers[current.unwrap_or(0)],
+                    point,
+                )
+                .await;
+            }
+            current = Some(k);
+            seq += 1;
+            if let Some(buffer) = buffers[k].as_mut() {
+                let pushed = buffer.push(ChangeOp::Insert, values, Vec::new(), point, seq, day);
+                if let Err(e) = pushed {
+                    let t = needed[k];
+                    self.fail(t, &e);
+                    buffers[k] = None;
+                }
+            }
+        }
+        copy.finish(server).await?;
+        for (k, buffer) in buffers.iter_mut().enumerate() {
+            self.commit_copy(needed[k], buffer, point).await;
+        }
+        stage_line(
+            self.options.progress,
+            format_args!(
+                "copied {} table(s) in {:.2} s",
+                needed.len(),
+                started.elapsed().as_secs_f64()
+            ),
+        );
+        Ok(())
+    }
+
+    /// Commits the copy of table `t` (once: the buffer is taken).
+    async fn commit_copy(&mut self, t: usize, buffer: &mut Option<TableChanges>, point: u64) {
+        let Some(mut buffer) = buffer.take() else {
+            return;
+        };
+        buffer.reach(point);
+        let rows = buffer.rows();
+        match self.apply(t, &mut buffer).await {
+            Ok(_) => {
+                self.tables[t].report.copied_rows += rows;
+                stage_line(
+                    self.options.progress,
+                    format_args!("{}: copied {rows} rows", self.tables[t].table.name()),
+                );
+            }
+            Err(e) => self.fail(t, &e),
+        }
+    }
+
+    fn fail(&mut self, t: usize, e: &Error) {
+        let table = &mut self.tables[t];
+        tracing::warn!(table = %table.table.name(), "failed: {e}");
+        table.failed = Some(e.to_string());
+        table.report.status = "failed".into();
+        table.report.error = Some(e.to_string());
+        table.buffer = TableChanges::new(table.table.clone(), false);
+    }
+
+    /// Applies `buffer` to table `t` in one run and records what it did.
+    async fn apply(&mut self, t: usize, buffer: &mut TableChanges) -> Result<()> {
+        buffer.finish()?;
+        let config = self.tables[t].table.config.clone();
+        let done: SourceRun = run_source(buffer, &config, self.run_date, &self.bar).await?;
+        let table = &mut self.tables[t];
+        table.lsn = Some(buffer.end());
+        table.report.lsn = Some(lsn_text(buffer.end()));
+        if let Some(summary) = done.applied {
+            table.report.runs += 1;
+            table.report.inserted += summary.inserted;
+            table.report.updated += summary.updated;
+            table.report.deleted += summary.deleted;
+            if table.report.status != "failed" {
+                table.report.status = "captured".into();
+            }
+        }
+        Ok(())
+    }
+
+    /// Buffered changes of all tables.
+    fn buffered(&self) -> u64 {
+        self.tables.iter().map(|t| t.buffer.rows()).sum()
+    }
+
+    /// Reads the stream until `stop` or, with a stop LSN, its end; commits and confirms as it
+    /// goes (see the module docs).
+    async fn stream(
+        &mut self,
+        stream: &mut LogicalReplicationStream,
+        stop: &CancellationToken,
+        stop_at: Option<u64>,
+    ) -> Result<()> {
+        let by_name: HashMap<String, usize> = self
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.table.name().to_string(), i))
+            .collect();
+        let mut relations: HashMap<u32, usize> = HashMap::new();
+        let mut txn: Option<Txn> = None;
+        let mut received: Option<u64> = None;
+        let mut last_commit = Instant::now();
+        let mut last_commit_micros: Option<i64> = None;
+        let wait = self.options.commit_interval.min(Duration::from_secs(1));
+        let mut reader = Reader::new(stop, wait);
+        loop {
+            let event = reader.next(stream).await;
+            let event = match event {
+                Ok(Some(event)) => Some(event),
+                Ok(None) => {
+                    // idle for a while: tell the server where we are (it answers with a
+                    // keepalive carrying its position), and end `--once` at the stop LSN
+                    if let Err(e) = stream.send_feedback().await {
+                        tracing::debug!("status update failed: {e}");
+                    }
+                    if txn.is_none() && stop_at.is_some_and(|s| stream.current_lsn() >= s) {
+                        self.commit(stream, received, true).await?;
+                        return Ok(());
+                    }
+                    None
+                }
+                Err(ReplicationError::StreamStopped(_)) => {
+                    self.commit(stream, received, true).await?;
+                    return Ok(());
+                }
+                Err(ReplicationError::Cancelled(_)) if stop.is_cancelled() => {
+                    // SIGINT/SIGTERM: what is buffered is whole transactions; a transaction in
+                    // flight is dropped (the slot sends it again).
+                    let whole = txn.is_none();
+                    self.commit(stream, received, whole).await?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(crate::source::postgres::replication_error(
+                        "replication stream",
+                        e,
+                    ))
+                }
+            };
+            if let Some(event) = event {
+                self.event(
+                    event,
+                    &by_name,
+                    &mut relations,
+                    &mut txn,
+                    &mut received,
+                    &mut last_commit_micros,
+                )
+                .await?;
+                if txn.is_none() && stop_at.is_some_and(|s| received.is_some_and(|r| r >= s)) {
+                    self.commit(stream, received, true).await?;
+                    return Ok(());
+                }
+            }
+            let due = last_commit.elapsed() >= self.options.commit_interval
+                || self.buffered() >= self.options.max_buffered;
+            if txn.is_none() && due {
+                self.commit(stream, received, true).await?;
+                if self.options.progress {
+                    let lag = last_commit_micros
+                        .map(|m| (chrono::Utc::now().timestamp_micros() - m) as f64 / 1e6)
+                        .unwrap_or(0.0);
+                    stage_line(
+                        false,
+                        format_args!(
+                            "{} transactions received, confirmed {}, lag {lag:.1} s",
+                            self.transactions,
+                            self.confirmed.map(lsn_text).unwrap_or_else(|| "-".into())
+                        ),
+                    );
+                }
+                last_commit = Instant::now();
+            }
+        }
+    }
+
+    /// Handles one event of the stream.
+    #[allow(clippy::too_many_arguments)]
+    async fn event(
+        &mut self,
+        event: ChangeEvent,
+        by_name: &HashMap<String, usize>,
+        relations: &mut HashMap<u32, usize>,
+        txn: &mut Option<Txn>,
+        received: &mut Option<u64>,
+        last_commit_micros: &mut Option<i64>,
+    ) -> Result<()> {
+        match event.event_type {
+            EventType::Begin {
+                final_lsn,
+                commit_timestamp,
+                ..
+            } => {
+                *txn = Some(Txn {
+                    commit_lsn: final_lsn.value(),
+                    day: epoch_days(commit_timestamp.date_naive()),
+                    seq: 0,
+                    commit_micros: commit_timestamp.timestamp_micros(),
+                });
+            }
+            EventType::Commit { end_lsn, .. } => {
+                if let Some(done) = txn.take() {
+                    *last_commit_micros = Some(done.commit_micros);
+                }
+                self.transactions += 1;
+                *received = Some(end_lsn.value());
+                for t in &mut self.tables {
+                    if !t.buffer.is_empty() {
+                        t.buffer.reach(end_lsn.value());
+                    }
+                }
+            }
+            EventType::Relation {
+                relation_id,
+                namespace,
+                relation_name,
+                columns,
+                ..
+            } => {
+                let name = format!("{namespace}.{relation_name}");
+                if let Some(&t) = by_name.get(&name) {
+                    relations.insert(relation_id, t);
+                    let names: Vec<String> = columns.iter().map(|c| c.name.to_string()).collect();
+                    let known = &self.tables[t].table.config.table.columns;
+                    if let Some(added) = names.iter().find(|n| !known.iter().any(|k| &k.name == *n))
+                    {
+                        let e = Error::Source(format!(
+                            "table {name}: column `{added}` was added; the lake tables cannot take \
+                             new columns yet (stop capture, copy the table again with --resnapshot)"
+                        ));
+                        if self.tables[t].failed.is_none() {
+                            self.fail(t, &e);
+                        }
+                    }
+                    self.tables[t].relation = Some(names);
+                }
+            }
+            EventType::Insert {
+                relation_oid, data, ..
+            } => {
+                self.change(relations, txn, relation_oid, ChangeOp::Insert, &data, false)?;
+            }
+            EventType::Update {
+                relation_oid,
+                new_data,
+                ..
+            } => {
+                self.change(
+                    relations,
+                    txn,
+                    relation_oid,
+                    ChangeOp::Update,
+                    &new_data,
+                    true,
+                )?;
+            }
+            EventType::Delete {
+                relation_oid,
+                old_data,
+                ..
+            } => {
+                self.change(
+                    relations,
+                    txn,
+                    relation_oid,
+                    ChangeOp::Delete,
+                    &old_data,
+                    false,
+                )?;
+            }
+            EventType::Truncate { tables, .. } => {
+                let Some(current) = txn.as_mut() else {
+                    return Ok(());
+                };
+                current.seq += 1;
+                let (lsn, seq, day) = (current.commit_lsn, current.seq, current.day);
+                for name in tables.iter() {
+                    let Some(&t) = by_name.get(name.as_ref()) else {
+                        continue;
+                    };
+                    if self.tables[t].failed.is_some()
+                        || self.tables[t].lsn.is_some_and(|l| lsn < l)
+                    {
+                        continue;
+                    }
+                    let result = match live_keys(&self.tables[t].table).await {
+                        Ok(stored) => self.tables[t].buffer.truncate(stored, lsn, seq, day),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
+                        self.fail(t, &e);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Buffers one row change of the current transaction.
+    fn change(
+        &mut self,
+        relations: &HashMap<u32, usize>,
+        txn: &mut Option<Txn>,
+        relation: u32,
+        op: ChangeOp,
+        data: &pg_walstream::RowData,
+        may_keep: bool,
+    ) -> Result<()> {
+        let (Some(current), Some(&t)) = (txn.as_mut(), relations.get(&relation)) else {
+            return Ok(());
+        };
+        current.seq += 1;
+        let table = &mut self.tables[t];
+        if table.failed.is_some() || table.lsn.is_some_and(|l| current.commit_lsn < l) {
+            return Ok(());
+        }
+        let relation_columns = if may_keep {
+            table.relation.as_deref()
+        } else {
+            None
+        };
+        let (values, unchanged) = decode_row(&table.table, data, relation_columns);
+        let pushed = table.buffer.push(
+            op,
+            values,
+            unchanged,
+            current.commit_lsn,
+            current.seq,
+            current.day,
+        );
+        if let Err(e) = pushed {
+            self.fail(t, &e);
+        }
+        Ok(())
+    }
+
+    /// Commits every table with buffered changes (one run each), then confirms to the slot
+    /// what the lake holds. `received`: the end LSN of the last whole transaction received;
+    /// `between`: no transaction is being received (then, with nothing buffered, the server's
+    /// own position may be confirmed).
+    async fn commit(
+        &mut self,
+        stream: &mut LogicalReplicationStream,
+        received: Option<u64>,
+        between: bool,
+    ) -> Result<()> {
+        let pending: Vec<usize> = (0..self.tables.len())
+            .filter(|&t| !self.tables[t].buffer.is_empty() && self.tables[t].failed.is_none())
+            .collect();
+        for t in pending {
+            let fresh = TableChanges::new(self.tables[t].table.clone(), false);
+            let mut buffer = std::mem::replace(&mut self.tables[t].buffer, fresh);
+            let changes = buffer.rows();
+            let name = self.tables[t].table.name().to_string();
+            let applied = {
+                let work = self.apply(t, &mut buffer);
+                tokio::pin!(work);
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        done = &mut work => break done,
+                        _ = tick.tick() => {
+                            // keeps the walsender from timing out during a long write
+                            if let Err(e) = stream.send_feedback().await {
+                                tracing::debug!("status update failed: {e}");
+                            }
+                        }
+                    }
+                }
+            };
+            match applied {
+                Ok(()) => {
+                    self.tables[t].report.changes += changes;
+                    stage_line(
+                        false,
+                        format_args!(
+                            "{name}: {changes} changes committed up to LSN {}",
+                            lsn_text(buffer.end())
+                        ),
+                    );
+                }
+                Err(e) => self.fail(t, &e),
+            }
+        }
+        // Confirm: the last received commit, or when nothing is buffered the server's own
+        // position; never past a failed table's checkpoint.
+        let idle = between && self.buffered() == 0;
+        let mut confirm = match (idle, received) {
+            (true, _) => Some(stream.current_lsn()).filter(|l| *l > 0).max(received),
+            (false, r) => r,
+        };
+        for t in &self.tables {
+            if t.failed.is_some() {
+                confirm = match (confirm, t.lsn) {
+                    (Some(c), Some(l)) => Some(c.min(l)),
+                    // never copied: copied again at the next start, whatever is confirmed
+                    (c, None) => c,
+                    (None, Some(_)) => None,
+                };
+            }
+        }
+        if let Some(lsn) = confirm {
+            if self.confirmed.is_none_or(|c| lsn > c) {
+                stream.shared_lsn_feedback.update_flushed_lsn(lsn);
+                stream.shared_lsn_feedback.update_applied_lsn(lsn);
+                stream.send_feedback().await.map_err(|e| {
+                    crate::source::postgres::replication_error("confirming the flush LSN", e)
+                })?;
+                self.confirmed = Some(lsn);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the stream with a deadline: a read is ended through its cancellation token, not by
+/// dropping it (pg_walstream's rule: then no frame is lost). One token serves every read until
+/// its timer fires, so a busy stream costs one timer per `wait`, not one per event.
+struct Reader {
+    stop: CancellationToken,
+    wait: Duration,
+    token: CancellationToken,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Reader {
+    fn new(stop: &CancellationToken, wait: Duration) -> Self {
+        let token = stop.child_token();
+        token.cancel();
+        Reader {
+            stop: stop.clone(),
+            wait,
+            token,
+            timer: None,
+        }
+    }
+
+    /// The next event, or None when the current `wait` period ends first.
+    async fn next(
+        &mut self,
+        stream: &mut LogicalReplicationStream,
+    ) -> std::result::Result<Option<ChangeEvent>, ReplicationError> {
+        if self.token.is_cancelled() && !self.stop.is_cancelled() {
+            self.token = self.stop.child_token();
+            let (token, wait) = (self.token.clone(), self.wait);
+            if let Some(old) = self.timer.replace(tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                token.cancel();
+            })) {
+                old.abort();
+            }
+        }
+        match stream.next_event(&self.token).await {
+            Ok(event) => Ok(Some(event)),
+            Err(ReplicationError::Cancelled(_)) if !self.stop.is_cancelled() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+}
+
+/// The keys of `table` live in its current table, as text (for a TRUNCATE's deletes).
+async fn live_keys(table: &CaptureTable) -> Result<Vec<Values>> {
+    let Some((lake, _)) = DeltaLake::open(&table.config.table, false).await? else {
+        return Ok(Vec::new());
+    };
+    let Some(mut rows) = crate::sink::delta::scan_stream(&lake.current).await? else {
+        return Ok(Vec::new());
+    };
+    let mut keys = Vec::new();
+    while let Some(batch) = rows.next().await {
+        let batch = batch?;
+        let ops = batch
+            .column_by_name(OPERATION)
+            .map(|c| cast(c, &DataType::Utf8))
+            .transpose()?;
+        let columns = table
+            .key
+            .iter()
+            .map(|&c| {
+                let name = &table.config.table.columns[c].name;
+                let column = batch.column_by_name(name).ok_or_else(|| {
+                    Error::Internal(format!("current table without key column {name}"))
+                })?;
+                Ok(cast(column, &DataType::Utf8)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for row in 0..batch.num_rows() {
+            if ops
+                .as_ref()
+                .is_some_and(|o| o.as_string::<i32>().value(row) == "D")
+            {
+                continue;
+            }
+            keys.push(
+                columns
+                    .iter()
+                    .map(|c| {
+                        c.is_valid(row)
+                            .then(|| c.as_string::<i32>().value(row).to_string())
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(keys)
+}

@@ -1,0 +1,133 @@
+//! `tributary capture postgres://USER@HOST:PORT/DB --lake LAKE`: land a PostgreSQL replication
+//! slot in lake tables (see `changelog::capture` and docs/capture.md).
+
+use std::path::PathBuf;
+
+use pg_walstream::CancellationToken;
+
+use super::print_json;
+use super::sync::{parse_interval, EXIT_SOME_TABLES_FAILED};
+use crate::changelog::capture::{capture, CaptureOptions, CaptureSummary};
+use crate::error::{Error, Result};
+
+/// Arguments of `tributary capture`.
+#[derive(Debug, clap::Args)]
+pub struct CaptureArgs {
+    /// The database: postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (never printed).
+    pub url: String,
+    /// Lake root: tables go to <lake>/<schema>/<table>/{current,history,tombstones}.
+    #[arg(long)]
+    pub lake: PathBuf,
+    /// Tables file (sync's format): partition_by, delete_mode, eff_start per <schema>/<table>;
+    /// its active entries make the publication when it does not exist.
+    #[arg(long)]
+    pub tables: Option<PathBuf>,
+    /// Publication to read.
+    #[arg(long, default_value = "tributary")]
+    pub publication: String,
+    /// Replication slot (created when absent).
+    #[arg(long, default_value = "tributary")]
+    pub slot: String,
+    /// How often changes are committed to the lake (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s")]
+    pub commit_interval: String,
+    /// Drain the slot up to the server's current WAL position, commit, confirm and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Copy every table again (after the slot was lost or dropped); history records the copy.
+    #[arg(long)]
+    pub resnapshot: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print_capture(summary: &CaptureSummary) {
+    for t in &summary.tables {
+        let detail = match &t.error {
+            Some(e) => e.clone(),
+            None => format!(
+                "{} copied, {} changes: {} inserted, {} updated, {} deleted in {} runs; at LSN {}",
+                t.copied_rows,
+                t.changes,
+                t.inserted,
+                t.updated,
+                t.deleted,
+                t.runs,
+                t.lsn.as_deref().unwrap_or("-")
+            ),
+        };
+        println!("{:<32} {:<10} {}", t.table, t.status, detail);
+    }
+    println!(
+        "{} tables, {} failed, {} transactions, confirmed LSN {}, {:.2} s",
+        summary.tables.len(),
+        summary.failed,
+        summary.transactions,
+        summary.confirmed_lsn.as_deref().unwrap_or("-"),
+        summary.elapsed_secs
+    );
+}
+
+/// Runs `tributary capture`. Returns [`EXIT_SOME_TABLES_FAILED`] when some tables failed.
+///
+/// # Errors
+/// Bad arguments ([`Error::Usage`]), set-up and source errors (see `changelog::capture`).
+pub async fn execute(args: CaptureArgs) -> Result<u8> {
+    let commit_interval = parse_interval(&args.commit_interval).map_err(|_| {
+        Error::Usage(format!(
+            "--commit-interval `{}`: use seconds, or 10s, 1m",
+            args.commit_interval
+        ))
+    })?;
+    if !(args.url.starts_with("postgres://") || args.url.starts_with("postgresql://")) {
+        return Err(Error::Usage(
+            "the database is a URL: postgres://USER@HOST:PORT/DATABASE".into(),
+        ));
+    }
+    let options = CaptureOptions {
+        url: args.url,
+        lake: args.lake,
+        tables_file: args.tables,
+        publication: args.publication,
+        slot: args.slot,
+        commit_interval,
+        once: args.once,
+        resnapshot: args.resnapshot,
+        max_buffered: 1_000_000,
+        progress: !args.json,
+    };
+    let stop = CancellationToken::new();
+    let signals = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let terminate = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate => {}
+            }
+            tracing::info!("stopping: committing what is buffered");
+            stop.cancel();
+        })
+    };
+    let summary = capture(&options, stop).await;
+    signals.abort();
+    let summary = summary?;
+    if args.json {
+        print_json(&summary)?;
+    } else {
+        print_capture(&summary);
+    }
+    Ok(if summary.failed > 0 {
+        EXIT_SOME_TABLES_FAILED
+    } else {
+        0
+    })
+}

@@ -1,0 +1,819 @@
+//! `tributary capture` against the local PostgreSQL (wal_level = logical: scripts/pg_logical.sh,
+//! run by .ci/run). Each test works in a database and a slot of its own, dropped at the end.
+//!
+//! Without a reachable server with logical replication the tests are skipped with a SKIPPED
+//! line on stderr, unless TRIBUTARY_REQUIRE_POSTGRES is set (by .ci/run): then they fail.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use super::common::{tributary_command, tributary_ok};
+
+const HOST: &str = "127.0.0.1";
+const PORT: &str = "5432";
+const USER: &str = "postgres";
+
+/// Runs `sql` in database `db` with psql (stop at the first error); its output as CSV lines
+/// without header.
+fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-h", HOST, "-p", PORT, "-U", USER, "-d", db])
+        .args(["-v", "ON_ERROR_STOP=1", "--csv", "-t"])
+        .args(["-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A database of its own for one test (and its slot, named after it); None when there is no
+/// server with logical replication (see the module docs).
+struct Db {
+    name: String,
+}
+
+impl Db {
+    fn new(test: &str) -> Option<Db> {
+        let probe = Command::new("psql")
+            .args([
+                "-X",
+                "-h",
+                HOST,
+                "-p",
+                PORT,
+                "-U",
+                USER,
+                "-d",
+                "postgres",
+                "-Atc",
+                "SHOW wal_level",
+            ])
+            .output();
+        let logical = probe.is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "logical"
+        });
+        if !logical {
+            assert!(
+                std::env::var("TRIBUTARY_REQUIRE_POSTGRES").is_err(),
+                "PostgreSQL with wal_level = logical is required (TRIBUTARY_REQUIRE_POSTGRES is set)"
+            );
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: no PostgreSQL with wal_level = logical at {HOST}:{PORT} (scripts/pg_logical.sh)"
+            );
+            return None;
+        }
+        let name = format!("cap_{test}");
+        let db = Db { name };
+        db.drop_all();
+        psql("postgres", &format!("CREATE DATABASE {}", db.name));
+        Some(db)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://{USER}@{HOST}:{PORT}/{}", self.name)
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        psql(&self.name, sql)
+    }
+
+    fn slot_args(&self) -> Vec<String> {
+        vec!["--slot".into(), self.name.clone()]
+    }
+
+    fn confirmed_flush(&self) -> String {
+        psql(
+            "postgres",
+            &format!(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+                self.name
+            ),
+        )
+        .trim()
+        .to_string()
+    }
+
+    fn drop_all(&self) {
+        for slot in [self.name.clone(), format!("{}_copy", self.name)] {
+            psql(
+                "postgres",
+                &format!(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                     WHERE slot_name = '{slot}' AND active"
+                ),
+            );
+            for _ in 0..50 {
+                let out = psql(
+                    "postgres",
+                    &format!(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE slot_name = '{slot}' AND NOT active; \
+                         SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+                    ),
+                );
+                if out.trim().ends_with('0') {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.drop_all();
+        }
+    }
+}
+
+/// `tributary capture URL --lake LAKE --slot S --once [extra]`, which must exit 0: its stdout.
+fn capture_once(dir: &Path, db: &Db, lake: &Path, extra: &[&str]) -> String {
+    let url = db.url();
+    let mut args: Vec<String> = vec![
+        "capture".into(),
+        url,
+        "--lake".into(),
+        lake.display().to_string(),
+        "--once".into(),
+    ];
+    args.extend(db.slot_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tributary_ok(dir, &args)
+}
+
+/// Rows of `query` over the lake (`tributary sql --format csv`), header left out, sorted.
+fn lake_rows(dir: &Path, lake: &Path, query: &str) -> Vec<String> {
+    let out = tributary_ok(
+        dir,
+        &[
+            "sql",
+            "--lake",
+            &lake.display().to_string(),
+            "--format",
+            "csv",
+            "-e",
+            query,
+        ],
+    );
+    let mut rows: Vec<String> = out.lines().skip(1).map(str::to_string).collect();
+    rows.sort();
+    rows
+}
+
+/// Rows of `query` in the database, sorted.
+fn db_rows(db: &Db, query: &str) -> Vec<String> {
+    let mut rows: Vec<String> = db.sql(query).lines().map(str::to_string).collect();
+    rows.sort();
+    rows
+}
+
+/// The same rows in both: `columns` is a list of (PostgreSQL expression, DataFusion
+/// expression) producing the same text for the same value.
+fn assert_same(dir: &Path, db: &Db, lake: &Path, table: &str, columns: &[(&str, &str)]) {
+    let pg: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    let df: Vec<&str> = columns.iter().map(|c| c.1).collect();
+    let expected = db_rows(db, &format!("SELECT {} FROM {table}", pg.join(", ")));
+    let actual = lake_rows(
+        dir,
+        lake,
+        &format!("SELECT {} FROM public.{table}", df.join(", ")),
+    );
+    assert_eq!(actual.len(), expected.len(), "{table}: row counts");
+    for (a, e) in actual.iter().zip(&expected) {
+        assert_eq!(a, e, "{table}: first differing row");
+    }
+}
+
+/// Text of a nullable column, the same in both engines: its value, or `~` for NULL.
+fn both(pg: &str, df: &str) -> (String, String) {
+    (
+        format!("coalesce(({pg})::text, '~')"),
+        format!("coalesce(CAST({df} AS VARCHAR), '~')"),
+    )
+}
+
+/// The items table's columns as comparable text.
+fn item_columns() -> Vec<(String, String)> {
+    vec![
+        ("id::text".into(), "CAST(id AS VARCHAR)".into()),
+        both("grp", "grp"),
+        both("name", "name"),
+        both("md5(note)", "md5(note)"),
+        both("price", "price"),
+        both("qty", "qty"),
+        both("ok", "ok"),
+        both("d", "d"),
+        both(
+            "to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US')",
+            "to_char(ts, '%Y-%m-%d %H:%M:%S%.6f')",
+        ),
+        both(
+            "to_char(tz AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+            "to_char(tz, '%Y-%m-%d %H:%M:%S%.6f')",
+        ),
+        both("data", "data"),
+        both("u", "u"),
+        both("tags", "tags"),
+        both("raw", "raw"),
+        // float text differs (PostgreSQL `2`, Arrow `2.0`): compared in thousandths
+        both(
+            "round(f::numeric * 1000)::bigint",
+            "CAST(round(f * 1000) AS BIGINT)",
+        ),
+        both("exact", "exact"),
+        both("small", "small"),
+        both("feeling", "feeling"),
+    ]
+}
+
+fn as_refs(columns: &[(String, String)]) -> Vec<(&str, &str)> {
+    columns
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect()
+}
+
+/// History rows per key of `table` (key column `id`): operations in order.
+fn history_ops(dir: &Path, lake: &Path, table: &str) -> BTreeMap<i64, String> {
+    let rows = lake_rows(
+        dir,
+        lake,
+        &format!("SELECT id, operation, source_position FROM public.{table}_history"),
+    );
+    let mut parsed: Vec<(i64, i64, String)> = rows
+        .iter()
+        .map(|r| {
+            let f: Vec<&str> = r.split(',').collect();
+            (
+                f[0].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[1].to_string(),
+            )
+        })
+        .collect();
+    parsed.sort();
+    let mut out: BTreeMap<i64, String> = BTreeMap::new();
+    for (id, _, op) in parsed {
+        out.entry(id).or_default().push_str(&op);
+    }
+    out
+}
+
+const TABLES_FILE: &str = "tables:
+- source: public/items
+  active: true
+  partition_by: [grp]
+- source: public/keyonly
+  active: true
+- source: public/events
+  active: true
+- source: public/trunc
+  active: true
+- source: public/big
+  active: true
+";
+
+/// Text PostgreSQL stores out of line (TOAST) and cannot compress: `kb` KiB of hex digits.
+fn toasted(kb: usize, seed: &str) -> String {
+    format!(
+        "(SELECT string_agg(md5('{seed}' || g::text), '') FROM generate_series(1, {}) g)",
+        kb * 1024 / 32
+    )
+}
+
+#[test]
+fn the_lake_equals_the_database_after_a_scripted_workload() {
+    let Some(db) = Db::new("workload") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    std::fs::write(dir.path().join("tables.yaml"), TABLES_FILE).unwrap();
+    db.sql(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE TABLE items (id int PRIMARY KEY, grp text NOT NULL DEFAULT 'a', name text,
+           note text, price numeric(10,2), qty bigint, ok boolean, d date, ts timestamp,
+           tz timestamptz, data jsonb, u uuid, tags text[], raw bytea, f float8,
+           exact numeric, small smallint, feeling mood);
+         CREATE TABLE keyonly (id int PRIMARY KEY, v text, v2 text);
+         CREATE TABLE events (at int, what text);
+         ALTER TABLE events REPLICA IDENTITY FULL;
+         CREATE TABLE trunc (id int PRIMARY KEY, v text);
+         CREATE TABLE big (id int PRIMARY KEY, v int);
+         INSERT INTO items SELECT g, 'a', 'n' || g, 'note ' || g, g * 1.25, g * 1000000000::bigint,
+           g % 2 = 0, DATE '2024-01-01' + g, TIMESTAMP '2024-01-01 10:00:00.123456' + g * interval '1 hour',
+           TIMESTAMPTZ '2024-01-01 10:00:00+05:30' + g * interval '1 minute', jsonb_build_object('g', g),
+           md5(g::text)::uuid, ARRAY['x', g::text], decode(md5(g::text), 'hex'), g / 8.0,
+           g * 1000000000000000000000.001, g, 'happy'
+           FROM generate_series(1, 50) g;
+         UPDATE items SET name = NULL, note = NULL, price = NULL, qty = NULL, ok = NULL, d = NULL,
+           ts = NULL, tz = NULL, data = NULL, u = NULL, tags = NULL, raw = NULL, f = NULL,
+           exact = NULL, small = NULL, feeling = NULL WHERE id % 7 = 0;
+         INSERT INTO keyonly SELECT g, 'v' || g, 'w' || g FROM generate_series(1, 10) g;
+         INSERT INTO events SELECT g, 'e' || g FROM generate_series(1, 5) g;
+         INSERT INTO trunc SELECT g, 't' || g FROM generate_series(1, 20) g;",
+    );
+    let tables = dir.path().join("tables.yaml").display().to_string();
+    let first = capture_once(dir.path(), &db, &lake, &["--tables", &tables]);
+    assert!(
+        first.contains("public.items") && first.contains("50 copied"),
+        "{first}"
+    );
+    assert_same(dir.path(), &db, &lake, "items", &as_refs(&item_columns()));
+
+    // Phase 1: updates, deletes, re-inserts, a partition-column update, a TOASTed value, a
+    // TRUNCATE, a 200,000-row transaction.
+    db.sql(&format!(
+        "UPDATE items SET name = coalesce(name, '') || '!' WHERE id % 3 = 0;
+         DELETE FROM items WHERE id % 5 = 0;
+         INSERT INTO items (id, grp, name) SELECT g, 'b', 'again' FROM generate_series(5, 50, 10) g;
+         UPDATE items SET grp = 'z' WHERE id IN (1, 2);
+         UPDATE items SET note = {} WHERE id = 4;
+         DELETE FROM keyonly WHERE id <= 3;
+         INSERT INTO events VALUES (6, 'e6'), (7, NULL);
+         TRUNCATE trunc;
+         INSERT INTO trunc VALUES (100, 'after');
+         INSERT INTO big SELECT g, g FROM generate_series(1, 200000) g;",
+        toasted(200, "four")
+    ));
+    let second = capture_once(dir.path(), &db, &lake, &["--tables", &tables]);
+    assert!(second.contains("0 failed"), "{second}");
+    assert_same(dir.path(), &db, &lake, "items", &as_refs(&item_columns()));
+
+    // Phase 2: updates that leave a TOASTed value unchanged (pgoutput 'u'): one whose value
+    // is in the lake, one whose value came earlier in the same run; a dropped column.
+    db.sql(&format!(
+        "UPDATE items SET qty = 42 WHERE id = 4;
+         BEGIN;
+         UPDATE items SET note = {} WHERE id = 6;
+         UPDATE items SET qty = 7 WHERE id = 6;
+         COMMIT;
+         ALTER TABLE keyonly DROP COLUMN v2;
+         INSERT INTO keyonly VALUES (50, 'post-drop');
+         UPDATE keyonly SET v = 'changed' WHERE id = 4;
+         UPDATE big SET v = -v WHERE id % 1000 = 0;",
+        toasted(100, "six")
+    ));
+    let third = capture_once(dir.path(), &db, &lake, &["--tables", &tables]);
+    assert!(third.contains("0 failed"), "{third}");
+
+    assert_same(dir.path(), &db, &lake, "items", &as_refs(&item_columns()));
+    let note_length = lake_rows(
+        dir.path(),
+        &lake,
+        "SELECT length(note) FROM public.items WHERE id IN (4, 6)",
+    );
+    assert_eq!(
+        note_length,
+        vec!["102400".to_string(), "204800".to_string()]
+    );
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "keyonly",
+        &[
+            ("id::text", "CAST(id AS VARCHAR)"),
+            ("coalesce(v, '~')", "coalesce(v, '~')"),
+        ],
+    );
+    let v2 = lake_rows(
+        dir.path(),
+        &lake,
+        "SELECT id, coalesce(v2, '~') FROM public.keyonly",
+    );
+    // the dropped column stays: rows written after the drop hold NULL, the others their value
+    for row in ["50,~", "4,~", "5,w5"] {
+        assert!(v2.contains(&row.to_string()), "{v2:?}");
+    }
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "events",
+        &[
+            ("at::text", "CAST(at AS VARCHAR)"),
+            ("coalesce(what, '~')", "coalesce(what, '~')"),
+        ],
+    );
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "trunc",
+        &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
+    );
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "big",
+        &[
+            ("id::text", "CAST(id AS VARCHAR)"),
+            ("v::text", "CAST(v AS VARCHAR)"),
+        ],
+    );
+
+    // History: the copy, then the changes; deletes carry the last stored values (the delete
+    // sent only the key); the TRUNCATE deleted every row.
+    let items = history_ops(dir.path(), &lake, "items");
+    assert_eq!(items[&1], "IU");
+    assert_eq!(items[&5], "IDI");
+    assert_eq!(items[&4], "IUU");
+    assert_eq!(items[&10], "ID");
+    let deleted = lake_rows(
+        dir.path(),
+        &lake,
+        "SELECT id, v FROM public.keyonly_history WHERE operation = 'D'",
+    );
+    assert_eq!(deleted, vec!["1,v1", "2,v2", "3,v3"]);
+    let truncated = lake_rows(
+        dir.path(),
+        &lake,
+        "SELECT count(*) FROM public.trunc_history WHERE operation = 'D'",
+    );
+    assert_eq!(truncated, vec!["20"]);
+
+    // A re-run with nothing new changes nothing.
+    let again = capture_once(dir.path(), &db, &lake, &["--tables", &tables]);
+    assert!(
+        again.contains("0 transactions") || again.contains("up-to-date"),
+        "{again}"
+    );
+    assert_same(dir.path(), &db, &lake, "items", &as_refs(&item_columns()));
+}
+
+#[test]
+fn bad_setups_stop_before_anything_is_created() {
+    let Some(db) = Db::new("setup") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let lake_arg = lake.display().to_string();
+    let url = db.url();
+    let run = |args: &[&str]| -> Output {
+        let mut all = vec![
+            "capture",
+            url.as_str(),
+            "--lake",
+            lake_arg.as_str(),
+            "--once",
+            "--slot",
+            db.name.as_str(),
+        ];
+        all.extend(args);
+        tributary_command(dir.path(), &all).output().unwrap()
+    };
+    // no publication and no tables file
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("publication `tributary` does not exist") && err.contains("--tables"),
+        "{err}"
+    );
+    // a table without primary key nor REPLICA IDENTITY FULL
+    db.sql("CREATE TABLE nokey (a int); CREATE PUBLICATION tributary FOR TABLE nokey;");
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("public.nokey") && err.contains("REPLICA IDENTITY FULL"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("postgres://"),
+        "the URL is never printed: {err}"
+    );
+    assert!(db.confirmed_flush().is_empty(), "no slot was created");
+    assert!(!lake.exists(), "no lake table was created");
+    // a password in the URL never shows, even when the login fails
+    let secret = format!("postgres://{USER}:s3cret@{HOST}:1/{}", db.name);
+    let out = tributary_command(
+        dir.path(),
+        &["capture", &secret, "--lake", &lake_arg, "--once"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[test]
+fn a_lost_slot_is_refused_until_the_tables_are_copied_again() {
+    let Some(db) = Db::new("lost") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g;
+         CREATE PUBLICATION tributary FOR TABLE t;",
+    );
+    capture_once(dir.path(), &db, &lake, &[]);
+    psql(
+        "postgres",
+        &format!("SELECT pg_drop_replication_slot('{}')", db.name),
+    );
+    db.sql("UPDATE t SET v = 'missed' WHERE id = 1; INSERT INTO t VALUES (11, 'new');");
+    let url = db.url();
+    let lake_arg = lake.display().to_string();
+    let out = tributary_command(
+        dir.path(),
+        &[
+            "capture", &url, "--lake", &lake_arg, "--once", "--slot", &db.name,
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--resnapshot"), "{err}");
+    capture_once(dir.path(), &db, &lake, &["--resnapshot"]);
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "t",
+        &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
+    );
+}
+
+#[test]
+fn an_idle_slot_is_confirmed_past_unrelated_writes_and_sigterm_commits() {
+    let Some(db) = Db::new("idle") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE TABLE other (id int);
+         CREATE PUBLICATION tributary FOR TABLE t;",
+    );
+    capture_once(dir.path(), &db, &lake, &[]);
+    let lake_arg = lake.display().to_string();
+    let url = db.url();
+    let child = tributary_command(
+        dir.path(),
+        &[
+            "capture",
+            &url,
+            "--lake",
+            &lake_arg,
+            "--slot",
+            &db.name,
+            "--commit-interval",
+            "1s",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    db.sql("INSERT INTO t VALUES (1, 'one');");
+    // unrelated writes only: the slot's position must still move past them
+    db.sql("INSERT INTO other SELECT generate_series(1, 1000);");
+    let target = db.sql("SELECT pg_current_wal_lsn()").trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let confirmed = db.sql(&format!(
+            "SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.name
+        ));
+        if confirmed.trim() == "t" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot was not confirmed past {target}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    db.sql("INSERT INTO t VALUES (2, 'two');");
+    std::thread::sleep(Duration::from_millis(300));
+    // SIGTERM: commits what it has and exits 0
+    unsafe_free_kill(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    capture_once(dir.path(), &db, &lake, &[]);
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "t",
+        &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
+    );
+}
+
+/// Sends signal `name` to process `pid` with kill(1).
+fn unsafe_free_kill(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A number from the environment variable `name`, else `default`.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// pgbench writes while capture runs continuously and is SIGKILLed at random moments (the
+/// initial copy, a commit, a confirm, between them) and started again; after pgbench ends and
+/// a last `--once`, the lake equals the database row for row, nothing doubled: pgbench's
+/// accounts, branches and tellers, and its insert-only history (no primary key, REPLICA
+/// IDENTITY FULL). Sizes: TRIBUTARY_PGBENCH_SCALE (1), _SECONDS (15), _KILLS (8), _SEED.
+#[test]
+fn killed_captures_under_pgbench_lose_and_double_nothing() {
+    let Some(db) = Db::new("pgbench") else {
+        return;
+    };
+    let scale = env_or("TRIBUTARY_PGBENCH_SCALE", 1);
+    let seconds = env_or("TRIBUTARY_PGBENCH_SECONDS", 15);
+    let kills = env_or("TRIBUTARY_PGBENCH_KILLS", 8);
+    let mut seed = env_or(
+        "TRIBUTARY_PGBENCH_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    eprintln!("pgbench crash test: scale {scale}, {seconds} s, {kills} kills, seed {seed}");
+    let mut next = move |below: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % below
+    };
+    let init = Command::new("pgbench")
+        .args([
+            "-h",
+            HOST,
+            "-p",
+            PORT,
+            "-U",
+            USER,
+            "-i",
+            "-q",
+            "-s",
+            &scale.to_string(),
+            &db.name,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    db.sql(
+        "ALTER TABLE pgbench_history REPLICA IDENTITY FULL;
+         CREATE PUBLICATION tributary FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let lake_arg = lake.display().to_string();
+    let url = db.url();
+    let bench = Command::new("pgbench")
+        .args([
+            "-h",
+            HOST,
+            "-p",
+            PORT,
+            "-U",
+            USER,
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-n",
+            &db.name,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut killed = 0;
+    while killed < kills {
+        let mut child = tributary_command(
+            dir.path(),
+            &[
+                "capture",
+                &url,
+                "--lake",
+                &lake_arg,
+                "--slot",
+                &db.name,
+                "--commit-interval",
+                "1s",
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300 + next(2500)));
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "capture exited early ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        killed += 1;
+    }
+    let bench = bench.wait_with_output().unwrap();
+    assert!(
+        bench.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    eprintln!("{killed} kills in {:.1} s", started.elapsed().as_secs_f64());
+    let last = capture_once(dir.path(), &db, &lake, &[]);
+    assert!(last.contains("0 failed"), "{last}");
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "pgbench_accounts",
+        &[
+            ("aid::text", "CAST(aid AS VARCHAR)"),
+            ("bid::text", "CAST(bid AS VARCHAR)"),
+            ("abalance::text", "CAST(abalance AS VARCHAR)"),
+        ],
+    );
+    for table in ["pgbench_branches", "pgbench_tellers"] {
+        let id = if table == "pgbench_branches" {
+            "bid"
+        } else {
+            "tid"
+        };
+        let balance = if table == "pgbench_branches" {
+            "bbalance"
+        } else {
+            "tbalance"
+        };
+        assert_same(
+            dir.path(),
+            &db,
+            &lake,
+            table,
+            &[
+                (&format!("{id}::text"), &format!("CAST({id} AS VARCHAR)")),
+                (
+                    &format!("{balance}::text"),
+                    &format!("CAST({balance} AS VARCHAR)"),
+                ),
+            ],
+        );
+    }
+    let history = [
+        ("tid::text", "CAST(tid AS VARCHAR)"),
+        ("bid::text", "CAST(bid AS VARCHAR)"),
+        ("aid::text", "CAST(aid AS VARCHAR)"),
+        ("delta::text", "CAST(delta AS VARCHAR)"),
+        (
+            "to_char(mtime, 'YYYY-MM-DD HH24:MI:SS.US')",
+            "to_char(mtime, '%Y-%m-%d %H:%M:%S%.6f')",
+        ),
+    ];
+    let rows = db.sql("SELECT count(*) FROM pgbench_history");
+    assert!(
+        rows.trim().parse::<u64>().unwrap() > 100,
+        "pgbench wrote too little: {rows}"
+    );
+    assert_same(dir.path(), &db, &lake, "pgbench_history", &history);
+}
