@@ -121,10 +121,26 @@ pub struct CaptureSummary {
     pub failed: usize,
     /// Transactions received from the slot.
     pub transactions: u64,
+    /// Seconds from a transaction's commit in PostgreSQL to its commit in the lake.
+    pub lag: Lag,
     /// The flush LSN last confirmed to the slot.
     pub confirmed_lsn: Option<String>,
     /// Wall time, seconds.
     pub elapsed_secs: f64,
+}
+
+/// Seconds from each captured transaction's commit in PostgreSQL (its commit timestamp) to
+/// the lake commit that holds it, over the transactions with changes of this capture.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lag {
+    /// Transactions measured.
+    pub transactions: u64,
+    /// Median, seconds.
+    pub p50_secs: Option<f64>,
+    /// 99th percentile, seconds.
+    pub p99_secs: Option<f64>,
+    /// Largest, seconds.
+    pub max_secs: Option<f64>,
 }
 
 /// One captured table: its config, what the lake holds, its buffer.
@@ -136,8 +152,32 @@ struct Captured {
     buffer: TableChanges,
     /// Column names of the table's latest Relation message.
     relation: Option<Vec<String>>,
+    /// Changes of the transaction being received, moved to `buffer` at its commit (a stop in
+    /// the middle of a transaction commits none of it).
+    staged: Vec<Staged>,
     failed: Option<String>,
     report: TableCapture,
+}
+
+impl Captured {
+    /// Whether the table is to be copied: not in the lake yet, or reset by `--resnapshot`
+    /// (LSN 0/0), and not failed.
+    fn needs_copy(&self) -> bool {
+        self.failed.is_none() && self.lsn.is_none_or(|l| l == 0)
+    }
+}
+
+/// A change of the transaction being received, held until its commit.
+enum Staged {
+    Row {
+        op: ChangeOp,
+        values: Values,
+        unchanged: Vec<usize>,
+        seq: u64,
+    },
+    Truncate {
+        seq: u64,
+    },
 }
 
 /// Runs `tributary capture` until `stop` is cancelled (SIGINT/SIGTERM), or, with `--once`,
@@ -148,6 +188,15 @@ struct Captured {
 /// stream errors ([`Error::Source`]). Errors of one table are in its [`TableCapture`].
 pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Result<CaptureSummary> {
     let started = Instant::now();
+    // pg_walstream reads a stream cancelled through its token without losing frames only on
+    // the multi-thread runtime (its inline driver)
+    if tokio::runtime::Handle::current().runtime_flavor()
+        != tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return Err(Error::Internal(
+            "capture needs tokio's multi-thread runtime".into(),
+        ));
+    }
     let server = Server::connect(&options.url).await?;
     server.check().await?;
     let entries = match &options.tables_file {
@@ -192,7 +241,7 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         let mut failed = None;
         let (table, lsn) = match lake_columns(&table).await? {
             None => (table, None),
-            Some(stored) => {
+            Some((stored, stored_lsn)) => {
                 // the lake's columns, in its order: a column dropped at the source stays
                 let table = match capture_table(pg, &entries, index, &options.lake, Some(&stored)) {
                     Ok(t) => Arc::new(t),
@@ -202,7 +251,8 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
                     }
                 };
                 let lsn = match failed {
-                    Some(_) => None,
+                    // the slot is never confirmed past what a failed table holds
+                    Some(_) => stored_lsn,
                     None => match DeltaLake::open(&table.config.table, false).await? {
                         Some((lake, _)) => lake.committed().await?.lsn,
                         None => None,
@@ -231,6 +281,7 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
             table,
             lsn,
             relation: None,
+            staged: Vec::new(),
             failed,
         });
     }
@@ -261,7 +312,7 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
                 options.slot
             )))
         }
-        None if !options.resnapshot && tables.iter().any(|t| t.lsn.is_some()) => {
+        None if !options.resnapshot && tables.iter().any(|t| t.lsn.is_some_and(|l| l > 0)) => {
             return Err(Error::SourceSetup(format!(
                 "{}: slot `{}` does not exist but the lake holds captured tables: the changes \
                  since they were captured may be lost. Copy every table again with --resnapshot",
@@ -271,17 +322,25 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         }
         _ => {}
     }
+    let run_date = chrono::Utc::now().date_naive();
+    let bar = ProgressBar::hidden();
     if options.resnapshot {
+        // First a run at LSN 0/0 in every captured table: the lake itself then says the table
+        // is to be copied, so a copy that stops here is redone by the next start, whatever
+        // happened to the slot.
+        for t in tables
+            .iter_mut()
+            .filter(|t| t.failed.is_none() && t.lsn.is_some_and(|l| l > 0))
+        {
+            let mut reset = TableChanges::reset(t.table.clone());
+            run_source(&mut reset, &t.table.config, run_date, &bar).await?;
+            t.lsn = Some(0);
+        }
         if slot.is_some() {
             server.drop_slot(&options.slot).await?;
         }
-        for t in &mut tables {
-            t.lsn = None;
-        }
     }
     ensure_slot(&options.url, &options.slot, &options.publication).await?;
-    let run_date = chrono::Utc::now().date_naive();
-    let bar = ProgressBar::hidden();
     let mut run = Run {
         options,
         tables,
@@ -289,6 +348,8 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         bar,
         transactions: 0,
         confirmed: None,
+        uncommitted: Vec::new(),
+        lags: Vec::new(),
     };
     run.copy(&server).await?;
     let stop_at = match options.once {
@@ -298,23 +359,42 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
     let mut stream = open_stream(&options.url, &options.slot, &options.publication).await?;
     run.stream(&mut stream, &stop, stop_at).await?;
     let _ = stream.stop().await;
+    let mut lags = std::mem::take(&mut run.lags);
+    lags.sort_unstable_by(f32::total_cmp);
+    let quantile = |q: f64| -> Option<f64> {
+        let last = lags.len().checked_sub(1)?;
+        Some(f64::from(lags[(last as f64 * q).round() as usize]))
+    };
+    let lag = Lag {
+        transactions: lags.len() as u64,
+        p50_secs: quantile(0.5),
+        p99_secs: quantile(0.99),
+        max_secs: quantile(1.0),
+    };
     let mut reports: Vec<TableCapture> = run.tables.into_iter().map(|t| t.report).collect();
     reports.sort_by(|a, b| a.table.cmp(&b.table));
     Ok(CaptureSummary {
         failed: reports.iter().filter(|r| r.status == "failed").count(),
         tables: reports,
+        lag,
         transactions: run.transactions,
         confirmed_lsn: run.confirmed.map(lsn_text),
         elapsed_secs: started.elapsed().as_secs_f64(),
     })
 }
 
-/// The payload columns of `table`'s current table in the lake, in order (None: not created).
-async fn lake_columns(table: &CaptureTable) -> Result<Option<Vec<(String, ColumnType)>>> {
+/// The payload columns of `table`'s current table in the lake, in order, and the LSN its
+/// last run recorded (None: not created).
+async fn lake_columns(table: &CaptureTable) -> Result<Option<StoredColumns>> {
     let url = &table.config.table.lake.current_url;
-    let Some(schema) = crate::sink::delta::stored_schema(url).await? else {
+    let Some(stored) = crate::sink::delta::stored_table(url).await? else {
         return Ok(None);
     };
+    let lsn = crate::sink::delta::log::last_run(&stored)
+        .await?
+        .and_then(|(_, entry)| entry.run.source_lsn)
+        .and_then(|text| crate::core::checkpoint::parse_lsn(&text));
+    let schema = stored.snapshot()?.snapshot().arrow_schema();
     let columns = schema
         .fields()
         .iter()
@@ -331,8 +411,11 @@ async fn lake_columns(table: &CaptureTable) -> Result<Option<Vec<(String, Column
             Ok((f.name().clone(), ty))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Some(columns))
+    Ok(Some((columns, lsn)))
 }
+
+/// A lake table's payload columns (name, type) in order, and the LSN of its last run.
+type StoredColumns = (Vec<(String, ColumnType)>, Option<u64>);
 
 /// The lake table of published table `pg`: columns and key from the catalog, the rest from
 /// its tables-file entry (`source: <schema>/<table>`) where there is one. With `stored` (the
@@ -440,6 +523,11 @@ struct Run<'a> {
     bar: ProgressBar,
     transactions: u64,
     confirmed: Option<u64>,
+    /// Commit times (microseconds since the epoch) of the received transactions with changes
+    /// not yet in the lake.
+    uncommitted: Vec<i64>,
+    /// Seconds from each transaction's commit in PostgreSQL to its commit in the lake.
+    lags: Vec<f32>,
 }
 
 /// The transaction being received.
@@ -448,6 +536,8 @@ struct Txn {
     day: i32,
     seq: u64,
     commit_micros: i64,
+    /// Changes of it buffered.
+    changes: u64,
 }
 
 impl Run<'_> {
@@ -455,7 +545,7 @@ impl Run<'_> {
     /// copy's consistent point.
     async fn copy(&mut self, server: &Server) -> Result<()> {
         let needed: Vec<usize> = (0..self.tables.len())
-            .filter(|&i| self.tables[i].lsn.is_none())
+            .filter(|&i| self.tables[i].needs_copy())
             .collect();
         if needed.is_empty() {
             return Ok(());
@@ -550,6 +640,7 @@ impl Run<'_> {
         table.report.status = "failed".into();
         table.report.error = Some(e.to_string());
         table.buffer = TableChanges::new(table.table.clone(), false);
+        table.staged.clear();
     }
 
     /// Applies `buffer` to table `t` in one run and records what it did.
@@ -634,6 +725,7 @@ impl Run<'_> {
             };
             if let Some(event) = event {
                 self.event(
+                    stream,
                     event,
                     &by_name,
                     &mut relations,
@@ -673,6 +765,7 @@ impl Run<'_> {
     #[allow(clippy::too_many_arguments)]
     async fn event(
         &mut self,
+        stream: &mut LogicalReplicationStream,
         event: ChangeEvent,
         by_name: &HashMap<String, usize>,
         relations: &mut HashMap<u32, usize>,
@@ -691,14 +784,20 @@ impl Run<'_> {
                     day: epoch_days(commit_timestamp.date_naive()),
                     seq: 0,
                     commit_micros: commit_timestamp.timestamp_micros(),
+                    changes: 0,
                 });
             }
             EventType::Commit { end_lsn, .. } => {
-                if let Some(done) = txn.take() {
+                let commit = txn.take();
+                if let Some(done) = &commit {
                     *last_commit_micros = Some(done.commit_micros);
+                    if done.changes > 0 {
+                        self.uncommitted.push(done.commit_micros);
+                    }
                 }
                 self.transactions += 1;
                 *received = Some(end_lsn.value());
+                self.commit_staged(stream, commit).await;
                 for t in &mut self.tables {
                     if !t.buffer.is_empty() {
                         t.buffer.reach(end_lsn.value());
@@ -733,21 +832,23 @@ impl Run<'_> {
             EventType::Insert {
                 relation_oid, data, ..
             } => {
-                self.change(relations, txn, relation_oid, ChangeOp::Insert, &data, false)?;
+                self.change(relations, txn, relation_oid, ChangeOp::Insert, None, &data);
             }
             EventType::Update {
                 relation_oid,
+                old_data,
                 new_data,
                 ..
             } => {
+                let old = old_data.as_ref();
                 self.change(
                     relations,
                     txn,
                     relation_oid,
                     ChangeOp::Update,
+                    old,
                     &new_data,
-                    true,
-                )?;
+                );
             }
             EventType::Delete {
                 relation_oid,
@@ -759,31 +860,24 @@ impl Run<'_> {
                     txn,
                     relation_oid,
                     ChangeOp::Delete,
+                    None,
                     &old_data,
-                    false,
-                )?;
+                );
             }
             EventType::Truncate { tables, .. } => {
                 let Some(current) = txn.as_mut() else {
                     return Ok(());
                 };
                 current.seq += 1;
-                let (lsn, seq, day) = (current.commit_lsn, current.seq, current.day);
+                current.changes += 1;
+                let (lsn, seq) = (current.commit_lsn, current.seq);
                 for name in tables.iter() {
                     let Some(&t) = by_name.get(name.as_ref()) else {
                         continue;
                     };
-                    if self.tables[t].failed.is_some()
-                        || self.tables[t].lsn.is_some_and(|l| lsn < l)
-                    {
-                        continue;
-                    }
-                    let result = match live_keys(&self.tables[t].table).await {
-                        Ok(stored) => self.tables[t].buffer.truncate(stored, lsn, seq, day),
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = result {
-                        self.fail(t, &e);
+                    let table = &mut self.tables[t];
+                    if table.failed.is_none() && table.lsn.is_none_or(|l| lsn >= l) {
+                        table.staged.push(Staged::Truncate { seq });
                     }
                 }
             }
@@ -792,42 +886,98 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Buffers one row change of the current transaction.
+    /// Stages one row change of the transaction being received, when its table takes it
+    /// (not failed, and the transaction at or past the table's LSN). An update that changed
+    /// the key (`old`: the old key, which pgoutput sends then) deletes the old key first.
     fn change(
         &mut self,
         relations: &HashMap<u32, usize>,
         txn: &mut Option<Txn>,
         relation: u32,
         op: ChangeOp,
+        old: Option<&pg_walstream::RowData>,
         data: &pg_walstream::RowData,
-        may_keep: bool,
-    ) -> Result<()> {
+    ) {
         let (Some(current), Some(&t)) = (txn.as_mut(), relations.get(&relation)) else {
-            return Ok(());
+            return;
         };
-        current.seq += 1;
         let table = &mut self.tables[t];
         if table.failed.is_some() || table.lsn.is_some_and(|l| current.commit_lsn < l) {
-            return Ok(());
+            current.seq += 1;
+            return;
         }
-        let relation_columns = if may_keep {
-            table.relation.as_deref()
-        } else {
-            None
+        let relation_columns = match op {
+            ChangeOp::Update => table.relation.as_deref(),
+            _ => None,
         };
         let (values, unchanged) = decode_row(&table.table, data, relation_columns);
-        let pushed = table.buffer.push(
+        if let (Some(old), false) = (old, table.table.key.is_empty()) {
+            let (old_values, _) = decode_row(&table.table, old, None);
+            let moved = table.table.key.iter().any(|&c| old_values[c] != values[c]);
+            if moved {
+                current.seq += 1;
+                table.staged.push(Staged::Row {
+                    op: ChangeOp::Delete,
+                    values: old_values,
+                    unchanged: Vec::new(),
+                    seq: current.seq,
+                });
+            }
+        }
+        current.seq += 1;
+        current.changes += 1;
+        table.staged.push(Staged::Row {
             op,
             values,
             unchanged,
-            current.commit_lsn,
-            current.seq,
-            current.day,
-        );
-        if let Err(e) = pushed {
-            self.fail(t, &e);
+            seq: current.seq,
+        });
+    }
+
+    /// Moves the staged changes of the transaction `txn` (just committed) to the tables'
+    /// buffers; a TRUNCATE reads the keys the lake holds (status updates keep the walsender
+    /// alive meanwhile). A table whose change cannot be buffered fails.
+    async fn commit_staged(&mut self, stream: &mut LogicalReplicationStream, txn: Option<Txn>) {
+        let Some(txn) = txn else {
+            return;
+        };
+        for t in 0..self.tables.len() {
+            if self.tables[t].staged.is_empty() {
+                continue;
+            }
+            let staged = std::mem::take(&mut self.tables[t].staged);
+            for item in staged {
+                let done = match item {
+                    Staged::Row {
+                        op,
+                        values,
+                        unchanged,
+                        seq,
+                    } => self.tables[t].buffer.push(
+                        op,
+                        values,
+                        unchanged,
+                        txn.commit_lsn,
+                        seq,
+                        txn.day,
+                    ),
+                    Staged::Truncate { seq } => {
+                        let table = self.tables[t].table.clone();
+                        match keep_alive(stream, live_keys(&table)).await {
+                            Ok(stored) => self.tables[t]
+                                .buffer
+                                .truncate(stored, txn.commit_lsn, seq, txn.day)
+                                .map(drop),
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                if let Err(e) = done {
+                    self.fail(t, &e);
+                    break;
+                }
+            }
         }
-        Ok(())
     }
 
     /// Commits every table with buffered changes (one run each), then confirms to the slot
@@ -848,22 +998,7 @@ impl Run<'_> {
             let mut buffer = std::mem::replace(&mut self.tables[t].buffer, fresh);
             let changes = buffer.rows();
             let name = self.tables[t].table.name().to_string();
-            let applied = {
-                let work = self.apply(t, &mut buffer);
-                tokio::pin!(work);
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        done = &mut work => break done,
-                        _ = tick.tick() => {
-                            // keeps the walsender from timing out during a long write
-                            if let Err(e) = stream.send_feedback().await {
-                                tracing::debug!("status update failed: {e}");
-                            }
-                        }
-                    }
-                }
-            };
+            let applied = keep_alive(stream, self.apply(t, &mut buffer)).await;
             match applied {
                 Ok(()) => {
                     self.tables[t].report.changes += changes;
@@ -878,6 +1013,12 @@ impl Run<'_> {
                 Err(e) => self.fail(t, &e),
             }
         }
+        let now = chrono::Utc::now().timestamp_micros();
+        self.lags.extend(
+            self.uncommitted
+                .drain(..)
+                .map(|m| ((now - m).max(0) as f64 / 1e6) as f32),
+        );
         // Confirm: the last received commit, or when nothing is buffered the server's own
         // position; never past a failed table's checkpoint.
         let idle = between && self.buffered() == 0;
@@ -906,6 +1047,27 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `work` while sending the server a status update every second, so the walsender does
+/// not time out (`wal_sender_timeout`) while the stream is not read: a long lake write, a scan.
+async fn keep_alive<T>(
+    stream: &mut LogicalReplicationStream,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {
+                if let Err(e) = stream.send_feedback().await {
+                    tracing::debug!("status update failed: {e}");
+                }
+            }
+        }
     }
 }
 

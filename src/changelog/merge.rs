@@ -237,9 +237,18 @@ enum Prev {
     Change((usize, usize)),
 }
 
-/// A delete whose D row holds the values of a change of the run: (that change, the delete's
-/// day and position, whether current gets the row too: soft deletes).
-type ChangeDelete = ((usize, usize), i32, Option<i64>, bool);
+/// The D row of a delete within a run (history_every_change): the key's values before it
+/// (`from`), with the columns a change kept from the stored row (`patch`: stored row, columns),
+/// the delete's day and position, and which tables get it.
+#[derive(Debug, Clone)]
+struct RowDelete {
+    from: Prev,
+    patch: Option<((usize, usize), Vec<usize>)>,
+    day: i32,
+    position: Option<i64>,
+    to_current: bool,
+    to_history: bool,
+}
 
 /// A change that keeps stored values of some columns (unchanged TOAST values).
 struct KeptValues {
@@ -493,6 +502,20 @@ impl Merge<'_> {
             .collect()
     }
 
+    /// For a D row built from `from`: the stored row and columns to take its kept values from,
+    /// when `from` is a change of the run that kept some (unchanged TOAST values).
+    fn patch_of(
+        &self,
+        from: Prev,
+        stored_row: Option<(usize, usize)>,
+    ) -> Option<((usize, usize), Vec<usize>)> {
+        let Prev::Change((b, r)) = from else {
+            return None;
+        };
+        let columns = self.request.changes[b].keep_stored.get(&r)?;
+        Some((stored_row?, columns.clone()))
+    }
+
     /// The error of a change that keeps stored values of `columns` (unchanged TOAST values)
     /// for a key the table does not hold.
     fn no_stored_row(&self, columns: &[usize]) -> Error {
@@ -542,9 +565,7 @@ impl Merge<'_> {
         let mut history_codes: Vec<&str> = Vec::new();
         // deletes whose last values are a change of this run: (that change, day, position,
         // to current too)
-        let mut change_deletes: Vec<ChangeDelete> = Vec::new();
-        // deletes of stored rows written to history only (a key deleted, then changed again)
-        let mut history_deleted: Vec<((usize, usize), i32, Option<i64>)> = Vec::new();
+        let mut row_deletes: Vec<RowDelete> = Vec::new();
         let soft = self.request.config.delete_mode == DeleteMode::Soft;
         let position_at = self.schema.index_of(SOURCE_POSITION).ok();
         let stored_position = |at: (usize, usize)| -> Option<i64> {
@@ -590,32 +611,33 @@ impl Merge<'_> {
                 )
             });
             let keeps = batch.keep_stored.get(&p.row);
-            // the key's state before its last change: as stored, then through its earlier
-            // changes of this run (history_every_change; empty otherwise)
+            // The key's state before its last change: as stored, then through its earlier
+            // changes of this run (history_every_change; none otherwise). `stored_row` is the
+            // stored version while no delete of the run has ended it: where the values a change
+            // keeps (unchanged TOAST values) come from.
             let mut live = stored.live.contains(&k);
-            let mut prev: Option<Prev> = match live {
-                true => stored.at.get(&k).map(|&at| Prev::Stored(at)),
-                false => None,
-            };
+            let mut stored_row = stored.at.get(&k).copied().filter(|_| live);
+            let mut prev: Option<Prev> = stored_row.map(Prev::Stored);
+            let mut last_delete: Option<RowDelete> = None;
             let had_earlier = earlier.contains_key(&k);
             for &(b, r) in earlier.get(&k).into_iter().flatten() {
                 let change = &self.request.changes[b];
                 let day = change.commit_days[r].unwrap_or(self.run_days);
                 if change.ops[r] == ChangeOp::Delete {
-                    if live {
+                    if let (true, Some(from)) = (live, prev) {
                         summary.deleted += 1;
-                        match prev {
-                            Some(Prev::Stored(at)) => {
-                                history_deleted.push((at, day, change.positions[r]))
-                            }
-                            Some(Prev::Change(at)) => {
-                                change_deletes.push((at, day, change.positions[r], false))
-                            }
-                            None => {}
-                        }
+                        let delete = RowDelete {
+                            from,
+                            patch: self.patch_of(from, stored_row),
+                            day,
+                            position: change.positions[r],
+                            to_current: false,
+                            to_history: true,
+                        };
+                        row_deletes.push(delete.clone());
+                        last_delete = Some(delete);
                     }
-                    live = false;
-                    prev = None;
+                    (live, prev, stored_row) = (false, None, None);
                     continue;
                 }
                 let code = if live { "U" } else { "I" };
@@ -623,15 +645,15 @@ impl Merge<'_> {
                     true => summary.updated += 1,
                     false => summary.inserted += 1,
                 }
-                match (change.keep_stored.get(&r), prev) {
-                    (Some(columns), Some(Prev::Stored(at))) => kept_values.push(KeptValues {
+                match (change.keep_stored.get(&r), stored_row) {
+                    (Some(columns), Some(at)) => kept_values.push(KeptValues {
                         change: (b, r),
                         stored: at,
                         columns: columns.clone(),
                         code,
                         to_current: false,
                     }),
-                    (Some(columns), _) => return Err(self.no_stored_row(columns)),
+                    (Some(columns), None) => return Err(self.no_stored_row(columns)),
                     (None, _) => {
                         history_picks.push((b, r));
                         history_codes.push(code);
@@ -640,43 +662,50 @@ impl Merge<'_> {
                 live = true;
                 prev = Some(Prev::Change((b, r)));
             }
-            if let Some(Prev::Change(at)) = prev.filter(|_| batch.ops[p.row] == ChangeOp::Delete) {
+            let op = batch.ops[p.row];
+            if let (ChangeOp::Delete, Some(from @ Prev::Change(_))) = (op, prev) {
                 // the last change deletes a key this run inserted or changed: its D row holds
                 // that change's values
                 summary.deleted += 1;
-                change_deletes.push((at, day, position, soft));
+                row_deletes.push(RowDelete {
+                    from,
+                    patch: self.patch_of(from, stored_row),
+                    day,
+                    position,
+                    to_current: soft,
+                    to_history: true,
+                });
                 if hard {
                     new_tombstones.extend(tombstone);
                 }
                 continue;
             }
-            if had_earlier && !live && batch.ops[p.row] == ChangeOp::Delete {
-                // deleted earlier in this run already (a TRUNCATE after a DELETE): nothing more
+            if had_earlier && !live && op == ChangeOp::Delete {
+                // deleted earlier in this run already (a DELETE, then a TRUNCATE): current
+                // keeps that delete (soft deletes), or its tombstone (hard)
                 summary.ignored_deletes += 1;
+                match (soft, last_delete) {
+                    (true, Some(delete)) => row_deletes.push(RowDelete {
+                        to_current: true,
+                        to_history: false,
+                        ..delete
+                    }),
+                    (true, None) => {}
+                    (false, _) => new_tombstones.extend(tombstone),
+                }
                 continue;
             }
-            let keeps = match (keeps, prev) {
-                (Some(_), Some(Prev::Change(_))) => {
-                    return Err(Error::Internal(
-                        "a change keeps stored values after a change of the same run".into(),
-                    ))
-                }
-                (keeps, _) => keeps,
-            };
-            match Outcome::resolve(batch.ops[p.row], live) {
-                Outcome::Insert if keeps.is_some() => {
-                    return Err(self.no_stored_row(keeps.map_or(&[][..], Vec::as_slice)));
-                }
-                Outcome::Update if keeps.is_some() => {
+            match Outcome::resolve(op, live) {
+                Outcome::Insert | Outcome::Update if keeps.is_some() => {
+                    let columns = keeps.cloned().unwrap_or_default();
+                    let Some(at) = stored_row else {
+                        return Err(self.no_stored_row(&columns));
+                    };
                     summary.updated += 1;
-                    let at =
-                        stored.at.get(&k).copied().ok_or_else(|| {
-                            Error::Internal("a live key has no stored row".into())
-                        })?;
                     kept_values.push(KeptValues {
                         change: (p.batch, p.row),
                         stored: at,
-                        columns: keeps.cloned().unwrap_or_default(),
+                        columns,
                         code: "U",
                         to_current: true,
                     });
@@ -763,26 +792,35 @@ impl Merge<'_> {
             .await?;
         }
         let sources: Vec<&RecordBatch> = self.out.sources.iter().collect();
-        for chunk in change_deletes.chunks(BATCH_ROWS) {
-            let at: Vec<(usize, usize)> = chunk.iter().map(|c| c.0).collect();
-            let rows = interleave_record_batch(&sources, &at)?;
-            let days = Date32Array::from_iter_values(chunk.iter().map(|c| c.1));
-            let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
-            let rows = with_positions(&rows, position_at, chunk.iter().map(|c| c.2))?;
-            let current: Vec<usize> = (0..chunk.len()).filter(|&i| chunk[i].3).collect();
-            if !current.is_empty() {
-                let keep: BooleanArray = (0..chunk.len()).map(|i| Some(chunk[i].3)).collect();
-                send(self.out.current, filter_record_batch(&rows, &keep)?).await?;
+        // D rows of in-run deletes: from stored rows or from changes of the run (`all` holds
+        // both: stored batches first), with the values a change kept from its stored row
+        let all: Vec<&RecordBatch> = old.iter().copied().chain(sources.iter().copied()).collect();
+        let index = |from: Prev| match from {
+            Prev::Stored(at) => at,
+            Prev::Change((b, r)) => (old.len() + b, r),
+        };
+        for chunk in row_deletes.chunks(BATCH_ROWS) {
+            let at: Vec<(usize, usize)> = chunk.iter().map(|d| index(d.from)).collect();
+            let mut rows = interleave_record_batch(&all, &at)?;
+            if chunk.iter().any(|d| d.patch.is_some()) {
+                let stored_at: Vec<(usize, usize)> = chunk
+                    .iter()
+                    .map(|d| d.patch.as_ref().map_or(index(d.from), |(s, _)| *s))
+                    .collect();
+                let stored_rows = interleave_record_batch(&all, &stored_at)?;
+                let kept: Vec<&[usize]> = chunk
+                    .iter()
+                    .map(|d| d.patch.as_ref().map_or(&[][..], |(_, c)| c.as_slice()))
+                    .collect();
+                rows = keep_stored_values(&rows, &stored_rows, &kept, &self.request.config.table)?;
             }
-            send(self.out.history, rows).await?;
-        }
-        for chunk in history_deleted.chunks(BATCH_ROWS) {
-            let at: Vec<(usize, usize)> = chunk.iter().map(|c| c.0).collect();
-            let rows = interleave_record_batch(&old, &at)?;
-            let days = Date32Array::from_iter_values(chunk.iter().map(|c| c.1));
+            let days = Date32Array::from_iter_values(chunk.iter().map(|d| d.day));
             let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
-            let rows = with_positions(&rows, position_at, chunk.iter().map(|c| c.2))?;
-            send(self.out.history, rows).await?;
+            let rows = with_positions(&rows, position_at, chunk.iter().map(|d| d.position))?;
+            let current: BooleanArray = chunk.iter().map(|d| Some(d.to_current)).collect();
+            let history: BooleanArray = chunk.iter().map(|d| Some(d.to_history)).collect();
+            send(self.out.current, filter_record_batch(&rows, &current)?).await?;
+            send(self.out.history, filter_record_batch(&rows, &history)?).await?;
         }
         for chunk in kept_old.chunks(BATCH_ROWS) {
             send(self.out.current, interleave_record_batch(&old, chunk)?).await?;

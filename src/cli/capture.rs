@@ -59,8 +59,12 @@ fn print_capture(summary: &CaptureSummary) {
         };
         println!("{:<32} {:<10} {}", t.table, t.status, detail);
     }
+    let lag = match (summary.lag.p50_secs, summary.lag.p99_secs) {
+        (Some(p50), Some(p99)) => format!(", lag p50 {p50:.2} s, p99 {p99:.2} s"),
+        _ => String::new(),
+    };
     println!(
-        "{} tables, {} failed, {} transactions, confirmed LSN {}, {:.2} s",
+        "{} tables, {} failed, {} transactions, confirmed LSN {}{lag}, {:.2} s",
         summary.tables.len(),
         summary.failed,
         summary.transactions,
@@ -113,8 +117,12 @@ pub async fn execute(args: CaptureArgs) -> Result<u8> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate => {}
             }
-            tracing::info!("stopping: committing what is buffered");
+            tracing::info!("stopping: committing what is buffered (again to stop at once)");
             stop.cancel();
+            // a second signal stops at once: the lake keeps its last commit, the slot resends
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("stopped before the last commit; the next start resumes from the lake");
+            std::process::exit(130);
         })
     };
     let summary = capture(&options, stop).await;

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod capture;
+mod capture_model;
 mod common;
 mod concurrency;
 mod crash;

@@ -14,7 +14,7 @@ pub mod log;
 pub mod rejects;
 mod shared;
 mod table;
-pub use table::stored_schema;
+pub use table::stored_table;
 pub mod tombstones;
 mod transaction;
 mod write;

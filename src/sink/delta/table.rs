@@ -134,14 +134,12 @@ pub async fn open_or_create(
     Ok(Some(table))
 }
 
-/// The Arrow schema of the Delta table at `url` as its log stores it, without checking it
-/// against any config (None: no table there).
+/// The Delta table at `url` as its log stores it, without checking it against any config
+/// (None: no table there): for a table whose config may no longer match it.
 ///
 /// # Errors
 /// Delta errors other than "not a table".
-pub async fn stored_schema(
-    url: &Url,
-) -> crate::error::Result<Option<deltalake::arrow::datatypes::SchemaRef>> {
+pub async fn stored_table(url: &Url) -> crate::error::Result<Option<DeltaTable>> {
     if url
         .to_file_path()
         .is_ok_and(|p| !p.join("_delta_log").exists())
@@ -149,7 +147,7 @@ pub async fn stored_schema(
         return Ok(None);
     }
     match open_table(url).await {
-        Ok(table) => Ok(Some(table.snapshot()?.snapshot().arrow_schema())),
+        Ok(table) => Ok(Some(table)),
         Err(DeltaTableError::NotATable(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -96,6 +96,9 @@ pub struct TableChanges {
     rows: u64,
     /// The changes replace the table (an initial copy).
     reload: bool,
+    /// No changes: a run that records LSN 0/0, which says the table is to be copied again
+    /// (`--resnapshot`).
+    reset: bool,
     /// Commit LSN of the first transaction gathered.
     first_commit: Option<u64>,
     /// The checkpoint: the end LSN of the last transaction gathered (or the copy's consistent
@@ -123,11 +126,20 @@ impl TableChanges {
             done: Vec::new(),
             rows: 0,
             reload,
+            reset: false,
             first_commit: None,
             end: 0,
             transactions: 0,
             last_commit: None,
         }
+    }
+
+    /// A run without changes that records LSN 0/0: the lake then says `table` is to be copied
+    /// again, whatever happens to the slot (`--resnapshot`).
+    pub fn reset(table: Arc<CaptureTable>) -> Self {
+        let mut reset = TableChanges::new(table, false);
+        reset.reset = true;
+        reset
     }
 
     /// The table.
@@ -166,7 +178,8 @@ impl TableChanges {
             self.last_commit = Some(commit_lsn);
             self.first_commit.get_or_insert(commit_lsn);
         }
-        if !self.table.key.is_empty() {
+        // a copy has one row per key and no unchanged values: nothing to remember
+        if !self.table.key.is_empty() && !self.reload {
             let key: Values = self.table.key.iter().map(|&c| values[c].clone()).collect();
             match op {
                 ChangeOp::Delete => {
@@ -295,6 +308,15 @@ impl ChangeSource for TableChanges {
     /// holds the checkpoint (another run committed it); a lake past the first transaction but
     /// short of the checkpoint means another capture applied part of it, which is refused.
     fn plan(&mut self, committed: &Committed) -> Result<Pending> {
+        if self.reset {
+            return Ok(match committed.lsn {
+                Some(0) | None => Pending::default(),
+                Some(_) => Pending {
+                    units: 1,
+                    ..Default::default()
+                },
+            });
+        }
         let units = self.transactions.max(usize::from(self.reload));
         match (committed.lsn, self.reload) {
             (Some(lsn), _) if lsn >= self.end && self.end > 0 => Ok(Pending::default()),
@@ -329,9 +351,203 @@ impl ChangeSource for TableChanges {
     }
 
     fn unit(&self) -> &'static str {
-        match self.reload {
-            true => "copy",
-            false => "transaction",
+        match (self.reload, self.reset) {
+            (true, _) => "copy",
+            (false, true) => "reset",
+            (false, false) => "transaction",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tables::{Layout, TableEntry};
+    use crate::config::ColumnFile;
+    use crate::core::schema::ColumnType;
+    use deltalake::arrow::array::{Array, AsArray};
+
+    /// A table `public.t (id long key, v string, note string)`.
+    fn table() -> Arc<CaptureTable> {
+        let mut entry = TableEntry::discovered("public/t".into(), Vec::new(), Layout::Debezium);
+        entry.primary_key = vec!["id".into()];
+        entry.columns = [("id", "long"), ("v", "string"), ("note", "string")]
+            .iter()
+            .map(|(n, t)| ColumnFile {
+                name: n.to_string(),
+                ty: t.to_string(),
+                key: false,
+                ignore: false,
+            })
+            .collect();
+        let config = entry
+            .changelog_table(0, std::path::Path::new("/tmp/lake"))
+            .unwrap();
+        let types = [ColumnType::Long, ColumnType::String, ColumnType::String]
+            .map(|lake| PgType {
+                lake,
+                with_zone: false,
+            })
+            .to_vec();
+        Arc::new(CaptureTable::new(config, types))
+    }
+
+    fn row(id: i64, v: &str, note: Option<&str>) -> Values {
+        vec![
+            Some(id.to_string()),
+            Some(v.to_string()),
+            note.map(str::to_string),
+        ]
+    }
+
+    fn notes(batch: &ChangeBatch) -> Vec<Option<String>> {
+        let column = batch.rows.payload.column(2).as_string::<i32>();
+        (0..column.len())
+            .map(|i| column.is_valid(i).then(|| column.value(i).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_unchanged_value_comes_from_an_earlier_change_of_the_key_or_the_lake() {
+        let mut buffer = TableChanges::new(table(), false);
+        // key 1: inserted in this run, then updated without its TOASTed note
+        buffer
+            .push(
+                ChangeOp::Insert,
+                row(1, "a", Some("big")),
+                vec![],
+                100,
+                1,
+                0,
+            )
+            .unwrap();
+        buffer
+            .push(ChangeOp::Update, row(1, "b", None), vec![2], 200, 1, 0)
+            .unwrap();
+        // key 2: only updates without the note: the stored one is kept, twice
+        buffer
+            .push(ChangeOp::Update, row(2, "c", None), vec![2], 200, 2, 0)
+            .unwrap();
+        buffer
+            .push(ChangeOp::Update, row(2, "d", None), vec![2], 300, 1, 0)
+            .unwrap();
+        // key 3: the note is set again, then left unchanged: the new value
+        buffer
+            .push(
+                ChangeOp::Update,
+                row(3, "e", Some("new")),
+                vec![],
+                300,
+                2,
+                0,
+            )
+            .unwrap();
+        buffer
+            .push(ChangeOp::Update, row(3, "f", None), vec![2], 400, 1, 0)
+            .unwrap();
+        buffer.reach(450);
+        buffer.finish().unwrap();
+        let batch = &buffer.done[0];
+        assert_eq!(
+            notes(batch),
+            vec![
+                Some("big".into()),
+                Some("big".into()),
+                None,
+                None,
+                Some("new".into()),
+                Some("new".into())
+            ]
+        );
+        let mut keep: Vec<(usize, Vec<usize>)> = batch.keep_stored.clone().into_iter().collect();
+        keep.sort();
+        assert_eq!(keep, vec![(2, vec![2]), (3, vec![2])]);
+        assert_eq!(buffer.transactions(), 4);
+        assert_eq!(buffer.checkpoint(), Checkpoint::Lsn(450));
+        // source order: commit LSN, then the change's place in its transaction
+        assert_eq!(
+            batch.order[1],
+            SourceOrder {
+                position: 200,
+                file: 0,
+                row: 1
+            }
+        );
+        assert_eq!(batch.positions[5], Some(400));
+    }
+
+    #[test]
+    fn a_truncate_deletes_each_live_key_once() {
+        let mut buffer = TableChanges::new(table(), false);
+        buffer
+            .push(ChangeOp::Insert, row(1, "a", None), vec![], 100, 1, 0)
+            .unwrap();
+        buffer
+            .push(ChangeOp::Insert, row(2, "b", None), vec![], 100, 2, 0)
+            .unwrap();
+        buffer
+            .push(ChangeOp::Delete, row(2, "b", None), vec![], 100, 3, 0)
+            .unwrap();
+        let stored = vec![vec![Some("1".to_string())], vec![Some("3".to_string())]];
+        let deleted = buffer.truncate(stored, 100, 4, 0).unwrap();
+        // key 1 (stored and in the run) and key 3 (stored); key 2 is in the run's deletes
+        assert_eq!(deleted, 3 - 1);
+        buffer.finish().unwrap();
+        let batch = &buffer.done[0];
+        let ops: Vec<ChangeOp> = batch.ops.clone();
+        assert_eq!(ops[3..], [ChangeOp::Delete, ChangeOp::Delete]);
+        let ids = batch
+            .rows
+            .payload
+            .column(0)
+            .as_primitive::<deltalake::arrow::datatypes::Int64Type>();
+        assert_eq!((ids.value(3), ids.value(4)), (1, 3));
+        assert!(batch.order[3..].iter().all(|o| o.row == 4));
+    }
+
+    #[test]
+    fn the_plan_skips_what_the_lake_holds_and_refuses_a_partial_overlap() {
+        let mut buffer = TableChanges::new(table(), false);
+        buffer
+            .push(ChangeOp::Insert, row(1, "a", None), vec![], 100, 1, 0)
+            .unwrap();
+        buffer
+            .push(ChangeOp::Insert, row(2, "b", None), vec![], 200, 1, 0)
+            .unwrap();
+        buffer.reach(250);
+        let committed = |lsn| Committed {
+            lsn,
+            ..Default::default()
+        };
+        assert_eq!(buffer.plan(&committed(None)).unwrap().units, 2);
+        assert_eq!(buffer.plan(&committed(Some(100))).unwrap().units, 2);
+        assert!(buffer.plan(&committed(Some(250))).unwrap().is_empty());
+        let err = buffer.plan(&committed(Some(150))).unwrap_err().to_string();
+        assert!(err.contains("another capture process"), "{err}");
+        // a copy: one unit, a reload
+        let mut copy = TableChanges::new(table(), true);
+        copy.reach(300);
+        let pending = copy.plan(&committed(None)).unwrap();
+        assert!(pending.reload && pending.units == 1);
+    }
+
+    #[test]
+    fn a_value_the_type_cannot_hold_names_the_table_and_column() {
+        let mut buffer = TableChanges::new(table(), false);
+        buffer
+            .push(
+                ChangeOp::Insert,
+                vec![Some("x".into()), None, None],
+                vec![],
+                100,
+                1,
+                0,
+            )
+            .unwrap();
+        let err = buffer.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("postgres:public.t") && err.contains("`id`"),
+            "{err}"
+        );
     }
 }

@@ -246,6 +246,7 @@ impl Server {
             JOIN pg_namespace n ON n.nspname = pt.schemaname \
             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+              AND a.attgenerated = '' \
             JOIN pg_type t ON t.oid = a.atttypid \
             LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
             WHERE pt.pubname = $1 \
@@ -485,7 +486,16 @@ impl Copy {
             .await
             .map_err(|e| replication_error("initial copy", e))?;
         drop(stream);
-        server.drop_slot(&self.side_slot).await
+        // its walsender lets go of the slot a moment after the connection closes
+        let patience = std::time::Duration::from_secs(15);
+        match server.slot_when_free(&self.side_slot, patience).await? {
+            Some(state) if state.active => {
+                tracing::warn!(slot = %self.side_slot, "the copy's slot is still in use; the next start drops it");
+                Ok(())
+            }
+            Some(_) => server.drop_slot(&self.side_slot).await,
+            None => Ok(()),
+        }
     }
 }
 
