@@ -80,7 +80,8 @@ pub struct CaptureOptions {
     pub once: bool,
     /// Copy every table again (after a lost slot).
     pub resnapshot: bool,
-    /// Buffered changes (all tables) past which a commit is made before the interval.
+    /// Buffered changes (all tables) past which a commit is made before the interval; the
+    /// initial copy commits a table in parts of this many rows.
     pub max_buffered: u64,
     /// Draw progress on the terminal.
     pub progress: bool,
@@ -565,7 +566,7 @@ impl Run<'_> {
         .await?;
         let point = copy.consistent_point();
         stage_line(
-            self.options.progress,
+            false,
             format_args!(
                 "copying {} table(s) at LSN {}",
                 needed.len(),
@@ -575,7 +576,7 @@ impl Run<'_> {
         let day = epoch_days(self.run_date);
         let mut buffers: Vec<Option<TableChanges>> = needed
             .iter()
-            .map(|&i| Some(TableChanges::new(self.tables[i].table.clone(), true)))
+            .map(|&i| Some(TableChanges::copy_part(self.tables[i].table.clone(), true)))
             .collect();
         let mut seq = 0u64;
         let mut current: Option<usize> = None;
@@ -596,6 +597,16 @@ impl Run<'_> {
                     let t = needed[k];
                     self.fail(t, &e);
                     buffers[k] = None;
+                } else if buffer.rows() >= self.options.max_buffered {
+                    // a part of the copy, committed at LSN 0/0: memory stays bounded, and a
+                    // copy that stops is redone from its start
+                    let table = self.tables[needed[k]].table.clone();
+                    let next = TableChanges::copy_part(table, false);
+                    let mut part = buffers[k].replace(next);
+                    self.commit_copy(needed[k], &mut part, 0).await;
+                    if self.tables[needed[k]].failed.is_some() {
+                        buffers[k] = None;
+                    }
                 }
             }
         }
@@ -604,7 +615,7 @@ impl Run<'_> {
             self.commit_copy(needed[k], buffer, point).await;
         }
         stage_line(
-            self.options.progress,
+            false,
             format_args!(
                 "copied {} table(s) in {:.2} s",
                 needed.len(),
@@ -614,7 +625,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Commits the copy of table `t` (once: the buffer is taken).
+    /// Commits the copy of table `t`, or a part of it (once: the buffer is taken); `point`: the
+    /// LSN it records (the copy's consistent point for the last part, 0/0 for the others).
     async fn commit_copy(&mut self, t: usize, buffer: &mut Option<TableChanges>, point: u64) {
         let Some(mut buffer) = buffer.take() else {
             return;
@@ -625,7 +637,7 @@ impl Run<'_> {
             Ok(_) => {
                 self.tables[t].report.copied_rows += rows;
                 stage_line(
-                    self.options.progress,
+                    false,
                     format_args!("{}: copied {rows} rows", self.tables[t].table.name()),
                 );
             }

@@ -64,6 +64,9 @@ pub struct ApplyRequest<'a> {
     pub changes: Vec<ChangeBatch>,
     /// Replace the whole current table (a new DMS full load) instead of merging into it.
     pub reload: bool,
+    /// The changes are inserts of keys the table does not hold: appended without a scan (a
+    /// later part of an initial copy).
+    pub append: bool,
     /// What the changes consumed of their source, committed with them.
     pub checkpoint: Checkpoint,
     /// Business date of the run: `eff_start_date` of changes without a commit time.
@@ -320,7 +323,7 @@ impl Merge<'_> {
             removes = delta::all_files_removed(&self.lake.current)?;
             summary.files_rewritten = summary.current_files;
         }
-        if request.config.insert_only {
+        if request.config.insert_only || request.append {
             self.inserts_only(summary).await?;
             return Ok(Merged {
                 current_removes: removes,

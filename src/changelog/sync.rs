@@ -292,6 +292,7 @@ async fn run_source_once<S: ChangeSource>(
             config,
             changes: batches,
             reload: pending.reload,
+            append: pending.append,
             checkpoint: checkpoint.clone(),
             run_date,
             base_run,

@@ -31,6 +31,10 @@ pub struct CaptureArgs {
     /// How often changes are committed to the lake (e.g. 10s, 1m).
     #[arg(long, default_value = "10s")]
     pub commit_interval: String,
+    /// Changes buffered (all tables) past which a commit is made before the interval; the
+    /// initial copy commits a table in parts of this many rows.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_buffered_changes: u64,
     /// Drain the slot up to the server's current WAL position, commit, confirm and exit.
     #[arg(long)]
     pub once: bool,
@@ -98,7 +102,7 @@ pub async fn execute(args: CaptureArgs) -> Result<u8> {
         commit_interval,
         once: args.once,
         resnapshot: args.resnapshot,
-        max_buffered: 1_000_000,
+        max_buffered: args.max_buffered_changes.max(1),
         progress: !args.json,
     };
     let stop = CancellationToken::new();

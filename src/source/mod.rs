@@ -80,6 +80,9 @@ pub struct Pending {
     /// The changes start with a full load that replaces the current table (DMS `LOAD` files;
     /// a table's initial snapshot).
     pub reload: bool,
+    /// The changes are inserts of keys the table does not hold (a later part of a table's
+    /// initial copy): appended without reading the table.
+    pub append: bool,
     /// Units to read: files, or transactions of a replication slot.
     pub units: usize,
     /// Units recorded as consumed without being read (change files older than a reload).

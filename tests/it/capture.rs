@@ -330,7 +330,13 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
          INSERT INTO trunc SELECT g, 't' || g FROM generate_series(1, 20) g;",
     );
     let tables = dir.path().join("tables.yaml").display().to_string();
-    let first = capture_once(dir.path(), &db, &lake, &["--tables", &tables]);
+    // the copy in parts of 7 rows (the first replaces the table, the others are appended)
+    let first = capture_once(
+        dir.path(),
+        &db,
+        &lake,
+        &["--tables", &tables, "--max-buffered-changes", "7"],
+    );
     assert!(
         first.contains("public.items") && first.contains("50 copied"),
         "{first}"
@@ -661,7 +667,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// pgbench writes while capture runs continuously and is SIGKILLed at random moments (the
-/// initial copy, a commit, a confirm, between them) and started again; after pgbench ends and
+/// initial copy, committed in parts of 20,000 rows, a commit, a confirm, between them) and started again; after pgbench ends and
 /// a last `--once`, the lake equals the database row for row, nothing doubled: pgbench's
 /// accounts, branches and tellers, and its insert-only history (no primary key, REPLICA
 /// IDENTITY FULL). Sizes: TRIBUTARY_PGBENCH_SCALE (1), _SECONDS (15), _KILLS (8), _SEED.
@@ -751,6 +757,8 @@ fn killed_captures_under_pgbench_lose_and_double_nothing() {
                 &db.name,
                 "--commit-interval",
                 "1s",
+                "--max-buffered-changes",
+                "20000",
             ],
         )
         .stdout(std::process::Stdio::null())

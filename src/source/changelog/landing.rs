@@ -94,6 +94,7 @@ impl ChangeSource for LandingZone {
         self.done.clear();
         Ok(Pending {
             reload: todo.reload,
+            append: false,
             units: self.read.len(),
             skipped: self.superseded.len(),
             replaced: todo.replaced,

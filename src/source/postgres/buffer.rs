@@ -96,6 +96,8 @@ pub struct TableChanges {
     rows: u64,
     /// The changes replace the table (an initial copy).
     reload: bool,
+    /// The changes are a later part of a copy: inserts appended without reading the table.
+    append: bool,
     /// No changes: a run that records LSN 0/0, which says the table is to be copied again
     /// (`--resnapshot`).
     reset: bool,
@@ -126,12 +128,23 @@ impl TableChanges {
             done: Vec::new(),
             rows: 0,
             reload,
+            append: false,
             reset: false,
             first_commit: None,
             end: 0,
             transactions: 0,
             last_commit: None,
         }
+    }
+
+    /// A part of the initial copy of `table`: the first replaces the table, the later ones are
+    /// appended. Every part but the last records LSN 0/0 (the table is still to be copied, so
+    /// a copy that stops is redone from its start); the last records the copy's consistent
+    /// point ([`reach`](Self::reach)).
+    pub fn copy_part(table: Arc<CaptureTable>, first: bool) -> Self {
+        let mut part = TableChanges::new(table, first);
+        part.append = !first;
+        part
     }
 
     /// A run without changes that records LSN 0/0: the lake then says `table` is to be copied
@@ -152,9 +165,9 @@ impl TableChanges {
         self.rows
     }
 
-    /// Whether nothing is gathered (and no copy is pending).
+    /// Whether nothing is gathered (and no part of a copy is pending).
     pub fn is_empty(&self) -> bool {
-        self.rows == 0 && !self.reload
+        self.rows == 0 && !self.reload && !self.append
     }
 
     /// Adds one change of the transaction committed at `commit_lsn`, `seq`-th in it, committed
@@ -179,7 +192,7 @@ impl TableChanges {
             self.first_commit.get_or_insert(commit_lsn);
         }
         // a copy has one row per key and no unchanged values: nothing to remember
-        if !self.table.key.is_empty() && !self.reload {
+        if !self.table.key.is_empty() && !self.reload && !self.append {
             let key: Values = self.table.key.iter().map(|&c| values[c].clone()).collect();
             match op {
                 ChangeOp::Delete => {
@@ -317,7 +330,9 @@ impl ChangeSource for TableChanges {
                 },
             });
         }
-        let units = self.transactions.max(usize::from(self.reload));
+        let units = self
+            .transactions
+            .max(usize::from(self.reload || self.append));
         match (committed.lsn, self.reload) {
             (Some(lsn), _) if lsn >= self.end && self.end > 0 => Ok(Pending::default()),
             (Some(lsn), false) if self.first_commit.is_some_and(|first| lsn > first) => {
@@ -333,6 +348,7 @@ impl ChangeSource for TableChanges {
             }
             _ => Ok(Pending {
                 reload: self.reload,
+                append: self.append,
                 units,
                 skipped: 0,
                 replaced: 0,
@@ -351,7 +367,7 @@ impl ChangeSource for TableChanges {
     }
 
     fn unit(&self) -> &'static str {
-        match (self.reload, self.reset) {
+        match (self.reload || self.append, self.reset) {
             (true, _) => "copy",
             (false, true) => "reset",
             (false, false) => "transaction",
