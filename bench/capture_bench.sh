@@ -77,7 +77,7 @@ cat >"$WORK/one.sql" <<SQL
 \set id random(1, $ROWS)
 UPDATE items SET v = v + 1 WHERE id = :id;
 SQL
-pgbench -n -q -c 4 -j 2 -t $((TXNS / 4)) -f "$WORK/one.sql" "$DB" >/dev/null
+pgbench -n -c 4 -j 2 -t $((TXNS / 4)) -f "$WORK/one.sql" "$DB" >/dev/null
 end=$(sql "SELECT pg_current_wal_lsn()")
 read -r b_s b_mb < <(capture_once single)
 b_floor=$(floor "$end")
@@ -89,7 +89,7 @@ sql "SELECT pg_drop_replication_slot('floor_bench')" >/dev/null
   >"$WORK/steady.json" 2>"$WORK/steady.log" &
 capture_pid=$!
 sleep 2
-pgbench -n -q -c 4 -j 2 -R "$RATE" -T "$LOAD_SECONDS" -f "$WORK/one.sql" "$DB" >"$WORK/steady.pgbench" 2>&1
+pgbench -n -c 4 -j 2 -R "$RATE" -T "$LOAD_SECONDS" -f "$WORK/one.sql" "$DB" >"$WORK/steady.pgbench" 2>&1
 sleep 5
 kill -TERM $capture_pid
 wait $capture_pid

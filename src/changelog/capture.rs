@@ -238,53 +238,7 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
     }
     let mut tables = Vec::new();
     for (index, pg) in published.iter().enumerate() {
-        let table = Arc::new(capture_table(pg, &entries, index, &options.lake, None)?);
-        let mut failed = None;
-        let (table, lsn) = match lake_columns(&table).await? {
-            None => (table, None),
-            Some((stored, stored_lsn)) => {
-                // the lake's columns, in its order: a column dropped at the source stays
-                let table = match capture_table(pg, &entries, index, &options.lake, Some(&stored)) {
-                    Ok(t) => Arc::new(t),
-                    Err(e) => {
-                        failed = Some(e.to_string());
-                        table
-                    }
-                };
-                let lsn = match failed {
-                    // the slot is never confirmed past what a failed table holds
-                    Some(_) => stored_lsn,
-                    None => match DeltaLake::open(&table.config.table, false).await? {
-                        Some((lake, _)) => lake.committed().await?.lsn,
-                        None => None,
-                    },
-                };
-                (table, lsn)
-            }
-        };
-        if let Some(e) = &failed {
-            tracing::warn!(table = %table.name(), "failed: {e}");
-        }
-        tables.push(Captured {
-            buffer: TableChanges::new(table.clone(), false),
-            report: TableCapture {
-                table: table.name().to_string(),
-                status: if failed.is_some() {
-                    "failed"
-                } else {
-                    "up-to-date"
-                }
-                .into(),
-                lsn: lsn.map(lsn_text),
-                error: failed.clone(),
-                ..Default::default()
-            },
-            table,
-            lsn,
-            relation: None,
-            staged: Vec::new(),
-            failed,
-        });
+        tables.push(open_table(pg, &entries, index, &options.lake).await?);
     }
     let slot = server
         .slot_when_free(&options.slot, Duration::from_secs(15))
@@ -344,6 +298,7 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
     ensure_slot(&options.url, &options.slot, &options.publication).await?;
     let mut run = Run {
         options,
+        entries,
         tables,
         run_date,
         bar,
@@ -358,7 +313,7 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         false => None,
     };
     let mut stream = open_stream(&options.url, &options.slot, &options.publication).await?;
-    run.stream(&mut stream, &stop, stop_at).await?;
+    run.stream(&mut stream, &server, &stop, stop_at).await?;
     let _ = stream.stop().await;
     let mut lags = std::mem::take(&mut run.lags);
     lags.sort_unstable_by(f32::total_cmp);
@@ -381,6 +336,68 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         transactions: run.transactions,
         confirmed_lsn: run.confirmed.map(lsn_text),
         elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A published table as capture takes it on: its lake table (columns as the lake has them
+/// where it exists), the LSN the lake holds, or why it cannot be captured now (a column added
+/// or retyped at the source: it fails, and the slot is held at its stored LSN).
+///
+/// # Errors
+/// [`Error::SourceSetup`] for a table without primary key nor `REPLICA IDENTITY FULL`; lake
+/// errors.
+async fn open_table(
+    pg: &PgTable,
+    entries: &TablesFile,
+    index: usize,
+    lake: &std::path::Path,
+) -> Result<Captured> {
+    let table = Arc::new(capture_table(pg, entries, index, lake, None)?);
+    let mut failed = None;
+    let (table, lsn) = match lake_columns(&table).await? {
+        None => (table, None),
+        Some((stored, stored_lsn)) => {
+            // the lake's columns, in its order: a column dropped at the source stays
+            let table = match capture_table(pg, entries, index, lake, Some(&stored)) {
+                Ok(t) => Arc::new(t),
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    table
+                }
+            };
+            let lsn = match failed {
+                // the slot is never confirmed past what a failed table holds
+                Some(_) => stored_lsn,
+                None => match DeltaLake::open(&table.config.table, false).await? {
+                    Some((lake, _)) => lake.committed().await?.lsn,
+                    None => None,
+                },
+            };
+            (table, lsn)
+        }
+    };
+    if let Some(e) = &failed {
+        tracing::warn!(table = %table.name(), "failed: {e}");
+    }
+    Ok(Captured {
+        buffer: TableChanges::new(table.clone(), false),
+        report: TableCapture {
+            table: table.name().to_string(),
+            status: if failed.is_some() {
+                "failed"
+            } else {
+                "up-to-date"
+            }
+            .into(),
+            lsn: lsn.map(lsn_text),
+            error: failed.clone(),
+            ..Default::default()
+        },
+        table,
+        lsn,
+        relation: None,
+        staged: Vec::new(),
+        failed,
     })
 }
 
@@ -519,6 +536,8 @@ fn capture_table(
 /// A capture in progress.
 struct Run<'a> {
     options: &'a CaptureOptions,
+    /// The tables file (for tables added to the publication while capture runs).
+    entries: TablesFile,
     tables: Vec<Captured>,
     run_date: NaiveDate,
     bar: ProgressBar,
@@ -675,6 +694,42 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Takes on a table added to the publication while capture runs: copies it (the stream
+    /// waits, kept alive) at a side slot's consistent point, past the transactions received so
+    /// far; its later changes then apply from that point on, like any table's.
+    async fn add_table(
+        &mut self,
+        stream: &mut LogicalReplicationStream,
+        server: &Server,
+        schema: &str,
+        name: &str,
+        by_name: &mut HashMap<String, usize>,
+    ) -> Result<()> {
+        let published = server.published_tables(&self.options.publication).await?;
+        let Some(pg) = published
+            .iter()
+            .find(|t| t.schema == schema && t.name == name)
+        else {
+            return Ok(());
+        };
+        let index = self.tables.len();
+        let captured = match open_table(pg, &self.entries, index, &self.options.lake).await {
+            Ok(captured) => captured,
+            Err(e) => {
+                // a table capture cannot take (no key): reported, its changes not applied
+                tracing::warn!(table = %pg.qualified(), "not captured: {e}");
+                return Ok(());
+            }
+        };
+        stage_line(
+            false,
+            format_args!("{}: added to the publication; copying it", pg.qualified()),
+        );
+        by_name.insert(pg.qualified(), index);
+        self.tables.push(captured);
+        keep_alive(stream, self.copy(server)).await
+    }
+
     /// Buffered changes of all tables.
     fn buffered(&self) -> u64 {
         self.tables.iter().map(|t| t.buffer.rows()).sum()
@@ -685,10 +740,11 @@ impl Run<'_> {
     async fn stream(
         &mut self,
         stream: &mut LogicalReplicationStream,
+        server: &Server,
         stop: &CancellationToken,
         stop_at: Option<u64>,
     ) -> Result<()> {
-        let by_name: HashMap<String, usize> = self
+        let mut by_name: HashMap<String, usize> = self
             .tables
             .iter()
             .enumerate()
@@ -738,8 +794,9 @@ impl Run<'_> {
             if let Some(event) = event {
                 self.event(
                     stream,
+                    server,
                     event,
-                    &by_name,
+                    &mut by_name,
                     &mut relations,
                     &mut txn,
                     &mut received,
@@ -778,8 +835,9 @@ impl Run<'_> {
     async fn event(
         &mut self,
         stream: &mut LogicalReplicationStream,
+        server: &Server,
         event: ChangeEvent,
-        by_name: &HashMap<String, usize>,
+        by_name: &mut HashMap<String, usize>,
         relations: &mut HashMap<u32, usize>,
         txn: &mut Option<Txn>,
         received: &mut Option<u64>,
@@ -824,6 +882,12 @@ impl Run<'_> {
                 ..
             } => {
                 let name = format!("{namespace}.{relation_name}");
+                if !by_name.contains_key(&name) {
+                    // pgoutput sends only published tables: this one was added to the
+                    // publication while capture runs
+                    self.add_table(stream, server, &namespace, &relation_name, by_name)
+                        .await?;
+                }
                 if let Some(&t) = by_name.get(&name) {
                     relations.insert(relation_id, t);
                     let names: Vec<String> = columns.iter().map(|c| c.name.to_string()).collect();

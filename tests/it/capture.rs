@@ -839,3 +839,72 @@ fn killed_captures_under_pgbench_lose_and_double_nothing() {
     );
     assert_same(dir.path(), &db, &lake, "pgbench_history", &history);
 }
+
+#[test]
+fn a_table_added_to_the_publication_is_copied_while_capture_runs() {
+    let Some(db) = Db::new("added") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    db.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, v text);
+         CREATE TABLE b (id int PRIMARY KEY, v text);
+         INSERT INTO b SELECT g, 'before' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION tributary FOR TABLE a;",
+    );
+    capture_once(dir.path(), &db, &lake, &[]);
+    let lake_arg = lake.display().to_string();
+    let url = db.url();
+    let child = tributary_command(
+        dir.path(),
+        &[
+            "capture",
+            &url,
+            "--lake",
+            &lake_arg,
+            "--slot",
+            &db.name,
+            "--commit-interval",
+            "1s",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    db.sql("INSERT INTO a VALUES (1, 'one');");
+    std::thread::sleep(Duration::from_millis(1500));
+    // b joins the publication while capture runs; changes to it before and after
+    db.sql("UPDATE b SET v = 'changed' WHERE id <= 10;");
+    db.sql("ALTER PUBLICATION tributary ADD TABLE b;");
+    db.sql("UPDATE b SET v = 'after' WHERE id > 90; DELETE FROM b WHERE id = 50; INSERT INTO a VALUES (2, 'two');");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lake.join("public/b/current/_delta_log").exists()
+        || lake_rows(
+            dir.path(),
+            &lake,
+            "SELECT count(*) FROM public.b WHERE v = 'after'",
+        ) != vec!["10"]
+    {
+        assert!(Instant::now() < deadline, "table b was not captured");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    unsafe_free_kill(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("public.b: added to the publication"),
+        "{stderr}"
+    );
+    for table in ["a", "b"] {
+        assert_same(
+            dir.path(),
+            &db,
+            &lake,
+            table,
+            &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
+        );
+    }
+}

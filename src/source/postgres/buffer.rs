@@ -70,6 +70,13 @@ impl CaptureTable {
     }
 }
 
+/// Rows whose values take fewer bytes of text than this are not remembered for unchanged
+/// TOAST values: PostgreSQL stores values out of line only in rows over
+/// `TOAST_TUPLE_THRESHOLD` (2,032 bytes on disk), and a row's text form is at most about four
+/// times smaller than its binary form (`int[]` of one-digit numbers: two characters for four
+/// bytes), so a row under 256 bytes of text holds no value that can come back unchanged.
+const TOAST_WATCH_BYTES: usize = 256;
+
 /// A row's values in configured column order: None is SQL NULL.
 pub type Values = Vec<Option<String>>;
 
@@ -191,11 +198,20 @@ impl TableChanges {
             self.last_commit = Some(commit_lsn);
             self.first_commit.get_or_insert(commit_lsn);
         }
-        // a copy has one row per key and no unchanged values: nothing to remember
-        if !self.table.key.is_empty() && !self.reload && !self.append {
+        // A value can come back as unchanged only if it was stored out of line, which
+        // PostgreSQL does only for a row over TOAST_TUPLE_THRESHOLD (about 2 kB): the values of
+        // a smaller row (or a copy's) need not be remembered. A change that left values out is
+        // remembered whatever its size.
+        let text: usize = values.iter().flatten().map(String::len).sum();
+        let remember = !unchanged.is_empty() || text >= TOAST_WATCH_BYTES;
+        let tracked = !self.table.key.is_empty() && !self.reload && !self.append;
+        if tracked && (remember || !self.latest.is_empty()) {
             let key: Values = self.table.key.iter().map(|&c| values[c].clone()).collect();
             match op {
                 ChangeOp::Delete => {
+                    self.latest.remove(&key);
+                }
+                _ if !remember => {
                     self.latest.remove(&key);
                 }
                 _ => {
@@ -425,17 +441,12 @@ mod tests {
 
     #[test]
     fn an_unchanged_value_comes_from_an_earlier_change_of_the_key_or_the_lake() {
+        let big = "b".repeat(300);
+        let new = "n".repeat(300);
         let mut buffer = TableChanges::new(table(), false);
         // key 1: inserted in this run, then updated without its TOASTed note
         buffer
-            .push(
-                ChangeOp::Insert,
-                row(1, "a", Some("big")),
-                vec![],
-                100,
-                1,
-                0,
-            )
+            .push(ChangeOp::Insert, row(1, "a", Some(&big)), vec![], 100, 1, 0)
             .unwrap();
         buffer
             .push(ChangeOp::Update, row(1, "b", None), vec![2], 200, 1, 0)
@@ -449,30 +460,36 @@ mod tests {
             .unwrap();
         // key 3: the note is set again, then left unchanged: the new value
         buffer
-            .push(
-                ChangeOp::Update,
-                row(3, "e", Some("new")),
-                vec![],
-                300,
-                2,
-                0,
-            )
+            .push(ChangeOp::Update, row(3, "e", Some(&new)), vec![], 300, 2, 0)
             .unwrap();
         buffer
             .push(ChangeOp::Update, row(3, "f", None), vec![2], 400, 1, 0)
             .unwrap();
+        // key 4: small rows are not remembered (no value of theirs can come back unchanged)
+        buffer
+            .push(
+                ChangeOp::Insert,
+                row(4, "g", Some("small")),
+                vec![],
+                400,
+                2,
+                0,
+            )
+            .unwrap();
+        assert!(!buffer.latest.contains_key(&vec![Some("4".to_string())]));
         buffer.reach(450);
         buffer.finish().unwrap();
         let batch = &buffer.done[0];
         assert_eq!(
             notes(batch),
             vec![
-                Some("big".into()),
-                Some("big".into()),
+                Some(big.clone()),
+                Some(big),
                 None,
                 None,
-                Some("new".into()),
-                Some("new".into())
+                Some(new.clone()),
+                Some(new),
+                Some("small".into())
             ]
         );
         let mut keep: Vec<(usize, Vec<usize>)> = batch.keep_stored.clone().into_iter().collect();
