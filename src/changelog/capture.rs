@@ -49,14 +49,14 @@ use super::sync::{run_source, SourceRun};
 use crate::config::tables::{Layout, TableEntry, TablesFile};
 use crate::config::ColumnFile;
 use crate::core::change::ChangeOp;
-use crate::core::checkpoint::lsn_text;
+use crate::core::checkpoint::{lsn_text, SlotPosition};
 use crate::core::schema::{ColumnType, OPERATION, RESERVED_COLUMNS};
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
 use crate::report::progress::stage_line;
 use crate::sink::delta::DeltaLake;
 use crate::sink::Sink;
-use crate::source::postgres::buffer::{CaptureTable, TableChanges, Values};
+use crate::source::postgres::buffer::{holds, CaptureTable, TableChanges, Values};
 use crate::source::postgres::types::{map_type, PgType};
 use crate::source::postgres::{copy_tables, decode_row, ensure_slot, open_stream, PgTable, Server};
 
@@ -147,15 +147,12 @@ pub struct Lag {
 /// One captured table: its config, what the lake holds, its buffer.
 struct Captured {
     table: Arc<CaptureTable>,
-    /// The LSN the lake holds (None: not copied yet).
-    lsn: Option<u64>,
+    /// The first change the lake does not hold (None: not copied yet).
+    lsn: Option<SlotPosition>,
     /// Changes not yet committed.
     buffer: TableChanges,
     /// Column names of the table's latest Relation message.
     relation: Option<Vec<String>>,
-    /// Changes of the transaction being received, moved to `buffer` at its commit (a stop in
-    /// the middle of a transaction commits none of it).
-    staged: Vec<Staged>,
     failed: Option<String>,
     report: TableCapture,
 }
@@ -164,21 +161,14 @@ impl Captured {
     /// Whether the table is to be copied: not in the lake yet, or reset by `--resnapshot`
     /// (LSN 0/0), and not failed.
     fn needs_copy(&self) -> bool {
-        self.failed.is_none() && self.lsn.is_none_or(|l| l == 0)
+        self.failed.is_none() && self.lsn.is_none_or(|p| p == SlotPosition::default())
     }
-}
 
-/// A change of the transaction being received, held until its commit.
-enum Staged {
-    Row {
-        op: ChangeOp,
-        values: Values,
-        unchanged: Vec<usize>,
-        seq: u64,
-    },
-    Truncate {
-        seq: u64,
-    },
+    /// Whether the lake holds the change numbered `seq` of the transaction committed at
+    /// `commit_lsn` (or the table failed: it takes no more changes).
+    fn skips(&self, commit_lsn: u64, seq: u64) -> bool {
+        self.failed.is_some() || holds(self.lsn, commit_lsn, seq)
+    }
 }
 
 /// Runs `tributary capture` until `stop` is cancelled (SIGINT/SIGTERM), or, with `--once`,
@@ -267,7 +257,7 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
                 options.slot
             )))
         }
-        None if !options.resnapshot && tables.iter().any(|t| t.lsn.is_some_and(|l| l > 0)) => {
+        None if !options.resnapshot && tables.iter().any(|t| t.lsn.is_some_and(|p| p.lsn > 0)) => {
             return Err(Error::SourceSetup(format!(
                 "{}: slot `{}` does not exist but the lake holds captured tables: the changes \
                  since they were captured may be lost. Copy every table again with --resnapshot",
@@ -285,11 +275,11 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         // happened to the slot.
         for t in tables
             .iter_mut()
-            .filter(|t| t.failed.is_none() && t.lsn.is_some_and(|l| l > 0))
+            .filter(|t| t.failed.is_none() && t.lsn.is_some_and(|p| p.lsn > 0))
         {
             let mut reset = TableChanges::reset(t.table.clone());
             run_source(&mut reset, &t.table.config, run_date, &bar).await?;
-            t.lsn = Some(0);
+            t.lsn = Some(SlotPosition::default());
         }
         if slot.is_some() {
             server.drop_slot(&options.slot).await?;
@@ -389,14 +379,13 @@ async fn open_table(
                 "up-to-date"
             }
             .into(),
-            lsn: lsn.map(lsn_text),
+            lsn: lsn.map(SlotPosition::text),
             error: failed.clone(),
             ..Default::default()
         },
         table,
         lsn,
         relation: None,
-        staged: Vec::new(),
         failed,
     })
 }
@@ -411,7 +400,7 @@ async fn lake_columns(table: &CaptureTable) -> Result<Option<StoredColumns>> {
     let lsn = crate::sink::delta::log::last_run(&stored)
         .await?
         .and_then(|(_, entry)| entry.run.source_lsn)
-        .and_then(|text| crate::core::checkpoint::parse_lsn(&text));
+        .and_then(|text| SlotPosition::parse(&text));
     let schema = stored.snapshot()?.snapshot().arrow_schema();
     let columns = schema
         .fields()
@@ -433,7 +422,7 @@ async fn lake_columns(table: &CaptureTable) -> Result<Option<StoredColumns>> {
 }
 
 /// A lake table's payload columns (name, type) in order, and the LSN of its last run.
-type StoredColumns = (Vec<(String, ColumnType)>, Option<u64>);
+type StoredColumns = (Vec<(String, ColumnType)>, Option<SlotPosition>);
 
 /// The lake table of published table `pg`: columns and key from the catalog, the rest from
 /// its tables-file entry (`source: <schema>/<table>`) where there is one. With `stored` (the
@@ -671,7 +660,6 @@ impl Run<'_> {
         table.report.status = "failed".into();
         table.report.error = Some(e.to_string());
         table.buffer = TableChanges::new(table.table.clone(), false);
-        table.staged.clear();
     }
 
     /// Applies `buffer` to table `t` in one run and records what it did.
@@ -681,7 +669,7 @@ impl Run<'_> {
         let done: SourceRun = run_source(buffer, &config, self.run_date, &self.bar).await?;
         let table = &mut self.tables[t];
         table.lsn = Some(buffer.end());
-        table.report.lsn = Some(lsn_text(buffer.end()));
+        table.report.lsn = Some(buffer.end().text());
         if let Some(summary) = done.applied {
             table.report.runs += 1;
             table.report.inserted += summary.inserted;
@@ -810,8 +798,10 @@ impl Run<'_> {
             }
             let due = last_commit.elapsed() >= self.options.commit_interval
                 || self.buffered() >= self.options.max_buffered;
-            if txn.is_none() && due {
-                self.commit(stream, received, true).await?;
+            // a transaction larger than the buffer is committed in parts (each part records
+            // the number of its next change), so memory stays bounded
+            if (txn.is_none() && due) || self.buffered() >= self.options.max_buffered {
+                self.commit(stream, received, txn.is_none()).await?;
                 if self.options.progress {
                     let lag = last_commit_micros
                         .map(|m| (chrono::Utc::now().timestamp_micros() - m) as f64 / 1e6)
@@ -867,7 +857,6 @@ impl Run<'_> {
                 }
                 self.transactions += 1;
                 *received = Some(end_lsn.value());
-                self.commit_staged(stream, commit).await;
                 for t in &mut self.tables {
                     if !t.buffer.is_empty() {
                         t.buffer.reach(end_lsn.value());
@@ -946,14 +935,21 @@ impl Run<'_> {
                 };
                 current.seq += 1;
                 current.changes += 1;
-                let (lsn, seq) = (current.commit_lsn, current.seq);
+                let (lsn, seq, day) = (current.commit_lsn, current.seq, current.day);
                 for name in tables.iter() {
                     let Some(&t) = by_name.get(name.as_ref()) else {
                         continue;
                     };
-                    let table = &mut self.tables[t];
-                    if table.failed.is_none() && table.lsn.is_none_or(|l| lsn >= l) {
-                        table.staged.push(Staged::Truncate { seq });
+                    if self.tables[t].skips(lsn, seq) {
+                        continue;
+                    }
+                    let table = self.tables[t].table.clone();
+                    let truncated = match keep_alive(stream, live_keys(&table)).await {
+                        Ok(stored) => self.tables[t].buffer.truncate(stored, lsn, seq, day),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = truncated {
+                        self.fail(t, &e);
                     }
                 }
             }
@@ -962,9 +958,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Stages one row change of the transaction being received, when its table takes it
-    /// (not failed, and the transaction at or past the table's LSN). An update that changed
-    /// the key (`old`: the old key, which pgoutput sends then) deletes the old key first.
+    /// Buffers one row change of the transaction being received, when its table takes it
+    /// (not failed, and not held by the lake: see [`Captured::skips`]). An update that changed
+    /// the key (`old`: the old key, which pgoutput sends then) deletes the old key first, with
+    /// the same change number (another key).
     fn change(
         &mut self,
         relations: &HashMap<u32, usize>,
@@ -977,82 +974,32 @@ impl Run<'_> {
         let (Some(current), Some(&t)) = (txn.as_mut(), relations.get(&relation)) else {
             return;
         };
-        let table = &mut self.tables[t];
-        if table.failed.is_some() || table.lsn.is_some_and(|l| current.commit_lsn < l) {
-            current.seq += 1;
+        // every change of the transaction takes a number, whichever table takes it: the same
+        // numbers whenever the slot sends the transaction again
+        current.seq += 1;
+        let (lsn, seq, day) = (current.commit_lsn, current.seq, current.day);
+        if self.tables[t].skips(lsn, seq) {
             return;
         }
+        current.changes += 1;
+        let table = &mut self.tables[t];
         let relation_columns = match op {
             ChangeOp::Update => table.relation.as_deref(),
             _ => None,
         };
         let (values, unchanged) = decode_row(&table.table, data, relation_columns);
+        let mut pushed = Ok(());
         if let (Some(old), false) = (old, table.table.key.is_empty()) {
             let (old_values, _) = decode_row(&table.table, old, None);
-            let moved = table.table.key.iter().any(|&c| old_values[c] != values[c]);
-            if moved {
-                current.seq += 1;
-                table.staged.push(Staged::Row {
-                    op: ChangeOp::Delete,
-                    values: old_values,
-                    unchanged: Vec::new(),
-                    seq: current.seq,
-                });
+            if table.table.key.iter().any(|&c| old_values[c] != values[c]) {
+                pushed = table
+                    .buffer
+                    .push(ChangeOp::Delete, old_values, Vec::new(), lsn, seq, day);
             }
         }
-        current.seq += 1;
-        current.changes += 1;
-        table.staged.push(Staged::Row {
-            op,
-            values,
-            unchanged,
-            seq: current.seq,
-        });
-    }
-
-    /// Moves the staged changes of the transaction `txn` (just committed) to the tables'
-    /// buffers; a TRUNCATE reads the keys the lake holds (status updates keep the walsender
-    /// alive meanwhile). A table whose change cannot be buffered fails.
-    async fn commit_staged(&mut self, stream: &mut LogicalReplicationStream, txn: Option<Txn>) {
-        let Some(txn) = txn else {
-            return;
-        };
-        for t in 0..self.tables.len() {
-            if self.tables[t].staged.is_empty() {
-                continue;
-            }
-            let staged = std::mem::take(&mut self.tables[t].staged);
-            for item in staged {
-                let done = match item {
-                    Staged::Row {
-                        op,
-                        values,
-                        unchanged,
-                        seq,
-                    } => self.tables[t].buffer.push(
-                        op,
-                        values,
-                        unchanged,
-                        txn.commit_lsn,
-                        seq,
-                        txn.day,
-                    ),
-                    Staged::Truncate { seq } => {
-                        let table = self.tables[t].table.clone();
-                        match keep_alive(stream, live_keys(&table)).await {
-                            Ok(stored) => self.tables[t]
-                                .buffer
-                                .truncate(stored, txn.commit_lsn, seq, txn.day)
-                                .map(drop),
-                            Err(e) => Err(e),
-                        }
-                    }
-                };
-                if let Err(e) = done {
-                    self.fail(t, &e);
-                    break;
-                }
-            }
+        let pushed = pushed.and_then(|()| table.buffer.push(op, values, unchanged, lsn, seq, day));
+        if let Err(e) = pushed {
+            self.fail(t, &e);
         }
     }
 
@@ -1082,9 +1029,13 @@ impl Run<'_> {
                         false,
                         format_args!(
                             "{name}: {changes} changes committed up to LSN {}",
-                            lsn_text(buffer.end())
+                            buffer.end().text()
                         ),
                     );
+                    if !between {
+                        // test hook: a crash after a part of a transaction is in the lake
+                        crate::sink::delta::crash_point("capture-after-part");
+                    }
                 }
                 Err(e) => self.fail(t, &e),
             }
@@ -1105,7 +1056,7 @@ impl Run<'_> {
         for t in &self.tables {
             if t.failed.is_some() {
                 confirm = match (confirm, t.lsn) {
-                    (Some(c), Some(l)) => Some(c.min(l)),
+                    (Some(c), Some(l)) => Some(c.min(l.lsn)),
                     // never copied: copied again at the next start, whatever is confirmed
                     (c, None) => c,
                     (None, Some(_)) => None,

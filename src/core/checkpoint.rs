@@ -60,12 +60,52 @@ pub enum Checkpoint {
     /// Files of a landing zone, each applied (or recorded as superseded) once; committed as
     /// rows of the table's applied-files table (`sink::delta::applied`).
     Files(Vec<AppliedFile>),
-    /// A PostgreSQL replication slot (`tributary capture`): the table holds every transaction
-    /// committed before this LSN (the end LSN of the last transaction applied, or the
-    /// consistent point of the snapshot the table was copied at). A transaction whose commit
-    /// LSN is at or past it is still to apply; one below it is skipped. Committed in the run
-    /// record (`source_lsn`).
-    Lsn(u64),
+    /// A PostgreSQL replication slot (`tributary capture`): the first change the table does
+    /// not hold ([`SlotPosition`]). Committed in the run record (`source_lsn`).
+    Lsn(SlotPosition),
+}
+
+/// A place in a replication slot's stream: a transaction's commit LSN, and a change of it by
+/// its number in the transaction (1-based; 0 is before its first change). As a checkpoint it
+/// is the first change a table does not hold: the table holds a change at `(commit LSN,
+/// number)` exactly when that pair is lower. The end LSN of the last transaction applied with
+/// number 0 says "every transaction committed before it"; so does a copy's consistent point
+/// (the copy holds every transaction committed before it); a transaction committed in parts
+/// (a large one) records the number of its first change not yet held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+pub struct SlotPosition {
+    /// Commit LSN of a transaction (or an end LSN, or a consistent point).
+    pub lsn: u64,
+    /// Change number within the transaction.
+    pub seq: u64,
+}
+
+impl SlotPosition {
+    /// The position before the first change of any transaction committed at or after `lsn`.
+    pub fn at(lsn: u64) -> Self {
+        SlotPosition { lsn, seq: 0 }
+    }
+
+    /// As PostgreSQL writes LSNs (`16/B374D848`), with the change number after a `+` when it
+    /// is not 0 (`16/B374D848+42`).
+    pub fn text(self) -> String {
+        match self.seq {
+            0 => lsn_text(self.lsn),
+            seq => format!("{}+{seq}", lsn_text(self.lsn)),
+        }
+    }
+
+    /// Parses [`text`](Self::text)'s form (None: not a position).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (lsn, seq) = match text.trim().split_once('+') {
+            Some((lsn, seq)) => (lsn, seq.parse().ok()?),
+            None => (text, 0),
+        };
+        Some(SlotPosition {
+            lsn: parse_lsn(lsn)?,
+            seq,
+        })
+    }
 }
 
 /// An LSN as PostgreSQL writes it: two hexadecimal halves, `16/B374D848`.
@@ -100,9 +140,10 @@ impl Checkpoint {
                     }
                 }
             }
-            Checkpoint::Lsn(lsn) => {
+            Checkpoint::Lsn(position) => {
                 bytes.extend_from_slice(b"lsn");
-                bytes.extend_from_slice(&lsn.to_le_bytes());
+                bytes.extend_from_slice(&position.lsn.to_le_bytes());
+                bytes.extend_from_slice(&position.seq.to_le_bytes());
             }
         }
         format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
@@ -116,11 +157,11 @@ impl Checkpoint {
         }
     }
 
-    /// The LSN of a replication slot's checkpoint (None: files).
-    pub fn lsn(&self) -> Option<u64> {
+    /// The position of a replication slot's checkpoint (None: files).
+    pub fn position(&self) -> Option<SlotPosition> {
         match self {
             Checkpoint::Files(_) => None,
-            Checkpoint::Lsn(lsn) => Some(*lsn),
+            Checkpoint::Lsn(position) => Some(*position),
         }
     }
 
@@ -177,9 +218,9 @@ impl AppliedSet {
 pub struct Committed {
     /// Landing-zone files applied so far.
     pub files: AppliedSet,
-    /// The replication slot position the table holds ([`Checkpoint::Lsn`]; None: never
+    /// The replication slot position the table holds up to ([`Checkpoint::Lsn`]; None: never
     /// captured).
-    pub lsn: Option<u64>,
+    pub lsn: Option<SlotPosition>,
 }
 
 #[cfg(test)]
@@ -227,14 +268,27 @@ mod tests {
         for bad in ["", "16", "x/1", "1/", "1/2/3", "100000000/0"] {
             assert_eq!(parse_lsn(bad), None, "{bad}");
         }
+        let at = |lsn, seq| Checkpoint::Lsn(SlotPosition { lsn, seq });
+        assert_ne!(at(1, 0).fingerprint(), at(2, 0).fingerprint());
+        assert_ne!(at(1, 0).fingerprint(), at(1, 1).fingerprint());
         assert_ne!(
-            Checkpoint::Lsn(1).fingerprint(),
-            Checkpoint::Lsn(2).fingerprint()
-        );
-        assert_ne!(
-            Checkpoint::Lsn(0).fingerprint(),
+            at(0, 0).fingerprint(),
             Checkpoint::Files(Vec::new()).fingerprint()
         );
+        let position = SlotPosition {
+            lsn: 0x16_B374_D848,
+            seq: 42,
+        };
+        assert_eq!(position.text(), "16/B374D848+42");
+        assert_eq!(SlotPosition::parse("16/B374D848+42"), Some(position));
+        assert_eq!(
+            SlotPosition::parse("16/B374D848"),
+            Some(SlotPosition::at(0x16_B374_D848))
+        );
+        assert_eq!(SlotPosition::parse("16/B374D848+x"), None);
+        // a transaction's changes come after its commit LSN's start, before the next one
+        assert!(SlotPosition::at(5) < SlotPosition { lsn: 5, seq: 1 });
+        assert!(SlotPosition { lsn: 5, seq: 9 } < SlotPosition::at(6));
     }
 
     #[test]

@@ -359,7 +359,20 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
          INSERT INTO big SELECT g, g FROM generate_series(1, 200000) g;",
         toasted(200, "four")
     ));
-    let second = capture_once(dir.path(), &db, &lake, &["--tables", &tables]);
+    // the 200,000-row transaction is committed in parts of 50,000 changes
+    let second = capture_once(
+        dir.path(),
+        &db,
+        &lake,
+        &["--tables", &tables, "--max-buffered-changes", "50000"],
+    );
+    let big_runs = second
+        .lines()
+        .find(|l| l.starts_with("public.big"))
+        .and_then(|l| l.split(" in ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(big_runs.is_some_and(|n| n >= 4), "{second}");
     assert!(second.contains("0 failed"), "{second}");
     assert_same(dir.path(), &db, &lake, "items", &as_refs(&item_columns()));
 
@@ -743,6 +756,21 @@ fn killed_captures_under_pgbench_lose_and_double_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // two large transactions into the insert-only history meanwhile: committed in parts, a kill
+    // between parts must neither lose nor double a row of them
+    let big = {
+        let name = db.name.clone();
+        std::thread::spawn(move || {
+            for pause in [1500, 4000] {
+                std::thread::sleep(Duration::from_millis(pause));
+                psql(
+                    &name,
+                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+                     SELECT 1, 1, g, g, now() FROM generate_series(1, 60000) g",
+                );
+            }
+        })
+    };
     let started = Instant::now();
     let mut killed = 0;
     while killed < kills {
@@ -777,6 +805,7 @@ fn killed_captures_under_pgbench_lose_and_double_nothing() {
         child.wait().unwrap();
         killed += 1;
     }
+    big.join().unwrap();
     let bench = bench.wait_with_output().unwrap();
     assert!(
         bench.status.success(),
@@ -907,4 +936,77 @@ fn a_table_added_to_the_publication_is_copied_while_capture_runs() {
             &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
         );
     }
+}
+
+#[test]
+fn a_transaction_committed_in_parts_survives_a_crash_between_parts() {
+    let Some(db) = Db::new("parts") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         CREATE TABLE log (n int, what text);
+         ALTER TABLE log REPLICA IDENTITY FULL;
+         CREATE PUBLICATION tributary FOR TABLE t, log;",
+    );
+    capture_once(dir.path(), &db, &lake, &[]);
+    db.sql(
+        "BEGIN;
+         INSERT INTO t SELECT g, g FROM generate_series(1, 30000) g;
+         INSERT INTO log SELECT g, 'row ' || g FROM generate_series(1, 30000) g;
+         UPDATE t SET v = -v WHERE id % 3 = 0;
+         COMMIT;",
+    );
+    let url = db.url();
+    let lake_arg = lake.display().to_string();
+    let out = tributary_command(
+        dir.path(),
+        &[
+            "capture",
+            &url,
+            "--lake",
+            &lake_arg,
+            "--once",
+            "--slot",
+            &db.name,
+            "--max-buffered-changes",
+            "10000",
+        ],
+    )
+    .env("TRIBUTARY_CRASH_AT", "capture-after-part")
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "the process should have aborted");
+    let held = lake_rows(dir.path(), &lake, "SELECT count(*) FROM public.t");
+    assert!(
+        held != vec!["0"] && held != vec!["30000"],
+        "a part, not all: {held:?}"
+    );
+    // the slot sends the whole transaction again; the parts the lake holds are skipped
+    capture_once(dir.path(), &db, &lake, &["--max-buffered-changes", "10000"]);
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "t",
+        &[
+            ("id::text", "CAST(id AS VARCHAR)"),
+            ("v::text", "CAST(v AS VARCHAR)"),
+        ],
+    );
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "log",
+        &[("n::text", "CAST(n AS VARCHAR)"), ("what", "what")],
+    );
+    let history = lake_rows(
+        dir.path(),
+        &lake,
+        "SELECT operation, count(*) FROM public.t_history GROUP BY operation",
+    );
+    assert_eq!(history, vec!["I,30000", "U,10000"]);
 }

@@ -1,6 +1,6 @@
 //! Property test of capture's apply: random transactions of a PostgreSQL table (inserts,
 //! updates that move partitions or leave a TOASTed value unchanged, deletes, TRUNCATE), cut
-//! into runs at random commit boundaries, with random crash points at which the slot had not
+//! into runs at random changes (a transaction committed in parts), with random crash points at which the slot had not
 //! been confirmed (the next start receives the transactions again from the confirmed point),
 //! applied as `tributary capture` applies them (one `TableChanges` per run through
 //! `run_source`, each transaction applied only from the table's committed LSN on), against a
@@ -22,7 +22,7 @@ use tributary::core::change::ChangeOp;
 use tributary::core::schema::ColumnType;
 use tributary::sink::delta::DeltaLake;
 use tributary::sink::Sink;
-use tributary::source::postgres::buffer::{CaptureTable, TableChanges, Values};
+use tributary::source::postgres::buffer::{holds, CaptureTable, TableChanges, Values};
 use tributary::source::postgres::types::PgType;
 
 use crate::common::table_rows;
@@ -30,7 +30,8 @@ use crate::common::table_rows;
 /// A row: (amount, region, note).
 type Row = (u8, &'static str, String);
 
-/// One change as PostgreSQL logged it: key, op, values (an update may leave the note out).
+/// One change as PostgreSQL logged it: key, op, values, whether the note was left out (an
+/// update), or a TRUNCATE.
 #[derive(Debug, Clone)]
 enum Logged {
     Change(u8, ChangeOp, Row, bool),
@@ -45,68 +46,72 @@ fn region(west: bool) -> &'static str {
     }
 }
 
+/// A change in the stream: its transaction, its number in it (1-based), what it did.
+type Delivered = (usize, u64, Logged);
+/// Raw choices of one change: key, what (<6 update, else delete, 9 TRUNCATE), amount, west,
+/// keep the note.
+type Choice = (u8, u8, u8, bool, bool);
+/// History rows: (key, commit LSN, operation, values).
+type HistoryRows = Vec<(u8, u64, &'static str, Row)>;
+
 /// Turns raw choices into valid transactions of a table with keys 0..6 (insert a key that is
 /// not there, update or delete one that is, now and then a TRUNCATE), and replays them:
-/// returns the transactions, and per transaction the table after it and the history rows it
-/// adds: (key, commit LSN, operation, amount, region, note).
-#[allow(clippy::type_complexity)]
+/// returns the stream of changes, and after each change the table and the history rows it
+/// adds. Notes are long (stored out of line, so an update may leave them out) or short.
 fn replay(
-    raw: &[Vec<(u8, u8, u8, bool, bool)>],
-) -> (
-    Vec<Vec<Logged>>,
-    Vec<BTreeMap<u8, Row>>,
-    Vec<Vec<(u8, u64, &'static str, Row)>>,
-) {
+    raw: &[Vec<Choice>],
+) -> (Vec<Delivered>, Vec<BTreeMap<u8, Row>>, Vec<HistoryRows>) {
     let mut table: BTreeMap<u8, Row> = BTreeMap::new();
-    let (mut txns, mut states, mut history) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut stream, mut states, mut history) = (Vec::new(), Vec::new(), Vec::new());
     let mut note_counter = 0;
     for (t, choices) in raw.iter().enumerate() {
         let lsn = lsn_of(t);
-        let mut txn = Vec::new();
-        let mut added = Vec::new();
-        for &(k, what, amount, west, keep_note) in choices {
-            if what == 9 {
+        for (i, &(k, what, amount, west, keep_note)) in choices.iter().enumerate() {
+            let seq = i as u64 + 1;
+            let mut added = Vec::new();
+            let logged = if what == 9 {
                 for (key, row) in std::mem::take(&mut table) {
                     added.push((key, lsn, "D", row));
                 }
-                txn.push(Logged::Truncate);
-                continue;
-            }
-            note_counter += 1;
-            // long enough to be stored out of line, as values that come back unchanged are
-            let note = format!("note{note_counter}{}", "x".repeat(300));
-            match table.get(&k).cloned() {
-                None => {
-                    let row = (amount, region(west), note);
-                    table.insert(k, row.clone());
-                    added.push((k, lsn, "I", row.clone()));
-                    txn.push(Logged::Change(k, ChangeOp::Insert, row, false));
+                Logged::Truncate
+            } else {
+                note_counter += 1;
+                let pad = if amount % 2 == 0 {
+                    "x".repeat(300)
+                } else {
+                    String::new()
+                };
+                let note = format!("note{note_counter}{pad}");
+                match table.get(&k).cloned() {
+                    None => {
+                        let row = (amount, region(west), note);
+                        table.insert(k, row.clone());
+                        added.push((k, lsn, "I", row.clone()));
+                        Logged::Change(k, ChangeOp::Insert, row, false)
+                    }
+                    Some(old) if what < 6 => {
+                        // only a value stored out of line (a long one) can be left out
+                        let keep = keep_note && old.2.len() > 256;
+                        let note = if keep { old.2.clone() } else { note };
+                        let row = (amount, region(west), note);
+                        table.insert(k, row.clone());
+                        added.push((k, lsn, "U", row.clone()));
+                        Logged::Change(k, ChangeOp::Update, row, keep)
+                    }
+                    Some(old) => {
+                        table.remove(&k);
+                        added.push((k, lsn, "D", old.clone()));
+                        // REPLICA IDENTITY DEFAULT: a delete sends the key only
+                        Logged::Change(k, ChangeOp::Delete, (0, "", String::new()), true)
+                    }
                 }
-                Some(old) if what < 6 => {
-                    let note = if keep_note { old.2.clone() } else { note };
-                    let row = (amount, region(west), note);
-                    table.insert(k, row.clone());
-                    added.push((k, lsn, "U", row.clone()));
-                    txn.push(Logged::Change(k, ChangeOp::Update, row, keep_note));
-                }
-                Some(old) => {
-                    table.remove(&k);
-                    added.push((k, lsn, "D", old.clone()));
-                    // REPLICA IDENTITY DEFAULT: a delete sends the key only
-                    txn.push(Logged::Change(
-                        k,
-                        ChangeOp::Delete,
-                        (0, "", String::new()),
-                        true,
-                    ));
-                }
-            }
+            };
+            stream.push((t, seq, logged));
+            states.push(table.clone());
+            history.push(added);
         }
-        txns.push(txn);
-        states.push(table.clone());
-        history.push(added);
     }
-    (txns, states, history)
+    (stream, states, history)
 }
 
 fn lsn_of(txn: usize) -> u64 {
@@ -152,11 +157,13 @@ fn table(lake: &Path, soft: bool) -> Arc<CaptureTable> {
     Arc::new(CaptureTable::new(config, types))
 }
 
-/// Applies transactions `from..to` as one capture run would after a start: those below the
-/// table's committed LSN are skipped.
+/// Delivers changes `from..to` of the stream as one capture run would after a start: a
+/// change the table holds (below its committed position) is skipped; a transaction whose
+/// last change is delivered is marked whole (its end LSN), one cut short records the number
+/// of its next change.
 async fn apply(
     table: &Arc<CaptureTable>,
-    txns: &[Vec<Logged>],
+    stream: &[Delivered],
     from: usize,
     to: usize,
     lake: &Path,
@@ -166,13 +173,9 @@ async fn apply(
         None => None,
     };
     let mut buffer = TableChanges::new(table.clone(), false);
-    for (t, txn) in txns.iter().enumerate().take(to).skip(from) {
-        let lsn = lsn_of(t);
-        if committed.is_some_and(|c| lsn < c) {
-            continue;
-        }
-        for (seq, change) in txn.iter().enumerate() {
-            let seq = seq as u64 + 1;
+    for (i, (t, seq, change)) in stream.iter().enumerate().take(to).skip(from) {
+        let lsn = lsn_of(*t);
+        if !holds(committed, lsn, *seq) {
             match change {
                 Logged::Change(k, op, (amount, region, note), partial) => {
                     let values: Values = match (op, partial) {
@@ -195,7 +198,7 @@ async fn apply(
                         _ => vec![],
                     };
                     buffer
-                        .push(*op, values, unchanged, lsn, seq, 19723)
+                        .push(*op, values, unchanged, lsn, *seq, 19723)
                         .unwrap();
                 }
                 Logged::Truncate => {
@@ -204,11 +207,14 @@ async fn apply(
                         .into_keys()
                         .map(|k| vec![Some(k.to_string())])
                         .collect();
-                    buffer.truncate(stored, lsn, seq, 19723).unwrap();
+                    buffer.truncate(stored, lsn, *seq, 19723).unwrap();
                 }
             }
         }
-        buffer.reach(lsn + 50);
+        let last_of_txn = stream.get(i + 1).is_none_or(|next| next.0 != *t);
+        if last_of_txn && !buffer.is_empty() {
+            buffer.reach(lsn + 50);
+        }
     }
     if buffer.is_empty() {
         return;
@@ -286,7 +292,7 @@ fn captured_transactions_match_a_replay_across_runs_and_crashes() {
     let txn = proptest::collection::vec(change, 1..5);
     let strategy = (
         proptest::collection::vec(txn, 1..14),
-        proptest::collection::vec((1usize..5, any::<bool>()), 1..8),
+        proptest::collection::vec((1usize..9, any::<bool>()), 1..10),
         any::<bool>(),
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -295,22 +301,32 @@ fn captured_transactions_match_a_replay_across_runs_and_crashes() {
             let dir = tempfile::tempdir().unwrap();
             let lake = dir.path().join("lake");
             let table = table(&lake, soft);
-            let (txns, states, added) = replay(&raw);
-            // runs end at random transaction boundaries; after a "crash" the slot had not been
-            // confirmed, so the next run receives every transaction since the last confirm again
+            let (stream, states, added) = replay(&raw);
+            // runs end at random changes, within transactions too (a large transaction is
+            // committed in parts); after a "crash" the slot had not been confirmed, so the next
+            // run receives every transaction since the last confirm again. The slot is only
+            // confirmed at the end of a whole transaction.
             let (mut confirmed, mut end) = (0, 0);
-            for (size, crash) in cuts.iter().chain(std::iter::once(&(txns.len(), false))) {
-                let to = (end + size).min(txns.len());
-                runtime.block_on(apply(&table, &txns, confirmed, to, &lake));
+            for (size, crash) in cuts.iter().chain(std::iter::once(&(stream.len(), false))) {
+                let to = (end + size).min(stream.len());
+                runtime.block_on(apply(&table, &stream, confirmed, to, &lake));
                 end = to;
                 if !crash {
-                    confirmed = to;
+                    // the first change of the transaction cut short, or `to`
+                    confirmed = match (to, stream.get(to)) {
+                        (0, _) | (_, None) => to,
+                        (_, Some(next)) => (0..to)
+                            .rev()
+                            .take_while(|&i| stream[i].0 == next.0)
+                            .last()
+                            .unwrap_or(to),
+                    };
                 }
                 if end == 0 {
                     continue;
                 }
                 let got = runtime.block_on(live(&lake));
-                prop_assert_eq!(&got, &states[end - 1], "current after {} transactions", end);
+                prop_assert_eq!(&got, &states[end - 1], "current after {} changes", end);
                 let mut want: Vec<(u8, u64, String, Row)> = added[..end]
                     .iter()
                     .flatten()
@@ -318,8 +334,8 @@ fn captured_transactions_match_a_replay_across_runs_and_crashes() {
                     .collect();
                 want.sort();
                 let got = runtime.block_on(history(&lake));
-                prop_assert_eq!(got, want, "history after {} transactions", end);
-                if end == txns.len() {
+                prop_assert_eq!(got, want, "history after {} changes", end);
+                if end == stream.len() {
                     break;
                 }
             }

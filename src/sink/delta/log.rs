@@ -34,8 +34,9 @@ pub struct RunRecord {
     pub current_base_version: Option<u64>,
     /// History table version of this run's history commit (set in the other tables' commits).
     pub history_version: Option<u64>,
-    /// The replication slot position the run's rows reach (`Checkpoint::Lsn`), as PostgreSQL
-    /// writes LSNs (`16/B374D848`); absent in runs of other sources.
+    /// The replication slot position the run's rows reach (`Checkpoint::Lsn`, written as
+    /// `SlotPosition::text`: `16/B374D848`, or `16/B374D848+42` within a transaction); absent
+    /// in runs of other sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_lsn: Option<String>,
 }

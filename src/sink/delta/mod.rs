@@ -14,6 +14,7 @@ pub mod log;
 pub mod rejects;
 mod shared;
 mod table;
+pub(crate) use commit::crash_point;
 pub use table::stored_table;
 pub mod tombstones;
 mod transaction;
@@ -44,7 +45,7 @@ use log::{find_run, txn_version, CommitActions};
 
 use super::{Sink, TableRole, Versions};
 use crate::config::TableSpec;
-use crate::core::checkpoint::{parse_lsn, Committed};
+use crate::core::checkpoint::{Committed, SlotPosition};
 use crate::core::schema::{EFF_START_DATE, SOURCE_POSITION};
 use crate::error::{Error, Result};
 
@@ -342,7 +343,7 @@ impl Sink for DeltaLake {
         let table = self.applied_table().await?;
         let lsn = match self.last_run().await? {
             Some(run) => match run.source_lsn {
-                Some(text) => Some(parse_lsn(&text).ok_or_else(|| Error::Lake {
+                Some(text) => Some(SlotPosition::parse(&text).ok_or_else(|| Error::Lake {
                     table: self.spec.name.clone(),
                     reason: format!("run {} records source_lsn `{text}`, not an LSN", run.seq),
                 })?),

@@ -266,8 +266,8 @@ impl RunTransaction {
             source_lsn: commit
                 .checkpoint
                 .as_ref()
-                .and_then(Checkpoint::lsn)
-                .map(crate::core::checkpoint::lsn_text),
+                .and_then(Checkpoint::position)
+                .map(crate::core::checkpoint::SlotPosition::text),
             seq: self.seq,
             run_id: self.id.clone(),
             business_date: commit.business_date,

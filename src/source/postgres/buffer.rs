@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use deltalake::arrow::array::StringBuilder;
+use deltalake::arrow::array::{Array, AsArray, StringBuilder};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::DataType;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
@@ -22,7 +24,7 @@ use super::types::{normalize, PgType};
 use crate::config::ChangelogTable;
 use crate::core::batch::BATCH_ROWS;
 use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
-use crate::core::checkpoint::{lsn_text, Checkpoint, Committed};
+use crate::core::checkpoint::{Checkpoint, Committed, SlotPosition};
 use crate::error::{Error, Result};
 use crate::source::changelog::{typed_batch, ChangeFile, ChangeFormat, FileKind};
 use crate::source::{ChangeSource, Pending};
@@ -77,6 +79,18 @@ impl CaptureTable {
 /// bytes), so a row under 256 bytes of text holds no value that can come back unchanged.
 const TOAST_WATCH_BYTES: usize = 256;
 
+/// Whether a table whose lake holds everything before `held` (None: nothing) holds the change
+/// numbered `seq` (1-based) of the transaction committed at `commit_lsn`: the rule that makes
+/// a change delivered again (after a crash, before the slot was confirmed) a no-op.
+pub fn holds(held: Option<SlotPosition>, commit_lsn: u64, seq: u64) -> bool {
+    held.is_some_and(|held| {
+        SlotPosition {
+            lsn: commit_lsn,
+            seq,
+        } < held
+    })
+}
+
 /// A row's values in configured column order: None is SQL NULL.
 pub type Values = Vec<Option<String>>;
 
@@ -108,11 +122,12 @@ pub struct TableChanges {
     /// No changes: a run that records LSN 0/0, which says the table is to be copied again
     /// (`--resnapshot`).
     reset: bool,
-    /// Commit LSN of the first transaction gathered.
-    first_commit: Option<u64>,
-    /// The checkpoint: the end LSN of the last transaction gathered (or the copy's consistent
-    /// point).
-    end: u64,
+    /// Position of the first change gathered.
+    first: Option<SlotPosition>,
+    /// The checkpoint: the first change the gathered ones do not reach (the end LSN of the
+    /// last whole transaction gathered, the next change of one gathered in part, or a copy's
+    /// consistent point).
+    end: SlotPosition,
     /// Transactions gathered.
     transactions: usize,
     last_commit: Option<u64>,
@@ -137,8 +152,8 @@ impl TableChanges {
             reload,
             append: false,
             reset: false,
-            first_commit: None,
-            end: 0,
+            first: None,
+            end: SlotPosition::default(),
             transactions: 0,
             last_commit: None,
         }
@@ -196,7 +211,18 @@ impl TableChanges {
         if self.last_commit != Some(commit_lsn) {
             self.transactions += 1;
             self.last_commit = Some(commit_lsn);
-            self.first_commit.get_or_insert(commit_lsn);
+        }
+        let position = SlotPosition {
+            lsn: commit_lsn,
+            seq,
+        };
+        self.first.get_or_insert(position);
+        // a copy records its point only when it is whole (`reach`)
+        if !self.reload && !self.append {
+            self.end = self.end.max(SlotPosition {
+                lsn: commit_lsn,
+                seq: seq + 1,
+            });
         }
         // A value can come back as unchanged only if it was stored out of line, which
         // PostgreSQL does only for a row over TOAST_TUPLE_THRESHOLD (about 2 kB): the values of
@@ -260,8 +286,9 @@ impl TableChanges {
     }
 
     /// Deletes every key of the table (a `TRUNCATE` in the transaction committed at
-    /// `commit_lsn`, `seq`-th in it): `stored` are the keys the lake holds live, and every key
-    /// live in the buffer is deleted too. Returns the deletes added.
+    /// `commit_lsn`, `seq`-th in it): `stored` are the keys the lake holds live (as their typed
+    /// values cast to text, as [`live_keys`](Self::live_keys) gives them), and every key live in
+    /// the buffer is deleted too. Returns the deletes added.
     ///
     /// # Errors
     /// As [`push`](Self::push).
@@ -273,7 +300,7 @@ impl TableChanges {
         day: i32,
     ) -> Result<u64> {
         let mut keys: std::collections::HashSet<Values> = stored.into_iter().collect();
-        keys.extend(self.latest.keys().cloned());
+        keys.extend(self.live_keys()?);
         let mut keys: Vec<Values> = keys.into_iter().collect();
         keys.sort();
         let width = self.table.types.len();
@@ -288,14 +315,47 @@ impl TableChanges {
         Ok(n)
     }
 
+    /// The keys whose last change in the buffer is not a delete, as their typed values cast to
+    /// text.
+    ///
+    /// # Errors
+    /// As [`push`](Self::push) (what is gathered as text is typed first).
+    fn live_keys(&mut self) -> Result<Vec<Values>> {
+        self.flush()?;
+        let mut last: HashMap<Values, bool> = HashMap::new();
+        for batch in &self.done {
+            let columns = self
+                .table
+                .key
+                .iter()
+                .map(|&c| cast(batch.rows.payload.column(c), &DataType::Utf8))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            for (row, op) in batch.ops.iter().enumerate() {
+                let key: Values = columns
+                    .iter()
+                    .map(|c| {
+                        c.is_valid(row)
+                            .then(|| c.as_string::<i32>().value(row).to_string())
+                    })
+                    .collect();
+                last.insert(key, *op != ChangeOp::Delete);
+            }
+        }
+        Ok(last
+            .into_iter()
+            .filter(|(_, live)| *live)
+            .map(|(k, _)| k)
+            .collect())
+    }
+
     /// Marks the end of the transaction ending at `end_lsn` (or of a copy at its consistent
     /// point): the checkpoint the gathered changes reach.
     pub fn reach(&mut self, end_lsn: u64) {
-        self.end = self.end.max(end_lsn);
+        self.end = self.end.max(SlotPosition::at(end_lsn));
     }
 
-    /// The checkpoint LSN the gathered changes reach.
-    pub fn end(&self) -> u64 {
+    /// The checkpoint the gathered changes reach.
+    pub fn end(&self) -> SlotPosition {
         self.end
     }
 
@@ -339,7 +399,7 @@ impl ChangeSource for TableChanges {
     fn plan(&mut self, committed: &Committed) -> Result<Pending> {
         if self.reset {
             return Ok(match committed.lsn {
-                Some(0) | None => Pending::default(),
+                Some(SlotPosition { lsn: 0, seq: 0 }) | None => Pending::default(),
                 Some(_) => Pending {
                     units: 1,
                     ..Default::default()
@@ -350,15 +410,17 @@ impl ChangeSource for TableChanges {
             .transactions
             .max(usize::from(self.reload || self.append));
         match (committed.lsn, self.reload) {
-            (Some(lsn), _) if lsn >= self.end && self.end > 0 => Ok(Pending::default()),
-            (Some(lsn), false) if self.first_commit.is_some_and(|first| lsn > first) => {
+            (Some(held), _) if held >= self.end && self.end > SlotPosition::default() => {
+                Ok(Pending::default())
+            }
+            (Some(held), false) if self.first.is_some_and(|first| held > first) => {
                 Err(Error::Lake {
                     table: self.table.name().to_string(),
                     reason: format!(
-                        "the lake holds changes up to LSN {} but this capture read from {}: \
+                        "the lake holds changes up to {} but this capture read from {}: \
                          another capture process writes this table (run one per lake and slot)",
-                        lsn_text(lsn),
-                        lsn_text(self.first_commit.unwrap_or(0))
+                        held.text(),
+                        self.first.unwrap_or_default().text()
                     ),
                 })
             }
@@ -496,7 +558,7 @@ mod tests {
         keep.sort();
         assert_eq!(keep, vec![(2, vec![2]), (3, vec![2])]);
         assert_eq!(buffer.transactions(), 4);
-        assert_eq!(buffer.checkpoint(), Checkpoint::Lsn(450));
+        assert_eq!(buffer.checkpoint(), Checkpoint::Lsn(SlotPosition::at(450)));
         // source order: commit LSN, then the change's place in its transaction
         assert_eq!(
             batch.order[1],
@@ -524,18 +586,19 @@ mod tests {
         let stored = vec![vec![Some("1".to_string())], vec![Some("3".to_string())]];
         let deleted = buffer.truncate(stored, 100, 4, 0).unwrap();
         // key 1 (stored and in the run) and key 3 (stored); key 2 is in the run's deletes
-        assert_eq!(deleted, 3 - 1);
+        assert_eq!(deleted, 2);
         buffer.finish().unwrap();
-        let batch = &buffer.done[0];
-        let ops: Vec<ChangeOp> = batch.ops.clone();
-        assert_eq!(ops[3..], [ChangeOp::Delete, ChangeOp::Delete]);
+        // the three changes before the TRUNCATE, then its deletes
+        let batch = &buffer.done[1];
+        assert_eq!(buffer.done[0].len(), 3);
+        assert_eq!(batch.ops, [ChangeOp::Delete, ChangeOp::Delete]);
         let ids = batch
             .rows
             .payload
             .column(0)
             .as_primitive::<deltalake::arrow::datatypes::Int64Type>();
-        assert_eq!((ids.value(3), ids.value(4)), (1, 3));
-        assert!(batch.order[3..].iter().all(|o| o.row == 4));
+        assert_eq!((ids.value(0), ids.value(1)), (1, 3));
+        assert!(batch.order.iter().all(|o| o.row == 4));
     }
 
     #[test]
@@ -548,8 +611,8 @@ mod tests {
             .push(ChangeOp::Insert, row(2, "b", None), vec![], 200, 1, 0)
             .unwrap();
         buffer.reach(250);
-        let committed = |lsn| Committed {
-            lsn,
+        let committed = |lsn: Option<u64>| Committed {
+            lsn: lsn.map(SlotPosition::at),
             ..Default::default()
         };
         assert_eq!(buffer.plan(&committed(None)).unwrap().units, 2);
