@@ -2,7 +2,8 @@
 # Benchmark of `tributary capture` against the local PostgreSQL (issue 21). Not a test: it
 # prints figures and writes them to $OUT (default bench/capture_results.txt).
 #
-#   A. one transaction that updates every row of a ROWS-row table (default 1,000,000)
+#   A. one transaction that updates every row of a ROWS-row table (default 1,000,000); A'
+#      the same committed in parts of 100,000 changes (--max-buffered-changes)
 #   B. TXNS single-row update transactions from 4 pgbench clients (default 200,000)
 #   C. steady load: RATE transactions/s for LOAD_SECONDS (default 5,000/s for 60 s) with
 #      capture running (--commit-interval 2s): lag p50/p99 from the source commit to the lake
@@ -44,13 +45,14 @@ sql "CREATE TABLE items (id bigint PRIMARY KEY, v int NOT NULL, pad text NOT NUL
      INSERT INTO items SELECT g, 0, md5(g::text) FROM generate_series(1, $ROWS) g;
      CREATE PUBLICATION tributary FOR TABLE items;"
 
-capture_once() { # label
-  local t0 t1
+capture_once() { # label [capture flags]
+  local t0 t1 label=$1
+  shift
   t0=$(now)
-  /usr/bin/time -v "$BIN" capture "$URL" --lake "$WORK/lake" --slot capture_bench --once --json \
-    >"$WORK/$1.json" 2>"$WORK/$1.time"
+  /usr/bin/time -v "$BIN" capture "$URL" --lake "$WORK/lake" --slot capture_bench --once --json "$@" \
+    >"$WORK/$label.json" 2>"$WORK/$label.time"
   t1=$(now)
-  echo "$(secs "$t0" "$t1") $(peak_mb "$WORK/$1.time")"
+  echo "$(secs "$t0" "$t1") $(peak_mb "$WORK/$label.time")"
 }
 floor() { # end LSN
   local t0 t1
@@ -71,6 +73,13 @@ end=$(sql "SELECT pg_current_wal_lsn()")
 read -r a_s a_mb < <(capture_once update)
 a_floor=$(floor "$end")
 echo "A. 1 transaction x $ROWS updates: capture $a_s s ($(python3 -c "print(round($ROWS/$a_s))") rows/s, peak RSS $a_mb MB); pg_recvlogical $a_floor s; capture at $(python3 -c "print(f'{$a_floor/$a_s:.0%}')") of the floor" | tee -a "$OUT"
+
+# A': the same with the transaction committed in parts of 100,000 changes (bounded memory)
+sql "UPDATE items SET v = v + 1"
+end=$(sql "SELECT pg_current_wal_lsn()")
+read -r p_s p_mb < <(capture_once parts --max-buffered-changes 100000)
+p_floor=$(floor "$end")
+echo "A'. the same, --max-buffered-changes 100000 (committed in parts): capture $p_s s (peak RSS $p_mb MB); pg_recvlogical $p_floor s; capture at $(python3 -c "print(f'{$p_floor/$p_s:.0%}')") of the floor" | tee -a "$OUT"
 
 # B: single-row transactions
 cat >"$WORK/one.sql" <<SQL
