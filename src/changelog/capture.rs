@@ -270,6 +270,15 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
     let run_date = chrono::Utc::now().date_naive();
     let bar = ProgressBar::hidden();
     if options.resnapshot {
+        if let Some(t) = tables.iter().find(|t| t.failed.is_some()) {
+            return Err(Error::SourceSetup(format!(
+                "--resnapshot would drop the slot, but table {} cannot be captured now ({}); \
+                 move its lake folder away (it is then copied again) or make the source match \
+                 it, then run --resnapshot",
+                t.table.name(),
+                t.failed.as_deref().unwrap_or_default()
+            )));
+        }
         // First a run at LSN 0/0 in every captured table: the lake itself then says the table
         // is to be copied, so a copy that stops here is redone by the next start, whatever
         // happened to the slot.
@@ -519,7 +528,9 @@ fn capture_table(
     entry.columns = columns;
     let mut config = entry.changelog_table(index, lake)?;
     config.history_every_change = true;
-    Ok(CaptureTable::new(config, types))
+    let mut table = CaptureTable::new(config, types);
+    table.source = (pg.schema.clone(), pg.name.clone());
+    Ok(table)
 }
 
 /// A capture in progress.
@@ -582,10 +593,18 @@ impl Run<'_> {
             ),
         );
         let day = epoch_days(self.run_date);
-        let mut buffers: Vec<Option<TableChanges>> = needed
-            .iter()
-            .map(|&i| Some(TableChanges::copy_part(self.tables[i].table.clone(), true)))
-            .collect();
+        let mut buffers: Vec<Option<TableChanges>> = Vec::new();
+        for &i in &needed {
+            let first = TableChanges::copy_part(self.tables[i].table.clone(), true);
+            // a copy that starts over replaces the history rows of the parts that stopped
+            let first = match self.tables[i].lsn {
+                Some(p) if p == SlotPosition::default() => {
+                    first.replacing_history(stopped_copy_files(&self.tables[i].table).await?)
+                }
+                _ => first,
+            };
+            buffers.push(Some(first));
+        }
         let mut seq = 0u64;
         let mut current: Option<usize> = None;
         while let Some((k, values)) = copy.next().await? {
@@ -643,6 +662,10 @@ impl Run<'_> {
         let rows = buffer.rows();
         match self.apply(t, &mut buffer).await {
             Ok(_) => {
+                if point == 0 {
+                    // test hook: a crash between the parts of a copy
+                    crate::sink::delta::crash_point("capture-after-copy-part");
+                }
                 self.tables[t].report.copied_rows += rows;
                 stage_line(
                     false,
@@ -714,6 +737,18 @@ impl Run<'_> {
             format_args!("{}: added to the publication; copying it", pg.qualified()),
         );
         by_name.insert(pg.qualified(), index);
+        let mut captured = captured;
+        if captured.failed.is_none() && captured.lsn.is_some() {
+            // back in the publication: its changes while it was out were not sent
+            let mut reset = TableChanges::reset(captured.table.clone());
+            let config = captured.table.config.clone();
+            keep_alive(
+                stream,
+                run_source(&mut reset, &config, self.run_date, &self.bar),
+            )
+            .await?;
+            captured.lsn = Some(SlotPosition::default());
+        }
         self.tables.push(captured);
         keep_alive(stream, self.copy(server)).await
     }
@@ -762,12 +797,13 @@ impl Run<'_> {
                     None
                 }
                 Err(ReplicationError::StreamStopped(_)) => {
-                    self.commit(stream, received, true).await?;
+                    self.commit(stream, received, txn.is_none()).await?;
                     return Ok(());
                 }
                 Err(ReplicationError::Cancelled(_)) if stop.is_cancelled() => {
-                    // SIGINT/SIGTERM: what is buffered is whole transactions; a transaction in
-                    // flight is dropped (the slot sends it again).
+                    // SIGINT/SIGTERM: what is buffered is committed, a transaction in flight
+                    // in part (at the number of its next change); the slot is confirmed only up
+                    // to the last whole one
                     let whole = txn.is_none();
                     self.commit(stream, received, whole).await?;
                     return Ok(());
@@ -944,6 +980,11 @@ impl Run<'_> {
                         continue;
                     }
                     let table = self.tables[t].table.clone();
+                    if table.key.is_empty() {
+                        // inserts only: a TRUNCATE, like a delete, is not applied
+                        tracing::warn!(table = %table.name(), "TRUNCATE of a table loaded inserts-only: not applied");
+                        continue;
+                    }
                     let truncated = match keep_alive(stream, live_keys(&table)).await {
                         Ok(stored) => self.tables[t].buffer.truncate(stored, lsn, seq, day),
                         Err(e) => Err(e),
@@ -971,12 +1012,15 @@ impl Run<'_> {
         old: Option<&pg_walstream::RowData>,
         data: &pg_walstream::RowData,
     ) {
-        let (Some(current), Some(&t)) = (txn.as_mut(), relations.get(&relation)) else {
+        let Some(current) = txn.as_mut() else {
             return;
         };
-        // every change of the transaction takes a number, whichever table takes it: the same
-        // numbers whenever the slot sends the transaction again
+        // every change of the transaction takes a number, whichever table (captured or not)
+        // it belongs to: the same numbers whenever the slot sends the transaction again
         current.seq += 1;
+        let Some(&t) = relations.get(&relation) else {
+            return;
+        };
         let (lsn, seq, day) = (current.commit_lsn, current.seq, current.day);
         if self.tables[t].skips(lsn, seq) {
             return;
@@ -987,11 +1031,22 @@ impl Run<'_> {
             ChangeOp::Update => table.relation.as_deref(),
             _ => None,
         };
-        let (values, unchanged) = decode_row(&table.table, data, relation_columns);
+        let (mut values, mut unchanged) = decode_row(&table.table, data, relation_columns);
         let mut pushed = Ok(());
         if let (Some(old), false) = (old, table.table.key.is_empty()) {
             let (old_values, _) = decode_row(&table.table, old, None);
             if table.table.key.iter().any(|&c| old_values[c] != values[c]) {
+                // the new key keeps the old key's unchanged values, where the run has them (a
+                // value only the lake holds for the old key fails the table with its name)
+                let old_key: Values = table
+                    .table
+                    .key
+                    .iter()
+                    .map(|&c| old_values[c].clone())
+                    .collect();
+                table
+                    .buffer
+                    .fill_from(&old_key, &mut values, &mut unchanged);
                 pushed = table
                     .buffer
                     .push(ChangeOp::Delete, old_values, Vec::new(), lsn, seq, day);
@@ -1056,9 +1111,11 @@ impl Run<'_> {
         for t in &self.tables {
             if t.failed.is_some() {
                 confirm = match (confirm, t.lsn) {
-                    (Some(c), Some(l)) => Some(c.min(l.lsn)),
-                    // never copied: copied again at the next start, whatever is confirmed
+                    // never copied, or to be copied again (0/0): copied at the next start,
+                    // whatever is confirmed
                     (c, None) => c,
+                    (c, Some(l)) if l == SlotPosition::default() => c,
+                    (Some(c), Some(l)) => Some(c.min(l.lsn)),
                     (None, Some(_)) => None,
                 };
             }
@@ -1149,6 +1206,24 @@ impl Drop for Reader {
             timer.abort();
         }
     }
+}
+
+/// The history files of `table` written by the parts of a copy that stopped (runs at 0/0
+/// since its last run at another position).
+async fn stopped_copy_files(table: &CaptureTable) -> Result<Vec<deltalake::kernel::Remove>> {
+    let Some((lake, _)) = DeltaLake::open(&table.config.table, false).await? else {
+        return Ok(Vec::new());
+    };
+    let text = SlotPosition::default().text();
+    let paths: std::collections::HashSet<String> =
+        crate::sink::delta::log::files_of_runs_at(&lake.history, &text)
+            .await?
+            .into_iter()
+            .collect();
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    crate::sink::delta::files_removed(&lake.history, &paths)
 }
 
 /// The keys of `table` live in its current table, as text (for a TRUNCATE's deletes).

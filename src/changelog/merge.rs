@@ -73,6 +73,8 @@ pub struct ApplyRequest<'a> {
     pub run_date: NaiveDate,
     /// The run the tables recorded when the source was planned against them (0: no tables).
     pub base_run: i64,
+    /// History files the run replaces (see `ChangeSource::history_removes`).
+    pub history_removes: Vec<Remove>,
 }
 
 /// What a run applied.
@@ -221,7 +223,7 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
         fingerprint: request.checkpoint.fingerprint(),
         current_base_version: lake.current.version(),
         current_removes,
-        history_removes: Vec::new(),
+        history_removes: request.history_removes,
         checkpoint: Some(request.checkpoint),
     };
     let versions = lake.commit(run, commit).await?;
@@ -232,35 +234,41 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     Ok(summary)
 }
 
-/// Where the values of a key's live version are: its stored row (batch, row in
-/// `Stored::rows`) or a change of the run (batch, row in the run's changes).
-#[derive(Debug, Clone, Copy)]
-enum Prev {
-    Stored((usize, usize)),
-    Change((usize, usize)),
+/// A row among the stored batches of a run followed by its change batches: (batch, row).
+type Loc = (usize, usize);
+
+/// Where some columns of a row take their values from instead (unchanged TOAST values):
+/// (configured column, the row that holds the value).
+type Patch = Vec<(usize, Loc)>;
+
+/// A key's live version within a run: the row that holds it (its stored row or a change of
+/// the run), with the values that change kept from the version before it.
+#[derive(Debug, Clone)]
+struct Version {
+    loc: Loc,
+    patch: Patch,
+    /// A change of the run (not the stored row).
+    from_run: bool,
 }
 
 /// The D row of a delete within a run (history_every_change): the key's values before it
-/// (`from`), with the columns a change kept from the stored row (`patch`: stored row, columns),
-/// the delete's day and position, and which tables get it.
+/// (`from`, with its `patch`), the delete's day and position, and which tables get it.
 #[derive(Debug, Clone)]
 struct RowDelete {
-    from: Prev,
-    patch: Option<((usize, usize), Vec<usize>)>,
+    from: Loc,
+    patch: Patch,
     day: i32,
     position: Option<i64>,
     to_current: bool,
     to_history: bool,
 }
 
-/// A change that keeps stored values of some columns (unchanged TOAST values).
+/// A change that keeps values of some columns (unchanged TOAST values).
 struct KeptValues {
-    /// The change (batch, row).
+    /// The change (batch, row in the run's changes).
     change: (usize, usize),
-    /// The key's stored row (batch, row in `Stored::rows`).
-    stored: (usize, usize),
-    /// The configured columns whose stored value it keeps.
-    columns: Vec<usize>,
+    /// Where the kept values are.
+    patch: Patch,
     /// Its operation code.
     code: &'static str,
     /// Whether it is the key's last change (also written to current).
@@ -505,18 +513,26 @@ impl Merge<'_> {
             .collect()
     }
 
-    /// For a D row built from `from`: the stored row and columns to take its kept values from,
-    /// when `from` is a change of the run that kept some (unchanged TOAST values).
-    fn patch_of(
-        &self,
-        from: Prev,
-        stored_row: Option<(usize, usize)>,
-    ) -> Option<((usize, usize), Vec<usize>)> {
-        let Prev::Change((b, r)) = from else {
-            return None;
+    /// Where a change that keeps `columns` (unchanged TOAST values) takes them from: the key's
+    /// version before it (its row, or where that version took them from in turn).
+    ///
+    /// # Errors
+    /// [`Error::Lake`] when the key has no live version: the value is unknown.
+    fn kept_from(&self, version: Option<&Version>, columns: &[usize]) -> Result<Patch> {
+        let Some(version) = version else {
+            return Err(self.no_stored_row(columns));
         };
-        let columns = self.request.changes[b].keep_stored.get(&r)?;
-        Some((stored_row?, columns.clone()))
+        Ok(columns
+            .iter()
+            .map(|&c| {
+                let from = version
+                    .patch
+                    .iter()
+                    .find(|(kept, _)| *kept == c)
+                    .map_or(version.loc, |(_, at)| *at);
+                (c, from)
+            })
+            .collect())
     }
 
     /// The error of a change that keeps stored values of `columns` (unchanged TOAST values)
@@ -570,6 +586,8 @@ impl Merge<'_> {
         // to current too)
         let mut row_deletes: Vec<RowDelete> = Vec::new();
         let soft = self.request.config.delete_mode == DeleteMode::Soft;
+        // rows are found in `all` below: the stored batches, then the run's change batches
+        let changes_at = stored.rows.len();
         let position_at = self.schema.index_of(SOURCE_POSITION).ok();
         let stored_position = |at: (usize, usize)| -> Option<i64> {
             let column = stored.rows[at.0]
@@ -615,23 +633,29 @@ impl Merge<'_> {
             });
             let keeps = batch.keep_stored.get(&p.row);
             // The key's state before its last change: as stored, then through its earlier
-            // changes of this run (history_every_change; none otherwise). `stored_row` is the
-            // stored version while no delete of the run has ended it: where the values a change
-            // keeps (unchanged TOAST values) come from.
+            // changes of this run (history_every_change; none otherwise).
             let mut live = stored.live.contains(&k);
-            let mut stored_row = stored.at.get(&k).copied().filter(|_| live);
-            let mut prev: Option<Prev> = stored_row.map(Prev::Stored);
+            // the key's live version: its stored row, then each change of the run; a change
+            // that kept values (unchanged TOAST) takes them from the version before it
+            let mut version: Option<Version> = match live {
+                true => stored.at.get(&k).map(|&at| Version {
+                    loc: at,
+                    patch: Vec::new(),
+                    from_run: false,
+                }),
+                false => None,
+            };
             let mut last_delete: Option<RowDelete> = None;
             let had_earlier = earlier.contains_key(&k);
             for &(b, r) in earlier.get(&k).into_iter().flatten() {
                 let change = &self.request.changes[b];
                 let day = change.commit_days[r].unwrap_or(self.run_days);
                 if change.ops[r] == ChangeOp::Delete {
-                    if let (true, Some(from)) = (live, prev) {
+                    if let (true, Some(v)) = (live, version.take()) {
                         summary.deleted += 1;
                         let delete = RowDelete {
-                            from,
-                            patch: self.patch_of(from, stored_row),
+                            from: v.loc,
+                            patch: v.patch,
                             day,
                             position: change.positions[r],
                             to_current: false,
@@ -640,7 +664,7 @@ impl Merge<'_> {
                         row_deletes.push(delete.clone());
                         last_delete = Some(delete);
                     }
-                    (live, prev, stored_row) = (false, None, None);
+                    live = false;
                     continue;
                 }
                 let code = if live { "U" } else { "I" };
@@ -648,31 +672,37 @@ impl Merge<'_> {
                     true => summary.updated += 1,
                     false => summary.inserted += 1,
                 }
-                match (change.keep_stored.get(&r), stored_row) {
-                    (Some(columns), Some(at)) => kept_values.push(KeptValues {
+                let patch = match change.keep_stored.get(&r) {
+                    Some(columns) => self.kept_from(version.as_ref(), columns)?,
+                    None => Vec::new(),
+                };
+                match patch.is_empty() {
+                    false => kept_values.push(KeptValues {
                         change: (b, r),
-                        stored: at,
-                        columns: columns.clone(),
+                        patch: patch.clone(),
                         code,
                         to_current: false,
                     }),
-                    (Some(columns), None) => return Err(self.no_stored_row(columns)),
-                    (None, _) => {
+                    true => {
                         history_picks.push((b, r));
                         history_codes.push(code);
                     }
                 }
                 live = true;
-                prev = Some(Prev::Change((b, r)));
+                version = Some(Version {
+                    loc: (changes_at + b, r),
+                    patch,
+                    from_run: true,
+                });
             }
             let op = batch.ops[p.row];
-            if let (ChangeOp::Delete, Some(from @ Prev::Change(_))) = (op, prev) {
+            if let (ChangeOp::Delete, Some(v)) = (op, version.as_ref().filter(|v| v.from_run)) {
                 // the last change deletes a key this run inserted or changed: its D row holds
                 // that change's values
                 summary.deleted += 1;
                 row_deletes.push(RowDelete {
-                    from,
-                    patch: self.patch_of(from, stored_row),
+                    from: v.loc,
+                    patch: v.patch.clone(),
                     day,
                     position,
                     to_current: soft,
@@ -701,14 +731,11 @@ impl Merge<'_> {
             match Outcome::resolve(op, live) {
                 Outcome::Insert | Outcome::Update if keeps.is_some() => {
                     let columns = keeps.cloned().unwrap_or_default();
-                    let Some(at) = stored_row else {
-                        return Err(self.no_stored_row(&columns));
-                    };
+                    let patch = self.kept_from(version.as_ref(), &columns)?;
                     summary.updated += 1;
                     kept_values.push(KeptValues {
                         change: (p.batch, p.row),
-                        stored: at,
-                        columns,
+                        patch,
                         code: "U",
                         to_current: true,
                     });
@@ -764,6 +791,10 @@ impl Merge<'_> {
         drop(winners);
         self.out.upserts(&new_picks, &new_codes).await?;
         let old: Vec<&RecordBatch> = stored.rows.iter().collect();
+        let sources: Vec<&RecordBatch> = self.out.sources.iter().collect();
+        // rows by `Loc`: the stored batches, then the run's change batches
+        let all: Vec<&RecordBatch> = old.iter().copied().chain(sources.iter().copied()).collect();
+        let spec = &self.request.config.table;
         for to_current in [true, false] {
             let group: Vec<&KeptValues> = kept_values
                 .iter()
@@ -773,11 +804,9 @@ impl Merge<'_> {
                 let picks: Vec<(usize, usize)> = chunk.iter().map(|c| c.change).collect();
                 let codes: Vec<&str> = chunk.iter().map(|c| c.code).collect();
                 let rows = with_operations(self.out.sources, &picks, &codes)?;
-                let at: Vec<(usize, usize)> = chunk.iter().map(|c| c.stored).collect();
-                let stored_rows = interleave_record_batch(&old, &at)?;
-                let kept: Vec<&[usize]> = chunk.iter().map(|c| c.columns.as_slice()).collect();
-                let rows =
-                    keep_stored_values(&rows, &stored_rows, &kept, &self.request.config.table)?;
+                let patches: Vec<&[(usize, Loc)]> =
+                    chunk.iter().map(|c| c.patch.as_slice()).collect();
+                let rows = patch_rows(&rows, &all, &patches, spec)?;
                 if to_current {
                     send(self.out.current, rows.clone()).await?;
                 }
@@ -794,29 +823,13 @@ impl Merge<'_> {
             )
             .await?;
         }
-        let sources: Vec<&RecordBatch> = self.out.sources.iter().collect();
-        // D rows of in-run deletes: from stored rows or from changes of the run (`all` holds
-        // both: stored batches first), with the values a change kept from its stored row
-        let all: Vec<&RecordBatch> = old.iter().copied().chain(sources.iter().copied()).collect();
-        let index = |from: Prev| match from {
-            Prev::Stored(at) => at,
-            Prev::Change((b, r)) => (old.len() + b, r),
-        };
+        // D rows of in-run deletes: the key's last version (a stored row or a change of the
+        // run, with the values it kept)
         for chunk in row_deletes.chunks(BATCH_ROWS) {
-            let at: Vec<(usize, usize)> = chunk.iter().map(|d| index(d.from)).collect();
-            let mut rows = interleave_record_batch(&all, &at)?;
-            if chunk.iter().any(|d| d.patch.is_some()) {
-                let stored_at: Vec<(usize, usize)> = chunk
-                    .iter()
-                    .map(|d| d.patch.as_ref().map_or(index(d.from), |(s, _)| *s))
-                    .collect();
-                let stored_rows = interleave_record_batch(&all, &stored_at)?;
-                let kept: Vec<&[usize]> = chunk
-                    .iter()
-                    .map(|d| d.patch.as_ref().map_or(&[][..], |(_, c)| c.as_slice()))
-                    .collect();
-                rows = keep_stored_values(&rows, &stored_rows, &kept, &self.request.config.table)?;
-            }
+            let at: Vec<Loc> = chunk.iter().map(|d| d.from).collect();
+            let rows = interleave_record_batch(&all, &at)?;
+            let patches: Vec<&[(usize, Loc)]> = chunk.iter().map(|d| d.patch.as_slice()).collect();
+            let rows = patch_rows(&rows, &all, &patches, spec)?;
             let days = Date32Array::from_iter_values(chunk.iter().map(|d| d.day));
             let rows = replace_columns(&rows, vec!["D"; rows.num_rows()], days)?;
             let rows = with_positions(&rows, position_at, chunk.iter().map(|d| d.position))?;
@@ -914,23 +927,34 @@ fn with_operations(
     replace_columns(&rows, codes.to_vec(), days)
 }
 
-/// Change `rows` (table schema) with the values of the columns listed for each row in `kept`
-/// taken from `stored` (the key's stored rows, same schema and order), and `nonkeyhash`
-/// computed again over the resulting values: an update that left TOASTed values unchanged.
-fn keep_stored_values(
+/// `rows` (table schema) with, for each row, the columns of its patch taken from the rows of
+/// `all` the patch names (same schema), and `nonkeyhash` computed again over the resulting
+/// values: changes that left TOASTed values unchanged. Rows without patch are returned as
+/// they are.
+fn patch_rows(
     rows: &RecordBatch,
-    stored: &RecordBatch,
-    kept: &[&[usize]],
+    all: &[&RecordBatch],
+    patches: &[&[(usize, Loc)]],
     spec: &crate::config::TableSpec,
 ) -> Result<RecordBatch> {
-    let mut columns = rows.columns().to_vec();
-    let mut touched: Vec<usize> = kept.iter().flat_map(|k| k.iter().copied()).collect();
+    let mut touched: Vec<usize> = patches
+        .iter()
+        .flat_map(|p| p.iter().map(|(c, _)| *c))
+        .collect();
+    if touched.is_empty() {
+        return Ok(rows.clone());
+    }
     touched.sort_unstable();
     touched.dedup();
+    let mut columns = rows.columns().to_vec();
     for c in touched {
-        let mask: BooleanArray = kept.iter().map(|k| Some(k.contains(&c))).collect();
-        columns[c] =
-            deltalake::arrow::compute::kernels::zip::zip(&mask, stored.column(c), rows.column(c))?;
+        let from = |p: &[(usize, Loc)]| p.iter().find(|(kept, _)| *kept == c).map(|(_, at)| *at);
+        let any = patches.iter().find_map(|p| from(p)).unwrap_or((0, 0));
+        let at: Vec<Loc> = patches.iter().map(|p| from(p).unwrap_or(any)).collect();
+        let arrays: Vec<&dyn Array> = all.iter().map(|b| b.column(c).as_ref()).collect();
+        let values = deltalake::arrow::compute::interleave(&arrays, &at)?;
+        let mask: BooleanArray = patches.iter().map(|p| Some(from(p).is_some())).collect();
+        columns[c] = deltalake::arrow::compute::kernels::zip::zip(&mask, &values, rows.column(c))?;
     }
     let nonkey: Vec<&ArrayRef> = spec.nonkey_indices().iter().map(|&i| &columns[i]).collect();
     let hash = crate::core::hash::hash_columns(&nonkey, rows.num_rows(), spec.hash)?;

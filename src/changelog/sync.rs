@@ -293,6 +293,7 @@ async fn run_source_once<S: ChangeSource>(
             changes: batches,
             reload: pending.reload,
             append: pending.append,
+            history_removes: source.history_removes(),
             checkpoint: checkpoint.clone(),
             run_date,
             base_run,

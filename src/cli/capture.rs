@@ -109,22 +109,26 @@ pub async fn execute(args: CaptureArgs) -> Result<u8> {
     let signals = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let terminate = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            for signal in 0..2 {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async {
+                        match terminate.as_mut() {
+                            Some(s) => { s.recv().await; }
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => {}
                 }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate => {}
+                if signal == 0 {
+                    tracing::info!(
+                        "stopping: committing what is buffered (signal again to stop at once)"
+                    );
+                    stop.cancel();
+                }
             }
-            tracing::info!("stopping: committing what is buffered (again to stop at once)");
-            stop.cancel();
             // a second signal stops at once: the lake keeps its last commit, the slot resends
-            let _ = tokio::signal::ctrl_c().await;
             eprintln!("stopped before the last commit; the next start resumes from the lake");
             std::process::exit(130);
         })

@@ -59,6 +59,12 @@ pub trait ChangeSource: Send {
     /// The position the streamed batches reach: what a run that applied them has consumed.
     fn checkpoint(&self) -> Checkpoint;
 
+    /// History files the run replaces (a copy that starts over removes the history rows of
+    /// the parts of the copy that stopped); none by default.
+    fn history_removes(&self) -> Vec<deltalake::kernel::Remove> {
+        Vec::new()
+    }
+
     /// What [`Pending::units`] counts, for messages: `file` (a transaction for a slot).
     fn unit(&self) -> &'static str {
         "file"

@@ -386,6 +386,7 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
          UPDATE items SET note = {} WHERE id = 6;
          UPDATE items SET qty = 7 WHERE id = 6;
          COMMIT;
+         UPDATE items SET id = 2006 WHERE id = 6;
          ALTER TABLE keyonly DROP COLUMN v2;
          INSERT INTO keyonly VALUES (50, 'post-drop');
          UPDATE keyonly SET v = 'changed' WHERE id = 4;
@@ -399,7 +400,7 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
     let note_length = lake_rows(
         dir.path(),
         &lake,
-        "SELECT length(note) FROM public.items WHERE id IN (4, 6)",
+        "SELECT length(note) FROM public.items WHERE id IN (4, 2006)",
     );
     assert_eq!(
         note_length,
@@ -1009,4 +1010,57 @@ fn a_transaction_committed_in_parts_survives_a_crash_between_parts() {
         "SELECT operation, count(*) FROM public.t_history GROUP BY operation",
     );
     assert_eq!(history, vec!["I,30000", "U,10000"]);
+}
+
+#[test]
+fn a_copy_that_stops_between_parts_starts_over_without_doubling_history() {
+    let Some(db) = Db::new("copyparts") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 35) g;
+         CREATE PUBLICATION tributary FOR TABLE t;",
+    );
+    let url = db.url();
+    let lake_arg = lake.display().to_string();
+    let out = tributary_command(
+        dir.path(),
+        &[
+            "capture",
+            &url,
+            "--lake",
+            &lake_arg,
+            "--once",
+            "--slot",
+            &db.name,
+            "--max-buffered-changes",
+            "10",
+        ],
+    )
+    .env("TRIBUTARY_CRASH_AT", "capture-after-copy-part")
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "the process should have aborted");
+    let parts = lake_rows(dir.path(), &lake, "SELECT count(*) FROM public.t_history");
+    assert_eq!(parts, vec!["10"], "the first part is in the lake");
+    db.sql("UPDATE t SET v = 'changed' WHERE id = 1;");
+    capture_once(dir.path(), &db, &lake, &["--max-buffered-changes", "10"]);
+    assert_same(
+        dir.path(),
+        &db,
+        &lake,
+        "t",
+        &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
+    );
+    let history = lake_rows(
+        dir.path(),
+        &lake,
+        "SELECT operation, count(*) FROM public.t_history GROUP BY operation",
+    );
+    // one I per key, from the copy that finished (the stopped part's rows replaced); the
+    // update committed before it is in the copy
+    assert_eq!(history, vec!["I,35"]);
 }

@@ -58,9 +58,7 @@ type HistoryRows = Vec<(u8, u64, &'static str, Row)>;
 /// not there, update or delete one that is, now and then a TRUNCATE), and replays them:
 /// returns the stream of changes, and after each change the table and the history rows it
 /// adds. Notes are long (stored out of line, so an update may leave them out) or short.
-fn replay(
-    raw: &[Vec<Choice>],
-) -> (Vec<Delivered>, Vec<BTreeMap<u8, Row>>, Vec<HistoryRows>) {
+fn replay(raw: &[Vec<Choice>]) -> (Vec<Delivered>, Vec<BTreeMap<u8, Row>>, Vec<HistoryRows>) {
     let mut table: BTreeMap<u8, Row> = BTreeMap::new();
     let (mut stream, mut states, mut history) = (Vec::new(), Vec::new(), Vec::new());
     let mut note_counter = 0;
@@ -90,8 +88,9 @@ fn replay(
                         Logged::Change(k, ChangeOp::Insert, row, false)
                     }
                     Some(old) if what < 6 => {
-                        // only a value stored out of line (a long one) can be left out
-                        let keep = keep_note && old.2.len() > 256;
+                        // a value left out: stored out of line; short ones too, as the worst case
+                        // (the buffer remembers only long rows, the merge must still find it)
+                        let keep = keep_note;
                         let note = if keep { old.2.clone() } else { note };
                         let row = (amount, region(west), note);
                         table.insert(k, row.clone());

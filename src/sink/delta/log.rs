@@ -98,6 +98,41 @@ pub async fn read_commit(table: &DeltaTable, version: u64) -> Result<Option<Comm
     Ok(Some(out))
 }
 
+/// The paths of the files that the newest runs of `table` recording source position `position`
+/// added (back to the newest run that records another position; at most `MAX_LOG_WALK`
+/// versions): for capture, the parts of a copy that stopped (recorded at `0/0`).
+///
+/// # Errors
+/// Object-store errors and malformed JSON.
+pub async fn files_of_runs_at(table: &DeltaTable, position: &str) -> Result<Vec<String>> {
+    let Some(latest) = table.version() else {
+        return Ok(Vec::new());
+    };
+    let oldest = latest.saturating_sub(MAX_LOG_WALK);
+    let mut paths = Vec::new();
+    let mut version = latest;
+    loop {
+        match read_commit(table, version).await? {
+            Some(CommitActions {
+                entry: Some(entry),
+                adds,
+                ..
+            }) => {
+                if entry.run.source_lsn.as_deref() != Some(position) {
+                    return Ok(paths);
+                }
+                paths.extend(adds.into_iter().map(|a| a.path));
+            }
+            Some(_) => {}
+            None => return Ok(paths),
+        }
+        if version == oldest {
+            return Ok(paths);
+        }
+        version -= 1;
+    }
+}
+
 /// The newest Tributary commit of a table with its version, looking back at most
 /// `MAX_LOG_WALK` (1,000) versions.
 ///

@@ -479,7 +479,27 @@ pub fn conform(
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Remove actions for every data file of a table (a whole-table rewrite).
+/// Remove actions for the data files of `table` at `paths` (as the log names them).
+///
+/// # Errors
+/// Delta errors reading the snapshot.
+pub fn files_removed(
+    table: &DeltaTable,
+    paths: &std::collections::HashSet<String>,
+) -> Result<Vec<deltalake::kernel::Remove>> {
+    Ok(table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .filter(|f| paths.contains(f.path().as_ref()))
+        .map(|f| f.remove_action(true))
+        .collect())
+}
+
+/// Remove actions for every data file of `table` (a reload replaces them all).
+///
+/// # Errors
+/// Delta errors reading the snapshot.
 pub fn all_files_removed(table: &DeltaTable) -> Result<Vec<deltalake::kernel::Remove>> {
     Ok(table
         .snapshot()?

@@ -41,6 +41,8 @@ pub struct CaptureTable {
     pub key: Vec<usize>,
     /// What errors name as the input: `postgres:<schema>.<table>`.
     pub input: ChangeFile,
+    /// Schema and table name in PostgreSQL (either may hold a `.`).
+    pub source: (String, String),
 }
 
 impl CaptureTable {
@@ -58,11 +60,16 @@ impl CaptureTable {
             ChangeFormat::JsonLines,
             0,
         );
+        let source = match config.folder.split_once('/') {
+            Some((schema, table)) => (schema.to_string(), table.to_string()),
+            None => (String::new(), config.folder.clone()),
+        };
         CaptureTable {
             config,
             types,
             key,
             input,
+            source,
         }
     }
 
@@ -119,6 +126,8 @@ pub struct TableChanges {
     reload: bool,
     /// The changes are a later part of a copy: inserts appended without reading the table.
     append: bool,
+    /// History files of the parts of an earlier copy that stopped, replaced by this copy.
+    history_removes: Vec<deltalake::kernel::Remove>,
     /// No changes: a run that records LSN 0/0, which says the table is to be copied again
     /// (`--resnapshot`).
     reset: bool,
@@ -151,6 +160,7 @@ impl TableChanges {
             rows: 0,
             reload,
             append: false,
+            history_removes: Vec::new(),
             reset: false,
             first: None,
             end: SlotPosition::default(),
@@ -169,12 +179,34 @@ impl TableChanges {
         part
     }
 
+    /// The first part of a copy that starts over: it also removes `files` from history (the
+    /// history rows of the parts of the copy that stopped).
+    pub fn replacing_history(mut self, files: Vec<deltalake::kernel::Remove>) -> Self {
+        self.history_removes = files;
+        self
+    }
+
     /// A run without changes that records LSN 0/0: the lake then says `table` is to be copied
     /// again, whatever happens to the slot (`--resnapshot`).
     pub fn reset(table: Arc<CaptureTable>) -> Self {
         let mut reset = TableChanges::new(table, false);
         reset.reset = true;
         reset
+    }
+
+    /// Fills the `unchanged` columns of `values` that the buffer knows for the key `key` (an
+    /// update that moved a row to a new key keeps the old key's unchanged TOAST values); those
+    /// filled leave `unchanged`.
+    pub fn fill_from(&self, key: &Values, values: &mut Values, unchanged: &mut Vec<usize>) {
+        if let Some(latest) = self.latest.get(key) {
+            unchanged.retain(|&c| {
+                let known = !latest.unknown.contains(&c);
+                if known {
+                    values[c] = latest.values[c].clone();
+                }
+                !known
+            });
+        }
     }
 
     /// The table.
@@ -442,6 +474,10 @@ impl ChangeSource for TableChanges {
 
     fn checkpoint(&self) -> Checkpoint {
         Checkpoint::Lsn(self.end)
+    }
+
+    fn history_removes(&self) -> Vec<deltalake::kernel::Remove> {
+        self.history_removes.clone()
     }
 
     fn unit(&self) -> &'static str {

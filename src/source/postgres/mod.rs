@@ -551,10 +551,7 @@ pub async fn copy_tables(
     let index: HashMap<(String, String), usize> = tables
         .iter()
         .enumerate()
-        .map(|(i, t)| {
-            let (schema, name) = t.name().split_once('.').unwrap_or(("", t.name()));
-            ((schema.to_string(), name.to_string()), i)
-        })
+        .map(|(i, t)| (t.source.clone(), i))
         .collect();
     snapshot.retain_tables(|t| {
         index.contains_key(&(
