@@ -7,23 +7,30 @@
 //!    `REPLICA IDENTITY FULL` (loaded inserts-only, as `sync` loads tables without key), a slot
 //!    that is not lost nor in use.
 //! 2. **The slot first, then the copies.** The slot is created (no exported snapshot) before
-//!    any table is copied. Each table the lake does not hold yet is copied inside the exported
-//!    snapshot of a side slot made after it, exact at that side slot's consistent point `C`,
-//!    and committed as a full load whose checkpoint is `C` (`Checkpoint::Lsn`). A copy that
-//!    stops leaves no commit, so the next start copies that table again.
-//! 3. **The stream.** Transactions arrive whole and in commit order (pgoutput protocol 1: the
-//!    server spills large ones to disk). A table applies a transaction only when its commit
-//!    LSN is at or past the table's checkpoint: the copy holds everything before its `C`, and
-//!    a run's checkpoint is the end LSN of the last transaction it applied, so after a crash
-//!    nothing is applied twice and nothing is skipped.
-//! 4. **Runs.** Every `--commit-interval` (and at the end of `--once`, and on SIGINT/SIGTERM)
-//!    each table with changes commits one run through `sync::run_source`: the same
-//!    de-duplication, ordering, stale-change rule, history and run transaction as `sync`,
-//!    with the LSN in the same commit. Status updates keep the walsender alive meanwhile.
+//!    any table is copied. Each table the lake does not hold yet (or holds at position 0/0: a
+//!    copy that stopped, a `--resnapshot`) is copied inside the exported snapshot of a side
+//!    slot made after it, exact at that side slot's consistent point `C`, in parts of
+//!    `--max-buffered-changes` rows: the first replaces the table (and the history rows of
+//!    parts that stopped), every part but the last records 0/0, the last records `C`. A table
+//!    added to the publication while capture runs is copied the same way when its first
+//!    Relation message arrives.
+//! 3. **The stream.** Transactions arrive in commit order (pgoutput protocol 1: the server
+//!    spills large ones to disk). Every change of a transaction has a number (its place among
+//!    the transaction's changes, the same whenever the slot sends it again), and a table
+//!    applies a change only when (commit LSN, number) is at or past its checkpoint
+//!    (`SlotPosition`, `buffer::holds`): the copy holds everything committed before its `C`, a
+//!    run's checkpoint is the end LSN of the last whole transaction it applied, or the number
+//!    of the next change of one committed in part. After a crash nothing is applied twice and
+//!    nothing is skipped.
+//! 4. **Runs.** Every `--commit-interval` (and at the end of `--once`, on SIGINT/SIGTERM, and
+//!    when `--max-buffered-changes` are buffered, inside a transaction if need be) each table
+//!    with changes commits one run through `sync::run_source`: the same de-duplication,
+//!    ordering, stale-change rule, history (every change) and run transaction as `sync`, with
+//!    the position in the same commit. Status updates keep the walsender alive meanwhile.
 //! 5. **Confirming.** After the runs, the slot is told the lake holds everything up to the last
-//!    received commit (its flush LSN), never past a table that failed; when nothing is buffered
-//!    the server's own position (keepalive `wal_end`) is confirmed, so an idle or
-//!    unrelated-write database does not pile up WAL.
+//!    whole transaction received (its flush LSN), never past a table that failed; when nothing
+//!    is buffered and no transaction is being received, the server's own position (keepalive
+//!    `wal_end`) is confirmed, so an idle or unrelated-write database does not pile up WAL.
 //!
 //! A table that fails (a bad value, a schema change the lake cannot follow) stops; the others
 //! go on, and the slot is not confirmed past the failed table's checkpoint, so its changes stay
