@@ -911,7 +911,7 @@ impl Run<'_> {
                 namespace,
                 relation_name,
                 columns,
-                ..
+                replica_identity,
             } => {
                 let name = format!("{namespace}.{relation_name}");
                 if !by_name.contains_key(&name) {
@@ -923,12 +923,14 @@ impl Run<'_> {
                 if let Some(&t) = by_name.get(&name) {
                     relations.insert(relation_id, t);
                     let names: Vec<String> = columns.iter().map(|c| c.name.to_string()).collect();
-                    let known = &self.tables[t].table.config.table.columns;
-                    if let Some(added) = names.iter().find(|n| !known.iter().any(|k| &k.name == *n))
+                    let by_default = replica_identity == pg_walstream::ReplicaIdentity::Default;
+                    if let Some(reason) =
+                        relation_change(&self.tables[t].table, &columns, by_default)
                     {
                         let e = Error::Source(format!(
-                            "table {name}: column `{added}` was added; the lake tables cannot take \
-                             new columns yet (stop capture, copy the table again with --resnapshot)"
+                            "table {name}: {reason}; the lake tables cannot follow that yet (its \
+                             changes stay in the slot: move the table's lake folder away to copy \
+                             it again)"
                         ));
                         if self.tables[t].failed.is_none() {
                             self.fail(t, &e);
@@ -1139,6 +1141,48 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// What in a Relation message of `table` its lake tables cannot follow, in words naming the
+/// column: a column added, a column whose type maps to another lake type, or (with the
+/// default replica identity, whose key columns are the primary key) another primary key.
+fn relation_change(
+    table: &CaptureTable,
+    columns: &[pg_walstream::RelationColumn],
+    by_default: bool,
+) -> Option<String> {
+    let known = &table.config.table.columns;
+    for column in columns {
+        let Some(i) = known.iter().position(|k| k.name == column.name.as_ref()) else {
+            return Some(format!("column `{}` was added", column.name));
+        };
+        let (now, _) = map_type(column.type_id, column.type_modifier, "", "", "");
+        let lake = table.types[i].lake;
+        // types outside the built-in list read as text whatever they are: only a change
+        // between mapped types is seen here (the next start compares the catalog's)
+        if now.lake != lake && now.lake != ColumnType::String {
+            return Some(format!(
+                "column `{}` is now {} at the source but {lake} in the lake",
+                column.name, now.lake
+            ));
+        }
+    }
+    if by_default && !table.key.is_empty() {
+        let keys: Vec<&str> = columns
+            .iter()
+            .filter(|c| c.is_key)
+            .map(|c| c.name.as_ref())
+            .collect();
+        let lake_keys: Vec<&str> = table.key.iter().map(|&i| known[i].name.as_str()).collect();
+        if keys != lake_keys {
+            return Some(format!(
+                "the primary key is now ({}) at the source but ({}) in the lake",
+                keys.join(", "),
+                lake_keys.join(", ")
+            ));
+        }
+    }
+    None
 }
 
 /// Runs `work` while sending the server a status update every second, so the walsender does

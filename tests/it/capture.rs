@@ -1064,3 +1064,62 @@ fn a_copy_that_stops_between_parts_starts_over_without_doubling_history() {
     // update committed before it is in the copy
     assert_eq!(history, vec!["I,35"]);
 }
+
+#[test]
+fn a_column_type_change_stops_its_table_and_the_others_go_on() {
+    let Some(db) = Db::new("retype") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    db.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, v int);
+         CREATE TABLE b (id int PRIMARY KEY, v int);
+         INSERT INTO a VALUES (1, 1);
+         CREATE PUBLICATION tributary FOR TABLE a, b;",
+    );
+    capture_once(dir.path(), &db, &lake, &[]);
+    db.sql(
+        "ALTER TABLE a ALTER COLUMN v TYPE bigint;
+         INSERT INTO a VALUES (2, 5000000000);
+         INSERT INTO b VALUES (1, 1);",
+    );
+    let url = db.url();
+    let lake_arg = lake.display().to_string();
+    let run = || {
+        tributary_command(
+            dir.path(),
+            &[
+                "capture", &url, "--lake", &lake_arg, "--once", "--slot", &db.name,
+            ],
+        )
+        .output()
+        .unwrap()
+    };
+    for attempt in ["mid-stream", "at the next start"] {
+        let out = run();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(5), "{attempt}: {stdout}");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("public.a"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("failed") && line.contains("`v`") && line.contains("long"),
+            "{attempt}: {line}"
+        );
+        assert_same(
+            dir.path(),
+            &db,
+            &lake,
+            "b",
+            &[
+                ("id::text", "CAST(id AS VARCHAR)"),
+                ("v::text", "CAST(v AS VARCHAR)"),
+            ],
+        );
+        // the slot is held at a's position: its change is still there
+        let a = lake_rows(dir.path(), &lake, "SELECT id FROM public.a");
+        assert_eq!(a, vec!["1"], "{attempt}");
+    }
+}
