@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use super::common::{tributary_command, tributary_ok};
@@ -85,10 +85,6 @@ impl Db {
         psql(&self.name, sql)
     }
 
-    fn slot_args(&self) -> Vec<String> {
-        vec!["--slot".into(), self.name.clone()]
-    }
-
     fn confirmed_flush(&self) -> String {
         psql(
             "postgres",
@@ -140,21 +136,48 @@ impl Drop for Db {
     }
 }
 
-/// `tributary capture URL --lake LAKE --slot S --once [extra]`, which must exit 0: its stdout.
-fn capture_once(dir: &Path, db: &Db, lake: &Path, extra: &[&str]) -> String {
-    let url = db.url();
-    let mut args: Vec<String> = vec![
-        "capture".into(),
-        url,
-        "--lake".into(),
-        lake.display().to_string(),
-        "--once".into(),
-    ];
-    args.extend(db.slot_args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    tributary_ok(dir, &args)
+/// The command `tributary capture URL --lake LAKE --slot S [extra]`, run in `dir`.
+fn capture_command(dir: &Path, db: &Db, lake: &Path, extra: &[&str]) -> Command {
+    let (url, lake) = (db.url(), lake.display().to_string());
+    let mut command =
+        tributary_command(dir, &["capture", &url, "--lake", &lake, "--slot", &db.name]);
+    command.args(extra);
+    command
 }
+
+/// [`capture_command`] with `--once` and `extra`, run to its end.
+fn capture_output(dir: &Path, db: &Db, lake: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--once"];
+    args.extend(extra);
+    capture_command(dir, db, lake, &args).output().unwrap()
+}
+
+/// [`capture_output`], which must exit 0: its stdout.
+fn capture_once(dir: &Path, db: &Db, lake: &Path, extra: &[&str]) -> String {
+    let out = capture_output(dir, db, lake, extra);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "capture {extra:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// [`capture_command`] running continuously (`--commit-interval 1s`, then `extra`), its
+/// stdout and stderr piped.
+fn capture_running(dir: &Path, db: &Db, lake: &Path, extra: &[&str]) -> Child {
+    let mut args = vec!["--commit-interval", "1s"];
+    args.extend(extra);
+    capture_command(dir, db, lake, &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The `id` column as comparable text ([`assert_same`]).
+const ID: (&str, &str) = ("id::text", "CAST(id AS VARCHAR)");
 
 /// Rows of `query` over the lake (`tributary sql --format csv`), header left out, sorted.
 fn lake_rows(dir: &Path, lake: &Path, query: &str) -> Vec<String> {
@@ -411,10 +434,7 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
         &db,
         &lake,
         "keyonly",
-        &[
-            ("id::text", "CAST(id AS VARCHAR)"),
-            ("coalesce(v, '~')", "coalesce(v, '~')"),
-        ],
+        &[ID, ("coalesce(v, '~')", "coalesce(v, '~')")],
     );
     let v2 = lake_rows(
         dir.path(),
@@ -454,10 +474,7 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
         &db,
         &lake,
         "big",
-        &[
-            ("id::text", "CAST(id AS VARCHAR)"),
-            ("v::text", "CAST(v AS VARCHAR)"),
-        ],
+        &[ID, ("v::text", "CAST(v AS VARCHAR)")],
     );
 
     // History: the copy, then the changes; deletes carry the last stored values (the delete
@@ -500,20 +517,7 @@ fn bad_setups_stop_before_anything_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     let lake_arg = lake.display().to_string();
-    let url = db.url();
-    let run = |args: &[&str]| -> Output {
-        let mut all = vec![
-            "capture",
-            url.as_str(),
-            "--lake",
-            lake_arg.as_str(),
-            "--once",
-            "--slot",
-            db.name.as_str(),
-        ];
-        all.extend(args);
-        tributary_command(dir.path(), &all).output().unwrap()
-    };
+    let run = |args: &[&str]| capture_output(dir.path(), &db, &lake, args);
     // no publication and no tables file
     let out = run(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -568,27 +572,12 @@ fn a_lost_slot_is_refused_until_the_tables_are_copied_again() {
         &format!("SELECT pg_drop_replication_slot('{}')", db.name),
     );
     db.sql("UPDATE t SET v = 'missed' WHERE id = 1; INSERT INTO t VALUES (11, 'new');");
-    let url = db.url();
-    let lake_arg = lake.display().to_string();
-    let out = tributary_command(
-        dir.path(),
-        &[
-            "capture", &url, "--lake", &lake_arg, "--once", "--slot", &db.name,
-        ],
-    )
-    .output()
-    .unwrap();
+    let out = capture_output(dir.path(), &db, &lake, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--resnapshot"), "{err}");
     capture_once(dir.path(), &db, &lake, &["--resnapshot"]);
-    assert_same(
-        dir.path(),
-        &db,
-        &lake,
-        "t",
-        &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
-    );
+    assert_same(dir.path(), &db, &lake, "t", &[ID, ("v", "v")]);
 }
 
 #[test]
@@ -604,25 +593,7 @@ fn an_idle_slot_is_confirmed_past_unrelated_writes_and_sigterm_commits() {
          CREATE PUBLICATION tributary FOR TABLE t;",
     );
     capture_once(dir.path(), &db, &lake, &[]);
-    let lake_arg = lake.display().to_string();
-    let url = db.url();
-    let child = tributary_command(
-        dir.path(),
-        &[
-            "capture",
-            &url,
-            "--lake",
-            &lake_arg,
-            "--slot",
-            &db.name,
-            "--commit-interval",
-            "1s",
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = capture_running(dir.path(), &db, &lake, &[]);
     db.sql("INSERT INTO t VALUES (1, 'one');");
     // unrelated writes only: the slot's position must still move past them
     db.sql("INSERT INTO other SELECT generate_series(1, 1000);");
@@ -645,7 +616,7 @@ fn an_idle_slot_is_confirmed_past_unrelated_writes_and_sigterm_commits() {
     db.sql("INSERT INTO t VALUES (2, 'two');");
     std::thread::sleep(Duration::from_millis(300));
     // SIGTERM: commits what it has and exits 0
-    unsafe_free_kill(child.id(), "TERM");
+    send_signal(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -654,17 +625,11 @@ fn an_idle_slot_is_confirmed_past_unrelated_writes_and_sigterm_commits() {
         String::from_utf8_lossy(&out.stderr)
     );
     capture_once(dir.path(), &db, &lake, &[]);
-    assert_same(
-        dir.path(),
-        &db,
-        &lake,
-        "t",
-        &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
-    );
+    assert_same(dir.path(), &db, &lake, "t", &[ID, ("v", "v")]);
 }
 
 /// Sends signal `name` to process `pid` with kill(1).
-fn unsafe_free_kill(pid: u32, name: &str) {
+fn send_signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status()
@@ -734,8 +699,6 @@ fn killed_captures_under_pgbench_lose_and_double_nothing() {
     );
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    let lake_arg = lake.display().to_string();
-    let url = db.url();
     let bench = Command::new("pgbench")
         .args([
             "-h",
@@ -775,25 +738,8 @@ fn killed_captures_under_pgbench_lose_and_double_nothing() {
     let started = Instant::now();
     let mut killed = 0;
     while killed < kills {
-        let mut child = tributary_command(
-            dir.path(),
-            &[
-                "capture",
-                &url,
-                "--lake",
-                &lake_arg,
-                "--slot",
-                &db.name,
-                "--commit-interval",
-                "1s",
-                "--max-buffered-changes",
-                "20000",
-            ],
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        let mut child =
+            capture_running(dir.path(), &db, &lake, &["--max-buffered-changes", "20000"]);
         std::thread::sleep(Duration::from_millis(300 + next(2500)));
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
@@ -884,25 +830,7 @@ fn a_table_added_to_the_publication_is_copied_while_capture_runs() {
          CREATE PUBLICATION tributary FOR TABLE a;",
     );
     capture_once(dir.path(), &db, &lake, &[]);
-    let lake_arg = lake.display().to_string();
-    let url = db.url();
-    let child = tributary_command(
-        dir.path(),
-        &[
-            "capture",
-            &url,
-            "--lake",
-            &lake_arg,
-            "--slot",
-            &db.name,
-            "--commit-interval",
-            "1s",
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = capture_running(dir.path(), &db, &lake, &[]);
     db.sql("INSERT INTO a VALUES (1, 'one');");
     std::thread::sleep(Duration::from_millis(1500));
     // b joins the publication while capture runs; changes to it before and after
@@ -920,7 +848,7 @@ fn a_table_added_to_the_publication_is_copied_while_capture_runs() {
         assert!(Instant::now() < deadline, "table b was not captured");
         std::thread::sleep(Duration::from_millis(300));
     }
-    unsafe_free_kill(child.id(), "TERM");
+    send_signal(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -929,13 +857,7 @@ fn a_table_added_to_the_publication_is_copied_while_capture_runs() {
         "{stderr}"
     );
     for table in ["a", "b"] {
-        assert_same(
-            dir.path(),
-            &db,
-            &lake,
-            table,
-            &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
-        );
+        assert_same(dir.path(), &db, &lake, table, &[ID, ("v", "v")]);
     }
 }
 
@@ -960,21 +882,11 @@ fn a_transaction_committed_in_parts_survives_a_crash_between_parts() {
          UPDATE t SET v = -v WHERE id % 3 = 0;
          COMMIT;",
     );
-    let url = db.url();
-    let lake_arg = lake.display().to_string();
-    let out = tributary_command(
+    let out = capture_command(
         dir.path(),
-        &[
-            "capture",
-            &url,
-            "--lake",
-            &lake_arg,
-            "--once",
-            "--slot",
-            &db.name,
-            "--max-buffered-changes",
-            "10000",
-        ],
+        &db,
+        &lake,
+        &["--once", "--max-buffered-changes", "10000"],
     )
     .env("TRIBUTARY_CRASH_AT", "capture-after-part")
     .output()
@@ -992,10 +904,7 @@ fn a_transaction_committed_in_parts_survives_a_crash_between_parts() {
         &db,
         &lake,
         "t",
-        &[
-            ("id::text", "CAST(id AS VARCHAR)"),
-            ("v::text", "CAST(v AS VARCHAR)"),
-        ],
+        &[ID, ("v::text", "CAST(v AS VARCHAR)")],
     );
     assert_same(
         dir.path(),
@@ -1024,21 +933,11 @@ fn a_copy_that_stops_between_parts_starts_over_without_doubling_history() {
          INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 35) g;
          CREATE PUBLICATION tributary FOR TABLE t;",
     );
-    let url = db.url();
-    let lake_arg = lake.display().to_string();
-    let out = tributary_command(
+    let out = capture_command(
         dir.path(),
-        &[
-            "capture",
-            &url,
-            "--lake",
-            &lake_arg,
-            "--once",
-            "--slot",
-            &db.name,
-            "--max-buffered-changes",
-            "10",
-        ],
+        &db,
+        &lake,
+        &["--once", "--max-buffered-changes", "10"],
     )
     .env("TRIBUTARY_CRASH_AT", "capture-after-copy-part")
     .output()
@@ -1048,13 +947,7 @@ fn a_copy_that_stops_between_parts_starts_over_without_doubling_history() {
     assert_eq!(parts, vec!["10"], "the first part is in the lake");
     db.sql("UPDATE t SET v = 'changed' WHERE id = 1;");
     capture_once(dir.path(), &db, &lake, &["--max-buffered-changes", "10"]);
-    assert_same(
-        dir.path(),
-        &db,
-        &lake,
-        "t",
-        &[("id::text", "CAST(id AS VARCHAR)"), ("v", "v")],
-    );
+    assert_same(dir.path(), &db, &lake, "t", &[ID, ("v", "v")]);
     let history = lake_rows(
         dir.path(),
         &lake,
@@ -1084,18 +977,7 @@ fn a_column_type_change_stops_its_table_and_the_others_go_on() {
          INSERT INTO a VALUES (2, 5000000000);
          INSERT INTO b VALUES (1, 1);",
     );
-    let url = db.url();
-    let lake_arg = lake.display().to_string();
-    let run = || {
-        tributary_command(
-            dir.path(),
-            &[
-                "capture", &url, "--lake", &lake_arg, "--once", "--slot", &db.name,
-            ],
-        )
-        .output()
-        .unwrap()
-    };
+    let run = || capture_output(dir.path(), &db, &lake, &[]);
     for attempt in ["mid-stream", "at the next start"] {
         let out = run();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1113,10 +995,7 @@ fn a_column_type_change_stops_its_table_and_the_others_go_on() {
             &db,
             &lake,
             "b",
-            &[
-                ("id::text", "CAST(id AS VARCHAR)"),
-                ("v::text", "CAST(v AS VARCHAR)"),
-            ],
+            &[ID, ("v::text", "CAST(v AS VARCHAR)")],
         );
         // the slot is held at a's position: its change is still there
         let a = lake_rows(dir.path(), &lake, "SELECT id FROM public.a");
