@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use deltalake::arrow::array::{Array, AsArray};
+use deltalake::arrow::array::AsArray;
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::DataType;
 use futures::StreamExt;
@@ -63,7 +63,7 @@ use crate::error::{Error, Result};
 use crate::report::progress::stage_line;
 use crate::sink::delta::DeltaLake;
 use crate::sink::Sink;
-use crate::source::postgres::buffer::{holds, CaptureTable, TableChanges, Values};
+use crate::source::postgres::buffer::{holds, key_texts, CaptureTable, TableChanges, Values};
 use crate::source::postgres::types::{map_type, PgType};
 use crate::source::postgres::{copy_tables, decode_row, ensure_slot, open_stream, PgTable, Server};
 
@@ -155,7 +155,7 @@ pub struct Lag {
 struct Captured {
     table: Arc<CaptureTable>,
     /// The first change the lake does not hold (None: not copied yet).
-    lsn: Option<SlotPosition>,
+    position: Option<SlotPosition>,
     /// Changes not yet committed.
     buffer: TableChanges,
     /// Column names of the table's latest Relation message.
@@ -168,13 +168,13 @@ impl Captured {
     /// Whether the table is to be copied: not in the lake yet, or reset by `--resnapshot`
     /// (LSN 0/0), and not failed.
     fn needs_copy(&self) -> bool {
-        self.failed.is_none() && self.lsn.is_none_or(|p| p == SlotPosition::default())
+        self.failed.is_none() && self.position.is_none_or(|p| p == SlotPosition::default())
     }
 
     /// Whether the lake holds the change numbered `seq` of the transaction committed at
     /// `commit_lsn` (or the table failed: it takes no more changes).
     fn skips(&self, commit_lsn: u64, seq: u64) -> bool {
-        self.failed.is_some() || holds(self.lsn, commit_lsn, seq)
+        self.failed.is_some() || holds(self.position, commit_lsn, seq)
     }
 }
 
@@ -264,7 +264,9 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
                 options.slot
             )))
         }
-        None if !options.resnapshot && tables.iter().any(|t| t.lsn.is_some_and(|p| p.lsn > 0)) => {
+        None if !options.resnapshot
+            && tables.iter().any(|t| t.position.is_some_and(|p| p.lsn > 0)) =>
+        {
             return Err(Error::SourceSetup(format!(
                 "{}: slot `{}` does not exist but the lake holds captured tables: the changes \
                  since they were captured may be lost. Copy every table again with --resnapshot",
@@ -291,11 +293,11 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         // happened to the slot.
         for t in tables
             .iter_mut()
-            .filter(|t| t.failed.is_none() && t.lsn.is_some_and(|p| p.lsn > 0))
+            .filter(|t| t.failed.is_none() && t.position.is_some_and(|p| p.lsn > 0))
         {
             let mut reset = TableChanges::reset(t.table.clone());
             run_source(&mut reset, &t.table.config, run_date, &bar).await?;
-            t.lsn = Some(SlotPosition::default());
+            t.position = Some(SlotPosition::default());
         }
         if slot.is_some() {
             server.drop_slot(&options.slot).await?;
@@ -360,9 +362,9 @@ async fn open_table(
 ) -> Result<Captured> {
     let table = Arc::new(capture_table(pg, entries, index, lake, None)?);
     let mut failed = None;
-    let (table, lsn) = match lake_columns(&table).await? {
+    let (table, position) = match lake_columns(&table).await? {
         None => (table, None),
-        Some((stored, stored_lsn)) => {
+        Some((stored, stored_position)) => {
             // the lake's columns, in its order: a column dropped at the source stays
             let table = match capture_table(pg, entries, index, lake, Some(&stored)) {
                 Ok(t) => Arc::new(t),
@@ -371,15 +373,15 @@ async fn open_table(
                     table
                 }
             };
-            let lsn = match failed {
+            let position = match failed {
                 // the slot is never confirmed past what a failed table holds
-                Some(_) => stored_lsn,
+                Some(_) => stored_position,
                 None => match DeltaLake::open(&table.config.table, false).await? {
-                    Some((lake, _)) => lake.committed().await?.lsn,
+                    Some((lake, _)) => lake.committed().await?.position,
                     None => None,
                 },
             };
-            (table, lsn)
+            (table, position)
         }
     };
     if let Some(e) = &failed {
@@ -395,12 +397,12 @@ async fn open_table(
                 "up-to-date"
             }
             .into(),
-            lsn: lsn.map(SlotPosition::text),
+            lsn: position.map(SlotPosition::text),
             error: failed.clone(),
             ..Default::default()
         },
         table,
-        lsn,
+        position,
         relation: None,
         failed,
     })
@@ -604,7 +606,7 @@ impl Run<'_> {
         for &i in &needed {
             let first = TableChanges::copy_part(self.tables[i].table.clone(), true);
             // a copy that starts over replaces the history rows of the parts that stopped
-            let first = match self.tables[i].lsn {
+            let first = match self.tables[i].position {
                 Some(p) if p == SlotPosition::default() => {
                     first.replacing_history(stopped_copy_files(&self.tables[i].table).await?)
                 }
@@ -698,7 +700,7 @@ impl Run<'_> {
         let config = self.tables[t].table.config.clone();
         let done: SourceRun = run_source(buffer, &config, self.run_date, &self.bar).await?;
         let table = &mut self.tables[t];
-        table.lsn = Some(buffer.end());
+        table.position = Some(buffer.end());
         table.report.lsn = Some(buffer.end().text());
         if let Some(summary) = done.applied {
             table.report.runs += 1;
@@ -745,7 +747,7 @@ impl Run<'_> {
         );
         by_name.insert(pg.qualified(), index);
         let mut captured = captured;
-        if captured.failed.is_none() && captured.lsn.is_some() {
+        if captured.failed.is_none() && captured.position.is_some() {
             // back in the publication: its changes while it was out were not sent
             let mut reset = TableChanges::reset(captured.table.clone());
             let config = captured.table.config.clone();
@@ -754,7 +756,7 @@ impl Run<'_> {
                 run_source(&mut reset, &config, self.run_date, &self.bar),
             )
             .await?;
-            captured.lsn = Some(SlotPosition::default());
+            captured.position = Some(SlotPosition::default());
         }
         self.tables.push(captured);
         keep_alive(stream, self.copy(server)).await
@@ -1119,7 +1121,7 @@ impl Run<'_> {
         };
         for t in &self.tables {
             if t.failed.is_some() {
-                confirm = match (confirm, t.lsn) {
+                confirm = match (confirm, t.position) {
                     // never copied, or to be copied again (0/0): copied at the next start,
                     // whatever is confirmed
                     (c, None) => c,
@@ -1297,28 +1299,18 @@ async fn live_keys(table: &CaptureTable) -> Result<Vec<Values>> {
             .iter()
             .map(|&c| {
                 let name = &table.config.table.columns[c].name;
-                let column = batch.column_by_name(name).ok_or_else(|| {
+                batch.column_by_name(name).ok_or_else(|| {
                     Error::Internal(format!("current table without key column {name}"))
-                })?;
-                Ok(cast(column, &DataType::Utf8)?)
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        for row in 0..batch.num_rows() {
-            if ops
+        for (row, key) in key_texts(&columns)?.into_iter().enumerate() {
+            let deleted = ops
                 .as_ref()
-                .is_some_and(|o| o.as_string::<i32>().value(row) == "D")
-            {
-                continue;
+                .is_some_and(|o| o.as_string::<i32>().value(row) == "D");
+            if !deleted {
+                keys.push(key);
             }
-            keys.push(
-                columns
-                    .iter()
-                    .map(|c| {
-                        c.is_valid(row)
-                            .then(|| c.as_string::<i32>().value(row).to_string())
-                    })
-                    .collect(),
-            );
         }
     }
     Ok(keys)

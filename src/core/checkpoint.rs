@@ -220,7 +220,7 @@ pub struct Committed {
     pub files: AppliedSet,
     /// The replication slot position the table holds up to ([`Checkpoint::Lsn`]; None: never
     /// captured).
-    pub lsn: Option<SlotPosition>,
+    pub position: Option<SlotPosition>,
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ async fn apply(
     lake: &Path,
 ) {
     let committed = match DeltaLake::open(&table.config.table, false).await.unwrap() {
-        Some((lake, _)) => lake.committed().await.unwrap().lsn,
+        Some((lake, _)) => lake.committed().await.unwrap().position,
         None => None,
     };
     let mut buffer = TableChanges::new(table.clone(), false);

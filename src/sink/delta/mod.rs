@@ -341,19 +341,20 @@ impl Sink for DeltaLake {
 
     async fn committed(&self) -> Result<Committed> {
         let table = self.applied_table().await?;
-        let lsn = match self.last_run().await? {
-            Some(run) => match run.source_lsn {
-                Some(text) => Some(SlotPosition::parse(&text).ok_or_else(|| Error::Lake {
+        let position = self
+            .last_run()
+            .await?
+            .and_then(|run| Some((run.seq, run.source_lsn?)))
+            .map(|(seq, text)| {
+                SlotPosition::parse(&text).ok_or_else(|| Error::Lake {
                     table: self.spec.name.clone(),
-                    reason: format!("run {} records source_lsn `{text}`, not an LSN", run.seq),
-                })?),
-                None => None,
-            },
-            None => None,
-        };
+                    reason: format!("run {seq} records source_lsn `{text}`, not a slot position"),
+                })
+            })
+            .transpose()?;
         Ok(Committed {
             files: applied::read(table.as_ref()).await?,
-            lsn,
+            position,
         })
     }
 

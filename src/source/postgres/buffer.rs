@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use deltalake::arrow::array::{Array, AsArray, StringBuilder};
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::DataType;
 use futures::stream::BoxStream;
@@ -96,6 +96,29 @@ pub fn holds(held: Option<SlotPosition>, commit_lsn: u64, seq: u64) -> bool {
             seq,
         } < held
     })
+}
+
+/// The key of each row of typed `columns` (a table's key columns), as the values cast to text:
+/// the one form in which keys read from the lake and from the buffer compare.
+///
+/// # Errors
+/// Arrow errors casting to text (none expected for the lake's column types).
+pub fn key_texts(columns: &[&ArrayRef]) -> Result<Vec<Values>> {
+    let text = columns
+        .iter()
+        .map(|c| cast(c, &DataType::Utf8))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let rows = columns.first().map_or(0, |c| c.len());
+    Ok((0..rows)
+        .map(|row| {
+            text.iter()
+                .map(|c| {
+                    c.is_valid(row)
+                        .then(|| c.as_string::<i32>().value(row).to_string())
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// A row's values in configured column order: None is SQL NULL.
@@ -356,20 +379,13 @@ impl TableChanges {
         self.flush()?;
         let mut last: HashMap<Values, bool> = HashMap::new();
         for batch in &self.done {
-            let columns = self
+            let columns: Vec<&ArrayRef> = self
                 .table
                 .key
                 .iter()
-                .map(|&c| cast(batch.rows.payload.column(c), &DataType::Utf8))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            for (row, op) in batch.ops.iter().enumerate() {
-                let key: Values = columns
-                    .iter()
-                    .map(|c| {
-                        c.is_valid(row)
-                            .then(|| c.as_string::<i32>().value(row).to_string())
-                    })
-                    .collect();
+                .map(|&c| batch.rows.payload.column(c))
+                .collect();
+            for (key, op) in key_texts(&columns)?.into_iter().zip(&batch.ops) {
                 last.insert(key, *op != ChangeOp::Delete);
             }
         }
@@ -430,7 +446,7 @@ impl ChangeSource for TableChanges {
     /// short of the checkpoint means another capture applied part of it, which is refused.
     fn plan(&mut self, committed: &Committed) -> Result<Pending> {
         if self.reset {
-            return Ok(match committed.lsn {
+            return Ok(match committed.position {
                 Some(SlotPosition { lsn: 0, seq: 0 }) | None => Pending::default(),
                 Some(_) => Pending {
                     units: 1,
@@ -441,7 +457,7 @@ impl ChangeSource for TableChanges {
         let units = self
             .transactions
             .max(usize::from(self.reload || self.append));
-        match (committed.lsn, self.reload) {
+        match (committed.position, self.reload) {
             (Some(held), _) if held >= self.end && self.end > SlotPosition::default() => {
                 Ok(Pending::default())
             }
@@ -648,7 +664,7 @@ mod tests {
             .unwrap();
         buffer.reach(250);
         let committed = |lsn: Option<u64>| Committed {
-            lsn: lsn.map(SlotPosition::at),
+            position: lsn.map(SlotPosition::at),
             ..Default::default()
         };
         assert_eq!(buffer.plan(&committed(None)).unwrap().units, 2);
