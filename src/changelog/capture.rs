@@ -113,7 +113,7 @@ pub struct TableCapture {
     pub deleted: u64,
     /// Runs committed.
     pub runs: u64,
-    /// The LSN the table holds (`16/B374D848`).
+    /// The slot position the table holds at the end (`16/B374D848`, `16/B374D848+42`).
     pub lsn: Option<String>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -335,7 +335,14 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         p99_secs: quantile(0.99),
         max_secs: quantile(1.0),
     };
-    let mut reports: Vec<TableCapture> = run.tables.into_iter().map(|t| t.report).collect();
+    let mut reports: Vec<TableCapture> = run
+        .tables
+        .into_iter()
+        .map(|t| TableCapture {
+            lsn: t.position.map(SlotPosition::text),
+            ..t.report
+        })
+        .collect();
     reports.sort_by(|a, b| a.table.cmp(&b.table));
     Ok(CaptureSummary {
         failed: reports.iter().filter(|r| r.status == "failed").count(),
@@ -397,7 +404,6 @@ async fn open_table(
                 "up-to-date"
             }
             .into(),
-            lsn: position.map(SlotPosition::text),
             error: failed.clone(),
             ..Default::default()
         },
@@ -701,7 +707,6 @@ impl Run<'_> {
         let done: SourceRun = run_source(buffer, &config, self.run_date, &self.bar).await?;
         let table = &mut self.tables[t];
         table.position = Some(buffer.end());
-        table.report.lsn = Some(buffer.end().text());
         if let Some(summary) = done.applied {
             table.report.runs += 1;
             table.report.inserted += summary.inserted;
