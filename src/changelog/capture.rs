@@ -115,6 +115,9 @@ pub struct TableCapture {
     pub runs: u64,
     /// The slot position the table holds at the end (`16/B374D848`, `16/B374D848+42`).
     pub lsn: Option<String>,
+    /// Columns added to the lake tables (added at the source: schema evolution).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub columns_added: Vec<String>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -369,6 +372,7 @@ async fn open_table(
 ) -> Result<Captured> {
     let table = Arc::new(capture_table(pg, entries, index, lake, None)?);
     let mut failed = None;
+    let mut columns_added = Vec::new();
     let (table, position) = match lake_columns(&table).await? {
         None => (table, None),
         Some((stored, stored_position)) => {
@@ -380,6 +384,26 @@ async fn open_table(
                     table
                 }
             };
+            if failed.is_none() {
+                // columns added at the source while capture was stopped (or between the two
+                // tables' commits of an earlier start)
+                match evolve(&table).await {
+                    Ok(added) => {
+                        if !added.is_empty() {
+                            stage_line(
+                                false,
+                                format_args!(
+                                    "{}: column(s) {} added to the lake tables",
+                                    table.name(),
+                                    quoted(&added)
+                                ),
+                            );
+                        }
+                        columns_added = added;
+                    }
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
             let position = match failed {
                 // the slot is never confirmed past what a failed table holds
                 Some(_) => stored_position,
@@ -405,6 +429,7 @@ async fn open_table(
             }
             .into(),
             error: failed.clone(),
+            columns_added,
             ..Default::default()
         },
         table,
@@ -412,6 +437,15 @@ async fn open_table(
         relation: None,
         failed,
     })
+}
+
+/// `names` as `` `a`, `b` ``.
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The payload columns of `table`'s current table in the lake, in order, and the LSN its
@@ -450,13 +484,13 @@ type StoredColumns = (Vec<(String, ColumnType)>, Option<SlotPosition>);
 
 /// The lake table of published table `pg`: columns and key from the catalog, the rest from
 /// its tables-file entry (`source: <schema>/<table>`) where there is one. With `stored` (the
-/// lake's columns, when the table exists) the columns are the lake's, in its order: a column
-/// the source dropped stays (NULL from then on).
+/// lake's columns, when the table exists) the columns are the lake's, in its order (a column
+/// the source dropped stays, NULL from then on), then those added at the source.
 ///
 /// # Errors
 /// [`Error::SourceSetup`] for a table without primary key nor `REPLICA IDENTITY FULL`;
-/// [`Error::Source`] for a column added at the source or whose type no longer maps to the
-/// lake's (the lake tables cannot follow yet).
+/// [`Error::Source`] for a column whose type no longer maps to the lake's (the lake tables
+/// cannot follow that). A column added at the source comes after the lake's columns.
 fn capture_table(
     pg: &PgTable,
     entries: &TablesFile,
@@ -464,8 +498,7 @@ fn capture_table(
     lake: &std::path::Path,
     stored: Option<&[(String, ColumnType)]>,
 ) -> Result<CaptureTable> {
-    let source = format!("{}/{}", pg.schema, pg.name);
-    let mut primary_key: Vec<String> = pg
+    let primary_key: Vec<String> = pg
         .columns
         .iter()
         .filter(|c| c.key)
@@ -489,16 +522,6 @@ fn capture_table(
         mapped.push((c.name.clone(), ty));
     }
     if let Some(stored) = stored {
-        if let Some((added, _)) = mapped
-            .iter()
-            .find(|(n, _)| !stored.iter().any(|(s, _)| s == n))
-        {
-            return Err(Error::Source(format!(
-                "table {}: column `{added}` was added at the source; the lake tables cannot take \
-                 new columns yet (its changes stay in the slot)",
-                pg.qualified()
-            )));
-        }
         let mut ordered = Vec::new();
         for (name, lake_type) in stored {
             let ty = match mapped.iter().find(|(n, _)| n == name) {
@@ -519,8 +542,41 @@ fn capture_table(
             };
             ordered.push((name.clone(), ty));
         }
+        // columns added at the source since: after the lake's, in the source's order (the
+        // lake tables take them, `evolve`)
+        for (name, ty) in &mapped {
+            if !stored.iter().any(|(s, _)| s == name) {
+                ordered.push((name.clone(), *ty));
+            }
+        }
         mapped = ordered;
     }
+    lake_table(
+        (&pg.schema, &pg.name),
+        primary_key,
+        &mapped,
+        entries,
+        index,
+        lake,
+    )
+}
+
+/// The lake table of PostgreSQL table `source` (schema, name) with columns `mapped` (name,
+/// how its text is read) in lake order and key `primary_key` (names; empty: inserts only),
+/// the rest from its tables-file entry where there is one.
+///
+/// # Errors
+/// [`Error::Config`]-family errors of the tables-file entry.
+fn lake_table(
+    source: (&str, &str),
+    mut primary_key: Vec<String>,
+    mapped: &[(String, PgType)],
+    entries: &TablesFile,
+    index: usize,
+    lake: &std::path::Path,
+) -> Result<CaptureTable> {
+    let qualified = format!("{}.{}", source.0, source.1);
+    let source_path = format!("{}/{}", source.0, source.1);
     let types: Vec<PgType> = mapped.iter().map(|(_, t)| *t).collect();
     let columns: Vec<ColumnFile> = mapped
         .iter()
@@ -531,12 +587,12 @@ fn capture_table(
             ignore: false,
         })
         .collect();
-    let mut entry = match entries.find(&source) {
+    let mut entry = match entries.find(&source_path) {
         Some(e) => e.clone(),
-        None => TableEntry::discovered(source, Vec::new(), Layout::Debezium),
+        None => TableEntry::discovered(source_path, Vec::new(), Layout::Debezium),
     };
     if !entry.primary_key.is_empty() && entry.primary_key != primary_key {
-        tracing::warn!(table = %pg.qualified(), "primary_key of the tables file differs from the table's primary key; the table's is used");
+        tracing::warn!(table = %qualified, "primary_key of the tables file differs from the table's primary key; the table's is used");
     }
     std::mem::swap(&mut entry.primary_key, &mut primary_key);
     entry.active = true;
@@ -544,8 +600,60 @@ fn capture_table(
     let mut config = entry.changelog_table(index, lake)?;
     config.history_every_change = true;
     let mut table = CaptureTable::new(config, types);
-    table.source = (pg.schema.clone(), pg.name.clone());
+    table.source = (source.0.to_string(), source.1.to_string());
     Ok(table)
+}
+
+/// `table` with the columns `added` (name, how its text is read) after its own: a Relation
+/// message named columns the lake tables lack.
+///
+/// # Errors
+/// As [`lake_table`].
+fn with_columns(
+    table: &CaptureTable,
+    added: &[(String, PgType)],
+    entries: &TablesFile,
+    index: usize,
+    lake: &std::path::Path,
+) -> Result<CaptureTable> {
+    let columns = &table.config.table.columns;
+    let mut mapped: Vec<(String, PgType)> = columns
+        .iter()
+        .zip(&table.types)
+        .map(|(c, ty)| (c.name.clone(), *ty))
+        .collect();
+    mapped.extend(added.iter().cloned());
+    let key = table.key.iter().map(|&c| columns[c].name.clone()).collect();
+    let source = (table.source.0.as_str(), table.source.1.as_str());
+    lake_table(source, key, &mapped, entries, index, lake)
+}
+
+/// Gives the lake tables of `table` its columns they lack (added at the source: nullable,
+/// nothing backfilled, `sink::delta::add_columns`), history first. Returns the names added.
+///
+/// # Errors
+/// Delta errors.
+async fn evolve(table: &CaptureTable) -> Result<Vec<String>> {
+    let spec = &table.config.table;
+    let schema = spec.table_schema();
+    let mut added = crate::sink::delta::add_columns(
+        &spec.lake.history_url,
+        &schema,
+        crate::sink::TableRole::History,
+    )
+    .await?;
+    for name in crate::sink::delta::add_columns(
+        &spec.lake.current_url,
+        &schema,
+        crate::sink::TableRole::Current,
+    )
+    .await?
+    {
+        if !added.contains(&name) {
+            added.push(name);
+        }
+    }
+    Ok(added)
 }
 
 /// A capture in progress.
@@ -942,6 +1050,23 @@ impl Run<'_> {
                         if self.tables[t].failed.is_none() {
                             self.fail(t, &e);
                         }
+                    } else if self.tables[t].failed.is_none() {
+                        let known = &self.tables[t].table.config.table.columns;
+                        let added: Vec<(String, u32, i32)> = columns
+                            .iter()
+                            .filter(|c| !known.iter().any(|k| k.name == c.name.as_ref()))
+                            .map(|c| (c.name.to_string(), c.type_id, c.type_modifier))
+                            .collect();
+                        if !added.is_empty() {
+                            let between = txn.is_none();
+                            if let Err(e) =
+                                self.add_columns(stream, server, t, &added, between).await
+                            {
+                                if self.tables[t].failed.is_none() {
+                                    self.fail(t, &e);
+                                }
+                            }
+                        }
                     }
                     self.tables[t].relation = Some(names);
                 }
@@ -1074,6 +1199,99 @@ impl Run<'_> {
         }
     }
 
+    /// Commits the buffered changes of table `t` in one run (a failure fails the table);
+    /// `between`: no transaction is being received.
+    async fn commit_table(
+        &mut self,
+        stream: &mut LogicalReplicationStream,
+        t: usize,
+        between: bool,
+    ) {
+        let fresh = TableChanges::new(self.tables[t].table.clone(), false);
+        let mut buffer = std::mem::replace(&mut self.tables[t].buffer, fresh);
+        let changes = buffer.rows();
+        let name = self.tables[t].table.name().to_string();
+        let applied = keep_alive(stream, self.apply(t, &mut buffer)).await;
+        match applied {
+            Ok(()) => {
+                self.tables[t].report.changes += changes;
+                stage_line(
+                    false,
+                    format_args!(
+                        "{name}: {changes} changes committed up to LSN {}",
+                        buffer.end().text()
+                    ),
+                );
+                if !between {
+                    // test hook: a crash after a part of a transaction is in the lake
+                    crate::sink::delta::crash_point("capture-after-part");
+                }
+            }
+            Err(e) => self.fail(t, &e),
+        }
+    }
+
+    /// Follows columns added at the source (`added`: name, type OID, type modifier, from a
+    /// Relation message of table `t`): the changes buffered under the old columns are
+    /// committed first, the lake tables get the new columns (nullable, nothing backfilled:
+    /// rows the source had before keep NULL there), and the table's changes from here on
+    /// carry them.
+    ///
+    /// # Errors
+    /// [`Error::Source`] reading the types; Delta errors adding the columns.
+    async fn add_columns(
+        &mut self,
+        stream: &mut LogicalReplicationStream,
+        server: &Server,
+        t: usize,
+        added: &[(String, u32, i32)],
+        between: bool,
+    ) -> Result<()> {
+        if !self.tables[t].buffer.is_empty() {
+            self.commit_table(stream, t, between).await;
+            if self.tables[t].failed.is_some() {
+                // failed by the commit, with its error
+                return Ok(());
+            }
+        }
+        let mut mapped = Vec::new();
+        for (name, oid, typmod) in added {
+            let (type_name, kind, category) = keep_alive(stream, server.type_info(*oid)).await?;
+            let (ty, known) = map_type(*oid, *typmod, &type_name, &kind, &category);
+            if !known {
+                tracing::warn!(table = %self.tables[t].table.name(), column = %name, "type `{type_name}` is loaded as text");
+            }
+            mapped.push((name.clone(), ty));
+        }
+        let table = with_columns(
+            &self.tables[t].table,
+            &mapped,
+            &self.entries,
+            t,
+            &self.options.lake,
+        )?;
+        let table = Arc::new(table);
+        keep_alive(stream, evolve(&table)).await?;
+        let names: Vec<String> = mapped.into_iter().map(|(name, _)| name).collect();
+        stage_line(
+            false,
+            format_args!(
+                "{}: column(s) {} added to the lake tables",
+                table.name(),
+                quoted(&names)
+            ),
+        );
+        let captured = &mut self.tables[t];
+        captured.buffer = TableChanges::new(table.clone(), false);
+        captured.table = table;
+        for name in names {
+            if !captured.report.columns_added.contains(&name) {
+                captured.report.columns_added.push(name);
+            }
+        }
+        Ok(())
+    }
+
     /// Commits every table with buffered changes (one run each), then confirms to the slot
     /// what the lake holds. `received`: the end LSN of the last whole transaction received;
     /// `between`: no transaction is being received (then, with nothing buffered, the server's
@@ -1088,28 +1306,7 @@ impl Run<'_> {
             .filter(|&t| !self.tables[t].buffer.is_empty() && self.tables[t].failed.is_none())
             .collect();
         for t in pending {
-            let fresh = TableChanges::new(self.tables[t].table.clone(), false);
-            let mut buffer = std::mem::replace(&mut self.tables[t].buffer, fresh);
-            let changes = buffer.rows();
-            let name = self.tables[t].table.name().to_string();
-            let applied = keep_alive(stream, self.apply(t, &mut buffer)).await;
-            match applied {
-                Ok(()) => {
-                    self.tables[t].report.changes += changes;
-                    stage_line(
-                        false,
-                        format_args!(
-                            "{name}: {changes} changes committed up to LSN {}",
-                            buffer.end().text()
-                        ),
-                    );
-                    if !between {
-                        // test hook: a crash after a part of a transaction is in the lake
-                        crate::sink::delta::crash_point("capture-after-part");
-                    }
-                }
-                Err(e) => self.fail(t, &e),
-            }
+            self.commit_table(stream, t, between).await;
         }
         let now = chrono::Utc::now().timestamp_micros();
         self.lags.extend(
@@ -1151,8 +1348,9 @@ impl Run<'_> {
 }
 
 /// What in a Relation message of `table` its lake tables cannot follow, in words naming the
-/// column: a column added, a column whose type maps to another lake type, or (with the
-/// default replica identity, whose key columns are the primary key) another primary key.
+/// column: a column whose type maps to another lake type, or (with the default replica
+/// identity, whose key columns are the primary key) another primary key. (A column added is
+/// followed: `Run::add_columns`.)
 fn relation_change(
     table: &CaptureTable,
     columns: &[pg_walstream::RelationColumn],
@@ -1161,7 +1359,7 @@ fn relation_change(
     let known = &table.config.table.columns;
     for column in columns {
         let Some(i) = known.iter().position(|k| k.name == column.name.as_ref()) else {
-            return Some(format!("column `{}` was added", column.name));
+            continue;
         };
         let (now, _) = map_type(column.type_id, column.type_modifier, "", "", "");
         let lake = table.types[i].lake;

@@ -61,6 +61,10 @@ fn print_capture(summary: &CaptureSummary) {
                 t.lsn.as_deref().unwrap_or("-")
             ),
         };
+        let detail = match t.columns_added.is_empty() {
+            true => detail,
+            false => format!("{detail}; columns added: {}", t.columns_added.join(", ")),
+        };
         println!("{:<32} {:<10} {}", t.table, t.status, detail);
     }
     let lag = match (summary.lag.p50_secs, summary.lag.p99_secs) {

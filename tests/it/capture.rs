@@ -1002,3 +1002,140 @@ fn a_column_type_change_stops_its_table_and_the_others_go_on() {
         assert_eq!(a, vec!["1"], "{attempt}");
     }
 }
+
+/// Columns added at the source reach both lake tables as nullable columns, whether capture is
+/// running (a Relation message mid-transaction: the changes before it are committed first)
+/// or stopped (seen in the catalog at the next start); nothing is backfilled, so rows the
+/// source had before keep NULL there (a DEFAULT is not written back).
+#[test]
+fn columns_added_at_the_source_reach_the_lake_tables() {
+    let Some(db) = Db::new("addcol") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    db.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, v text);
+         CREATE TABLE b (id int PRIMARY KEY, v text);
+         INSERT INTO a VALUES (1, 'one');
+         INSERT INTO b VALUES (1, 'b1');
+         CREATE PUBLICATION tributary FOR TABLE a, b;",
+    );
+    capture_once(dir.path(), &db, &lake, &[]);
+    let child = capture_running(dir.path(), &db, &lake, &[]);
+    db.sql("INSERT INTO a VALUES (2, 'two');");
+    std::thread::sleep(Duration::from_millis(1500));
+    // one transaction: a change, the new columns, changes carrying them, another table
+    db.sql(
+        "BEGIN;
+         UPDATE a SET v = 'pre' WHERE id = 1;
+         ALTER TABLE a ADD COLUMN n int, ADD COLUMN note text DEFAULT 'dflt';
+         UPDATE a SET n = 7 WHERE id = 1;
+         INSERT INTO a VALUES (3, 'three', 3, 'x');
+         INSERT INTO b VALUES (2, 'b2');
+         COMMIT;",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lake_rows(
+        dir.path(),
+        &lake,
+        "SELECT count(*) FROM public.a WHERE id = 3",
+    ) != vec!["1"]
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the row with new columns did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    send_signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("public.a: column(s) `n`, `note` added to the lake tables"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("columns added: n, note"), "{stdout}");
+    // b, captured meanwhile, is untouched by a's new columns
+    assert_same(dir.path(), &db, &lake, "b", &[ID, ("v", "v")]);
+
+    // added while capture is stopped: taken from the catalog at the next start
+    db.sql(
+        "ALTER TABLE b ADD COLUMN w bigint;
+         UPDATE b SET w = 10000000000 WHERE id = 2;
+         INSERT INTO b VALUES (3, 'b3', 3);
+         UPDATE a SET note = 'later' WHERE id = 2;",
+    );
+    let second = capture_once(dir.path(), &db, &lake, &[]);
+    assert!(second.contains("0 failed"), "{second}");
+    assert!(second.contains("columns added: w"), "{second}");
+
+    let a = lake_rows(
+        dir.path(),
+        &lake,
+        "SELECT id, v, coalesce(CAST(n AS VARCHAR), '~'), coalesce(note, '~') FROM public.a",
+    );
+    // row 1 was updated after the ADD COLUMN (its new row carries the default); row 2 only
+    // later, by the second start
+    assert_eq!(a, vec!["1,pre,7,dflt", "2,two,~,later", "3,three,3,x"]);
+    let w = both("w", "w");
+    assert_same(dir.path(), &db, &lake, "b", &[ID, ("v", "v"), (&w.0, &w.1)]);
+    // history: the change before the new columns has them NULL, the ones after carry them
+    let history = lake_rows(
+        dir.path(),
+        &lake,
+        "SELECT id, operation, v, coalesce(CAST(n AS VARCHAR), '~') FROM public.a_history WHERE id = 1",
+    );
+    assert_eq!(history, vec!["1,I,one,~", "1,U,pre,7", "1,U,pre,~"]);
+    // the Delta schemas: the new columns after the others, before Tributary's own, nullable
+    for role in ["current", "history"] {
+        let fields = delta_fields(&lake.join("public/a").join(role));
+        assert_eq!(
+            fields[..5],
+            [
+                ("id", "integer", true),
+                ("v", "string", true),
+                ("n", "integer", true),
+                ("note", "string", true),
+                ("keyhash", "binary", false)
+            ]
+            .map(|(n, t, null)| (n.to_string(), t.to_string(), null)),
+            "{role}"
+        );
+    }
+    let again = capture_once(dir.path(), &db, &lake, &[]);
+    assert!(
+        again.contains("0 failed") && !again.contains("columns added"),
+        "{again}"
+    );
+}
+
+/// The columns of the Delta table at `table` as its newest `metaData` action gives them:
+/// (name, Delta type, nullable), in order.
+fn delta_fields(table: &Path) -> Vec<(String, String, bool)> {
+    let schema = super::common::log_commits(table)
+        .into_iter()
+        .flatten()
+        .filter_map(|action| {
+            action["metaData"]["schemaString"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .next_back()
+        .expect("a metaData action");
+    let schema: serde_json::Value = serde_json::from_str(&schema).unwrap();
+    schema["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["type"].as_str().unwrap_or("?").to_string(),
+                f["nullable"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}

@@ -385,7 +385,14 @@ mod tests {
         assert_eq!(out.schema(), schema);
         assert_eq!(out.column(1).as_primitive::<Date32Type>().value(1), 19724);
         assert_eq!(out.column(2).null_count(), 2);
-        let missing = conform(&batch, &schema, &HashMap::new()).unwrap_err();
+        // a nullable column the file lacks (added to the table after it was written): NULL
+        let added = conform(&batch, &schema, &HashMap::new()).unwrap();
+        assert_eq!(added.column(1).null_count(), 2);
+        let required: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Float64, true),
+            Field::new("day", DataType::Date32, false),
+        ]));
+        let missing = conform(&batch, &required, &HashMap::new()).unwrap_err();
         assert!(missing.to_string().contains("no column `day`"), "{missing}");
     }
 }

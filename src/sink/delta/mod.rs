@@ -15,7 +15,7 @@ pub mod rejects;
 mod shared;
 mod table;
 pub(crate) use commit::crash_point;
-pub use table::stored_table;
+pub use table::{add_columns, stored_table};
 pub mod tombstones;
 mod transaction;
 mod write;
@@ -440,10 +440,12 @@ pub async fn scan(table: &DeltaTable) -> Result<Vec<RecordBatch>> {
 /// Puts read columns in `schema`: found by name and cast where their type differs (readers
 /// may return view or dictionary types). A column absent from the batch is taken from
 /// `partition_values` (a data file's Delta `partitionValues`, which the file itself does not
-/// hold: the text is cast, a missing value is NULL).
+/// hold: the text is cast, a missing value is NULL); a nullable column neither read nor a
+/// partition value is NULL (a file written before the column was added, `add_columns`).
 ///
 /// # Errors
-/// [`Error::Lake`] for a column neither read nor a partition value; Arrow cast errors.
+/// [`Error::Lake`] for a non-nullable column neither read nor a partition value; Arrow cast
+/// errors.
 pub fn conform(
     batch: &RecordBatch,
     schema: &SchemaRef,
@@ -463,6 +465,8 @@ pub fn conform(
                     Arc::new(StringArray::from(vec![value.as_str(); rows])) as ArrayRef
                 }
                 (None, Some(None)) => new_null_array(field.data_type(), rows),
+                // a file written before the column was added (Delta: read as NULL)
+                (None, None) if field.is_nullable() => new_null_array(field.data_type(), rows),
                 (None, None) => {
                     return Err(Error::Lake {
                         table: TableRole::Current.as_str().into(),

@@ -153,6 +153,88 @@ pub async fn stored_table(url: &Url) -> crate::error::Result<Option<DeltaTable>>
     }
 }
 
+/// Adds to the Delta table at `url` the payload columns of `schema` (a current or history
+/// table's schema, [`TableSpec::table_schema`]) that it lacks, as nullable columns in
+/// `schema`'s place for them (before `keyhash`), in one commit that changes only the table's
+/// metadata (Delta `ADD COLUMN`; no data file is written: readers take a column missing from
+/// a data file as NULL, the Delta protocol's rule). Schema evolution for a column added at the
+/// source (`capture`); nothing is backfilled. Returns the names added (none: nothing
+/// committed, or no table at `url`).
+///
+/// A column the table has is never changed nor moved; a table whose columns are not those of
+/// `schema` in the same order (a column `schema` lacks, another order) is left as it is, for
+/// the open's check to report. Another writer adding the same columns at once: the commit
+/// that loses finds them there and adds nothing.
+///
+/// # Errors
+/// Delta errors.
+pub async fn add_columns(url: &Url, schema: &SchemaRef, role: TableRole) -> Result<Vec<String>> {
+    use deltalake::kernel::MetadataExt;
+    let Some(mut table) = stored_table(url).await? else {
+        return Ok(Vec::new());
+    };
+    for attempt in 0..3 {
+        let snapshot = table.snapshot()?;
+        let found = snapshot.snapshot().arrow_schema();
+        let mut fields = Vec::new();
+        let mut added = Vec::new();
+        for field in schema.fields() {
+            match found.field_with_name(field.name()) {
+                Ok(kept) => fields.push(kept.clone()),
+                Err(_)
+                    if !crate::core::schema::RESERVED_COLUMNS.contains(&field.name().as_str()) =>
+                {
+                    let field = field.as_ref().clone().with_nullable(true);
+                    added.push(field.clone());
+                    fields.push(field);
+                }
+                // a trailing column the table was made before (`source_position`): not added
+                Err(_) => {}
+            }
+        }
+        let kept_in_order = fields
+            .iter()
+            .filter(|f| !added.iter().any(|a| a.name() == f.name()))
+            .map(|f| f.name())
+            .eq(found.fields().iter().map(|f| f.name()));
+        if added.is_empty() || !kept_in_order {
+            return Ok(Vec::new());
+        }
+        let arrow = |fields| SchemaRef::new(deltalake::arrow::datatypes::Schema::new(fields));
+        let evolved: StructType = arrow(fields).try_into_kernel()?;
+        let new_fields: StructType = arrow(added.clone()).try_into_kernel()?;
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .with_schema(&evolved)
+            .map_err(DeltaTableError::from)?;
+        let operation = deltalake::protocol::DeltaOperation::AddColumn {
+            fields: new_fields.fields().cloned().collect(),
+        };
+        let committed = deltalake::kernel::transaction::CommitBuilder::default()
+            .with_actions(vec![deltalake::kernel::Action::Metadata(metadata)])
+            .build(Some(snapshot), table.log_store(), operation)
+            .await;
+        let names: Vec<String> = added.iter().map(|f| f.name().clone()).collect();
+        match committed {
+            Ok(_) => {
+                tracing::info!(table = role.as_str(), %url, columns = ?names, "columns added");
+                return Ok(names);
+            }
+            // another writer committed meanwhile (perhaps the same columns): read it again
+            Err(e) if attempt < 2 => {
+                tracing::debug!(
+                    table = role.as_str(),
+                    "adding columns: {e}; reading the table again"
+                );
+                table.update_state().await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Vec::new())
+}
+
 /// How often [`open_table`] tries a table whose log cannot be read, 100 ms apart.
 const OPEN_ATTEMPTS: u32 = 5;
 

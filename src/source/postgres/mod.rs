@@ -351,6 +351,25 @@ impl Server {
         Ok(())
     }
 
+    /// How type `oid` is named and classed, as [`PgColumn`] holds it: `format_type` without a
+    /// modifier, `pg_type.typtype`, `pg_type.typcategory` (for a column a Relation message
+    /// names: its type OID is all the message says). A type dropped since reads as unknown.
+    ///
+    /// # Errors
+    /// [`Error::Source`] for a failed query.
+    pub async fn type_info(&self, oid: u32) -> Result<(String, String, String)> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT format_type(oid, NULL), typtype::text, typcategory::text \
+                 FROM pg_type WHERE oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| pg_error(&format!("{}: reading type {oid}", self.name), e))?;
+        Ok(row.map_or_else(Default::default, |r| (r.get(0), r.get(1), r.get(2))))
+    }
+
     /// The current WAL write position (`pg_current_wal_lsn()`).
     ///
     /// # Errors
