@@ -65,7 +65,9 @@ use crate::sink::delta::DeltaLake;
 use crate::sink::Sink;
 use crate::source::postgres::buffer::{holds, key_texts, CaptureTable, TableChanges, Values};
 use crate::source::postgres::types::{map_type, PgType};
-use crate::source::postgres::{copy_tables, decode_row, ensure_slot, open_stream, PgTable, Server};
+use crate::source::postgres::{
+    copy_tables, decode_row, ensure_slot, open_stream, side_slot, PgTable, Server,
+};
 
 /// Flags of `tributary capture`.
 #[derive(Debug, Clone)]
@@ -88,8 +90,11 @@ pub struct CaptureOptions {
     /// Copy every table again (after a lost slot).
     pub resnapshot: bool,
     /// Buffered changes (all tables) past which a commit is made before the interval; the
-    /// initial copy commits a table in parts of this many rows.
+    /// initial copy commits a table in parts when its copies hold this many rows.
     pub max_buffered: u64,
+    /// Tables copied at once (each copy takes a replication slot and a walsender while it
+    /// runs: fewer when the server has fewer free).
+    pub copy_workers: usize,
     /// Draw progress on the terminal.
     pub progress: bool,
 }
@@ -684,8 +689,12 @@ struct Txn {
 }
 
 impl Run<'_> {
-    /// Copies the tables the lake does not hold yet, each committed as a full load at the
-    /// copy's consistent point.
+    /// Copies the tables the lake does not hold yet, each committed as a full load at its
+    /// copy's consistent point: up to `--copy-workers` copies at once, each in the exported
+    /// snapshot of a side slot of its own (its tables exact at that slot's consistent point,
+    /// from which each applies the stream), the biggest tables spread first. The rows of
+    /// all copies are committed table by table as they arrive, a table in parts when the
+    /// rows buffered reach `--max-buffered-changes` (the biggest table's part first).
     async fn copy(&mut self, server: &Server) -> Result<()> {
         let needed: Vec<usize> = (0..self.tables.len())
             .filter(|&i| self.tables[i].needs_copy())
@@ -694,27 +703,39 @@ impl Run<'_> {
             return Ok(());
         }
         let started = Instant::now();
-        let list: Vec<Arc<CaptureTable>> = needed
+        server.drop_side_slots(&self.options.slot).await?;
+        let sources: Vec<(String, String)> = needed
             .iter()
-            .map(|&i| self.tables[i].table.clone())
+            .map(|&i| self.tables[i].table.source.clone())
             .collect();
-        let mut copy = copy_tables(
-            &self.options.url,
-            server,
-            &self.options.slot,
-            &self.options.publication,
-            list,
-        )
-        .await?;
-        let point = copy.consistent_point();
+        let sizes = server.table_bytes(&sources).await?;
+        let (free_slots, free_senders) = server.replication_capacity().await?;
+        // the stream's walsender starts after the copies: one is left for it
+        let workers = (self.options.copy_workers.max(1) as u64)
+            .min(needed.len() as u64)
+            .min(free_slots)
+            .min(free_senders.saturating_sub(1))
+            .max(1) as usize;
         stage_line(
             false,
-            format_args!(
-                "copying {} table(s) at LSN {}",
-                needed.len(),
-                lsn_text(point)
-            ),
+            format_args!("copying {} table(s), {workers} at once", needed.len()),
         );
+        let (tx, mut rx) = tokio::sync::mpsc::channel(workers * 4);
+        let mut running = tokio::task::JoinSet::new();
+        for (w, group) in spread(&sizes, workers).into_iter().enumerate() {
+            let tables = group
+                .iter()
+                .map(|&k| (k, self.tables[needed[k]].table.clone()))
+                .collect();
+            running.spawn(copy_worker(
+                self.options.url.clone(),
+                side_slot(&self.options.slot, w),
+                self.options.publication.clone(),
+                tables,
+                tx.clone(),
+            ));
+        }
+        drop(tx);
         let day = epoch_days(self.run_date);
         let mut buffers: Vec<Option<TableChanges>> = Vec::new();
         for &i in &needed {
@@ -728,41 +749,59 @@ impl Run<'_> {
             };
             buffers.push(Some(first));
         }
-        let mut seq = 0u64;
-        let mut current: Option<usize> = None;
-        while let Some((k, values)) = copy.next().await? {
-            if current.is_some_and(|c| c != k) {
-                self.commit_copy(
-                    needed[current.unwrap_or(0)],
-                    &mut buffers[current.unwrap_or(0)],
-                    point,
-                )
-                .await;
-            }
-            current = Some(k);
-            seq += 1;
-            if let Some(buffer) = buffers[k].as_mut() {
-                let pushed = buffer.push(ChangeOp::Insert, values, Vec::new(), point, seq, day);
-                if let Err(e) = pushed {
-                    let t = needed[k];
-                    self.fail(t, &e);
-                    buffers[k] = None;
-                } else if buffer.rows() >= self.options.max_buffered {
-                    // a part of the copy, committed at LSN 0/0: memory stays bounded, and a
-                    // copy that stops is redone from its start
-                    let table = self.tables[needed[k]].table.clone();
-                    let next = TableChanges::copy_part(table, false);
-                    let mut part = buffers[k].replace(next);
-                    self.commit_copy(needed[k], &mut part, 0).await;
-                    if self.tables[needed[k]].failed.is_some() {
-                        buffers[k] = None;
+        let mut seqs = vec![0u64; needed.len()];
+        loop {
+            let message = tokio::select! {
+                Some(joined) = running.join_next() => {
+                    // a copy that fails ends them all (dropping the set aborts the others;
+                    // their side slots are dropped by the next start)
+                    joined.map_err(|e| Error::Internal(format!("copy worker: {e}")))??;
+                    continue;
+                }
+                message = rx.recv() => message,
+            };
+            match message {
+                None => break,
+                Some(Copied::Rows(k, point, rows)) => {
+                    for values in rows {
+                        seqs[k] += 1;
+                        let Some(buffer) = buffers[k].as_mut() else {
+                            break;
+                        };
+                        let pushed =
+                            buffer.push(ChangeOp::Insert, values, Vec::new(), point, seqs[k], day);
+                        if let Err(e) = pushed {
+                            self.fail(needed[k], &e);
+                            buffers[k] = None;
+                        }
                     }
+                    // parts of copies, committed at LSN 0/0 (memory stays bounded, and a copy
+                    // that stops is redone from its start), the biggest first
+                    loop {
+                        let rows: Vec<u64> = buffers
+                            .iter()
+                            .map(|b| b.as_ref().map_or(0, TableChanges::rows))
+                            .collect();
+                        if rows.iter().sum::<u64>() < self.options.max_buffered {
+                            break;
+                        }
+                        let biggest = (0..rows.len()).max_by_key(|&b| rows[b]).unwrap_or(k);
+                        let table = self.tables[needed[biggest]].table.clone();
+                        let next = TableChanges::copy_part(table, false);
+                        let mut part = buffers[biggest].replace(next);
+                        self.commit_copy(needed[biggest], &mut part, 0).await;
+                        if self.tables[needed[biggest]].failed.is_some() {
+                            buffers[biggest] = None;
+                        }
+                    }
+                }
+                Some(Copied::Done(k, point)) => {
+                    self.commit_copy(needed[k], &mut buffers[k], point).await;
                 }
             }
         }
-        copy.finish(server).await?;
-        for (k, buffer) in buffers.iter_mut().enumerate() {
-            self.commit_copy(needed[k], buffer, point).await;
+        while let Some(joined) = running.join_next().await {
+            joined.map_err(|e| Error::Internal(format!("copy worker: {e}")))??;
         }
         stage_line(
             false,
@@ -1411,6 +1450,99 @@ async fn keep_alive<T>(
     }
 }
 
+/// What a copy worker sends the controller.
+enum Copied {
+    /// Rows of table `k` (its index among the tables copied), exact at LSN `point` (its
+    /// copy's consistent point).
+    Rows(usize, u64, Vec<Values>),
+    /// Table `k` is copied whole, exact at LSN `point`.
+    Done(usize, u64),
+}
+
+/// Rows sent to the controller at once by a copy worker.
+const COPY_CHUNK_ROWS: usize = 1024;
+
+/// Copies `tables` (their index among the tables copied, the table) in the exported snapshot
+/// of a new side slot `side`, on connections of its own, sending their rows to `tx` (each
+/// table's rows together, then its [`Copied::Done`]; an empty table only its `Done`), then
+/// drops the side slot.
+///
+/// # Errors
+/// [`Error::Source`] from the server; [`Error::Internal`] when the controller stopped
+/// listening.
+async fn copy_worker(
+    url: String,
+    side: String,
+    publication: String,
+    tables: Vec<(usize, Arc<CaptureTable>)>,
+    tx: tokio::sync::mpsc::Sender<Copied>,
+) -> Result<()> {
+    let send = |message| {
+        let tx = tx.clone();
+        async move {
+            tx.send(message)
+                .await
+                .map_err(|_| Error::Internal("the copy's controller stopped".into()))
+        }
+    };
+    let server = Server::connect(&url).await?;
+    let list = tables.iter().map(|(_, t)| t.clone()).collect();
+    let mut copy = copy_tables(&url, &server, &side, &publication, list).await?;
+    let point = copy.consistent_point();
+    let names: Vec<&str> = tables.iter().map(|(_, t)| t.name()).collect();
+    stage_line(
+        false,
+        format_args!("copying {} at LSN {}", names.join(", "), lsn_text(point)),
+    );
+    let mut done = vec![false; tables.len()];
+    let mut chunk = Vec::new();
+    let mut current: Option<usize> = None;
+    while let Some((i, values)) = copy.next().await? {
+        if let Some(c) = current.filter(|&c| c != i) {
+            send(Copied::Rows(tables[c].0, point, std::mem::take(&mut chunk))).await?;
+            send(Copied::Done(tables[c].0, point)).await?;
+            done[c] = true;
+        }
+        current = Some(i);
+        chunk.push(values);
+        if chunk.len() >= COPY_CHUNK_ROWS {
+            send(Copied::Rows(tables[i].0, point, std::mem::take(&mut chunk))).await?;
+        }
+    }
+    if let Some(c) = current {
+        send(Copied::Rows(tables[c].0, point, std::mem::take(&mut chunk))).await?;
+        send(Copied::Done(tables[c].0, point)).await?;
+        done[c] = true;
+    }
+    for (c, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
+        send(Copied::Done(tables[c].0, point)).await?;
+    }
+    copy.finish(&server).await
+}
+
+/// Spreads tables of `sizes` (bytes) over `workers` groups of about the same size: the
+/// biggest first, each to the group with the fewest bytes (longest processing time first).
+/// Returns each group's table indices, ascending.
+fn spread(sizes: &[u64], workers: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+    let mut groups: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); workers.max(1)];
+    for i in order {
+        if let Some(group) = groups.iter_mut().min_by_key(|(bytes, g)| (*bytes, g.len())) {
+            group.0 += sizes[i];
+            group.1.push(i);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, mut g)| {
+            g.sort_unstable();
+            g
+        })
+        .filter(|g| !g.is_empty())
+        .collect()
+}
+
 /// Reads the stream with a deadline: a read is ended through its cancellation token, not by
 /// dropping it (pg_walstream's rule: then no frame is lost). One token serves every read until
 /// its timer fires, so a busy stream costs one timer per `wait`, not one per event.
@@ -1517,4 +1649,25 @@ async fn live_keys(table: &CaptureTable) -> Result<Vec<Values>> {
         }
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_are_spread_biggest_first_over_the_lightest_worker() {
+        // 100 alone; 60 + 30 + 10 against it
+        let groups = spread(&[10, 100, 60, 30], 2);
+        assert_eq!(groups, vec![vec![1], vec![0, 2, 3]]);
+        // every table in exactly one group, none empty, never more groups than tables
+        let sizes = [5, 5, 5, 0, 0];
+        let groups = spread(&sizes, 8);
+        assert_eq!(groups.len(), sizes.len());
+        let mut all: Vec<usize> = groups.concat();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2, 3, 4]);
+        assert_eq!(spread(&[7, 7, 7, 7], 2), vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!(spread(&[], 3), Vec::<Vec<usize>>::new());
+    }
 }

@@ -35,6 +35,10 @@ pub struct CaptureArgs {
     /// initial copy commits a table in parts of this many rows.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_buffered_changes: u64,
+    /// Tables copied at once by the initial copy, each in a side slot's snapshot (a
+    /// replication slot and a walsender each while it runs).
+    #[arg(long, default_value_t = 4)]
+    pub copy_workers: usize,
     /// Drain the slot up to the server's current WAL position, commit, confirm and exit.
     #[arg(long)]
     pub once: bool,
@@ -107,6 +111,7 @@ pub async fn execute(args: CaptureArgs) -> Result<u8> {
         once: args.once,
         resnapshot: args.resnapshot,
         max_buffered: args.max_buffered_changes.max(1),
+        copy_workers: args.copy_workers.max(1),
         progress: !args.json,
     };
     let stop = CancellationToken::new();

@@ -98,7 +98,15 @@ impl Db {
     }
 
     fn drop_all(&self) {
-        for slot in [self.name.clone(), format!("{}_copy", self.name)] {
+        // the test's slot and its copies' side slots (`<slot>_copy`, `<slot>_copy2`, ...)
+        let slots = psql(
+            "postgres",
+            &format!(
+                "SELECT slot_name FROM pg_replication_slots WHERE slot_name ~ '^{}(_copy[0-9]*)?$'",
+                self.name
+            ),
+        );
+        for slot in slots.lines().map(str::to_string) {
             psql(
                 "postgres",
                 &format!(
@@ -921,6 +929,9 @@ fn a_transaction_committed_in_parts_survives_a_crash_between_parts() {
     assert_eq!(history, vec!["I,30000", "U,10000"]);
 }
 
+/// Three tables copied at once (three side slots), in parts of 10 rows; the copy crashes
+/// after its first part and starts over: each table equals the database, its history holds
+/// one I per key (the stopped parts' rows replaced), and no side slot is left.
 #[test]
 fn a_copy_that_stops_between_parts_starts_over_without_doubling_history() {
     let Some(db) = Db::new("copyparts") else {
@@ -930,32 +941,47 @@ fn a_copy_that_stops_between_parts_starts_over_without_doubling_history() {
     let lake = dir.path().join("lake");
     db.sql(
         "CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE TABLE u (id int PRIMARY KEY, v text);
+         CREATE TABLE w (id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 35) g;
-         CREATE PUBLICATION tributary FOR TABLE t;",
+         INSERT INTO u SELECT g, 'u' || g FROM generate_series(1, 20) g;
+         INSERT INTO w SELECT g, repeat('w', g) FROM generate_series(1, 50) g;
+         CREATE PUBLICATION tributary FOR TABLE t, u, w;",
     );
-    let out = capture_command(
-        dir.path(),
-        &db,
-        &lake,
-        &["--once", "--max-buffered-changes", "10"],
-    )
-    .env("TRIBUTARY_CRASH_AT", "capture-after-copy-part")
-    .output()
-    .unwrap();
+    let parts = ["--max-buffered-changes", "10", "--copy-workers", "3"];
+    let mut args = vec!["--once"];
+    args.extend(parts);
+    let out = capture_command(dir.path(), &db, &lake, &args)
+        .env("TRIBUTARY_CRASH_AT", "capture-after-copy-part")
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "the process should have aborted");
-    let parts = lake_rows(dir.path(), &lake, "SELECT count(*) FROM public.t_history");
-    assert_eq!(parts, vec!["10"], "the first part is in the lake");
-    db.sql("UPDATE t SET v = 'changed' WHERE id = 1;");
-    capture_once(dir.path(), &db, &lake, &["--max-buffered-changes", "10"]);
-    assert_same(dir.path(), &db, &lake, "t", &[ID, ("v", "v")]);
-    let history = lake_rows(
-        dir.path(),
-        &lake,
-        "SELECT operation, count(*) FROM public.t_history GROUP BY operation",
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("copying 3 table(s), 3 at once"), "{stderr}");
+    db.sql("UPDATE t SET v = 'changed' WHERE id = 1; UPDATE w SET v = 'x' WHERE id = 50;");
+    let again = capture_output(dir.path(), &db, &lake, &parts);
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
     );
-    // one I per key, from the copy that finished (the stopped part's rows replaced); the
-    // update committed before it is in the copy
-    assert_eq!(history, vec!["I,35"]);
+    for (table, rows) in [("t", 35), ("u", 20), ("w", 50)] {
+        assert_same(dir.path(), &db, &lake, table, &[ID, ("v", "v")]);
+        let history = lake_rows(
+            dir.path(),
+            &lake,
+            &format!("SELECT operation, count(*) FROM public.{table}_history GROUP BY operation"),
+        );
+        // one I per key, from the copy that finished; the updates committed before it are
+        // in the copy
+        assert_eq!(history, vec![format!("I,{rows}")], "{table}");
+    }
+    let side = db.sql(&format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '{}_copy%'",
+        db.name
+    ));
+    assert_eq!(side.trim(), "0", "side slots left");
 }
 
 #[test]

@@ -351,6 +351,91 @@ impl Server {
         Ok(())
     }
 
+    /// The side slots of slot `slot` ([`side_slot`]) that exist, by name.
+    ///
+    /// # Errors
+    /// [`Error::Source`] for a failed query.
+    pub async fn side_slots(&self, slot: &str) -> Result<Vec<String>> {
+        // slot names hold only lower-case letters, digits and underscores
+        let pattern = format!("^{slot}_copy[0-9]*$");
+        let rows = self
+            .client
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name ~ $1 ORDER BY 1",
+                &[&pattern],
+            )
+            .await
+            .map_err(|e| pg_error(&self.name, e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Drops the side slots of slot `slot` left by copies that stopped, waiting up to 15 s
+    /// each for a killed process's walsender to let go.
+    ///
+    /// # Errors
+    /// [`Error::Source`] when one is still in use (another capture copying tables?) or
+    /// cannot be dropped.
+    pub async fn drop_side_slots(&self, slot: &str) -> Result<()> {
+        for side in self.side_slots(slot).await? {
+            let patience = std::time::Duration::from_secs(15);
+            if let Some(state) = self.slot_when_free(&side, patience).await? {
+                if state.active {
+                    return Err(Error::Source(format!(
+                        "{}: slot `{side}` is in use: is another capture copying tables?",
+                        self.name
+                    )));
+                }
+                self.drop_slot(&side).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replication slots and walsenders the server can still take:
+    /// `max_replication_slots` less the slots that exist, `max_wal_senders` less the
+    /// walsenders running (each copy worker takes one of each while it copies).
+    ///
+    /// # Errors
+    /// [`Error::Source`] for a failed query.
+    pub async fn replication_capacity(&self) -> Result<(u64, u64)> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_setting('max_replication_slots')::int8 \
+                          - (SELECT count(*) FROM pg_replication_slots), \
+                        current_setting('max_wal_senders')::int8 \
+                          - (SELECT count(*) FROM pg_stat_replication)",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(&self.name, e))?;
+        let free = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+        Ok((free(0), free(1)))
+    }
+
+    /// The size on disk of each table of `tables` (schema, name), bytes, with its TOAST data
+    /// (`pg_table_size`): how the copy spreads tables over its workers. A table gone since
+    /// counts 0.
+    ///
+    /// # Errors
+    /// [`Error::Source`] for a failed query.
+    pub async fn table_bytes(&self, tables: &[(String, String)]) -> Result<Vec<u64>> {
+        let mut sizes = Vec::new();
+        for (schema, name) in tables {
+            let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+            let row = self
+                .client
+                .query_one(
+                    "SELECT coalesce(pg_table_size(to_regclass($1)), 0)::int8",
+                    &[&qualified],
+                )
+                .await
+                .map_err(|e| pg_error(&self.name, e))?;
+            sizes.push(row.get::<_, i64>(0).max(0) as u64);
+        }
+        Ok(sizes)
+    }
+
     /// How type `oid` is named and classed, as [`PgColumn`] holds it: `format_type` without a
     /// modifier, `pg_type.typtype`, `pg_type.typcategory` (for a column a Relation message
     /// names: its type OID is all the message says). A type dropped since reads as unknown.
@@ -518,39 +603,31 @@ impl Copy {
     }
 }
 
-/// The name of the side slots of slot `slot` (one per copy): `<slot>_copy`.
-pub fn side_slot(slot: &str) -> String {
-    format!("{slot}_copy")
+/// The side slot of copy worker `worker` (0-based) of slot `slot`: `<slot>_copy`, then
+/// `<slot>_copy2`, `<slot>_copy3`, ...
+pub fn side_slot(slot: &str, worker: usize) -> String {
+    match worker {
+        0 => format!("{slot}_copy"),
+        n => format!("{slot}_copy{}", n + 1),
+    }
 }
 
 /// Starts a copy of `tables` (published by `publication`) inside the exported snapshot of a
-/// new side slot (see [`side_slot`]); a side slot left by an earlier copy that stopped is
-/// dropped first. The slot of the stream is not touched: it started before the side slot, so
-/// every transaction the copy misses is still in its stream, and each table applies only the
-/// transactions committed at or after its copy's consistent point.
+/// new side slot `side` (see [`side_slot`]; [`Server::drop_side_slots`] removes those of
+/// copies that stopped). The slot of the stream is not touched: it started before the side
+/// slot, so every transaction the copy misses is still in its stream, and each table applies
+/// only the transactions committed at or after its copy's consistent point.
 ///
 /// # Errors
 /// [`Error::Source`] from the server.
 pub async fn copy_tables(
     url: &str,
     server: &Server,
-    slot: &str,
+    side: &str,
     publication: &str,
     tables: Vec<Arc<CaptureTable>>,
 ) -> Result<Copy> {
-    let side = side_slot(slot);
-    if let Some(state) = server
-        .slot_when_free(&side, std::time::Duration::from_secs(15))
-        .await?
-    {
-        if state.active {
-            return Err(Error::Source(format!(
-                "{}: slot `{side}` is in use: is another capture copying tables?",
-                server.name()
-            )));
-        }
-        server.drop_slot(&side).await?;
-    }
+    let side = side.to_string();
     let stream =
         LogicalReplicationStream::new(&replication_url(url), stream_config(&side, publication))
             .await
