@@ -3,11 +3,13 @@
 # prints figures and writes them to $OUT (default bench/capture_results.txt).
 #
 #   A. one transaction that updates every row of a ROWS-row table (default 1,000,000); A'
-#      the same committed in parts of 100,000 changes (--max-buffered-changes)
+#      the same committed in parts of 100,000 changes (--max-buffered-changes); A'' the same
+#      within --memory-limit 256MiB
 #   B. TXNS single-row update transactions from 4 pgbench clients (default 200,000)
 #   C. steady load: RATE transactions/s for LOAD_SECONDS (default 5,000/s for 60 s) with
 #      capture running (--commit-interval 2s): lag p50/p99 from the source commit to the lake
 #      commit, as capture's summary reports it
+#   D. the initial copy of 4 tables of ROWS/4 rows each with --copy-workers 1 and 4
 #
 # For A and B, the time to drain the slot with `tributary capture --once` is compared with
 # the floor: `pg_recvlogical` draining the same WAL (pgoutput, proto_version 1) to /dev/null
@@ -37,9 +39,8 @@ peak_mb() { awk '/Maximum resident set size/ {printf "%.0f", $NF/1024}' "$1"; }
   echo "PostgreSQL: $(psql -XAtc 'SHOW server_version' -d postgres); rows $ROWS, single-row transactions $TXNS"
 } | tee "$OUT"
 
-for slot in capture_bench floor_bench; do
-  psql -XqAt -d postgres -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ('$slot', '${slot}_copy')" >/dev/null
-done
+psql -XqAt -d postgres -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+  WHERE slot_name ~ '^(capture_bench|floor_bench|copy_bench)(_copy|__copy[0-9]+)?$'" >/dev/null
 psql -Xq -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 sql "CREATE TABLE items (id bigint PRIMARY KEY, v int NOT NULL, pad text NOT NULL);
      INSERT INTO items SELECT g, 0, md5(g::text) FROM generate_series(1, $ROWS) g;
@@ -81,6 +82,14 @@ read -r p_s p_mb < <(capture_once parts --max-buffered-changes 100000)
 p_floor=$(floor "$end")
 echo "A'. the same, --max-buffered-changes 100000 (committed in parts): capture $p_s s (peak RSS $p_mb MB); pg_recvlogical $p_floor s; capture at $(python3 -c "print(f'{$p_floor/$p_s:.0%}')") of the floor" | tee -a "$OUT"
 
+# A'': the same within --memory-limit 256MiB (parts when the buffered changes take 128 MiB)
+sql "UPDATE items SET v = v + 1"
+end=$(sql "SELECT pg_current_wal_lsn()")
+read -r m_s m_mb < <(capture_once memory --memory-limit 256MiB)
+runs=$(python3 -c "import json; print(json.load(open('$WORK/memory.json'))['tables'][0]['runs'])")
+m_floor=$(floor "$end")
+echo "A''. the same, --memory-limit 256MiB: capture $m_s s in $runs runs (peak RSS $m_mb MB); pg_recvlogical $m_floor s; capture at $(python3 -c "print(f'{$m_floor/$m_s:.0%}')") of the floor" | tee -a "$OUT"
+
 # B: single-row transactions
 cat >"$WORK/one.sql" <<SQL
 \set id random(1, $ROWS)
@@ -109,4 +118,20 @@ print(f"C. steady {sys.argv[2]} transactions/s for {sys.argv[3]} s, --commit-int
       f"{lag['transactions']} transactions, lag p50 {lag['p50_secs']:.2f} s, p99 {lag['p99_secs']:.2f} s, max {lag['max_secs']:.2f} s")
 PY
 psql -XqAt -d postgres -c "SELECT pg_drop_replication_slot('capture_bench')" >/dev/null
+
+# D: the initial copy of 4 tables, one at a time against 4 at once (side slots of their own)
+for t in 1 2 3 4; do
+  sql "CREATE TABLE part$t (id bigint PRIMARY KEY, v int NOT NULL, pad text NOT NULL);
+       INSERT INTO part$t SELECT g, 0, md5(g::text) FROM generate_series(1, $((ROWS / 4))) g;"
+done
+sql "CREATE PUBLICATION parts FOR TABLE part1, part2, part3, part4"
+for workers in 1 4; do
+  rm -rf "$WORK/parts"
+  t0=$(now)
+  /usr/bin/time -v "$BIN" capture "$URL" --lake "$WORK/parts" --publication parts --slot copy_bench \
+    --copy-workers $workers --once --json >"$WORK/parts$workers.json" 2>"$WORK/parts$workers.time"
+  t1=$(now)
+  echo "D. initial copy of 4 tables x $((ROWS / 4)) rows, --copy-workers $workers: $(secs "$t0" "$t1") s, peak RSS $(peak_mb "$WORK/parts$workers.time") MB" | tee -a "$OUT"
+  psql -XqAt -d postgres -c "SELECT pg_drop_replication_slot('copy_bench')" >/dev/null
+done
 psql -Xq -d postgres -c "DROP DATABASE $DB WITH (FORCE)"

@@ -95,8 +95,20 @@ pub struct CaptureOptions {
     /// Tables copied at once (each copy takes a replication slot and a walsender while it
     /// runs: fewer when the server has fewer free).
     pub copy_workers: usize,
+    /// Bytes capture's buffers and runs stay within, about: a commit is made when the buffered
+    /// changes take half of it ([`change_bytes`](crate::source::postgres::buffer::change_bytes)
+    /// estimates them), the other half being for the run that applies them.
+    pub memory_limit: u64,
     /// Draw progress on the terminal.
     pub progress: bool,
+}
+
+impl CaptureOptions {
+    /// Whether `rows` buffered changes taking `bytes` (estimated) must be committed now:
+    /// `--max-buffered-changes`, or half of `--memory-limit`.
+    fn full(&self, rows: u64, bytes: u64) -> bool {
+        rows >= self.max_buffered || bytes >= self.memory_limit / 2
+    }
 }
 
 /// What capture did to one table.
@@ -170,6 +182,9 @@ struct Captured {
     relation: Option<Vec<String>>,
     failed: Option<String>,
     report: TableCapture,
+    /// The lake tables exist and are to be given the columns they lack, then read for their
+    /// position ([`Captured::settle`]).
+    evolve: bool,
 }
 
 impl Captured {
@@ -241,10 +256,8 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
             options.publication
         )));
     }
-    let mut tables = Vec::new();
-    for (index, pg) in published.iter().enumerate() {
-        tables.push(open_table(pg, &entries, index, &options.lake).await?);
-    }
+    // the slot first: a start that is refused (another capture holds the slot) leaves the
+    // lake as it is (opening the tables may add columns to them)
     let slot = server
         .slot_when_free(&options.slot, Duration::from_secs(15))
         .await?;
@@ -272,17 +285,27 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
                 options.slot
             )))
         }
-        None if !options.resnapshot
-            && tables.iter().any(|t| t.position.is_some_and(|p| p.lsn > 0)) =>
-        {
-            return Err(Error::SourceSetup(format!(
-                "{}: slot `{}` does not exist but the lake holds captured tables: the changes \
-                 since they were captured may be lost. Copy every table again with --resnapshot",
-                server.name(),
-                options.slot
-            )))
-        }
         _ => {}
+    }
+    // side slots of copies that stopped (or whose slot could not be dropped) hold WAL back
+    server.drop_side_slots(&options.slot).await?;
+    let mut tables = Vec::new();
+    for (index, pg) in published.iter().enumerate() {
+        tables.push(open_table(pg, &entries, index, &options.lake).await?);
+    }
+    if slot.is_none()
+        && !options.resnapshot
+        && tables.iter().any(|t| t.position.is_some_and(|p| p.lsn > 0))
+    {
+        return Err(Error::SourceSetup(format!(
+            "{}: slot `{}` does not exist but the lake holds captured tables: the changes since \
+             they were captured may be lost. Copy every table again with --resnapshot",
+            server.name(),
+            options.slot
+        )));
+    }
+    for table in &mut tables {
+        table.settle().await;
     }
     let run_date = chrono::Utc::now().date_naive();
     let bar = ProgressBar::hidden();
@@ -362,13 +385,15 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
     })
 }
 
-/// A published table as capture takes it on: its lake table (columns as the lake has them
-/// where it exists), the LSN the lake holds, or why it cannot be captured now (a column added
-/// or retyped at the source: it fails, and the slot is held at its stored LSN).
+/// A published table as capture takes it on, without writing to the lake: its lake table
+/// (columns as the lake has them where it exists, then those added at the source, which
+/// [`Captured::settle`] gives the lake tables), the position the lake's last run recorded, or
+/// why it cannot be captured now (a column retyped at the source: it fails, and the slot is
+/// held at its stored position).
 ///
 /// # Errors
-/// [`Error::SourceSetup`] for a table without primary key nor `REPLICA IDENTITY FULL`; lake
-/// errors.
+/// [`Error::SourceSetup`] for a table without primary key nor `REPLICA IDENTITY FULL`; errors
+/// reading the lake's log.
 async fn open_table(
     pg: &PgTable,
     entries: &TablesFile,
@@ -377,7 +402,7 @@ async fn open_table(
 ) -> Result<Captured> {
     let table = Arc::new(capture_table(pg, entries, index, lake, None)?);
     let mut failed = None;
-    let mut columns_added = Vec::new();
+    let mut evolve = false;
     let (table, position) = match lake_columns(&table).await? {
         None => (table, None),
         Some((stored, stored_position)) => {
@@ -389,35 +414,13 @@ async fn open_table(
                     table
                 }
             };
-            if failed.is_none() {
-                // columns added at the source while capture was stopped (or between the two
-                // tables' commits of an earlier start)
-                match evolve(&table).await {
-                    Ok(added) => {
-                        if !added.is_empty() {
-                            stage_line(
-                                false,
-                                format_args!(
-                                    "{}: column(s) {} added to the lake tables",
-                                    table.name(),
-                                    quoted(&added)
-                                ),
-                            );
-                        }
-                        columns_added = added;
-                    }
-                    Err(e) => failed = Some(e.to_string()),
-                }
-            }
-            let position = match failed {
-                // the slot is never confirmed past what a failed table holds
-                Some(_) => stored_position,
-                None => match DeltaLake::open(&table.config.table, false).await? {
-                    Some((lake, _)) => lake.committed().await?.position,
-                    None => None,
-                },
-            };
-            (table, position)
+            // columns added at the source while capture was stopped (or added to one lake
+            // table only, by a crash) are given to the lake tables, and the position is read
+            // after an interrupted run is completed, by `settle`, once the start is not
+            // refused; until then the last run's position (the slot is never confirmed past
+            // what a failed table holds)
+            evolve = failed.is_none();
+            (table, stored_position)
         }
     };
     if let Some(e) = &failed {
@@ -434,14 +437,63 @@ async fn open_table(
             }
             .into(),
             error: failed.clone(),
-            columns_added,
             ..Default::default()
         },
         table,
         position,
         relation: None,
         failed,
+        evolve,
     })
+}
+
+/// The position the lake tables of `table` hold, once an interrupted run is completed (None:
+/// no tables).
+///
+/// # Errors
+/// Lake errors (tables of another schema, out of step).
+async fn lake_position(table: &CaptureTable) -> Result<Option<SlotPosition>> {
+    match DeltaLake::open(&table.config.table, false).await? {
+        Some((lake, _)) => Ok(lake.committed().await?.position),
+        None => Ok(None),
+    }
+}
+
+impl Captured {
+    /// Gives the lake tables the columns they lack (added at the source while capture was
+    /// stopped, see [`open_table`]), then reads the position they hold once an interrupted
+    /// run is completed; a failure fails the table.
+    async fn settle(&mut self) {
+        if !std::mem::take(&mut self.evolve) || self.failed.is_some() {
+            return;
+        }
+        let settled = match evolve(&self.table).await {
+            Ok(added) => {
+                if !added.is_empty() {
+                    stage_line(
+                        false,
+                        format_args!(
+                            "{}: column(s) {} added to the lake tables",
+                            self.table.name(),
+                            quoted(&added)
+                        ),
+                    );
+                }
+                self.report.columns_added = added;
+                lake_position(&self.table).await
+            }
+            Err(e) => Err(e),
+        };
+        match settled {
+            Ok(position) => self.position = position,
+            Err(e) => {
+                tracing::warn!(table = %self.table.name(), "failed: {e}");
+                self.failed = Some(e.to_string());
+                self.report.status = "failed".into();
+                self.report.error = Some(e.to_string());
+            }
+        }
+    }
 }
 
 /// `names` as `` `a`, `b` ``.
@@ -453,20 +505,32 @@ fn quoted(names: &[String]) -> String {
         .join(", ")
 }
 
-/// The payload columns of `table`'s current table in the lake, in order, and the LSN its
+/// The payload columns of `table`'s lake tables, in order (current's, then any history has
+/// that current lacks: a crash between the two tables' `ADD COLUMN` commits), and the LSN the
 /// last run recorded (None: not created).
 async fn lake_columns(table: &CaptureTable) -> Result<Option<StoredColumns>> {
-    let url = &table.config.table.lake.current_url;
-    let Some(stored) = crate::sink::delta::stored_table(url).await? else {
+    let lake = &table.config.table.lake;
+    let Some(stored) = crate::sink::delta::stored_table(&lake.current_url).await? else {
         return Ok(None);
     };
     let lsn = crate::sink::delta::log::last_run(&stored)
         .await?
         .and_then(|(_, entry)| entry.run.source_lsn)
         .and_then(|text| SlotPosition::parse(&text));
-    let schema = stored.snapshot()?.snapshot().arrow_schema();
-    let columns = schema
+    let mut fields: Vec<_> = stored
+        .snapshot()?
+        .snapshot()
+        .arrow_schema()
         .fields()
+        .to_vec();
+    if let Some(history) = crate::sink::delta::stored_table(&lake.history_url).await? {
+        for field in history.snapshot()?.snapshot().arrow_schema().fields() {
+            if !fields.iter().any(|f| f.name() == field.name()) {
+                fields.push(field.clone());
+            }
+        }
+    }
+    let columns = fields
         .iter()
         .filter(|f| !RESERVED_COLUMNS.contains(&f.name().as_str()))
         .map(|f| {
@@ -551,6 +615,9 @@ fn capture_table(
         // lake tables take them, `evolve`)
         for (name, ty) in &mapped {
             if !stored.iter().any(|(s, _)| s == name) {
+                if primary_key.is_empty() {
+                    return Err(inserts_only_column(&pg.qualified(), name));
+                }
                 ordered.push((name.clone(), *ty));
             }
         }
@@ -564,6 +631,16 @@ fn capture_table(
         index,
         lake,
     )
+}
+
+/// Why a table loaded inserts-only cannot take column `column` added at the source: its key is
+/// every column (`tributary.key.columns`), which a new column would change.
+fn inserts_only_column(table: &str, column: &str) -> Error {
+    Error::Source(format!(
+        "table {table}: column `{column}` was added at the source, but the table has no primary \
+         key and is loaded inserts-only, keyed by all its columns, which cannot change (its \
+         changes stay in the slot: move the table's lake folder away to copy it again)"
+    ))
 }
 
 /// The lake table of PostgreSQL table `source` (schema, name) with columns `mapped` (name,
@@ -720,7 +797,10 @@ impl Run<'_> {
             false,
             format_args!("copying {} table(s), {workers} at once", needed.len()),
         );
+        // rows in flight: at most 4 chunks a worker, a chunk at most 1/16 of the limit a
+        // worker (a quarter of the limit in all)
         let (tx, mut rx) = tokio::sync::mpsc::channel(workers * 4);
+        let chunk_bytes = (self.options.memory_limit / (16 * workers as u64)).max(64 << 10);
         let mut running = tokio::task::JoinSet::new();
         for (w, group) in spread(&sizes, workers).into_iter().enumerate() {
             let tables = group
@@ -732,6 +812,7 @@ impl Run<'_> {
                 side_slot(&self.options.slot, w),
                 self.options.publication.clone(),
                 tables,
+                chunk_bytes,
                 tx.clone(),
             ));
         }
@@ -778,14 +859,19 @@ impl Run<'_> {
                     // parts of copies, committed at LSN 0/0 (memory stays bounded, and a copy
                     // that stops is redone from its start), the biggest first
                     loop {
-                        let rows: Vec<u64> = buffers
+                        let held: Vec<(u64, u64)> = buffers
                             .iter()
-                            .map(|b| b.as_ref().map_or(0, TableChanges::rows))
+                            .map(|b| b.as_ref().map_or((0, 0), |b| (b.bytes(), b.rows())))
                             .collect();
-                        if rows.iter().sum::<u64>() < self.options.max_buffered {
+                        let rows: u64 = held.iter().map(|h| h.1).sum();
+                        let bytes: u64 = held.iter().map(|h| h.0).sum();
+                        // with the stream's buffers (a table added while capture runs)
+                        let streamed: u64 = self.tables.iter().map(|t| t.buffer.bytes()).sum();
+                        let full = self.options.full(rows + self.buffered(), bytes + streamed);
+                        if rows == 0 || !full {
                             break;
                         }
-                        let biggest = (0..rows.len()).max_by_key(|&b| rows[b]).unwrap_or(k);
+                        let biggest = (0..held.len()).max_by_key(|&b| held[b]).unwrap_or(k);
                         let table = self.tables[needed[biggest]].table.clone();
                         let next = TableChanges::copy_part(table, false);
                         let mut part = buffers[biggest].replace(next);
@@ -886,7 +972,10 @@ impl Run<'_> {
         };
         let index = self.tables.len();
         let captured = match open_table(pg, &self.entries, index, &self.options.lake).await {
-            Ok(captured) => captured,
+            Ok(mut captured) => {
+                keep_alive(stream, captured.settle()).await;
+                captured
+            }
             Err(e) => {
                 // a table capture cannot take (no key): reported, its changes not applied
                 tracing::warn!(table = %pg.qualified(), "not captured: {e}");
@@ -917,6 +1006,12 @@ impl Run<'_> {
     /// Buffered changes of all tables.
     fn buffered(&self) -> u64 {
         self.tables.iter().map(|t| t.buffer.rows()).sum()
+    }
+
+    /// Whether the buffers are full: a commit is due whatever the interval.
+    fn full(&self) -> bool {
+        let bytes = self.tables.iter().map(|t| t.buffer.bytes()).sum();
+        self.options.full(self.buffered(), bytes)
     }
 
     /// Reads the stream until `stop` or, with a stop LSN, its end; commits and confirms as it
@@ -993,11 +1088,10 @@ impl Run<'_> {
                     return Ok(());
                 }
             }
-            let due = last_commit.elapsed() >= self.options.commit_interval
-                || self.buffered() >= self.options.max_buffered;
+            let due = last_commit.elapsed() >= self.options.commit_interval || self.full();
             // a transaction larger than the buffer is committed in parts (each part records
             // the number of its next change), so memory stays bounded
-            if (txn.is_none() && due) || self.buffered() >= self.options.max_buffered {
+            if (txn.is_none() && due) || self.full() {
                 self.commit(stream, received, txn.is_none()).await?;
                 if self.options.progress {
                     let lag = last_commit_micros
@@ -1286,6 +1380,10 @@ impl Run<'_> {
         added: &[(String, u32, i32)],
         between: bool,
     ) -> Result<()> {
+        if self.tables[t].table.key.is_empty() {
+            let (name, _, _) = &added[0];
+            return Err(inserts_only_column(self.tables[t].table.name(), name));
+        }
         if !self.tables[t].buffer.is_empty() {
             self.commit_table(stream, t, between).await;
             if self.tables[t].failed.is_some() {
@@ -1463,9 +1561,10 @@ enum Copied {
 const COPY_CHUNK_ROWS: usize = 1024;
 
 /// Copies `tables` (their index among the tables copied, the table) in the exported snapshot
-/// of a new side slot `side`, on connections of its own, sending their rows to `tx` (each
-/// table's rows together, then its [`Copied::Done`]; an empty table only its `Done`), then
-/// drops the side slot.
+/// of a new side slot `side`, on connections of its own, sending their rows to `tx` in chunks
+/// of at most [`COPY_CHUNK_ROWS`] rows and `chunk_bytes` bytes of text (each table's rows
+/// together, then its [`Copied::Done`]; an empty table only its `Done`), then drops the side
+/// slot.
 ///
 /// # Errors
 /// [`Error::Source`] from the server; [`Error::Internal`] when the controller stopped
@@ -1475,6 +1574,7 @@ async fn copy_worker(
     side: String,
     publication: String,
     tables: Vec<(usize, Arc<CaptureTable>)>,
+    chunk_bytes: u64,
     tx: tokio::sync::mpsc::Sender<Copied>,
 ) -> Result<()> {
     let send = |message| {
@@ -1496,17 +1596,21 @@ async fn copy_worker(
     );
     let mut done = vec![false; tables.len()];
     let mut chunk = Vec::new();
+    let mut bytes = 0u64;
     let mut current: Option<usize> = None;
     while let Some((i, values)) = copy.next().await? {
         if let Some(c) = current.filter(|&c| c != i) {
             send(Copied::Rows(tables[c].0, point, std::mem::take(&mut chunk))).await?;
             send(Copied::Done(tables[c].0, point)).await?;
             done[c] = true;
+            bytes = 0;
         }
         current = Some(i);
+        bytes += values.iter().flatten().map(|v| v.len() as u64).sum::<u64>();
         chunk.push(values);
-        if chunk.len() >= COPY_CHUNK_ROWS {
+        if chunk.len() >= COPY_CHUNK_ROWS || bytes >= chunk_bytes {
             send(Copied::Rows(tables[i].0, point, std::mem::take(&mut chunk))).await?;
+            bytes = 0;
         }
     }
     if let Some(c) = current {

@@ -31,14 +31,18 @@ pub struct CaptureArgs {
     /// How often changes are committed to the lake (e.g. 10s, 1m).
     #[arg(long, default_value = "10s")]
     pub commit_interval: String,
-    /// Changes buffered (all tables) past which a commit is made before the interval; the
-    /// initial copy commits a table in parts of this many rows.
+    /// Changes buffered (all tables) past which a commit is made before the interval, whatever
+    /// their size (see --memory-limit); the initial copy commits in parts past this many rows.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_buffered_changes: u64,
     /// Tables copied at once by the initial copy, each in a side slot's snapshot (a
     /// replication slot and a walsender each while it runs).
-    #[arg(long, default_value_t = 4)]
-    pub copy_workers: usize,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub copy_workers: u16,
+    /// Memory the buffers and runs stay within, about (`512MiB`, `2GiB`): a commit is made
+    /// when the buffered changes take half of it.
+    #[arg(long, default_value = "1GiB")]
+    pub memory_limit: String,
     /// Drain the slot up to the server's current WAL position, commit, confirm and exit.
     #[arg(long)]
     pub once: bool,
@@ -101,6 +105,28 @@ pub async fn execute(args: CaptureArgs) -> Result<u8> {
             "the database is a URL: postgres://USER@HOST:PORT/DATABASE".into(),
         ));
     }
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    let max = crate::source::postgres::MAX_SLOT_NAME;
+    if args.slot.is_empty() || args.slot.len() > max || !args.slot.chars().all(valid) {
+        return Err(Error::Usage(format!(
+            "--slot `{}`: a slot name is 1 to {max} lower-case letters, digits and underscores",
+            args.slot
+        )));
+    }
+    let memory_limit = crate::config::ByteSizeText::Text(args.memory_limit.clone())
+        .bytes("--memory-limit")
+        .map_err(|_| {
+            Error::Usage(format!(
+                "--memory-limit `{}`: use a size such as 512MiB or 2GiB",
+                args.memory_limit
+            ))
+        })?;
+    if memory_limit < crate::config::MIN_MEMORY_LIMIT {
+        return Err(Error::Usage(format!(
+            "--memory-limit `{}`: at least 16MiB",
+            args.memory_limit
+        )));
+    }
     let options = CaptureOptions {
         url: args.url,
         lake: args.lake,
@@ -111,7 +137,8 @@ pub async fn execute(args: CaptureArgs) -> Result<u8> {
         once: args.once,
         resnapshot: args.resnapshot,
         max_buffered: args.max_buffered_changes.max(1),
-        copy_workers: args.copy_workers.max(1),
+        copy_workers: usize::from(args.copy_workers),
+        memory_limit,
         progress: !args.json,
     };
     let stop = CancellationToken::new();

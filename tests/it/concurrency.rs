@@ -90,7 +90,7 @@ fn race<J: Send + Clone + 'static>(
 /// Day `k`'s full extract of 60 keys: a seventh of them missing (deleted), values moving.
 fn day_input(fx: &Fixture, k: usize) -> PathBuf {
     let rows: String = (0..60)
-        .filter(|i| (i + k) % 7 != 0)
+        .filter(|i| !(i + k).is_multiple_of(7))
         .map(|i| format!("id{i},{}\n", (i * (k + 1)) % 5))
         .collect();
     fx.input(&format!("day{k}"), "part.csv", rows.as_bytes())

@@ -27,8 +27,8 @@ fn tributary(fx: &Fixture, input: &Path, date: &str, crash_at: Option<&str>) -> 
 /// Day `d` of a small changing table: keys drop out, come back and change value over the days.
 fn day_csv(d: u32) -> String {
     (0..300u32)
-        .filter(|i| (i * 7 + d) % 10 != 0)
-        .map(|i| format!("k{i},{}\n", if (i + d) % 3 == 0 { d } else { 0 }))
+        .filter(|i| !(i * 7 + d).is_multiple_of(10))
+        .map(|i| format!("k{i},{}\n", if (i + d).is_multiple_of(3) { d } else { 0 }))
         .collect()
 }
 

@@ -161,13 +161,13 @@ pub async fn stored_table(url: &Url) -> crate::error::Result<Option<DeltaTable>>
 /// source (`capture`); nothing is backfilled. Returns the names added (none: nothing
 /// committed, or no table at `url`).
 ///
-/// A column the table has is never changed nor moved; a table whose columns are not those of
-/// `schema` in the same order (a column `schema` lacks, another order) is left as it is, for
-/// the open's check to report. Another writer adding the same columns at once: the commit
-/// that loses finds them there and adds nothing.
+/// A column the table has is never changed nor moved. Another writer adding the same columns
+/// at once: the commit that loses finds them there and adds nothing. The commit makes no
+/// checkpoint and cleans no log (a clean-up could remove the commit of the table's last run).
 ///
 /// # Errors
-/// Delta errors.
+/// [`Error::Lake`] when the table's columns are not among `schema`'s in the same order (a
+/// column `schema` lacks, another order): nothing is committed; Delta errors.
 pub async fn add_columns(url: &Url, schema: &SchemaRef, role: TableRole) -> Result<Vec<String>> {
     use deltalake::kernel::MetadataExt;
     let Some(mut table) = stored_table(url).await? else {
@@ -197,8 +197,27 @@ pub async fn add_columns(url: &Url, schema: &SchemaRef, role: TableRole) -> Resu
             .filter(|f| !added.iter().any(|a| a.name() == f.name()))
             .map(|f| f.name())
             .eq(found.fields().iter().map(|f| f.name()));
-        if added.is_empty() || !kept_in_order {
+        if added.is_empty() {
             return Ok(Vec::new());
+        }
+        if !kept_in_order {
+            let names = |fields: Vec<&String>| {
+                fields
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(lake_err(
+                role.as_str(),
+                format!(
+                    "has columns [{}]; cannot add [{}] to make them [{}]: a column of the table \
+                     is not among them, or in another order",
+                    names(found.fields().iter().map(|f| f.name()).collect()),
+                    names(added.iter().map(|f| f.name()).collect()),
+                    names(schema.fields().iter().map(|f| f.name()).collect()),
+                ),
+            ));
         }
         let arrow = |fields| SchemaRef::new(deltalake::arrow::datatypes::Schema::new(fields));
         let evolved: StructType = arrow(fields).try_into_kernel()?;
@@ -211,7 +230,12 @@ pub async fn add_columns(url: &Url, schema: &SchemaRef, role: TableRole) -> Resu
         let operation = deltalake::protocol::DeltaOperation::AddColumn {
             fields: new_fields.fields().cloned().collect(),
         };
-        let committed = deltalake::kernel::transaction::CommitBuilder::default()
+        // no checkpoint nor log clean-up after it: the clean-up could remove the commit of
+        // the table's last run, which holds its position (`log::last_run`)
+        let properties = CommitProperties::default()
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false));
+        let committed = deltalake::kernel::transaction::CommitBuilder::from(properties)
             .with_actions(vec![deltalake::kernel::Action::Metadata(metadata)])
             .build(Some(snapshot), table.log_store(), operation)
             .await;
@@ -370,4 +394,62 @@ fn check(table: &DeltaTable, config: &TableSpec, schema: &SchemaRef, role: &str)
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::schema::{changelog_schema, ColumnType};
+
+    fn columns(names: &[&str]) -> Vec<(String, ColumnType)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), ColumnType::Int))
+            .collect()
+    }
+
+    fn names(table: &DeltaTable) -> Vec<String> {
+        let schema = table.snapshot().unwrap().snapshot().arrow_schema();
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn added_columns_go_before_keyhash_once_and_never_reorder_a_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let before = changelog_schema(&columns(&["id", "v"]));
+        let fields: StructType = before.clone().try_into_kernel().unwrap();
+        DeltaTable::try_from_url(url.clone())
+            .await
+            .unwrap()
+            .create()
+            .with_columns(fields.fields().cloned())
+            .await
+            .unwrap();
+        let role = TableRole::Current;
+        let wanted = changelog_schema(&columns(&["id", "v", "n", "m"]));
+        let added = add_columns(&url, &wanted, role).await.unwrap();
+        assert_eq!(added, vec!["n", "m"]);
+        let table = stored_table(&url).await.unwrap().unwrap();
+        let expected: Vec<String> = wanted.fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names(&table), expected);
+        // nothing left to add: no commit
+        let version = table.version();
+        assert!(add_columns(&url, &wanted, role).await.unwrap().is_empty());
+        let table = stored_table(&url).await.unwrap().unwrap();
+        assert_eq!(table.version(), version);
+        // a column of the table that the schema lacks: refused, nothing committed
+        let other = changelog_schema(&columns(&["id", "n", "m", "w"]));
+        let refused = add_columns(&url, &other, role).await.unwrap_err();
+        assert!(refused.to_string().contains("cannot add [w]"), "{refused}");
+        let table = stored_table(&url).await.unwrap().unwrap();
+        assert_eq!(table.version(), version);
+        // no table there: nothing to do
+        let empty = tempfile::tempdir().unwrap();
+        let nowhere = Url::from_directory_path(empty.path()).unwrap();
+        assert!(add_columns(&nowhere, &wanted, role)
+            .await
+            .unwrap()
+            .is_empty());
+    }
 }

@@ -351,18 +351,22 @@ impl Server {
         Ok(())
     }
 
-    /// The side slots of slot `slot` ([`side_slot`]) that exist, by name.
+    /// The side slots of slot `slot` that exist, by name: those of [`side_slot`] for every
+    /// worker, and `<slot>_copy` (the one side slot of earlier versions), pgoutput slots of
+    /// this database only.
     ///
     /// # Errors
     /// [`Error::Source`] for a failed query.
     pub async fn side_slots(&self, slot: &str) -> Result<Vec<String>> {
-        // slot names hold only lower-case letters, digits and underscores
-        let pattern = format!("^{slot}_copy[0-9]*$");
+        let mut names: Vec<String> = (0..MAX_COPY_WORKERS).map(|w| side_slot(slot, w)).collect();
+        names.push(format!("{slot}_copy"));
         let rows = self
             .client
             .query(
-                "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name ~ $1 ORDER BY 1",
-                &[&pattern],
+                "SELECT slot_name::text FROM pg_replication_slots \
+                 WHERE slot_name = ANY($1) AND plugin = 'pgoutput' \
+                   AND database = current_database() ORDER BY 1",
+                &[&names],
             )
             .await
             .map_err(|e| pg_error(&self.name, e))?;
@@ -579,10 +583,11 @@ impl Copy {
         }
     }
 
-    /// Ends the copy and drops its side slot.
+    /// Ends the copy and drops its side slot (a slot that cannot be dropped is left, with a
+    /// warning, for the next start).
     ///
     /// # Errors
-    /// [`Error::Source`] when the copy was not read to its end or the slot cannot be dropped.
+    /// [`Error::Source`] when the copy was not read to its end.
     pub async fn finish(self, server: &Server) -> Result<()> {
         let stream = self
             .rows
@@ -592,24 +597,31 @@ impl Copy {
         drop(stream);
         // its walsender lets go of the slot a moment after the connection closes
         let patience = std::time::Duration::from_secs(15);
-        match server.slot_when_free(&self.side_slot, patience).await? {
-            Some(state) if state.active => {
-                tracing::warn!(slot = %self.side_slot, "the copy's slot is still in use; the next start drops it");
-                Ok(())
-            }
-            Some(_) => server.drop_slot(&self.side_slot).await,
-            None => Ok(()),
+        // the copy is whole whatever happens to its slot: a slot left is dropped by the next
+        // start (`Server::drop_side_slots`)
+        let dropped = match server.slot_when_free(&self.side_slot, patience).await {
+            Ok(Some(state)) if state.active => Err(Error::Source("still in use".into())),
+            Ok(Some(_)) => server.drop_slot(&self.side_slot).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = dropped {
+            tracing::warn!(slot = %self.side_slot, "the copy's slot is left for the next start to drop: {e}");
         }
+        Ok(())
     }
 }
 
-/// The side slot of copy worker `worker` (0-based) of slot `slot`: `<slot>_copy`, then
-/// `<slot>_copy2`, `<slot>_copy3`, ...
+/// Most copy workers (`--copy-workers`).
+pub const MAX_COPY_WORKERS: usize = 64;
+
+/// Longest `--slot` name: PostgreSQL's 63 bytes less the side slots' suffix (`__copy63`).
+pub const MAX_SLOT_NAME: usize = 55;
+
+/// The side slot of copy worker `worker` (0-based, below [`MAX_COPY_WORKERS`]) of slot
+/// `slot`: `<slot>__copy0`, `<slot>__copy1`, ...
 pub fn side_slot(slot: &str, worker: usize) -> String {
-    match worker {
-        0 => format!("{slot}_copy"),
-        n => format!("{slot}_copy{}", n + 1),
-    }
+    format!("{slot}__copy{worker}")
 }
 
 /// Starts a copy of `tables` (published by `publication`) inside the exported snapshot of a
