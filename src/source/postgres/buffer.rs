@@ -92,7 +92,7 @@ const TOAST_WATCH_BYTES: usize = 256;
 /// position, key and non-key hashes, the merge's row index and the writers' share). Measured
 /// with `bench/capture_bench.sh` (A, A', A'': three columns, 41 bytes of text a change), peak
 /// RSS grows by about 420 bytes per buffered change; this gives 430. The rest of the peak is
-/// fixed: the process and the current table's files a run rewrites (330 MB there).
+/// fixed: the process and the current table's files a run rewrites (about 320 MB there).
 pub fn change_bytes(text: usize, columns: usize) -> u64 {
     (2 * text + 16 * columns + 300) as u64
 }
