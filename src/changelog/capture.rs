@@ -1207,7 +1207,13 @@ impl Run<'_> {
             EventType::Insert {
                 relation_oid, data, ..
             } => {
-                self.change(relations, txn, relation_oid, ChangeOp::Insert, None, &data);
+                let change = Change {
+                    relation: relation_oid,
+                    op: ChangeOp::Insert,
+                    old: None,
+                    data: &data,
+                };
+                self.change(stream, relations, txn, change).await;
             }
             EventType::Update {
                 relation_oid,
@@ -1215,29 +1221,26 @@ impl Run<'_> {
                 new_data,
                 ..
             } => {
-                let old = old_data.as_ref();
-                self.change(
-                    relations,
-                    txn,
-                    relation_oid,
-                    ChangeOp::Update,
-                    old,
-                    &new_data,
-                );
+                let change = Change {
+                    relation: relation_oid,
+                    op: ChangeOp::Update,
+                    old: old_data.as_ref(),
+                    data: &new_data,
+                };
+                self.change(stream, relations, txn, change).await;
             }
             EventType::Delete {
                 relation_oid,
                 old_data,
                 ..
             } => {
-                self.change(
-                    relations,
-                    txn,
-                    relation_oid,
-                    ChangeOp::Delete,
-                    None,
-                    &old_data,
-                );
+                let change = Change {
+                    relation: relation_oid,
+                    op: ChangeOp::Delete,
+                    old: None,
+                    data: &old_data,
+                };
+                self.change(stream, relations, txn, change).await;
             }
             EventType::Truncate { tables, .. } => {
                 let Some(current) = txn.as_mut() else {
@@ -1276,15 +1279,16 @@ impl Run<'_> {
     /// Buffers one row change of the transaction being received, when its table takes it
     /// (not failed, and not held by the lake: see [`Captured::skips`]). An update that changed
     /// the key (`old`: the old key, which pgoutput sends then) deletes the old key first, with
-    /// the same change number (another key).
-    fn change(
+    /// the same change number (another key); the new key keeps the old key's unchanged TOAST
+    /// values, from the run where it has them, else from the lake (a scan of the current
+    /// table, the stream kept alive meanwhile: key updates of rows with TOASTed values are
+    /// rare).
+    async fn change(
         &mut self,
+        stream: &mut LogicalReplicationStream,
         relations: &HashMap<u32, usize>,
         txn: &mut Option<Txn>,
-        relation: u32,
-        op: ChangeOp,
-        old: Option<&pg_walstream::RowData>,
-        data: &pg_walstream::RowData,
+        change: Change<'_>,
     ) {
         let Some(current) = txn.as_mut() else {
             return;
@@ -1292,7 +1296,7 @@ impl Run<'_> {
         // every change of the transaction takes a number, whichever table (captured or not)
         // it belongs to: the same numbers whenever the slot sends the transaction again
         current.seq += 1;
-        let Some(&t) = relations.get(&relation) else {
+        let Some(&t) = relations.get(&change.relation) else {
             return;
         };
         let (lsn, seq, day) = (current.commit_lsn, current.seq, current.day);
@@ -1300,33 +1304,51 @@ impl Run<'_> {
             return;
         }
         current.changes += 1;
-        let table = &mut self.tables[t];
+        let op = change.op;
+        let table = self.tables[t].table.clone();
         let relation_columns = match op {
-            ChangeOp::Update => table.relation.as_deref(),
+            ChangeOp::Update => self.tables[t].relation.as_deref(),
             _ => None,
         };
-        let (mut values, mut unchanged) = decode_row(&table.table, data, relation_columns);
+        let (mut values, mut unchanged) = decode_row(&table, change.data, relation_columns);
         let mut pushed = Ok(());
-        if let (Some(old), false) = (old, table.table.key.is_empty()) {
-            let (old_values, _) = decode_row(&table.table, old, None);
-            if table.table.key.iter().any(|&c| old_values[c] != values[c]) {
-                // the new key keeps the old key's unchanged values, where the run has them (a
-                // value only the lake holds for the old key fails the table with its name)
-                let old_key: Values = table
-                    .table
-                    .key
-                    .iter()
-                    .map(|&c| old_values[c].clone())
-                    .collect();
-                table
+        if let (Some(old), false) = (change.old, table.key.is_empty()) {
+            let (old_values, _) = decode_row(&table, old, None);
+            if table.key.iter().any(|&c| old_values[c] != values[c]) {
+                let old_key: Values = table.key.iter().map(|&c| old_values[c].clone()).collect();
+                self.tables[t]
                     .buffer
                     .fill_from(&old_key, &mut values, &mut unchanged);
-                pushed = table
-                    .buffer
-                    .push(ChangeOp::Delete, old_values, Vec::new(), lsn, seq, day);
+                if !unchanged.is_empty() {
+                    // not in the run: unchanged since the lake's last commit, so the lake's
+                    let found = keep_alive(stream, stored_values(&table, &old_values, &unchanged));
+                    match found.await {
+                        Ok(Some(stored)) => {
+                            for (&c, value) in unchanged.iter().zip(stored) {
+                                values[c] = value;
+                            }
+                            unchanged.clear();
+                        }
+                        // no live row: the push names the column whose value is unknown
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.fail(t, &e);
+                            return;
+                        }
+                    }
+                }
+                pushed = self.tables[t].buffer.push(
+                    ChangeOp::Delete,
+                    old_values,
+                    Vec::new(),
+                    lsn,
+                    seq,
+                    day,
+                );
             }
         }
-        let pushed = pushed.and_then(|()| table.buffer.push(op, values, unchanged, lsn, seq, day));
+        let buffer = &mut self.tables[t].buffer;
+        let pushed = pushed.and_then(|()| buffer.push(op, values, unchanged, lsn, seq, day));
         if let Err(e) = pushed {
             self.fail(t, &e);
         }
@@ -1647,6 +1669,17 @@ fn spread(sizes: &[u64], workers: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// One row change of a pgoutput message.
+struct Change<'a> {
+    /// The table's relation id.
+    relation: u32,
+    op: ChangeOp,
+    /// The old key or row (an update that changed the key, or REPLICA IDENTITY FULL).
+    old: Option<&'a pg_walstream::RowData>,
+    /// The new row (the old one for a delete).
+    data: &'a pg_walstream::RowData,
+}
+
 /// Reads the stream with a deadline: a read is ended through its cancellation token, not by
 /// dropping it (pg_walstream's rule: then no frame is lost). One token serves every read until
 /// its timer fires, so a busy stream costs one timer per `wait`, not one per event.
@@ -1716,6 +1749,65 @@ async fn stopped_copy_files(table: &CaptureTable) -> Result<Vec<deltalake::kerne
         return Ok(Vec::new());
     }
     crate::sink::delta::files_removed(&lake.history, &paths)
+}
+
+/// The values of `columns` (configured column indices) of the live row of `table`'s current
+/// table whose key is that of `row` (values in configured order, PostgreSQL's text), as text
+/// (None: no live row). A scan of the table (for an update that moved a row to a new key and
+/// left TOASTed values unchanged, which only the lake holds).
+///
+/// # Errors
+/// Lake errors; a key value the table's types cannot hold.
+async fn stored_values(
+    table: &Arc<CaptureTable>,
+    row: &Values,
+    columns: &[usize],
+) -> Result<Option<Values>> {
+    let key = crate::source::postgres::buffer::typed_key(table, row)?;
+    let Some((lake, _)) = DeltaLake::open(&table.config.table, false).await? else {
+        return Ok(None);
+    };
+    let Some(mut rows) = crate::sink::delta::scan_stream(&lake.current).await? else {
+        return Ok(None);
+    };
+    let names = &table.config.table.columns;
+    let column = |batch: &deltalake::arrow::array::RecordBatch, c: usize| {
+        batch
+            .column_by_name(&names[c].name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Internal(format!("current table without column {}", names[c].name))
+            })
+    };
+    while let Some(batch) = rows.next().await {
+        let batch = batch?;
+        let keys = table
+            .key
+            .iter()
+            .map(|&c| column(&batch, c))
+            .collect::<Result<Vec<_>>>()?;
+        let keys: Vec<&deltalake::arrow::array::ArrayRef> = keys.iter().collect();
+        let ops = batch
+            .column_by_name(OPERATION)
+            .map(|c| cast(c, &DataType::Utf8))
+            .transpose()?;
+        for (r, k) in key_texts(&keys)?.into_iter().enumerate() {
+            let deleted = ops
+                .as_ref()
+                .is_some_and(|o| o.as_string::<i32>().value(r) == "D");
+            if k != key || deleted {
+                continue;
+            }
+            let mut found = Vec::new();
+            for &c in columns {
+                let text = cast(&column(&batch, c)?, &DataType::Utf8)?;
+                let valid = text.is_valid(r);
+                found.push(valid.then(|| text.as_string::<i32>().value(r).to_string()));
+            }
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 /// The keys of `table` live in its current table, as text (for a TRUNCATE's deletes).

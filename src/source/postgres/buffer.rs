@@ -135,6 +135,18 @@ pub fn key_texts(columns: &[&ArrayRef]) -> Result<Vec<Values>> {
 /// A row's values in configured column order: None is SQL NULL.
 pub type Values = Vec<Option<String>>;
 
+/// The key of a row of `table` (`values` in configured column order, PostgreSQL's text) as
+/// its typed key cast to text ([`key_texts`]): the form in which it compares with keys read
+/// from the lake.
+///
+/// # Errors
+/// A key value the table's types cannot hold.
+pub fn typed_key(table: &Arc<CaptureTable>, values: &Values) -> Result<Values> {
+    let mut one = TableChanges::new(table.clone(), false);
+    one.push(ChangeOp::Insert, values.clone(), Vec::new(), 0, 1, 0)?;
+    Ok(one.live_keys()?.pop().unwrap_or_default())
+}
+
 /// The last values of a key seen in the buffer, and the columns among them still unknown
 /// (unchanged TOAST values not seen in the buffer).
 struct Latest {
