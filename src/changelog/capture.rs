@@ -1320,17 +1320,34 @@ impl Run<'_> {
                     .buffer
                     .fill_from(&old_key, &mut values, &mut unchanged);
                 if !unchanged.is_empty() {
-                    // not in the run: unchanged since the lake's last commit, so the lake's
-                    let found = keep_alive(stream, stored_values(&table, &old_values, &unchanged));
-                    match found.await {
+                    // not in the run, or only as unchanged: as the lake's last commit holds it
+                    let found = match self.tables[t].buffer.lake_holds(&old_key) {
+                        true => {
+                            let scan = stored_values(&table, &old_values, &unchanged);
+                            keep_alive(stream, scan).await
+                        }
+                        false => Ok(None),
+                    };
+                    match found {
                         Ok(Some(stored)) => {
                             for (&c, value) in unchanged.iter().zip(stored) {
                                 values[c] = value;
                             }
                             unchanged.clear();
                         }
-                        // no live row: the push names the column whose value is unknown
-                        Ok(None) => {}
+                        Ok(None) => {
+                            let column = &table.config.table.columns[unchanged[0]].name;
+                            let e = Error::Source(format!(
+                                "table {}: an update moved key {} to a new key and left the \
+                                 TOASTed value of column `{column}` unchanged, but neither this \
+                                 run nor the lake holds the old row's value (its changes stay \
+                                 in the slot: move the table's lake folder away to copy it again)",
+                                table.name(),
+                                key_text(&old_key)
+                            ));
+                            self.fail(t, &e);
+                            return;
+                        }
                         Err(e) => {
                             self.fail(t, &e);
                             return;
@@ -1667,6 +1684,12 @@ fn spread(sizes: &[u64], workers: usize) -> Vec<Vec<usize>> {
         })
         .filter(|g| !g.is_empty())
         .collect()
+}
+
+/// A key's values as `(1, 'a')`.
+fn key_text(key: &Values) -> String {
+    let values: Vec<&str> = key.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+    format!("({})", values.join(", "))
 }
 
 /// One row change of a pgoutput message.

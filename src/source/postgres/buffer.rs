@@ -135,6 +135,22 @@ pub fn key_texts(columns: &[&ArrayRef]) -> Result<Vec<Values>> {
 /// A row's values in configured column order: None is SQL NULL.
 pub type Values = Vec<Option<String>>;
 
+/// A 64-bit hash of `key` (values of key columns), NULL told apart from every text.
+fn key_hash(key: &Values) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for value in key {
+        match value {
+            Some(text) => {
+                hasher.update(&[1]);
+                hasher.update(&(text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+            None => hasher.update(&[0]),
+        }
+    }
+    hasher.digest()
+}
+
 /// The key of a row of `table` (`values` in configured column order, PostgreSQL's text) as
 /// its typed key cast to text ([`key_texts`]): the form in which it compares with keys read
 /// from the lake.
@@ -165,6 +181,8 @@ pub struct TableChanges {
     keep: HashMap<usize, Vec<usize>>,
     lines: Vec<u64>,
     latest: HashMap<Values, Latest>,
+    /// Hashes of the keys with changes gathered ([`key_hash`]; tables with a key, not copies).
+    touched: std::collections::HashSet<u64>,
     done: Vec<ChangeBatch>,
     /// Changes gathered.
     rows: u64,
@@ -204,6 +222,7 @@ impl TableChanges {
             keep: HashMap::new(),
             lines: Vec::new(),
             latest: HashMap::new(),
+            touched: std::collections::HashSet::new(),
             done: Vec::new(),
             rows: 0,
             bytes: 0,
@@ -256,6 +275,15 @@ impl TableChanges {
                 !known
             });
         }
+    }
+
+    /// Whether what the gathered changes do not say of key `key` (values of the key columns) is
+    /// as the lake holds it: the key has no change gathered, or its changes are remembered
+    /// (their unknown values, unchanged TOAST values, are those stored). False for a key whose
+    /// changes were gathered but not remembered (a hash collision counts as gathered: the
+    /// safe side).
+    pub fn lake_holds(&self, key: &Values) -> bool {
+        self.latest.contains_key(key) || !self.touched.contains(&key_hash(key))
     }
 
     /// The table.
@@ -318,6 +346,10 @@ impl TableChanges {
         let text: usize = values.iter().flatten().map(String::len).sum();
         let remember = !unchanged.is_empty() || text >= TOAST_WATCH_BYTES;
         let tracked = !self.table.key.is_empty() && !self.reload && !self.append;
+        if tracked {
+            let key: Values = self.table.key.iter().map(|&c| values[c].clone()).collect();
+            self.touched.insert(key_hash(&key));
+        }
         if tracked && (remember || !self.latest.is_empty()) {
             let key: Values = self.table.key.iter().map(|&c| values[c].clone()).collect();
             match op {
@@ -584,6 +616,38 @@ mod tests {
         (0..column.len())
             .map(|i| column.is_valid(i).then(|| column.value(i).to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_lake_holds_what_the_run_does_not_say_of_untouched_or_remembered_keys() {
+        let key = |id: i64| vec![Some(id.to_string())];
+        let mut buffer = TableChanges::new(table(), false);
+        // key 1: a small row, not remembered: what the run lacks of it is not the lake's
+        buffer
+            .push(
+                ChangeOp::Insert,
+                row(1, "a", Some("short")),
+                vec![],
+                100,
+                1,
+                0,
+            )
+            .unwrap();
+        // key 2: only updates leaving the note unchanged: remembered, the note the lake's
+        buffer
+            .push(ChangeOp::Update, row(2, "c", None), vec![2], 200, 1, 0)
+            .unwrap();
+        assert!(!buffer.lake_holds(&key(1)));
+        assert!(buffer.lake_holds(&key(2)));
+        assert!(buffer.lake_holds(&key(3)));
+        assert!(buffer.lake_holds(&vec![None]));
+        // a NULL key and the text "" hash apart
+        assert_ne!(key_hash(&vec![None]), key_hash(&vec![Some(String::new())]));
+        // a copy tracks no key
+        let mut copy = TableChanges::copy_part(table(), true);
+        copy.push(ChangeOp::Insert, row(4, "a", None), vec![], 0, 1, 0)
+            .unwrap();
+        assert!(copy.lake_holds(&key(4)));
     }
 
     #[test]
