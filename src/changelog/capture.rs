@@ -9,11 +9,12 @@
 //! 2. **The slot first, then the copies.** The slot is created (no exported snapshot) before
 //!    any table is copied. Each table the lake does not hold yet (or holds at position 0/0: a
 //!    copy that stopped, a `--resnapshot`) is copied inside the exported snapshot of a side
-//!    slot made after it, exact at that side slot's consistent point `C`, in parts of
-//!    `--max-buffered-changes` rows: the first replaces the table (and the history rows of
-//!    parts that stopped), every part but the last records 0/0, the last records `C`. A table
-//!    added to the publication while capture runs is copied the same way when its first
-//!    Relation message arrives.
+//!    slot made after it (up to `--copy-workers` side slots at once, each copying its share of
+//!    the tables), exact at that side slot's consistent point `C`, in parts when the copies'
+//!    rows fill the buffers (`--memory-limit`, `--max-buffered-changes`): the first part
+//!    replaces the table (and the history rows of parts that stopped), every part but the last
+//!    records 0/0, the last records `C`. A table added to the publication while capture runs
+//!    is copied the same way when its first Relation message arrives.
 //! 3. **The stream.** Transactions arrive in commit order (pgoutput protocol 1: the server
 //!    spills large ones to disk). Every change of a transaction has a number (its place among
 //!    the transaction's changes, the same whenever the slot sends it again), and a table
@@ -23,7 +24,7 @@
 //!    of the next change of one committed in part. After a crash nothing is applied twice and
 //!    nothing is skipped.
 //! 4. **Runs.** Every `--commit-interval` (and at the end of `--once`, on SIGINT/SIGTERM, and
-//!    when `--max-buffered-changes` are buffered, inside a transaction if need be) each table
+//!    when the buffers are full, inside a transaction if need be) each table
 //!    with changes commits one run through `sync::run_source`: the same de-duplication,
 //!    ordering, stale-change rule, history (every change) and run transaction as `sync`, with
 //!    the position in the same commit. Status updates keep the walsender alive meanwhile.
@@ -31,6 +32,9 @@
 //!    whole transaction received (its flush LSN), never past a table that failed; when nothing
 //!    is buffered and no transaction is being received, the server's own position (keepalive
 //!    `wal_end`) is confirmed, so an idle or unrelated-write database does not pile up WAL.
+//!
+//! A column added at the source is added to the table's lake tables (nullable, nothing
+//! backfilled) before the first run that carries it; other schema changes stop the table.
 //!
 //! A table that fails (a bad value, a schema change the lake cannot follow) stops; the others
 //! go on, and the slot is not confirmed past the failed table's checkpoint, so its changes stay
