@@ -118,6 +118,7 @@ mod tests {
             commit_days: vec![None; changes.len()],
             positions: vec![None; changes.len()],
             keep_stored: Default::default(),
+            keep_from: Default::default(),
         }
     }
 
