@@ -1217,7 +1217,7 @@ impl Run<'_> {
                     old: None,
                     data: &data,
                 };
-                self.change(relations, txn, change);
+                self.change(stream, relations, txn, change).await;
             }
             EventType::Update {
                 relation_oid,
@@ -1231,7 +1231,7 @@ impl Run<'_> {
                     old: old_data.as_ref(),
                     data: &new_data,
                 };
-                self.change(relations, txn, change);
+                self.change(stream, relations, txn, change).await;
             }
             EventType::Delete {
                 relation_oid,
@@ -1244,7 +1244,7 @@ impl Run<'_> {
                     old: None,
                     data: &old_data,
                 };
-                self.change(relations, txn, change);
+                self.change(stream, relations, txn, change).await;
             }
             EventType::Truncate { tables, .. } => {
                 let Some(current) = txn.as_mut() else {
@@ -1284,10 +1284,12 @@ impl Run<'_> {
     /// (not failed, and not held by the lake: see [`Captured::skips`]). An update that changed
     /// the key (`old`: the old key, which pgoutput sends then) deletes the old key first, with
     /// the same change number (another key); the new key keeps the old key's unchanged TOAST
-    /// values, from the run where it has them, else from the old key's stored row, which the
-    /// run's merge reads as the run deletes that key ([`TableChanges::push_moved`]).
-    fn change(
+    /// values, from the run where it has them, else from the lake (a scan of the current
+    /// table, the stream kept alive meanwhile: key updates of rows with TOASTed values are
+    /// rare).
+    async fn change(
         &mut self,
+        stream: &mut LogicalReplicationStream,
         relations: &HashMap<u32, usize>,
         txn: &mut Option<Txn>,
         change: Change<'_>,
@@ -1313,35 +1315,61 @@ impl Run<'_> {
             _ => None,
         };
         let (mut values, mut unchanged) = decode_row(&table, change.data, relation_columns);
+        let mut pushed = Ok(());
         if let (Some(old), false) = (change.old, table.key.is_empty()) {
             let (old_values, _) = decode_row(&table, old, None);
             if table.key.iter().any(|&c| old_values[c] != values[c]) {
                 let old_key: Values = table.key.iter().map(|&c| old_values[c].clone()).collect();
-                let buffer = &mut self.tables[t].buffer;
-                buffer.fill_from(&old_key, &mut values, &mut unchanged);
-                if !unchanged.is_empty() && !buffer.lake_holds(&old_key) {
-                    let column = &table.config.table.columns[unchanged[0]].name;
-                    let e = Error::Source(format!(
-                        "table {}: an update moved key {} to a new key and left the TOASTed \
-                         value of column `{column}` unchanged, but neither this run nor the lake \
-                         holds the old row's value (its changes stay in the slot: move the \
-                         table's lake folder away to copy it again)",
-                        table.name(),
-                        key_text(&old_key)
-                    ));
-                    self.fail(t, &e);
-                    return;
+                self.tables[t]
+                    .buffer
+                    .fill_from(&old_key, &mut values, &mut unchanged);
+                if !unchanged.is_empty() {
+                    // not in the run, or only as unchanged: as the lake's last commit holds it
+                    let found = match self.tables[t].buffer.lake_holds(&old_key) {
+                        true => {
+                            let scan = stored_values(&table, &old_values, &unchanged);
+                            keep_alive(stream, scan).await
+                        }
+                        false => Ok(None),
+                    };
+                    match found {
+                        Ok(Some(stored)) => {
+                            for (&c, value) in unchanged.iter().zip(stored) {
+                                values[c] = value;
+                            }
+                            unchanged.clear();
+                        }
+                        Ok(None) => {
+                            let column = &table.config.table.columns[unchanged[0]].name;
+                            let e = Error::Source(format!(
+                                "table {}: an update moved key {} to a new key and left the \
+                                 TOASTed value of column `{column}` unchanged, but neither this \
+                                 run nor the lake holds the old row's value (its changes stay \
+                                 in the slot: move the table's lake folder away to copy it again)",
+                                table.name(),
+                                key_text(&old_key)
+                            ));
+                            self.fail(t, &e);
+                            return;
+                        }
+                        Err(e) => {
+                            self.fail(t, &e);
+                            return;
+                        }
+                    }
                 }
-                // what the run does not hold, the merge takes from the old key's stored row
-                let moved = buffer.push_moved(old_values, op, values, unchanged, lsn, seq, day);
-                if let Err(e) = moved {
-                    self.fail(t, &e);
-                }
-                return;
+                pushed = self.tables[t].buffer.push(
+                    ChangeOp::Delete,
+                    old_values,
+                    Vec::new(),
+                    lsn,
+                    seq,
+                    day,
+                );
             }
         }
         let buffer = &mut self.tables[t].buffer;
-        let pushed = buffer.push(op, values, unchanged, lsn, seq, day);
+        let pushed = pushed.and_then(|()| buffer.push(op, values, unchanged, lsn, seq, day));
         if let Err(e) = pushed {
             self.fail(t, &e);
         }
@@ -1748,6 +1776,65 @@ async fn stopped_copy_files(table: &CaptureTable) -> Result<Vec<deltalake::kerne
         return Ok(Vec::new());
     }
     crate::sink::delta::files_removed(&lake.history, &paths)
+}
+
+/// The values of `columns` (configured column indices) of the live row of `table`'s current
+/// table whose key is that of `row` (values in configured order, PostgreSQL's text), as text
+/// (None: no live row). A scan of the table (for an update that moved a row to a new key and
+/// left TOASTed values unchanged, which only the lake holds).
+///
+/// # Errors
+/// Lake errors; a key value the table's types cannot hold.
+async fn stored_values(
+    table: &Arc<CaptureTable>,
+    row: &Values,
+    columns: &[usize],
+) -> Result<Option<Values>> {
+    let key = crate::source::postgres::buffer::typed_key(table, row)?;
+    let Some((lake, _)) = DeltaLake::open(&table.config.table, false).await? else {
+        return Ok(None);
+    };
+    let Some(mut rows) = crate::sink::delta::scan_stream(&lake.current).await? else {
+        return Ok(None);
+    };
+    let names = &table.config.table.columns;
+    let column = |batch: &deltalake::arrow::array::RecordBatch, c: usize| {
+        batch
+            .column_by_name(&names[c].name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Internal(format!("current table without column {}", names[c].name))
+            })
+    };
+    while let Some(batch) = rows.next().await {
+        let batch = batch?;
+        let keys = table
+            .key
+            .iter()
+            .map(|&c| column(&batch, c))
+            .collect::<Result<Vec<_>>>()?;
+        let keys: Vec<&deltalake::arrow::array::ArrayRef> = keys.iter().collect();
+        let ops = batch
+            .column_by_name(OPERATION)
+            .map(|c| cast(c, &DataType::Utf8))
+            .transpose()?;
+        for (r, k) in key_texts(&keys)?.into_iter().enumerate() {
+            let deleted = ops
+                .as_ref()
+                .is_some_and(|o| o.as_string::<i32>().value(r) == "D");
+            if k != key || deleted {
+                continue;
+            }
+            let mut found = Vec::new();
+            for &c in columns {
+                let text = cast(&column(&batch, c)?, &DataType::Utf8)?;
+                let valid = text.is_valid(r);
+                found.push(valid.then(|| text.as_string::<i32>().value(r).to_string()));
+            }
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 /// The keys of `table` live in its current table, as text (for a TRUNCATE's deletes).

@@ -118,7 +118,6 @@ mod tests {
             commit_days: vec![None; changes.len()],
             positions: vec![None; changes.len()],
             keep_stored: Default::default(),
-            keep_from: Default::default(),
         }
     }
 

@@ -234,21 +234,6 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     Ok(summary)
 }
 
-/// The version a change that moved a row to a new key keeps its unchanged values from: the
-/// stored row of the old key, whose delete is row `from` of `batch` (None: the lake holds no
-/// live row for it).
-fn moved_from(batch: &ChangeBatch, from: usize, stored: &Stored) -> Option<Version> {
-    let k = key(batch.rows.keyhash.value(from));
-    if !stored.live.contains(&k) {
-        return None;
-    }
-    stored.at.get(&k).map(|&at| Version {
-        loc: at,
-        patch: Vec::new(),
-        from_run: false,
-    })
-}
-
 /// A row among the stored batches of a run followed by its change batches: (batch, row).
 type Loc = (usize, usize);
 
@@ -687,13 +672,9 @@ impl Merge<'_> {
                     true => summary.updated += 1,
                     false => summary.inserted += 1,
                 }
-                let patch = match (change.keep_stored.get(&r), change.keep_from.get(&r)) {
-                    (Some(columns), Some(&from)) => {
-                        let moved = moved_from(change, from, stored);
-                        self.kept_from(moved.as_ref(), columns)?
-                    }
-                    (Some(columns), None) => self.kept_from(version.as_ref(), columns)?,
-                    (None, _) => Vec::new(),
+                let patch = match change.keep_stored.get(&r) {
+                    Some(columns) => self.kept_from(version.as_ref(), columns)?,
+                    None => Vec::new(),
                 };
                 match patch.is_empty() {
                     false => kept_values.push(KeptValues {
@@ -748,31 +729,14 @@ impl Merge<'_> {
                 continue;
             }
             match Outcome::resolve(op, live) {
-                outcome @ (Outcome::Insert | Outcome::Update) if keeps.is_some() => {
+                Outcome::Insert | Outcome::Update if keeps.is_some() => {
                     let columns = keeps.cloned().unwrap_or_default();
-                    // a row moved to a new key keeps the old key's stored values
-                    let moved = batch
-                        .keep_from
-                        .get(&p.row)
-                        .map(|&from| moved_from(batch, from, stored));
-                    let patch = match &moved {
-                        Some(moved) => self.kept_from(moved.as_ref(), &columns)?,
-                        None => self.kept_from(version.as_ref(), &columns)?,
-                    };
-                    let code = match outcome {
-                        Outcome::Insert => {
-                            summary.inserted += 1;
-                            "I"
-                        }
-                        _ => {
-                            summary.updated += 1;
-                            "U"
-                        }
-                    };
+                    let patch = self.kept_from(version.as_ref(), &columns)?;
+                    summary.updated += 1;
                     kept_values.push(KeptValues {
                         change: (p.batch, p.row),
                         patch,
-                        code,
+                        code: "U",
                         to_current: true,
                     });
                 }

@@ -60,10 +60,6 @@ pub struct ChangeBatch {
     /// PostgreSQL update that left a TOASTed value unchanged sends no value for it (pgoutput
     /// `'u'`), and the stored one stays. Empty for every other source.
     pub keep_stored: std::collections::HashMap<usize, Vec<usize>>,
-    /// For rows of `keep_stored` whose kept values are another key's: the row of this batch
-    /// whose key's stored row holds them (a PostgreSQL update that moved a row to a new key
-    /// and left a TOASTed value unchanged: the old key's delete, just before it).
-    pub keep_from: std::collections::HashMap<usize, usize>,
 }
 
 impl ChangeBatch {

@@ -263,7 +263,6 @@ fn read_plain_load(
             commit_days: vec![None; n],
             positions: vec![None; n],
             keep_stored: Default::default(),
-            keep_from: Default::default(),
             rows,
         });
         Ok(())
@@ -383,7 +382,6 @@ pub(super) fn read_parquet(
             commit_days: micros.iter().map(|m| m.map(micros_days)).collect(),
             positions,
             keep_stored: Default::default(),
-            keep_from: Default::default(),
         });
     }
     Ok(out)

@@ -212,7 +212,6 @@ impl<'a> RowsBuilder<'a> {
             commit_days: std::mem::take(&mut self.days),
             positions: std::mem::take(&mut self.positions),
             keep_stored: Default::default(),
-            keep_from: Default::default(),
         });
         Ok(())
     }

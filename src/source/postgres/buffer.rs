@@ -151,6 +151,18 @@ fn key_hash(key: &Values) -> u64 {
     hasher.digest()
 }
 
+/// The key of a row of `table` (`values` in configured column order, PostgreSQL's text) as
+/// its typed key cast to text ([`key_texts`]): the form in which it compares with keys read
+/// from the lake.
+///
+/// # Errors
+/// A key value the table's types cannot hold.
+pub fn typed_key(table: &Arc<CaptureTable>, values: &Values) -> Result<Values> {
+    let mut one = TableChanges::new(table.clone(), false);
+    one.push(ChangeOp::Insert, values.clone(), Vec::new(), 0, 1, 0)?;
+    Ok(one.live_keys()?.pop().unwrap_or_default())
+}
+
 /// The last values of a key seen in the buffer, and the columns among them still unknown
 /// (unchanged TOAST values not seen in the buffer).
 struct Latest {
@@ -167,7 +179,6 @@ pub struct TableChanges {
     days: Vec<Option<i32>>,
     positions: Vec<Option<i64>>,
     keep: HashMap<usize, Vec<usize>>,
-    keep_from: HashMap<usize, usize>,
     lines: Vec<u64>,
     latest: HashMap<Values, Latest>,
     /// Hashes of the keys with changes gathered ([`key_hash`]; tables with a key, not copies).
@@ -209,7 +220,6 @@ impl TableChanges {
             days: Vec::new(),
             positions: Vec::new(),
             keep: HashMap::new(),
-            keep_from: HashMap::new(),
             lines: Vec::new(),
             latest: HashMap::new(),
             touched: std::collections::HashSet::new(),
@@ -395,36 +405,6 @@ impl TableChanges {
         Ok(())
     }
 
-    /// Adds an update that moved a row to a new key: the delete of the old key (`old`, the
-    /// values pgoutput sent for it), then `op` of the new row (`values`), in one batch, the new
-    /// row's `unchanged` columns kept from the old key's stored row
-    /// ([`ChangeBatch::keep_from`]; the merge reads that row, as the run deletes its key).
-    /// For a key whose unknown values are the lake's ([`lake_holds`](Self::lake_holds)).
-    ///
-    /// # Errors
-    /// As [`push`](Self::push).
-    #[allow(clippy::too_many_arguments)]
-    pub fn push_moved(
-        &mut self,
-        old: Values,
-        op: ChangeOp,
-        values: Values,
-        unchanged: Vec<usize>,
-        commit_lsn: u64,
-        seq: u64,
-        day: i32,
-    ) -> Result<()> {
-        if self.ops.len() + 2 > BATCH_ROWS {
-            self.flush()?;
-        }
-        let delete = self.ops.len();
-        self.push(ChangeOp::Delete, old, Vec::new(), commit_lsn, seq, day)?;
-        if !unchanged.is_empty() {
-            self.keep_from.insert(self.ops.len(), delete);
-        }
-        self.push(op, values, unchanged, commit_lsn, seq, day)
-    }
-
     /// Deletes every key of the table (a `TRUNCATE` in the transaction committed at
     /// `commit_lsn`, `seq`-th in it): `stored` are the keys the lake holds live (as their typed
     /// values cast to text, as [`live_keys`](Self::live_keys) gives them), and every key live in
@@ -511,7 +491,6 @@ impl TableChanges {
             commit_days: std::mem::take(&mut self.days),
             positions: std::mem::take(&mut self.positions),
             keep_stored: std::mem::take(&mut self.keep),
-            keep_from: std::mem::take(&mut self.keep_from),
         });
         Ok(())
     }
@@ -637,57 +616,6 @@ mod tests {
         (0..column.len())
             .map(|i| column.is_valid(i).then(|| column.value(i).to_string()))
             .collect()
-    }
-
-    #[test]
-    fn a_moved_row_and_its_old_keys_delete_share_a_batch_that_links_them() {
-        let mut buffer = TableChanges::new(table(), false);
-        // one row short of a full batch: the pair does not fit, so it starts the next batch
-        for id in 0..(BATCH_ROWS as i64 - 1) {
-            buffer
-                .push(ChangeOp::Insert, row(id, "a", None), vec![], 100, 1, 0)
-                .unwrap();
-        }
-        let old = vec![Some("1".to_string()), None, None];
-        buffer
-            .push_moved(
-                old,
-                ChangeOp::Update,
-                row(7777777, "b", None),
-                vec![2],
-                200,
-                1,
-                0,
-            )
-            .unwrap();
-        // a move whose values are all known links nothing
-        let old = vec![Some("2".to_string()), None, None];
-        buffer
-            .push_moved(
-                old,
-                ChangeOp::Update,
-                row(8888888, "c", Some("x")),
-                vec![],
-                200,
-                2,
-                0,
-            )
-            .unwrap();
-        buffer.finish().unwrap();
-        assert_eq!(buffer.done.len(), 2);
-        let moved = &buffer.done[1];
-        assert_eq!(
-            moved.ops[..4],
-            [
-                ChangeOp::Delete,
-                ChangeOp::Update,
-                ChangeOp::Delete,
-                ChangeOp::Update
-            ]
-        );
-        assert_eq!(moved.keep_from, HashMap::from([(1, 0)]));
-        assert_eq!(moved.keep_stored, HashMap::from([(1, vec![2])]));
-        assert!(buffer.done[0].keep_from.is_empty());
     }
 
     #[test]
