@@ -527,15 +527,18 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
 
     // A key update of a row whose TOASTed value only the lake holds (no change of it in the
     // run): the new key keeps the value.
-    db.sql("UPDATE items SET id = 4006 WHERE id = 2006;");
+    // moved twice in one run: the second move takes the value the first one found
+    db.sql(
+        "UPDATE items SET id = 4006 WHERE id = 2006; UPDATE items SET id = 5006 WHERE id = 4006;",
+    );
     let fourth = capture_once(dir.path(), &db, &lake, &["--tables", &tables]);
     assert!(fourth.contains("0 failed"), "{fourth}");
     let moved = lake_rows(
         dir.path(),
         &lake,
-        "SELECT id, length(note) FROM public.items WHERE id IN (2006, 4006)",
+        "SELECT id, length(note) FROM public.items WHERE id IN (2006, 4006, 5006)",
     );
-    assert_eq!(moved, vec!["4006,102400"]);
+    assert_eq!(moved, vec!["5006,102400"]);
     assert_same(dir.path(), &db, &lake, "items", &as_refs(&item_columns()));
 
     // A re-run with nothing new changes nothing.
