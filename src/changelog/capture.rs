@@ -473,16 +473,6 @@ impl Captured {
         }
         let settled = match evolve(&self.table).await {
             Ok(added) => {
-                if !added.is_empty() {
-                    stage_line(
-                        false,
-                        format_args!(
-                            "{}: column(s) {} added to the lake tables",
-                            self.table.name(),
-                            quoted(&added)
-                        ),
-                    );
-                }
                 self.report.columns_added = added;
                 lake_position(&self.table).await
             }
@@ -715,7 +705,8 @@ fn with_columns(
 }
 
 /// Gives the lake tables of `table` its columns they lack (added at the source: nullable,
-/// nothing backfilled, `sink::delta::add_columns`), history first. Returns the names added.
+/// nothing backfilled, `sink::delta::add_columns`), history first, with a progress line.
+/// Returns the names added.
 ///
 /// # Errors
 /// Delta errors.
@@ -738,6 +729,16 @@ async fn evolve(table: &CaptureTable) -> Result<Vec<String>> {
         if !added.contains(&name) {
             added.push(name);
         }
+    }
+    if !added.is_empty() {
+        stage_line(
+            false,
+            format_args!(
+                "{}: column(s) {} added to the lake tables",
+                table.name(),
+                quoted(&added)
+            ),
+        );
     }
     Ok(added)
 }
@@ -1453,14 +1454,6 @@ impl Run<'_> {
         let table = Arc::new(table);
         keep_alive(stream, evolve(&table)).await?;
         let names: Vec<String> = mapped.into_iter().map(|(name, _)| name).collect();
-        stage_line(
-            false,
-            format_args!(
-                "{}: column(s) {} added to the lake tables",
-                table.name(),
-                quoted(&names)
-            ),
-        );
         let captured = &mut self.tables[t];
         captured.buffer = TableChanges::new(table.clone(), false);
         captured.table = table;

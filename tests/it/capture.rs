@@ -191,6 +191,21 @@ fn capture_running(dir: &Path, db: &Db, lake: &Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
+/// The line of `table` (`public.t`) in capture's summary `stdout` (empty: none).
+fn table_line<'a>(stdout: &'a str, table: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(table))
+        .unwrap_or_default()
+}
+
+/// The runs committed to `table` as capture's summary `stdout` gives them (`... in 4 runs`).
+fn runs_of(stdout: &str, table: &str) -> Option<u32> {
+    let line = table_line(stdout, table);
+    let runs = line.split(" in ").nth(1)?;
+    runs.split(' ').next()?.parse().ok()
+}
+
 /// The `id` column as comparable text ([`assert_same`]).
 const ID: (&str, &str) = ("id::text", "CAST(id AS VARCHAR)");
 
@@ -404,12 +419,7 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
         &lake,
         &["--tables", &tables, "--max-buffered-changes", "50000"],
     );
-    let big_runs = second
-        .lines()
-        .find(|l| l.starts_with("public.big"))
-        .and_then(|l| l.split(" in ").nth(1))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse::<u32>().ok());
+    let big_runs = runs_of(&second, "public.big");
     assert!(big_runs.is_some_and(|n| n >= 4), "{second}");
     assert!(second.contains("0 failed"), "{second}");
     assert_same(dir.path(), &db, &lake, "items", &as_refs(&item_columns()));
@@ -989,13 +999,7 @@ fn a_copy_that_stops_between_parts_starts_over_without_doubling_history() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("copying 3 table(s), 3 at once"), "{stderr}");
     db.sql("UPDATE t SET v = 'changed' WHERE id = 1; UPDATE w SET v = 'x' WHERE id = 50;");
-    let again = capture_output(dir.path(), &db, &lake, &parts);
-    assert_eq!(
-        again.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    capture_once(dir.path(), &db, &lake, &parts);
     for (table, rows) in [("t", 35), ("u", 20), ("w", 50)] {
         assert_same(dir.path(), &db, &lake, table, &[ID, ("v", "v")]);
         let history = lake_rows(
@@ -1043,10 +1047,7 @@ fn a_type_change_or_a_column_added_to_an_inserts_only_table_stops_it_and_the_oth
         let out = run();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(5), "{attempt}: {stdout}");
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with("public.a"))
-            .unwrap_or_default();
+        let line = table_line(&stdout, "public.a");
         assert!(
             line.contains("failed") && line.contains("`v`") && line.contains("long"),
             "{attempt}: {line}"
@@ -1062,10 +1063,7 @@ fn a_type_change_or_a_column_added_to_an_inserts_only_table_stops_it_and_the_oth
         let a = lake_rows(dir.path(), &lake, "SELECT id FROM public.a");
         assert_eq!(a, vec!["1"], "{attempt}");
         // a table loaded inserts-only (keyed by all its columns) takes no new column
-        let c = stdout
-            .lines()
-            .find(|l| l.starts_with("public.c"))
-            .unwrap_or_default();
+        let c = table_line(&stdout, "public.c");
         assert!(
             c.contains("failed") && c.contains("`extra`") && c.contains("inserts-only"),
             "{attempt}: {c}"
@@ -1232,12 +1230,7 @@ fn wide_rows_are_committed_in_parts_within_the_memory_limit() {
     capture_once(dir.path(), &db, &lake, &[]);
     db.sql("INSERT INTO wide SELECT g, repeat(md5(g::text), 3200) FROM generate_series(1, 300) g;");
     let out = capture_once(dir.path(), &db, &lake, &["--memory-limit", "16MiB"]);
-    let runs = out
-        .lines()
-        .find(|l| l.starts_with("public.wide"))
-        .and_then(|l| l.split(" in ").nth(1))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse::<u32>().ok());
+    let runs = runs_of(&out, "public.wide");
     assert!(runs.is_some_and(|n| (5..=15).contains(&n)), "{out}");
     assert_same(
         dir.path(),

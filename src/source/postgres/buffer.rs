@@ -136,7 +136,7 @@ pub fn key_texts(columns: &[&ArrayRef]) -> Result<Vec<Values>> {
 pub type Values = Vec<Option<String>>;
 
 /// A 64-bit hash of `key` (values of key columns), NULL told apart from every text.
-fn key_hash(key: &Values) -> u64 {
+fn key_hash<'a>(key: impl IntoIterator<Item = &'a Option<String>>) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     for value in key {
         match value {
@@ -347,8 +347,9 @@ impl TableChanges {
         let remember = !unchanged.is_empty() || text >= TOAST_WATCH_BYTES;
         let tracked = !self.table.key.is_empty() && !self.reload && !self.append;
         if tracked {
-            let key: Values = self.table.key.iter().map(|&c| values[c].clone()).collect();
-            self.touched.insert(key_hash(&key));
+            // hashed in place: no copy of the key for every change
+            self.touched
+                .insert(key_hash(self.table.key.iter().map(|&c| &values[c])));
         }
         if tracked && (remember || !self.latest.is_empty()) {
             let key: Values = self.table.key.iter().map(|&c| values[c].clone()).collect();
