@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use tributary::cli::{self, capture, check, demo, generate, run, sql, sync, tables, validate};
+use tributary::cli::{
+    self, capture, check, demo, generate, maintain, run, sql, sync, tables, validate,
+};
 use tributary::Result;
 
 /// Change-data-capture into Delta Lake: snapshot diffs into current and history tables.
@@ -43,6 +45,12 @@ enum Command {
     /// views (<table>_scd2), as-of (as_of) and incremental (changes) queries, run history
     /// (runs); an interactive shell without -e or -f.
     Sql(sql::SqlArgs),
+    /// Compact the small data files of each table's current and history tables (a Delta
+    /// OPTIMIZE, committed as the table's next run; time travel to earlier versions still works).
+    Optimize(maintain::OptimizeArgs),
+    /// List the data files of each table that no version within --retain needs (a dry run), or
+    /// delete them with --delete (a Delta VACUUM; time travel past --retain ends).
+    Vacuum(maintain::VacuumArgs),
     /// List the landing zone's tables and whether they are active; adds new folders to the
     /// tables file as inactive entries and (de)activates tables.
     Tables(tables::TablesArgs),
@@ -58,6 +66,8 @@ async fn execute(command: Command) -> Result<u8> {
         Command::Sync(args) => sync::execute(args).await,
         Command::Capture(args) => capture::execute(args).await,
         Command::Sql(args) => sql::execute(args).await,
+        Command::Optimize(args) => maintain::optimize(args).await,
+        Command::Vacuum(args) => maintain::vacuum(args).await,
         Command::Tables(args) => tables::execute(args).await,
     }
 }

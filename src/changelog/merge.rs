@@ -225,6 +225,12 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
         current_removes,
         history_removes: request.history_removes,
         checkpoint: Some(request.checkpoint),
+        counts: Some(crate::core::op::OpCounts {
+            inserted: summary.inserted,
+            updated: summary.updated,
+            deleted: summary.deleted,
+            ..Default::default()
+        }),
     };
     let versions = lake.commit(run, commit).await?;
     summary.stages.commit_secs = committing.elapsed().as_secs_f64();

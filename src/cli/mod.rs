@@ -8,6 +8,7 @@ pub mod check;
 pub mod demo;
 pub mod generate;
 pub mod logs;
+pub mod maintain;
 pub mod panics;
 pub mod repl;
 pub mod run;

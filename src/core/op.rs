@@ -36,8 +36,8 @@ impl Op {
     }
 }
 
-/// Rows per operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Rows per operation (as JSON: `{"I": 1, "U": 0, "D": 0, "X": 0, "N": 5}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct OpCounts {
     #[serde(rename = "I")]
     /// I rows.
@@ -48,10 +48,10 @@ pub struct OpCounts {
     #[serde(rename = "D")]
     /// D rows.
     pub deleted: u64,
-    #[serde(rename = "X")]
+    #[serde(rename = "X", default)]
     /// X rows.
     pub not_supplied: u64,
-    #[serde(rename = "N")]
+    #[serde(rename = "N", default)]
     /// N rows.
     pub unchanged: u64,
 }

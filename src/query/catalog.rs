@@ -5,8 +5,9 @@ use std::path::Path;
 
 use url::Url;
 
-use crate::config::{table_url, TableConfig};
+use crate::config::{table_url, Compression, TableConfig};
 use crate::error::{Error, Result};
+use crate::sink::TableRole;
 
 /// One table of the lake: its current and history Delta tables, by SQL name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,11 @@ pub struct LakeTable {
     pub current: Url,
     /// The history table.
     pub history: Url,
+    /// The follower tables (rejects, applied, tombstones), whether they exist or not: what
+    /// maintenance completes and vacuums besides current and history.
+    pub followers: Vec<(TableRole, Url)>,
+    /// The codec of the table's data files (a lake root's tables: the default).
+    pub compression: Compression,
 }
 
 impl LakeTable {
@@ -66,6 +72,15 @@ pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
                 name: name(&table),
                 current: table_url("--lake", "current", &table)?,
                 history: table_url("--lake", "history", &table)?,
+                followers: vec![
+                    (TableRole::Rejects, table_url("--lake", "rejects", &table)?),
+                    (TableRole::Applied, table_url("--lake", "applied", &table)?),
+                    (
+                        TableRole::Tombstones,
+                        table_url("--lake", "tombstones", &table)?,
+                    ),
+                ],
+                compression: Compression::default(),
             });
         }
     }
@@ -90,5 +105,14 @@ pub fn config_table(path: &Path) -> Result<LakeTable> {
         name: config.table.name.to_lowercase(),
         current: config.table.lake.current_url.clone(),
         history: config.table.lake.history_url.clone(),
+        followers: vec![
+            (TableRole::Rejects, config.table.lake.rejects_url.clone()),
+            (TableRole::Applied, config.table.lake.applied_url.clone()),
+            (
+                TableRole::Tombstones,
+                config.table.lake.tombstones_url.clone(),
+            ),
+        ],
+        compression: config.table.lake.compression,
     })
 }

@@ -375,6 +375,13 @@ pub fn changes(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dy
     let frame = block_on(async move {
         history.update_datafusion_session(&inner.state())?;
         let session = Arc::new(inner.state());
+        // A file a compaction has replaced since is read in the version that added it.
+        let live: std::collections::HashSet<String> = history
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|f| f.path().to_string())
+            .collect();
         let mut selects = Vec::new();
         for v in from + 1..=to {
             let commit = crate::sink::delta::log::read_commit(&history, v as u64)
@@ -383,13 +390,23 @@ pub fn changes(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dy
                     table: format!("{name} history"),
                     reason: format!("the log of version {v} is gone (log clean-up)"),
                 })?;
-            if commit.adds.is_empty() {
+            // A compaction's files hold rows committed before (`dataChange: false`).
+            let adds: Vec<_> = commit.adds.into_iter().filter(|a| a.data_change).collect();
+            if adds.is_empty() {
                 continue;
             }
-            let provider = history
+            let at_version = match adds.iter().all(|a| live.contains(&a.path)) {
+                true => history.clone(),
+                false => {
+                    let mut table = history.clone();
+                    table.load_version(v as _).await?;
+                    table
+                }
+            };
+            let provider = at_version
                 .table_provider()
                 .with_session(session.clone())
-                .with_adds(commit.adds)
+                .with_adds(adds)
                 .await?;
             inner.register_table(format!("v{v}"), provider)?;
             selects.push(format!(
@@ -410,10 +427,13 @@ pub fn changes(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dy
 }
 
 /// `runs('t')`: the runs recorded in the history table's log, one row per Tributary commit:
-/// `history_version`, `committed_at` (UTC), `run`, `run_id`, `business_date`, `fingerprint`
-/// (of the input files or the change-log checkpoint), and what the commit added to history:
-/// `files_added`, `rows_added`, `bytes_added`. Delta's `DESCRIBE HISTORY` told in Tributary's
-/// terms.
+/// `history_version`, `committed_at` (UTC), `run`, `run_id`, `operation` (`apply`, or
+/// `optimize` for a compaction), `business_date`, `fingerprint` (of the input files or the
+/// change-log checkpoint), `source_lsn` (capture), the run's rows by operation `inserted`,
+/// `updated`, `deleted`, `not_supplied`, `unchanged` (NULL for runs of earlier versions and for
+/// compactions), `duration_secs` (from the run's start to its history commit), and what the
+/// commit added to history: `files_added`, `rows_added`, `bytes_added`. Delta's `DESCRIBE
+/// HISTORY` told in Tributary's terms.
 pub fn runs(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
     let values = literals("runs", &args, "('orders')")?;
     let (table, _) = find(tables, "runs", &values[0])?;
@@ -428,15 +448,19 @@ pub fn runs(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dyn T
     Ok(Arc::new(table))
 }
 
-/// One row per Tributary commit of `history` (see [`Runs`]).
+/// One row per Tributary commit of `history` (see [`runs`]).
 async fn runs_batch(
     history: &deltalake::DeltaTable,
 ) -> crate::Result<deltalake::arrow::record_batch::RecordBatch> {
-    use deltalake::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+    use deltalake::arrow::array::{
+        ArrayRef, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
+    };
     use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     let latest = history.version().unwrap_or(0);
-    let (mut version, mut at, mut run, mut run_id, mut date, mut fingerprint) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut version, mut at, mut run, mut run_id, mut operation) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut date, mut fingerprint, mut lsn, mut duration) = (vec![], vec![], vec![], vec![]);
+    let mut counts: [Vec<Option<i64>>; 5] = Default::default();
     let (mut files, mut rows, mut bytes) = (vec![], vec![], vec![]);
     for v in 0..=latest {
         let Some(commit) = crate::sink::delta::log::read_commit(history, v).await? else {
@@ -445,12 +469,27 @@ async fn runs_batch(
         let Some(entry) = commit.entry else {
             continue;
         };
+        let r = entry.run;
         version.push(v as i64);
         at.push(commit.timestamp_ms);
-        run.push(entry.run.seq);
-        run_id.push(entry.run.run_id);
-        date.push(entry.run.business_date);
-        fingerprint.push(entry.run.fingerprint);
+        run.push(r.seq);
+        run_id.push(r.run_id);
+        operation.push(r.operation.unwrap_or_else(|| "apply".to_string()));
+        date.push(r.business_date);
+        fingerprint.push(r.fingerprint);
+        lsn.push(r.source_lsn);
+        duration.push(r.duration_ms.map(|ms| ms as f64 / 1000.0));
+        let c = r.counts;
+        let by_op = [
+            c.map(|c| c.inserted),
+            c.map(|c| c.updated),
+            c.map(|c| c.deleted),
+            c.map(|c| c.not_supplied),
+            c.map(|c| c.unchanged),
+        ];
+        for (column, n) in counts.iter_mut().zip(by_op) {
+            column.push(n.map(|n| n as i64));
+        }
         files.push(commit.adds.len() as i64);
         bytes.push(commit.adds.iter().map(|a| a.size).sum::<i64>());
         let counted: Option<i64> = commit
@@ -463,34 +502,60 @@ async fn runs_batch(
             .sum();
         rows.push(counted);
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("history_version", DataType::Int64, false),
+    let int = |name: &str, nullable| Field::new(name, DataType::Int64, nullable);
+    let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
+    let mut fields = vec![
+        int("history_version", false),
         Field::new(
             "committed_at",
             DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
             true,
         ),
-        Field::new("run", DataType::Int64, false),
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("business_date", DataType::Utf8, false),
-        Field::new("fingerprint", DataType::Utf8, false),
-        Field::new("files_added", DataType::Int64, false),
-        Field::new("rows_added", DataType::Int64, true),
-        Field::new("bytes_added", DataType::Int64, false),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
+        int("run", false),
+        text("run_id", false),
+        text("operation", false),
+        text("business_date", false),
+        text("fingerprint", false),
+        text("source_lsn", true),
+    ];
+    let count_names = [
+        "inserted",
+        "updated",
+        "deleted",
+        "not_supplied",
+        "unchanged",
+    ];
+    fields.extend(count_names.iter().map(|n| int(n, true)));
+    fields.extend([
+        Field::new("duration_secs", DataType::Float64, true),
+        int("files_added", false),
+        int("rows_added", true),
+        int("bytes_added", false),
+    ]);
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(version)),
         Arc::new(TimestampMillisecondArray::from(at).with_timezone("UTC")),
         Arc::new(Int64Array::from(run)),
         Arc::new(StringArray::from(run_id)),
+        Arc::new(StringArray::from(operation)),
         Arc::new(StringArray::from(date)),
         Arc::new(StringArray::from(fingerprint)),
+        Arc::new(StringArray::from(lsn)),
+    ];
+    columns.extend(
+        counts
+            .into_iter()
+            .map(|c| Arc::new(Int64Array::from(c)) as ArrayRef),
+    );
+    columns.extend([
+        Arc::new(Float64Array::from(duration)) as ArrayRef,
         Arc::new(Int64Array::from(files)),
         Arc::new(Int64Array::from(rows)),
         Arc::new(Int64Array::from(bytes)),
-    ];
+    ]);
     Ok(deltalake::arrow::record_batch::RecordBatch::try_new(
-        schema, columns,
+        Arc::new(Schema::new(fields)),
+        columns,
     )?)
 }
 
@@ -524,6 +589,8 @@ mod tests {
             name: name.into(),
             current: url.clone(),
             history: url.clone(),
+            followers: Vec::new(),
+            compression: Default::default(),
         };
         let tables = vec![table(Some("sales"), "orders"), table(None, "customers")];
         assert!(matches!(find(&tables, "f", "orders"), Ok((t, false)) if t.name == "orders"));

@@ -108,7 +108,8 @@ async fn run_once(
     let mut summary = RunSummary::new(spec, &date_text, recovered, files.len());
     summary.skipped_files = listing.skipped;
     let last = match &existing {
-        Some((lake, _)) => lake.last_run().await?,
+        // The run a re-run repeats or `--replace` replaces: never a compaction.
+        Some((lake, _)) => lake.last_applied_run().await?,
         None => None,
     };
     let mut input_fingerprint = || tokio::task::block_in_place(|| fingerprint.get());
@@ -123,7 +124,7 @@ async fn run_once(
             summary.elapsed_secs = started.elapsed().as_secs_f64();
             return Ok(summary);
         }
-        Decision::Apply { replacing } => replacing,
+        Decision::Apply { replacing } => replacing.map(|r| *r),
     };
 
     let day = Day {
@@ -344,6 +345,7 @@ impl Day<'_> {
             current_removes,
             history_removes,
             checkpoint: None,
+            counts: Some(diffed.counts),
         };
         let versions = lake
             .commit(run, commit)
@@ -391,7 +393,7 @@ enum Decision {
     /// The same input was applied for this date by run `seq`: nothing to do.
     NoOp { seq: i64, fingerprint: String },
     /// Apply the run, replacing the latest run (`--replace`) or not.
-    Apply { replacing: Option<RunRecord> },
+    Apply { replacing: Option<Box<RunRecord>> },
 }
 
 /// The date and idempotence rules: the same date with the same input (by `fingerprint`, read
@@ -422,7 +424,7 @@ fn decide(
                     last.seq
                 )));
             }
-            replacing = Some(last.clone());
+            replacing = Some(Box::new(last.clone()));
         } else if date_text < last.business_date.as_str() && !options.force {
             return Err(Error::Refused(format!(
                 "{date_text} is older than the latest applied date {}; pass --force to apply it anyway",
@@ -634,6 +636,7 @@ mod tests {
             fingerprint: fingerprint.into(),
             current_base_version: None,
             history_version: None,
+            ..Default::default()
         }
     }
 
@@ -670,7 +673,7 @@ mod tests {
         assert_eq!(
             d,
             Decision::Apply {
-                replacing: Some(last.clone())
+                replacing: Some(Box::new(last.clone()))
             }
         );
         // An older date: refused unless forced.

@@ -8,6 +8,7 @@ mod concurrency;
 mod crash;
 mod first_hour;
 mod hostile_input;
+mod maintain;
 mod model;
 mod readers;
 #[cfg(unix)]

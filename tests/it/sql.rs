@@ -174,6 +174,19 @@ async fn changes_between_versions_and_the_runs_of_a_table() {
             "2,2,2024-01-02,2,3,32,true"
         ]
     );
+    // Each run's rows by operation (the seed's I/U/D/X/N) and how long it took.
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT run, operation, inserted, updated, deleted, not_supplied, unchanged, \
+             duration_secs > 0 AS timed, source_lsn IS NULL AS no_lsn FROM runs('t') ORDER BY run"
+        ),
+        [
+            "run,operation,inserted,updated,deleted,not_supplied,unchanged,timed,no_lsn",
+            "1,apply,3,0,0,0,0,true,true",
+            "2,apply,1,1,1,0,1,true,true"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

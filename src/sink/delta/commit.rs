@@ -10,7 +10,7 @@ use deltalake::DeltaTable;
 
 use super::log::{txn_version, CommitEntry, PendingCommit, RunRecord, COMMIT_INFO_KEY};
 use super::write::discard_files;
-use super::{CreatedTables, DeltaLake};
+use super::CreatedTables;
 use crate::error::{Error, Result};
 use crate::sink::{TableRole, Versions};
 
@@ -172,12 +172,19 @@ async fn commit_table(
         .iter()
         .filter(|a| matches!(a, Action::Remove(_)))
         .count();
-    let operation = operation(
-        role,
-        removes,
-        snapshot.log_data().num_files(),
-        snapshot.metadata().partition_columns(),
-    );
+    let operation = match entry.run.operation.as_deref() {
+        // A compaction (`tributary optimize`), named as Delta writers name theirs.
+        Some(super::log::OPTIMIZE) => DeltaOperation::Optimize {
+            predicate: None,
+            target_size: entry.run.target_file_bytes.unwrap_or_default() as i64,
+        },
+        _ => operation(
+            role,
+            removes,
+            snapshot.log_data().num_files(),
+            snapshot.metadata().partition_columns(),
+        ),
+    };
     // Tributary's own commit info (a caller's CommitInfo action keeps its engineInfo).
     let mut info = operation.get_commit_info();
     info.timestamp = Some(chrono::Utc::now().timestamp_millis());
@@ -275,7 +282,15 @@ pub(super) async fn complete(
         return Ok(Completed::Already(found));
     }
     let version = table.version();
-    if version != pending.read_version {
+    // Commits that touch no file nor the schema (a `VACUUM START`/`END` of any Delta writer)
+    // leave the planned actions valid; anything else in between makes them unsafe.
+    let kept = match version {
+        Some(latest) if version != pending.read_version => {
+            super::log::files_kept_since(table, pending.read_version, latest).await?
+        }
+        _ => true,
+    };
+    if version != pending.read_version && !kept {
         return Err(Error::Lake {
             table: role.to_string(),
             reason: format!(
@@ -302,26 +317,28 @@ pub(super) async fn complete(
     ))
 }
 
-/// Commits a planned run: history first, its commit carrying every follower's pending actions,
-/// then each follower in the order given (current first). Returns the new version of each
-/// table committed.
+/// Commits a planned run to `tables` (history, current) under `app_id`: history first, its
+/// commit carrying every follower's pending actions, then each follower in the order given
+/// (current first; `tables.1` becomes current's table after its commit). Returns the new
+/// version of each table committed.
 ///
 /// When the history commit fails and the log shows it did not land, the data files of every
 /// table's planned `add` actions and the table folders of `created` (made for this run) are
 /// deleted before the error returns (nothing refers to them).
 /// Once history has committed they are kept: a follower's failed commit is completed by the
-/// next open ([`DeltaLake::open`]).
+/// next open ([`DeltaLake::open`](super::DeltaLake::open)).
 ///
 /// # Errors
 /// [`Error::Lake`] when a table already records this run; Delta errors.
 pub(super) async fn commit_run(
-    lake: &mut DeltaLake,
+    app_id: &str,
+    tables: (&mut DeltaTable, &mut DeltaTable),
     mut run: RunRecord,
     history: Planned,
     followers: Vec<(TableRole, DeltaTable, Planned)>,
     created: &mut CreatedTables,
 ) -> Result<Versions> {
-    let app_id = lake.app_id().to_string();
+    let (history_table, current) = tables;
     let pending: HashMap<String, PendingCommit> = followers
         .iter()
         .map(|(role, table, planned)| {
@@ -339,9 +356,9 @@ pub(super) async fn commit_run(
         pending,
     };
     let committed = commit_table(
-        &mut lake.history,
+        history_table,
         TableRole::History.as_str(),
-        &app_id,
+        app_id,
         actions(&history),
         &entry,
     )
@@ -351,7 +368,7 @@ pub(super) async fn commit_run(
         // No table refers to the run's files: delete them. (Once history has committed, the
         // followers' files are its pending actions, which the next run completes.)
         Err(Failed::NotLanded(e)) => {
-            discard_files(&lake.history, &history.adds).await;
+            discard_files(history_table, &history.adds).await;
             for (_, table, planned) in &followers {
                 discard_files(table, &planned.adds).await;
             }
@@ -371,7 +388,7 @@ pub(super) async fn commit_run(
         let pending = &entry.pending[role.as_str()];
         // History has landed: the run is committed, and a follower's failure is the lake's
         // state to repair (the next open completes it), not a conflict to re-plan.
-        let done = complete(&mut table, role.as_str(), &app_id, &run, pending)
+        let done = complete(&mut table, role.as_str(), app_id, &run, pending)
             .await
             .map_err(|e| match e {
                 Error::Conflict { table, seq, other } => Error::Lake {
@@ -387,7 +404,7 @@ pub(super) async fn commit_run(
             versions.set(role, v);
         }
         if role == TableRole::Current {
-            lake.current = table;
+            *current = table;
         }
     }
     Ok(versions)

@@ -8,6 +8,7 @@ use deltalake::kernel::{Add, Remove};
 use deltalake::DeltaTable;
 use serde::{Deserialize, Serialize};
 
+use crate::core::op::OpCounts;
 use crate::error::{Error, Result};
 
 /// Key of Tributary's entry in a Delta `commitInfo`.
@@ -17,7 +18,7 @@ pub const COMMIT_INFO_KEY: &str = "tributary";
 const MAX_LOG_WALK: u64 = 1000;
 
 /// What one run applied, stored in the commit info of each table it committed to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Run sequence number: also the Delta `txn` version under the table's app id.
     pub seq: i64,
@@ -39,6 +40,32 @@ pub struct RunRecord {
     /// in runs of other sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_lsn: Option<String>,
+    /// What the commit did when it applied no changes: [`OPTIMIZE`] for a compaction (`tributary
+    /// optimize`: files rewritten, `dataChange: false`, the other fields those of the run
+    /// before it). None: a run that applied its input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// A compaction's target file size, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_file_bytes: Option<u64>,
+    /// The run's rows by operation, I/U/D/X/N (absent in runs of earlier versions and in
+    /// compactions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<OpCounts>,
+    /// Milliseconds from the run's start to its history commit (absent in runs of earlier
+    /// versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// [`RunRecord::operation`] of a compaction.
+pub const OPTIMIZE: &str = "optimize";
+
+impl RunRecord {
+    /// Whether this commit applied input (a run), not only rewrote files (a compaction).
+    pub fn applied_input(&self) -> bool {
+        self.operation.is_none()
+    }
 }
 
 /// Actions one table still needs, written into the history commit so that a crash between the
@@ -73,6 +100,21 @@ pub struct CommitActions {
     pub adds: Vec<Add>,
     /// The commit's time (`commitInfo.timestamp`), milliseconds since the Unix epoch.
     pub timestamp_ms: Option<i64>,
+    /// The app id of the commit's `txn` action, if any.
+    pub app_id: Option<String>,
+    /// Number of `add` and `remove` actions.
+    pub file_actions: usize,
+    /// Whether the commit changes the table's `metaData` or `protocol`.
+    pub changes_metadata: bool,
+}
+
+impl CommitActions {
+    /// Whether the commit leaves the table's files and schema as they were (commit info only,
+    /// as the `VACUUM START`/`VACUUM END` commits of Delta writers, or `txn` only): actions
+    /// planned against the version before it still apply after it.
+    pub fn keeps_files(&self) -> bool {
+        self.file_actions == 0 && !self.changes_metadata
+    }
 }
 
 /// Reads and parses one commit file. Returns None when the file is gone (log clean-up).
@@ -93,6 +135,16 @@ pub async fn read_commit(table: &DeltaTable, version: u64) -> Result<Option<Comm
             }
         } else if let Some(add) = value.get("add") {
             out.adds.push(serde_json::from_value(add.clone())?);
+            out.file_actions += 1;
+        } else if value.get("remove").is_some() {
+            out.file_actions += 1;
+        } else if value.get("metaData").is_some() || value.get("protocol").is_some() {
+            out.changes_metadata = true;
+        } else if let Some(txn) = value.get("txn") {
+            out.app_id = txn
+                .get("appId")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string);
         }
     }
     Ok(Some(out))
@@ -139,6 +191,23 @@ pub async fn files_of_runs_at(table: &DeltaTable, position: &str) -> Result<Vec<
 /// # Errors
 /// See [`read_commit`].
 pub async fn last_run(table: &DeltaTable) -> Result<Option<(u64, CommitEntry)>> {
+    last_entry(table, |_| true).await
+}
+
+/// The newest Tributary commit of a table that applied input (a run, not a compaction), with
+/// its version, looking back at most `MAX_LOG_WALK` (1,000) versions.
+///
+/// # Errors
+/// See [`read_commit`].
+pub async fn last_applied_run(table: &DeltaTable) -> Result<Option<(u64, CommitEntry)>> {
+    last_entry(table, |e| e.run.applied_input()).await
+}
+
+/// The newest Tributary commit whose entry `wanted` accepts (see [`last_run`]).
+async fn last_entry(
+    table: &DeltaTable,
+    wanted: impl Fn(&CommitEntry) -> bool,
+) -> Result<Option<(u64, CommitEntry)>> {
     let Some(latest) = table.version() else {
         return Ok(None);
     };
@@ -148,7 +217,7 @@ pub async fn last_run(table: &DeltaTable) -> Result<Option<(u64, CommitEntry)>> 
         match read_commit(table, version).await? {
             Some(CommitActions {
                 entry: Some(entry), ..
-            }) => return Ok(Some((version, entry))),
+            }) if wanted(&entry) => return Ok(Some((version, entry))),
             Some(_) => {}
             None => return Ok(None),
         }
@@ -207,6 +276,23 @@ pub async fn find_run_id(
         }
     }
     Ok(None)
+}
+
+/// Whether every commit of `table` after version `after` (None: all) up to `to` leaves the
+/// table's files and schema as they were ([`CommitActions::keeps_files`]); false when the log
+/// of one is gone.
+///
+/// # Errors
+/// See [`read_commit`].
+pub async fn files_kept_since(table: &DeltaTable, after: Option<u64>, to: u64) -> Result<bool> {
+    let first = after.map_or(0, |v| v + 1);
+    for version in first..=to {
+        match read_commit(table, version).await? {
+            Some(commit) if commit.keeps_files() => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// The run sequence number a table has recorded under `app_id` (its Delta `txn` version).

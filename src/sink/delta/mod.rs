@@ -11,6 +11,7 @@ pub mod applied;
 mod commit;
 pub mod current;
 pub mod log;
+pub mod maintain;
 pub mod rejects;
 mod shared;
 mod table;
@@ -205,88 +206,43 @@ impl DeltaLake {
         Ok(log::last_run(&self.current).await?.map(|(_, e)| e.run))
     }
 
+    /// The newest run both tables have recorded that applied input (not a compaction, which
+    /// repeats the date and fingerprint of the run before it), if any.
+    ///
+    /// # Errors
+    /// Delta errors reading the log.
+    pub async fn last_applied_run(&self) -> Result<Option<RunRecord>> {
+        Ok(log::last_applied_run(&self.current)
+            .await?
+            .map(|(_, e)| e.run))
+    }
+
     /// Completes the newest run's follower commits (current, rejects, applied) that a crash or
-    /// a failed commit left out: history's commit is the run's commit point, and it lists what
-    /// each follower still needs.
+    /// a failed commit left out ([`complete_pending`]).
     async fn recover(&mut self) -> Result<Option<Recovery>> {
-        let h = txn_version(&self.history, &self.app_id).await?.unwrap_or(0);
-        let mut c = txn_version(&self.current, &self.app_id).await?.unwrap_or(0);
-        if h == 0 {
-            return Ok(None);
-        }
-        if h > c + 1 {
-            // Current was opened before history: other writers may have committed whole runs
-            // in between. Read it again.
-            self.current.update_state().await?;
-            c = txn_version(&self.current, &self.app_id).await?.unwrap_or(0);
-        }
-        if h != c && h != c + 1 {
-            return Err(Error::Lake {
-                table: self.spec.name.clone(),
-                reason: format!(
-                    "history records run {h} but current records run {c}; the tables were changed \
-                     outside Tributary"
-                ),
-            });
-        }
-        let (history_version, entry) = if h == c + 1 {
-            // current is behind: the run's history commit must be found
-            let (version, actions) =
-                find_run(&self.history, h, TableRole::History.as_str()).await?;
-            let entry = actions
-                .entry
-                .ok_or_else(|| Error::Internal("run commit without entry".into()))?;
-            (version, entry)
-        } else {
-            // Level: only another follower (rejects, applied) can be behind. Current's last
-            // commit names the run's history version; a log cleaned since means nothing to do.
-            let Some(version) = self.last_run().await?.and_then(|r| r.history_version) else {
-                return Ok(None);
-            };
-            match log::read_commit(&self.history, version).await? {
-                Some(CommitActions {
-                    entry: Some(entry), ..
-                }) if entry.run.seq == h => (version, entry),
-                _ => return Ok(None),
+        let spec = &self.spec;
+        let open = |role: TableRole| {
+            let spec = spec.clone();
+            async move {
+                let (url, schema) = match role {
+                    TableRole::Rejects => (&spec.lake.rejects_url, rejects::schema()),
+                    TableRole::Applied => (&spec.lake.applied_url, applied::schema()),
+                    TableRole::Tombstones => (&spec.lake.tombstones_url, tombstones::schema()),
+                    TableRole::Current | TableRole::History => {
+                        return Err(Error::Internal("not a follower table".into()))
+                    }
+                };
+                table::open_or_create(&spec, url, schema, &[], role, None).await
             }
         };
-        let mut run = entry.run.clone();
-        run.history_version = Some(history_version);
-        let mut completed = false;
-        let mut roles = entry
-            .pending
-            .keys()
-            .map(|name| {
-                TableRole::follower(name).ok_or_else(|| Error::Lake {
-                    table: TableRole::History.as_str().into(),
-                    reason: format!("run {h} lists actions for an unknown table `{name}`"),
-                })
-            })
-            .collect::<Result<Vec<TableRole>>>()?;
-        // current first: the order of the original commits
-        roles.sort_by_key(|r| (*r != TableRole::Current, r.as_str()));
-        for role in roles {
-            // Followers are created before the history commit: one that is gone was removed by
-            // hand, and is not made again to receive files that may be gone too.
-            let Some(mut table) = self.open_follower(role, None).await? else {
-                tracing::warn!(run = h, table = %role.as_str(), "a table of the newest run is missing; not completed");
-                continue;
-            };
-            let pending = &entry.pending[role.as_str()];
-            let done =
-                commit::complete(&mut table, role.as_str(), &self.app_id, &run, pending).await?;
-            if matches!(done, commit::Completed::Now(_)) {
-                tracing::warn!(run = h, table = %role.as_str(), date = %run.business_date, "completed a run interrupted between its commits");
-                completed = true;
-            }
-            if role == TableRole::Current {
-                self.current = table;
-            }
-        }
-        Ok(completed.then_some(Recovery {
-            completed_run: h,
-            business_date: run.business_date,
-        }))
+        complete_pending(
+            &spec.name,
+            &self.app_id,
+            &self.history,
+            &mut self.current,
+            open,
+        )
+        .await
     }
 
     /// Opens the applied-files table if it exists (change-log tables only).
@@ -328,7 +284,15 @@ impl DeltaLake {
         followers: Vec<(TableRole, DeltaTable, Planned)>,
         created: &mut CreatedTables,
     ) -> Result<Versions> {
-        commit::commit_run(self, run, history, followers, created).await
+        commit::commit_run(
+            &self.app_id,
+            (&mut self.history, &mut self.current),
+            run,
+            history,
+            followers,
+            created,
+        )
+        .await
     }
 }
 
@@ -379,6 +343,108 @@ impl Sink for DeltaLake {
     async fn abandon(&mut self, run: RunTransaction) {
         run.abandon().await
     }
+}
+
+/// Completes the newest run's follower commits (current, rejects, applied) that a crash or a
+/// failed commit left out: history's commit is the run's commit point, and it lists what each
+/// follower still needs. `open` opens a follower other than current (None: it is gone).
+///
+/// # Errors
+/// [`Error::Lake`] for tables out of step that cannot be completed (see `commit::complete`);
+/// Delta errors.
+pub(crate) async fn complete_pending<F>(
+    name: &str,
+    app_id: &str,
+    history: &DeltaTable,
+    current: &mut DeltaTable,
+    open: impl Fn(TableRole) -> F,
+) -> Result<Option<Recovery>>
+where
+    F: std::future::Future<Output = Result<Option<DeltaTable>>> + Send,
+{
+    let h = txn_version(history, app_id).await?.unwrap_or(0);
+    let mut c = txn_version(current, app_id).await?.unwrap_or(0);
+    if h == 0 {
+        return Ok(None);
+    }
+    if h > c + 1 {
+        // Current was opened before history: other writers may have committed whole runs
+        // in between. Read it again.
+        current.update_state().await?;
+        c = txn_version(current, app_id).await?.unwrap_or(0);
+    }
+    if h != c && h != c + 1 {
+        return Err(Error::Lake {
+            table: name.to_string(),
+            reason: format!(
+                "history records run {h} but current records run {c}; the tables were changed \
+                 outside Tributary"
+            ),
+        });
+    }
+    let (history_version, entry) = if h == c + 1 {
+        // current is behind: the run's history commit must be found
+        let (version, actions) = find_run(history, h, TableRole::History.as_str()).await?;
+        let entry = actions
+            .entry
+            .ok_or_else(|| Error::Internal("run commit without entry".into()))?;
+        (version, entry)
+    } else {
+        // Level: only another follower (rejects, applied) can be behind. Current's last
+        // commit names the run's history version; a log cleaned since means nothing to do.
+        let Some(version) = log::last_run(current)
+            .await?
+            .and_then(|(_, e)| e.run.history_version)
+        else {
+            return Ok(None);
+        };
+        match log::read_commit(history, version).await? {
+            Some(CommitActions {
+                entry: Some(entry), ..
+            }) if entry.run.seq == h => (version, entry),
+            _ => return Ok(None),
+        }
+    };
+    let mut run = entry.run.clone();
+    run.history_version = Some(history_version);
+    let mut completed = false;
+    let mut roles = entry
+        .pending
+        .keys()
+        .map(|name| {
+            TableRole::follower(name).ok_or_else(|| Error::Lake {
+                table: TableRole::History.as_str().into(),
+                reason: format!("run {h} lists actions for an unknown table `{name}`"),
+            })
+        })
+        .collect::<Result<Vec<TableRole>>>()?;
+    // current first: the order of the original commits
+    roles.sort_by_key(|r| (*r != TableRole::Current, r.as_str()));
+    for role in roles {
+        // Followers are created before the history commit: one that is gone was removed by
+        // hand, and is not made again to receive files that may be gone too.
+        let opened = match role {
+            TableRole::Current => Some(current.clone()),
+            _ => open(role).await?,
+        };
+        let Some(mut table) = opened else {
+            tracing::warn!(run = h, table = %role.as_str(), "a table of the newest run is missing; not completed");
+            continue;
+        };
+        let pending = &entry.pending[role.as_str()];
+        let done = commit::complete(&mut table, role.as_str(), app_id, &run, pending).await?;
+        if matches!(done, commit::Completed::Now(_)) {
+            tracing::warn!(run = h, table = %role.as_str(), date = %run.business_date, "completed a run interrupted between its commits");
+            completed = true;
+        }
+        if role == TableRole::Current {
+            *current = table;
+        }
+    }
+    Ok(completed.then_some(Recovery {
+        completed_run: h,
+        business_date: run.business_date,
+    }))
 }
 
 /// Streams a table's rows through DataFusion (None: the table has no data files).

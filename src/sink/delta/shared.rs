@@ -27,7 +27,7 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::{DeltaTable, DeltaTableError, ObjectStoreError, Path};
 use futures::StreamExt;
 
-use super::write::{discard_files, stream_into, Batches};
+use super::write::{discard_files, stream_into, Batches, TARGET_FILE_BYTES};
 use crate::core::schema::EFF_START_DATE;
 use crate::core::time::date_text;
 use crate::error::{Error, Result};
@@ -57,7 +57,15 @@ pub async fn write_shared(
     let mut day = None;
     let mut files = Vec::new();
     let mut check = |batch: &RecordBatch| one_day(batch, &mut day);
-    let written = stream_into(&current, &rx, properties, &mut files, &mut check).await;
+    let written = stream_into(
+        &current,
+        &rx,
+        properties,
+        &mut files,
+        &mut check,
+        TARGET_FILE_BYTES,
+    )
+    .await;
     let shared = match (written, day) {
         (Ok(()), Some(day)) => share(&current, &history, &files, day).await,
         (Ok(()), None) => Ok(Vec::new()),

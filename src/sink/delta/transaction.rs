@@ -43,6 +43,8 @@ pub struct RunCommit {
     pub history_removes: Vec<Remove>,
     /// The source position the run's rows reach, committed with them.
     pub checkpoint: Option<Checkpoint>,
+    /// The run's rows by operation, recorded in the log ([`RunRecord::counts`]).
+    pub counts: Option<crate::core::op::OpCounts>,
 }
 
 /// A run in flight: its sequence number, its table writers, the files written so far and the
@@ -64,6 +66,8 @@ pub struct RunTransaction {
     created: CreatedTables,
     /// Committed or abandoned: nothing is left for [`Drop`] to report.
     ended: bool,
+    /// When the run began ([`RunRecord::duration_ms`]).
+    started: std::time::Instant,
 }
 
 impl RunTransaction {
@@ -93,6 +97,7 @@ impl RunTransaction {
             follower_removes: Vec::new(),
             created,
             ended: false,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -274,6 +279,10 @@ impl RunTransaction {
             fingerprint: commit.fingerprint,
             current_base_version: commit.current_base_version,
             history_version: None,
+            operation: None,
+            target_file_bytes: None,
+            counts: commit.counts,
+            duration_ms: Some(self.started.elapsed().as_millis() as u64),
         };
         let history = Planned {
             adds: std::mem::take(&mut self.history_adds),

@@ -208,14 +208,16 @@ impl Batches {
     }
 }
 
-/// The body of [`write_stream`]: each finished file's `add` goes to `adds` as it is rolled;
-/// each batch is first passed to `check`, whose error stops the writer.
+/// The body of [`write_stream`]: each finished file's `add` goes to `adds` as it is rolled (once
+/// its writer holds `target_bytes`); each batch is first passed to `check`, whose error stops
+/// the writer.
 pub(super) async fn stream_into(
     table: &DeltaTable,
     rx: &Batches,
     properties: WriterProperties,
     adds: &mut Vec<Add>,
     check: &mut (dyn FnMut(&RecordBatch) -> Result<()> + Send),
+    target_bytes: u64,
 ) -> Result<()> {
     // Files are rolled here rather than with the writer's target file size, which makes it
     // write in 1,024-row slices (several times slower on wide rows).
@@ -236,7 +238,7 @@ pub(super) async fn stream_into(
             writer.reset();
             return Err(write_error(table, e));
         }
-        if writer.buffer_len() as u64 >= TARGET_FILE_BYTES {
+        if writer.buffer_len() as u64 >= target_bytes {
             adds.extend(writer.flush().await.map_err(|e| write_error(table, e))?);
         }
     }

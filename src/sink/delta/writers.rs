@@ -10,7 +10,7 @@ use tokio::sync::mpsc::Sender;
 use tokio::task::JoinHandle;
 
 use super::shared::{write_shared, SharedFiles};
-use super::write::{discard_files, stream_into, Batches};
+use super::write::{discard_files, stream_into, Batches, TARGET_FILE_BYTES};
 use super::DeltaLake;
 use crate::error::{Error, Result};
 
@@ -209,7 +209,16 @@ async fn write_stream(
     properties: WriterProperties,
 ) -> Result<Vec<Add>> {
     let mut adds = Vec::new();
-    match stream_into(&table, &rx, properties, &mut adds, &mut |_| Ok(())).await {
+    match stream_into(
+        &table,
+        &rx,
+        properties,
+        &mut adds,
+        &mut |_| Ok(()),
+        TARGET_FILE_BYTES,
+    )
+    .await
+    {
         Ok(()) => Ok(adds),
         Err(e) => {
             rx.close().await;
