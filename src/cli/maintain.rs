@@ -53,7 +53,8 @@ pub struct VacuumArgs {
     #[arg(long)]
     pub delete: bool,
     /// Allow a retention below the table's `delta.deletedFileRetentionDuration` (7 days by
-    /// default): a run of the table still writing may lose its files.
+    /// default). Only with no run of the table writing: a run writing its files at that moment
+    /// may lose them and then commit references to files that are gone.
     #[arg(long)]
     pub force: bool,
 }
@@ -95,6 +96,7 @@ async fn open(table: &LakeTable) -> Result<Option<StoredLake>> {
     let name = table.qualified();
     let lake = StoredLake::open(
         &name,
+        &table.app_id,
         &table.current,
         &table.history,
         table.followers.clone(),

@@ -26,6 +26,9 @@ pub struct LakeTable {
     pub followers: Vec<(TableRole, Url)>,
     /// The codec of the table's data files (a lake root's tables: the default).
     pub compression: Compression,
+    /// The Delta `txn` app id of the table's runs (`tributary:<name>`, the name as its config
+    /// or folders spell it).
+    pub app_id: String,
 }
 
 impl LakeTable {
@@ -81,6 +84,14 @@ pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
                     ),
                 ],
                 compression: Compression::default(),
+                app_id: format!(
+                    "tributary:{}",
+                    crate::config::tables::table_name(&format!(
+                        "{}/{}",
+                        schema.file_name().unwrap_or_default().to_string_lossy(),
+                        table.file_name().unwrap_or_default().to_string_lossy()
+                    ))
+                ),
             });
         }
     }
@@ -114,5 +125,6 @@ pub fn config_table(path: &Path) -> Result<LakeTable> {
             ),
         ],
         compression: config.table.lake.compression,
+        app_id: config.table.app_id(),
     })
 }

@@ -431,9 +431,9 @@ pub fn changes(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dy
 /// `optimize` for a compaction), `business_date`, `fingerprint` (of the input files or the
 /// change-log checkpoint), `source_lsn` (capture), the run's rows by operation `inserted`,
 /// `updated`, `deleted`, `not_supplied`, `unchanged` (NULL for runs of earlier versions and for
-/// compactions), `duration_secs` (from the run's start to its history commit), and what the
-/// commit added to history: `files_added`, `rows_added`, `bytes_added`. Delta's `DESCRIBE
-/// HISTORY` told in Tributary's terms.
+/// compactions), `duration_secs` (from the run's start to its history commit), and the data
+/// the commit added to history: `files_added`, `rows_added`, `bytes_added` (0 for a compaction,
+/// whose files hold rows added before). Delta's `DESCRIBE HISTORY` told in Tributary's terms.
 pub fn runs(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
     let values = literals("runs", &args, "('orders')")?;
     let (table, _) = find(tables, "runs", &values[0])?;
@@ -490,10 +490,11 @@ async fn runs_batch(
         for (column, n) in counts.iter_mut().zip(by_op) {
             column.push(n.map(|n| n as i64));
         }
-        files.push(commit.adds.len() as i64);
-        bytes.push(commit.adds.iter().map(|a| a.size).sum::<i64>());
-        let counted: Option<i64> = commit
-            .adds
+        // Data added: a compaction's files (`dataChange: false`) hold rows counted before.
+        let adds: Vec<_> = commit.adds.iter().filter(|a| a.data_change).collect();
+        files.push(adds.len() as i64);
+        bytes.push(adds.iter().map(|a| a.size).sum::<i64>());
+        let counted: Option<i64> = adds
             .iter()
             .map(|a| {
                 let stats: serde_json::Value = serde_json::from_str(a.stats.as_deref()?).ok()?;
@@ -591,6 +592,7 @@ mod tests {
             history: url.clone(),
             followers: Vec::new(),
             compression: Default::default(),
+            app_id: String::new(),
         };
         let tables = vec![table(Some("sales"), "orders"), table(None, "customers")];
         assert!(matches!(find(&tables, "f", "orders"), Ok((t, false)) if t.name == "orders"));

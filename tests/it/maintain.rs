@@ -271,6 +271,14 @@ async fn a_compaction_killed_between_its_commits_is_completed_by_the_next_run() 
         let json = lake.sync();
         assert_eq!(json["tables"][0]["status"], "applied");
     }
+    // The sync completed the compaction's current commit (run 6) before its own run.
+    let optimized: Vec<i64> = crate::common::log_commits(&compacted.table("current"))
+        .iter()
+        .flatten()
+        .filter(|a| a["commitInfo"]["operation"] == "OPTIMIZE")
+        .filter_map(|a| a["commitInfo"]["tributary"]["seq"].as_i64())
+        .collect();
+    assert_eq!(optimized, [6]);
     assert!(
         live_files(&compacted.table("current")) < current_files + 2,
         "the completed compaction's files replaced the small ones"
@@ -436,10 +444,21 @@ async fn vacuum_lists_by_default_and_deletes_only_what_no_version_needs() {
 }
 
 /// A history file shared with current is a name of its own: vacuuming current's old files
-/// leaves history whole.
+/// leaves history whole; the current version the newest run read is kept for `--replace`.
 #[tokio::test(flavor = "multi_thread")]
 async fn vacuum_of_current_leaves_the_history_files_it_shared() {
+    use tributary::snapshot::RunOptions;
     let fx = Fixture::every_operation().await;
+    // The file day 1's run added to current (version 1), removed by day 2's.
+    let day1_file = crate::common::log_commits(&fx.table_path("current"))[1]
+        .iter()
+        .find_map(|a| a["add"]["path"].as_str())
+        .map(|p| fx.table_path("current").join(p).display().to_string())
+        .unwrap();
+    assert!(data_files(&fx.table_path("current")).contains(&day1_file));
+    let d3 = fx.input("d3", "a.csv", b"a,1\nb,5\nd,4\ne,6\n");
+    fx.run(&d3, "2024-01-03").await.unwrap();
+    let before = data_files(&fx.table_path("current"));
     let args = [
         "vacuum",
         "--config",
@@ -455,16 +474,33 @@ async fn vacuum_of_current_leaves_the_history_files_it_shared() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        data_files(&fx.table_path("current")).len(),
-        live_files(&fx.table_path("current"))
+    let after = data_files(&fx.table_path("current"));
+    assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+    assert!(
+        !after.contains(&day1_file),
+        "day 1's current file is deleted"
     );
     assert_eq!(
         fx.rows("history").await.len(),
-        6,
-        "3 inserts, then U, D and I"
+        7,
+        "3 inserts; U, D and I; I"
     );
-    assert_eq!(fx.rows("current").await.len(), 3);
+    // Day 3 replaced: it reads current as day 2 left it, which vacuum kept.
+    let d3b = fx.input("d3b", "a.csv", b"a,2\nb,5\nd,4\n");
+    let replace = RunOptions {
+        replace: true,
+        ..Default::default()
+    };
+    let replaced = fx.run_with(&d3b, "2024-01-03", replace).await.unwrap();
+    assert_eq!(replaced.status, "applied");
+    let mut current: Vec<String> = fx
+        .rows("current")
+        .await
+        .iter()
+        .map(|r| format!("{}={}:{}", r["id"], r["v"], r["operation"]))
+        .collect();
+    current.sort();
+    assert_eq!(current, ["a=2.0:U", "b=5.0:N", "d=4.0:N"]);
 }
 
 /// Commits that touch no file (another engine's `VACUUM START`/`END`) between a run's history
@@ -508,4 +544,45 @@ async fn a_vacuum_commit_between_a_runs_two_commits_does_not_strand_it() {
     for role in ["current", "history", "applied"] {
         assert_eq!(lake.rows(role).await, plain.rows(role).await, "{role}");
     }
+}
+
+/// A full vacuum by another engine between a run's two commits deletes the run's pending files
+/// (no version references them yet): the next run stops with a clear error instead of
+/// committing references to files that are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_pending_files_were_vacuumed_is_not_completed() {
+    let lake = SyncLake::new();
+    lake.deliver("LOAD00000001.csv", &load());
+    lake.sync();
+    lake.deliver(&change_name(1), &changes(1));
+    let args = ["sync", "landing", "--lake", "lake", "--date", "2024-02-01"];
+    let killed = lake
+        .command(&args)
+        .env("TRIBUTARY_CRASH_AT", "after-history-commit")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let url = url::Url::from_directory_path(lake.table("current")).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let (_, metrics) = table
+        .vacuum()
+        .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+        .with_retention_period(chrono::Duration::hours(0))
+        .with_enforce_retention_duration(false)
+        .await
+        .unwrap();
+    assert!(!metrics.files_deleted.is_empty(), "the run's current files");
+    let rows = lake.rows("current").await;
+    let out = lake.command(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "the table failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot be completed") && stderr.contains("is gone"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lake.rows("current").await,
+        rows,
+        "current is left as it was"
+    );
 }

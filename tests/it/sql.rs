@@ -189,6 +189,32 @@ async fn changes_between_versions_and_the_runs_of_a_table() {
     );
 }
 
+/// A table named `t_history` beside `t` would hide one of them: refused, naming both.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_whose_names_collide_are_refused() {
+    let fx = Fixture::every_operation().await;
+    let other = "name: t_history\ncurrent_table_path: other/current\n\
+                 history_table_path: other/history\nextract_type: full\ncolumns:\n\
+                 - {name: id, type: string, key: true}\n";
+    std::fs::write(fx.dir.path().join("other.yaml"), other).unwrap();
+    let args = [
+        "sql",
+        "--config",
+        "config.yaml",
+        "--config",
+        "other.yaml",
+        "-e",
+        "SELECT 1",
+    ];
+    let out = tributary_command(fx.dir.path(), &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`t_history`") && stderr.contains("from `t` and `t_history`"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_queries_exit_2_naming_the_statement() {
     let fx = Fixture::every_operation().await;

@@ -290,6 +290,25 @@ pub(super) async fn complete(
         }
         _ => true,
     };
+    if version != pending.read_version && kept {
+        // The planned files must still be there: a full vacuum (another engine's) deletes
+        // files that no version references yet.
+        use deltalake::logstore::object_store::ObjectStoreExt;
+        let store = table.object_store();
+        for add in &pending.adds {
+            let path = deltalake::Path::from(add.path.as_str());
+            if let Err(e) = store.head(&path).await {
+                return Err(Error::Lake {
+                    table: role.to_string(),
+                    reason: format!(
+                        "run {} cannot be completed: its data file {} is gone ({e}); it was \
+                         deleted after the run's history commit (a vacuum?)",
+                        run.seq, add.path
+                    ),
+                });
+            }
+        }
+    }
     if version != pending.read_version && !kept {
         return Err(Error::Lake {
             table: role.to_string(),

@@ -48,14 +48,15 @@ pub struct StoredLake {
 }
 
 impl StoredLake {
-    /// Opens table `name`'s current and history tables and completes the follower commits of
-    /// an interrupted run (as every run's open does). Returns None when either table is absent
-    /// or records no Tributary run.
+    /// Opens table `name`'s current and history tables, whose runs commit under `app_id`, and
+    /// completes the follower commits of an interrupted run (as every run's open does).
+    /// Returns None when either table is absent or records no run.
     ///
     /// # Errors
     /// [`Error::Lake`] for tables out of step that cannot be completed; Delta errors.
     pub async fn open(
         name: &str,
+        app_id: &str,
         current: &Url,
         history: &Url,
         followers: Vec<(TableRole, Url)>,
@@ -66,17 +67,10 @@ impl StoredLake {
         ) else {
             return Ok(None);
         };
-        // The run's app id, from the `txn` of the newest Tributary commit.
-        let Some((version, _)) = log::last_run(&history).await? else {
+        if log::txn_version(&history, app_id).await?.unwrap_or(0) == 0 {
             return Ok(None);
-        };
-        let app_id = log::read_commit(&history, version)
-            .await?
-            .and_then(|c| c.app_id)
-            .ok_or_else(|| Error::Lake {
-                table: format!("{name} history"),
-                reason: format!("version {version} records a run without a txn action"),
-            })?;
+        }
+        let app_id = app_id.to_string();
         let open = |role: TableRole| {
             let url = followers
                 .iter()
@@ -222,7 +216,14 @@ async fn rewrite(
             };
             let mut check = |_: &RecordBatch| Ok(());
             let props = properties.clone();
-            let write = stream_into(table, &rx, props, &mut adds, &mut check, target);
+            let write = async {
+                let wrote = stream_into(table, &rx, props, &mut adds, &mut check, target).await;
+                if wrote.is_err() {
+                    // The feed waiting for room fails now instead of waiting for ever.
+                    rx.close().await;
+                }
+                wrote
+            };
             let (fed, wrote) = futures::join!(feed, write);
             wrote.and(fed)
         }
@@ -318,10 +319,23 @@ pub async fn optimize(
         status: "nothing to compact".into(),
         ..Default::default()
     };
-    let Some((_, last)) = log::last_run(&lake.history).await? else {
-        return Ok(summary);
+    // The run this one follows, as every run's begin takes it: history's `txn` version.
+    let seq = log::txn_version(&lake.history, &lake.app_id)
+        .await?
+        .unwrap_or(0)
+        + 1;
+    let last = match log::last_run(&lake.history).await? {
+        Some((_, entry)) if entry.run.seq == seq - 1 => entry.run,
+        _ => {
+            return Err(Error::Lake {
+                table: format!("{} history", lake.name),
+                reason: format!(
+                    "the commit of run {} is not in the log (cleaned up); cannot compact",
+                    seq - 1
+                ),
+            })
+        }
     };
-    let last = last.run;
     if last.source_lsn.as_deref() == Some(SlotPosition::default().text().as_str()) {
         return Err(Error::Refused(format!(
             "{}: capture's initial copy of this table has not finished (run {} records \
@@ -345,29 +359,34 @@ pub async fn optimize(
         return Ok(summary);
     }
     let history_adds = rewrite(&lake.history, &history_bins, target, properties).await?;
-    let planned = async {
-        let current_adds = rewrite(&lake.current, &current_bins, target, properties).await?;
-        let current = Planned {
-            removes: removes(&lake.current, &current_bins)?,
-            adds: current_adds,
-        };
-        let history = Planned {
-            removes: removes(&lake.history, &history_bins)?,
-            adds: history_adds.clone(),
-        };
-        Ok::<_, Error>((history, current))
-    }
-    .await;
-    let (history_planned, current_planned) = match planned {
-        Ok(planned) => planned,
+    let current_adds = match rewrite(&lake.current, &current_bins, target, properties).await {
+        Ok(adds) => adds,
         Err(e) => {
             discard_files(&lake.history, &history_adds).await;
             return Err(e);
         }
     };
+    let planned = (|| {
+        let history = Planned {
+            removes: removes(&lake.history, &history_bins)?,
+            adds: history_adds.clone(),
+        };
+        let current = Planned {
+            removes: removes(&lake.current, &current_bins)?,
+            adds: current_adds.clone(),
+        };
+        Ok::<_, Error>((history, current))
+    })();
+    let (history_planned, current_planned) = match planned {
+        Ok(planned) => planned,
+        Err(e) => {
+            discard_files(&lake.history, &history_adds).await;
+            discard_files(&lake.current, &current_adds).await;
+            return Err(e);
+        }
+    };
     summary.history = tally(&history_bins, &history_planned);
     summary.current = tally(&current_bins, &current_planned);
-    let seq = last.seq + 1;
     let record = RunRecord {
         seq,
         run_id: uuid::Uuid::new_v4().to_string(),
@@ -417,13 +436,17 @@ pub struct Vacuumed {
 /// Finds, and with `delete` removes, the files of each of `lake`'s Delta tables that no
 /// version within `retain` references and that are older than it (delta-rs's full vacuum; a
 /// table's own files only: a history file shared with current is a name of its own, see
-/// `shared`). Without `delete` nothing is written (a dry run). With `force` a retention below
-/// the table's `delta.deletedFileRetentionDuration` (7 days by default) is allowed: a run
-/// of the table still writing its files may then lose them.
+/// `shared`), keeping the current version a snapshot table's newest run read (for `run
+/// --replace`). Without
+/// `delete` nothing is written (a dry run). With `force` a retention below the table's
+/// `delta.deletedFileRetentionDuration` (7 days by default) is allowed: a run of the table
+/// writing its files at that moment may then lose them and commit references to files that
+/// are gone (as with Delta's `retentionDurationCheck.enabled = false`).
 ///
 /// # Errors
-/// [`Error::Refused`] for a retention below the table's minimum without `force`; Delta and
-/// object-store errors (the tables vacuumed before the error stay vacuumed).
+/// [`Error::Refused`] for a retention below the table's minimum without `force`, and for a
+/// table inside another one's folder; Delta and object-store errors (the tables vacuumed before
+/// the error stay vacuumed).
 pub async fn vacuum(
     lake: &StoredLake,
     retain: std::time::Duration,
@@ -439,12 +462,55 @@ pub async fn vacuum(
             tables.push((*role, table));
         }
     }
+    // A full vacuum lists everything under a table's root: a table inside another's folder
+    // would be taken for its orphans.
+    let root = |t: &DeltaTable| {
+        let mut url = t.table_url().to_string();
+        if !url.ends_with('/') {
+            url.push('/');
+        }
+        url
+    };
+    for (role, table) in &tables {
+        for (inner, other) in &tables {
+            if role != inner && root(other).starts_with(&root(table)) {
+                return Err(Error::Refused(format!(
+                    "{}: the {} table lies inside the {} table's folder ({}); vacuum would take \
+                     its files for orphans. Move it out first",
+                    lake.name,
+                    inner.as_str(),
+                    role.as_str(),
+                    root(table)
+                )));
+            }
+        }
+    }
+    // `run --replace` of a snapshot table's newest run reads current as that run read it
+    // (change-log tables, which keep `source_position`, have no replace).
+    let snapshot_table = lake
+        .current
+        .snapshot()?
+        .snapshot()
+        .arrow_schema()
+        .field_with_name(crate::core::schema::SOURCE_POSITION)
+        .is_err();
+    let replace_base = match snapshot_table {
+        true => log::last_applied_run(&lake.current)
+            .await?
+            .and_then(|(_, e)| e.run.current_base_version),
+        false => None,
+    };
     let retention = chrono::Duration::from_std(retain)
         .map_err(|_| Error::Usage(format!("--retain {retain:?}: too long")))?;
     let mut out = Vec::new();
     for (role, table) in tables {
+        let keep: Vec<_> = match role {
+            TableRole::Current => replace_base.iter().map(|v| *v as _).collect(),
+            _ => Vec::new(),
+        };
         let done = table
             .vacuum()
+            .with_keep_versions(&keep)
             .with_mode(VacuumMode::Full)
             .with_retention_period(retention)
             .with_enforce_retention_duration(!force)
