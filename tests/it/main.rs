@@ -7,6 +7,7 @@ mod common;
 mod concurrency;
 mod crash;
 mod first_hour;
+mod golden;
 mod hostile_input;
 mod maintain;
 mod model;

@@ -487,3 +487,82 @@ fn a_change_log_table_has_its_versions_in_order() {
         "n\n2\n"
     );
 }
+
+/// The shell on a terminal (a pseudo-terminal from `script`): `\d`, a statement over two
+/// lines, an error that does not end the session, `\q`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shell_on_a_terminal_lists_runs_multi_line_statements_and_goes_on_after_errors() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED the shell pty test: no `script` command (util-linux)");
+        return;
+    }
+    let fx = Fixture::every_operation().await;
+    let shell = format!(
+        "{} sql --config config.yaml",
+        env!("CARGO_BIN_EXE_tributary")
+    );
+    let mut child = Command::new("timeout")
+        .args(["60", "script", "-qec", &shell, "/dev/null"])
+        .current_dir(fx.dir.path())
+        .env_remove("RUST_LOG")
+        .env("HOME", fx.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Typed line by line, each once the shell shows its prompt (input that arrives before the
+    // terminal is set up is dropped by it, as it would be on a real terminal).
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |prompt: &str, count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while seen.matches(prompt).count() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("no prompt `{prompt}` #{count}: {seen}"),
+            }
+        }
+    };
+    for (prompt, count, line) in [
+        ("tributary> ", 1, "\\d\n"),
+        ("tributary> ", 2, "SELECT count(*) AS n\n"),
+        ("-> ", 1, "  FROM t_history;\n"),
+        ("tributary> ", 3, "SELECT nope FROM t;\n"),
+        ("tributary> ", 4, "\\q\n"),
+    ] {
+        wait_for(prompt, count);
+        stdin.write_all(line.as_bytes()).unwrap();
+    }
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    while let Ok(bytes) = rx.try_recv() {
+        seen.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    let text = seen.replace('\r', "");
+    assert!(status.success(), "{status:?}: {text}");
+    // \d: the tables and the view.
+    assert!(text.contains("| t_scd2") && text.contains("VIEW"), "{text}");
+    // The statement over two lines: a continuation prompt, then history's 6 rows.
+    assert!(text.contains("->"), "{text}");
+    assert!(text.contains("| 6 |") && text.contains("(1 row)"), "{text}");
+    // The error is printed and the shell goes on to \q.
+    let error = text.find("No field named nope").expect(&text);
+    assert!(text[error..].contains("\\q"), "{text}");
+    // Each statement's time.
+    assert!(text.matches(" s\n").count() >= 2, "{text}");
+}
