@@ -62,7 +62,9 @@ fn parse(text: &str) -> Vec<Record> {
                 }
             }
             Some("statement") if header.get(1) == Some(&"error") => {
-                Expect::Error(line.splitn(3, ' ').nth(2).unwrap_or("").to_string())
+                let says = line.splitn(3, ' ').nth(2).unwrap_or("").trim().to_string();
+                assert!(!says.is_empty(), "line {start}: `statement error` needs its text");
+                Expect::Error(says)
             }
             _ => panic!("line {start}: `{line}` is neither `query` nor `statement error`"),
         };
@@ -124,7 +126,10 @@ fn run_golden(file: &str, dir: &Path, args: &[&str]) {
                 }
             }
             Expect::Error(says) => {
-                if out.status.code() != Some(2) || !stderr.contains(says.as_str()) {
+                // Past the echoed statement (`statement 1 (`...`): `), so that the text
+                // cannot match the query itself.
+                let message = stderr.rsplit("`): ").next().unwrap_or(&stderr);
+                if out.status.code() != Some(2) || !message.contains(says.as_str()) {
                     failures.push(format!(
                         "{file}:{}: expected exit 2 saying `{says}`, got {:?}: {stderr}",
                         record.line,

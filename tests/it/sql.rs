@@ -503,16 +503,27 @@ async fn the_shell_on_a_terminal_lists_runs_multi_line_statements_and_goes_on_af
         "{} sql --config config.yaml",
         env!("CARGO_BIN_EXE_tributary")
     );
-    let mut child = Command::new("timeout")
-        .args(["60", "script", "-qec", &shell, "/dev/null"])
-        .current_dir(fx.dir.path())
-        .env_remove("RUST_LOG")
-        .env("HOME", fx.dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    /// Kills the session when the test fails before it ends.
+    struct Session(std::process::Child);
+    impl Drop for Session {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut session = Session(
+        Command::new("timeout")
+            .args(["120", "script", "-qec", &shell, "/dev/null"])
+            .current_dir(fx.dir.path())
+            .env_remove("RUST_LOG")
+            .env("HOME", fx.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut session.0;
     // Typed line by line, each once the shell shows its prompt (input that arrives before the
     // terminal is set up is dropped by it, as it would be on a real terminal).
     let mut stdin = child.stdin.take().unwrap();

@@ -296,8 +296,9 @@ pub(super) async fn complete(
         use deltalake::logstore::object_store::ObjectStoreExt;
         let store = table.object_store();
         for add in &pending.adds {
-            let path = deltalake::Path::from(add.path.as_str());
-            if let Err(e) = store.head(&path).await {
+            let path = super::write::file_path(&add.path);
+            if let Err(e @ deltalake::ObjectStoreError::NotFound { .. }) = store.head(&path).await
+            {
                 return Err(Error::Lake {
                     table: role.to_string(),
                     reason: format!(

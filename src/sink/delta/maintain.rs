@@ -494,12 +494,19 @@ pub async fn vacuum(
         .arrow_schema()
         .field_with_name(crate::core::schema::SOURCE_POSITION)
         .is_err();
-    let replace_base = match snapshot_table {
+    let mut replace_base = match snapshot_table {
         true => log::last_applied_run(&lake.current)
             .await?
             .and_then(|(_, e)| e.run.current_base_version),
         false => None,
     };
+    // A version whose log was cleaned up cannot be kept (nor read by `--replace`).
+    if let Some(version) = replace_base {
+        if log::read_commit(&lake.current, version).await?.is_none() {
+            tracing::warn!(table = %lake.name, version, "the current version the newest run read is gone from the log; not kept");
+            replace_base = None;
+        }
+    }
     let retention = chrono::Duration::from_std(retain)
         .map_err(|_| Error::Usage(format!("--retain {retain:?}: too long")))?;
     let mut out = Vec::new();
@@ -508,15 +515,39 @@ pub async fn vacuum(
             TableRole::Current => replace_base.iter().map(|v| *v as _).collect(),
             _ => Vec::new(),
         };
-        let done = table
-            .vacuum()
-            .with_keep_versions(&keep)
-            .with_mode(VacuumMode::Full)
-            .with_retention_period(retention)
-            .with_enforce_retention_duration(!force)
-            .with_dry_run(!delete)
-            .await;
-        let (_, metrics) = done.map_err(|e| refused_retention(&lake.name, role, e))?;
+        let vacuum = |table: DeltaTable, dry_run: bool| {
+            table
+                .vacuum()
+                .with_keep_versions(&keep)
+                .with_mode(VacuumMode::Full)
+                .with_retention_period(retention)
+                .with_enforce_retention_duration(!force)
+                .with_dry_run(dry_run)
+        };
+        // Listed first: a Delta log among the files (a table of another config inside this
+        // one's folder) refuses the vacuum before anything is deleted.
+        let (_, listed) = vacuum(table.clone(), true)
+            .await
+            .map_err(|e| refused_retention(&lake.name, role, e))?;
+        if let Some(log) = listed
+            .files_deleted
+            .iter()
+            .find(|f| f.split('/').any(|part| part == "_delta_log"))
+        {
+            return Err(Error::Refused(format!(
+                "{} {}: {log} is in another Delta table's log inside this table's folder; \
+                 vacuum would delete that table. Move it out first",
+                lake.name,
+                role.as_str()
+            )));
+        }
+        let metrics = match delete {
+            true => {
+                let done = vacuum(table, false).await;
+                done.map_err(|e| refused_retention(&lake.name, role, e))?.1
+            }
+            false => listed,
+        };
         out.push(Vacuumed {
             table: role.as_str().to_string(),
             files: metrics.files_deleted,

@@ -269,6 +269,13 @@ pub(super) fn write_error(table: &DeltaTable, err: deltalake::DeltaTableError) -
     }
 }
 
+/// The object-store path of a data file as an `add` action names it (relative to the table
+/// root, partition values already percent-encoded): parsed as it is, not encoded a second time
+/// (`region=North%20America/...`).
+pub(crate) fn file_path(path: &str) -> deltalake::Path {
+    deltalake::Path::parse(path).unwrap_or_else(|_| deltalake::Path::from(path))
+}
+
 /// Deletes data files that were written but will not be committed (a refused or failed run),
 /// then, in a local table, the partition folders (`eff_start_date=.../`) they leave empty.
 /// Best effort: a file that cannot be deleted is only unreferenced, and `VACUUM` removes it.
@@ -276,7 +283,7 @@ pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
     use futures::StreamExt;
     let paths: Vec<std::result::Result<deltalake::Path, deltalake::ObjectStoreError>> = adds
         .iter()
-        .map(|a| Ok(deltalake::Path::from(a.path.as_str())))
+        .map(|a| Ok(file_path(&a.path)))
         .collect();
     let mut results = table
         .object_store()
