@@ -63,7 +63,10 @@ fn parse(text: &str) -> Vec<Record> {
             }
             Some("statement") if header.get(1) == Some(&"error") => {
                 let says = line.splitn(3, ' ').nth(2).unwrap_or("").trim().to_string();
-                assert!(!says.is_empty(), "line {start}: `statement error` needs its text");
+                assert!(
+                    !says.is_empty(),
+                    "line {start}: `statement error` needs its text"
+                );
                 Expect::Error(says)
             }
             _ => panic!("line {start}: `{line}` is neither `query` nor `statement error`"),

@@ -297,8 +297,7 @@ pub(super) async fn complete(
         let store = table.object_store();
         for add in &pending.adds {
             let path = super::write::file_path(&add.path);
-            if let Err(e @ deltalake::ObjectStoreError::NotFound { .. }) = store.head(&path).await
-            {
+            if let Err(e @ deltalake::ObjectStoreError::NotFound { .. }) = store.head(&path).await {
                 return Err(Error::Lake {
                     table: role.to_string(),
                     reason: format!(

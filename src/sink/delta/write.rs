@@ -281,10 +281,8 @@ pub(crate) fn file_path(path: &str) -> deltalake::Path {
 /// Best effort: a file that cannot be deleted is only unreferenced, and `VACUUM` removes it.
 pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
     use futures::StreamExt;
-    let paths: Vec<std::result::Result<deltalake::Path, deltalake::ObjectStoreError>> = adds
-        .iter()
-        .map(|a| Ok(file_path(&a.path)))
-        .collect();
+    let paths: Vec<std::result::Result<deltalake::Path, deltalake::ObjectStoreError>> =
+        adds.iter().map(|a| Ok(file_path(&a.path))).collect();
     let mut results = table
         .object_store()
         .delete_stream(futures::stream::iter(paths).boxed());
