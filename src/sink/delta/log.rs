@@ -100,8 +100,6 @@ pub struct CommitActions {
     pub adds: Vec<Add>,
     /// The commit's time (`commitInfo.timestamp`), milliseconds since the Unix epoch.
     pub timestamp_ms: Option<i64>,
-    /// The app id of the commit's `txn` action, if any.
-    pub app_id: Option<String>,
     /// Number of `add` and `remove` actions.
     pub file_actions: usize,
     /// Whether the commit changes the table's `metaData` or `protocol`.
@@ -140,11 +138,6 @@ pub async fn read_commit(table: &DeltaTable, version: u64) -> Result<Option<Comm
             out.file_actions += 1;
         } else if value.get("metaData").is_some() || value.get("protocol").is_some() {
             out.changes_metadata = true;
-        } else if let Some(txn) = value.get("txn") {
-            out.app_id = txn
-                .get("appId")
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_string);
         }
     }
     Ok(Some(out))
