@@ -22,6 +22,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from sql_bench import measured  # noqa: E402  (one process under measure.py, its stats)
 
 TABLES = """tables:
 - source: sales/orders
@@ -42,20 +44,6 @@ QUERIES = {
     "changes (all runs)": "SELECT operation, count(*) FROM changes('sales.orders', 0, {latest}) "
                           "GROUP BY 1 ORDER BY 1",
 }
-
-
-def measured(work, name, cmd):
-    result = os.path.join(work, f"{name}.json")
-    out, err = os.path.join(work, f"{name}.out"), os.path.join(work, f"{name}.err")
-    code = subprocess.call([sys.executable, os.path.join(HERE, "measure.py"), result, out, err, "--"] + cmd)
-    with open(result) as f:
-        stats = json.load(f)
-    with open(out) as f:
-        stdout = f.read()
-    if code != 0:
-        with open(err) as f:
-            sys.exit(f"{name} failed ({code}): {f.read()[-2000:]}")
-    return stats, stdout
 
 
 def files(table):

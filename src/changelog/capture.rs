@@ -1768,7 +1768,7 @@ async fn stopped_copy_files(table: &CaptureTable) -> Result<Vec<deltalake::kerne
     if paths.is_empty() {
         return Ok(Vec::new());
     }
-    crate::sink::delta::files_removed(&lake.history, &paths)
+    crate::sink::delta::files_removed(&lake.history, &paths, true)
 }
 
 /// The values of `columns` (configured column indices) of the live row of `table`'s current

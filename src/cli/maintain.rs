@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::print_json;
 use crate::error::{Error, Result};
-use crate::query::catalog::{config_table, lake_tables, LakeTable};
+use crate::query::catalog::{named_tables, LakeTable};
 use crate::sink::delta::maintain::{self, OptimizeSummary, StoredLake, Vacuumed};
 use crate::sink::delta::writer_properties;
 use crate::sink::{conflict_pause, CONFLICT_ATTEMPTS};
@@ -61,20 +61,7 @@ pub struct VacuumArgs {
 
 /// The tables `args` names, in order.
 fn tables(args: &TablesArgs) -> Result<Vec<LakeTable>> {
-    let mut tables = Vec::new();
-    if let Some(root) = &args.lake {
-        tables.extend(lake_tables(root)?);
-    }
-    for config in &args.configs {
-        tables.push(config_table(config)?);
-    }
-    if tables.is_empty() {
-        return Err(Error::Usage(
-            "no tables: pass --lake LAKE_ROOT (a sync or capture lake) or --config FILE (a \
-             table config)"
-                .into(),
-        ));
-    }
+    let mut tables = named_tables(args.lake.as_deref(), &args.configs)?;
     for name in &args.only {
         if !tables.iter().any(|t| t.qualified() == name.to_lowercase()) {
             let known: Vec<String> = tables.iter().map(LakeTable::qualified).collect();

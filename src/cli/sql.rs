@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::query::catalog::{config_table, lake_tables};
+use crate::query::catalog::named_tables;
 use crate::query::output::{write, Format};
 use crate::query::Lake;
 
@@ -48,19 +48,7 @@ pub struct SqlArgs {
 /// [`Error::Usage`] without tables or statements, and for statements that cannot be planned
 /// (exit 2); those of [`Lake::open`] and [`Lake::run`].
 pub async fn execute(args: SqlArgs) -> Result<u8> {
-    let mut tables = Vec::new();
-    if let Some(root) = &args.lake {
-        tables.extend(lake_tables(root)?);
-    }
-    for config in &args.configs {
-        tables.push(config_table(config)?);
-    }
-    if tables.is_empty() {
-        return Err(Error::Usage(
-            "no tables: pass --lake LAKE_ROOT (a sync lake) or --config FILE (a table config)"
-                .into(),
-        ));
-    }
+    let tables = named_tables(args.lake.as_deref(), &args.configs)?;
     let sql = match (&args.execute, &args.file) {
         (Some(sql), _) => sql.clone(),
         (None, Some(path)) if path.as_os_str() == "-" => read_stdin()?,

@@ -105,6 +105,29 @@ pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
     Ok(tables)
 }
 
+/// The tables of a `sync`/`capture` lake root (`--lake`) and of snapshot configs (`--config`),
+/// in that order: what `sql`, `optimize` and `vacuum` act on.
+///
+/// # Errors
+/// [`Error::Usage`] for neither; those of [`lake_tables`] and [`config_table`].
+pub fn named_tables(lake: Option<&Path>, configs: &[std::path::PathBuf]) -> Result<Vec<LakeTable>> {
+    let mut tables = Vec::new();
+    if let Some(root) = lake {
+        tables.extend(lake_tables(root)?);
+    }
+    for config in configs {
+        tables.push(config_table(config)?);
+    }
+    if tables.is_empty() {
+        return Err(Error::Usage(
+            "no tables: pass --lake LAKE_ROOT (a sync or capture lake) or --config FILE (a \
+             table config)"
+                .into(),
+        ));
+    }
+    Ok(tables)
+}
+
 /// The table a snapshot config names (its `current_table_path` and `history_table_path`).
 ///
 /// # Errors

@@ -614,13 +614,7 @@ async fn replaced_history_files(
             ),
         })?;
     let added: HashSet<String> = commit.adds.into_iter().map(|a| a.path).collect();
-    Ok(history
-        .snapshot()?
-        .log_data()
-        .iter()
-        .filter(|f| added.contains(f.path().as_ref()))
-        .map(|f| f.remove_action(true))
-        .collect())
+    delta::files_removed(history, &added, true)
 }
 
 #[cfg(test)]

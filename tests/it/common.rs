@@ -290,6 +290,25 @@ pub fn output_with_stdin(mut command: std::process::Command, input: &[u8]) -> st
     child.wait_with_output().unwrap()
 }
 
+/// The lines of `tributary sql SOURCE --format csv -e QUERY` run in `dir` (header first),
+/// which must succeed; `source` names the tables (`--config FILE`, `--lake ROOT`).
+pub fn sql_csv(dir: &Path, source: &[&str], query: &str) -> Vec<String> {
+    let mut args = vec!["sql"];
+    args.extend_from_slice(source);
+    args.extend_from_slice(&["--format", "csv", "-e", query]);
+    let out = tributary_command(dir, &args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Runs the binary in `dir` with `args` ([`tributary_command`]); it must exit 0: its stdout.
 pub fn tributary_ok(dir: &Path, args: &[&str]) -> String {
     let out = tributary_command(dir, args).output().unwrap();

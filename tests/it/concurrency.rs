@@ -204,7 +204,7 @@ async fn concurrent_runs_commit_each_run_once_and_equal_a_serial_replay() {
     }
 }
 
-const ORDERS: &str = "tables:
+pub(crate) const ORDERS: &str = "tables:
 - source: sales/orders
   active: true
   primary_key: [id]
@@ -262,27 +262,38 @@ fn sync_command(landing: &Path, lake: &Path) -> Command {
     cmd
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_syncs_apply_every_file_once_and_equal_a_serial_replay() {
-    let dir = tempfile::tempdir().unwrap();
-    let (landing, lake) = (dir.path().join("landing"), dir.path().join("lake"));
+/// A landing zone of `files` (the `ORDERS` tables file) and its lake under `dir`: the load and
+/// the first change files are there from the start (first syncs race); a thread delivers the
+/// others, one every `pause`, while the syncs run. Returns (landing, lake, the thread).
+fn landing_fed(
+    dir: &Path,
+    files: &[(String, String)],
+    pause: std::time::Duration,
+) -> (PathBuf, PathBuf, std::thread::JoinHandle<()>) {
+    let (landing, lake) = (dir.join("landing"), dir.join("lake"));
     std::fs::create_dir_all(&landing).unwrap();
     std::fs::write(landing.join("tables.yaml"), ORDERS).unwrap();
-    let files = dms_files(8);
-    // The load and the first change files are there from the start (first syncs race); the
-    // others land while the syncs run.
     for (i, (rel, text)) in files.iter().take(3).enumerate() {
         deliver(&landing, rel, text, 1_700_000_000 + i as u64);
     }
     let feeder = {
-        let (landing, files) = (landing.clone(), files.clone());
+        let (landing, files) = (landing.clone(), files.to_vec());
         std::thread::spawn(move || {
             for (i, (rel, text)) in files.iter().enumerate().skip(3) {
-                std::thread::sleep(std::time::Duration::from_millis(300));
+                std::thread::sleep(pause);
                 deliver(&landing, rel, text, 1_700_000_000 + i as u64);
             }
         })
     };
+    (landing, lake, feeder)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_syncs_apply_every_file_once_and_equal_a_serial_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dms_files(8);
+    let pause = std::time::Duration::from_millis(300);
+    let (landing, lake, feeder) = landing_fed(dir.path(), &files, pause);
     let (l, k) = (landing.clone(), lake.clone());
     let outcomes = race(vec![vec![(); 4]; 4], move |_| {
         ("2024-02-01".to_string(), sync_command(&l, &k))
@@ -393,22 +404,9 @@ async fn assert_replays_serially(files: &[(String, String)], lake: &Path) {
 #[tokio::test(flavor = "multi_thread")]
 async fn syncs_racing_compactions_apply_every_file_once_and_equal_a_serial_replay() {
     let dir = tempfile::tempdir().unwrap();
-    let (landing, lake) = (dir.path().join("landing"), dir.path().join("lake"));
-    std::fs::create_dir_all(&landing).unwrap();
-    std::fs::write(landing.join("tables.yaml"), ORDERS).unwrap();
     let files = dms_files(10);
-    for (i, (rel, text)) in files.iter().take(3).enumerate() {
-        deliver(&landing, rel, text, 1_700_000_000 + i as u64);
-    }
-    let feeder = {
-        let (landing, files) = (landing.clone(), files.clone());
-        std::thread::spawn(move || {
-            for (i, (rel, text)) in files.iter().enumerate().skip(3) {
-                std::thread::sleep(std::time::Duration::from_millis(250));
-                deliver(&landing, rel, text, 1_700_000_000 + i as u64);
-            }
-        })
-    };
+    let pause = std::time::Duration::from_millis(250);
+    let (landing, lake, feeder) = landing_fed(dir.path(), &files, pause);
     // Two processes syncing, one compacting, back to back.
     let jobs = vec![vec![false; 5], vec![false; 5], vec![true; 8]];
     let (l, k) = (landing.clone(), lake.clone());

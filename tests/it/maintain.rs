@@ -7,18 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::common::{data_files, json_stdout, table_rows, tributary_command, Fixture};
+use crate::common::{data_files, json_stdout, sql_csv, table_rows, tributary_command, Fixture};
+use crate::concurrency::ORDERS;
+use deltalake::operations::vacuum::VacuumMode;
 
-const ORDERS: &str = "tables:
-- source: sales/orders
-  active: true
-  primary_key: [id]
-  partition_by: [region]
-  columns:
-  - {name: id, type: long}
-  - {name: region, type: string}
-  - {name: amount, type: double}
-";
+/// One sync pass of the lake, without `--json`.
+const SYNC: [&str; 6] = ["sync", "landing", "--lake", "lake", "--date", "2024-02-01"];
 
 type Row = BTreeMap<String, String>;
 
@@ -76,17 +70,33 @@ impl SyncLake {
     }
 
     fn sql(&self, query: &str) -> Vec<String> {
-        let args = ["sql", "--lake", "lake", "--format", "csv", "-e", query];
-        let out = self.command(&args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{query}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        sql_csv(self.dir.path(), &["--lake", "lake"], query)
+    }
+
+    /// Runs `args`, aborted by the crash hook right after its history commit.
+    fn killed_after_history_commit(&self, args: &[&str]) {
+        let killed = self
+            .command(args)
+            .env("TRIBUTARY_CRASH_AT", "after-history-commit")
+            .output()
+            .unwrap();
+        assert!(!killed.status.success(), "the crash hook aborts");
+    }
+
+    /// delta-rs's own vacuum of current with no retention, as another engine would run it.
+    /// Returns the table after it, its version before, and the files deleted.
+    async fn vacuum_current(&self, mode: VacuumMode) -> (deltalake::DeltaTable, u64, usize) {
+        let url = url::Url::from_directory_path(self.table("current")).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        let before = table.version().unwrap();
+        let (table, metrics) = table
+            .vacuum()
+            .with_mode(mode)
+            .with_retention_period(chrono::Duration::hours(0))
+            .with_enforce_retention_duration(false)
+            .await
+            .unwrap();
+        (table, before, metrics.files_deleted.len())
     }
 
     /// Rows of a table, sorted (the order of files is not the tables' content); the applied
@@ -256,12 +266,7 @@ async fn a_compaction_killed_between_its_commits_is_completed_by_the_next_run() 
             lake.sync();
         }
     }
-    let killed = compacted
-        .command(&["optimize", "--lake", "lake"])
-        .env("TRIBUTARY_CRASH_AT", "after-history-commit")
-        .output()
-        .unwrap();
-    assert!(!killed.status.success(), "the crash hook aborts");
+    compacted.killed_after_history_commit(&["optimize", "--lake", "lake"]);
     // History holds the compaction (run 6), current does not yet.
     let runs = compacted.sql("SELECT run, operation FROM runs('sales.orders') ORDER BY run");
     assert_eq!(runs.last().unwrap(), "6,optimize", "{runs:?}");
@@ -517,25 +522,10 @@ async fn a_vacuum_commit_between_a_runs_two_commits_does_not_strand_it() {
         l.deliver(&change_name(2), &changes(2));
     }
     plain.sync();
-    let args = ["sync", "landing", "--lake", "lake", "--date", "2024-02-01"];
-    let killed = lake
-        .command(&args)
-        .env("TRIBUTARY_CRASH_AT", "after-history-commit")
-        .output()
-        .unwrap();
-    assert!(!killed.status.success());
-    // delta-rs's own vacuum of current (lite mode: removed files only), as another engine would
-    // run it: two commits of commit info only.
-    let url = url::Url::from_directory_path(lake.table("current")).unwrap();
-    let table = deltalake::open_table(url).await.unwrap();
-    let before = table.version().unwrap();
-    let (table, metrics) = table
-        .vacuum()
-        .with_retention_period(chrono::Duration::hours(0))
-        .with_enforce_retention_duration(false)
-        .await
-        .unwrap();
-    assert!(!metrics.files_deleted.is_empty());
+    lake.killed_after_history_commit(&SYNC);
+    // Lite mode (removed files only): two commits of commit info only.
+    let (table, before, deleted) = lake.vacuum_current(VacuumMode::Lite).await;
+    assert!(deleted > 0);
     assert_eq!(table.version().unwrap(), before + 2, "VACUUM START and END");
     for l in [&lake, &plain] {
         l.deliver(&change_name(3), &changes(3));
@@ -555,25 +545,11 @@ async fn a_run_whose_pending_files_were_vacuumed_is_not_completed() {
     lake.deliver("LOAD00000001.csv", &load());
     lake.sync();
     lake.deliver(&change_name(1), &changes(1));
-    let args = ["sync", "landing", "--lake", "lake", "--date", "2024-02-01"];
-    let killed = lake
-        .command(&args)
-        .env("TRIBUTARY_CRASH_AT", "after-history-commit")
-        .output()
-        .unwrap();
-    assert!(!killed.status.success());
-    let url = url::Url::from_directory_path(lake.table("current")).unwrap();
-    let table = deltalake::open_table(url).await.unwrap();
-    let (_, metrics) = table
-        .vacuum()
-        .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
-        .with_retention_period(chrono::Duration::hours(0))
-        .with_enforce_retention_duration(false)
-        .await
-        .unwrap();
-    assert!(!metrics.files_deleted.is_empty(), "the run's current files");
+    lake.killed_after_history_commit(&SYNC);
+    let (_, _, deleted) = lake.vacuum_current(VacuumMode::Full).await;
+    assert!(deleted > 0, "the run's current files");
     let rows = lake.rows("current").await;
-    let out = lake.command(&args).output().unwrap();
+    let out = lake.command(&SYNC).output().unwrap();
     assert_eq!(out.status.code(), Some(5), "the table failed");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -5,7 +5,9 @@ use std::process::Output;
 
 use proptest::prelude::*;
 
-use crate::common::{output_with_stdin, tributary_command, tributary_ok, Fixture, SIMPLE_COLUMNS};
+use crate::common::{
+    output_with_stdin, sql_csv, tributary_command, tributary_ok, Fixture, SIMPLE_COLUMNS,
+};
 
 fn sql(fx: &Fixture, query: &str) -> Output {
     let args = [
@@ -22,17 +24,7 @@ fn sql(fx: &Fixture, query: &str) -> Output {
 
 /// The CSV rows of a successful query (header included).
 fn csv(fx: &Fixture, query: &str) -> Vec<String> {
-    let out = sql(fx, query);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{query}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    sql_csv(fx.dir.path(), &["--config", "config.yaml"], query)
 }
 
 /// Day 1 (2024-01-01) inserts a, b, c; day 2 keeps a, updates b, deletes c, inserts d.

@@ -281,35 +281,41 @@ pub(super) async fn complete(
         let found = super::log::find_run_id(table, after, &run.run_id).await?;
         return Ok(Completed::Already(found));
     }
-    let version = table.version();
-    // Commits that touch no file nor the schema (a `VACUUM START`/`END` of any Delta writer)
-    // leave the planned actions valid; anything else in between makes them unsafe.
-    let kept = match version {
-        Some(latest) if version != pending.read_version => {
-            super::log::files_kept_since(table, pending.read_version, latest).await?
-        }
-        _ => true,
-    };
-    if version != pending.read_version && kept {
-        // The planned files must still be there: a full vacuum (another engine's) deletes
-        // files that no version references yet.
-        use deltalake::logstore::object_store::ObjectStoreExt;
-        let store = table.object_store();
-        for add in &pending.adds {
-            let path = super::write::file_path(&add.path);
-            if let Err(e @ deltalake::ObjectStoreError::NotFound { .. }) = store.head(&path).await {
-                return Err(Error::Lake {
-                    table: role.to_string(),
-                    reason: format!(
-                        "run {} cannot be completed: its data file {} is gone ({e}); it was \
-                         deleted after the run's history commit (a vacuum?)",
-                        run.seq, add.path
-                    ),
-                });
-            }
-        }
+    if table.version() != pending.read_version {
+        still_planned(table, role, run, pending).await?;
     }
-    if version != pending.read_version && !kept {
+    let entry = CommitEntry {
+        run: run.clone(),
+        pending: HashMap::new(),
+    };
+    let planned = Planned {
+        adds: pending.adds.clone(),
+        removes: pending.removes.clone(),
+    };
+    Ok(Completed::Now(
+        commit_table(table, role, app_id, actions(&planned), &entry).await?,
+    ))
+}
+
+/// Checks that the actions `pending` planned against an earlier version of `table` still
+/// apply: every commit since touches no file nor the schema (a `VACUUM START`/`END` of any
+/// Delta writer), and the planned files are still there (a full vacuum, another engine's,
+/// deletes files that no version references yet).
+///
+/// # Errors
+/// [`Error::Lake`] naming the change or the missing file; object-store errors.
+async fn still_planned(
+    table: &DeltaTable,
+    role: &str,
+    run: &RunRecord,
+    pending: &PendingCommit,
+) -> Result<()> {
+    let version = table.version();
+    let kept = match version {
+        Some(latest) => super::log::files_kept_since(table, pending.read_version, latest).await?,
+        None => false,
+    };
+    if !kept {
         return Err(Error::Lake {
             table: role.to_string(),
             reason: format!(
@@ -323,17 +329,22 @@ pub(super) async fn complete(
             ),
         });
     }
-    let entry = CommitEntry {
-        run: run.clone(),
-        pending: HashMap::new(),
-    };
-    let planned = Planned {
-        adds: pending.adds.clone(),
-        removes: pending.removes.clone(),
-    };
-    Ok(Completed::Now(
-        commit_table(table, role, app_id, actions(&planned), &entry).await?,
-    ))
+    use deltalake::logstore::object_store::ObjectStoreExt;
+    let store = table.object_store();
+    for add in &pending.adds {
+        let path = super::write::file_path(&add.path);
+        if let Err(e @ deltalake::ObjectStoreError::NotFound { .. }) = store.head(&path).await {
+            return Err(Error::Lake {
+                table: role.to_string(),
+                reason: format!(
+                    "run {} cannot be completed: its data file {} is gone ({e}); it was \
+                     deleted after the run's history commit (a vacuum?)",
+                    run.seq, add.path
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Commits a planned run to `tables` (history, current) under `app_id`: history first, its

@@ -241,17 +241,11 @@ async fn rewrite(
 
 /// `remove` actions (`dataChange: false`) for the files of `bins`.
 fn removes(table: &DeltaTable, bins: &[Bin]) -> Result<Vec<Remove>> {
-    let paths: HashSet<&str> = bins
+    let paths: HashSet<String> = bins
         .iter()
-        .flat_map(|b| b.files.iter().map(|a| a.path.as_str()))
+        .flat_map(|b| b.files.iter().map(|a| a.path.clone()))
         .collect();
-    Ok(table
-        .snapshot()?
-        .log_data()
-        .iter()
-        .filter(|f| paths.contains(f.path().as_ref()))
-        .map(|f| f.remove_action(false))
-        .collect())
+    super::files_removed(table, &paths, false)
 }
 
 /// The live data files of `table`.

@@ -550,20 +550,22 @@ pub fn conform(
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Remove actions for the data files of `table` at `paths` (as the log names them).
+/// Remove actions for the live data files of `table` at `paths` (as the log names them), with
+/// `dataChange` as given (false: a compaction, whose rows stay in other files).
 ///
 /// # Errors
 /// Delta errors reading the snapshot.
 pub fn files_removed(
     table: &DeltaTable,
     paths: &std::collections::HashSet<String>,
+    data_change: bool,
 ) -> Result<Vec<deltalake::kernel::Remove>> {
     Ok(table
         .snapshot()?
         .log_data()
         .iter()
         .filter(|f| paths.contains(f.path().as_ref()))
-        .map(|f| f.remove_action(true))
+        .map(|f| f.remove_action(data_change))
         .collect())
 }
 
