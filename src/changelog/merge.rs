@@ -231,6 +231,8 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
             deleted: summary.deleted,
             ..Default::default()
         }),
+        // change-log runs have no memory setting yet: the defaults (issue 22)
+        change_feed_memory: None,
     };
     let versions = lake.commit(run, commit).await?;
     summary.stages.commit_secs = committing.elapsed().as_secs_f64();

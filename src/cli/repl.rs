@@ -27,7 +27,8 @@ statements end with `;` and may span lines
   \\?          this help
   \\q          quit (or Ctrl-D)
 functions: version_as_of('t', N), timestamp_as_of('t', 'YYYY-MM-DD HH:MM:SS'),
-           as_of('t', DATE 'YYYY-MM-DD'), changes('t', FROM, TO), runs('t')";
+           as_of('t', DATE 'YYYY-MM-DD'), changes('t', FROM, TO), runs('t'),
+           table_changes('t', FROM[, TO]) (the Delta change data feed)";
 
 /// Whether `sql` ends a statement: its last token, past whitespace and comments, is `;`
 /// (an unterminated string or comment does not).

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::query::catalog::named_tables;
-use crate::query::output::{write, Format};
+use crate::query::output::Format;
 use crate::query::Lake;
 
 /// Arguments of `tributary sql`.
@@ -70,21 +70,35 @@ pub async fn execute(args: SqlArgs) -> Result<u8> {
     };
     let lake = Lake::open(tables).await?;
     let started = Instant::now();
-    let results = lake.run(&sql).await?;
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|source| Error::Storage {
+    // Rows are written as they are computed (CSV, JSON lines): an export larger than memory.
+    // `-o FILE` is written beside FILE and renamed to it once every statement succeeded: a
+    // failed statement leaves no half-written FILE (nor replaces an earlier one).
+    match &args.output {
+        Some(path) => {
+            let storage = |source| Error::Storage {
                 action: "cannot write the query output to".into(),
                 path: path.clone(),
                 source,
-            })?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    for result in &results {
-        write(result, args.format, &mut out)?;
+            };
+            let folder = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let file = tempfile::Builder::new()
+                .prefix(".tributary-sql-")
+                .tempfile_in(folder)
+                .map_err(storage)?;
+            let mut out = std::io::BufWriter::new(file);
+            lake.run_into(&sql, args.format, &mut out).await?;
+            let file = out.into_inner().map_err(|e| storage(e.into_error()))?;
+            file.persist(path).map_err(|e| storage(e.error))?;
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            lake.run_into(&sql, args.format, &mut out).await?;
+            out.flush()?;
+        }
     }
-    out.flush()?;
     if args.format == Format::Table && std::io::stderr().is_terminal() {
         eprintln!("{:.3} s", started.elapsed().as_secs_f64());
     }

@@ -248,6 +248,10 @@ pub struct LakeConfig {
     pub compression: Compression,
     /// Delta checkpoint interval, in commits.
     pub checkpoint_interval: u64,
+    /// Whether the current and history tables record the Delta change data feed
+    /// (`delta.enableChangeDataFeed`, see `sink::delta::change_feed`): set on tables that lack
+    /// it. Unset, a table that has it (enabled by another engine) still gets its feed.
+    pub change_data_feed: bool,
 }
 
 /// How input files are read: the source section (CSV dialect, NULL text, bad rows).
@@ -454,6 +458,7 @@ impl LakeConfig {
             partition_by,
             compression,
             checkpoint_interval,
+            change_data_feed: false,
         })
     }
 }

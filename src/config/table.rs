@@ -57,6 +57,9 @@ pub struct ConfigFile {
     pub on_error: Option<OnError>,
     /// Delta checkpoint interval, in commits; default 100.
     pub checkpoint_interval: Option<u64>,
+    /// Whether the tables record the Delta change data feed (`delta.enableChangeDataFeed`);
+    /// default false.
+    pub change_data_feed: Option<bool>,
     /// Memory the diff may hold (e.g. `1GiB`, `512MiB`, or a byte count); past it, partitions
     /// spill to `spill_dir`. Default [`DEFAULT_MEMORY_LIMIT`].
     pub memory_limit: Option<ByteSizeText>,
@@ -188,7 +191,7 @@ impl ConfigFile {
             Some(Some(text)) => Some(text),
             None => None,
         };
-        let lake = LakeConfig::validate(
+        let mut lake = LakeConfig::validate(
             LakePaths {
                 current: &self.current_table_path,
                 history: &self.history_table_path,
@@ -203,6 +206,7 @@ impl ConfigFile {
             self.checkpoint_interval
                 .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL),
         )?;
+        lake.change_data_feed = self.change_data_feed.unwrap_or(false);
         Ok(TableConfig {
             table: TableSpec {
                 name: self.name,

@@ -147,6 +147,10 @@ pub struct TableEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Parquet codec of the written data files (default zstd).
     pub compression: Option<Compression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Whether the tables record the Delta change data feed (`delta.enableChangeDataFeed`;
+    /// default false).
+    pub change_data_feed: Option<bool>,
     /// Columns in source order (CSV files have no header). `key` and `ignore` are not used
     /// here: keys come from `primary_key`.
     #[serde(default)]
@@ -171,6 +175,7 @@ impl TableEntry {
             multiline: None,
             tombstone_retention_days: None,
             compression: None,
+            change_data_feed: None,
             columns,
         }
     }
@@ -262,7 +267,7 @@ impl TableEntry {
             if delimiter == b'"' {
                 return Err(invalid("quote", "must differ from the delimiter"));
             }
-            let lake = LakeConfig::validate(
+            let mut lake = LakeConfig::validate(
                 LakePaths {
                     current: &current,
                     history: &history,
@@ -276,6 +281,7 @@ impl TableEntry {
                 self.compression.unwrap_or_default(),
                 DEFAULT_CHECKPOINT_INTERVAL,
             )?;
+            lake.change_data_feed = self.change_data_feed.unwrap_or(false);
             Ok((columns, delimiter, lake))
         })();
         let (columns, delimiter, lake) = validated.map_err(|e| match e {

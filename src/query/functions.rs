@@ -1,7 +1,8 @@
 //! The table functions of `tributary sql`: `version_as_of`, `timestamp_as_of` (Delta time
 //! travel, through delta-rs's versioned loading), `as_of` (a table's state on a business date,
-//! from its history), `changes` (the rows history gained between two versions) and `runs`
-//! (the runs recorded in a table's log).
+//! from its history), `changes` (the rows history gained between two versions), `runs` (the
+//! runs recorded in a table's log) and `table_changes` (the Delta change data feed, through
+//! delta-rs's reader).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,16 +31,19 @@ pub enum Function {
     Changes,
     /// `runs('t')`: see [`runs`].
     Runs,
+    /// `table_changes('t', FROM[, TO])`: see [`table_changes`].
+    TableChanges,
 }
 
 impl Function {
     /// Every function, to register.
-    pub const ALL: [Function; 5] = [
+    pub const ALL: [Function; 6] = [
         Function::VersionAsOf,
         Function::TimestampAsOf,
         Function::AsOf,
         Function::Changes,
         Function::Runs,
+        Function::TableChanges,
     ];
 
     /// Its name in SQL.
@@ -50,6 +54,7 @@ impl Function {
             Function::AsOf => "as_of",
             Function::Changes => "changes",
             Function::Runs => "runs",
+            Function::TableChanges => "table_changes",
         }
     }
 }
@@ -77,6 +82,7 @@ impl TableFunctionImpl for LakeFunction {
             Function::AsOf => as_of(&self.tables, args),
             Function::Changes => changes(&self.tables, args),
             Function::Runs => runs(&self.tables, args),
+            Function::TableChanges => table_changes(&self.tables, args),
         }
     }
 }
@@ -424,6 +430,152 @@ pub fn changes(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dy
     })?
     .map_err(|e| crate_err(&call, e))?;
     Ok(frame.into_view())
+}
+
+/// `table_changes('t', FROM[, TO])`: the Delta change data feed of table `t` (current;
+/// `t_history` for history) from version FROM to TO (both included; default the latest), as
+/// Databricks' `table_changes` and delta-rs's `load_cdf` read it: the table's columns, then
+/// `_change_type` (`insert`, `update_preimage`, `update_postimage`, `delete`),
+/// `_commit_version` and `_commit_timestamp`. The table must record its feed from FROM on
+/// (`change_data_feed: true`; see `sink::delta::change_feed`).
+///
+/// # Errors
+/// A planning error for a table without the feed at FROM, a version past the latest, FROM
+/// after TO.
+pub fn table_changes(
+    tables: &[LakeTable],
+    args: TableFunctionArgs,
+) -> DfResult<Arc<dyn TableProvider>> {
+    const FUNCTION: &str = "table_changes";
+    let values = match args.exprs().len() {
+        2 => literals(FUNCTION, &args, "('orders', 3)")?,
+        3 => literals(FUNCTION, &args, "('orders', 3, 5)")?,
+        _ => {
+            return Err(plan_err(format!(
+                "{FUNCTION} takes 2 or 3 literal arguments, the table's name in quotes first: \
+                 {FUNCTION}('orders', 3[, 5])"
+            )))
+        }
+    };
+    let (table, history) = find(tables, FUNCTION, &values[0])?;
+    let from = version(FUNCTION, &values[1])?;
+    let to = match values.get(2) {
+        Some(text) => Some(version(FUNCTION, text)?),
+        None => None,
+    };
+    if let Some(to) = to.filter(|&to| from > to) {
+        return Err(plan_err(format!(
+            "{FUNCTION}: the first version ({from}) is after the second ({to})"
+        )));
+    }
+    let call = format!("{FUNCTION}('{}', {})", values[0], values[1..].join(", "));
+    let url = if history {
+        &table.history
+    } else {
+        &table.current
+    };
+    let latest = match to {
+        Some(to) => open_at(url, &call, to)?,
+        None => block_on(deltalake::open_table(url.clone()))?.map_err(|e| delta_err(&call, e))?,
+    };
+    let last = latest.version().unwrap_or(0) as i64;
+    if from > last {
+        return Err(plan_err(format!(
+            "{call}: no version {from} (the latest is {last})"
+        )));
+    }
+    // delta-rs refuses a start version whose commit says the feed is off, but reads a version
+    // without a metadata action as its files (adds as inserts, removes as deletes) whether the
+    // table recorded its feed then or not: checked here.
+    let first = open_at(url, &call, from)?;
+    let recorded =
+        crate::sink::delta::change_feed::enabled(&first).map_err(|e| crate_err(&call, e))?;
+    if !recorded {
+        return Err(plan_err(format!(
+            "{call}: the table does not record its change data feed at version {from} \
+             (delta.enableChangeDataFeed; `change_data_feed: true` turns it on from the next run)"
+        )));
+    }
+    let mut scan = latest.scan_cdf().with_starting_version(from as _);
+    if let Some(to) = to {
+        scan = scan.with_ending_version(to as _);
+    }
+    let provider = deltalake::delta_datafusion::DeltaCdfTableProvider::try_new(scan)
+        .map_err(|e| delta_err(&call, e))?;
+    let provider = Arc::new(Feed(provider));
+    // The feed's checks (recorded at FROM) run when the scan is planned: planned here once, so
+    // that a table without the feed is this statement's planning error.
+    let probe = provider.clone();
+    block_on(async move {
+        let state = context().state();
+        probe.scan(&state, None, &[], Some(0)).await.map(|_| ())
+    })?
+    .map_err(|e| match e {
+        DataFusionError::External(inner) => match inner.downcast::<deltalake::DeltaTableError>() {
+            Ok(delta) => cdf_err(&call, *delta),
+            Err(other) => DataFusionError::External(format!("{call}: {other}").into()),
+        },
+        other => other,
+    })?;
+    Ok(provider)
+}
+
+/// delta-rs's change data feed provider, with each scan of no files in its plan (a version
+/// range without removed files, say) replaced by an empty plan of one partition: DataFusion 55
+/// cannot sort or aggregate over a scan of zero partitions ("does not satisfy distribution
+/// requirements").
+#[derive(Debug)]
+struct Feed(deltalake::delta_datafusion::DeltaCdfTableProvider);
+
+#[async_trait::async_trait]
+impl TableProvider for Feed {
+    fn schema(&self) -> deltalake::arrow::datatypes::SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> deltalake::datafusion::datasource::TableType {
+        self.0.table_type()
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn deltalake::datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn deltalake::datafusion::physical_plan::ExecutionPlan>> {
+        use deltalake::datafusion::common::tree_node::{Transformed, TreeNode};
+        use deltalake::datafusion::physical_plan::empty::EmptyExec;
+        use deltalake::datafusion::physical_plan::ExecutionPlanProperties;
+        let plan = self.0.scan(session, projection, filters, limit).await?;
+        let plan = plan.transform_up(|node| {
+            let empty =
+                node.children().is_empty() && node.output_partitioning().partition_count() == 0;
+            Ok(match empty {
+                true => Transformed::yes(Arc::new(EmptyExec::new(node.schema())) as _),
+                false => Transformed::no(node),
+            })
+        })?;
+        Ok(plan.data)
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<deltalake::datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.0.supports_filters_pushdown(filters)
+    }
+}
+
+/// A delta-rs error of `table_changes`: the feed not recorded, a bad version range.
+fn cdf_err(call: &str, err: deltalake::DeltaTableError) -> DataFusionError {
+    use deltalake::DeltaTableError as E;
+    match err {
+        E::ChangeDataNotEnabled { .. }
+        | E::ChangeDataNotRecorded { .. }
+        | E::ChangeDataInvalidVersionRange { .. } => plan_err(format!("{call}: {err}")),
+        other => delta_err(call, other),
+    }
 }
 
 /// `runs('t')`: the runs recorded in the history table's log, one row per Tributary commit:

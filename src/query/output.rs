@@ -78,6 +78,61 @@ fn hex_binaries(
     Ok((out_schema, out))
 }
 
+/// Writes the rows of `rows` (of `schema`) to `out` in `format` as they come: CSV and JSON lines
+/// batch by batch, so that a result larger than memory is written whole; the table format
+/// collects them first (its columns are as wide as their widest value).
+///
+/// # Errors
+/// The first error of `rows`; Arrow errors formatting values; I/O errors writing `out`.
+pub async fn write_stream(
+    schema: SchemaRef,
+    mut rows: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use futures::StreamExt;
+    match format {
+        Format::Table => {
+            let mut batches = Vec::new();
+            while let Some(batch) = rows.next().await {
+                batches.push(batch?);
+            }
+            let result = QueryResult {
+                statement: String::new(),
+                schema,
+                batches,
+            };
+            write(&result, format, out)
+        }
+        Format::Csv => {
+            let (shown, _) = hex_binaries(&schema, &[])?;
+            let mut writer = deltalake::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
+            // the header, also for no rows
+            writer.write(&RecordBatch::new_empty(shown))?;
+            while let Some(batch) = rows.next().await {
+                let (_, batches) = hex_binaries(&schema, &[batch?])?;
+                for batch in &batches {
+                    writer.write(batch)?;
+                }
+            }
+            Ok(())
+        }
+        Format::Json => {
+            let mut writer = deltalake::arrow::json::LineDelimitedWriter::new(&mut *out);
+            while let Some(batch) = rows.next().await {
+                let (_, batches) = hex_binaries(&schema, &[batch?])?;
+                for batch in &batches {
+                    writer.write(batch)?;
+                }
+            }
+            writer.finish()?;
+            Ok(())
+        }
+    }
+}
+
 /// Writes `result` to `out` in `format`.
 ///
 /// # Errors

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::common::TableReference;
@@ -171,22 +173,7 @@ impl Lake {
         let mut out = Vec::new();
         for (i, statement) in statements.into_iter().enumerate() {
             let text = statement.to_string();
-            let state = self.ctx.state();
-            let plan = state
-                .statement_to_plan(statement)
-                .await
-                .map_err(|e| usage(Some((i, &text)), e))?;
-            // Queries only: INSERT, UPDATE, DELETE and COPY would change the lake (or write
-            // files) outside a run.
-            SQLOptions::new()
-                .with_allow_dml(false)
-                .verify_plan(&plan)
-                .map_err(|e| usage(Some((i, &text)), e))?;
-            let frame = self
-                .ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| usage(Some((i, &text)), e))?;
+            let frame = self.plan(i, &text, statement).await?;
             let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
             let batches = frame
                 .collect()
@@ -199,6 +186,57 @@ impl Lake {
             });
         }
         Ok(out)
+    }
+
+    /// Runs the statements of `sql` as [`Lake::run`] does, writing the rows of each to `out` in
+    /// `format` as they are computed ([`output::write_stream`](super::output::write_stream)):
+    /// a CSV or JSON result larger than memory is written whole. Rows of a statement are
+    /// written before the next one is planned.
+    ///
+    /// # Errors
+    /// As [`Lake::run`]; I/O errors writing `out`.
+    pub async fn run_into(
+        &self,
+        sql: &str,
+        format: super::output::Format,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        let statements = DFParser::parse_sql(sql).map_err(|e| usage(None, e))?;
+        for (i, statement) in statements.into_iter().enumerate() {
+            let text = statement.to_string();
+            let frame = self.plan(i, &text, statement).await?;
+            let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+            let rows = frame
+                .execute_stream()
+                .await
+                .map_err(|e| usage(Some((i, &text)), e))?;
+            let rows = rows.map(|batch| batch.map_err(|e| usage(Some((i, &text)), e)));
+            super::output::write_stream(schema, rows, format, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Plans statement `i` (its `text`): a query (INSERT, UPDATE, DELETE and COPY would change
+    /// the lake, or write files, outside a run), as a data frame not yet run.
+    async fn plan(
+        &self,
+        i: usize,
+        text: &str,
+        statement: deltalake::datafusion::sql::parser::Statement,
+    ) -> Result<deltalake::datafusion::dataframe::DataFrame> {
+        let state = self.ctx.state();
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| usage(Some((i, text)), e))?;
+        SQLOptions::new()
+            .with_allow_dml(false)
+            .verify_plan(&plan)
+            .map_err(|e| usage(Some((i, text)), e))?;
+        self.ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| usage(Some((i, text)), e))
     }
 }
 

@@ -346,6 +346,10 @@ impl Day<'_> {
             history_removes,
             checkpoint: None,
             counts: Some(diffed.counts),
+            change_feed_memory: Some((
+                self.config.snapshot.memory_limit,
+                self.config.snapshot.spill_dir.clone(),
+            )),
         };
         let versions = lake
             .commit(run, commit)

@@ -104,6 +104,155 @@ pub async fn table_rows(path: &Path) -> Vec<BTreeMap<String, String>> {
     batches.iter().flat_map(batch_rows).collect()
 }
 
+/// The rows of the table at `path` as of `version`.
+pub async fn table_rows_at(path: &Path, version: i64) -> Vec<BTreeMap<String, String>> {
+    let url = url::Url::from_directory_path(path).unwrap();
+    let mut table = deltalake::open_table(url).await.unwrap();
+    table.load_version(version as _).await.unwrap();
+    let batches = tributary::sink::delta::scan(&table).await.unwrap();
+    batches.iter().flat_map(batch_rows).collect()
+}
+
+/// Checks the Delta change data feed of the keyed table at `path`, as delta-rs's `load_cdf`
+/// (the reader of other engines' `table_changes`) reads it, against the table's versions: for
+/// every version v from `from` on,
+/// - the rows of version v - 1 with v's feed applied (each `delete` and `update_preimage` row
+///   taken out, whole row, and found there; each `insert` and `update_postimage` row put in)
+///   are the rows of version v;
+/// - v's commit has change files (`cdc` actions) exactly when it both removes and adds data
+///   files (readers would otherwise take every replaced row as deleted and inserted);
+/// - an update's pre- and post-image differ;
+///
+/// and every file under `_change_data/` is named by a `cdc` action of the log (none left by a
+/// run that did not commit). Returns the feed's row count.
+pub async fn assert_feed_replays(path: &Path, from: i64) -> usize {
+    use deltalake::datafusion::prelude::SessionContext;
+    let url = url::Url::from_directory_path(path).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let latest = table.version().unwrap() as i64;
+    let mut feed_rows = 0;
+    let mut state = table_rows_at(path, from - 1).await;
+    for v in from..=latest {
+        let scan = table
+            .clone()
+            .scan_cdf()
+            .with_starting_version(v as _)
+            .with_ending_version(v as _);
+        let ctx = SessionContext::new();
+        let plan = scan.build(&ctx.state(), None).await.unwrap();
+        let batches = deltalake::datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .unwrap();
+        let commit =
+            std::fs::read_to_string(path.join(format!("_delta_log/{v:020}.json"))).unwrap();
+        let actions: Vec<serde_json::Value> = commit
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let changing = |kind: &str| {
+            actions
+                .iter()
+                .filter(|a| a[kind]["dataChange"].as_bool() == Some(true))
+                .count()
+        };
+        let cdc = actions.iter().filter(|a| a.get("cdc").is_some()).count();
+        assert_eq!(
+            cdc > 0,
+            changing("add") > 0 && changing("remove") > 0,
+            "version {v}: change files exactly when files are replaced: {commit}"
+        );
+        let mut updates: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
+        for row in batches.iter().flat_map(batch_rows) {
+            if row["_change_type"].starts_with("update_") {
+                let mut image = row.clone();
+                image.remove("_change_type");
+                updates
+                    .entry(row["keyhash"].clone())
+                    .or_default()
+                    .push(image);
+            }
+        }
+        for (key, images) in &updates {
+            assert_eq!(images.len(), 2, "version {v}: key {key}: {images:?}");
+            assert_ne!(
+                images[0], images[1],
+                "version {v}: an update that changes nothing"
+            );
+        }
+        for mut row in batches.iter().flat_map(batch_rows) {
+            feed_rows += 1;
+            let kind = row.remove("_change_type").unwrap();
+            assert_eq!(
+                row.remove("_commit_version").as_deref(),
+                Some(v.to_string().as_str())
+            );
+            row.remove("_commit_timestamp");
+            match kind.as_str() {
+                "insert" | "update_postimage" => state.push(row),
+                "delete" | "update_preimage" => {
+                    let at = state.iter().position(|r| *r == row);
+                    let at = at.unwrap_or_else(|| {
+                        panic!(
+                            "version {v}: the feed's {kind} row {row:?} is not in version {}",
+                            v - 1
+                        )
+                    });
+                    state.swap_remove(at);
+                }
+                other => panic!("version {v}: change type {other}"),
+            }
+        }
+        let mut want = table_rows_at(path, v).await;
+        state.sort();
+        want.sort();
+        assert_eq!(
+            state,
+            want,
+            "version {} with the feed of {v} applied",
+            v - 1
+        );
+    }
+    let mut named = std::collections::BTreeSet::new();
+    for v in 0..=latest {
+        let Ok(commit) = std::fs::read_to_string(path.join(format!("_delta_log/{v:020}.json")))
+        else {
+            continue;
+        };
+        for line in commit.lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(file) = action["cdc"]["path"].as_str() {
+                let decoded = percent_encoding::percent_decode_str(file)
+                    .decode_utf8()
+                    .unwrap();
+                named.insert(decoded.into_owned());
+            }
+        }
+    }
+    let mut stack = vec![path.join("_change_data")];
+    while let Some(folder) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries {
+            let file = entry.unwrap().path();
+            if file.is_dir() {
+                stack.push(file);
+            } else {
+                let relative = file
+                    .strip_prefix(path)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                assert!(
+                    named.contains(&relative),
+                    "{relative} is in no cdc action: {named:?}"
+                );
+            }
+        }
+    }
+    feed_rows
+}
+
 fn batch_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, String>> {
     let schema = batch.schema();
     (0..batch.num_rows())

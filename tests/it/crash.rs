@@ -71,6 +71,43 @@ async fn crash_between_the_commits_is_completed_by_the_next_run() {
     assert_same_tables(&fx, &reference).await;
 }
 
+/// The change data feed turned on for a table made without it (a metadata commit at the next
+/// open), then a crash between the commits: the run completed by the next open commits the
+/// change files planned with it, and the feed replays the version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_completed_after_a_crash_commits_its_change_data() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    apply_day(&fx, 1);
+    let config = std::fs::read_to_string(&fx.config_path).unwrap();
+    std::fs::write(&fx.config_path, format!("change_data_feed: true\n{config}")).unwrap();
+    let (day2, _) = day(&fx, 2);
+    let crashed = tributary(&fx, &day2, "2024-01-02", Some("after-history-commit"));
+    assert!(!crashed.status.success());
+    // current: 0 create, 1 day 1, 2 SET TBLPROPERTIES; day 2 pending in history's commit
+    assert_eq!(fx.version("current").await, Some(2));
+    let resumed = json(&tributary(&fx, &day2, "2024-01-02", None));
+    assert_eq!(resumed["recovered"]["completed_run"], 2);
+    assert_eq!(fx.version("current").await, Some(3));
+    let log = fx.table_path("current").join("_delta_log");
+    let commit = std::fs::read_to_string(log.join(format!("{:020}.json", 3))).unwrap();
+    let cdc: Vec<&str> = commit
+        .lines()
+        .filter(|l| l.starts_with("{\"cdc\""))
+        .collect();
+    assert!(!cdc.is_empty(), "{commit}");
+    for line in cdc {
+        let path = serde_json::from_str::<serde_json::Value>(line).unwrap()["cdc"]["path"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(path.starts_with("_change_data/"), "{path}");
+        assert!(fx.table_path("current").join(path).exists());
+    }
+    // day 2 changes about a third of the rows' values, and the feed says which
+    let rows = crate::common::assert_feed_replays(&fx.table_path("current"), 3).await;
+    assert!(rows > 100, "{rows} change rows");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_before_any_commit_leaves_the_tables_as_they_were() {
     let fx = Fixture::new(SIMPLE_COLUMNS, "");

@@ -149,7 +149,7 @@ fn run_golden(file: &str, dir: &Path, args: &[&str]) {
 /// day 2 keeps a, updates b to 5, deletes c, inserts d; day 3 (2024-01-03) inserts e.
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_tables_answer_the_golden_queries() {
-    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    let fx = Fixture::new(SIMPLE_COLUMNS, "change_data_feed: true");
     let days = [
         ("2024-01-01", "a,1\nb,2\nc,3\n"),
         ("2024-01-02", "a,1\nb,5\nd,4\n"),
@@ -167,6 +167,7 @@ const ORDERS: &str = "tables:
   active: true
   primary_key: [id]
   timestamp_column: ts
+  change_data_feed: true
   columns:
   - {name: id, type: long}
   - {name: region, type: string}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use crate::common::{Fixture, SIMPLE_COLUMNS};
+use crate::common::{assert_feed_replays, Fixture, SIMPLE_COLUMNS};
 
 type Extract = BTreeMap<u8, Option<u8>>;
 type Row = (String, String, String, String); // id, v, operation, eff_start_date
@@ -97,7 +97,10 @@ fn multi_day_runs_match_the_reference_model() {
             let partitions = partitions.map_or(String::new(), |p| format!("partitions: {p}"));
             let fx = Fixture::new(
                 SIMPLE_COLUMNS,
-                &format!("extract_type: {extract_type}\nmax_delete_fraction: 1.0\n{partitions}"),
+                &format!(
+                    "extract_type: {extract_type}\nmax_delete_fraction: 1.0\n{partitions}\n\
+                     change_data_feed: true"
+                ),
             );
             let (mut expected_current, mut expected_history) = model(&days, full);
             expected_current.sort();
@@ -111,6 +114,8 @@ fn multi_day_runs_match_the_reference_model() {
                 }
                 prop_assert_eq!(rows(fx.rows("current").await), expected_current);
                 prop_assert_eq!(rows(fx.rows("history").await), expected_history);
+                // the current table's change data feed replays its versions, one by one
+                assert_feed_replays(&fx.table_path("current"), 1).await;
                 Ok(())
             })
         })

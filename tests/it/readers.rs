@@ -52,3 +52,52 @@ async fn python_deltalake_and_duckdb_read_the_tables() {
     assert_eq!(seen["keyhash_bytes"], serde_json::json!([[16]]));
     assert_eq!(seen["partitions"], serde_json::json!(["eff_start_date"]));
 }
+
+const FEED_SCRIPT: &str = r#"
+import sys, json, deltalake
+feed = deltalake.DeltaTable(sys.argv[1]).load_cdf(starting_version=1).read_all()
+rows = sorted(zip(feed.column("_commit_version").to_pylist(), feed.column("id").to_pylist(),
+                  feed.column("operation").to_pylist(), feed.column("_change_type").to_pylist()))
+print(json.dumps(rows))
+"#;
+
+/// The change data feed of a table with `change_data_feed: true`, read by the Python
+/// `deltalake` package's `load_cdf` (delta-rs's reader, as other engines' `table_changes`).
+#[tokio::test(flavor = "multi_thread")]
+async fn python_deltalake_reads_the_change_data_feed() {
+    if !crate::common::python_readers("readers::python_deltalake_reads_the_change_data_feed") {
+        return;
+    }
+    let fx = Fixture::new(crate::common::SIMPLE_COLUMNS, "change_data_feed: true");
+    let days = [
+        ("2024-01-01", "a,1\nb,2\nc,3\n"),
+        ("2024-01-02", "a,1\nb,5\nd,4\n"),
+    ];
+    for (date, rows) in days {
+        let input = fx.input(date, "a.csv", rows.as_bytes());
+        fx.run(&input, date).await.unwrap();
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            FEED_SCRIPT,
+            fx.table_path("current").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let seen = crate::common::json_stdout(&out);
+    assert_eq!(
+        seen,
+        serde_json::json!([
+            [1, "a", "I", "insert"],
+            [1, "b", "I", "insert"],
+            [1, "c", "I", "insert"],
+            [2, "a", "I", "update_preimage"],
+            [2, "a", "N", "update_postimage"],
+            [2, "b", "I", "update_preimage"],
+            [2, "b", "U", "update_postimage"],
+            [2, "c", "I", "delete"],
+            [2, "d", "I", "insert"]
+        ])
+    );
+}

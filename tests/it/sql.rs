@@ -224,6 +224,14 @@ async fn bad_queries_exit_2_naming_the_statement() {
         ("SELECT * FROM changes('t', 1, 9)", "changes('t', 1, 9)"),
         ("SELECT * FROM runs('t', 1)", "runs('orders')"),
         (
+            "SELECT * FROM table_changes('t', 1)",
+            "does not record its change data feed at version 1",
+        ),
+        (
+            "SELECT * FROM table_changes('t', 3)",
+            "no version 3 (the latest is 2)",
+        ),
+        (
             "INSERT INTO t_history SELECT * FROM t_history",
             "DML not supported",
         ),
@@ -241,6 +249,89 @@ async fn bad_queries_exit_2_naming_the_statement() {
         assert!(errors[0].contains(says), "{query}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// A run that rewrites current but changes no row (the same full extract a third time: every
+/// row was `N` and stays `N`) commits one empty change file: the feed of that version is empty,
+/// not every row deleted and inserted again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_changes_no_row_has_an_empty_feed() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "change_data_feed: true");
+    for (d, date) in ["2024-01-01", "2024-01-02", "2024-01-03"]
+        .iter()
+        .enumerate()
+    {
+        let input = fx.input(&format!("d{d}"), "a.csv", b"a,1\nb,2\n");
+        fx.run(&input, date).await.unwrap();
+    }
+    assert_eq!(
+        csv(
+            &fx,
+            "SELECT _commit_version AS v, _change_type AS c, count(*) AS n \
+             FROM table_changes('t', 1) GROUP BY 1, 2 ORDER BY 1, 2"
+        ),
+        [
+            "v,c,n",
+            "1,insert,2",
+            "2,update_postimage,2",
+            "2,update_preimage,2"
+        ]
+    );
+    let rows = crate::common::assert_feed_replays(&fx.table_path("current"), 1).await;
+    assert_eq!(rows, 6);
+}
+
+/// `-o FILE` gets every statement's rows once all of them succeeded; a statement that fails
+/// leaves no file (and an earlier one as it was).
+#[tokio::test(flavor = "multi_thread")]
+async fn output_files_are_written_whole_or_not_at_all() {
+    let fx = Fixture::every_operation().await;
+    let run = |query: &str, format: &str| {
+        let args = [
+            "sql",
+            "--config",
+            "config.yaml",
+            "--format",
+            format,
+            "-o",
+            "out/rows",
+            "-e",
+            query,
+        ];
+        tributary_command(fx.dir.path(), &args).output().unwrap()
+    };
+    let file = fx.dir.path().join("out/rows");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let failed = run("SELECT id FROM t ORDER BY id; SELECT nope FROM t", "csv");
+    assert_eq!(failed.status.code(), Some(2), "{failed:?}");
+    assert!(
+        !file.exists(),
+        "the first statement's rows are not left behind"
+    );
+    let ok = run(
+        "SELECT id FROM t ORDER BY id; SELECT count(*) AS n FROM t_history",
+        "csv",
+    );
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "id\na\nb\nd\nn\n6\n"
+    );
+    let failed = run("SELECT nope FROM t", "json");
+    assert_eq!(failed.status.code(), Some(2));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "id\na\nb\nd\nn\n6\n"
+    );
+    let ok = run("SELECT id, keyhash FROM t WHERE id = 'b'", "json");
+    assert!(ok.status.success(), "{ok:?}");
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&file).unwrap().trim()).unwrap();
+    assert_eq!(line["id"], "b");
+    assert_eq!(line["keyhash"].as_str().unwrap().len(), 32, "hex: {line}");
+    // no temporary file left beside it
+    let names: Vec<_> = std::fs::read_dir(file.parent().unwrap()).unwrap().collect();
+    assert_eq!(names.len(), 1, "{names:?}");
 }
 
 /// A `sync` lake: tables in their schema.

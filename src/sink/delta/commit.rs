@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, Remove, Transaction};
+use deltalake::kernel::{Action, Add, AddCDCFile, Remove, Transaction};
 use deltalake::protocol::{DeltaOperation, MergePredicate, SaveMode};
 use deltalake::DeltaTable;
 
@@ -21,12 +21,21 @@ pub struct Planned {
     pub adds: Vec<Add>,
     /// Data files to remove.
     pub removes: Vec<Remove>,
+    /// Change data files ([`change_feed`](super::change_feed)): the rows the commit changes.
+    pub cdc: Vec<AddCDCFile>,
 }
 
 impl Planned {
     /// Bytes of the added files.
     pub fn bytes_added(&self) -> u64 {
         self.adds.iter().map(|a| a.size as u64).sum()
+    }
+
+    /// Deletes the files this plan wrote (data and change files), which will not be
+    /// committed. Best effort, as [`discard_files`].
+    pub async fn discard(&self, table: &DeltaTable) {
+        discard_files(table, &self.adds).await;
+        super::change_feed::discard(table, &self.cdc).await;
     }
 }
 
@@ -47,6 +56,7 @@ fn actions(planned: &Planned) -> Vec<Action> {
         .map(Action::Remove)
         .collect();
     out.extend(planned.adds.iter().cloned().map(Action::Add));
+    out.extend(planned.cdc.iter().cloned().map(Action::Cdc));
     out
 }
 
@@ -284,6 +294,17 @@ pub(super) async fn complete(
     if table.version() != pending.read_version {
         still_planned(table, role, run, pending).await?;
     }
+    let replaces = pending.removes.iter().any(|r| r.data_change) && !pending.adds.is_empty();
+    if pending.cdc.is_empty() && replaces && super::change_feed::enabled(table)? {
+        // The feed was enabled after the run planned this commit (between its commits).
+        tracing::warn!(
+            table = role,
+            run = run.seq,
+            "completing a run planned before the change data feed was enabled: its commit \
+             carries no change data, so feed readers see its removed files as deletes and \
+             its added files as inserts"
+        );
+    }
     let entry = CommitEntry {
         run: run.clone(),
         pending: HashMap::new(),
@@ -291,6 +312,7 @@ pub(super) async fn complete(
     let planned = Planned {
         adds: pending.adds.clone(),
         removes: pending.removes.clone(),
+        cdc: pending.cdc.clone(),
     };
     Ok(Completed::Now(
         commit_table(table, role, app_id, actions(&planned), &entry).await?,
@@ -331,15 +353,16 @@ async fn still_planned(
     }
     use deltalake::logstore::object_store::ObjectStoreExt;
     let store = table.object_store();
-    for add in &pending.adds {
-        let path = super::write::file_path(&add.path);
+    let files = pending.adds.iter().map(|a| &a.path);
+    for file in files.chain(pending.cdc.iter().map(|c| &c.path)) {
+        let path = super::write::file_path(file);
         if let Err(e @ deltalake::ObjectStoreError::NotFound { .. }) = store.head(&path).await {
             return Err(Error::Lake {
                 table: role.to_string(),
                 reason: format!(
-                    "run {} cannot be completed: its data file {} is gone ({e}); it was \
+                    "run {} cannot be completed: its data file {file} is gone ({e}); it was \
                      deleted after the run's history commit (a vacuum?)",
-                    run.seq, add.path
+                    run.seq
                 ),
             });
         }
@@ -376,6 +399,7 @@ pub(super) async fn commit_run(
                 read_version: table.version(),
                 adds: planned.adds.clone(),
                 removes: planned.removes.clone(),
+                cdc: planned.cdc.clone(),
             };
             (role.as_str().to_string(), pending)
         })
@@ -398,9 +422,9 @@ pub(super) async fn commit_run(
         // No table refers to the run's files: delete them. (Once history has committed, the
         // followers' files are its pending actions, which the next run completes.)
         Err(Failed::NotLanded(e)) => {
-            discard_files(history_table, &history.adds).await;
+            history.discard(history_table).await;
             for (_, table, planned) in &followers {
-                discard_files(table, &planned.adds).await;
+                planned.discard(table).await;
             }
             created.remove();
             return Err(e);
@@ -417,19 +441,28 @@ pub(super) async fn commit_run(
         }
         let pending = &entry.pending[role.as_str()];
         // History has landed: the run is committed, and a follower's failure is the lake's
-        // state to repair (the next open completes it), not a conflict to re-plan.
-        let done = complete(&mut table, role.as_str(), app_id, &run, pending)
-            .await
-            .map_err(|e| match e {
-                Error::Conflict { table, seq, other } => Error::Lake {
-                    table,
-                    reason: format!(
-                        "run {seq} is committed in history, but completing this table failed: \
+        // state to repair (the next open completes it), not a conflict to re-plan. A commit
+        // that lost to another writer's commit that changed no file (a `SET TBLPROPERTIES` of
+        // another process enabling the feed) is tried once more on top of it.
+        let mut done = complete(&mut table, role.as_str(), app_id, &run, pending).await;
+        if let Err(Error::Delta(e)) = &done {
+            tracing::info!(
+                table = role.as_str(),
+                run = run.seq,
+                "completing the run again after: {e}"
+            );
+            done = complete(&mut table, role.as_str(), app_id, &run, pending).await;
+        }
+        let done = done.map_err(|e| match e {
+            Error::Conflict { table, seq, other } => Error::Lake {
+                table,
+                reason: format!(
+                    "run {seq} is committed in history, but completing this table failed: \
                          {other}; the next run completes it"
-                    ),
-                },
-                e => e,
-            })?;
+                ),
+            },
+            e => e,
+        })?;
         if let Some(v) = done.version() {
             versions.set(role, v);
         }

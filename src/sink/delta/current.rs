@@ -110,7 +110,6 @@ impl DataFiles {
     /// # Errors
     /// [`Error::Lake`] naming a file whose footer cannot be read; Delta errors.
     pub async fn open(table: &DeltaTable) -> Result<Self> {
-        let store = table.object_store();
         let mut files = Vec::new();
         for view in table.snapshot()?.log_data().iter() {
             if view.deletion_vector_descriptor().is_some() {
@@ -119,8 +118,27 @@ impl DataFiles {
                     "has a deletion vector, which Tributary does not read",
                 ));
             }
-            let path = view.object_store_path();
-            let size = view.size() as u64;
+            files.push((
+                view.object_store_path(),
+                view.size() as u64,
+                view.partition_values_map(),
+            ));
+        }
+        Self::of(table, files).await
+    }
+
+    /// The data files `files` of `table` (object-store path, size in bytes, Delta partition
+    /// values), committed or not (a run's new files), with their footers (one read per file).
+    ///
+    /// # Errors
+    /// [`Error::Lake`] naming a file whose footer cannot be read.
+    pub async fn of(
+        table: &DeltaTable,
+        files: impl IntoIterator<Item = (Path, u64, HashMap<String, Option<String>>)>,
+    ) -> Result<Self> {
+        let store = table.object_store();
+        let mut read = Vec::new();
+        for (path, size, partition_values) in files {
             let mut reader =
                 ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(size);
             let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
@@ -134,14 +152,14 @@ impl DataFiles {
                     "has 2^32 rows or more; row positions are 32-bit",
                 ));
             }
-            files.push(DataFile {
+            read.push(DataFile {
                 path,
                 size,
-                partition_values: view.partition_values_map(),
+                partition_values,
                 metadata,
             });
         }
-        Ok(DataFiles { store, files })
+        Ok(DataFiles { store, files: read })
     }
 
     /// Rows of each data file, in file order (the sum of its row groups' rows, as read; each
@@ -242,6 +260,30 @@ impl DataFiles {
             finish(conform(&batch, &schema, &partition_values[unit.file])?)
         });
         self.read(jobs.into_iter(), None, workers, tx, map).await
+    }
+
+    /// Sends every row of every file to `tx`, as batches of `schema` (the table schema;
+    /// partition columns filled from the files' partition values), decoding `workers` row
+    /// groups at once. Batches arrive in no particular order.
+    ///
+    /// # Errors
+    /// [`Error::Lake`] naming the file that cannot be read; a closed `tx`.
+    pub async fn read_all(
+        &self,
+        schema: SchemaRef,
+        workers: usize,
+        tx: Sender<RecordBatch>,
+    ) -> Result<()> {
+        let jobs = self.units().into_iter().map(|unit| (unit, None));
+        let partition_values: Vec<HashMap<String, Option<String>>> = self
+            .files
+            .iter()
+            .map(|f| f.partition_values.clone())
+            .collect();
+        let map = Arc::new(move |unit: &Unit, _offset: u64, batch: RecordBatch| {
+            conform(&batch, &schema, &partition_values[unit.file])
+        });
+        self.read(jobs, None, workers, tx, map).await
     }
 
     /// Reads the given units (`columns` by name, or all), `workers` at once, each on its own

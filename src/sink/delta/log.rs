@@ -78,6 +78,9 @@ pub struct PendingCommit {
     pub adds: Vec<Add>,
     /// Data files to remove.
     pub removes: Vec<Remove>,
+    /// Change data files to add (a table that records its change data feed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdc: Vec<deltalake::kernel::AddCDCFile>,
 }
 
 /// The `tributary` commit-info entry.
@@ -90,6 +93,10 @@ pub struct CommitEntry {
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub pending: HashMap<String, PendingCommit>,
 }
+
+/// The `commitInfo.operation` of a commit that only sets table properties (Delta's name, as
+/// Spark and delta-rs write it).
+pub const SET_TABLE_PROPERTIES: &str = "SET TBLPROPERTIES";
 
 /// The actions of one commit, as read back from `_delta_log/<version>.json`.
 #[derive(Debug, Default)]
@@ -104,6 +111,10 @@ pub struct CommitActions {
     pub file_actions: usize,
     /// Whether the commit changes the table's `metaData` or `protocol`.
     pub changes_metadata: bool,
+    /// `commitInfo.operation` (`WRITE`, `SET TBLPROPERTIES`, ...).
+    pub operation: Option<String>,
+    /// The `metaData` action's `schemaString` and `partitionColumns`, if it has one.
+    pub metadata: Option<(String, Vec<String>)>,
 }
 
 impl CommitActions {
@@ -112,6 +123,29 @@ impl CommitActions {
     /// planned against the version before it still apply after it.
     pub fn keeps_files(&self) -> bool {
         self.file_actions == 0 && !self.changes_metadata
+    }
+
+    /// Whether the commit only sets table properties of `table` (its latest state): a `SET
+    /// TBLPROPERTIES` that adds or removes no file and leaves the schema and partition columns
+    /// as `table` has them (the change data feed enabled by another process while a run was
+    /// between its commits). A protocol it raised past what delta-rs writes fails the later
+    /// commit loudly.
+    ///
+    /// # Errors
+    /// Delta errors reading `table`'s snapshot; a `schemaString` that does not parse.
+    pub fn sets_properties_of(&self, table: &DeltaTable) -> Result<bool> {
+        let Some((schema, partitions)) = &self.metadata else {
+            return Ok(false);
+        };
+        if self.file_actions > 0 || self.operation.as_deref() != Some(SET_TABLE_PROPERTIES) {
+            return Ok(false);
+        }
+        let state = table.snapshot()?;
+        let parsed: deltalake::kernel::StructType = serde_json::from_str(schema)?;
+        Ok(parsed == *state.snapshot().schema()
+            && partitions
+                .iter()
+                .eq(state.metadata().partition_columns().iter()))
     }
 }
 
@@ -128,6 +162,10 @@ pub async fn read_commit(table: &DeltaTable, version: u64) -> Result<Option<Comm
         let value: serde_json::Value = serde_json::from_slice(line)?;
         if let Some(info) = value.get("commitInfo") {
             out.timestamp_ms = info.get("timestamp").and_then(serde_json::Value::as_i64);
+            out.operation = info
+                .get("operation")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
             if let Some(entry) = info.get(COMMIT_INFO_KEY) {
                 out.entry = Some(serde_json::from_value(entry.clone())?);
             }
@@ -136,7 +174,18 @@ pub async fn read_commit(table: &DeltaTable, version: u64) -> Result<Option<Comm
             out.file_actions += 1;
         } else if value.get("remove").is_some() {
             out.file_actions += 1;
-        } else if value.get("metaData").is_some() || value.get("protocol").is_some() {
+        } else if let Some(metadata) = value.get("metaData") {
+            out.changes_metadata = true;
+            let schema = metadata
+                .get("schemaString")
+                .and_then(serde_json::Value::as_str);
+            let partitions = metadata.get("partitionColumns").cloned();
+            let partitions: Vec<String> = match partitions {
+                Some(p) => serde_json::from_value(p)?,
+                None => Vec::new(),
+            };
+            out.metadata = schema.map(|s| (s.to_string(), partitions));
+        } else if value.get("protocol").is_some() {
             out.changes_metadata = true;
         }
     }
@@ -272,8 +321,8 @@ pub async fn find_run_id(
 }
 
 /// Whether every commit of `table` after version `after` (None: all) up to `to` leaves the
-/// table's files and schema as they were ([`CommitActions::keeps_files`]); false when the log
-/// of one is gone.
+/// table's files and schema as they were ([`CommitActions::keeps_files`], or
+/// [`CommitActions::sets_properties_of`] `table`); false when the log of one is gone.
 ///
 /// # Errors
 /// See [`read_commit`].
@@ -282,6 +331,7 @@ pub async fn files_kept_since(table: &DeltaTable, after: Option<u64>, to: u64) -
     for version in first..=to {
         match read_commit(table, version).await? {
             Some(commit) if commit.keeps_files() => {}
+            Some(commit) if commit.sets_properties_of(table)? => {}
             _ => return Ok(false),
         }
     }

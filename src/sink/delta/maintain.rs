@@ -364,10 +364,13 @@ pub async fn optimize(
         let history = Planned {
             removes: removes(&lake.history, &history_bins)?,
             adds: history_adds.clone(),
+            // no row changes (dataChange false): no change data, with the feed on or off
+            cdc: Vec::new(),
         };
         let current = Planned {
             removes: removes(&lake.current, &current_bins)?,
             adds: current_adds.clone(),
+            cdc: Vec::new(),
         };
         Ok::<_, Error>((history, current))
     })();

@@ -8,6 +8,7 @@
 //! [`current`]).
 
 pub mod applied;
+pub mod change_feed;
 mod commit;
 pub mod current;
 pub mod log;
@@ -112,8 +113,14 @@ impl DeltaLake {
         // The run the reads reflect at the least: history's as opened (the commit point). The
         // followers, completed up to it by `recover`, may have moved on since (another writer
         // commits after this open); a run based on the older number then conflicts at its
-        // commit and plans again, never builds on state it did not read.
-        let recovered = match lake.recover().await {
+        // commit and plans again, never builds on state it did not read. The change data feed
+        // is enabled first: that may load newer versions of the tables, which `recover` then
+        // completes and the run number is read from.
+        let recovered = match lake.enable_change_feed().await {
+            Ok(()) => lake.recover().await,
+            Err(e) => Err(e),
+        };
+        let recovered = match recovered {
             Ok(recovery) => txn_version(&lake.history, &lake.app_id)
                 .await
                 .map(|run| (recovery, run.unwrap_or(0))),
@@ -156,6 +163,21 @@ impl DeltaLake {
         )
         .await?;
         Ok(current.zip(history))
+    }
+
+    /// Sets the change data feed property on current and history where the config asks for
+    /// it and a table lacks it (tables made before the setting was turned on).
+    async fn enable_change_feed(&mut self) -> Result<()> {
+        if self.spec.lake.change_data_feed {
+            let current = change_feed::enable(&mut self.current, TableRole::Current.as_str());
+            if current.await? {
+                // Current loaded later than history: history is loaded again (the newest run
+                // it records must be one current has, or has pending in history's commit).
+                self.history.update_state().await?;
+            }
+            change_feed::enable(&mut self.history, TableRole::History.as_str()).await?;
+        }
+        Ok(())
     }
 
     /// Opens the tables, creating those that are absent ([`DeltaLake::open`] with `create`).

@@ -54,6 +54,8 @@ pub async fn open_or_create(
     role: TableRole,
     mut create: Option<&mut CreatedTables>,
 ) -> Result<Option<DeltaTable>> {
+    let feed =
+        config.lake.change_data_feed && matches!(role, TableRole::Current | TableRole::History);
     let role = role.as_str();
     if url.scheme() == "file" {
         let path = url
@@ -87,6 +89,13 @@ pub async fn open_or_create(
                 "delta.checkpointInterval".into(),
                 Some(config.lake.checkpoint_interval.to_string()),
             );
+            if feed {
+                // delta-rs raises the protocol to what the property needs (writer version 4)
+                props.insert(
+                    super::change_feed::PROPERTY.into(),
+                    Some("true".to_string()),
+                );
+            }
             tracing::info!(table = role, %url, "creating Delta table");
             // No retries: delta-rs would otherwise resolve a race with another creator by
             // committing a second CREATE TABLE on top of the first.

@@ -22,7 +22,7 @@ use deltalake::DeltaTable;
 
 use super::log::RunRecord;
 use super::write::{discard_files, write_files};
-use super::{applied, CreatedTables, DeltaLake, Planned, Senders, TableWriters};
+use super::{applied, change_feed, CreatedTables, DeltaLake, Planned, Senders, TableWriters};
 use crate::core::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::sink::{TableRole, Versions};
@@ -45,6 +45,10 @@ pub struct RunCommit {
     pub checkpoint: Option<Checkpoint>,
     /// The run's rows by operation, recorded in the log ([`RunRecord::counts`]).
     pub counts: Option<crate::core::op::OpCounts>,
+    /// Memory the change data feed's comparison may hold before it spills, and the folder it
+    /// spills under (None: [`DEFAULT_MEMORY_LIMIT`](crate::config::DEFAULT_MEMORY_LIMIT) and
+    /// the system temporary folder). Used only by tables that record the feed.
+    pub change_feed_memory: Option<(u64, std::path::PathBuf)>,
 }
 
 /// A run in flight: its sequence number, its table writers, the files written so far and the
@@ -284,9 +288,40 @@ impl RunTransaction {
             counts: commit.counts,
             duration_ms: Some(self.started.elapsed().as_millis() as u64),
         };
+        // The current table's change data feed, where it records one (history's commits add
+        // files only: readers take its added rows as inserts).
+        let keyed = !lake.spec.key_nullable;
+        let cdc = match change_feed::needed(
+            &self.current,
+            keyed,
+            &commit.current_removes,
+            &self.current_adds,
+        ) {
+            Ok(true) => {
+                let (memory, spill) = match &commit.change_feed_memory {
+                    Some((memory, spill)) => (*memory, Some(spill.as_path())),
+                    None => (crate::config::DEFAULT_MEMORY_LIMIT, None),
+                };
+                let written = change_feed::write(
+                    &self.current,
+                    &commit.current_removes,
+                    &self.current_adds,
+                    self.properties.clone(),
+                    change_feed::Budget {
+                        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+                        memory,
+                        spill,
+                    },
+                );
+                self.guard(written.await).await?
+            }
+            Ok(false) => Vec::new(),
+            Err(e) => return self.guard(Err(e)).await,
+        };
         let history = Planned {
             adds: std::mem::take(&mut self.history_adds),
             removes: commit.history_removes,
+            cdc: Vec::new(),
         };
         let mut followers = vec![(
             TableRole::Current,
@@ -294,12 +329,14 @@ impl RunTransaction {
             Planned {
                 adds: std::mem::take(&mut self.current_adds),
                 removes: commit.current_removes,
+                cdc,
             },
         )];
         let mut removes = std::mem::take(&mut self.follower_removes);
         for (role, table, adds) in std::mem::take(&mut self.followers) {
             let planned = Planned {
                 adds,
+                cdc: Vec::new(),
                 removes: removes
                     .iter_mut()
                     .filter(|(r, _)| *r == role)
