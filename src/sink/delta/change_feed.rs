@@ -26,7 +26,8 @@
 //! Change files hold the table's columns (partition columns in the folder names and the
 //! actions' `partitionValues`, as data files) plus `_change_type` (string), under
 //! `_change_data/` in the table's folder. Cost: the removed and added files are read once
-//! more, and the removed side's rows are held in memory for the join (DataFusion's hash join).
+//! more and compared in DataFusion's sort-merge join, whose sorts spill past the run's memory
+//! budget.
 
 use std::sync::Arc;
 
@@ -361,7 +362,8 @@ async fn write_changes(
                     url.as_str(),
                     change_schema(schema),
                     Some(partitions.to_vec()),
-                    None,
+                    // the table's own storage options (credentials, endpoint of an object store)
+                    Some(table.log_store().config().options().raw.clone()),
                 )?
                 .with_writer_properties(properties.clone()),
             ),
