@@ -10,7 +10,8 @@ Two workloads, each run into two lakes, one without the feed and one with it, th
 Each timed run is a fresh process under bench/measure.py (best of --repeats, each on a fresh
 copy of the lake before the run). Then the feed of the timed version is read back with
 `tributary sql -e "... table_changes(...)"` (delta-rs's reader), timed, and its row counts by
-change type printed; the tables of both lakes are compared (same rows in current and history).
+change type printed; the tables of both lakes are compared (per operation: row count and distinct
+keyhash and nonkeyhash counts of current and history).
 Prints a Markdown table and writes RESULTS.json under --work.
 
 Usage: cdf_bench.py --bin target/release/tributary [--rows 1000000] [--changes 100000]

@@ -72,7 +72,8 @@ pub async fn execute(args: SqlArgs) -> Result<u8> {
     let started = Instant::now();
     // Rows are written as they are computed (CSV, JSON lines): an export larger than memory.
     // `-o FILE` is written beside FILE and renamed to it once every statement succeeded: a
-    // failed statement leaves no half-written FILE (nor replaces an earlier one).
+    // failed statement leaves no half-written FILE (nor replaces an earlier one). A FILE that
+    // exists and is not a regular file (a device, a pipe, `/dev/stdout`) is written directly.
     match &args.output {
         Some(path) => {
             let storage = |source| Error::Storage {
@@ -80,18 +81,18 @@ pub async fn execute(args: SqlArgs) -> Result<u8> {
                 path: path.clone(),
                 source,
             };
-            let folder = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let file = tempfile::Builder::new()
-                .prefix(".tributary-sql-")
-                .tempfile_in(folder)
-                .map_err(storage)?;
-            let mut out = std::io::BufWriter::new(file);
-            lake.run_into(&sql, args.format, &mut out).await?;
-            let file = out.into_inner().map_err(|e| storage(e.into_error()))?;
-            file.persist(path).map_err(|e| storage(e.error))?;
+            let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+            if special {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(storage)?;
+                let mut out = std::io::BufWriter::new(file);
+                lake.run_into(&sql, args.format, &mut out).await?;
+                out.flush().map_err(storage)?;
+            } else {
+                write_whole(&lake, &sql, args.format, path).await?;
+            }
         }
         None => {
             let mut out = std::io::stdout().lock();
@@ -103,6 +104,34 @@ pub async fn execute(args: SqlArgs) -> Result<u8> {
         eprintln!("{:.3} s", started.elapsed().as_secs_f64());
     }
     Ok(0)
+}
+
+/// Writes the rows of `sql` to a temporary file beside `path` (the file a link names), then
+/// renames it to that file once every statement succeeded.
+async fn write_whole(lake: &Lake, sql: &str, format: Format, path: &std::path::Path) -> Result<()> {
+    let storage = |source| Error::Storage {
+        action: "cannot write the query output to".into(),
+        path: path.to_path_buf(),
+        source,
+    };
+    // a link is written through: the file it names is replaced
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let folder = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    use std::os::unix::fs::PermissionsExt;
+    let file = tempfile::Builder::new()
+        .prefix(".tributary-sql-")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(folder)
+        .map_err(storage)?;
+    let mut out = std::io::BufWriter::new(file);
+    lake.run_into(sql, format, &mut out).await?;
+    let file = out.into_inner().map_err(|e| storage(e.into_error()))?;
+    file.as_file().sync_all().map_err(storage)?;
+    file.persist(&target).map_err(|e| storage(e.error))?;
+    Ok(())
 }
 
 fn read_stdin() -> Result<String> {

@@ -487,13 +487,22 @@ pub fn table_changes(
     // delta-rs refuses a start version whose commit says the feed is off, but reads a version
     // without a metadata action as its files (adds as inserts, removes as deletes) whether the
     // table recorded its feed then or not: checked here.
+    // Also at the end of the range: a feed turned off (the property removed) on the way.
     let first = open_at(url, &call, from)?;
-    let recorded =
-        crate::sink::delta::change_feed::enabled(&first).map_err(|e| crate_err(&call, e))?;
-    if !recorded {
+    let recorded = |table: &deltalake::DeltaTable| {
+        crate::sink::delta::change_feed::enabled(table).map_err(|e| crate_err(&call, e))
+    };
+    if !recorded(&first)? {
         return Err(plan_err(format!(
             "{call}: the table does not record its change data feed at version {from} \
              (delta.enableChangeDataFeed; `change_data_feed: true` turns it on from the next run)"
+        )));
+    }
+    if !recorded(&latest)? {
+        return Err(plan_err(format!(
+            "{call}: the table does not record its change data feed at version {} \
+             (delta.enableChangeDataFeed is off there)",
+            latest.version().unwrap_or(0)
         )));
     }
     let mut scan = latest.scan_cdf().with_starting_version(from as _);

@@ -338,6 +338,15 @@ impl Day<'_> {
         let committing = Instant::now();
         let stage = Stage::start("commit");
         summary.fingerprint = fingerprint.clone();
+        // The change data feed's comparison spills in a folder of this run, with its owner
+        // file (removed by a later run if this one is killed).
+        let feed_spill = match crate::sink::delta::change_feed::enabled(&lake.current) {
+            Ok(true) => {
+                let folder = super::spill::owned_folder(&self.config.snapshot.spill_dir);
+                Some(run.guard(folder).await?)
+            }
+            _ => None,
+        };
         let commit = RunCommit {
             business_date: self.date_text.clone(),
             fingerprint,
@@ -346,10 +355,12 @@ impl Day<'_> {
             history_removes,
             checkpoint: None,
             counts: Some(diffed.counts),
-            change_feed_memory: Some((
-                self.config.snapshot.memory_limit,
-                self.config.snapshot.spill_dir.clone(),
-            )),
+            change_feed_memory: feed_spill.as_ref().map(|folder| {
+                (
+                    self.config.snapshot.memory_limit,
+                    folder.path().to_path_buf(),
+                )
+            }),
         };
         let versions = lake
             .commit(run, commit)

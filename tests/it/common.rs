@@ -131,7 +131,15 @@ pub async fn assert_feed_replays(path: &Path, from: i64) -> usize {
     let table = deltalake::open_table(url).await.unwrap();
     let latest = table.version().unwrap() as i64;
     let mut feed_rows = 0;
-    let mut state = table_rows_at(path, from - 1).await;
+    // the rows as a multiset: row -> count
+    let multiset = |rows: Vec<BTreeMap<String, String>>| {
+        let mut out: BTreeMap<BTreeMap<String, String>, usize> = BTreeMap::new();
+        for row in rows {
+            *out.entry(row).or_default() += 1;
+        }
+        out
+    };
+    let mut state = multiset(table_rows_at(path, from - 1).await);
     for v in from..=latest {
         let scan = table
             .clone()
@@ -188,29 +196,40 @@ pub async fn assert_feed_replays(path: &Path, from: i64) -> usize {
             );
             row.remove("_commit_timestamp");
             match kind.as_str() {
-                "insert" | "update_postimage" => state.push(row),
+                "insert" | "update_postimage" => *state.entry(row).or_default() += 1,
                 "delete" | "update_preimage" => {
-                    let at = state.iter().position(|r| *r == row);
-                    let at = at.unwrap_or_else(|| {
+                    let Some(count) = state.get_mut(&row) else {
                         panic!(
                             "version {v}: the feed's {kind} row {row:?} is not in version {}",
                             v - 1
                         )
-                    });
-                    state.swap_remove(at);
+                    };
+                    *count -= 1;
+                    if *count == 0 {
+                        state.remove(&row);
+                    }
                 }
                 other => panic!("version {v}: change type {other}"),
             }
         }
-        let mut want = table_rows_at(path, v).await;
-        state.sort();
-        want.sort();
-        assert_eq!(
-            state,
-            want,
-            "version {} with the feed of {v} applied",
-            v - 1
-        );
+        let want = multiset(table_rows_at(path, v).await);
+        if state != want {
+            let extra: Vec<_> = state
+                .iter()
+                .filter(|(r, n)| want.get(*r) != Some(n))
+                .take(3)
+                .collect();
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(r, n)| state.get(*r) != Some(n))
+                .take(3)
+                .collect();
+            panic!(
+                "version {} with the feed of {v} applied differs from version {v}: \
+                 rows (with their counts) only there {extra:?}, only in version {v} {missing:?}",
+                v - 1
+            );
+        }
     }
     let mut named = std::collections::BTreeSet::new();
     for v in 0..=latest {

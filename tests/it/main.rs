@@ -3,6 +3,7 @@
 mod bad_input;
 mod capture;
 mod capture_model;
+mod change_feed;
 mod common;
 mod concurrency;
 mod crash;

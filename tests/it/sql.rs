@@ -251,36 +251,6 @@ async fn bad_queries_exit_2_naming_the_statement() {
     }
 }
 
-/// A run that rewrites current but changes no row (the same full extract a third time: every
-/// row was `N` and stays `N`) commits one empty change file: the feed of that version is empty,
-/// not every row deleted and inserted again.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_run_that_changes_no_row_has_an_empty_feed() {
-    let fx = Fixture::new(SIMPLE_COLUMNS, "change_data_feed: true");
-    for (d, date) in ["2024-01-01", "2024-01-02", "2024-01-03"]
-        .iter()
-        .enumerate()
-    {
-        let input = fx.input(&format!("d{d}"), "a.csv", b"a,1\nb,2\n");
-        fx.run(&input, date).await.unwrap();
-    }
-    assert_eq!(
-        csv(
-            &fx,
-            "SELECT _commit_version AS v, _change_type AS c, count(*) AS n \
-             FROM table_changes('t', 1) GROUP BY 1, 2 ORDER BY 1, 2"
-        ),
-        [
-            "v,c,n",
-            "1,insert,2",
-            "2,update_postimage,2",
-            "2,update_preimage,2"
-        ]
-    );
-    let rows = crate::common::assert_feed_replays(&fx.table_path("current"), 1).await;
-    assert_eq!(rows, 6);
-}
-
 /// `-o FILE` gets every statement's rows once all of them succeeded; a statement that fails
 /// leaves no file (and an earlier one as it was).
 #[tokio::test(flavor = "multi_thread")]

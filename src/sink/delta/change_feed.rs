@@ -57,6 +57,11 @@ use crate::error::{Error, Result};
 pub const PROPERTY: &str = "delta.enableChangeDataFeed";
 /// The column of a change file that names the change.
 pub const CHANGE_TYPE: &str = "_change_type";
+/// The least memory the comparison is given, whatever the run's `memory_limit` (the smallest
+/// allowed is 16 MiB): DataFusion's sort-merge join and exchanges hold some batches they cannot
+/// spill, and its sorts fail rather than spill when those leave them too little.
+pub const MIN_POOL_BYTES: u64 = 64 << 20;
+
 /// The folder of change files, under the table's root.
 pub const FOLDER: &str = "_change_data";
 
@@ -230,11 +235,22 @@ async fn compare(
     use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
     let workers = budget.workers;
     // A sort-merge join: its sorts spill past the budget, where a hash join would hold every
-    // replaced row (a snapshot run replaces the whole table).
-    let mut config = super::session_config();
-    config.options_mut().optimizer.prefer_hash_join = false;
-    let mut runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(budget.memory as usize)));
+    // replaced row (a snapshot run replaces the whole table). DataFusion plans one only over 2
+    // partitions or more; each sort first reserves memory it cannot spill, kept to an eighth
+    // of its share of the budget.
+    // DataFusion's operators hold some batches they cannot spill (the merge's current key
+    // groups, the exchanges' buffers): below a floor of the pool its sorts fail instead of
+    // spilling, hence at least MIN_POOL_BYTES.
+    let memory = budget.memory.max(MIN_POOL_BYTES);
+    let partitions = workers.clamp(2, ((memory >> 26) as usize).max(2));
+    let mut config = super::session_config().with_target_partitions(partitions);
+    let options = config.options_mut();
+    options.optimizer.prefer_hash_join = false;
+    options.optimizer.repartition_joins = true;
+    options.execution.sort_spill_reservation_bytes =
+        (memory as usize / (8 * 2 * partitions)).min(10 << 20);
+    let mut runtime =
+        RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(memory as usize)));
     if let Some(folder) = budget.spill {
         runtime = runtime.with_temp_file_path(folder);
     }

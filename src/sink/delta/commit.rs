@@ -446,7 +446,7 @@ pub(super) async fn commit_run(
         // another process enabling the feed) is tried once more on top of it.
         let mut done = complete(&mut table, role.as_str(), app_id, &run, pending).await;
         if let Err(Error::Delta(e)) = &done {
-            tracing::info!(
+            tracing::warn!(
                 table = role.as_str(),
                 run = run.seq,
                 "completing the run again after: {e}"

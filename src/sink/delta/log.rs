@@ -125,27 +125,28 @@ impl CommitActions {
         self.file_actions == 0 && !self.changes_metadata
     }
 
-    /// Whether the commit only sets table properties of `table` (its latest state): a `SET
-    /// TBLPROPERTIES` that adds or removes no file and leaves the schema and partition columns
-    /// as `table` has them (the change data feed enabled by another process while a run was
-    /// between its commits). A protocol it raised past what delta-rs writes fails the later
-    /// commit loudly.
-    ///
-    /// # Errors
-    /// Delta errors reading `table`'s snapshot; a `schemaString` that does not parse.
-    pub fn sets_properties_of(&self, table: &DeltaTable) -> Result<bool> {
-        let Some((schema, partitions)) = &self.metadata else {
-            return Ok(false);
+    /// Whether the commit is a `SET TBLPROPERTIES` that adds or removes no file (the change
+    /// data feed enabled by another process while a run was between its commits); whether it
+    /// kept the schema is [`CommitActions::keeps_schema`].
+    pub fn sets_properties(&self) -> bool {
+        self.file_actions == 0
+            && self.metadata.is_some()
+            && self.operation.as_deref() == Some(SET_TABLE_PROPERTIES)
+    }
+
+    /// Whether the commit's `metaData` has `schema` and `partitions` (a schema that does not
+    /// parse has not). A protocol it raised past what delta-rs writes fails a later commit
+    /// loudly.
+    pub fn keeps_schema(
+        &self,
+        schema: &deltalake::kernel::StructType,
+        partitions: &[String],
+    ) -> bool {
+        let Some((text, theirs)) = &self.metadata else {
+            return false;
         };
-        if self.file_actions > 0 || self.operation.as_deref() != Some(SET_TABLE_PROPERTIES) {
-            return Ok(false);
-        }
-        let state = table.snapshot()?;
-        let parsed: deltalake::kernel::StructType = serde_json::from_str(schema)?;
-        Ok(parsed == *state.snapshot().schema()
-            && partitions
-                .iter()
-                .eq(state.metadata().partition_columns().iter()))
+        serde_json::from_str::<deltalake::kernel::StructType>(text).is_ok_and(|s| s == *schema)
+            && theirs.as_slice() == partitions
     }
 }
 
@@ -321,17 +322,37 @@ pub async fn find_run_id(
 }
 
 /// Whether every commit of `table` after version `after` (None: all) up to `to` leaves the
-/// table's files and schema as they were ([`CommitActions::keeps_files`], or
-/// [`CommitActions::sets_properties_of`] `table`); false when the log of one is gone.
+/// table's files and schema as they were at `after` ([`CommitActions::keeps_files`], or a
+/// [`CommitActions::sets_properties`] commit that [`CommitActions::keeps_schema`]); false when
+/// the log of one is gone.
 ///
 /// # Errors
 /// See [`read_commit`].
 pub async fn files_kept_since(table: &DeltaTable, after: Option<u64>, to: u64) -> Result<bool> {
     let first = after.map_or(0, |v| v + 1);
+    // the schema and partition columns at `after`, read once a property commit needs them
+    let mut planned: Option<(deltalake::kernel::StructType, Vec<String>)> = None;
     for version in first..=to {
         match read_commit(table, version).await? {
             Some(commit) if commit.keeps_files() => {}
-            Some(commit) if commit.sets_properties_of(table)? => {}
+            Some(commit) if commit.sets_properties() => {
+                let Some(after) = after else {
+                    return Ok(false);
+                };
+                if planned.is_none() {
+                    let mut then = table.clone();
+                    then.load_version(after as _).await?;
+                    let state = then.snapshot()?;
+                    let schema = state.snapshot().schema().as_ref().clone();
+                    planned = Some((schema, state.metadata().partition_columns().to_vec()));
+                }
+                let Some((schema, partitions)) = &planned else {
+                    return Ok(false);
+                };
+                if !commit.keeps_schema(schema, partitions) {
+                    return Ok(false);
+                }
+            }
             _ => return Ok(false),
         }
     }

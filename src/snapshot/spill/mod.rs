@@ -154,6 +154,34 @@ pub struct SpillStore {
 /// Name prefix of each run's spill folder.
 const SPILL_PREFIX: &str = "tributary-spill-";
 
+/// A new spill folder of this run under `spill_dir` (made if absent), with its owner file: a
+/// later run removes it if this process is killed before it does ([`reclaim_abandoned`], run
+/// here first). Removed when dropped.
+///
+/// # Errors
+/// [`Error::Storage`] when a folder cannot be created.
+pub fn owned_folder(spill_dir: &Path) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(spill_dir).map_err(|e| Error::Storage {
+        action: "cannot create the spill folder".into(),
+        path: spill_dir.to_path_buf(),
+        source: e,
+    })?;
+    reclaim_abandoned(spill_dir);
+    let dir = tempfile::Builder::new()
+        .prefix(SPILL_PREFIX)
+        .tempdir_in(spill_dir)
+        .map_err(|e| Error::Storage {
+            action: "cannot create a spill folder in".into(),
+            path: spill_dir.to_path_buf(),
+            source: e,
+        })?;
+    // Which process this folder is: a later run removes it once that process is gone.
+    if let Some(owner) = owner::current() {
+        let _ = std::fs::write(dir.path().join(owner::FILE), owner);
+    }
+    Ok(dir)
+}
+
 /// Removes the spill folders under `spill_dir` that a process left when it was killed
 /// (SIGKILL, a crash: its destructor never ran): those whose owner file names a process that
 /// is gone. Folders of live processes, and folders without an owner file (of other programs,
@@ -243,24 +271,7 @@ impl SpillStore {
         budget: usize,
         spill_dir: &Path,
     ) -> Result<Self> {
-        std::fs::create_dir_all(spill_dir).map_err(|e| Error::Storage {
-            action: "cannot create the spill folder".into(),
-            path: spill_dir.to_path_buf(),
-            source: e,
-        })?;
-        reclaim_abandoned(spill_dir);
-        let dir = tempfile::Builder::new()
-            .prefix(SPILL_PREFIX)
-            .tempdir_in(spill_dir)
-            .map_err(|e| Error::Storage {
-                action: "cannot create a spill folder in".into(),
-                path: spill_dir.to_path_buf(),
-                source: e,
-            })?;
-        // Which process this folder is: a later run removes it once that process is gone.
-        if let Some(owner) = owner::current() {
-            let _ = std::fs::write(dir.path().join(owner::FILE), owner);
-        }
+        let dir = owned_folder(spill_dir)?;
         let parts = schemas
             .iter()
             .map(|_| (0..partitions.max(1)).map(|_| Part::default()).collect())
