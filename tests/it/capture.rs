@@ -331,6 +331,7 @@ const TABLES_FILE: &str = "tables:
 - source: public/items
   active: true
   partition_by: [grp]
+  change_data_feed: true
 - source: public/keyonly
   active: true
 - source: public/events
@@ -338,6 +339,7 @@ const TABLES_FILE: &str = "tables:
 - source: public/trunc
   active: true
   delete_mode: soft
+  change_data_feed: true
 - source: public/big
   active: true
 ";
@@ -558,6 +560,14 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
         "{again}"
     );
     assert_same(dir.path(), &db, &lake, "items", &as_refs(&item_columns()));
+    // The change data feed of the tables that record it (every lake type, a partition column
+    // updated, soft deletes and a TRUNCATE) replays each of their versions.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for table in ["items", "trunc"] {
+        let current = lake.join("public").join(table).join("current");
+        let rows = runtime.block_on(crate::common::assert_feed_replays(&current, 1));
+        assert!(rows > 0, "{table}");
+    }
 }
 
 #[test]

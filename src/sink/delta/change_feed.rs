@@ -153,7 +153,8 @@ pub fn needed(table: &DeltaTable, keyed: bool, removes: &[Remove], adds: &[Add])
 pub struct Budget<'a> {
     /// Row groups read at once.
     pub workers: usize,
-    /// Bytes the comparison's sorts hold before they spill (the run's `memory_limit`).
+    /// Bytes the comparison's sorts hold before they spill (the run's `memory_limit`; at least
+    /// [`MIN_POOL_BYTES`] are used).
     pub memory: u64,
     /// Folder the spill files go under (None: the system temporary folder).
     pub spill: Option<&'a std::path::Path>,
@@ -237,10 +238,9 @@ async fn compare(
     // A sort-merge join: its sorts spill past the budget, where a hash join would hold every
     // replaced row (a snapshot run replaces the whole table). DataFusion plans one only over 2
     // partitions or more; each sort first reserves memory it cannot spill, kept to an eighth
-    // of its share of the budget.
-    // DataFusion's operators hold some batches they cannot spill (the merge's current key
-    // groups, the exchanges' buffers): below a floor of the pool its sorts fail instead of
-    // spilling, hence at least MIN_POOL_BYTES.
+    // of its share of the budget. Its operators also hold some batches they cannot spill (the
+    // merge's current key groups, the exchanges' buffers): below a floor of the pool its sorts
+    // fail instead of spilling, hence at least MIN_POOL_BYTES.
     let memory = budget.memory.max(MIN_POOL_BYTES);
     let partitions = workers.clamp(2, ((memory >> 26) as usize).max(2));
     let mut config = super::session_config().with_target_partitions(partitions);
