@@ -20,7 +20,6 @@ Usage: cdf_bench.py --bin target/release/tributary [--rows 1000000] [--changes 1
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from report import machine  # noqa: E402  (cores, CPU model, memory)
 from sql_bench import measured  # noqa: E402  (one process under measure.py, its stats)
 
 TABLES = """tables:
@@ -185,16 +185,11 @@ def main():
         }
         print(json.dumps(row), flush=True)
         report.append(row)
-    machine = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-        machine = f"{os.cpu_count()} cores, {model}"
-    except (OSError, StopIteration):
-        pass
+    host = machine()
+    machine_text = f"{host['nproc']} cores, {host['cpu']}, {host['mem']}"
     with open(os.path.join(work, "RESULTS.json"), "w") as f:
-        json.dump({"machine": machine, "rows": report}, f, indent=1)
-    print(f"\n{a.rows:,} rows; {machine}; best of {a.repeats}, each run a fresh process on a fresh copy\n")
+        json.dump({"machine": machine_text, "rows": report}, f, indent=1)
+    print(f"\n{a.rows:,} rows; {machine_text}; best of {a.repeats}, each run a fresh process on a fresh copy\n")
     print("| workload | feed off s | peak RSS MiB | feed on s | peak RSS MiB | on / off | _change_data MiB | feed rows | feed read s |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in report:

@@ -14,7 +14,6 @@ Usage: maintain_bench.py --bin target/release/tributary [--rows 1000000] [--runs
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from report import machine  # noqa: E402  (cores, CPU model, memory)
 from sql_bench import measured  # noqa: E402  (one process under measure.py, its stats)
 
 TABLES = """tables:
@@ -132,15 +132,10 @@ def main():
     deleted = sum(len(t["files"]) for t in json.loads(vac_out)[0]["tables"])
     after_files = {r: files(os.path.join(table, r)) for r in ("current", "history")}
 
-    machine = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-        machine = f"{os.cpu_count()} cores, {model}"
-    except (OSError, StopIteration):
-        pass
+    host = machine()
+    machine_text = f"{host['nproc']} cores, {host['cpu']}, {host['mem']}"
     lines = [
-        f"Machine: {machine}. {a.rows:,} rows loaded, {a.runs} sync runs of {a.changes:,} random-key "
+        f"Machine: {machine_text}. {a.rows:,} rows loaded, {a.runs} sync runs of {a.changes:,} random-key "
         f"changes ({sync_secs:.0f} s in all); best of {a.repeats}, each query a fresh process.",
         "",
         f"- history files: {summary['history']['files_removed'] + summary['history']['files_after'] - summary['history']['files_added']} live before, "

@@ -171,24 +171,32 @@ fn arguments(function: &str, args: &TableFunctionArgs) -> DfResult<(String, Stri
 /// The table at `url` as of `version`: the latest is loaded, so that a version past it is a
 /// planning error naming it (delta-rs reports it as a kernel error), then `version` from it.
 fn open_at(url: &url::Url, call: &str, version: i64) -> DfResult<deltalake::DeltaTable> {
-    block_on(async {
-        let mut table = deltalake::open_table(url.clone())
-            .await
-            .map_err(|e| delta_err(call, e))?;
-        let latest = table.version().unwrap_or(0);
-        if version as u64 > latest {
-            return Err(plan_err(format!(
-                "{call}: no version {version} (the latest is {latest})"
-            )));
-        }
-        if version as u64 != latest {
-            table
-                .load_version(version as _)
-                .await
-                .map_err(|e| delta_err(call, e))?;
-        }
-        Ok(table)
-    })?
+    at_version(&open_latest(url, call)?, call, version)
+}
+
+/// The latest version of the table at `url`.
+fn open_latest(url: &url::Url, call: &str) -> DfResult<deltalake::DeltaTable> {
+    block_on(deltalake::open_table(url.clone()))?.map_err(|e| delta_err(call, e))
+}
+
+/// `latest` (a table at its latest version) as of `version`; a version past it is a planning
+/// error naming both.
+fn at_version(
+    latest: &deltalake::DeltaTable,
+    call: &str,
+    version: i64,
+) -> DfResult<deltalake::DeltaTable> {
+    let last = latest.version().unwrap_or(0);
+    if version as u64 > last {
+        return Err(plan_err(format!(
+            "{call}: no version {version} (the latest is {last})"
+        )));
+    }
+    let mut table = latest.clone();
+    if version as u64 != last {
+        block_on(table.load_version(version as _))?.map_err(|e| delta_err(call, e))?;
+    }
+    Ok(table)
 }
 
 /// A version number argument.
@@ -474,21 +482,15 @@ pub fn table_changes(
     } else {
         &table.current
     };
-    let latest = match to {
-        Some(to) => open_at(url, &call, to)?,
-        None => block_on(deltalake::open_table(url.clone()))?.map_err(|e| delta_err(&call, e))?,
-    };
+    // The log is read once; the range's ends are loaded from it.
+    let latest = open_latest(url, &call)?;
     let last = latest.version().unwrap_or(0) as i64;
-    if from > last {
-        return Err(plan_err(format!(
-            "{call}: no version {from} (the latest is {last})"
-        )));
-    }
+    let end = at_version(&latest, &call, to.unwrap_or(last))?;
     // delta-rs refuses a start version whose commit says the feed is off, but reads a version
     // without a metadata action as its files (adds as inserts, removes as deletes) whether the
-    // table recorded its feed then or not: checked here.
-    // Also at the end of the range: a feed turned off (the property removed) on the way.
-    let first = open_at(url, &call, from)?;
+    // table recorded its feed then or not: checked here, at both ends of the range (a feed
+    // turned off on the way, the property removed).
+    let first = at_version(&latest, &call, from)?;
     let recorded = |table: &deltalake::DeltaTable| {
         crate::sink::delta::change_feed::enabled(table).map_err(|e| crate_err(&call, e))
     };
@@ -498,14 +500,14 @@ pub fn table_changes(
              (delta.enableChangeDataFeed; `change_data_feed: true` turns it on from the next run)"
         )));
     }
-    if !recorded(&latest)? {
+    if !recorded(&end)? {
         return Err(plan_err(format!(
             "{call}: the table does not record its change data feed at version {} \
              (delta.enableChangeDataFeed is off there)",
-            latest.version().unwrap_or(0)
+            end.version().unwrap_or(0)
         )));
     }
-    let mut scan = latest.scan_cdf().with_starting_version(from as _);
+    let mut scan = end.scan_cdf().with_starting_version(from as _);
     if let Some(to) = to {
         scan = scan.with_ending_version(to as _);
     }

@@ -175,8 +175,9 @@ pub async fn write(
     properties: WriterProperties,
     budget: Budget<'_>,
 ) -> Result<Vec<AddCDCFile>> {
-    let schema = table.snapshot()?.snapshot().arrow_schema();
-    let partitions = table.snapshot()?.metadata().partition_columns().to_vec();
+    let state = table.snapshot()?;
+    let schema = state.snapshot().arrow_schema();
+    let partitions = state.metadata().partition_columns().to_vec();
     let old = removes.iter().filter(|r| r.data_change).map(|r| {
         (
             file_path(&r.path),

@@ -251,15 +251,7 @@ impl DataFiles {
                 jobs.push((unit, Some(RowSelection::from_filters(&[filter]))));
             }
         }
-        let partition_values: Vec<HashMap<String, Option<String>>> = self
-            .files
-            .iter()
-            .map(|f| f.partition_values.clone())
-            .collect();
-        let map = Arc::new(move |unit: &Unit, _offset: u64, batch: RecordBatch| {
-            finish(conform(&batch, &schema, &partition_values[unit.file])?)
-        });
-        self.read(jobs.into_iter(), None, workers, tx, map).await
+        self.read_rows(jobs, schema, workers, tx, finish).await
     }
 
     /// Sends every row of every file to `tx`, as batches of `schema` (the table schema;
@@ -274,16 +266,30 @@ impl DataFiles {
         workers: usize,
         tx: Sender<RecordBatch>,
     ) -> Result<()> {
-        let jobs = self.units().into_iter().map(|unit| (unit, None));
+        let jobs = self.units().into_iter().map(|unit| (unit, None)).collect();
+        self.read_rows(jobs, schema, workers, tx, Ok).await
+    }
+
+    /// Every column of the rows `jobs` select, as batches of `schema` (partition columns
+    /// filled from the files' partition values) passed through `finish`: the body of
+    /// [`DataFiles::read_picked`] and [`DataFiles::read_all`].
+    async fn read_rows(
+        &self,
+        jobs: Vec<(Unit, Option<RowSelection>)>,
+        schema: SchemaRef,
+        workers: usize,
+        tx: Sender<RecordBatch>,
+        finish: impl Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
+    ) -> Result<()> {
         let partition_values: Vec<HashMap<String, Option<String>>> = self
             .files
             .iter()
             .map(|f| f.partition_values.clone())
             .collect();
         let map = Arc::new(move |unit: &Unit, _offset: u64, batch: RecordBatch| {
-            conform(&batch, &schema, &partition_values[unit.file])
+            finish(conform(&batch, &schema, &partition_values[unit.file])?)
         });
-        self.read(jobs, None, workers, tx, map).await
+        self.read(jobs.into_iter(), None, workers, tx, map).await
     }
 
     /// Reads the given units (`columns` by name, or all), `workers` at once, each on its own
