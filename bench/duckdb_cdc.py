@@ -74,6 +74,10 @@ def main():
 
     codec = {"none": "uncompressed"}.get(args.compression, args.compression)
     con = duckdb.connect()
+    # DUCKDB_THREADS: DuckDB's `threads` (default: every core of the machine, whatever the
+    # process's CPU affinity; bench/threads_bench.py sets it to the cores it pins).
+    if os.environ.get("DUCKDB_THREADS"):
+        con.execute(f"SET threads = {int(os.environ['DUCKDB_THREADS'])}")
     date = f"DATE '{run_date}'"
 
     # Stage 1: read + hash the incoming extract (materialised once, used by both writes).

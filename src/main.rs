@@ -13,8 +13,20 @@ use tributary::Result;
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// Threads of every parallel stage (readers, diff workers, writers, queries); default the
+    /// cores this process may run on. Overrides a config's `threads`.
+    #[arg(long, global = true, value_parser = threads)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Parses `--threads`.
+fn threads(text: &str) -> std::result::Result<usize, String> {
+    let n: usize = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a thread count"))?;
+    tributary::core::threads::check(n)
 }
 
 #[derive(Subcommand)]
@@ -73,7 +85,16 @@ async fn execute(command: Command) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
-    let allocator_tuned = cli::allocator::tune();
+    let cli = Cli::parse();
+    let config = match &cli.command {
+        Command::Run(args) => Some(args.config.as_path()),
+        Command::Check(args) => Some(args.config.as_path()),
+        _ => None,
+    };
+    let arenas = cli::run::process_settings(cli.threads, config);
+    // Before any other thread starts (clap and the log filter start none): glibc fixes its
+    // arena count when a second thread first allocates.
+    let allocator_tuned = cli::allocator::tune(arenas);
     let filter = cli::logs::filter(std::env::var("RUST_LOG").ok().as_deref());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| {
@@ -86,8 +107,8 @@ fn main() -> ExitCode {
     if !allocator_tuned {
         tracing::debug!("allocator settings not applied (not glibc, or refused)");
     }
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(tributary::core::threads::get())
         .enable_all()
         .build()
     {

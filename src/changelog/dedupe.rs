@@ -27,7 +27,7 @@ pub fn last_per_key(batches: &[ChangeBatch]) -> Vec<Picked> {
     let threads = if total < PARALLEL_ROWS {
         1
     } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+        crate::core::threads::get().min(8)
     };
     let winners: Vec<Vec<(u32, u32)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)

@@ -27,6 +27,26 @@ pub struct RunArgs {
     pub replace: bool,
 }
 
+/// Sets the process's `threads` setting from `--threads` (`flag`), else from the table config
+/// at `config` (`run` and `check`), else the cores; returns the allocator's arena count: for a
+/// table config, [`allocator::arenas_within`](crate::cli::allocator::arenas_within) its
+/// `memory_limit`, else one per thread. Called by the binary before its runtime starts (the
+/// runtime's workers are the threads, and glibc fixes its arena count when a second thread
+/// first allocates). A config that does not load is left for the command to report.
+pub fn process_settings(flag: Option<usize>, config: Option<&std::path::Path>) -> usize {
+    use crate::cli::allocator;
+    let config = config.and_then(|path| TableConfig::load(path).ok());
+    let configured = config.as_ref().and_then(|c| c.snapshot.threads);
+    if let Some(n) = flag.or(configured) {
+        crate::core::threads::set(n);
+    }
+    let threads = crate::core::threads::get();
+    match config {
+        Some(config) => allocator::arenas_within(threads, config.snapshot.memory_limit),
+        None => threads * allocator::ARENAS_PER_CORE,
+    }
+}
+
 /// Runs `tributary run` and prints its summary.
 ///
 /// # Errors

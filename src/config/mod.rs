@@ -289,6 +289,10 @@ pub struct SnapshotOptions {
     pub spill_dir: PathBuf,
     /// Forced keyhash partition count (None: planned from `memory_limit`).
     pub partitions: Option<usize>,
+    /// The config's `threads` (1..=[`crate::core::threads::MAX_THREADS`]); `tributary run`
+    /// makes it the process's setting ([`crate::core::threads::set`]) unless `--threads` is
+    /// given. None: the process's setting.
+    pub threads: Option<usize>,
 }
 
 pub(crate) fn invalid(field: impl Into<String>, constraint: impl Into<String>) -> Error {

@@ -65,6 +65,9 @@ pub struct ConfigFile {
     pub memory_limit: Option<ByteSizeText>,
     /// Folder for spill files; default the system temporary folder (`TMPDIR`).
     pub spill_dir: Option<String>,
+    /// Threads of the run's parallel stages (`crate::core::threads`); default the cores
+    /// `tributary` may run on. `--threads` overrides it.
+    pub threads: Option<usize>,
     /// Keyhash partitions of the diff, overriding the memory plan's choice (tuning and tests);
     /// set, the run is never streamed past an in-memory index (docs/memory.md).
     pub partitions: Option<usize>,
@@ -176,6 +179,9 @@ impl ConfigFile {
                 ));
             }
         }
+        if let Some(n) = self.threads {
+            crate::core::threads::check(n).map_err(|e| invalid("threads", e))?;
+        }
         let delimiter = single_byte("delimiter", self.delimiter.as_deref(), b',')?;
         let quote = single_byte("quote", self.quote.as_deref(), b'"')?;
         if delimiter == quote {
@@ -231,6 +237,7 @@ impl ConfigFile {
                 memory_limit,
                 spill_dir,
                 partitions: self.partitions,
+                threads: self.threads,
             },
             has_temp_current_path: self.temp_current_table_path.is_some(),
         })
@@ -290,6 +297,8 @@ mod tests {
             ("memory_limit: lots", "memory_limit"),
             ("compression: lz77", "compression"),
             ("partitions: 0", "partitions"),
+            ("threads: 0", "threads"),
+            ("threads: 5000", "threads"),
         ];
         for (line, field) in cases {
             let text = SEED_CONFIG.replace("delimiter: \",\"", line);

@@ -9,4 +9,5 @@ pub mod hash;
 pub mod key;
 pub mod op;
 pub mod schema;
+pub mod threads;
 pub mod time;

@@ -137,7 +137,7 @@ impl Probe {
         if self.pending.iter().all(Vec::is_empty) {
             return;
         }
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = crate::core::threads::get();
         let per_thread = SHARDS.div_ceil(cores);
         std::thread::scope(|scope| {
             let shares = self.shards.chunks_mut(per_thread);

@@ -136,7 +136,7 @@ async fn run_once(
         date_text,
         replacing,
         started,
-        cores: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        threads: crate::core::threads::get(),
     };
     day.apply(existing.map(|(lake, _)| lake), fingerprint, summary)
         .await
@@ -155,7 +155,7 @@ struct Day<'a> {
     /// The run `--replace` replaces.
     replacing: Option<RunRecord>,
     started: Instant,
-    cores: usize,
+    threads: usize,
 }
 
 /// What the stages of a day leave for its commit.
@@ -177,7 +177,7 @@ impl Day<'_> {
         fingerprint: PendingFingerprint,
         summary: RunSummary,
     ) -> Result<RunSummary> {
-        let (config, files, date, cores) = (self.config, self.files, self.date, self.cores);
+        let (config, files, date, threads) = (self.config, self.files, self.date, self.threads);
         let spec = &config.table;
         let snapshot = &config.snapshot;
         let (base, lake) = match lake {
@@ -198,7 +198,7 @@ impl Day<'_> {
             .map_or_else(Vec::new, DataFiles::rows_per_file);
         let base_rows: u64 = rows_per_file.iter().sum();
         let streamable = lake.is_some() && data_files.is_some();
-        let memory = memory_plan(snapshot, files, base_rows, streamable, cores)?;
+        let memory = memory_plan(snapshot, files, base_rows, streamable, threads)?;
         let schema = table_schema(&spec.typed_columns());
         let context = JoinContext {
             config,
@@ -216,13 +216,16 @@ impl Day<'_> {
         );
         let total_bytes: u64 = files.iter().map(|f| f.size).sum();
         let progress = Progress::bytes("reading", total_bytes);
+        let largest_row_group = data_files
+            .as_ref()
+            .map_or(0, DataFiles::largest_row_group_bytes);
         let stages = Stages {
             context: &context,
             progress: &progress,
             rows_per_file: &rows_per_file,
-            cores,
+            scan_tasks: memory.row_group_tasks(largest_row_group),
         };
-        let writer_tasks = memory.writer_tasks(cores);
+        let writer_tasks = memory.writer_tasks(threads);
         let (lake, mut run, joined) = match (lake, &data_files) {
             (Some(mut lake), Some(data_files)) if memory.streamed => {
                 let mut run = lake.begin(self.base_run, properties, writer_tasks).await?;
@@ -263,7 +266,7 @@ impl Day<'_> {
                     schema: &schema,
                     extract: snapshot.extract_type,
                     date,
-                    cores,
+                    tasks: memory.row_group_tasks(largest_row_group),
                 };
                 read_back.send(senders, diffed).await
             }
@@ -466,7 +469,7 @@ fn memory_plan(
     files: &[InputFile],
     base_rows: u64,
     streamable: bool,
-    cores: usize,
+    threads: usize,
 ) -> Result<MemoryPlan> {
     let input_estimate: u64 = files
         .iter()
@@ -476,7 +479,7 @@ fn memory_plan(
         snapshot.memory_limit,
         input_estimate,
         base_rows * plan::CURRENT_ROW_BYTES,
-        cores,
+        threads,
         snapshot.partitions,
     );
     let incoming_rows = match (streamable, snapshot.partitions) {
@@ -500,7 +503,8 @@ struct GoneRows<'a> {
     extract: ExtractType,
     /// The run's business date, days since 1970-01-01.
     date: i32,
-    cores: usize,
+    /// Row groups read at once ([`MemoryPlan::row_group_tasks`]).
+    tasks: usize,
 }
 
 impl GoneRows<'_> {
@@ -525,7 +529,7 @@ impl GoneRows<'_> {
             .read_picked(
                 self.picks,
                 self.schema.clone(),
-                self.cores,
+                self.tasks,
                 tx,
                 move |batch| join::gone_rows(batch, op, date),
             )

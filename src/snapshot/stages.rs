@@ -53,7 +53,8 @@ pub(super) struct Stages<'a> {
     pub(super) context: &'a JoinContext<'a>,
     pub(super) progress: &'a Progress,
     pub(super) rows_per_file: &'a [u64],
-    pub(super) cores: usize,
+    /// Row groups of the current table scanned at once ([`MemoryPlan::row_group_tasks`]).
+    pub(super) scan_tasks: usize,
 }
 
 impl Stages<'_> {
@@ -241,7 +242,7 @@ impl Stages<'_> {
     }
 
     /// Streams the current table's join columns and row positions
-    /// ([`DataFiles::scan_keys`]) into `consume`, decoding a row group per core.
+    /// ([`DataFiles::scan_keys`]) into `consume`, decoding `scan_tasks` row groups at once.
     ///
     /// # Errors
     /// Lake errors of the scan; errors of `consume`.
@@ -250,8 +251,8 @@ impl Stages<'_> {
         files: &DataFiles,
         mut consume: impl FnMut(RecordBatch) -> Result<()>,
     ) -> Result<()> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(2 * self.cores);
-        let producer = files.scan_keys(self.context.current_schema.clone(), self.cores, tx);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2 * self.scan_tasks);
+        let producer = files.scan_keys(self.context.current_schema.clone(), self.scan_tasks, tx);
         let consumer = async {
             while let Some(batch) = rx.recv().await {
                 tokio::task::block_in_place(|| consume(batch))?;

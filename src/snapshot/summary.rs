@@ -185,12 +185,16 @@ impl fmt::Display for RunSummary {
         if let Some(m) = &self.memory {
             let diff = match m.plan.streamed {
                 true => "streamed (no partitions)".to_string(),
-                false => format!("{} partition(s)", m.plan.partitions),
+                false => format!(
+                    "{} partition(s), {} diff worker(s)",
+                    m.plan.partitions, m.plan.workers
+                ),
             };
             writeln!(
                 f,
-                "  memory:     limit {}, {diff}, {} spilled, peak RSS {}",
+                "  memory:     limit {}, {} thread(s), {diff}, {} spilled, peak RSS {}",
                 mib(m.plan.limit_bytes),
+                m.plan.threads,
                 mib(m.spill.spilled_bytes),
                 m.peak_rss_bytes.map_or("?".into(), mib)
             )?;
@@ -227,7 +231,10 @@ mod tests {
             ..Default::default()
         };
         let text = summary.to_string();
-        assert!(text.contains("1 partition(s)"), "{text}");
+        assert!(
+            text.contains("2 thread(s), 1 partition(s), 1 diff worker(s)"),
+            "{text}"
+        );
         if let Some(m) = summary.memory.as_mut() {
             m.plan = plan.streamed();
         }

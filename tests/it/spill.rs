@@ -219,3 +219,82 @@ fn peak_memory_stays_bounded_under_a_small_limit() {
     );
     assert_eq!(last["counts"]["U"], 80_000);
 }
+
+/// Runs `tributary [args] run CONFIG INPUT DAY --json` for both days; returns each day's
+/// summary.
+fn run_days(config: &Path, spec: &GenerateSpec, args: &[&str]) -> Vec<serde_json::Value> {
+    let bin = env!("CARGO_BIN_EXE_tributary");
+    [
+        (&spec.initial_output, "2024-01-01"),
+        (&spec.incremental_output, "2024-01-02"),
+    ]
+    .into_iter()
+    .map(|(input, day)| {
+        let out = Command::new(bin)
+            .args(args)
+            .arg("run")
+            .arg(config)
+            .arg(input)
+            .arg(day)
+            .arg("--json")
+            .output()
+            .unwrap();
+        crate::common::json_stdout(&out)
+    })
+    .collect()
+}
+
+/// The plan of a many-core server, tested on this machine (issue 22): `--threads 16`
+/// (oversubscribed on a small machine) under `memory_limit: 32MiB` plans 16 threads but no
+/// more partitions than `MAX_SPREAD_PARTITIONS` (128), with fewer diff workers than threads
+/// where their shares need it, keeps the process's peak RSS within the bound of the guard
+/// above, and commits the same tables as one thread (`threads: 1` in
+/// the config, which `--threads` overrides). Asserts on the plan and memory, never on time.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversubscribed_threads_keep_the_plan_the_memory_and_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 100_000);
+    generate(&spec).unwrap();
+    let one = config_in(dir.path(), "one", "memory_limit: 32MiB\nthreads: 1");
+    let many = config_in(dir.path(), "many", "memory_limit: 32MiB\nthreads: 1");
+    let serial = run_days(&one, &spec, &[]);
+    let oversubscribed = run_days(&many, &spec, &["--threads", "16"]);
+    for summary in &serial {
+        let plan = &summary["memory"]["plan"];
+        assert_eq!(plan["threads"], 1, "{plan}");
+        assert_eq!(plan["workers"], 1, "{plan}");
+    }
+    for summary in &oversubscribed {
+        let memory = &summary["memory"];
+        let plan = &memory["plan"];
+        assert_eq!(plan["threads"], 16, "{plan}");
+        assert!(!plan["streamed"].as_bool().unwrap(), "{plan}");
+        let partitions = plan["partitions"].as_u64().unwrap();
+        let workers = plan["workers"].as_u64().unwrap();
+        assert!((2..=128).contains(&partitions), "{plan}");
+        assert!((2..16).contains(&workers), "{plan}");
+        // Each worker's partitions (3x their estimated size) fit its part of the workers' 35%.
+        let estimated = plan["estimated_bytes"].as_u64().unwrap() as f64;
+        let share = 0.35 * (32u64 << 20) as f64;
+        assert!(
+            estimated / partitions as f64 * 3.0 * workers as f64 <= share * 1.0001,
+            "{plan}"
+        );
+        assert!(
+            memory["spill"]["spilled_bytes"].as_u64().unwrap() > 0,
+            "{memory}"
+        );
+        let peak = memory["peak_rss_bytes"].as_u64().unwrap();
+        assert!(peak < 384 << 20, "peak RSS {} MiB: {memory}", peak >> 20);
+    }
+    for (a, b) in serial.iter().zip(&oversubscribed) {
+        assert_eq!(a["counts"], b["counts"]);
+    }
+    assert_eq!(oversubscribed[1]["counts"]["U"], 40_000);
+    for table in ["t_current", "t_history"] {
+        let a = sorted_rows(&dir.path().join("one/lake").join(table)).await;
+        let b = sorted_rows(&dir.path().join("many/lake").join(table)).await;
+        assert!(!a.is_empty());
+        assert!(a == b, "{table}: 16 threads committed other rows than 1");
+    }
+}

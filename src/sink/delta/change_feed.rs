@@ -151,7 +151,8 @@ pub fn needed(table: &DeltaTable, keyed: bool, removes: &[Remove], adds: &[Add])
 /// What the comparison of [`write`] may use.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget<'a> {
-    /// Row groups read at once.
+    /// Row groups read at once (the `threads` setting), fewer where they do not fit an eighth
+    /// of `memory` per side.
     pub workers: usize,
     /// Bytes the comparison's sorts hold before they spill (the run's `memory_limit`; at least
     /// [`MIN_POOL_BYTES`] are used).
@@ -257,6 +258,12 @@ async fn compare(
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     for (name, files) in [("old", old), ("new", new)] {
+        // Each side decodes its row groups outside the pool (the compressed chunks and the
+        // batches, about twice a row group's size): an eighth of the budget each.
+        let fit = memory / 8 / (2 * files.largest_row_group_bytes()).max(1);
+        let workers = usize::try_from(fit)
+            .unwrap_or(usize::MAX)
+            .clamp(1, workers.max(1));
         let rows = Arc::new(FileRows {
             files,
             schema: schema.clone(),

@@ -174,6 +174,17 @@ impl DataFiles {
             .collect()
     }
 
+    /// The largest row group's uncompressed bytes (its Parquet `total_byte_size`) among the
+    /// data files: about what decoding it whole takes.
+    pub fn largest_row_group_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| f.metadata.metadata().row_groups())
+            .map(|rg| rg.total_byte_size().max(0) as u64)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn units(&self) -> Vec<Unit> {
         let mut units = Vec::new();
         for (file, f) in self.files.iter().enumerate() {

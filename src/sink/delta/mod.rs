@@ -486,7 +486,8 @@ pub async fn scan_stream(
 /// table schema has them (view types would be cast back, a copy of every string and digest
 /// scanned).
 pub fn session_config() -> deltalake::datafusion::prelude::SessionConfig {
-    let mut config = deltalake::datafusion::prelude::SessionConfig::new();
+    let mut config = deltalake::datafusion::prelude::SessionConfig::new()
+        .with_target_partitions(crate::core::threads::get());
     config
         .options_mut()
         .execution

@@ -308,7 +308,7 @@ impl RunTransaction {
                     &self.current_adds,
                     self.properties.clone(),
                     change_feed::Budget {
-                        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+                        workers: crate::core::threads::get(),
                         memory,
                         spill,
                     },

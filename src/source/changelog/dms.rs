@@ -277,6 +277,8 @@ fn read_plain_load(
         &source,
         &input,
         index,
+        // `sync` has no memory setting yet: the default limit's share.
+        crate::source::extract::ReadBudget::of_limit(crate::config::DEFAULT_MEMORY_LIMIT),
         &mut errors,
         &progress,
         &mut sink,

@@ -19,8 +19,8 @@ use deltalake::arrow::compute::kernels::cast_utils::Parser;
 
 use super::strict::CsvFile;
 use super::{
-    drain_in_order, drop_rows, first_bad_row, join_workers, InputFile, RowErrors, StopOnPanic,
-    Window, WorkerResult,
+    drain_in_order, drop_rows, first_bad_row, join_workers, InputFile, ReadBudget, RowErrors,
+    StopOnPanic, Window, WorkerResult,
 };
 use crate::config::{OnError, SourceOptions, TableSpec};
 use crate::core::batch::{HashedBatch, BATCH_ROWS};
@@ -33,9 +33,14 @@ use crate::source::{hash_batch, invalid_cells};
 /// The records of a chunk (by index, ascending) that break the quoting rule, and why.
 type Quoting = Vec<(usize, &'static str)>;
 
-/// Most field bytes in one chunk of records: with at most two chunks per worker in flight,
+/// Most field bytes in one chunk of records: with at most three chunks per worker in flight,
 /// the reader holds a few tens of MiB whatever the row width.
 const CHUNK_BYTES: usize = 4 << 20;
+
+/// Memory of one chunk in flight, counted against the [`ReadBudget`]: its records (the field
+/// bytes and a bound per field), the batch parsed from them with its digests, both held
+/// while it is parsed.
+const CHUNK_MEMORY_BYTES: u64 = 3 * CHUNK_BYTES as u64;
 
 /// Bytes read from the start of a CSV file to estimate its rows ([`estimate_rows`]).
 const ROW_SAMPLE_BYTES: usize = 1 << 20;
@@ -64,12 +69,14 @@ pub(super) fn estimate_rows(path: &std::path::Path, size: u64) -> Result<u64> {
     Ok((size as u128 * lines as u128).div_ceil(sample.len() as u128) as u64)
 }
 
-/// Reads one CSV file: this thread's helper splits records, `workers` threads validate, cast and
-/// hash chunks of them, and the calling thread hands the batches to `sink`. Returns the number
-/// of data rows read (bad ones included).
+/// Reads one CSV file: this thread's helper splits records, workers validate, cast and hash
+/// chunks of them, and the calling thread hands the batches to `sink`. Returns the number of
+/// data rows read (bad ones included).
 ///
 /// Batches reach `sink` in file order (chunks are numbered as split), and the splitter stays
-/// at most `3 * workers` chunks ahead of the last one handed over.
+/// at most `3 * workers` chunks ahead of the last one handed over, and at most as many as
+/// `budget` holds ([`CHUNK_MEMORY_BYTES`] each, at least 2): `workers` is the budget's
+/// threads, or fewer when fewer chunks fit.
 ///
 /// Under `on_error: fail` the reported error is the first bad row in file order: a worker that
 /// hits one stops the reader, and the chunks before it (all taken earlier from the queue) are
@@ -81,6 +88,7 @@ pub(crate) fn read(
     source: &SourceOptions,
     file: &InputFile,
     index: usize,
+    budget: ReadBudget,
     errors: &mut RowErrors,
     progress: &Progress,
     sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
@@ -97,7 +105,8 @@ pub(crate) fn read(
         file_name: file.display(),
         index,
     };
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let slots = budget.slots(CHUNK_MEMORY_BYTES, 2);
+    let workers = budget.threads.clamp(1, slots);
     let stop = AtomicBool::new(false);
     let stop = &stop;
     // Chunks are numbered in file order; their batches are handed to `sink` in that order.
@@ -105,10 +114,10 @@ pub(crate) fn read(
     let (chunk_tx, chunk_rx) = sync_channel::<(u64, Vec<ByteRecord>, Quoting)>(workers);
     // Parsed chunks go back to the splitter, whose records reuse their buffers (no allocation
     // per record).
-    let (recycle_tx, recycle_rx) = sync_channel::<Vec<ByteRecord>>(2 * workers + 1);
+    let (recycle_tx, recycle_rx) = sync_channel::<Vec<ByteRecord>>((2 * workers + 1).min(slots));
     // Chunks split but not yet handed to `sink` (queued, parsing, or waiting for an earlier
     // one): as many as the queues and workers hold, so a slow chunk bounds the others.
-    let window = &Window::new(3 * workers as u64);
+    let window = &Window::new((3 * workers).min(slots) as u64);
     // The first chunk (in file order) a worker failed on.
     let failed_at = &AtomicU64::new(u64::MAX);
     let chunk_rx = Mutex::new(chunk_rx);

@@ -54,6 +54,38 @@ pub fn estimate_csv_rows(files: &[InputFile]) -> Result<Option<u64>> {
     Ok(Some(rows))
 }
 
+/// Share of a run's `memory_limit` for what its reader holds in flight: CSV chunks split,
+/// parsed or waiting to be handed over in file order, or the Parquet batches being decoded.
+/// Out of the part of the limit the memory plan leaves uncounted (`snapshot::plan`), so the
+/// reader's threads are bounded by it rather than growing its memory with the core count.
+pub const READ_SHARE: f64 = 0.1;
+
+/// What a reader may use: threads, and bytes of batches in flight ([`READ_SHARE`] of a limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBudget {
+    /// Most worker threads (the `threads` setting).
+    pub threads: usize,
+    /// Bytes of chunks or batches in flight.
+    pub bytes: u64,
+}
+
+impl ReadBudget {
+    /// The budget of a run with `limit` bytes of memory, on the process's `threads`.
+    pub fn of_limit(limit: u64) -> Self {
+        ReadBudget {
+            threads: crate::core::threads::get(),
+            bytes: (limit as f64 * READ_SHARE) as u64,
+        }
+    }
+
+    /// How many pieces of `slot_bytes` each fit (at least `least`).
+    pub(crate) fn slots(&self, slot_bytes: u64, least: usize) -> usize {
+        usize::try_from(self.bytes / slot_bytes.max(1))
+            .unwrap_or(usize::MAX)
+            .max(least)
+    }
+}
+
 /// What reading one run's input produced besides its batches.
 #[derive(Debug, Default)]
 pub struct ReadStats {
@@ -105,14 +137,24 @@ pub fn read(
 ) -> Result<ReadStats> {
     let mut stats = ReadStats::default();
     let mut errors = RowErrors::new(config.source.on_error);
+    let budget = ReadBudget::of_limit(config.snapshot.memory_limit);
     for (index, file) in files.iter().enumerate() {
         let read = match file.format {
             InputFormat::Csv => csv::read,
             InputFormat::Parquet => parquet::read,
         };
         let (table, source) = (&config.table, &config.source);
-        stats.rows_read += read(table, source, file, index, &mut errors, progress, sink)
-            .map_err(|e| name_the_file(e, file))?;
+        stats.rows_read += read(
+            table,
+            source,
+            file,
+            index,
+            budget,
+            &mut errors,
+            progress,
+            sink,
+        )
+        .map_err(|e| name_the_file(e, file))?;
     }
     stats.rejects = errors.rejects;
     stats

@@ -13,7 +13,8 @@ use deltalake::parquet::arrow::arrow_reader::{
 use deltalake::parquet::arrow::ProjectionMask;
 
 use super::{
-    drain_into, drop_rows, first_bad_row, join_workers, InputFile, RowErrors, WorkerResult,
+    drain_into, drop_rows, first_bad_row, join_workers, InputFile, ReadBudget, RowErrors,
+    WorkerResult,
 };
 use crate::config::{SourceOptions, TableSpec};
 use crate::core::batch::{HashedBatch, BATCH_ROWS};
@@ -50,18 +51,21 @@ pub(crate) fn column_position(
         .position(|f| f.name().eq_ignore_ascii_case(name))
 }
 
-/// Reads one Parquet file: `workers` threads (one per core) decode, cast and hash one row group
+/// Reads one Parquet file: `workers` threads (one per thread of `budget`, fewer where two
+/// decoded batches each do not fit it) decode, cast and hash one row group
 /// at a time, and the calling thread hands the batches to `sink`. Rows are numbered from 1 in
 /// file order for error messages. Returns the number of rows read (bad ones included).
 ///
 /// Under `on_error: fail` the reported error is the first bad row in file order: a worker that
 /// hits one stops the others from taking further row groups, and the row groups before it (all
 /// taken earlier) are still finished, so the earliest error among them is the file's first.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn read(
     config: &TableSpec,
     source: &SourceOptions,
     file: &InputFile,
     index: usize,
+    budget: ReadBudget,
     errors: &mut RowErrors,
     progress: &Progress,
     sink: &mut dyn FnMut(HashedBatch) -> Result<()>,
@@ -83,14 +87,19 @@ pub(super) fn read(
     // (row group, its first row's 0-based position in the file, its compressed bytes)
     let mut groups = Vec::new();
     let mut first_row = 0u64;
+    let mut decoded_bytes = 0u64;
     for (g, rg) in builder.metadata().row_groups().iter().enumerate() {
         groups.push((g, first_row, rg.compressed_size().max(0) as u64));
         first_row += rg.num_rows().max(0) as u64;
+        decoded_bytes += rg.total_byte_size().max(0) as u64;
     }
     let total_rows = first_row;
+    // A worker holds a decoded batch and the cast and hashed one made from it; the channel
+    // holds one per worker.
+    let batch_bytes = decoded_bytes / total_rows.max(1) * BATCH_ROWS as u64;
+    let workers = budget.threads.clamp(1, budget.slots(2 * batch_bytes, 1));
     drop(builder);
     let converter = Converter::new(config, file, index, &positions);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let (next, stop, groups, converter) = (&next, &stop, &groups, &converter);
