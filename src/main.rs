@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     };
     let arenas = cli::run::process_settings(cli.threads, config);
     // Before any other thread starts (clap and the log filter start none): glibc fixes its
-    // arena count when a second thread first allocates.
+    // arena limit the first time a thread needs a new arena.
     let allocator_tuned = cli::allocator::tune(arenas);
     let filter = cli::logs::filter(std::env::var("RUST_LOG").ok().as_deref());
     tracing_subscriber::fmt()

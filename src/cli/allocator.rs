@@ -26,8 +26,9 @@ pub const TRIM_THRESHOLD_BYTES: i32 = 1 << 30;
 
 /// Applies the settings above with at most `arenas` arenas (glibc only; elsewhere the system
 /// allocator is left as it is). Call it before any other thread starts: glibc fixes its arena
-/// count when a second thread first allocates, and a later `M_ARENA_MAX` is ignored. Returns
-/// whether every setting was accepted.
+/// limit the first time a thread needs a new arena after the setting (or once more than 8
+/// arenas exist), so a later `M_ARENA_MAX` does not take back arenas nor, once fixed, change
+/// the limit. Returns whether every setting was accepted.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 pub fn tune(arenas: usize) -> bool {

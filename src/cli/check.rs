@@ -25,6 +25,7 @@ pub struct CheckArgs {
 /// Those of [`check`].
 pub async fn execute(args: CheckArgs) -> Result<u8> {
     let config = TableConfig::load(&args.config)?;
+    super::run::use_config_threads(&config);
     let s = check(&config, &args.incoming)?;
     if args.json {
         print_json(&s)?;

@@ -31,11 +31,16 @@ pub struct RunArgs {
 /// at `config` (`run` and `check`), else the cores; returns the allocator's arena count: for a
 /// table config, [`allocator::arenas_within`](crate::cli::allocator::arenas_within) its
 /// `memory_limit`, else one per thread. Called by the binary before its runtime starts (the
-/// runtime's workers are the threads, and glibc fixes its arena count when a second thread
-/// first allocates). A config that does not load is left for the command to report.
+/// runtime's workers are the threads, and glibc fixes its arena limit the first time a thread
+/// needs a new arena). A config that does not load is left for the command to report; one that
+/// is not a regular file (a pipe, `/dev/stdin`) is not read here, as it can be read once only:
+/// its `threads` then applies from the command ([`use_config_threads`]) to the stages but not to
+/// the runtime's workers nor the arenas.
 pub fn process_settings(flag: Option<usize>, config: Option<&std::path::Path>) -> usize {
     use crate::cli::allocator;
-    let config = config.and_then(|path| TableConfig::load(path).ok());
+    let config = config
+        .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.is_file()))
+        .and_then(|path| TableConfig::load(path).ok());
     let configured = config.as_ref().and_then(|c| c.snapshot.threads);
     if let Some(n) = flag.or(configured) {
         crate::core::threads::set(n);
@@ -47,6 +52,14 @@ pub fn process_settings(flag: Option<usize>, config: Option<&std::path::Path>) -
     }
 }
 
+/// Makes a config's `threads` the process's setting unless `--threads` or
+/// [`process_settings`] already set one.
+pub fn use_config_threads(config: &TableConfig) {
+    if let Some(n) = config.snapshot.threads {
+        crate::core::threads::set_if_unset(n);
+    }
+}
+
 /// Runs `tributary run` and prints its summary.
 ///
 /// # Errors
@@ -54,6 +67,7 @@ pub fn process_settings(flag: Option<usize>, config: Option<&std::path::Path>) -
 pub async fn execute(args: RunArgs) -> Result<u8> {
     let date = parse_date("BUS_EFF_DATE", &args.bus_eff_date)?;
     let config = TableConfig::load(&args.config)?;
+    use_config_threads(&config);
     let options = RunOptions {
         force: args.force,
         replace: args.replace,

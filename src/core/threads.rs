@@ -38,6 +38,16 @@ pub fn set(threads: usize) {
     SETTING.store(threads.clamp(1, MAX_THREADS), Ordering::Relaxed);
 }
 
+/// Sets the process's `threads` setting as [`set`] does, unless it is set already.
+pub fn set_if_unset(threads: usize) {
+    let _ = SETTING.compare_exchange(
+        0,
+        threads.clamp(1, MAX_THREADS),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+}
+
 /// Checks a `threads` value given by a user (`--threads`, a config's `threads`).
 ///
 /// # Errors

@@ -205,7 +205,7 @@ impl MemoryPlan {
     /// uncompressed size); one per thread, fewer where they do not fit [`WORK_SHARE`] of the
     /// limit, at least one.
     pub fn row_group_tasks(&self, row_group_bytes: u64) -> usize {
-        let fit = self.limit_bytes as f64 * WORK_SHARE / (3 * row_group_bytes.max(1)) as f64;
+        let fit = self.limit_bytes as f64 * WORK_SHARE / (3.0 * row_group_bytes.max(1) as f64);
         (fit as usize).clamp(1, self.threads.max(1))
     }
 

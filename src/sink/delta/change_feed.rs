@@ -260,7 +260,7 @@ async fn compare(
     for (name, files) in [("old", old), ("new", new)] {
         // Each side decodes its row groups outside the pool (the compressed chunks and the
         // batches, about twice a row group's size): an eighth of the budget each.
-        let fit = memory / 8 / (2 * files.largest_row_group_bytes()).max(1);
+        let fit = memory / 8 / files.largest_row_group_bytes().saturating_mul(2).max(1);
         let workers = usize::try_from(fit)
             .unwrap_or(usize::MAX)
             .clamp(1, workers.max(1));
