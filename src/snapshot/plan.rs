@@ -192,9 +192,9 @@ impl MemoryPlan {
     /// encoders and the batches it was sent; at least one. At 1 GiB (16 MiB row groups) that
     /// is 2; 8 GiB gives 17. (Counting the row group once gave 4 at 1 GiB, and on 8 threads
     /// about 200 MiB more peak RSS than on 2.)
-    pub fn writer_tasks(&self, threads: usize) -> usize {
+    pub fn writer_tasks(&self) -> usize {
         let fit = (self.limit_bytes as f64 * WRITER_SHARE) / (2 * 3 * self.row_group_bytes) as f64;
-        (fit as usize).clamp(1, threads.max(1))
+        (fit as usize).clamp(1, self.threads.max(1))
     }
 
     /// Row groups of the current table read at once: by the scan of its join columns (beside
@@ -227,19 +227,19 @@ mod tests {
 
     #[test]
     fn writer_tasks_are_bounded_by_the_limit_and_the_cores() {
-        let plan = |limit: u64| MemoryPlan::new(limit, 1 << 30, 1 << 30, 2);
+        let plan = |limit: u64, threads| MemoryPlan::new(limit, 1 << 30, 1 << 30, threads);
         // 1 GiB: 16 MiB row groups, 3 writers x 2 tasks x 2 x 16 MiB = 192 MiB, under 20% of
         // the limit, on any thread count.
-        assert_eq!(plan(1 << 30).writer_tasks(2), 2);
-        assert_eq!(plan(1 << 30).writer_tasks(8), 2);
-        assert_eq!(plan(1 << 30).writer_tasks(1), 1);
+        assert_eq!(plan(1 << 30, 2).writer_tasks(), 2);
+        assert_eq!(plan(1 << 30, 8).writer_tasks(), 2);
+        assert_eq!(plan(1 << 30, 1).writer_tasks(), 1);
         // 512 MiB: 16 MiB row groups, 1 task (102 MiB fit).
-        assert_eq!(plan(512 << 20).writer_tasks(8), 1);
+        assert_eq!(plan(512 << 20, 8).writer_tasks(), 1);
         // 8 GiB: row groups stay 16 MiB, so every thread gets a task.
-        assert_eq!(plan(8 << 30).writer_tasks(8), 8);
+        assert_eq!(plan(8 << 30, 8).writer_tasks(), 8);
         // 16 MiB: 1 MiB row groups (the floor): 3.2 MiB fit, one task per writer.
-        assert_eq!(plan(16 << 20).writer_tasks(4), 1);
-        assert_eq!(plan(1 << 30).writer_tasks(0), 1);
+        assert_eq!(plan(16 << 20, 4).writer_tasks(), 1);
+        assert_eq!(plan(1 << 30, 0).writer_tasks(), 1);
     }
 
     #[test]

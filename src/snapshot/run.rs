@@ -225,7 +225,7 @@ impl Day<'_> {
             rows_per_file: &rows_per_file,
             scan_tasks: memory.row_group_tasks(largest_row_group),
         };
-        let writer_tasks = memory.writer_tasks(threads);
+        let writer_tasks = memory.writer_tasks();
         let (lake, mut run, joined) = match (lake, &data_files) {
             (Some(mut lake), Some(data_files)) if memory.streamed => {
                 let mut run = lake.begin(self.base_run, properties, writer_tasks).await?;

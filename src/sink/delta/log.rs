@@ -339,15 +339,16 @@ pub async fn files_kept_since(table: &DeltaTable, after: Option<u64>, to: u64) -
                 let Some(after) = after else {
                     return Ok(false);
                 };
-                if planned.is_none() {
-                    let mut then = table.clone();
-                    then.load_version(after as _).await?;
-                    let state = then.snapshot()?;
-                    let schema = state.snapshot().schema().as_ref().clone();
-                    planned = Some((schema, state.metadata().partition_columns().to_vec()));
-                }
-                let Some((schema, partitions)) = &planned else {
-                    return Ok(false);
+                let (schema, partitions) = match &planned {
+                    Some(planned) => planned,
+                    None => {
+                        let mut then = table.clone();
+                        then.load_version(after as _).await?;
+                        let state = then.snapshot()?;
+                        let schema = state.snapshot().schema().as_ref().clone();
+                        let partitions = state.metadata().partition_columns().to_vec();
+                        planned.insert((schema, partitions))
+                    }
                 };
                 if !commit.keeps_schema(schema, partitions) {
                     return Ok(false);
