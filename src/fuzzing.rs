@@ -80,7 +80,10 @@ fn change_file(data: &[u8], layout: &str, name: &str, format: ChangeFormat) -> b
     let Ok(entry) = serde_yaml::from_str::<TableEntry>(&entry) else {
         return false;
     };
-    let Ok(config) = entry.changelog_table(0, &dir.path().join("lake")) else {
+    let Ok(config) = entry.changelog_table(
+        0,
+        &crate::config::storage::LakeRoot::local(&dir.path().join("lake")),
+    ) else {
         return false;
     };
     let path = dir.write(name, data);
@@ -105,10 +108,13 @@ pub fn config(data: &[u8]) -> (bool, bool) {
     let path = dir.write("config.yaml", data);
     let table = TableConfig::load(&path).is_ok();
     let tables = TablesFile::load(&path).is_ok_and(|file| {
-        file.tables
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.changelog_table(i, &dir.path().join("lake")).is_ok())
+        file.tables.iter().enumerate().all(|(i, e)| {
+            e.changelog_table(
+                i,
+                &crate::config::storage::LakeRoot::local(&dir.path().join("lake")),
+            )
+            .is_ok()
+        })
     });
     (table, tables)
 }

@@ -79,7 +79,7 @@ pub struct CaptureOptions {
     /// `postgres://user@host:port/database`.
     pub url: String,
     /// Lake root: each table lands in `<lake>/<schema>/<table>/`.
-    pub lake: PathBuf,
+    pub lake: crate::config::storage::LakeRoot,
     /// Tables file (`sync`'s format): partitioning, delete mode and history date per table,
     /// and the tables of a publication to create.
     pub tables_file: Option<PathBuf>,
@@ -402,7 +402,7 @@ async fn open_table(
     pg: &PgTable,
     entries: &TablesFile,
     index: usize,
-    lake: &std::path::Path,
+    lake: &crate::config::storage::LakeRoot,
 ) -> Result<Captured> {
     let table = Arc::new(capture_table(pg, entries, index, lake, None)?);
     let mut failed = None;
@@ -558,7 +558,7 @@ fn capture_table(
     pg: &PgTable,
     entries: &TablesFile,
     index: usize,
-    lake: &std::path::Path,
+    lake: &crate::config::storage::LakeRoot,
     stored: Option<&[(String, ColumnType)]>,
 ) -> Result<CaptureTable> {
     let primary_key: Vec<String> = pg
@@ -649,7 +649,7 @@ fn lake_table(
     mapped: &[(String, PgType)],
     entries: &TablesFile,
     index: usize,
-    lake: &std::path::Path,
+    lake: &crate::config::storage::LakeRoot,
 ) -> Result<CaptureTable> {
     let qualified = format!("{}.{}", source.0, source.1);
     let source_path = format!("{}/{}", source.0, source.1);
@@ -673,7 +673,12 @@ fn lake_table(
     std::mem::swap(&mut entry.primary_key, &mut primary_key);
     entry.active = true;
     entry.columns = columns;
-    let mut config = entry.changelog_table(index, lake)?;
+    // the tables file's storage options, for a lake in an object store
+    let root = match entries.storage_options.is_empty() {
+        true => lake.clone(),
+        false => lake.clone().with_options(entries.storage_options.clone()),
+    };
+    let mut config = entry.changelog_table(index, &root)?;
     config.history_every_change = true;
     let mut table = CaptureTable::new(config, types);
     table.source = (source.0.to_string(), source.1.to_string());
@@ -690,7 +695,7 @@ fn with_columns(
     added: &[(String, PgType)],
     entries: &TablesFile,
     index: usize,
-    lake: &std::path::Path,
+    lake: &crate::config::storage::LakeRoot,
 ) -> Result<CaptureTable> {
     let columns = &table.config.table.columns;
     let mut mapped: Vec<(String, PgType)> = columns

@@ -39,8 +39,9 @@ use crate::source::{ChangeSource, Pending};
 pub struct SyncOptions {
     /// Landing root: one folder per `<schema>/<table>`.
     pub landing: PathBuf,
-    /// Lake root: each table lands in `<lake>/<schema>/<table>/`.
-    pub lake: PathBuf,
+    /// Lake root (a folder or an object-store prefix): each table lands in
+    /// `<lake>/<schema>/<table>/`. The tables file's `storage_options` are added to it.
+    pub lake: crate::config::storage::LakeRoot,
     /// The tables file (see `config::tables`).
     pub tables_file: PathBuf,
     /// Tables loaded at the same time (at least 1).
@@ -139,7 +140,11 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
         .into_iter()
         .filter(|(_, e)| !missing.contains(&e.source))
         .collect();
-    let shared = Arc::new(options.clone());
+    let mut shared = options.clone();
+    if !tables.storage_options.is_empty() {
+        shared.lake = shared.lake.with_options(tables.storage_options.clone());
+    }
+    let shared = Arc::new(shared);
     let mut results: Vec<TableSync> = futures::stream::iter(runnable)
         .map(|(index, entry)| {
             let bar = bars.add(ProgressBar::new_spinner());

@@ -15,9 +15,10 @@ use crate::error::{Error, Result};
 pub struct CaptureArgs {
     /// The database: postgres://USER[:PASSWORD]@HOST:PORT/DATABASE (never printed).
     pub url: String,
-    /// Lake root: tables go to <lake>/<schema>/<table>/{current,history,tombstones}.
+    /// Lake root, a folder or an object-store prefix (s3://bucket/lake): tables go to
+    /// <lake>/<schema>/<table>/{current,history,tombstones}.
     #[arg(long)]
-    pub lake: PathBuf,
+    pub lake: String,
     /// Tables file (sync's format): partition_by, delete_mode, eff_start per <schema>/<table>;
     /// its active entries make the publication when it does not exist.
     #[arg(long)]
@@ -129,7 +130,7 @@ pub async fn execute(args: CaptureArgs) -> Result<u8> {
     }
     let options = CaptureOptions {
         url: args.url,
-        lake: args.lake,
+        lake: crate::config::storage::LakeRoot::parse(&args.lake)?,
         tables_file: args.tables,
         publication: args.publication,
         slot: args.slot,

@@ -12,7 +12,8 @@ use crate::snapshot::check::check;
 pub struct CheckArgs {
     /// Table config (YAML).
     pub config: PathBuf,
-    /// An extract file, or a folder of *.csv or *.parquet files.
+    /// An extract file, or a folder of *.csv or *.parquet files; or an object-store URL of one
+    /// object or a prefix, copied under spill_dir first.
     pub incoming: PathBuf,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
@@ -26,7 +27,11 @@ pub struct CheckArgs {
 pub async fn execute(args: CheckArgs) -> Result<u8> {
     let config = TableConfig::load(&args.config)?;
     super::run::use_config_threads(&config);
-    let s = check(&config, &args.incoming)?;
+    let staged = super::run::stage_incoming(&config, &args.incoming).await?;
+    let incoming = staged
+        .as_ref()
+        .map_or(args.incoming.as_path(), |s| s.path.as_path());
+    let s = check(&config, incoming)?;
     if args.json {
         print_json(&s)?;
         return Ok(0);

@@ -13,9 +13,10 @@ use crate::sink::{conflict_pause, CONFLICT_ATTEMPTS};
 /// Which tables a maintenance command acts on.
 #[derive(Debug, clap::Args)]
 pub struct TablesArgs {
-    /// Lake root of `tributary sync` or `capture`: each of its `<schema>/<table>` tables.
+    /// Lake root of `tributary sync` or `capture` (a folder or an object-store prefix): each
+    /// of its `<schema>/<table>` tables.
     #[arg(long)]
-    pub lake: Option<PathBuf>,
+    pub lake: Option<String>,
     /// A snapshot table config (repeatable): the tables it names.
     #[arg(long = "config", value_name = "FILE")]
     pub configs: Vec<PathBuf>,
@@ -61,7 +62,14 @@ pub struct VacuumArgs {
 
 /// The tables `args` names, in order.
 fn tables(args: &TablesArgs) -> Result<Vec<LakeTable>> {
-    let mut tables = named_tables(args.lake.as_deref(), &args.configs)?;
+    let mut tables = named_tables(
+        args.lake
+            .as_deref()
+            .map(crate::config::storage::LakeRoot::parse)
+            .transpose()?
+            .as_ref(),
+        &args.configs,
+    )?;
     for name in &args.only {
         if !tables.iter().any(|t| t.qualified() == name.to_lowercase()) {
             let known: Vec<String> = tables.iter().map(LakeTable::qualified).collect();

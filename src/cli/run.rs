@@ -12,7 +12,8 @@ use crate::snapshot::{run, RunOptions};
 pub struct RunArgs {
     /// Table config (YAML; the seed article's config.yaml works unchanged).
     pub config: PathBuf,
-    /// An extract file, or a folder of *.csv or *.parquet files.
+    /// An extract file, or a folder of *.csv or *.parquet files; or an object-store URL of one
+    /// object or a prefix (s3://bucket/in/2024-01-02/), copied under spill_dir for the run.
     pub incoming: PathBuf,
     /// Business effective date, YYYY-MM-DD (eff_start_date of new and changed rows).
     pub bus_eff_date: String,
@@ -60,6 +61,34 @@ pub fn use_config_threads(config: &TableConfig) {
     }
 }
 
+/// Copies INCOMING into a folder under the config's `spill_dir` when it is an object-store URL
+/// ([`remote::stage`](crate::source::extract::remote::stage), with the config's
+/// `storage_options`); None for a local path.
+///
+/// # Errors
+/// Those of [`remote::stage`](crate::source::extract::remote::stage); [`Error::Usage`] for a
+/// URL that does not parse.
+pub async fn stage_incoming(
+    config: &TableConfig,
+    incoming: &std::path::Path,
+) -> Result<Option<crate::source::extract::remote::StagedInput>> {
+    use crate::source::extract::remote;
+    let Some(text) = incoming.to_str().filter(|t| remote::is_url(t)) else {
+        return Ok(None);
+    };
+    let url = url::Url::parse(text)
+        .map_err(|e| crate::error::Error::Usage(format!("INCOMING {text}: not a URL: {e}")))?;
+    let options = config.table.lake.storage_options.to_map();
+    std::fs::create_dir_all(&config.snapshot.spill_dir)?;
+    let staged = remote::stage(&url, &options, &config.snapshot.spill_dir).await?;
+    tracing::info!(
+        objects = staged.objects,
+        bytes = staged.bytes,
+        "copied the extract from {url}"
+    );
+    Ok(Some(staged))
+}
+
 /// Runs `tributary run` and prints its summary.
 ///
 /// # Errors
@@ -72,7 +101,11 @@ pub async fn execute(args: RunArgs) -> Result<u8> {
         force: args.force,
         replace: args.replace,
     };
-    let summary = run(&config, &args.incoming, date, options).await?;
+    let staged = stage_incoming(&config, &args.incoming).await?;
+    let incoming = staged
+        .as_ref()
+        .map_or(args.incoming.as_path(), |s| s.path.as_path());
+    let summary = run(&config, incoming, date, options).await?;
     if args.json {
         print_json(&summary)?;
     } else {

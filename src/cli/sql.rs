@@ -14,10 +14,11 @@ use crate::query::Lake;
 /// Arguments of `tributary sql`.
 #[derive(Debug, clap::Args)]
 pub struct SqlArgs {
-    /// Lake root of `tributary sync`: its `<schema>/<table>` tables are registered as
+    /// Lake root of `tributary sync` (a folder or an object-store prefix, s3://bucket/lake):
+    /// its `<schema>/<table>` tables are registered as
     /// `schema.table`, `schema.table_history` and `schema.table_scd2`.
     #[arg(long)]
-    pub lake: Option<PathBuf>,
+    pub lake: Option<String>,
     /// A snapshot table config (repeatable): its tables are registered as `<name>`,
     /// `<name>_history` and `<name>_scd2`.
     #[arg(long = "config", value_name = "FILE")]
@@ -48,7 +49,14 @@ pub struct SqlArgs {
 /// [`Error::Usage`] without tables or statements, and for statements that cannot be planned
 /// (exit 2); those of [`Lake::open`] and [`Lake::run`].
 pub async fn execute(args: SqlArgs) -> Result<u8> {
-    let tables = named_tables(args.lake.as_deref(), &args.configs)?;
+    let tables = named_tables(
+        args.lake
+            .as_deref()
+            .map(crate::config::storage::LakeRoot::parse)
+            .transpose()?
+            .as_ref(),
+        &args.configs,
+    )?;
     let sql = match (&args.execute, &args.file) {
         (Some(sql), _) => sql.clone(),
         (None, Some(path)) if path.as_os_str() == "-" => read_stdin()?,

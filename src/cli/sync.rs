@@ -15,9 +15,10 @@ pub const EXIT_SOME_TABLES_FAILED: u8 = 5;
 pub struct SyncArgs {
     /// Landing root: one folder per <schema>/<table>.
     pub landing_root: PathBuf,
-    /// Lake root: tables go to <lake>/<schema>/<table>/{current,history,applied}.
+    /// Lake root, a folder or an object-store prefix (s3://bucket/lake): tables go to
+    /// <lake>/<schema>/<table>/{current,history,applied}.
     #[arg(long)]
-    pub lake: PathBuf,
+    pub lake: String,
     /// Tables file (default <landing_root>/tables.yaml); see `tributary tables`.
     #[arg(long)]
     pub tables: Option<PathBuf>,
@@ -105,7 +106,7 @@ pub async fn execute(args: SyncArgs) -> Result<u8> {
             .tables
             .unwrap_or_else(|| args.landing_root.join("tables.yaml")),
         landing: args.landing_root,
-        lake: args.lake,
+        lake: crate::config::storage::LakeRoot::parse(&args.lake)?,
         jobs: args.jobs,
         run_date,
         progress: !args.json,

@@ -8,13 +8,14 @@
 //! | section             | what it says                                      | used by           |
 //! |---------------------|---------------------------------------------------|-------------------|
 //! | [`TableSpec`]       | name, columns and key, hash algorithm             | every stage       |
-//! | [`LakeConfig`]      | the Delta tables' URLs, partitioning, compression | the sink          |
+//! | [`LakeConfig`]      | the Delta tables' URLs and storage options, partitioning, compression | the sink |
 //! | [`SourceOptions`]   | how text and Parquet files are read, bad rows     | the readers       |
 //! | [`SnapshotOptions`] | extract type, memory, spill, delete guard         | the snapshot diff |
 //!
 //! Validation is pure (Vector's `ValidatedSink` rule): it touches no file system and no network,
 //! and an invalid value is an [`Error::InvalidFieldValue`] naming its field.
 
+pub mod storage;
 pub mod table;
 pub mod tables;
 
@@ -252,6 +253,8 @@ pub struct LakeConfig {
     /// (`delta.enableChangeDataFeed`, see `sink::delta::change_feed`): set on tables that lack
     /// it. Unset, a table that has it (enabled by another engine) still gets its feed.
     pub change_data_feed: bool,
+    /// Options of the store the tables are in (`storage_options`; see `sink::storage`).
+    pub storage_options: storage::StorageOptions,
 }
 
 /// How input files are read: the source section (CSV dialect, NULL text, bad rows).
@@ -314,13 +317,15 @@ pub(crate) fn single_byte(field: &str, value: Option<&str>, default: u8) -> Resu
 /// Turns a config path (plain or `file://`, `s3://`, ...) into a table URL.
 ///
 /// # Errors
-/// [`Error::InvalidFieldValue`] naming `field` for an empty path or an unparsable URL.
+/// [`Error::InvalidFieldValue`] naming `field` for an empty path, an unparsable URL, a scheme
+/// no store answers to or an object-store URL without a bucket ([`storage::check_url`]).
 pub fn table_url(field: &str, text: &str, base: &Path) -> Result<Url> {
     if text.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
     if text.contains("://") {
         let url = Url::parse(text).map_err(|e| invalid(field, format!("not a URL: {e}")))?;
+        storage::check_url(field, &url)?;
         return Ok(url);
     }
     let path = base.join(text);
@@ -463,6 +468,7 @@ impl LakeConfig {
             compression,
             checkpoint_interval,
             change_data_feed: false,
+            storage_options: storage::StorageOptions::default(),
         })
     }
 }

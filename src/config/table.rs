@@ -80,6 +80,10 @@ pub struct ConfigFile {
     /// Where a change-log table records the input files it applied; default
     /// `<current_table_path>_applied`.
     pub applied_table_path: Option<String>,
+    /// Options of the object store the tables are in (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ALLOW_HTTP`, ...: the keys delta-rs takes), over the environment's; see
+    /// `sink::storage`. Default none.
+    pub storage_options: Option<super::storage::StorageOptions>,
     /// The columns in input order.
     pub columns: Vec<ColumnFile>,
 }
@@ -213,6 +217,10 @@ impl ConfigFile {
                 .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL),
         )?;
         lake.change_data_feed = self.change_data_feed.unwrap_or(false);
+        if let Some(options) = self.storage_options {
+            options.validate()?;
+            lake.storage_options = options;
+        }
         Ok(TableConfig {
             table: TableSpec {
                 name: self.name,

@@ -26,6 +26,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::storage::{LakeRoot, StorageOptions};
 use super::{
     invalid, single_byte, validate_columns, ColumnFile, Compression, LakeConfig, LakePaths,
     OnError, SourceOptions, TableSpec, DEFAULT_CHECKPOINT_INTERVAL,
@@ -36,6 +37,10 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TablesFile {
+    /// Options of the store the lake is in (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...: the keys
+    /// delta-rs takes), over the environment's, for every table; see `sink::storage`.
+    #[serde(default, skip_serializing_if = "StorageOptions::is_empty")]
+    pub storage_options: StorageOptions,
     #[serde(default)]
     /// One entry per landing-zone table.
     pub tables: Vec<TableEntry>,
@@ -191,7 +196,7 @@ impl TableEntry {
     /// # Errors
     /// [`Error::InvalidFieldValue`] naming the entry and the field, as `sync` reports it.
     pub fn check(&self) -> Result<()> {
-        self.changelog_table(0, Path::new("/"))
+        self.changelog_table(0, &LakeRoot::local(Path::new("/")))
             .map(drop)
             .map_err(|e| match e {
                 Error::InvalidFieldValue { field, constraint } => Error::InvalidFieldValue {
@@ -217,7 +222,7 @@ impl TableEntry {
     ///
     /// # Errors
     /// [`Error::InvalidFieldValue`] naming `tables[i]` and the field.
-    pub fn changelog_table(&self, index: usize, lake: &Path) -> Result<ChangelogTable> {
+    pub fn changelog_table(&self, index: usize, lake: &LakeRoot) -> Result<ChangelogTable> {
         let field = |name: &str| format!("tables[{index}] ({}).{name}", self.source);
         let parts: Vec<&str> = self.source.trim_matches('/').split('/').collect();
         if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || *p == "..") {
@@ -251,9 +256,9 @@ impl TableEntry {
                 ignore: false,
             })
             .collect();
-        let lake = std::path::absolute(lake)?;
-        let folder = lake.join(parts[0]).join(parts[1]);
-        let path = |name: &str| folder.join(name).to_string_lossy().into_owned();
+        let root = lake;
+        let path = |name: &str| root.table_path(parts[0], parts[1], name);
+        let base = root.folder().unwrap_or_default();
         let (current, history, rejects, applied, tombstones) = (
             path("current"),
             path("history"),
@@ -275,13 +280,15 @@ impl TableEntry {
                     applied: Some(&applied),
                     tombstones: Some(&tombstones),
                 },
-                &lake,
+                &base,
                 &columns,
                 self.partition_by.clone(),
                 self.compression.unwrap_or_default(),
                 DEFAULT_CHECKPOINT_INTERVAL,
             )?;
             lake.change_data_feed = self.change_data_feed.unwrap_or(false);
+            root.storage_options.validate()?;
+            lake.storage_options = root.storage_options.clone();
             Ok((columns, delimiter, lake))
         })();
         let (columns, delimiter, lake) = validated.map_err(|e| match e {
@@ -435,7 +442,9 @@ mod tests {
             "source: sales/orders\nactive: true\nprimary_key: [id]\npartition_by: [region]\n\
              columns:\n- {name: id, type: long}\n- {name: region, type: string}\n",
         );
-        let config = e.changelog_table(0, Path::new("/lake")).unwrap();
+        let config = e
+            .changelog_table(0, &LakeRoot::local(Path::new("/lake")))
+            .unwrap();
         assert_eq!(config.table.name, "sales.orders");
         assert_eq!(
             config.table.lake.current_url.as_str(),
@@ -454,7 +463,9 @@ mod tests {
         let e =
             entry("source: s/t\ncolumns:\n- {name: a, type: long}\n- {name: b, type: string}\n");
         assert!(e.insert_only());
-        let config = e.changelog_table(0, Path::new("/lake")).unwrap();
+        let config = e
+            .changelog_table(0, &LakeRoot::local(Path::new("/lake")))
+            .unwrap();
         assert_eq!(config.table.key_indices(), vec![0, 1]);
     }
 
@@ -477,7 +488,7 @@ mod tests {
         ];
         for (yaml, field) in cases {
             let err = entry(yaml)
-                .changelog_table(3, Path::new("/lake"))
+                .changelog_table(3, &LakeRoot::local(Path::new("/lake")))
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -493,6 +504,7 @@ mod tests {
         let path = dir.path().join("tables.yaml");
         assert!(TablesFile::load(&path).unwrap().tables.is_empty());
         let file = TablesFile {
+            storage_options: StorageOptions::new([("AWS_REGION".into(), "eu-west-1".into())]),
             tables: vec![TableEntry::discovered(
                 "hr/people".into(),
                 Vec::new(),
@@ -501,6 +513,7 @@ mod tests {
         };
         file.save(&path).unwrap();
         let back = TablesFile::load(&path).unwrap();
+        assert_eq!(back.storage_options, file.storage_options);
         assert_eq!(back.tables.len(), 1);
         assert!(!back.tables[0].active);
         assert!(back.find("hr/people").is_some());

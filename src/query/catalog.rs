@@ -5,6 +5,7 @@ use std::path::Path;
 
 use url::Url;
 
+use crate::config::storage::LakeRoot;
 use crate::config::{table_url, Compression, TableConfig};
 use crate::error::{Error, Result};
 use crate::sink::TableRole;
@@ -41,13 +42,55 @@ impl LakeTable {
     }
 }
 
-/// The tables of a lake root written by `tributary sync`: every `<schema>/<table>/` folder with a
-/// `current/_delta_log` (and `history/`), sorted by name.
+/// The tables of a lake root written by `tributary sync` or `capture` (a local folder or an
+/// object-store prefix): every `<schema>/<table>/` with a `current/_delta_log` (and
+/// `history/`), sorted by name.
 ///
 /// # Errors
-/// [`Error::Usage`] when the root cannot be read or holds no table.
-pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
-    let root = &std::path::absolute(root)?;
+/// [`Error::Usage`] when the root cannot be listed or holds no table.
+pub fn lake_tables(root: &LakeRoot) -> Result<Vec<LakeTable>> {
+    crate::sink::storage::register(&root.url, &root.storage_options);
+    let found = match root.folder() {
+        Some(folder) => local_tables(&folder)?,
+        None => store_tables(root)?,
+    };
+    let mut tables = Vec::new();
+    for (schema, table) in found {
+        let url = |role: &str| {
+            table_url(
+                "--lake",
+                &root.table_path(&schema, &table, role),
+                Path::new("/"),
+            )
+        };
+        tables.push(LakeTable {
+            schema: Some(schema.to_lowercase()),
+            name: table.to_lowercase(),
+            current: url("current")?,
+            history: url("history")?,
+            followers: vec![
+                (TableRole::Rejects, url("rejects")?),
+                (TableRole::Applied, url("applied")?),
+                (TableRole::Tombstones, url("tombstones")?),
+            ],
+            compression: Compression::default(),
+            app_id: format!(
+                "tributary:{}",
+                crate::config::tables::table_name(&format!("{schema}/{table}"))
+            ),
+        });
+    }
+    if tables.is_empty() {
+        return Err(Error::Usage(format!(
+            "lake {root}: no <schema>/<table>/current Delta table in it (a sync lake root; for \
+             snapshot tables pass --config FILE)"
+        )));
+    }
+    Ok(tables)
+}
+
+/// The `(schema, table)` folder names of a local lake root that hold a current table, sorted.
+fn local_tables(root: &Path) -> Result<Vec<(String, String)>> {
     let list = |dir: &Path| -> Result<Vec<std::path::PathBuf>> {
         let entries = std::fs::read_dir(dir)
             .map_err(|e| Error::Usage(format!("lake {}: cannot list it: {e}", dir.display())))?;
@@ -58,51 +101,72 @@ pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
         out.sort();
         Ok(out)
     };
-    let mut tables = Vec::new();
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut found = Vec::new();
     for schema in list(root)? {
         for table in list(&schema)? {
-            if !table.join("current/_delta_log").is_dir() {
-                continue;
+            if table.join("current/_delta_log").is_dir() {
+                found.push((name(&schema), name(&table)));
             }
-            let name = |p: &Path| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .to_lowercase()
-            };
-            tables.push(LakeTable {
-                schema: Some(name(&schema)),
-                name: name(&table),
-                current: table_url("--lake", "current", &table)?,
-                history: table_url("--lake", "history", &table)?,
-                followers: vec![
-                    (TableRole::Rejects, table_url("--lake", "rejects", &table)?),
-                    (TableRole::Applied, table_url("--lake", "applied", &table)?),
-                    (
-                        TableRole::Tombstones,
-                        table_url("--lake", "tombstones", &table)?,
-                    ),
-                ],
-                compression: Compression::default(),
-                app_id: format!(
-                    "tributary:{}",
-                    crate::config::tables::table_name(&format!(
-                        "{}/{}",
-                        schema.file_name().unwrap_or_default().to_string_lossy(),
-                        table.file_name().unwrap_or_default().to_string_lossy()
-                    ))
-                ),
-            });
         }
     }
-    if tables.is_empty() {
-        return Err(Error::Usage(format!(
-            "lake {}: no <schema>/<table>/current Delta table in it (a sync lake root; for \
-             snapshot tables pass --config FILE)",
-            root.display()
-        )));
-    }
-    Ok(tables)
+    Ok(found)
+}
+
+/// The `(schema, table)` prefixes of an object-store lake root that hold a current table's
+/// log, sorted: listed with `/` as the delimiter (two levels, then one probe per table).
+fn store_tables(root: &LakeRoot) -> Result<Vec<(String, String)>> {
+    use deltalake::logstore::object_store::{path::Path as Key, ObjectStore};
+    let usage =
+        |e: &dyn std::fmt::Display| Error::Usage(format!("lake {root}: cannot list it: {e}"));
+    let mut bucket = root.url.clone();
+    bucket.set_path("/");
+    let store = deltalake::logstore::store_for(&bucket, root.storage_options.to_map())
+        .map_err(|e| usage(&e))?;
+    let prefix = Key::from_url_path(root.url.path()).map_err(|e| usage(&e))?;
+    let handle = tokio::runtime::Handle::try_current().map_err(|e| usage(&e))?;
+    let listed = tokio::task::block_in_place(|| {
+        handle.block_on(async {
+            let folders = |at: Key| {
+                let store = store.clone();
+                async move {
+                    let mut names: Vec<String> = store
+                        .list_with_delimiter(Some(&at))
+                        .await?
+                        .common_prefixes
+                        .iter()
+                        .filter_map(|p| p.filename().map(str::to_string))
+                        .collect();
+                    names.sort();
+                    Ok::<_, deltalake::ObjectStoreError>(names)
+                }
+            };
+            let mut found = Vec::new();
+            for schema in folders(prefix.clone()).await? {
+                let at = prefix.clone().join(schema.as_str());
+                for table in folders(at.clone()).await? {
+                    let log = at
+                        .clone()
+                        .join(table.as_str())
+                        .join("current")
+                        .join("_delta_log");
+                    let entries = store.list_with_delimiter(Some(&log)).await?;
+                    if !entries.objects.is_empty() {
+                        found.push((schema.clone(), table));
+                    }
+                }
+            }
+            Ok::<_, deltalake::ObjectStoreError>(found)
+        })
+    });
+    listed.map_err(|e| {
+        crate::sink::storage::explain("lake", &root.url, &e).unwrap_or_else(|| usage(&e))
+    })
 }
 
 /// The tables of a `sync`/`capture` lake root (`--lake`) and of snapshot configs (`--config`),
@@ -110,7 +174,10 @@ pub fn lake_tables(root: &Path) -> Result<Vec<LakeTable>> {
 ///
 /// # Errors
 /// [`Error::Usage`] for neither; those of [`lake_tables`] and [`config_table`].
-pub fn named_tables(lake: Option<&Path>, configs: &[std::path::PathBuf]) -> Result<Vec<LakeTable>> {
+pub fn named_tables(
+    lake: Option<&LakeRoot>,
+    configs: &[std::path::PathBuf],
+) -> Result<Vec<LakeTable>> {
     let mut tables = Vec::new();
     if let Some(root) = lake {
         tables.extend(lake_tables(root)?);
@@ -134,6 +201,7 @@ pub fn named_tables(lake: Option<&Path>, configs: &[std::path::PathBuf]) -> Resu
 /// Those of [`TableConfig::load`].
 pub fn config_table(path: &Path) -> Result<LakeTable> {
     let config = TableConfig::load(path)?;
+    crate::sink::storage::register_lake(&config.table.lake);
     Ok(LakeTable {
         schema: None,
         name: config.table.name.to_lowercase(),

@@ -176,7 +176,7 @@ fn open_at(url: &url::Url, call: &str, version: i64) -> DfResult<deltalake::Delt
 
 /// The latest version of the table at `url`.
 fn open_latest(url: &url::Url, call: &str) -> DfResult<deltalake::DeltaTable> {
-    block_on(deltalake::open_table(url.clone()))?.map_err(|e| delta_err(call, e))
+    block_on(crate::sink::storage::open(url))?.map_err(|e| delta_err(call, e))
 }
 
 /// `latest` (a table at its latest version) as of `version`; a version past it is a planning
@@ -266,7 +266,7 @@ fn time_travel(
                 "{function}: `{value}` is not a time (YYYY-MM-DD HH:MM:SS, UTC, or RFC 3339)"
             ))
         })?;
-        let table = block_on(deltalake::open_table_with_ds(url.clone(), at.to_rfc3339()))?
+        let table = block_on(crate::sink::storage::open_as_of(url, &at.to_rfc3339()))?
             .map_err(|e| delta_err(&call, e))?;
         // delta-rs loads the first version for a time before it: no table existed then.
         let first = table
@@ -323,7 +323,7 @@ fn as_of(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dyn Tabl
     let url = table.history.clone();
     let inner = context();
     let frame = block_on(async move {
-        let history = deltalake::open_table(url).await?;
+        let history = crate::sink::storage::open(&url).await?;
         history.update_datafusion_session(&inner.state())?;
         let provider = history.table_provider().await?;
         let schema = provider.schema();
@@ -602,7 +602,7 @@ pub fn runs(tables: &[LakeTable], args: TableFunctionArgs) -> DfResult<Arc<dyn T
     let (table, _) = find(tables, "runs", &values[0])?;
     let url = table.history.clone();
     let batch = block_on(async move {
-        let history = deltalake::open_table(url).await?;
+        let history = crate::sink::storage::open(&url).await?;
         runs_batch(&history).await
     })?
     .map_err(|e| crate_err(&format!("runs('{}')", values[0]), e))?;

@@ -55,14 +55,12 @@ pub(crate) fn context() -> SessionContext {
 /// # Errors
 /// [`Error::Usage`] naming the table when there is none at `url`; Delta errors.
 pub(crate) async fn open(url: &Url, what: &str) -> Result<DeltaTable> {
-    deltalake::open_table(url.clone())
-        .await
-        .map_err(|e| match e {
-            deltalake::DeltaTableError::NotATable(_) => Error::Usage(format!(
-                "{what}: no Delta table at {url} (has a run created it yet?)"
-            )),
-            other => Error::Delta(other),
-        })
+    crate::sink::storage::open(url).await.map_err(|e| match e {
+        deltalake::DeltaTableError::NotATable(_) => Error::Usage(format!(
+            "{what}: no Delta table at {url} (has a run created it yet?)"
+        )),
+        other => Error::Delta(other),
+    })
 }
 
 /// `name` as a SQL identifier (double-quoted, `"` doubled).

@@ -7,6 +7,7 @@
 //! follower tables it writes, the cleanup of its files on any error, and its commit.
 
 pub mod delta;
+pub mod storage;
 
 use std::future::Future;
 

@@ -140,7 +140,9 @@ fn table(lake: &Path, soft: bool) -> Arc<CaptureTable> {
         ignore: false,
     })
     .collect();
-    let mut config = entry.changelog_table(0, lake).unwrap();
+    let mut config = entry
+        .changelog_table(0, &tributary::config::storage::LakeRoot::local(lake))
+        .unwrap();
     config.history_every_change = true;
     let types = [
         ColumnType::Int,

@@ -272,7 +272,7 @@ pub async fn assert_feed_replays(path: &Path, from: i64) -> usize {
     feed_rows
 }
 
-fn batch_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, String>> {
+pub fn batch_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, String>> {
     let schema = batch.schema();
     (0..batch.num_rows())
         .map(|i| {

@@ -218,7 +218,7 @@ pub(crate) const ORDERS: &str = "tables:
 
 /// A DMS landing zone: a full load, then `changes` change files of inserts, updates (some of
 /// the partition column) and deletes. Returns (relative path, contents) in delivery order.
-fn dms_files(changes: usize) -> Vec<(String, String)> {
+pub(crate) fn dms_files(changes: usize) -> Vec<(String, String)> {
     let regions = ["east", "west"];
     let mut files = vec![(
         "sales/orders/LOAD00000001.csv".to_string(),
@@ -240,7 +240,7 @@ fn dms_files(changes: usize) -> Vec<(String, String)> {
 }
 
 /// Writes `rel` under `root` with modification time `secs` (the applied table records it).
-fn deliver(root: &Path, rel: &str, text: &str, secs: u64) {
+pub(crate) fn deliver(root: &Path, rel: &str, text: &str, secs: u64) {
     let path = root.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, text).unwrap();

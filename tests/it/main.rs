@@ -12,6 +12,7 @@ mod golden;
 mod hostile_input;
 mod maintain;
 mod model;
+mod object_store;
 mod readers;
 #[cfg(unix)]
 mod shared;

@@ -55,7 +55,7 @@ impl Landing {
     fn options(&self) -> SyncOptions {
         SyncOptions {
             landing: self.root(),
-            lake: self.lake(),
+            lake: tributary::config::storage::LakeRoot::local(&self.lake()),
             tables_file: self.root().join("tables.yaml"),
             jobs: 2,
             run_date: NaiveDate::from_ymd_opt(2024, 3, 9).unwrap(),

@@ -122,9 +122,10 @@ fn change_logs_match_the_reference_model() {
                 ),
             )
             .unwrap();
+            let lake = dir.path().join("lake");
             let options = SyncOptions {
                 landing: landing.clone(),
-                lake: dir.path().join("lake"),
+                lake: tributary::config::storage::LakeRoot::local(&lake),
                 tables_file: landing.join("tables.yaml"),
                 jobs: 1,
                 run_date: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
@@ -139,12 +140,12 @@ fn change_logs_match_the_reference_model() {
                 let summary = runtime.block_on(sync(&options)).unwrap();
                 prop_assert_eq!(summary.failed, 0, "{:?}", summary);
                 let (want, want_history) = model(&runs[..=r], soft);
-                let (got, got_history) = runtime.block_on(lake_state(&options.lake));
+                let (got, got_history) = runtime.block_on(lake_state(&lake));
                 prop_assert_eq!(&got, &want, "after run {}", r);
                 prop_assert_eq!(got_history, want_history, "history rows after run {}", r);
             }
             // the current table's change data feed replays its versions, one by one
-            let current = options.lake.join("m/t/current");
+            let current = lake.join("m/t/current");
             runtime.block_on(crate::common::assert_feed_replays(&current, 1));
             Ok(())
         })

@@ -164,9 +164,11 @@ fn history_add(add: &Add, path: String, value: &str) -> Result<Add> {
 const COPY_PARTS_IN_FLIGHT: usize = 4;
 
 /// Gives the data file `from` of table `source` the second name `to` in table `target` (paths
-/// relative to each table's root). Tables on the local file system are linked by the store's
-/// copy (a hard link: no bytes written). Otherwise, or when the link fails (the tables are on
-/// different file systems), the bytes are streamed from one store into the other, at most
+/// relative to each table's root). Tables in one namespace of one store
+/// ([`crate::sink::storage::same_store`]) use the store's own copy: a hard link on the local
+/// file system (no bytes written), a server-side copy in a bucket (S3 `CopyObject`, no bytes
+/// through this process). Otherwise, or when that fails (the tables are on different file
+/// systems), the bytes are streamed from one store into the other, at most
 /// [`COPY_PARTS_IN_FLIGHT`] parts buffered.
 ///
 /// # Errors
@@ -178,14 +180,14 @@ pub async fn copy_file(
     to: &str,
 ) -> Result<()> {
     let (source_url, target_url) = (source.table_url(), target.table_url());
-    // Only `file` URLs name one namespace whatever the store instance: two `memory` tables
-    // are two stores, and a bucket may be a host or a path segment.
-    if source_url.scheme() == "file" && target_url.scheme() == "file" {
+    if crate::sink::storage::same_store(source_url, target_url) {
         let store = source.log_store().root_object_store(None);
         let (root_from, root_to) = (in_store(source_url, from)?, in_store(target_url, to)?);
         match store.copy(&root_from, &root_to).await {
             Ok(()) => return Ok(()),
-            Err(e) => tracing::debug!(%root_from, %root_to, "link failed, copying bytes: {e}"),
+            Err(e) => {
+                tracing::debug!(%root_from, %root_to, "store copy failed, copying bytes: {e}")
+            }
         }
     }
     let mut bytes = source

@@ -54,6 +54,7 @@ pub async fn open_or_create(
     role: TableRole,
     mut create: Option<&mut CreatedTables>,
 ) -> Result<Option<DeltaTable>> {
+    crate::sink::storage::register_lake(&config.lake);
     let feed =
         config.lake.change_data_feed && matches!(role, TableRole::Current | TableRole::History);
     let role = role.as_str();
@@ -100,8 +101,9 @@ pub async fn open_or_create(
             // No retries: delta-rs would otherwise resolve a race with another creator by
             // committing a second CREATE TABLE on top of the first.
             let once = CommitProperties::default().with_max_retries(0);
-            let made = DeltaTable::try_from_url(url.clone())
-                .await?
+            let made = crate::sink::storage::at(url)
+                .await
+                .map_err(|e| store_err(role, url, e))?
                 .create()
                 .with_table_name(format!("{}_{role}", config.name))
                 .with_columns(fields.fields().cloned())
@@ -118,11 +120,11 @@ pub async fn open_or_create(
                         tracing::info!(table = role, %url, "another process created the table first; using it");
                         table
                     }
-                    Err(_) => return Err(e.into()),
+                    Err(_) => return Err(store_err(role, url, e)),
                 },
             }
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(store_err(role, url, e)),
     };
     check(&table, config, &schema, role)?;
     let found = table.snapshot()?.metadata().partition_columns().to_vec();
@@ -158,8 +160,15 @@ pub async fn stored_table(url: &Url) -> crate::error::Result<Option<DeltaTable>>
     match open_table(url).await {
         Ok(table) => Ok(Some(table)),
         Err(DeltaTableError::NotATable(_)) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(store_err("table", url, e)),
     }
+}
+
+/// A failure to reach the table `role` at `url`: explained in the user's terms where the
+/// store says why ([`crate::sink::storage::explain`]: no bucket, access denied, no
+/// credentials), the delta-rs error otherwise.
+fn store_err(role: &str, url: &Url, err: DeltaTableError) -> Error {
+    crate::sink::storage::explain(role, url, &err).unwrap_or_else(|| err.into())
 }
 
 /// Adds to the Delta table at `url` the payload columns of `schema` (a current or history
@@ -277,7 +286,7 @@ const OPEN_ATTEMPTS: u32 = 5;
 async fn open_table(url: &Url) -> std::result::Result<DeltaTable, DeltaTableError> {
     let mut attempt = 1;
     loop {
-        match deltalake::open_table(url.clone()).await {
+        match crate::sink::storage::open(url).await {
             Err(DeltaTableError::NotATable(m)) => return Err(DeltaTableError::NotATable(m)),
             Err(e) if attempt < OPEN_ATTEMPTS => {
                 tracing::debug!(%url, attempt, "cannot read the table's log yet: {e}");

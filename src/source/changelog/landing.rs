@@ -880,7 +880,12 @@ mod tests {
             "source: sales/orders\nprimary_key: [id]\ncolumns:\n- {name: id, type: long}\n- {name: v, type: string}\n",
         )
         .unwrap();
-        let config = entry.changelog_table(0, &dir.path().join("lake")).unwrap();
+        let config = entry
+            .changelog_table(
+                0,
+                &crate::config::storage::LakeRoot::local(&dir.path().join("lake")),
+            )
+            .unwrap();
         let mut zone = LandingZone::open(&folder, &config, 0, ProgressBar::hidden()).unwrap();
         let pending = zone.plan(&Committed::default()).unwrap();
         assert!(pending.reload);
@@ -935,7 +940,12 @@ mod tests {
             "source: s/t\nprimary_key: [id]\ncolumns:\n- {name: id, type: long}\n",
         )
         .unwrap();
-        let config = entry.changelog_table(0, &dir.path().join("lake")).unwrap();
+        let config = entry
+            .changelog_table(
+                0,
+                &crate::config::storage::LakeRoot::local(&dir.path().join("lake")),
+            )
+            .unwrap();
         let mut zone = LandingZone::open(&folder, &config, 0, ProgressBar::hidden()).unwrap();
         zone.plan(&Committed::default()).unwrap();
         let err = zone

@@ -8,6 +8,7 @@
 pub(crate) mod csv;
 pub(crate) mod files;
 pub(crate) mod parquet;
+pub mod remote;
 pub(crate) mod strict;
 
 use std::time::Duration;

@@ -593,7 +593,10 @@ mod tests {
             })
             .collect();
         let config = entry
-            .changelog_table(0, std::path::Path::new("/tmp/lake"))
+            .changelog_table(
+                0,
+                &crate::config::storage::LakeRoot::local(std::path::Path::new("/tmp/lake")),
+            )
             .unwrap();
         let types = [ColumnType::Long, ColumnType::String, ColumnType::String]
             .map(|lake| PgType {
