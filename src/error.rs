@@ -188,6 +188,75 @@ impl Error {
     }
 }
 
+/// Explains an object-store failure of the table `role` at `url` in the user's terms, when the
+/// error says the bucket does not exist, access is denied or no credentials were found; None
+/// for other errors (reported as they are). The explanation names the bucket and path, never
+/// a credential.
+pub fn explain_store_error(
+    role: &str,
+    url: &url::Url,
+    err: &(dyn std::error::Error + 'static),
+) -> Option<Error> {
+    let mut text = String::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        text.push_str(&e.to_string());
+        text.push('\n');
+        next = e.source();
+    }
+    // Azure's `abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/`: the container is the user
+    let bucket = match url.username() {
+        "" => url.host_str().unwrap_or_default(),
+        container => container,
+    };
+    let reason = if text.contains("NoSuchBucket")
+        || text.contains("bucket does not exist")
+        || text.contains("ContainerNotFound")
+        || text.contains("container does not exist")
+    {
+        format!("the bucket `{bucket}` does not exist (or is not in the configured region and endpoint)")
+    } else if text.contains("403 Forbidden")
+        || text.contains("AccessDenied")
+        || text.contains("InvalidAccessKeyId")
+        || text.contains("SignatureDoesNotMatch")
+    {
+        format!(
+            "access denied to {url}: the store refused the request (check that credentials \
+             are set, in the environment ({}) or the config's `storage_options`, that the \
+             region is right, and that they may read and write `{bucket}`)",
+            credential_variables(url)
+        )
+    } else if text.contains("credential")
+        && (text.contains("not load")
+            || text.contains("no providers")
+            || text.contains("Missing")
+            || text.contains("provider"))
+    {
+        format!(
+            "no credentials for {url}: set them in the environment ({}) or in the config's \
+             `storage_options`",
+            credential_variables(url)
+        )
+    } else {
+        return None;
+    };
+    Some(Error::Lake {
+        table: role.to_string(),
+        reason,
+    })
+}
+
+/// The environment variables that hold credentials for the store of `url`.
+fn credential_variables(url: &url::Url) -> &'static str {
+    match url.scheme() {
+        "gs" => "GOOGLE_SERVICE_ACCOUNT, GOOGLE_APPLICATION_CREDENTIALS, ...",
+        "az" | "abfs" | "abfss" | "azure" | "adl" => {
+            "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_KEY, ..."
+        }
+        _ => "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

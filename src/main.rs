@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tributary::cli::{
-    self, capture, check, demo, generate, maintain, run, sql, sync, tables, validate,
+    self, capture, check, demo, generate, maintain, register, run, sql, sync, tables, validate,
 };
 use tributary::Result;
 
@@ -32,6 +32,8 @@ fn threads(text: &str) -> std::result::Result<usize, String> {
 #[derive(Subcommand)]
 enum Command {
     /// Diff an extract against the current table and commit current + history for one business date.
+    ///
+    /// Exit code 6 when the run committed but the config's catalog registration failed.
     Run(run::RunArgs),
     /// Generate a two-day synthetic CDC dataset (the seed generator's arguments).
     Generate(generate::GenerateArgs),
@@ -45,7 +47,8 @@ enum Command {
     /// Load change files (AWS DMS CSV or Parquet, Debezium JSON or Avro) from a landing zone into
     /// lake tables.
     ///
-    /// Exit code 5 when some tables failed (the others are still applied).
+    /// Exit code 5 when some tables failed (the others are still applied); 6 when every table
+    /// synced but a catalog registration failed.
     Sync(sync::SyncArgs),
     /// Capture a PostgreSQL database from its WAL (logical replication, pgoutput): an initial
     /// copy of each published table, then every committed change, exactly once, with the
@@ -66,6 +69,11 @@ enum Command {
     /// List the landing zone's tables and whether they are active; adds new folders to the
     /// tables file as inactive entries and (de)activates tables.
     Tables(tables::TablesArgs),
+    /// Register tables in their catalog (AWS Glue) now, as each run does after it commits: a
+    /// snapshot config's (--config) or a lake's active tables (--lake with --tables).
+    ///
+    /// Exit code 6 when a registration failed.
+    Register(register::RegisterArgs),
 }
 
 async fn execute(command: Command) -> Result<u8> {
@@ -81,6 +89,7 @@ async fn execute(command: Command) -> Result<u8> {
         Command::Optimize(args) => maintain::optimize(args).await,
         Command::Vacuum(args) => maintain::vacuum(args).await,
         Command::Tables(args) => tables::execute(args).await,
+        Command::Register(args) => register::execute(args).await,
     }
 }
 

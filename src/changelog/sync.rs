@@ -79,6 +79,10 @@ pub struct TableSync {
     #[serde(skip_serializing_if = "Option::is_none")]
     /// The error that failed the table.
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The catalog registration after the run (the tables file's `catalog`); its error does
+    /// not fail the table, whose run stays committed.
+    pub catalog: Option<crate::sink::catalog::Registered>,
 }
 
 /// What one `sync` pass did.
@@ -92,6 +96,8 @@ pub struct SyncSummary {
     pub missing: Vec<String>,
     /// Tables that failed (their error is in their entry).
     pub failed: usize,
+    /// Tables synced whose catalog registration failed (the error is in their entry).
+    pub catalog_failed: usize,
     /// Wall time of the pass, seconds.
     pub elapsed_secs: f64,
 }
@@ -145,6 +151,7 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
         shared.lake = shared.lake.with_options(tables.storage_options.clone());
     }
     let shared = Arc::new(shared);
+    let catalog = tables.catalog.clone();
     let mut results: Vec<TableSync> = futures::stream::iter(runnable)
         .map(|(index, entry)| {
             let bar = bars.add(ProgressBar::new_spinner());
@@ -152,12 +159,23 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
             bar.set_prefix(entry.name());
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
             let options = shared.clone();
+            let catalog = catalog.clone();
             async move {
                 // Each table on its own task: the CPU-bound steps of one table do not hold up
                 // the others.
                 let task = {
                     let (entry, bar) = (entry.clone(), bar.clone());
-                    tokio::spawn(async move { sync_table(&options, index, &entry, &bar).await })
+                    tokio::spawn(async move {
+                        let mut done = sync_table(&options, index, &entry, &bar).await?;
+                        if let Some(catalog) = &catalog {
+                            bar.set_message("registering in the catalog");
+                            let spec = entry.changelog_table(index, &options.lake)?.table;
+                            done.catalog = Some(
+                                crate::sink::catalog::register_or_report(catalog, &spec).await,
+                            );
+                        }
+                        Ok(done)
+                    })
                 };
                 let outcome = task
                     .await
@@ -175,6 +193,7 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
                         read_secs: 0.0,
                         apply: None,
                         error: Some(e.to_string()),
+                        catalog: None,
                     },
                 };
                 bar.finish_with_message(format!("{}: {}", result.status, result.message));
@@ -195,6 +214,10 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
     results.sort_by(|a, b| a.table.cmp(&b.table));
     Ok(SyncSummary {
         failed: results.iter().filter(|r| r.status == "failed").count(),
+        catalog_failed: results
+            .iter()
+            .filter(|r| r.catalog.as_ref().is_some_and(|c| c.error.is_some()))
+            .count(),
         tables: results,
         inactive,
         missing,
@@ -336,6 +359,7 @@ async fn sync_table(
         read_secs: done.read_secs,
         apply: None,
         error: None,
+        catalog: None,
     };
     let Some(summary) = done.applied else {
         return Ok(result);

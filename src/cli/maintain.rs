@@ -17,6 +17,10 @@ pub struct TablesArgs {
     /// of its `<schema>/<table>` tables.
     #[arg(long)]
     pub lake: Option<String>,
+    /// The tables file of --lake, whose `storage_options` reach an object-store lake (default:
+    /// the environment's settings).
+    #[arg(long, requires = "lake", value_name = "FILE")]
+    pub tables: Option<PathBuf>,
     /// A snapshot table config (repeatable): the tables it names.
     #[arg(long = "config", value_name = "FILE")]
     pub configs: Vec<PathBuf>,
@@ -63,11 +67,7 @@ pub struct VacuumArgs {
 /// The tables `args` names, in order.
 fn tables(args: &TablesArgs) -> Result<Vec<LakeTable>> {
     let mut tables = named_tables(
-        args.lake
-            .as_deref()
-            .map(crate::config::storage::LakeRoot::parse)
-            .transpose()?
-            .as_ref(),
+        super::lake_root(args.lake.as_deref(), args.tables.as_deref())?.as_ref(),
         &args.configs,
     )?;
     for name in &args.only {

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod logs;
 pub mod maintain;
 pub mod panics;
+pub mod register;
 pub mod repl;
 pub mod run;
 pub mod sql;
@@ -29,6 +30,29 @@ use crate::error::{Error, Result};
 pub fn parse_date(what: &str, text: &str) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .map_err(|e| Error::Usage(format!("{what} `{text}` is not a YYYY-MM-DD date: {e}")))
+}
+
+/// The lake root of `--lake` (None without it), with the `storage_options` of the tables file
+/// `tables` when one is given.
+///
+/// # Errors
+/// Those of [`LakeRoot::parse`](crate::config::storage::LakeRoot::parse) and of loading the
+/// tables file.
+pub fn lake_root(
+    lake: Option<&str>,
+    tables: Option<&std::path::Path>,
+) -> Result<Option<crate::config::storage::LakeRoot>> {
+    let Some(lake) = lake else {
+        return Ok(None);
+    };
+    let root = crate::config::storage::LakeRoot::parse(lake)?;
+    Ok(Some(match tables {
+        Some(path) => {
+            let file = crate::config::tables::TablesFile::load(path)?;
+            root.with_options(file.storage_options)
+        }
+        None => root,
+    }))
 }
 
 /// Prints a summary as pretty JSON on stdout.

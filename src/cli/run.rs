@@ -79,8 +79,9 @@ pub async fn stage_incoming(
     let url = url::Url::parse(text)
         .map_err(|e| crate::error::Error::Usage(format!("INCOMING {text}: not a URL: {e}")))?;
     let options = config.table.lake.storage_options.to_map();
-    std::fs::create_dir_all(&config.snapshot.spill_dir)?;
-    let staged = remote::stage(&url, &options, &config.snapshot.spill_dir).await?;
+    // a spill folder of the run: a later run removes it if this one is killed
+    let owned = crate::snapshot::spill::owned_folder(&config.snapshot.spill_dir)?;
+    let staged = remote::stage(&url, &options, owned).await?;
     tracing::info!(
         objects = staged.objects,
         bytes = staged.bytes,
@@ -105,11 +106,35 @@ pub async fn execute(args: RunArgs) -> Result<u8> {
     let incoming = staged
         .as_ref()
         .map_or(args.incoming.as_path(), |s| s.path.as_path());
-    let summary = run(&config, incoming, date, options).await?;
+    let summary = run(&config, incoming, date, options)
+        .await
+        .map_err(|e| match &staged {
+            Some(staged) => staged.rename(e),
+            None => e,
+        })?;
+    let catalog = match &config.table.lake.catalog {
+        Some(catalog) => {
+            Some(crate::sink::catalog::register_or_report(catalog, &config.table).await)
+        }
+        None => None,
+    };
     if args.json {
-        print_json(&summary)?;
+        let mut value = serde_json::to_value(&summary)?;
+        if let Some(catalog) = &catalog {
+            value["catalog"] = serde_json::to_value(catalog)?;
+        }
+        print_json(&value)?;
     } else {
         println!("{summary}");
+        if let Some(done) = catalog.as_ref().filter(|c| c.error.is_none()) {
+            println!("catalog: registered {}", done.tables.join(", "));
+        }
+    }
+    if let Some(error) = catalog.and_then(|c| c.error) {
+        eprintln!(
+            "warning: the run is committed, but {error}; the next run registers the tables again"
+        );
+        return Ok(crate::sink::catalog::EXIT_CATALOG_FAILED);
     }
     Ok(0)
 }

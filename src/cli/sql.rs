@@ -19,6 +19,10 @@ pub struct SqlArgs {
     /// `schema.table`, `schema.table_history` and `schema.table_scd2`.
     #[arg(long)]
     pub lake: Option<String>,
+    /// The tables file of --lake, whose `storage_options` reach an object-store lake (default:
+    /// the environment's settings).
+    #[arg(long, requires = "lake", value_name = "FILE")]
+    pub tables: Option<PathBuf>,
     /// A snapshot table config (repeatable): its tables are registered as `<name>`,
     /// `<name>_history` and `<name>_scd2`.
     #[arg(long = "config", value_name = "FILE")]
@@ -50,11 +54,7 @@ pub struct SqlArgs {
 /// (exit 2); those of [`Lake::open`] and [`Lake::run`].
 pub async fn execute(args: SqlArgs) -> Result<u8> {
     let tables = named_tables(
-        args.lake
-            .as_deref()
-            .map(crate::config::storage::LakeRoot::parse)
-            .transpose()?
-            .as_ref(),
+        super::lake_root(args.lake.as_deref(), args.tables.as_deref())?.as_ref(),
         &args.configs,
     )?;
     let sql = match (&args.execute, &args.file) {

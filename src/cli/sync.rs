@@ -68,6 +68,9 @@ pub fn parse_interval(text: &str) -> Result<std::time::Duration> {
 fn print_sync(summary: &SyncSummary) {
     for t in &summary.tables {
         println!("{:<32} {:<10} {}", t.table, t.status, t.message);
+        if let Some(error) = t.catalog.as_ref().and_then(|c| c.error.as_ref()) {
+            println!("{:<32} {:<10} {error}", "", "catalog");
+        }
     }
     if !summary.inactive.is_empty() {
         println!(
@@ -122,6 +125,8 @@ pub async fn execute(args: SyncArgs) -> Result<u8> {
             }
             return Ok(if summary.failed > 0 {
                 EXIT_SOME_TABLES_FAILED
+            } else if summary.catalog_failed > 0 {
+                crate::sink::catalog::EXIT_CATALOG_FAILED
             } else {
                 0
             });

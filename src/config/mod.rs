@@ -12,9 +12,12 @@
 //! | [`SourceOptions`]   | how text and Parquet files are read, bad rows     | the readers       |
 //! | [`SnapshotOptions`] | extract type, memory, spill, delete guard         | the snapshot diff |
 //!
-//! Validation is pure (Vector's `ValidatedSink` rule): it touches no file system and no network,
+//! Validation is pure (Vector's `ValidatedSink` rule): it touches no file system and no network
+//! (its one side effect: the tables' `storage_options` are recorded by URL for the process,
+//! [`storage::register`], so that every later open of them takes them),
 //! and an invalid value is an [`Error::InvalidFieldValue`] naming its field.
 
+pub mod catalog;
 pub mod storage;
 pub mod table;
 pub mod tables;
@@ -255,6 +258,9 @@ pub struct LakeConfig {
     pub change_data_feed: bool,
     /// Options of the store the tables are in (`storage_options`; see `sink::storage`).
     pub storage_options: storage::StorageOptions,
+    /// The catalog the tables are registered in after each run (`catalog`; see
+    /// `sink::catalog`).
+    pub catalog: Option<catalog::CatalogConfig>,
 }
 
 /// How input files are read: the source section (CSV dialect, NULL text, bad rows).
@@ -469,6 +475,7 @@ impl LakeConfig {
             checkpoint_interval,
             change_data_feed: false,
             storage_options: storage::StorageOptions::default(),
+            catalog: None,
         })
     }
 }

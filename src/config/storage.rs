@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -85,6 +86,62 @@ pub fn check_url(field: &str, url: &Url) -> Result<()> {
     Ok(())
 }
 
+/// The options registered for table URLs, by URL prefix.
+static REGISTERED: RwLock<Vec<(String, StorageOptions)>> = RwLock::new(Vec::new());
+
+/// Records `options` for the table at `url` and everything under it, for the rest of the
+/// process; a later registration of the same URL replaces it (empty options: the environment
+/// applies again). Called when a table config, a tables file with its lake root, or a lake
+/// root is loaded; pure bookkeeping, no store is reached.
+pub fn register(url: &Url, options: &StorageOptions) {
+    let prefix = folder(url);
+    let mut registered = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
+    registered.retain(|(p, _)| *p != prefix);
+    if !options.is_empty() {
+        registered.push((prefix, options.clone()));
+    }
+}
+
+/// Registers the `storage_options` of `lake` for each of its tables ([`register`]).
+pub fn register_lake(lake: &super::LakeConfig) {
+    for url in [
+        &lake.current_url,
+        &lake.history_url,
+        &lake.rejects_url,
+        &lake.applied_url,
+        &lake.tombstones_url,
+    ] {
+        register(url, &lake.storage_options);
+    }
+}
+
+/// The options registered for `url` ([`register`]): those of the longest registered prefix of
+/// it; none when no prefix matches.
+pub fn options_for(url: &Url) -> HashMap<String, String> {
+    let wanted = folder(url);
+    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    registered
+        .iter()
+        .filter(|(prefix, _)| wanted.starts_with(prefix.as_str()))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, options)| options.to_map())
+        .unwrap_or_default()
+}
+
+/// `url` as a folder, ending in `/`, with `s3a://` spelled `s3://` (one store).
+fn folder(url: &Url) -> String {
+    let text = url.as_str();
+    let text = match text.strip_prefix("s3a://") {
+        Some(rest) => format!("s3://{rest}"),
+        None => text.to_string(),
+    };
+    if text.ends_with('/') {
+        text
+    } else {
+        format!("{text}/")
+    }
+}
+
 /// A lake root (`--lake` of `sync`, `capture`, `sql`, `optimize`, `vacuum`): a local folder or
 /// an object-store prefix (`s3://bucket/lake/`), under which each table lands in
 /// `<schema>/<table>/<role>/`, with the options of its store.
@@ -119,9 +176,11 @@ impl LakeRoot {
         Ok(LakeRoot::local(&std::path::absolute(text)?))
     }
 
-    /// The local folder `path` (absolute) as a lake root.
+    /// The local folder `path` as a lake root (a relative path is taken from the working
+    /// folder).
     pub fn local(path: &Path) -> LakeRoot {
-        let url = Url::from_directory_path(path)
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let url = Url::from_directory_path(&absolute)
             .unwrap_or_else(|()| Url::parse("file:///").expect("a valid URL"));
         LakeRoot {
             url,
@@ -221,5 +280,47 @@ mod tests {
             "{err}"
         );
         assert!(LakeRoot::parse("s3:///lake").is_err());
+    }
+
+    #[test]
+    fn options_follow_the_longest_registered_prefix_and_never_print_values() {
+        let a = StorageOptions::new([("AWS_REGION".into(), "eu-west-1".into())]);
+        let b = StorageOptions::new([
+            ("AWS_REGION".into(), "us-east-2".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "s3cr3t".into()),
+        ]);
+        register(&url("s3://opts-test/lake"), &a);
+        register(&url("s3://opts-test/lake/sales/"), &b);
+        let region = |u: &str| options_for(&url(u)).get("AWS_REGION").cloned();
+        assert_eq!(
+            region("s3://opts-test/lake/t/").as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region("s3://opts-test/lake/sales/orders/").as_deref(),
+            Some("us-east-2")
+        );
+        assert_eq!(
+            region("s3a://opts-test/lake/sales/x/").as_deref(),
+            Some("us-east-2"),
+            "s3a is s3"
+        );
+        // a sibling whose name only starts like a registered folder is not under it
+        assert_eq!(region("s3://opts-test/lakehouse/t/"), None);
+        assert_eq!(region("s3://other/lake/t/"), None);
+        let shown = format!("{b:?}");
+        assert!(
+            shown.contains("AWS_SECRET_ACCESS_KEY") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+        register(
+            &url("s3://opts-test/lake/sales/"),
+            &StorageOptions::default(),
+        );
+        assert_eq!(
+            region("s3://opts-test/lake/sales/orders/").as_deref(),
+            Some("eu-west-1"),
+            "empty options clear a registration"
+        );
     }
 }

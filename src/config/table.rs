@@ -84,6 +84,9 @@ pub struct ConfigFile {
     /// `AWS_ALLOW_HTTP`, ...: the keys delta-rs takes), over the environment's; see
     /// `sink::storage`. Default none.
     pub storage_options: Option<super::storage::StorageOptions>,
+    /// Where the tables are registered after each run (`{type: glue, database: NAME}`); see
+    /// `sink::catalog`. Default none.
+    pub catalog: Option<super::catalog::CatalogConfig>,
     /// The columns in input order.
     pub columns: Vec<ColumnFile>,
 }
@@ -221,6 +224,12 @@ impl ConfigFile {
             options.validate()?;
             lake.storage_options = options;
         }
+        if let Some(catalog) = self.catalog {
+            catalog.validate()?;
+            lake.catalog = Some(catalog);
+        }
+        // every later open of these tables, whoever makes it, takes the config's options
+        super::storage::register_lake(&lake);
         Ok(TableConfig {
             table: TableSpec {
                 name: self.name,

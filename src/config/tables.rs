@@ -41,6 +41,10 @@ pub struct TablesFile {
     /// delta-rs takes), over the environment's, for every table; see `sink::storage`.
     #[serde(default, skip_serializing_if = "StorageOptions::is_empty")]
     pub storage_options: StorageOptions,
+    /// Where every table is registered after each sync (`{type: glue, database: NAME}`); see
+    /// `sink::catalog`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<super::catalog::CatalogConfig>,
     #[serde(default)]
     /// One entry per landing-zone table.
     pub tables: Vec<TableEntry>,
@@ -289,6 +293,8 @@ impl TableEntry {
             lake.change_data_feed = self.change_data_feed.unwrap_or(false);
             root.storage_options.validate()?;
             lake.storage_options = root.storage_options.clone();
+            // every later open of these tables, whoever makes it, takes the root's options
+            super::storage::register_lake(&lake);
             Ok((columns, delimiter, lake))
         })();
         let (columns, delimiter, lake) = validated.map_err(|e| match e {
@@ -389,6 +395,10 @@ impl TablesFile {
                 path: path.to_path_buf(),
                 source,
             })?;
+        if let Some(catalog) = &file.catalog {
+            catalog.validate()?;
+        }
+        file.storage_options.validate()?;
         let mut seen = std::collections::HashSet::new();
         for entry in &file.tables {
             if !seen.insert(entry.name()) {
@@ -411,7 +421,19 @@ impl TablesFile {
         let header = "# Tributary sync tables: set `active: true`, `primary_key` and `columns` to \
                       load a table (see docs/sync.md).\n";
         let tmp = path.with_extension("yaml.tmp");
-        std::fs::write(&tmp, format!("{header}{text}"))?;
+        // The file may hold secrets (`storage_options`): the new one is made readable by its
+        // owner only, then given the permissions the old one had.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        std::io::Write::write_all(&mut file, format!("{header}{text}").as_bytes())?;
+        if let Ok(old) = std::fs::metadata(path) {
+            file.set_permissions(old.permissions())?;
+        }
+        file.sync_all()?;
+        drop(file);
         std::fs::rename(&tmp, path)?;
         Ok(())
     }
@@ -505,6 +527,7 @@ mod tests {
         assert!(TablesFile::load(&path).unwrap().tables.is_empty());
         let file = TablesFile {
             storage_options: StorageOptions::new([("AWS_REGION".into(), "eu-west-1".into())]),
+            catalog: None,
             tables: vec![TableEntry::discovered(
                 "hr/people".into(),
                 Vec::new(),
@@ -514,6 +537,16 @@ mod tests {
         file.save(&path).unwrap();
         let back = TablesFile::load(&path).unwrap();
         assert_eq!(back.storage_options, file.storage_options);
+        #[cfg(unix)]
+        {
+            // saved again, the file keeps the owner-only permissions it was given
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600, "a new file is the owner's only");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+            back.save(&path).unwrap();
+            assert_eq!(mode(&path), 0o640);
+        }
         assert_eq!(back.tables.len(), 1);
         assert!(!back.tables[0].active);
         assert!(back.find("hr/people").is_some());

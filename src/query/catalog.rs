@@ -122,6 +122,7 @@ fn local_tables(root: &Path) -> Result<Vec<(String, String)>> {
 /// log, sorted: listed with `/` as the delimiter (two levels, then one probe per table).
 fn store_tables(root: &LakeRoot) -> Result<Vec<(String, String)>> {
     use deltalake::logstore::object_store::{path::Path as Key, ObjectStore};
+    use futures::StreamExt;
     let usage =
         |e: &dyn std::fmt::Display| Error::Usage(format!("lake {root}: cannot list it: {e}"));
     let mut bucket = root.url.clone();
@@ -155,8 +156,9 @@ fn store_tables(root: &LakeRoot) -> Result<Vec<(String, String)>> {
                         .join(table.as_str())
                         .join("current")
                         .join("_delta_log");
-                    let entries = store.list_with_delimiter(Some(&log)).await?;
-                    if !entries.objects.is_empty() {
+                    // one object of the log is enough: the first page only
+                    if let Some(first) = store.list(Some(&log)).next().await {
+                        first?;
                         found.push((schema.clone(), table));
                     }
                 }

@@ -6,6 +6,7 @@
 //! `tributary run`, `sync` and (next) `capture`: its sequence number, its table writers, the
 //! follower tables it writes, the cleanup of its files on any error, and its commit.
 
+pub mod catalog;
 pub mod delta;
 pub mod storage;
 

@@ -15,71 +15,18 @@
 //!
 //! A config's `storage_options` (the keys delta-rs's Python users pass: `AWS_ENDPOINT_URL`,
 //! `AWS_REGION`, `AWS_ALLOW_HTTP`, `AWS_PROFILE`, `AZURE_STORAGE_ACCOUNT_NAME`, ...) apply to
-//! the tables of that config and take precedence over the environment. [`register`] records
-//! them for the process by table URL; every open of a table ([`open`], [`at`]) takes the
-//! options registered for its URL. Values are never printed: [`StorageOptions`]'s `Debug`
+//! the tables of that config and take precedence over the environment. Loading a config
+//! records them for the process by table URL ([`register`]); every open of a table ([`open`],
+//! [`at`], [`open_as_of`]) takes the options registered for its URL. Values are never printed: [`StorageOptions`]'s `Debug`
 //! shows the keys only.
-
-use std::collections::HashMap;
-use std::sync::RwLock;
 
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
-pub use crate::config::storage::{check_url, StorageOptions, SCHEMES};
-use crate::error::Error;
-
-/// The options registered for table URLs, by URL prefix.
-static REGISTERED: RwLock<Vec<(String, StorageOptions)>> = RwLock::new(Vec::new());
-
-/// Records `options` for the table at `url` and everything under it, for the rest of the
-/// process (a later registration of the same URL replaces it). Empty options are not
-/// recorded: the environment applies.
-pub fn register(url: &Url, options: &StorageOptions) {
-    if options.is_empty() {
-        return;
-    }
-    let prefix = folder(url);
-    let mut registered = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
-    registered.retain(|(p, _)| *p != prefix);
-    registered.push((prefix, options.clone()));
-}
-
-/// Registers the `storage_options` of `lake` for each of its tables ([`register`]).
-pub fn register_lake(lake: &crate::config::LakeConfig) {
-    for url in [
-        &lake.current_url,
-        &lake.history_url,
-        &lake.rejects_url,
-        &lake.applied_url,
-        &lake.tombstones_url,
-    ] {
-        register(url, &lake.storage_options);
-    }
-}
-
-/// The options registered for `url` ([`register`]): those of the longest registered prefix of
-/// it; none when no prefix matches.
-pub fn options_for(url: &Url) -> HashMap<String, String> {
-    let wanted = folder(url);
-    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
-    registered
-        .iter()
-        .filter(|(prefix, _)| wanted.starts_with(prefix.as_str()))
-        .max_by_key(|(prefix, _)| prefix.len())
-        .map(|(_, options)| options.to_map())
-        .unwrap_or_default()
-}
-
-/// `url` as a folder, ending in `/`.
-fn folder(url: &Url) -> String {
-    let text = url.as_str();
-    if text.ends_with('/') {
-        text.to_string()
-    } else {
-        format!("{text}/")
-    }
-}
+pub use crate::config::storage::{
+    check_url, options_for, register, register_lake, StorageOptions, SCHEMES,
+};
+pub use crate::error::explain_store_error as explain;
 
 /// Opens the Delta table at `url` with its registered options ([`options_for`]).
 ///
@@ -138,85 +85,12 @@ pub fn same_store(a: &Url, b: &Url) -> bool {
     }
 }
 
-/// Explains an object-store failure of the table `role` at `url` in the user's terms, when the
-/// error says the bucket does not exist, access is denied or no credentials were found; None
-/// for other errors (reported as they are). The explanation names the bucket and path, never
-/// a credential.
-pub fn explain(role: &str, url: &Url, err: &(dyn std::error::Error + 'static)) -> Option<Error> {
-    let mut text = String::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        text.push_str(&e.to_string());
-        text.push('\n');
-        next = e.source();
-    }
-    let bucket = url.host_str().unwrap_or_default();
-    let reason = if text.contains("NoSuchBucket") || text.contains("bucket does not exist") {
-        format!("the bucket `{bucket}` does not exist (or is not in the configured region and endpoint)")
-    } else if text.contains("403 Forbidden")
-        || text.contains("AccessDenied")
-        || text.contains("InvalidAccessKeyId")
-        || text.contains("SignatureDoesNotMatch")
-    {
-        format!(
-            "access denied to {url}: the store refused the request (check that credentials \
-             are set, in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-             AWS_PROFILE, ...) or the config's `storage_options`, that the region is right, \
-             and that they may read and write `{bucket}`)"
-        )
-    } else if text.contains("credential")
-        && (text.contains("not load")
-            || text.contains("no providers")
-            || text.contains("Missing")
-            || text.contains("provider"))
-    {
-        format!(
-            "no credentials for {url}: set them in the environment (AWS_ACCESS_KEY_ID and \
-             AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...) or in the config's `storage_options`"
-        )
-    } else {
-        return None;
-    };
-    Some(Error::Lake {
-        table: role.to_string(),
-        reason,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
-    }
-
-    #[test]
-    fn options_follow_the_longest_registered_prefix_and_never_print_values() {
-        let a = StorageOptions::new([("AWS_REGION".into(), "eu-west-1".into())]);
-        let b = StorageOptions::new([
-            ("AWS_REGION".into(), "us-east-2".into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), "s3cr3t".into()),
-        ]);
-        register(&url("s3://opts-test/lake"), &a);
-        register(&url("s3://opts-test/lake/sales/"), &b);
-        let region = |u: &str| options_for(&url(u)).get("AWS_REGION").cloned();
-        assert_eq!(
-            region("s3://opts-test/lake/t/").as_deref(),
-            Some("eu-west-1")
-        );
-        assert_eq!(
-            region("s3://opts-test/lake/sales/orders/").as_deref(),
-            Some("us-east-2")
-        );
-        // a sibling whose name only starts like a registered folder is not under it
-        assert_eq!(region("s3://opts-test/lakehouse/t/"), None);
-        assert_eq!(region("s3://other/lake/t/"), None);
-        let shown = format!("{b:?}");
-        assert!(
-            shown.contains("AWS_SECRET_ACCESS_KEY") && !shown.contains("s3cr3t"),
-            "{shown}"
-        );
     }
 
     #[test]
@@ -242,6 +116,16 @@ mod tests {
         let text = explain("history", &u, &e).unwrap().to_string();
         assert!(
             text.contains("access denied to s3://missing-bucket/lake/t/"),
+            "{text}"
+        );
+        let azure = url("abfss://landing@acct.dfs.core.windows.net/lake/t/");
+        let e = std::io::Error::other("ContainerNotFound: The specified container does not exist.");
+        let text = explain("current", &azure, &e).unwrap().to_string();
+        assert!(text.contains("`landing` does not exist"), "{text}");
+        let e = std::io::Error::other("403 Forbidden: AuthorizationFailure");
+        let text = explain("current", &azure, &e).unwrap().to_string();
+        assert!(
+            text.contains("AZURE_STORAGE_ACCOUNT_NAME") && !text.contains("AWS_"),
             "{text}"
         );
         let e = std::io::Error::other("connection reset");

@@ -1,9 +1,11 @@
 //! Tables in an S3-compatible object store: `tributary run` with `s3://` table URLs against a
 //! local S3 server, compared with the same runs on local disk.
 //!
-//! The server is `moto` in server mode (PyPI `moto[server]`: `moto_server`), started once per
-//! test process on a free port and stopped when the process ends; each test makes its own
-//! bucket. `TRIBUTARY_S3_ENDPOINT=http://HOST:PORT` points the tests at a running server instead
+//! The server is `moto` in server mode (PyPI `moto[server]`), started once per test process on a
+//! free port and stopped when the process ends; each test writes under a prefix of its own. It is started
+//! single-threaded ([`MOTO`]): moto checks `If-None-Match: *` and stores the object in two steps
+//! without a lock, so only requests served one at a time make its conditional PUT atomic, as
+//! S3's is (the racing writers' test depends on it). `TRIBUTARY_S3_ENDPOINT=http://HOST:PORT` points the tests at a running server instead
 //! (SeaweedFS's `weed server -s3`, MinIO). Without either the tests are skipped with a SKIPPED
 //! line on stderr, unless TRIBUTARY_REQUIRE_S3 is set (by .ci/run): then they fail.
 
@@ -44,15 +46,30 @@ fn endpoint(test: &str) -> Option<&'static str> {
     found.as_deref()
 }
 
-/// Starts `moto_server` on a free port, watched by a shell that stops it when this process
-/// ends; waits until it answers.
+/// moto's server (as `moto_server` runs it) serving one request at a time; argument: the port.
+const MOTO: &str = "
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)
+";
+
+/// Starts moto's server ([`MOTO`]) on a free port, watched by a shell that stops it when this
+/// process ends; waits until it answers. None when moto is not installed.
 fn start_moto() -> Option<String> {
+    let installed = Command::new("python3")
+        .args(["-c", "import moto.moto_server.werkzeug_app, werkzeug"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        return None;
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()
         .ok()?
         .port();
-    let watch = "moto_server -H 127.0.0.1 -p \"$1\" >/dev/null 2>&1 & m=$!; \
+    let watch = "python3 -c \"$3\" \"$1\" >/dev/null 2>&1 & m=$!; \
                  while kill -0 \"$2\" 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done; \
                  kill $m 2>/dev/null";
     Command::new("sh")
@@ -62,6 +79,7 @@ fn start_moto() -> Option<String> {
             "sh",
             &port.to_string(),
             &std::process::id().to_string(),
+            MOTO,
         ])
         .spawn()
         .ok()?;
@@ -95,25 +113,27 @@ fn http_with(address: &str, method: &str, path: &str, body: &[u8]) -> Option<u16
     answer.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A new, empty bucket on the server at `endpoint`.
+/// A new, empty place in a bucket of the server at `endpoint`: `<bucket>/<prefix>`, used where
+/// a bucket name goes (`s3://{place}/lake/...`). One bucket per test process: SeaweedFS gives
+/// each bucket volumes of its own, and a bucket per test would use up `-volume.max`.
 fn bucket(endpoint: &str) -> String {
+    static BUCKET: OnceLock<String> = OnceLock::new();
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let name = format!(
-        "tributary-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let address = endpoint.trim_start_matches("http://");
-    // a server just started may answer before it can store (SeaweedFS's filer): retried
-    let mut status = None;
-    for _ in 0..60 {
-        status = http(address, "PUT", &format!("/{name}"));
-        if status == Some(200) {
-            return name;
+    let bucket = BUCKET.get_or_init(|| {
+        let name = format!("tributary-{}", std::process::id());
+        let address = endpoint.trim_start_matches("http://");
+        // a server just started may answer before it can store (SeaweedFS's filer): retried
+        let mut status = None;
+        for _ in 0..60 {
+            status = http(address, "PUT", &format!("/{name}"));
+            if status == Some(200) {
+                return name;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    panic!("creating bucket {name} at {endpoint}: {status:?}")
+        panic!("creating bucket {name} at {endpoint}: {status:?}")
+    });
+    format!("{bucket}/t{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Puts `body` at `key` of `bucket` (an extract in the store).
@@ -451,14 +471,18 @@ async fn python_deltalake_reads_the_s3_tables() {
         json_stdout(&run(&config, &input, &format!("2024-01-{d:02}"), None));
     }
     let script = r#"
-import sys, json, deltalake
+import os, sys, json, deltalake
 options = json.loads(sys.argv[2])
 out = {}
 for role in ["current", "history"]:
     t = deltalake.DeltaTable(f"s3://{sys.argv[1]}/lake/{role}", storage_options=options)
     data = t.to_pyarrow_table()
     out[role] = sorted(zip(data.column("id").to_pylist(), data.column("operation").to_pylist()))
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+# leave without the interpreter's teardown: deltalake's runtime threads, still closing their
+# connections to the test server, would abort it ("terminate called without an active
+# exception")
+os._exit(0)
 "#;
     let out = Command::new("python3")
         .args(["-c", script, &bucket])
@@ -587,5 +611,194 @@ async fn sync_into_an_s3_lake_equals_a_local_lake() {
         stdout.lines().nth(1),
         Some(live.to_string().as_str()),
         "{stdout}"
+    );
+}
+
+/// The config's `catalog` (AWS Glue, moto's Glue API on the test server): a run creates the
+/// database and the two tables (location, columns, partition keys, Delta parameters); an
+/// unreachable catalog leaves the next run committed, says so, and exits 6; a column added to
+/// the Delta tables (as `capture` adds one) reaches the catalog at the next registration.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_register_their_tables_in_glue() {
+    let Some(endpoint) = endpoint("object_store::runs_register_their_tables_in_glue") else {
+        return;
+    };
+    if std::env::var("TRIBUTARY_S3_ENDPOINT").is_ok() {
+        // a given server (SeaweedFS, MinIO) serves no Glue API
+        return;
+    }
+    let bucket = bucket(endpoint);
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    let config = s3_config(fx.dir.path(), endpoint, &bucket);
+    let database = format!("db_{}", bucket.replace(['-', '/'], "_"));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "columns:\n",
+        &format!(
+            "catalog: {{type: glue, database: {database}, region: us-east-1, endpoint: '{endpoint}'}}\ncolumns:\n"
+        ),
+    );
+    std::fs::write(&config, &text).unwrap();
+    let glue_env = |cmd: &mut Command| {
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env_remove("AWS_PROFILE");
+    };
+    let day1 = fx.input("d1", "a.csv", day_csv(1).as_bytes());
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "run",
+        config.to_str().unwrap(),
+        day1.to_str().unwrap(),
+        "2024-01-01",
+        "--json",
+    ]);
+    glue_env(&mut cmd);
+    let out = cmd.output().unwrap();
+    let json = json_stdout(&out);
+    assert_eq!(
+        json["catalog"]["tables"],
+        serde_json::json!([format!("{database}.t"), format!("{database}.t_history")]),
+        "{json}"
+    );
+
+    let glue = aws_sdk_glue::Client::new(
+        &aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_glue::config::Credentials::new(
+                "testing", SECRET, None, None, "test",
+            ))
+            .load()
+            .await,
+    );
+    let table = |name: &str| {
+        let (glue, database, name) = (glue.clone(), database.clone(), name.to_string());
+        async move {
+            glue.get_table()
+                .database_name(&database)
+                .name(&name)
+                .send()
+                .await
+                .unwrap()
+                .table
+                .unwrap()
+        }
+    };
+    let columns = |t: &aws_sdk_glue::types::Table| -> Vec<(String, String)> {
+        let sd = t.storage_descriptor().unwrap();
+        sd.columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.name().to_string(),
+                    c.r#type().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let current = table("t").await;
+    assert_eq!(
+        current.storage_descriptor().unwrap().location(),
+        Some(format!("s3://{bucket}/lake/current").as_str())
+    );
+    let names: Vec<String> = columns(&current).into_iter().map(|(n, _)| n).collect();
+    assert!(
+        names.starts_with(&["id".to_string(), "v".to_string()]),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"keyhash".to_string()) && names.contains(&"eff_start_date".to_string())
+    );
+    assert_eq!(current.parameters().unwrap()["table_type"], "DELTA");
+    assert!(current.partition_keys().is_empty());
+    let history = table("t_history").await;
+    let keys: Vec<(&str, Option<&str>)> = history
+        .partition_keys()
+        .iter()
+        .map(|c| (c.name(), c.r#type()))
+        .collect();
+    assert_eq!(keys, [("eff_start_date", Some("date"))]);
+    assert!(!columns(&history).iter().any(|(n, _)| n == "eff_start_date"));
+
+    // an unreachable catalog: the run commits, says so, exits 6
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("endpoint: '{endpoint}'}}"),
+            &format!("endpoint: 'http://127.0.0.1:{port}'}}"),
+        ),
+    )
+    .unwrap();
+    let day2 = fx.input("d2", "a.csv", day_csv(2).as_bytes());
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "run",
+        config.to_str().unwrap(),
+        day2.to_str().unwrap(),
+        "2024-01-02",
+        "--json",
+    ]);
+    glue_env(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("the run is committed") && !stderr.contains(SECRET),
+        "{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["status"], "applied");
+    assert!(json["catalog"]["error"].as_str().is_some(), "{json}");
+    assert_eq!(
+        logged_runs(&format!("s3://{bucket}/lake/history/"), endpoint).await,
+        vec![1, 2]
+    );
+    // a column added to the tables (as capture adds one) reaches the catalog
+    std::fs::write(&config, &text).unwrap();
+    let spec = tributary::config::TableConfig::load(&config).unwrap().table;
+    tributary::sink::storage::register_lake(&spec.lake);
+    let mut fields: Vec<_> = spec.table_schema().fields().iter().cloned().collect();
+    let at = fields.iter().position(|f| f.name() == "keyhash").unwrap();
+    fields.insert(
+        at,
+        std::sync::Arc::new(deltalake::arrow::datatypes::Field::new(
+            "note",
+            deltalake::arrow::datatypes::DataType::Utf8,
+            true,
+        )),
+    );
+    let wider = std::sync::Arc::new(deltalake::arrow::datatypes::Schema::new(fields));
+    for (url, role) in [
+        (&spec.lake.current_url, tributary::sink::TableRole::Current),
+        (&spec.lake.history_url, tributary::sink::TableRole::History),
+    ] {
+        let added = tributary::sink::delta::add_columns(url, &wider, role)
+            .await
+            .unwrap();
+        assert_eq!(added, ["note"]);
+    }
+    // `tributary register` registers them now, as the next run would
+    let mut cmd = Command::new(BIN);
+    cmd.args(["register", "--config", config.to_str().unwrap(), "--json"]);
+    glue_env(&mut cmd);
+    let done = json_stdout(&cmd.output().unwrap());
+    assert_eq!(
+        done[0]["tables"].as_array().map(Vec::len),
+        Some(2),
+        "{done}"
+    );
+    let current = table("t").await;
+    assert!(columns(&current).contains(&("note".to_string(), "string".to_string())));
+    let version = tributary::sink::storage::open(&spec.lake.current_url)
+        .await
+        .unwrap()
+        .version()
+        .unwrap();
+    assert_eq!(
+        current.parameters().unwrap()["tributary.delta.version"],
+        version.to_string()
     );
 }

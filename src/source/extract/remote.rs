@@ -3,7 +3,10 @@
 //!
 //! The readers split files by byte ranges and fingerprint their bytes, so they read local
 //! files; a copy costs the extract's size on the local disk (under `spill_dir`) for the run's
-//! length, and is removed when the run ends, whatever its outcome.
+//! length. It is in a spill folder of the run (`tributary-spill-*`, with its owner file):
+//! removed when the run ends, or, when the process is killed, by the next run that spills or
+//! stages in the same `spill_dir`. Errors that name a copied file name its object instead
+//! ([`StagedInput::rename`]).
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +25,42 @@ pub struct StagedInput {
     pub objects: usize,
     /// Bytes copied.
     pub bytes: u64,
+    /// The folder the objects were copied into, and the URL of the prefix they are under.
+    copied: (PathBuf, Url),
     _folder: tempfile::TempDir,
+}
+
+impl StagedInput {
+    /// `err` with every copied file it names (a bad row's file, an input path) named by its
+    /// object's URL instead.
+    pub fn rename(&self, err: Error) -> Error {
+        let (folder, prefix) = &self.copied;
+        let object = |path: &Path| -> Option<String> {
+            let name = path.strip_prefix(folder).ok()?.to_str()?;
+            Some(match name {
+                "" => prefix.to_string(),
+                name => format!("{prefix}{name}"),
+            })
+        };
+        match err {
+            Error::BadRow {
+                file,
+                line,
+                column,
+                reason,
+            } => Error::BadRow {
+                file: object(Path::new(&file)).unwrap_or(file),
+                line,
+                column,
+                reason,
+            },
+            Error::Input { path, reason } => Error::Input {
+                path: object(&path).map_or(path, PathBuf::from),
+                reason: reason.replace(&folder.to_string_lossy().to_string(), prefix.as_str()),
+            },
+            other => other,
+        }
+    }
 }
 
 /// Whether the INCOMING argument `text` names an object-store URL (`s3://...`) rather than a
@@ -31,18 +69,18 @@ pub fn is_url(text: &str) -> bool {
     text.contains("://") && !text.starts_with("file://")
 }
 
-/// Copies the extract at `url` into a new folder under `under`: the one object it names, or,
-/// when it ends in `/` or names no object, every object directly under it (not those of its
-/// sub-folders, as a local folder is read). `options` are the store's options (the table
-/// config's `storage_options`).
+/// Copies the extract at `url` into `owned` (a folder of the run, removed with it): the one
+/// object it names, or, when it ends in `/` or names no object, every object directly under
+/// it (not those of its sub-folders, as a local folder is read; a folder marker is none).
+/// `options` are the store's options (the table config's `storage_options`).
 ///
 /// # Errors
-/// [`Error::Input`] naming the URL when nothing is there or the store refuses; I/O errors of
-/// the local copy.
+/// [`Error::Input`] naming the URL when nothing is there or the store refuses (explained by
+/// bucket where the store says why); I/O errors of the local copy.
 pub async fn stage(
     url: &Url,
     options: &std::collections::HashMap<String, String>,
-    under: &Path,
+    owned: tempfile::TempDir,
 ) -> Result<StagedInput> {
     crate::config::storage::check_url("INCOMING", url)?;
     let input_err = |reason: String| Error::Input {
@@ -50,13 +88,14 @@ pub async fn stage(
         reason,
     };
     let (store, key) = root_store(url, options).map_err(|e| input_err(e.to_string()))?;
-    let folder = tempfile::Builder::new()
-        .prefix("tributary-incoming-")
-        .tempdir_in(under)?;
+    let folder = owned.path().join("incoming");
+    std::fs::create_dir_all(&folder)?;
     let mut objects = Vec::new();
     if !url.path().ends_with('/') {
-        if let Ok(meta) = store.head(&key).await {
-            objects.push(meta);
+        match store.head(&key).await {
+            Ok(meta) => objects.push(meta),
+            Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
+            Err(e) => return Err(explained(url, e)),
         }
     }
     let single = !objects.is_empty();
@@ -65,7 +104,12 @@ pub async fn stage(
             .list_with_delimiter(Some(&key))
             .await
             .map_err(|e| explained(url, e))?;
-        objects = listed.objects;
+        // a folder marker (the prefix itself, `in/d3/`) is no file
+        objects = listed
+            .objects
+            .into_iter()
+            .filter(|o| o.location != key && !o.location.as_ref().ends_with('/'))
+            .collect();
         objects.sort_by(|a, b| a.location.cmp(&b.location));
     }
     if objects.is_empty() {
@@ -79,7 +123,7 @@ pub async fn stage(
         let Some(name) = meta.location.filename() else {
             continue;
         };
-        let local = folder.path().join(name);
+        let local = folder.join(name);
         tracing::info!(object = %meta.location, bytes = meta.size, "copying the extract");
         let mut stream = store
             .get(&meta.location)
@@ -97,13 +141,23 @@ pub async fn stage(
     }
     let path = match (single, last) {
         (true, Some(file)) => file,
-        _ => folder.path().to_path_buf(),
+        _ => folder.clone(),
     };
+    // the URL the copied names are relative to: the prefix, or the object's folder
+    let mut prefix = url.clone();
+    if single || !prefix.path().ends_with('/') {
+        let parent = match (single, prefix.path().rsplit_once('/')) {
+            (true, Some((parent, _))) => format!("{parent}/"),
+            _ => format!("{}/", prefix.path()),
+        };
+        prefix.set_path(&parent);
+    }
     Ok(StagedInput {
         path,
         objects: objects.len(),
         bytes,
-        _folder: folder,
+        copied: (folder, prefix),
+        _folder: owned,
     })
 }
 
@@ -122,7 +176,7 @@ fn root_store(
 
 /// A store error of the extract at `url`, explained where the store says why.
 fn explained(url: &Url, err: deltalake::ObjectStoreError) -> Error {
-    crate::sink::storage::explain("INCOMING", url, &err).unwrap_or_else(|| Error::Input {
+    crate::error::explain_store_error("INCOMING", url, &err).unwrap_or_else(|| Error::Input {
         path: PathBuf::from(url.as_str()),
         reason: err.to_string(),
     })
@@ -156,7 +210,9 @@ mod tests {
         let none = std::collections::HashMap::new();
 
         let prefix = Url::from_directory_path(&day).unwrap();
-        let staged = stage(&prefix, &none, under.path()).await.unwrap();
+        let staged = stage(&prefix, &none, tempfile::tempdir_in(under.path()).unwrap())
+            .await
+            .unwrap();
         assert_eq!((staged.objects, staged.bytes), (2, 9));
         let mut names: Vec<_> = std::fs::read_dir(&staged.path)
             .unwrap()
@@ -168,17 +224,35 @@ mod tests {
             std::fs::read_to_string(staged.path.join("b.csv")).unwrap(),
             "b,22\n"
         );
+        let err = staged.rename(Error::BadRow {
+            file: staged.path.join("b.csv").display().to_string(),
+            line: 1,
+            column: None,
+            reason: "bad".into(),
+        });
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{prefix}b.csv, line 1")),
+            "{err}"
+        );
         let copy = staged.path.clone();
         drop(staged);
         assert!(!copy.exists());
 
         let one = Url::from_file_path(day.join("b.csv")).unwrap();
-        let staged = stage(&one, &none, under.path()).await.unwrap();
+        let staged = stage(&one, &none, tempfile::tempdir_in(under.path()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(staged.objects, 1);
         assert_eq!(std::fs::read_to_string(&staged.path).unwrap(), "b,22\n");
+        let err = staged.rename(Error::Input {
+            path: staged.path.clone(),
+            reason: "empty".into(),
+        });
+        assert_eq!(err.to_string(), format!("input {one}: empty"));
 
         let nothing = Url::from_directory_path(bucket.path().join("in/d3")).unwrap();
-        let err = stage(&nothing, &none, under.path())
+        let err = stage(&nothing, &none, tempfile::tempdir_in(under.path()).unwrap())
             .await
             .unwrap_err()
             .to_string();
