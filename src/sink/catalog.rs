@@ -3,11 +3,14 @@
 //! DMS walkthrough's Glue jobs and DeltaStreamer's Hive sync do.
 //!
 //! After each run (applied or not), [`register`] makes the `catalog.database` when it is
-//! absent, then creates, or updates, two tables:
+//! absent, then creates two tables, or updates them when their definition changed (location,
+//! columns, partition keys, the Delta parameters; what others added, such as descriptions,
+//! other parameters and column comments, is kept, and a catalog that describes a later Delta
+//! version is left alone), so that passes that change nothing make no catalog version:
 //!
 //! | table | location | columns | partition keys |
 //! |---|---|---|---|
-//! | `<name>` | `current_table_path` | the current table's, but its partition columns | `partition_by` |
+//! | `<name>` | `current_table_path` | the current table's, but its partition columns | the table's partition columns |
 //! | `<name>_history` | `history_table_path` | the history table's, but `eff_start_date` | `eff_start_date` (`date`) |
 //!
 //! `<name>` is the config's `name` (`sales.orders` for a tables file) made a catalog name
@@ -17,11 +20,13 @@
 //! the next run. Each table is an `EXTERNAL_TABLE` with the parameters engines read a Delta
 //! table by: `table_type = DELTA` (Athena), `spark.sql.sources.provider = delta` and the
 //! SerDe parameter `path` (Spark), the Parquet input and output formats, and
-//! `tributary.delta.version` (the version registered).
+//! `tributary.delta.version` (the Delta version its definition was last registered at).
 //!
-//! Credentials and region are the AWS SDK's default chain (environment, shared config and
-//! credentials files, web identity, instance metadata); `catalog.region` and
-//! `catalog.endpoint` override the region and the endpoint. A registration never changes the
+//! Credentials are the AWS SDK's default chain (environment, shared config and credentials
+//! files, web identity, instance metadata); the region is `catalog.region`, else the tables'
+//! `storage_options` `AWS_REGION`, else the SDK's; `catalog.endpoint` overrides the endpoint.
+//! A request gives up after 60 s (20 s an attempt). Locations are written as engines read
+//! them: the key decoded (`order lines/`), `s3a://` as `s3://`. A registration never changes the
 //! lake: a failure is reported by the command (exit code 6 when the run itself succeeded),
 //! and the next run registers again.
 
@@ -32,7 +37,6 @@ use url::Url;
 
 use crate::config::catalog::{table_name, CatalogConfig};
 use crate::config::TableSpec;
-use crate::core::schema::EFF_START_DATE;
 use crate::error::{Error, Result};
 
 /// Exit code of a command whose runs committed but whose catalog registration failed.
@@ -74,32 +78,27 @@ pub async fn register_or_report(catalog: &CatalogConfig, spec: &TableSpec) -> Re
 /// [`Error::Lake`] naming the catalog and the table for a refused request (credentials,
 /// permissions, an endpoint that does not answer); Delta errors reading the tables' schemas.
 pub async fn register(catalog: &CatalogConfig, spec: &TableSpec) -> Result<Registered> {
-    let client = client(catalog).await;
+    let client = client(catalog, spec).await;
     let database = catalog.database.as_str();
     ensure_database(&client, database).await?;
     let name = table_name(&spec.name);
     let tables = [
-        (
-            name.clone(),
-            &spec.lake.current_url,
-            spec.lake.partition_by.clone(),
-        ),
-        (
-            format!("{name}_history"),
-            &spec.lake.history_url,
-            vec![EFF_START_DATE.to_string()],
-        ),
+        (name.clone(), &spec.lake.current_url),
+        (format!("{name}_history"), &spec.lake.history_url),
     ];
     let mut registered = Vec::new();
-    for (table, url, partitions) in tables {
+    for (table, url) in tables {
         let Some(delta) = crate::sink::delta::stored_table(url).await? else {
             continue;
         };
-        let schema = delta.snapshot()?.snapshot().arrow_schema();
+        let snapshot = delta.snapshot()?;
+        let schema = snapshot.snapshot().arrow_schema();
+        // the table's own partition columns, whatever the config says now
+        let partitions = snapshot.metadata().partition_columns().to_vec();
         let version = delta.version().unwrap_or_default();
         let input = table_input(&table, url, &schema, &partitions, version)
             .map_err(|e| glue_err(database, &table, &e))?;
-        create_or_update(&client, database, input).await?;
+        create_or_update(&client, database, input, version).await?;
         registered.push(format!("{database}.{table}"));
     }
     Ok(Registered {
@@ -109,17 +108,59 @@ pub async fn register(catalog: &CatalogConfig, spec: &TableSpec) -> Result<Regis
     })
 }
 
-/// A Glue client with the SDK's default credentials chain, and `catalog`'s region and endpoint
-/// where it sets them.
-async fn client(catalog: &CatalogConfig) -> aws_sdk_glue::Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(region) = &catalog.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
+/// Seconds a catalog request may take in all (retries included), and one attempt of it: a
+/// catalog that does not answer fails the registration, never hangs a committed run.
+const REQUEST_SECS: u64 = 60;
+const ATTEMPT_SECS: u64 = 20;
+
+/// The Glue client of `catalog`: the SDK's default credentials chain; the region of
+/// `catalog.region`, else the tables' `storage_options` (`AWS_REGION`), else the SDK's; the
+/// endpoint where `catalog.endpoint` sets one. One client per region and endpoint for the
+/// process (the credentials chain is resolved once).
+async fn client(catalog: &CatalogConfig, spec: &TableSpec) -> aws_sdk_glue::Client {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    /// Clients by (region, endpoint).
+    type Clients = HashMap<(Option<String>, Option<String>), aws_sdk_glue::Client>;
+    static CLIENTS: Mutex<Option<Clients>> = Mutex::new(None);
+    let region = catalog.region.clone().or_else(|| {
+        spec.lake
+            .storage_options
+            .to_map()
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("AWS_REGION"))
+            .map(|(_, v)| v)
+    });
+    let key = (region.clone(), catalog.endpoint.clone());
+    let cached = CLIENTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(&key)
+        .cloned();
+    if let Some(client) = cached {
+        return client;
+    }
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .operation_attempt_timeout(std::time::Duration::from_secs(ATTEMPT_SECS))
+        .operation_timeout(std::time::Duration::from_secs(REQUEST_SECS))
+        .build();
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region));
     }
     if let Some(endpoint) = &catalog.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
-    aws_sdk_glue::Client::new(&loader.load().await)
+    let client = aws_sdk_glue::Client::new(&loader.load().await);
+    CLIENTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key, client.clone());
+    client
 }
 
 /// Creates `database` unless it exists (another process creating it at once is no error).
@@ -151,36 +192,135 @@ async fn ensure_database(client: &aws_sdk_glue::Client, database: &str) -> Resul
     }
 }
 
-/// Creates the table `input` names, or updates it when it exists.
+/// Parameter holding the Delta version a registration described.
+const VERSION_PARAMETER: &str = "tributary.delta.version";
+
+/// Creates the table `input` names, or updates it when it exists and differs: another
+/// location, columns, partition keys or Delta parameters. An update keeps what others added
+/// (the table's description and owner, its other parameters, column comments), and is skipped
+/// when the catalog already describes `version` or a later one (a run that finished after a
+/// later one does not take the catalog back).
 async fn create_or_update(
     client: &aws_sdk_glue::Client,
     database: &str,
     input: TableInput,
+    version: u64,
 ) -> Result<()> {
     let table = input.name().to_string();
-    let created = client
-        .create_table()
+    let found = match client
+        .get_table()
         .database_name(database)
-        .table_input(input.clone())
+        .name(&table)
         .send()
-        .await;
-    match created {
-        Ok(_) => Ok(()),
+        .await
+    {
+        Ok(out) => out.table,
         Err(e)
             if e.as_service_error()
-                .is_some_and(|s| s.is_already_exists_exception()) =>
+                .is_some_and(|s| s.is_entity_not_found_exception()) =>
         {
-            client
-                .update_table()
-                .database_name(database)
-                .table_input(input)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| glue_err(database, &table, &e))
+            None
         }
-        Err(e) => Err(glue_err(database, &table, &e)),
+        Err(e) => return Err(glue_err(database, &table, &e)),
+    };
+    let Some(found) = found else {
+        let created = client
+            .create_table()
+            .database_name(database)
+            .table_input(input.clone())
+            .send()
+            .await;
+        return match created {
+            Ok(_) => Ok(()),
+            // another process created it meanwhile: compare with theirs next time
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_already_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(glue_err(database, &table, &e)),
+        };
+    };
+    let described = found
+        .parameters()
+        .and_then(|p| p.get(VERSION_PARAMETER))
+        .and_then(|v| v.parse::<u64>().ok());
+    if described.is_some_and(|d| d > version) || same_definition(&found, &input) {
+        return Ok(());
     }
+    let merged = merge(&found, input);
+    client
+        .update_table()
+        .database_name(database)
+        .table_input(merged)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| glue_err(database, &table, &e))
+}
+
+/// Whether the catalog's table `found` already says what `input` says (location, columns,
+/// partition keys, the Delta parameters other than the version).
+fn same_definition(found: &aws_sdk_glue::types::Table, input: &TableInput) -> bool {
+    let columns = |c: &[Column]| -> Vec<(String, Option<String>)> {
+        c.iter()
+            .map(|c| (c.name().to_string(), c.r#type().map(str::to_string)))
+            .collect()
+    };
+    let (Some(a), Some(b)) = (found.storage_descriptor(), input.storage_descriptor()) else {
+        return false;
+    };
+    let parameters_kept = input.parameters().is_some_and(|wanted| {
+        wanted.iter().all(|(k, v)| {
+            k == VERSION_PARAMETER || found.parameters().and_then(|p| p.get(k)) == Some(v)
+        })
+    });
+    a.location() == b.location()
+        && columns(a.columns()) == columns(b.columns())
+        && columns(found.partition_keys()) == columns(input.partition_keys())
+        && parameters_kept
+}
+
+/// `input` with what the catalog's table `found` has and `input` does not say: its
+/// description and owner, its other parameters, and the comments of columns kept.
+fn merge(found: &aws_sdk_glue::types::Table, input: TableInput) -> TableInput {
+    let comment = |name: &str| -> Option<String> {
+        found
+            .storage_descriptor()
+            .map(|s| s.columns())
+            .unwrap_or_default()
+            .iter()
+            .chain(found.partition_keys())
+            .find(|c| c.name() == name)
+            .and_then(|c| c.comment().map(str::to_string))
+    };
+    let with_comments = |columns: &[Column]| -> Vec<Column> {
+        columns
+            .iter()
+            .map(|c| match comment(c.name()) {
+                Some(text) if c.comment().is_none() => {
+                    let mut c = c.clone();
+                    c.comment = Some(text);
+                    c
+                }
+                _ => c.clone(),
+            })
+            .collect()
+    };
+    let mut parameters = found.parameters().cloned().unwrap_or_default();
+    parameters.extend(input.parameters().cloned().unwrap_or_default());
+    let mut storage = input.storage_descriptor().cloned();
+    if let Some(s) = storage.as_mut() {
+        s.columns = Some(with_comments(s.columns()));
+    }
+    let mut merged = input.clone();
+    merged.partition_keys = Some(with_comments(input.partition_keys()));
+    merged.storage_descriptor = storage;
+    merged.parameters = Some(parameters);
+    merged.description = found.description().map(str::to_string);
+    merged.owner = found.owner().map(str::to_string);
+    merged
 }
 
 /// The Glue table `name` of the Delta table at `url` with `schema` (its latest version,
@@ -192,7 +332,7 @@ fn table_input(
     partitions: &[String],
     version: u64,
 ) -> std::result::Result<TableInput, aws_sdk_glue::error::BuildError> {
-    let location = url.as_str().trim_end_matches('/').to_string();
+    let location = location(url);
     let column = |field: &deltalake::arrow::datatypes::Field| {
         Column::builder()
             .name(field.name().to_lowercase())
@@ -234,6 +374,21 @@ fn table_input(
         .parameters("spark.sql.sources.provider", "delta")
         .parameters("tributary.delta.version", version.to_string())
         .build()
+}
+
+/// The location engines read the table at: the URL with its path decoded (a key, as S3 names
+/// it: `order lines/`, not `order%20lines/`), `s3a` spelled `s3` (Athena's), no trailing `/`.
+fn location(url: &Url) -> String {
+    let path = percent_encoding::percent_decode_str(url.path()).decode_utf8_lossy();
+    let scheme = match url.scheme() {
+        "s3a" => "s3",
+        other => other,
+    };
+    let authority = match url.username() {
+        "" => url.host_str().unwrap_or_default().to_string(),
+        user => format!("{user}@{}", url.host_str().unwrap_or_default()),
+    };
+    format!("{scheme}://{authority}{}", path.trim_end_matches('/'))
 }
 
 /// The Hive type of an Arrow type, as Glue columns spell it.
@@ -289,6 +444,67 @@ fn glue_err(database: &str, table: &str, err: &dyn std::error::Error) -> Error {
 mod tests {
     use super::*;
     use deltalake::arrow::datatypes::{Field, TimeUnit};
+
+    #[test]
+    fn locations_are_keys_as_engines_read_them() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(
+            location(&url("s3a://lake/sales/order%20lines/current/")),
+            "s3://lake/sales/order lines/current"
+        );
+        assert_eq!(
+            location(&url("abfss://c@acct.dfs.core.windows.net/t/")),
+            "abfss://c@acct.dfs.core.windows.net/t"
+        );
+    }
+
+    #[test]
+    fn an_update_keeps_what_others_added_and_a_same_definition_is_left_alone() {
+        let schema = Schema::new(vec![Field::new("id", DataType::Int64, false)]);
+        let url = Url::parse("s3://lake/t/").unwrap();
+        let ours = table_input("t", &url, &schema, &[], 3).unwrap();
+        let theirs = aws_sdk_glue::types::Table::builder()
+            .name("t")
+            .description("orders, by Tributary")
+            .storage_descriptor(
+                StorageDescriptor::builder()
+                    .location("s3://lake/t")
+                    .columns(
+                        Column::builder()
+                            .name("id")
+                            .r#type("bigint")
+                            .comment("the key")
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            )
+            .set_parameters(Some(ours.parameters().unwrap().clone()))
+            .parameters("owner_team", "sales")
+            .parameters(VERSION_PARAMETER, "1")
+            .build()
+            .unwrap();
+        assert!(same_definition(&theirs, &ours), "only the version differs");
+        let wider = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("note", DataType::Utf8, true),
+        ]);
+        let changed = table_input("t", &url, &wider, &[], 4).unwrap();
+        assert!(!same_definition(&theirs, &changed));
+        let merged = merge(&theirs, changed);
+        assert_eq!(merged.description(), Some("orders, by Tributary"));
+        let parameters = merged.parameters().unwrap();
+        assert_eq!(
+            (
+                parameters["owner_team"].as_str(),
+                parameters[VERSION_PARAMETER].as_str()
+            ),
+            ("sales", "4")
+        );
+        let columns = merged.storage_descriptor().unwrap().columns();
+        assert_eq!(columns[0].comment(), Some("the key"));
+        assert_eq!(columns[1].name(), "note");
+    }
 
     #[test]
     fn the_glue_table_has_the_delta_parameters_columns_and_partition_keys() {

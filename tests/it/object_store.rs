@@ -720,6 +720,27 @@ async fn runs_register_their_tables_in_glue() {
     assert_eq!(keys, [("eff_start_date", Some("date"))]);
     assert!(!columns(&history).iter().any(|(n, _)| n == "eff_start_date"));
 
+    // registering again with nothing changed makes no new catalog version
+    let versions = |name: &str| {
+        let (glue, database, name) = (glue.clone(), database.clone(), name.to_string());
+        async move {
+            glue.get_table_versions()
+                .database_name(&database)
+                .table_name(&name)
+                .send()
+                .await
+                .unwrap()
+                .table_versions()
+                .len()
+        }
+    };
+    let before = versions("t").await;
+    let mut cmd = Command::new(BIN);
+    cmd.args(["register", "--config", config.to_str().unwrap()]);
+    glue_env(&mut cmd);
+    assert!(cmd.output().unwrap().status.success());
+    assert_eq!(versions("t").await, before);
+
     // an unreachable catalog: the run commits, says so, exits 6
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();

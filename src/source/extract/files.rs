@@ -22,9 +22,10 @@ pub struct InputFile {
 }
 
 impl InputFile {
-    /// The path as shown in messages.
+    /// The path as shown in messages, the run's summary and the rejects table: the object's
+    /// URL for a file of an extract copied from an object store ([`super::remote::shown`]).
     pub fn display(&self) -> String {
-        self.path.display().to_string()
+        super::remote::shown(&self.path).unwrap_or_else(|| self.path.display().to_string())
     }
 }
 

@@ -30,18 +30,41 @@ pub struct StagedInput {
     _folder: tempfile::TempDir,
 }
 
+/// The folders of the extracts copied so far and still held, with their prefix URLs: what
+/// [`shown`] names their files by.
+static STAGED: std::sync::RwLock<Vec<(PathBuf, Url)>> = std::sync::RwLock::new(Vec::new());
+
+/// The object URL of `path` when it is a file of a copied extract (how messages, the run's
+/// skipped files and the rejects table name it); None for any other path.
+pub fn shown(path: &Path) -> Option<String> {
+    let staged = STAGED.read().unwrap_or_else(|e| e.into_inner());
+    staged
+        .iter()
+        .find_map(|(folder, prefix)| object_url(folder, prefix, path))
+}
+
+/// The URL under `prefix` of `path`, a file copied into `folder`; None when it is not in it.
+fn object_url(folder: &Path, prefix: &Url, path: &Path) -> Option<String> {
+    let name = path.strip_prefix(folder).ok()?.to_str()?;
+    match name {
+        "" => Some(prefix.to_string()),
+        name => prefix.join(name).ok().map(String::from),
+    }
+}
+
+impl Drop for StagedInput {
+    fn drop(&mut self) {
+        let mut staged = STAGED.write().unwrap_or_else(|e| e.into_inner());
+        staged.retain(|(folder, _)| *folder != self.copied.0);
+    }
+}
+
 impl StagedInput {
     /// `err` with every copied file it names (a bad row's file, an input path) named by its
     /// object's URL instead.
     pub fn rename(&self, err: Error) -> Error {
         let (folder, prefix) = &self.copied;
-        let object = |path: &Path| -> Option<String> {
-            let name = path.strip_prefix(folder).ok()?.to_str()?;
-            Some(match name {
-                "" => prefix.to_string(),
-                name => format!("{prefix}{name}"),
-            })
-        };
+        let object = |path: &Path| object_url(folder, prefix, path);
         match err {
             Error::BadRow {
                 file,
@@ -56,7 +79,7 @@ impl StagedInput {
             },
             Error::Input { path, reason } => Error::Input {
                 path: object(&path).map_or(path, PathBuf::from),
-                reason: reason.replace(&folder.to_string_lossy().to_string(), prefix.as_str()),
+                reason: reason.replace(&format!("{}/", folder.display()), prefix.as_str()),
             },
             other => other,
         }
@@ -152,6 +175,10 @@ pub async fn stage(
         };
         prefix.set_path(&parent);
     }
+    STAGED
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((folder.clone(), prefix.clone()));
     Ok(StagedInput {
         path,
         objects: objects.len(),
@@ -235,9 +262,13 @@ mod tests {
                 .starts_with(&format!("{prefix}b.csv, line 1")),
             "{err}"
         );
+        // the run's messages and rejects name the object too, while the copy is held
+        let file = staged.path.join("a.csv");
+        assert_eq!(shown(&file), Some(format!("{prefix}a.csv")));
         let copy = staged.path.clone();
         drop(staged);
         assert!(!copy.exists());
+        assert_eq!(shown(&file), None);
 
         let one = Url::from_file_path(day.join("b.csv")).unwrap();
         let staged = stage(&one, &none, tempfile::tempdir_in(under.path()).unwrap())
