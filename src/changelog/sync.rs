@@ -32,6 +32,7 @@ use crate::report::progress::stage_line;
 use crate::sink::delta::DeltaLake;
 use crate::sink::{conflict_pause, Sink, CONFLICT_ATTEMPTS};
 use crate::source::changelog::landing::{discover, LandingZone};
+use crate::source::changelog::remote::StoreLanding;
 use crate::source::{ChangeSource, Pending};
 
 /// Flags of `tributary sync`.
@@ -102,6 +103,20 @@ pub struct SyncSummary {
     pub elapsed_secs: f64,
 }
 
+/// The URL of a landing root given as an object-store URL (`s3://bucket/landing`); None for
+/// a local folder.
+///
+/// # Errors
+/// [`Error::Usage`] for a URL that does not parse.
+pub fn landing_url(landing: &std::path::Path) -> Result<Option<url::Url>> {
+    match landing.to_str() {
+        Some(text) if crate::source::extract::remote::is_url(text) => url::Url::parse(text)
+            .map(Some)
+            .map_err(|e| Error::Usage(format!("LANDING_ROOT {text}: not a URL: {e}"))),
+        _ => Ok(None),
+    }
+}
+
 /// Runs one sync pass over the landing zone.
 ///
 /// # Errors
@@ -110,7 +125,23 @@ pub struct SyncSummary {
 pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
     let started = Instant::now();
     let tables = TablesFile::load(&options.tables_file)?;
-    let found = discover(&options.landing)?;
+    // a landing zone in an object store: listed there, its files copied into a spill folder
+    // of this pass (removed with it; by a later pass or run when the process is killed)
+    let remote = match landing_url(&options.landing)? {
+        Some(url) => {
+            let owned = crate::snapshot::spill::owned_folder(&std::env::temp_dir())?;
+            Some(Arc::new(StoreLanding::open(
+                &url,
+                tables.storage_options.to_map(),
+                owned,
+            )?))
+        }
+        None => None,
+    };
+    let found = match &remote {
+        Some(landing) => landing.discover()?,
+        None => discover(&options.landing)?,
+    };
     let inactive: Vec<String> = found
         .iter()
         .filter(|s| !tables.find(s).is_some_and(|e| e.active))
@@ -160,13 +191,14 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
             let options = shared.clone();
             let catalog = catalog.clone();
+            let remote = remote.clone();
             async move {
                 // Each table on its own task: the CPU-bound steps of one table do not hold up
                 // the others.
                 let task = {
                     let (entry, bar) = (entry.clone(), bar.clone());
                     tokio::spawn(async move {
-                        let mut done = sync_table(&options, index, &entry, &bar).await?;
+                        let mut done = sync_table(&options, remote, index, &entry, &bar).await?;
                         if let Some(catalog) = &catalog {
                             bar.set_message("registering in the catalog");
                             let spec = entry.changelog_table(index, &options.lake)?.table;
@@ -335,18 +367,25 @@ async fn run_source_once<S: ChangeSource>(
 
 async fn sync_table(
     options: &SyncOptions,
+    remote: Option<Arc<StoreLanding>>,
     index: usize,
     entry: &TableEntry,
     bar: &ProgressBar,
 ) -> Result<TableSync> {
     let config = entry.changelog_table(index, &options.lake)?;
     bar.set_message("listing files");
-    let mut source = LandingZone::open(
-        &options.landing.join(&entry.source),
-        &config,
-        epoch_days(options.run_date),
-        bar.clone(),
-    )?;
+    let days = epoch_days(options.run_date);
+    let mut source = match remote {
+        Some(landing) => {
+            LandingZone::open_remote(landing, &entry.source, &config, days, bar.clone())?
+        }
+        None => LandingZone::open(
+            &options.landing.join(&entry.source),
+            &config,
+            days,
+            bar.clone(),
+        )?,
+    };
     let done = run_source(&mut source, &config, options.run_date, bar).await?;
     let mut result = TableSync {
         table: entry.name(),

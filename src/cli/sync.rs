@@ -13,7 +13,8 @@ pub const EXIT_SOME_TABLES_FAILED: u8 = 5;
 /// Arguments of `tributary sync`.
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
-    /// Landing root: one folder per <schema>/<table>.
+    /// Landing root: one folder per <schema>/<table>; a local folder, or an object-store prefix
+    /// (s3://bucket/landing, with --tables).
     pub landing_root: PathBuf,
     /// Lake root, a folder or an object-store prefix (s3://bucket/lake): tables go to
     /// <lake>/<schema>/<table>/{current,history,applied}.
@@ -104,6 +105,13 @@ pub async fn execute(args: SyncArgs) -> Result<u8> {
         None => chrono::Utc::now().date_naive(),
     };
     let interval = args.watch.as_deref().map(parse_interval).transpose()?;
+    let remote = crate::changelog::sync::landing_url(&args.landing_root)?.is_some();
+    if remote && args.tables.is_none() {
+        return Err(Error::Usage(format!(
+            "{}: a landing zone in an object store needs --tables FILE (a local tables file)",
+            args.landing_root.display()
+        )));
+    }
     let options = SyncOptions {
         tables_file: args
             .tables

@@ -28,6 +28,13 @@ pub struct TablesArgs {
 /// # Errors
 /// Those of [`refresh_tables`] and of reading and writing the tables file.
 pub async fn execute(args: TablesArgs) -> Result<u8> {
+    if crate::changelog::sync::landing_url(&args.landing_root)?.is_some() {
+        return Err(crate::error::Error::Usage(format!(
+            "{}: `tributary tables` lists a local landing zone only; for one in an object store, \
+             write the tables file by hand (docs/sync.md)",
+            args.landing_root.display()
+        )));
+    }
     let path = args
         .tables
         .unwrap_or_else(|| args.landing_root.join("tables.yaml"));

@@ -43,6 +43,16 @@ pub struct LandingZone {
     superseded: Vec<ChangeFile>,
     /// Checkpoint records of the files read so far, in order.
     done: Vec<AppliedFile>,
+    /// For a landing zone in an object store: the store, the table's folder in it
+    /// (`<schema>/<table>`), and the folder its files are copied into for the run.
+    remote: Option<RemoteFolder>,
+}
+
+/// A table folder of a landing zone in an object store.
+struct RemoteFolder {
+    landing: Arc<super::remote::StoreLanding>,
+    source: String,
+    staging: tempfile::TempDir,
 }
 
 impl LandingZone {
@@ -68,7 +78,56 @@ impl LandingZone {
             read: Vec::new(),
             superseded: Vec::new(),
             done: Vec::new(),
+            remote: None,
         })
+    }
+
+    /// The change files of table folder `source` (`<schema>/<table>`) of a landing zone in an
+    /// object store (see [`super::remote`]); otherwise as [`open`](Self::open).
+    ///
+    /// # Errors
+    /// [`Error::Input`] (or an explained store error) when the folder cannot be listed.
+    pub fn open_remote(
+        landing: Arc<super::remote::StoreLanding>,
+        source: &str,
+        config: &ChangelogTable,
+        run_days: i32,
+        bar: ProgressBar,
+    ) -> Result<Self> {
+        let staging = landing.staging()?;
+        landing.list(source, config.layout, staging.path())?;
+        Ok(LandingZone {
+            config: config.clone(),
+            folder: staging.path().to_path_buf(),
+            run_days,
+            bar,
+            read: Vec::new(),
+            superseded: Vec::new(),
+            done: Vec::new(),
+            remote: Some(RemoteFolder {
+                landing,
+                source: source.to_string(),
+                staging,
+            }),
+        })
+    }
+
+    /// The change files of the folder, in source order.
+    fn files(&self) -> Result<Vec<ChangeFile>> {
+        match &self.remote {
+            Some(r) => r
+                .landing
+                .list(&r.source, self.config.layout, r.staging.path()),
+            None => list(&self.folder, self.config.layout),
+        }
+    }
+
+    /// Copies `files` from the object store (nothing for a local landing zone).
+    fn fetch(&self, files: &[&ChangeFile]) -> Result<()> {
+        match &self.remote {
+            Some(r) => r.landing.fetch(&r.source, files),
+            None => Ok(()),
+        }
     }
 }
 
@@ -83,12 +142,16 @@ impl ChangeSource for LandingZone {
     /// Lists the folder and leaves out what `committed` records (see the module docs). Every
     /// call plans afresh: a run that lost its commit to another writer plans again.
     fn plan(&mut self, committed: &Committed) -> Result<Pending> {
-        let mut digest = |f: &ChangeFile| load_digest(f);
-        let todo = pending(
-            list(&self.folder, self.config.layout)?,
-            &committed.files,
-            &mut digest,
-        )?;
+        let files = self.files()?;
+        let todo = {
+            let mut digest = |f: &ChangeFile| {
+                self.fetch(&[f])?;
+                load_digest(f)
+            };
+            pending(files, &committed.files, &mut digest)?
+        };
+        // an object store's files are read from local copies
+        self.fetch(&todo.read.iter().collect::<Vec<_>>())?;
         self.read = todo.read;
         self.superseded = todo.superseded;
         self.done.clear();
@@ -112,6 +175,17 @@ impl ChangeSource for LandingZone {
             self.bar.clone(),
             self.run_days,
         );
+        // errors name an object store's files by their URL, not their local copy
+        let renamed = self.remote.as_ref().map(|r| {
+            (
+                r.staging.path().to_path_buf(),
+                r.landing.folder_url(&r.source),
+            )
+        });
+        let rename = move |e: Error| match &renamed {
+            Some((staging, url)) => super::remote::rename(e, staging, url),
+            None => e,
+        };
         let total = files.len();
         let reader = tokio::task::spawn_blocking(move || {
             for (i, file) in files.iter().enumerate() {
@@ -119,7 +193,7 @@ impl ChangeSource for LandingZone {
                 let batches = match read(&config, file, i, run_days) {
                     Ok(batches) => batches,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
+                        let _ = tx.blocking_send(Err(rename(e)));
                         return;
                     }
                 };
@@ -137,7 +211,7 @@ impl ChangeSource for LandingZone {
                     match load_digest(file) {
                         Ok(d) => record.digest = Some(d),
                         Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
+                            let _ = tx.blocking_send(Err(rename(e)));
                             return;
                         }
                     }
@@ -199,7 +273,13 @@ impl ChangeSource for LandingZone {
 pub fn list(folder: &Path, layout: Layout) -> Result<Vec<ChangeFile>> {
     let mut out = Vec::new();
     walk(folder, folder, layout, &mut out)?;
-    out.sort_by(|a, b| {
+    sort_files(&mut out);
+    Ok(out)
+}
+
+/// Puts `files` in source order (see [`list`]).
+pub(super) fn sort_files(files: &mut [ChangeFile]) {
+    files.sort_by(|a, b| {
         let file_name = |f: &ChangeFile| {
             let name = f.name.rsplit('/').next().unwrap_or("");
             name.rsplit_once('.')
@@ -213,7 +293,6 @@ pub fn list(folder: &Path, layout: Layout) -> Result<Vec<ChangeFile>> {
             &b.name,
         ))
     });
-    Ok(out)
 }
 
 fn walk(root: &Path, dir: &Path, layout: Layout, out: &mut Vec<ChangeFile>) -> Result<()> {
@@ -296,7 +375,7 @@ pub fn guess_layout(folder: &Path) -> Layout {
 }
 
 /// Kind, format and `LOAD` counter of a file name, or None when it is not a change file.
-fn classify(file_name: &str, layout: Layout) -> Option<(FileKind, ChangeFormat, u64)> {
+pub(super) fn classify(file_name: &str, layout: Layout) -> Option<(FileKind, ChangeFormat, u64)> {
     let (stem, ext) = file_name.rsplit_once('.')?;
     let format = match (layout, ext.to_ascii_lowercase().as_str()) {
         (Layout::Dms, "csv") => ChangeFormat::Csv,

@@ -11,6 +11,7 @@
 mod debezium;
 mod dms;
 pub mod landing;
+pub mod remote;
 
 use std::path::PathBuf;
 use std::sync::Arc;

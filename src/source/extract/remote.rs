@@ -52,6 +52,30 @@ fn object_url(folder: &Path, prefix: &Url, path: &Path) -> Option<String> {
     }
 }
 
+/// `err` with every file under `folder` that it names (a bad row's file, an input path) named
+/// by its URL under `prefix` (the file `folder/a/b.csv` as `<prefix>a/b.csv`).
+pub fn rename_under(err: Error, folder: &Path, prefix: &Url) -> Error {
+    let object = |path: &Path| object_url(folder, prefix, path);
+    match err {
+        Error::BadRow {
+            file,
+            line,
+            column,
+            reason,
+        } => Error::BadRow {
+            file: object(Path::new(&file)).unwrap_or(file),
+            line,
+            column,
+            reason,
+        },
+        Error::Input { path, reason } => Error::Input {
+            path: object(&path).map_or(path, PathBuf::from),
+            reason: reason.replace(&format!("{}/", folder.display()), prefix.as_str()),
+        },
+        other => other,
+    }
+}
+
 impl Drop for StagedInput {
     fn drop(&mut self) {
         let mut staged = STAGED.write().unwrap_or_else(|e| e.into_inner());
@@ -64,25 +88,7 @@ impl StagedInput {
     /// object's URL instead.
     pub fn rename(&self, err: Error) -> Error {
         let (folder, prefix) = &self.copied;
-        let object = |path: &Path| object_url(folder, prefix, path);
-        match err {
-            Error::BadRow {
-                file,
-                line,
-                column,
-                reason,
-            } => Error::BadRow {
-                file: object(Path::new(&file)).unwrap_or(file),
-                line,
-                column,
-                reason,
-            },
-            Error::Input { path, reason } => Error::Input {
-                path: object(&path).map_or(path, PathBuf::from),
-                reason: reason.replace(&format!("{}/", folder.display()), prefix.as_str()),
-            },
-            other => other,
-        }
+        rename_under(err, folder, prefix)
     }
 }
 
