@@ -919,3 +919,119 @@ async fn sync_from_an_s3_landing_zone_equals_a_local_one() {
         assert_eq!(rows(&s3_lake).await, rows(&local_lake).await, "{role}");
     }
 }
+
+/// Azurite (npm `azurite`, Azure Blob Storage's emulator) on a free port, watched by a shell that
+/// stops it when this process ends, with container `lake` made (Python `azure-storage-blob`).
+/// None when either is missing: the Azure test is then skipped.
+fn azurite() -> Option<&'static str> {
+    static ENDPOINT: OnceLock<Option<String>> = OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let data = std::env::temp_dir().join(format!("tributary-azurite-{}", std::process::id()));
+            let watch = "azurite-blob --blobHost 127.0.0.1 --blobPort \"$1\" --location \"$3\" \
+                         --skipApiVersionCheck --loose >/dev/null 2>&1 & a=$!; \
+                         while kill -0 \"$2\" 2>/dev/null && kill -0 $a 2>/dev/null; do sleep 1; done; \
+                         kill $a 2>/dev/null; rm -rf \"$3\"";
+            Command::new("sh")
+                .args(["-c", watch, "sh", &port.to_string(), &std::process::id().to_string()])
+                .arg(&data)
+                .spawn()
+                .ok()?;
+            let create = format!(
+                "import time\nfrom azure.storage.blob import BlobServiceClient\n\
+                 c = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;\
+                 AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
+                 BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;')\n\
+                 for _ in range(100):\n    try:\n        c.create_container('lake'); break\n    \
+                 except Exception:\n        time.sleep(0.2)\nelse:\n    raise SystemExit(1)\n"
+            );
+            let made = Command::new("python3").args(["-c", &create]).output().ok()?;
+            made.status
+                .success()
+                .then(|| format!("http://127.0.0.1:{port}"))
+        })
+        .as_deref()
+}
+
+/// Two days with the tables in Azure Blob Storage (`az://`, Azurite) equal the same days on
+/// local disk, and `tributary sql` reads them. (`object_store` takes the emulator's address
+/// from `AZURITE_BLOB_STORAGE_URL` only, so the processes get it in their environment.)
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_runs_on_azure_blob_storage_equal_local_runs() {
+    let Some(endpoint) = azurite() else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED object_store::snapshot_runs_on_azure_blob_storage_equal_local_runs: no \
+             Azurite (npm install -g azurite) or no azure-storage-blob (pip)"
+        );
+        return;
+    };
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    let config = fx.dir.path().join("azure.yaml");
+    let text = format!(
+        "name: t\ncurrent_table_path: az://lake/{id}/current\n\
+         history_table_path: az://lake/{id}/history\nextract_type: full\nstorage_options:\n  \
+         AZURE_STORAGE_USE_EMULATOR: \"true\"\n  AZURE_STORAGE_ACCOUNT_NAME: devstoreaccount1\n\
+         columns:\n{SIMPLE_COLUMNS}",
+        id = std::process::id()
+    );
+    std::fs::write(&config, text).unwrap();
+    for d in 1..=2u32 {
+        let input = fx.input(&format!("d{d}"), "a.csv", day_csv(d).as_bytes());
+        let date = format!("2024-01-{d:02}");
+        let on_azure = json_stdout(
+            &Command::new(BIN)
+                .args([
+                    "run",
+                    config.to_str().unwrap(),
+                    input.to_str().unwrap(),
+                    &date,
+                    "--json",
+                ])
+                .env("AZURITE_BLOB_STORAGE_URL", endpoint)
+                .output()
+                .unwrap(),
+        );
+        let on_disk = fx.run(&input, &date).await.unwrap();
+        assert_eq!(
+            on_azure["counts"],
+            serde_json::to_value(on_disk.counts).unwrap()
+        );
+    }
+    let out = Command::new(BIN)
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "--config",
+            config.to_str().unwrap(),
+            "-e",
+        ])
+        .arg("SELECT id, v, operation FROM t ORDER BY id")
+        .env("AZURITE_BLOB_STORAGE_URL", endpoint)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected = vec!["id,v,operation".to_string()];
+    let mut local = sorted_local(&fx, "current").await;
+    local.sort_by(|a, b| a["id"].cmp(&b["id"]));
+    expected.extend(
+        local
+            .iter()
+            .map(|r| format!("{},{},{}", r["id"], r["v"], r["operation"])),
+    );
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, expected);
+}
