@@ -54,7 +54,8 @@ enum Command {
     /// copy of each published table, then every committed change, exactly once, with the
     /// slot position in the same commit. Runs until SIGINT/SIGTERM, or with --once drains and exits.
     ///
-    /// Exit code 5 when some tables failed (the others are still captured).
+    /// Exit code 5 when some tables failed (the others are still captured); 6 when a catalog
+    /// registration failed.
     Capture(capture::CaptureArgs),
     /// Query the lake's tables with SQL: time travel (version_as_of, timestamp_as_of), SCD2
     /// views (<table>_scd2), as-of (as_of) and incremental (changes) queries, run history

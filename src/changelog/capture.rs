@@ -142,6 +142,11 @@ pub struct TableCapture {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The last catalog registration (the tables file's `catalog`): after the initial copy,
+    /// and after the first commit that follows columns added at the source. Its error does
+    /// not fail the table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<crate::sink::catalog::Registered>,
 }
 
 /// What one `capture` did.
@@ -151,6 +156,8 @@ pub struct CaptureSummary {
     pub tables: Vec<TableCapture>,
     /// Tables that failed.
     pub failed: usize,
+    /// Tables whose last catalog registration failed.
+    pub catalog_failed: usize,
     /// Transactions received from the slot.
     pub transactions: u64,
     /// Seconds from a transaction's commit in PostgreSQL to its commit in the lake.
@@ -189,6 +196,9 @@ struct Captured {
     /// The lake tables exist and are to be given the columns they lack, then read for their
     /// position ([`Captured::settle`]).
     evolve: bool,
+    /// The catalog describes the lake tables' columns (nothing to register until columns are
+    /// added).
+    registered: bool,
 }
 
 impl Captured {
@@ -351,6 +361,9 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         lags: Vec::new(),
     };
     run.copy(&server).await?;
+    for t in 0..run.tables.len() {
+        run.register(t).await;
+    }
     let stop_at = match options.once {
         true => Some(server.current_lsn().await?),
         false => None,
@@ -381,6 +394,10 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
     reports.sort_by(|a, b| a.table.cmp(&b.table));
     Ok(CaptureSummary {
         failed: reports.iter().filter(|r| r.status == "failed").count(),
+        catalog_failed: reports
+            .iter()
+            .filter(|r| r.catalog.as_ref().is_some_and(|c| c.error.is_some()))
+            .count(),
         tables: reports,
         lag,
         transactions: run.transactions,
@@ -448,6 +465,7 @@ async fn open_table(
         relation: None,
         failed,
         evolve,
+        registered: false,
     })
 }
 
@@ -934,6 +952,23 @@ impl Run<'_> {
         }
     }
 
+    /// Registers table `t` in the tables file's catalog unless the catalog describes it
+    /// already (or there is no catalog, or the table failed); a failure is reported and tried
+    /// again at the table's next commit.
+    async fn register(&mut self, t: usize) {
+        let Some(catalog) = self.entries.catalog.clone() else {
+            return;
+        };
+        let captured = &mut self.tables[t];
+        if captured.registered || captured.failed.is_some() {
+            return;
+        }
+        let spec = captured.table.config.table.clone();
+        let done = crate::sink::catalog::register_or_report(&catalog, &spec).await;
+        captured.registered = done.error.is_none();
+        captured.report.catalog = Some(done);
+    }
+
     fn fail(&mut self, t: usize, e: &Error) {
         let table = &mut self.tables[t];
         tracing::warn!(table = %table.table.name(), "failed: {e}");
@@ -1408,6 +1443,11 @@ impl Run<'_> {
                     // test hook: a crash after a part of a transaction is in the lake
                     crate::sink::delta::crash_point("capture-after-part");
                 }
+                if !self.tables[t].registered {
+                    // the status updates go on while the catalog answers
+                    let register = self.register(t);
+                    keep_alive(stream, register).await;
+                }
             }
             Err(e) => self.fail(t, &e),
         }
@@ -1462,6 +1502,8 @@ impl Run<'_> {
         let captured = &mut self.tables[t];
         captured.buffer = TableChanges::new(table.clone(), false);
         captured.table = table;
+        // the catalog learns the new columns at the table's next commit
+        captured.registered = false;
         for name in names {
             if !captured.report.columns_added.contains(&name) {
                 captured.report.columns_added.push(name);

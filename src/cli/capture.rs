@@ -75,6 +75,9 @@ fn print_capture(summary: &CaptureSummary) {
             false => format!("{detail}; columns added: {}", t.columns_added.join(", ")),
         };
         println!("{:<32} {:<10} {}", t.table, t.status, detail);
+        if let Some(error) = t.catalog.as_ref().and_then(|c| c.error.as_ref()) {
+            println!("{:<32} {:<10} {error}", "", "catalog");
+        }
     }
     let lag = match (summary.lag.p50_secs, summary.lag.p99_secs) {
         (Some(p50), Some(p99)) => format!(", lag p50 {p50:.2} s, p99 {p99:.2} s"),
@@ -180,6 +183,8 @@ pub async fn execute(args: CaptureArgs) -> Result<u8> {
     }
     Ok(if summary.failed > 0 {
         EXIT_SOME_TABLES_FAILED
+    } else if summary.catalog_failed > 0 {
+        crate::sink::catalog::EXIT_CATALOG_FAILED
     } else {
         0
     })

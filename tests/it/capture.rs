@@ -1257,3 +1257,82 @@ fn wide_rows_are_committed_in_parts_within_the_memory_limit() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// The tables file's `catalog` (AWS Glue, moto's Glue API): capture registers each table
+/// after its initial copy, and a column added at the source reaches the catalog at the table's
+/// next commit.
+#[test]
+fn captured_tables_are_registered_in_glue_with_columns_added_at_the_source() {
+    let Some(db) = Db::new("glue") else {
+        return;
+    };
+    let Some(endpoint) = crate::object_store::endpoint(
+        "capture::captured_tables_are_registered_in_glue_with_columns_added_at_the_source",
+    ) else {
+        return;
+    };
+    if std::env::var("TRIBUTARY_S3_ENDPOINT").is_ok() {
+        return; // a given server (SeaweedFS) serves no Glue API
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let database = format!("capture_{}", db.name.replace('-', "_"));
+    let tables = dir.path().join("tables.yaml");
+    std::fs::write(
+        &tables,
+        format!(
+            "catalog: {{type: glue, database: {database}, region: us-east-1, endpoint: '{endpoint}'}}\ntables: []\n"
+        ),
+    )
+    .unwrap();
+    db.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items VALUES (1, 'one');
+         CREATE PUBLICATION tributary FOR TABLE items;",
+    );
+    let glue_columns = || {
+        let script = format!(
+            "import boto3, json\n\
+             g = boto3.client('glue', endpoint_url='{endpoint}', region_name='us-east-1',\n\
+                 aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             t = g.get_table(DatabaseName='{database}', Name='public_items')['Table']\n\
+             print(json.dumps([c['Name'] for c in t['StorageDescriptor']['Columns']]))"
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<String>>(&out.stdout).unwrap()
+    };
+    let run = |db: &Db| {
+        let mut command = capture_command(dir.path(), db, &lake, &["--once", "--tables"]);
+        command
+            .arg(&tables)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing");
+        let out = command.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&db);
+    let columns = glue_columns();
+    assert!(
+        columns.starts_with(&["id".to_string(), "v".to_string()]),
+        "{columns:?}"
+    );
+    db.sql(
+        "ALTER TABLE items ADD COLUMN note text;
+         INSERT INTO items VALUES (2, 'two', 'new');",
+    );
+    run(&db);
+    assert!(glue_columns().contains(&"note".to_string()));
+}

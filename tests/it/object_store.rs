@@ -25,7 +25,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 const SECRET: &str = "not-a-real-secret-0451";
 
 /// The S3 endpoint of the tests (`http://127.0.0.1:PORT`), None when there is none.
-fn endpoint(test: &str) -> Option<&'static str> {
+pub(crate) fn endpoint(test: &str) -> Option<&'static str> {
     static ENDPOINT: OnceLock<Option<String>> = OnceLock::new();
     let found = ENDPOINT.get_or_init(|| {
         if let Ok(given) = std::env::var("TRIBUTARY_S3_ENDPOINT") {
