@@ -210,7 +210,8 @@ def snapshot_bench(binary, work, rows, server_port):
         stats, out = measured(work, f"snapshot-day2-{where}",
                               [binary, "run", config, os.path.join(data, "day2"), "2019-06-19", "--json"])
         summary = json.loads(out)
-        results[where] = dict(stats_row(stats), counts=summary["counts"])
+        written = summary["current"]["bytes_written"] + summary["history"]["bytes_written"]
+        results[where] = dict(stats_row(stats), counts=summary["counts"], bytes_written=written)
         print(json.dumps({"snapshot": where, **results[where]}), flush=True)
     results["requests"] = {"by_method": counts.by_method, "bytes_up": counts.up, "bytes_down": counts.down}
     proxy.shutdown()
@@ -282,14 +283,16 @@ def main():
         json.dump(result, f, indent=2)
     m = result["machine"]
     print(f"\n{m['nproc']} cores, {m['cpu']}, {m['mem']}; server {a.server}\n")
-    print("| workload | disk s | S3 s | S3 / disk | peak RSS disk / S3 MiB | requests (by method) | MiB up / down |")
-    print("|---|---:|---:|---:|---:|---|---:|")
+    print("| workload | disk s | S3 s | S3 / disk | peak RSS disk / S3 MiB | requests (by method) | MiB up / down | MiB of data files (both tables) |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
     for name, r in (("snapshot day 2", snap), ("sync", sync)):
         req = r["requests"]
         methods = ", ".join(f"{k} {v:,}" for k, v in sorted(req["by_method"].items()))
+        written = r["s3-counted"].get("bytes_written")
+        written = f"{written / 2**20:,.1f}" if written else "-"
         print(f"| {name} | {r['disk']['secs']} | {r['s3']['secs']} | {r['s3']['secs'] / r['disk']['secs']:.2f}x | "
               f"{r['disk']['peak_rss_mib']:,} / {r['s3']['peak_rss_mib']:,} | {methods} | "
-              f"{req['bytes_up'] / 2**20:,.1f} / {req['bytes_down'] / 2**20:,.1f} |")
+              f"{req['bytes_up'] / 2**20:,.1f} / {req['bytes_down'] / 2**20:,.1f} | {written} |")
 
 
 if __name__ == "__main__":

@@ -359,6 +359,7 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
         confirmed: None,
         uncommitted: Vec::new(),
         lags: Vec::new(),
+        catalog_retry_at: None,
     };
     run.copy(&server).await?;
     for t in 0..run.tables.len() {
@@ -781,7 +782,12 @@ struct Run<'a> {
     uncommitted: Vec<i64>,
     /// Seconds from each transaction's commit in PostgreSQL to its commit in the lake.
     lags: Vec<f32>,
+    /// When a catalog registration failed: no table tries again before this.
+    catalog_retry_at: Option<Instant>,
 }
+
+/// How long capture waits after a failed catalog registration before any table tries again.
+const CATALOG_RETRY: Duration = Duration::from_secs(300);
 
 /// The transaction being received.
 struct Txn {
@@ -959,6 +965,11 @@ impl Run<'_> {
         let Some(catalog) = self.entries.catalog.clone() else {
             return;
         };
+        // a catalog that failed is tried again after CATALOG_RETRY, not at every commit: each
+        // try may wait out its timeouts, and the stream waits with it
+        if self.catalog_retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
         let captured = &mut self.tables[t];
         if captured.registered || captured.failed.is_some() {
             return;
@@ -966,6 +977,9 @@ impl Run<'_> {
         let spec = captured.table.config.table.clone();
         let done = crate::sink::catalog::register_or_report(&catalog, &spec).await;
         captured.registered = done.error.is_none();
+        if !captured.registered {
+            self.catalog_retry_at = Some(Instant::now() + CATALOG_RETRY);
+        }
         captured.report.catalog = Some(done);
     }
 

@@ -122,10 +122,26 @@ impl LandingZone {
         }
     }
 
+    /// `err` naming an object store's files by their URL, not their local copy.
+    fn rename(&self, err: Error) -> Error {
+        match &self.remote {
+            Some(r) => {
+                super::remote::rename(err, r.staging.path(), &r.landing.folder_url(&r.source))
+            }
+            None => err,
+        }
+    }
+
     /// Copies `files` from the object store (nothing for a local landing zone).
     fn fetch(&self, files: &[&ChangeFile]) -> Result<()> {
         match &self.remote {
-            Some(r) => r.landing.fetch(&r.source, files),
+            Some(r) => {
+                if !files.is_empty() {
+                    self.bar
+                        .set_message(format!("copying {} file(s) from the store", files.len()));
+                }
+                r.landing.fetch(files)
+            }
             None => Ok(()),
         }
     }
@@ -146,7 +162,7 @@ impl ChangeSource for LandingZone {
         let todo = {
             let mut digest = |f: &ChangeFile| {
                 self.fetch(&[f])?;
-                load_digest(f)
+                load_digest(f).map_err(|e| self.rename(e))
             };
             pending(files, &committed.files, &mut digest)?
         };

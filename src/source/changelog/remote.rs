@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use deltalake::logstore::object_store::{path::Path as Key, ObjectStore, ObjectStoreExt};
+use deltalake::logstore::object_store::{path::Path as Key, ObjectStore};
 use futures::StreamExt;
 use url::Url;
 
@@ -32,6 +32,24 @@ pub struct StoreLanding {
     store: Arc<dyn ObjectStore>,
     root: Key,
     owned: tempfile::TempDir,
+    /// Each listed file's object, by local path: its exact key (as listed, never re-encoded)
+    /// and its ETag, the version a copy must be of.
+    listed: std::sync::Mutex<std::collections::HashMap<PathBuf, (Key, Option<String>)>>,
+    /// The ETag of each local copy made, by local path.
+    copied: std::sync::Mutex<std::collections::HashMap<PathBuf, Option<String>>>,
+}
+
+/// Objects copied at once.
+const FETCHES_IN_FLIGHT: usize = 8;
+
+/// `root/part`, `part` taken as it is (a listed name: `Key::join` would percent-encode a `%`
+/// or `#` in it, and name another object).
+fn under(root: &Key, part: &str) -> Key {
+    match root.as_ref() {
+        "" => Key::from_iter([part]),
+        root => Key::parse(format!("{root}/{part}"))
+            .unwrap_or_else(|_| Key::from(format!("{root}/{part}"))),
+    }
 }
 
 impl std::fmt::Debug for StoreLanding {
@@ -82,6 +100,8 @@ impl StoreLanding {
             store,
             root,
             owned,
+            listed: Default::default(),
+            copied: Default::default(),
         })
     }
 
@@ -125,7 +145,7 @@ impl StoreLanding {
             };
             let mut found = Vec::new();
             for schema in folders(self.root.clone()).await? {
-                let at = self.root.clone().join(schema.as_str());
+                let at = under(&self.root, &schema);
                 for table in folders(at).await? {
                     found.push(format!("{schema}/{table}"));
                 }
@@ -142,9 +162,7 @@ impl StoreLanding {
     /// # Errors
     /// [`Error::Input`] (or an explained store error) when the folder cannot be listed.
     pub fn list(&self, source: &str, layout: Layout, staging: &Path) -> Result<Vec<ChangeFile>> {
-        let prefix = source
-            .split('/')
-            .fold(self.root.clone(), |key, part| key.join(part));
+        let prefix = under(&self.root, source);
         let objects = block(async {
             let mut listed = self.store.list(Some(&prefix));
             let mut out = Vec::new();
@@ -173,45 +191,102 @@ impl StoreLanding {
             };
             let mut file = ChangeFile::new(staging.join(&name), &name, kind, format, meta.size);
             file.modified_ms = meta.last_modified.timestamp_millis();
+            self.listed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    file.path.clone(),
+                    (meta.location.clone(), meta.e_tag.clone()),
+                );
             files.push(file);
         }
         super::landing::sort_files(&mut files);
         Ok(files)
     }
 
-    /// Copies `files` of table folder `source` (from [`list`](Self::list)) to their local
-    /// paths, unless a copy of the same size is there.
+    /// Copies `files` (from the last [`list`](Self::list)) to their local paths, a few at
+    /// once, unless the copy there is of the object version listed (same ETag). A copy is of
+    /// the version listed or the fetch fails: an object replaced since the listing is read at
+    /// the next pass, never a mix.
     ///
     /// # Errors
-    /// [`Error::Input`] (or an explained store error) naming the object; local I/O errors.
-    pub fn fetch(&self, source: &str, files: &[&ChangeFile]) -> Result<()> {
-        block(async {
+    /// [`Error::Input`] (or an explained store error) naming the object; [`Error::Storage`]
+    /// naming the local copy (a full disk).
+    pub fn fetch(&self, files: &[&ChangeFile]) -> Result<()> {
+        let wanted: Vec<(PathBuf, Key, Option<String>)> = {
+            let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+            let copied = self.copied.lock().unwrap_or_else(|e| e.into_inner());
+            let mut wanted = Vec::new();
             for file in files {
-                if std::fs::metadata(&file.path).is_ok_and(|m| m.len() == file.size) {
-                    continue;
+                let (key, etag) = listed
+                    .get(&file.path)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("{} was not listed", file.name)))?;
+                let fresh = etag.is_some()
+                    && copied.get(&file.path) == Some(&etag)
+                    && std::fs::metadata(&file.path).is_ok_and(|m| m.len() == file.size);
+                if !fresh {
+                    wanted.push((file.path.clone(), key, etag));
                 }
-                let key = source
-                    .split('/')
-                    .chain(file.name.split('/'))
-                    .fold(self.root.clone(), |key, part| key.join(part));
-                if let Some(parent) = file.path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                let mut stream = self
-                    .store
-                    .get(&key)
-                    .await
-                    .map_err(|e| self.error(&key, e))?
-                    .into_stream();
-                let mut out = tokio::fs::File::create(&file.path).await?;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| self.error(&key, e))?;
-                    tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
-                }
-                tokio::io::AsyncWriteExt::flush(&mut out).await?;
             }
-            Ok::<_, Error>(())
-        })?
+            wanted
+        };
+        let fetched: Vec<Result<(PathBuf, Option<String>)>> = block(
+            futures::stream::iter(wanted)
+                .map(|(path, key, etag)| async move {
+                    self.fetch_one(&path, &key, etag.as_deref()).await?;
+                    Ok((path, etag))
+                })
+                .buffer_unordered(FETCHES_IN_FLIGHT)
+                .collect(),
+        )?;
+        let mut copied = self.copied.lock().unwrap_or_else(|e| e.into_inner());
+        for result in fetched {
+            let (path, etag) = result?;
+            copied.insert(path, etag);
+        }
+        Ok(())
+    }
+
+    /// Copies the object `key` (of ETag `etag`, when the listing gave one) to `path`.
+    async fn fetch_one(&self, path: &Path, key: &Key, etag: Option<&str>) -> Result<()> {
+        let local = |source: std::io::Error| Error::Storage {
+            action: format!("cannot copy {} to", self.url_of(key)),
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(local)?;
+        }
+        let options = deltalake::logstore::object_store::GetOptions {
+            if_match: etag.map(str::to_string),
+            ..Default::default()
+        };
+        let got = self
+            .store
+            .get_opts(key, options)
+            .await
+            .map_err(|e| match e {
+                deltalake::ObjectStoreError::Precondition { .. } => Error::Input {
+                    path: PathBuf::from(self.url_of(key).as_str()),
+                    reason:
+                        "replaced while this pass read the landing zone; the next pass reads it"
+                            .into(),
+                },
+                e => self.error(key, e),
+            })?;
+        let mut stream = got.into_stream();
+        let mut out = tokio::fs::File::create(path).await.map_err(local)?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.error(key, e))?;
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
+                .await
+                .map_err(local)?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .map_err(local)?;
+        Ok(())
     }
 
     /// A new folder for the copies of one table's run, under the sync's spill folder.

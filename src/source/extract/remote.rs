@@ -46,10 +46,15 @@ pub fn shown(path: &Path) -> Option<String> {
 /// The URL under `prefix` of `path`, a file copied into `folder`; None when it is not in it.
 fn object_url(folder: &Path, prefix: &Url, path: &Path) -> Option<String> {
     let name = path.strip_prefix(folder).ok()?.to_str()?;
-    match name {
-        "" => Some(prefix.to_string()),
-        name => prefix.join(name).ok().map(String::from),
+    let mut url = prefix.clone();
+    if !name.is_empty() {
+        // segments, not `Url::join`: a `#` or `?` in a name is part of it
+        url.path_segments_mut()
+            .ok()?
+            .pop_if_empty()
+            .extend(name.split('/'));
     }
+    Some(url.to_string())
 }
 
 /// `err` with every file under `folder` that it names (a bad row's file, an input path) named
