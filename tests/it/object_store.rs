@@ -948,7 +948,7 @@ fn azurite() -> Option<&'static str> {
             let watch = "azurite-blob --blobHost 127.0.0.1 --blobPort \"$1\" --location \"$3\" \
                          --skipApiVersionCheck --loose >/dev/null 2>&1 & a=$!; \
                          while kill -0 \"$2\" 2>/dev/null && kill -0 $a 2>/dev/null; do sleep 1; done; \
-                         kill $a 2>/dev/null; rm -rf \"$3\"";
+                         kill $a 2>/dev/null; wait $a 2>/dev/null; rm -rf \"$3\" 2>/dev/null";
             Command::new("sh")
                 .args(["-c", watch, "sh", &port.to_string(), &std::process::id().to_string()])
                 .arg(&data)
@@ -1050,4 +1050,92 @@ async fn snapshot_runs_on_azure_blob_storage_equal_local_runs() {
         .map(str::to_string)
         .collect();
     assert_eq!(got, expected);
+}
+
+/// A sync with both the landing zone and the lake in the bucket, aborted at each commit point
+/// (before history's commit, after it, between the followers' commits) and run again, ends as
+/// an uninterrupted sync of the same files on local disk does; a third pass has nothing to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_killed_at_any_commit_point_on_s3_ends_like_an_uninterrupted_one() {
+    let Some(endpoint) = endpoint(
+        "object_store::a_sync_killed_at_any_commit_point_on_s3_ends_like_an_uninterrupted_one",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tables = dir.path().join("tables.yaml");
+    let mut text = String::from("storage_options:\n");
+    for (key, value) in options(endpoint) {
+        text.push_str(&format!("  {key}: \"{value}\"\n"));
+    }
+    text.push_str(crate::concurrency::ORDERS);
+    std::fs::write(&tables, &text).unwrap();
+    let files = crate::concurrency::dms_files(4);
+    let sync = |landing: &str, lake: &str, crash_at: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "sync",
+            landing,
+            "--tables",
+            tables.to_str().unwrap(),
+            "--lake",
+            lake,
+        ])
+        .args(["--date", "2024-02-01", "--json"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+        if let Some(point) = crash_at {
+            cmd.env("TRIBUTARY_CRASH_AT", point);
+        }
+        cmd.output().unwrap()
+    };
+    // the uninterrupted sync, on disk
+    let local_landing = dir.path().join("landing");
+    for (i, (rel, text)) in files.iter().enumerate() {
+        crate::concurrency::deliver(&local_landing, rel, text, 1_700_000_000 + i as u64);
+    }
+    let local_lake = dir.path().join("lake");
+    let out = sync(
+        local_landing.to_str().unwrap(),
+        local_lake.to_str().unwrap(),
+        None,
+    );
+    assert_eq!(json_stdout(&out)["failed"], 0);
+    for point in [
+        "before-history-commit",
+        "after-history-commit",
+        "between-follower-commits",
+    ] {
+        let place = bucket(endpoint);
+        for (rel, text) in &files {
+            put_object(endpoint, &place, &format!("landing/{rel}"), text.as_bytes()).await;
+        }
+        let (landing, lake) = (
+            format!("s3://{place}/landing"),
+            format!("s3://{place}/lake"),
+        );
+        let crashed = sync(&landing, &lake, Some(point));
+        assert!(
+            !crashed.status.success(),
+            "{point}: the process should have aborted"
+        );
+        let summary = json_stdout(&sync(&landing, &lake, None));
+        let want = match point {
+            "before-history-commit" => "applied",
+            _ => "up-to-date",
+        };
+        assert_eq!(summary["tables"][0]["status"], want, "{point}: {summary}");
+        for role in ["current", "history"] {
+            let mut local =
+                crate::common::table_rows(&local_lake.join("sales/orders").join(role)).await;
+            local.sort();
+            let url = format!("{lake}/sales/orders/{role}/");
+            assert_eq!(rows(&url, endpoint).await, local, "{point}: {role}");
+        }
+        let again = json_stdout(&sync(&landing, &lake, None));
+        assert_eq!(
+            again["tables"][0]["status"], "up-to-date",
+            "{point}: {again}"
+        );
+    }
 }
