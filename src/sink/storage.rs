@@ -17,8 +17,8 @@
 //! `AWS_REGION`, `AWS_ALLOW_HTTP`, `AWS_PROFILE`, `AZURE_STORAGE_ACCOUNT_NAME`, ...) apply to
 //! the tables of that config and take precedence over the environment. Loading a config
 //! records them for the process by table URL ([`register`]); every open of a table ([`open`],
-//! [`at`], [`open_as_of`]) takes the options registered for its URL. Values are never printed: [`StorageOptions`]'s `Debug`
-//! shows the keys only.
+//! [`at`], [`open_as_of`]) takes the options registered for its URL. Values are never
+//! printed: [`StorageOptions`]'s `Debug` shows the keys only.
 
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
