@@ -51,6 +51,9 @@ pub struct SyncOptions {
     pub run_date: NaiveDate,
     /// Draw a progress line per table on the terminal.
     pub progress: bool,
+    /// Folder for the copies of a landing zone in an object store (each pass makes and
+    /// removes its own `tributary-spill-*` folder there); None: the system temporary folder.
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// What happened to one table.
@@ -129,7 +132,8 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
     // of this pass (removed with it; by a later pass or run when the process is killed)
     let remote = match landing_url(&options.landing)? {
         Some(url) => {
-            let owned = crate::snapshot::spill::owned_folder(&std::env::temp_dir())?;
+            let spill_dir = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let owned = crate::snapshot::spill::owned_folder(&spill_dir)?;
             Some(Arc::new(StoreLanding::open(
                 &url,
                 tables.storage_options.to_map(),

@@ -35,6 +35,10 @@ pub struct SyncArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Folder for the copies of an object-store landing zone's files read by a pass (default:
+    /// the system temporary folder, TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// Parses an interval: seconds, or a number with `s`, `m` or `h`.
@@ -121,6 +125,7 @@ pub async fn execute(args: SyncArgs) -> Result<u8> {
         jobs: args.jobs,
         run_date,
         progress: !args.json,
+        spill_dir: args.spill_dir,
     };
     loop {
         let pass = sync(&options).await;

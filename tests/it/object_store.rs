@@ -859,6 +859,7 @@ async fn sync_from_an_s3_landing_zone_equals_a_local_one() {
         "I,5000,east,1\nU,5000,west,2\n".to_string(),
     ));
     let s3_landing = format!("s3://{place}/landing");
+    let spill = dir.path().join("spill");
     let sync = |landing: &str, lake: &Path| {
         let out = Command::new(BIN)
             .args([
@@ -869,6 +870,8 @@ async fn sync_from_an_s3_landing_zone_equals_a_local_one() {
                 "--lake",
             ])
             .arg(lake)
+            .arg("--spill-dir")
+            .arg(&spill)
             .args(["--date", "2024-02-01", "--json"])
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -908,6 +911,9 @@ async fn sync_from_an_s3_landing_zone_equals_a_local_one() {
             );
         }
     }
+    // the passes' copies went to --spill-dir, and went with the passes
+    let left: Vec<_> = std::fs::read_dir(&spill).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
     for role in ["current", "history", "applied"] {
         let rows = |lake: &Path| {
             let path = lake.join("sales/orders").join(role);

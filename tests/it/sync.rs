@@ -60,6 +60,7 @@ impl Landing {
             jobs: 2,
             run_date: NaiveDate::from_ymd_opt(2024, 3, 9).unwrap(),
             progress: false,
+            spill_dir: None,
         }
     }
 

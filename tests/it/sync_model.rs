@@ -130,6 +130,7 @@ fn change_logs_match_the_reference_model() {
                 jobs: 1,
                 run_date: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
                 progress: false,
+                spill_dir: None,
             };
             let mut n = 0;
             for (r, run) in runs.iter().enumerate() {
