@@ -261,6 +261,38 @@ fn credential_variables(url: &url::Url) -> &'static str {
 mod tests {
     use super::*;
 
+    #[test]
+    fn store_failures_are_explained_by_bucket_without_secrets() {
+        let u = url::Url::parse("s3://missing-bucket/lake/t/").unwrap();
+        let e = std::io::Error::other(
+            "Error performing GET: NoSuchBucket: The specified bucket does not exist",
+        );
+        let text = explain_store_error("current", &u, &e).unwrap().to_string();
+        assert!(text.contains("`missing-bucket` does not exist"), "{text}");
+        let e = std::io::Error::other("Client error with status 403 Forbidden: InvalidAccessKeyId");
+        let text = explain_store_error("history", &u, &e).unwrap().to_string();
+        assert!(
+            text.contains("access denied to s3://missing-bucket/lake/t/"),
+            "{text}"
+        );
+        let azure = url::Url::parse("abfss://landing@acct.dfs.core.windows.net/lake/t/").unwrap();
+        let e = std::io::Error::other("ContainerNotFound: The specified container does not exist.");
+        let text = explain_store_error("current", &azure, &e)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("`landing` does not exist"), "{text}");
+        let e = std::io::Error::other("403 Forbidden: AuthorizationFailure");
+        let text = explain_store_error("current", &azure, &e)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("AZURE_STORAGE_ACCOUNT_NAME") && !text.contains("AWS_"),
+            "{text}"
+        );
+        let e = std::io::Error::other("connection reset");
+        assert!(explain_store_error("current", &u, &e).is_none());
+    }
+
     /// A library's error wrapping `ENOSPC` (delta-rs: "Failed to parse parquet: ... No space
     /// left on device") is recognised through the chain, or by its text.
     #[test]

@@ -31,10 +31,7 @@ pub async fn execute(args: CheckArgs) -> Result<u8> {
     let incoming = staged
         .as_ref()
         .map_or(args.incoming.as_path(), |s| s.path.as_path());
-    let s = check(&config, incoming).map_err(|e| match &staged {
-        Some(staged) => staged.rename(e),
-        None => e,
-    })?;
+    let s = check(&config, incoming).map_err(|e| super::run::renamed(&staged, e))?;
     if args.json {
         print_json(&s)?;
         return Ok(0);

@@ -71,7 +71,6 @@ pub async fn execute(args: RegisterArgs) -> Result<u8> {
     }
     let mut outcomes: Vec<Registered> = Vec::new();
     for (catalog, spec) in &specs {
-        crate::sink::storage::register_lake(&spec.lake);
         let done = register_or_report(catalog, spec).await;
         if !args.json {
             match &done.error {

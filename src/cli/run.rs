@@ -90,6 +90,18 @@ pub async fn stage_incoming(
     Ok(Some(staged))
 }
 
+/// `err` naming the files of a staged extract (`staged`) by their objects' URLs; as it is
+/// without one.
+pub fn renamed(
+    staged: &Option<crate::source::extract::remote::StagedInput>,
+    err: crate::error::Error,
+) -> crate::error::Error {
+    match staged {
+        Some(staged) => staged.rename(err),
+        None => err,
+    }
+}
+
 /// Runs `tributary run` and prints its summary.
 ///
 /// # Errors
@@ -108,10 +120,7 @@ pub async fn execute(args: RunArgs) -> Result<u8> {
         .map_or(args.incoming.as_path(), |s| s.path.as_path());
     let summary = run(&config, incoming, date, options)
         .await
-        .map_err(|e| match &staged {
-            Some(staged) => staged.rename(e),
-            None => e,
-        })?;
+        .map_err(|e| renamed(&staged, e))?;
     let catalog = match &config.table.lake.catalog {
         Some(catalog) => {
             Some(crate::sink::catalog::register_or_report(catalog, &config.table).await)

@@ -9,5 +9,6 @@ pub mod hash;
 pub mod key;
 pub mod op;
 pub mod schema;
+pub mod store;
 pub mod threads;
 pub mod time;

@@ -121,53 +121,29 @@ fn local_tables(root: &Path) -> Result<Vec<(String, String)>> {
 /// The `(schema, table)` prefixes of an object-store lake root that hold a current table's
 /// log, sorted: listed with `/` as the delimiter (two levels, then one probe per table).
 fn store_tables(root: &LakeRoot) -> Result<Vec<(String, String)>> {
-    use deltalake::logstore::object_store::{path::Path as Key, ObjectStore};
+    use crate::core::store::{block_on, bucket_store, subfolders, under};
     use futures::StreamExt;
     let usage =
         |e: &dyn std::fmt::Display| Error::Usage(format!("lake {root}: cannot list it: {e}"));
-    let mut bucket = root.url.clone();
-    bucket.set_path("/");
-    let store = deltalake::logstore::store_for(&bucket, root.storage_options.to_map())
-        .map_err(|e| usage(&e))?;
-    let prefix = Key::from_url_path(root.url.path()).map_err(|e| usage(&e))?;
-    let handle = tokio::runtime::Handle::try_current().map_err(|e| usage(&e))?;
-    let listed = tokio::task::block_in_place(|| {
-        handle.block_on(async {
-            let folders = |at: Key| {
-                let store = store.clone();
-                async move {
-                    let mut names: Vec<String> = store
-                        .list_with_delimiter(Some(&at))
-                        .await?
-                        .common_prefixes
-                        .iter()
-                        .filter_map(|p| p.filename().map(str::to_string))
-                        .collect();
-                    names.sort();
-                    Ok::<_, deltalake::ObjectStoreError>(names)
-                }
-            };
-            let mut found = Vec::new();
-            for schema in folders(prefix.clone()).await? {
-                let at = prefix.clone().join(schema.as_str());
-                for table in folders(at.clone()).await? {
-                    let log = at
-                        .clone()
-                        .join(table.as_str())
-                        .join("current")
-                        .join("_delta_log");
-                    // one object of the log is enough: the first page only
-                    if let Some(first) = store.list(Some(&log)).next().await {
-                        first?;
-                        found.push((schema.clone(), table));
-                    }
+    let (store, prefix) =
+        bucket_store(&root.url, root.storage_options.to_map()).map_err(|e| usage(&e))?;
+    let listed = block_on(async {
+        let mut found = Vec::new();
+        for schema in subfolders(store.as_ref(), &prefix).await? {
+            let at = under(&prefix, &schema);
+            for table in subfolders(store.as_ref(), &at).await? {
+                let log = under(&under(&at, &table), "current/_delta_log");
+                // one object of the log is enough: the first page only
+                if let Some(first) = store.list(Some(&log)).next().await {
+                    first?;
+                    found.push((schema.clone(), table));
                 }
             }
-            Ok::<_, deltalake::ObjectStoreError>(found)
-        })
-    });
+        }
+        Ok::<_, deltalake::ObjectStoreError>(found)
+    })?;
     listed.map_err(|e| {
-        crate::sink::storage::explain("lake", &root.url, &e).unwrap_or_else(|| usage(&e))
+        crate::error::explain_store_error("lake", &root.url, &e).unwrap_or_else(|| usage(&e))
     })
 }
 
@@ -203,7 +179,6 @@ pub fn named_tables(
 /// Those of [`TableConfig::load`].
 pub fn config_table(path: &Path) -> Result<LakeTable> {
     let config = TableConfig::load(path)?;
-    crate::sink::storage::register_lake(&config.table.lake);
     Ok(LakeTable {
         schema: None,
         name: config.table.name.to_lowercase(),

@@ -26,7 +26,6 @@ use url::Url;
 pub use crate::config::storage::{
     check_url, options_for, register, register_lake, StorageOptions, SCHEMES,
 };
-pub use crate::error::explain_store_error as explain;
 
 /// Opens the Delta table at `url` with its registered options ([`options_for`]).
 ///
@@ -102,33 +101,5 @@ mod tests {
         assert!(!same("s3://b1/cur/", "gs://b1/hist/"));
         assert!(!same("memory:///a/", "memory:///b/"));
         assert!(!same("file:///a/", "s3://b1/a/"));
-    }
-
-    #[test]
-    fn store_failures_are_explained_by_bucket_without_secrets() {
-        let u = url("s3://missing-bucket/lake/t/");
-        let e = std::io::Error::other(
-            "Error performing GET: NoSuchBucket: The specified bucket does not exist",
-        );
-        let text = explain("current", &u, &e).unwrap().to_string();
-        assert!(text.contains("`missing-bucket` does not exist"), "{text}");
-        let e = std::io::Error::other("Client error with status 403 Forbidden: InvalidAccessKeyId");
-        let text = explain("history", &u, &e).unwrap().to_string();
-        assert!(
-            text.contains("access denied to s3://missing-bucket/lake/t/"),
-            "{text}"
-        );
-        let azure = url("abfss://landing@acct.dfs.core.windows.net/lake/t/");
-        let e = std::io::Error::other("ContainerNotFound: The specified container does not exist.");
-        let text = explain("current", &azure, &e).unwrap().to_string();
-        assert!(text.contains("`landing` does not exist"), "{text}");
-        let e = std::io::Error::other("403 Forbidden: AuthorizationFailure");
-        let text = explain("current", &azure, &e).unwrap().to_string();
-        assert!(
-            text.contains("AZURE_STORAGE_ACCOUNT_NAME") && !text.contains("AWS_"),
-            "{text}"
-        );
-        let e = std::io::Error::other("connection reset");
-        assert!(explain("current", &u, &e).is_none());
     }
 }

@@ -167,19 +167,38 @@ fn options(endpoint: &str) -> HashMap<String, String> {
 fn s3_config(dir: &Path, endpoint: &str, bucket: &str) -> std::path::PathBuf {
     let mut text = format!(
         "name: t\ncurrent_table_path: s3://{bucket}/lake/current\n\
-         history_table_path: s3://{bucket}/lake/history\nextract_type: full\n\
-         storage_options:\n"
+         history_table_path: s3://{bucket}/lake/history\nextract_type: full\n"
     );
-    let mut options: Vec<_> = options(endpoint).into_iter().collect();
-    options.sort();
-    for (key, value) in options {
-        text.push_str(&format!("  {key}: \"{value}\"\n"));
-    }
+    text.push_str(&options_yaml(endpoint));
     text.push_str("columns:\n");
     text.push_str(SIMPLE_COLUMNS);
     let path = dir.join("s3.yaml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The `storage_options:` section of the tests' configs and tables files (YAML).
+fn options_yaml(endpoint: &str) -> String {
+    let mut options: Vec<_> = options(endpoint).into_iter().collect();
+    options.sort();
+    let mut text = String::from("storage_options:\n");
+    for (key, value) in options {
+        text.push_str(&format!("  {key}: \"{value}\"\n"));
+    }
+    text
+}
+
+/// Asserts that the current and history tables under `s3://{place}/lake/` hold the rows of
+/// `local`'s.
+async fn assert_s3_tables_equal(place: &str, endpoint: &str, local: &Fixture) {
+    for role in ["current", "history"] {
+        let url = format!("s3://{place}/lake/{role}/");
+        assert_eq!(
+            rows(&url, endpoint).await,
+            sorted_local(local, role).await,
+            "{role}"
+        );
+    }
 }
 
 /// `tributary run CONFIG INPUT DATE --json`, with no AWS settings from the environment.
@@ -299,14 +318,7 @@ async fn snapshot_runs_on_s3_equal_the_same_runs_on_local_disk() {
             serde_json::to_value(on_disk.counts).unwrap()
         );
     }
-    for role in ["current", "history"] {
-        let url = format!("s3://{bucket}/lake/{role}/");
-        assert_eq!(
-            rows(&url, endpoint).await,
-            sorted_local(&local, role).await,
-            "{role}"
-        );
-    }
+    assert_s3_tables_equal(&bucket, endpoint, &local).await;
     assert_eq!(
         logged_runs(&format!("s3://{bucket}/lake/history/"), endpoint).await,
         vec![1, 2, 3]
@@ -367,14 +379,7 @@ async fn a_run_killed_between_its_s3_commits_is_completed_by_the_next() {
     assert_eq!(resumed["recovered"]["completed_run"], 2, "{resumed}");
     assert_eq!(resumed["status"], "no-op", "{resumed}");
     local.run(&day2, "2024-01-02").await.unwrap();
-    for role in ["current", "history"] {
-        let url = format!("s3://{bucket}/lake/{role}/");
-        assert_eq!(
-            rows(&url, endpoint).await,
-            sorted_local(&local, role).await,
-            "{role}"
-        );
-    }
+    assert_s3_tables_equal(&bucket, endpoint, &local).await;
 }
 
 /// Three processes running days on one S3 table at once: every run number once, and the tables
@@ -451,14 +456,7 @@ async fn concurrent_runs_on_one_s3_table_commit_each_run_once() {
         let input = replay.input(&format!("d{d}"), "a.csv", day_csv(d).as_bytes());
         replay.run(&input, date).await.unwrap();
     }
-    for role in ["current", "history"] {
-        let url = format!("s3://{bucket}/lake/{role}/");
-        assert_eq!(
-            rows(&url, endpoint).await,
-            sorted_local(&replay, role).await,
-            "{role}"
-        );
-    }
+    assert_s3_tables_equal(&bucket, endpoint, &replay).await;
 }
 
 /// The Python `deltalake` package reads the tables a run wrote to S3.
@@ -561,10 +559,7 @@ async fn sync_into_an_s3_lake_equals_a_local_lake() {
     let dir = tempfile::tempdir().unwrap();
     let (landing, local_lake) = (dir.path().join("landing"), dir.path().join("lake"));
     std::fs::create_dir_all(&landing).unwrap();
-    let mut tables = String::from("storage_options:\n");
-    for (key, value) in options(endpoint) {
-        tables.push_str(&format!("  {key}: \"{value}\"\n"));
-    }
+    let mut tables = options_yaml(endpoint);
     tables.push_str(crate::concurrency::ORDERS);
     std::fs::write(landing.join("tables.yaml"), tables).unwrap();
     let s3_lake = format!("s3://{bucket}/lake");
@@ -845,10 +840,7 @@ async fn sync_from_an_s3_landing_zone_equals_a_local_one() {
     let dir = tempfile::tempdir().unwrap();
     let (local_landing, tables) = (dir.path().join("landing"), dir.path().join("tables.yaml"));
     std::fs::create_dir_all(&local_landing).unwrap();
-    let mut text = String::from("storage_options:\n");
-    for (key, value) in options(endpoint) {
-        text.push_str(&format!("  {key}: \"{value}\"\n"));
-    }
+    let mut text = options_yaml(endpoint);
     text.push_str(crate::concurrency::ORDERS);
     std::fs::write(&tables, &text).unwrap();
     std::fs::write(local_landing.join("tables.yaml"), &text).unwrap();
@@ -1070,10 +1062,7 @@ async fn a_sync_killed_at_any_commit_point_on_s3_ends_like_an_uninterrupted_one(
     };
     let dir = tempfile::tempdir().unwrap();
     let tables = dir.path().join("tables.yaml");
-    let mut text = String::from("storage_options:\n");
-    for (key, value) in options(endpoint) {
-        text.push_str(&format!("  {key}: \"{value}\"\n"));
-    }
+    let mut text = options_yaml(endpoint);
     text.push_str(crate::concurrency::ORDERS);
     std::fs::write(&tables, &text).unwrap();
     let files = crate::concurrency::dms_files(4);

@@ -54,7 +54,6 @@ pub async fn open_or_create(
     role: TableRole,
     mut create: Option<&mut CreatedTables>,
 ) -> Result<Option<DeltaTable>> {
-    crate::sink::storage::register_lake(&config.lake);
     let feed =
         config.lake.change_data_feed && matches!(role, TableRole::Current | TableRole::History);
     let role = role.as_str();
@@ -165,10 +164,10 @@ pub async fn stored_table(url: &Url) -> crate::error::Result<Option<DeltaTable>>
 }
 
 /// A failure to reach the table `role` at `url`: explained in the user's terms where the
-/// store says why ([`crate::sink::storage::explain`]: no bucket, access denied, no
+/// store says why ([`crate::error::explain_store_error`]: no bucket, access denied, no
 /// credentials), the delta-rs error otherwise.
 fn store_err(role: &str, url: &Url, err: DeltaTableError) -> Error {
-    crate::sink::storage::explain(role, url, &err).unwrap_or_else(|| err.into())
+    crate::error::explain_store_error(role, url, &err).unwrap_or_else(|| err.into())
 }
 
 /// Adds to the Delta table at `url` the payload columns of `schema` (a current or history

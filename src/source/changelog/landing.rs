@@ -83,10 +83,12 @@ impl LandingZone {
     }
 
     /// The change files of table folder `source` (`<schema>/<table>`) of a landing zone in an
-    /// object store (see [`super::remote`]); otherwise as [`open`](Self::open).
+    /// object store (see [`super::remote`]); otherwise as [`open`](Self::open), except that the
+    /// folder is first listed by [`plan`](ChangeSource::plan) (a listing of a large folder is
+    /// not made twice).
     ///
     /// # Errors
-    /// [`Error::Input`] (or an explained store error) when the folder cannot be listed.
+    /// I/O errors making the folder the run's files are copied into.
     pub fn open_remote(
         landing: Arc<super::remote::StoreLanding>,
         source: &str,
@@ -95,7 +97,6 @@ impl LandingZone {
         bar: ProgressBar,
     ) -> Result<Self> {
         let staging = landing.staging()?;
-        landing.list(source, config.layout, staging.path())?;
         Ok(LandingZone {
             config: config.clone(),
             folder: staging.path().to_path_buf(),

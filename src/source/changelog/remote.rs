@@ -23,6 +23,7 @@ use url::Url;
 
 use super::ChangeFile;
 use crate::config::tables::Layout;
+use crate::core::store::{block_on, bucket_store, subfolders, under};
 use crate::error::{Error, Result};
 
 /// A landing root in an object store and the local folder its files are copied into.
@@ -42,34 +43,12 @@ pub struct StoreLanding {
 /// Objects copied at once.
 const FETCHES_IN_FLIGHT: usize = 8;
 
-/// `root/part`, `part` taken as it is (a listed name: `Key::join` would percent-encode a `%`
-/// or `#` in it, and name another object).
-fn under(root: &Key, part: &str) -> Key {
-    match root.as_ref() {
-        "" => Key::from_iter([part]),
-        root => Key::parse(format!("{root}/{part}"))
-            .unwrap_or_else(|_| Key::from(format!("{root}/{part}"))),
-    }
-}
-
 impl std::fmt::Debug for StoreLanding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreLanding")
             .field("url", &self.url)
             .finish()
     }
-}
-
-/// Runs `future` to its end from synchronous code on the multi-thread runtime.
-fn block<F: std::future::Future>(future: F) -> Result<F::Output> {
-    let handle = tokio::runtime::Handle::try_current()
-        .map_err(|e| Error::Internal(format!("no async runtime: {e}")))?;
-    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-        return Err(Error::Internal(
-            "an object-store landing zone needs the multi-thread runtime".into(),
-        ));
-    }
-    Ok(tokio::task::block_in_place(|| handle.block_on(future)))
 }
 
 impl StoreLanding {
@@ -89,12 +68,8 @@ impl StoreLanding {
         if !url.path().ends_with('/') {
             url.set_path(&format!("{}/", url.path()));
         }
-        let mut bucket = url.clone();
-        bucket.set_path("/");
-        let store = deltalake::logstore::store_for(&bucket, options)
-            .map_err(|e| Error::Usage(format!("landing {url}: {e}")))?;
-        let root = Key::from_url_path(url.path())
-            .map_err(|e| Error::Usage(format!("landing {url}: {e}")))?;
+        let (store, root) =
+            bucket_store(&url, options).map_err(|e| Error::Usage(format!("landing {url}: {e}")))?;
         Ok(StoreLanding {
             url,
             store,
@@ -127,20 +102,12 @@ impl StoreLanding {
     /// # Errors
     /// [`Error::Input`] (or an explained store error) when the root cannot be listed.
     pub fn discover(&self) -> Result<Vec<String>> {
-        block(async {
+        block_on(async {
             let folders = |at: Key| async move {
-                let listed = self
-                    .store
-                    .list_with_delimiter(Some(&at))
+                let mut names = subfolders(self.store.as_ref(), &at)
                     .await
                     .map_err(|e| self.error(&at, e))?;
-                let mut names: Vec<String> = listed
-                    .common_prefixes
-                    .iter()
-                    .filter_map(|p| p.filename().map(str::to_string))
-                    .filter(|n| !n.starts_with(['.', '_']))
-                    .collect();
-                names.sort();
+                names.retain(|n| !n.starts_with(['.', '_']));
                 Ok::<_, Error>(names)
             };
             let mut found = Vec::new();
@@ -163,7 +130,7 @@ impl StoreLanding {
     /// [`Error::Input`] (or an explained store error) when the folder cannot be listed.
     pub fn list(&self, source: &str, layout: Layout, staging: &Path) -> Result<Vec<ChangeFile>> {
         let prefix = under(&self.root, source);
-        let objects = block(async {
+        let objects = block_on(async {
             let mut listed = self.store.list(Some(&prefix));
             let mut out = Vec::new();
             while let Some(meta) = listed.next().await {
@@ -231,7 +198,7 @@ impl StoreLanding {
             }
             wanted
         };
-        let fetched: Vec<Result<(PathBuf, Option<String>)>> = block(
+        let fetched: Vec<Result<(PathBuf, Option<String>)>> = block_on(
             futures::stream::iter(wanted)
                 .map(|(path, key, etag)| async move {
                     self.fetch_one(&path, &key, etag.as_deref()).await?;

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use deltalake::logstore::object_store::{path::Path as StorePath, ObjectStore, ObjectStoreExt};
+use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt};
 use futures::StreamExt;
 use url::Url;
 
@@ -121,7 +121,8 @@ pub async fn stage(
         path: PathBuf::from(url.as_str()),
         reason,
     };
-    let (store, key) = root_store(url, options).map_err(|e| input_err(e.to_string()))?;
+    let (store, key) = crate::core::store::bucket_store(url, options.clone())
+        .map_err(|e| input_err(e.to_string()))?;
     let folder = owned.path().join("incoming");
     std::fs::create_dir_all(&folder)?;
     let mut objects = Vec::new();
@@ -197,19 +198,6 @@ pub async fn stage(
         copied: (folder, prefix),
         _folder: owned,
     })
-}
-
-/// The store of `url`'s bucket (through delta-rs's factories: the same credential chain as the
-/// tables) and the key `url` names in it.
-fn root_store(
-    url: &Url,
-    options: &std::collections::HashMap<String, String>,
-) -> std::result::Result<(std::sync::Arc<dyn ObjectStore>, StorePath), Box<dyn std::error::Error>> {
-    let mut root = url.clone();
-    root.set_path("/");
-    let store = deltalake::logstore::store_for(&root, options.clone())?;
-    let key = StorePath::from_url_path(url.path())?;
-    Ok((store, key))
 }
 
 /// A store error of the extract at `url`, explained where the store says why.
