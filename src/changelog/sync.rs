@@ -78,6 +78,10 @@ pub struct TableSync {
     /// Seconds spent reading (parsing, casting, hashing) the files.
     pub read_secs: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// For a landing zone in an object store: the objects this pass copied from the store to
+    /// read them (or to compare a `LOAD` file's content), and their bytes.
+    pub copied: Option<CopiedFromStore>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     /// What the applied run did (None: nothing to apply, or failed).
     pub apply: Option<ApplySummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +91,15 @@ pub struct TableSync {
     /// The catalog registration after the run (the tables file's `catalog`); its error does
     /// not fail the table, whose run stays committed.
     pub catalog: Option<crate::sink::catalog::Registered>,
+}
+
+/// Objects a table's pass copied from an object-store landing zone.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CopiedFromStore {
+    /// Objects copied.
+    pub objects: usize,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// What one `sync` pass did.
@@ -227,6 +240,7 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
                         replaced_files: 0,
                         superseded_files: 0,
                         read_secs: 0.0,
+                        copied: None,
                         apply: None,
                         error: Some(e.to_string()),
                         catalog: None,
@@ -400,6 +414,9 @@ async fn sync_table(
         replaced_files: done.pending.replaced,
         superseded_files: done.pending.skipped,
         read_secs: done.read_secs,
+        copied: source
+            .copied_from_store()
+            .map(|(objects, bytes)| CopiedFromStore { objects, bytes }),
         apply: None,
         error: None,
         catalog: None,
@@ -457,6 +474,13 @@ async fn sync_table(
             ));
         }
         result.message.push(')');
+    }
+    if let Some(copied) = result.copied.filter(|c| c.objects > 0) {
+        result.message.push_str(&format!(
+            "; {} object(s), {}, copied from the store",
+            copied.objects,
+            crate::report::mib(copied.bytes)
+        ));
     }
     result.apply = Some(summary);
     Ok(result)

@@ -33,6 +33,9 @@ pub struct AppliedFile {
     /// Digest of the file's bytes ([`content_digest`]), recorded for `LOAD` files: a load
     /// copied again with new modification times is recognised by it (None: not recorded).
     pub digest: Option<String>,
+    /// The object's ETag, for a file listed in an object store (None: a local file, or a
+    /// store that gave none).
+    pub etag: Option<String>,
 }
 
 /// The digest of a file's bytes: 32 hex digits of XXH3-128, read in 1 MiB blocks.
@@ -178,6 +181,8 @@ pub struct AppliedSet {
     pub changes: HashSet<String>,
     /// Size of each applied change file when it was applied, bytes.
     pub change_sizes: HashMap<String, i64>,
+    /// ETag of each applied change file listed in an object store when it was applied.
+    pub change_etags: HashMap<String, String>,
     /// Full-load files applied, by name (a reload applies a name again).
     pub loads: HashMap<String, Vec<AppliedLoad>>,
 }
@@ -193,6 +198,8 @@ pub struct AppliedLoad {
     pub modified_ms: i64,
     /// Digest of its bytes ([`content_digest`]; None in tables written before it was kept).
     pub digest: Option<String>,
+    /// The object's ETag when it was applied (None: a local file, or not recorded).
+    pub etag: Option<String>,
 }
 
 impl AppliedSet {
@@ -256,6 +263,7 @@ mod tests {
             modified_ms,
             rows: 1,
             digest: None,
+            etag: None,
         }
     }
 

@@ -130,10 +130,6 @@ impl RunSummary {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
 impl fmt::Display for TableSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.version {
@@ -141,7 +137,7 @@ impl fmt::Display for TableSummary {
                 f,
                 "{} rows, {} in {} files -> version {v} ({})",
                 self.rows_written,
-                mib(self.bytes_written),
+                crate::report::mib(self.bytes_written),
                 self.files_written,
                 self.path
             ),
@@ -193,10 +189,10 @@ impl fmt::Display for RunSummary {
             writeln!(
                 f,
                 "  memory:     limit {}, {} thread(s), {diff}, {} spilled, peak RSS {}",
-                mib(m.plan.limit_bytes),
+                crate::report::mib(m.plan.limit_bytes),
                 m.plan.threads,
-                mib(m.spill.spilled_bytes),
-                m.peak_rss_bytes.map_or("?".into(), mib)
+                crate::report::mib(m.spill.spilled_bytes),
+                m.peak_rss_bytes.map_or("?".into(), crate::report::mib)
             )?;
         }
         let s = &self.stages;

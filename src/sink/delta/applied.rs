@@ -17,6 +17,8 @@
 //! | `run`         | long   | run sequence number that applied it                            |
 //! | `digest`      | string | XXH3-128 of the file's bytes, 32 hex digits (`load` files;     |
 //! |               |        | NULL otherwise, and absent in tables made before it was kept)  |
+//! | `etag`        | string | the object's ETag, for a landing zone in an object store (NULL |
+//! |               |        | for local files, and absent in tables made before it was kept) |
 
 use std::sync::Arc;
 
@@ -38,6 +40,7 @@ pub fn schema() -> SchemaRef {
         Field::new("rows", DataType::Int64, false),
         Field::new("run", DataType::Int64, false),
         Field::new("digest", DataType::Utf8, true),
+        Field::new("etag", DataType::Utf8, true),
     ]))
 }
 
@@ -63,6 +66,9 @@ pub fn batch(files: &[AppliedFile], run: i64) -> Result<RecordBatch> {
             Arc::new(Int64Array::from_iter_values(files.iter().map(|_| run))),
             Arc::new(StringArray::from_iter(
                 files.iter().map(|f| f.digest.as_deref()),
+            )),
+            Arc::new(StringArray::from_iter(
+                files.iter().map(|f| f.etag.as_deref()),
             )),
         ],
     )?)
@@ -94,10 +100,17 @@ pub async fn read(table: Option<&DeltaTable>) -> Result<AppliedSet> {
         let size = size.as_primitive::<deltalake::arrow::datatypes::Int64Type>();
         let run = batch.column_by_name("run").ok_or_else(|| missing("run"))?;
         let run = run.as_primitive::<deltalake::arrow::datatypes::Int64Type>();
-        // absent in tables written before digests were kept
-        let digest = match batch.column_by_name("digest") {
-            Some(_) => Some(text("digest")?),
-            None => None,
+        // absent in tables written before digests (ETags) were kept
+        let optional = |name: &str| match batch.column_by_name(name) {
+            Some(_) => text(name).map(Some),
+            None => Ok(None),
+        };
+        let (digest, etag) = (optional("digest")?, optional("etag")?);
+        let at = |column: &Option<StringArray>, i: usize| {
+            column
+                .as_ref()
+                .filter(|c| c.is_valid(i))
+                .map(|c| c.value(i).to_string())
         };
         for i in 0..batch.num_rows() {
             if file.is_null(i) {
@@ -111,14 +124,15 @@ pub async fn read(table: Option<&DeltaTable>) -> Result<AppliedSet> {
                         run: run.value(i),
                         size_bytes: size.value(i),
                         modified_ms: modified.value(i),
-                        digest: digest
-                            .as_ref()
-                            .filter(|d| d.is_valid(i))
-                            .map(|d| d.value(i).to_string()),
+                        digest: at(&digest, i),
+                        etag: at(&etag, i),
                     },
                 ),
                 CHANGE => {
                     set.change_sizes.insert(name.clone(), size.value(i));
+                    if let Some(etag) = at(&etag, i) {
+                        set.change_etags.insert(name.clone(), etag);
+                    }
                     set.changes.insert(name);
                 }
                 _ => {

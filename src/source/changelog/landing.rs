@@ -13,6 +13,7 @@
 //! it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
@@ -53,6 +54,8 @@ struct RemoteFolder {
     landing: Arc<super::remote::StoreLanding>,
     source: String,
     staging: tempfile::TempDir,
+    /// Objects copied from the store so far, and their bytes.
+    copied: (AtomicUsize, AtomicU64),
 }
 
 impl LandingZone {
@@ -109,6 +112,7 @@ impl LandingZone {
                 landing,
                 source: source.to_string(),
                 staging,
+                copied: Default::default(),
             }),
         })
     }
@@ -141,10 +145,25 @@ impl LandingZone {
                     self.bar
                         .set_message(format!("copying {} file(s) from the store", files.len()));
                 }
-                r.landing.fetch(files)
+                let (objects, bytes) = r.landing.fetch(files)?;
+                r.copied.0.fetch_add(objects, Ordering::Relaxed);
+                r.copied.1.fetch_add(bytes, Ordering::Relaxed);
+                Ok(())
             }
             None => Ok(()),
         }
+    }
+
+    /// For a landing zone in an object store, the objects copied from the store so far (by
+    /// every plan), and their bytes: a copy kept from an earlier plan of the same object
+    /// version is not counted again. None for a local landing zone.
+    pub fn copied_from_store(&self) -> Option<(usize, u64)> {
+        self.remote.as_ref().map(|r| {
+            (
+                r.copied.0.load(Ordering::Relaxed),
+                r.copied.1.load(Ordering::Relaxed),
+            )
+        })
     }
 }
 
@@ -361,6 +380,7 @@ fn walk(root: &Path, dir: &Path, layout: Layout, out: &mut Vec<ChangeFile>) -> R
             format,
             size: meta.len(),
             modified_ms,
+            etag: None,
             load_counter,
         });
     }
@@ -423,8 +443,12 @@ struct PendingFiles {
 }
 
 /// Whether a `LOAD` file is not the one the table applied last under its name: a new name, or
-/// another size, or (same size, other modification time: a touch or a copy) other bytes.
-/// `digest` is asked only in that last case, and only where the table recorded a digest.
+/// another size, or (same size, other modification time: a touch or a copy) other bytes. An
+/// object listed with the ETag recorded when it was applied is the same bytes (an object
+/// store's ETag follows the content: uploaded again, the same bytes in the same parts get the
+/// same ETag), without reading it. `digest` is asked only in the last case, and only where the
+/// table recorded a digest: another ETag may still be the same bytes (uploaded in other parts,
+/// or listed by another store).
 fn is_new_load(
     f: &ChangeFile,
     done: &AppliedSet,
@@ -437,6 +461,9 @@ fn is_new_load(
         return Ok(true);
     }
     if last.modified_ms == f.modified_ms {
+        return Ok(false);
+    }
+    if last.etag.is_some() && last.etag == f.etag {
         return Ok(false);
     }
     match &last.digest {
@@ -462,6 +489,13 @@ fn pending(
                 tracing::warn!(file = %f.path.display(), applied_bytes = size, now_bytes = f.size,
                     "a change file changed size after it was applied; its new rows are not applied \
                      (land files atomically: write, then rename)");
+            } else if let (Some(applied), Some(now)) = (done.change_etags.get(&f.name), &f.etag) {
+                if applied != now {
+                    tracing::warn!(file = %f.name, applied_etag = %applied, now_etag = %now,
+                        "a change file applied before is listed with another ETag (uploaded \
+                         again, perhaps with other rows); it is not applied again: a change \
+                         file is applied once, by name");
+                }
             }
         }
     }
@@ -542,6 +576,7 @@ fn applied_record(file: &ChangeFile, kind: &'static str, rows: u64) -> AppliedFi
         modified_ms: file.modified_ms,
         rows: rows as i64,
         digest: None,
+        etag: file.etag.clone(),
     }
 }
 
@@ -744,6 +779,7 @@ mod tests {
             size_bytes: 0,
             modified_ms,
             digest: digest.map(String::from),
+            etag: None,
         };
         done.add_load(name, load);
     }
@@ -881,6 +917,60 @@ mod tests {
     }
 
     #[test]
+    fn an_object_uploaded_again_is_known_by_its_etag_without_reading_it() {
+        let mut done = AppliedSet::default();
+        let load = crate::core::checkpoint::AppliedLoad {
+            run: 1,
+            size_bytes: 0,
+            modified_ms: 10,
+            digest: Some("applied bytes".into()),
+            etag: Some("\"e1\"".into()),
+        };
+        done.add_load("LOAD00000001.csv", load);
+        let uploaded = |etag: &str| {
+            let mut f = file("LOAD00000001.csv", FileKind::Load, 500);
+            f.etag = Some(etag.into());
+            vec![f]
+        };
+        // the same ETag, a new last-modified time: the same load, never read
+        let p = pending(uploaded("\"e1\""), &done, &mut |_| panic!("not read")).unwrap();
+        assert!(!p.reload && p.read.is_empty());
+        // another ETag (the same bytes uploaded in other parts): compared by content digest
+        let mut asked = 0;
+        let p = pending(uploaded("\"e1-2\""), &done, &mut |_| {
+            asked += 1;
+            Ok("applied bytes".into())
+        })
+        .unwrap();
+        assert!(!p.reload);
+        assert_eq!(asked, 1);
+        let p = pending(uploaded("\"e2\""), &done, &mut |_| Ok("new bytes".into())).unwrap();
+        assert!(p.reload);
+        // another size needs no ETag; a local file (no ETag) goes by the digest
+        let mut bigger = uploaded("\"e1\"");
+        bigger[0].size = 7;
+        assert!(
+            pending(bigger, &done, &mut |_| panic!("not read"))
+                .unwrap()
+                .reload
+        );
+        let mut local = uploaded("\"e1\"");
+        local[0].etag = None;
+        assert!(
+            !pending(local, &done, &mut |_| Ok("applied bytes".into()))
+                .unwrap()
+                .reload
+        );
+        // a table that recorded no ETag goes by the digest too
+        let mut before = AppliedSet::default();
+        let mut old = done.last_load("LOAD00000001.csv").unwrap().clone();
+        old.etag = None;
+        before.add_load("LOAD00000001.csv", old);
+        let p = pending(uploaded("\"e1\""), &before, &mut |_| Ok("new bytes".into())).unwrap();
+        assert!(p.reload);
+    }
+
+    #[test]
     fn a_reload_counts_the_applied_change_files_it_replaces() {
         let mut done = AppliedSet::default();
         applied_load(&mut done, "LOAD00000001.csv", 10, Some("old"));
@@ -1015,6 +1105,7 @@ mod tests {
                 size_bytes: files[0].size_bytes,
                 modified_ms: files[0].modified_ms,
                 digest: files[0].digest.clone(),
+                etag: None,
             },
         );
         assert!(files[0].digest.is_some() && files[1].digest.is_none());

@@ -66,6 +66,8 @@ pub struct ChangeFile {
     pub size: u64,
     /// Modification time, milliseconds since the Unix epoch.
     pub modified_ms: i64,
+    /// The object's ETag, for a file listed in an object store (None: a local file).
+    pub etag: Option<String>,
     /// DMS `LOAD` counter (hexadecimal in the name).
     load_counter: u64,
 }
@@ -87,6 +89,7 @@ impl ChangeFile {
             format,
             size,
             modified_ms: 0,
+            etag: None,
             load_counter,
         }
     }
@@ -300,6 +303,7 @@ pub(crate) mod tests {
             format: ChangeFormat::Csv,
             size: 0,
             modified_ms: 0,
+            etag: None,
             load_counter: 0,
         }
     }

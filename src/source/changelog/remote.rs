@@ -7,8 +7,12 @@
 //! folders are the common prefixes of two listings with `/` as the delimiter. Listing order
 //! means nothing: files are ordered by the same rules as a local landing zone's
 //! ([`super::landing::list`]: `LOAD` counter, then change-file name). An object's identity is
-//! its key (the file name), its size, and its last-modified time or, for a `LOAD` file copied
-//! again, its content digest, as a local file's is.
+//! its key (the file name) and its size, as a local file's is, and then its ETag, recorded in
+//! the applied-files table: a `LOAD` object uploaded again (new last-modified time) with the
+//! ETag it was applied with is the same load, known without reading it; one with another ETag
+//! is compared by its content digest (the same bytes uploaded in other parts get another
+//! ETag). A change file listed with another ETag than it was applied with is warned about, not
+//! applied again.
 //!
 //! Only the files a run reads (and a `LOAD` file whose digest decides whether it is a reload)
 //! are copied, into a folder of the table's run under a spill folder of the sync (removed when
@@ -158,6 +162,7 @@ impl StoreLanding {
             };
             let mut file = ChangeFile::new(staging.join(&name), &name, kind, format, meta.size);
             file.modified_ms = meta.last_modified.timestamp_millis();
+            file.etag = meta.e_tag.clone();
             self.listed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -174,12 +179,12 @@ impl StoreLanding {
     /// Copies `files` (from the last [`list`](Self::list)) to their local paths, a few at
     /// once, unless the copy there is of the object version listed (same ETag). A copy is of
     /// the version listed or the fetch fails: an object replaced since the listing is read at
-    /// the next pass, never a mix.
+    /// the next pass, never a mix. Returns the objects copied and their bytes.
     ///
     /// # Errors
     /// [`Error::Input`] (or an explained store error) naming the object; [`Error::Storage`]
     /// naming the local copy (a full disk).
-    pub fn fetch(&self, files: &[&ChangeFile]) -> Result<()> {
+    pub fn fetch(&self, files: &[&ChangeFile]) -> Result<(usize, u64)> {
         let wanted: Vec<(PathBuf, Key, Option<String>)> = {
             let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
             let copied = self.copied.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,25 +203,28 @@ impl StoreLanding {
             }
             wanted
         };
-        let fetched: Vec<Result<(PathBuf, Option<String>)>> = block_on(
+        let fetched: Vec<Result<(PathBuf, Option<String>, u64)>> = block_on(
             futures::stream::iter(wanted)
                 .map(|(path, key, etag)| async move {
-                    self.fetch_one(&path, &key, etag.as_deref()).await?;
-                    Ok((path, etag))
+                    let bytes = self.fetch_one(&path, &key, etag.as_deref()).await?;
+                    Ok((path, etag, bytes))
                 })
                 .buffer_unordered(FETCHES_IN_FLIGHT)
                 .collect(),
         )?;
         let mut copied = self.copied.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut objects, mut total) = (0, 0);
         for result in fetched {
-            let (path, etag) = result?;
+            let (path, etag, bytes) = result?;
             copied.insert(path, etag);
+            (objects, total) = (objects + 1, total + bytes);
         }
-        Ok(())
+        Ok((objects, total))
     }
 
-    /// Copies the object `key` (of ETag `etag`, when the listing gave one) to `path`.
-    async fn fetch_one(&self, path: &Path, key: &Key, etag: Option<&str>) -> Result<()> {
+    /// Copies the object `key` (of ETag `etag`, when the listing gave one) to `path`; returns
+    /// the bytes copied.
+    async fn fetch_one(&self, path: &Path, key: &Key, etag: Option<&str>) -> Result<u64> {
         let local = |source: std::io::Error| Error::Storage {
             action: format!("cannot copy {} to", self.url_of(key)),
             path: path.to_path_buf(),
@@ -244,8 +252,10 @@ impl StoreLanding {
             })?;
         let mut stream = got.into_stream();
         let mut out = tokio::fs::File::create(path).await.map_err(local)?;
+        let mut bytes = 0;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.error(key, e))?;
+            bytes += chunk.len() as u64;
             tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
                 .await
                 .map_err(local)?;
@@ -253,7 +263,7 @@ impl StoreLanding {
         tokio::io::AsyncWriteExt::flush(&mut out)
             .await
             .map_err(local)?;
-        Ok(())
+        Ok(bytes)
     }
 
     /// A new folder for the copies of one table's run, under the sync's spill folder.
