@@ -54,32 +54,37 @@ pub fn last_per_key(batches: &[ChangeBatch]) -> Vec<Picked> {
         .collect()
 }
 
-/// The winning (batch, row) of each key of partition `part` of `parts`.
+/// The winning (batch, row) of each key of partition `part` of `parts`. The map holds only
+/// where each key's best change is, not its [`SourceOrder`] as well (32 bytes a slot instead
+/// of 48: for 10M keys about 250 MiB less); the order is looked up when the key comes again.
 fn last_in_part(
     batches: &[ChangeBatch],
     part: usize,
     parts: usize,
     capacity: usize,
 ) -> Vec<(u32, u32)> {
-    let mut best: DigestMap<(SourceOrder, u32, u32)> =
+    let mut best: DigestMap<(u32, u32)> =
         DigestMap::with_capacity_and_hasher(capacity, Default::default());
+    let rank = |(b, row): (u32, u32)| -> (SourceOrder, u32, u32) {
+        (batches[b as usize].order[row as usize], b, row)
+    };
     for (b, batch) in batches.iter().enumerate() {
         for (row, order) in batch.order.iter().enumerate() {
             let k = key(batch.rows.keyhash.value(row));
             if parts > 1 && ((k >> 64) as u64 % parts as u64) as usize != part {
                 continue;
             }
-            let candidate = (*order, b as u32, row as u32);
+            let at = (b as u32, row as u32);
             best.entry(k)
                 .and_modify(|slot| {
-                    if candidate >= *slot {
-                        *slot = candidate;
+                    if (*order, at.0, at.1) >= rank(*slot) {
+                        *slot = at;
                     }
                 })
-                .or_insert(candidate);
+                .or_insert(at);
         }
     }
-    best.into_values().map(|(_, b, r)| (b, r)).collect()
+    best.into_values().collect()
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ use crate::core::schema::{table_schema, EFF_START_DATE, KEYHASH, OPERATION, SOUR
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
 use crate::sink::delta::tombstones::{self, Tombstone};
-use crate::sink::delta::{self, writer_properties, DeltaLake, RunCommit};
+use crate::sink::delta::{self, writer_properties, DeltaLake, RunCommit, Senders};
 use crate::sink::{Sink, TableRole};
 use deltalake::arrow::array::Int64Array;
 use deltalake::arrow::datatypes::Int64Type;
@@ -152,9 +152,16 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     let spec = &config.table;
     let properties = writer_properties(spec.lake.compression, 32 << 20, &spec.unique_columns());
     let follower_properties = properties.clone();
-    // One writer per table: more writers measured no faster on 2 cores, and one keeps the rows
-    // of a file contiguous in input order (fewer files touched by later changes).
-    let mut run = lake.begin(request.base_run, properties, 1).await?;
+    // A merge: one writer per table (more measured no faster on 2 cores, and one keeps the
+    // rows of a file contiguous in input order: fewer files touched by later changes). A run
+    // that writes current anew or only adds to it shares its upserts' files with history
+    // (`Outputs::both`): one writer per thread, up to 4, encodes them.
+    let shares = request.reload || request.append || config.insert_only;
+    let tasks = match shares {
+        true => crate::core::threads::get().clamp(1, 4),
+        false => 1,
+    };
+    let mut run = lake.begin(request.base_run, properties, tasks).await?;
     let run_days = epoch_days(request.run_date);
     let schema = match lake.keeps_positions() {
         true => spec.table_schema(),
@@ -189,6 +196,8 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
         sources: &sources,
         current: &senders.current,
         history: &senders.history,
+        both: shares.then_some(&senders),
+        shared_day: Default::default(),
     };
 
     let merging = Instant::now();
@@ -907,12 +916,67 @@ struct Outputs<'a> {
     sources: &'a [RecordBatch],
     current: &'a tokio::sync::mpsc::Sender<RecordBatch>,
     history: &'a tokio::sync::mpsc::Sender<RecordBatch>,
+    /// Where the upserts of a run that writes all of current anew or only adds to it (a full
+    /// load, an append, a table without a key) go: written once and shared by both tables
+    /// (`sink::delta::shared`). None for a merge, whose upserts go with the rows it copies
+    /// into one writer (files of current stay few and in input order).
+    both: Option<&'a Senders>,
+    /// The `eff_start_date` of the shared rows (a shared file is of one day): the day most of
+    /// the first upserts have; the others are written to each table.
+    shared_day: std::sync::OnceLock<i32>,
 }
 
 impl Outputs<'_> {
     /// Sends the picked change rows with their codes to both tables, a slice at a time.
     async fn upserts(&self, picks: &[(usize, usize)], codes: &[&str]) -> Result<()> {
-        for (picks, codes) in picks.chunks(BATCH_ROWS).zip(codes.chunks(BATCH_ROWS)) {
+        let Some(both) = self.both else {
+            return self.to_each(picks, codes).await;
+        };
+        let dates: Vec<Option<&Date32Array>> = self
+            .sources
+            .iter()
+            .map(|b| {
+                b.column_by_name(EFF_START_DATE)
+                    .and_then(|c| c.as_primitive_opt::<deltalake::arrow::datatypes::Date32Type>())
+            })
+            .collect();
+        let day_of =
+            |&(b, row): &(usize, usize)| dates[b].filter(|d| d.is_valid(row)).map(|d| d.value(row));
+        let day = *self.shared_day.get_or_init(|| {
+            let mut count: HashMap<i32, usize> = HashMap::new();
+            for d in picks.iter().filter_map(day_of) {
+                *count.entry(d).or_default() += 1;
+            }
+            count
+                .into_iter()
+                .max_by_key(|&(d, n)| (n, std::cmp::Reverse(d)))
+                .map_or(i32::MIN, |(d, _)| d)
+        });
+        for range in by_batch(picks) {
+            let (picks, codes) = (&picks[range.clone()], &codes[range]);
+            let (shared, own): (Vec<usize>, Vec<usize>) =
+                (0..picks.len()).partition(|&i| day_of(&picks[i]) == Some(day));
+            if own.is_empty() {
+                both.send_both(with_operations(self.sources, picks, codes)?)
+                    .await?;
+                continue;
+            }
+            let take = |at: &[usize]| -> (Vec<(usize, usize)>, Vec<&str>) {
+                at.iter().map(|&i| (picks[i], codes[i])).unzip()
+            };
+            let (shared_picks, shared_codes) = take(&shared);
+            both.send_both(with_operations(self.sources, &shared_picks, &shared_codes)?)
+                .await?;
+            let (own_picks, own_codes) = take(&own);
+            self.to_each(&own_picks, &own_codes).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the picked change rows with their codes to each table's writer.
+    async fn to_each(&self, picks: &[(usize, usize)], codes: &[&str]) -> Result<()> {
+        for range in by_batch(picks) {
+            let (picks, codes) = (&picks[range.clone()], &codes[range]);
             let rows = with_operations(self.sources, picks, codes)?;
             send(self.current, rows.clone()).await?;
             send(self.history, rows).await?;
@@ -921,13 +985,40 @@ impl Outputs<'_> {
     }
 }
 
-/// The picked rows of `sources` (batch, row), with their `operation` codes.
+/// `picks` cut where the batch changes and after [`BATCH_ROWS`] picks: what is sent to the
+/// writers at a time (picks in batch order make whole slices of their batch).
+fn by_batch(picks: &[(usize, usize)]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let first = picks.get(start)?;
+        let len = picks[start..]
+            .iter()
+            .take(BATCH_ROWS)
+            .take_while(|p| p.0 == first.0)
+            .count();
+        let range = start..start + len;
+        start += len;
+        Some(range)
+    })
+}
+
+/// The picked rows of `sources` (batch, row), with their `operation` codes. Consecutive rows
+/// of one batch (a full load's rows, mostly) are a slice of it, not a copy.
 fn with_operations(
     sources: &[RecordBatch],
     picks: &[(usize, usize)],
     codes: &[&str],
 ) -> Result<RecordBatch> {
-    let rows = interleave_record_batch(&sources.iter().collect::<Vec<_>>(), picks)?;
+    let run = picks.first().filter(|&&(batch, first)| {
+        picks
+            .iter()
+            .enumerate()
+            .all(|(i, &(b, row))| b == batch && row == first + i)
+    });
+    let rows = match run {
+        Some(&(batch, first)) => sources[batch].slice(first, picks.len()),
+        None => interleave_record_batch(&sources.iter().collect::<Vec<_>>(), picks)?,
+    };
     let days = rows
         .column_by_name(EFF_START_DATE)
         .ok_or_else(|| Error::Internal("change rows without eff_start_date".into()))?
@@ -1119,6 +1210,56 @@ mod tests {
         assert_eq!(Outcome::resolve(Delete, true), Outcome::Delete);
         assert_eq!(Outcome::resolve(Delete, false), Outcome::IgnoredDelete);
         assert_eq!(Outcome::IgnoredDelete.code(), None);
+    }
+
+    #[test]
+    fn picks_go_out_by_batch_and_consecutive_rows_as_slices() {
+        use deltalake::arrow::datatypes::{Field, Schema};
+        let picks = [(0, 0), (0, 1), (1, 0), (1, 5), (1, 6), (0, 2)];
+        let ranges: Vec<_> = by_batch(&picks).collect();
+        assert_eq!(ranges, [0..2, 2..5, 5..6]);
+        let many: Vec<(usize, usize)> = (0..BATCH_ROWS + 3).map(|r| (0, r)).collect();
+        let ranges: Vec<_> = by_batch(&many).collect();
+        assert_eq!(ranges, [0..BATCH_ROWS, BATCH_ROWS..BATCH_ROWS + 3]);
+        assert_eq!(by_batch(&[]).count(), 0);
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, false),
+            Field::new(OPERATION, DataType::Utf8, false),
+            Field::new(EFF_START_DATE, DataType::Date32, false),
+        ]));
+        let batch = |values: Vec<i64>| {
+            let n = values.len();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(values)),
+                    Arc::new(StringArray::from(vec!["I"; n])),
+                    Arc::new(Date32Array::from(vec![7; n])),
+                ],
+            )
+            .unwrap()
+        };
+        let sources = [batch(vec![10, 11, 12, 13]), batch(vec![20, 21])];
+        let values = |picks: &[(usize, usize)], codes: &[&str]| {
+            let rows = with_operations(&sources, picks, codes).unwrap();
+            let v = rows.column(0).as_primitive::<Int64Type>().values().to_vec();
+            let ops = rows.column(1).as_string::<i32>();
+            (
+                v,
+                (0..rows.num_rows())
+                    .map(|i| ops.value(i).to_string())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // a slice of batch 0, rows 1..3
+        assert_eq!(
+            values(&[(0, 1), (0, 2)], &["U", "I"]),
+            (vec![11, 12], vec!["U".into(), "I".into()])
+        );
+        // not consecutive, or of two batches: copied
+        assert_eq!(values(&[(0, 3), (0, 1)], &["I", "I"]).0, vec![13, 11]);
+        assert_eq!(values(&[(0, 3), (1, 0)], &["I", "U"]).0, vec![13, 20]);
     }
 
     #[test]

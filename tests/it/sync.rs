@@ -229,6 +229,74 @@ async fn dms_load_and_changes_upsert_delete_and_move_partitions() {
     assert_eq!(l.table("sales/orders", "history").await.len(), version);
 }
 
+/// A full load's upserts are written once: files of current that history names as well (a
+/// hard link under its partition of the day most rows have); rows of other days are written
+/// to each table on its own. A merge's upserts are not shared (they go with the rows it
+/// copies).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_load_writes_its_rows_once_for_both_tables() {
+    use std::os::unix::fs::MetadataExt;
+    let l = Landing::new(&ORDERS.replace("  partition_by: [region]\n", ""));
+    orders_day1(&l);
+    let t = l.sync_one().await;
+    assert!(t.reload, "{t:?}");
+    let expected = s(&[
+        ("1", "east", "10.0", "I", "2024-03-09"),
+        ("2", "west", "21.0", "I", "2024-03-01"),
+        ("4", "east", "41.0", "I", "2024-03-01"),
+    ]);
+    assert_eq!(shape(&l.current("sales/orders").await), expected);
+    let mut history: Vec<_> = l
+        .table("sales/orders", "history")
+        .await
+        .into_iter()
+        .map(|r| {
+            let row: BTreeMap<String, Row> = [(r["id"].clone(), r)].into();
+            shape(&row).remove(0)
+        })
+        .collect();
+    history.sort();
+    assert_eq!(history, expected);
+    // file -> inode
+    let inodes = |table: &std::path::Path| -> BTreeMap<String, u64> {
+        crate::common::data_files(table)
+            .into_iter()
+            .map(|f| {
+                let ino = std::fs::metadata(&f).unwrap().ino();
+                (f.rsplit('/').next().unwrap().to_string(), ino)
+            })
+            .collect()
+    };
+    let lake = l.lake().join("sales/orders");
+    let current = inodes(&lake.join("current"));
+    let shared_day = inodes(&lake.join("history/eff_start_date=2024-03-01"));
+    let other_day = inodes(&lake.join("history/eff_start_date=2024-03-09"));
+    assert!(
+        !shared_day.is_empty()
+            && shared_day
+                .iter()
+                .all(|(name, ino)| current.get(name) == Some(ino)),
+        "2024-03-01 (2 of 3 rows) shared: {shared_day:?} / {current:?}"
+    );
+    assert!(
+        !other_day.is_empty() && other_day.keys().all(|name| !current.contains_key(name)),
+        "2024-03-09 written for history alone: {other_day:?} / {current:?}"
+    );
+    // a merge: its upserts are current's own files
+    l.file(
+        "sales/orders",
+        "20240302-0900000000.csv",
+        "U,2024-03-02 09:00:01.000000,2,east,22\n",
+    );
+    assert!(!l.sync_one().await.reload);
+    let merged = inodes(&lake.join("history/eff_start_date=2024-03-02"));
+    let current = inodes(&lake.join("current"));
+    assert!(
+        !merged.is_empty() && merged.keys().all(|name| !current.contains_key(name)),
+        "{merged:?} / {current:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn soft_deletes_keep_the_key_with_operation_d_until_it_returns() {
     let l = Landing::new(&ORDERS.replace("  timestamp_column: ts\n", "  delete_mode: soft\n"));

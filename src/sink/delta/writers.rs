@@ -45,6 +45,31 @@ impl Senders {
         sent.then_some(()).ok_or(Error::WriterGone)
     }
 
+    /// Sends a batch of rows of both tables, all of one `eff_start_date` (see
+    /// [`Senders::both`]), waiting while the writers are busy; an empty batch is not sent.
+    ///
+    /// # Errors
+    /// [`Error::WriterGone`] when a writer has stopped (its own error explains why).
+    pub async fn send_both(&self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let sent = match &self.both {
+            Some(both) => both.send(batch).await.is_ok(),
+            None => {
+                self.current.send(batch.clone()).await.is_ok()
+                    && self.history.send(batch).await.is_ok()
+            }
+        };
+        sent.then_some(()).ok_or(Error::WriterGone)
+    }
+
+    /// Whether rows sent to both tables are written once and shared (an unpartitioned current
+    /// table), not encoded once per table.
+    pub fn shares(&self) -> bool {
+        self.both.is_some()
+    }
+
     /// Ends the channel of the rows of both tables and, with `current`, the current table's:
     /// their writers take the batches already sent, then finish their last files while the
     /// run goes on (reading back the gone rows, say) instead of in [`TableWriters::finish`].
