@@ -237,6 +237,16 @@ pub fn explain_store_error(
              `storage_options`",
             credential_variables(url)
         )
+    } else if text.contains("error sending request")
+        || text.contains("Connection refused")
+        || text.contains("dns error")
+        || text.contains("failed to lookup address")
+    {
+        format!(
+            "cannot reach the store of {url}: no answer from its address after retries (check \
+             the endpoint set in the environment or the config's `storage_options`, and that \
+             this machine's network reaches it)"
+        )
     } else {
         return None;
     };
@@ -287,6 +297,15 @@ mod tests {
             .to_string();
         assert!(
             text.contains("AZURE_STORAGE_ACCOUNT_NAME") && !text.contains("AWS_"),
+            "{text}"
+        );
+        let e = std::io::Error::other(
+            "Error performing GET http://127.0.0.1:1/b/k in 3.1s, after 10 retries - HTTP \
+             error: error sending request",
+        );
+        let text = explain_store_error("current", &u, &e).unwrap().to_string();
+        assert!(
+            text.contains("cannot reach the store of s3://missing-bucket/lake/t/"),
             "{text}"
         );
         let e = std::io::Error::other("connection reset");

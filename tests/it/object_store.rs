@@ -1065,6 +1065,115 @@ async fn snapshot_runs_on_azure_blob_storage_equal_local_runs() {
     assert_eq!(got, expected);
 }
 
+/// A stand-in for Google Cloud Storage's XML API on a local port (no emulator of it runs
+/// here: `gcp-storage-emulator` answers its JSON API only): it answers every request with
+/// `status` and an XML error of `code`, and records each request line.
+fn gcs_stub(
+    status: &'static str,
+    code: &'static str,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            log.lock()
+                .unwrap()
+                .push(head.lines().next().unwrap_or("").to_string());
+            let body = format!(
+                "<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>\
+                 <Message>{code}</Message></Error>"
+            );
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (address, seen)
+}
+
+/// `gs://` tables reach Google Cloud Storage through the config's `storage_options` (a service
+/// account file naming the store's address, as `object_store` reads it), and what the store
+/// refuses is explained by bucket, with Google's credential variables: a missing bucket, then
+/// access denied. Nothing is written, and the run exits with an error, never a panic.
+#[test]
+fn gcs_tables_take_their_storage_options_and_explain_refusals() {
+    for (status, code, expected) in [
+        (
+            "404 Not Found",
+            "NoSuchBucket",
+            "the bucket `gcs-bucket-4711` does not exist",
+        ),
+        ("403 Forbidden", "AccessDenied", "GOOGLE_SERVICE_ACCOUNT"),
+    ] {
+        let (address, seen) = gcs_stub(status, code);
+        let fx = Fixture::new(SIMPLE_COLUMNS, "");
+        let account = fx.dir.path().join("service-account.json");
+        std::fs::write(
+            &account,
+            format!(
+                r#"{{"private_key": "{SECRET}", "private_key_id": "k", "client_email": "t@example.com", "gcs_base_url": "{address}", "disable_oauth": true}}"#
+            ),
+        )
+        .unwrap();
+        let config = fx.dir.path().join("gcs.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "name: t\ncurrent_table_path: gs://gcs-bucket-4711/lake/current\n\
+                 history_table_path: gs://gcs-bucket-4711/lake/history\nextract_type: full\n\
+                 storage_options:\n  GOOGLE_SERVICE_ACCOUNT: {}\ncolumns:\n{SIMPLE_COLUMNS}",
+                account.display()
+            ),
+        )
+        .unwrap();
+        let input = fx.input("d1", "a.csv", day_csv(1).as_bytes());
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "run",
+            config.to_str().unwrap(),
+            input.to_str().unwrap(),
+            "2024-01-01",
+        ]);
+        for var in [
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_BUCKET",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(expected), "{code}: {stderr}");
+        assert!(
+            !stderr.contains(SECRET) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+        // the requests went to the address of the options, for the bucket of the URL (its
+        // `-` percent-encoded by `object_store`)
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            !seen.is_empty()
+                && seen
+                    .iter()
+                    .all(|l| l.replace("%2D", "-").contains(" /gcs-bucket-4711")),
+            "{seen:?}"
+        );
+    }
+}
+
 /// A sync with both the landing zone and the lake in the bucket, aborted at each commit point
 /// (before history's commit, after it, between the followers' commits) and run again, ends as
 /// an uninterrupted sync of the same files on local disk does; a third pass has nothing to do.
