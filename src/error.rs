@@ -237,15 +237,18 @@ pub fn explain_store_error(
              `storage_options`",
             credential_variables(url)
         )
-    } else if text.contains("error sending request")
-        || text.contains("Connection refused")
+    } else if text.contains("Connection refused")
         || text.contains("dns error")
         || text.contains("failed to lookup address")
     {
+        let mut cause = err;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
         format!(
-            "cannot reach the store of {url}: no answer from its address after retries (check \
-             the endpoint set in the environment or the config's `storage_options`, and that \
-             this machine's network reaches it)"
+            "cannot reach the store of {url} ({cause}; retried): check the endpoint set in \
+             the environment or the config's `storage_options`, and that this machine's \
+             network reaches it"
         )
     } else {
         return None;
@@ -299,17 +302,44 @@ mod tests {
             text.contains("AZURE_STORAGE_ACCOUNT_NAME") && !text.contains("AWS_"),
             "{text}"
         );
-        let e = std::io::Error::other(
-            "Error performing GET http://127.0.0.1:1/b/k in 3.1s, after 10 retries - HTTP \
-             error: error sending request",
-        );
+        let refused = std::io::Error::other("tcp connect error: Connection refused (os error 111)");
+        let e = std::io::Error::other(Wrapped(
+            "Error performing GET http://127.0.0.1:1/b/k, after 10 retries - HTTP error: error \
+             sending request",
+            refused,
+        ));
         let text = explain_store_error("current", &u, &e).unwrap().to_string();
         assert!(
-            text.contains("cannot reach the store of s3://missing-bucket/lake/t/"),
+            text.contains(
+                "cannot reach the store of s3://missing-bucket/lake/t/ (tcp connect error: \
+                 Connection refused (os error 111); retried)"
+            ),
             "{text}"
         );
-        let e = std::io::Error::other("connection reset");
-        assert!(explain_store_error("current", &u, &e).is_none());
+        // other transport failures (TLS, timeouts, resets) keep the store's own words
+        for other in [
+            "HTTP error: error sending request: connection error: Connection reset by peer",
+            "HTTP error: error sending request: invalid peer certificate: UnknownIssuer",
+        ] {
+            let e = std::io::Error::other(other);
+            assert!(explain_store_error("current", &u, &e).is_none(), "{other}");
+        }
+    }
+
+    /// An error with a message and a source, as store errors nest.
+    #[derive(Debug)]
+    struct Wrapped(&'static str, std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
     }
 
     /// A library's error wrapping `ENOSPC` (delta-rs: "Failed to parse parquet: ... No space

@@ -53,6 +53,10 @@ use crate::sink::{Sink, TableRole};
 use deltalake::arrow::array::Int64Array;
 use deltalake::arrow::datatypes::Int64Type;
 
+/// Rows of a run whose upserts are shared by current and history per writer task (see
+/// [`apply`]): fewer rows get fewer tasks, and so fewer files.
+const SHARED_ROWS_PER_WRITER: usize = 1 << 20;
+
 /// Name of the file-path column of the impacted-files scan.
 const FILE_COLUMN: &str = "__tributary_file";
 
@@ -155,10 +159,13 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     // A merge: one writer per table (more measured no faster on 2 cores, and one keeps the
     // rows of a file contiguous in input order: fewer files touched by later changes). A run
     // that writes current anew or only adds to it shares its upserts' files with history
-    // (`Outputs::both`): one writer per thread, up to 4, encodes them.
+    // (`Outputs::both`; not a partitioned current table, whose files lack its partition
+    // columns): one writer per million rows and thread, up to 4, encodes them (each writes its
+    // own files: small runs keep one).
     let shares = request.reload || request.append || config.insert_only;
-    let tasks = match shares {
-        true => crate::core::threads::get().clamp(1, 4),
+    let rows: usize = request.changes.iter().map(ChangeBatch::len).sum();
+    let tasks = match shares && spec.lake.partition_by.is_empty() {
+        true => (rows / SHARED_ROWS_PER_WRITER).clamp(1, crate::core::threads::get().clamp(1, 4)),
         false => 1,
     };
     let mut run = lake.begin(request.base_run, properties, tasks).await?;
@@ -196,7 +203,7 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
         sources: &sources,
         current: &senders.current,
         history: &senders.history,
-        both: shares.then_some(&senders),
+        both: (shares && senders.shares()).then_some(&senders),
         shared_day: Default::default(),
     };
 
@@ -1260,6 +1267,14 @@ mod tests {
         // not consecutive, or of two batches: copied
         assert_eq!(values(&[(0, 3), (0, 1)], &["I", "I"]).0, vec![13, 11]);
         assert_eq!(values(&[(0, 3), (1, 0)], &["I", "U"]).0, vec![13, 20]);
+        // the slice's values are the batch's own (no copy), the others' not
+        let first = |b: &RecordBatch, at: usize| -> *const i64 {
+            &b.column(0).as_primitive::<Int64Type>().values()[at]
+        };
+        let sliced = with_operations(&sources, &[(0, 1), (0, 2)], &["U", "I"]).unwrap();
+        assert_eq!(first(&sliced, 0), first(&sources[0], 1));
+        let copied = with_operations(&sources, &[(0, 3), (0, 1)], &["I", "I"]).unwrap();
+        assert_ne!(first(&copied, 0), first(&sources[0], 3));
     }
 
     #[test]

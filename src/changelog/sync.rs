@@ -421,7 +421,18 @@ async fn sync_table(
         error: None,
         catalog: None,
     };
+    // what the pass downloaded, also when it applied nothing (a `LOAD` copied to compare its
+    // content)
+    let copied_note = match result.copied.filter(|c| c.objects > 0) {
+        Some(copied) => format!(
+            "; {} object(s), {}, copied from the store",
+            copied.objects,
+            crate::report::mib(copied.bytes)
+        ),
+        None => String::new(),
+    };
     let Some(summary) = done.applied else {
+        result.message.push_str(&copied_note);
         return Ok(result);
     };
     let files = done.pending.units + done.pending.skipped;
@@ -475,13 +486,7 @@ async fn sync_table(
         }
         result.message.push(')');
     }
-    if let Some(copied) = result.copied.filter(|c| c.objects > 0) {
-        result.message.push_str(&format!(
-            "; {} object(s), {}, copied from the store",
-            copied.objects,
-            crate::report::mib(copied.bytes)
-        ));
-    }
+    result.message.push_str(&copied_note);
     result.apply = Some(summary);
     Ok(result)
 }

@@ -1,7 +1,8 @@
 //! Property test: random change logs (interleavings of I/U/D per key, re-inserted keys, several
-//! files per run, several runs, partition moves, soft or hard deletes) applied by `sync`, against
-//! a small in-memory replay of the rules. Replay a failure with PROPERTY_TEST_SEED and
-//! PROPTEST_CASES.
+//! files per run, several runs, partition moves, soft or hard deletes, a DMS full load first or
+//! not, a partitioned current table or not: an unpartitioned one shares a full load's files with
+//! history) applied by `sync`, against a small in-memory replay of the rules. Replay a failure
+//! with PROPERTY_TEST_SEED and PROPTEST_CASES.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -104,19 +105,30 @@ fn change_logs_match_the_reference_model() {
     let change = (0u8..8, 0u8..3, 0u8..50, any::<bool>());
     let file = proptest::collection::vec(change, 0..10);
     let run = proptest::collection::vec(file, 1..3);
-    let strategy = (proptest::collection::vec(run, 1..4), any::<bool>());
+    // a full load's rows: key, amount, region
+    let load = proptest::option::of(proptest::collection::vec(
+        (0u8..8, 0u8..50, any::<bool>()),
+        1..10,
+    ));
+    let strategy = (
+        proptest::collection::vec(run, 1..4),
+        any::<bool>(),
+        load,
+        any::<bool>(),
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runner
-        .run(&strategy, |(runs, soft)| {
+        .run(&strategy, |(runs, soft, load, partitioned)| {
             let dir = tempfile::tempdir().unwrap();
             let landing = dir.path().join("landing");
             let folder = landing.join("m/t");
             std::fs::create_dir_all(&folder).unwrap();
             let mode = if soft { "soft" } else { "hard" };
+            let partition_by = if partitioned { "  partition_by: [region]\n" } else { "" };
             std::fs::write(
                 landing.join("tables.yaml"),
                 format!(
-                    "tables:\n- source: m/t\n  active: true\n  primary_key: [id]\n  partition_by: [region]\n  \
+                    "tables:\n- source: m/t\n  active: true\n  primary_key: [id]\n{partition_by}  \
                      change_data_feed: true\n  delete_mode: {mode}\n  columns:\n  - {{name: id, type: int}}\n  - {{name: region, type: string}}\n  \
                      - {{name: amount, type: int}}\n"
                 ),
@@ -132,8 +144,20 @@ fn change_logs_match_the_reference_model() {
                 progress: false,
                 spill_dir: None,
             };
+            // The model takes a full load as the first run's first file, of inserts.
+            let mut runs = runs;
+            if let Some(rows) = &load {
+                let text: String = rows
+                    .iter()
+                    .map(|(k, amount, west)| format!("{k},{},{amount}\n", region(*west)))
+                    .collect();
+                std::fs::write(folder.join("LOAD00000001.csv"), text).unwrap();
+                let inserts = rows.iter().map(|&(k, amount, west)| (k, 0, amount, west));
+                runs[0].insert(0, inserts.collect());
+            }
             let mut n = 0;
             for (r, run) in runs.iter().enumerate() {
+                let run = &run[usize::from(r == 0 && load.is_some())..];
                 for changes in run {
                     n += 1;
                     std::fs::write(folder.join(format!("20240101-{n:010}.csv")), csv(changes)).unwrap();

@@ -444,11 +444,12 @@ struct PendingFiles {
 
 /// Whether a `LOAD` file is not the one the table applied last under its name: a new name, or
 /// another size, or (same size, other modification time: a touch or a copy) other bytes. An
-/// object listed with the ETag recorded when it was applied is the same bytes (an object
-/// store's ETag follows the content: uploaded again, the same bytes in the same parts get the
-/// same ETag), without reading it. `digest` is asked only in the last case, and only where the
-/// table recorded a digest: another ETag may still be the same bytes (uploaded in other parts,
-/// or listed by another store).
+/// object listed with the ETag recorded when it was applied is the same bytes, known without
+/// reading it: an ETag names one version of an object's content (S3 and GCS give the same
+/// bytes uploaded again in the same parts the same one). `digest` is asked only in the last
+/// case, and only where the table recorded a digest: another ETag may still be the same bytes
+/// (uploaded in other parts, encrypted with SSE-KMS, or on Azure, which gives every write a new
+/// ETag).
 fn is_new_load(
     f: &ChangeFile,
     done: &AppliedSet,
@@ -483,6 +484,7 @@ fn pending(
     done: &AppliedSet,
     digest: &mut dyn FnMut(&ChangeFile) -> Result<String>,
 ) -> Result<PendingFiles> {
+    let mut other_etags = Vec::new();
     for f in &files {
         if let Some(&size) = done.change_sizes.get(&f.name) {
             if size != f.size as i64 {
@@ -491,13 +493,16 @@ fn pending(
                      (land files atomically: write, then rename)");
             } else if let (Some(applied), Some(now)) = (done.change_etags.get(&f.name), &f.etag) {
                 if applied != now {
-                    tracing::warn!(file = %f.name, applied_etag = %applied, now_etag = %now,
-                        "a change file applied before is listed with another ETag (uploaded \
-                         again, perhaps with other rows); it is not applied again: a change \
-                         file is applied once, by name");
+                    other_etags.push(f.name.as_str());
                 }
             }
         }
+    }
+    if let Some(first) = other_etags.first() {
+        // one line a pass, not one per file (a store that gives every copy a new ETag, Azure's)
+        tracing::warn!(files = other_etags.len(), first = %first,
+            "change files applied before are listed with another ETag (uploaded again, perhaps \
+             with other rows); they are not applied again: a change file is applied once, by name");
     }
     let (loads, changes): (Vec<ChangeFile>, Vec<ChangeFile>) =
         files.into_iter().partition(|f| f.kind == FileKind::Load);
