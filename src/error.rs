@@ -240,6 +240,11 @@ pub fn explain_store_error(
     } else if text.contains("Connection refused")
         || text.contains("dns error")
         || text.contains("failed to lookup address")
+        // delta-rs passes some store errors on as text, without their cause: a request that
+        // got no answer, unless the text says why (a certificate, a reset)
+        || (text.contains("error sending request")
+            && !text.contains("certificate")
+            && !text.contains("reset"))
     {
         let mut cause = err;
         while let Some(next) = cause.source() {
@@ -247,8 +252,8 @@ pub fn explain_store_error(
         }
         format!(
             "cannot reach the store of {url} ({cause}; retried): check the endpoint set in \
-             the environment or the config's `storage_options`, and that this machine's \
-             network reaches it"
+             the environment or the config's `storage_options`, that this machine's network \
+             reaches it, and for https its certificate"
         )
     } else {
         return None;
@@ -316,7 +321,18 @@ mod tests {
             ),
             "{text}"
         );
-        // other transport failures (TLS, timeouts, resets) keep the store's own words
+        // without its cause (delta-rs's text): still explained, with the text
+        let e = std::io::Error::other(
+            "Kernel error: Generic GCS error: Error performing GET http://127.0.0.1:1/b/k after \
+             10 retries - HTTP error: error sending request",
+        );
+        let text = explain_store_error("current", &u, &e).unwrap().to_string();
+        assert!(
+            text.contains("cannot reach the store of s3://missing-bucket/lake/t/ (Kernel error")
+                && text.contains("error sending request; retried)"),
+            "{text}"
+        );
+        // other transport failures (TLS, resets) keep the store's own words
         for other in [
             "HTTP error: error sending request: connection error: Connection reset by peer",
             "HTTP error: error sending request: invalid peer certificate: UnknownIssuer",
