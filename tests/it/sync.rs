@@ -297,6 +297,60 @@ async fn a_full_load_writes_its_rows_once_for_both_tables() {
     );
 }
 
+/// Copies the folder `from` into `to`, recursively (new modification times).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        match entry.file_type().unwrap().is_dir() {
+            true => copy_tree(&entry.path(), &target),
+            false => {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+}
+
+/// A lake made by an earlier Tributary (f8469d3: its applied-files table has `digest` but no
+/// `etag` column; `tests/fixtures/upgrade_applied_without_etag`, a full load and one change
+/// file) syncs on. Copied here, the landing zone's files have new modification times: the load
+/// is recognised by its digest (no reload), the change file by its name; the next change file
+/// is applied once; the applied table keeps its own layout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lake_from_before_etags_were_kept_syncs_on() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/upgrade_applied_without_etag");
+    let l = Landing {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    copy_tree(&fixture.join("landing"), &l.root());
+    copy_tree(&fixture.join("lake"), &l.lake());
+    let before = l.table("sales/orders", "applied").await;
+    assert_eq!(before.len(), 2);
+    assert!(before.iter().all(|r| !r.contains_key("etag")), "{before:?}");
+    l.file("sales/orders", "20240302-1000000000.csv", "I,4,east,40\n");
+    let t = l.sync_one().await;
+    assert_eq!(
+        (t.status.as_str(), t.files, t.reload),
+        ("applied", 1, false),
+        "{t:?}"
+    );
+    let current = l.current("sales/orders").await;
+    let rows: Vec<(&str, &str, &str)> = current
+        .values()
+        .map(|r| (r["id"].as_str(), r["region"].as_str(), r["amount"].as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [("1", "east", "10.0"), ("2", "west", "21.0"), ("4", "east", "40.0")]
+    );
+    let applied = l.table("sales/orders", "applied").await;
+    assert_eq!(applied.len(), 3, "{applied:?}");
+    assert!(applied.iter().all(|r| !r.contains_key("etag")), "{applied:?}");
+    assert_eq!(l.sync_one().await.status, "up-to-date");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn soft_deletes_keep_the_key_with_operation_d_until_it_returns() {
     let l = Landing::new(&ORDERS.replace("  timestamp_column: ts\n", "  delete_mode: soft\n"));
