@@ -187,7 +187,7 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     let mut summary = ApplySummary {
         run_seq: run.seq(),
         run_id: run.id().to_string(),
-        changes_read: request.changes.iter().map(|b| b.len() as u64).sum(),
+        changes_read: rows as u64,
         current_files: run.guard(current_files).await?,
         ..Default::default()
     };

@@ -59,7 +59,8 @@ pub async fn subfolders(
 }
 
 /// Runs `future` to its end from synchronous code (a `ChangeSource` plan, a catalog built
-/// before a query) on the multi-thread runtime, whose worker it blocks meanwhile.
+/// before a query, a table function's planning) on the multi-thread runtime, whose worker it
+/// blocks meanwhile.
 ///
 /// # Errors
 /// [`Error::Internal`] outside a runtime or on a current-thread one (where blocking a worker
@@ -69,7 +70,7 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
         .map_err(|e| Error::Internal(format!("no async runtime: {e}")))?;
     if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
         return Err(Error::Internal(
-            "reading an object store from here needs tokio's multi-thread runtime".into(),
+            "blocking on a store or a table from here needs tokio's multi-thread runtime".into(),
         ));
     }
     Ok(tokio::task::block_in_place(|| handle.block_on(future)))

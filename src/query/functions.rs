@@ -112,16 +112,9 @@ fn crate_err(call: &str, err: crate::Error) -> DataFusionError {
 }
 
 /// Runs `future` to completion from inside DataFusion's (synchronous) planning of a table
-/// function, on the multi-threaded runtime the binary runs on.
+/// function, on the multi-threaded runtime the binary runs on ([`crate::core::store::block_on`]).
 fn block_on<F: Future>(future: F) -> DfResult<F::Output> {
-    let handle = tokio::runtime::Handle::try_current()
-        .map_err(|e| DataFusionError::Internal(format!("no async runtime: {e}")))?;
-    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-        return Err(DataFusionError::Internal(
-            "table functions need the multi-threaded runtime".into(),
-        ));
-    }
-    Ok(tokio::task::block_in_place(|| handle.block_on(future)))
+    crate::core::store::block_on(future).map_err(|e| DataFusionError::Internal(e.to_string()))
 }
 
 /// The text of a literal argument (a string, a number, `DATE '...'`), through casts.

@@ -201,7 +201,7 @@ async fn assert_s3_tables_equal(place: &str, endpoint: &str, local: &Fixture) {
     }
 }
 
-/// `tributary run CONFIG INPUT DATE --json`, with no AWS settings from the environment.
+/// `tributary run CONFIG INPUT DATE --json`, with no AWS or Google settings from the environment.
 fn run(config: &Path, input: &Path, date: &str, crash_at: Option<&str>) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -216,6 +216,9 @@ fn run(config: &Path, input: &Path, date: &str, crash_at: Option<&str>) -> Outpu
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_ENDPOINT_URL",
+        "GOOGLE_SERVICE_ACCOUNT",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_BUCKET",
     ] {
         cmd.env_remove(var);
     }
@@ -1146,21 +1149,7 @@ fn gcs_tables_take_their_storage_options_and_explain_refusals() {
         )
         .unwrap();
         let input = fx.input("d1", "a.csv", day_csv(1).as_bytes());
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "run",
-            config.to_str().unwrap(),
-            input.to_str().unwrap(),
-            "2024-01-01",
-        ]);
-        for var in [
-            "GOOGLE_SERVICE_ACCOUNT",
-            "GOOGLE_APPLICATION_CREDENTIALS",
-            "GOOGLE_BUCKET",
-        ] {
-            cmd.env_remove(var);
-        }
-        let out = cmd.output().unwrap();
+        let out = run(&config, &input, "2024-01-01", None);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(stderr.contains(expected), "{code}: {stderr}");

@@ -343,11 +343,18 @@ async fn a_lake_from_before_etags_were_kept_syncs_on() {
         .collect();
     assert_eq!(
         rows,
-        [("1", "east", "10.0"), ("2", "west", "21.0"), ("4", "east", "40.0")]
+        [
+            ("1", "east", "10.0"),
+            ("2", "west", "21.0"),
+            ("4", "east", "40.0")
+        ]
     );
     let applied = l.table("sales/orders", "applied").await;
     assert_eq!(applied.len(), 3, "{applied:?}");
-    assert!(applied.iter().all(|r| !r.contains_key("etag")), "{applied:?}");
+    assert!(
+        applied.iter().all(|r| !r.contains_key("etag")),
+        "{applied:?}"
+    );
     assert_eq!(l.sync_one().await.status, "up-to-date");
 }
 

@@ -127,13 +127,18 @@ impl LandingZone {
         }
     }
 
-    /// `err` naming an object store's files by their URL, not their local copy.
-    fn rename(&self, err: Error) -> Error {
-        match &self.remote {
-            Some(r) => {
-                super::remote::rename(err, r.staging.path(), &r.landing.folder_url(&r.source))
-            }
-            None => err,
+    /// What names an object store's files in an error by their URL, not their local copy
+    /// (errors as they are for a local landing zone); owned, for the reader thread.
+    fn renamer(&self) -> impl Fn(Error) -> Error + Send + 'static {
+        let renamed = self.remote.as_ref().map(|r| {
+            (
+                r.staging.path().to_path_buf(),
+                r.landing.folder_url(&r.source),
+            )
+        });
+        move |e: Error| match &renamed {
+            Some((staging, url)) => super::remote::rename(e, staging, url),
+            None => e,
         }
     }
 
@@ -180,9 +185,10 @@ impl ChangeSource for LandingZone {
     fn plan(&mut self, committed: &Committed) -> Result<Pending> {
         let files = self.files()?;
         let todo = {
+            let rename = self.renamer();
             let mut digest = |f: &ChangeFile| {
                 self.fetch(&[f])?;
-                load_digest(f).map_err(|e| self.rename(e))
+                load_digest(f).map_err(&rename)
             };
             pending(files, &committed.files, &mut digest)?
         };
@@ -212,16 +218,7 @@ impl ChangeSource for LandingZone {
             self.run_days,
         );
         // errors name an object store's files by their URL, not their local copy
-        let renamed = self.remote.as_ref().map(|r| {
-            (
-                r.staging.path().to_path_buf(),
-                r.landing.folder_url(&r.source),
-            )
-        });
-        let rename = move |e: Error| match &renamed {
-            Some((staging, url)) => super::remote::rename(e, staging, url),
-            None => e,
-        };
+        let rename = self.renamer();
         let total = files.len();
         let reader = tokio::task::spawn_blocking(move || {
             for (i, file) in files.iter().enumerate() {
