@@ -88,8 +88,13 @@ fn change_file(data: &[u8], layout: &str, name: &str, format: ChangeFormat) -> b
     };
     let path = dir.write(name, data);
     let file = ChangeFile::new(path, name, FileKind::Change, format, data.len() as u64);
-    let read: crate::Result<Vec<ChangeBatch>> = changelog::read(&config, &file, 0, 0);
-    read.is_ok()
+    let mut batches: Vec<ChangeBatch> = Vec::new();
+    let mut keep = |b: ChangeBatch| -> crate::Result<()> {
+        batches.push(b);
+        Ok(())
+    };
+    let limit = crate::config::DEFAULT_MEMORY_LIMIT;
+    changelog::read(&config, &file, 0, 0, limit, &mut keep).is_ok()
 }
 
 /// Reads `data` as a DMS CSV change file (`Op`, commit timestamp, then the columns).

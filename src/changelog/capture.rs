@@ -113,6 +113,15 @@ impl CaptureOptions {
     fn full(&self, rows: u64, bytes: u64) -> bool {
         rows >= self.max_buffered || bytes >= self.memory_limit / 2
     }
+
+    /// The memory of one table's run: the limit, spilling (a copy's parts, whose buffers are
+    /// committed at half of it, seldom do) to the system temporary folder.
+    fn run_memory(&self) -> super::spill::RunMemory {
+        super::spill::RunMemory {
+            limit: self.memory_limit,
+            spill_dir: std::env::temp_dir(),
+        }
+    }
 }
 
 /// What capture did to one table.
@@ -341,7 +350,14 @@ pub async fn capture(options: &CaptureOptions, stop: CancellationToken) -> Resul
             .filter(|t| t.failed.is_none() && t.position.is_some_and(|p| p.lsn > 0))
         {
             let mut reset = TableChanges::reset(t.table.clone());
-            run_source(&mut reset, &t.table.config, run_date, &bar).await?;
+            run_source(
+                &mut reset,
+                &t.table.config,
+                run_date,
+                &options.run_memory(),
+                &bar,
+            )
+            .await?;
             t.position = Some(SlotPosition::default());
         }
         if slot.is_some() {
@@ -996,7 +1012,9 @@ impl Run<'_> {
     async fn apply(&mut self, t: usize, buffer: &mut TableChanges) -> Result<()> {
         buffer.finish()?;
         let config = self.tables[t].table.config.clone();
-        let done: SourceRun = run_source(buffer, &config, self.run_date, &self.bar).await?;
+        let memory = self.options.run_memory();
+        let done: SourceRun =
+            run_source(buffer, &config, self.run_date, &memory, &self.bar).await?;
         let table = &mut self.tables[t];
         table.position = Some(buffer.end());
         if let Some(summary) = done.applied {
@@ -1053,7 +1071,13 @@ impl Run<'_> {
             let config = captured.table.config.clone();
             keep_alive(
                 stream,
-                run_source(&mut reset, &config, self.run_date, &self.bar),
+                run_source(
+                    &mut reset,
+                    &config,
+                    self.run_date,
+                    &self.options.run_memory(),
+                    &self.bar,
+                ),
             )
             .await?;
             captured.position = Some(SlotPosition::default());

@@ -38,6 +38,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::dedupe::{last_per_key, Picked};
+use super::spill::RunChanges;
 use crate::config::tables::DeleteMode;
 use crate::config::ChangelogTable;
 use crate::core::batch::BATCH_ROWS;
@@ -64,8 +65,10 @@ const FILE_COLUMN: &str = "__tributary_file";
 pub struct ApplyRequest<'a> {
     /// The table: columns and key, delete mode, lake tables.
     pub config: &'a ChangelogTable,
-    /// The run's changes, in any batch order (each change carries its source order).
-    pub changes: Vec<ChangeBatch>,
+    /// The run's changes, in any batch order (each change carries its source order): held,
+    /// or partitioned by keyhash and spilled (a run that does not read the current table; see
+    /// `changelog::spill`).
+    pub changes: RunChanges,
     /// Replace the whole current table (a new DMS full load) instead of merging into it.
     pub reload: bool,
     /// The changes are inserts of keys the table does not hold: appended without a scan (a
@@ -79,6 +82,9 @@ pub struct ApplyRequest<'a> {
     pub base_run: i64,
     /// History files the run replaces (see `ChangeSource::history_removes`).
     pub history_removes: Vec<Remove>,
+    /// The run's memory limit and spill folder, also those of its change data feed's
+    /// comparison (tables that record the feed).
+    pub memory: super::spill::RunMemory,
 }
 
 /// What a run applied.
@@ -118,6 +124,11 @@ pub struct ApplySummary {
     pub files_rewritten: u64,
     /// Unchanged rows copied from rewritten files.
     pub rows_copied: u64,
+    /// Groups the changes were applied in, one after another: 1 when they were held in
+    /// memory, else the keyhash partitions they were split into (see `changelog::spill`).
+    pub partitions: u64,
+    /// Bytes of changes written to spill files (Arrow IPC; 0: held in memory).
+    pub spilled_bytes: u64,
     /// Current table version after the run.
     pub current_version: Option<u64>,
     /// History table version after the run.
@@ -150,7 +161,7 @@ pub struct ApplyStages {
 /// run. The run transaction deletes the data files written before a failure (and the tables a
 /// first run created) and nothing is committed; when the commit itself fails after history
 /// landed, the next open completes the run.
-pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<ApplySummary> {
+pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Result<ApplySummary> {
     let started = Instant::now();
     let config = request.config;
     let spec = &config.table;
@@ -163,7 +174,7 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     // columns): one writer per million rows and thread, up to 4, encodes them (each writes its
     // own files: small runs keep one).
     let shares = request.reload || request.append || config.insert_only;
-    let rows: usize = request.changes.iter().map(ChangeBatch::len).sum();
+    let rows = request.changes.rows();
     let tasks = match shares && spec.lake.partition_by.is_empty() {
         true => (rows / SHARED_ROWS_PER_WRITER).clamp(1, crate::core::threads::get().clamp(1, 4)),
         false => 1,
@@ -191,31 +202,22 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
         current_files: run.guard(current_files).await?,
         ..Default::default()
     };
-    let sources: Result<Vec<RecordBatch>> = request
-        .changes
-        .iter()
-        .map(|b| change_rows(&schema, b, run_days))
-        .collect();
-    let sources = run.guard(sources).await?;
+    let mut changes = std::mem::replace(&mut request.changes, RunChanges::Held(Vec::new()));
     // Rows go to the writers in slices of at most BATCH_ROWS picks, as they are resolved.
     let senders = run.senders()?.clone();
-    let out = Outputs {
-        sources: &sources,
-        current: &senders.current,
-        history: &senders.history,
-        both: (shares && senders.shares()).then_some(&senders),
-        shared_day: Default::default(),
-    };
-
     let merging = Instant::now();
-    let merge = Merge {
+    let groups = Groups {
         lake,
         request: &request,
         schema: &schema,
         run_days,
-        out: &out,
+        senders: &senders,
+        share: shares && senders.shares(),
     };
-    let merged = merge.run(&mut summary).await;
+    let merged = groups.run(&mut changes, &mut summary).await;
+    let spill = changes.spill();
+    (summary.partitions, summary.spilled_bytes) = (spill.partitions, spill.spilled_bytes);
+    drop(changes);
     // The writers finish once every sender is dropped.
     drop(senders);
     let writing = Instant::now();
@@ -234,6 +236,15 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
     let current_removes = merged.current_removes;
     summary.stages.write_secs = writing.elapsed().as_secs_f64();
     let committing = Instant::now();
+    // the change data feed's comparison spills into a folder of the run's own (removed with
+    // it, or by a later run after a kill), as `tributary run`'s does
+    let feed_spill = match spec.lake.change_data_feed {
+        true => Some(
+            run.guard(crate::core::spill::owned_folder(&request.memory.spill_dir))
+                .await?,
+        ),
+        false => None,
+    };
     let commit = RunCommit {
         business_date: request.run_date.format("%Y-%m-%d").to_string(),
         fingerprint: request.checkpoint.fingerprint(),
@@ -247,8 +258,12 @@ pub async fn apply(lake: &mut DeltaLake, request: ApplyRequest<'_>) -> Result<Ap
             deleted: summary.deleted,
             ..Default::default()
         }),
-        // change-log runs have no memory setting yet: the defaults (issue 22)
-        change_feed_memory: None,
+        change_feed_memory: Some((
+            request.memory.limit,
+            feed_spill
+                .as_ref()
+                .map_or_else(std::env::temp_dir, |f| f.path().to_path_buf()),
+        )),
     };
     let versions = lake.commit(run, commit).await?;
     summary.stages.commit_secs = committing.elapsed().as_secs_f64();
@@ -325,10 +340,138 @@ struct Stored {
     removes: Vec<Remove>,
 }
 
-/// One merge of a run's changes into the current table (steps 1 to 4 of the module docs).
+/// A run's groups of changes merged one after another into the same run: the held changes,
+/// or each keyhash partition of spilled ones (`changelog::spill`).
+struct Groups<'a> {
+    lake: &'a DeltaLake,
+    request: &'a ApplyRequest<'a>,
+    schema: &'a SchemaRef,
+    /// The run's business date, days since 1970-01-01.
+    run_days: i32,
+    senders: &'a Senders,
+    /// Upserts are written once for both tables (see [`Outputs::both`]).
+    share: bool,
+}
+
+impl Groups<'_> {
+    /// Merges every group and returns the remove actions of the current files the run
+    /// replaces, and the tombstones it writes. A group holds every change of its keys, so each
+    /// group is resolved on its own; tombstones of earlier runs are read once, when a group
+    /// first needs them.
+    async fn run(&self, changes: &mut RunChanges, summary: &mut ApplySummary) -> Result<Merged> {
+        let (request, schema) = (self.request, self.schema);
+        let mut removes = Vec::new();
+        if request.reload {
+            removes = delta::all_files_removed(&self.lake.current)?;
+            summary.files_rewritten = summary.current_files;
+        }
+        let positions = schema.index_of(SOURCE_POSITION).is_ok();
+        let keyed = !(request.config.insert_only || request.append);
+        let tomb_table = match positions && keyed {
+            true => self.lake.open_follower(TableRole::Tombstones, None).await?,
+            false => None,
+        };
+        let mut known = None;
+        let mut new = Vec::new();
+        let shared_day = std::sync::OnceLock::new();
+        while let Some(group) = next_group(changes).await? {
+            let sources: Vec<RecordBatch> = group
+                .iter()
+                .map(|b| change_rows(schema, b, self.run_days))
+                .collect::<Result<_>>()?;
+            let out = Outputs {
+                sources: &sources,
+                current: &self.senders.current,
+                history: &self.senders.history,
+                both: self.share.then_some(self.senders),
+                shared_day: &shared_day,
+            };
+            let merge = Merge {
+                lake: self.lake,
+                request,
+                changes: &group,
+                schema,
+                run_days: self.run_days,
+                out: &out,
+            };
+            let (group_removes, tombstones) =
+                merge.run(summary, tomb_table.as_ref(), &mut known).await?;
+            removes.extend(group_removes);
+            new.extend(tombstones);
+        }
+        let tombstones = match positions && !new.is_empty() {
+            true => {
+                let oldest = self.run_days - request.config.tombstone_retention_days as i32;
+                Some(tombstone_write(tomb_table.as_ref(), &mut known, new, oldest).await?)
+            }
+            false => None,
+        };
+        Ok(Merged {
+            current_removes: removes,
+            tombstones,
+        })
+    }
+}
+
+/// The next group of `changes` ([`RunChanges::next_group`]); spill files are read on a
+/// blocking thread.
+async fn next_group(changes: &mut RunChanges) -> Result<Option<Vec<ChangeBatch>>> {
+    if let RunChanges::Held(batches) = changes {
+        return Ok((!batches.is_empty()).then(|| std::mem::take(batches)));
+    }
+    let mut owned = std::mem::replace(changes, RunChanges::Held(Vec::new()));
+    let (owned, group) = tokio::task::spawn_blocking(move || {
+        let group = owned.next_group();
+        (owned, group)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("reading spilled changes failed: {e}")))?;
+    *changes = owned;
+    group
+}
+
+/// The tombstones a run writes: its `new` ones appended to the table, or, once the table
+/// holds [`tombstones::COMPACT_AT_FILES`] files, the whole table rewritten as one file with
+/// one tombstone per key and none older than day `oldest` (the retention).
+async fn tombstone_write(
+    table: Option<&DeltaTable>,
+    known: &mut Option<DigestMap<Tombstone>>,
+    new: Vec<(Key, Tombstone)>,
+    oldest: i32,
+) -> Result<TombstoneWrite> {
+    let files = match table {
+        Some(t) => t.snapshot()?.log_data().num_files(),
+        None => 0,
+    };
+    let (Some(table), true) = (table, files + 1 >= tombstones::COMPACT_AT_FILES) else {
+        return Ok(TombstoneWrite {
+            rows: new,
+            removes: Vec::new(),
+        });
+    };
+    let mut all = match known.take() {
+        Some(all) => all,
+        None => tombstones::read(table).await?,
+    };
+    for (k, t) in new {
+        tombstones::keep_latest(&mut all, k, t);
+    }
+    let mut rows: Vec<(Key, Tombstone)> =
+        all.into_iter().filter(|(_, t)| t.days >= oldest).collect();
+    rows.sort_unstable_by_key(|(k, _)| *k);
+    Ok(TombstoneWrite {
+        rows,
+        removes: delta::all_files_removed(table)?,
+    })
+}
+
+/// One merge of a group of a run's changes into the current table (steps 1 to 4 of the module
+/// docs).
 struct Merge<'a> {
     lake: &'a DeltaLake,
     request: &'a ApplyRequest<'a>,
+    /// The group's changes: every change of its keys.
+    changes: &'a [ChangeBatch],
     schema: &'a SchemaRef,
     /// The run's business date, days since 1970-01-01.
     run_days: i32,
@@ -346,110 +489,56 @@ impl Merge<'_> {
         }
     }
 
-    /// Sends every output row to the writers; returns the remove actions of the current files
-    /// the run replaces, and the tombstones it writes.
-    async fn run(&self, summary: &mut ApplySummary) -> Result<Merged> {
+    /// Sends every output row of the group to the writers; returns the remove actions of the
+    /// current files it rewrites (a merge), and the new tombstones of its keys. `known` are
+    /// the tombstones of earlier runs, read from `tomb_table` when first needed.
+    async fn run(
+        &self,
+        summary: &mut ApplySummary,
+        tomb_table: Option<&DeltaTable>,
+        known: &mut Option<DigestMap<Tombstone>>,
+    ) -> Result<(Vec<Remove>, Vec<(Key, Tombstone)>)> {
         let request = self.request;
-        let mut removes = Vec::new();
-        if request.reload {
-            removes = delta::all_files_removed(&self.lake.current)?;
-            summary.files_rewritten = summary.current_files;
-        }
         if request.config.insert_only || request.append {
             self.inserts_only(summary).await?;
-            return Ok(Merged {
-                current_removes: removes,
-                tombstones: None,
-            });
+            return Ok((Vec::new(), Vec::new()));
         }
         let dedupe = Instant::now();
-        let winners = last_per_key(&request.changes);
-        summary.stages.dedupe_secs = dedupe.elapsed().as_secs_f64();
-        summary.keys_changed = winners.len() as u64;
-        // Stored rows of changed keys (for history D rows and ignored deletes).
+        let winners = last_per_key(self.changes);
+        summary.stages.dedupe_secs += dedupe.elapsed().as_secs_f64();
+        summary.keys_changed += winners.len() as u64;
+        // Stored rows of changed keys (for history D rows and ignored deletes); a reload
+        // reads none.
         let mut stored = match !request.reload && summary.current_files > 0 {
             true => self.stored_rows(&winners, summary).await?,
             false => Stored::default(),
         };
-        if !request.reload {
-            removes = std::mem::take(&mut stored.removes);
-        }
-        // Tombstones of keys that have no stored row, read when such a key has a change with a
-        // position that is not a delete (a late change could bring a deleted key back).
-        let positions = self.schema.index_of(SOURCE_POSITION).is_ok();
-        let tomb_table = match positions {
-            true => self.lake.open_follower(TableRole::Tombstones, None).await?,
-            false => None,
-        };
+        let removes = std::mem::take(&mut stored.removes);
+        // Tombstones of keys that have no stored row, read when such a key's last change has a
+        // position (a late change could bring a deleted key back; a late delete is stale). A
+        // change without one is never stale: groups that have none such need no tombstones,
+        // so reading them at the first group that does is the same as reading them per run.
         let needs_tombstones = winners.iter().any(|p| {
-            let batch = &request.changes[p.batch];
-            batch.ops[p.row] != ChangeOp::Delete
-                && batch.positions[p.row].is_some()
+            let batch = &self.changes[p.batch];
+            batch.positions[p.row].is_some()
                 && !stored
                     .at
                     .contains_key(&key(batch.rows.keyhash.value(p.row)))
         });
-        let mut known = match (&tomb_table, needs_tombstones) {
-            (Some(table), true) => Some(tombstones::read(table).await?),
-            _ => None,
-        };
+        if let (Some(table), true, None) = (tomb_table, needs_tombstones, known.as_ref()) {
+            *known = Some(tombstones::read(table).await?);
+        }
         let new = self
             .resolve(winners, &stored, known.as_ref(), summary)
             .await?;
-        let tombstones = match positions && !new.is_empty() {
-            true => Some(
-                self.tombstone_write(tomb_table.as_ref(), &mut known, new)
-                    .await?,
-            ),
-            false => None,
-        };
-        Ok(Merged {
-            current_removes: removes,
-            tombstones,
-        })
-    }
-
-    /// The tombstones the run writes: its `new` ones appended to the table, or, once the table
-    /// holds [`tombstones::COMPACT_AT_FILES`] files, the whole table rewritten as one file with
-    /// one tombstone per key and none past the retention.
-    async fn tombstone_write(
-        &self,
-        table: Option<&DeltaTable>,
-        known: &mut Option<DigestMap<Tombstone>>,
-        new: Vec<(Key, Tombstone)>,
-    ) -> Result<TombstoneWrite> {
-        let files = match table {
-            Some(t) => t.snapshot()?.log_data().num_files(),
-            None => 0,
-        };
-        let (Some(table), true) = (table, files + 1 >= tombstones::COMPACT_AT_FILES) else {
-            return Ok(TombstoneWrite {
-                rows: new,
-                removes: Vec::new(),
-            });
-        };
-        let mut all = match known.take() {
-            Some(all) => all,
-            None => tombstones::read(table).await?,
-        };
-        for (k, t) in new {
-            tombstones::keep_latest(&mut all, k, t);
-        }
-        let oldest = self.run_days - self.request.config.tombstone_retention_days as i32;
-        let mut rows: Vec<(Key, Tombstone)> =
-            all.into_iter().filter(|(_, t)| t.days >= oldest).collect();
-        rows.sort_unstable_by_key(|(k, _)| *k);
-        Ok(TombstoneWrite {
-            rows,
-            removes: delta::all_files_removed(table)?,
-        })
+        Ok((removes, new))
     }
 
     /// A table without a primary key: its inserts are appended, its other changes counted
     /// and skipped.
     async fn inserts_only(&self, summary: &mut ApplySummary) -> Result<()> {
         let mut picked = Vec::new();
-        for (b, batch) in self.request.changes.iter().enumerate() {
+        for (b, batch) in self.changes.iter().enumerate() {
             for (row, op) in batch.ops.iter().enumerate() {
                 if *op == ChangeOp::Insert {
                     picked.push((b, row));
@@ -458,8 +547,8 @@ impl Merge<'_> {
                 }
             }
         }
-        summary.inserted = picked.len() as u64;
-        summary.keys_changed = picked.len() as u64;
+        summary.inserted += picked.len() as u64;
+        summary.keys_changed += picked.len() as u64;
         let codes = vec!["I"; picked.len()];
         self.out.upserts(&picked, &codes).await
     }
@@ -467,7 +556,7 @@ impl Merge<'_> {
     /// Reads the current files that hold a changed key: their other rows are copied to the
     /// current writer, the changed keys' rows are kept as [`Stored`].
     async fn stored_rows(&self, winners: &[Picked], summary: &mut ApplySummary) -> Result<Stored> {
-        let (changes, schema) = (&self.request.changes, self.schema);
+        let (changes, schema) = (self.changes, self.schema);
         let mut changed: DigestMap<()> = DigestMap::default();
         changed.reserve(winners.len());
         for p in winners {
@@ -475,8 +564,8 @@ impl Merge<'_> {
         }
         let scan = Instant::now();
         let impacted = impacted_files(&self.lake.current, &changed).await?;
-        summary.stages.impacted_scan_secs = scan.elapsed().as_secs_f64();
-        summary.files_rewritten = impacted.len() as u64;
+        summary.stages.impacted_scan_secs += scan.elapsed().as_secs_f64();
+        summary.files_rewritten += impacted.len() as u64;
         let mut stored = Stored {
             removes: impacted.values().cloned().collect(),
             ..Default::default()
@@ -518,7 +607,7 @@ impl Merge<'_> {
     fn earlier_changes(&self, winners: &[Picked]) -> DigestMap<Vec<(usize, usize)>> {
         let won: HashSet<(usize, usize)> = winners.iter().map(|p| (p.batch, p.row)).collect();
         let mut by_key: DigestMap<Vec<(SourceOrder, usize, usize)>> = DigestMap::default();
-        for (b, batch) in self.request.changes.iter().enumerate() {
+        for (b, batch) in self.changes.iter().enumerate() {
             for row in 0..batch.len() {
                 if !won.contains(&(b, row)) {
                     by_key
@@ -620,7 +709,7 @@ impl Merge<'_> {
             column.is_valid(at.1).then(|| column.value(at.1))
         };
         for p in &winners {
-            let batch = &self.request.changes[p.batch];
+            let batch = &self.changes[p.batch];
             let k = key(batch.rows.keyhash.value(p.row));
             let position = batch.positions[p.row];
             if position_at.is_some() {
@@ -672,7 +761,7 @@ impl Merge<'_> {
             let mut last_delete: Option<RowDelete> = None;
             let had_earlier = earlier.contains_key(&k);
             for &(b, r) in earlier.get(&k).into_iter().flatten() {
-                let change = &self.request.changes[b];
+                let change = &self.changes[b];
                 let day = change.commit_days[r].unwrap_or(self.run_days);
                 if change.ops[r] == ChangeOp::Delete {
                     if let (true, Some(v)) = (live, version.take()) {
@@ -930,7 +1019,7 @@ struct Outputs<'a> {
     both: Option<&'a Senders>,
     /// The `eff_start_date` of the shared rows (a shared file is of one day): the day most of
     /// the first upserts have; the others are written to each table.
-    shared_day: std::sync::OnceLock<i32>,
+    shared_day: &'a std::sync::OnceLock<i32>,
 }
 
 impl Outputs<'_> {
@@ -949,6 +1038,10 @@ impl Outputs<'_> {
             .collect();
         let day_of =
             |&(b, row): &(usize, usize)| dates[b].filter(|d| d.is_valid(row)).map(|d| d.value(row));
+        if picks.is_empty() {
+            // the shared day is the first upserts' (a group of deletes only has none)
+            return Ok(());
+        }
         let day = *self.shared_day.get_or_init(|| {
             let mut count: HashMap<i32, usize> = HashMap::new();
             for d in picks.iter().filter_map(day_of) {

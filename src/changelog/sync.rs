@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::merge::{apply, ApplyRequest, ApplySummary};
+use super::spill::{collect, RunChanges, RunMemory};
 use crate::config::tables::{TableEntry, TablesFile};
 use crate::config::ChangelogTable;
-use crate::core::change::ChangeBatch;
 use crate::core::checkpoint::Committed;
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
@@ -51,9 +51,13 @@ pub struct SyncOptions {
     pub run_date: NaiveDate,
     /// Draw a progress line per table on the terminal.
     pub progress: bool,
-    /// Folder for the copies of a landing zone in an object store (each pass makes and
-    /// removes its own `tributary-spill-*` folder there); None: the system temporary folder.
+    /// Folder for the copies of a landing zone in an object store and for the changes a run
+    /// spills (each pass and run makes and removes its own `tributary-spill-*` folder there);
+    /// None: the system temporary folder.
     pub spill_dir: Option<PathBuf>,
+    /// Bytes of changes the pass holds in memory, shared by the tables loaded at the same
+    /// time (`--memory-limit`; see `changelog::spill`).
+    pub memory_limit: u64,
 }
 
 /// What happened to one table.
@@ -146,7 +150,7 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
     let remote = match landing_url(&options.landing)? {
         Some(url) => {
             let spill_dir = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
-            let owned = crate::snapshot::spill::owned_folder(&spill_dir)?;
+            let owned = crate::core::spill::owned_folder(&spill_dir)?;
             Some(Arc::new(StoreLanding::open(
                 &url,
                 tables.storage_options.to_map(),
@@ -200,6 +204,12 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
     }
     let shared = Arc::new(shared);
     let catalog = tables.catalog.clone();
+    // the limit is shared by the tables loaded at once
+    let at_once = options.jobs.clamp(1, runnable.len().max(1)) as u64;
+    let memory = Arc::new(RunMemory {
+        limit: (options.memory_limit / at_once).max(1),
+        spill_dir: options.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
+    });
     let mut results: Vec<TableSync> = futures::stream::iter(runnable)
         .map(|(index, entry)| {
             let bar = bars.add(ProgressBar::new_spinner());
@@ -209,13 +219,15 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
             let options = shared.clone();
             let catalog = catalog.clone();
             let remote = remote.clone();
+            let memory = memory.clone();
             async move {
                 // Each table on its own task: the CPU-bound steps of one table do not hold up
                 // the others.
                 let task = {
                     let (entry, bar) = (entry.clone(), bar.clone());
                     tokio::spawn(async move {
-                        let mut done = sync_table(&options, remote, index, &entry, &bar).await?;
+                        let mut done =
+                            sync_table(&options, remote, &memory, index, &entry, &bar).await?;
                         if let Some(catalog) = &catalog {
                             bar.set_message("registering in the catalog");
                             let spec = entry.changelog_table(index, &options.lake)?.table;
@@ -304,11 +316,12 @@ pub async fn run_source<S: ChangeSource>(
     source: &mut S,
     config: &ChangelogTable,
     run_date: NaiveDate,
+    memory: &RunMemory,
     bar: &ProgressBar,
 ) -> Result<SourceRun> {
     let mut attempt = 1;
     loop {
-        match run_source_once(source, config, run_date, bar).await {
+        match run_source_once(source, config, run_date, memory, bar).await {
             Err(Error::Conflict { table, seq, other }) if attempt < CONFLICT_ATTEMPTS => {
                 tracing::warn!(%table, run = seq, %other, attempt, "another run committed first; re-planning on top of it");
                 conflict_pause(attempt).await;
@@ -324,6 +337,7 @@ async fn run_source_once<S: ChangeSource>(
     source: &mut S,
     config: &ChangelogTable,
     run_date: NaiveDate,
+    memory: &RunMemory,
     bar: &ProgressBar,
 ) -> Result<SourceRun> {
     let existing = DeltaLake::open(&config.table, false).await?;
@@ -342,24 +356,29 @@ async fn run_source_once<S: ChangeSource>(
     }
     bar.set_message(format!("reading {} {}(s)", pending.units, source.unit()));
     let reading = Instant::now();
-    let batches: Vec<ChangeBatch> = source.changes().try_collect().await?;
+    // A run that does not read the current table may hold its changes partitioned by key,
+    // spilled past half the memory limit (`changelog::spill`).
+    let spillable = pending.reload || pending.append || config.insert_only;
+    let changes = collect(source.changes(), memory, spillable).await?;
     done.read_secs = reading.elapsed().as_secs_f64();
+    let rows = changes.rows();
     stage_line(
         !bar.is_hidden(),
         format_args!(
-            "{}: read {} changes from {} {}(s) in {:.2} s",
+            "{}: read {} changes from {} {}(s) in {:.2} s{}",
             config.table.name,
-            batches.iter().map(|b| b.len()).sum::<usize>(),
+            rows,
             pending.units,
             source.unit(),
-            done.read_secs
+            done.read_secs,
+            match &changes {
+                RunChanges::Held(_) => String::new(),
+                RunChanges::Spilled(_) => "; partitioned by key and spilled".into(),
+            }
         ),
     );
     let checkpoint = source.checkpoint();
-    bar.set_message(format!(
-        "applying {} changes",
-        batches.iter().map(|b| b.len()).sum::<usize>()
-    ));
+    bar.set_message(format!("applying {rows} changes"));
     let mut lake = match existing {
         Some((lake, _)) => lake,
         None => DeltaLake::create(&config.table).await?.0,
@@ -368,13 +387,14 @@ async fn run_source_once<S: ChangeSource>(
         &mut lake,
         ApplyRequest {
             config,
-            changes: batches,
+            changes,
             reload: pending.reload,
             append: pending.append,
             history_removes: source.history_removes(),
             checkpoint: checkpoint.clone(),
             run_date,
             base_run,
+            memory: memory.clone(),
         },
     )
     .await?;
@@ -386,6 +406,7 @@ async fn run_source_once<S: ChangeSource>(
 async fn sync_table(
     options: &SyncOptions,
     remote: Option<Arc<StoreLanding>>,
+    memory: &RunMemory,
     index: usize,
     entry: &TableEntry,
     bar: &ProgressBar,
@@ -396,15 +417,17 @@ async fn sync_table(
     let mut source = match remote {
         Some(landing) => {
             LandingZone::open_remote(landing, &entry.source, &config, days, bar.clone())?
+                .with_memory_limit(memory.limit)
         }
         None => LandingZone::open(
             &options.landing.join(&entry.source),
             &config,
             days,
             bar.clone(),
-        )?,
+        )?
+        .with_memory_limit(memory.limit),
     };
-    let done = run_source(&mut source, &config, options.run_date, bar).await?;
+    let done = run_source(&mut source, &config, options.run_date, memory, bar).await?;
     let mut result = TableSync {
         table: entry.name(),
         status: "up-to-date".into(),
@@ -485,6 +508,13 @@ async fn sync_table(
             ));
         }
         result.message.push(')');
+    }
+    if summary.spilled_bytes > 0 {
+        result.message.push_str(&format!(
+            "; applied in {} key partitions, {} spilled (over half of --memory-limit)",
+            summary.partitions,
+            crate::report::mib(summary.spilled_bytes)
+        ));
     }
     result.message.push_str(&copied_note);
     result.apply = Some(summary);

@@ -117,20 +117,7 @@ pub async fn execute(args: CaptureArgs) -> Result<u8> {
             args.slot
         )));
     }
-    let memory_limit = crate::config::ByteSizeText::Text(args.memory_limit.clone())
-        .bytes("--memory-limit")
-        .map_err(|_| {
-            Error::Usage(format!(
-                "--memory-limit `{}`: use a size such as 512MiB or 2GiB",
-                args.memory_limit
-            ))
-        })?;
-    if memory_limit < crate::config::MIN_MEMORY_LIMIT {
-        return Err(Error::Usage(format!(
-            "--memory-limit `{}`: at least 16MiB",
-            args.memory_limit
-        )));
-    }
+    let memory_limit = super::parse_memory_limit(&args.memory_limit)?;
     let options = CaptureOptions {
         url: args.url,
         lake: crate::config::storage::LakeRoot::parse(&args.lake)?,

@@ -22,6 +22,27 @@ use chrono::NaiveDate;
 
 use crate::error::{Error, Result};
 
+/// Parses `--memory-limit` (`512MiB`, `2GiB`): bytes, at least
+/// [`MIN_MEMORY_LIMIT`](crate::config::MIN_MEMORY_LIMIT).
+///
+/// # Errors
+/// [`Error::Usage`] naming the text.
+pub fn parse_memory_limit(text: &str) -> Result<u64> {
+    let bytes = crate::config::ByteSizeText::Text(text.to_string())
+        .bytes("--memory-limit")
+        .map_err(|_| {
+            Error::Usage(format!(
+                "--memory-limit `{text}`: use a size such as 512MiB or 2GiB"
+            ))
+        })?;
+    if bytes < crate::config::MIN_MEMORY_LIMIT {
+        return Err(Error::Usage(format!(
+            "--memory-limit `{text}`: at least 16MiB"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Parses a date argument, `YYYY-MM-DD`; `what` names it in the error (`BUS_EFF_DATE`,
 /// `--date`).
 ///

@@ -80,7 +80,7 @@ pub async fn stage_incoming(
         .map_err(|e| crate::error::Error::Usage(format!("INCOMING {text}: not a URL: {e}")))?;
     let options = config.table.lake.storage_options.to_map();
     // a spill folder of the run: a later run removes it if this one is killed
-    let owned = crate::snapshot::spill::owned_folder(&config.snapshot.spill_dir)?;
+    let owned = crate::core::spill::owned_folder(&config.snapshot.spill_dir)?;
     let staged = remote::stage(&url, &options, owned).await?;
     tracing::info!(
         objects = staged.objects,

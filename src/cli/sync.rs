@@ -35,10 +35,16 @@ pub struct SyncArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Folder for the copies of an object-store landing zone's files read by a pass (default:
-    /// the system temporary folder, TMPDIR).
+    /// Folder for the copies of an object-store landing zone's files read by a pass, and for
+    /// the changes a run spills (default: the system temporary folder, TMPDIR).
     #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
+    /// Memory for the pass's changes (`512MiB`, `2GiB`), shared by the tables loaded at the
+    /// same time: a full load (an append, a table without a key) whose changes take over half
+    /// of a table's share is partitioned by key and spilled to --spill-dir; a merge holds its
+    /// changes.
+    #[arg(long, default_value = "1GiB")]
+    pub memory_limit: String,
 }
 
 /// Parses an interval: seconds, or a number with `s`, `m` or `h`.
@@ -126,6 +132,7 @@ pub async fn execute(args: SyncArgs) -> Result<u8> {
         run_date,
         progress: !args.json,
         spill_dir: args.spill_dir,
+        memory_limit: super::parse_memory_limit(&args.memory_limit)?,
     };
     loop {
         let pass = sync(&options).await;

@@ -6,7 +6,8 @@
 //! - `stages`: reading and partitioning both sides, then diffing partition by partition (or
 //!   streaming each batch past an in-memory index).
 //! - [`classify`]: the I/U/D/X/N rules of one partition; [`join`]: its output rows;
-//!   [`probe`]: the streamed form; [`plan`]: the memory plan; [`spill`]: partitions on disk.
+//!   [`probe`]: the streamed form; [`plan`]: the memory plan; partitions on disk are
+//!   [`core::spill`](crate::core::spill).
 //! - [`check`]: the read-and-hash stage alone (`tributary check`); [`summary`]: what a run
 //!   reports.
 
@@ -16,7 +17,6 @@ pub mod join;
 pub mod plan;
 pub mod probe;
 pub mod run;
-pub mod spill;
 mod stages;
 pub mod summary;
 

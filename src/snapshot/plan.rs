@@ -2,7 +2,7 @@
 //! `memory_limit` is shared between holding partitions and diffing them.
 //!
 //! While the input and the current table are read, partitions are held in a
-//! [`SpillStore`](crate::snapshot::spill::SpillStore) of `store_budget` bytes ([`STORE_SHARE`] of the
+//! [`SpillStore`](crate::core::spill::SpillStore) of `store_budget` bytes ([`STORE_SHARE`] of the
 //! limit); [`WORK_SHARE`] of the limit is for the diff workers, each holding about
 //! [`WORKING_SET_FACTOR`] times one partition (its two sides concatenated, the join index and
 //! the output rows in flight); the rest is headroom for memory the plan does not count. The

@@ -13,12 +13,12 @@ use tracing::Instrument;
 
 use super::join::{self, JoinContext};
 use super::plan::{self, MemoryPlan};
-use super::spill::SpillStats;
 use super::stages::{Diffed, Joined, Stages};
 use super::summary::{MemorySummary, RunSummary, StageTimes, TableSummary};
 use crate::config::{ExtractType, SnapshotOptions, TableConfig, TableSpec};
 use crate::core::op::Op;
 use crate::core::schema::table_schema;
+use crate::core::spill::SpillStats;
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
 use crate::report::memory::peak_rss_bytes;
@@ -345,7 +345,7 @@ impl Day<'_> {
         // file (removed by a later run if this one is killed).
         let feed_spill = match crate::sink::delta::change_feed::enabled(&lake.current) {
             Ok(true) => {
-                let folder = super::spill::owned_folder(&self.config.snapshot.spill_dir);
+                let folder = crate::core::spill::owned_folder(&self.config.snapshot.spill_dir);
                 Some(run.guard(folder).await?)
             }
             _ => None,

@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::core::batch::{HashedBatch, Reject, BATCH_ROWS};
 use crate::core::op::OpCounts;
 use crate::core::schema::KEYHASH;
+use crate::core::spill::{Partitioner, SharedStore, SpillStats, SpillStore};
 use crate::error::{Error, Result};
 use crate::report::progress::{stage_line, Progress, Stage};
 use crate::sink::delta::current::{DataFiles, Picks};
@@ -18,7 +19,6 @@ use crate::sink::delta::Senders;
 use crate::snapshot::join::{self, JoinContext, PartitionDiff};
 use crate::snapshot::plan::MemoryPlan;
 use crate::snapshot::probe::Probe;
-use crate::snapshot::spill::{Partitioner, SharedStore, SpillStats, SpillStore};
 use crate::snapshot::summary::StageTimes;
 use crate::source::extract::{self, ReadStats, RowErrors};
 

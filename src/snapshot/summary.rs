@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use crate::config::TableSpec;
 use crate::core::op::OpCounts;
+use crate::core::spill::SpillStats;
 use crate::sink::delta::Recovery;
 use crate::snapshot::plan::MemoryPlan;
-use crate::snapshot::spill::SpillStats;
 use crate::source::extract::SkippedFile;
 
 /// What a run did to one table.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use indicatif::ProgressBar;
 use proptest::prelude::*;
+use tributary::changelog::spill::RunMemory;
 use tributary::changelog::sync::run_source;
 use tributary::config::tables::{DeleteMode, Layout, TableEntry};
 use tributary::config::ColumnFile;
@@ -222,9 +223,19 @@ async fn apply(
     }
     buffer.finish().unwrap();
     let date = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
-    run_source(&mut buffer, &table.config, date, &ProgressBar::hidden())
-        .await
-        .unwrap();
+    let memory = RunMemory {
+        limit: 1 << 30,
+        spill_dir: std::env::temp_dir(),
+    };
+    run_source(
+        &mut buffer,
+        &table.config,
+        date,
+        &memory,
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
 }
 
 /// The live rows of the current table: id -> (amount, region, note).

@@ -61,6 +61,7 @@ impl Landing {
             run_date: NaiveDate::from_ymd_opt(2024, 3, 9).unwrap(),
             progress: false,
             spill_dir: None,
+            memory_limit: 1 << 30,
         }
     }
 
@@ -295,6 +296,141 @@ async fn a_full_load_writes_its_rows_once_for_both_tables() {
         !merged.is_empty() && merged.keys().all(|name| !current.contains_key(name)),
         "{merged:?} / {current:?}"
     );
+}
+
+/// A full load over half the memory limit is partitioned by key and spilled: both tables hold
+/// what a held run writes (the last change per key over two overlapping LOAD files and a change
+/// file, deletes, partitions or not), the summary says so, and the run's spill folder is gone.
+/// Then a reload over the tombstones the first run's hard deletes left, with late changes
+/// (stale: older than their key's delete) and new ones: every counter of the run, and the
+/// tombstones, are those of a held run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_load_over_the_memory_limit_spills_and_writes_what_a_held_one_does() {
+    let region = |i: usize| ["east", "west", "north"][i % 3];
+    let load1: String = (0..3000)
+        .map(|i| format!("{i},{},{i}\n", region(i)))
+        .collect();
+    let load2: String = (2000..5000)
+        .map(|i| format!("{i},{},{i}.5\n", region(i + 1)))
+        .collect();
+    let changes: String = (0..5000)
+        .step_by(7)
+        .enumerate()
+        .map(|(n, i)| {
+            let ts = format!("2024-03-01 10:{:02}:{:02}.{:06}", n / 60 % 60, n % 60, n);
+            match i % 3 {
+                0 => format!("D,{ts},{i},{},0\n", region(i)),
+                1 => format!("U,{ts},{i},{},{}.25\n", region(i + 2), i),
+                _ => format!("I,{ts},{},{},1\n", i + 10_000, region(i)),
+            }
+        })
+        .collect();
+    // the model: ids left after the load files (the later wins) and the changes
+    let mut ids: std::collections::BTreeSet<usize> = (0..5000).collect();
+    for i in (0..5000).step_by(7) {
+        match i % 3 {
+            0 => {
+                ids.remove(&i);
+            }
+            1 => {}
+            _ => {
+                ids.insert(i + 10_000);
+            }
+        }
+    }
+    for tables in [
+        ORDERS.to_string(),
+        ORDERS.replace("  partition_by: [region]\n", ""),
+    ] {
+        let mut lakes = Vec::new();
+        for limit in [1u64 << 30, 64 << 10] {
+            let l = Landing::new(&tables);
+            l.file("sales/orders", "LOAD00000001.csv", &load1);
+            l.file("sales/orders", "LOAD00000002.csv", &load2);
+            l.file("sales/orders", "20240301-1000000000.csv", &changes);
+            let spill = tempfile::tempdir().unwrap();
+            let mut options = l.options();
+            options.memory_limit = limit;
+            options.spill_dir = Some(spill.path().to_path_buf());
+            let s = sync(&options).await.unwrap();
+            let t = &s.tables[0];
+            assert_eq!((t.status.as_str(), t.reload), ("applied", true), "{t:?}");
+            let a = t.apply.as_ref().unwrap();
+            match limit > 1 << 20 {
+                true => assert_eq!((a.partitions, a.spilled_bytes), (1, 0), "{a:?}"),
+                false => {
+                    assert!(a.partitions > 1 && a.spilled_bytes > 0, "{a:?}");
+                    assert!(t.message.contains("key partitions"), "{}", t.message);
+                }
+            }
+            assert_eq!(a.changes_read, 6000 + 715);
+            assert_eq!(
+                std::fs::read_dir(spill.path()).unwrap().count(),
+                0,
+                "the spill folder is removed"
+            );
+            let current = l.current("sales/orders").await;
+            let got: std::collections::BTreeSet<usize> =
+                current.keys().map(|k| k.parse().unwrap()).collect();
+            assert_eq!(got, ids);
+            let mut history: Vec<Row> = l.table("sales/orders", "history").await;
+            history.sort();
+            let first = (shape(&current), history, a.inserted, a.updated, a.deleted);
+            // a new full load (another size), then late and new changes
+            let reload: String = (0..4000)
+                .map(|i| format!("{i},{},{i}.75\n", region(i)))
+                .collect();
+            l.file("sales/orders", "LOAD00000001.csv", &reload);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let late: String = (0..5000)
+                .step_by(7)
+                .filter(|i| i % 3 == 0)
+                .enumerate()
+                .map(|(n, i)| {
+                    let ts = format!("2024-02-01 08:00:{:02}.{n:06}", n % 60);
+                    match n % 2 {
+                        0 => format!("D,{ts},{i},{},0\n", region(i)),
+                        _ => format!("U,{ts},{i},{},9\n", region(i)),
+                    }
+                })
+                .chain((0..300).map(|n| {
+                    format!(
+                        "I,2024-03-05 08:00:00.{n:06},{},{},2\n",
+                        20_000 + n,
+                        region(n)
+                    )
+                }))
+                .collect();
+            l.file("sales/orders", "20240305-0800000000.csv", &late);
+            let s = sync(&options).await.unwrap();
+            let t = &s.tables[0];
+            assert_eq!((t.status.as_str(), t.reload), ("applied", true), "{t:?}");
+            let a = t.apply.as_ref().unwrap();
+            assert!(a.stale > 0 && a.inserted > 4000, "{a:?}");
+            assert_eq!(a.spilled_bytes > 0, limit < 1 << 20, "{a:?}");
+            let mut history: Vec<Row> = l.table("sales/orders", "history").await;
+            history.sort();
+            let mut tombstones: Vec<Row> = l.table("sales/orders", "tombstones").await;
+            tombstones.sort();
+            assert!(!tombstones.is_empty());
+            let counters = (
+                a.changes_read,
+                a.keys_changed,
+                (a.inserted, a.updated, a.deleted),
+                (a.ignored_deletes, a.stale, a.stale_files.clone()),
+                (a.tombstones_written, a.files_rewritten),
+            );
+            let current = shape(&l.current("sales/orders").await);
+            lakes.push((
+                first,
+                (current, history, tombstones, format!("{counters:?}")),
+            ));
+        }
+        assert_eq!(
+            lakes[0], lakes[1],
+            "spilled and held runs write the same rows"
+        );
+    }
 }
 
 /// Copies the folder `from` into `to`, recursively (new modification times).

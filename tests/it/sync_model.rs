@@ -1,7 +1,8 @@
 //! Property test: random change logs (interleavings of I/U/D per key, re-inserted keys, several
 //! files per run, several runs, partition moves, soft or hard deletes, a DMS full load first or
 //! not, a partitioned current table or not: an unpartitioned one shares a full load's files with
-//! history) applied by `sync`, against a small in-memory replay of the rules. Replay a failure
+//! history; a full load held in memory or partitioned by key and spilled) applied by `sync`,
+//! against a small in-memory replay of the rules. Replay a failure
 //! with PROPERTY_TEST_SEED and PROPTEST_CASES.
 
 use std::collections::BTreeMap;
@@ -115,10 +116,11 @@ fn change_logs_match_the_reference_model() {
         any::<bool>(),
         load,
         any::<bool>(),
+        any::<bool>(),
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runner
-        .run(&strategy, |(runs, soft, load, partitioned)| {
+        .run(&strategy, |(runs, soft, load, partitioned, tiny_memory)| {
             let dir = tempfile::tempdir().unwrap();
             let landing = dir.path().join("landing");
             let folder = landing.join("m/t");
@@ -143,6 +145,8 @@ fn change_logs_match_the_reference_model() {
                 run_date: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
                 progress: false,
                 spill_dir: None,
+                // 1 KiB: a full load is partitioned by key and spilled (`changelog::spill`)
+                memory_limit: if tiny_memory { 1 << 10 } else { 1 << 30 },
             };
             // The model takes a full load as the first run's first file, of inserts.
             let mut runs = runs;

@@ -4,7 +4,7 @@
 //!
 //! What a diff reads of the current table: its join columns (`keyhash`, `nonkeyhash`,
 //! `eff_start_date`) with each row's position, partitioned by keyhash (see
-//! `snapshot::spill`); then whole rows only for the keys that left the extract (see
+//! `core::spill`); then whole rows only for the keys that left the extract (see
 //! [`current`]).
 
 pub mod applied;

@@ -25,10 +25,10 @@ use std::io::{BufRead, BufReader};
 
 use serde_json::{Map, Value};
 
-use super::{ChangeFile, ChangeFormat, RowsBuilder};
+use super::{BatchSink, ChangeFile, ChangeFormat, RowsBuilder};
 use crate::config::tables::TimestampPrecision;
 use crate::config::ChangelogTable;
-use crate::core::change::{ChangeBatch, ChangeOp};
+use crate::core::change::ChangeOp;
 use crate::core::schema::ColumnType;
 use crate::core::time::{date_text, millis_days};
 use crate::error::{Error, Result};
@@ -199,7 +199,8 @@ pub(super) fn read(
     config: &ChangelogTable,
     file: &ChangeFile,
     index: usize,
-) -> Result<Vec<ChangeBatch>> {
+    sink: BatchSink<'_>,
+) -> Result<()> {
     let handle = File::open(&file.path).map_err(|e| Error::Input {
         path: file.path.clone(),
         reason: format!("cannot open: {e}"),
@@ -237,7 +238,7 @@ pub(super) fn read(
                 }),
         ),
     };
-    let mut rows = RowsBuilder::new(config, file, index);
+    let mut rows = RowsBuilder::new(config, file, index, sink);
     for next in values {
         let (line_no, value) = next?;
         let Some(event) = parse_event(value).map_err(|e| bad(line_no, None, e))? else {

@@ -11,7 +11,7 @@ use deltalake::arrow::array::{Array, AsArray, StringArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::DataType;
 
-use super::{typed_batch, ChangeFile, FileKind, RowsBuilder};
+use super::{typed_batch, BatchSink, ChangeFile, FileKind, RowsBuilder};
 use crate::config::{ChangelogTable, InputFormat};
 use crate::core::batch::HashedBatch;
 use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
@@ -76,7 +76,9 @@ pub(super) fn read_csv(
     config: &ChangelogTable,
     file: &ChangeFile,
     index: usize,
-) -> Result<Vec<ChangeBatch>> {
+    memory_limit: u64,
+    sink: BatchSink<'_>,
+) -> Result<()> {
     let mut reader = CsvFile::open(&config.source, &file.path)?;
     let columns = &config.table.columns;
     let timestamp_name = config.timestamp_column.as_deref();
@@ -90,10 +92,10 @@ pub(super) fn read_csv(
     if file.kind == FileKind::Load && has_first && first.len() == columns.len() {
         // A full load without Op and timestamp columns is a plain extract: parse it on every
         // core with the snapshot reader.
-        return read_plain_load(config, file, index, header);
+        return read_plain_load(config, file, index, header, memory_limit, sink);
     }
     let mut reader = CsvFile::open(&config.source, &file.path)?;
-    let mut rows = RowsBuilder::new(config, file, index);
+    let mut rows = RowsBuilder::new(config, file, index, sink);
     let mut record = csv::ByteRecord::new();
     let mut layout: Option<CsvLayout> = None;
     let mut skip_header = header;
@@ -238,7 +240,9 @@ fn read_plain_load(
     file: &ChangeFile,
     index: usize,
     header: bool,
-) -> Result<Vec<ChangeBatch>> {
+    memory_limit: u64,
+    out: BatchSink<'_>,
+) -> Result<()> {
     let input = InputFile {
         path: file.path.clone(),
         format: InputFormat::Csv,
@@ -246,10 +250,9 @@ fn read_plain_load(
     };
     // Tables-file configs never reject rows (`on_error` is always `fail` for change logs).
     let mut errors = RowErrors::new(config.source.on_error);
-    let mut out = Vec::new();
     let mut sink = |rows: HashedBatch| -> Result<()> {
         let n = rows.lines.len();
-        out.push(ChangeBatch {
+        out(ChangeBatch {
             ops: vec![ChangeOp::Insert; n],
             order: rows
                 .lines
@@ -264,8 +267,7 @@ fn read_plain_load(
             positions: vec![None; n],
             keep_stored: Default::default(),
             rows,
-        });
-        Ok(())
+        })
     };
     let progress = Progress::hidden();
     let source = crate::config::SourceOptions {
@@ -277,13 +279,14 @@ fn read_plain_load(
         &source,
         &input,
         index,
-        // `sync` has no memory setting yet: the default limit's share.
-        crate::source::extract::ReadBudget::of_limit(crate::config::DEFAULT_MEMORY_LIMIT),
+        // chunks in flight: the run limit's share (the changes themselves are bounded where
+        // they are gathered, `changelog::spill`)
+        crate::source::extract::ReadBudget::of_limit(memory_limit),
         &mut errors,
         &progress,
         &mut sink,
     )?;
-    Ok(out)
+    Ok(())
 }
 
 /// Reads a DMS Parquet file: the configured columns, `Op` and the timestamp column by name
@@ -296,7 +299,8 @@ pub(super) fn read_parquet(
     config: &ChangelogTable,
     file: &ChangeFile,
     index: usize,
-) -> Result<Vec<ChangeBatch>> {
+    sink: BatchSink<'_>,
+) -> Result<()> {
     let input_err = |reason: String| Error::Input {
         path: file.path.clone(),
         reason,
@@ -323,7 +327,6 @@ pub(super) fn read_parquet(
         .iter()
         .map(|c| find(&c.name).ok_or_else(|| input_err(format!("has no column `{}`", c.name))))
         .collect::<Result<Vec<usize>>>()?;
-    let mut out = Vec::new();
     let mut row = 0u64;
     for batch in builder.build()? {
         let batch = batch?;
@@ -368,7 +371,7 @@ pub(super) fn read_parquet(
             .map(|&at| text(at))
             .collect::<Result<Vec<_>>>()?;
         let positions: Vec<Option<i64>> = micros.iter().map(|m| m.or(file_position)).collect();
-        out.push(ChangeBatch {
+        sink(ChangeBatch {
             rows: typed_batch(config, file, index, raw, lines.clone())?,
             ops,
             // by durable position first (see `RowsBuilder::push`), then file and row
@@ -384,9 +387,9 @@ pub(super) fn read_parquet(
             commit_days: micros.iter().map(|m| m.map(micros_days)).collect(),
             positions,
             keep_stored: Default::default(),
-        });
+        })?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Commit times (microseconds since the epoch) of a Parquet timestamp column (a timestamp type,

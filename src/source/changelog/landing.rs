@@ -39,6 +39,9 @@ pub struct LandingZone {
     folder: PathBuf,
     run_days: i32,
     bar: ProgressBar,
+    /// The run's memory limit: a reader's share of it is in flight (see
+    /// [`with_memory_limit`](Self::with_memory_limit)).
+    memory_limit: u64,
     /// Planned by [`ChangeSource::plan`]: the files to read, and those only recorded.
     read: Vec<ChangeFile>,
     superseded: Vec<ChangeFile>,
@@ -78,11 +81,20 @@ impl LandingZone {
             folder: folder.to_path_buf(),
             run_days,
             bar,
+            memory_limit: crate::config::DEFAULT_MEMORY_LIMIT,
             read: Vec::new(),
             superseded: Vec::new(),
             done: Vec::new(),
             remote: None,
         })
+    }
+
+    /// The zone with the run's memory limit (default
+    /// [`DEFAULT_MEMORY_LIMIT`](crate::config::DEFAULT_MEMORY_LIMIT)): the parallel CSV reader
+    /// of a full load keeps its share of it in flight.
+    pub fn with_memory_limit(mut self, limit: u64) -> Self {
+        self.memory_limit = limit;
+        self
     }
 
     /// The change files of table folder `source` (`<schema>/<table>`) of a landing zone in an
@@ -105,6 +117,7 @@ impl LandingZone {
             folder: staging.path().to_path_buf(),
             run_days,
             bar,
+            memory_limit: crate::config::DEFAULT_MEMORY_LIMIT,
             read: Vec::new(),
             superseded: Vec::new(),
             done: Vec::new(),
@@ -217,25 +230,25 @@ impl ChangeSource for LandingZone {
             self.bar.clone(),
             self.run_days,
         );
+        let memory_limit = self.memory_limit;
         // errors name an object store's files by their URL, not their local copy
         let rename = self.renamer();
         let total = files.len();
         let reader = tokio::task::spawn_blocking(move || {
             for (i, file) in files.iter().enumerate() {
                 bar.set_message(format!("reading {}/{total}: {}", i + 1, file.name));
-                let batches = match read(&config, file, i, run_days) {
-                    Ok(batches) => batches,
+                // each batch goes on as it is made: a file is not held whole
+                let mut send = |batch: ChangeBatch| -> Result<()> {
+                    tx.blocking_send(Ok(Read::Batch(Box::new(batch))))
+                        .map_err(|_| Error::Internal("the run stopped reading".into()))
+                };
+                let rows = match read(&config, file, i, run_days, memory_limit, &mut send) {
+                    Ok(rows) => rows,
                     Err(e) => {
                         let _ = tx.blocking_send(Err(rename(e)));
                         return;
                     }
                 };
-                let rows: u64 = batches.iter().map(|b| b.len() as u64).sum();
-                for batch in batches {
-                    if tx.blocking_send(Ok(Read::Batch(Box::new(batch)))).is_err() {
-                        return;
-                    }
-                }
                 let mut record = match file.kind {
                     FileKind::Load => applied_record(file, LOAD, rows),
                     FileKind::Change => applied_record(file, CHANGE, rows),

@@ -95,21 +95,40 @@ impl ChangeFile {
     }
 }
 
-/// Reads one change file; `index` is its place in the run's file list (the source order).
+/// Where a reader hands each [`ChangeBatch`] as soon as it is made: a file is not held whole
+/// (a DMS full-load file may be gigabytes). An error stops the read.
+pub type BatchSink<'a> = &'a mut dyn FnMut(ChangeBatch) -> Result<()>;
+
+/// Reads one change file, handing its batches to `sink` in file order; `index` is its place in
+/// the run's file list (the source order); `memory_limit` is the run's (a reader's share of it
+/// is in flight). Returns the rows read.
 ///
 /// # Errors
 /// [`Error::BadRow`] naming file, line and column; [`Error::Input`] for unreadable files or
-/// missing columns; Arrow, Parquet and JSON errors.
+/// missing columns; Arrow, Parquet and JSON errors; the sink's errors. Batches handed over
+/// before an error are of no use: the run fails with it.
 pub fn read(
     config: &ChangelogTable,
     file: &ChangeFile,
     index: usize,
     run_days: i32,
-) -> Result<Vec<ChangeBatch>> {
+    memory_limit: u64,
+    sink: BatchSink<'_>,
+) -> Result<u64> {
+    let mut rows = 0u64;
+    let mut each = |mut b: ChangeBatch| -> Result<()> {
+        if config.eff_start == EffStart::Run {
+            b.commit_days.iter_mut().for_each(|d| *d = Some(run_days));
+        }
+        rows += b.len() as u64;
+        sink(b)
+    };
     match file.format {
-        ChangeFormat::Csv => dms::read_csv(config, file, index),
-        ChangeFormat::Parquet => dms::read_parquet(config, file, index),
-        ChangeFormat::JsonLines | ChangeFormat::Avro => debezium::read(config, file, index),
+        ChangeFormat::Csv => dms::read_csv(config, file, index, memory_limit, &mut each),
+        ChangeFormat::Parquet => dms::read_parquet(config, file, index, &mut each),
+        ChangeFormat::JsonLines | ChangeFormat::Avro => {
+            debezium::read(config, file, index, &mut each)
+        }
     }
     .map_err(|e| match e {
         e @ (Error::BadRow { .. } | Error::Input { .. }) => e,
@@ -118,22 +137,12 @@ pub fn read(
             path: file.path.clone(),
             reason: other.to_string(),
         },
-    })
-    .map(|batches| {
-        batches
-            .into_iter()
-            .map(|mut b| {
-                if config.eff_start == EffStart::Run {
-                    b.commit_days.iter_mut().for_each(|d| *d = Some(run_days));
-                }
-                b
-            })
-            .collect()
-    })
+    })?;
+    Ok(rows)
 }
 
 /// Change rows gathered from one file as text per configured column, turned into typed,
-/// hashed [`ChangeBatch`]es of at most [`BATCH_ROWS`] rows.
+/// hashed [`ChangeBatch`]es of at most [`BATCH_ROWS`] rows, each handed to the sink once made.
 pub(super) struct RowsBuilder<'a> {
     config: &'a ChangelogTable,
     file: &'a ChangeFile,
@@ -147,11 +156,16 @@ pub(super) struct RowsBuilder<'a> {
     /// Position of the rows that carry none: a DMS change file's name timestamp.
     file_position: Option<i64>,
     lines: Vec<u64>,
-    done: Vec<ChangeBatch>,
+    sink: BatchSink<'a>,
 }
 
 impl<'a> RowsBuilder<'a> {
-    pub fn new(config: &'a ChangelogTable, file: &'a ChangeFile, index: usize) -> Self {
+    pub fn new(
+        config: &'a ChangelogTable,
+        file: &'a ChangeFile,
+        index: usize,
+        sink: BatchSink<'a>,
+    ) -> Self {
         RowsBuilder {
             config,
             file,
@@ -168,7 +182,7 @@ impl<'a> RowsBuilder<'a> {
             positions: Vec::new(),
             file_position: file_position(config, file),
             lines: Vec::new(),
-            done: Vec::new(),
+            sink,
         }
     }
 
@@ -209,21 +223,20 @@ impl<'a> RowsBuilder<'a> {
         }
         let raw = self.columns.iter_mut().map(|b| b.finish()).collect();
         let lines = std::mem::take(&mut self.lines);
-        self.done.push(ChangeBatch {
+        let batch = ChangeBatch {
             rows: typed_batch(self.config, self.file, self.index, raw, lines)?,
             ops: std::mem::take(&mut self.ops),
             order: std::mem::take(&mut self.order),
             commit_days: std::mem::take(&mut self.days),
             positions: std::mem::take(&mut self.positions),
             keep_stored: Default::default(),
-        });
-        Ok(())
+        };
+        (self.sink)(batch)
     }
 
-    /// Every batch gathered.
-    pub fn finish(mut self) -> Result<Vec<ChangeBatch>> {
-        self.flush()?;
-        Ok(self.done)
+    /// Hands the last rows gathered to the sink.
+    pub fn finish(mut self) -> Result<()> {
+        self.flush()
     }
 }
 

@@ -42,6 +42,8 @@ use segment::{Scratch, Segment};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partitioner {
     partitions: usize,
+    /// First of the four digest bytes used (0; 4, 8, 12 for partitions of a partition).
+    offset: usize,
 }
 
 impl Partitioner {
@@ -49,12 +51,24 @@ impl Partitioner {
     pub fn new(partitions: usize) -> Self {
         Partitioner {
             partitions: partitions.max(1),
+            offset: 0,
+        }
+    }
+
+    /// A partitioner into `partitions` parts of one partition of a partitioner `level` levels
+    /// up (1 to 3): it uses the digest's bytes `4 * level` to `4 * level + 3`, which are
+    /// independent of the bytes that made that partition.
+    pub fn nested(partitions: usize, level: usize) -> Self {
+        Partitioner {
+            partitions: partitions.max(1),
+            offset: 4 * level.min(3),
         }
     }
 
     /// The partition of one digest.
     pub fn of(&self, digest: &[u8]) -> usize {
         let mut b = [0u8; 4];
+        let digest = digest.get(self.offset..).unwrap_or_default();
         let n = digest.len().min(4);
         b[..n].copy_from_slice(&digest[..n]);
         ((u32::from_be_bytes(b) as u64 * self.partitions as u64) >> 32) as usize
@@ -662,6 +676,35 @@ mod tests {
         assert_eq!(Partitioner::new(1).of(&[0xff; 16]), 0);
         assert_eq!(Partitioner::new(256).of(&[0xff; 16]), 255);
         assert_eq!(Partitioner::new(256).of(&[0x00; 16]), 0);
+    }
+
+    #[test]
+    fn a_nested_partitioner_spreads_the_keys_of_one_partition() {
+        // every digest here has the same first four bytes: one partition at level 0
+        let digests: Vec<[u8; 16]> = (0..4096u32)
+            .map(|i| {
+                let mut d = [0u8; 16];
+                d[..4].copy_from_slice(&[0xab; 4]);
+                d[4..8].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+                d[8..12].copy_from_slice(&[0x11; 4]);
+                d
+            })
+            .collect();
+        let top = Partitioner::new(16);
+        assert!(digests.iter().all(|d| top.of(d) == top.of(&digests[0])));
+        let nested = Partitioner::nested(8, 1);
+        let mut counts = [0usize; 8];
+        for d in &digests {
+            counts[nested.of(d)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 300), "{counts:?}");
+        // level 2 reads bytes 8..12, the same for all: one partition again
+        let level2 = Partitioner::nested(8, 2);
+        assert!(digests
+            .iter()
+            .all(|d| level2.of(d) == level2.of(&digests[0])));
+        // a short digest does not panic
+        assert_eq!(Partitioner::nested(8, 3).of(&[1, 2]), 0);
     }
 
     #[test]

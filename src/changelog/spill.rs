@@ -1,0 +1,852 @@
+//! A change-log run's changes within its memory budget (`sync --memory-limit`).
+//!
+//! A run's changes are held in memory while they take at most half the budget
+//! ([`RunChanges::Held`]: every merge, and every small run). A run that writes the current
+//! table anew or only adds to it (a DMS full load, a later part of an initial copy, a table
+//! without a key) does not read the table, so its keys can be handled a group at a time:
+//! past half the budget its changes are split by keyhash into [`FIRST_PARTITIONS`]
+//! partitions held in a [`SpillStore`] of a quarter of the budget, whose largest partitions
+//! go to Arrow IPC files in a folder under the spill folder ([`RunChanges::Spilled`]). The
+//! run then takes one partition at a time: every change of a key is in its partition, so the
+//! last change per key and the rows written are those of the whole run. A partition that
+//! still holds more than a quarter of the budget is split again by the next four digest bytes
+//! (at most three times). This is the snapshot diff's grace-hash partitioning
+//! (`docs/memory.md`) applied to one side.
+//!
+//! A merge (changes into an existing table) is held whole: its impacted files are rewritten
+//! once with every changed key (a file must not be rewritten per partition). Its memory is its
+//! changes, not the table's.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    UInt32Array, UInt64Array, UInt8Array,
+};
+use deltalake::arrow::datatypes::{
+    DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, UInt32Type, UInt64Type, UInt8Type,
+};
+use futures::stream::BoxStream;
+use futures::TryStreamExt;
+
+use crate::core::batch::HashedBatch;
+use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
+use crate::core::spill::{Partitioner, SpillStore};
+use crate::error::{Error, Result};
+
+/// Partitions of a run's changes once they spill. With the default 1 GiB limit a partition
+/// reaches the quarter of the budget that it may hold at about 16 GiB of changes in memory
+/// (some 100M narrow rows); past that a partition is split again.
+pub const FIRST_PARTITIONS: usize = 64;
+
+/// Levels of partitioning at most: the first, and a split of a partition by each further four
+/// bytes of the 16-byte digest.
+const MAX_LEVELS: usize = 4;
+
+/// A run's memory budget and where its changes spill.
+#[derive(Debug, Clone)]
+pub struct RunMemory {
+    /// Bytes of changes (Arrow buffers and per-row vectors) the run holds at most, about.
+    pub limit: u64,
+    /// Folder under which the run makes (and removes) its spill folder.
+    pub spill_dir: PathBuf,
+}
+
+impl RunMemory {
+    /// Bytes of changes held before a run that may spill starts to: half the limit.
+    fn held_limit(&self) -> usize {
+        (self.limit / 2) as usize
+    }
+
+    /// Bytes the spill store holds in memory, and a partition at most before it is split
+    /// again: a quarter of the limit.
+    fn part_budget(&self) -> usize {
+        ((self.limit / 4) as usize).max(1)
+    }
+}
+
+/// What a run's changes were split into.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChangeSpill {
+    /// Partitions applied one after another (1: the changes were held in memory).
+    pub partitions: u64,
+    /// Bytes written to spill files (Arrow IPC).
+    pub spilled_bytes: u64,
+}
+
+/// A run's changes: held, or partitioned by keyhash and partly on disk.
+pub enum RunChanges {
+    /// Every change in memory, in read order.
+    Held(Vec<ChangeBatch>),
+    /// Changes partitioned by keyhash (see the module docs).
+    Spilled(SpilledChanges),
+}
+
+impl RunChanges {
+    /// Change rows of the run.
+    pub fn rows(&self) -> usize {
+        match self {
+            RunChanges::Held(batches) => batches.iter().map(ChangeBatch::len).sum(),
+            RunChanges::Spilled(s) => s.rows,
+        }
+    }
+
+    /// Takes the next group of changes to apply: the held changes once, or the next
+    /// partition (None: every group was taken). Every change of a key is in one group.
+    ///
+    /// # Errors
+    /// I/O and Arrow IPC errors of the spill files; [`Error::Internal`] for a spill file that
+    /// does not decode as changes.
+    pub fn next_group(&mut self) -> Result<Option<Vec<ChangeBatch>>> {
+        match self {
+            RunChanges::Held(batches) => match batches.is_empty() {
+                true => Ok(None),
+                false => Ok(Some(std::mem::take(batches))),
+            },
+            RunChanges::Spilled(s) => s.next_partition(),
+        }
+    }
+
+    /// What the changes were split into so far.
+    pub fn spill(&self) -> ChangeSpill {
+        match self {
+            RunChanges::Held(_) => ChangeSpill {
+                partitions: 1,
+                spilled_bytes: 0,
+            },
+            RunChanges::Spilled(s) => ChangeSpill {
+                partitions: s.taken,
+                spilled_bytes: s.spilled_bytes
+                    + s.stack
+                        .iter()
+                        .map(|l| l.store.stats().spilled_bytes)
+                        .sum::<u64>(),
+            },
+        }
+    }
+}
+
+/// Reads a run's changes from `stream`: held while they fit in half of `memory`'s limit, or
+/// for every run that is not `spillable` (a merge); else partitioned by keyhash and spilled
+/// (see the module docs).
+///
+/// # Errors
+/// The stream's errors; [`Error::Storage`] when the spill folder cannot be made or written.
+pub async fn collect(
+    mut stream: BoxStream<'_, Result<ChangeBatch>>,
+    memory: &RunMemory,
+    spillable: bool,
+) -> Result<RunChanges> {
+    let mut held: Vec<ChangeBatch> = Vec::new();
+    let mut held_bytes = 0usize;
+    let mut spilled: Option<SpilledChanges> = None;
+    while let Some(batch) = stream.try_next().await? {
+        if let Some(s) = spilled.take() {
+            spilled = Some(blocking(s, move |s| s.push(&batch)).await?);
+            continue;
+        }
+        held_bytes += change_bytes(&batch);
+        held.push(batch);
+        if spillable && held_bytes > memory.held_limit() {
+            tracing::info!(
+                held_mib = held_bytes >> 20,
+                limit_mib = memory.limit >> 20,
+                "the run's changes take over half the memory limit: partitioning them by key and spilling"
+            );
+            let batches = std::mem::take(&mut held);
+            let s = SpilledChanges::new(&batches[0], memory)?;
+            spilled = Some(
+                blocking(s, move |s| {
+                    for batch in batches {
+                        s.push(&batch)?;
+                    }
+                    Ok(())
+                })
+                .await?,
+            );
+        }
+    }
+    Ok(match spilled {
+        Some(s) => RunChanges::Spilled(blocking(s, SpilledChanges::start).await?),
+        None => RunChanges::Held(held),
+    })
+}
+
+/// Runs `work` on `changes` on a blocking thread (splitting, encoding and spilling, and
+/// waiting for a spill's writes, are no work for the async runtime's threads), and hands the
+/// changes back.
+async fn blocking(
+    mut changes: SpilledChanges,
+    work: impl FnOnce(&mut SpilledChanges) -> Result<()> + Send + 'static,
+) -> Result<SpilledChanges> {
+    tokio::task::spawn_blocking(move || work(&mut changes).map(|()| changes))
+        .await
+        .map_err(|e| Error::Internal(format!("spilling changes failed: {e}")))?
+}
+
+/// Bytes a change batch holds: its Arrow buffers and its per-row vectors.
+pub fn change_bytes(batch: &ChangeBatch) -> usize {
+    let rows = &batch.rows;
+    rows.payload.get_array_memory_size()
+        + rows.keyhash.get_array_memory_size()
+        + rows.nonkeyhash.get_array_memory_size()
+        + rows.lines.capacity() * 8
+        + batch.ops.capacity() * std::mem::size_of::<ChangeOp>()
+        + batch.order.capacity() * std::mem::size_of::<SourceOrder>()
+        + batch.commit_days.capacity() * std::mem::size_of::<Option<i32>>()
+        + batch.positions.capacity() * std::mem::size_of::<Option<i64>>()
+}
+
+/// One level of partitions being taken: a store and the next partition to take.
+struct Level {
+    store: SpillStore,
+    partitions: usize,
+    /// Bytes pushed into each partition (Arrow sizes as pushed: a partition read back shares
+    /// one buffer per segment, which its arrays would each count whole).
+    bytes: Vec<usize>,
+    next: usize,
+    /// 0 for the first partitioning, 1 to 3 for splits of a partition.
+    level: usize,
+}
+
+/// A run's changes partitioned by keyhash in spill stores (see the module docs).
+pub struct SpilledChanges {
+    /// The payload's schema (configured columns, typed).
+    payload: SchemaRef,
+    /// The payload's columns under positional names, then the change's fields.
+    schema: SchemaRef,
+    memory: RunMemory,
+    /// Stores being taken from, the innermost last.
+    stack: Vec<Level>,
+    /// Change rows pushed.
+    rows: usize,
+    /// Partitions handed out.
+    taken: u64,
+    /// Bytes spilled by stores already emptied.
+    spilled_bytes: u64,
+}
+
+/// Names of the change fields after the payload columns in a spilled batch.
+const FIELDS: [(&str, DataType, bool); 11] = [
+    ("keyhash", DataType::Binary, false),
+    ("nonkeyhash", DataType::Binary, false),
+    ("op", DataType::UInt8, false),
+    ("order_position", DataType::UInt64, false),
+    ("order_file", DataType::UInt32, false),
+    ("order_row", DataType::UInt64, false),
+    ("line", DataType::UInt64, false),
+    ("commit_day", DataType::Int32, true),
+    ("source_position", DataType::Int64, true),
+    ("keep_stored", DataType::Utf8, true),
+    // the batch's input file: a partition's pieces of several batches are concatenated
+    ("file", DataType::UInt64, false),
+];
+
+impl SpilledChanges {
+    /// An empty set of partitions for changes shaped like `first`.
+    fn new(first: &ChangeBatch, memory: &RunMemory) -> Result<Self> {
+        let payload = first.rows.payload.schema();
+        let mut fields: Vec<Field> = payload
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.as_ref().clone().with_name(format!("p{i}")))
+            .collect();
+        fields.extend(
+            FIELDS
+                .iter()
+                .map(|(name, t, nullable)| Field::new(*name, t.clone(), *nullable)),
+        );
+        let schema = Arc::new(Schema::new(fields));
+        let store = SpillStore::new(
+            vec![schema.clone()],
+            FIRST_PARTITIONS,
+            memory.part_budget(),
+            &memory.spill_dir,
+        )?;
+        Ok(SpilledChanges {
+            payload,
+            schema,
+            memory: memory.clone(),
+            stack: vec![Level {
+                store,
+                partitions: FIRST_PARTITIONS,
+                bytes: vec![0; FIRST_PARTITIONS],
+                next: 0,
+                level: 0,
+            }],
+            rows: 0,
+            taken: 0,
+            spilled_bytes: 0,
+        })
+    }
+
+    /// Column of the keyhash in a spilled batch.
+    fn keyhash_at(&self) -> usize {
+        self.payload.fields().len()
+    }
+
+    /// Splits `batch` into the first level's partitions.
+    fn push(&mut self, batch: &ChangeBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if payload_differs(&batch.rows.payload.schema(), &self.payload) {
+            return Err(Error::Internal(
+                "change batches of one run have different columns".into(),
+            ));
+        }
+        self.rows += batch.len();
+        let encoded = self.encode(batch)?;
+        let at = self.keyhash_at();
+        let level = &mut self.stack[0];
+        for (partition, piece) in Partitioner::new(level.partitions).split(&encoded, at)? {
+            level.bytes[partition] += piece.get_array_memory_size();
+            level.store.push(0, partition, piece)?;
+        }
+        Ok(())
+    }
+
+    /// Done pushing: waits for the spill being written.
+    fn start(&mut self) -> Result<()> {
+        for level in &mut self.stack {
+            level.store.land()?;
+        }
+        Ok(())
+    }
+
+    /// The next partition's changes, splitting a partition over the budget again.
+    fn next_partition(&mut self) -> Result<Option<Vec<ChangeBatch>>> {
+        let budget = self.memory.part_budget();
+        loop {
+            let Some(top) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            if top.next == top.partitions {
+                self.spilled_bytes += top.store.stats().spilled_bytes;
+                self.stack.pop();
+                continue;
+            }
+            let partition = top.next;
+            top.next += 1;
+            let batches = top.store.take(0, partition)?;
+            if batches.is_empty() {
+                continue;
+            }
+            let bytes = top.bytes[partition];
+            if bytes > budget && top.level + 1 < MAX_LEVELS {
+                let level = top.level + 1;
+                let partitions = (2 * bytes / budget + 1).clamp(2, 1024);
+                tracing::debug!(
+                    partition,
+                    level,
+                    bytes,
+                    partitions,
+                    "a partition of changes is over its budget: split again"
+                );
+                let mut store = SpillStore::new(
+                    vec![self.schema.clone()],
+                    partitions,
+                    budget,
+                    &self.memory.spill_dir,
+                )?;
+                let split = Partitioner::nested(partitions, level);
+                let at = self.keyhash_at();
+                let mut sizes = vec![0; partitions];
+                for batch in batches {
+                    for (p, piece) in split.split(&batch, at)? {
+                        sizes[p] += piece.get_array_memory_size();
+                        store.push(0, p, piece)?;
+                    }
+                }
+                store.land()?;
+                self.stack.push(Level {
+                    store,
+                    partitions,
+                    bytes: sizes,
+                    next: 0,
+                    level,
+                });
+                continue;
+            }
+            self.taken += 1;
+            let mut out = Vec::new();
+            for batch in &batches {
+                self.decode(batch, &mut out)?;
+            }
+            return Ok(Some(out));
+        }
+    }
+
+    /// `batch` as one record batch of the spill schema.
+    fn encode(&self, batch: &ChangeBatch) -> Result<RecordBatch> {
+        let rows = &batch.rows;
+        let n = batch.len();
+        let mut columns: Vec<ArrayRef> = rows.payload.columns().to_vec();
+        columns.push(Arc::new(rows.keyhash.clone()));
+        columns.push(Arc::new(rows.nonkeyhash.clone()));
+        columns.push(Arc::new(UInt8Array::from_iter_values(
+            batch.ops.iter().map(|op| op_code(*op)),
+        )));
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            batch.order.iter().map(|o| o.position),
+        )));
+        columns.push(Arc::new(UInt32Array::from_iter_values(
+            batch.order.iter().map(|o| o.file),
+        )));
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            batch.order.iter().map(|o| o.row),
+        )));
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            rows.lines.iter().copied(),
+        )));
+        columns.push(Arc::new(Int32Array::from(batch.commit_days.clone())));
+        columns.push(Arc::new(Int64Array::from(batch.positions.clone())));
+        columns.push(Arc::new(match batch.keep_stored.is_empty() {
+            true => StringArray::new_null(n),
+            false => StringArray::from_iter((0..n).map(|row| {
+                batch.keep_stored.get(&row).map(|cols| {
+                    cols.iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+            })),
+        }));
+        columns.push(Arc::new(UInt64Array::from_value(rows.file as u64, n)));
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// Appends the change batches of spilled `batch` to `out`: one per run of rows of one file.
+    fn decode(&self, batch: &RecordBatch, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        let n = self.keyhash_at();
+        let bad = || Error::Internal("a spill file does not hold changes".into());
+        let column = |i: usize| batch.columns().get(n + i).ok_or_else(bad);
+        let files = column(10)?
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(bad)?;
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let file = files.value(start);
+            let len = (start..batch.num_rows())
+                .take_while(|&i| files.value(i) == file)
+                .count();
+            let part = batch.slice(start, len);
+            out.push(self.decode_one(&part, usize::try_from(file).map_err(|_| bad())?)?);
+            start += len;
+        }
+        Ok(())
+    }
+
+    /// The change batch of spilled rows of one file.
+    fn decode_one(&self, batch: &RecordBatch, file: usize) -> Result<ChangeBatch> {
+        let n = self.keyhash_at();
+        let bad = || Error::Internal("a spill file does not hold changes".into());
+        let column = |i: usize| batch.columns().get(n + i).ok_or_else(bad);
+        let binary = |i: usize| -> Result<BinaryArray> {
+            Ok(column(i)?.as_binary_opt::<i32>().ok_or_else(bad)?.clone())
+        };
+        let ops = column(2)?.as_primitive_opt::<UInt8Type>().ok_or_else(bad)?;
+        let positions = column(3)?
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(bad)?;
+        let files = column(4)?
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(bad)?;
+        let rows = column(5)?
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(bad)?;
+        let lines = column(6)?
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(bad)?;
+        let days = column(7)?.as_primitive_opt::<Int32Type>().ok_or_else(bad)?;
+        let source = column(8)?.as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
+        let keep = column(9)?.as_string_opt::<i32>().ok_or_else(bad)?;
+        let ops: Vec<ChangeOp> = ops
+            .values()
+            .iter()
+            .map(|&c| op_of(c).ok_or_else(bad))
+            .collect::<Result<_>>()?;
+        let order = positions
+            .values()
+            .iter()
+            .zip(files.values().iter())
+            .zip(rows.values().iter())
+            .map(|((&position, &file), &row)| SourceOrder {
+                position,
+                file,
+                row,
+            })
+            .collect();
+        let mut keep_stored = std::collections::HashMap::new();
+        if keep.null_count() < keep.len() {
+            for row in 0..keep.len() {
+                if keep.is_valid(row) {
+                    let cols = keep
+                        .value(row)
+                        .split(',')
+                        .filter(|c| !c.is_empty())
+                        .map(|c| c.parse::<usize>().map_err(|_| bad()))
+                        .collect::<Result<Vec<_>>>()?;
+                    keep_stored.insert(row, cols);
+                }
+            }
+        }
+        let payload = RecordBatch::try_new(self.payload.clone(), batch.columns()[..n].to_vec())?;
+        Ok(ChangeBatch {
+            rows: HashedBatch {
+                payload,
+                keyhash: binary(0)?,
+                nonkeyhash: binary(1)?,
+                file,
+                lines: lines.values().to_vec(),
+            },
+            ops,
+            order,
+            commit_days: days.iter().collect(),
+            positions: source.iter().collect(),
+            keep_stored,
+        })
+    }
+}
+
+/// Whether payload columns `own` differ from `schema` in number or type.
+fn payload_differs(own: &SchemaRef, schema: &SchemaRef) -> bool {
+    own.fields().len() != schema.fields().len()
+        || own
+            .fields()
+            .iter()
+            .zip(schema.fields())
+            .any(|(a, b)| a.data_type() != b.data_type())
+}
+
+fn op_code(op: ChangeOp) -> u8 {
+    match op {
+        ChangeOp::Insert => 0,
+        ChangeOp::Update => 1,
+        ChangeOp::Delete => 2,
+    }
+}
+
+fn op_of(code: u8) -> Option<ChangeOp> {
+    match code {
+        0 => Some(ChangeOp::Insert),
+        1 => Some(ChangeOp::Update),
+        2 => Some(ChangeOp::Delete),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use deltalake::arrow::array::{BinaryArray, Int64Array, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::changelog::dedupe::last_per_key;
+
+    /// A change as compared here: key, op code, order, line, day, position, kept columns,
+    /// payload (amount, note), batch file.
+    type Row = (
+        u16,
+        u8,
+        (u64, u32, u64),
+        u64,
+        Option<i32>,
+        Option<i64>,
+        Option<Vec<usize>>,
+        (Option<i64>, Option<String>),
+        usize,
+    );
+
+    fn digest(k: u16) -> [u8; 16] {
+        // spread the keys over every digest byte the partitioners read
+        let mut d = [0u8; 16];
+        let mut x = (k as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for chunk in d.chunks_mut(8) {
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        d[14..].copy_from_slice(&k.to_le_bytes());
+        d
+    }
+
+    fn key_of(d: &[u8]) -> u16 {
+        u16::from_le_bytes([d[14], d[15]])
+    }
+
+    /// A batch of `file` with the changes (key, op, position, day, source position,
+    /// kept columns, amount, note); rows are numbered from `first_row`.
+    #[allow(clippy::type_complexity)]
+    fn batch(
+        file: usize,
+        first_row: u64,
+        changes: &[(
+            u16,
+            ChangeOp,
+            u64,
+            Option<i32>,
+            Option<i64>,
+            bool,
+            Option<i64>,
+        )],
+    ) -> ChangeBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("amount", DataType::Int64, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        let amounts = Int64Array::from(changes.iter().map(|c| c.6).collect::<Vec<_>>());
+        let notes = StringArray::from(
+            changes
+                .iter()
+                .map(|c| c.6.map(|a| format!("note {a}")))
+                .collect::<Vec<_>>(),
+        );
+        let payload =
+            RecordBatch::try_new(schema, vec![Arc::new(amounts), Arc::new(notes)]).unwrap();
+        let digests: Vec<[u8; 16]> = changes.iter().map(|c| digest(c.0)).collect();
+        let keyhash = BinaryArray::from_iter_values(digests.iter());
+        let nonkeyhash = BinaryArray::from_iter_values(
+            digests
+                .iter()
+                .map(|d| d.iter().rev().copied().collect::<Vec<u8>>()),
+        );
+        let rows: Vec<u64> = (0..changes.len() as u64).map(|i| first_row + i).collect();
+        ChangeBatch {
+            rows: HashedBatch {
+                payload,
+                keyhash,
+                nonkeyhash,
+                file,
+                lines: rows.iter().map(|r| r + 1).collect(),
+            },
+            ops: changes.iter().map(|c| c.1).collect(),
+            order: changes
+                .iter()
+                .zip(&rows)
+                .map(|(c, &row)| SourceOrder {
+                    position: c.2,
+                    file: file as u32,
+                    row,
+                })
+                .collect(),
+            commit_days: changes.iter().map(|c| c.3).collect(),
+            positions: changes.iter().map(|c| c.4).collect(),
+            keep_stored: changes
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.5)
+                .map(|(i, _)| (i, vec![1, 0]))
+                .collect(),
+        }
+    }
+
+    fn rows_of(batches: &[ChangeBatch]) -> Vec<Row> {
+        let mut out = Vec::new();
+        for b in batches {
+            let amounts = b.rows.payload.column(0).as_primitive::<Int64Type>();
+            let notes = b.rows.payload.column(1).as_string::<i32>();
+            for i in 0..b.len() {
+                let o = b.order[i];
+                out.push((
+                    key_of(b.rows.keyhash.value(i)),
+                    op_code(b.ops[i]),
+                    (o.position, o.file, o.row),
+                    b.rows.lines[i],
+                    b.commit_days[i],
+                    b.positions[i],
+                    b.keep_stored.get(&i).cloned(),
+                    (
+                        amounts.is_valid(i).then(|| amounts.value(i)),
+                        notes.is_valid(i).then(|| notes.value(i).to_string()),
+                    ),
+                    b.rows.file,
+                ));
+                assert_eq!(
+                    b.rows.nonkeyhash.value(i),
+                    b.rows
+                        .keyhash
+                        .value(i)
+                        .iter()
+                        .rev()
+                        .copied()
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+        out
+    }
+
+    fn run(
+        changes: Vec<ChangeBatch>,
+        limit: u64,
+        spillable: bool,
+    ) -> (Vec<Vec<ChangeBatch>>, ChangeSpill) {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = RunMemory {
+            limit,
+            spill_dir: dir.path().to_path_buf(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let stream = futures::stream::iter(changes.into_iter().map(Ok)).boxed();
+        let mut collected = runtime
+            .block_on(collect(stream, &memory, spillable))
+            .unwrap();
+        let mut groups = Vec::new();
+        while let Some(group) = collected.next_group().unwrap() {
+            groups.push(group);
+        }
+        let spill = collected.spill();
+        drop(collected);
+        // the run's spill folder is gone with it
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        (groups, spill)
+    }
+
+    use futures::StreamExt;
+
+    /// Changes of `files` files, `per_file` each, over `keys` keys.
+    fn changes(files: usize, per_file: usize, keys: u16) -> Vec<ChangeBatch> {
+        let mut out = Vec::new();
+        let mut n = 0u64;
+        for file in 0..files {
+            let rows: Vec<_> = (0..per_file)
+                .map(|_| {
+                    n += 1;
+                    let op = match n % 5 {
+                        0 => ChangeOp::Delete,
+                        1 | 2 => ChangeOp::Update,
+                        _ => ChangeOp::Insert,
+                    };
+                    (
+                        (n.wrapping_mul(7919) % keys as u64) as u16,
+                        op,
+                        n % 3,
+                        (n % 4 != 0).then_some(n as i32),
+                        (n % 6 != 0).then_some(n as i64 * 10),
+                        n % 11 == 0,
+                        (n % 9 != 0).then_some(n as i64),
+                    )
+                })
+                .collect();
+            // two batches per file, as a reader hands them out
+            let half = rows.len() / 2;
+            out.push(batch(file, 0, &rows[..half]));
+            out.push(batch(file, half as u64, &rows[half..]));
+        }
+        out
+    }
+
+    #[test]
+    fn a_run_within_half_the_limit_is_held_whole() {
+        let input = changes(3, 100, 50);
+        let expected = rows_of(&input);
+        let (groups, spill) = run(input, 1 << 30, true);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(rows_of(&groups[0]), expected, "held in read order");
+        assert_eq!(
+            spill,
+            ChangeSpill {
+                partitions: 1,
+                spilled_bytes: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_merge_is_held_whatever_its_size() {
+        let input = changes(3, 2000, 500);
+        let expected = rows_of(&input);
+        let (groups, spill) = run(input, 4096, false);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(rows_of(&groups[0]), expected);
+        assert_eq!(spill.spilled_bytes, 0);
+    }
+
+    #[test]
+    fn spilled_changes_come_back_whole_with_every_key_in_one_group() {
+        let input = changes(4, 3000, 2000);
+        let mut expected = rows_of(&input);
+        // 64 KiB: far less than the changes, so they spill and partitions are split again
+        let (groups, spill) = run(input, 64 << 10, true);
+        assert!(spill.spilled_bytes > 0, "{spill:?}");
+        assert!(
+            spill.partitions > FIRST_PARTITIONS as u64,
+            "partitions over the budget are split again: {spill:?}"
+        );
+        assert_eq!(spill.partitions, groups.len() as u64);
+        let mut group_of: HashMap<u16, usize> = HashMap::new();
+        let mut got = Vec::new();
+        for (g, group) in groups.iter().enumerate() {
+            let rows = rows_of(group);
+            for r in &rows {
+                assert_eq!(
+                    *group_of.entry(r.0).or_insert(g),
+                    g,
+                    "key {} in two groups",
+                    r.0
+                );
+                // a batch holds the rows of one file, as the source order says
+                assert_eq!(r.2 .1 as usize, r.8);
+            }
+            // rows of one file keep their order within a group
+            let mut last: BTreeMap<usize, u64> = BTreeMap::new();
+            for r in &rows {
+                let previous = last.insert(r.8, r.2 .2);
+                assert!(
+                    previous.is_none_or(|p| p < r.2 .2),
+                    "order within file {}",
+                    r.8
+                );
+            }
+            got.extend(rows);
+        }
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected, "every change once, every field kept");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        /// The last change per key taken group by group is the one taken over the held run.
+        #[test]
+        fn last_change_per_key_by_group_equals_the_whole_run(
+            seed in any::<u64>(),
+            files in 1usize..5,
+            per_file in 1usize..400,
+            keys in 1u16..300,
+            limit in prop_oneof![Just(64u64 << 10), Just(1u64 << 20), Just(1u64 << 30)],
+        ) {
+            let mut input = changes(files, per_file, keys);
+            // shuffle positions so that the order is not the read order
+            let mut x = seed | 1;
+            for b in &mut input {
+                for o in &mut b.order {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    o.position = x % 4;
+                }
+            }
+            let winners = |batches: &[ChangeBatch]| -> Vec<Row> {
+                let rows: Vec<Vec<Row>> = batches.iter().map(|b| rows_of(std::slice::from_ref(b))).collect();
+                let mut w: Vec<Row> = last_per_key(batches)
+                    .into_iter()
+                    .map(|p| rows[p.batch][p.row].clone())
+                    .collect();
+                w.sort();
+                w
+            };
+            let expected = winners(&input);
+            let (groups, _) = run(input, limit, true);
+            let mut got: Vec<Row> = groups.iter().flat_map(|g| winners(g)).collect();
+            got.sort();
+            prop_assert_eq!(got, expected);
+        }
+    }
+}
