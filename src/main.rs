@@ -101,7 +101,13 @@ fn main() -> ExitCode {
         Command::Check(args) => Some(args.config.as_path()),
         _ => None,
     };
-    let arenas = cli::run::process_settings(cli.threads, config);
+    // a bad --memory-limit is left for the command to report
+    let memory_limit = match &cli.command {
+        Command::Sync(args) => cli::parse_memory_limit(&args.memory_limit).ok(),
+        Command::Capture(args) => cli::parse_memory_limit(&args.memory_limit).ok(),
+        _ => None,
+    };
+    let arenas = cli::run::process_settings(cli.threads, config, memory_limit);
     // Before any other thread starts (clap and the log filter start none): glibc fixes its
     // arena limit the first time a thread needs a new arena.
     let allocator_tuned = cli::allocator::tune(arenas);

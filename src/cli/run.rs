@@ -29,15 +29,20 @@ pub struct RunArgs {
 }
 
 /// Sets the process's `threads` setting from `--threads` (`flag`), else from the table config
-/// at `config` (`run` and `check`), else the cores; returns the allocator's arena count: for a
-/// table config, [`allocator::arenas_within`](crate::cli::allocator::arenas_within) its
-/// `memory_limit`, else one per thread. Called by the binary before its runtime starts (the
+/// at `config` (`run` and `check`), else the cores; returns the allocator's arena count:
+/// [`allocator::arenas_within`](crate::cli::allocator::arenas_within) the table config's
+/// `memory_limit`, else `memory_limit` (`sync` and `capture`'s `--memory-limit`), else one per
+/// thread. Called by the binary before its runtime starts (the
 /// runtime's workers are the threads, and glibc fixes its arena limit the first time a thread
 /// needs a new arena). A config that does not load is left for the command to report; one that
 /// is not a regular file (a pipe, `/dev/stdin`) is not read here, as it can be read once only:
 /// its `threads` then applies from the command ([`use_config_threads`]) to the stages but not to
 /// the runtime's workers nor the arenas.
-pub fn process_settings(flag: Option<usize>, config: Option<&std::path::Path>) -> usize {
+pub fn process_settings(
+    flag: Option<usize>,
+    config: Option<&std::path::Path>,
+    memory_limit: Option<u64>,
+) -> usize {
     use crate::cli::allocator;
     let config = config
         .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.is_file()))
@@ -47,9 +52,10 @@ pub fn process_settings(flag: Option<usize>, config: Option<&std::path::Path>) -
         crate::core::threads::set(n);
     }
     let threads = crate::core::threads::get();
-    match config {
-        Some(config) => allocator::arenas_within(threads, config.snapshot.memory_limit),
-        None => threads * allocator::ARENAS_PER_CORE,
+    match (config, memory_limit) {
+        (Some(config), _) => allocator::arenas_within(threads, config.snapshot.memory_limit),
+        (None, Some(limit)) => allocator::arenas_within(threads, limit),
+        (None, None) => threads * allocator::ARENAS_PER_CORE,
     }
 }
 
