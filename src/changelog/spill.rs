@@ -729,10 +729,10 @@ mod tests {
                         (n.wrapping_mul(7919) % keys as u64) as u16,
                         op,
                         n % 3,
-                        (n % 4 != 0).then_some(n as i32),
-                        (n % 6 != 0).then_some(n as i64 * 10),
-                        n % 11 == 0,
-                        (n % 9 != 0).then_some(n as i64),
+                        (!n.is_multiple_of(4)).then_some(n as i32),
+                        (!n.is_multiple_of(6)).then_some(n as i64 * 10),
+                        n.is_multiple_of(11),
+                        (!n.is_multiple_of(9)).then_some(n as i64),
                     )
                 })
                 .collect();
