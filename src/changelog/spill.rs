@@ -330,11 +330,10 @@ impl SpilledChanges {
             }
             let partition = top.next;
             top.next += 1;
-            let batches = top.store.take(0, partition)?;
-            if batches.is_empty() {
+            let bytes = top.bytes[partition];
+            if bytes == 0 {
                 continue;
             }
-            let bytes = top.bytes[partition];
             if bytes > budget && top.level + 1 < MAX_LEVELS {
                 let level = top.level + 1;
                 let partitions = (2 * bytes / budget + 1).clamp(2, 1024);
@@ -352,14 +351,16 @@ impl SpilledChanges {
                     &self.memory.spill_dir,
                 )?;
                 let split = Partitioner::nested(partitions, level);
-                let at = self.keyhash_at();
+                let at = self.payload.fields().len();
                 let mut sizes = vec![0; partitions];
-                for batch in batches {
+                // one spilled segment at a time: the partition is never read whole
+                top.store.take_each(0, partition, |batch| {
                     for (p, piece) in split.split(&batch, at)? {
                         sizes[p] += piece.get_array_memory_size();
                         store.push(0, p, piece)?;
                     }
-                }
+                    Ok(())
+                })?;
                 store.land()?;
                 self.stack.push(Level {
                     store,
@@ -370,6 +371,7 @@ impl SpilledChanges {
                 });
                 continue;
             }
+            let batches = top.store.take(0, partition)?;
             self.taken += 1;
             let mut out = Vec::new();
             for batch in &batches {

@@ -437,17 +437,39 @@ impl SpillStore {
     /// # Errors
     /// I/O and Arrow IPC errors reading spill files.
     pub fn take(&mut self, side: usize, partition: usize) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        self.take_each(side, partition, |batch| {
+            out.push(batch);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Takes one partition's batches of one side out of the store as [`take`](Self::take)
+    /// does, handing them to `each` one spilled segment at a time: a partition larger than
+    /// memory can be split again without being read whole.
+    ///
+    /// # Errors
+    /// I/O and Arrow IPC errors reading spill files; `each`'s errors.
+    pub fn take_each(
+        &mut self,
+        side: usize,
+        partition: usize,
+        mut each: impl FnMut(RecordBatch) -> Result<()>,
+    ) -> Result<()> {
         self.land()?;
         let path = self.path(side, partition);
         let part = std::mem::take(&mut self.parts[side][partition]);
         self.memory_bytes -= part.memory_bytes;
-        let mut out = Vec::new();
+        for segment in &part.segments {
+            for batch in segment::read(self.io, &path, std::slice::from_ref(segment))? {
+                each(batch)?;
+            }
+        }
         if !part.segments.is_empty() {
-            out = segment::read(self.io, &path, &part.segments)?;
             let _ = std::fs::remove_file(&path);
         }
-        out.extend(part.memory);
-        Ok(out)
+        part.memory.into_iter().try_for_each(each)
     }
 
     /// Moves the store into a shareable form whose partitions can be taken from several
@@ -729,6 +751,22 @@ mod tests {
         );
         assert_eq!(store.rows(0), 5000);
         assert_eq!(store.rows(1), 5010);
+        // side 1 one batch at a time: the same rows in the same order, then its file is gone
+        let mut pieces = Vec::new();
+        store
+            .take_each(1, 0, |b| {
+                pieces.push(b);
+                Ok(())
+            })
+            .unwrap();
+        let expected1: Vec<i64> = (1..10)
+            .step_by(2)
+            .flat_map(|i| i * 1000..i * 1000 + 1000)
+            .collect();
+        assert_eq!(values(&pieces), expected1);
+        assert!(pieces.len() > 1, "handed out a segment at a time");
+        assert!(!store.path(1, 0).exists());
+        assert!(store.take(1, 0).unwrap().is_empty(), "taken once");
         let side0 = values(&store.take(0, 0).unwrap());
         let expected: Vec<i64> = (0..10)
             .step_by(2)
