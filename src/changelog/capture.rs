@@ -114,12 +114,13 @@ impl CaptureOptions {
         rows >= self.max_buffered || bytes >= self.memory_limit / 2
     }
 
-    /// The memory of one table's run: the limit, spilling (a copy's parts, whose buffers are
-    /// committed at half of it, seldom do) to the system temporary folder.
+    /// The memory of one table's run: the limit, without spilling (the buffer keeps the
+    /// changes it hands to the run, and is committed at half the limit).
     fn run_memory(&self) -> super::spill::RunMemory {
         super::spill::RunMemory {
             limit: self.memory_limit,
             spill_dir: std::env::temp_dir(),
+            spill: false,
         }
     }
 }

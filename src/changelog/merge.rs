@@ -238,12 +238,12 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
     let committing = Instant::now();
     // the change data feed's comparison spills into a folder of the run's own (removed with
     // it, or by a later run after a kill), as `tributary run`'s does
-    let feed_spill = match spec.lake.change_data_feed {
-        true => Some(
+    let feed_spill = match delta::change_feed::enabled(&lake.current) {
+        Ok(true) => Some(
             run.guard(crate::core::spill::owned_folder(&request.memory.spill_dir))
                 .await?,
         ),
-        false => None,
+        _ => None,
     };
     let commit = RunCommit {
         business_date: request.run_date.format("%Y-%m-%d").to_string(),
@@ -515,12 +515,14 @@ impl Merge<'_> {
         };
         let removes = std::mem::take(&mut stored.removes);
         // Tombstones of keys that have no stored row, read when such a key's last change has a
-        // position (a late change could bring a deleted key back; a late delete is stale). A
-        // change without one is never stale: groups that have none such need no tombstones,
-        // so reading them at the first group that does is the same as reading them per run.
+        // position and is not a delete (a late change could bring a deleted key back; a
+        // delete of a key current does not hold is ignored, stale or not). Only such changes
+        // are checked against them, so reading them at the first group that has one is the
+        // same as reading them per run.
         let needs_tombstones = winners.iter().any(|p| {
             let batch = &self.changes[p.batch];
-            batch.positions[p.row].is_some()
+            batch.ops[p.row] != ChangeOp::Delete
+                && batch.positions[p.row].is_some()
                 && !stored
                     .at
                     .contains_key(&key(batch.rows.keyhash.value(p.row)))
@@ -721,6 +723,8 @@ impl Merge<'_> {
                         }
                         stale
                     }
+                    // a delete of a key current does not hold is ignored (below), stale or not
+                    None if batch.ops[p.row] == ChangeOp::Delete => false,
                     None => tombstones
                         .and_then(|t| t.get(&k))
                         .is_some_and(|t| is_stale(position, Some(t.position))),

@@ -2,16 +2,20 @@
 //!
 //! A run's changes are held in memory while they take at most half the budget
 //! ([`RunChanges::Held`]: every merge, and every small run). A run that writes the current
-//! table anew or only adds to it (a DMS full load, a later part of an initial copy, a table
-//! without a key) does not read the table, so its keys can be handled a group at a time:
-//! past half the budget its changes are split by keyhash into [`FIRST_PARTITIONS`]
-//! partitions held in a [`SpillStore`] of a quarter of the budget, whose largest partitions
-//! go to Arrow IPC files in a folder under the spill folder ([`RunChanges::Spilled`]). The
-//! run then takes one partition at a time: every change of a key is in its partition, so the
-//! last change per key and the rows written are those of the whole run. A partition that
-//! still holds more than a quarter of the budget is split again by the next four digest bytes
-//! (at most three times). This is the snapshot diff's grace-hash partitioning
-//! (`docs/memory.md`) applied to one side.
+//! table anew or only adds to it does not read the table, so its changes can be handled a
+//! group at a time, past half the budget ([`Split`]):
+//!
+//! - A DMS full load of a keyed table is split by keyhash into [`FIRST_PARTITIONS`]
+//!   partitions held in a [`SpillStore`] of a quarter of the budget, whose largest partitions
+//!   go to Arrow IPC files in a folder under the spill folder ([`RunChanges::Spilled`]). The
+//!   run then takes one partition at a time: every change of a key is in its partition, so the
+//!   last change per key and the rows written are those of the whole run. A partition that
+//!   still holds more than a quarter of the budget is split again by the next four digest
+//!   bytes (at most three times), one spilled segment at a time. This is the snapshot diff's
+//!   grace-hash partitioning (`docs/memory.md`) applied to one side.
+//! - An append (a later part of an initial copy) and a table without a key take no last
+//!   change per key: they are spilled in read order, in parts of a quarter of the budget, and
+//!   written part by part, so their files keep the read order.
 //!
 //! A merge (changes into an existing table) is held whole: its impacted files are rewritten
 //! once with every changed key (a file must not be rewritten per partition). Its memory is its
@@ -44,6 +48,22 @@ pub const FIRST_PARTITIONS: usize = 64;
 /// bytes of the 16-byte digest.
 const MAX_LEVELS: usize = 4;
 
+/// Parts of changes spilled in read order ([`Split::InOrder`]), a quarter of the limit each:
+/// 1 TiB of changes at the default limit; past that the last part takes the rest.
+const IN_ORDER_PARTS: usize = 4096;
+
+/// How a run's changes are split once they take over half its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Not at all: held whole (a merge, whose impacted files are each rewritten once).
+    Never,
+    /// By keyhash: a reload, whose last change per key is then taken partition by partition.
+    ByKey,
+    /// In read order, a quarter of the limit at a time: an append or a table without a key,
+    /// which take no last change per key (their files keep the read order).
+    InOrder,
+}
+
 /// A run's memory budget and where its changes spill.
 #[derive(Debug, Clone)]
 pub struct RunMemory {
@@ -51,6 +71,9 @@ pub struct RunMemory {
     pub limit: u64,
     /// Folder under which the run makes (and removes) its spill folder.
     pub spill_dir: PathBuf,
+    /// Whether the run may spill its changes. `capture` may not: its buffer keeps the
+    /// changes it hands to a run (and commits at half its limit).
+    pub spill: bool,
 }
 
 impl RunMemory {
@@ -127,17 +150,18 @@ impl RunChanges {
     }
 }
 
-/// Reads a run's changes from `stream`: held while they fit in half of `memory`'s limit, or
-/// for every run that is not `spillable` (a merge); else partitioned by keyhash and spilled
-/// (see the module docs).
+/// Reads a run's changes from `stream`: held while they fit in half of `memory`'s limit, and
+/// whole when `split` is [`Split::Never`] or the run may not spill; else split as `split`
+/// says and spilled (see the module docs).
 ///
 /// # Errors
 /// The stream's errors; [`Error::Storage`] when the spill folder cannot be made or written.
 pub async fn collect(
     mut stream: BoxStream<'_, Result<ChangeBatch>>,
     memory: &RunMemory,
-    spillable: bool,
+    split: Split,
 ) -> Result<RunChanges> {
+    let spillable = memory.spill && split != Split::Never;
     let mut held: Vec<ChangeBatch> = Vec::new();
     let mut held_bytes = 0usize;
     let mut spilled: Option<SpilledChanges> = None;
@@ -152,19 +176,21 @@ pub async fn collect(
             tracing::info!(
                 held_mib = held_bytes >> 20,
                 limit_mib = memory.limit >> 20,
-                "the run's changes take over half the memory limit: partitioning them by key and spilling"
+                ?split,
+                "the run's changes take over half its memory limit: splitting and spilling them"
             );
             let batches = std::mem::take(&mut held);
-            let s = SpilledChanges::new(&batches[0], memory)?;
-            spilled = Some(
-                blocking(s, move |s| {
-                    for batch in batches {
-                        s.push(&batch)?;
-                    }
-                    Ok(())
-                })
-                .await?,
-            );
+            let memory = memory.clone();
+            let s = tokio::task::spawn_blocking(move || {
+                let mut s = SpilledChanges::new(&batches[0], &memory, split == Split::InOrder)?;
+                for batch in batches {
+                    s.push(&batch)?;
+                }
+                Ok::<_, Error>(s)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("spilling changes failed: {e}")))??;
+            spilled = Some(s);
         }
     }
     Ok(match spilled {
@@ -210,8 +236,11 @@ struct Level {
     level: usize,
 }
 
-/// A run's changes partitioned by keyhash in spill stores (see the module docs).
+/// A run's changes partitioned by keyhash (or in read order) in spill stores (see the module
+/// docs).
 pub struct SpilledChanges {
+    /// Parts in read order ([`Split::InOrder`]) instead of keyhash partitions.
+    in_order: bool,
     /// The payload's schema (configured columns, typed).
     payload: SchemaRef,
     /// The payload's columns under positional names, then the change's fields.
@@ -244,8 +273,8 @@ const FIELDS: [(&str, DataType, bool); 11] = [
 ];
 
 impl SpilledChanges {
-    /// An empty set of partitions for changes shaped like `first`.
-    fn new(first: &ChangeBatch, memory: &RunMemory) -> Result<Self> {
+    /// An empty set of partitions (or of parts in read order) for changes shaped like `first`.
+    fn new(first: &ChangeBatch, memory: &RunMemory, in_order: bool) -> Result<Self> {
         let payload = first.rows.payload.schema();
         let mut fields: Vec<Field> = payload
             .fields()
@@ -259,20 +288,25 @@ impl SpilledChanges {
                 .map(|(name, t, nullable)| Field::new(*name, t.clone(), *nullable)),
         );
         let schema = Arc::new(Schema::new(fields));
+        let partitions = match in_order {
+            true => IN_ORDER_PARTS,
+            false => FIRST_PARTITIONS,
+        };
         let store = SpillStore::new(
             vec![schema.clone()],
-            FIRST_PARTITIONS,
+            partitions,
             memory.part_budget(),
             &memory.spill_dir,
         )?;
         Ok(SpilledChanges {
+            in_order,
             payload,
             schema,
             memory: memory.clone(),
             stack: vec![Level {
                 store,
-                partitions: FIRST_PARTITIONS,
-                bytes: vec![0; FIRST_PARTITIONS],
+                partitions,
+                bytes: vec![0; partitions],
                 next: 0,
                 level: 0,
             }],
@@ -300,7 +334,18 @@ impl SpilledChanges {
         self.rows += batch.len();
         let encoded = self.encode(batch)?;
         let at = self.keyhash_at();
+        let budget = self.memory.part_budget();
         let level = &mut self.stack[0];
+        if self.in_order {
+            // the part being filled: the first that is not full, the last at most
+            let part = level.next;
+            level.bytes[part] += encoded.get_array_memory_size();
+            level.store.push(0, part, encoded)?;
+            if level.bytes[part] >= budget && part + 1 < level.partitions {
+                level.next += 1;
+            }
+            return Ok(());
+        }
         for (partition, piece) in Partitioner::new(level.partitions).split(&encoded, at)? {
             level.bytes[partition] += piece.get_array_memory_size();
             level.store.push(0, partition, piece)?;
@@ -308,9 +353,11 @@ impl SpilledChanges {
         Ok(())
     }
 
-    /// Done pushing: waits for the spill being written.
+    /// Done pushing: waits for the spill being written (and rewinds the parts in read order,
+    /// whose `next` was the part being filled).
     fn start(&mut self) -> Result<()> {
         for level in &mut self.stack {
+            level.next = 0;
             level.store.land()?;
         }
         Ok(())
@@ -334,7 +381,7 @@ impl SpilledChanges {
             if bytes == 0 {
                 continue;
             }
-            if bytes > budget && top.level + 1 < MAX_LEVELS {
+            if bytes > budget && !self.in_order && top.level + 1 < MAX_LEVELS {
                 let level = top.level + 1;
                 let partitions = (2 * bytes / budget + 1).clamp(2, 1024);
                 tracing::debug!(
@@ -687,20 +734,19 @@ mod tests {
     fn run(
         changes: Vec<ChangeBatch>,
         limit: u64,
-        spillable: bool,
+        split: Split,
     ) -> (Vec<Vec<ChangeBatch>>, ChangeSpill) {
         let dir = tempfile::tempdir().unwrap();
         let memory = RunMemory {
             limit,
             spill_dir: dir.path().to_path_buf(),
+            spill: true,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let stream = futures::stream::iter(changes.into_iter().map(Ok)).boxed();
-        let mut collected = runtime
-            .block_on(collect(stream, &memory, spillable))
-            .unwrap();
+        let mut collected = runtime.block_on(collect(stream, &memory, split)).unwrap();
         let mut groups = Vec::new();
         while let Some(group) = collected.next_group().unwrap() {
             groups.push(group);
@@ -750,7 +796,7 @@ mod tests {
     fn a_run_within_half_the_limit_is_held_whole() {
         let input = changes(3, 100, 50);
         let expected = rows_of(&input);
-        let (groups, spill) = run(input, 1 << 30, true);
+        let (groups, spill) = run(input, 1 << 30, Split::ByKey);
         assert_eq!(groups.len(), 1);
         assert_eq!(rows_of(&groups[0]), expected, "held in read order");
         assert_eq!(
@@ -766,10 +812,40 @@ mod tests {
     fn a_merge_is_held_whatever_its_size() {
         let input = changes(3, 2000, 500);
         let expected = rows_of(&input);
-        let (groups, spill) = run(input, 4096, false);
+        let (groups, spill) = run(input, 4096, Split::Never);
         assert_eq!(groups.len(), 1);
         assert_eq!(rows_of(&groups[0]), expected);
         assert_eq!(spill.spilled_bytes, 0);
+    }
+
+    #[test]
+    fn changes_spilled_in_read_order_come_back_in_read_order() {
+        let input = changes(4, 3000, 2000);
+        let expected = rows_of(&input);
+        let (groups, spill) = run(input, 64 << 10, Split::InOrder);
+        assert!(spill.spilled_bytes > 0, "{spill:?}");
+        assert!(
+            groups.len() > 2,
+            "parts of a quarter of the limit: {spill:?}"
+        );
+        assert_eq!(spill.partitions, groups.len() as u64);
+        let got: Vec<Row> = groups.iter().flat_map(|g| rows_of(g)).collect();
+        assert_eq!(got, expected, "every change once, in read order");
+        // a run that may not spill (capture) is held
+        let dir = tempfile::tempdir().unwrap();
+        let memory = RunMemory {
+            limit: 64 << 10,
+            spill_dir: dir.path().to_path_buf(),
+            spill: false,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let stream = futures::stream::iter(changes(2, 3000, 100).into_iter().map(Ok)).boxed();
+        let held = runtime
+            .block_on(collect(stream, &memory, Split::ByKey))
+            .unwrap();
+        assert!(matches!(held, RunChanges::Held(_)));
     }
 
     #[test]
@@ -777,7 +853,7 @@ mod tests {
         let input = changes(4, 3000, 2000);
         let mut expected = rows_of(&input);
         // 64 KiB: far less than the changes, so they spill and partitions are split again
-        let (groups, spill) = run(input, 64 << 10, true);
+        let (groups, spill) = run(input, 64 << 10, Split::ByKey);
         assert!(spill.spilled_bytes > 0, "{spill:?}");
         assert!(
             spill.partitions > FIRST_PARTITIONS as u64,
@@ -845,7 +921,7 @@ mod tests {
                 w
             };
             let expected = winners(&input);
-            let (groups, _) = run(input, limit, true);
+            let (groups, _) = run(input, limit, Split::ByKey);
             let mut got: Vec<Row> = groups.iter().flat_map(|g| winners(g)).collect();
             got.sort();
             prop_assert_eq!(got, expected);

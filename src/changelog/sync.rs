@@ -22,7 +22,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::merge::{apply, ApplyRequest, ApplySummary};
-use super::spill::{collect, RunChanges, RunMemory};
+use super::spill::{collect, RunChanges, RunMemory, Split};
 use crate::config::tables::{TableEntry, TablesFile};
 use crate::config::ChangelogTable;
 use crate::core::checkpoint::Committed;
@@ -209,6 +209,7 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
     let memory = Arc::new(RunMemory {
         limit: (options.memory_limit / at_once).max(1),
         spill_dir: options.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
+        spill: true,
     });
     let mut results: Vec<TableSync> = futures::stream::iter(runnable)
         .map(|(index, entry)| {
@@ -356,10 +357,15 @@ async fn run_source_once<S: ChangeSource>(
     }
     bar.set_message(format!("reading {} {}(s)", pending.units, source.unit()));
     let reading = Instant::now();
-    // A run that does not read the current table may hold its changes partitioned by key,
-    // spilled past half the memory limit (`changelog::spill`).
-    let spillable = pending.reload || pending.append || config.insert_only;
-    let changes = collect(source.changes(), memory, spillable).await?;
+    // A run that does not read the current table may split its changes past half its memory
+    // limit and spill them (`changelog::spill`): in read order where it takes no last change
+    // per key, else by key.
+    let split = match (pending.append || config.insert_only, pending.reload) {
+        (true, _) => Split::InOrder,
+        (false, true) => Split::ByKey,
+        (false, false) => Split::Never,
+    };
+    let changes = collect(source.changes(), memory, split).await?;
     done.read_secs = reading.elapsed().as_secs_f64();
     let rows = changes.rows();
     stage_line(
@@ -373,7 +379,7 @@ async fn run_source_once<S: ChangeSource>(
             done.read_secs,
             match &changes {
                 RunChanges::Held(_) => String::new(),
-                RunChanges::Spilled(_) => "; partitioned by key and spilled".into(),
+                RunChanges::Spilled(_) => "; split and spilled (over half of its memory)".into(),
             }
         ),
     );
@@ -511,7 +517,7 @@ async fn sync_table(
     }
     if summary.spilled_bytes > 0 {
         result.message.push_str(&format!(
-            "; applied in {} key partitions, {} spilled (over half of --memory-limit)",
+            "; applied in {} partitions of changes, {} spilled (over half of the table's share of --memory-limit)",
             summary.partitions,
             crate::report::mib(summary.spilled_bytes)
         ));

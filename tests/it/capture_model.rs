@@ -226,6 +226,7 @@ async fn apply(
     let memory = RunMemory {
         limit: 1 << 30,
         spill_dir: std::env::temp_dir(),
+        spill: false,
     };
     run_source(
         &mut buffer,
