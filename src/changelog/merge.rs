@@ -85,6 +85,9 @@ pub struct ApplyRequest<'a> {
     /// The run's memory limit and spill folder, also those of its change data feed's
     /// comparison (tables that record the feed).
     pub memory: super::spill::RunMemory,
+    /// Where a run applied in partitions says how far it is (changes applied of all, and the
+    /// partition).
+    pub bar: Option<&'a indicatif::ProgressBar>,
 }
 
 /// What a run applied.
@@ -374,7 +377,16 @@ impl Groups<'_> {
         let mut known = None;
         let mut new = Vec::new();
         let shared_day = std::sync::OnceLock::new();
+        let (total, mut applied, mut part) = (changes.rows(), 0usize, 0usize);
+        let spilled = matches!(changes, RunChanges::Spilled(_));
         while let Some(group) = next_group(changes).await? {
+            part += 1;
+            if let (Some(bar), true) = (request.bar, spilled) {
+                bar.set_message(format!(
+                    "applying partition {part}: {applied}/{total} changes"
+                ));
+            }
+            applied += group.iter().map(ChangeBatch::len).sum::<usize>();
             let sources: Vec<RecordBatch> = group
                 .iter()
                 .map(|b| change_rows(schema, b, self.run_days))

@@ -401,6 +401,7 @@ async fn run_source_once<S: ChangeSource>(
             run_date,
             base_run,
             memory: memory.clone(),
+            bar: Some(bar),
         },
     )
     .await?;
