@@ -23,9 +23,7 @@ Usage: bench/sync_memory_bench.py [--bin target/release/tributary] [--rows 10000
 
 import argparse
 import json
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,16 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "sync_memory"
 sys.path.insert(0, str(ROOT / "bench"))
 
-WIDE = """tables:
-- source: bench/orders
-  active: true
-  primary_key: [id]
-  columns:
-  - {name: id, type: long}
-  - {name: region, type: string}
-  - {name: amount, type: double}
-  - {name: note, type: string}
-"""
+# the wide shape and the timing are bench/dms_merge_bench.py's
+from dms_merge_bench import TABLES as WIDE, timed  # noqa: E402
 
 NARROW = """tables:
 - source: bench/orders
@@ -71,17 +61,6 @@ def generate(rows, path, narrow):
     con.execute(f"COPY (SELECT {columns} FROM range({rows}) t(i) ORDER BY i) TO '{path}' (HEADER false)")
 
 
-def timed(args):
-    """(seconds, peak RSS bytes, stdout) of `args` under /usr/bin/time -v."""
-    started = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-v", *map(str, args)], capture_output=True, text=True)
-    secs = time.perf_counter() - started
-    if out.returncode != 0:
-        raise SystemExit(f"{args[:3]} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) * 1024
-    return secs, rss, out.stdout
-
-
 def load(binary, data, tables, name, limit=None, threads=None):
     """Syncs the LOAD file `data` into a fresh lake; returns a result row and the lake."""
     work = OUT / name
@@ -99,7 +78,7 @@ def load(binary, data, tables, name, limit=None, threads=None):
              "--spill-dir", spill]
     if limit:
         args += ["--memory-limit", limit]
-    secs, rss, out = timed(args)
+    secs, rss, out = timed([str(a) for a in args])
     table = json.loads(out)["tables"][0]
     if table["status"] != "applied":
         raise SystemExit(f"{name}: {table['message']}")

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{InputFormat, TableConfig, TableEntry, TablesFile};
-use crate::core::change::ChangeBatch;
 use crate::report::progress::Progress;
 use crate::source::changelog::{self, ChangeFile, ChangeFormat, FileKind};
 use crate::source::extract::{self, InputFile};
@@ -88,13 +87,8 @@ fn change_file(data: &[u8], layout: &str, name: &str, format: ChangeFormat) -> b
     };
     let path = dir.write(name, data);
     let file = ChangeFile::new(path, name, FileKind::Change, format, data.len() as u64);
-    let mut batches: Vec<ChangeBatch> = Vec::new();
-    let mut keep = |b: ChangeBatch| -> crate::Result<()> {
-        batches.push(b);
-        Ok(())
-    };
     let limit = crate::config::DEFAULT_MEMORY_LIMIT;
-    changelog::read(&config, &file, 0, 0, limit, &mut keep).is_ok()
+    changelog::read(&config, &file, 0, 0, limit, &mut |_| Ok(())).is_ok()
 }
 
 /// Reads `data` as a DMS CSV change file (`Op`, commit timestamp, then the columns).

@@ -379,7 +379,7 @@ impl Groups<'_> {
         let shared_day = std::sync::OnceLock::new();
         let (total, mut applied, mut part) = (changes.rows(), 0usize, 0usize);
         let spilled = matches!(changes, RunChanges::Spilled(_));
-        while let Some(group) = next_group(changes).await? {
+        while let Some(group) = changes.next_group().await? {
             part += 1;
             if let (Some(bar), true) = (request.bar, spilled) {
                 bar.set_message(format!(
@@ -423,23 +423,6 @@ impl Groups<'_> {
             tombstones,
         })
     }
-}
-
-/// The next group of `changes` ([`RunChanges::next_group`]); spill files are read on a
-/// blocking thread.
-async fn next_group(changes: &mut RunChanges) -> Result<Option<Vec<ChangeBatch>>> {
-    if let RunChanges::Held(batches) = changes {
-        return Ok((!batches.is_empty()).then(|| std::mem::take(batches)));
-    }
-    let mut owned = std::mem::replace(changes, RunChanges::Held(Vec::new()));
-    let (owned, group) = tokio::task::spawn_blocking(move || {
-        let group = owned.next_group();
-        (owned, group)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("reading spilled changes failed: {e}")))?;
-    *changes = owned;
-    group
 }
 
 /// The tombstones a run writes: its `new` ones appended to the table, or, once the table

@@ -116,18 +116,20 @@ impl RunChanges {
     }
 
     /// Takes the next group of changes to apply: the held changes once, or the next
-    /// partition (None: every group was taken). Every change of a key is in one group.
+    /// partition, read from its spill files on a blocking thread (None: every group was
+    /// taken). Every change of a key is in one group.
     ///
     /// # Errors
     /// I/O and Arrow IPC errors of the spill files; [`Error::Internal`] for a spill file that
-    /// does not decode as changes.
-    pub fn next_group(&mut self) -> Result<Option<Vec<ChangeBatch>>> {
-        match self {
-            RunChanges::Held(batches) => match batches.is_empty() {
-                true => Ok(None),
-                false => Ok(Some(std::mem::take(batches))),
-            },
-            RunChanges::Spilled(s) => s.next_partition(),
+    /// does not decode as changes. The changes left are dropped with the error.
+    pub async fn next_group(&mut self) -> Result<Option<Vec<ChangeBatch>>> {
+        match std::mem::replace(self, RunChanges::Held(Vec::new())) {
+            RunChanges::Held(batches) => Ok((!batches.is_empty()).then_some(batches)),
+            RunChanges::Spilled(s) => {
+                let (s, group) = blocking(s, SpilledChanges::next_partition).await?;
+                *self = RunChanges::Spilled(s);
+                Ok(group)
+            }
         }
     }
 
@@ -167,7 +169,7 @@ pub async fn collect(
     let mut spilled: Option<SpilledChanges> = None;
     while let Some(batch) = stream.try_next().await? {
         if let Some(s) = spilled.take() {
-            spilled = Some(blocking(s, move |s| s.push(&batch)).await?);
+            spilled = Some(blocking(s, move |s| s.push(&batch)).await?.0);
             continue;
         }
         held_bytes += change_bytes(&batch);
@@ -194,21 +196,21 @@ pub async fn collect(
         }
     }
     Ok(match spilled {
-        Some(s) => RunChanges::Spilled(blocking(s, SpilledChanges::start).await?),
+        Some(s) => RunChanges::Spilled(blocking(s, SpilledChanges::start).await?.0),
         None => RunChanges::Held(held),
     })
 }
 
-/// Runs `work` on `changes` on a blocking thread (splitting, encoding and spilling, and
-/// waiting for a spill's writes, are no work for the async runtime's threads), and hands the
-/// changes back.
-async fn blocking(
+/// Runs `work` on `changes` on a blocking thread (splitting, encoding and spilling, waiting
+/// for a spill's writes and reading spill files are no work for the async runtime's
+/// threads), and hands the changes back with its result.
+async fn blocking<T: Send + 'static>(
     mut changes: SpilledChanges,
-    work: impl FnOnce(&mut SpilledChanges) -> Result<()> + Send + 'static,
-) -> Result<SpilledChanges> {
-    tokio::task::spawn_blocking(move || work(&mut changes).map(|()| changes))
+    work: impl FnOnce(&mut SpilledChanges) -> Result<T> + Send + 'static,
+) -> Result<(SpilledChanges, T)> {
+    tokio::task::spawn_blocking(move || work(&mut changes).map(|t| (changes, t)))
         .await
-        .map_err(|e| Error::Internal(format!("spilling changes failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("spilled changes: a blocking task failed: {e}")))?
 }
 
 /// Bytes a change batch holds: its Arrow buffers and its per-row vectors.
@@ -325,11 +327,6 @@ impl SpilledChanges {
     fn push(&mut self, batch: &ChangeBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
-        }
-        if payload_differs(&batch.rows.payload.schema(), &self.payload) {
-            return Err(Error::Internal(
-                "change batches of one run have different columns".into(),
-            ));
         }
         self.rows += batch.len();
         let encoded = self.encode(batch)?;
@@ -560,16 +557,6 @@ impl SpilledChanges {
     }
 }
 
-/// Whether payload columns `own` differ from `schema` in number or type.
-fn payload_differs(own: &SchemaRef, schema: &SchemaRef) -> bool {
-    own.fields().len() != schema.fields().len()
-        || own
-            .fields()
-            .iter()
-            .zip(schema.fields())
-            .any(|(a, b)| a.data_type() != b.data_type())
-}
-
 fn op_code(op: ChangeOp) -> u8 {
     match op {
         ChangeOp::Insert => 0,
@@ -748,7 +735,7 @@ mod tests {
         let stream = futures::stream::iter(changes.into_iter().map(Ok)).boxed();
         let mut collected = runtime.block_on(collect(stream, &memory, split)).unwrap();
         let mut groups = Vec::new();
-        while let Some(group) = collected.next_group().unwrap() {
+        while let Some(group) = runtime.block_on(collected.next_group()).unwrap() {
             groups.push(group);
         }
         let spill = collected.spill();

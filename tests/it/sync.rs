@@ -552,12 +552,17 @@ async fn only_files_holding_a_changed_key_are_rewritten() {
     assert_eq!(current["1"]["amount"], "10.0");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn without_a_primary_key_only_inserts_are_loaded() {
-    let tables = ORDERS
+/// ORDERS without a primary key, partitions or commit timestamps: an inserts-only table.
+fn keyless_orders() -> String {
+    ORDERS
         .replace("  primary_key: [id]\n", "")
         .replace("  partition_by: [region]\n", "")
-        .replace("  timestamp_column: ts\n", "");
+        .replace("  timestamp_column: ts\n", "")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_primary_key_only_inserts_are_loaded() {
+    let tables = keyless_orders();
     let l = Landing::new(&tables);
     l.file(
         "sales/orders",
@@ -580,10 +585,7 @@ async fn without_a_primary_key_only_inserts_are_loaded() {
 /// the order of the file, as a held run writes it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_keyless_full_load_over_the_memory_limit_spills_in_read_order() {
-    let tables = ORDERS
-        .replace("  primary_key: [id]\n", "")
-        .replace("  partition_by: [region]\n", "")
-        .replace("  timestamp_column: ts\n", "");
+    let tables = keyless_orders();
     let load: String = (0..6000)
         .map(|i| format!("{},{},{i}\n", i % 1000, ["east", "west"][i % 2]))
         .collect();
