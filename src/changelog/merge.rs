@@ -38,7 +38,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::dedupe::{last_per_key, Picked};
-use super::spill::RunChanges;
+use super::spill::{Group, RunChanges};
 use crate::config::tables::DeleteMode;
 use crate::config::ChangelogTable;
 use crate::core::batch::BATCH_ROWS;
@@ -66,8 +66,8 @@ pub struct ApplyRequest<'a> {
     /// The table: columns and key, delete mode, lake tables.
     pub config: &'a ChangelogTable,
     /// The run's changes, in any batch order (each change carries its source order): held,
-    /// or partitioned by keyhash and spilled (a run that does not read the current table; see
-    /// `changelog::spill`).
+    /// or split (by keyhash, or in read order) and spilled past half the run's memory; see
+    /// `changelog::spill`.
     pub changes: RunChanges,
     /// Replace the whole current table (a new DMS full load) instead of merging into it.
     pub reload: bool,
@@ -130,7 +130,8 @@ pub struct ApplySummary {
     /// Groups the changes were applied in, one after another: 1 when they were held in
     /// memory, else the keyhash partitions they were split into (see `changelog::spill`).
     pub partitions: u64,
-    /// Bytes of changes written to spill files (Arrow IPC; 0: held in memory).
+    /// Bytes of changes, and of a merge's stored rows of changed keys, written to spill files
+    /// (Arrow IPC; 0: held in memory).
     pub spilled_bytes: u64,
     /// Current table version after the run.
     pub current_version: Option<u64>,
@@ -343,6 +344,33 @@ struct Stored {
     removes: Vec<Remove>,
 }
 
+impl Stored {
+    /// Adds stored rows of changed keys (rows of the table schema).
+    fn add(&mut self, old: RecordBatch, keyhash_at: usize, operation_at: usize) {
+        if old.num_rows() == 0 {
+            return;
+        }
+        let keyhash = old.column(keyhash_at).as_binary::<i32>();
+        let ops = old.column(operation_at).as_string::<i32>();
+        for i in 0..old.num_rows() {
+            let k = key(keyhash.value(i));
+            self.at.insert(k, (self.rows.len(), i));
+            if ops.value(i) != "D" {
+                self.live.insert(k);
+            }
+        }
+        self.rows.push(old);
+    }
+}
+
+/// Where [`read_impacted`] puts the stored rows of changed keys.
+enum StoredTo<'a> {
+    /// In memory (a held merge).
+    Held(&'a mut Stored),
+    /// Into the partitions of the spilled changes (a spilled merge).
+    Spilled(&'a mut RunChanges),
+}
+
 /// A run's groups of changes merged one after another into the same run: the held changes,
 /// or each keyhash partition of spilled ones (`changelog::spill`).
 struct Groups<'a> {
@@ -376,10 +404,36 @@ impl Groups<'_> {
         };
         let mut known = None;
         let mut new = Vec::new();
+        // A spilled merge reads its impacted files once, with every changed key, before the
+        // first group, and pushes their stored rows into the changes' partitions: each group
+        // then carries the stored rows of its keys. The key set is dropped after the read.
+        let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
+        let keys = changes.take_merge_keys();
+        let spilled_merge = keys.is_some() && keyed && !request.reload;
+        if let (true, Some(keys)) = (spilled_merge, keys) {
+            changes.keep_stored(schema.clone(), keyhash_at)?;
+            if summary.current_files > 0 {
+                if let Some(bar) = request.bar {
+                    bar.set_message(format!(
+                        "reading the files that hold the {} changed keys",
+                        keys.len()
+                    ));
+                }
+                let to = StoredTo::Spilled(&mut *changes);
+                let read =
+                    read_impacted(self.lake, schema, &keys, &self.senders.current, summary, to)
+                        .await?;
+                removes.extend(read);
+            }
+        }
         let shared_day = std::sync::OnceLock::new();
         let (total, mut applied, mut part) = (changes.rows(), 0usize, 0usize);
         let spilled = matches!(changes, RunChanges::Spilled(_));
-        while let Some(group) = changes.next_group().await? {
+        while let Some(Group {
+            changes: group,
+            stored,
+        }) = changes.next_group().await?
+        {
             part += 1;
             if let (Some(bar), true) = (request.bar, spilled) {
                 bar.set_message(format!(
@@ -406,8 +460,31 @@ impl Groups<'_> {
                 run_days: self.run_days,
                 out: &out,
             };
-            let (group_removes, tombstones) =
-                merge.run(summary, tomb_table.as_ref(), &mut known).await?;
+            // a spilled merge's stored rows of the group's keys, indexed on a blocking thread
+            let given = match stored {
+                Some(rows) => {
+                    if group.is_empty() && rows.iter().any(|r| r.num_rows() > 0) {
+                        return Err(Error::Internal(
+                            "stored rows of changed keys came without their changes".into(),
+                        ));
+                    }
+                    Some(
+                        tokio::task::spawn_blocking(move || {
+                            let mut stored = Stored::default();
+                            for batch in rows {
+                                stored.add(batch, keyhash_at, operation_at);
+                            }
+                            stored
+                        })
+                        .await
+                        .map_err(|e| Error::Internal(format!("indexing stored rows: {e}")))?,
+                    )
+                }
+                None => None,
+            };
+            let (group_removes, tombstones) = merge
+                .run(summary, tomb_table.as_ref(), &mut known, given.as_ref())
+                .await?;
             removes.extend(group_removes);
             new.extend(tombstones);
         }
@@ -486,12 +563,15 @@ impl Merge<'_> {
 
     /// Sends every output row of the group to the writers; returns the remove actions of the
     /// current files it rewrites (a merge), and the new tombstones of its keys. `known` are
-    /// the tombstones of earlier runs, read from `tomb_table` when first needed.
+    /// the tombstones of earlier runs, read from `tomb_table` when first needed. `given` are
+    /// the stored rows of the group's keys when a spilled merge read them already (the
+    /// group's files are then not read).
     async fn run(
         &self,
         summary: &mut ApplySummary,
         tomb_table: Option<&DeltaTable>,
         known: &mut Option<DigestMap<Tombstone>>,
+        given: Option<&Stored>,
     ) -> Result<(Vec<Remove>, Vec<(Key, Tombstone)>)> {
         let request = self.request;
         if request.config.insert_only || request.append {
@@ -504,11 +584,12 @@ impl Merge<'_> {
         summary.keys_changed += winners.len() as u64;
         // Stored rows of changed keys (for history D rows and ignored deletes); a reload
         // reads none.
-        let mut stored = match !request.reload && summary.current_files > 0 {
-            true => self.stored_rows(&winners, summary).await?,
-            false => Stored::default(),
-        };
-        let removes = std::mem::take(&mut stored.removes);
+        let mut read = Stored::default();
+        if given.is_none() && !request.reload && summary.current_files > 0 {
+            read = self.stored_rows(&winners, summary).await?;
+        }
+        let removes = std::mem::take(&mut read.removes);
+        let stored = given.unwrap_or(&read);
         // Tombstones of keys that have no stored row, read when such a key's last change has a
         // position and is not a delete (a late change could bring a deleted key back; a
         // delete of a key current does not hold is ignored, stale or not). Only such changes
@@ -526,7 +607,7 @@ impl Merge<'_> {
             *known = Some(tombstones::read(table).await?);
         }
         let new = self
-            .resolve(winners, &stored, known.as_ref(), summary)
+            .resolve(winners, stored, known.as_ref(), summary)
             .await?;
         Ok((removes, new))
     }
@@ -553,49 +634,24 @@ impl Merge<'_> {
     /// Reads the current files that hold a changed key: their other rows are copied to the
     /// current writer, the changed keys' rows are kept as [`Stored`].
     async fn stored_rows(&self, winners: &[Picked], summary: &mut ApplySummary) -> Result<Stored> {
-        let (changes, schema) = (self.changes, self.schema);
+        let changes = self.changes;
         let mut changed: DigestMap<()> = DigestMap::default();
         changed.reserve(winners.len());
         for p in winners {
             changed.insert(key(changes[p.batch].rows.keyhash.value(p.row)), ());
         }
-        let scan = Instant::now();
-        let impacted = impacted_files(&self.lake.current, &changed).await?;
-        summary.stages.impacted_scan_secs += scan.elapsed().as_secs_f64();
-        summary.files_rewritten += impacted.len() as u64;
-        let mut stored = Stored {
-            removes: impacted.values().cloned().collect(),
-            ..Default::default()
-        };
-        if impacted.is_empty() {
-            return Ok(stored);
-        }
-        // conformed batches have the table schema: columns by position
-        let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
-        let mut stream = scan_files(&self.lake.current, impacted.keys().cloned()).await?;
-        while let Some(batch) = stream.next().await {
-            let batch = delta::conform(&batch?, schema, &HashMap::new())?;
-            let keyhash = batch.column(keyhash_at).as_binary::<i32>();
-            let hit: BooleanArray = (0..batch.num_rows())
-                .map(|i| Some(changed.contains_key(&key(keyhash.value(i)))))
-                .collect();
-            let kept = filter_record_batch(&batch, &deltalake::arrow::compute::not(&hit)?)?;
-            summary.rows_copied += kept.num_rows() as u64;
-            send(self.out.current, kept).await?;
-            let old = filter_record_batch(&batch, &hit)?;
-            if old.num_rows() > 0 {
-                let keyhash = old.column(keyhash_at).as_binary::<i32>();
-                let ops = old.column(operation_at).as_string::<i32>();
-                for i in 0..old.num_rows() {
-                    let k = key(keyhash.value(i));
-                    stored.at.insert(k, (stored.rows.len(), i));
-                    if ops.value(i) != "D" {
-                        stored.live.insert(k);
-                    }
-                }
-                stored.rows.push(old);
-            }
-        }
+        let mut stored = Stored::default();
+        let to = StoredTo::Held(&mut stored);
+        let removes = read_impacted(
+            self.lake,
+            self.schema,
+            &changed,
+            self.out.current,
+            summary,
+            to,
+        )
+        .await?;
+        stored.removes = removes;
         Ok(stored)
     }
 
@@ -1193,6 +1249,45 @@ async fn send(tx: &tokio::sync::mpsc::Sender<RecordBatch>, batch: RecordBatch) -
         return Ok(());
     }
     tx.send(batch).await.map_err(|_| Error::WriterGone)
+}
+
+/// Reads the current files that hold a key of `changed` (once each): their other rows go to
+/// `current`, the rows of changed keys to `to`. Returns the remove actions of the files read.
+async fn read_impacted(
+    lake: &DeltaLake,
+    schema: &SchemaRef,
+    changed: &DigestMap<()>,
+    current: &tokio::sync::mpsc::Sender<RecordBatch>,
+    summary: &mut ApplySummary,
+    mut to: StoredTo<'_>,
+) -> Result<Vec<Remove>> {
+    let scan = Instant::now();
+    let impacted = impacted_files(&lake.current, changed).await?;
+    summary.stages.impacted_scan_secs += scan.elapsed().as_secs_f64();
+    summary.files_rewritten += impacted.len() as u64;
+    if impacted.is_empty() {
+        return Ok(Vec::new());
+    }
+    // conformed batches have the table schema: columns by position
+    let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
+    let mut stream = scan_files(&lake.current, impacted.keys().cloned()).await?;
+    while let Some(batch) = stream.next().await {
+        let batch = delta::conform(&batch?, schema, &HashMap::new())?;
+        let keyhash = batch.column(keyhash_at).as_binary::<i32>();
+        let hit: BooleanArray = (0..batch.num_rows())
+            .map(|i| Some(changed.contains_key(&key(keyhash.value(i)))))
+            .collect();
+        let kept = filter_record_batch(&batch, &deltalake::arrow::compute::not(&hit)?)?;
+        summary.rows_copied += kept.num_rows() as u64;
+        send(current, kept).await?;
+        let old = filter_record_batch(&batch, &hit)?;
+        match &mut to {
+            StoredTo::Held(stored) => stored.add(old, keyhash_at, operation_at),
+            StoredTo::Spilled(changes) if old.num_rows() > 0 => changes.push_stored(old).await?,
+            StoredTo::Spilled(_) => {}
+        }
+    }
+    Ok(impacted.into_values().collect())
 }
 
 /// The data files of `table` holding a key of `changed`, by file id (the scan's file URL),

@@ -1,9 +1,8 @@
 //! A change-log run's changes within its memory budget (`sync --memory-limit`).
 //!
 //! A run's changes are held in memory while they take at most half the budget
-//! ([`RunChanges::Held`]: every merge, and every small run). A run that writes the current
-//! table anew or only adds to it does not read the table, so its changes can be handled a
-//! group at a time, past half the budget ([`Split`]):
+//! ([`RunChanges::Held`]: every small run). Past half the budget a run's changes are handled
+//! a group at a time ([`Split`]):
 //!
 //! - A DMS full load of a keyed table is split by keyhash into [`FIRST_PARTITIONS`]
 //!   partitions held in a [`SpillStore`] of a quarter of the budget, whose largest partitions
@@ -17,9 +16,13 @@
 //!   change per key: they are spilled in read order, in parts of a quarter of the budget, and
 //!   written part by part, so their files keep the read order.
 //!
-//! A merge (changes into an existing table) is held whole: its impacted files are rewritten
-//! once with every changed key (a file must not be rewritten per partition). Its memory is its
-//! changes, not the table's.
+//! - A merge (changes into an existing table) is split by keyhash as a full load is, and keeps
+//!   the set of its changed keys ([`RunChanges::take_merge_keys`]: 16-byte digests in a hash
+//!   set, outside the budget). Its impacted files are each read once with that set, before the
+//!   first partition: their other rows are copied, and the stored rows of the changed keys are
+//!   pushed into the same partitions as a second side of the store
+//!   ([`RunChanges::keep_stored`], [`RunChanges::push_stored`]), split again with the changes.
+//!   Each group then merges its changes with the stored rows of its own keys ([`Group`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ use futures::TryStreamExt;
 
 use crate::core::batch::HashedBatch;
 use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
+use crate::core::key::{key, DigestMap};
 use crate::core::spill::{Partitioner, SpillStore};
 use crate::error::{Error, Result};
 
@@ -55,10 +59,13 @@ const IN_ORDER_PARTS: usize = 4096;
 /// How a run's changes are split once they take over half its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
-    /// Not at all: held whole (a merge, whose impacted files are each rewritten once).
+    /// Not at all: held whole (a run that may not spill).
     Never,
     /// By keyhash: a reload, whose last change per key is then taken partition by partition.
     ByKey,
+    /// By keyhash, keeping the set of changed keys: a merge, whose impacted files are read
+    /// once with every changed key, their stored rows split with the changes.
+    Merge,
     /// In read order, a quarter of the limit at a time: an append or a table without a key,
     /// which take no last change per key (their files keep the read order).
     InOrder,
@@ -98,6 +105,17 @@ pub struct ChangeSpill {
     pub spilled_bytes: u64,
 }
 
+/// A group of a run's changes applied on its own: every change of its keys, and, in a spilled
+/// merge, the stored rows of its keys.
+#[derive(Debug, Default)]
+pub struct Group {
+    /// The changes, in read order per file.
+    pub changes: Vec<ChangeBatch>,
+    /// The stored rows (current table rows) of the group's changed keys, when a spilled merge
+    /// read them ([`RunChanges::keep_stored`]); None: the merge reads them itself.
+    pub stored: Option<Vec<RecordBatch>>,
+}
+
 /// A run's changes: held, or partitioned by keyhash and partly on disk.
 pub enum RunChanges {
     /// Every change in memory, in read order.
@@ -122,13 +140,65 @@ impl RunChanges {
     /// # Errors
     /// I/O and Arrow IPC errors of the spill files; [`Error::Internal`] for a spill file that
     /// does not decode as changes. The changes left are dropped with the error.
-    pub async fn next_group(&mut self) -> Result<Option<Vec<ChangeBatch>>> {
+    pub async fn next_group(&mut self) -> Result<Option<Group>> {
         match std::mem::replace(self, RunChanges::Held(Vec::new())) {
-            RunChanges::Held(batches) => Ok((!batches.is_empty()).then_some(batches)),
+            RunChanges::Held(batches) => Ok((!batches.is_empty()).then_some(Group {
+                changes: batches,
+                stored: None,
+            })),
             RunChanges::Spilled(s) => {
                 let (s, group) = blocking(s, SpilledChanges::next_partition).await?;
                 *self = RunChanges::Spilled(s);
                 Ok(group)
+            }
+        }
+    }
+
+    /// Takes the changed keys of a merge that spilled ([`Split::Merge`]) out of the changes:
+    /// None when held, or taken already.
+    pub fn take_merge_keys(&mut self) -> Option<DigestMap<()>> {
+        match self {
+            RunChanges::Held(_) => None,
+            RunChanges::Spilled(s) => s.keys.take(),
+        }
+    }
+
+    /// Makes room for the stored rows of a spilled merge's changed keys, rows of `schema`
+    /// whose keyhash is column `keyhash_at`: each group then carries the stored rows of its
+    /// keys ([`Group::stored`], empty when none were pushed). Before the first group only.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the changes are held, or a group was taken already.
+    pub fn keep_stored(&mut self, schema: SchemaRef, keyhash_at: usize) -> Result<()> {
+        match self {
+            RunChanges::Spilled(s) if s.taken == 0 && s.stack.len() == 1 => {
+                s.stack[0].store.add_side(schema.clone());
+                s.stored = Some((schema, keyhash_at));
+                Ok(())
+            }
+            _ => Err(Error::Internal(
+                "stored rows are kept beside spilled changes only, before the first group".into(),
+            )),
+        }
+    }
+
+    /// Splits stored rows of changed keys into the changes' partitions (on a blocking thread;
+    /// see [`keep_stored`](Self::keep_stored)).
+    ///
+    /// # Errors
+    /// I/O and Arrow IPC errors while spilling; [`Error::Internal`] when no room was made.
+    pub async fn push_stored(&mut self, batch: RecordBatch) -> Result<()> {
+        match std::mem::replace(self, RunChanges::Held(Vec::new())) {
+            RunChanges::Spilled(s) => {
+                let (s, ()) = blocking(s, move |s| s.push_stored(&batch)).await?;
+                *self = RunChanges::Spilled(s);
+                Ok(())
+            }
+            held => {
+                *self = held;
+                Err(Error::Internal(
+                    "stored rows pushed beside held changes".into(),
+                ))
             }
         }
     }
@@ -184,7 +254,7 @@ pub async fn collect(
             let batches = std::mem::take(&mut held);
             let memory = memory.clone();
             let s = tokio::task::spawn_blocking(move || {
-                let mut s = SpilledChanges::new(&batches[0], &memory, split == Split::InOrder)?;
+                let mut s = SpilledChanges::new(&batches[0], &memory, split)?;
                 for batch in batches {
                     s.push(&batch)?;
                 }
@@ -201,14 +271,17 @@ pub async fn collect(
     })
 }
 
-/// Runs `work` on `changes` on a blocking thread (splitting, encoding and spilling, waiting
-/// for a spill's writes and reading spill files are no work for the async runtime's
-/// threads), and hands the changes back with its result.
-async fn blocking<T: Send + 'static>(
-    mut changes: SpilledChanges,
-    work: impl FnOnce(&mut SpilledChanges) -> Result<T> + Send + 'static,
-) -> Result<(SpilledChanges, T)> {
-    tokio::task::spawn_blocking(move || work(&mut changes).map(|t| (changes, t)))
+/// Runs `work` on `spilled` (changes or stored rows) on a blocking thread (splitting,
+/// encoding and spilling, waiting for a spill's writes and reading spill files are no work for
+/// the async runtime's threads), and hands it back with the work's result.
+///
+/// # Errors
+/// `work`'s errors; [`Error::Internal`] when the blocking task panicked.
+pub async fn blocking<S: Send + 'static, T: Send + 'static>(
+    mut spilled: S,
+    work: impl FnOnce(&mut S) -> Result<T> + Send + 'static,
+) -> Result<(S, T)> {
+    tokio::task::spawn_blocking(move || work(&mut spilled).map(|t| (spilled, t)))
         .await
         .map_err(|e| Error::Internal(format!("spilled changes: a blocking task failed: {e}")))?
 }
@@ -256,6 +329,11 @@ pub struct SpilledChanges {
     taken: u64,
     /// Bytes spilled by stores already emptied.
     spilled_bytes: u64,
+    /// The changed keys ([`Split::Merge`]), until taken.
+    keys: Option<DigestMap<()>>,
+    /// The schema of the stored rows kept as side 1 of the stores, and their keyhash column
+    /// ([`RunChanges::keep_stored`]).
+    stored: Option<(SchemaRef, usize)>,
 }
 
 /// Names of the change fields after the payload columns in a spilled batch.
@@ -276,7 +354,8 @@ const FIELDS: [(&str, DataType, bool); 11] = [
 
 impl SpilledChanges {
     /// An empty set of partitions (or of parts in read order) for changes shaped like `first`.
-    fn new(first: &ChangeBatch, memory: &RunMemory, in_order: bool) -> Result<Self> {
+    fn new(first: &ChangeBatch, memory: &RunMemory, split: Split) -> Result<Self> {
+        let in_order = split == Split::InOrder;
         let payload = first.rows.payload.schema();
         let mut fields: Vec<Field> = payload
             .fields()
@@ -315,7 +394,29 @@ impl SpilledChanges {
             rows: 0,
             taken: 0,
             spilled_bytes: 0,
+            keys: (split == Split::Merge).then(DigestMap::default),
+            stored: None,
         })
+    }
+
+    /// Splits stored rows into the first level's partitions, side 1.
+    fn push_stored(&mut self, batch: &RecordBatch) -> Result<()> {
+        let Some((_, at)) = self.stored else {
+            return Err(Error::Internal("stored rows pushed without room".into()));
+        };
+        let level = &mut self.stack[0];
+        for (partition, piece) in Partitioner::new(level.partitions).split(batch, at)? {
+            level.bytes[partition] += piece.get_array_memory_size();
+            level.store.push(1, partition, piece)?;
+        }
+        Ok(())
+    }
+
+    /// The schemas of the stores' sides: the changes, then the stored rows if kept.
+    fn sides(&self) -> Vec<SchemaRef> {
+        let mut sides = vec![self.schema.clone()];
+        sides.extend(self.stored.as_ref().map(|(s, _)| s.clone()));
+        sides
     }
 
     /// Column of the keyhash in a spilled batch.
@@ -329,6 +430,9 @@ impl SpilledChanges {
             return Ok(());
         }
         self.rows += batch.len();
+        if let Some(keys) = &mut self.keys {
+            keys.extend(batch.rows.keyhash.iter().flatten().map(|k| (key(k), ())));
+        }
         let encoded = self.encode(batch)?;
         let at = self.keyhash_at();
         let budget = self.memory.part_budget();
@@ -360,14 +464,22 @@ impl SpilledChanges {
         Ok(())
     }
 
-    /// The next partition's changes, splitting a partition over the budget again.
-    fn next_partition(&mut self) -> Result<Option<Vec<ChangeBatch>>> {
+    /// The next partition's changes (and stored rows), splitting a partition over the budget
+    /// again.
+    fn next_partition(&mut self) -> Result<Option<Group>> {
         let budget = self.memory.part_budget();
+        let sides = self.sides().len();
         loop {
             let Some(top) = self.stack.last_mut() else {
                 return Ok(None);
             };
             if top.next == top.partitions {
+                let left: u64 = (0..sides).map(|side| top.store.rows(side)).sum();
+                if left > 0 {
+                    return Err(Error::Internal(format!(
+                        "{left} spilled rows were left in their partitions"
+                    )));
+                }
                 self.spilled_bytes += top.store.stats().spilled_bytes;
                 self.stack.pop();
                 continue;
@@ -388,23 +500,27 @@ impl SpilledChanges {
                     partitions,
                     "a partition of changes is over its budget: split again"
                 );
-                let mut store = SpillStore::new(
-                    vec![self.schema.clone()],
-                    partitions,
-                    budget,
-                    &self.memory.spill_dir,
-                )?;
+                let sides = self.sides();
+                let top = self.stack.last_mut().expect("the level taken from");
+                let mut store = SpillStore::new(sides, partitions, budget, &self.memory.spill_dir)?;
                 let split = Partitioner::nested(partitions, level);
-                let at = self.payload.fields().len();
                 let mut sizes = vec![0; partitions];
-                // one spilled segment at a time: the partition is never read whole
-                top.store.take_each(0, partition, |batch| {
-                    for (p, piece) in split.split(&batch, at)? {
-                        sizes[p] += piece.get_array_memory_size();
-                        store.push(0, p, piece)?;
-                    }
-                    Ok(())
-                })?;
+                // each side by its keyhash column, one spilled segment at a time: the
+                // partition is never read whole
+                let keyhash = [
+                    Some(self.payload.fields().len()),
+                    self.stored.as_ref().map(|s| s.1),
+                ];
+                for (side, at) in keyhash.into_iter().enumerate() {
+                    let Some(at) = at else { continue };
+                    top.store.take_each(side, partition, |batch| {
+                        for (p, piece) in split.split(&batch, at)? {
+                            sizes[p] += piece.get_array_memory_size();
+                            store.push(side, p, piece)?;
+                        }
+                        Ok(())
+                    })?;
+                }
                 store.land()?;
                 self.stack.push(Level {
                     store,
@@ -416,12 +532,16 @@ impl SpilledChanges {
                 continue;
             }
             let batches = top.store.take(0, partition)?;
+            let stored = match self.stored.is_some() {
+                true => Some(top.store.take(1, partition)?),
+                false => None,
+            };
             self.taken += 1;
-            let mut out = Vec::new();
+            let mut changes = Vec::new();
             for batch in &batches {
-                self.decode(batch, &mut out)?;
+                self.decode(batch, &mut changes)?;
             }
-            return Ok(Some(out));
+            return Ok(Some(Group { changes, stored }));
         }
     }
 
@@ -736,7 +856,8 @@ mod tests {
         let mut collected = runtime.block_on(collect(stream, &memory, split)).unwrap();
         let mut groups = Vec::new();
         while let Some(group) = runtime.block_on(collected.next_group()).unwrap() {
-            groups.push(group);
+            assert!(group.stored.is_none(), "no stored rows were kept");
+            groups.push(group.changes);
         }
         let spill = collected.spill();
         drop(collected);
@@ -746,6 +867,19 @@ mod tests {
     }
 
     use futures::StreamExt;
+
+    /// Names of the files under `dir`, recursively.
+    fn walkdir(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            match entry.file_type().unwrap().is_dir() {
+                true => out.extend(walkdir(&entry.path())),
+                false => out.push(entry.file_name().to_string_lossy().into_owned()),
+            }
+        }
+        out
+    }
 
     /// Changes of `files` files, `per_file` each, over `keys` keys.
     fn changes(files: usize, per_file: usize, keys: u16) -> Vec<ChangeBatch> {
@@ -796,13 +930,116 @@ mod tests {
     }
 
     #[test]
-    fn a_merge_is_held_whatever_its_size() {
+    fn a_run_that_is_never_split_is_held_whatever_its_size() {
         let input = changes(3, 2000, 500);
         let expected = rows_of(&input);
         let (groups, spill) = run(input, 4096, Split::Never);
         assert_eq!(groups.len(), 1);
         assert_eq!(rows_of(&groups[0]), expected);
         assert_eq!(spill.spilled_bytes, 0);
+    }
+
+    #[test]
+    fn a_spilled_merge_keeps_its_changed_keys_and_hands_each_group_the_stored_rows_of_its_keys() {
+        let input = changes(4, 3000, 2000);
+        let keys: std::collections::BTreeSet<u128> = input
+            .iter()
+            .flat_map(|b| b.rows.keyhash.iter().flatten().map(key).collect::<Vec<_>>())
+            .collect();
+        let expected = rows_of(&input);
+        let dir = tempfile::tempdir().unwrap();
+        let memory = RunMemory {
+            limit: 64 << 10,
+            spill_dir: dir.path().to_path_buf(),
+            spill: true,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let stream = futures::stream::iter(input.into_iter().map(Ok)).boxed();
+        let mut collected = runtime
+            .block_on(collect(stream, &memory, Split::Merge))
+            .unwrap();
+        let kept: std::collections::BTreeSet<u128> = collected
+            .take_merge_keys()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect();
+        assert_eq!(kept, keys, "every changed key, once");
+        assert!(collected.take_merge_keys().is_none(), "taken once");
+        // stored rows, one per key (as current holds them), beside the changes
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("keyhash", DataType::Binary, false),
+        ]));
+        collected.keep_stored(schema.clone(), 1).unwrap();
+        let before = collected.spill().spilled_bytes;
+        let ids: Vec<u16> = (0..2000).collect();
+        for chunk in ids.chunks(300) {
+            let digests: Vec<[u8; 16]> = chunk.iter().map(|&k| digest(k)).collect();
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(UInt64Array::from_iter_values(
+                        chunk.iter().map(|&k| k as u64),
+                    )),
+                    Arc::new(BinaryArray::from_iter_values(digests.iter())),
+                ],
+            )
+            .unwrap();
+            runtime.block_on(collected.push_stored(batch)).unwrap();
+        }
+        let (mut got, mut stored_ids, mut groups) = (Vec::new(), Vec::new(), 0u64);
+        while let Some(group) = runtime.block_on(collected.next_group()).unwrap() {
+            groups += 1;
+            if groups == 1 {
+                // the stored rows of partitions not taken yet are in spill files of side 1
+                let files: Vec<String> = walkdir(dir.path());
+                assert!(
+                    files.iter().any(|f| f.starts_with("s1-")),
+                    "stored rows spilled: {files:?}"
+                );
+            }
+            let group_keys: std::collections::HashSet<u16> =
+                rows_of(&group.changes).iter().map(|r| r.0).collect();
+            for batch in group
+                .stored
+                .expect("a merge's group carries its stored rows")
+            {
+                assert_eq!(batch.schema(), schema);
+                let ids = batch.column(0).as_primitive::<UInt64Type>();
+                for (i, k) in batch.column(1).as_binary::<i32>().iter().enumerate() {
+                    assert_eq!(key_of(k.unwrap()) as u64, ids.value(i));
+                    assert!(
+                        group_keys.contains(&key_of(k.unwrap())),
+                        "stored row of key {} in the group of its changes",
+                        ids.value(i)
+                    );
+                    stored_ids.push(ids.value(i));
+                }
+            }
+            got.extend(rows_of(&group.changes));
+        }
+        let spill = collected.spill();
+        assert_eq!(spill.partitions, groups);
+        assert!(
+            groups > FIRST_PARTITIONS as u64,
+            "partitions were split again, stored rows with their changes: {spill:?}"
+        );
+        assert!(spill.spilled_bytes > before);
+        stored_ids.sort_unstable();
+        assert_eq!(
+            stored_ids,
+            (0..2000).collect::<Vec<u64>>(),
+            "every stored row in exactly one group"
+        );
+        let mut expected = expected;
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected, "every change once");
+        drop(collected);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -357,13 +357,13 @@ async fn run_source_once<S: ChangeSource>(
     }
     bar.set_message(format!("reading {} {}(s)", pending.units, source.unit()));
     let reading = Instant::now();
-    // A run that does not read the current table may split its changes past half its memory
-    // limit and spill them (`changelog::spill`): in read order where it takes no last change
-    // per key, else by key.
+    // A run splits its changes past half its memory limit and spills them
+    // (`changelog::spill`): in read order where it takes no last change per key, else by key
+    // (a merge keeping the set of its changed keys, to read its impacted files once).
     let split = match (pending.append || config.insert_only, pending.reload) {
         (true, _) => Split::InOrder,
         (false, true) => Split::ByKey,
-        (false, false) => Split::Never,
+        (false, false) => Split::Merge,
     };
     let changes = collect(source.changes(), memory, split).await?;
     done.read_secs = reading.elapsed().as_secs_f64();

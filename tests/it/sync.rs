@@ -305,7 +305,7 @@ async fn a_full_load_writes_its_rows_once_for_both_tables() {
 /// (stale: older than their key's delete) and new ones: every counter of the run, and the
 /// tombstones, are those of a held run.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_full_load_over_the_memory_limit_spills_and_writes_what_a_held_one_does() {
+async fn full_loads_and_merges_over_the_memory_limit_spill_and_write_what_held_ones_do() {
     let region = |i: usize| ["east", "west", "north"][i % 3];
     let load1: String = (0..3000)
         .map(|i| format!("{i},{},{i}\n", region(i)))
@@ -338,11 +338,45 @@ async fn a_full_load_over_the_memory_limit_spills_and_writes_what_a_held_one_doe
             }
         }
     }
+    // run 3, a merge: updates (some move partition), deletes, late (stale) updates, deletes of
+    // keys the table does not hold, inserts, a delete then a re-insert of one key, and keys
+    // changed twice
+    let merge: String = (0..4000)
+        .step_by(5)
+        .enumerate()
+        .map(|(n, i)| {
+            let ts = format!("2024-03-06 09:{:02}:{:02}.{n:06}", n / 60 % 60, n % 60);
+            match i % 4 {
+                0 => format!("D,{ts},{i},{},0\n", region(i)),
+                1 => format!("U,{ts},{i},{},{i}.5\n", region(i + 1)),
+                2 => format!("U,{ts},{i},{},{i}.25\n", region(i)),
+                _ => format!("U,2024-01-15 07:00:00.{n:06},{i},{},7\n", region(i)),
+            }
+        })
+        .chain((0..200).map(|n| format!("D,2024-03-06 10:00:00.{n:06},{},east,0\n", 50_000 + n)))
+        .chain((0..300).map(|n| {
+            format!(
+                "I,2024-03-06 10:00:01.{n:06},{},{},3\n",
+                30_000 + n,
+                region(n)
+            )
+        }))
+        .chain((0..4000).step_by(40).map(|i| {
+            format!(
+                "I,2024-03-06 11:00:00.{i:06},{i},{},{i}.125\n",
+                region(i + 2)
+            )
+        }))
+        .collect();
     for tables in [
         ORDERS.to_string(),
         ORDERS.replace("  partition_by: [region]\n", ""),
+        ORDERS.replace(
+            "  timestamp_column: ts\n",
+            "  timestamp_column: ts\n  delete_mode: soft\n",
+        ),
     ] {
-        let mut lakes = Vec::new();
+        let (mut lakes, mut merges) = (Vec::new(), Vec::new());
         for limit in [1u64 << 30, 64 << 10] {
             let l = Landing::new(&tables);
             l.file("sales/orders", "LOAD00000001.csv", &load1);
@@ -370,9 +404,12 @@ async fn a_full_load_over_the_memory_limit_spills_and_writes_what_a_held_one_doe
                 "the spill folder is removed"
             );
             let current = l.current("sales/orders").await;
-            let got: std::collections::BTreeSet<usize> =
-                current.keys().map(|k| k.parse().unwrap()).collect();
-            assert_eq!(got, ids);
+            let got: std::collections::BTreeSet<usize> = current
+                .iter()
+                .filter(|(_, r)| r["operation"] != "D")
+                .map(|(k, _)| k.parse().unwrap())
+                .collect();
+            assert_eq!(got, ids, "live keys");
             let mut history: Vec<Row> = l.table("sales/orders", "history").await;
             history.sort();
             let first = (shape(&current), history, a.inserted, a.updated, a.deleted);
@@ -421,16 +458,80 @@ async fn a_full_load_over_the_memory_limit_spills_and_writes_what_a_held_one_doe
                 (a.tombstones_written, a.files_rewritten),
             );
             let current = shape(&l.current("sales/orders").await);
-            lakes.push((
-                first,
-                (current, history, tombstones, format!("{counters:?}")),
-            ));
+            let second = (current, history, tombstones, format!("{counters:?}"));
+            if limit > 1 << 20 {
+                merges.push(merge_copies(&l, &merge).await);
+            }
+            lakes.push((first, second));
         }
         assert_eq!(
             lakes[0], lakes[1],
             "spilled and held runs write the same rows"
         );
     }
+}
+
+/// Merges the change file `merge` into three copies of `l`'s landing and lake: held (1 GiB),
+/// spilled (64 KiB), and spilled with its partitions split again (4 KiB); asserts that the
+/// three write the same current rows (every column), history, tombstones and counters.
+async fn merge_copies(l: &Landing, merge: &str) -> usize {
+    let mut results = Vec::new();
+    for limit in [1u64 << 30, 64 << 10, 4 << 10] {
+        let c = Landing {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        copy_tree(&l.root(), &c.root());
+        copy_tree(&l.lake(), &c.lake());
+        c.file("sales/orders", "20240306-0900000000.csv", merge);
+        let spill = tempfile::tempdir().unwrap();
+        let mut options = c.options();
+        options.memory_limit = limit;
+        options.spill_dir = Some(spill.path().to_path_buf());
+        let s = sync(&options).await.unwrap();
+        let t = &s.tables[0];
+        assert_eq!((t.status.as_str(), t.reload), ("applied", false), "{t:?}");
+        let a = t.apply.as_ref().unwrap();
+        assert!(
+            a.stale > 0 && a.ignored_deletes > 0 && a.deleted > 0 && a.files_rewritten > 0,
+            "{a:?}"
+        );
+        match limit {
+            l if l > 1 << 20 => assert_eq!((a.partitions, a.spilled_bytes), (1, 0), "{a:?}"),
+            l if l > 16 << 10 => assert!(a.partitions > 1 && a.spilled_bytes > 0, "{a:?}"),
+            _ => assert!(a.partitions > 64, "partitions split again: {a:?}"),
+        }
+        assert_eq!(
+            std::fs::read_dir(spill.path()).unwrap().count(),
+            0,
+            "the spill folder is removed"
+        );
+        let mut current: Vec<Row> = c.table("sales/orders", "current").await;
+        current.sort();
+        let mut history: Vec<Row> = c.table("sales/orders", "history").await;
+        history.sort();
+        let mut tombstones: Vec<Row> = c.table("sales/orders", "tombstones").await;
+        tombstones.sort();
+        let counters = format!(
+            "{:?}",
+            (
+                a.changes_read,
+                a.keys_changed,
+                (a.inserted, a.updated, a.deleted),
+                (a.ignored_deletes, a.stale, a.stale_files.clone()),
+                (a.tombstones_written, a.files_rewritten, a.rows_copied),
+            )
+        );
+        results.push((current, history, tombstones, counters));
+    }
+    assert_eq!(
+        results[0], results[1],
+        "held and spilled merges write the same"
+    );
+    assert_eq!(
+        results[0], results[2],
+        "held and split-again merges write the same"
+    );
+    results[0].0.len()
 }
 
 /// Copies the folder `from` into `to`, recursively (new modification times).

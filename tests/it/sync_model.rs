@@ -1,7 +1,8 @@
 //! Property test: random change logs (interleavings of I/U/D per key, re-inserted keys, several
 //! files per run, several runs, partition moves, soft or hard deletes, a DMS full load first or
 //! not, a partitioned current table or not: an unpartitioned one shares a full load's files with
-//! history; a full load held in memory or partitioned by key and spilled) applied by `sync`,
+//! history; runs held in memory or, at a 1 KiB limit, partitioned by key and spilled: full
+//! loads, and merges with their stored rows) applied by `sync`,
 //! against a small in-memory replay of the rules. Replay a failure
 //! with PROPERTY_TEST_SEED and PROPTEST_CASES.
 
@@ -145,7 +146,8 @@ fn change_logs_match_the_reference_model() {
                 run_date: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
                 progress: false,
                 spill_dir: None,
-                // 1 KiB: a full load is partitioned by key and spilled (`changelog::spill`)
+                // 1 KiB: full loads and merges are partitioned by key and spilled
+                // (`changelog::spill`)
                 memory_limit: if tiny_memory { 1 << 10 } else { 1 << 30 },
             };
             // The model takes a full load as the first run's first file, of inserts.

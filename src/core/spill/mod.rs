@@ -308,6 +308,15 @@ impl SpillStore {
         })
     }
 
+    /// Adds a side of rows of `schema` (every partition empty); returns its index.
+    pub fn add_side(&mut self, schema: SchemaRef) -> usize {
+        let partitions = self.parts.first().map_or(1, Vec::len);
+        self.schemas.push(schema);
+        self.parts
+            .push((0..partitions).map(|_| Part::default()).collect());
+        self.parts.len() - 1
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> SpillStats {
         self.stats
