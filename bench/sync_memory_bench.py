@@ -99,8 +99,7 @@ def differences(a, b):
     con = duckdb.connect()
     con.register("a", DeltaTable(str(a)).to_pyarrow_dataset())
     con.register("b", DeltaTable(str(b)).to_pyarrow_dataset())
-    cols = "id, region, amount, note, keyhash, nonkeyhash, operation, eff_start_date"
-    q = f"SELECT count(*) FROM (SELECT {cols} FROM {{}} EXCEPT ALL SELECT {cols} FROM {{}})"
+    q = "SELECT count(*) FROM (SELECT * FROM {} EXCEPT ALL SELECT * FROM {})"
     return (con.execute(q.format("a", "b")).fetchone()[0] + con.execute(q.format("b", "a")).fetchone()[0],
             con.execute("SELECT count(*) FROM a").fetchone()[0])
 

@@ -12,8 +12,8 @@ range, ~10% of the changed keys changed twice), for each change count of `--chan
   spilled;
 - `256MiB`: spilled (1M changes take more than 128 MiB).
 
-The held and every spilled current table are compared with DuckDB (EXCEPT ALL both ways, every
-column: 0 rows). Each merge runs in its own process under /usr/bin/time -v (wall seconds, peak
+The held run's current and history tables are compared with every other run's with DuckDB
+(EXCEPT ALL both ways, every column: 0 rows). Each merge runs in its own process under /usr/bin/time -v (wall seconds, peak
 RSS); the sync summary gives the partitions and spilled bytes. A section is appended to
 bench/RESULTS.md with the machine (cores, CPU, memory), date and commit.
 
@@ -74,8 +74,7 @@ def main():
         staging = OUT / f"data-{changes}"
         log(f"generating {args.rows:,} rows and {changes:,} change rows")
         change = generate(args.rows, changes, staging, 1.0)
-        base = OUT / "base"
-        shutil.rmtree(base, ignore_errors=True)
+        base = OUT / f"base-{changes}"
         folder = base / "landing" / "bench" / "orders"
         folder.mkdir(parents=True)
         (base / "landing" / "tables.yaml").write_text(TABLES)
@@ -99,16 +98,18 @@ def main():
                             "read": table["read_secs"], "stages": a["stages"]})
             log(f"{work.name}: {secs:.2f} s, {rss / 2**20:,.0f} MiB, {a['partitions']} partitions, "
                 f"{a['spilled_bytes'] / 2**20:,.0f} MiB spilled")
-            lakes[limit] = work / "lake" / "bench" / "orders" / "current"
+            lakes[limit] = work / "lake" / "bench" / "orders"
         for limit in args.limits:
-            diff, rows = differences(lakes["64GiB"], lakes[limit])
-            if diff:
-                raise SystemExit(f"{changes} changes: held and {limit} current tables differ in {diff} rows")
-            log(f"{changes:,} changes: held and {limit} current tables equal ({rows:,} rows)")
-        for limit in lakes:
-            shutil.rmtree(OUT / f"merge-{changes}-{limit}")
-        shutil.rmtree(base)
-        shutil.rmtree(staging)
+            for role in ["current", "history"]:
+                diff, rows = differences(lakes["64GiB"] / role, lakes[limit] / role)
+                if diff:
+                    raise SystemExit(f"{changes} changes: held and {limit} {role} tables differ in {diff} rows")
+                log(f"{changes:,} changes: held and {limit} {role} tables equal ({rows:,} rows)")
+        if not args.keep:
+            for limit in lakes:
+                shutil.rmtree(OUT / f"merge-{changes}-{limit}")
+            shutil.rmtree(base)
+            shutil.rmtree(staging)
 
     m = machine()
     mib = lambda b: f"{b / 2**20:,.0f}"
@@ -121,7 +122,8 @@ def main():
         f"Command: `python3 bench/sync_merge_memory_bench.py --rows {args.rows} --changes "
         f"{' '.join(map(str, args.changes))} --limits {' '.join(args.limits)}`. A table of {args.rows:,} rows (dms_merge_bench shape) "
         "loaded once; each merge of one DMS change file starts from a copy of it. The held (64GiB) "
-        "and each spilled current table compared with DuckDB (every column): 0 differences.",
+        "and each limited run's current and history tables compared with DuckDB (EXCEPT ALL both "
+        "ways, every column): 0 differences. `partitions` 1: the changes were held.",
         "",
         "| changes | --memory-limit | wall s | peak RSS MiB | partitions | spilled MiB | files rewritten | rows copied | I / U / D | read s | dedupe s | impacted scan s | merge s | write s |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",

@@ -221,7 +221,13 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
     let merged = groups.run(&mut changes, &mut summary).await;
     let spill = changes.spill();
     (summary.partitions, summary.spilled_bytes) = (spill.partitions, spill.spilled_bytes);
-    drop(changes);
+    // what is left of spilled changes (after an error) waits for a spill being written and
+    // removes its files: no work for the runtime's threads
+    if matches!(changes, RunChanges::Spilled(_)) {
+        let _ = tokio::task::spawn_blocking(move || drop(changes)).await;
+    } else {
+        drop(changes);
+    }
     // The writers finish once every sender is dropped.
     drop(senders);
     let writing = Instant::now();

@@ -359,10 +359,12 @@ async fn run_source_once<S: ChangeSource>(
     let reading = Instant::now();
     // A run splits its changes past half its memory limit and spills them
     // (`changelog::spill`): in read order where it takes no last change per key, else by key
-    // (a merge keeping the set of its changed keys, to read its impacted files once).
+    // (a merge into existing tables keeping the set of its changed keys, to read its impacted
+    // files once; a first run reads none).
     let split = match (pending.append || config.insert_only, pending.reload) {
         (true, _) => Split::InOrder,
         (false, true) => Split::ByKey,
+        (false, false) if existing.is_none() => Split::ByKey,
         (false, false) => Split::Merge,
     };
     let changes = collect(source.changes(), memory, split).await?;

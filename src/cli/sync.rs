@@ -40,9 +40,9 @@ pub struct SyncArgs {
     #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
     /// Memory for the pass's changes (`512MiB`, `2GiB`), shared by the tables loaded at the
-    /// same time: a full load (an append, a table without a key) whose changes take over half
-    /// of a table's share is partitioned by key and spilled to --spill-dir; a merge holds its
-    /// changes.
+    /// same time: a run whose changes take over half of a table's share is split by key (in
+    /// read order for an append or a table without a key) and spilled to --spill-dir; a
+    /// merge's files that hold a changed key are still read once.
     #[arg(long, default_value = "1GiB")]
     pub memory_limit: String,
 }
