@@ -1312,11 +1312,26 @@ async fn impacted_files(
         let batch = batch?;
         let keyhash = cast(batch.column(0), &DataType::Binary)?;
         let keyhash = keyhash.as_binary::<i32>();
-        let files = cast(batch.column(1), &DataType::Utf8)?;
-        let files = files.as_string::<i32>();
-        for i in 0..batch.num_rows() {
-            if changed.contains_key(&key(keyhash.value(i))) && !hit.contains(files.value(i)) {
-                hit.insert(files.value(i).to_string());
+        // the file column is dictionary-encoded (one value per file of the batch): look at
+        // each file's name once, and not at the keys of a file already hit
+        let (names, at) = match batch.column(1).as_any_dictionary_opt() {
+            Some(dict) => (
+                cast(dict.values(), &DataType::Utf8)?,
+                dict.normalized_keys(),
+            ),
+            None => (
+                cast(batch.column(1), &DataType::Utf8)?,
+                (0..batch.num_rows()).collect(),
+            ),
+        };
+        let names = names.as_string::<i32>();
+        let mut known: Vec<bool> = (0..names.len())
+            .map(|n| hit.contains(names.value(n)))
+            .collect();
+        for (i, &file) in at.iter().enumerate() {
+            if !known[file] && changed.contains_key(&key(keyhash.value(i))) {
+                known[file] = true;
+                hit.insert(names.value(file).to_string());
             }
         }
     }
