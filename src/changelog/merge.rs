@@ -391,6 +391,38 @@ struct Groups<'a> {
 }
 
 impl Groups<'_> {
+    /// A spilled merge (its changes kept their key set) reads its impacted files once, with
+    /// every changed key, before the first group, and pushes their stored rows into the
+    /// changes' partitions: each group then carries the stored rows of its keys. The key set
+    /// is dropped after the read. Returns the remove actions of the files read (none for any
+    /// other run).
+    async fn spilled_merge_read(
+        &self,
+        changes: &mut RunChanges,
+        summary: &mut ApplySummary,
+        keyed: bool,
+    ) -> Result<Vec<Remove>> {
+        let (request, schema) = (self.request, self.schema);
+        let Some(keys) = changes.take_merge_keys() else {
+            return Ok(Vec::new());
+        };
+        if !keyed || request.reload {
+            return Ok(Vec::new());
+        }
+        changes.keep_stored(schema.clone(), schema.index_of(KEYHASH)?)?;
+        if summary.current_files == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(bar) = request.bar {
+            bar.set_message(format!(
+                "reading the files that hold the {} changed keys",
+                keys.len()
+            ));
+        }
+        let to = StoredTo::Spilled(changes);
+        read_impacted(self.lake, schema, &keys, &self.senders.current, summary, to).await
+    }
+
     /// Merges every group and returns the remove actions of the current files the run
     /// replaces, and the tombstones it writes. A group holds every change of its keys, so each
     /// group is resolved on its own; tombstones of earlier runs are read once, when a group
@@ -410,28 +442,8 @@ impl Groups<'_> {
         };
         let mut known = None;
         let mut new = Vec::new();
-        // A spilled merge reads its impacted files once, with every changed key, before the
-        // first group, and pushes their stored rows into the changes' partitions: each group
-        // then carries the stored rows of its keys. The key set is dropped after the read.
         let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
-        let keys = changes.take_merge_keys();
-        let spilled_merge = keys.is_some() && keyed && !request.reload;
-        if let (true, Some(keys)) = (spilled_merge, keys) {
-            changes.keep_stored(schema.clone(), keyhash_at)?;
-            if summary.current_files > 0 {
-                if let Some(bar) = request.bar {
-                    bar.set_message(format!(
-                        "reading the files that hold the {} changed keys",
-                        keys.len()
-                    ));
-                }
-                let to = StoredTo::Spilled(&mut *changes);
-                let read =
-                    read_impacted(self.lake, schema, &keys, &self.senders.current, summary, to)
-                        .await?;
-                removes.extend(read);
-            }
-        }
+        removes.extend(self.spilled_merge_read(changes, summary, keyed).await?);
         let shared_day = std::sync::OnceLock::new();
         let (total, mut applied, mut part) = (changes.rows(), 0usize, 0usize);
         let spilled = matches!(changes, RunChanges::Spilled(_));

@@ -271,17 +271,14 @@ pub async fn collect(
     })
 }
 
-/// Runs `work` on `spilled` (changes or stored rows) on a blocking thread (splitting,
-/// encoding and spilling, waiting for a spill's writes and reading spill files are no work for
-/// the async runtime's threads), and hands it back with the work's result.
-///
-/// # Errors
-/// `work`'s errors; [`Error::Internal`] when the blocking task panicked.
-pub async fn blocking<S: Send + 'static, T: Send + 'static>(
-    mut spilled: S,
-    work: impl FnOnce(&mut S) -> Result<T> + Send + 'static,
-) -> Result<(S, T)> {
-    tokio::task::spawn_blocking(move || work(&mut spilled).map(|t| (spilled, t)))
+/// Runs `work` on `changes` on a blocking thread (splitting, encoding and spilling, waiting
+/// for a spill's writes and reading spill files are no work for the async runtime's
+/// threads), and hands the changes back with its result.
+async fn blocking<T: Send + 'static>(
+    mut changes: SpilledChanges,
+    work: impl FnOnce(&mut SpilledChanges) -> Result<T> + Send + 'static,
+) -> Result<(SpilledChanges, T)> {
+    tokio::task::spawn_blocking(move || work(&mut changes).map(|t| (changes, t)))
         .await
         .map_err(|e| Error::Internal(format!("spilled changes: a blocking task failed: {e}")))?
 }
@@ -468,13 +465,15 @@ impl SpilledChanges {
     /// again.
     fn next_partition(&mut self) -> Result<Option<Group>> {
         let budget = self.memory.part_budget();
-        let sides = self.sides().len();
+        let sides = self.sides();
+        // each side's keyhash column: the changes', then the stored rows' if kept
+        let keyhash = [Some(self.keyhash_at()), self.stored.as_ref().map(|s| s.1)];
         loop {
             let Some(top) = self.stack.last_mut() else {
                 return Ok(None);
             };
             if top.next == top.partitions {
-                let left: u64 = (0..sides).map(|side| top.store.rows(side)).sum();
+                let left: u64 = (0..sides.len()).map(|side| top.store.rows(side)).sum();
                 if left > 0 {
                     return Err(Error::Internal(format!(
                         "{left} spilled rows were left in their partitions"
@@ -500,19 +499,14 @@ impl SpilledChanges {
                     partitions,
                     "a partition of changes is over its budget: split again"
                 );
-                let sides = self.sides();
-                let top = self.stack.last_mut().expect("the level taken from");
-                let mut store = SpillStore::new(sides, partitions, budget, &self.memory.spill_dir)?;
+                let mut store =
+                    SpillStore::new(sides.clone(), partitions, budget, &self.memory.spill_dir)?;
                 let split = Partitioner::nested(partitions, level);
                 let mut sizes = vec![0; partitions];
                 // each side by its keyhash column, one spilled segment at a time: the
                 // partition is never read whole
-                let keyhash = [
-                    Some(self.payload.fields().len()),
-                    self.stored.as_ref().map(|s| s.1),
-                ];
-                for (side, at) in keyhash.into_iter().enumerate() {
-                    let Some(at) = at else { continue };
+                for (side, at) in keyhash.iter().enumerate() {
+                    let Some(at) = *at else { continue };
                     top.store.take_each(side, partition, |batch| {
                         for (p, piece) in split.split(&batch, at)? {
                             sizes[p] += piece.get_array_memory_size();
