@@ -4,18 +4,14 @@
 //! ([`RunChanges::Held`]: every small run). Past half the budget a run's changes are handled
 //! a group at a time ([`Split`]):
 //!
-//! - A DMS full load of a keyed table is first spilled in read order, in parts of a quarter of
-//!   the budget, while its keys are distinct ([`Distinct`]: a set of 8-byte digests within a
-//!   quarter of the budget): it then takes no last change per key, and is applied part by part
-//!   so that its files keep the read order, as a held load's. Once a key repeats (or the set
-//!   would outgrow its budget), its parts so far and every later change are split by keyhash
-//!   into [`FIRST_PARTITIONS`] partitions held in a [`SpillStore`] of a quarter of the budget,
-//!   whose largest partitions go to Arrow IPC files in a folder under the spill folder
-//!   ([`RunChanges::Spilled`]). The run then takes one partition at a time: every change of a
-//!   key is in its partition, so the last change per key and the rows written are those of the
-//!   whole run. A partition that still holds more than a quarter of the budget is split again
-//!   by the next four digest bytes (at most three times), one spilled segment at a time. This
-//!   is the snapshot diff's grace-hash partitioning (`docs/memory.md`) applied to one side.
+//! - A DMS full load of a keyed table is split by keyhash into [`FIRST_PARTITIONS`]
+//!   partitions held in a [`SpillStore`] of a quarter of the budget, whose largest partitions
+//!   go to Arrow IPC files in a folder under the spill folder ([`RunChanges::Spilled`]). The
+//!   run then takes one partition at a time: every change of a key is in its partition, so the
+//!   last change per key and the rows written are those of the whole run. A partition that
+//!   still holds more than a quarter of the budget is split again by the next four digest
+//!   bytes (at most three times), one spilled segment at a time. This is the snapshot diff's
+//!   grace-hash partitioning (`docs/memory.md`) applied to one side.
 //! - An append (a later part of an initial copy) and a table without a key take no last
 //!   change per key: they are spilled in read order, in parts of a quarter of the budget, and
 //!   written part by part, so their files keep the read order.
@@ -65,8 +61,7 @@ const IN_ORDER_PARTS: usize = 4096;
 pub enum Split {
     /// Not at all: held whole (a run that may not spill).
     Never,
-    /// By keyhash: a reload, whose last change per key is then taken partition by partition;
-    /// in read order while its keys are distinct (see the module docs).
+    /// By keyhash: a reload, whose last change per key is then taken partition by partition.
     ByKey,
     /// By keyhash, keeping the set of changed keys: a merge, whose impacted files are read
     /// once with every changed key, their stored rows split with the changes.
@@ -333,9 +328,6 @@ pub struct SpilledChanges {
     spilled_bytes: u64,
     /// The changed keys ([`Split::Merge`]), until taken.
     keys: Option<DigestMap<()>>,
-    /// A full load's keys while they are all distinct and it is spilled in read order
-    /// ([`Split::ByKey`]); None once it is split by key (or for other runs).
-    distinct: Option<Distinct>,
     /// The schema of the stored rows kept as side 1 of the stores, and their keyhash column
     /// ([`RunChanges::keep_stored`]).
     stored: Option<(SchemaRef, usize)>,
@@ -360,8 +352,7 @@ const FIELDS: [(&str, DataType, bool); 11] = [
 impl SpilledChanges {
     /// An empty set of partitions (or of parts in read order) for changes shaped like `first`.
     fn new(first: &ChangeBatch, memory: &RunMemory, split: Split) -> Result<Self> {
-        // a full load starts in read order while its keys are distinct (see `Distinct`)
-        let in_order = matches!(split, Split::InOrder | Split::ByKey);
+        let in_order = split == Split::InOrder;
         let payload = first.rows.payload.schema();
         let mut fields: Vec<Field> = payload
             .fields()
@@ -386,7 +377,6 @@ impl SpilledChanges {
             &memory.spill_dir,
         )?;
         Ok(SpilledChanges {
-            distinct: (split == Split::ByKey).then(|| Distinct::new(memory.part_budget())),
             in_order,
             payload,
             schema,
@@ -440,11 +430,6 @@ impl SpilledChanges {
         if let Some(keys) = &mut self.keys {
             keys.extend(batch.rows.keyhash.iter().flatten().map(|k| (key(k), ())));
         }
-        if let Some(distinct) = &mut self.distinct {
-            if !distinct.insert_all(batch) {
-                self.split_by_key()?;
-            }
-        }
         let encoded = self.encode(batch)?;
         let at = self.keyhash_at();
         let budget = self.memory.part_budget();
@@ -466,49 +451,9 @@ impl SpilledChanges {
         Ok(())
     }
 
-    /// A full load spilled in read order whose keys are no longer known to be distinct: its
-    /// parts so far are split by keyhash into [`FIRST_PARTITIONS`] partitions (one spilled
-    /// segment at a time, in read order), and it goes on split by key.
-    fn split_by_key(&mut self) -> Result<()> {
-        self.distinct = None;
-        tracing::debug!(rows = self.rows, "a full load's keys repeat: split by key");
-        let budget = self.memory.part_budget();
-        let mut store = SpillStore::new(
-            vec![self.schema.clone()],
-            FIRST_PARTITIONS,
-            budget,
-            &self.memory.spill_dir,
-        )?;
-        let at = self.keyhash_at();
-        let split = Partitioner::new(FIRST_PARTITIONS);
-        let mut bytes = vec![0; FIRST_PARTITIONS];
-        let old = &mut self.stack[0];
-        for part in 0..=old.next.min(old.partitions - 1) {
-            old.store.take_each(0, part, |batch| {
-                for (p, piece) in split.split(&batch, at)? {
-                    bytes[p] += piece.get_array_memory_size();
-                    store.push(0, p, piece)?;
-                }
-                Ok(())
-            })?;
-        }
-        self.spilled_bytes += old.store.stats().spilled_bytes;
-        self.stack[0] = Level {
-            store,
-            partitions: FIRST_PARTITIONS,
-            bytes,
-            next: 0,
-            level: 0,
-        };
-        self.in_order = false;
-        Ok(())
-    }
-
     /// Done pushing: waits for the spill being written (and rewinds the parts in read order,
     /// whose `next` was the part being filled).
     fn start(&mut self) -> Result<()> {
-        // a full load whose keys stayed distinct keeps its read order
-        self.distinct = None;
         for level in &mut self.stack {
             level.next = 0;
             level.store.land()?;
@@ -723,45 +668,6 @@ impl SpilledChanges {
             positions: source.iter().collect(),
             keep_stored,
         })
-    }
-}
-
-/// The keys of a full load spilled in read order, while they are all distinct: the first 8
-/// bytes of each keyhash, in a hash set of at most `budget` bytes. A full load whose keys are
-/// distinct takes no last change per key, so it is applied part by part in read order and its
-/// files keep that order (a DMS full load is exported in key order: a later merge of
-/// clustered keys then rewrites few files). A repeated key (or an 8-byte collision, about one
-/// in 10^6 at 10M keys), or a set that would outgrow its budget, ends the check: the load is
-/// split by key.
-struct Distinct {
-    seen: std::collections::HashSet<
-        u64,
-        std::hash::BuildHasherDefault<crate::core::key::DigestHasher>,
-    >,
-    budget: usize,
-}
-
-impl Distinct {
-    fn new(budget: usize) -> Self {
-        Distinct {
-            seen: Default::default(),
-            budget,
-        }
-    }
-
-    /// Adds the batch's keys; false when one was seen before, or the set would outgrow its
-    /// budget (hashbrown: a power of two of buckets at most 7/8 full, 9 bytes each).
-    fn insert_all(&mut self, batch: &ChangeBatch) -> bool {
-        let needed = (self.seen.len() + batch.len()) * 8 / 7 + 1;
-        if needed.next_power_of_two() * 9 > self.budget {
-            return false;
-        }
-        batch
-            .rows
-            .keyhash
-            .iter()
-            .flatten()
-            .all(|k| self.seen.insert(key(k) as u64))
     }
 }
 
@@ -1128,49 +1034,6 @@ mod tests {
         assert_eq!(got, expected, "every change once");
         drop(collected);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn a_full_load_of_distinct_keys_spills_in_read_order_and_one_with_a_repeat_by_key() {
-        // 6000 distinct keys (7919 is prime to 60000); at 1 MiB the changes spill (over half
-        // of it) and the set of their keys fits in a quarter
-        let input = changes(2, 3000, 60000);
-        let expected = rows_of(&input);
-        let (groups, spill) = run(input, 1 << 20, Split::ByKey);
-        assert!(spill.spilled_bytes > 0 && groups.len() > 1, "{spill:?}");
-        let got: Vec<Row> = groups.iter().flat_map(|g| rows_of(g)).collect();
-        assert_eq!(got, expected, "every change once, in read order");
-        // the same load with one key repeated at its end: split by key after spilling in
-        // read order, every key in one group
-        let mut input = changes(2, 3000, 60000);
-        let first = key_of(input[0].rows.keyhash.value(0));
-        let again = batch(
-            2,
-            0,
-            &[(first, ChangeOp::Update, 1, None, None, false, None)],
-        );
-        input.push(again);
-        let expected = rows_of(&input);
-        let (groups, spill) = run(input, 1 << 20, Split::ByKey);
-        assert_eq!(spill.partitions, groups.len() as u64);
-        let mut group_of: HashMap<u16, usize> = HashMap::new();
-        let mut got = Vec::new();
-        for (g, group) in groups.iter().enumerate() {
-            for r in rows_of(group) {
-                assert_eq!(
-                    *group_of.entry(r.0).or_insert(g),
-                    g,
-                    "key {} in two groups",
-                    r.0
-                );
-                got.push(r);
-            }
-        }
-        assert_ne!(got, expected, "no longer in read order");
-        let mut expected = expected;
-        expected.sort();
-        got.sort();
-        assert_eq!(got, expected, "every change once");
     }
 
     #[test]

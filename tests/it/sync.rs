@@ -471,56 +471,6 @@ async fn full_loads_and_merges_over_the_memory_limit_spill_and_write_what_held_o
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_spilled_full_load_of_distinct_keys_keeps_the_read_order_in_its_files() {
-    // 200,000 distinct ids in key order at 16 MiB: the changes (some 24 MB, in several
-    // batches) spill past half of it, and the set of their keys fits in a quarter, so the load
-    // is applied part by part in read order, as a held one is
-    let l = Landing::new(&ORDERS.replace("  partition_by: [region]\n", ""));
-    let load: String = (0..200_000).map(|i| format!("{i},east,{i}\n")).collect();
-    l.file("sales/orders", "LOAD00000001.csv", &load);
-    let spill = tempfile::tempdir().unwrap();
-    let mut options = l.options();
-    options.memory_limit = 16 << 20;
-    options.spill_dir = Some(spill.path().to_path_buf());
-    let s = sync(&options).await.unwrap();
-    let a = s.tables[0].apply.as_ref().unwrap();
-    assert!(a.partitions > 1 && a.spilled_bytes > 0, "{a:?}");
-    assert_eq!(a.inserted, 200_000);
-    let mut rows = 0;
-    for entry in std::fs::read_dir(l.lake().join("sales/orders/current")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "parquet") {
-            continue;
-        }
-        let ids = ids_in(&path);
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "{path:?} holds its ids in read order"
-        );
-        rows += ids.len();
-    }
-    assert_eq!(rows, 200_000);
-}
-
-/// The `id` column of a Parquet data file, in file order.
-fn ids_in(file: &std::path::Path) -> Vec<i64> {
-    use deltalake::arrow::array::AsArray;
-    use deltalake::arrow::datatypes::Int64Type;
-    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut ids = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let id = batch.column_by_name("id").unwrap();
-        ids.extend(id.as_primitive::<Int64Type>().values().iter().copied());
-    }
-    ids
-}
-
 /// Merges the change file `merge` into three copies of `l`'s landing and lake: held (1 GiB),
 /// spilled (64 KiB), and spilled with its partitions split again (4 KiB); asserts that the
 /// three write the same current rows (every column), history, tombstones and counters.
