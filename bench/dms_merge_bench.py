@@ -229,9 +229,9 @@ Ratio (apply): delta-rs / Tributary = {d_secs / t_secs:.2f}x wall time. Tributar
 history table ({apply['inserted'] + apply['updated'] + apply['deleted']:,} rows) and the applied-files
 record in the same run; delta-rs writes only the current table.
 """
-    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-        f.write(section)
-    print(section)
+    from report import append_results
+
+    append_results(section)
     if not args.keep:
         shutil.rmtree(OUT, ignore_errors=True)
 

@@ -73,6 +73,13 @@ def mib(n):
     return "-" if n is None else f"{n / MIB:,.0f}"
 
 
+def append_results(section):
+    """Appends a Markdown section to bench/RESULTS.md (beside this file) and prints it."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
+        f.write(section)
+    print(section)
+
+
 def systems_table(conf, meas, summ, rows_read):
     """One row per system: day-1/day-2 wall, day-2 rows/s and peak RSS, ratio to tributary."""
     ref = meas["tributary", "day2"]["wall_secs"]

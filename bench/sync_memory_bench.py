@@ -105,7 +105,7 @@ def differences(a, b):
 
 
 def main():
-    from report import git, machine
+    from report import append_results, git, machine, mib
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", default=str(ROOT / "target" / "release" / "tributary"))
@@ -150,7 +150,6 @@ def main():
             data.unlink()
 
     m = machine()
-    mib = lambda b: f"{b / 2**20:,.0f}"
     lines = [
         "",
         f"## `sync` full loads within `--memory-limit` (issue 22)",
@@ -178,10 +177,7 @@ def main():
         per = [r["secs"] / r["rows"] * 1e9 for r in narrow]
         lines.append(f"Narrow per-row cost: {per[0]:.0f} ns at {narrow[0]['rows']:,} rows, {per[1]:.0f} ns at "
                      f"{narrow[1]['rows']:,} ({per[1] / per[0]:.2f}x).")
-    section = "\n".join(lines) + "\n"
-    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-        f.write(section)
-    print(section)
+    append_results("\n".join(lines) + "\n")
     if not args.keep:
         shutil.rmtree(OUT, ignore_errors=True)
 

@@ -56,7 +56,7 @@ def sync(binary, work, limit):
 
 
 def main():
-    from report import git, machine
+    from report import append_results, git, machine, mib
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", default=str(ROOT / "target" / "release" / "tributary"))
@@ -112,7 +112,6 @@ def main():
             shutil.rmtree(staging)
 
     m = machine()
-    mib = lambda b: f"{b / 2**20:,.0f}"
     lines = [
         "",
         "## `sync` merges within `--memory-limit` (issue 22)",
@@ -143,10 +142,7 @@ def main():
                            f"{by[limit]['rss'] / held['rss']:.2f}x peak RSS"
                            for limit in args.limits)
         lines.append(f"{changes:,} changes against held: {ratios}.")
-    section = "\n".join(lines) + "\n"
-    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-        f.write(section)
-    print(section)
+    append_results("\n".join(lines) + "\n")
     if not args.keep:
         shutil.rmtree(OUT, ignore_errors=True)
 

@@ -300,8 +300,8 @@ pub fn change_bytes(batch: &ChangeBatch) -> usize {
 struct Level {
     store: SpillStore,
     partitions: usize,
-    /// Bytes pushed into each partition (Arrow sizes as pushed: a partition read back shares
-    /// one buffer per segment, which its arrays would each count whole).
+    /// Bytes pushed into each partition, of every side (Arrow sizes as pushed: a partition read
+    /// back shares one buffer per segment, which its arrays would each count whole).
     bytes: Vec<usize>,
     next: usize,
     /// 0 for the first partitioning, 1 to 3 for splits of a partition.
@@ -832,22 +832,34 @@ mod tests {
         out
     }
 
-    fn run(
+    /// `changes` collected at `limit` (`spill`: whether the run may spill) into a spill folder
+    /// of their own: the folder, the runtime that drives them, and the run's changes.
+    fn collected(
         changes: Vec<ChangeBatch>,
         limit: u64,
+        spill: bool,
         split: Split,
-    ) -> (Vec<Vec<ChangeBatch>>, ChangeSpill) {
+    ) -> (tempfile::TempDir, tokio::runtime::Runtime, RunChanges) {
         let dir = tempfile::tempdir().unwrap();
         let memory = RunMemory {
             limit,
             spill_dir: dir.path().to_path_buf(),
-            spill: true,
+            spill,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let stream = futures::stream::iter(changes.into_iter().map(Ok)).boxed();
-        let mut collected = runtime.block_on(collect(stream, &memory, split)).unwrap();
+        let run = runtime.block_on(collect(stream, &memory, split)).unwrap();
+        (dir, runtime, run)
+    }
+
+    fn run(
+        changes: Vec<ChangeBatch>,
+        limit: u64,
+        split: Split,
+    ) -> (Vec<Vec<ChangeBatch>>, ChangeSpill) {
+        let (dir, runtime, mut collected) = collected(changes, limit, true, split);
         let mut groups = Vec::new();
         while let Some(group) = runtime.block_on(collected.next_group()).unwrap() {
             assert!(group.stored.is_none(), "no stored rows were kept");
@@ -941,19 +953,7 @@ mod tests {
             .flat_map(|b| b.rows.keyhash.iter().flatten().map(key).collect::<Vec<_>>())
             .collect();
         let expected = rows_of(&input);
-        let dir = tempfile::tempdir().unwrap();
-        let memory = RunMemory {
-            limit: 64 << 10,
-            spill_dir: dir.path().to_path_buf(),
-            spill: true,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let stream = futures::stream::iter(input.into_iter().map(Ok)).boxed();
-        let mut collected = runtime
-            .block_on(collect(stream, &memory, Split::Merge))
-            .unwrap();
+        let (dir, runtime, mut collected) = collected(input, 64 << 10, true, Split::Merge);
         let kept: std::collections::BTreeSet<u128> = collected
             .take_merge_keys()
             .unwrap()
@@ -1050,19 +1050,8 @@ mod tests {
         let got: Vec<Row> = groups.iter().flat_map(|g| rows_of(g)).collect();
         assert_eq!(got, expected, "every change once, in read order");
         // a run that may not spill (capture) is held
-        let dir = tempfile::tempdir().unwrap();
-        let memory = RunMemory {
-            limit: 64 << 10,
-            spill_dir: dir.path().to_path_buf(),
-            spill: false,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let stream = futures::stream::iter(changes(2, 3000, 100).into_iter().map(Ok)).boxed();
-        let held = runtime
-            .block_on(collect(stream, &memory, Split::ByKey))
-            .unwrap();
+        let (_dir, _runtime, held) =
+            collected(changes(2, 3000, 100), 64 << 10, false, Split::ByKey);
         assert!(matches!(held, RunChanges::Held(_)));
     }
 

@@ -65,6 +65,15 @@ impl Landing {
         }
     }
 
+    /// Options with a memory limit of `limit` bytes and a spill folder of their own.
+    fn limited(&self, limit: u64) -> (SyncOptions, tempfile::TempDir) {
+        let spill = tempfile::tempdir().unwrap();
+        let mut options = self.options();
+        options.memory_limit = limit;
+        options.spill_dir = Some(spill.path().to_path_buf());
+        (options, spill)
+    }
+
     async fn sync(&self) -> SyncSummary {
         sync(&self.options()).await.unwrap()
     }
@@ -382,10 +391,7 @@ async fn full_loads_and_merges_over_the_memory_limit_spill_and_write_what_held_o
             l.file("sales/orders", "LOAD00000001.csv", &load1);
             l.file("sales/orders", "LOAD00000002.csv", &load2);
             l.file("sales/orders", "20240301-1000000000.csv", &changes);
-            let spill = tempfile::tempdir().unwrap();
-            let mut options = l.options();
-            options.memory_limit = limit;
-            options.spill_dir = Some(spill.path().to_path_buf());
+            let (options, spill) = l.limited(limit);
             let s = sync(&options).await.unwrap();
             let t = &s.tables[0];
             assert_eq!((t.status.as_str(), t.reload), ("applied", true), "{t:?}");
@@ -483,10 +489,7 @@ async fn merge_copies(l: &Landing, merge: &str) -> usize {
         copy_tree(&l.root(), &c.root());
         copy_tree(&l.lake(), &c.lake());
         c.file("sales/orders", "20240306-0900000000.csv", merge);
-        let spill = tempfile::tempdir().unwrap();
-        let mut options = c.options();
-        options.memory_limit = limit;
-        options.spill_dir = Some(spill.path().to_path_buf());
+        let (options, spill) = c.limited(limit);
         let s = sync(&options).await.unwrap();
         let t = &s.tables[0];
         assert_eq!((t.status.as_str(), t.reload), ("applied", false), "{t:?}");
