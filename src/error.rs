@@ -130,6 +130,11 @@ pub enum Error {
     /// (`sink::RunTransaction::finish_writes`).
     #[error("internal error (please report): a table writer stopped early")]
     WriterGone,
+    /// A streamed full load met what it cannot stream (a key twice, a delete): the run is
+    /// abandoned and `sync` reads it again split by key (`changelog::spill`). Never reported
+    /// to a user.
+    #[error("internal error (please report): a streamed load was not restarted: {0}")]
+    Restart(String),
     /// A bug in Tributary: an invariant did not hold.
     #[error("internal error (please report): {0}")]
     Internal(String),

@@ -76,6 +76,9 @@ pub struct ApplyRequest<'a> {
     pub append: bool,
     /// What the changes consumed of their source, committed with them.
     pub checkpoint: Checkpoint,
+    /// Where a streamed load's checkpoint and history removes come from once its source has
+    /// ended (they replace `checkpoint` and `history_removes`); None for every other run.
+    pub source_end: Option<tokio::sync::oneshot::Receiver<(Checkpoint, Vec<Remove>)>>,
     /// Business date of the run: `eff_start_date` of changes without a commit time.
     pub run_date: NaiveDate,
     /// The run the tables recorded when the source was planned against them (0: no tables).
@@ -128,11 +131,15 @@ pub struct ApplySummary {
     /// Unchanged rows copied from rewritten files.
     pub rows_copied: u64,
     /// Groups the changes were applied in, one after another: 1 when they were held in
-    /// memory, else the keyhash partitions they were split into (see `changelog::spill`).
+    /// memory or streamed, else the keyhash partitions they were split into (see
+    /// `changelog::spill`).
     pub partitions: u64,
     /// Bytes of changes, and of a merge's stored rows of changed keys, written to spill files
-    /// (Arrow IPC; 0: held in memory).
+    /// (Arrow IPC; 0: held in memory); for a streamed load, of its logged key digests.
     pub spilled_bytes: u64,
+    /// Whether the run was a full load streamed to the writers as it was read (its keys
+    /// checked distinct at its end; see `changelog::spill`).
+    pub streamed: bool,
     /// Current table version after the run.
     pub current_version: Option<u64>,
     /// History table version after the run.
@@ -179,9 +186,15 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
     // own files: small runs keep one).
     let shares = request.reload || request.append || config.insert_only;
     let rows = request.changes.rows();
-    let tasks = match shares && spec.lake.partition_by.is_empty() {
-        true => (rows / SHARED_ROWS_PER_WRITER).clamp(1, crate::core::threads::get().clamp(1, 4)),
-        false => 1,
+    // (a streamed load is large: its rows are not counted yet)
+    let most = crate::core::threads::get().clamp(1, 4);
+    let tasks = match (
+        shares && spec.lake.partition_by.is_empty(),
+        &request.changes,
+    ) {
+        (true, RunChanges::Streamed(_)) => most,
+        (true, _) => (rows / SHARED_ROWS_PER_WRITER).clamp(1, most),
+        (false, _) => 1,
     };
     let mut run = lake.begin(request.base_run, properties, tasks).await?;
     let run_days = epoch_days(request.run_date);
@@ -219,6 +232,25 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
         share: shares && senders.shares(),
     };
     let merged = groups.run(&mut changes, &mut summary).await;
+    // a streamed load's source has ended once its last group was taken
+    let merged = match (merged, request.source_end.take()) {
+        (Ok(merged), Some(end)) => match end.await {
+            Ok((checkpoint, removes)) => {
+                request.checkpoint = checkpoint;
+                request.history_removes = removes;
+                Ok(merged)
+            }
+            Err(_) => Err(Error::Internal(
+                "the source's stream ended without its checkpoint".into(),
+            )),
+        },
+        (merged, _) => merged,
+    };
+    if let RunChanges::Streamed(_) = changes {
+        // its rows were counted as they were read
+        summary.changes_read = changes.rows() as u64;
+        summary.streamed = true;
+    }
     let spill = changes.spill();
     (summary.partitions, summary.spilled_bytes) = (spill.partitions, spill.spilled_bytes);
     // what is left of spilled changes (after an error) waits for a spill being written and
@@ -440,6 +472,13 @@ impl Groups<'_> {
             true => self.lake.open_follower(TableRole::Tombstones, None).await?,
             false => None,
         };
+        let streamed = matches!(changes, RunChanges::Streamed(_));
+        if let (true, Some(table)) = (streamed, &tomb_table) {
+            // a streamed load writes every row: none may be stale against a tombstone
+            if table.snapshot()?.log_data().num_files() > 0 {
+                return Err(Error::Restart("the table keeps tombstones".into()));
+            }
+        }
         let mut known = None;
         let mut new = Vec::new();
         let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
@@ -453,10 +492,14 @@ impl Groups<'_> {
         }) = changes.next_group().await?
         {
             part += 1;
-            if let (Some(bar), true) = (request.bar, spilled) {
-                bar.set_message(format!(
+            match request.bar {
+                Some(bar) if spilled => bar.set_message(format!(
                     "applying partition {part}: {applied}/{total} changes"
-                ));
+                )),
+                Some(bar) if streamed && part % 16 == 1 => bar.set_message(format!(
+                    "streaming the full load to the writers: {applied} changes"
+                )),
+                _ => {}
             }
             applied += group.iter().map(ChangeBatch::len).sum::<usize>();
             let sources: Vec<RecordBatch> = group
@@ -500,6 +543,10 @@ impl Groups<'_> {
                 }
                 None => None,
             };
+            if streamed {
+                merge.streamed(summary).await?;
+                continue;
+            }
             let (group_removes, tombstones) = merge
                 .run(summary, tomb_table.as_ref(), &mut known, given.as_ref())
                 .await?;
@@ -642,6 +689,38 @@ impl Merge<'_> {
                     summary.skipped_without_key += 1;
                 }
             }
+        }
+        summary.inserted += picked.len() as u64;
+        summary.keys_changed += picked.len() as u64;
+        let codes = vec!["I"; picked.len()];
+        self.out.upserts(&picked, &codes).await
+    }
+
+    /// A batch of a streamed full load (`changelog::spill`): every change written as an
+    /// insert, which is what the last change of a key that comes once makes of it in tables
+    /// without rows or tombstones (an update of an unknown key is an insert). Its keys are
+    /// checked distinct when the load has ended.
+    ///
+    /// # Errors
+    /// [`Error::Restart`] for a delete, or a change that keeps stored values: the load is read
+    /// again split by key.
+    async fn streamed(&self, summary: &mut ApplySummary) -> Result<()> {
+        if self.request.config.insert_only || self.request.append {
+            return Err(Error::Internal(
+                "a streamed load of a table without last change per key".into(),
+            ));
+        }
+        let mut picked = Vec::new();
+        for (b, batch) in self.changes.iter().enumerate() {
+            if batch.ops.contains(&ChangeOp::Delete) {
+                return Err(Error::Restart("the full load holds a delete".into()));
+            }
+            if !batch.keep_stored.is_empty() {
+                return Err(Error::Restart(
+                    "a change of the full load keeps stored values".into(),
+                ));
+            }
+            picked.extend((0..batch.len()).map(|row| (b, row)));
         }
         summary.inserted += picked.len() as u64;
         summary.keys_changed += picked.len() as u64;

@@ -4,7 +4,14 @@
 //! ([`RunChanges::Held`]: every small run). Past half the budget a run's changes are handled
 //! a group at a time ([`Split`]):
 //!
-//! - A DMS full load of a keyed table is split by keyhash into [`FIRST_PARTITIONS`]
+//! - A full load of a keyed table (DMS `LOAD` files alone, into tables without tombstones) is
+//!   streamed ([`Split::Stream`], [`RunChanges::Streamed`]): past half the budget, or
+//!   [`STREAM_AFTER_BYTES`] if less, its changes go to the table writers as they are read, each row written as an insert, while the first
+//!   8 bytes of each key's digest are logged (`changelog::distinct`). A load that turns out
+//!   not to be one of distinct inserts (a key twice, found at its end; a delete or a change
+//!   that keeps stored values, found as read) is abandoned ([`Error::Restart`]) and `sync`
+//!   reads it again split by keyhash, as below.
+//! - A full load that could not be streamed is split by keyhash into [`FIRST_PARTITIONS`]
 //!   partitions held in a [`SpillStore`] of a quarter of the budget, whose largest partitions
 //!   go to Arrow IPC files in a folder under the spill folder ([`RunChanges::Spilled`]). The
 //!   run then takes one partition at a time: every change of a key is in its partition, so the
@@ -37,6 +44,7 @@ use deltalake::arrow::datatypes::{
 use futures::stream::BoxStream;
 use futures::TryStreamExt;
 
+use super::distinct::DigestLog;
 use crate::core::batch::HashedBatch;
 use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
 use crate::core::key::{key, DigestMap};
@@ -47,6 +55,12 @@ use crate::error::{Error, Result};
 /// reaches the quarter of the budget that it may hold at about 16 GiB of changes in memory
 /// (some 100M narrow rows); past that a partition is split again.
 pub const FIRST_PARTITIONS: usize = 64;
+
+/// Bytes of changes after which a full load streams ([`Split::Stream`]) when half the budget
+/// is more: streaming overlaps parsing with encoding and holds no de-duplication map, so it is
+/// faster than holding the load (a 10M-row load: 3.6-4.1 s streamed against 5.2 s held, at
+/// 0.3-0.4x the memory; bench/RESULTS.md). Smaller loads are held, and never read twice.
+pub const STREAM_AFTER_BYTES: usize = 64 << 20;
 
 /// Levels of partitioning at most: the first, and a split of a partition by each further four
 /// bytes of the 16-byte digest.
@@ -63,6 +77,10 @@ pub enum Split {
     Never,
     /// By keyhash: a reload, whose last change per key is then taken partition by partition.
     ByKey,
+    /// Streamed to the writers as read, keys logged to check they are distinct: a full load
+    /// (see the module docs). Where the changes are not distinct inserts, the run stops with
+    /// [`Error::Restart`] and is read again with [`Split::ByKey`].
+    Stream,
     /// By keyhash, keeping the set of changed keys: a merge, whose impacted files are read
     /// once with every changed key, their stored rows split with the changes.
     Merge,
@@ -116,12 +134,82 @@ pub struct Group {
     pub stored: Option<Vec<RecordBatch>>,
 }
 
-/// A run's changes: held, or partitioned by keyhash and partly on disk.
+/// A run's changes: held, partitioned by keyhash and partly on disk, or still being read.
 pub enum RunChanges {
     /// Every change in memory, in read order.
     Held(Vec<ChangeBatch>),
     /// Changes partitioned by keyhash (see the module docs).
     Spilled(SpilledChanges),
+    /// A full load streamed to the writers as it is read ([`Split::Stream`]).
+    Streamed(StreamedLoad),
+}
+
+/// A full load passed on a batch at a time as it is read: the batches read before it passed
+/// half the budget, then the rest of the stream. Every key's short digest is logged; the
+/// stream's end is only reported once the log holds no key twice.
+pub struct StreamedLoad {
+    read: std::collections::VecDeque<ChangeBatch>,
+    /// In a mutex only to be `Sync` (a run's request is shared by reference across awaits);
+    /// taken by `&mut`, never locked.
+    rest: std::sync::Mutex<BoxStream<'static, Result<ChangeBatch>>>,
+    log: Option<DigestLog>,
+    /// The stream ended and its keys were found distinct.
+    ended: bool,
+    rows: usize,
+    spilled_bytes: u64,
+}
+
+impl StreamedLoad {
+    /// The next batch, its keys logged; None once the stream has ended and its keys were
+    /// found distinct (the check reads the log's spill files and sorts on a blocking thread).
+    ///
+    /// # Errors
+    /// The stream's errors; [`Error::Restart`] when a key was logged twice; the log's
+    /// [`Error::Storage`] errors.
+    async fn next_batch(&mut self) -> Result<Option<ChangeBatch>> {
+        // the log is taken once the stream has ended (it is not polled again), or failed
+        let Some(mut log) = self.log.take() else {
+            return match self.ended {
+                true => Ok(None),
+                false => Err(Error::Internal(
+                    "a streamed load was read on after an error".into(),
+                )),
+            };
+        };
+        let batch = match self.read.pop_front() {
+            Some(batch) => Some(batch),
+            None => {
+                let rest = self
+                    .rest
+                    .get_mut()
+                    .map_err(|_| Error::Internal("a streamed load's reader failed".into()))?;
+                rest.try_next().await?
+            }
+        };
+        let Some(batch) = batch else {
+            self.spilled_bytes = log.spilled_bytes();
+            let threads = crate::core::threads::get();
+            let repeat = tokio::task::spawn_blocking(move || log.has_repeat(threads))
+                .await
+                .map_err(|e| Error::Internal(format!("checking a load's keys: {e}")))??;
+            self.ended = !repeat;
+            return match repeat {
+                true => Err(Error::Restart(
+                    "a key comes more than once in the full load".into(),
+                )),
+                false => Ok(None),
+            };
+        };
+        log.push(&batch.rows.keyhash)?;
+        if log.full() {
+            log = tokio::task::spawn_blocking(move || log.spill().map(|()| log))
+                .await
+                .map_err(|e| Error::Internal(format!("spilling a load's keys: {e}")))??;
+        }
+        self.log = Some(log);
+        self.rows += batch.len();
+        Ok(Some(batch))
+    }
 }
 
 impl RunChanges {
@@ -130,16 +218,19 @@ impl RunChanges {
         match self {
             RunChanges::Held(batches) => batches.iter().map(ChangeBatch::len).sum(),
             RunChanges::Spilled(s) => s.rows,
+            RunChanges::Streamed(s) => s.rows + s.read.iter().map(ChangeBatch::len).sum::<usize>(),
         }
     }
 
-    /// Takes the next group of changes to apply: the held changes once, or the next
-    /// partition, read from its spill files on a blocking thread (None: every group was
-    /// taken). Every change of a key is in one group.
+    /// Takes the next group of changes to apply: the held changes once, the next
+    /// partition, read from its spill files on a blocking thread, or a streamed load's next
+    /// batch (None: every group was taken). Every change of a key is in one group, but for a
+    /// streamed load, whose keys are checked distinct at its end.
     ///
     /// # Errors
     /// I/O and Arrow IPC errors of the spill files; [`Error::Internal`] for a spill file that
-    /// does not decode as changes. The changes left are dropped with the error.
+    /// does not decode as changes; a streamed load's stream errors, and [`Error::Restart`]
+    /// at its end when a key came twice. The changes left are dropped with the error.
     pub async fn next_group(&mut self) -> Result<Option<Group>> {
         match std::mem::replace(self, RunChanges::Held(Vec::new())) {
             RunChanges::Held(batches) => Ok((!batches.is_empty()).then_some(Group {
@@ -151,6 +242,14 @@ impl RunChanges {
                 *self = RunChanges::Spilled(s);
                 Ok(group)
             }
+            RunChanges::Streamed(mut s) => {
+                let batch = s.next_batch().await;
+                *self = RunChanges::Streamed(s);
+                Ok(batch?.map(|b| Group {
+                    changes: vec![b],
+                    stored: None,
+                }))
+            }
         }
     }
 
@@ -158,7 +257,7 @@ impl RunChanges {
     /// None when held, or taken already.
     pub fn take_merge_keys(&mut self) -> Option<DigestMap<()>> {
         match self {
-            RunChanges::Held(_) => None,
+            RunChanges::Held(_) | RunChanges::Streamed(_) => None,
             RunChanges::Spilled(s) => s.keys.take(),
         }
     }
@@ -210,6 +309,10 @@ impl RunChanges {
                 partitions: 1,
                 spilled_bytes: 0,
             },
+            RunChanges::Streamed(s) => ChangeSpill {
+                partitions: 1,
+                spilled_bytes: s.spilled_bytes + s.log.as_ref().map_or(0, DigestLog::spilled_bytes),
+            },
             RunChanges::Spilled(s) => ChangeSpill {
                 partitions: s.taken,
                 spilled_bytes: s.spilled_bytes
@@ -224,12 +327,13 @@ impl RunChanges {
 
 /// Reads a run's changes from `stream`: held while they fit in half of `memory`'s limit, and
 /// whole when `split` is [`Split::Never`] or the run may not spill; else split as `split`
-/// says and spilled (see the module docs).
+/// says and spilled, or, for [`Split::Stream`], handed on with the rest of the stream
+/// unread ([`RunChanges::Streamed`]; see the module docs).
 ///
 /// # Errors
 /// The stream's errors; [`Error::Storage`] when the spill folder cannot be made or written.
 pub async fn collect(
-    mut stream: BoxStream<'_, Result<ChangeBatch>>,
+    mut stream: BoxStream<'static, Result<ChangeBatch>>,
     memory: &RunMemory,
     split: Split,
 ) -> Result<RunChanges> {
@@ -244,6 +348,25 @@ pub async fn collect(
         }
         held_bytes += change_bytes(&batch);
         held.push(batch);
+        let stream_after = memory.held_limit().min(STREAM_AFTER_BYTES);
+        if spillable && split == Split::Stream && held_bytes > stream_after {
+            tracing::info!(
+                held_mib = held_bytes >> 20,
+                limit_mib = memory.limit >> 20,
+                "the full load is large: streaming it to the writers"
+            );
+            return Ok(RunChanges::Streamed(StreamedLoad {
+                read: held.into(),
+                rest: std::sync::Mutex::new(stream),
+                log: Some(DigestLog::new(
+                    memory.part_budget(),
+                    memory.spill_dir.clone(),
+                )),
+                ended: false,
+                rows: 0,
+                spilled_bytes: 0,
+            }));
+        }
         if spillable && held_bytes > memory.held_limit() {
             tracing::info!(
                 held_mib = held_bytes >> 20,
@@ -917,6 +1040,77 @@ mod tests {
             out.push(batch(file, half as u64, &rows[half..]));
         }
         out
+    }
+
+    /// Every group of a streamed load until the end or an error: the rows of each group (one
+    /// batch each), and the error.
+    fn streamed_groups(
+        runtime: &tokio::runtime::Runtime,
+        collected: &mut RunChanges,
+    ) -> (Vec<Vec<Row>>, Option<Error>) {
+        let mut groups = Vec::new();
+        loop {
+            match runtime.block_on(collected.next_group()) {
+                Ok(Some(group)) => {
+                    assert!(group.stored.is_none(), "no stored rows");
+                    assert_eq!(group.changes.len(), 1, "a batch at a time");
+                    groups.push(rows_of(&group.changes));
+                }
+                Ok(None) => return (groups, None),
+                Err(e) => return (groups, Some(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_load_over_half_the_limit_streams_its_batches_in_read_order_once_its_keys_are_distinct(
+    ) {
+        // 12,000 changes of distinct keys (7919 is prime to 60,000)
+        let input = changes(4, 3000, 60_000);
+        let (expected, batches) = (rows_of(&input), input.len());
+        let (dir, runtime, mut load) = collected(input, 64 << 10, true, Split::Stream);
+        assert!(matches!(load, RunChanges::Streamed(_)));
+        let (groups, error) = streamed_groups(&runtime, &mut load);
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(groups.len(), batches);
+        let got: Vec<Row> = groups.into_iter().flatten().collect();
+        assert_eq!(got, expected, "every change once, in read order");
+        assert_eq!(load.rows(), 12_000);
+        let spill = load.spill();
+        // a 16 KiB budget of digests (2,048) spilled the log's 96 KB
+        assert_eq!(spill.partitions, 1);
+        assert_eq!(spill.spilled_bytes, 12_000 * 8);
+        // the end is told once, and the log's spill folder went with the check
+        assert!(runtime.block_on(load.next_group()).unwrap().is_none());
+        assert!(walkdir(dir.path()).is_empty(), "{:?}", walkdir(dir.path()));
+    }
+
+    #[test]
+    fn a_streamed_load_with_a_key_twice_ends_in_a_restart_after_its_last_batch() {
+        // 600 changes over 500 keys: a repeat in another batch
+        let input = changes(2, 300, 500);
+        let batches = input.len();
+        let (dir, runtime, mut load) = collected(input, 4 << 10, true, Split::Stream);
+        let (groups, error) = streamed_groups(&runtime, &mut load);
+        assert_eq!(
+            groups.len(),
+            batches,
+            "the repeat is found once the stream has ended"
+        );
+        assert!(matches!(error, Some(Error::Restart(_))), "{error:?}");
+        // never an end after a failure
+        assert!(matches!(
+            runtime.block_on(load.next_group()),
+            Err(Error::Internal(_))
+        ));
+        drop(load);
+        assert!(walkdir(dir.path()).is_empty());
+        // within half the limit the load is held (its last change per key taken as ever)
+        let (_, _, held) = collected(changes(2, 300, 500), 1 << 30, true, Split::Stream);
+        assert!(matches!(held, RunChanges::Held(_)));
+        // and a run that may not spill never streams
+        let (_, _, held) = collected(changes(2, 300, 500), 4 << 10, false, Split::Stream);
+        assert!(matches!(held, RunChanges::Held(_)));
     }
 
     #[test]

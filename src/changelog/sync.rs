@@ -25,12 +25,13 @@ use super::merge::{apply, ApplyRequest, ApplySummary};
 use super::spill::{collect, RunChanges, RunMemory, Split};
 use crate::config::tables::{TableEntry, TablesFile};
 use crate::config::ChangelogTable;
-use crate::core::checkpoint::Committed;
+use crate::core::change::ChangeBatch;
+use crate::core::checkpoint::{Checkpoint, Committed};
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
 use crate::report::progress::stage_line;
 use crate::sink::delta::DeltaLake;
-use crate::sink::{conflict_pause, Sink, CONFLICT_ATTEMPTS};
+use crate::sink::{conflict_pause, Sink, TableRole, CONFLICT_ATTEMPTS};
 use crate::source::changelog::landing::{discover, LandingZone};
 use crate::source::changelog::remote::StoreLanding;
 use crate::source::{ChangeSource, Pending};
@@ -307,7 +308,9 @@ pub struct SourceRun {
 ///
 /// A run that loses its commit to another writer of the table (two syncs at once) asks the
 /// source again what is pending past the winner's checkpoint, up to
-/// [`CONFLICT_ATTEMPTS`] times.
+/// [`CONFLICT_ATTEMPTS`] times. A full load streamed to the writers that turns out not to be
+/// one of distinct inserts ([`Error::Restart`], see `changelog::spill`) is planned and read
+/// again, split by key.
 ///
 /// # Errors
 /// The source's errors (a bad row names its file, line and column), lake errors,
@@ -320,26 +323,42 @@ pub async fn run_source<S: ChangeSource>(
     memory: &RunMemory,
     bar: &ProgressBar,
 ) -> Result<SourceRun> {
-    let mut attempt = 1;
+    let (mut attempt, mut stream) = (1, true);
     loop {
-        match run_source_once(source, config, run_date, memory, bar).await {
+        match run_source_once(source, config, run_date, memory, bar, stream).await {
             Err(Error::Conflict { table, seq, other }) if attempt < CONFLICT_ATTEMPTS => {
                 tracing::warn!(%table, run = seq, %other, attempt, "another run committed first; re-planning on top of it");
                 conflict_pause(attempt).await;
                 attempt += 1;
+            }
+            Err(Error::Restart(reason)) if stream => {
+                tracing::info!(table = %config.table.name, %reason, "the full load was not streamed: reading it again split by key");
+                stage_line(
+                    !bar.is_hidden(),
+                    format_args!(
+                        "{}: the full load cannot be streamed ({reason}): reading it again, split by key",
+                        config.table.name
+                    ),
+                );
+                stream = false;
             }
             done => return done,
         }
     }
 }
 
-/// One attempt of [`run_source`].
+/// One attempt of [`run_source`]; `stream`: a full load may be streamed to the writers.
+///
+/// The source's stream is read by a future of its own, joined with the one that collects and
+/// applies the changes: a streamed load is still being read while it is applied. That reader
+/// hands on the source's checkpoint and history removes once the stream has ended.
 async fn run_source_once<S: ChangeSource>(
     source: &mut S,
     config: &ChangelogTable,
     run_date: NaiveDate,
     memory: &RunMemory,
     bar: &ProgressBar,
+    stream: bool,
 ) -> Result<SourceRun> {
     let existing = DeltaLake::open(&config.table, false).await?;
     let (committed, base_run) = match &existing {
@@ -355,61 +374,122 @@ async fn run_source_once<S: ChangeSource>(
     if pending.is_empty() {
         return Ok(done);
     }
-    bar.set_message(format!("reading {} {}(s)", pending.units, source.unit()));
+    let unit = source.unit();
+    bar.set_message(format!("reading {} {unit}(s)", pending.units));
     let reading = Instant::now();
     // A run splits its changes past half its memory limit and spills them
     // (`changelog::spill`): in read order where it takes no last change per key, else by key
     // (a merge into existing tables keeping the set of its changed keys, to read its impacted
-    // files once; a first run reads none).
+    // files once; a first run reads none). A full load of `LOAD` files alone into tables
+    // without tombstones (which could make a row stale) is streamed to the writers instead,
+    // when `stream` and the run may spill.
     let split = match (pending.append || config.insert_only, pending.reload) {
         (true, _) => Split::InOrder,
         (false, true) => Split::ByKey,
         (false, false) if existing.is_none() => Split::ByKey,
         (false, false) => Split::Merge,
     };
-    let changes = collect(source.changes(), memory, split).await?;
-    done.read_secs = reading.elapsed().as_secs_f64();
-    let rows = changes.rows();
-    stage_line(
-        !bar.is_hidden(),
-        format_args!(
-            "{}: read {} changes from {} {}(s) in {:.2} s{}",
-            config.table.name,
-            rows,
-            pending.units,
-            source.unit(),
-            done.read_secs,
-            match &changes {
-                RunChanges::Held(_) => String::new(),
-                RunChanges::Spilled(_) => "; split and spilled (over half of its memory)".into(),
-            }
-        ),
-    );
-    let checkpoint = source.checkpoint();
-    bar.set_message(format!("applying {rows} changes"));
-    let mut lake = match existing {
-        Some((lake, _)) => lake,
-        None => DeltaLake::create(&config.table).await?.0,
+    let streams = stream && memory.spill && pending.loads_only && split == Split::ByKey;
+    let split = match &existing {
+        None if streams => Split::Stream,
+        Some((lake, _)) if streams && !keeps_tombstones(lake).await? => Split::Stream,
+        _ => split,
     };
-    let summary = apply(
-        &mut lake,
-        ApplyRequest {
-            config,
-            changes,
-            reload: pending.reload,
-            append: pending.append,
-            history_removes: source.history_removes(),
-            checkpoint: checkpoint.clone(),
-            run_date,
-            base_run,
-            memory: memory.clone(),
-            bar: Some(bar),
-        },
-    )
-    .await?;
-    source.confirm(&checkpoint).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<ChangeBatch>>(2);
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+    let reader_source = &mut *source;
+    let reader = async move {
+        let mut changes = reader_source.changes();
+        loop {
+            let batch = tokio::select! {
+                batch = changes.next() => batch,
+                // the consumer gone (its run failed): reading stops
+                () = tx.closed() => return,
+            };
+            let Some(batch) = batch else { break };
+            let failed = batch.is_err();
+            // the consumer gone, or the error handed on: reading stops
+            if tx.send(batch).await.is_err() || failed {
+                return;
+            }
+        }
+        drop(changes);
+        let _ = end_tx.send((reader_source.checkpoint(), reader_source.history_removes()));
+    };
+    let applying = async {
+        // the channel's end, owned: a streamed load keeps it past this borrow of the source
+        let received = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|batch| (batch, rx))
+        })
+        .boxed();
+        let changes = collect(received, memory, split).await?;
+        done.read_secs = reading.elapsed().as_secs_f64();
+        let rows = changes.rows();
+        stage_line(
+            !bar.is_hidden(),
+            format_args!(
+                "{}: read {} changes from {} {unit}(s) in {:.2} s{}",
+                config.table.name,
+                rows,
+                pending.units,
+                done.read_secs,
+                match &changes {
+                    RunChanges::Held(_) => String::new(),
+                    RunChanges::Spilled(_) =>
+                        "; split and spilled (over half of its memory)".into(),
+                    RunChanges::Streamed(_) =>
+                        "; a large full load: the rest streams to the writers as it is read".into(),
+                }
+            ),
+        );
+        // a streamed load's checkpoint is known once the apply has read the rest
+        let (checkpoint, history_removes, source_end) = match changes {
+            RunChanges::Streamed(_) => (Checkpoint::Files(Vec::new()), Vec::new(), Some(end_rx)),
+            _ => {
+                let (checkpoint, removes) = end_rx.await.map_err(|_| {
+                    Error::Internal("the source's stream ended without its checkpoint".into())
+                })?;
+                (checkpoint, removes, None)
+            }
+        };
+        bar.set_message(format!("applying {rows} changes"));
+        let mut lake = match existing {
+            Some((lake, _)) => lake,
+            None => DeltaLake::create(&config.table).await?.0,
+        };
+        apply(
+            &mut lake,
+            ApplyRequest {
+                config,
+                changes,
+                reload: pending.reload,
+                append: pending.append,
+                history_removes,
+                checkpoint,
+                source_end,
+                run_date,
+                base_run,
+                memory: memory.clone(),
+                bar: Some(bar),
+            },
+        )
+        .await
+    };
+    let ((), summary) = tokio::join!(reader, applying);
+    let summary = summary?;
+    // the reader has ended: the checkpoint the run committed
+    source.confirm(&source.checkpoint()).await?;
     done.applied = Some(summary);
     Ok(done)
+}
+
+/// Whether `lake` has a tombstones table holding files (a streamed load could not tell a
+/// stale row by them).
+async fn keeps_tombstones(lake: &DeltaLake) -> Result<bool> {
+    match lake.open_follower(TableRole::Tombstones, None).await? {
+        Some(table) => Ok(table.snapshot()?.log_data().num_files() > 0),
+        None => Ok(false),
+    }
 }
 
 async fn sync_table(
@@ -518,7 +598,15 @@ async fn sync_table(
         }
         result.message.push(')');
     }
-    if summary.spilled_bytes > 0 {
+    if summary.streamed {
+        result.message.push_str(&format!(
+            "; streamed to the writers as read (a full load of over 64 MiB, or half the table's share of --memory-limit), its keys checked distinct{}",
+            match summary.spilled_bytes {
+                0 => String::new(),
+                n => format!(" ({} of key digests spilled)", crate::report::mib(n)),
+            }
+        ));
+    } else if summary.spilled_bytes > 0 {
         result.message.push_str(&format!(
             "; applied in {} partitions of changes, {} spilled (over half of the table's share of --memory-limit)",
             summary.partitions,

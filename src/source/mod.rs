@@ -96,6 +96,9 @@ pub struct Pending {
     /// Units applied by earlier runs whose effect the reload replaces (change files older
     /// than a new full load); 0 without a reload.
     pub replaced: usize,
+    /// Every unit to read is a full load's (DMS `LOAD` files and no change files): a run
+    /// over half its memory may stream it to the writers (`changelog::spill`).
+    pub loads_only: bool,
 }
 
 impl Pending {

@@ -401,6 +401,8 @@ async fn full_loads_and_merges_over_the_memory_limit_spill_and_write_what_held_o
                 false => {
                     assert!(a.partitions > 1 && a.spilled_bytes > 0, "{a:?}");
                     assert!(t.message.contains("partitions of changes"), "{}", t.message);
+                    // its load files repeat keys, and its change file deletes: not streamed
+                    assert!(!a.streamed, "{a:?}");
                 }
             }
             assert_eq!(a.changes_read, 6000 + 715);
@@ -473,6 +475,118 @@ async fn full_loads_and_merges_over_the_memory_limit_spill_and_write_what_held_o
         assert_eq!(
             lakes[0], lakes[1],
             "spilled and held runs write the same rows"
+        );
+    }
+}
+
+/// A full load of distinct keys past half the memory limit streams to the writers as it is
+/// read (its keys checked distinct at its end) and writes what a held load writes: current
+/// and history (every column), counters, and a checkpoint after which nothing is pending. A
+/// reload whose files repeat a key is found out at its end and read again split by key; a
+/// reload of distinct keys streams again.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_loads_of_distinct_keys_stream_and_a_repeated_key_reads_the_load_again_by_key() {
+    let region = |i: usize| ["east", "west", "north"][i % 3];
+    let rows = |ids: std::ops::Range<usize>, amount: &str| -> String {
+        ids.map(|i| format!("{i},{},{i}.{amount}\n", region(i)))
+            .collect()
+    };
+    for tables in [
+        ORDERS.to_string(),
+        ORDERS.replace("  partition_by: [region]\n", ""),
+    ] {
+        let mut lakes = Vec::new();
+        for limit in [1u64 << 30, 64 << 10] {
+            let small = limit < 1 << 20;
+            let l = Landing::new(&tables);
+            let (options, spill) = l.limited(limit);
+            let mut runs = Vec::new();
+            // a first load, a reload repeating keys 2500..3000 of the first file in the second
+            // (the later file wins), and a reload of distinct keys again
+            for (step, (first, second)) in [
+                (rows(0..3000, "5"), rows(3000..6000, "5")),
+                (rows(0..3000, "25"), rows(2500..5000, "75")),
+                (rows(0..2000, "125"), rows(2000..4500, "375")),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                l.file("sales/orders", "LOAD00000001.csv", &first);
+                l.file("sales/orders", "LOAD00000002.csv", &second);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let s = sync(&options).await.unwrap();
+                let t = &s.tables[0];
+                assert_eq!(t.status, "applied", "step {step}: {t:?}");
+                assert!(t.reload, "a full load: {t:?}");
+                let a = t.apply.as_ref().unwrap();
+                let repeats = step == 1;
+                assert_eq!(a.streamed, small && !repeats, "step {step}: {a:?}");
+                match (small, repeats) {
+                    (false, _) => assert_eq!((a.partitions, a.spilled_bytes), (1, 0), "{a:?}"),
+                    // read again split by key and spilled
+                    (true, true) => assert!(a.partitions > 1 && a.spilled_bytes > 0, "{a:?}"),
+                    // the key digests' log spilled past its 16 KiB (8 bytes a row, the last
+                    // ones checked in memory)
+                    (true, false) => {
+                        assert_eq!(a.partitions, 1, "{a:?}");
+                        assert!(a.spilled_bytes > 16 << 10, "{a:?}");
+                        assert!(a.spilled_bytes <= a.changes_read * 8, "{a:?}");
+                        assert!(
+                            t.message.contains("streamed to the writers"),
+                            "{}",
+                            t.message
+                        );
+                    }
+                }
+                assert_eq!(
+                    (a.changes_read, a.keys_changed),
+                    match step {
+                        0 => (6000, 6000),
+                        1 => (5500, 5000),
+                        _ => (4500, 4500),
+                    },
+                    "{a:?}"
+                );
+                assert_eq!(a.inserted, a.keys_changed, "{a:?}");
+                assert_eq!(
+                    std::fs::read_dir(spill.path()).unwrap().count(),
+                    0,
+                    "the spill folder is removed"
+                );
+                // the checkpoint holds both files: nothing is pending
+                let again = sync(&options).await.unwrap();
+                assert_eq!(
+                    again.tables[0].status, "up-to-date",
+                    "{:?}",
+                    again.tables[0]
+                );
+                let mut current: Vec<Row> = l.table("sales/orders", "current").await;
+                current.sort();
+                let live = current.len();
+                assert_eq!(live as u64, a.keys_changed);
+                let mut history: Vec<Row> = l.table("sales/orders", "history").await;
+                history.sort();
+                let counters = format!(
+                    "{:?}",
+                    (a.inserted, a.updated, a.deleted, a.ignored_deletes, a.stale)
+                );
+                runs.push((current, history, counters));
+            }
+            // the repeated keys hold the second file's values
+            let second = &runs[1].0;
+            let amount_of = |id: &str| {
+                second
+                    .iter()
+                    .find(|r| r["id"] == id)
+                    .map(|r| r["amount"].clone())
+            };
+            assert_eq!(amount_of("2700").as_deref(), Some("2700.75"));
+            assert_eq!(amount_of("100").as_deref(), Some("100.25"));
+            lakes.push(runs);
+        }
+        assert_eq!(
+            lakes[0], lakes[1],
+            "held and streamed (or read again) loads write the same rows"
         );
     }
 }

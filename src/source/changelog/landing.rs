@@ -216,6 +216,7 @@ impl ChangeSource for LandingZone {
             units: self.read.len(),
             skipped: self.superseded.len(),
             replaced: todo.replaced,
+            loads_only: self.read.iter().all(|f| f.kind == FileKind::Load),
         })
     }
 

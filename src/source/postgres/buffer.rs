@@ -544,6 +544,7 @@ impl ChangeSource for TableChanges {
                 units,
                 skipped: 0,
                 replaced: 0,
+                loads_only: false,
             }),
         }
     }
