@@ -5,8 +5,9 @@ Workloads (DMS full-load CSV files, one `LOAD00000001.csv` each, made with DuckD
 
 - wide: the shape of bench/dms_merge_bench.py (id long, region string of 8 values, amount
   double, note string of 16 characters), ROWS rows (default 10M), loaded four ways in one
-  sitting: `--memory-limit 64GiB` (held in memory, as before the limit), the default `1GiB`
-  (partitioned by key and spilled past 512 MiB), `512MiB`, and the default with
+  sitting: `--memory-limit 64GiB` (held in memory before 02beb33; since then a `LOAD` past
+  64 MiB of changes streams to the writers whatever the limit), the default `1GiB` (before
+  02beb33 partitioned by key and spilled past 512 MiB), `512MiB`, and the default with
   `tributary --threads 16` (16 threads oversubscribed on this machine's cores: the limit must
   hold on any core count). The held and spilled current tables are compared with DuckDB
   (EXCEPT ALL both ways: 0 rows).
@@ -88,7 +89,8 @@ def load(binary, data, tables, name, limit=None, threads=None):
            "partitions": apply["partitions"], "spilled": apply["spilled_bytes"],
            "read": table["read_secs"], "stages": apply["stages"]}
     log(f"{name}: {secs:.2f} s, {rss / 2**20:,.0f} MiB, {apply['partitions']} partitions, "
-        f"{apply['spilled_bytes'] / 2**20:,.0f} MiB spilled")
+        f"{apply['spilled_bytes'] / 2**20:,.0f} MiB spilled"
+        f"{', streamed' if apply.get('streamed') else ''}")
     return row, work / "lake" / "bench" / "orders" / "current"
 
 

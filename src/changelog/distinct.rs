@@ -30,11 +30,9 @@ const DIGEST_BYTES: usize = 8;
 pub struct DigestLog {
     /// Digests not yet spilled, by partition.
     parts: Vec<Vec<u64>>,
-    /// Digests held in `parts`.
-    held: usize,
     /// Digests logged per partition (held and spilled).
     counts: Vec<usize>,
-    /// Digests held at most before they are spilled.
+    /// Digests held at most (room in `parts`) before they are spilled.
     budget: usize,
     /// Where spilled digests go: made at the first spill.
     spill_dir: PathBuf,
@@ -51,7 +49,6 @@ impl DigestLog {
     pub fn new(budget_bytes: usize, spill_dir: PathBuf) -> Self {
         DigestLog {
             parts: vec![Vec::new(); PARTITIONS],
-            held: 0,
             counts: vec![0; PARTITIONS],
             budget: (budget_bytes / DIGEST_BYTES).max(PARTITIONS),
             spill_dir,
@@ -71,9 +68,10 @@ impl DigestLog {
         self.spilled_bytes
     }
 
-    /// Whether the digests held are over the budget: [`spill`](Self::spill) is due.
+    /// Whether the digests held are over the budget, counted by the room their buffers take
+    /// (which grow by doubling): [`spill`](Self::spill) is due.
     pub fn full(&self) -> bool {
-        self.held >= self.budget
+        self.parts.iter().map(Vec::capacity).sum::<usize>() >= self.budget
     }
 
     /// Logs the digest of every key of a batch (`keyhash`: 16-byte digests).
@@ -87,7 +85,6 @@ impl DigestLog {
             self.parts[p].push(d);
             self.counts[p] += 1;
         }
-        self.held += keyhash.len();
         self.rows += keyhash.len() as u64;
         Ok(())
     }
@@ -127,7 +124,6 @@ impl DigestLog {
             part.clear();
             part.shrink_to_fit();
         }
-        self.held = 0;
         Ok(())
     }
 

@@ -58,6 +58,10 @@ use deltalake::arrow::datatypes::Int64Type;
 /// [`apply`]): fewer rows get fewer tasks, and so fewer files.
 const SHARED_ROWS_PER_WRITER: usize = 1 << 20;
 
+/// Input bytes of a streamed full load per writer task (about 1M rows of a CSV file of four
+/// columns; a load of unknown size gets the most).
+const STREAMED_BYTES_PER_WRITER: u64 = 64 << 20;
+
 /// Name of the file-path column of the impacted-files scan.
 const FILE_COLUMN: &str = "__tributary_file";
 
@@ -76,6 +80,9 @@ pub struct ApplyRequest<'a> {
     pub append: bool,
     /// What the changes consumed of their source, committed with them.
     pub checkpoint: Checkpoint,
+    /// Bytes of the run's input files (0: unknown): a streamed load, whose rows are not
+    /// counted before it is written, gets a writer per [`STREAMED_BYTES_PER_WRITER`].
+    pub input_bytes: u64,
     /// Where a streamed load's checkpoint and history removes come from once its source has
     /// ended (they replace `checkpoint` and `history_removes`); None for every other run.
     pub source_end: Option<tokio::sync::oneshot::Receiver<(Checkpoint, Vec<Remove>)>>,
@@ -186,13 +193,16 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
     // own files: small runs keep one).
     let shares = request.reload || request.append || config.insert_only;
     let rows = request.changes.rows();
-    // (a streamed load is large: its rows are not counted yet)
+    // (a streamed load's rows are not counted yet: its input bytes say how large it is)
     let most = crate::core::threads::get().clamp(1, 4);
     let tasks = match (
         shares && spec.lake.partition_by.is_empty(),
         &request.changes,
     ) {
-        (true, RunChanges::Streamed(_)) => most,
+        (true, RunChanges::Streamed(_)) if request.input_bytes == 0 => most,
+        (true, RunChanges::Streamed(_)) => {
+            ((request.input_bytes / STREAMED_BYTES_PER_WRITER) as usize).clamp(1, most)
+        }
         (true, _) => (rows / SHARED_ROWS_PER_WRITER).clamp(1, most),
         (false, _) => 1,
     };

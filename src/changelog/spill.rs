@@ -144,8 +144,8 @@ pub enum RunChanges {
     Streamed(StreamedLoad),
 }
 
-/// A full load passed on a batch at a time as it is read: the batches read before it passed
-/// half the budget, then the rest of the stream. Every key's short digest is logged; the
+/// A full load passed on a batch at a time as it is read: the batches read before it streamed
+/// (past [`STREAM_AFTER_BYTES`] or half the budget), then the rest of the stream. Every key's short digest is logged; the
 /// stream's end is only reported once the log holds no key twice.
 pub struct StreamedLoad {
     read: std::collections::VecDeque<ChangeBatch>,
@@ -1077,9 +1077,10 @@ mod tests {
         assert_eq!(got, expected, "every change once, in read order");
         assert_eq!(load.rows(), 12_000);
         let spill = load.spill();
-        // a 16 KiB budget of digests (2,048) spilled the log's 96 KB
+        // a 16 KiB budget of digests (2,048) spilled most of the log's 96 KB
         assert_eq!(spill.partitions, 1);
-        assert_eq!(spill.spilled_bytes, 12_000 * 8);
+        assert!(spill.spilled_bytes >= 8 * 8_000, "{spill:?}");
+        assert!(spill.spilled_bytes <= 8 * 12_000, "{spill:?}");
         // the end is told once, and the log's spill folder went with the check
         assert!(runtime.block_on(load.next_group()).unwrap().is_none());
         assert!(walkdir(dir.path()).is_empty(), "{:?}", walkdir(dir.path()));

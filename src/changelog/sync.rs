@@ -80,8 +80,13 @@ pub struct TableSync {
     /// Under a reload: change files older than the new full load, recorded as superseded
     /// without being applied.
     pub superseded_files: usize,
-    /// Seconds spent reading (parsing, casting, hashing) the files.
+    /// Seconds spent reading (parsing, casting, hashing) the files; of a streamed full load,
+    /// reading up to the point it streamed (the rest is in its apply's `merge_secs`).
     pub read_secs: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why a full load streamed to the writers was read a second time, taking the last change
+    /// per key (a key came twice): its files were read and written twice.
+    pub stream_restarted: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     /// For a landing zone in an object store: the objects this pass copied from the store to
     /// read them (or to compare a `LOAD` file's content), and their bytes.
@@ -254,6 +259,7 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncSummary> {
                         replaced_files: 0,
                         superseded_files: 0,
                         read_secs: 0.0,
+                        stream_restarted: None,
                         copied: None,
                         apply: None,
                         error: Some(e.to_string()),
@@ -299,6 +305,8 @@ pub struct SourceRun {
     pub read_secs: f64,
     /// The run, when one was applied.
     pub applied: Option<ApplySummary>,
+    /// Why a streamed full load was read a second time (a key twice, say), when it was.
+    pub restarted: Option<String>,
 }
 
 /// Runs one change source into its table once: asks `source` what is pending past the
@@ -310,7 +318,8 @@ pub struct SourceRun {
 /// source again what is pending past the winner's checkpoint, up to
 /// [`CONFLICT_ATTEMPTS`] times. A full load streamed to the writers that turns out not to be
 /// one of distinct inserts ([`Error::Restart`], see `changelog::spill`) is planned and read
-/// again, split by key.
+/// again, taking the last change per key (held, or split by key past half its memory); the
+/// run says why ([`SourceRun::restarted`]).
 ///
 /// # Errors
 /// The source's errors (a bad row names its file, line and column), lake errors,
@@ -323,24 +332,29 @@ pub async fn run_source<S: ChangeSource>(
     memory: &RunMemory,
     bar: &ProgressBar,
 ) -> Result<SourceRun> {
-    let (mut attempt, mut stream) = (1, true);
+    let (mut attempt, mut stream, mut restarted) = (1, true, None);
     loop {
         match run_source_once(source, config, run_date, memory, bar, stream).await {
+            Ok(mut done) => {
+                done.restarted = restarted;
+                return Ok(done);
+            }
             Err(Error::Conflict { table, seq, other }) if attempt < CONFLICT_ATTEMPTS => {
                 tracing::warn!(%table, run = seq, %other, attempt, "another run committed first; re-planning on top of it");
                 conflict_pause(attempt).await;
                 attempt += 1;
             }
             Err(Error::Restart(reason)) if stream => {
-                tracing::info!(table = %config.table.name, %reason, "the full load was not streamed: reading it again split by key");
+                tracing::info!(table = %config.table.name, %reason, "the full load cannot be streamed: reading it again, taking the last change per key");
                 stage_line(
                     !bar.is_hidden(),
                     format_args!(
-                        "{}: the full load cannot be streamed ({reason}): reading it again, split by key",
+                        "{}: the full load cannot be streamed ({reason}): reading it again, taking the last change per key",
                         config.table.name
                     ),
                 );
                 stream = false;
+                restarted = Some(reason);
             }
             done => return done,
         }
@@ -370,6 +384,7 @@ async fn run_source_once<S: ChangeSource>(
         pending,
         read_secs: 0.0,
         applied: None,
+        restarted: None,
     };
     if pending.is_empty() {
         return Ok(done);
@@ -466,6 +481,7 @@ async fn run_source_once<S: ChangeSource>(
                 append: pending.append,
                 history_removes,
                 checkpoint,
+                input_bytes: pending.bytes,
                 source_end,
                 run_date,
                 base_run,
@@ -526,6 +542,7 @@ async fn sync_table(
         replaced_files: done.pending.replaced,
         superseded_files: done.pending.skipped,
         read_secs: done.read_secs,
+        stream_restarted: done.restarted.clone(),
         copied: source
             .copied_from_store()
             .map(|(objects, bytes)| CopiedFromStore { objects, bytes }),
@@ -611,6 +628,11 @@ async fn sync_table(
             "; applied in {} partitions of changes, {} spilled (over half of the table's share of --memory-limit)",
             summary.partitions,
             crate::report::mib(summary.spilled_bytes)
+        ));
+    }
+    if let Some(reason) = &result.stream_restarted {
+        result.message.push_str(&format!(
+            "; the full load was streamed, then read again taking the last change per key ({reason})"
         ));
     }
     result.message.push_str(&copied_note);

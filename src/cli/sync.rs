@@ -41,10 +41,11 @@ pub struct SyncArgs {
     pub spill_dir: Option<PathBuf>,
     /// Memory for the pass's changes (`512MiB`, `2GiB`), shared by the tables loaded at the
     /// same time: a full load of over 64 MiB of changes (or half a table's share, if less)
-    /// streams to the writers as it is read (its keys checked distinct at its end; read again split by key
-    /// when they are not); any other run is split by key (in read order for an append or a
-    /// table without a key) and spilled to --spill-dir; a merge's files that hold a changed
-    /// key are still read once.
+    /// streams to the writers as it is read (its keys checked distinct at its end; read again
+    /// taking the last change per key when they are not); any other run whose changes take
+    /// over half a table's share is split by key (in read order for an append or a table
+    /// without a key) and spilled to --spill-dir; a merge's files that hold a changed key are
+    /// still read once.
     #[arg(long, default_value = "1GiB")]
     pub memory_limit: String,
 }

@@ -96,9 +96,13 @@ pub struct Pending {
     /// Units applied by earlier runs whose effect the reload replaces (change files older
     /// than a new full load); 0 without a reload.
     pub replaced: usize,
-    /// Every unit to read is a full load's (DMS `LOAD` files and no change files): a run
-    /// over half its memory may stream it to the writers (`changelog::spill`).
+    /// Every unit to read is a full load's (DMS `LOAD` files and no change files): past
+    /// 64 MiB of changes, or half its memory if less, the run may stream it to the writers
+    /// (`changelog::spill`).
     pub loads_only: bool,
+    /// Bytes of the files to read (0: unknown, or not files): how many writers a streamed
+    /// load gets.
+    pub bytes: u64,
 }
 
 impl Pending {

@@ -521,6 +521,11 @@ async fn full_loads_of_distinct_keys_stream_and_a_repeated_key_reads_the_load_ag
                 let a = t.apply.as_ref().unwrap();
                 let repeats = step == 1;
                 assert_eq!(a.streamed, small && !repeats, "step {step}: {a:?}");
+                // a streamed load read again says why
+                assert_eq!(t.stream_restarted.is_some(), small && repeats, "{t:?}");
+                if small && repeats {
+                    assert!(t.message.contains("read again"), "{}", t.message);
+                }
                 match (small, repeats) {
                     (false, _) => assert_eq!((a.partitions, a.spilled_bytes), (1, 0), "{a:?}"),
                     // read again split by key and spilled

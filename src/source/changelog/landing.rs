@@ -217,6 +217,7 @@ impl ChangeSource for LandingZone {
             skipped: self.superseded.len(),
             replaced: todo.replaced,
             loads_only: self.read.iter().all(|f| f.kind == FileKind::Load),
+            bytes: self.read.iter().map(|f| f.size).sum(),
         })
     }
 

@@ -545,6 +545,7 @@ impl ChangeSource for TableChanges {
                 skipped: 0,
                 replaced: 0,
                 loads_only: false,
+                bytes: 0,
             }),
         }
     }
