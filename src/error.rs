@@ -131,8 +131,8 @@ pub enum Error {
     #[error("internal error (please report): a table writer stopped early")]
     WriterGone,
     /// A streamed full load met what it cannot stream (a key twice, a delete): the run is
-    /// abandoned and `sync` reads it again split by key (`changelog::spill`). Never reported
-    /// to a user.
+    /// abandoned and `sync` reads it again taking the last change per key
+    /// (`changelog::spill`). Never reported to a user.
     #[error("internal error (please report): a streamed load was not restarted: {0}")]
     Restart(String),
     /// A bug in Tributary: an invariant did not hold.

@@ -713,7 +713,7 @@ impl Merge<'_> {
     ///
     /// # Errors
     /// [`Error::Restart`] for a delete, or a change that keeps stored values: the load is read
-    /// again split by key.
+    /// again taking the last change per key.
     async fn streamed(&self, summary: &mut ApplySummary) -> Result<()> {
         if self.request.config.insert_only || self.request.append {
             return Err(Error::Internal(

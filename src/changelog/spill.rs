@@ -10,7 +10,8 @@
 //!   8 bytes of each key's digest are logged (`changelog::distinct`). A load that turns out
 //!   not to be one of distinct inserts (a key twice, found at its end; a delete or a change
 //!   that keeps stored values, found as read) is abandoned ([`Error::Restart`]) and `sync`
-//!   reads it again split by keyhash, as below.
+//!   reads it again taking the last change per key: held within half the budget, else split
+//!   by keyhash as below.
 //! - A full load that could not be streamed is split by keyhash into [`FIRST_PARTITIONS`]
 //!   partitions held in a [`SpillStore`] of a quarter of the budget, whose largest partitions
 //!   go to Arrow IPC files in a folder under the spill folder ([`RunChanges::Spilled`]). The
