@@ -5,9 +5,10 @@
 //! once the stream has ended. The log is split into [`PARTITIONS`] by the digest's top bits;
 //! past its budget every partition's digests are appended to a file of the run's spill
 //! folder. The check sorts a partition at a time (1/64 of the log, for keys spread evenly) on
-//! each of up to `threads` threads, as many as the budget holds partitions (at least one). Two keys whose digests share their first 8 bytes read as a repeat: the
-//! load then runs again the way that takes the last change per key, which is correct for any
-//! input (for 100M distinct keys the chance is about 3 in 10,000).
+//! each of up to `threads` threads, as many as the budget holds partitions (at least one).
+//! Two keys whose digests share their first 8 bytes read as a repeat: the load then runs again
+//! the way that takes the last change per key, which is correct for any input (for 100M
+//! distinct keys the chance is about 3 in 10,000).
 //!
 //! [`Split::Stream`]: super::spill::Split::Stream
 
@@ -37,8 +38,6 @@ pub struct DigestLog {
     /// Where spilled digests go: made at the first spill.
     spill_dir: PathBuf,
     folder: Option<tempfile::TempDir>,
-    /// Digests logged.
-    rows: u64,
     /// Bytes written to spill files.
     spilled_bytes: u64,
 }
@@ -53,14 +52,13 @@ impl DigestLog {
             budget: (budget_bytes / DIGEST_BYTES).max(PARTITIONS),
             spill_dir,
             folder: None,
-            rows: 0,
             spilled_bytes: 0,
         }
     }
 
     /// Digests logged so far.
     pub fn rows(&self) -> u64 {
-        self.rows
+        self.counts.iter().sum::<usize>() as u64
     }
 
     /// Bytes of digests written to spill files so far.
@@ -85,7 +83,6 @@ impl DigestLog {
             self.parts[p].push(d);
             self.counts[p] += 1;
         }
-        self.rows += keyhash.len() as u64;
         Ok(())
     }
 
@@ -94,16 +91,16 @@ impl DigestLog {
     /// # Errors
     /// [`Error::Storage`] when the folder or a file cannot be made or written.
     pub fn spill(&mut self) -> Result<()> {
-        if self.folder.is_none() {
-            self.folder = Some(crate::core::spill::owned_folder(&self.spill_dir)?);
-        }
-        let folder = self.folder.as_ref().map(|f| f.path().to_path_buf());
-        let folder = folder.unwrap_or_default();
+        let folder = match self.folder.take() {
+            Some(folder) => folder,
+            None => crate::core::spill::owned_folder(&self.spill_dir)?,
+        };
+        let folder = self.folder.insert(folder).path().to_path_buf();
         for (p, part) in self.parts.iter_mut().enumerate() {
             if part.is_empty() {
                 continue;
             }
-            let path = folder.join(format!("keys-{p:02}.bin"));
+            let path = part_file(&folder, p);
             let storage = |action: &str, e: std::io::Error| Error::Storage {
                 action: format!("cannot {action} the key digests of a streamed load in"),
                 path: path.clone(),
@@ -144,7 +141,7 @@ impl DigestLog {
             .map(|(p, held)| {
                 let file = folder
                     .as_ref()
-                    .map(|f| f.path().join(format!("keys-{p:02}.bin")))
+                    .map(|f| part_file(f.path(), p))
                     .filter(|f| f.exists());
                 (held, file)
             })
@@ -209,6 +206,11 @@ fn partition_repeats(mut held: Vec<u64>, file: Option<&std::path::Path>) -> Resu
     }
     held.sort_unstable();
     Ok(held.windows(2).any(|w| w[0] == w[1]))
+}
+
+/// The spill file of partition `p` in `folder`.
+fn part_file(folder: &std::path::Path, p: usize) -> PathBuf {
+    folder.join(format!("keys-{p:02}.bin"))
 }
 
 /// The first 8 bytes of a digest, as a number.
