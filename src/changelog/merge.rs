@@ -48,6 +48,8 @@ use crate::core::key::{key, DigestMap, Key};
 use crate::core::schema::{table_schema, EFF_START_DATE, KEYHASH, OPERATION, SOURCE_POSITION};
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
+use crate::sink::delta::current::{DataFiles, Picks};
+use crate::sink::delta::deletion_vectors::{self, Marked};
 use crate::sink::delta::tombstones::{self, Tombstone};
 use crate::sink::delta::{self, writer_properties, DeltaLake, RunCommit, Senders};
 use crate::sink::{Sink, TableRole};
@@ -137,6 +139,11 @@ pub struct ApplySummary {
     pub files_rewritten: u64,
     /// Unchanged rows copied from rewritten files.
     pub rows_copied: u64,
+    /// Of the current files, those given a deletion vector instead of being rewritten
+    /// (`deletion_vectors: true`; see `sink::delta::deletion_vectors`).
+    pub files_marked: u64,
+    /// Rows of changed keys marked deleted in those vectors (nothing copied).
+    pub rows_marked: u64,
     /// Groups the changes were applied in, one after another: 1 when they were held in
     /// memory or streamed, else the keyhash partitions they were split into (see
     /// `changelog::spill`).
@@ -162,7 +169,8 @@ pub struct ApplySummary {
 pub struct ApplyStages {
     /// Last change per key.
     pub dedupe_secs: f64,
-    /// Scan of `keyhash` and file paths for the impacted files.
+    /// Scan of `keyhash` and file paths for the impacted files (with deletion vectors: of
+    /// `keyhash` and row positions for the rows to mark).
     pub impacted_scan_secs: f64,
     /// Re-reading the impacted files, resolving the changes and handing rows to the writers.
     pub merge_secs: f64,
@@ -285,7 +293,7 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
         run.replace_follower(lake, role, vec![batch], follower_properties, write.removes)
             .await?;
     }
-    let current_removes = merged.current_removes;
+    let current = merged.current;
     summary.stages.write_secs = writing.elapsed().as_secs_f64();
     let committing = Instant::now();
     // the change data feed's comparison spills into a folder of the run's own (removed with
@@ -301,7 +309,8 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
         business_date: request.run_date.format("%Y-%m-%d").to_string(),
         fingerprint: request.checkpoint.fingerprint(),
         current_base_version: lake.current.version(),
-        current_removes,
+        current_removes: current.removes,
+        current_marked: current.marked,
         history_removes: request.history_removes,
         checkpoint: Some(request.checkpoint),
         counts: Some(crate::core::op::OpCounts {
@@ -366,10 +375,38 @@ struct KeptValues {
     to_current: bool,
 }
 
+/// What a merge does to the current files that hold its changed keys.
+#[derive(Debug, Default)]
+struct Replaced {
+    /// Files removed: their other rows were copied to the run's files.
+    removes: Vec<Remove>,
+    /// Files whose rows of changed keys are marked deleted in deletion vectors (nothing
+    /// copied; `sink::delta::deletion_vectors`).
+    marked: Vec<Marked>,
+}
+
+impl Replaced {
+    /// Adds `other`'s files; a file marked in both keeps the rows marked in either (one
+    /// `remove` and `add` per file in a commit).
+    fn extend(&mut self, other: Replaced) {
+        self.removes.extend(other.removes);
+        for marked in other.marked {
+            match self
+                .marked
+                .iter_mut()
+                .find(|m| m.add.path == marked.add.path)
+            {
+                Some(m) => m.rows |= marked.rows,
+                None => self.marked.push(marked),
+            }
+        }
+    }
+}
+
 /// What [`Merge::run`] hands to the commit besides the rows it sent.
 struct Merged {
-    /// Current table files the run replaces.
-    current_removes: Vec<Remove>,
+    /// Current table files the run replaces or marks rows of.
+    current: Replaced,
     /// Tombstones to write (None: none).
     tombstones: Option<TombstoneWrite>,
 }
@@ -388,8 +425,9 @@ struct Stored {
     at: DigestMap<(usize, usize)>,
     /// Changed keys that are live (their stored `operation` is not D).
     live: HashSet<Key>,
-    /// Remove actions of the files read (their unchanged rows are copied to current).
-    removes: Vec<Remove>,
+    /// The files read: removed (their unchanged rows copied to current), or given deletion
+    /// vectors.
+    replaced: Replaced,
 }
 
 impl Stored {
@@ -436,24 +474,24 @@ impl Groups<'_> {
     /// A spilled merge (its changes kept their key set) reads its impacted files once, with
     /// every changed key, before the first group, and pushes their stored rows into the
     /// changes' partitions: each group then carries the stored rows of its keys. The key set
-    /// is dropped after the read. Returns the remove actions of the files read (none for any
+    /// is dropped after the read. Returns what becomes of the files read (nothing for any
     /// other run).
     async fn spilled_merge_read(
         &self,
         changes: &mut RunChanges,
         summary: &mut ApplySummary,
         keyed: bool,
-    ) -> Result<Vec<Remove>> {
+    ) -> Result<Replaced> {
         let (request, schema) = (self.request, self.schema);
         let Some(keys) = changes.take_merge_keys() else {
-            return Ok(Vec::new());
+            return Ok(Replaced::default());
         };
         if !keyed || request.reload {
-            return Ok(Vec::new());
+            return Ok(Replaced::default());
         }
         changes.keep_stored(schema.clone(), schema.index_of(KEYHASH)?)?;
         if summary.current_files == 0 {
-            return Ok(Vec::new());
+            return Ok(Replaced::default());
         }
         if let Some(bar) = request.bar {
             bar.set_message(format!(
@@ -462,18 +500,19 @@ impl Groups<'_> {
             ));
         }
         let to = StoredTo::Spilled(changes);
+        let keys = Arc::new(keys);
         read_impacted(self.lake, schema, &keys, &self.senders.current, summary, to).await
     }
 
-    /// Merges every group and returns the remove actions of the current files the run
-    /// replaces, and the tombstones it writes. A group holds every change of its keys, so each
+    /// Merges every group and returns what becomes of the current files the run replaces or
+    /// marks rows of, and the tombstones it writes. A group holds every change of its keys, so each
     /// group is resolved on its own; tombstones of earlier runs are read once, when a group
     /// first needs them.
     async fn run(&self, changes: &mut RunChanges, summary: &mut ApplySummary) -> Result<Merged> {
         let (request, schema) = (self.request, self.schema);
-        let mut removes = Vec::new();
+        let mut replaced = Replaced::default();
         if request.reload {
-            removes = delta::all_files_removed(&self.lake.current)?;
+            replaced.removes = delta::all_files_removed(&self.lake.current)?;
             summary.files_rewritten = summary.current_files;
         }
         let positions = schema.index_of(SOURCE_POSITION).is_ok();
@@ -492,7 +531,7 @@ impl Groups<'_> {
         let mut known = None;
         let mut new = Vec::new();
         let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
-        removes.extend(self.spilled_merge_read(changes, summary, keyed).await?);
+        replaced.extend(self.spilled_merge_read(changes, summary, keyed).await?);
         let shared_day = std::sync::OnceLock::new();
         let (total, mut applied, mut part) = (changes.rows(), 0usize, 0usize);
         let spilled = matches!(changes, RunChanges::Spilled(_));
@@ -557,10 +596,10 @@ impl Groups<'_> {
                 merge.streamed(summary).await?;
                 continue;
             }
-            let (group_removes, tombstones) = merge
+            let (group_replaced, tombstones) = merge
                 .run(summary, tomb_table.as_ref(), &mut known, given.as_ref())
                 .await?;
-            removes.extend(group_removes);
+            replaced.extend(group_replaced);
             new.extend(tombstones);
         }
         let tombstones = match positions && !new.is_empty() {
@@ -571,7 +610,7 @@ impl Groups<'_> {
             false => None,
         };
         Ok(Merged {
-            current_removes: removes,
+            current: replaced,
             tombstones,
         })
     }
@@ -636,8 +675,8 @@ impl Merge<'_> {
         }
     }
 
-    /// Sends every output row of the group to the writers; returns the remove actions of the
-    /// current files it rewrites (a merge), and the new tombstones of its keys. `known` are
+    /// Sends every output row of the group to the writers; returns what becomes of the current
+    /// files that hold its keys (a merge), and the new tombstones of its keys. `known` are
     /// the tombstones of earlier runs, read from `tomb_table` when first needed. `given` are
     /// the stored rows of the group's keys when a spilled merge read them already (the
     /// group's files are then not read).
@@ -647,11 +686,11 @@ impl Merge<'_> {
         tomb_table: Option<&DeltaTable>,
         known: &mut Option<DigestMap<Tombstone>>,
         given: Option<&Stored>,
-    ) -> Result<(Vec<Remove>, Vec<(Key, Tombstone)>)> {
+    ) -> Result<(Replaced, Vec<(Key, Tombstone)>)> {
         let request = self.request;
         if request.config.insert_only || request.append {
             self.inserts_only(summary).await?;
-            return Ok((Vec::new(), Vec::new()));
+            return Ok((Replaced::default(), Vec::new()));
         }
         let dedupe = Instant::now();
         let winners = last_per_key(self.changes);
@@ -663,7 +702,7 @@ impl Merge<'_> {
         if given.is_none() && !request.reload && summary.current_files > 0 {
             read = self.stored_rows(&winners, summary).await?;
         }
-        let removes = std::mem::take(&mut read.removes);
+        let replaced = std::mem::take(&mut read.replaced);
         let stored = given.unwrap_or(&read);
         // Tombstones of keys that have no stored row, read when such a key's last change has a
         // position and is not a delete (a late change could bring a deleted key back; a
@@ -684,7 +723,7 @@ impl Merge<'_> {
         let new = self
             .resolve(winners, stored, known.as_ref(), summary)
             .await?;
-        Ok((removes, new))
+        Ok((replaced, new))
     }
 
     /// A table without a primary key: its inserts are appended, its other changes counted
@@ -749,16 +788,16 @@ impl Merge<'_> {
         }
         let mut stored = Stored::default();
         let to = StoredTo::Held(&mut stored);
-        let removes = read_impacted(
+        let replaced = read_impacted(
             self.lake,
             self.schema,
-            &changed,
+            &Arc::new(changed),
             self.out.current,
             summary,
             to,
         )
         .await?;
-        stored.removes = removes;
+        stored.replaced = replaced;
         Ok(stored)
     }
 
@@ -1360,20 +1399,25 @@ async fn send(tx: &tokio::sync::mpsc::Sender<RecordBatch>, batch: RecordBatch) -
 
 /// Reads the current files that hold a key of `changed` (once each): their other rows go to
 /// `current`, the rows of changed keys to `to`. Returns the remove actions of the files read.
+/// A table that uses deletion vectors marks the rows of changed keys instead
+/// ([`mark_impacted`]).
 async fn read_impacted(
     lake: &DeltaLake,
     schema: &SchemaRef,
-    changed: &DigestMap<()>,
+    changed: &Arc<DigestMap<()>>,
     current: &tokio::sync::mpsc::Sender<RecordBatch>,
     summary: &mut ApplySummary,
     mut to: StoredTo<'_>,
-) -> Result<Vec<Remove>> {
+) -> Result<Replaced> {
+    if deletion_vectors::in_use(&lake.current)? {
+        return mark_impacted(&lake.current, schema, changed, summary, to).await;
+    }
     let scan = Instant::now();
     let impacted = impacted_files(&lake.current, changed).await?;
     summary.stages.impacted_scan_secs += scan.elapsed().as_secs_f64();
     summary.files_rewritten += impacted.len() as u64;
     if impacted.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Replaced::default());
     }
     // conformed batches have the table schema: columns by position
     let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
@@ -1394,7 +1438,146 @@ async fn read_impacted(
             StoredTo::Spilled(_) => {}
         }
     }
-    Ok(impacted.into_values().collect())
+    Ok(Replaced {
+        removes: impacted.into_values().collect(),
+        marked: Vec::new(),
+    })
+}
+
+/// A merge into a table with deletion vectors: scans `keyhash` and the row positions of every
+/// row of `table`, keeping those of keys of `changed` (on the scan's tasks), leaves out the
+/// rows that earlier vectors mark (reading only the vectors of files that hold such a row),
+/// reads the rest whole into `to`, and returns their files with every row to mark (the earlier
+/// vector's and these). No row is copied: the commit adds each file again with its new
+/// vector (`sink::delta::deletion_vectors`).
+///
+/// # Errors
+/// [`Error::Lake`] naming a data file or vector that cannot be read; a closed channel.
+async fn mark_impacted(
+    table: &DeltaTable,
+    schema: &SchemaRef,
+    changed: &Arc<DigestMap<()>>,
+    summary: &mut ApplySummary,
+    mut to: StoredTo<'_>,
+) -> Result<Replaced> {
+    use deltalake::arrow::datatypes::{Field, Schema, UInt32Type};
+    let scan = Instant::now();
+    let mut adds = Vec::new();
+    let mut located = Vec::new();
+    for view in table.snapshot()?.log_data().iter() {
+        located.push((
+            view.object_store_path(),
+            view.size() as u64,
+            view.partition_values_map(),
+        ));
+        // the file's add as the log holds it (tags, vector and all), added again with its
+        // new vector
+        #[allow(deprecated)]
+        adds.push(view.add_action());
+    }
+    let files = DataFiles::of(table, located).await?;
+    let rows_per_file = files.rows_per_file();
+    let positions: SchemaRef = Arc::new(Schema::new(vec![
+        schema.field_with_name(KEYHASH)?.clone(),
+        Field::new("file", DataType::UInt32, false),
+        Field::new("row", DataType::UInt32, false),
+    ]));
+    let workers = crate::core::threads::get();
+    let mut picks = Picks::new(&rows_per_file);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(4);
+    // the scan's tasks keep the rows of changed keys (the lookups run on every thread)
+    let keys = changed.clone();
+    let changed_rows = move |batch: &RecordBatch| -> BooleanArray {
+        let keyhash = batch.column(0).as_binary::<i32>();
+        (0..batch.num_rows())
+            .map(|i| Some(keys.contains_key(&key(keyhash.value(i)))))
+            .collect()
+    };
+    let scanning = files.scan_keys_where(positions, workers, tx, changed_rows);
+    let picking = async {
+        while let Some(batch) = rx.recv().await {
+            let file = batch.column(1).as_primitive::<UInt32Type>();
+            let row = batch.column(2).as_primitive::<UInt32Type>();
+            for i in 0..batch.num_rows() {
+                picks.pick(file.value(i), row.value(i))?;
+            }
+        }
+        Ok::<_, Error>(())
+    };
+    let (scanned, picked) = tokio::join!(scanning, picking);
+    // a failed pick closes the channel: its error, not the scan's, is the cause
+    picked?;
+    scanned?;
+    // Rows an earlier vector marks are not live: left out (their key may be live in another
+    // file). Only the vectors of files holding a changed key are read.
+    let hits = picks.rows();
+    let vectors_hit =
+        (hits.iter().zip(&adds)).any(|(r, a)| !r.is_empty() && a.deletion_vector.is_some());
+    let mut live = vectors_hit.then(|| Picks::new(&rows_per_file));
+    let mut marked = Vec::new();
+    for (f, rows) in hits.into_iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        let (all, rows) = match &adds[f].deletion_vector {
+            None => {
+                let all = roaring::RoaringTreemap::from_sorted_iter(rows.iter().copied())
+                    .map_err(|e| Error::Internal(format!("row positions out of order: {e}")))?;
+                (all, rows)
+            }
+            Some(dv) => {
+                let mut all = deletion_vectors::read(table, dv).await?;
+                let rows: Vec<u64> = rows.into_iter().filter(|r| !all.contains(*r)).collect();
+                all.extend(rows.iter().copied());
+                (all, rows)
+            }
+        };
+        if let Some(live) = &mut live {
+            for &row in &rows {
+                live.pick(f as u32, row as u32)?;
+            }
+        }
+        if !rows.is_empty() {
+            marked.push(Marked {
+                add: adds[f].clone(),
+                file_rows: rows_per_file[f],
+                rows: all,
+            });
+        }
+    }
+    let picks = live.unwrap_or(picks);
+    summary.stages.impacted_scan_secs += scan.elapsed().as_secs_f64();
+    summary.files_marked += marked.len() as u64;
+    summary.rows_marked += picks.count();
+    if marked.is_empty() {
+        return Ok(Replaced::default());
+    }
+    let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
+    let reads = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(4);
+    let reading = files.read_picked(picks, schema.clone(), workers, tx, Ok);
+    let storing = async {
+        while let Some(old) = rx.recv().await {
+            match &mut to {
+                StoredTo::Held(stored) => stored.add(old, keyhash_at, operation_at),
+                StoredTo::Spilled(changes) => changes.push_stored(old).await?,
+            }
+        }
+        Ok::<_, Error>(())
+    };
+    let (read, stored) = tokio::join!(reading, storing);
+    stored?;
+    read?;
+    tracing::debug!(
+        files = marked.len(),
+        rows = summary.rows_marked,
+        secs = reads.elapsed().as_secs_f64(),
+        "read the rows to mark"
+    );
+    Ok(Replaced {
+        removes: Vec::new(),
+        marked,
+    })
 }
 
 /// The data files of `table` holding a key of `changed`, by file id (the scan's file URL),
@@ -1517,6 +1700,32 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_marked_by_two_reads_is_marked_once_with_the_rows_of_both() {
+        let file = |path: &str, rows: &[u64]| Marked {
+            add: deltalake::kernel::Add {
+                path: path.into(),
+                ..Default::default()
+            },
+            file_rows: 10,
+            rows: rows.iter().copied().collect(),
+        };
+        let mut replaced = Replaced {
+            removes: Vec::new(),
+            marked: vec![file("a", &[1, 2])],
+        };
+        replaced.extend(Replaced {
+            removes: Vec::new(),
+            marked: vec![file("a", &[2, 5]), file("b", &[0])],
+        });
+        let got: Vec<(&str, Vec<u64>)> = replaced
+            .marked
+            .iter()
+            .map(|m| (m.add.path.as_str(), m.rows.iter().collect()))
+            .collect();
+        assert_eq!(got, [("a", vec![1, 2, 5]), ("b", vec![0])]);
+    }
 
     #[test]
     fn resolves_changes_against_liveness() {

@@ -568,7 +568,7 @@ async fn sync_table(
     result.status = "applied".into();
     result.files = files;
     result.message = format!(
-        "run {}: {} files, {} changes: {} inserted, {} updated, {} deleted{}{}{}; {} of {} files rewritten",
+        "run {}: {} files, {} changes: {} inserted, {} updated, {} deleted{}{}{}; {} of {} files rewritten{}",
         summary.run_seq,
         files,
         summary.changes_read,
@@ -604,6 +604,13 @@ async fn sync_table(
         },
         summary.files_rewritten,
         summary.current_files,
+        match summary.files_marked {
+            0 => String::new(),
+            n => format!(
+                ", {n} given deletion vectors ({} replaced or deleted rows marked, none copied)",
+                summary.rows_marked
+            ),
+        },
     );
     if done.pending.reload {
         result.message.push_str(" (full load: table replaced");

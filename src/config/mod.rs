@@ -256,6 +256,11 @@ pub struct LakeConfig {
     /// (`delta.enableChangeDataFeed`, see `sink::delta::change_feed`): set on tables that lack
     /// it. Unset, a table that has it (enabled by another engine) still gets its feed.
     pub change_data_feed: bool,
+    /// Whether merges into the current table mark replaced and deleted rows in Delta deletion
+    /// vectors instead of rewriting their files (`delta.enableDeletionVectors`, see
+    /// `sink::delta::deletion_vectors`): set on a current table that lacks it. Unset, a table
+    /// that has it (enabled by another engine) still gets vectors.
+    pub deletion_vectors: bool,
     /// Options of the store the tables are in (`storage_options`; see `sink::storage`).
     pub storage_options: storage::StorageOptions,
     /// The catalog the tables are registered in after each run (`catalog`; see
@@ -474,6 +479,7 @@ impl LakeConfig {
             compression,
             checkpoint_interval,
             change_data_feed: false,
+            deletion_vectors: false,
             storage_options: storage::StorageOptions::default(),
             catalog: None,
         })

@@ -160,6 +160,10 @@ pub struct TableEntry {
     /// Whether the tables record the Delta change data feed (`delta.enableChangeDataFeed`;
     /// default false).
     pub change_data_feed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Whether merges mark replaced and deleted rows of the current table in Delta deletion
+    /// vectors instead of rewriting its files (`delta.enableDeletionVectors`; default false).
+    pub deletion_vectors: Option<bool>,
     /// Columns in source order (CSV files have no header). `key` and `ignore` are not used
     /// here: keys come from `primary_key`.
     #[serde(default)]
@@ -185,6 +189,7 @@ impl TableEntry {
             tombstone_retention_days: None,
             compression: None,
             change_data_feed: None,
+            deletion_vectors: None,
             columns,
         }
     }
@@ -291,6 +296,7 @@ impl TableEntry {
                 DEFAULT_CHECKPOINT_INTERVAL,
             )?;
             lake.change_data_feed = self.change_data_feed.unwrap_or(false);
+            lake.deletion_vectors = self.deletion_vectors.unwrap_or(false);
             root.storage_options.validate()?;
             lake.storage_options = root.storage_options.clone();
             // every later open of these tables, whoever makes it, takes the root's options

@@ -355,6 +355,7 @@ impl Day<'_> {
             fingerprint,
             current_base_version: base_version,
             current_removes,
+            current_marked: Vec::new(),
             history_removes,
             checkpoint: None,
             counts: Some(diffed.counts),

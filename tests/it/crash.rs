@@ -257,6 +257,7 @@ async fn a_history_commit_that_does_not_land_deletes_the_runs_files() {
         fingerprint: "two runs of one date".into(),
         current_base_version: lake.current.version(),
         current_removes: delta::all_files_removed(&lake.current).unwrap(),
+        current_marked: Vec::new(),
         ..Default::default()
     };
     let first = commit(&lake);

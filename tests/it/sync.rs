@@ -105,8 +105,11 @@ impl Landing {
     }
 }
 
+/// Current rows as (id, region, amount, operation, eff_start_date), by id.
+type Shape = Vec<(String, String, String, String, String)>;
+
 /// (id, region, amount, operation, eff_start_date) of current rows.
-fn shape(current: &BTreeMap<String, Row>) -> Vec<(String, String, String, String, String)> {
+fn shape(current: &BTreeMap<String, Row>) -> Shape {
     current
         .values()
         .map(|r| {
@@ -775,6 +778,154 @@ async fn only_files_holding_a_changed_key_are_rewritten() {
     assert_eq!(current["1"]["amount"], "10.0");
 }
 
+/// Live files of the Delta table at `path` that carry a deletion vector, and whether its
+/// protocol lists the `deletionVectors` reader feature.
+async fn deletion_vectors_of(path: &std::path::Path) -> (usize, bool) {
+    let url = url::Url::from_directory_path(path).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let snapshot = table.snapshot().unwrap();
+    let marked = snapshot
+        .log_data()
+        .iter()
+        .filter(|f| f.deletion_vector_descriptor().is_some())
+        .count();
+    let listed = snapshot
+        .snapshot()
+        .protocol()
+        .reader_features()
+        .is_some_and(|f| f.iter().any(|f| f.to_string() == "deletionVectors"));
+    (marked, listed)
+}
+
+/// Merges into a current table with `deletion_vectors: true` mark the rows they replace or
+/// delete in deletion vectors (a file marked again keeps its earlier rows marked) and copy no
+/// row, held or spilled, and leave what rewriting merges leave: current and history rows and
+/// counters equal run by run, over updates that move partitions, deletes, stale updates,
+/// inserts and re-inserts of deleted keys, with hard and soft deletes. The key turns vectors on
+/// for a table made without them (the partitioned one: at its second run). `tributary optimize`
+/// then rewrites the marked files without their marked rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn merges_with_deletion_vectors_mark_rows_and_end_where_rewrites_end() {
+    let region = |i: usize| ["east", "west", "north"][i % 3];
+    let load: String = (0..3000)
+        .map(|i| format!("{i},{},{i}\n", region(i)))
+        .collect();
+    let changes = |day: u32, step: usize| -> String {
+        (0..4000)
+            .step_by(step)
+            .enumerate()
+            .map(|(n, i)| {
+                let ts = format!(
+                    "2024-03-{day:02} 09:{:02}:{:02}.{n:06}",
+                    n / 60 % 60,
+                    n % 60
+                );
+                match i % 5 {
+                    0 => format!("D,{ts},{i},{},0\n", region(i)),
+                    1 => format!("U,{ts},{i},{},{i}.5\n", region(i + 1)),
+                    2 => format!("U,{ts},{i},{},{i}.25\n", region(i)),
+                    3 => format!("U,2024-01-15 07:00:00.{n:06},{i},{},7\n", region(i)),
+                    _ => format!("I,{ts},{},{},3\n", i + 10_000, region(i)),
+                }
+            })
+            .chain((0..4000).step_by(15).map(move |i| {
+                format!(
+                    "I,2024-03-{day:02} 11:00:00.{i:06},{i},{},{day}\n",
+                    region(i + 2)
+                )
+            }))
+            .collect()
+    };
+    for (n, tables) in [
+        ORDERS.to_string(),
+        ORDERS.replace("  partition_by: [region]\n", ""),
+        ORDERS.replace(
+            "  timestamp_column: ts\n",
+            "  timestamp_column: ts\n  delete_mode: soft\n",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for limit in [1u64 << 30, 64 << 10] {
+            let mut lakes = Vec::new();
+            for vectors in [false, true] {
+                let spec = match vectors {
+                    true => tables.replace(
+                        "  primary_key: [id]\n",
+                        "  primary_key: [id]\n  deletion_vectors: true\n",
+                    ),
+                    false => tables.clone(),
+                };
+                let late = vectors && n == 0;
+                let l = Landing::new(if late { &tables } else { &spec });
+                l.file("sales/orders", "LOAD00000001.csv", &load);
+                let (options, _spill) = l.limited(limit);
+                let mut runs = Vec::new();
+                for day in [0, 6, 7] {
+                    if late && day == 6 {
+                        let file = l.root().join("tables.yaml");
+                        std::fs::write(file, format!("tables:\n{spec}")).unwrap();
+                    }
+                    if day > 0 {
+                        let name = format!("202403{day:02}-0900000000.csv");
+                        l.file("sales/orders", &name, &changes(day, 3 + day as usize % 2));
+                    }
+                    let s = sync(&options).await.unwrap();
+                    let t = &s.tables[0];
+                    assert_eq!(t.status, "applied", "{t:?}");
+                    let a = t.apply.as_ref().unwrap();
+                    if day > 0 {
+                        assert_eq!(a.partitions > 1, limit < 1 << 20, "{a:?}");
+                        match vectors {
+                            true => {
+                                assert_eq!((a.files_rewritten, a.rows_copied), (0, 0), "{a:?}");
+                                assert!(a.files_marked > 0 && a.rows_marked > 0, "{a:?}");
+                                assert!(
+                                    t.message.contains("given deletion vectors"),
+                                    "{}",
+                                    t.message
+                                );
+                            }
+                            false => {
+                                assert!(a.files_rewritten > 0 && a.rows_copied > 0, "{a:?}");
+                                assert_eq!((a.files_marked, a.rows_marked), (0, 0), "{a:?}");
+                            }
+                        }
+                    }
+                    let current = shape(&l.current("sales/orders").await);
+                    let mut history: Vec<Row> = l.table("sales/orders", "history").await;
+                    history.sort();
+                    let counters = (
+                        a.changes_read,
+                        a.keys_changed,
+                        (a.inserted, a.updated, a.deleted),
+                        (a.ignored_deletes, a.stale),
+                    );
+                    runs.push((current, history, format!("{counters:?}")));
+                }
+                let current = l.lake().join("sales/orders/current");
+                let (marked, listed) = deletion_vectors_of(&current).await;
+                assert_eq!((marked > 0, listed), (vectors, vectors), "{spec}");
+                if vectors {
+                    // the marked files are rewritten without their marked rows
+                    let before = shape(&l.current("sales/orders").await);
+                    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+                        .args(["optimize", "--lake"])
+                        .arg(l.lake())
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{out:?}");
+                    assert_eq!(deletion_vectors_of(&current).await.0, 0);
+                    assert_eq!(shape(&l.current("sales/orders").await), before);
+                }
+                lakes.push(runs);
+            }
+            assert_eq!(lakes[0], lakes[1], "{tables} at {limit} bytes");
+        }
+    }
+}
+
 /// ORDERS without a primary key, partitions or commit timestamps: an inserts-only table.
 fn keyless_orders() -> String {
     ORDERS
@@ -1115,21 +1266,131 @@ fn sync_process(l: &Landing, crash_at: Option<&str>) -> std::process::Output {
     cmd.output().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sync_killed_at_any_commit_point_ends_like_an_uninterrupted_one() {
-    let clean = Landing::new(ORDERS);
-    orders_day1(&clean);
-    clean.sync_one().await;
-    let expected_current = shape(&clean.current("sales/orders").await);
-    let expected_history = clean.table("sales/orders", "history").await.len();
+/// ORDERS with `deletion_vectors: true`.
+fn orders_with_vectors() -> String {
+    ORDERS.replace(
+        "  primary_key: [id]\n",
+        "  primary_key: [id]\n  deletion_vectors: true\n",
+    )
+}
 
+/// A landing zone of [`orders_with_vectors`] with the first DMS day synced (current: keys 1
+/// and 4 in the east file, 2 in the west one).
+async fn vectors_after_day1() -> Landing {
+    let l = Landing::new(&orders_with_vectors());
+    orders_day1(&l);
+    l.sync_one().await;
+    l
+}
+
+/// A change file of March `day` that updates key `id` (east) to `amount`.
+fn update_east(l: &Landing, day: u32, id: u32, amount: u32) {
+    l.file(
+        "sales/orders",
+        &format!("202403{day:02}-1000000000.csv"),
+        &format!("U,2024-03-{day:02} 10:00:00.000000,{id},east,{amount}\n"),
+    );
+}
+
+/// Turning the change data feed on for a table whose files have deletion vectors: a merge of
+/// such a file is refused with the advice to optimize (the feed compares whole files), nothing
+/// is committed, and after `tributary optimize` the merge applies, feed and all.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_change_data_feed_waits_for_optimize_on_files_with_deletion_vectors() {
+    let vectors = orders_with_vectors();
+    let l = vectors_after_day1().await;
+    update_east(&l, 2, 1, 11);
+    assert_eq!(l.sync_one().await.apply.unwrap().files_marked, 1);
+    let feed = vectors.replace(
+        "  deletion_vectors: true\n",
+        "  deletion_vectors: true\n  change_data_feed: true\n",
+    );
+    std::fs::write(l.root().join("tables.yaml"), format!("tables:\n{feed}")).unwrap();
+    update_east(&l, 3, 4, 42);
+    let before = shape(&l.current("sales/orders").await);
+    let s = l.sync().await;
+    let t = &s.tables[0];
+    assert_eq!(t.status, "failed", "{t:?}");
+    assert!(t.message.contains("tributary optimize"), "{}", t.message);
+    assert_eq!(shape(&l.current("sales/orders").await), before);
+    let out = cli(&["optimize", "--lake", l.lake().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let current = l.lake().join("sales/orders/current");
+    let url = url::Url::from_directory_path(&current).unwrap();
+    let optimized = deltalake::open_table(url).await.unwrap().version().unwrap();
+    let a = l.sync_one().await.apply.unwrap();
+    assert_eq!((a.updated, a.files_marked), (1, 0), "{a:?}");
+    assert_eq!(l.current("sales/orders").await["4"]["amount"], "42.0");
+    assert!(crate::common::assert_feed_replays(&current, optimized as i64 + 1).await > 0);
+}
+
+/// `tributary vacuum` keeps a deletion vector that a version within the retention reads,
+/// though no live file names it any more and it is older than the retention (delta-rs's full
+/// vacuum alone would take it for an orphan), and still deletes a stray one.
+#[tokio::test(flavor = "multi_thread")]
+async fn vacuum_keeps_the_deletion_vectors_that_versions_within_the_retention_read() {
+    let l = vectors_after_day1().await;
+    let current = l.lake().join("sales/orders/current");
+    let vectors = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(&current)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("deletion_vector_"))
+            .collect()
+    };
+    // keys 1 and 4 share the east file: marked once, then again (a new vector replaces it)
+    update_east(&l, 2, 1, 11);
+    assert_eq!(l.sync_one().await.apply.unwrap().files_marked, 1);
+    let first = vectors();
+    let url = url::Url::from_directory_path(&current).unwrap();
+    let version = deltalake::open_table(url).await.unwrap().version().unwrap();
+    let mut before = crate::common::table_rows_at(&current, version as i64).await;
+    before.sort();
+    update_east(&l, 3, 4, 42);
+    assert_eq!(l.sync_one().await.apply.unwrap().files_marked, 1);
+    assert_eq!(vectors().len(), 2);
+    // the replaced vector and a stray one, both written ten days ago
+    let stray = current.join("deletion_vector_00000000-0000-0000-0000-000000000000.bin");
+    std::fs::write(&stray, b"stray").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(10 * 86_400);
+    for file in first.iter().map(|f| current.join(f)).chain([stray.clone()]) {
+        let handle = std::fs::File::options().write(true).open(&file).unwrap();
+        handle.set_modified(old).unwrap();
+    }
+    let out = cli(&[
+        "vacuum",
+        "--lake",
+        l.lake().to_str().unwrap(),
+        "--retain",
+        "168h",
+        "--delete",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!stray.exists(), "a vector no version names is deleted");
+    assert!(first.iter().all(|f| current.join(f).exists()), "{out:?}");
+    let mut again = crate::common::table_rows_at(&current, version as i64).await;
+    again.sort();
+    assert_eq!(
+        again, before,
+        "time travel to the version the vector belongs to"
+    );
+}
+
+/// Kills a sync of the landing zone `setup` makes at each commit point, then syncs again: the
+/// second sync applies the run (killed before history's commit) or finds it completed by the
+/// open (`up-to-date`), current and history end as `expected` (current's shape, history's row
+/// count), and a third sync has nothing to do. Returns each landing zone with its point.
+async fn killed_at_each_commit_point_then_synced(
+    setup: impl Fn() -> Landing,
+    expected: &(Shape, usize),
+) -> Vec<(&'static str, Landing)> {
+    let mut done = Vec::new();
     for point in [
         "before-history-commit",
         "after-history-commit",
         "between-follower-commits",
     ] {
-        let l = Landing::new(ORDERS);
-        orders_day1(&l);
+        let l = setup();
         let out = sync_process(&l, Some(point));
         assert!(
             !out.status.success(),
@@ -1145,18 +1406,90 @@ async fn a_sync_killed_at_any_commit_point_ends_like_an_uninterrupted_one() {
         assert_eq!(status, want, "{point}: {summary}");
         assert_eq!(
             shape(&l.current("sales/orders").await),
-            expected_current,
+            expected.0,
             "{point}"
         );
         assert_eq!(
             l.table("sales/orders", "history").await.len(),
-            expected_history,
+            expected.1,
             "{point}"
         );
         // and once more: nothing left to do
         let again: serde_json::Value =
             serde_json::from_slice(&sync_process(&l, None).stdout).unwrap();
         assert_eq!(again["tables"][0]["status"], "up-to-date", "{point}");
+        done.push((point, l));
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_killed_at_any_commit_point_ends_like_an_uninterrupted_one() {
+    let clean = Landing::new(ORDERS);
+    orders_day1(&clean);
+    clean.sync_one().await;
+    let expected = (
+        shape(&clean.current("sales/orders").await),
+        clean.table("sales/orders", "history").await.len(),
+    );
+    let setup = || {
+        let l = Landing::new(ORDERS);
+        orders_day1(&l);
+        l
+    };
+    killed_at_each_commit_point_then_synced(setup, &expected).await;
+}
+
+/// A merge that marks rows in deletion vectors, killed at each commit point, is completed (or
+/// redone) by the next sync: the tables end as an uninterrupted merge leaves them, every live
+/// file's vector is there, and the vector a killed run wrote but never committed is named by
+/// no version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_with_deletion_vectors_killed_at_any_commit_point_ends_like_an_uninterrupted_one() {
+    let day2 = "U,2024-03-02 10:00:00.000000,1,west,11\n\
+                D,2024-03-02 10:00:01.000000,4,east,0\n\
+                I,2024-03-02 10:00:02.000000,5,east,50\n";
+    let clean = vectors_after_day1().await;
+    clean.file("sales/orders", "20240302-1000000000.csv", day2);
+    let a = clean.sync_one().await.apply.unwrap();
+    assert!(a.files_marked > 0 && a.files_rewritten == 0, "{a:?}");
+    let expected = (
+        shape(&clean.current("sales/orders").await),
+        clean.table("sales/orders", "history").await.len(),
+    );
+    let setup = || {
+        let l = Landing::new(&orders_with_vectors());
+        orders_day1(&l);
+        assert!(sync_process(&l, None).status.success());
+        l.file("sales/orders", "20240302-1000000000.csv", day2);
+        l
+    };
+    for (point, l) in killed_at_each_commit_point_then_synced(setup, &expected).await {
+        // every vector a live file names is there; a killed run's own is named by none
+        let current = l.lake().join("sales/orders/current");
+        let url = url::Url::from_directory_path(&current).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        let named: std::collections::BTreeSet<String> = table
+            .snapshot()
+            .unwrap()
+            .log_data()
+            .iter()
+            .filter_map(|f| {
+                let dv = f.deletion_vector_descriptor()?;
+                tributary::sink::delta::deletion_vectors::file_of(&dv)
+            })
+            .collect();
+        assert!(!named.is_empty(), "{point}");
+        for file in &named {
+            assert!(current.join(file).exists(), "{point}: {file} is gone");
+        }
+        let on_disk = std::fs::read_dir(&current)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("deletion_vector_"))
+            .count();
+        let orphans = usize::from(point == "before-history-commit");
+        assert_eq!(on_disk, named.len() + orphans, "{point}");
     }
 }
 

@@ -2,7 +2,8 @@
 //! files per run, several runs, partition moves, soft or hard deletes, a DMS full load first or
 //! not, a partitioned current table or not: an unpartitioned one shares a full load's files with
 //! history; runs held in memory or, at a 1 KiB limit, partitioned by key and spilled: full
-//! loads, and merges with their stored rows) applied by `sync`,
+//! loads, and merges with their stored rows; a current table that records the change data feed,
+//! or one whose merges mark rows in deletion vectors) applied by `sync`,
 //! against a small in-memory replay of the rules. Replay a failure
 //! with PROPERTY_TEST_SEED and PROPTEST_CASES.
 
@@ -119,21 +120,24 @@ fn change_logs_match_the_reference_model() {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runner
-        .run(&strategy, |(runs, soft, load, partitioned, tiny_memory, load_alone)| {
+        .run(&strategy, |(runs, soft, load, partitioned, tiny_memory, load_alone, vectors)| {
             let dir = tempfile::tempdir().unwrap();
             let landing = dir.path().join("landing");
             let folder = landing.join("m/t");
             std::fs::create_dir_all(&folder).unwrap();
             let mode = if soft { "soft" } else { "hard" };
             let partition_by = if partitioned { "  partition_by: [region]\n" } else { "" };
+            // the feed's comparison rewrites files: a table records it or uses vectors
+            let table_option = if vectors { "deletion_vectors: true" } else { "change_data_feed: true" };
             std::fs::write(
                 landing.join("tables.yaml"),
                 format!(
                     "tables:\n- source: m/t\n  active: true\n  primary_key: [id]\n{partition_by}  \
-                     change_data_feed: true\n  delete_mode: {mode}\n  columns:\n  - {{name: id, type: int}}\n  - {{name: region, type: string}}\n  \
+                     {table_option}\n  delete_mode: {mode}\n  columns:\n  - {{name: id, type: int}}\n  - {{name: region, type: string}}\n  \
                      - {{name: amount, type: int}}\n"
                 ),
             )
@@ -175,6 +179,11 @@ fn change_logs_match_the_reference_model() {
                 }
                 let summary = runtime.block_on(sync(&options)).unwrap();
                 prop_assert_eq!(summary.failed, 0, "{:?}", summary);
+                if let Some(a) = summary.tables.first().and_then(|t| t.apply.as_ref()) {
+                    // vectors mark rows and copy none; without them, nothing is marked
+                    prop_assert!(vectors || a.files_marked == 0, "{:?}", a);
+                    prop_assert!(!vectors || a.rows_copied == 0, "{:?}", a);
+                }
                 let (want, want_history) = model(&runs[..=r], soft);
                 let (got, got_history) = runtime.block_on(lake_state(&lake));
                 prop_assert_eq!(&got, &want, "after run {}", r);
@@ -182,7 +191,9 @@ fn change_logs_match_the_reference_model() {
             }
             // the current table's change data feed replays its versions, one by one
             let current = lake.join("m/t/current");
-            runtime.block_on(crate::common::assert_feed_replays(&current, 1));
+            if !vectors {
+                runtime.block_on(crate::common::assert_feed_replays(&current, 1));
+            }
             Ok(())
         })
         .unwrap();

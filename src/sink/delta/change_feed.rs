@@ -81,61 +81,17 @@ pub fn enabled(table: &DeltaTable) -> Result<bool> {
             return Ok(false);
         }
     }
-    Ok(state
-        .metadata()
-        .configuration()
-        .get(PROPERTY)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true")))
+    super::table::property_is_true(table, PROPERTY)
 }
 
 /// Sets [`PROPERTY`] on `table` unless it records its feed already (a metadata commit, as
 /// `ALTER TABLE ... SET TBLPROPERTIES` does; delta-rs raises the protocol to writer version 4
-/// where needed). Another writer's commit in between is retried. A table that records its feed
-/// is left as loaded; otherwise `table` ends at its latest version, and this returns true
-/// (callers enable before they read the tables' runs, and load the others again).
+/// where needed): see [`super::table::enable_property`].
 ///
 /// # Errors
 /// Delta errors of the commit after three attempts.
 pub async fn enable(table: &mut DeltaTable, role: &str) -> Result<bool> {
-    if enabled(table)? {
-        return Ok(false);
-    }
-    let mut attempt = 0;
-    loop {
-        table.update_state().await?;
-        if enabled(table)? {
-            return Ok(true);
-        }
-        // no checkpoint nor log clean-up after it (as `add_columns`): the clean-up could
-        // remove the commit of the table's last run, which holds its position
-        let properties = deltalake::kernel::transaction::CommitProperties::default()
-            .with_create_checkpoint(false)
-            .with_cleanup_expired_logs(Some(false));
-        let set = table
-            .clone()
-            .set_tbl_properties()
-            .with_properties(std::collections::HashMap::from([(
-                PROPERTY.to_string(),
-                "true".to_string(),
-            )]))
-            .with_commit_properties(properties)
-            .await;
-        match set {
-            Ok(updated) => {
-                *table = updated;
-                tracing::info!(
-                    table = role,
-                    "change data feed enabled (delta.enableChangeDataFeed)"
-                );
-                return Ok(true);
-            }
-            Err(e) if attempt < 2 => {
-                attempt += 1;
-                tracing::debug!(table = role, "enabling the change data feed: {e}; retrying");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    super::table::enable_property(table, role, PROPERTY, enabled, "change data feed").await
 }
 
 /// Whether a commit of `removes` and `adds` to `table` needs change files: the table records
@@ -167,8 +123,9 @@ pub struct Budget<'a> {
 /// past it, the sorts spill to disk.
 ///
 /// # Errors
-/// [`Error::Lake`] naming a data file that cannot be read; DataFusion, Parquet and object-store
-/// errors. On error the change files written so far are deleted.
+/// [`Error::Refused`] when a removed file has a deletion vector; [`Error::Lake`] naming a data
+/// file that cannot be read; DataFusion, Parquet and object-store errors. On error the change
+/// files written so far are deleted.
 pub async fn write(
     table: &DeltaTable,
     removes: &[Remove],
@@ -176,6 +133,16 @@ pub async fn write(
     properties: WriterProperties,
     budget: Budget<'_>,
 ) -> Result<Vec<AddCDCFile>> {
+    // a file's deletion vector marks rows that a whole-file comparison would count again
+    // (vectors of runs made before the feed was turned on, or of another engine)
+    if let Some(marked) = removes.iter().find(|r| r.deletion_vector.is_some()) {
+        return Err(Error::Refused(format!(
+            "current: data file {} has a deletion vector, and the change data feed compares \
+             whole files; run `tributary optimize` (it rewrites the files that have one), \
+             then run again",
+            marked.path
+        )));
+    }
     let state = table.snapshot()?;
     let schema = state.snapshot().arrow_schema();
     let partitions = state.metadata().partition_columns().to_vec();

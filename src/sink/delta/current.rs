@@ -101,6 +101,17 @@ impl Picks {
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    /// The picked rows of each file, ascending.
+    pub fn rows(&self) -> Vec<Vec<u64>> {
+        self.files
+            .iter()
+            .map(|bits| {
+                let bits = bits.finish_cloned();
+                bits.set_indices().map(|i| i as u64).collect()
+            })
+            .collect()
+    }
 }
 
 #[allow(deprecated)] // ParquetObjectReader, see its import
@@ -203,9 +214,10 @@ impl DataFiles {
         units
     }
 
-    /// Sends the join columns of every row to `tx`, in `schema` (`keyhash`, `nonkeyhash`,
-    /// `eff_start_date`, then the row's file index and its row in that file, both `UInt32`),
-    /// decoding `workers` row groups at once. Batches arrive in no particular order.
+    /// Sends the join columns of every row to `tx`, in `schema`: its columns but the last two
+    /// read by name (a snapshot run's `keyhash`, `nonkeyhash`, `eff_start_date`; a merge's
+    /// `keyhash`), then the row's file index and its row in that file, both `UInt32`. Decodes
+    /// `workers` row groups at once. Batches arrive in no particular order.
     ///
     /// # Errors
     /// [`Error::Lake`] naming the file that cannot be read or lacks a column; a closed `tx`.
@@ -215,7 +227,26 @@ impl DataFiles {
         workers: usize,
         tx: Sender<RecordBatch>,
     ) -> Result<()> {
-        let join_schema: SchemaRef = Arc::new(Schema::new(schema.fields()[..3].to_vec()));
+        self.scan_keys_where(schema, workers, tx, |batch: &RecordBatch| {
+            BooleanArray::from(vec![true; batch.num_rows()])
+        })
+        .await
+    }
+
+    /// [`DataFiles::scan_keys`], sending only the rows `keep` selects (`keep` runs on the
+    /// reading tasks, given each batch in `schema`).
+    ///
+    /// # Errors
+    /// As [`DataFiles::scan_keys`].
+    pub async fn scan_keys_where(
+        &self,
+        schema: SchemaRef,
+        workers: usize,
+        tx: Sender<RecordBatch>,
+        keep: impl Fn(&RecordBatch) -> BooleanArray + Send + Sync + 'static,
+    ) -> Result<()> {
+        let read = schema.fields().len().saturating_sub(2);
+        let join_schema: SchemaRef = Arc::new(Schema::new(schema.fields()[..read].to_vec()));
         let names: Vec<String> = join_schema
             .fields()
             .iter()
@@ -234,7 +265,14 @@ impl DataFiles {
             columns.push(Arc::new(UInt32Array::from_iter_values(
                 first..first + n as u32,
             )));
-            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+            let batch = RecordBatch::try_new(schema.clone(), columns)?;
+            let kept = keep(&batch);
+            match kept.true_count() == n {
+                true => Ok(batch),
+                false => Ok(deltalake::arrow::compute::filter_record_batch(
+                    &batch, &kept,
+                )?),
+            }
         });
         self.read(jobs, Some(names), workers, tx, map).await
     }
@@ -344,7 +382,9 @@ impl DataFiles {
                     let rows = batch.num_rows() as u64;
                     let out = map(&unit, offset, batch)?;
                     offset += rows;
-                    tx.send(out).await.map_err(|_| Error::WriterGone)?;
+                    if out.num_rows() > 0 {
+                        tx.send(out).await.map_err(|_| Error::WriterGone)?;
+                    }
                 }
                 Ok::<(), Error>(())
             }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 pub const COMMIT_INFO_KEY: &str = "tributary";
 
 /// How far back [`last_run`] looks for a Tributary commit (other writers may commit too).
-const MAX_LOG_WALK: u64 = 1000;
+pub(super) const MAX_LOG_WALK: u64 = 1000;
 
 /// What one run applied, stored in the commit info of each table it committed to.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -105,6 +105,8 @@ pub struct CommitActions {
     pub entry: Option<CommitEntry>,
     /// The commit's `add` actions.
     pub adds: Vec<Add>,
+    /// The deletion vectors that the commit's `remove` actions name.
+    pub removed_vectors: Vec<deltalake::kernel::DeletionVectorDescriptor>,
     /// The commit's time (`commitInfo.timestamp`), milliseconds since the Unix epoch.
     pub timestamp_ms: Option<i64>,
     /// Number of `add` and `remove` actions.
@@ -173,7 +175,11 @@ pub async fn read_commit(table: &DeltaTable, version: u64) -> Result<Option<Comm
         } else if let Some(add) = value.get("add") {
             out.adds.push(serde_json::from_value(add.clone())?);
             out.file_actions += 1;
-        } else if value.get("remove").is_some() {
+        } else if let Some(remove) = value.get("remove") {
+            if let Some(dv) = remove.get("deletionVector").filter(|dv| !dv.is_null()) {
+                out.removed_vectors
+                    .push(serde_json::from_value(dv.clone())?);
+            }
             out.file_actions += 1;
         } else if let Some(metadata) = value.get("metaData") {
             out.changes_metadata = true;

@@ -4,7 +4,8 @@
 //!
 //! A compaction is a run of the commit protocol (`commit::commit_run`): it takes the table's
 //! next run number, rewrites the small files of history and current into files of about the
-//! target size (`add` and `remove` actions with `dataChange: false`, a Delta `OPTIMIZE`), and
+//! target size (`add` and `remove` actions with `dataChange: false`, a Delta `OPTIMIZE`; a
+//! file with a deletion vector is rewritten whatever its size, without its marked rows), and
 //! commits history first with current's actions pending in that commit. So a run of the table
 //! (`run`, `sync`, `capture`) that planned before the compaction committed conflicts at its
 //! commit and plans again on top of it, and a compaction that loses to a run stops without
@@ -145,12 +146,14 @@ struct Bin {
 }
 
 /// Groups `files` (a table's live data files) by partition and packs the files smaller than
-/// `target` bytes that `keep` does not name into bins of at least `target` bytes (the last of
-/// a partition smaller), in log order; a bin of one file is left as it is.
+/// `target` bytes, and those with a deletion vector, that `keep` does not name into bins of at
+/// least `target` bytes (the last of a partition smaller), in log order; a bin of one file is
+/// left as it is unless that file has a deletion vector (rewriting it drops the marked rows).
 fn plan_bins(files: Vec<Add>, target: u64, keep: &HashSet<String>) -> Vec<Bin> {
     let mut partitions: BTreeMap<Vec<(String, Option<String>)>, Vec<Add>> = BTreeMap::new();
     for add in files {
-        if add.size as u64 >= target || keep.contains(&add.path) {
+        let large = add.size as u64 >= target && add.deletion_vector.is_none();
+        if large || keep.contains(&add.path) {
             continue;
         }
         let mut key: Vec<_> = add
@@ -176,7 +179,7 @@ fn plan_bins(files: Vec<Add>, target: u64, keep: &HashSet<String>) -> Vec<Bin> {
         bins.push(bin);
     }
     bins.into_iter()
-        .filter(|files| files.len() > 1)
+        .filter(|files| files.len() > 1 || files.iter().any(|f| f.deletion_vector.is_some()))
         .map(|files| Bin {
             partition: files[0].partition_values.clone(),
             files,
@@ -261,6 +264,7 @@ fn live_files(table: &DeltaTable) -> Result<Vec<Add>> {
             modification_time: f.modification_time(),
             data_change: true,
             stats: f.stats(),
+            deletion_vector: f.deletion_vector_descriptor(),
             ..Default::default()
         })
         .collect())
@@ -538,20 +542,85 @@ pub async fn vacuum(
                 role.as_str()
             )));
         }
-        let metrics = match delete {
-            true => {
+        // Deletion vectors that versions within the retention read stay (see
+        // `recent_vector_files`); the rest of the list is deleted here when it names one.
+        let needed = recent_vector_files(&table, retention).await?;
+        let kept = |file: &String| {
+            needed
+                .iter()
+                .any(|n| file == n || file.ends_with(&format!("/{n}")))
+        };
+        let files = match (delete, listed.files_deleted.iter().any(kept)) {
+            (true, false) => {
                 let done = vacuum(table, false).await;
-                done.map_err(|e| refused_retention(&lake.name, role, e))?.1
+                done.map_err(|e| refused_retention(&lake.name, role, e))?
+                    .1
+                    .files_deleted
             }
-            false => listed,
+            (true, true) => {
+                let files: Vec<String> = listed
+                    .files_deleted
+                    .into_iter()
+                    .filter(|f| !kept(f))
+                    .collect();
+                use deltalake::logstore::object_store::ObjectStoreExt;
+                for file in &files {
+                    let path = super::write::file_path(file);
+                    match table.object_store().delete(&path).await {
+                        Ok(()) | Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(deltalake::DeltaTableError::from(e).into()),
+                    }
+                }
+                files
+            }
+            (false, _) => listed
+                .files_deleted
+                .into_iter()
+                .filter(|f| !kept(f))
+                .collect(),
         };
         out.push(Vacuumed {
             table: role.as_str().to_string(),
-            files: metrics.files_deleted,
+            files,
             deleted: delete,
         });
     }
     Ok(out)
+}
+
+/// Deletion-vector files that a version within `retention` of now may read: those named by
+/// the `remove` actions of the commits made within it (the vector marked its file, live, in
+/// the version before each such commit). delta-rs's full vacuum keeps the vectors of live
+/// files only, so an older vector that a recent commit replaced would go, and time travel to
+/// the versions before that commit with it. Walks back at most `MAX_LOG_WALK` commits, and
+/// stops at the first commit older than the retention or gone from the log.
+///
+/// # Errors
+/// Object-store errors and malformed commits.
+async fn recent_vector_files(
+    table: &DeltaTable,
+    retention: chrono::Duration,
+) -> Result<HashSet<String>> {
+    let mut files = HashSet::new();
+    let Some(latest) = table.version() else {
+        return Ok(files);
+    };
+    let since = chrono::Utc::now().timestamp_millis() - retention.num_milliseconds();
+    for version in (latest.saturating_sub(log::MAX_LOG_WALK)..=latest).rev() {
+        let Some(commit) = log::read_commit(table, version).await? else {
+            break;
+        };
+        if commit.timestamp_ms.is_some_and(|t| t < since) {
+            break;
+        }
+        files.extend(
+            commit
+                .removed_vectors
+                .iter()
+                .filter_map(super::deletion_vectors::file_of),
+        );
+    }
+    Ok(files)
 }
 
 /// delta-rs's refusal of a retention below the table's minimum, as [`Error::Refused`].
@@ -621,5 +690,30 @@ mod tests {
         );
         let keep: HashSet<String> = ["b".to_string(), "c".to_string()].into();
         assert!(plan_bins(files, 100, &keep).is_empty());
+    }
+
+    #[test]
+    fn a_file_with_a_deletion_vector_is_rewritten_whatever_its_size() {
+        let vector = |mut add: Add| {
+            add.deletion_vector = Some(deltalake::kernel::DeletionVectorDescriptor {
+                storage_type: deltalake::kernel::StorageType::UuidRelativePath,
+                path_or_inline_dv: "vx{WF?c7#VTBa+6sDn1.".into(),
+                offset: Some(1),
+                size_in_bytes: 20,
+                cardinality: 2,
+            });
+            add
+        };
+        let files = vec![
+            vector(add("big", 500, "2024-01-01")),
+            add("large", 500, "2024-01-01"),
+            vector(add("alone", 500, "2024-01-02")),
+            add("small", 10, "2024-01-03"),
+        ];
+        let none = HashSet::new();
+        assert_eq!(
+            paths(&plan_bins(files, 100, &none)),
+            vec![vec!["big"], vec!["alone"]]
+        );
     }
 }

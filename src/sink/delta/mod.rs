@@ -11,6 +11,7 @@ pub mod applied;
 pub mod change_feed;
 mod commit;
 pub mod current;
+pub mod deletion_vectors;
 pub mod log;
 pub mod maintain;
 pub mod rejects;
@@ -115,7 +116,7 @@ impl DeltaLake {
         // commits after this open); a run based on the older number then conflicts at its
         // commit and plans again, never builds on state it did not read. The change data feed
         // is enabled first: that may load newer versions of the tables, which `recover` then
-        // completes and the run number is read from.
+        // completes and the run number is read from. So are deletion vectors.
         let recovered = match lake.enable_change_feed().await {
             Ok(()) => lake.recover().await,
             Err(e) => Err(e),
@@ -165,8 +166,9 @@ impl DeltaLake {
         Ok(current.zip(history))
     }
 
-    /// Sets the change data feed property on current and history where the config asks for
-    /// it and a table lacks it (tables made before the setting was turned on).
+    /// Sets the change data feed property on current and history, and the deletion vectors
+    /// property on current, where the config asks for them and a table lacks them (tables made
+    /// before the setting was turned on).
     async fn enable_change_feed(&mut self) -> Result<()> {
         if self.spec.lake.change_data_feed {
             let current = change_feed::enable(&mut self.current, TableRole::Current.as_str());
@@ -176,6 +178,19 @@ impl DeltaLake {
                 self.history.update_state().await?;
             }
             change_feed::enable(&mut self.history, TableRole::History.as_str()).await?;
+        }
+        if self.spec.lake.deletion_vectors {
+            let role = TableRole::Current.as_str();
+            let current = table::enable_property(
+                &mut self.current,
+                role,
+                deletion_vectors::PROPERTY,
+                deletion_vectors::enabled,
+                "deletion vectors",
+            );
+            if current.await? {
+                self.history.update_state().await?;
+            }
         }
         Ok(())
     }

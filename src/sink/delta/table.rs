@@ -56,6 +56,7 @@ pub async fn open_or_create(
 ) -> Result<Option<DeltaTable>> {
     let feed =
         config.lake.change_data_feed && matches!(role, TableRole::Current | TableRole::History);
+    let vectors = config.lake.deletion_vectors && role == TableRole::Current;
     let role = role.as_str();
     if url.scheme() == "file" {
         let path = url
@@ -93,6 +94,14 @@ pub async fn open_or_create(
                 // delta-rs raises the protocol to what the property needs (writer version 4)
                 props.insert(
                     super::change_feed::PROPERTY.into(),
+                    Some("true".to_string()),
+                );
+            }
+            if vectors {
+                // delta-rs raises the protocol to what the property needs (reader version 3
+                // and writer version 7, with the `deletionVectors` feature)
+                props.insert(
+                    super::deletion_vectors::PROPERTY.into(),
                     Some("true".to_string()),
                 );
             }
@@ -411,6 +420,70 @@ fn check(table: &DeltaTable, config: &TableSpec, schema: &SchemaRef, role: &str)
         ));
     }
     Ok(())
+}
+
+/// Whether `table`'s metadata sets `property` to `true` (any case).
+///
+/// # Errors
+/// Delta errors reading the snapshot.
+pub(super) fn property_is_true(table: &DeltaTable, property: &str) -> Result<bool> {
+    Ok(table
+        .snapshot()?
+        .metadata()
+        .configuration()
+        .get(property)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true")))
+}
+
+/// Sets the boolean table property `property` to `true` on `table` unless `is_set` says it is
+/// in effect already (a metadata commit, as `ALTER TABLE ... SET TBLPROPERTIES` does; delta-rs
+/// raises the protocol to what the property needs). Another writer's commit in between is
+/// retried. A table where it is in effect is left as loaded; otherwise `table` ends at its
+/// latest version, and this returns true (callers enable before they read the tables' runs,
+/// and load the others again). `what` names the property in the log.
+///
+/// # Errors
+/// Delta errors of the commit after three attempts.
+pub(super) async fn enable_property(
+    table: &mut DeltaTable,
+    role: &str,
+    property: &str,
+    is_set: fn(&DeltaTable) -> Result<bool>,
+    what: &str,
+) -> Result<bool> {
+    if is_set(table)? {
+        return Ok(false);
+    }
+    let mut attempt = 0;
+    loop {
+        table.update_state().await?;
+        if is_set(table)? {
+            return Ok(true);
+        }
+        // no checkpoint nor log clean-up after it (as `add_columns`): the clean-up could
+        // remove the commit of the table's last run, which holds its position
+        let properties = deltalake::kernel::transaction::CommitProperties::default()
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false));
+        let set = table
+            .clone()
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(property.to_string(), "true".to_string())]))
+            .with_commit_properties(properties)
+            .await;
+        match set {
+            Ok(updated) => {
+                *table = updated;
+                tracing::info!(table = role, "{what} enabled ({property})");
+                return Ok(true);
+            }
+            Err(e) if attempt < 2 => {
+                attempt += 1;
+                tracing::debug!(table = role, "enabling the {what}: {e}; retrying");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ use deltalake::DeltaTable;
 
 use super::log::RunRecord;
 use super::write::{discard_files, write_files};
-use super::{applied, change_feed, CreatedTables, DeltaLake, Planned, Senders, TableWriters};
+use super::{
+    applied, change_feed, deletion_vectors, CreatedTables, DeltaLake, Planned, Senders,
+    TableWriters,
+};
 use crate::core::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::sink::{TableRole, Versions};
@@ -39,6 +42,9 @@ pub struct RunCommit {
     pub current_base_version: Option<u64>,
     /// Current table files the run replaces.
     pub current_removes: Vec<Remove>,
+    /// Current table files whose rows the run marks deleted in deletion vectors, written
+    /// at the commit ([`deletion_vectors::write`]).
+    pub current_marked: Vec<deletion_vectors::Marked>,
     /// History table files the run replaces (`run --replace`).
     pub history_removes: Vec<Remove>,
     /// The source position the run's rows reach, committed with them.
@@ -318,6 +324,23 @@ impl RunTransaction {
             Ok(false) => Vec::new(),
             Err(e) => return self.guard(Err(e)).await,
         };
+        // The deletion vectors go to their file last: a failure before it leaves nothing of
+        // them to delete, and from here the commit protocol discards them with the run's
+        // files (`discard_files` deletes the vectors' file, never the data files they mark).
+        let mut current_removes = commit.current_removes;
+        let mut current_adds = std::mem::take(&mut self.current_adds);
+        if !commit.current_marked.is_empty() {
+            let written = deletion_vectors::write(&self.current, commit.current_marked);
+            let (removes, adds) = match written.await {
+                Ok(actions) => actions,
+                Err(e) => {
+                    self.current_adds = current_adds;
+                    return self.guard(Err(e)).await;
+                }
+            };
+            current_removes.extend(removes);
+            current_adds.extend(adds);
+        }
         let history = Planned {
             adds: std::mem::take(&mut self.history_adds),
             removes: commit.history_removes,
@@ -327,8 +350,8 @@ impl RunTransaction {
             TableRole::Current,
             self.current.clone(),
             Planned {
-                adds: std::mem::take(&mut self.current_adds),
-                removes: commit.current_removes,
+                adds: current_adds,
+                removes: current_removes,
                 cdc,
             },
         )];

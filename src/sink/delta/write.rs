@@ -279,10 +279,21 @@ pub(crate) fn file_path(path: &str) -> deltalake::Path {
 /// Deletes data files that were written but will not be committed (a refused or failed run),
 /// then, in a local table, the partition folders (`eff_start_date=.../`) they leave empty.
 /// Best effort: a file that cannot be deleted is only unreferenced, and `VACUUM` removes it.
+/// An `add` that carries a deletion vector adds a committed data file again with the run's
+/// new vector: its vector's file is deleted, never the data file.
 pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
     use futures::StreamExt;
+    let mut written: Vec<String> = adds
+        .iter()
+        .filter_map(|a| match &a.deletion_vector {
+            None => Some(a.path.clone()),
+            Some(_) => super::deletion_vectors::vector_file(a),
+        })
+        .collect();
+    written.sort();
+    written.dedup();
     let paths: Vec<std::result::Result<deltalake::Path, deltalake::ObjectStoreError>> =
-        adds.iter().map(|a| Ok(file_path(&a.path))).collect();
+        written.iter().map(|p| Ok(file_path(p))).collect();
     let mut results = table
         .object_store()
         .delete_stream(futures::stream::iter(paths).boxed());
@@ -292,17 +303,17 @@ pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
         }
     }
     if let Ok(root) = table.table_url().to_file_path() {
-        remove_empty_folders(&root, adds);
+        remove_empty_folders(&root, &written);
     }
 }
 
 /// Removes the folders between `root` and each file of `adds` that are empty, deepest first;
 /// `root` itself stays. A folder another writer has put a file in since is not empty, and
 /// stays too.
-fn remove_empty_folders(root: &std::path::Path, adds: &[Add]) {
+fn remove_empty_folders(root: &std::path::Path, files: &[String]) {
     let mut folders = std::collections::BTreeSet::new();
-    for add in adds {
-        let relative = percent_encoding::percent_decode_str(&add.path).decode_utf8_lossy();
+    for file in files {
+        let relative = percent_encoding::percent_decode_str(file).decode_utf8_lossy();
         let mut folder = std::path::Path::new(relative.as_ref()).parent();
         while let Some(f) = folder.filter(|f| !f.as_os_str().is_empty()) {
             folders.insert(root.join(f));
