@@ -609,6 +609,7 @@ impl Groups<'_> {
             }
             false => None,
         };
+        summary.files_marked = replaced.marked.len() as u64;
         Ok(Merged {
             current: replaced,
             tombstones,
@@ -1415,6 +1416,10 @@ async fn read_impacted(
     let scan = Instant::now();
     let impacted = impacted_files(&lake.current, changed).await?;
     summary.stages.impacted_scan_secs += scan.elapsed().as_secs_f64();
+    // refused before the merge, not at the commit: see `change_feed::refuse_vectors`
+    if delta::change_feed::enabled(&lake.current)? {
+        delta::change_feed::refuse_vectors(impacted.values())?;
+    }
     summary.files_rewritten += impacted.len() as u64;
     if impacted.is_empty() {
         return Ok(Replaced::default());
@@ -1514,19 +1519,36 @@ async fn mark_impacted(
     let vectors_hit =
         (hits.iter().zip(&adds)).any(|(r, a)| !r.is_empty() && a.deletion_vector.is_some());
     let mut live = vectors_hit.then(|| Picks::new(&rows_per_file));
+    // the earlier vectors of the files hit, read 16 at a time
+    let mut earlier: Vec<Option<roaring::RoaringTreemap>> = vec![None; adds.len()];
+    let mut hit_vectors = Vec::new();
+    for (f, (rows, add)) in hits.iter().zip(&adds).enumerate() {
+        if let (Some(dv), false) = (&add.deletion_vector, rows.is_empty()) {
+            hit_vectors.push((f, dv));
+        }
+    }
+    for chunk in hit_vectors.chunks(16) {
+        let mut reads = Vec::with_capacity(chunk.len());
+        for (_, dv) in chunk {
+            reads.push(deletion_vectors::read(table, dv));
+        }
+        let read = futures::future::try_join_all(reads).await?;
+        for ((f, _), rows) in chunk.iter().zip(read) {
+            earlier[*f] = Some(rows);
+        }
+    }
     let mut marked = Vec::new();
-    for (f, rows) in hits.into_iter().enumerate() {
+    for ((f, rows), earlier) in hits.into_iter().enumerate().zip(earlier) {
         if rows.is_empty() {
             continue;
         }
-        let (all, rows) = match &adds[f].deletion_vector {
+        let (all, rows) = match earlier {
             None => {
                 let all = roaring::RoaringTreemap::from_sorted_iter(rows.iter().copied())
                     .map_err(|e| Error::Internal(format!("row positions out of order: {e}")))?;
                 (all, rows)
             }
-            Some(dv) => {
-                let mut all = deletion_vectors::read(table, dv).await?;
+            Some(mut all) => {
                 let rows: Vec<u64> = rows.into_iter().filter(|r| !all.contains(*r)).collect();
                 all.extend(rows.iter().copied());
                 (all, rows)
@@ -1547,7 +1569,6 @@ async fn mark_impacted(
     }
     let picks = live.unwrap_or(picks);
     summary.stages.impacted_scan_secs += scan.elapsed().as_secs_f64();
-    summary.files_marked += marked.len() as u64;
     summary.rows_marked += picks.count();
     if marked.is_empty() {
         return Ok(Replaced::default());

@@ -334,6 +334,7 @@ const TABLES_FILE: &str = "tables:
   change_data_feed: true
 - source: public/keyonly
   active: true
+  deletion_vectors: true
 - source: public/events
   active: true
 - source: public/trunc
@@ -342,6 +343,7 @@ const TABLES_FILE: &str = "tables:
   change_data_feed: true
 - source: public/big
   active: true
+  deletion_vectors: true
 ";
 
 /// Text PostgreSQL stores out of line (TOAST) and cannot compress: `kb` KiB of hex digits.
@@ -568,6 +570,19 @@ fn the_lake_equals_the_database_after_a_scripted_workload() {
         let rows = runtime.block_on(crate::common::assert_feed_replays(&current, 1));
         assert!(rows > 0, "{table}");
     }
+    // keyonly's merges (deletes, updates across dropped and added columns) marked rows in
+    // deletion vectors (`deletion_vectors: true`) and rewrote no file
+    let current = lake.join("public/keyonly/current");
+    let url = url::Url::from_directory_path(&current).unwrap();
+    let table = runtime.block_on(deltalake::open_table(url)).unwrap();
+    let marked = table
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .filter(|f| f.deletion_vector_descriptor().is_some())
+        .count();
+    assert!(marked > 0, "keyonly's files have no deletion vector");
 }
 
 #[test]

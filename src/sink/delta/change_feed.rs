@@ -117,6 +117,25 @@ pub struct Budget<'a> {
     pub spill: Option<&'a std::path::Path>,
 }
 
+/// Refuses the removal of a file that has a deletion vector from a table that records its
+/// feed: the vector marks rows that a whole-file comparison would count again (vectors of
+/// runs made before the feed was turned on, or of another engine).
+///
+/// # Errors
+/// [`Error::Refused`] naming the file, with the advice to run `tributary optimize` (it
+/// rewrites the files that have a vector).
+pub fn refuse_vectors<'a>(removes: impl IntoIterator<Item = &'a Remove>) -> Result<()> {
+    match removes.into_iter().find(|r| r.deletion_vector.is_some()) {
+        Some(marked) => Err(Error::Refused(format!(
+            "current: data file {} has a deletion vector, and the change data feed compares \
+             whole files; run `tributary optimize` (it rewrites the files that have one), \
+             then run again",
+            marked.path
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Writes the change files of a commit that replaces `removes` of `table` (its loaded version)
 /// with `adds` (written, not committed), as the module docs say; returns their `cdc` actions.
 /// Both sides are sorted by `keyhash` and merged (a sort-merge join), within `budget`'s memory:
@@ -133,16 +152,7 @@ pub async fn write(
     properties: WriterProperties,
     budget: Budget<'_>,
 ) -> Result<Vec<AddCDCFile>> {
-    // a file's deletion vector marks rows that a whole-file comparison would count again
-    // (vectors of runs made before the feed was turned on, or of another engine)
-    if let Some(marked) = removes.iter().find(|r| r.deletion_vector.is_some()) {
-        return Err(Error::Refused(format!(
-            "current: data file {} has a deletion vector, and the change data feed compares \
-             whole files; run `tributary optimize` (it rewrites the files that have one), \
-             then run again",
-            marked.path
-        )));
-    }
+    refuse_vectors(removes)?;
     let state = table.snapshot()?;
     let schema = state.snapshot().arrow_schema();
     let partitions = state.metadata().partition_columns().to_vec();

@@ -353,9 +353,15 @@ async fn still_planned(
     }
     use deltalake::logstore::object_store::ObjectStoreExt;
     let store = table.object_store();
-    let files = pending.adds.iter().map(|a| &a.path);
-    for file in files.chain(pending.cdc.iter().map(|c| &c.path)) {
-        let path = super::write::file_path(file);
+    // an add that carries a deletion vector re-adds a committed data file: its vector's file
+    // is the run's own
+    let files = pending.adds.iter().map(|a| match &a.deletion_vector {
+        None => a.path.clone(),
+        Some(_) => super::deletion_vectors::vector_file(a).unwrap_or_else(|| a.path.clone()),
+    });
+    let cdc = pending.cdc.iter().map(|c| c.path.clone());
+    for file in files.chain(cdc) {
+        let path = super::write::file_path(&file);
         if let Err(e @ deltalake::ObjectStoreError::NotFound { .. }) = store.head(&path).await {
             return Err(Error::Lake {
                 table: role.to_string(),

@@ -40,14 +40,26 @@ const FEATURE: &str = "deletionVectors";
 /// Delta errors reading the snapshot.
 pub fn enabled(table: &DeltaTable) -> Result<bool> {
     let state = table.snapshot()?;
-    let protocol = state.snapshot().protocol();
-    let reads = protocol
+    let reads = state
+        .snapshot()
+        .protocol()
         .reader_features()
         .is_some_and(|f| f.iter().any(|f| f.to_string() == FEATURE));
-    let writes = protocol
+    Ok(reads && listed(table)? && super::table::property_is_true(table, PROPERTY)?)
+}
+
+/// Whether `table`'s protocol lists the `deletionVectors` writer feature: whether any of its
+/// versions may have vectors (the feature stays once added).
+///
+/// # Errors
+/// Delta errors reading the snapshot.
+pub fn listed(table: &DeltaTable) -> Result<bool> {
+    Ok(table
+        .snapshot()?
+        .snapshot()
+        .protocol()
         .writer_features()
-        .is_some_and(|f| f.iter().any(|f| f.to_string() == FEATURE));
-    Ok(reads && writes && super::table::property_is_true(table, PROPERTY)?)
+        .is_some_and(|f| f.iter().any(|f| f.to_string() == FEATURE)))
 }
 
 /// Whether a merge into `table` marks rows in deletion vectors ([`enabled`], and no change
@@ -75,8 +87,9 @@ const MAGIC: u32 = 1681511377;
 
 /// The rows `dv` marks deleted in its data file. A vector in a file named by UUID (`u`, as
 /// Tributary writes them) is read by its byte range alone (its size, magic, bitmap and CRC-32,
-/// and the file's version byte), so that reading the vectors of many files that share one file
-/// reads it once in all; other vectors (inline, absolute paths) are read by delta-rs's kernel.
+/// and the file's version byte), so that the vectors of many data files that share one vector
+/// file are not each read with the whole file; other vectors (inline, absolute paths) are read
+/// by delta-rs's kernel.
 ///
 /// # Errors
 /// [`Error::Lake`] for a vector that cannot be read, has another layout or fails its checksum.
@@ -235,12 +248,12 @@ pub fn vector_file(add: &Add) -> Option<String> {
 
 /// The file, relative to the table's root, that holds the vector `dv` (see [`vector_file`]).
 pub fn file_of(dv: &DeletionVectorDescriptor) -> Option<String> {
-    if dv.storage_type != StorageType::UuidRelativePath || dv.path_or_inline_dv.len() < 20 {
+    let text = &dv.path_or_inline_dv;
+    let at = text.len().checked_sub(20)?;
+    if dv.storage_type != StorageType::UuidRelativePath || !text.is_char_boundary(at) {
         return None;
     }
-    let (prefix, encoded) = dv
-        .path_or_inline_dv
-        .split_at(dv.path_or_inline_dv.len() - 20);
+    let (prefix, encoded) = text.split_at(at);
     let bytes: [u8; 16] = z85::decode(encoded).ok()?.try_into().ok()?;
     let name = file_name(&uuid::Uuid::from_bytes(bytes));
     Some(match prefix {
@@ -252,6 +265,21 @@ pub fn file_of(dv: &DeletionVectorDescriptor) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_descriptor_of_another_shape_names_no_file() {
+        let dv = |text: &str| DeletionVectorDescriptor {
+            storage_type: StorageType::UuidRelativePath,
+            path_or_inline_dv: text.into(),
+            offset: Some(1),
+            size_in_bytes: 10,
+            cardinality: 1,
+        };
+        assert_eq!(file_of(&dv("short")), None);
+        // the split would fall inside a character: no panic
+        assert_eq!(file_of(&dv("é0123456789012345678")), None);
+        assert_eq!(file_of(&dv("not z85 text at all!")), None);
+    }
 
     #[tokio::test]
     async fn vectors_are_written_to_one_file_as_the_protocol_lays_them_out_and_read_back() {

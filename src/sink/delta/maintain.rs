@@ -545,10 +545,14 @@ pub async fn vacuum(
         // Deletion vectors that versions within the retention read stay (see
         // `recent_vector_files`); the rest of the list is deleted here when it names one.
         let needed = recent_vector_files(&table, retention).await?;
-        let kept = |file: &String| {
-            needed
+        let kept = |file: &String| match &needed {
+            Some(needed) => needed
                 .iter()
-                .any(|n| file == n || file.ends_with(&format!("/{n}")))
+                .any(|n| file == n || file.ends_with(&format!("/{n}"))),
+            None => file
+                .rsplit('/')
+                .next()
+                .is_some_and(|name| name.starts_with("deletion_vector_")),
         };
         let files = match (delete, listed.files_deleted.iter().any(kept)) {
             (true, false) => {
@@ -563,14 +567,20 @@ pub async fn vacuum(
                     .into_iter()
                     .filter(|f| !kept(f))
                     .collect();
-                use deltalake::logstore::object_store::ObjectStoreExt;
-                for file in &files {
-                    let path = super::write::file_path(file);
-                    match table.object_store().delete(&path).await {
-                        Ok(()) | Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
+                use futures::StreamExt;
+                let paths: Vec<_> = files
+                    .iter()
+                    .map(|f| Ok(super::write::file_path(f)))
+                    .collect();
+                let store = table.object_store();
+                let mut deleted = store.delete_stream(futures::stream::iter(paths).boxed());
+                while let Some(done) = deleted.next().await {
+                    match done {
+                        Ok(_) | Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
                         Err(e) => return Err(deltalake::DeltaTableError::from(e).into()),
                     }
                 }
+                drop(deleted);
                 files
             }
             (false, _) => listed
@@ -592,26 +602,32 @@ pub async fn vacuum(
 /// the `remove` actions of the commits made within it (the vector marked its file, live, in
 /// the version before each such commit). delta-rs's full vacuum keeps the vectors of live
 /// files only, so an older vector that a recent commit replaced would go, and time travel to
-/// the versions before that commit with it. Walks back at most `MAX_LOG_WALK` commits, and
-/// stops at the first commit older than the retention or gone from the log.
+/// the versions before that commit with it. Walks back from the newest commit to the first one
+/// older than the retention or gone from the log (nothing to walk for a table whose protocol
+/// has no deletion vectors). Returns None when `MAX_LOG_WALK` commits all lie within the
+/// retention: older ones may name more, so every vector file is kept.
 ///
 /// # Errors
 /// Object-store errors and malformed commits.
 async fn recent_vector_files(
     table: &DeltaTable,
     retention: chrono::Duration,
-) -> Result<HashSet<String>> {
+) -> Result<Option<HashSet<String>>> {
     let mut files = HashSet::new();
     let Some(latest) = table.version() else {
-        return Ok(files);
+        return Ok(Some(files));
     };
+    if !super::deletion_vectors::listed(table)? {
+        return Ok(Some(files));
+    }
     let since = chrono::Utc::now().timestamp_millis() - retention.num_milliseconds();
-    for version in (latest.saturating_sub(log::MAX_LOG_WALK)..=latest).rev() {
+    let oldest = latest.saturating_sub(log::MAX_LOG_WALK);
+    for version in (oldest..=latest).rev() {
         let Some(commit) = log::read_commit(table, version).await? else {
-            break;
+            return Ok(Some(files));
         };
         if commit.timestamp_ms.is_some_and(|t| t < since) {
-            break;
+            return Ok(Some(files));
         }
         files.extend(
             commit
@@ -620,7 +636,7 @@ async fn recent_vector_files(
                 .filter_map(super::deletion_vectors::file_of),
         );
     }
-    Ok(files)
+    Ok((oldest == 0).then_some(files))
 }
 
 /// delta-rs's refusal of a retention below the table's minimum, as [`Error::Refused`].
