@@ -139,7 +139,8 @@ impl DataFiles {
     }
 
     /// The data files `files` of `table` (object-store path, size in bytes, Delta partition
-    /// values), committed or not (a run's new files), with their footers (one read per file).
+    /// values), committed or not (a run's new files), in that order, with their footers (one
+    /// read per file, 16 at a time).
     ///
     /// # Errors
     /// [`Error::Lake`] naming a file whose footer cannot be read.
@@ -148,27 +149,37 @@ impl DataFiles {
         files: impl IntoIterator<Item = (Path, u64, HashMap<String, Option<String>>)>,
     ) -> Result<Self> {
         let store = table.object_store();
-        let mut read = Vec::new();
-        for (path, size, partition_values) in files {
-            let mut reader =
-                ParquetObjectReader::new(store.clone(), path.clone()).with_file_size(size);
-            let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
-                .await
-                .map_err(|e| read_error(&path, e))?;
-            let groups = metadata.metadata().row_groups();
-            let rows: u64 = groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum();
-            if rows > u64::from(u32::MAX) {
-                return Err(read_error(
-                    &path,
-                    "has 2^32 rows or more; row positions are 32-bit",
-                ));
+        let files: Vec<_> = files.into_iter().collect();
+        let mut read = Vec::with_capacity(files.len());
+        // footers 16 at a time (one request each: an object store answers them in parallel)
+        for chunk in files.chunks(16) {
+            let mut footers = Vec::with_capacity(chunk.len());
+            for (path, size, partition_values) in chunk.iter().cloned() {
+                let store = store.clone();
+                footers.push(async move {
+                    let mut reader =
+                        ParquetObjectReader::new(store, path.clone()).with_file_size(size);
+                    let options = ArrowReaderOptions::new();
+                    let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
+                        .await
+                        .map_err(|e| read_error(&path, e))?;
+                    let groups = metadata.metadata().row_groups();
+                    let rows: u64 = groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum();
+                    if rows > u64::from(u32::MAX) {
+                        return Err(read_error(
+                            &path,
+                            "has 2^32 rows or more; row positions are 32-bit",
+                        ));
+                    }
+                    Ok(DataFile {
+                        path,
+                        size,
+                        partition_values,
+                        metadata,
+                    })
+                });
             }
-            read.push(DataFile {
-                path,
-                size,
-                partition_values,
-                metadata,
-            });
+            read.extend(futures::future::try_join_all(footers).await?);
         }
         Ok(DataFiles { store, files: read })
     }
