@@ -307,7 +307,8 @@ pub async fn discard_files(table: &DeltaTable, adds: &[Add]) {
     }
 }
 
-/// Removes the folders between `root` and each file of `adds` that are empty, deepest first;
+/// Removes the folders between `root` and each of `files` (paths relative to it, as `add`
+/// actions name them) that are empty, deepest first;
 /// `root` itself stays. A folder another writer has put a file in since is not empty, and
 /// stays too.
 fn remove_empty_folders(root: &std::path::Path, files: &[String]) {
