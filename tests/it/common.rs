@@ -488,3 +488,22 @@ pub fn tributary_ok(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Live files of the Delta table at `path` that carry a deletion vector, and whether its
+/// protocol lists the `deletionVectors` reader feature.
+pub async fn deletion_vectors_of(path: &std::path::Path) -> (usize, bool) {
+    let url = url::Url::from_directory_path(path).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let snapshot = table.snapshot().unwrap();
+    let marked = snapshot
+        .log_data()
+        .iter()
+        .filter(|f| f.deletion_vector_descriptor().is_some())
+        .count();
+    let listed = snapshot
+        .snapshot()
+        .protocol()
+        .reader_features()
+        .is_some_and(|f| f.iter().any(|f| f.to_string() == "deletionVectors"));
+    (marked, listed)
+}

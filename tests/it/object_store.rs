@@ -574,14 +574,8 @@ async fn sync_with_deletion_vectors_into_an_s3_lake_equals_a_local_lake() {
         .replace("  change_data_feed: true\n", "  deletion_vectors: true\n");
     assert_ne!(tables, crate::concurrency::ORDERS);
     let (_dir, local_lake) = sync_into_s3_and_local(endpoint, &tables, "lake-vectors").await;
-    let url = url::Url::from_directory_path(local_lake.join("sales/orders/current")).unwrap();
-    let table = deltalake::open_table(url).await.unwrap();
-    let snapshot = table.snapshot().unwrap();
-    let marked = snapshot
-        .log_data()
-        .iter()
-        .filter(|f| f.deletion_vector_descriptor().is_some())
-        .count();
+    let current = local_lake.join("sales/orders/current");
+    let (marked, _) = crate::common::deletion_vectors_of(&current).await;
     assert!(marked > 0, "the local lake's merges gave no file a vector");
 }
 

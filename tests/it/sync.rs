@@ -778,25 +778,6 @@ async fn only_files_holding_a_changed_key_are_rewritten() {
     assert_eq!(current["1"]["amount"], "10.0");
 }
 
-/// Live files of the Delta table at `path` that carry a deletion vector, and whether its
-/// protocol lists the `deletionVectors` reader feature.
-async fn deletion_vectors_of(path: &std::path::Path) -> (usize, bool) {
-    let url = url::Url::from_directory_path(path).unwrap();
-    let table = deltalake::open_table(url).await.unwrap();
-    let snapshot = table.snapshot().unwrap();
-    let marked = snapshot
-        .log_data()
-        .iter()
-        .filter(|f| f.deletion_vector_descriptor().is_some())
-        .count();
-    let listed = snapshot
-        .snapshot()
-        .protocol()
-        .reader_features()
-        .is_some_and(|f| f.iter().any(|f| f.to_string() == "deletionVectors"));
-    (marked, listed)
-}
-
 /// Merges into a current table with `deletion_vectors: true` mark the rows they replace or
 /// delete in deletion vectors (a file marked again keeps its earlier rows marked) and copy no
 /// row, held or spilled, and leave what rewriting merges leave: current and history rows and
@@ -905,7 +886,7 @@ async fn merges_with_deletion_vectors_mark_rows_and_end_where_rewrites_end() {
                     runs.push((current, history, format!("{counters:?}")));
                 }
                 let current = l.lake().join("sales/orders/current");
-                let (marked, listed) = deletion_vectors_of(&current).await;
+                let (marked, listed) = crate::common::deletion_vectors_of(&current).await;
                 assert_eq!((marked > 0, listed), (vectors, vectors), "{spec}");
                 if vectors {
                     // the marked files are rewritten without their marked rows
@@ -916,7 +897,7 @@ async fn merges_with_deletion_vectors_mark_rows_and_end_where_rewrites_end() {
                         .output()
                         .unwrap();
                     assert!(out.status.success(), "{out:?}");
-                    assert_eq!(deletion_vectors_of(&current).await.0, 0);
+                    assert_eq!(crate::common::deletion_vectors_of(&current).await.0, 0);
                     assert_eq!(shape(&l.current("sales/orders").await), before);
                 }
                 lakes.push(runs);
