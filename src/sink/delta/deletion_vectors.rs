@@ -5,14 +5,16 @@
 //! A merge into a table that uses them marks the rows it replaces or deletes in a deletion
 //! vector of their data file instead of copying the file's other rows into a new file: the
 //! file is removed and added again, in the run's commit, with a vector that holds its earlier
-//! one and the run's rows (row positions in the file, from 0). Readers that follow the protocol
-//! (delta-rs, Spark, Databricks, DuckDB's `delta` extension) skip the marked rows.
+//! one and the run's rows (row positions in the file, from 0). Readers that implement the
+//! feature skip the marked rows (delta-rs, tested here; Spark's Delta Lake, Databricks and
+//! DuckDB's `delta` extension by their documentation).
 //!
 //! The vectors of one commit go to one file at the table's root, `deletion_vector_<uuid>.bin`
 //! (storage type `u`, the UUID written in Z85 in the descriptor), in the protocol's
 //! "Deletion Vector Format": a version byte, then per vector its size, the RoaringBitmapArray
-//! magic and 64-bit roaring bitmap, and a CRC-32. delta-rs's kernel writes and reads that
-//! format; this module chooses what to mark and builds the actions.
+//! magic and 64-bit roaring bitmap, and a CRC-32. delta-rs's kernel writes that format (and
+//! reads inline and absolute-path vectors); this module reads a file's vector by its byte
+//! range (checking size, magic and CRC), chooses what to mark and builds the actions.
 //!
 //! A table that also records the change data feed is merged by rewriting files (the feed's
 //! comparison reads whole files): [`in_use`] is false there.
