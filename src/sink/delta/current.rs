@@ -238,10 +238,8 @@ impl DataFiles {
         workers: usize,
         tx: Sender<RecordBatch>,
     ) -> Result<()> {
-        self.scan_keys_where(schema, workers, tx, |batch: &RecordBatch| {
-            BooleanArray::from(vec![true; batch.num_rows()])
-        })
-        .await
+        let every_row = None::<fn(&RecordBatch) -> BooleanArray>;
+        self.scan_positions(schema, workers, tx, every_row).await
     }
 
     /// [`DataFiles::scan_keys`], sending only the rows `keep` selects (`keep` runs on the
@@ -256,6 +254,21 @@ impl DataFiles {
         tx: Sender<RecordBatch>,
         keep: impl Fn(&RecordBatch) -> BooleanArray + Send + Sync + 'static,
     ) -> Result<()> {
+        self.scan_positions(schema, workers, tx, Some(keep)).await
+    }
+
+    /// The body of [`DataFiles::scan_keys`] and [`DataFiles::scan_keys_where`]: every row, or
+    /// those `keep` selects (a snapshot run's scan builds no selection).
+    async fn scan_positions<K>(
+        &self,
+        schema: SchemaRef,
+        workers: usize,
+        tx: Sender<RecordBatch>,
+        keep: Option<K>,
+    ) -> Result<()>
+    where
+        K: Fn(&RecordBatch) -> BooleanArray + Send + Sync + 'static,
+    {
         let read = schema.fields().len().saturating_sub(2);
         let join_schema: SchemaRef = Arc::new(Schema::new(schema.fields()[..read].to_vec()));
         let names: Vec<String> = join_schema
@@ -277,11 +290,11 @@ impl DataFiles {
                 first..first + n as u32,
             )));
             let batch = RecordBatch::try_new(schema.clone(), columns)?;
-            let kept = keep(&batch);
-            match kept.true_count() == n {
-                true => Ok(batch),
-                false => Ok(deltalake::arrow::compute::filter_record_batch(
-                    &batch, &kept,
+            match &keep {
+                None => Ok(batch),
+                Some(keep) => Ok(deltalake::arrow::compute::filter_record_batch(
+                    &batch,
+                    &keep(&batch),
                 )?),
             }
         });
