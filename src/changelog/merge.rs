@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use chrono::NaiveDate;
 use deltalake::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, RecordBatch, StringArray,
 };
 use deltalake::arrow::compute::{cast, filter_record_batch, interleave_record_batch};
 use deltalake::arrow::datatypes::{DataType, SchemaRef};
@@ -345,10 +345,21 @@ type Patch = Vec<(usize, Loc)>;
 /// the run), with the values that change kept from the version before it.
 #[derive(Debug, Clone)]
 struct Version {
-    loc: Loc,
+    /// None: a stored row of which only the state was read ([`StoredRow`]).
+    loc: Option<Loc>,
     patch: Patch,
     /// A change of the run (not the stored row).
     from_run: bool,
+}
+
+impl Version {
+    /// The row that holds the version.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for a stored row that was not read whole ([`Whole`] decides).
+    fn loc(&self) -> Result<Loc> {
+        self.loc.ok_or_else(not_read_whole)
+    }
 }
 
 /// The D row of a delete within a run (history_every_change): the key's values before it
@@ -417,41 +428,170 @@ struct TombstoneWrite {
     removes: Vec<Remove>,
 }
 
+/// A changed key's stored row: its state, and where the whole row is.
+#[derive(Debug, Clone, Copy)]
+struct StoredRow {
+    /// (batch, row) in [`Stored::rows`]; None where only the state was read (a merge into a
+    /// table with deletion vectors reads whole only the rows [`Whole`] asks for).
+    loc: Option<Loc>,
+    /// Its `operation` is not D.
+    live: bool,
+    /// Its `source_position` (None: NULL, or the table has no such column).
+    position: Option<i64>,
+}
+
+impl StoredRow {
+    /// The whole row's place in [`Stored::rows`].
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for a row that was not read whole ([`Whole`] decides).
+    fn whole(&self) -> Result<Loc> {
+        self.loc.ok_or_else(not_read_whole)
+    }
+}
+
+/// The error of a stored row needed whole but read as its state only: a defect of [`Whole`].
+fn not_read_whole() -> Error {
+    Error::Internal("the stored row of a changed key was not read whole".into())
+}
+
 /// The stored rows of the changed keys, read from the files that hold them.
 #[derive(Default)]
 struct Stored {
+    /// Whole rows, in the table schema.
     rows: Vec<RecordBatch>,
-    /// (batch, row) in `rows` of each changed key's stored row.
-    at: DigestMap<(usize, usize)>,
-    /// Changed keys that are live (their stored `operation` is not D).
-    live: HashSet<Key>,
+    /// Each changed key's stored row.
+    at: DigestMap<StoredRow>,
     /// The files read: removed (their unchanged rows copied to current), or given deletion
     /// vectors.
     replaced: Replaced,
 }
 
 impl Stored {
-    /// Adds stored rows of changed keys (rows of the table schema).
-    fn add(&mut self, old: RecordBatch, keyhash_at: usize, operation_at: usize) {
+    /// Adds whole stored rows of changed keys (rows of the table schema; `source_position`
+    /// at `position_at` where the schema has it).
+    fn add(
+        &mut self,
+        old: RecordBatch,
+        keyhash_at: usize,
+        operation_at: usize,
+        position_at: Option<usize>,
+    ) {
         if old.num_rows() == 0 {
             return;
         }
-        let keyhash = old.column(keyhash_at).as_binary::<i32>();
-        let ops = old.column(operation_at).as_string::<i32>();
+        let batch = self.rows.len();
+        let state = StateColumns::new(&old, keyhash_at, operation_at, position_at);
         for i in 0..old.num_rows() {
-            let k = key(keyhash.value(i));
-            self.at.insert(k, (self.rows.len(), i));
-            if ops.value(i) != "D" {
-                self.live.insert(k);
-            }
+            let (k, row) = state.row(i, Some((batch, i)));
+            self.at.insert(k, row);
         }
         self.rows.push(old);
     }
 }
 
+/// The columns of stored rows that make their state ([`StoredRow`]).
+struct StateColumns<'a> {
+    keyhash: &'a BinaryArray,
+    operation: &'a StringArray,
+    /// None: the table has no `source_position`.
+    position: Option<&'a Int64Array>,
+}
+
+impl<'a> StateColumns<'a> {
+    /// `rows`' `keyhash`, `operation` and `source_position` at those columns.
+    fn new(
+        rows: &'a RecordBatch,
+        keyhash_at: usize,
+        operation_at: usize,
+        position_at: Option<usize>,
+    ) -> Self {
+        StateColumns {
+            keyhash: rows.column(keyhash_at).as_binary::<i32>(),
+            operation: rows.column(operation_at).as_string::<i32>(),
+            position: position_at.map(|at| rows.column(at).as_primitive::<Int64Type>()),
+        }
+    }
+
+    /// Row `i`'s key and state, its whole row at `loc`.
+    fn row(&self, i: usize, loc: Option<Loc>) -> (Key, StoredRow) {
+        let row = StoredRow {
+            loc,
+            live: self.operation.value(i) != "D",
+            position: self
+                .position
+                .and_then(|p| p.is_valid(i).then(|| p.value(i))),
+        };
+        (key(self.keyhash.value(i)), row)
+    }
+}
+
+/// Whether a merge into a table with deletion vectors reads a changed key's stored row whole
+/// ([`mark_impacted`]). An upsert replaces the row, and the vector hides it: its state
+/// ([`StoredRow`]) is all the merge needs. The values are needed for a D row (history, soft
+/// deletes), for values a change keeps (unchanged TOAST), and for a row a stale or ignored
+/// change leaves in place (sent back to current).
+#[derive(Debug, Clone, Copy)]
+enum Whole {
+    /// The key has a delete, or a change that keeps stored values, among the group's changes.
+    Always,
+    /// Only when the key's last change, at this source position, is stale against it.
+    IfStale(Option<i64>),
+}
+
+/// The value of a changed key in the key set of a merge's scan of current: whether its stored
+/// row is read whole ([`Whole`]; `()`: always).
+trait ReadWhole: Copy + Send + Sync + 'static {
+    /// Whether a stored row at source position `stored` is read whole.
+    fn needed(self, stored: Option<i64>) -> bool;
+}
+
+impl ReadWhole for () {
+    fn needed(self, _stored: Option<i64>) -> bool {
+        true
+    }
+}
+
+impl ReadWhole for Whole {
+    fn needed(self, stored: Option<i64>) -> bool {
+        match self {
+            Whole::Always => true,
+            Whole::IfStale(change) => is_stale(change, stored),
+        }
+    }
+}
+
+impl Whole {
+    /// Of each changed key of `changes` (`winners`: the last change of each).
+    fn of(changes: &[ChangeBatch], winners: &[Picked]) -> DigestMap<Whole> {
+        let mut whole = DigestMap::default();
+        whole.reserve(winners.len());
+        for batch in changes {
+            let deletes = batch
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| **op == ChangeOp::Delete);
+            let rows = deletes
+                .map(|(row, _)| row)
+                .chain(batch.keep_stored.keys().copied());
+            for row in rows {
+                whole.insert(key(batch.rows.keyhash.value(row)), Whole::Always);
+            }
+        }
+        for p in winners {
+            let batch = &changes[p.batch];
+            whole
+                .entry(key(batch.rows.keyhash.value(p.row)))
+                .or_insert(Whole::IfStale(batch.positions[p.row]));
+        }
+        whole
+    }
+}
+
 /// Where [`read_impacted`] puts the stored rows of changed keys.
 enum StoredTo<'a> {
-    /// In memory (a held merge).
+    /// In memory (a held merge); with deletion vectors, whole only where [`ReadWhole`] says.
     Held(&'a mut Stored),
     /// Into the partitions of the spilled changes (a spilled merge).
     Spilled(&'a mut RunChanges),
@@ -531,6 +671,7 @@ impl Groups<'_> {
         let mut known = None;
         let mut new = Vec::new();
         let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
+        let position_at = schema.index_of(SOURCE_POSITION).ok();
         replaced.extend(self.spilled_merge_read(changes, summary, keyed).await?);
         let shared_day = std::sync::OnceLock::new();
         let (total, mut applied, mut part) = (changes.rows(), 0usize, 0usize);
@@ -582,7 +723,7 @@ impl Groups<'_> {
                         tokio::task::spawn_blocking(move || {
                             let mut stored = Stored::default();
                             for batch in rows {
-                                stored.add(batch, keyhash_at, operation_at);
+                                stored.add(batch, keyhash_at, operation_at, position_at);
                             }
                             stored
                         })
@@ -781,12 +922,7 @@ impl Merge<'_> {
     /// Reads the current files that hold a changed key: their other rows are copied to the
     /// current writer, the changed keys' rows are kept as [`Stored`].
     async fn stored_rows(&self, winners: &[Picked], summary: &mut ApplySummary) -> Result<Stored> {
-        let changes = self.changes;
-        let mut changed: DigestMap<()> = DigestMap::default();
-        changed.reserve(winners.len());
-        for p in winners {
-            changed.insert(key(changes[p.batch].rows.keyhash.value(p.row)), ());
-        }
+        let changed = Whole::of(self.changes, winners);
         let mut stored = Stored::default();
         let to = StoredTo::Held(&mut stored);
         let replaced = read_impacted(
@@ -835,17 +971,16 @@ impl Merge<'_> {
         let Some(version) = version else {
             return Err(self.no_stored_row(columns));
         };
-        Ok(columns
+        columns
             .iter()
             .map(|&c| {
-                let from = version
-                    .patch
-                    .iter()
-                    .find(|(kept, _)| *kept == c)
-                    .map_or(version.loc, |(_, at)| *at);
-                (c, from)
+                let from = match version.patch.iter().find(|(kept, _)| *kept == c) {
+                    Some((_, at)) => *at,
+                    None => version.loc()?,
+                };
+                Ok((c, from))
             })
-            .collect())
+            .collect()
     }
 
     /// The error of a change that keeps stored values of `columns` (unchanged TOAST values)
@@ -902,22 +1037,16 @@ impl Merge<'_> {
         // rows are found in `all` below: the stored batches, then the run's change batches
         let changes_at = stored.rows.len();
         let position_at = self.schema.index_of(SOURCE_POSITION).ok();
-        let stored_position = |at: (usize, usize)| -> Option<i64> {
-            let column = stored.rows[at.0]
-                .column(position_at?)
-                .as_primitive::<Int64Type>();
-            column.is_valid(at.1).then(|| column.value(at.1))
-        };
         for p in &winners {
             let batch = &self.changes[p.batch];
             let k = key(batch.rows.keyhash.value(p.row));
             let position = batch.positions[p.row];
             if position_at.is_some() {
                 let stale = match stored.at.get(&k) {
-                    Some(&at) => {
-                        let stale = is_stale(position, stored_position(at));
+                    Some(row) => {
+                        let stale = is_stale(position, row.position);
                         if stale {
-                            kept_old.push(at);
+                            kept_old.push(row.whole()?);
                         }
                         stale
                     }
@@ -949,12 +1078,12 @@ impl Merge<'_> {
             let keeps = batch.keep_stored.get(&p.row);
             // The key's state before its last change: as stored, then through its earlier
             // changes of this run (history_every_change; none otherwise).
-            let mut live = stored.live.contains(&k);
+            let mut live = stored.at.get(&k).is_some_and(|row| row.live);
             // the key's live version: its stored row, then each change of the run; a change
             // that kept values (unchanged TOAST) takes them from the version before it
             let mut version: Option<Version> = match live {
-                true => stored.at.get(&k).map(|&at| Version {
-                    loc: at,
+                true => stored.at.get(&k).map(|row| Version {
+                    loc: row.loc,
                     patch: Vec::new(),
                     from_run: false,
                 }),
@@ -969,7 +1098,7 @@ impl Merge<'_> {
                     if let (true, Some(v)) = (live, version.take()) {
                         summary.deleted += 1;
                         let delete = RowDelete {
-                            from: v.loc,
+                            from: v.loc()?,
                             patch: v.patch,
                             day,
                             position: change.positions[r],
@@ -1005,7 +1134,7 @@ impl Merge<'_> {
                 }
                 live = true;
                 version = Some(Version {
-                    loc: (changes_at + b, r),
+                    loc: Some((changes_at + b, r)),
                     patch,
                     from_run: true,
                 });
@@ -1016,7 +1145,7 @@ impl Merge<'_> {
                 // that change's values
                 summary.deleted += 1;
                 row_deletes.push(RowDelete {
-                    from: v.loc,
+                    from: v.loc()?,
                     patch: v.patch.clone(),
                     day,
                     position,
@@ -1067,12 +1196,13 @@ impl Merge<'_> {
                 }
                 Outcome::Delete => {
                     summary.deleted += 1;
-                    let at =
-                        stored.at.get(&k).copied().ok_or_else(|| {
-                            Error::Internal("a live key has no stored row".into())
-                        })?;
+                    let row = stored
+                        .at
+                        .get(&k)
+                        .ok_or_else(|| Error::Internal("a live key has no stored row".into()))?;
+                    let at = row.whole()?;
                     // a delete without a position keeps the row's (never NULL over a known one)
-                    let position = position.or_else(|| stored_position(at));
+                    let position = position.or(row.position);
                     let tombstone = position.map(|position| {
                         (
                             k,
@@ -1091,11 +1221,11 @@ impl Merge<'_> {
                     summary.ignored_deletes += 1;
                     match stored.at.get(&k) {
                         // a soft-deleted row takes the newer delete's position
-                        Some(&at) => match position {
-                            Some(p) if stored_position(at).is_none_or(|s| p > s) => {
-                                redeleted.push((at, p))
+                        Some(row) => match position {
+                            Some(p) if row.position.is_none_or(|s| p > s) => {
+                                redeleted.push((row.whole()?, p))
                             }
-                            _ => kept_old.push(at),
+                            _ => kept_old.push(row.whole()?),
                         },
                         // the key may arrive late: its delete still holds
                         None => new_tombstones.extend(tombstone),
@@ -1402,10 +1532,10 @@ async fn send(tx: &tokio::sync::mpsc::Sender<RecordBatch>, batch: RecordBatch) -
 /// `current`, the rows of changed keys to `to`. Returns the remove actions of the files read.
 /// A table that uses deletion vectors marks the rows of changed keys instead
 /// ([`mark_impacted`]).
-async fn read_impacted(
+async fn read_impacted<V: ReadWhole>(
     lake: &DeltaLake,
     schema: &SchemaRef,
-    changed: &Arc<DigestMap<()>>,
+    changed: &Arc<DigestMap<V>>,
     current: &tokio::sync::mpsc::Sender<RecordBatch>,
     summary: &mut ApplySummary,
     mut to: StoredTo<'_>,
@@ -1426,6 +1556,7 @@ async fn read_impacted(
     }
     // conformed batches have the table schema: columns by position
     let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
+    let position_at = schema.index_of(SOURCE_POSITION).ok();
     let mut stream = scan_files(&lake.current, impacted.keys().cloned()).await?;
     while let Some(batch) = stream.next().await {
         let batch = delta::conform(&batch?, schema, &HashMap::new())?;
@@ -1438,7 +1569,7 @@ async fn read_impacted(
         send(current, kept).await?;
         let old = filter_record_batch(&batch, &hit)?;
         match &mut to {
-            StoredTo::Held(stored) => stored.add(old, keyhash_at, operation_at),
+            StoredTo::Held(stored) => stored.add(old, keyhash_at, operation_at, position_at),
             StoredTo::Spilled(changes) if old.num_rows() > 0 => changes.push_stored(old).await?,
             StoredTo::Spilled(_) => {}
         }
@@ -1450,18 +1581,20 @@ async fn read_impacted(
 }
 
 /// A merge into a table with deletion vectors: scans `keyhash` and the row positions of every
-/// row of `table`, keeping those of keys of `changed` (on the scan's tasks), leaves out the
-/// rows that earlier vectors mark (reading only the vectors of files that hold such a row),
-/// reads the rest whole into `to`, and returns their files with every row to mark (the earlier
-/// vector's and these). No row is copied: the commit adds each file again with its new
-/// vector (`sink::delta::deletion_vectors`).
+/// row of `table` (a held merge: also `operation` and `source_position`), keeping those of
+/// keys of `changed` (on the scan's tasks), and leaves out the rows that earlier vectors mark
+/// (reading only the vectors of files that hold such a row). A held merge keeps each live
+/// row's state and reads whole only the rows [`Whole`] asks for; a spilled one reads them all
+/// whole into its partitions. Returns the files with every row to mark (the earlier vector's
+/// and these). No row is copied: the commit adds each file again with its new vector
+/// (`sink::delta::deletion_vectors`).
 ///
 /// # Errors
 /// [`Error::Lake`] naming a data file or vector that cannot be read; a closed channel.
-async fn mark_impacted(
+async fn mark_impacted<V: ReadWhole>(
     table: &DeltaTable,
     schema: &SchemaRef,
-    changed: &Arc<DigestMap<()>>,
+    changed: &Arc<DigestMap<V>>,
     summary: &mut ApplySummary,
     mut to: StoredTo<'_>,
 ) -> Result<Replaced> {
@@ -1482,37 +1615,66 @@ async fn mark_impacted(
     }
     let files = DataFiles::of(table, located).await?;
     let rows_per_file = files.rows_per_file();
-    let positions: SchemaRef = Arc::new(Schema::new(vec![
-        schema.field_with_name(KEYHASH)?.clone(),
-        Field::new("file", DataType::UInt32, false),
-        Field::new("row", DataType::UInt32, false),
-    ]));
+    // the scanned columns: keyhash, [operation, source_position,] file, row
+    let states = matches!(to, StoredTo::Held(..));
+    let mut fields = vec![schema.field_with_name(KEYHASH)?.clone()];
+    if states {
+        fields.push(schema.field_with_name(OPERATION)?.clone());
+        fields.extend(schema.field_with_name(SOURCE_POSITION).ok().cloned());
+    }
+    let state_position_at = (fields.len() == 3).then_some(2);
+    let (file_at, row_at, whole_at) = (fields.len(), fields.len() + 1, fields.len() + 2);
+    fields.push(Field::new("file", DataType::UInt32, false));
+    fields.push(Field::new("row", DataType::UInt32, false));
+    let positions: SchemaRef = Arc::new(Schema::new(fields.clone()));
+    fields.push(Field::new("whole", DataType::Boolean, false));
+    let selected: SchemaRef = Arc::new(Schema::new(fields));
     let workers = crate::core::threads::get();
     let mut picks = Picks::new(&rows_per_file);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(4);
-    // the scan's tasks keep the rows of changed keys (the lookups run on every thread)
+    // The scan's tasks keep the rows of changed keys, with whether each is read whole (the
+    // lookups run on every thread).
     let keys = changed.clone();
-    let changed_rows = move |batch: &RecordBatch| -> BooleanArray {
+    let select = move |batch: RecordBatch| -> Result<RecordBatch> {
         let keyhash = batch.column(0).as_binary::<i32>();
-        (0..batch.num_rows())
-            .map(|i| Some(keys.contains_key(&key(keyhash.value(i)))))
-            .collect()
+        let stored = state_position_at.map(|at| batch.column(at).as_primitive::<Int64Type>());
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut whole = Vec::new();
+        for i in 0..batch.num_rows() {
+            let found = keys.get(&key(keyhash.value(i)));
+            keep.push(found.is_some());
+            if let Some(v) = found {
+                let position = stored.and_then(|p| p.is_valid(i).then(|| p.value(i)));
+                whole.push(v.needed(position));
+            }
+        }
+        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let mut columns = kept.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(whole)));
+        Ok(RecordBatch::try_new(selected.clone(), columns)?)
     };
-    let scanning = files.scan_keys_where(positions, workers, tx, changed_rows);
+    let scanning = files.scan_keys_where(positions, workers, tx, select);
+    // a held merge's scanned rows, for their states once the earlier vectors are known
+    let mut scanned = Vec::new();
     let picking = async {
         while let Some(batch) = rx.recv().await {
-            let file = batch.column(1).as_primitive::<UInt32Type>();
-            let row = batch.column(2).as_primitive::<UInt32Type>();
-            for i in 0..batch.num_rows() {
-                picks.pick(file.value(i), row.value(i))?;
+            {
+                let file = batch.column(file_at).as_primitive::<UInt32Type>();
+                let row = batch.column(row_at).as_primitive::<UInt32Type>();
+                for i in 0..batch.num_rows() {
+                    picks.pick(file.value(i), row.value(i))?;
+                }
+            }
+            if states {
+                scanned.push(batch);
             }
         }
         Ok::<_, Error>(())
     };
-    let (scanned, picked) = tokio::join!(scanning, picking);
+    let (scanned_all, picked) = tokio::join!(scanning, picking);
     // a failed pick closes the channel: its error, not the scan's, is the cause
     picked?;
-    scanned?;
+    scanned_all?;
     // Rows an earlier vector marks are not live: left out (their key may be live in another
     // file). Only the vectors of files holding a changed key are read.
     let hits = picks.rows();
@@ -1538,18 +1700,19 @@ async fn mark_impacted(
         }
     }
     let mut marked = Vec::new();
-    for ((f, rows), earlier) in hits.into_iter().enumerate().zip(earlier) {
+    for (f, rows) in hits.into_iter().enumerate() {
         if rows.is_empty() {
             continue;
         }
-        let (all, rows) = match earlier {
+        let (all, rows) = match &earlier[f] {
             None => {
                 let all = roaring::RoaringTreemap::from_sorted_iter(rows.iter().copied())
                     .map_err(|e| Error::Internal(format!("row positions out of order: {e}")))?;
                 (all, rows)
             }
-            Some(mut all) => {
-                let rows: Vec<u64> = rows.into_iter().filter(|r| !all.contains(*r)).collect();
+            Some(before) => {
+                let rows: Vec<u64> = rows.into_iter().filter(|r| !before.contains(*r)).collect();
+                let mut all = before.clone();
                 all.extend(rows.iter().copied());
                 (all, rows)
             }
@@ -1567,20 +1730,50 @@ async fn mark_impacted(
             });
         }
     }
-    let picks = live.unwrap_or(picks);
+    let mut picks = live.unwrap_or(picks);
     summary.stages.impacted_scan_secs += scan.elapsed().as_secs_f64();
     summary.rows_marked += picks.count();
     if marked.is_empty() {
         return Ok(Replaced::default());
     }
+    if let StoredTo::Held(stored) = &mut to {
+        // each live row's state; whole only the rows `Whole` asks for
+        let mut needed = Picks::new(&rows_per_file);
+        stored
+            .at
+            .reserve(scanned.iter().map(RecordBatch::num_rows).sum());
+        for batch in &scanned {
+            let file = batch.column(file_at).as_primitive::<UInt32Type>();
+            let row = batch.column(row_at).as_primitive::<UInt32Type>();
+            let state = StateColumns::new(batch, 0, 1, state_position_at);
+            let wanted = batch.column(whole_at).as_boolean();
+            for i in 0..batch.num_rows() {
+                let (f, r) = (file.value(i), row.value(i));
+                if earlier[f as usize]
+                    .as_ref()
+                    .is_some_and(|before| before.contains(u64::from(r)))
+                {
+                    continue;
+                }
+                if wanted.value(i) {
+                    needed.pick(f, r)?;
+                }
+                let (k, stored_row) = state.row(i, None);
+                stored.at.insert(k, stored_row);
+            }
+        }
+        picks = needed;
+    }
+    drop(scanned);
     let (keyhash_at, operation_at) = (schema.index_of(KEYHASH)?, schema.index_of(OPERATION)?);
-    let reads = Instant::now();
+    let position_at = schema.index_of(SOURCE_POSITION).ok();
+    let (reads, whole_rows) = (Instant::now(), picks.count());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(4);
     let reading = files.read_picked(picks, schema.clone(), workers, tx, Ok);
     let storing = async {
         while let Some(old) = rx.recv().await {
             match &mut to {
-                StoredTo::Held(stored) => stored.add(old, keyhash_at, operation_at),
+                StoredTo::Held(stored) => stored.add(old, keyhash_at, operation_at, position_at),
                 StoredTo::Spilled(changes) => changes.push_stored(old).await?,
             }
         }
@@ -1592,6 +1785,7 @@ async fn mark_impacted(
     tracing::debug!(
         files = marked.len(),
         rows = summary.rows_marked,
+        whole_rows,
         secs = reads.elapsed().as_secs_f64(),
         "read the rows to mark"
     );
@@ -1603,9 +1797,9 @@ async fn mark_impacted(
 
 /// The data files of `table` holding a key of `changed`, by file id (the scan's file URL),
 /// with their remove actions.
-async fn impacted_files(
+async fn impacted_files<V>(
     table: &DeltaTable,
-    changed: &DigestMap<()>,
+    changed: &DigestMap<V>,
 ) -> Result<HashMap<String, Remove>> {
     let mut stream = delta::dataframe(table, |p| p.with_file_column(FILE_COLUMN))
         .await?
@@ -1721,6 +1915,56 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_rows_are_read_whole_for_deletes_kept_values_and_stale_changes_only() {
+        use crate::core::batch::HashedBatch;
+        use deltalake::arrow::datatypes::Schema;
+        let digest = |k: u8| [k; 16];
+        // (key, operation, source position); key 2's update keeps a stored value
+        let changes = [
+            (1, ChangeOp::Update, 5),
+            (3, ChangeOp::Delete, 6),
+            (2, ChangeOp::Update, 7),
+            (1, ChangeOp::Delete, 8),
+            (3, ChangeOp::Insert, 9),
+            (4, ChangeOp::Update, 10),
+            (5, ChangeOp::Insert, 11),
+        ];
+        let keyhash = BinaryArray::from_iter_values(changes.iter().map(|c| digest(c.0)));
+        let batch = ChangeBatch {
+            rows: HashedBatch {
+                payload: RecordBatch::new_empty(Arc::new(Schema::empty())),
+                keyhash: keyhash.clone(),
+                nonkeyhash: keyhash,
+                file: 0,
+                lines: (1..=changes.len() as u64).collect(),
+            },
+            ops: changes.iter().map(|c| c.1).collect(),
+            order: (0..changes.len() as u64)
+                .map(|row| SourceOrder {
+                    position: 0,
+                    file: 0,
+                    row,
+                })
+                .collect(),
+            commit_days: vec![None; changes.len()],
+            positions: changes.iter().map(|c| Some(c.2)).collect(),
+            keep_stored: [(2, vec![0])].into(),
+        };
+        let batches = [batch];
+        let whole = Whole::of(&batches, &last_per_key(&batches));
+        let needed = |k: u8, stored: Option<i64>| whole[&key(&digest(k))].needed(stored);
+        // a delete (the last change or an earlier one) or a kept value: always
+        for k in [1, 2, 3] {
+            assert!(needed(k, None) && needed(k, Some(1)), "key {k}");
+        }
+        // an upsert: only when its change is older than the stored row
+        assert!(needed(4, Some(11)));
+        assert!(!needed(4, Some(10)) && !needed(4, Some(9)) && !needed(4, None));
+        assert!(needed(5, Some(12)) && !needed(5, None));
+        assert_eq!(whole.len(), 5);
+    }
 
     #[test]
     fn a_file_marked_by_two_reads_is_marked_once_with_the_rows_of_both() {

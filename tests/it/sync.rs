@@ -1249,10 +1249,19 @@ fn sync_process(l: &Landing, crash_at: Option<&str>) -> std::process::Output {
 
 /// ORDERS with `deletion_vectors: true`.
 fn orders_with_vectors() -> String {
-    ORDERS.replace(
-        "  primary_key: [id]\n",
-        "  primary_key: [id]\n  deletion_vectors: true\n",
-    )
+    with_vectors(ORDERS, true)
+}
+
+/// `tables` (a tables file of one table keyed by `id`) with `deletion_vectors: true` where
+/// `on`.
+fn with_vectors(tables: &str, on: bool) -> String {
+    match on {
+        true => tables.replace(
+            "  primary_key: [id]\n",
+            "  primary_key: [id]\n  deletion_vectors: true\n",
+        ),
+        false => tables.to_string(),
+    }
 }
 
 /// A landing zone of [`orders_with_vectors`] with the first DMS day synced (current: keys 1
@@ -1713,10 +1722,19 @@ async fn a_composite_primary_key_keeps_one_row_per_key_pair() {
     assert_eq!(rows, want);
 }
 
+/// With deletion vectors, the stale change's stored row is read whole and written again (it
+/// was marked with the other changed keys' rows).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_change_file_never_overwrites_a_newer_change() {
+    for vectors in [false, true] {
+        a_late_change_file_never_overwrites_a_newer_change_in(vectors).await;
+    }
+}
+
+async fn a_late_change_file_never_overwrites_a_newer_change_in(vectors: bool) {
     // No timestamp column: a change's position is its DMS file name's timestamp.
-    let l = Landing::new(&ORDERS.replace("  timestamp_column: ts\n", ""));
+    let tables = ORDERS.replace("  timestamp_column: ts\n", "");
+    let l = Landing::new(&with_vectors(&tables, vectors));
     l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
     l.sync_one().await;
     l.file("sales/orders", "20240302-1000000000.csv", "U,1,east,15\n");
@@ -1731,6 +1749,7 @@ async fn a_late_change_file_never_overwrites_a_newer_change() {
     let t = l.sync_one().await;
     let a = t.apply.clone().unwrap();
     assert_eq!((a.stale, a.updated), (1, 1), "{t:?}");
+    assert_eq!(a.files_marked > 0, vectors, "{t:?}");
     assert_eq!(
         a.stale_files,
         [("20240301-0900000000.csv".to_string(), 1)].into(),
@@ -1752,13 +1771,22 @@ async fn a_late_change_file_never_overwrites_a_newer_change() {
     );
 }
 
+/// With deletion vectors as without (stale and ignored changes write their stored rows
+/// again).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_change_cannot_bring_back_a_key_a_newer_delete_removed() {
+    for vectors in [false, true] {
+        a_late_change_cannot_bring_back_a_key_a_newer_delete_removed_in(vectors).await;
+    }
+}
+
+async fn a_late_change_cannot_bring_back_a_key_a_newer_delete_removed_in(vectors: bool) {
     // Positions from the DMS commit timestamp column; soft deletes keep the delete's position.
-    let l = Landing::new(&ORDERS.replace(
+    let tables = ORDERS.replace(
         "  timestamp_column: ts\n",
         "  timestamp_column: ts\n  delete_mode: soft\n",
-    ));
+    );
+    let l = Landing::new(&with_vectors(&tables, vectors));
     l.file("sales/orders", "LOAD00000001.csv", "1,east,10\n2,east,20\n");
     l.sync_one().await;
     l.file(
@@ -1776,6 +1804,7 @@ async fn a_late_change_cannot_bring_back_a_key_a_newer_delete_removed() {
     let t = l.sync_one().await;
     let a = t.apply.unwrap();
     assert_eq!((a.stale, a.inserted, a.updated), (1, 0, 1));
+    assert_eq!(a.files_marked > 0, vectors, "{a:?}");
     let current = l.current("sales/orders").await;
     assert_eq!(
         current["2"]["operation"], "D",

@@ -238,36 +238,36 @@ impl DataFiles {
         workers: usize,
         tx: Sender<RecordBatch>,
     ) -> Result<()> {
-        let every_row = None::<fn(&RecordBatch) -> BooleanArray>;
+        let every_row = None::<fn(RecordBatch) -> Result<RecordBatch>>;
         self.scan_positions(schema, workers, tx, every_row).await
     }
 
-    /// [`DataFiles::scan_keys`], sending only the rows `keep` selects (`keep` runs on the
-    /// reading tasks, given each batch in `schema`).
+    /// [`DataFiles::scan_keys`], sending what `select` makes of each batch in `schema` (the
+    /// rows it keeps, the columns it adds); `select` runs on the reading tasks.
     ///
     /// # Errors
-    /// As [`DataFiles::scan_keys`].
+    /// As [`DataFiles::scan_keys`]; errors of `select`.
     pub async fn scan_keys_where(
         &self,
         schema: SchemaRef,
         workers: usize,
         tx: Sender<RecordBatch>,
-        keep: impl Fn(&RecordBatch) -> BooleanArray + Send + Sync + 'static,
+        select: impl Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
     ) -> Result<()> {
-        self.scan_positions(schema, workers, tx, Some(keep)).await
+        self.scan_positions(schema, workers, tx, Some(select)).await
     }
 
     /// The body of [`DataFiles::scan_keys`] and [`DataFiles::scan_keys_where`]: every row, or
-    /// those `keep` selects (a snapshot run's scan builds no selection).
+    /// what `select` makes of them (a snapshot run's scan selects nothing).
     async fn scan_positions<K>(
         &self,
         schema: SchemaRef,
         workers: usize,
         tx: Sender<RecordBatch>,
-        keep: Option<K>,
+        select: Option<K>,
     ) -> Result<()>
     where
-        K: Fn(&RecordBatch) -> BooleanArray + Send + Sync + 'static,
+        K: Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
     {
         let read = schema.fields().len().saturating_sub(2);
         let join_schema: SchemaRef = Arc::new(Schema::new(schema.fields()[..read].to_vec()));
@@ -290,12 +290,9 @@ impl DataFiles {
                 first..first + n as u32,
             )));
             let batch = RecordBatch::try_new(schema.clone(), columns)?;
-            match &keep {
+            match &select {
                 None => Ok(batch),
-                Some(keep) => Ok(deltalake::arrow::compute::filter_record_batch(
-                    &batch,
-                    &keep(&batch),
-                )?),
+                Some(select) => select(batch),
             }
         });
         self.read(jobs, Some(names), workers, tx, map).await
