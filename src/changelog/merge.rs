@@ -484,9 +484,26 @@ impl Stored {
         let state = StateColumns::new(&old, keyhash_at, operation_at, position_at);
         for i in 0..old.num_rows() {
             let (k, row) = state.row(i, Some((batch, i)));
-            self.at.insert(k, row);
+            self.put(k, row);
         }
         self.rows.push(old);
+    }
+
+    /// Records `row` as `k`'s stored row. A key current holds twice (a table another engine
+    /// wrote) is live when any of its rows is; a row read whole keeps its place over a state
+    /// read later.
+    fn put(&mut self, k: Key, mut row: StoredRow) {
+        match self.at.entry(k) {
+            std::collections::hash_map::Entry::Occupied(mut held) => {
+                let before = held.get();
+                row.live |= before.live;
+                row.loc = row.loc.or(before.loc);
+                held.insert(row);
+            }
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(row);
+            }
+        }
     }
 }
 
@@ -1618,11 +1635,14 @@ async fn mark_impacted<V: ReadWhole>(
     // the scanned columns: keyhash, [operation, source_position,] file, row
     let states = matches!(to, StoredTo::Held(..));
     let mut fields = vec![schema.field_with_name(KEYHASH)?.clone()];
+    let mut state_position_at = None;
     if states {
         fields.push(schema.field_with_name(OPERATION)?.clone());
-        fields.extend(schema.field_with_name(SOURCE_POSITION).ok().cloned());
+        if let Ok(position) = schema.field_with_name(SOURCE_POSITION) {
+            state_position_at = Some(fields.len());
+            fields.push(position.clone());
+        }
     }
-    let state_position_at = (fields.len() == 3).then_some(2);
     let (file_at, row_at, whole_at) = (fields.len(), fields.len() + 1, fields.len() + 2);
     fields.push(Field::new("file", DataType::UInt32, false));
     fields.push(Field::new("row", DataType::UInt32, false));
@@ -1759,7 +1779,7 @@ async fn mark_impacted<V: ReadWhole>(
                     needed.pick(f, r)?;
                 }
                 let (k, stored_row) = state.row(i, None);
-                stored.at.insert(k, stored_row);
+                stored.put(k, stored_row);
             }
         }
         picks = needed;
@@ -1915,6 +1935,28 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_stored_twice_is_live_when_any_row_is_and_keeps_its_whole_row() {
+        let row = |loc: Option<Loc>, live: bool| StoredRow {
+            loc,
+            live,
+            position: None,
+        };
+        let k = key(&[7; 16]);
+        for (first, second) in [(true, false), (false, true)] {
+            let mut stored = Stored::default();
+            stored.put(k, row(Some((0, 0)), first));
+            stored.put(k, row(None, second));
+            assert!(stored.at[&k].live, "{first} {second}");
+            assert_eq!(stored.at[&k].loc, Some((0, 0)));
+        }
+        let mut stored = Stored::default();
+        stored.put(k, row(None, false));
+        stored.put(k, row(Some((1, 2)), false));
+        assert!(!stored.at[&k].live);
+        assert_eq!(stored.at[&k].loc, Some((1, 2)));
+    }
 
     #[test]
     fn stored_rows_are_read_whole_for_deletes_kept_values_and_stale_changes_only() {

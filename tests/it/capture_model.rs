@@ -4,7 +4,8 @@
 //! been confirmed (the next start receives the transactions again from the confirmed point),
 //! applied as `tributary capture` applies them (one `TableChanges` per run through
 //! `run_source`, each transaction applied only from the table's committed LSN on), against a
-//! replay of what PostgreSQL did. Current must equal the model's table, and history must hold
+//! replay of what PostgreSQL did, into a current table that is rewritten or given deletion
+//! vectors. Current must equal the model's table, and history must hold
 //! one row per committed change with the values it had (a delete: the last values). Replay a
 //! failure with PROPERTY_TEST_SEED and PROPTEST_CASES.
 
@@ -118,9 +119,12 @@ fn lsn_of(txn: usize) -> u64 {
     1000 + 100 * txn as u64
 }
 
-fn table(lake: &Path, soft: bool) -> Arc<CaptureTable> {
+/// The captured table; with `vectors`, merges mark rows in deletion vectors (whole stored rows
+/// read only for deletes, kept TOAST values and stale changes).
+fn table(lake: &Path, soft: bool, vectors: bool) -> Arc<CaptureTable> {
     let mut entry = TableEntry::discovered("m/t".into(), Vec::new(), Layout::Debezium);
     entry.primary_key = vec!["id".into()];
+    entry.deletion_vectors = Some(vectors);
     entry.partition_by = vec!["region".into()];
     entry.delete_mode = if soft {
         DeleteMode::Soft
@@ -307,13 +311,14 @@ fn captured_transactions_match_a_replay_across_runs_and_crashes() {
         proptest::collection::vec(txn, 1..14),
         proptest::collection::vec((1usize..9, any::<bool>()), 1..10),
         any::<bool>(),
+        any::<bool>(),
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runner
-        .run(&strategy, |(raw, cuts, soft)| {
+        .run(&strategy, |(raw, cuts, soft, vectors)| {
             let dir = tempfile::tempdir().unwrap();
             let lake = dir.path().join("lake");
-            let table = table(&lake, soft);
+            let table = table(&lake, soft, vectors);
             let (stream, states, added) = replay(&raw);
             // runs end at random changes, within transactions too (a large transaction is
             // committed in parts); after a "crash" the slot had not been confirmed, so the next

@@ -271,11 +271,7 @@ impl DataFiles {
     {
         let read = schema.fields().len().saturating_sub(2);
         let join_schema: SchemaRef = Arc::new(Schema::new(schema.fields()[..read].to_vec()));
-        let names: Vec<String> = join_schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let columns = join_schema.clone();
         let jobs = self.units().into_iter().map(|unit| (unit, None));
         let no_partition_values = HashMap::new();
         let map = Arc::new(move |unit: &Unit, offset: u64, batch: RecordBatch| {
@@ -295,7 +291,7 @@ impl DataFiles {
                 Some(select) => select(batch),
             }
         });
-        self.read(jobs, Some(names), workers, tx, map).await
+        self.read(jobs, Some(columns), workers, tx, map).await
     }
 
     /// Sends every column of the picked rows to `tx`, as batches of `schema` (the table schema;
@@ -362,12 +358,13 @@ impl DataFiles {
         self.read(jobs.into_iter(), None, workers, tx, map).await
     }
 
-    /// Reads the given units (`columns` by name, or all), `workers` at once, each on its own
-    /// task, sending `map(unit, offset of the batch's first row in the unit, batch)` to `tx`.
+    /// Reads the given units (the fields of `columns` by name, or all), `workers` at once, each
+    /// on its own task, sending `map(unit, offset of the batch's first row in the unit, batch)`
+    /// to `tx`.
     async fn read<M>(
         &self,
         jobs: impl Iterator<Item = (Unit, Option<RowSelection>)>,
-        columns: Option<Vec<String>>,
+        columns: Option<SchemaRef>,
         workers: usize,
         tx: Sender<RecordBatch>,
         map: Arc<M>,
@@ -386,7 +383,7 @@ impl DataFiles {
                     .with_batch_size(BATCH_ROWS);
             let projection = match &columns {
                 None => Ok(None),
-                Some(names) => projection(&file.metadata, names, &path).map(Some),
+                Some(fields) => projection(&file.metadata, fields, &path).map(Some),
             };
             let (tx, map) = (tx.clone(), map.clone());
             async move {
@@ -439,21 +436,31 @@ fn read_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-/// The projection of `names` (root columns) in a file.
+/// The projection of the root columns named by `fields` in a file. A nullable field the file
+/// lacks is left out (`conform` fills it with NULL, as for a file written before the column
+/// was added, or by a writer that leaves out all-NULL columns).
+///
+/// # Errors
+/// [`Error::Lake`] naming the file when it lacks a field that is not nullable.
 fn projection(
     metadata: &ArrowReaderMetadata,
-    names: &[String],
+    fields: &Schema,
     path: &Path,
 ) -> Result<ProjectionMask> {
     let schema = metadata.schema();
-    let indices = names
-        .iter()
-        .map(|name| {
-            schema
-                .index_of(name)
-                .map_err(|_| read_error(path, format!("has no column `{name}`")))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut indices = Vec::with_capacity(fields.fields().len());
+    for field in fields.fields() {
+        match schema.index_of(field.name()) {
+            Ok(at) => indices.push(at),
+            Err(_) if field.is_nullable() => {}
+            Err(_) => {
+                return Err(read_error(
+                    path,
+                    format!("has no column `{}`", field.name()),
+                ))
+            }
+        }
+    }
     Ok(ProjectionMask::roots(metadata.parquet_schema(), indices))
 }
 
@@ -480,6 +487,46 @@ mod tests {
         assert!(picks.pick(0, 3).is_err());
         assert!(picks.pick(1, 0).is_err());
         assert!(picks.pick(3, 0).is_err());
+    }
+
+    #[test]
+    fn a_scan_leaves_out_nullable_columns_a_file_lacks_and_refuses_required_ones() {
+        use deltalake::arrow::array::{BinaryArray, Int64Array};
+        use deltalake::arrow::datatypes::{DataType, Field};
+        use deltalake::parquet::arrow::ArrowWriter;
+        let written = Arc::new(Schema::new(vec![
+            Field::new("keyhash", DataType::Binary, false),
+            Field::new("amount", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            written.clone(),
+            vec![
+                Arc::new(BinaryArray::from_iter_values([b"k"])),
+                Arc::new(Int64Array::from(vec![1])),
+            ],
+        )
+        .unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let mut writer = ArrowWriter::try_new(file.try_clone().unwrap(), written, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).unwrap();
+        let path = Path::from("part-0.parquet");
+        let fields = |nullable: bool| {
+            Schema::new(vec![
+                Field::new("keyhash", DataType::Binary, false),
+                Field::new("source_position", DataType::Int64, nullable),
+                Field::new("amount", DataType::Int64, true),
+            ])
+        };
+        let mask = projection(&metadata, &fields(true), &path).unwrap();
+        assert!(mask.leaf_included(0) && mask.leaf_included(1));
+        let err = projection(&metadata, &fields(false), &path).unwrap_err();
+        assert!(
+            err.to_string().contains("part-0.parquet")
+                && err.to_string().contains("`source_position`"),
+            "{err}"
+        );
     }
 
     #[test]
