@@ -3,7 +3,8 @@
 
 Workload (issue 4): a current table of ROWS rows (id long, region string of 8 values, amount
 double, note string), loaded from a DMS full-load file; then one DMS change file of CHANGES rows:
-60% updates, 20% inserts, 20% deletes, with 10% of the changed keys changed twice (the second
+60% updates, 20% inserts, 20% deletes (--no-deletes: 80% updates, 20% inserts), with 10% of the
+changed keys changed twice (the second
 change later in the file). Both systems apply the same change file to the same table:
 
 - Tributary: `tributary sync` (keeps the last change per key, rewrites the files that hold a
@@ -18,7 +19,7 @@ two current tables are compared row for row with DuckDB. Results are appended to
 bench/RESULTS.md (with machine, date and commit).
 
 Usage: bench/dms_merge_bench.py [--rows 10000000] [--changes 1000000] [--bin target/release/tributary]
-       [--deletion-vectors]
+       [--deletion-vectors] [--no-deletes]
 """
 
 import argparse
@@ -51,8 +52,10 @@ def log(msg):
     print(f"[dms_merge_bench] {msg}", file=sys.stderr, flush=True)
 
 
-def generate(rows, changes, folder, hot):
-    """Writes LOAD00000001.csv and one change file with DuckDB; returns the change file."""
+def generate(rows, changes, folder, hot, deletes=0.2):
+    """Writes LOAD00000001.csv and one change file with DuckDB (`deletes`: the share of first
+    changes that are deletes, taken from the 80% that are not inserts); returns the change
+    file."""
     import duckdb
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,7 +69,7 @@ def generate(rows, changes, folder, hot):
     )
     twice = changes // 11  # ~10% of the changed keys get a second change
     first = changes - twice
-    upd, dele = int(first * 0.6), int(first * 0.2)
+    upd, dele = int(first * (0.8 - deletes)), int(first * deletes)
     ins = first - upd - dele
     change = folder / "20240301-0000000000.csv"
     con.execute(
@@ -181,6 +184,9 @@ def main():
     p.add_argument("--hot", type=float, default=1.0,
                    help="share of the id range (the newest ids) that updates and deletes touch; "
                         "1.0 spreads them over the whole table")
+    p.add_argument("--no-deletes", action="store_true",
+                   help="no deletes: 80%% updates, 20%% inserts (a merge with deletion vectors then "
+                        "reads no stored row whole)")
     p.add_argument("--deletion-vectors", action="store_true",
                    help="Tributary's table marks replaced rows in deletion vectors "
                         "(`deletion_vectors: true`) instead of rewriting files")
@@ -195,7 +201,7 @@ def main():
     (landing / "tables.yaml").write_text(tables)
     log(f"generating {args.rows:,} rows and {args.changes:,} change rows")
     staging = OUT / "staging"
-    change = generate(args.rows, args.changes, staging, args.hot)
+    change = generate(args.rows, args.changes, staging, args.hot, 0.0 if args.no_deletes else 0.2)
     folder.mkdir(parents=True)
     shutil.copy(staging / "LOAD00000001.csv", folder / "LOAD00000001.csv")
 
@@ -227,6 +233,11 @@ def main():
     if args.deletion_vectors:
         hot_title += ", Tributary with deletion vectors"
         hot_flag += " --deletion-vectors"
+    mix = "60% updates, 20% inserts, 20% deletes"
+    if args.no_deletes:
+        hot_title += ", no deletes"
+        hot_flag += " --no-deletes"
+        mix = "80% updates, 20% inserts, no deletes"
     marked = ""
     if apply.get("files_marked"):
         marked = f"; {apply['files_marked']} files given deletion vectors ({apply['rows_marked']:,} rows marked)"
@@ -235,7 +246,7 @@ def main():
 
 Date {time.strftime('%Y-%m-%d')}, commit {commit()}, {platform.machine()} {os.cpu_count()} cores.
 Command: `python3 bench/dms_merge_bench.py --rows {args.rows} --changes {args.changes}{hot_flag}`.
-Changes: 60% updates, 20% inserts, 20% deletes, ~10% of changed keys changed twice
+Changes: {mix}, ~10% of changed keys changed twice
 ({apply['changes_read']:,} rows, {apply['keys_changed']:,} keys). Both current tables compared
 row for row after the runs: {rows:,} rows, 0 differences.
 
