@@ -1657,14 +1657,14 @@ async fn mark_impacted<V: ReadWhole>(
     let keys = changed.clone();
     let select = move |batch: RecordBatch| -> Result<RecordBatch> {
         let keyhash = batch.column(0).as_binary::<i32>();
-        let stored = state_position_at.map(|at| batch.column(at).as_primitive::<Int64Type>());
+        let positions = state_position_at.map(|at| batch.column(at).as_primitive::<Int64Type>());
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut whole = Vec::new();
         for i in 0..batch.num_rows() {
             let found = keys.get(&key(keyhash.value(i)));
             keep.push(found.is_some());
             if let Some(v) = found {
-                let position = stored.and_then(|p| p.is_valid(i).then(|| p.value(i)));
+                let position = positions.and_then(|p| p.is_valid(i).then(|| p.value(i)));
                 whole.push(v.needed(position));
             }
         }
