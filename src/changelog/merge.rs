@@ -19,6 +19,13 @@
 //! 5. One run commit through the run transaction (`sink` contract): history first, then current
 //!    and the applied-files table, which records the run's checkpoint.
 //!
+//! A current table with deletion vectors (`deletion_vectors: true`, see
+//! `sink::delta::deletion_vectors`) is not rewritten in step 3. One scan reads `keyhash`,
+//! `operation` and `source_position` of every row, and the rows of changed keys are marked in
+//! vectors. Only those whose values are written again are read whole ([`Whole`]: a delete's D
+//! row, values an update keeps, a row a stale change leaves in place); the others give only
+//! their state ([`StoredRow`]).
+//!
 //! Tables without a primary key only take inserts, appended without a scan (the DMS
 //! walkthrough's rule); their updates and deletes are counted and skipped.
 
