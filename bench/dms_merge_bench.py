@@ -14,12 +14,16 @@ change later in the file). Both systems apply the same change file to the same t
   key with DuckDB, then `DeltaTable.merge` (delete when Op = D, update when matched, insert when
   not matched); it writes the current table only.
 
+Both write the same Parquet codec (`--compression`: zstd level 1, Tributary's default, as in the
+snapshot benchmark; or snappy, delta-rs's default; `--compression delta-default` leaves delta-rs
+at its default while Tributary writes zstd, as this benchmark did before 2026-12-07).
+
 Each side runs in its own process under /usr/bin/time for wall time and peak RSS. After both, the
 two current tables are compared row for row with DuckDB. Results are appended to
 bench/RESULTS.md (with machine, date and commit).
 
 Usage: bench/dms_merge_bench.py [--rows 10000000] [--changes 1000000] [--bin target/release/tributary]
-       [--deletion-vectors] [--no-deletes]
+       [--deletion-vectors] [--no-deletes] [--compression zstd|snappy|delta-default]
 """
 
 import argparse
@@ -110,16 +114,20 @@ def timed(args, env=None):
 
 DELTA_LOAD = r"""
 import sys, pyarrow.csv as csv, pyarrow as pa
-from deltalake import write_deltalake
+from deltalake import write_deltalake, WriterProperties
+props = None if sys.argv[3] == "delta-default" else WriterProperties(
+    compression=sys.argv[3].upper(), compression_level=1 if sys.argv[3] == "zstd" else None)
 schema = pa.schema([("id", pa.int64()), ("region", pa.string()), ("amount", pa.float64()), ("note", pa.string())])
 t = csv.read_csv(sys.argv[1], read_options=csv.ReadOptions(column_names=schema.names),
                  convert_options=csv.ConvertOptions(column_types=schema))
-write_deltalake(sys.argv[2], t, mode="overwrite")
+write_deltalake(sys.argv[2], t, mode="overwrite", writer_properties=props)
 """
 
 DELTA_MERGE = r"""
 import json, sys, duckdb, pyarrow as pa, pyarrow.csv as csv
-from deltalake import DeltaTable
+from deltalake import DeltaTable, WriterProperties
+props = None if sys.argv[3] == "delta-default" else WriterProperties(
+    compression=sys.argv[3].upper(), compression_level=1 if sys.argv[3] == "zstd" else None)
 names = ["Op", "id", "region", "amount", "note"]
 types = {"Op": pa.string(), "id": pa.int64(), "region": pa.string(), "amount": pa.float64(), "note": pa.string()}
 ch = csv.read_csv(sys.argv[1], read_options=csv.ReadOptions(column_names=names),
@@ -129,7 +137,8 @@ last = duckdb.sql("SELECT Op, id, region, amount, note FROM ch QUALIFY row_numbe
 if hasattr(last, "read_all"):
     last = last.read_all()
 cols = {c: f"s.{c}" for c in ["id", "region", "amount", "note"]}
-metrics = (DeltaTable(sys.argv[2]).merge(source=last, predicate="t.id = s.id", source_alias="s", target_alias="t")
+metrics = (DeltaTable(sys.argv[2]).merge(source=last, predicate="t.id = s.id", source_alias="s", target_alias="t",
+                                         writer_properties=props)
            .when_matched_delete(predicate="s.Op = 'D'")
            .when_matched_update(updates=cols, predicate="s.Op <> 'D'")
            .when_not_matched_insert(updates=cols, predicate="s.Op <> 'D'")
@@ -190,6 +199,9 @@ def main():
     p.add_argument("--deletion-vectors", action="store_true",
                    help="Tributary's table marks replaced rows in deletion vectors "
                         "(`deletion_vectors: true`) instead of rewriting files")
+    p.add_argument("--compression", choices=["zstd", "snappy", "delta-default"], default="zstd",
+                   help="the Parquet codec both systems write (zstd: level 1); delta-default: "
+                        "Tributary zstd, delta-rs its default (snappy)")
     args = p.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
     landing, lake = OUT / "landing", OUT / "lake"
@@ -198,6 +210,8 @@ def main():
     tables = TABLES
     if args.deletion_vectors:
         tables = tables.replace("  primary_key: [id]\n", "  primary_key: [id]\n  deletion_vectors: true\n")
+    if args.compression == "snappy":
+        tables = tables.replace("  primary_key: [id]\n", "  primary_key: [id]\n  compression: snappy\n")
     (landing / "tables.yaml").write_text(tables)
     log(f"generating {args.rows:,} rows and {args.changes:,} change rows")
     staging = OUT / "staging"
@@ -219,9 +233,9 @@ def main():
 
     delta = OUT / "delta_current"
     log("delta-rs: load")
-    dl_secs, dl_rss, _ = timed([sys.executable, "-c", DELTA_LOAD, str(staging / "LOAD00000001.csv"), str(delta)])
+    dl_secs, dl_rss, _ = timed([sys.executable, "-c", DELTA_LOAD, str(staging / "LOAD00000001.csv"), str(delta), args.compression])
     log("delta-rs: merge")
-    d_secs, d_rss, out = timed([sys.executable, "-c", DELTA_MERGE, str(change), str(delta)])
+    d_secs, d_rss, out = timed([sys.executable, "-c", DELTA_MERGE, str(change), str(delta), args.compression])
     metrics = json.loads(out.strip().splitlines()[-1])
     rows, diff = compare(lake / "bench" / "orders" / "current", delta)
     if diff:
@@ -238,6 +252,12 @@ def main():
         hot_title += ", no deletes"
         hot_flag += " --no-deletes"
         mix = "80% updates, 20% inserts, no deletes"
+    codec = {"zstd": "zstd level 1 for both systems", "snappy": "snappy for both systems",
+             "delta-default": "Tributary zstd level 1, delta-rs its default (snappy)"}[args.compression]
+    if args.compression != "zstd":
+        hot_flag += f" --compression {args.compression}"
+    hot_title += {"zstd": ", both zstd", "snappy": ", both snappy",
+                  "delta-default": ", delta-rs at its default codec"}[args.compression]
     marked = ""
     if apply.get("files_marked"):
         marked = f"; {apply['files_marked']} files given deletion vectors ({apply['rows_marked']:,} rows marked)"
@@ -246,7 +266,7 @@ def main():
 
 Date {time.strftime('%Y-%m-%d')}, commit {commit()}, {platform.machine()} {os.cpu_count()} cores.
 Command: `python3 bench/dms_merge_bench.py --rows {args.rows} --changes {args.changes}{hot_flag}`.
-Changes: {mix}, ~10% of changed keys changed twice
+Parquet codec: {codec}. Changes: {mix}, ~10% of changed keys changed twice
 ({apply['changes_read']:,} rows, {apply['keys_changed']:,} keys). Both current tables compared
 row for row after the runs: {rows:,} rows, 0 differences.
 

@@ -51,7 +51,7 @@ use crate::config::ChangelogTable;
 use crate::core::batch::BATCH_ROWS;
 use crate::core::change::{ChangeBatch, ChangeOp, SourceOrder};
 use crate::core::checkpoint::Checkpoint;
-use crate::core::key::{key, DigestMap, Key};
+use crate::core::key::{key, DigestMap, FilteredMap, Key};
 use crate::core::schema::{table_schema, EFF_START_DATE, KEYHASH, OPERATION, SOURCE_POSITION};
 use crate::core::time::epoch_days;
 use crate::error::{Error, Result};
@@ -664,7 +664,7 @@ impl Groups<'_> {
             ));
         }
         let to = StoredTo::Spilled(changes);
-        let keys = Arc::new(keys);
+        let keys = Arc::new(FilteredMap::new(keys));
         read_impacted(self.lake, schema, &keys, &self.senders.current, summary, to).await
     }
 
@@ -952,7 +952,7 @@ impl Merge<'_> {
         let replaced = read_impacted(
             self.lake,
             self.schema,
-            &Arc::new(changed),
+            &Arc::new(FilteredMap::new(changed)),
             self.out.current,
             summary,
             to,
@@ -1559,7 +1559,7 @@ async fn send(tx: &tokio::sync::mpsc::Sender<RecordBatch>, batch: RecordBatch) -
 async fn read_impacted<V: ReadWhole>(
     lake: &DeltaLake,
     schema: &SchemaRef,
-    changed: &Arc<DigestMap<V>>,
+    changed: &Arc<FilteredMap<V>>,
     current: &tokio::sync::mpsc::Sender<RecordBatch>,
     summary: &mut ApplySummary,
     mut to: StoredTo<'_>,
@@ -1586,7 +1586,7 @@ async fn read_impacted<V: ReadWhole>(
         let batch = delta::conform(&batch?, schema, &HashMap::new())?;
         let keyhash = batch.column(keyhash_at).as_binary::<i32>();
         let hit: BooleanArray = (0..batch.num_rows())
-            .map(|i| Some(changed.contains_key(&key(keyhash.value(i)))))
+            .map(|i| Some(changed.contains_key(key(keyhash.value(i)))))
             .collect();
         let kept = filter_record_batch(&batch, &deltalake::arrow::compute::not(&hit)?)?;
         summary.rows_copied += kept.num_rows() as u64;
@@ -1618,7 +1618,7 @@ async fn read_impacted<V: ReadWhole>(
 async fn mark_impacted<V: ReadWhole>(
     table: &DeltaTable,
     schema: &SchemaRef,
-    changed: &Arc<DigestMap<V>>,
+    changed: &Arc<FilteredMap<V>>,
     summary: &mut ApplySummary,
     mut to: StoredTo<'_>,
 ) -> Result<Replaced> {
@@ -1668,7 +1668,7 @@ async fn mark_impacted<V: ReadWhole>(
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut whole = Vec::new();
         for i in 0..batch.num_rows() {
-            let found = keys.get(&key(keyhash.value(i)));
+            let found = keys.get(key(keyhash.value(i)));
             keep.push(found.is_some());
             if let Some(v) = found {
                 let position = positions.and_then(|p| p.is_valid(i).then(|| p.value(i)));
@@ -1826,7 +1826,7 @@ async fn mark_impacted<V: ReadWhole>(
 /// with their remove actions.
 async fn impacted_files<V>(
     table: &DeltaTable,
-    changed: &DigestMap<V>,
+    changed: &FilteredMap<V>,
 ) -> Result<HashMap<String, Remove>> {
     let mut stream = delta::dataframe(table, |p| p.with_file_column(FILE_COLUMN))
         .await?
@@ -1855,7 +1855,7 @@ async fn impacted_files<V>(
             .map(|n| hit.contains(names.value(n)))
             .collect();
         for (i, &file) in at.iter().enumerate() {
-            if !known[file] && changed.contains_key(&key(keyhash.value(i))) {
+            if !known[file] && changed.contains_key(key(keyhash.value(i))) {
                 known[file] = true;
                 hit.insert(names.value(file).to_string());
             }
