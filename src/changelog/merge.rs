@@ -26,8 +26,9 @@
 //! row, values an update keeps, a row a stale change leaves in place); the others give only
 //! their state ([`StoredRow`]).
 //!
-//! Both scans look up every stored row's `keyhash` in the changed keys behind a filter of them
-//! ([`FilteredMap`]): the rows of unchanged keys, most of a table, seldom reach the hash map.
+//! Every scan of current (step 2, step 3's copy, the deletion-vector scan) looks up each stored
+//! row's `keyhash` in the changed keys behind a filter of them ([`FilteredMap`]): the rows of
+//! unchanged keys, most of a table, seldom reach the hash map.
 //!
 //! Tables without a primary key only take inserts, appended without a scan (the DMS
 //! walkthrough's rule); their updates and deletes are counted and skipped.

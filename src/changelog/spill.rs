@@ -26,7 +26,8 @@
 //!
 //! - A merge (changes into an existing table) is split by keyhash as a full load is, and keeps
 //!   the set of its changed keys ([`RunChanges::take_merge_keys`]: 16-byte digests in a hash
-//!   set, outside the budget). Its impacted files are each read once with that set, before the
+//!   set, and a filter of them while the impacted files are read (2 to 4 bytes a key),
+//!   outside the budget). Its impacted files are each read once with that set, before the
 //!   first partition: their other rows are copied, and the stored rows of the changed keys are
 //!   pushed into the same partitions as a second side of the store
 //!   ([`RunChanges::keep_stored`], [`RunChanges::push_stored`]), split again with the changes.

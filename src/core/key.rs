@@ -39,17 +39,20 @@ impl Hasher for DigestHasher {
 /// A hash map keyed by digests.
 pub type DigestMap<V> = HashMap<Key, V, BuildHasherDefault<DigestHasher>>;
 
-/// Slots of a [`KeyFilter`] per key it holds (a power of two at or above; at least
-/// [`MIN_FILTER_SLOTS`]): about 6% of the keys it does not hold pass it (`1 - e^(-1/16)`).
+/// Slots of a [`KeyFilter`] per key it holds, at least (rounded up to a power of two, so 16 to
+/// 32; at least [`MIN_FILTER_SLOTS`]): 3% to 6% of the keys it does not hold pass it
+/// (`1 - e^(-keys/slots)`).
 const FILTER_SLOTS_PER_KEY: usize = 16;
 /// Fewest slots of a [`KeyFilter`] (8 KiB).
 const MIN_FILTER_SLOTS: usize = 1 << 16;
 
 /// A set of digests as one bit per slot (a Bloom filter with one hash function: the digest's
 /// top bits, uniformly distributed already): a key whose bit is clear is not in the set; one
-/// whose bit is set may be. Two bytes per key: 909,091 keys take 2 MiB, where a
+/// whose bit is set may be. 2 to 4 bytes per key: 909,091 keys take 2 MiB, where a
 /// [`DigestMap`] of them takes tens of MiB and a lookup of a key it does not hold still
-/// reads its control bytes and, often enough, a bucket.
+/// reads its control bytes and, often enough, a bucket. Digests shorter than 16 bytes (not
+/// Tributary's) are zero-padded by [`key`] and share slot 0: still answered right, only not
+/// filtered.
 #[derive(Debug)]
 pub struct KeyFilter {
     bits: Vec<u64>,
@@ -60,8 +63,10 @@ pub struct KeyFilter {
 impl KeyFilter {
     /// The filter of `keys`.
     pub fn of<'a>(keys: impl ExactSizeIterator<Item = &'a Key>) -> Self {
+        // past 2^63 slots (never: 2^59 keys) a filter of the least size, which passes all
         let slots = (keys.len().saturating_mul(FILTER_SLOTS_PER_KEY))
-            .next_power_of_two()
+            .checked_next_power_of_two()
+            .unwrap_or(0)
             .max(MIN_FILTER_SLOTS);
         let mut filter = KeyFilter {
             bits: vec![0; slots / 64],

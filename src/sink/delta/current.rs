@@ -313,8 +313,16 @@ impl DataFiles {
             let filter = BooleanArray::from(
                 bits[unit.file].slice(unit.first_row as usize, unit.rows as usize),
             );
-            if filter.true_count() > 0 {
-                jobs.push((unit, Some(RowSelection::from_filters(&[filter]))));
+            let picked = filter.true_count();
+            if picked > 0 {
+                // sparse picks skip the rows between them; dense ones are read as the
+                // reader decides (it decodes nearly every row either way)
+                let policy = match picked * 2 <= filter.len() {
+                    true => SPARSE_SELECTION_POLICY,
+                    false => RowSelectionPolicy::default(),
+                };
+                let selection = RowSelection::from_filters(&[filter]);
+                jobs.push((unit, Some((selection, policy))));
             }
         }
         self.read_rows(jobs, schema, workers, tx, finish).await
@@ -341,7 +349,7 @@ impl DataFiles {
     /// [`DataFiles::read_picked`] and [`DataFiles::read_all`].
     async fn read_rows(
         &self,
-        jobs: Vec<(Unit, Option<RowSelection>)>,
+        jobs: Vec<(Unit, Option<Selection>)>,
         schema: SchemaRef,
         workers: usize,
         tx: Sender<RecordBatch>,
@@ -363,7 +371,7 @@ impl DataFiles {
     /// to `tx`.
     async fn read<M>(
         &self,
-        jobs: impl Iterator<Item = (Unit, Option<RowSelection>)>,
+        jobs: impl Iterator<Item = (Unit, Option<Selection>)>,
         columns: Option<SchemaRef>,
         workers: usize,
         tx: Sender<RecordBatch>,
@@ -390,10 +398,10 @@ impl DataFiles {
                 if let Some(mask) = projection? {
                     builder = builder.with_projection(mask);
                 }
-                if let Some(selection) = selection {
+                if let Some((selection, policy)) = selection {
                     builder = builder
                         .with_row_selection(selection)
-                        .with_row_selection_policy(SELECTION_POLICY);
+                        .with_row_selection_policy(policy);
                 }
                 let mut stream = builder.build().map_err(|e| read_error(&path, e))?;
                 let mut offset = 0;
@@ -431,14 +439,19 @@ impl DataFiles {
     }
 }
 
-/// How a read of picked rows skips the others: by runs of rows (decoders skip them, without
-/// copying their values) unless the runs average under 8 rows, where every row is decoded and
-/// the picked ones filtered out. The Parquet reader's default switches at 32. The rows a
-/// merge with deletes reads whole are about 1 in 55 of the table, runs of 27 on average:
-/// decoding every row of every column (16-byte digests, strings checked as UTF-8) and dropping
-/// 54 of 55 took about 10% longer for the whole merge (bench/RESULTS.md). The rows a full
-/// extract deletes (the seed: 1 in 5, runs of about 3) are still filtered.
-const SELECTION_POLICY: RowSelectionPolicy = RowSelectionPolicy::Auto { threshold: 8 };
+/// The rows of a row group to read, and how the reader skips the others.
+type Selection = (RowSelection, RowSelectionPolicy);
+
+/// How a read that picks at most half of a row group's rows skips the others: runs of skipped
+/// rows are skipped by the decoders (no value copied) unless the selection's runs (skipped and
+/// picked) average under 8 rows, where every row is decoded and the others dropped by a mask.
+/// The Parquet reader's default switches at 32, and stays the policy of denser picks (a delta
+/// extract's rows not supplied), which decode nearly every row either way. The rows a merge
+/// with deletes reads whole are about 1 in 55 of the table (runs of about 28): decoding every
+/// row of every column (16-byte digests, strings checked as UTF-8) and dropping 54 of 55 made
+/// the whole merge about 5% slower (bench/RESULTS.md, "a filter in front of the key set"). The
+/// rows a full extract deletes (the seed: 1 in 5, runs of about 3) still take the mask.
+const SPARSE_SELECTION_POLICY: RowSelectionPolicy = RowSelectionPolicy::Auto { threshold: 8 };
 
 fn read_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Lake {
