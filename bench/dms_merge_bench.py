@@ -112,22 +112,26 @@ def timed(args, env=None):
     return secs, rss, out.stdout
 
 
-DELTA_LOAD = r"""
-import sys, pyarrow.csv as csv, pyarrow as pa
-from deltalake import write_deltalake, WriterProperties
+# The writer properties of both delta-rs scripts: the codec of argv[3] (see --compression).
+DELTA_PROPS = r"""
+import sys
+from deltalake import WriterProperties
 props = None if sys.argv[3] == "delta-default" else WriterProperties(
     compression=sys.argv[3].upper(), compression_level=1 if sys.argv[3] == "zstd" else None)
+"""
+
+DELTA_LOAD = DELTA_PROPS + r"""
+import pyarrow.csv as csv, pyarrow as pa
+from deltalake import write_deltalake
 schema = pa.schema([("id", pa.int64()), ("region", pa.string()), ("amount", pa.float64()), ("note", pa.string())])
 t = csv.read_csv(sys.argv[1], read_options=csv.ReadOptions(column_names=schema.names),
                  convert_options=csv.ConvertOptions(column_types=schema))
 write_deltalake(sys.argv[2], t, mode="overwrite", writer_properties=props)
 """
 
-DELTA_MERGE = r"""
-import json, sys, duckdb, pyarrow as pa, pyarrow.csv as csv
-from deltalake import DeltaTable, WriterProperties
-props = None if sys.argv[3] == "delta-default" else WriterProperties(
-    compression=sys.argv[3].upper(), compression_level=1 if sys.argv[3] == "zstd" else None)
+DELTA_MERGE = DELTA_PROPS + r"""
+import json, duckdb, pyarrow as pa, pyarrow.csv as csv
+from deltalake import DeltaTable
 names = ["Op", "id", "region", "amount", "note"]
 types = {"Op": pa.string(), "id": pa.int64(), "region": pa.string(), "amount": pa.float64(), "note": pa.string()}
 ch = csv.read_csv(sys.argv[1], read_options=csv.ReadOptions(column_names=names),

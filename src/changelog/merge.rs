@@ -1069,8 +1069,10 @@ impl Merge<'_> {
             let batch = &self.changes[p.batch];
             let k = key(batch.rows.keyhash.value(p.row));
             let position = batch.positions[p.row];
+            // the key's stored row, looked up once for every use below
+            let stored_row = stored.at.get(&k).copied();
             if position_at.is_some() {
-                let stale = match stored.at.get(&k) {
+                let stale = match stored_row {
                     Some(row) => {
                         let stale = is_stale(position, row.position);
                         if stale {
@@ -1106,11 +1108,11 @@ impl Merge<'_> {
             let keeps = batch.keep_stored.get(&p.row);
             // The key's state before its last change: as stored, then through its earlier
             // changes of this run (history_every_change; none otherwise).
-            let mut live = stored.at.get(&k).is_some_and(|row| row.live);
+            let mut live = stored_row.is_some_and(|row| row.live);
             // the key's live version: its stored row, then each change of the run; a change
             // that kept values (unchanged TOAST) takes them from the version before it
             let mut version: Option<Version> = match live {
-                true => stored.at.get(&k).map(|row| Version {
+                true => stored_row.map(|row| Version {
                     loc: row.loc,
                     patch: Vec::new(),
                     from_run: false,
@@ -1224,9 +1226,7 @@ impl Merge<'_> {
                 }
                 Outcome::Delete => {
                     summary.deleted += 1;
-                    let row = stored
-                        .at
-                        .get(&k)
+                    let row = stored_row
                         .ok_or_else(|| Error::Internal("a live key has no stored row".into()))?;
                     let at = row.whole()?;
                     // a delete without a position keeps the row's (never NULL over a known one)
@@ -1247,7 +1247,7 @@ impl Merge<'_> {
                 }
                 Outcome::IgnoredDelete => {
                     summary.ignored_deletes += 1;
-                    match stored.at.get(&k) {
+                    match stored_row {
                         // a soft-deleted row takes the newer delete's position
                         Some(row) => match position {
                             Some(p) if row.position.is_none_or(|s| p > s) => {
