@@ -443,6 +443,135 @@ fn op_code(text: &str) -> Option<ChangeOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tables::{Layout, TableEntry};
+    use crate::config::ColumnFile;
+    use crate::source::changelog::ChangeFormat;
+    use deltalake::arrow::array::Int64Array;
+
+    /// A DMS table `bench/orders (id long key, note string)`.
+    fn config() -> ChangelogTable {
+        let mut entry = TableEntry::discovered("bench/orders".into(), Vec::new(), Layout::Dms);
+        entry.primary_key = vec!["id".into()];
+        entry.columns = [("id", "long"), ("note", "string")]
+            .iter()
+            .map(|(n, t)| ColumnFile {
+                name: n.to_string(),
+                ty: t.to_string(),
+                key: false,
+                ignore: false,
+            })
+            .collect();
+        entry
+            .changelog_table(
+                0,
+                &crate::config::storage::LakeRoot::local(std::path::Path::new("/tmp/lake")),
+            )
+            .unwrap()
+    }
+
+    /// Change rows `1..=rows` (`U`, every third `D`), each `id` its line number (after a
+    /// header line when `header`), with `bad` lines replaced.
+    fn change_file(
+        dir: &std::path::Path,
+        rows: u64,
+        header: bool,
+        bad: &[(u64, &str)],
+    ) -> ChangeFile {
+        let mut body = String::new();
+        if header {
+            body.push_str("Op,id,note\n");
+        }
+        for i in 1..=rows {
+            let line = i + u64::from(header);
+            match bad.iter().find(|(at, _)| *at == line) {
+                Some((_, text)) => body.push_str(text),
+                None => {
+                    let op = if i.is_multiple_of(3) { "D" } else { "U" };
+                    body.push_str(&format!("{op},{line},n{i}"));
+                }
+            }
+            body.push('\n');
+        }
+        let name = "20240301-0000000000.csv";
+        let path = dir.join(name);
+        std::fs::write(&path, &body).unwrap();
+        ChangeFile::new(
+            path,
+            name,
+            FileKind::Change,
+            ChangeFormat::Csv,
+            body.len() as u64,
+        )
+    }
+
+    /// Reads a change file: each row's line and `id`, and its operation, in the order the sink
+    /// got them.
+    fn read(file: &ChangeFile) -> Result<Vec<(u64, i64, ChangeOp)>> {
+        let mut rows = Vec::new();
+        read_csv(&config(), file, 0, 1 << 30, &mut |batch: ChangeBatch| {
+            let ids = batch.rows.payload.column(0).as_primitive::<
+                deltalake::arrow::datatypes::Int64Type,
+            >();
+            let ids: &Int64Array = ids;
+            for (r, order) in batch.order.iter().enumerate() {
+                rows.push((order.row, ids.value(r), batch.ops[r]));
+            }
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    #[test]
+    fn a_change_file_of_many_chunks_reaches_the_sink_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // 200,000 rows: four batches (at most BATCH_ROWS rows each), and a header or not
+        for header in [false, true] {
+            let rows = read(&change_file(dir.path(), 200_000, header, &[])).unwrap();
+            assert_eq!(rows.len(), 200_000);
+            for (i, &(line, id, op)) in rows.iter().enumerate() {
+                let n = i as u64 + 1;
+                assert_eq!(line, n + u64::from(header));
+                assert_eq!(id as u64, line);
+                let expected = if n.is_multiple_of(3) {
+                    ChangeOp::Delete
+                } else {
+                    ChangeOp::Update
+                };
+                assert_eq!(op, expected, "line {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_bad_row_of_a_change_file_is_reported_whichever_batch_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad_op = (150_000, "X,150000,n");
+        let bad_id = (190_000, "U,abc,n");
+        let other_layout = (170_000, "U,2024-03-01,170000,n");
+        let stray_quote = (120_000, "U,120000,\"n\"x");
+        for (bad, line, says) in [
+            (vec![bad_id, bad_op], 150_000, "is not an operation"),
+            (vec![bad_id, other_layout], 170_000, "a layout that differs"),
+            (vec![bad_id], 190_000, "cannot parse `abc`"),
+            (vec![bad_id, bad_op, stray_quote], 120_000, "text after a closing quote"),
+        ] {
+            let err = read(&change_file(dir.path(), 200_000, false, &bad)).unwrap_err();
+            match &err {
+                Error::BadRow {
+                    line: at, reason, ..
+                } => {
+                    assert_eq!(*at, line, "{err}");
+                    assert!(reason.contains(says), "{err}");
+                }
+                other => panic!("not a bad row: {other}"),
+            }
+        }
+        // the first data row sets the layout: a row of another field count there names none
+        let err = read(&change_file(dir.path(), 10, false, &[(1, "U,1")])).unwrap_err();
+        assert!(err.to_string().contains("found 2 fields"), "{err}");
+        assert!(!err.to_string().contains("differs"), "{err}");
+    }
+
 
     #[test]
     fn parses_dms_op_codes() {
