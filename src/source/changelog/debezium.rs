@@ -239,31 +239,37 @@ pub(super) fn read(
         ),
     };
     let mut rows = RowsBuilder::new(config, file, index, sink);
-    for next in values {
-        let (line_no, value) = next?;
-        let Some(event) = parse_event(value).map_err(|e| bad(line_no, None, e))? else {
-            continue;
-        };
-        for (c, column) in config.table.columns.iter().enumerate() {
-            let value = event.row.get(&column.name).unwrap_or(&Value::Null);
-            match value_text(value, column.ty, config.timestamp_precision)
-                .map_err(|e| bad(line_no, Some(&column.name), e))?
-            {
-                Some(text) => rows.columns[c].append_value(text),
-                None => rows.columns[c].append_null(),
+    let read = (|| -> Result<()> {
+        for next in values {
+            let (line_no, value) = next?;
+            let Some(event) = parse_event(value).map_err(|e| bad(line_no, None, e))? else {
+                continue;
+            };
+            for (c, column) in config.table.columns.iter().enumerate() {
+                let value = event.row.get(&column.name).unwrap_or(&Value::Null);
+                match value_text(value, column.ty, config.timestamp_precision)
+                    .map_err(|e| bad(line_no, Some(&column.name), e))?
+                {
+                    Some(text) => rows.columns[c].append_value(text),
+                    None => rows.columns[c].append_null(),
+                }
             }
+            // LSN, binlog position or ts_ms: comparable across files and runs (0: none)
+            let durable = i64::try_from(event.position).ok().filter(|p| *p > 0);
+            rows.push(
+                event.op,
+                event.position,
+                durable,
+                event.commit_ms.map(millis_days),
+                line_no,
+            )?;
         }
-        // LSN, binlog position or ts_ms: comparable across files and runs (0: none)
-        let durable = i64::try_from(event.position).ok().filter(|p| *p > 0);
-        rows.push(
-            event.op,
-            event.position,
-            durable,
-            event.commit_ms.map(millis_days),
-            line_no,
-        )?;
+        Ok(())
+    })();
+    match read {
+        Ok(()) => rows.finish(),
+        Err(err) => Err(rows.first_error(err)),
     }
-    rows.finish()
 }
 
 /// Parses a Debezium `op` / `__op` value (`c`, `r`, `u`, `d`).
@@ -281,6 +287,45 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_value_that_does_not_convert_before_an_unknown_op_is_the_error_reported() {
+        let config = crate::source::changelog::tests::test_config(
+            "public/t",
+            crate::config::tables::Layout::Debezium,
+            &[("id", "long"), ("note", "string")],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.json");
+        // line 2's id is cast only when its batch is made; line 3's op is refused as it is read
+        let lines = [
+            json!({"after": {"id": 1, "note": "a"}, "op": "c"}),
+            json!({"after": {"id": "abc", "note": "b"}, "op": "c"}),
+            json!({"after": {"id": 3, "note": "c"}, "op": "x"}),
+        ];
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, body).unwrap();
+        let file = ChangeFile::new(
+            path,
+            "events.json",
+            super::super::FileKind::Change,
+            ChangeFormat::JsonLines,
+            0,
+        );
+        let err = read(&config, &file, 0, &mut |_| Ok(())).unwrap_err();
+        let Error::BadRow {
+            line,
+            column,
+            reason,
+            ..
+        } = &err
+        else {
+            panic!("not a bad row: {err}");
+        };
+        assert_eq!(*line, 2, "{err}");
+        assert_eq!(column.as_deref(), Some("id"), "{err}");
+        assert!(reason.contains("cannot parse `abc`"), "{err}");
+    }
 
     #[test]
     fn parses_debezium_op_codes() {

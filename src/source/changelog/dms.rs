@@ -1,4 +1,5 @@
-//! AWS DMS S3 target files (CSV without header, and Parquet).
+//! AWS DMS S3 target files (CSV, with a header line only when the endpoint sets
+//! `AddColumnName=true`, and Parquet).
 //!
 //! Layout followed (AWS DMS "Using Amazon S3 as a target"): a change file's first column is `Op`
 //! (`I`, `U`, `D`), followed by the commit timestamp column when the task sets
@@ -67,11 +68,16 @@ fn bad_row(file: &ChangeFile, line: u64, column: Option<&str>, reason: String) -
     Error::bad_row(file.path.display(), line, column, reason)
 }
 
-/// Reads a DMS CSV file (no header) into change batches of at most [`BATCH_ROWS`] rows.
+/// Reads a DMS CSV file (a first line naming the columns is a header) into change batches of
+/// at most [`BATCH_ROWS`] rows.
 ///
 /// # Errors
-/// [`Error::BadRow`] for a record with the wrong field count, an unknown `Op`, a bad
-/// timestamp or a value that does not convert; I/O and CSV errors.
+/// [`Error::BadRow`] for the file's first bad row: a record that breaks the quoting rule or
+/// has the wrong field count, an unknown `Op`, a bad timestamp or a value that does not
+/// convert (values are cast a batch at a time: [`RowsBuilder::first_error`]); I/O and CSV
+/// errors.
+///
+/// [`BATCH_ROWS`]: crate::core::batch::BATCH_ROWS
 pub(super) fn read_csv(
     config: &ChangelogTable,
     file: &ChangeFile,
@@ -99,101 +105,107 @@ pub(super) fn read_csv(
     let mut record = csv::ByteRecord::new();
     let mut layout: Option<CsvLayout> = None;
     let mut skip_header = header;
-    while let Some(quoting) = reader.read(&mut record)? {
-        let line = record.position().map_or(0, |p| p.line());
-        if let Some(reason) = quoting {
-            return Err(bad_row(file, line, None, reason.into()));
-        }
-        if std::mem::take(&mut skip_header) {
-            continue;
-        }
-        let found = csv_layout(
-            record.len(),
-            columns.len(),
-            timestamp_name.is_some(),
-            record.get(0).unwrap_or_default(),
-            file.kind,
-        );
-        let this = match (found, layout) {
-            (Some(f), None) => {
-                layout = Some(f);
-                f
+    let read = (|| -> Result<()> {
+        while let Some(quoting) = reader.read(&mut record)? {
+            let line = record.position().map_or(0, |p| p.line());
+            if let Some(reason) = quoting {
+                return Err(bad_row(file, line, None, reason.into()));
             }
-            (Some(f), Some(l)) if f == l => l,
-            _ => {
-                let extra = match (file.kind, timestamp_name) {
-                    (FileKind::Load, Some(_)) => "[Op,] [timestamp,] ",
-                    (FileKind::Load, None) => "[Op,] ",
-                    (FileKind::Change, Some(_)) => "Op, timestamp, ",
-                    (FileKind::Change, None) => "Op, ",
-                };
-                let reason = format!(
-                    "expected {extra}then {} table columns, found {} fields{}",
-                    columns.len(),
-                    record.len(),
-                    if layout.is_some() {
-                        " (or a layout that differs from the file's first row)"
-                    } else {
-                        ""
-                    }
-                );
-                return Err(bad_row(file, line, None, reason));
+            if std::mem::take(&mut skip_header) {
+                continue;
             }
-        };
-        let text = |i: usize, name: &str| -> Result<&str> {
-            std::str::from_utf8(&record[i])
-                .map_err(|_| bad_row(file, line, Some(name), "invalid UTF-8".into()))
-        };
-        let op = match this.op {
-            Some(i) => {
-                let value = text(i, "Op")?;
-                op_code(value).ok_or_else(|| {
-                    let hint = if timestamp_name.is_none() {
-                        " (if the task writes a commit timestamp column, set timestamp_column)"
-                    } else {
-                        ""
+            let found = csv_layout(
+                record.len(),
+                columns.len(),
+                timestamp_name.is_some(),
+                record.get(0).unwrap_or_default(),
+                file.kind,
+            );
+            let this = match (found, layout) {
+                (Some(f), None) => {
+                    layout = Some(f);
+                    f
+                }
+                (Some(f), Some(l)) if f == l => l,
+                _ => {
+                    let extra = match (file.kind, timestamp_name) {
+                        (FileKind::Load, Some(_)) => "[Op,] [timestamp,] ",
+                        (FileKind::Load, None) => "[Op,] ",
+                        (FileKind::Change, Some(_)) => "Op, timestamp, ",
+                        (FileKind::Change, None) => "Op, ",
                     };
-                    bad_row(
-                        file,
-                        line,
-                        Some("Op"),
-                        format!("`{value}` is not an operation (I, U or D){hint}"),
-                    )
-                })?
-            }
-            None => ChangeOp::Insert,
-        };
-        // Every full-load row is an insert, whatever its Op says.
-        let op = if file.kind == FileKind::Load {
-            ChangeOp::Insert
-        } else {
-            op
-        };
-        let micros = match (this.timestamp, timestamp_name) {
-            (Some(i), Some(name)) => {
-                let value = text(i, name)?;
-                Some(timestamp_micros(value).ok_or_else(|| {
-                    bad_row(
-                        file,
-                        line,
-                        Some(name),
-                        format!("cannot parse `{value}` as a commit timestamp"),
-                    )
-                })?)
-            }
-            _ => None,
-        };
-        for (c, column) in columns.iter().enumerate() {
-            let field = &record[this.first_data + c];
-            if extract_csv::is_null(&config.source, field, column.ty) {
-                rows.columns[c].append_null();
+                    let reason = format!(
+                        "expected {extra}then {} table columns, found {} fields{}",
+                        columns.len(),
+                        record.len(),
+                        if layout.is_some() {
+                            " (or a layout that differs from the file's first row)"
+                        } else {
+                            ""
+                        }
+                    );
+                    return Err(bad_row(file, line, None, reason));
+                }
+            };
+            let text = |i: usize, name: &str| -> Result<&str> {
+                std::str::from_utf8(&record[i])
+                    .map_err(|_| bad_row(file, line, Some(name), "invalid UTF-8".into()))
+            };
+            let op = match this.op {
+                Some(i) => {
+                    let value = text(i, "Op")?;
+                    op_code(value).ok_or_else(|| {
+                        let hint = if timestamp_name.is_none() {
+                            " (if the task writes a commit timestamp column, set timestamp_column)"
+                        } else {
+                            ""
+                        };
+                        bad_row(
+                            file,
+                            line,
+                            Some("Op"),
+                            format!("`{value}` is not an operation (I, U or D){hint}"),
+                        )
+                    })?
+                }
+                None => ChangeOp::Insert,
+            };
+            // Every full-load row is an insert, whatever its Op says.
+            let op = if file.kind == FileKind::Load {
+                ChangeOp::Insert
             } else {
-                rows.columns[c].append_value(text(this.first_data + c, &column.name)?);
+                op
+            };
+            let micros = match (this.timestamp, timestamp_name) {
+                (Some(i), Some(name)) => {
+                    let value = text(i, name)?;
+                    Some(timestamp_micros(value).ok_or_else(|| {
+                        bad_row(
+                            file,
+                            line,
+                            Some(name),
+                            format!("cannot parse `{value}` as a commit timestamp"),
+                        )
+                    })?)
+                }
+                _ => None,
+            };
+            for (c, column) in columns.iter().enumerate() {
+                let field = &record[this.first_data + c];
+                if extract_csv::is_null(&config.source, field, column.ty) {
+                    rows.columns[c].append_null();
+                } else {
+                    rows.columns[c].append_value(text(this.first_data + c, &column.name)?);
+                }
             }
+            rows.push(op, 0, micros, micros.map(micros_days), line)?;
         }
-        rows.push(op, 0, micros, micros.map(micros_days), line)?;
+        Ok(())
+    })();
+    match read {
+        Ok(()) => rows.finish(),
+        Err(err) => Err(rows.first_error(err)),
     }
-    rows.finish()
 }
 
 /// Whether a DMS CSV record is a header line (`AddColumnName=true`): its fields are the names,
@@ -443,30 +455,19 @@ fn op_code(text: &str) -> Option<ChangeOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tables::{Layout, TableEntry};
-    use crate::config::ColumnFile;
+    use crate::config::tables::Layout;
+    use crate::core::batch::BATCH_ROWS;
+    use crate::source::changelog::tests::test_config;
     use crate::source::changelog::ChangeFormat;
     use deltalake::arrow::array::Int64Array;
 
     /// A DMS table `bench/orders (id long key, note string)`.
     fn config() -> ChangelogTable {
-        let mut entry = TableEntry::discovered("bench/orders".into(), Vec::new(), Layout::Dms);
-        entry.primary_key = vec!["id".into()];
-        entry.columns = [("id", "long"), ("note", "string")]
-            .iter()
-            .map(|(n, t)| ColumnFile {
-                name: n.to_string(),
-                ty: t.to_string(),
-                key: false,
-                ignore: false,
-            })
-            .collect();
-        entry
-            .changelog_table(
-                0,
-                &crate::config::storage::LakeRoot::local(std::path::Path::new("/tmp/lake")),
-            )
-            .unwrap()
+        test_config(
+            "bench/orders",
+            Layout::Dms,
+            &[("id", "long"), ("note", "string")],
+        )
     }
 
     /// Change rows `1..=rows` (`U`, every third `D`), each `id` its line number (after a
@@ -504,30 +505,46 @@ mod tests {
         )
     }
 
-    /// Reads a change file: each row's line and `id`, and its operation, in the order the sink
-    /// got them.
-    fn read(file: &ChangeFile) -> Result<Vec<(u64, i64, ChangeOp)>> {
+    /// Each row's line, `id` and operation.
+    type Rows = Vec<(u64, i64, ChangeOp)>;
+
+    /// Reads a change file: its rows in the order the sink got them, and the size of each
+    /// batch.
+    fn read_batches(file: &ChangeFile) -> Result<(Rows, Vec<usize>)> {
         let mut rows = Vec::new();
+        let mut sizes = Vec::new();
         read_csv(&config(), file, 0, 1 << 30, &mut |batch: ChangeBatch| {
-            let ids = batch.rows.payload.column(0).as_primitive::<
-                deltalake::arrow::datatypes::Int64Type,
-            >();
+            sizes.push(batch.len());
+            let ids = batch
+                .rows
+                .payload
+                .column(0)
+                .as_primitive::<deltalake::arrow::datatypes::Int64Type>();
             let ids: &Int64Array = ids;
             for (r, order) in batch.order.iter().enumerate() {
                 rows.push((order.row, ids.value(r), batch.ops[r]));
             }
             Ok(())
         })?;
-        Ok(rows)
+        Ok((rows, sizes))
+    }
+
+    fn read(file: &ChangeFile) -> Result<Rows> {
+        read_batches(file).map(|(rows, _)| rows)
     }
 
     #[test]
-    fn a_change_file_of_many_chunks_reaches_the_sink_in_file_order() {
+    fn a_change_file_of_many_batches_reaches_the_sink_in_file_order() {
         let dir = tempfile::tempdir().unwrap();
         // 200,000 rows: four batches (at most BATCH_ROWS rows each), and a header or not
         for header in [false, true] {
-            let rows = read(&change_file(dir.path(), 200_000, header, &[])).unwrap();
+            let (rows, sizes) =
+                read_batches(&change_file(dir.path(), 200_000, header, &[])).unwrap();
             assert_eq!(rows.len(), 200_000);
+            let full = 200_000 / BATCH_ROWS;
+            assert!(full >= 2, "the file is to span batches");
+            assert_eq!(sizes.len(), full + 1);
+            assert!(sizes[..full].iter().all(|&n| n == BATCH_ROWS), "{sizes:?}");
             for (i, &(line, id, op)) in rows.iter().enumerate() {
                 let n = i as u64 + 1;
                 assert_eq!(line, n + u64::from(header));
@@ -549,11 +566,32 @@ mod tests {
         let bad_id = (190_000, "U,abc,n");
         let other_layout = (170_000, "U,2024-03-01,170000,n");
         let stray_quote = (120_000, "U,120000,\"n\"x");
+        // An unknown Op, another layout or a stray quote is found as its row is read; a value
+        // that does not convert, when its batch is made (every BATCH_ROWS rows, and at the end).
+        let id_before_op = (140_000, "U,abc,n");
+        let id_in_first_batch = (60_000, "U,abc,n");
+        let id_in_last_batch = (199_000, "U,abc,n");
         for (bad, line, says) in [
             (vec![bad_id, bad_op], 150_000, "is not an operation"),
+            (vec![id_before_op, bad_op], 140_000, "cannot parse `abc`"),
+            (
+                vec![id_in_first_batch, bad_op],
+                60_000,
+                "cannot parse `abc`",
+            ),
+            (vec![id_in_last_batch], 199_000, "cannot parse `abc`"),
+            (
+                vec![id_before_op, stray_quote],
+                120_000,
+                "text after a closing quote",
+            ),
             (vec![bad_id, other_layout], 170_000, "a layout that differs"),
             (vec![bad_id], 190_000, "cannot parse `abc`"),
-            (vec![bad_id, bad_op, stray_quote], 120_000, "text after a closing quote"),
+            (
+                vec![bad_id, bad_op, stray_quote],
+                120_000,
+                "text after a closing quote",
+            ),
         ] {
             let err = read(&change_file(dir.path(), 200_000, false, &bad)).unwrap_err();
             match &err {
@@ -566,12 +604,16 @@ mod tests {
                 other => panic!("not a bad row: {other}"),
             }
         }
-        // the first data row sets the layout: a row of another field count there names none
+        // the first data row sets the layout: when it has another field count, the error does
+        // not mention a layout that differs
         let err = read(&change_file(dir.path(), 10, false, &[(1, "U,1")])).unwrap_err();
-        assert!(err.to_string().contains("found 2 fields"), "{err}");
-        assert!(!err.to_string().contains("differs"), "{err}");
+        let Error::BadRow { line, reason, .. } = &err else {
+            panic!("not a bad row: {err}");
+        };
+        assert_eq!(*line, 1);
+        assert!(reason.contains("found 2 fields"), "{err}");
+        assert!(!reason.contains("differs"), "{err}");
     }
-
 
     #[test]
     fn parses_dms_op_codes() {

@@ -41,7 +41,7 @@ pub enum FileKind {
 /// File formats of change files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeFormat {
-    /// DMS CSV (no header).
+    /// DMS CSV (a header line only with `AddColumnName=true`).
     Csv,
     /// DMS Parquet.
     Parquet,
@@ -238,6 +238,23 @@ impl<'a> RowsBuilder<'a> {
     pub fn finish(mut self) -> Result<()> {
         self.flush()
     }
+
+    /// Ends a read that failed with `err` (a bad row found as it was read: an unknown
+    /// operation, another layout) and returns the error to report: the first value of the rows
+    /// still held that does not convert, when there is one, or `err`. Held rows are cast only
+    /// when their batch is made, so such a value lies earlier in the file than `err`'s row and
+    /// is the file's first bad row (rows of batches already made were cast then).
+    pub fn first_error(mut self, err: Error) -> Error {
+        if self.ops.is_empty() {
+            return err;
+        }
+        let raw = self.columns.iter_mut().map(|b| b.finish()).collect();
+        let lines = std::mem::take(&mut self.lines);
+        match typed_batch(self.config, self.file, self.index, raw, lines) {
+            Err(earlier @ Error::BadRow { .. }) => earlier,
+            _ => err,
+        }
+    }
 }
 
 /// The source position of a file's rows that carry none of their own: the timestamp in a DMS
@@ -306,6 +323,33 @@ pub(crate) fn typed_batch(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The config of a table `source` (`schema/table`) of `layout` keyed by `id`, with
+    /// `columns` (name, type), its lake under `/tmp/lake` (not written by readers' tests).
+    pub(crate) fn test_config(
+        source: &str,
+        layout: crate::config::tables::Layout,
+        columns: &[(&str, &str)],
+    ) -> ChangelogTable {
+        let mut entry =
+            crate::config::tables::TableEntry::discovered(source.into(), Vec::new(), layout);
+        entry.primary_key = vec!["id".into()];
+        entry.columns = columns
+            .iter()
+            .map(|(n, t)| crate::config::ColumnFile {
+                name: n.to_string(),
+                ty: t.to_string(),
+                key: false,
+                ignore: false,
+            })
+            .collect();
+        entry
+            .changelog_table(
+                0,
+                &crate::config::storage::LakeRoot::local(std::path::Path::new("/tmp/lake")),
+            )
+            .unwrap()
+    }
 
     /// A change file entry for tests of the controller's bookkeeping (no file behind it).
     pub(crate) fn test_file(name: &str, kind: FileKind) -> ChangeFile {

@@ -576,30 +576,17 @@ impl ChangeSource for TableChanges {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tables::{Layout, TableEntry};
-    use crate::config::ColumnFile;
+    use crate::config::tables::Layout;
     use crate::core::schema::ColumnType;
     use deltalake::arrow::array::{Array, AsArray};
 
     /// A table `public.t (id long key, v string, note string)`.
     fn table() -> Arc<CaptureTable> {
-        let mut entry = TableEntry::discovered("public/t".into(), Vec::new(), Layout::Debezium);
-        entry.primary_key = vec!["id".into()];
-        entry.columns = [("id", "long"), ("v", "string"), ("note", "string")]
-            .iter()
-            .map(|(n, t)| ColumnFile {
-                name: n.to_string(),
-                ty: t.to_string(),
-                key: false,
-                ignore: false,
-            })
-            .collect();
-        let config = entry
-            .changelog_table(
-                0,
-                &crate::config::storage::LakeRoot::local(std::path::Path::new("/tmp/lake")),
-            )
-            .unwrap();
+        let config = crate::source::changelog::tests::test_config(
+            "public/t",
+            Layout::Debezium,
+            &[("id", "long"), ("v", "string"), ("note", "string")],
+        );
         let types = [ColumnType::Long, ColumnType::String, ColumnType::String]
             .map(|lake| PgType {
                 lake,
