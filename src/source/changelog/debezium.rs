@@ -266,10 +266,7 @@ pub(super) fn read(
         }
         Ok(())
     })();
-    match read {
-        Ok(()) => rows.finish(),
-        Err(err) => Err(rows.first_error(err)),
-    }
+    rows.end(read)
 }
 
 /// Parses a Debezium `op` / `__op` value (`c`, `r`, `u`, `d`).

@@ -74,7 +74,7 @@ fn bad_row(file: &ChangeFile, line: u64, column: Option<&str>, reason: String) -
 /// # Errors
 /// [`Error::BadRow`] for the file's first bad row: a record that breaks the quoting rule or
 /// has the wrong field count, an unknown `Op`, a bad timestamp or a value that does not
-/// convert (values are cast a batch at a time: [`RowsBuilder::first_error`]); I/O and CSV
+/// convert (values are cast a batch at a time: [`RowsBuilder::end`]); I/O and CSV
 /// errors.
 ///
 /// [`BATCH_ROWS`]: crate::core::batch::BATCH_ROWS
@@ -202,10 +202,7 @@ pub(super) fn read_csv(
         }
         Ok(())
     })();
-    match read {
-        Ok(()) => rows.finish(),
-        Err(err) => Err(rows.first_error(err)),
-    }
+    rows.end(read)
 }
 
 /// Whether a DMS CSV record is a header line (`AddColumnName=true`): its fields are the names,

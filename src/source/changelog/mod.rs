@@ -217,14 +217,19 @@ impl<'a> RowsBuilder<'a> {
         Ok(())
     }
 
+    /// The rows gathered, typed and hashed (their text taken from [`Self::columns`]).
+    fn typed(&mut self) -> Result<HashedBatch> {
+        let raw = self.columns.iter_mut().map(|b| b.finish()).collect();
+        let lines = std::mem::take(&mut self.lines);
+        typed_batch(self.config, self.file, self.index, raw, lines)
+    }
+
     fn flush(&mut self) -> Result<()> {
         if self.ops.is_empty() {
             return Ok(());
         }
-        let raw = self.columns.iter_mut().map(|b| b.finish()).collect();
-        let lines = std::mem::take(&mut self.lines);
         let batch = ChangeBatch {
-            rows: typed_batch(self.config, self.file, self.index, raw, lines)?,
+            rows: self.typed()?,
             ops: std::mem::take(&mut self.ops),
             order: std::mem::take(&mut self.order),
             commit_days: std::mem::take(&mut self.days),
@@ -234,25 +239,22 @@ impl<'a> RowsBuilder<'a> {
         (self.sink)(batch)
     }
 
-    /// Hands the last rows gathered to the sink.
-    pub fn finish(mut self) -> Result<()> {
-        self.flush()
-    }
-
-    /// Ends a read that failed with `err` (a bad row found as it was read: an unknown
-    /// operation, another layout) and returns the error to report: the first value of the rows
-    /// still held that does not convert, when there is one, or `err`. Held rows are cast only
-    /// when their batch is made, so such a value lies earlier in the file than `err`'s row and
-    /// is the file's first bad row (rows of batches already made were cast then).
-    pub fn first_error(mut self, err: Error) -> Error {
+    /// Ends a read of the rows gathered: on success hands the last ones to the sink; on a
+    /// failure `err` (a bad row found as it was read: an unknown operation, another layout)
+    /// returns the error to report: the first value of the rows still held that does not
+    /// convert, when there is one, else `err`. Held rows are cast only when their batch is
+    /// made, so such a value lies earlier in the file than `err`'s row and is the file's first
+    /// bad row (rows of batches already made were cast then).
+    pub fn end(mut self, read: Result<()>) -> Result<()> {
+        let Err(err) = read else {
+            return self.flush();
+        };
         if self.ops.is_empty() {
-            return err;
+            return Err(err);
         }
-        let raw = self.columns.iter_mut().map(|b| b.finish()).collect();
-        let lines = std::mem::take(&mut self.lines);
-        match typed_batch(self.config, self.file, self.index, raw, lines) {
-            Err(earlier @ Error::BadRow { .. }) => earlier,
-            _ => err,
+        match self.typed() {
+            Err(earlier @ Error::BadRow { .. }) => Err(earlier),
+            _ => Err(err),
         }
     }
 }
