@@ -12,7 +12,6 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use csv::ByteRecord;
 
@@ -39,18 +38,17 @@ struct Raw {
     start: u64,
 }
 
-/// A reader that keeps a copy of what it reads, for [`CsvFile`] to check records against.
+/// A reader that keeps a copy of what it reads, for [`CsvFile`] to check records against
+/// (through the CSV reader that owns it: no lock on the path of every record).
 pub(crate) struct Tee<R> {
     inner: R,
-    raw: Arc<Mutex<Raw>>,
+    raw: Raw,
 }
 
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Ok(mut raw) = self.raw.lock() {
-            raw.bytes.extend_from_slice(&buf[..n]);
-        }
+        self.raw.bytes.extend_from_slice(&buf[..n]);
         Ok(n)
     }
 }
@@ -58,7 +56,6 @@ impl<R: Read> Read for Tee<R> {
 /// A CSV file whose records are checked against the strict quoting rule as they are read.
 pub(crate) struct CsvFile {
     reader: csv::Reader<Tee<File>>,
-    raw: Arc<Mutex<Raw>>,
     delimiter: u8,
     quote: u8,
     multiline: bool,
@@ -75,10 +72,9 @@ impl CsvFile {
             path: path.to_path_buf(),
             reason: format!("cannot open: {e}"),
         })?;
-        let raw = Arc::new(Mutex::new(Raw::default()));
         let tee = Tee {
             inner: handle,
-            raw: raw.clone(),
+            raw: Raw::default(),
         };
         let reader = csv::ReaderBuilder::new()
             .delimiter(source.delimiter)
@@ -89,7 +85,6 @@ impl CsvFile {
             .from_reader(tee);
         Ok(CsvFile {
             reader,
-            raw,
             delimiter: source.delimiter,
             quote: source.quote,
             multiline: source.multiline,
@@ -107,9 +102,7 @@ impl CsvFile {
         }
         let start = record.position().map_or(0, |p| p.byte());
         let end = self.reader.position().byte();
-        let Ok(mut raw) = self.raw.lock() else {
-            return Ok(Some(None));
-        };
+        let raw = &mut self.reader.get_mut().raw;
         let from = (start.saturating_sub(raw.start)) as usize;
         let to = (end.saturating_sub(raw.start) as usize).min(raw.bytes.len());
         let bad = raw
