@@ -1282,9 +1282,10 @@ fn update_east(l: &Landing, day: u32, id: u32, amount: u32) {
     );
 }
 
-/// Turning the change data feed on for a table whose files have deletion vectors: a merge of
-/// such a file is refused with the advice to optimize (the feed compares whole files), nothing
-/// is committed, and after `tributary optimize` the merge applies, feed and all.
+/// Turning the change data feed on for a table whose files have deletion vectors: the run is
+/// refused with the advice to optimize (the feed compares whole files) before it commits
+/// anything, the feed's property included, and after `tributary optimize` the merge applies,
+/// feed and all.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_change_data_feed_waits_for_optimize_on_files_with_deletion_vectors() {
     let vectors = orders_with_vectors();
@@ -1298,15 +1299,32 @@ async fn the_change_data_feed_waits_for_optimize_on_files_with_deletion_vectors(
     std::fs::write(l.root().join("tables.yaml"), format!("tables:\n{feed}")).unwrap();
     update_east(&l, 3, 4, 42);
     let before = shape(&l.current("sales/orders").await);
+    let current = l.lake().join("sales/orders/current");
+    let url = url::Url::from_directory_path(&current).unwrap();
+    let history = url::Url::from_directory_path(l.lake().join("sales/orders/history")).unwrap();
+    let versions = || async {
+        let current = deltalake::open_table(url.clone()).await.unwrap();
+        let history = deltalake::open_table(history.clone()).await.unwrap();
+        let feed = current
+            .snapshot()
+            .unwrap()
+            .metadata()
+            .configuration()
+            .contains_key("delta.enableChangeDataFeed");
+        (current.version(), history.version(), feed)
+    };
+    let committed = versions().await;
+    assert!(!committed.2, "the feed was on before the setting");
     let s = l.sync().await;
     let t = &s.tables[0];
     assert_eq!(t.status, "failed", "{t:?}");
     assert!(t.message.contains("tributary optimize"), "{}", t.message);
+    assert!(t.message.contains("has a deletion vector"), "{}", t.message);
     assert_eq!(shape(&l.current("sales/orders").await), before);
+    // nothing committed: neither table's version moved, and the property is not set
+    assert_eq!(versions().await, committed);
     let out = cli(&["optimize", "--lake", l.lake().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
-    let current = l.lake().join("sales/orders/current");
-    let url = url::Url::from_directory_path(&current).unwrap();
     let optimized = deltalake::open_table(url).await.unwrap().version().unwrap();
     let a = l.sync_one().await.apply.unwrap();
     assert_eq!((a.updated, a.files_marked), (1, 0), "{a:?}");

@@ -126,14 +126,39 @@ pub struct Budget<'a> {
 /// rewrites the files that have a vector).
 pub fn refuse_vectors<'a>(removes: impl IntoIterator<Item = &'a Remove>) -> Result<()> {
     match removes.into_iter().find(|r| r.deletion_vector.is_some()) {
-        Some(marked) => Err(Error::Refused(format!(
-            "current: data file {} has a deletion vector, and the change data feed compares \
-             whole files; run `tributary optimize` (it rewrites the files that have one), \
-             then run again",
-            marked.path
-        ))),
+        Some(marked) => Err(vector_refusal(&marked.path)),
         None => Ok(()),
     }
+}
+
+/// Refuses to turn the feed on for `table` (the `change_data_feed: true` setting, on a current
+/// table that does not record it yet) while a live data file of it has a deletion vector: the
+/// table's next merges of such files would be refused ([`refuse_vectors`]), so the run stops
+/// before it commits anything, the property included.
+///
+/// # Errors
+/// [`Error::Refused`] naming the first such file, with the advice to run `tributary optimize`;
+/// Delta errors reading the snapshot.
+pub fn refuse_enabling_over_vectors(table: &DeltaTable) -> Result<()> {
+    let state = table.snapshot()?;
+    let marked = state
+        .log_data()
+        .iter()
+        .find(|f| f.deletion_vector_descriptor().is_some())
+        .map(|f| f.path().to_string());
+    match marked {
+        Some(path) => Err(vector_refusal(&path)),
+        None => Ok(()),
+    }
+}
+
+/// The refusal of a current table's data file `path` that has a deletion vector.
+fn vector_refusal(path: &str) -> Error {
+    Error::Refused(format!(
+        "current: data file {path} has a deletion vector, and the change data feed compares \
+         whole files; run `tributary optimize` (it rewrites the files that have one), then run \
+         again"
+    ))
 }
 
 /// Writes the change files of a commit that replaces `removes` of `table` (its loaded version)
