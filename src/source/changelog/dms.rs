@@ -303,7 +303,8 @@ fn read_plain_load(
 ///
 /// # Errors
 /// [`Error::Input`] for a missing column (or a change file without `Op`); [`Error::BadRow`] for
-/// an unknown `Op`, a bad timestamp or a value that does not convert; Parquet errors.
+/// the file's first bad row: an unknown `Op`, a bad timestamp or a value that does not convert
+/// (checked a record batch at a time); Parquet errors.
 pub(super) fn read_parquet(
     config: &ChangelogTable,
     file: &ChangeFile,
@@ -366,22 +367,24 @@ pub(super) fn read_parquet(
                             )
                         })
                     })
-                    .collect::<Result<Vec<_>>>()?
+                    .collect::<Result<Vec<_>>>()
             }
-            _ => vec![ChangeOp::Insert; n],
+            _ => Ok(vec![ChangeOp::Insert; n]),
         };
         let micros = match timestamp_at {
-            Some(at) => commit_column(batch.column(at), file, &lines, config)?,
-            None => vec![None; n],
+            Some(at) => commit_column(batch.column(at), file, &lines, config),
+            None => Ok(vec![None; n]),
         };
-        let file_position = super::file_position(config, file);
         let raw = positions
             .iter()
             .map(|&at| text(at))
             .collect::<Result<Vec<_>>>()?;
+        let rows = typed_batch(config, file, index, raw, lines.clone());
+        let (ops, micros, rows) = earliest_error(ops, micros, rows)?;
+        let file_position = super::file_position(config, file);
         let positions: Vec<Option<i64>> = micros.iter().map(|m| m.or(file_position)).collect();
         sink(ChangeBatch {
-            rows: typed_batch(config, file, index, raw, lines.clone())?,
+            rows,
             ops,
             // by durable position first (see `RowsBuilder::push`), then file and row
             order: lines
@@ -399,6 +402,25 @@ pub(super) fn read_parquet(
         })?;
     }
     Ok(())
+}
+
+/// The three checks of a Parquet batch (`Op`, the commit time, the values), each stopped at
+/// its own first bad row: their values, or the error of the batch's earliest bad row (the
+/// first check's on the same row; an error that names no row, first of all).
+fn earliest_error<A, B, C>(a: Result<A>, b: Result<B>, c: Result<C>) -> Result<(A, B, C)> {
+    let (a, b, c) = match (a, b, c) {
+        (Ok(a), Ok(b), Ok(c)) => return Ok((a, b, c)),
+        (a, b, c) => (a.err(), b.err(), c.err()),
+    };
+    let line = |e: &Error| match e {
+        Error::BadRow { line, .. } => *line,
+        _ => 0,
+    };
+    Err([a, b, c]
+        .into_iter()
+        .flatten()
+        .min_by_key(line)
+        .unwrap_or_else(|| Error::Internal("a failed check without its error".into())))
 }
 
 /// Commit times (microseconds since the epoch) of a Parquet timestamp column (a timestamp type,
@@ -456,7 +478,8 @@ mod tests {
     use crate::core::batch::BATCH_ROWS;
     use crate::source::changelog::tests::test_config;
     use crate::source::changelog::ChangeFormat;
-    use deltalake::arrow::array::Int64Array;
+    use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    use std::sync::Arc;
 
     /// A DMS table `bench/orders (id long key, note string)`.
     fn config() -> ChangelogTable {
@@ -528,6 +551,71 @@ mod tests {
 
     fn read(file: &ChangeFile) -> Result<Rows> {
         read_batches(file).map(|(rows, _)| rows)
+    }
+
+    /// A DMS Parquet change file of text columns `Op`, `id`, `note`: rows `1..=rows` (`U`, `id`
+    /// its row number), with `bad` rows' `Op` and `id` replaced.
+    fn parquet_change_file(
+        dir: &std::path::Path,
+        rows: u64,
+        bad: &[(u64, &str, &str)],
+    ) -> ChangeFile {
+        let column = |value: &dyn Fn(u64) -> String| -> ArrayRef {
+            Arc::new((1..=rows).map(value).map(Some).collect::<StringArray>())
+        };
+        let find = |row: u64| bad.iter().find(|(at, _, _)| *at == row);
+        let batch = RecordBatch::try_from_iter([
+            ("Op", column(&|r| find(r).map_or("U", |b| b.1).to_string())),
+            (
+                "id",
+                column(&|r| find(r).map_or(r.to_string(), |b| b.2.to_string())),
+            ),
+            ("note", column(&|r| format!("n{r}"))),
+        ])
+        .unwrap();
+        let name = "20240301-0000000000.parquet";
+        let path = dir.join(name);
+        let out = std::fs::File::create(&path).unwrap();
+        let mut writer =
+            deltalake::parquet::arrow::ArrowWriter::try_new(out, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        ChangeFile::new(path, name, FileKind::Change, ChangeFormat::Parquet, size)
+    }
+
+    /// The rows of a DMS Parquet change file are checked a record batch at a time, one check
+    /// after another (`Op`, then the values): the batch's earliest bad row is the one reported,
+    /// whichever check finds it.
+    #[test]
+    fn the_first_bad_row_of_a_parquet_change_file_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_bad = |bad: &[(u64, &str, &str)]| {
+            let file = parquet_change_file(dir.path(), 100, bad);
+            match read_parquet(&config(), &file, 0, &mut |_| Ok(())) {
+                Err(Error::BadRow { line, column, .. }) => (line, column.unwrap_or_default()),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        };
+        // a value that does not convert before an unknown `Op`, and after one
+        assert_eq!(
+            first_bad(&[(3, "U", "abc"), (7, "x", "7")]),
+            (3, "id".into())
+        );
+        assert_eq!(
+            first_bad(&[(2, "x", "2"), (5, "U", "abc")]),
+            (2, "Op".into())
+        );
+        // both on one row: `Op`, as the CSV reader reports it
+        assert_eq!(first_bad(&[(4, "x", "abc")]), (4, "Op".into()));
+        let file = parquet_change_file(dir.path(), 100, &[]);
+        let mut rows = 0;
+        read_parquet(&config(), &file, 0, &mut |batch| {
+            rows += batch.len();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rows, 100);
     }
 
     #[test]
