@@ -1332,6 +1332,46 @@ async fn the_change_data_feed_waits_for_optimize_on_files_with_deletion_vectors(
     assert!(crate::common::assert_feed_replays(&current, optimized as i64 + 1).await > 0);
 }
 
+/// A table that records the feed and has deletion vectors all the same (the property set by
+/// another writer after Tributary's runs marked rows): a merge that would rewrite a file that
+/// has a vector is refused before it reads the rows, with the advice to optimize, and
+/// commits nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_rewriting_a_file_with_a_deletion_vector_is_refused_where_the_feed_is_on() {
+    let l = vectors_after_day1().await;
+    update_east(&l, 2, 1, 11);
+    assert_eq!(l.sync_one().await.apply.unwrap().files_marked, 1);
+    let url = url::Url::from_directory_path(l.lake().join("sales/orders/current")).unwrap();
+    let history = url::Url::from_directory_path(l.lake().join("sales/orders/history")).unwrap();
+    deltalake::open_table(url.clone())
+        .await
+        .unwrap()
+        .set_tbl_properties()
+        .with_properties(std::collections::HashMap::from([(
+            "delta.enableChangeDataFeed".to_string(),
+            "true".to_string(),
+        )]))
+        .await
+        .unwrap();
+    let versions = || async {
+        let current = deltalake::open_table(url.clone()).await.unwrap().version();
+        let history = deltalake::open_table(history.clone())
+            .await
+            .unwrap()
+            .version();
+        (current, history)
+    };
+    update_east(&l, 3, 4, 42);
+    let before = (shape(&l.current("sales/orders").await), versions().await);
+    let s = l.sync().await;
+    let t = &s.tables[0];
+    assert_eq!(t.status, "failed", "{t:?}");
+    assert!(t.message.contains("has a deletion vector"), "{}", t.message);
+    assert!(t.message.contains("tributary optimize"), "{}", t.message);
+    let after = (shape(&l.current("sales/orders").await), versions().await);
+    assert_eq!(after, before);
+}
+
 /// `tributary vacuum` keeps a deletion vector that a version within the retention reads,
 /// though no live file names it any more and it is older than the retention (delta-rs's full
 /// vacuum alone would take it for an orphan), and still deletes a stray one.

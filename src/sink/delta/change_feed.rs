@@ -86,12 +86,16 @@ pub fn enabled(table: &DeltaTable) -> Result<bool> {
 
 /// Sets [`PROPERTY`] on `table` unless it records its feed already (a metadata commit, as
 /// `ALTER TABLE ... SET TBLPROPERTIES` does; delta-rs raises the protocol to writer version 4
-/// where needed): see [`super::table::enable_property`].
+/// where needed): see [`super::table::enable_property`]. A table with a data file that has a
+/// deletion vector is refused first ([`refuse_enabling_over_vectors`], at the version the
+/// property would be committed against).
 ///
 /// # Errors
-/// Delta errors of the commit after three attempts.
+/// [`Error::Refused`] for a data file with a deletion vector; Delta errors of the commit after
+/// three attempts.
 pub async fn enable(table: &mut DeltaTable, role: &str) -> Result<bool> {
-    super::table::enable_property(table, role, PROPERTY, enabled, "change data feed").await
+    let allowed = refuse_enabling_over_vectors;
+    super::table::enable_property(table, role, PROPERTY, enabled, allowed, "change data feed").await
 }
 
 /// Whether a commit of `removes` and `adds` to `table` needs change files: the table records
@@ -126,20 +130,20 @@ pub struct Budget<'a> {
 /// rewrites the files that have a vector).
 pub fn refuse_vectors<'a>(removes: impl IntoIterator<Item = &'a Remove>) -> Result<()> {
     match removes.into_iter().find(|r| r.deletion_vector.is_some()) {
-        Some(marked) => Err(vector_refusal(&marked.path)),
+        Some(marked) => Err(vector_refusal("current", &marked.path)),
         None => Ok(()),
     }
 }
 
-/// Refuses to turn the feed on for `table` (the `change_data_feed: true` setting, on a current
-/// table that does not record it yet) while a live data file of it has a deletion vector: the
-/// table's next merges of such files would be refused ([`refuse_vectors`]), so the run stops
-/// before it commits anything, the property included.
+/// Refuses to turn the feed on for `table` (`role`: as messages name it) while a live data file
+/// of it has a deletion vector: the table's merges of such files would be refused
+/// ([`refuse_vectors`]), so the run stops before it commits anything, the property included
+/// (Tributary writes vectors in current only).
 ///
 /// # Errors
 /// [`Error::Refused`] naming the first such file, with the advice to run `tributary optimize`;
 /// Delta errors reading the snapshot.
-pub fn refuse_enabling_over_vectors(table: &DeltaTable) -> Result<()> {
+pub fn refuse_enabling_over_vectors(table: &DeltaTable, role: &str) -> Result<()> {
     let state = table.snapshot()?;
     let marked = state
         .log_data()
@@ -147,15 +151,15 @@ pub fn refuse_enabling_over_vectors(table: &DeltaTable) -> Result<()> {
         .find(|f| f.deletion_vector_descriptor().is_some())
         .map(|f| f.path().to_string());
     match marked {
-        Some(path) => Err(vector_refusal(&path)),
+        Some(path) => Err(vector_refusal(role, &path)),
         None => Ok(()),
     }
 }
 
-/// The refusal of a current table's data file `path` that has a deletion vector.
-fn vector_refusal(path: &str) -> Error {
+/// The refusal of data file `path` of table `role`, which has a deletion vector.
+fn vector_refusal(role: &str, path: &str) -> Error {
     Error::Refused(format!(
-        "current: data file {path} has a deletion vector, and the change data feed compares \
+        "{role}: data file {path} has a deletion vector, and the change data feed compares \
          whole files; run `tributary optimize` (it rewrites the files that have one), then run \
          again"
     ))

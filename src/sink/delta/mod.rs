@@ -168,15 +168,13 @@ impl DeltaLake {
 
     /// Sets the change data feed property on current and history, and the deletion vectors
     /// property on current, where the config asks for them and a table lacks them (tables made
-    /// before the setting was turned on). A current table that would get the feed while a data
-    /// file of it has a deletion vector is refused first, with nothing committed
-    /// ([`change_feed::refuse_enabling_over_vectors`]).
+    /// before the setting was turned on). A table that would get the feed while a data file of
+    /// it has a deletion vector is refused at the version the property would be committed
+    /// against, before that commit ([`change_feed::refuse_enabling_over_vectors`]); current is
+    /// enabled first, so a refused run commits nothing.
     async fn enable_change_feed(&mut self) -> Result<()> {
         if self.spec.lake.change_data_feed {
-            // before the property's commit: a run refused later would leave it committed
-            if !change_feed::enabled(&self.current)? {
-                change_feed::refuse_enabling_over_vectors(&self.current)?;
-            }
+            // a table with deletion vectors is refused before the property's commit
             let current = change_feed::enable(&mut self.current, TableRole::Current.as_str());
             if current.await? {
                 // Current loaded later than history: history is loaded again (the newest run
@@ -192,6 +190,7 @@ impl DeltaLake {
                 role,
                 deletion_vectors::PROPERTY,
                 deletion_vectors::enabled,
+                |_, _| Ok(()),
                 "deletion vectors",
             );
             if current.await? {

@@ -440,15 +440,18 @@ pub(super) fn property_is_true(table: &DeltaTable, property: &str) -> Result<boo
 /// raises the protocol to what the property needs). Another writer's commit in between is
 /// retried. A table where it is in effect is left as loaded; otherwise `table` ends at its
 /// latest version, and this returns true (callers enable before they read the tables' runs,
-/// and load the others again). `what` names the property in the log.
+/// and load the others again). `what` names the property in the log. `allowed` checks the
+/// table at the version the commit is made against, each attempt; its error stops the
+/// property's commit.
 ///
 /// # Errors
-/// Delta errors of the commit after three attempts.
+/// `allowed`'s error; Delta errors of the commit after three attempts.
 pub(super) async fn enable_property(
     table: &mut DeltaTable,
     role: &str,
     property: &str,
     is_set: fn(&DeltaTable) -> Result<bool>,
+    allowed: fn(&DeltaTable, &str) -> Result<()>,
     what: &str,
 ) -> Result<bool> {
     if is_set(table)? {
@@ -460,6 +463,7 @@ pub(super) async fn enable_property(
         if is_set(table)? {
             return Ok(true);
         }
+        allowed(table, role)?;
         // no checkpoint nor log clean-up after it (as `add_columns`): the clean-up could
         // remove the commit of the table's last run, which holds its position
         let properties = deltalake::kernel::transaction::CommitProperties::default()

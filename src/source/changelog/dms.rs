@@ -553,22 +553,27 @@ mod tests {
         read_batches(file).map(|(rows, _)| rows)
     }
 
-    /// A DMS Parquet change file of text columns `Op`, `id`, `note`: rows `1..=rows` (`U`, `id`
-    /// its row number), with `bad` rows' `Op` and `id` replaced.
+    /// A DMS Parquet change file of text columns `Op`, `ts` (the commit time), `id`, `note`:
+    /// rows `1..=rows` (`U`, `id` its row number), with `bad` rows' `Op`, `ts` and `id`
+    /// replaced.
     fn parquet_change_file(
         dir: &std::path::Path,
         rows: u64,
-        bad: &[(u64, &str, &str)],
+        bad: &[(u64, &str, &str, &str)],
     ) -> ChangeFile {
         let column = |value: &dyn Fn(u64) -> String| -> ArrayRef {
             Arc::new((1..=rows).map(value).map(Some).collect::<StringArray>())
         };
-        let find = |row: u64| bad.iter().find(|(at, _, _)| *at == row);
+        let find = |row: u64| bad.iter().find(|b| b.0 == row);
         let batch = RecordBatch::try_from_iter([
             ("Op", column(&|r| find(r).map_or("U", |b| b.1).to_string())),
             (
+                "ts",
+                column(&|r| find(r).map_or(OK_TS, |b| b.2).to_string()),
+            ),
+            (
                 "id",
-                column(&|r| find(r).map_or(r.to_string(), |b| b.2.to_string())),
+                column(&|r| find(r).map_or(r.to_string(), |b| b.3.to_string())),
             ),
             ("note", column(&|r| format!("n{r}"))),
         ])
@@ -584,34 +589,46 @@ mod tests {
         ChangeFile::new(path, name, FileKind::Change, ChangeFormat::Parquet, size)
     }
 
+    /// A commit time that parses.
+    const OK_TS: &str = "2024-03-01 10:00:00";
+
     /// The rows of a DMS Parquet change file are checked a record batch at a time, one check
-    /// after another (`Op`, then the values): the batch's earliest bad row is the one reported,
-    /// whichever check finds it.
+    /// after another (`Op`, the commit time, the values): the batch's earliest bad row is the
+    /// one reported, whichever check finds it.
     #[test]
     fn the_first_bad_row_of_a_parquet_change_file_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let first_bad = |bad: &[(u64, &str, &str)]| {
+        let mut config = config();
+        config.timestamp_column = Some("ts".into());
+        let first_bad = |bad: &[(u64, &str, &str, &str)]| {
             let file = parquet_change_file(dir.path(), 100, bad);
-            match read_parquet(&config(), &file, 0, &mut |_| Ok(())) {
+            match read_parquet(&config, &file, 0, &mut |_| Ok(())) {
                 Err(Error::BadRow { line, column, .. }) => (line, column.unwrap_or_default()),
                 other => panic!("{bad:?}: {other:?}"),
             }
         };
+        let ok = OK_TS;
         // a value that does not convert before an unknown `Op`, and after one
-        assert_eq!(
-            first_bad(&[(3, "U", "abc"), (7, "x", "7")]),
-            (3, "id".into())
-        );
-        assert_eq!(
-            first_bad(&[(2, "x", "2"), (5, "U", "abc")]),
-            (2, "Op".into())
-        );
-        // both on one row: `Op`, as the CSV reader reports it
-        assert_eq!(first_bad(&[(4, "x", "abc")]), (4, "Op".into()));
+        let bad = [(3, "U", ok, "abc"), (7, "x", ok, "7")];
+        assert_eq!(first_bad(&bad), (3, "id".into()));
+        let bad = [(2, "x", ok, "2"), (5, "U", ok, "abc")];
+        assert_eq!(first_bad(&bad), (2, "Op".into()));
+        // a commit time before an unknown `Op`, and a value before a commit time
+        let bad = [(3, "U", "noon", "3"), (6, "x", ok, "6")];
+        assert_eq!(first_bad(&bad), (3, "ts".into()));
+        let bad = [(2, "U", ok, "abc"), (4, "U", "noon", "4")];
+        assert_eq!(first_bad(&bad), (2, "id".into()));
+        // on one row: `Op`, then the commit time, then the values, as the CSV reader reports
+        assert_eq!(first_bad(&[(4, "x", "noon", "abc")]), (4, "Op".into()));
+        assert_eq!(first_bad(&[(4, "U", "noon", "abc")]), (4, "ts".into()));
         let file = parquet_change_file(dir.path(), 100, &[]);
         let mut rows = 0;
-        read_parquet(&config(), &file, 0, &mut |batch| {
+        read_parquet(&config, &file, 0, &mut |batch| {
             rows += batch.len();
+            assert!(
+                batch.positions.iter().all(Option::is_some),
+                "commit times read"
+            );
             Ok(())
         })
         .unwrap();
