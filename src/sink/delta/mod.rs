@@ -170,8 +170,8 @@ impl DeltaLake {
     /// property on current, where the config asks for them and a table lacks them (tables made
     /// before the setting was turned on). A table that would get the feed while a data file of
     /// it has a deletion vector is refused at the version the property would be committed
-    /// against, before that commit ([`change_feed::refuse_enabling_over_vectors`]); current is
-    /// enabled first, so a refused run commits nothing.
+    /// against, before that commit ([`change_feed::refuse_enabling_over_vectors`]). Current,
+    /// where Tributary writes vectors, is enabled first: its refusal commits nothing.
     async fn enable_change_feed(&mut self) -> Result<()> {
         if self.spec.lake.change_data_feed {
             // a table with deletion vectors is refused before the property's commit
