@@ -91,6 +91,15 @@ impl Landing {
         table_rows(&self.lake().join(table).join(role)).await
     }
 
+    /// The latest Delta versions of `table`'s current and history tables.
+    async fn versions(&self, table: &str) -> (Option<u64>, Option<u64>) {
+        let version = |role: &str| {
+            let url = url::Url::from_directory_path(self.lake().join(table).join(role)).unwrap();
+            async move { deltalake::open_table(url).await.unwrap().version() }
+        };
+        (version("current").await, version("history").await)
+    }
+
     /// Current rows by `id`.
     async fn current(&self, table: &str) -> BTreeMap<String, Row> {
         let rows = self.table(table, "current").await;
@@ -1301,20 +1310,13 @@ async fn the_change_data_feed_waits_for_optimize_on_files_with_deletion_vectors(
     let before = shape(&l.current("sales/orders").await);
     let current = l.lake().join("sales/orders/current");
     let url = url::Url::from_directory_path(&current).unwrap();
-    let history = url::Url::from_directory_path(l.lake().join("sales/orders/history")).unwrap();
-    let versions = || async {
-        let current = deltalake::open_table(url.clone()).await.unwrap();
-        let history = deltalake::open_table(history.clone()).await.unwrap();
-        let feed = current
-            .snapshot()
-            .unwrap()
-            .metadata()
-            .configuration()
-            .contains_key("delta.enableChangeDataFeed");
-        (current.version(), history.version(), feed)
+    let feed_on = || async {
+        let table = deltalake::open_table(url.clone()).await.unwrap();
+        let config = table.snapshot().unwrap().metadata().configuration().clone();
+        config.contains_key("delta.enableChangeDataFeed")
     };
-    let committed = versions().await;
-    assert!(!committed.2, "the feed was on before the setting");
+    let committed = l.versions("sales/orders").await;
+    assert!(!feed_on().await, "the feed was on before the setting");
     let s = l.sync().await;
     let t = &s.tables[0];
     assert_eq!(t.status, "failed", "{t:?}");
@@ -1322,7 +1324,8 @@ async fn the_change_data_feed_waits_for_optimize_on_files_with_deletion_vectors(
     assert!(t.message.contains("has a deletion vector"), "{}", t.message);
     assert_eq!(shape(&l.current("sales/orders").await), before);
     // nothing committed: neither table's version moved, and the property is not set
-    assert_eq!(versions().await, committed);
+    assert_eq!(l.versions("sales/orders").await, committed);
+    assert!(!feed_on().await, "the feed's property was committed");
     let out = cli(&["optimize", "--lake", l.lake().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let optimized = deltalake::open_table(url).await.unwrap().version().unwrap();
@@ -1342,8 +1345,7 @@ async fn a_merge_rewriting_a_file_with_a_deletion_vector_is_refused_where_the_fe
     update_east(&l, 2, 1, 11);
     assert_eq!(l.sync_one().await.apply.unwrap().files_marked, 1);
     let url = url::Url::from_directory_path(l.lake().join("sales/orders/current")).unwrap();
-    let history = url::Url::from_directory_path(l.lake().join("sales/orders/history")).unwrap();
-    deltalake::open_table(url.clone())
+    deltalake::open_table(url)
         .await
         .unwrap()
         .set_tbl_properties()
@@ -1353,15 +1355,8 @@ async fn a_merge_rewriting_a_file_with_a_deletion_vector_is_refused_where_the_fe
         )]))
         .await
         .unwrap();
-    let versions = || async {
-        let current = deltalake::open_table(url.clone()).await.unwrap().version();
-        let history = deltalake::open_table(history.clone())
-            .await
-            .unwrap()
-            .version();
-        (current, history)
-    };
     update_east(&l, 3, 4, 42);
+    let versions = || l.versions("sales/orders");
     let before = (shape(&l.current("sales/orders").await), versions().await);
     let s = l.sync().await;
     let t = &s.tables[0];
