@@ -60,6 +60,7 @@ pub fn csv_extract(data: &[u8], multiline: bool) -> bool {
         path,
         format: InputFormat::Csv,
         size: data.len() as u64,
+        modified_ms: 0,
     };
     extract::read(&config, &[file], &Progress::hidden(), &mut |_| Ok(())).is_ok()
 }

@@ -319,6 +319,10 @@ impl Day<'_> {
         // files written so far are deleted).
         let prepared = async {
             let fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
+            // the files read, and fingerprinted, must still be the ones listed
+            for file in self.files {
+                extract::files::as_listed(&file.path, file.size, file.modified_ms)?;
+            }
             let current_removes = delta::all_files_removed(&lake.current)?;
             let history_removes = match &self.replacing {
                 Some(run) => replaced_history_files(&lake.history, run).await?,

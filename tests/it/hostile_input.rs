@@ -275,3 +275,46 @@ async fn a_stray_quote_fails_at_its_own_line() {
     );
     assert_eq!(fx.version("current").await, Some(1), "nothing committed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extract_written_while_the_run_reads_it_fails_the_run_and_commits_nothing() {
+    let fx = Fixture::new(SIMPLE_COLUMNS, "");
+    fx.run(&fx.input("d1", "a.csv", b"a,1\nb,2\n"), "2024-01-01")
+        .await
+        .unwrap();
+    // 100,000 more rows: the run reads for a while (its time, not the test's, is waited on)
+    let mut text = b"a,1\nb,3\n".to_vec();
+    text.extend((0..100_000).flat_map(|i| format!("k{i},{i}\n").into_bytes()));
+    let day2 = fx.input("d2", "a.csv", &text);
+    let part = day2.join("a.csv");
+    // Another writer keeps writing the file (a new modification time every millisecond) from
+    // before the run lists it until after the run ends: the run reads it and takes its
+    // fingerprint, then finds it is no longer the file listed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, part) = (stop.clone(), part.clone());
+        std::thread::spawn(move || {
+            let start = std::time::SystemTime::now();
+            let mut ms = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ms += 1;
+                let file = std::fs::File::options().write(true).open(&part).unwrap();
+                file.set_modified(start + std::time::Duration::from_millis(ms))
+                    .unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let refused = fx.run(&day2, "2024-01-02").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let err = refused.unwrap_err().to_string();
+    assert!(
+        err.contains("a.csv") && err.contains("changed while the run read it"),
+        "{err}"
+    );
+    // Nothing of day 2 is in the lake; once the file is left alone, the day applies.
+    assert_eq!(data_files(&fx.table_path("history")).len(), 1);
+    let s = fx.run(&day2, "2024-01-02").await.unwrap();
+    assert_eq!((s.counts.updated, s.counts.inserted), (1, 100_000));
+}

@@ -256,6 +256,7 @@ fn read_plain_load(
         path: file.path.clone(),
         format: InputFormat::Csv,
         size: file.size,
+        modified_ms: file.modified_ms,
     };
     // Tables-file configs never reject rows (`on_error` is always `fail` for change logs).
     let mut errors = RowErrors::new(config.source.on_error);

@@ -10,8 +10,10 @@
 //! before), change files not yet applied whose modification time is older than the new load
 //! are recorded as superseded instead of applied, and those applied before are counted as
 //! replaced: the load already holds their effect. A first load applies every change file after
-//! it.
+//! it. A local file must still have the size and modification time it was listed with once it
+//! is read (`extract::files::as_listed`): one written meanwhile fails the run.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use crate::core::checkpoint::{
     content_digest, AppliedFile, AppliedSet, Checkpoint, Committed, CHANGE, LOAD, SUPERSEDED,
 };
 use crate::error::{Error, Result};
+use crate::source::extract::files::{as_listed, modified_ms};
 use crate::source::{ChangeSource, Pending};
 
 /// Batches read ahead of the consumer.
@@ -233,6 +236,8 @@ impl ChangeSource for LandingZone {
             self.run_days,
         );
         let memory_limit = self.memory_limit;
+        // an object store's files are read from copies of the version listed
+        let local = self.remote.is_none();
         // errors name an object store's files by their URL, not their local copy
         let rename = self.renamer();
         let total = files.len();
@@ -263,6 +268,13 @@ impl ChangeSource for LandingZone {
                             return;
                         }
                     }
+                }
+                // a local file is read in place: it must still be the one listed, or the rows
+                // read and the record (size, time, digest) may be of other bytes
+                if let (true, Err(e)) = (local, as_listed(&file.path, file.size, file.modified_ms))
+                {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
                 }
                 if tx.blocking_send(Ok(Read::File(record))).is_err() {
                     return;
@@ -314,13 +326,24 @@ impl ChangeSource for LandingZone {
 /// `LOAD0000000A`), then change files by file name without its extension (DMS names them by
 /// timestamp), then by path. Files that are not change files of the layout are skipped with a
 /// warning (`.gz` files: compressed change files are not read); names starting with `.` or `_`
-/// (`_SUCCESS`, `.crc`) silently.
+/// (`_SUCCESS`, `.crc`) silently. Symbolic links are followed: a linked file is listed under
+/// its link's name with its target's size and modification time, and a linked folder is walked
+/// like any other.
 ///
 /// # Errors
-/// [`Error::Input`] when the folder cannot be listed.
+/// [`Error::Input`] when a folder cannot be listed, a link named like a change file is broken,
+/// a link leads back to a folder above it (a loop), or one file is reached under two names (a
+/// link or a hard link to another change file: a file is applied once, by name).
 pub fn list(folder: &Path, layout: Layout) -> Result<Vec<ChangeFile>> {
-    let mut out = Vec::new();
-    walk(folder, folder, layout, &mut out)?;
+    let mut walk = Walk {
+        root: folder,
+        layout,
+        above: Vec::new(),
+        files: HashMap::new(),
+        out: Vec::new(),
+    };
+    walk.folder(folder)?;
+    let mut out = walk.out;
     sort_files(&mut out);
     Ok(out)
 }
@@ -343,80 +366,145 @@ pub(super) fn sort_files(files: &mut [ChangeFile]) {
     });
 }
 
-fn walk(root: &Path, dir: &Path, layout: Layout, out: &mut Vec<ChangeFile>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::Input {
-        path: dir.to_path_buf(),
-        reason: format!("cannot list: {e}"),
-    })?;
-    for entry in entries {
-        let entry = entry?;
-        let path = entry.path();
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        if file_name.starts_with(['.', '_']) {
-            continue;
-        }
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            walk(root, &path, layout, out)?;
-            continue;
-        }
-        let Some((kind, format, load_counter)) = classify(&file_name, layout) else {
-            match crate::source::extract::files::compressed_extension(&file_name) {
-                Some(ext) => tracing::warn!(
-                    file = %path.display(),
-                    "not read: {}",
-                    crate::source::extract::files::compressed_reason(ext)
-                ),
-                None => {
-                    tracing::warn!(file = %path.display(), %layout, "not a change file of this layout (csv or parquet for dms, json, jsonl or avro for debezium); skipped")
-                }
-            }
-            continue;
+/// A file's or folder's identity on its file system: (device, inode).
+type FileId = (u64, u64);
+
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// One listing of a landing folder ([`list`]).
+struct Walk<'a> {
+    root: &'a Path,
+    layout: Layout,
+    /// The folders from the root down to the one being listed: a link back to one of them is
+    /// a loop.
+    above: Vec<FileId>,
+    /// The change files listed so far, by identity: the name each was listed under.
+    files: HashMap<FileId, String>,
+    out: Vec<ChangeFile>,
+}
+
+impl Walk<'_> {
+    fn folder(&mut self, dir: &Path) -> Result<()> {
+        let input = |path: &Path, reason: String| Error::Input {
+            path: path.to_path_buf(),
+            reason,
         };
-        let modified_ms = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as i64);
-        let name = path
-            .strip_prefix(root)
-            .unwrap_or(&path)
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/");
-        out.push(ChangeFile {
-            path,
-            name,
-            kind,
-            format,
-            size: meta.len(),
-            modified_ms,
-            etag: None,
-            load_counter,
-        });
+        let id = std::fs::metadata(dir)
+            .map(|m| file_id(&m))
+            .map_err(|e| input(dir, format!("cannot list: {e}")))?;
+        if self.above.contains(&id) {
+            return Err(input(
+                dir,
+                "a symbolic link leads back to a folder above it (a loop): remove the link".into(),
+            ));
+        }
+        self.above.push(id);
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| input(dir, format!("cannot list: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| input(dir, format!("cannot list: {e}")))?;
+            let path = entry.path();
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with(['.', '_']) {
+                continue;
+            }
+            let classified = classify(&file_name, self.layout);
+            // the target's metadata: a link is followed
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    let link = entry.file_type().is_ok_and(|t| t.is_symlink());
+                    if link && classified.is_none() {
+                        tracing::warn!(file = %path.display(), "a broken link that is not a change file; skipped");
+                        continue;
+                    }
+                    let reason = match link {
+                        true => format!("broken link: {e}"),
+                        false => format!("cannot read: {e}"),
+                    };
+                    return Err(input(&path, reason));
+                }
+            };
+            if meta.is_dir() {
+                self.folder(&path)?;
+                continue;
+            }
+            let Some((kind, format, load_counter)) = classified else {
+                match crate::source::extract::files::compressed_extension(&file_name) {
+                    Some(ext) => tracing::warn!(
+                        file = %path.display(),
+                        "not read: {}",
+                        crate::source::extract::files::compressed_reason(ext)
+                    ),
+                    None => {
+                        tracing::warn!(file = %path.display(), layout = %self.layout, "not a change file of this layout (csv or parquet for dms, json, jsonl or avro for debezium); skipped")
+                    }
+                }
+                continue;
+            };
+            let name = path
+                .strip_prefix(self.root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            if let Some(first) = self.files.insert(file_id(&meta), name.clone()) {
+                return Err(input(
+                    &path,
+                    format!(
+                        "the same file as {first} (a link to it, or a hard link): a change file \
+                         is applied once, by name; remove one of the two"
+                    ),
+                ));
+            }
+            self.out.push(ChangeFile {
+                path,
+                name,
+                kind,
+                format,
+                size: meta.len(),
+                modified_ms: modified_ms(&meta),
+                etag: None,
+                load_counter,
+            });
+        }
+        self.above.pop();
+        Ok(())
     }
-    Ok(())
 }
 
 /// The layout a table folder's files suggest: Debezium when it holds JSON or Avro files.
 pub fn guess_layout(folder: &Path) -> Layout {
-    fn has_events(dir: &Path) -> bool {
+    // `above`: the folders on the way down (a linked folder that loops is not walked again)
+    fn has_events(dir: &Path, above: &mut Vec<FileId>) -> bool {
+        let Ok(id) = std::fs::metadata(dir).map(|m| file_id(&m)) else {
+            return false;
+        };
+        if above.contains(&id) {
+            return false;
+        }
         let Ok(entries) = std::fs::read_dir(dir) else {
             return false;
         };
-        entries.flatten().any(|e| {
+        above.push(id);
+        let found = entries.flatten().any(|e| {
             let path = e.path();
             if path.is_dir() {
-                return has_events(&path);
+                return has_events(&path, above);
             }
             let name = e.file_name().to_string_lossy().to_ascii_lowercase();
             [".json", ".jsonl", ".avro"]
                 .iter()
                 .any(|ext| name.ends_with(ext))
-        })
+        });
+        above.pop();
+        found
     }
-    if has_events(folder) {
+    if has_events(folder, &mut Vec::new()) {
         Layout::Debezium
     } else {
         Layout::Dms
@@ -1132,6 +1220,142 @@ mod tests {
             .insert("20240101-000000000.csv".into());
         let mut zone = LandingZone::open(&folder, &config, 0, ProgressBar::hidden()).unwrap();
         assert!(zone.plan(&committed).unwrap().is_empty());
+    }
+
+    #[test]
+    fn links_are_followed_and_loops_broken_links_and_files_listed_twice_are_errors() {
+        use std::os::unix::fs::symlink;
+        let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (root, other) = (dir.path(), elsewhere.path());
+        std::fs::write(other.join("LOAD00000001.csv"), "1,a\n2,b\n").unwrap();
+        std::fs::create_dir_all(other.join("2014/10/28")).unwrap();
+        std::fs::write(other.join("2014/10/28/20141028-0900000000.csv"), "I,3,c\n").unwrap();
+        symlink(
+            other.join("LOAD00000001.csv"),
+            root.join("LOAD00000001.csv"),
+        )
+        .unwrap();
+        symlink(other.join("2014"), root.join("2014")).unwrap();
+        let files = list(root, Layout::Dms).unwrap();
+        let got: Vec<(&str, u64)> = files.iter().map(|f| (f.name.as_str(), f.size)).collect();
+        // a linked file by its link's name, with its target's size; a linked folder walked
+        assert_eq!(
+            got,
+            [
+                ("LOAD00000001.csv", 8),
+                ("2014/10/28/20141028-0900000000.csv", 6)
+            ]
+        );
+        let target = std::fs::metadata(other.join("LOAD00000001.csv")).unwrap();
+        assert_eq!(
+            files[0].modified_ms,
+            modified_ms(&target),
+            "the target's time"
+        );
+        let refused = |what: &str| {
+            let err = list(root, Layout::Dms).unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+            err
+        };
+        // a link back to a folder above it
+        symlink(root, other.join("2014/10/up")).unwrap();
+        refused("loop");
+        assert_eq!(guess_layout(root), Layout::Dms, "no endless walk");
+        std::fs::remove_file(other.join("2014/10/up")).unwrap();
+        // one file under two names
+        symlink(
+            other.join("LOAD00000001.csv"),
+            root.join("20141029-1134010000.csv"),
+        )
+        .unwrap();
+        let err = refused("the same file as");
+        assert!(
+            err.contains("20141029-1134010000.csv") && err.contains("LOAD00000001.csv"),
+            "{err}"
+        );
+        std::fs::remove_file(root.join("20141029-1134010000.csv")).unwrap();
+        // a broken link: an error where it is named like a change file, skipped otherwise
+        symlink("/nonexistent/notes.txt", root.join("notes.txt")).unwrap();
+        assert_eq!(list(root, Layout::Dms).unwrap().len(), 2);
+        symlink("/nonexistent/x.csv", root.join("20141030-0000000000.csv")).unwrap();
+        let err = refused("broken link");
+        assert!(err.contains("20141030-0000000000.csv"), "{err}");
+    }
+
+    /// Streams `name` (a DMS file of 10 batches' rows of `id,v`, `op` first when given) from a
+    /// fresh landing zone, calls `change` on its path once the first batch is taken (the
+    /// reader, a few batches ahead, is then still reading), and returns the stream's outcome.
+    async fn read_while(
+        name: &str,
+        op: bool,
+        change: impl FnOnce(&Path),
+    ) -> Result<Vec<ChangeBatch>> {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("s/t");
+        std::fs::create_dir_all(&folder).unwrap();
+        let rows = 10 * crate::core::batch::BATCH_ROWS;
+        let prefix = if op { "I," } else { "" };
+        let text: String = (0..rows).map(|i| format!("{prefix}{i},a\n")).collect();
+        let path = folder.join(name);
+        std::fs::write(&path, &text).unwrap();
+        let entry: crate::config::TableEntry = serde_yaml::from_str(
+            "source: s/t\nprimary_key: [id]\ncolumns:\n- {name: id, type: long}\n- {name: v, type: string}\n",
+        )
+        .unwrap();
+        let lake = crate::config::storage::LakeRoot::local(&dir.path().join("lake"));
+        let config = entry.changelog_table(0, &lake).unwrap();
+        let mut zone = LandingZone::open(&folder, &config, 0, ProgressBar::hidden()).unwrap();
+        zone.plan(&Committed::default()).unwrap();
+        let mut stream = zone.changes();
+        let mut batches = vec![stream.try_next().await?.expect("a first batch")];
+        change(&path);
+        while let Some(batch) = stream.try_next().await? {
+            batches.push(batch);
+        }
+        Ok(batches)
+    }
+
+    /// [`read_while`] fails, naming the file as changed.
+    async fn refused_while(name: &str, op: bool, change: impl FnOnce(&Path)) {
+        let err = read_while(name, op, change).await.unwrap_err().to_string();
+        assert!(
+            err.contains(name) && err.contains("changed while the run read it"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_written_while_the_run_reads_it_fails_the_run() {
+        // Untouched: every row, no error.
+        let rows = 10 * crate::core::batch::BATCH_ROWS;
+        let batches = read_while("LOAD00000001.csv", false, |_| {}).await.unwrap();
+        assert_eq!(batches.iter().map(ChangeBatch::len).sum::<usize>(), rows);
+        // A LOAD file replaced by a rename with other bytes of the same size: before, its rows
+        // were applied from the old bytes and its digest taken from the new ones, so the next
+        // run took the new load for the one applied.
+        let replaced = |path: &Path| {
+            let text = std::fs::read_to_string(path)
+                .unwrap()
+                .replace(",a\n", ",b\n");
+            let new = path.with_extension("tmp");
+            std::fs::write(&new, text).unwrap();
+            let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+            std::fs::File::options()
+                .write(true)
+                .open(&new)
+                .unwrap()
+                .set_modified(later)
+                .unwrap();
+            std::fs::rename(&new, path).unwrap();
+        };
+        refused_while("LOAD00000001.csv", false, replaced).await;
+        // A change file still being written (rows appended in place).
+        let appended = |path: &Path| {
+            use std::io::Write;
+            let mut file = std::fs::File::options().append(true).open(path).unwrap();
+            file.write_all(b"I,-1,late\n").unwrap();
+        };
+        refused_while("20240101-000000000.csv", true, appended).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,8 @@ pub struct InputFile {
     pub format: InputFormat,
     /// Size in bytes.
     pub size: u64,
+    /// Modification time when listed, milliseconds since the Unix epoch (0: unknown).
+    pub modified_ms: i64,
 }
 
 impl InputFile {
@@ -27,6 +29,41 @@ impl InputFile {
     pub fn display(&self) -> String {
         super::remote::shown(&self.path).unwrap_or_else(|| self.path.display().to_string())
     }
+}
+
+/// Milliseconds since the Unix epoch of a file's modification time (0 when it has none).
+pub fn modified_ms(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Refuses a local file whose size or modification time is no longer the one listed (`size`
+/// bytes, `modified_ms`) when the run was planned: it was written while the run read it (in
+/// place, or replaced by a rename). Its rows may be a mix of two versions, and what the run
+/// records of it (fingerprint, digest, size) may describe bytes that were not the ones
+/// applied; the run fails before its commit and the next run reads the file afresh. Called
+/// once a file is read and its digest taken.
+///
+/// # Errors
+/// [`Error::Input`] naming the file: it changed, or it cannot be read any more.
+pub fn as_listed(path: &Path, size: u64, modified_ms: i64) -> Result<()> {
+    let input = |reason: String| Error::Input {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| input(format!("cannot read: {e}")))?;
+    let now = (meta.len(), self::modified_ms(&meta));
+    if now == (size, modified_ms) {
+        return Ok(());
+    }
+    Err(input(format!(
+        "changed while the run read it ({size} bytes, modified at {modified_ms} ms when listed; \
+         {} bytes, modified at {} ms now): nothing is applied; land files whole (write, then \
+         rename) and run again",
+        now.0, now.1
+    )))
 }
 
 fn format_of(path: &Path) -> Option<InputFormat> {
@@ -114,6 +151,7 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Inp
                 path: input.to_path_buf(),
                 format,
                 size: meta.len(),
+                modified_ms: modified_ms(&meta),
             }],
             skipped: Vec::new(),
         });
@@ -160,6 +198,7 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Inp
         }
         files.push(InputFile {
             size: meta.len(),
+            modified_ms: modified_ms(&meta),
             path,
             format: file_format,
         });
@@ -348,6 +387,42 @@ mod tests {
             err.contains("part-2.csv") && err.contains("broken link"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_file_is_as_listed_until_it_is_written_replaced_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part-0.csv");
+        std::fs::write(&path, "1,a\n").unwrap();
+        let listed = |path: &Path| {
+            let file = &list_input_files(path, None).unwrap().files[0];
+            (file.size, file.modified_ms)
+        };
+        let (size, time) = listed(&path);
+        assert_eq!(size, 4);
+        as_listed(&path, size, time).unwrap();
+        let refused = |path: &Path| {
+            let err = as_listed(path, size, time).unwrap_err().to_string();
+            assert!(err.contains("part-0.csv"), "{err}");
+            err
+        };
+        // the same size, written later (a rename over it, or a rewrite in place)
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(later).unwrap();
+        let err = refused(&path);
+        assert!(
+            err.contains("changed while the run read it") && err.contains("4 bytes"),
+            "{err}"
+        );
+        // grown, with the time set back: the size tells
+        std::fs::write(&path, "1,a\n2,b\n").unwrap();
+        let listed_time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(time as u64);
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(listed_time).unwrap();
+        assert!(refused(&path).contains("8 bytes"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(refused(&path).contains("cannot read"));
     }
 
     #[test]

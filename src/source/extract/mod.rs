@@ -458,6 +458,7 @@ mod tests {
                 path,
                 size: text.len() as u64,
                 format: InputFormat::Csv,
+                modified_ms: 0,
             }
         };
         // 3 MiB of 64-byte lines: 49,152 lines, estimated from the first MiB alone.
