@@ -61,6 +61,7 @@ pub fn csv_extract(data: &[u8], multiline: bool) -> bool {
         format: InputFormat::Csv,
         size: data.len() as u64,
         modified_ms: 0,
+        file_id: None,
     };
     extract::read(&config, &[file], &Progress::hidden(), &mut |_| Ok(())).is_ok()
 }

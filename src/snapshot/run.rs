@@ -321,7 +321,8 @@ impl Day<'_> {
             let fingerprint = tokio::task::block_in_place(|| fingerprint.get())?;
             // the files read, and fingerprinted, must still be the ones listed
             for file in self.files {
-                extract::files::as_listed(&file.path, file.size, file.modified_ms)?;
+                let listed = (file.size, file.modified_ms, file.file_id);
+                extract::files::as_listed(&file.path, listed)?;
             }
             let current_removes = delta::all_files_removed(&lake.current)?;
             let history_removes = match &self.replacing {

@@ -310,7 +310,7 @@ async fn an_extract_written_while_the_run_reads_it_fails_the_run_and_commits_not
     writer.join().unwrap();
     let err = refused.unwrap_err().to_string();
     assert!(
-        err.contains("a.csv") && err.contains("changed while the run read it"),
+        err.contains("a.csv") && err.contains("written while the run read it"),
         "{err}"
     );
     // Nothing of day 2 is in the lake; once the file is left alone, the day applies.

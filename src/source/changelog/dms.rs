@@ -256,7 +256,9 @@ fn read_plain_load(
         path: file.path.clone(),
         format: InputFormat::Csv,
         size: file.size,
+        // as listed (an object's time for a copy of one: `as_listed` is not called here)
         modified_ms: file.modified_ms,
+        file_id: file.file_id,
     };
     // Tables-file configs never reject rows (`on_error` is always `fail` for change logs).
     let mut errors = RowErrors::new(config.source.on_error);

@@ -30,7 +30,7 @@ use crate::core::checkpoint::{
     content_digest, AppliedFile, AppliedSet, Checkpoint, Committed, CHANGE, LOAD, SUPERSEDED,
 };
 use crate::error::{Error, Result};
-use crate::source::extract::files::{as_listed, modified_ms};
+use crate::source::extract::files::{as_listed, file_id, modified_ms, FileId};
 use crate::source::{ChangeSource, Pending};
 
 /// Batches read ahead of the consumer.
@@ -71,7 +71,8 @@ impl LandingZone {
     /// [`plan`](ChangeSource::plan) lists the folder afresh.
     ///
     /// # Errors
-    /// [`Error::Input`] when the folder cannot be listed.
+    /// [`Error::Input`] when the folder cannot be listed or its links are refused (see
+    /// [`list`]).
     pub fn open(
         folder: &Path,
         config: &ChangelogTable,
@@ -271,8 +272,8 @@ impl ChangeSource for LandingZone {
                 }
                 // a local file is read in place: it must still be the one listed, or the rows
                 // read and the record (size, time, digest) may be of other bytes
-                if let (true, Err(e)) = (local, as_listed(&file.path, file.size, file.modified_ms))
-                {
+                let listed = (file.size, file.modified_ms, file.file_id);
+                if let Some(Err(e)) = local.then(|| as_listed(&file.path, listed)) {
                     let _ = tx.blocking_send(Err(e));
                     return;
                 }
@@ -328,15 +329,22 @@ impl ChangeSource for LandingZone {
 /// warning (`.gz` files: compressed change files are not read); names starting with `.` or `_`
 /// (`_SUCCESS`, `.crc`) silently. Symbolic links are followed: a linked file is listed under
 /// its link's name with its target's size and modification time, and a linked folder is walked
-/// like any other.
+/// like any other; a link to a path inside `folder` is skipped with a warning (its target is
+/// read where it is). An entry gone since the folder was listed is left out.
 ///
 /// # Errors
-/// [`Error::Input`] when a folder cannot be listed, a link named like a change file is broken,
-/// a link leads back to a folder above it (a loop), or one file is reached under two names (a
-/// link or a hard link to another change file: a file is applied once, by name).
+/// [`Error::Input`] when a folder cannot be listed, a link named like a change file or like a
+/// folder (no extension) is broken, a link leads back to a folder above it (a loop), or one
+/// file is reached under two names (two links to it from outside, or a hard link: a file is
+/// applied once, by name).
 pub fn list(folder: &Path, layout: Layout) -> Result<Vec<ChangeFile>> {
+    let resolved_root = std::fs::canonicalize(folder).map_err(|e| Error::Input {
+        path: folder.to_path_buf(),
+        reason: format!("cannot list: {e}"),
+    })?;
     let mut walk = Walk {
         root: folder,
+        resolved_root,
         layout,
         above: Vec::new(),
         files: HashMap::new(),
@@ -366,17 +374,11 @@ pub(super) fn sort_files(files: &mut [ChangeFile]) {
     });
 }
 
-/// A file's or folder's identity on its file system: (device, inode).
-type FileId = (u64, u64);
-
-fn file_id(meta: &std::fs::Metadata) -> FileId {
-    use std::os::unix::fs::MetadataExt;
-    (meta.dev(), meta.ino())
-}
-
 /// One listing of a landing folder ([`list`]).
 struct Walk<'a> {
     root: &'a Path,
+    /// The root with every link resolved: a link to a path under it is not followed.
+    resolved_root: PathBuf,
     layout: Layout,
     /// The folders from the root down to the one being listed: a link back to one of them is
     /// a loop.
@@ -412,22 +414,31 @@ impl Walk<'_> {
                 continue;
             }
             let classified = classify(&file_name, self.layout);
+            let link = entry.file_type().is_ok_and(|t| t.is_symlink());
             // the target's metadata: a link is followed
             let meta = match std::fs::metadata(&path) {
                 Ok(meta) => meta,
-                Err(e) => {
-                    let link = entry.file_type().is_ok_and(|t| t.is_symlink());
-                    if link && classified.is_none() {
-                        tracing::warn!(file = %path.display(), "a broken link that is not a change file; skipped");
+                // a broken link named like a change file, or like a folder (no extension: a
+                // linked date folder on a volume not mounted), would drop files from the plan
+                Err(e) if link && (classified.is_some() || !file_name.contains('.')) => {
+                    return Err(input(&path, format!("broken link: {e}")));
+                }
+                Err(_) if link => {
+                    tracing::warn!(file = %path.display(), "a broken link that is not a change file; skipped");
+                    continue;
+                }
+                // gone since the folder was listed (a writer's temporary file renamed)
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(input(&path, format!("cannot read: {e}"))),
+            };
+            if link {
+                if let Ok(target) = std::fs::canonicalize(&path) {
+                    if target.starts_with(&self.resolved_root) {
+                        tracing::warn!(file = %path.display(), target = %target.display(), "a link into the table folder itself; skipped (its target is read where it is)");
                         continue;
                     }
-                    let reason = match link {
-                        true => format!("broken link: {e}"),
-                        false => format!("cannot read: {e}"),
-                    };
-                    return Err(input(&path, reason));
                 }
-            };
+            }
             if meta.is_dir() {
                 self.folder(&path)?;
                 continue;
@@ -468,6 +479,7 @@ impl Walk<'_> {
                 format,
                 size: meta.len(),
                 modified_ms: modified_ms(&meta),
+                file_id: Some(file_id(&meta)),
                 etag: None,
                 load_counter,
             });
@@ -778,7 +790,13 @@ pub fn refresh_tables(
 /// when no file tells them (DMS CSV files have no header).
 fn infer_columns(folder: &Path, layout: Layout) -> Option<Vec<ColumnFile>> {
     use deltalake::arrow::datatypes::DataType;
-    let files = list(folder, layout).ok()?;
+    let files = match list(folder, layout) {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::warn!(folder = %folder.display(), "columns not inferred: {e}");
+            return None;
+        }
+    };
     if layout == Layout::Debezium {
         return debezium_columns(&files);
     }
@@ -1230,12 +1248,21 @@ mod tests {
         std::fs::write(other.join("LOAD00000001.csv"), "1,a\n2,b\n").unwrap();
         std::fs::create_dir_all(other.join("2014/10/28")).unwrap();
         std::fs::write(other.join("2014/10/28/20141028-0900000000.csv"), "I,3,c\n").unwrap();
+        std::fs::create_dir_all(root.join("2015/01/01")).unwrap();
+        std::fs::write(root.join("2015/01/01/20150101-0000000000.csv"), "I,4,d\n").unwrap();
         symlink(
             other.join("LOAD00000001.csv"),
             root.join("LOAD00000001.csv"),
         )
         .unwrap();
         symlink(other.join("2014"), root.join("2014")).unwrap();
+        // links into the table folder itself: skipped, their targets read where they are
+        symlink(root.join("2015/01/01"), root.join("latest")).unwrap();
+        symlink(
+            root.join("2015/01/01/20150101-0000000000.csv"),
+            root.join("20991231-0000000000.csv"),
+        )
+        .unwrap();
         let files = list(root, Layout::Dms).unwrap();
         let got: Vec<(&str, u64)> = files.iter().map(|f| (f.name.as_str(), f.size)).collect();
         // a linked file by its link's name, with its target's size; a linked folder walked
@@ -1243,7 +1270,8 @@ mod tests {
             got,
             [
                 ("LOAD00000001.csv", 8),
-                ("2014/10/28/20141028-0900000000.csv", 6)
+                ("2014/10/28/20141028-0900000000.csv", 6),
+                ("2015/01/01/20150101-0000000000.csv", 6)
             ]
         );
         let target = std::fs::metadata(other.join("LOAD00000001.csv")).unwrap();
@@ -1252,17 +1280,23 @@ mod tests {
             modified_ms(&target),
             "the target's time"
         );
+        assert_eq!(files[0].file_id, Some(file_id(&target)));
         let refused = |what: &str| {
             let err = list(root, Layout::Dms).unwrap_err().to_string();
             assert!(err.contains(what), "{err}");
             err
         };
-        // a link back to a folder above it
-        symlink(root, other.join("2014/10/up")).unwrap();
+        // a link back to the table folder is one into it: skipped
+        symlink(root, other.join("2014/10/root")).unwrap();
+        assert_eq!(list(root, Layout::Dms).unwrap().len(), 3);
+        // links back to a linked folder above (two: unguarded, a walk would go 2^40 deep)
+        symlink(other.join("2014"), other.join("2014/10/up")).unwrap();
+        symlink(other.join("2014"), other.join("2014/10/28/up")).unwrap();
         refused("loop");
         assert_eq!(guess_layout(root), Layout::Dms, "no endless walk");
         std::fs::remove_file(other.join("2014/10/up")).unwrap();
-        // one file under two names
+        std::fs::remove_file(other.join("2014/10/28/up")).unwrap();
+        // one file under two names, both from outside the table folder
         symlink(
             other.join("LOAD00000001.csv"),
             root.join("20141029-1134010000.csv"),
@@ -1274,12 +1308,15 @@ mod tests {
             "{err}"
         );
         std::fs::remove_file(root.join("20141029-1134010000.csv")).unwrap();
-        // a broken link: an error where it is named like a change file, skipped otherwise
+        // a broken link: an error where it is named like a change file or like a folder,
+        // skipped otherwise
         symlink("/nonexistent/notes.txt", root.join("notes.txt")).unwrap();
-        assert_eq!(list(root, Layout::Dms).unwrap().len(), 2);
+        assert_eq!(list(root, Layout::Dms).unwrap().len(), 3);
+        symlink("/nonexistent/2016", root.join("2016")).unwrap();
+        assert!(refused("broken link").contains("2016"));
+        std::fs::remove_file(root.join("2016")).unwrap();
         symlink("/nonexistent/x.csv", root.join("20141030-0000000000.csv")).unwrap();
-        let err = refused("broken link");
-        assert!(err.contains("20141030-0000000000.csv"), "{err}");
+        assert!(refused("broken link").contains("20141030-0000000000.csv"));
     }
 
     /// Streams `name` (a DMS file of 10 batches' rows of `id,v`, `op` first when given) from a
@@ -1316,10 +1353,10 @@ mod tests {
     }
 
     /// [`read_while`] fails, naming the file as changed.
-    async fn refused_while(name: &str, op: bool, change: impl FnOnce(&Path)) {
+    async fn refused_while(name: &str, op: bool, change: impl FnOnce(&Path), how: &str) {
         let err = read_while(name, op, change).await.unwrap_err().to_string();
         assert!(
-            err.contains(name) && err.contains("changed while the run read it"),
+            err.contains(name) && err.contains(&format!("{how} while the run read it")),
             "{err}"
         );
     }
@@ -1348,14 +1385,20 @@ mod tests {
                 .unwrap();
             std::fs::rename(&new, path).unwrap();
         };
-        refused_while("LOAD00000001.csv", false, replaced).await;
+        refused_while(
+            "LOAD00000001.csv",
+            false,
+            replaced,
+            "replaced by another file",
+        )
+        .await;
         // A change file still being written (rows appended in place).
         let appended = |path: &Path| {
             use std::io::Write;
             let mut file = std::fs::File::options().append(true).open(path).unwrap();
             file.write_all(b"I,-1,late\n").unwrap();
         };
-        refused_while("20240101-000000000.csv", true, appended).await;
+        refused_while("20240101-000000000.csv", true, appended, "written").await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

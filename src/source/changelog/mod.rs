@@ -66,6 +66,9 @@ pub struct ChangeFile {
     pub size: u64,
     /// Modification time, milliseconds since the Unix epoch.
     pub modified_ms: i64,
+    /// (device, inode) of a file of a local landing zone when listed (None: a copy of an
+    /// object, or a file not listed).
+    pub file_id: Option<crate::source::extract::files::FileId>,
     /// The object's ETag, for a file listed in an object store (None: a local file).
     pub etag: Option<String>,
     /// DMS `LOAD` counter (hexadecimal in the name).
@@ -89,6 +92,7 @@ impl ChangeFile {
             format,
             size,
             modified_ms: 0,
+            file_id: None,
             etag: None,
             load_counter,
         }
@@ -362,6 +366,7 @@ pub(crate) mod tests {
             format: ChangeFormat::Csv,
             size: 0,
             modified_ms: 0,
+            file_id: None,
             etag: None,
             load_counter: 0,
         }

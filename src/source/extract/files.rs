@@ -19,8 +19,10 @@ pub struct InputFile {
     pub format: InputFormat,
     /// Size in bytes.
     pub size: u64,
-    /// Modification time when listed, milliseconds since the Unix epoch (0: unknown).
+    /// Modification time when listed ([`modified_ms`]).
     pub modified_ms: i64,
+    /// (device, inode) when listed ([`file_id`]; None for a file not listed).
+    pub file_id: Option<FileId>,
 }
 
 impl InputFile {
@@ -31,6 +33,16 @@ impl InputFile {
     }
 }
 
+/// A file's identity on its file system: (device, inode). A file replaced by a rename has
+/// another.
+pub type FileId = (u64, u64);
+
+/// The (device, inode) of a file.
+pub fn file_id(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
 /// Milliseconds since the Unix epoch of a file's modification time (0 when it has none).
 pub fn modified_ms(meta: &std::fs::Metadata) -> i64 {
     meta.modified()
@@ -39,27 +51,34 @@ pub fn modified_ms(meta: &std::fs::Metadata) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Refuses a local file whose size or modification time is no longer the one listed (`size`
-/// bytes, `modified_ms`) when the run was planned: it was written while the run read it (in
-/// place, or replaced by a rename). Its rows may be a mix of two versions, and what the run
+/// Refuses a local file whose size, modification time ([`modified_ms`]) or identity
+/// ([`file_id`], when `listed` has one) is no longer the one listed when the run was planned
+/// (`listed`: size in bytes, time, identity): it was written while the run read it (in place,
+/// or replaced by a rename, even one that kept the size and time). Its rows may be a mix of two versions, and what the run
 /// records of it (fingerprint, digest, size) may describe bytes that were not the ones
 /// applied; the run fails before its commit and the next run reads the file afresh. Called
 /// once a file is read and its digest taken.
 ///
 /// # Errors
 /// [`Error::Input`] naming the file: it changed, or it cannot be read any more.
-pub fn as_listed(path: &Path, size: u64, modified_ms: i64) -> Result<()> {
+pub fn as_listed(path: &Path, listed: (u64, i64, Option<FileId>)) -> Result<()> {
     let input = |reason: String| Error::Input {
         path: path.to_path_buf(),
         reason,
     };
+    let (size, modified_ms, id) = listed;
     let meta = std::fs::metadata(path).map_err(|e| input(format!("cannot read: {e}")))?;
     let now = (meta.len(), self::modified_ms(&meta));
-    if now == (size, modified_ms) {
+    let replaced = id.is_some_and(|id| id != file_id(&meta));
+    if now == (size, modified_ms) && !replaced {
         return Ok(());
     }
+    let how = match replaced {
+        true => "replaced by another file",
+        false => "written",
+    };
     Err(input(format!(
-        "changed while the run read it ({size} bytes, modified at {modified_ms} ms when listed; \
+        "{how} while the run read it ({size} bytes, modified at {modified_ms} ms when listed; \
          {} bytes, modified at {} ms now): nothing is applied; land files whole (write, then \
          rename) and run again",
         now.0, now.1
@@ -152,6 +171,7 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Inp
                 format,
                 size: meta.len(),
                 modified_ms: modified_ms(&meta),
+                file_id: Some(file_id(&meta)),
             }],
             skipped: Vec::new(),
         });
@@ -199,6 +219,7 @@ pub fn list_input_files(input: &Path, format: Option<InputFormat>) -> Result<Inp
         files.push(InputFile {
             size: meta.len(),
             modified_ms: modified_ms(&meta),
+            file_id: Some(file_id(&meta)),
             path,
             format: file_format,
         });
@@ -394,35 +415,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("part-0.csv");
         std::fs::write(&path, "1,a\n").unwrap();
-        let listed = |path: &Path| {
-            let file = &list_input_files(path, None).unwrap().files[0];
-            (file.size, file.modified_ms)
-        };
-        let (size, time) = listed(&path);
-        assert_eq!(size, 4);
-        as_listed(&path, size, time).unwrap();
-        let refused = |path: &Path| {
-            let err = as_listed(path, size, time).unwrap_err().to_string();
-            assert!(err.contains("part-0.csv"), "{err}");
+        let file = list_input_files(&path, None).unwrap().files.remove(0);
+        let listed = (file.size, file.modified_ms, file.file_id);
+        assert_eq!(file.size, 4);
+        as_listed(&path, listed).unwrap();
+        let refused = |how: &str| {
+            let err = as_listed(&path, listed).unwrap_err().to_string();
+            assert!(
+                err.contains("part-0.csv") && err.contains(&format!("{how} while the run read it")),
+                "{err}"
+            );
             err
         };
-        // the same size, written later (a rename over it, or a rewrite in place)
-        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
-        let file = std::fs::File::options().write(true).open(&path).unwrap();
-        file.set_modified(later).unwrap();
-        let err = refused(&path);
-        assert!(
-            err.contains("changed while the run read it") && err.contains("4 bytes"),
-            "{err}"
+        let set_time = |path: &Path, time: std::time::SystemTime| {
+            let file = std::fs::File::options().write(true).open(path).unwrap();
+            file.set_modified(time).unwrap();
+        };
+        let listed_time =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(file.modified_ms as u64);
+        // the same size, written later
+        set_time(
+            &path,
+            std::time::SystemTime::now() + std::time::Duration::from_secs(5),
         );
+        assert!(refused("written").contains("4 bytes"));
         // grown, with the time set back: the size tells
         std::fs::write(&path, "1,a\n2,b\n").unwrap();
-        let listed_time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(time as u64);
-        let file = std::fs::File::options().write(true).open(&path).unwrap();
-        file.set_modified(listed_time).unwrap();
-        assert!(refused(&path).contains("8 bytes"));
+        set_time(&path, listed_time);
+        assert!(refused("written").contains("8 bytes"));
+        // replaced by a rename with the listed size and time (`cp -p`, then `mv`): its
+        // identity tells
+        let other = dir.path().join("part-0.tmp");
+        std::fs::write(&other, "9,z\n").unwrap();
+        set_time(&other, listed_time);
+        std::fs::rename(&other, &path).unwrap();
+        refused("replaced by another file");
         std::fs::remove_file(&path).unwrap();
-        assert!(refused(&path).contains("cannot read"));
+        let err = as_listed(&path, listed).unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
     }
 
     #[test]

@@ -459,6 +459,7 @@ mod tests {
                 size: text.len() as u64,
                 format: InputFormat::Csv,
                 modified_ms: 0,
+                file_id: None,
             }
         };
         // 3 MiB of 64-byte lines: 49,152 lines, estimated from the first MiB alone.
