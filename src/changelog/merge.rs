@@ -204,13 +204,15 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
     let spec = &config.table;
     let properties = writer_properties(spec.lake.compression, 32 << 20, &spec.unique_columns());
     let follower_properties = properties.clone();
-    // A merge: one writer per table (more measured no faster on 2 cores, and one keeps the
-    // rows of a file contiguous in input order: fewer files touched by later changes). A run
-    // that writes current anew or only adds to it shares its upserts' files with history
-    // (`Outputs::both`; not a partitioned current table, whose files lack its partition
-    // columns): one writer per million rows and thread, up to 4, encodes them (each writes its
-    // own files: small runs keep one).
-    let shares = request.reload || request.append || config.insert_only;
+    // A merge that rewrites files: one writer per table (more measured no faster on 2 cores,
+    // and one keeps the rows of a file contiguous in input order: fewer files touched by later
+    // changes). A run that writes current anew or only adds to it, and a merge that marks rows
+    // in deletion vectors (it copies no row: current's new files hold its upserts alone),
+    // share their upserts' files with history (`Outputs::both`; not a partitioned current
+    // table, whose files lack its partition columns): one writer per million rows and thread,
+    // up to 4, encodes them (each writes its own files: small runs keep one).
+    let marks = !request.reload && deletion_vectors::in_use(&lake.current)?;
+    let shares = request.reload || request.append || config.insert_only || marks;
     let rows = request.changes.rows();
     // (a streamed load's rows are not counted yet: its input bytes say how large it is)
     let most = crate::core::threads::get().clamp(1, 4);
@@ -1374,8 +1376,9 @@ struct Outputs<'a> {
     history: &'a tokio::sync::mpsc::Sender<RecordBatch>,
     /// Where the upserts of a run that writes all of current anew or only adds to it (a full
     /// load, an append, a table without a key) go: written once and shared by both tables
-    /// (`sink::delta::shared`). None for a merge, whose upserts go with the rows it copies
-    /// into one writer (files of current stay few and in input order).
+    /// (`sink::delta::shared`); and those of a merge into a table with deletion vectors, which
+    /// copies no rows. None for a merge that rewrites files, whose upserts go with the rows it
+    /// copies into one writer (files of current stay few and in input order).
     both: Option<&'a Senders>,
     /// The `eff_start_date` of the shared rows (a shared file is of one day): the day most of
     /// the first upserts have; the others are written to each table.

@@ -251,13 +251,24 @@ async fn dms_load_and_changes_upsert_delete_and_move_partitions() {
     assert_eq!(l.table("sales/orders", "history").await.len(), version);
 }
 
+/// The data files under `table` (a folder, partitions included): file name -> inode.
+fn inodes(table: &std::path::Path) -> BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    crate::common::data_files(table)
+        .into_iter()
+        .map(|f| {
+            let ino = std::fs::metadata(&f).unwrap().ino();
+            (f.rsplit('/').next().unwrap().to_string(), ino)
+        })
+        .collect()
+}
+
 /// A full load's upserts are written once: files of current that history names as well (a
 /// hard link under its partition of the day most rows have); rows of other days are written
 /// to each table on its own. A merge's upserts are not shared (they go with the rows it
 /// copies).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_load_writes_its_rows_once_for_both_tables() {
-    use std::os::unix::fs::MetadataExt;
     let l = Landing::new(&ORDERS.replace("  partition_by: [region]\n", ""));
     orders_day1(&l);
     let t = l.sync_one().await;
@@ -279,16 +290,6 @@ async fn a_full_load_writes_its_rows_once_for_both_tables() {
         .collect();
     history.sort();
     assert_eq!(history, expected);
-    // file -> inode
-    let inodes = |table: &std::path::Path| -> BTreeMap<String, u64> {
-        crate::common::data_files(table)
-            .into_iter()
-            .map(|f| {
-                let ino = std::fs::metadata(&f).unwrap().ino();
-                (f.rsplit('/').next().unwrap().to_string(), ino)
-            })
-            .collect()
-    };
     let lake = l.lake().join("sales/orders");
     let current = inodes(&lake.join("current"));
     let shared_day = inodes(&lake.join("history/eff_start_date=2024-03-01"));
@@ -316,6 +317,71 @@ async fn a_full_load_writes_its_rows_once_for_both_tables() {
     assert!(
         !merged.is_empty() && merged.keys().all(|name| !current.contains_key(name)),
         "{merged:?} / {current:?}"
+    );
+}
+
+/// A merge into a table with deletion vectors copies no row, so its upserts are written once
+/// and shared with history as a full load's are; its D rows are history's alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_with_deletion_vectors_writes_its_upserts_once_for_both_tables() {
+    let tables = ORDERS.replace("  partition_by: [region]\n", "").replace(
+        "  primary_key: [id]\n",
+        "  primary_key: [id]\n  deletion_vectors: true\n",
+    );
+    let l = Landing::new(&tables);
+    orders_day1(&l);
+    assert!(l.sync_one().await.reload);
+    l.file(
+        "sales/orders",
+        "20240302-0900000000.csv",
+        "U,2024-03-02 09:00:01.000000,2,east,22\n\
+         I,2024-03-02 09:00:02.000000,5,west,50\n\
+         D,2024-03-02 09:00:03.000000,4,east,41\n",
+    );
+    let t = l.sync_one().await;
+    let a = t.apply.as_ref().unwrap();
+    assert_eq!((a.files_marked > 0, a.rows_copied), (true, 0), "{a:?}");
+    let lake = l.lake().join("sales/orders");
+    let (merged, current) = (
+        inodes(&lake.join("history/eff_start_date=2024-03-02")),
+        inodes(&lake.join("current")),
+    );
+    let (shared, own): (Vec<_>, Vec<_>) = merged
+        .iter()
+        .partition(|(name, ino)| current.get(*name) == Some(*ino));
+    assert_eq!(
+        (shared.len(), own.len()),
+        (1, 1),
+        "{merged:?} / {current:?}"
+    );
+    let rows = |file: &str| {
+        let path = crate::common::data_files(&lake.join("history"))
+            .into_iter()
+            .find(|f| f.ends_with(file))
+            .unwrap();
+        let file = std::fs::File::open(path).unwrap();
+        let reader =
+            deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap();
+        let mut ops: Vec<String> = reader
+            .flat_map(|b| crate::common::batch_rows(&b.unwrap()))
+            .map(|r| format!("{}{}", r["operation"], r["id"]))
+            .collect();
+        ops.sort();
+        ops
+    };
+    assert_eq!(rows(shared[0].0), ["I5", "U2"]);
+    assert_eq!(rows(own[0].0), ["D4"]);
+    let current = l.current("sales/orders").await;
+    let amounts: BTreeMap<&str, &str> = current
+        .iter()
+        .map(|(id, r)| (id.as_str(), r["amount"].as_str()))
+        .collect();
+    assert_eq!(
+        amounts,
+        BTreeMap::from([("1", "10.0"), ("2", "22.0"), ("5", "50.0")])
     );
 }
 
