@@ -207,17 +207,21 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
     // A merge that rewrites files: one writer per table (more measured no faster on 2 cores,
     // and one keeps the rows of a file contiguous in input order: fewer files touched by later
     // changes). A run that writes current anew or only adds to it, and a merge that marks rows
-    // in deletion vectors (it copies no row: current's new files hold its upserts alone),
+    // in deletion vectors (it copies no row: its upserts are most of what current gets, the
+    // rest being soft deletes, rows with kept TOAST values and rows a stale change leaves),
     // share their upserts' files with history (`Outputs::both`; not a partitioned current
-    // table, whose files lack its partition columns): one writer per million rows and thread,
-    // up to 4, encodes them (each writes its own files: small runs keep one).
+    // table, whose files lack its partition columns). For a load, an append or a table
+    // without a key, one writer per million rows and thread, up to 4, encodes them (each
+    // writes its own files: small runs keep one); a marking merge keeps one writer per table
+    // and one for the shared rows (its other rows are few, and history's writers each write a
+    // file per day).
     let marks = !request.reload && deletion_vectors::in_use(&lake.current)?;
     let shares = request.reload || request.append || config.insert_only || marks;
     let rows = request.changes.rows();
     // (a streamed load's rows are not counted yet: its input bytes say how large it is)
     let most = crate::core::threads::get().clamp(1, 4);
     let tasks = match (
-        shares && spec.lake.partition_by.is_empty(),
+        shares && !marks && spec.lake.partition_by.is_empty(),
         &request.changes,
     ) {
         (true, RunChanges::Streamed(_)) if request.input_bytes == 0 => most,

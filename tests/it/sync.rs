@@ -265,8 +265,8 @@ fn inodes(table: &std::path::Path) -> BTreeMap<String, u64> {
 
 /// A full load's upserts are written once: files of current that history names as well (a
 /// hard link under its partition of the day most rows have); rows of other days are written
-/// to each table on its own. A merge's upserts are not shared (they go with the rows it
-/// copies).
+/// to each table on its own. A rewriting merge's upserts are not shared (they go with the rows
+/// it copies).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_load_writes_its_rows_once_for_both_tables() {
     let l = Landing::new(&ORDERS.replace("  partition_by: [region]\n", ""));
