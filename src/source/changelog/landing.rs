@@ -10,8 +10,9 @@
 //! before), change files not yet applied whose modification time is older than the new load
 //! are recorded as superseded instead of applied, and those applied before are counted as
 //! replaced: the load already holds their effect. A first load applies every change file after
-//! it. A local file must still have the size and modification time it was listed with once it
-//! is read (`extract::files::as_listed`): one written meanwhile fails the run.
+//! it. A local file must still have the size, modification time and identity (device, inode)
+//! it was listed with once it is read (`extract::files::as_listed`): one written or replaced
+//! meanwhile fails the run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -54,10 +54,10 @@ pub fn modified_ms(meta: &std::fs::Metadata) -> i64 {
 /// Refuses a local file whose size, modification time ([`modified_ms`]) or identity
 /// ([`file_id`], when `listed` has one) is no longer the one listed when the run was planned
 /// (`listed`: size in bytes, time, identity): it was written while the run read it (in place,
-/// or replaced by a rename, even one that kept the size and time). Its rows may be a mix of two versions, and what the run
-/// records of it (fingerprint, digest, size) may describe bytes that were not the ones
-/// applied; the run fails before its commit and the next run reads the file afresh. Called
-/// once a file is read and its digest taken.
+/// or replaced by a rename, even one that kept the size and time). Its rows may be a mix of
+/// two versions, and what the run records of it (fingerprint, digest, size) may describe bytes
+/// that were not the ones applied; the run fails before its commit and the next run reads the
+/// file afresh. Called once a file is read and its digest taken.
 ///
 /// # Errors
 /// [`Error::Input`] naming the file: it changed, or it cannot be read any more.
