@@ -215,8 +215,9 @@ pub async fn apply(lake: &mut DeltaLake, mut request: ApplyRequest<'_>) -> Resul
     // writes its own files: small runs keep one); a marking merge keeps one writer per table
     // and one for the shared rows (its other rows are few, and history's writers each write a
     // file per day).
-    let marks = !request.reload && deletion_vectors::in_use(&lake.current)?;
-    let shares = request.reload || request.append || config.insert_only || marks;
+    let adds = request.reload || request.append || config.insert_only;
+    let marks = !adds && deletion_vectors::in_use(&lake.current)?;
+    let shares = adds || marks;
     let rows = request.changes.rows();
     // (a streamed load's rows are not counted yet: its input bytes say how large it is)
     let most = crate::core::threads::get().clamp(1, 4);
