@@ -299,6 +299,17 @@ pub fn batch_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
+/// The rows of one Parquet data file (a path from [`data_files`]), as [`batch_rows`] gives them.
+pub fn file_rows(path: &str) -> Vec<BTreeMap<String, String>> {
+    let file = std::fs::File::open(path).unwrap();
+    deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .flat_map(|b| batch_rows(&b.unwrap()))
+        .collect()
+}
+
 /// Count of rows per (operation) in a table.
 pub fn op_counts(rows: &[BTreeMap<String, String>]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();

@@ -359,14 +359,8 @@ async fn a_merge_with_deletion_vectors_writes_its_upserts_once_for_both_tables()
             .into_iter()
             .find(|f| f.ends_with(file))
             .unwrap();
-        let file = std::fs::File::open(path).unwrap();
-        let reader =
-            deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .unwrap()
-                .build()
-                .unwrap();
-        let mut ops: Vec<String> = reader
-            .flat_map(|b| crate::common::batch_rows(&b.unwrap()))
+        let mut ops: Vec<String> = crate::common::file_rows(&path)
+            .iter()
             .map(|r| format!("{}{}", r["operation"], r["id"]))
             .collect();
         ops.sort();
