@@ -1073,6 +1073,13 @@ impl Merge<'_> {
         let changes_at = stored.rows.len();
         let position_at = self.schema.index_of(SOURCE_POSITION).ok();
         for p in &winners {
+            // upserts go to the writers as they are resolved: the writers encode them while
+            // the rest of the keys are resolved
+            if new_picks.len() >= BATCH_ROWS {
+                self.out.upserts(&new_picks, &new_codes).await?;
+                new_picks.clear();
+                new_codes.clear();
+            }
             let batch = &self.changes[p.batch];
             let k = key(batch.rows.keyhash.value(p.row));
             let position = batch.positions[p.row];
@@ -1386,7 +1393,8 @@ struct Outputs<'a> {
     /// copies into one writer (files of current stay few and in input order).
     both: Option<&'a Senders>,
     /// The `eff_start_date` of the shared rows (a shared file is of one day): the day most of
-    /// the first upserts have; the others are written to each table.
+    /// the first upserts sent have (at most [`BATCH_ROWS`]: a merge sends them as it resolves
+    /// them); the others are written to each table.
     shared_day: &'a std::sync::OnceLock<i32>,
 }
 

@@ -379,6 +379,91 @@ async fn a_merge_with_deletion_vectors_writes_its_upserts_once_for_both_tables()
     );
 }
 
+/// A merge of more upserts than one slice to the writers (65,536: they are sent as they are
+/// resolved) over two commit days, rewriting files or marking rows in deletion vectors:
+/// current holds each key once with its last change, and history each change of the run once,
+/// on its commit day.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_of_more_upserts_than_one_slice_writes_each_once() {
+    let (keys, new) = (100_000usize, 1_000usize);
+    let load: String = (0..keys).map(|i| format!("{i},east,{i}\n")).collect();
+    let day = |i: usize| if i < keys / 2 { "02" } else { "03" };
+    let mut changes: String = (0..keys)
+        .map(|i| {
+            let ts = format!("2024-03-{} 09:00:00.{:06}", day(i), i % 1_000_000);
+            match i % 10 {
+                0 => format!("D,{ts},{i},east,{i}\n"),
+                _ => format!("U,{ts},{i},west,{i}.5\n"),
+            }
+        })
+        .collect();
+    changes
+        .extend((0..new).map(|i| format!("I,2024-03-03 10:00:00.000000,{},north,1\n", keys + i)));
+    for vectors in [false, true] {
+        let mut tables = ORDERS.replace("  partition_by: [region]\n", "");
+        if vectors {
+            tables = tables.replace(
+                "  primary_key: [id]\n",
+                "  primary_key: [id]\n  deletion_vectors: true\n",
+            );
+        }
+        let l = Landing::new(&tables);
+        l.file("sales/orders", "LOAD00000001.csv", &load);
+        l.sync_one().await;
+        l.file("sales/orders", "20240303-0900000000.csv", &changes);
+        let t = l.sync_one().await;
+        let a = t.apply.as_ref().unwrap();
+        let (deleted, updated) = (keys / 10, keys - keys / 10);
+        assert!(updated > 65_536, "more upserts than one slice");
+        assert_eq!(
+            (a.inserted, a.updated, a.deleted),
+            (new as u64, updated as u64, deleted as u64),
+            "vectors {vectors}: {a:?}"
+        );
+        assert_eq!(a.files_marked > 0, vectors, "{a:?}");
+        let current = l.current("sales/orders").await;
+        assert_eq!(current.len(), updated + new, "vectors {vectors}");
+        for (id, row) in &current {
+            let i: usize = id.parse().unwrap();
+            let (region, amount, date) = match i < keys {
+                true => ("west", format!("{i}.5"), format!("2024-03-{}", day(i))),
+                false => ("north", "1.0".to_string(), "2024-03-03".to_string()),
+            };
+            assert_eq!(
+                (
+                    row["region"].as_str(),
+                    row["amount"].as_str(),
+                    row["operation"].as_str()
+                ),
+                (region, amount.as_str(), if i < keys { "U" } else { "I" }),
+                "vectors {vectors}: {row:?}"
+            );
+            assert_eq!(row["eff_start_date"], date, "vectors {vectors}: {row:?}");
+        }
+        // the run's history rows: each change once, on its commit day
+        let mut run: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for row in l.table("sales/orders", "history").await {
+            if row["eff_start_date"] != "2024-03-09" {
+                *run.entry((row["id"].clone(), row["operation"].clone()))
+                    .or_default() += 1;
+                let i: usize = row["id"].parse().unwrap();
+                let date = match i < keys {
+                    true => format!("2024-03-{}", day(i)),
+                    false => "2024-03-03".to_string(),
+                };
+                assert_eq!(row["eff_start_date"], date, "vectors {vectors}: {row:?}");
+            }
+        }
+        assert_eq!(run.len(), keys + new, "vectors {vectors}");
+        assert!(run.values().all(|&n| n == 1), "a change in history twice");
+        let count = |op: &str| run.keys().filter(|(_, o)| o == op).count();
+        assert_eq!(
+            (count("I"), count("U"), count("D")),
+            (new, updated, deleted)
+        );
+    }
+}
+
 /// A full load over half the memory limit is partitioned by key and spilled: both tables hold
 /// what a held run writes (the last change per key over two overlapping LOAD files and a change
 /// file, deletes, partitions or not), the summary says so, and the run's spill folder is gone.
