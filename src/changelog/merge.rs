@@ -1393,8 +1393,9 @@ struct Outputs<'a> {
     /// copies into one writer (files of current stay few and in input order).
     both: Option<&'a Senders>,
     /// The `eff_start_date` of the shared rows (a shared file is of one day): the day most of
-    /// the first upserts sent have (at most [`BATCH_ROWS`]: a merge sends them as it resolves
-    /// them); the others are written to each table.
+    /// the first upserts sent have (a merge's first slice of at most [`BATCH_ROWS`], as it
+    /// sends them while it resolves; an append's or a streamed load's first group); the others
+    /// are written to each table.
     shared_day: &'a std::sync::OnceLock<i32>,
 }
 
